@@ -1,0 +1,256 @@
+"""The command line: the only importer of click, tqdm and tabulate.
+
+Options, prompts, progress bars and exit codes live here; everything else is called as a library.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Callable, Iterator, List, Optional, Tuple
+
+import click
+
+from migrate import __version__, report
+from migrate.errors import ExitCode, MigrateError, NotConfirmed
+from migrate.hashing import DigestCache, default_cache_path
+from migrate.model import Mode, OnConflict, Policy, Status
+
+CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
+
+
+class Ui:
+    def __init__(self, verbosity: int) -> None:
+        self.verbosity = verbosity
+
+    def info(self, msg: str) -> None:
+        if self.verbosity >= 0:
+            click.echo(msg, err=True)
+
+    def debug(self, msg: str) -> None:
+        if self.verbosity > 0:
+            click.echo(msg, err=True)
+
+    def warn(self, msg: str) -> None:
+        click.echo(f"warning: {msg}", err=True)
+
+    @contextlib.contextmanager
+    def progress(self, desc: str) -> Iterator[Tuple[Callable[[int], None], Callable[[int], None]]]:
+        """(on_total, on_bytes) callbacks driving a tqdm bar on stderr, only on a TTY."""
+        if self.verbosity < 0 or not sys.stderr.isatty():
+            yield (lambda n: None), (lambda n: None)
+            return
+        from tqdm import tqdm
+        bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr,
+                   leave=False, mininterval=0.25)
+
+        def on_total(n: int) -> None:
+            bar.total = n
+            bar.refresh()
+
+        try:
+            yield on_total, bar.update
+        finally:
+            bar.close()
+
+
+def table(rows, headers) -> str:
+    from tabulate import tabulate
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+
+
+def out(text: str) -> None:
+    """Data to stdout; names with odd bytes are escaped rather than crash the terminal."""
+    sys.stdout.write(text.encode("utf-8", "backslashreplace").decode("utf-8", "replace"))
+    sys.stdout.flush()
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="comfy-migrate")
+@click.option("-q", "--quiet", count=True, help="Less output on stderr.")
+@click.option("-v", "--verbose", count=True, help="More output on stderr.")
+@click.pass_context
+def cli(ctx: click.Context, quiet: int, verbose: int) -> None:
+    """Move ComfyUI's models into one shared store without duplicates, point
+    extra_model_paths.yaml at it, and undo it all from the audit log.
+
+    \b
+    Typical use on a pod:
+      comfy-migrate plan                 # look first: the dry run
+      comfy-migrate run                  # do it (asks first)
+      comfy-migrate verify               # ComfyUI finds every model in the store
+      comfy-migrate rollback             # everything back as it was
+    """
+    ctx.obj = Ui(verbose - quiet)
+
+
+# --- shared options ------------------------------------------------------------------------------
+
+def source_options(f):
+    f = click.option("--no-cache", is_flag=True, help="Hash every file, ignoring the digest cache.")(f)
+    f = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+                     envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")(f)
+    f = click.option("--source", "sources", multiple=True, type=click.Path(file_okay=False),
+                     envvar="COMFY_MIGRATE_SOURCE",
+                     help="A models tree to migrate (repeatable). Default: <comfyui>/models.")(f)
+    f = click.option("--comfyui", type=click.Path(file_okay=False), envvar="COMFYUI_DIR",
+                     help="The ComfyUI folder. Default: $COMFYUI_DIR, /workspace/runpod-slim/ComfyUI, "
+                          "/workspace/ComfyUI.")(f)
+    return f
+
+
+def plan_options(f):
+    f = click.option("--base-path", default="absolute", envvar="COMFY_MIGRATE_BASE_PATH", show_default=True,
+                     help="base_path written to the YAML: absolute, relative (to the YAML's folder) "
+                          "or env:VAR.")(f)
+    f = click.option("--link-back/--no-link-back", default=None,
+                     help="Leave a symlink at each moved file's old place. Default: only in folders "
+                          "ComfyUI does not know (custom nodes read them directly).")(f)
+    f = click.option("--on-conflict", type=click.Choice([c.value for c in OnConflict]), default="skip",
+                     envvar="COMFY_MIGRATE_ON_CONFLICT", show_default=True,
+                     help="When the target holds other content under a name: leave the source (skip) "
+                          "or keep both with a suffix (rename).")(f)
+    f = click.option("--mode", type=click.Choice([m.value for m in Mode]), default="move",
+                     envvar="COMFY_MIGRATE_MODE", show_default=True, help="Move, hardlink or copy.")(f)
+    f = click.option("--yaml", "yaml_path", type=click.Path(dir_okay=False), envvar="COMFY_MIGRATE_YAML",
+                     help="extra_model_paths.yaml to update. Default: <comfyui>/extra_model_paths.yaml.")(f)
+    f = target_option(f)
+    return source_options(f)
+
+
+def target_option(f):
+    return click.option("--target", type=click.Path(file_okay=False), envvar="COMFY_MIGRATE_TARGET",
+                        help="The shared store. Default: $COMFY_MIGRATE_TARGET, else /workspace/models.")(f)
+
+
+def resolve_sources(comfyui: Optional[str], sources: Tuple[str, ...]) -> Tuple[Optional[str], List[str]]:
+    from migrate.facts import check_dir, find_comfyui
+    if sources:
+        home = find_comfyui(comfyui) if comfyui else None
+        return home, [check_dir(s, "source") for s in sources]
+    home = find_comfyui(comfyui)
+    return home, [check_dir(os.path.join(home, "models"), "models folder")]
+
+
+def resolve_target(target: Optional[str]) -> str:
+    from migrate.facts import DEFAULT_TARGET
+    return os.path.abspath(target or DEFAULT_TARGET)
+
+
+def open_cache(no_cache: bool) -> Optional[DigestCache]:
+    return None if no_cache else DigestCache(default_cache_path())
+
+
+# --- scan ----------------------------------------------------------------------------------------
+
+@cli.command(context_settings=CONTEXT)
+@source_options
+@click.pass_obj
+def scan(ui: Ui, comfyui, sources, fmt, no_cache) -> None:
+    """Walk the models trees, classify every entry and hash the files to migrate.
+
+    \b
+    Example:
+      comfy-migrate scan --comfyui /workspace/runpod-slim/ComfyUI --format json > scan.json
+    """
+    from migrate.facts import scan_roots
+    from migrate.scan import hash_records
+    _, roots = resolve_sources(comfyui, sources)
+    cache = open_cache(no_cache)
+    scans = scan_roots(roots)
+    with ui.progress("hashing") as (on_total, on_bytes):
+        on_total(sum(r.size for s in scans for r in s.records if r.status is Status.MIGRATE))
+        results = [hash_records(s, cache, on_bytes) for s in scans]
+    if fmt == "json":
+        out(report.dumps(report.scan_doc(results)))
+    else:
+        for res in results:
+            out(f"{report.show(res.root)}\n")
+            out(table(report.scan_rows(res), report.SCAN_HEADERS) + "\n")
+            odd = [r for r in res.records if not r.status.migrates]
+            for r in odd:
+                out(f"  not migrated: {report.show(r.rel)}: {r.detail or r.status.value}\n")
+            out("\n")
+    for res in results:
+        for p in res.problems:
+            ui.warn(f"{report.show(p.path)}: {p.message}")
+        ui.debug(f"{res.root}: hashed {res.hashed_files} files ({report.human(res.hashed_bytes)}), "
+                 f"{res.cached_files} from the cache")
+    if any(r.problems for r in results):
+        sys.exit(ExitCode.PROBLEMS)
+
+
+# --- plan ----------------------------------------------------------------------------------------
+
+def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_back, base_path, no_cache):
+    from migrate.facts import gather, make_plan
+    home, roots = resolve_sources(comfyui, sources)
+    target = resolve_target(target)
+    if yaml_path is None and home is not None:
+        yaml_path = os.path.join(home, "extra_model_paths.yaml")
+    yaml_path = os.path.abspath(yaml_path) if yaml_path else None
+    cache = open_cache(no_cache)
+    with ui.progress("hashing") as (on_total, on_bytes):
+        facts = gather(roots, target, yaml_path, cache, on_total, on_bytes)
+    for s in facts.sources:
+        for p in s.problems:
+            ui.warn(f"{report.show(p.path)}: {p.message}")
+    policy = Policy(mode=Mode(mode), on_conflict=OnConflict(on_conflict), link_back=link_back,
+                    base_path=base_path)
+    return facts, make_plan(facts, policy)
+
+
+def print_plan(plan, fmt: str) -> None:
+    if fmt == "json":
+        out(report.dumps(report.plan_doc(plan)))
+        return
+    out(f"plan: {len(plan.actions)} entries from {', '.join(map(report.show, plan.sources))} "
+        f"into {report.show(plan.target)} (mode {plan.policy.mode.value})\n\n")
+    if plan.actions:
+        out(table(report.plan_rows(plan), report.PLAN_HEADERS) + "\n\n")
+    out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n\n")
+    for line in report.summary_lines(plan):
+        out(line + "\n")
+    diff = report.yaml_diff(plan)
+    if diff:
+        out(f"\nextra_model_paths.yaml change:\n{diff}")
+    elif plan.yaml_path:
+        out(f"\n{report.show(plan.yaml_path)}: no change\n")
+    for w in plan.warnings:
+        out(f"warning: {w}\n")
+
+
+@cli.command("plan", context_settings=CONTEXT)
+@plan_options
+@click.pass_obj
+def plan_cmd(ui: Ui, **kw) -> None:
+    """Show what `run` would do (the dry run); changes nothing.
+
+    \b
+    Example:
+      comfy-migrate plan --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models
+    """
+    fmt = kw.pop("fmt")
+    _, plan = build(ui, **kw)
+    print_plan(plan, fmt)
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="comfy-migrate", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("comfy-migrate: interrupted", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(ExitCode.USAGE)
+    except MigrateError as exc:
+        click.echo(f"comfy-migrate: error: {exc}" + (f" ({exc.hint})" if exc.hint else ""), err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("comfy-migrate: interrupted", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
+    except SystemExit:
+        raise
+    else:
+        sys.exit(0)

@@ -1,0 +1,252 @@
+"""ComfyUI's own rules: categories, legacy names, and extra_model_paths.yaml (text in, text out).
+
+Mirrors ComfyUI's folder_paths.py and utils/extra_config.py (see shared docs): a YAML is parsed with
+yaml.safe_load, every top-level key is a section, `base_path` is expanded and resolved from the
+YAML's folder, `is_default` puts a section's folders first (each inserted at the front, so they end
+up reversed), every other key is a category whose value must be a string of lines.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from migrate.errors import BadInput
+
+MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
+
+# category -> (default folders under models/ in search order, extensions or None for any)
+CATEGORIES: Dict[str, Tuple[Tuple[str, ...], Optional[frozenset]]] = {
+    "checkpoints": (("checkpoints",), MODEL_EXTENSIONS),
+    "configs": (("configs",), frozenset({".yaml"})),
+    "loras": (("loras",), MODEL_EXTENSIONS),
+    "vae": (("vae",), MODEL_EXTENSIONS),
+    "text_encoders": (("text_encoders", "clip"), MODEL_EXTENSIONS),
+    "diffusion_models": (("unet", "diffusion_models"), MODEL_EXTENSIONS),
+    "controlnet": (("controlnet", "t2i_adapter"), MODEL_EXTENSIONS),
+    "diffusers": (("diffusers",), None),
+    "classifiers": (("classifiers",), None),
+}
+for _name in (
+    "clip_vision style_models embeddings vae_approx gligen upscale_models latent_upscale_models "
+    "hypernetworks photomaker model_patches audio_encoders background_removal frame_interpolation "
+    "geometry_estimation optical_flow detection"
+).split():
+    CATEGORIES[_name] = ((_name,), MODEL_EXTENSIONS)
+
+LEGACY = {"unet": "diffusion_models", "clip": "text_encoders"}
+# Folders that belong to a category without being named after it.
+FOLDER_CATEGORY = {folder: cat for cat, (folders, _) in CATEGORIES.items() for folder in folders}
+
+INCOMPLETE_SUFFIXES = (".part", ".tmp", ".crdownload", ".aria2", ".incomplete", ".download")
+MANAGED_SECTION = "comfy_migrate"
+BEGIN_MARK = "# >>> comfy-migrate: managed section, written by `comfy-migrate run`; `comfy-migrate rollback` restores the previous file"
+END_MARK = "# <<< comfy-migrate"
+
+
+def category_of(folder: str) -> Tuple[str, bool]:
+    """Map a folder name under models/ to (canonical category, is_custom)."""
+    if folder in FOLDER_CATEGORY:
+        return FOLDER_CATEGORY[folder], False
+    return folder, True
+
+
+def canonical_key(key: str) -> str:
+    return LEGACY.get(key, key)
+
+
+def lists_extension(category: str, name: str) -> bool:
+    """Whether ComfyUI lists a file of this name in this category."""
+    exts = CATEGORIES.get(category, (None, None))[1]
+    if exts is None:
+        return True
+    return posixpath.splitext(name)[1].lower() in exts
+
+
+class _DupCheckLoader(yaml.SafeLoader):
+    """safe_load that also reports duplicate top-level keys (ComfyUI silently keeps the last)."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if node is loader._root and key in seen:   # type: ignore[attr-defined]
+            raise BadInput(
+                f"duplicate top-level key {key!r} (ComfyUI silently drops the first)",
+                "merge the two sections into one",
+            )
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_DupCheckLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_yaml(text: str, where: str = "extra_model_paths.yaml") -> Dict[str, dict]:
+    """Parse and check a YAML the way ComfyUI will read it. Raises BadInput naming the fix."""
+    if len(text) > 4 * 1024 * 1024:
+        raise BadInput(f"{where}: larger than 4 MiB, not an extra_model_paths.yaml", "check the --yaml path")
+    try:
+        loader = _DupCheckLoader(text)
+        try:
+            loader._root = loader.get_single_node()  # type: ignore[attr-defined]
+            data = loader.construct_document(loader._root) if loader._root is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise BadInput(f"{where}: malformed YAML{line}: {problem}", "fix the file or restore a backup, then run again")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BadInput(f"{where}: the top level is a {type(data).__name__}, ComfyUI needs sections (a mapping)",
+                       "fix the file, then run again")
+    for section, conf in data.items():
+        if conf is None:
+            continue
+        if not isinstance(conf, dict):
+            raise BadInput(f"{where}: section {section!r} is a {type(conf).__name__}, ComfyUI needs a mapping "
+                           "(a list here stops ComfyUI from starting)", "fix the section, then run again")
+        for key, value in conf.items():
+            if key == "is_default":
+                continue
+            if not isinstance(value, str) or not value.strip():
+                kind = "empty" if value is None or value == "" else f"a {type(value).__name__}"
+                raise BadInput(f"{where}: {section}.{key} is {kind}; ComfyUI needs a string "
+                               "(several folders on separate lines with `|`)",
+                               "fix the value, then run again")
+    return data
+
+
+def search_folders(
+    yaml_texts: Sequence[Tuple[str, str]], models_dir: Optional[str], env: Optional[Dict[str, str]] = None,
+) -> Dict[str, List[str]]:
+    """Each category's folders in ComfyUI's search order.
+
+    yaml_texts: (yaml path, text) in the order ComfyUI loads them. models_dir: ComfyUI's own
+    models folder (its built-in folders are always searched). Pure apart from path arithmetic.
+    """
+    env = dict(os.environ if env is None else env)
+    order: Dict[str, List[str]] = {}
+    if models_dir:
+        for cat, (folders, _) in CATEGORIES.items():
+            order[cat] = [posixpath.normpath(posixpath.join(models_dir, f)) for f in folders]
+    for path, text in yaml_texts:
+        data = parse_yaml(text, path)
+        yaml_dir = posixpath.dirname(posixpath.abspath(path))
+        for conf in data.values():
+            if not conf:
+                continue
+            conf = dict(conf)
+            base = conf.pop("base_path", None)
+            if base is not None:
+                base = _expand(str(base), env)
+                if not posixpath.isabs(base):
+                    base = posixpath.abspath(posixpath.join(yaml_dir, base))
+            is_default = bool(conf.pop("is_default", False))
+            for key, value in conf.items():
+                cat = canonical_key(str(key))
+                paths = order.setdefault(cat, [])
+                for line in str(value).split("\n"):
+                    if not line:
+                        continue
+                    if base:
+                        full = posixpath.join(base, line)
+                    elif not posixpath.isabs(line):
+                        full = posixpath.join(yaml_dir, line)
+                    else:
+                        full = line
+                    full = posixpath.normpath(full)
+                    if full in paths:
+                        if is_default and paths[0] != full:
+                            paths.remove(full)
+                            paths.insert(0, full)
+                    elif is_default:
+                        paths.insert(0, full)
+                    else:
+                        paths.append(full)
+    return order
+
+
+def _expand(value: str, env: Dict[str, str]) -> str:
+    if value.startswith("~"):
+        value = env.get("HOME", "~") + value[1:]
+    out, i = [], 0
+    while i < len(value):
+        if value[i] == "$":
+            j = i + 1
+            if j < len(value) and value[j] == "{":
+                k = value.find("}", j)
+                if k > 0 and value[j + 1:k] in env:
+                    out.append(env[value[j + 1:k]])
+                    i = k + 1
+                    continue
+            else:
+                k = j
+                while k < len(value) and (value[k].isalnum() or value[k] == "_"):
+                    k += 1
+                if k > j and value[j:k] in env:
+                    out.append(env[value[j:k]])
+                    i = k
+                    continue
+        out.append(value[i])
+        i += 1
+    return "".join(out)
+
+
+def render_section(base_path: str, folders: Dict[str, List[str]]) -> str:
+    """The managed section's text. folders: category -> folder names relative to base_path."""
+    lines = [BEGIN_MARK, f"{MANAGED_SECTION}:", f"  base_path: {_quote(base_path)}", "  is_default: true"]
+    for cat in sorted(folders):
+        names = folders[cat]
+        if len(names) == 1:
+            lines.append(f"  {_quote_key(cat)}: {_quote(names[0])}")
+        else:
+            # is_default inserts each folder at the front: the canonical (first given) goes last.
+            lines.append(f"  {_quote_key(cat)}: |")
+            lines.extend(f"    {n}" for n in reversed(names))
+    lines.append(END_MARK)
+    return "\n".join(lines) + "\n"
+
+
+def _quote(value: str) -> str:
+    plain = value and all(c.isalnum() or c in "/._-+@~$" for c in value) and not value[0] in "-~@" \
+        and value.lower() not in ("true", "false", "yes", "no", "null", "on", "off")
+    if plain:
+        return value
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _quote_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else _quote(key)
+
+
+def merge_section(old_text: Optional[str], section: str, where: str = "extra_model_paths.yaml") -> str:
+    """Put the managed section into the user's YAML text, leaving every other byte as it was."""
+    text = old_text or ""
+    if old_text is not None:
+        parse_yaml(old_text, where)
+    lines = text.splitlines(keepends=True)
+    begin = [i for i, ln in enumerate(lines) if ln.rstrip("\r\n") == BEGIN_MARK]
+    end = [i for i, ln in enumerate(lines) if ln.rstrip("\r\n") == END_MARK]
+    if begin or end:
+        if len(begin) != 1 or len(end) != 1 or end[0] < begin[0]:
+            raise BadInput(f"{where}: the comfy-migrate markers are damaged",
+                           "remove the comfy_migrate section and its two marker lines, then run again")
+        new = "".join(lines[:begin[0]]) + section + "".join(lines[end[0] + 1:])
+    else:
+        data = parse_yaml(text, where)
+        if MANAGED_SECTION in data:
+            raise BadInput(f"{where}: has a {MANAGED_SECTION!r} section not written by comfy-migrate",
+                           f"rename that section, then run again")
+        sep = "" if not text or text.endswith("\n") else "\n"
+        new = text + sep + ("\n" if text.strip() else "") + section
+    result = parse_yaml(new, where)
+    if MANAGED_SECTION not in result:
+        raise BadInput(f"{where}: the managed section did not survive merging", "report this as a bug")
+    return new

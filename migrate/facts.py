@@ -1,0 +1,98 @@
+"""Gather what planning needs from the disk: scans with digests, probes, the YAML, free space.
+
+This is the read side of the shell: it never changes a model file or the YAML (a probe link is
+created and removed in the target's nearest existing folder, whose times are put back).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from migrate import fsops, plan as planning
+from migrate.errors import BadInput
+from migrate.hashing import DigestCache
+from migrate.model import Plan, Policy, Probe, ScanResult, Status
+from migrate.scan import hash_records, scan_tree
+
+DEFAULT_COMFYUI = ("/workspace/runpod-slim/ComfyUI", "/workspace/ComfyUI")
+DEFAULT_TARGET = "/workspace/models"
+
+
+def find_comfyui(given: Optional[str]) -> str:
+    if given:
+        path = os.path.abspath(given)
+        if not os.path.isdir(path):
+            raise BadInput(f"ComfyUI folder {path} does not exist", "pass --comfyui DIR or set COMFYUI_DIR")
+        return path
+    for cand in DEFAULT_COMFYUI:
+        if os.path.isdir(cand):
+            return cand
+    raise BadInput("no ComfyUI folder found (looked at $COMFYUI_DIR, " + ", ".join(DEFAULT_COMFYUI) + ")",
+                   "pass --comfyui DIR or set COMFYUI_DIR")
+
+
+def check_dir(path: str, what: str) -> str:
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise BadInput(f"{what} {path} does not exist or is not a folder", f"check the {what} path")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise BadInput(f"{what} {path} is not readable", "fix its permissions")
+    return path
+
+
+@dataclass(frozen=True)
+class Facts:
+    sources: Tuple[ScanResult, ...]
+    target: str
+    target_scan: Optional[ScanResult]
+    probes: Tuple[Probe, ...]
+    target_hardlinks: bool
+    yaml_path: Optional[str]
+    yaml_before: Optional[str]
+    free_bytes: int
+
+
+def read_yaml(path: Optional[str]) -> Optional[str]:
+    if path is None:
+        return None
+    try:
+        data = fsops.read_file(path, 4 << 20)
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror}", "check the --yaml path")
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"{path} is not UTF-8 text", "fix or remove the file, then run again")
+
+
+def scan_roots(roots: Sequence[str]) -> List[ScanResult]:
+    return [scan_tree(r) for r in roots]
+
+
+def gather(
+    sources: Sequence[str], target: str, yaml_path: Optional[str], cache: Optional[DigestCache],
+    on_total: Optional[Callable[[int], None]] = None, on_bytes: Optional[Callable[[int], None]] = None,
+) -> Facts:
+    planning.check_roots([os.path.realpath(s) for s in sources], os.path.realpath(target))
+    yaml_before = read_yaml(yaml_path)
+    scans = scan_roots(sources)
+    target_scan = scan_tree(target) if os.path.isdir(target) else None
+    todo = scans + ([target_scan] if target_scan else [])
+    if on_total is not None:
+        on_total(sum(r.size for s in todo for r in s.records if r.status is Status.MIGRATE))
+    hashed = [hash_records(s, cache, on_bytes) for s in todo]
+    scans, target_scan = hashed[:len(scans)], (hashed[-1] if target_scan else None)
+    probes = []
+    for s in scans:
+        sample = next((r.path for r in s.records if r.status is Status.MIGRATE), None)
+        probes.append(fsops.probe_link(sample, s.root, target))
+    return Facts(tuple(scans), target, target_scan, tuple(probes), fsops.probe_target_hardlinks(target),
+                 yaml_path, yaml_before, fsops.free_space(target))
+
+
+def make_plan(facts: Facts, policy: Policy) -> Plan:
+    return planning.build_plan(facts.sources, facts.target_scan, facts.target, policy, facts.probes,
+                               facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes)

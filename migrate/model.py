@@ -1,0 +1,196 @@
+"""Frozen values shared by every layer: what a scan finds, what a plan says, what a run reports.
+
+Nothing here touches the disk or imports anything of ours.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+PLAN_FORMAT = 1
+STATE_DIR = ".comfy-migrate"     # state folder name, in the target and in each source
+
+
+class Status(str, enum.Enum):
+    """What a scanned entry is, and whether it is migrated."""
+
+    MIGRATE = "migrate"              # a regular, complete, non-empty file in a category folder
+    INCOMPLETE = "incomplete"        # an unfinished download (.part, .tmp, .crdownload, ...)
+    PLACEHOLDER = "placeholder"      # ComfyUI's put_*_here files
+    EMPTY = "empty"                  # zero bytes
+    SPECIAL = "special"              # socket, FIFO, device
+    SYMLINK = "symlink"              # left as it is, reported with its target
+    UNCATEGORISED = "uncategorised"  # directly under models/, in no category folder
+    BAD_NAME = "bad-name"            # not valid UTF-8: ComfyUI workflows cannot name it
+    UNREADABLE = "unreadable"        # permission or I/O error while reading
+    CHANGED = "changed"              # changed or vanished while being scanned
+    TEMP = "temp"                    # our own temporary file from an interrupted run
+
+    @property
+    def migrates(self) -> bool:
+        return self is Status.MIGRATE
+
+
+class ActionKind(str, enum.Enum):
+    MOVE = "move"
+    LINK = "link"
+    COPY = "copy"
+    ALREADY_THERE = "already-there"    # identical content at the same name in the target
+    SAME_CONTENT = "same-content"      # content stored under another name: this name becomes a link
+    CONFLICT = "conflict"              # different content holds the name: never overwritten
+    SKIP = "skip"
+
+
+class Method(str, enum.Enum):
+    """How bytes (or a name) reach the target."""
+
+    HARDLINK = "hardlink"   # same filesystem: link the inode (a move then unlinks the source)
+    RENAME = "rename"       # same filesystem refusing hardlinks: rename without replacing
+    COPY = "copy"           # copy + hash in one pass, verify, publish without clobbering
+    SYMLINK = "symlink"     # a name inside the target that points at the stored copy
+    NONE = "none"
+
+
+class Removal(str, enum.Enum):
+    """What happens to the source once every copy is verified and the YAML is switched."""
+
+    NONE = "none"               # stays (link/copy modes, conflicts, skips)
+    UNLINK = "unlink"           # the target holds the same inode: only a name goes
+    QUARANTINE = "quarantine"   # renamed into <source>/.comfy-migrate/quarantine/<run>/
+    RENAMED = "renamed"         # already moved by the rename itself
+
+
+class Mode(str, enum.Enum):
+    MOVE = "move"
+    LINK = "link"
+    COPY = "copy"
+
+
+class OnConflict(str, enum.Enum):
+    SKIP = "skip"
+    RENAME = "rename"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One entry found under a root, with its stat facts and (for files to migrate) its digest."""
+
+    root: str
+    rel: str                      # posix path relative to root
+    folder: str                   # first component as found on disk ('' at the root)
+    category: Optional[str]       # canonical ComfyUI category, None at the root
+    custom: bool                  # a folder ComfyUI itself does not know (custom nodes')
+    status: Status
+    size: int = 0
+    mtime_ns: int = 0
+    mode: int = 0
+    dev: int = 0
+    ino: int = 0
+    nlink: int = 1
+    digest: Optional[str] = None
+    link_target: Optional[str] = None
+    detail: str = ""
+
+    @property
+    def path(self) -> str:
+        return self.root.rstrip("/") + "/" + self.rel
+
+    @property
+    def name(self) -> str:
+        """The name ComfyUI shows: the path relative to the category folder."""
+        return self.rel.split("/", 1)[1] if "/" in self.rel else self.rel
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A per-file trouble, collected as data; the run goes on where it safely can."""
+
+    path: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    root: str
+    records: Tuple[FileRecord, ...]
+    problems: Tuple[Problem, ...] = ()
+    hashed_files: int = 0          # files whose data was read
+    hashed_bytes: int = 0
+    cached_files: int = 0          # digests taken from the cache
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the filesystem really allows between a source and the target (tried, not predicted)."""
+
+    source: str
+    hardlink: bool
+    rename: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    mode: Mode = Mode.MOVE
+    on_conflict: OnConflict = OnConflict.SKIP
+    link_back: Optional[bool] = None     # None: only for custom-node folders
+    base_path: str = "absolute"          # absolute | relative | env:VAR
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    root: str                    # source root ('' for target-only entries)
+    rel: str                     # path relative to the source root
+    category: Optional[str]
+    size: int = 0
+    digest: Optional[str] = None
+    dst: Optional[str] = None    # absolute path in the target
+    method: Method = Method.NONE
+    stored: Optional[str] = None  # the one stored copy this name shares content with
+    removal: Removal = Removal.NONE
+    link_back: bool = False
+    reason: str = ""
+    dev: int = 0
+    ino: int = 0
+    mode: int = 0
+    mtime_ns: int = 0
+
+    @property
+    def source(self) -> str:
+        return self.root.rstrip("/") + "/" + self.rel
+
+
+@dataclass(frozen=True)
+class Plan:
+    target: str
+    sources: Tuple[str, ...]
+    yaml_path: Optional[str]
+    yaml_before: Optional[str]       # None: the file does not exist
+    yaml_after: Optional[str]        # None: no change
+    policy: Policy
+    actions: Tuple[Action, ...]
+    probes: Tuple[Probe, ...]
+    target_hardlinks: bool
+    target_categories: Tuple[str, ...]
+    warnings: Tuple[str, ...] = ()
+    free_bytes: Optional[int] = field(default=None, compare=False)
+
+    @property
+    def bytes_to_copy(self) -> int:
+        return sum(a.size for a in self.actions if a.method is Method.COPY)
+
+    @property
+    def fits(self) -> bool:
+        return self.free_bytes is None or self.bytes_to_copy <= self.free_bytes
+
+    @property
+    def yaml_changes(self) -> bool:
+        return self.yaml_after is not None and self.yaml_after != self.yaml_before
+
+    @property
+    def has_work(self) -> bool:
+        return self.yaml_changes or any(
+            a.method is not Method.NONE or a.removal is not Removal.NONE for a in self.actions
+        )

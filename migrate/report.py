@@ -1,0 +1,162 @@
+"""PURE rendering helpers: JSON documents, summary rows, human sizes, the YAML diff.
+
+Tables themselves are drawn by the CLI (tabulate lives in the shell); this module gives it rows.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence
+
+from migrate.model import PLAN_FORMAT, Action, ActionKind, Method, Plan, Removal, ScanResult, Status
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def show(path: str) -> str:
+    """A path made safe for a terminal: newlines and undecodable bytes escaped."""
+    return path.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace") \
+        .replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") if not path.isprintable() or \
+        any("\udc80" <= c <= "\udcff" for c in path) else path
+
+
+def dumps(doc) -> str:
+    return json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=True) + "\n"
+
+
+# --- scan -----------------------------------------------------------------------------------------
+
+def scan_doc(results: Sequence[ScanResult]) -> dict:
+    return {
+        "version": PLAN_FORMAT,
+        "roots": [{
+            "root": r.root,
+            "files": [{
+                "path": rec.rel, "category": rec.category, "custom": rec.custom, "size": rec.size,
+                "digest": rec.digest, "status": rec.status.value,
+                **({"detail": rec.detail} if rec.detail else {}),
+                **({"link_target": rec.link_target} if rec.link_target is not None else {}),
+            } for rec in r.records],
+            "problems": [{"path": p.path, "message": p.message} for p in r.problems],
+        } for r in results],
+    }
+
+
+def scan_rows(result: ScanResult) -> List[list]:
+    """One row per category: files, bytes, duplicate files, entries not migrated."""
+    cats: Dict[str, list] = OrderedDict()
+    seen: Dict[str, int] = {}
+    for rec in sorted(result.records, key=lambda r: (r.category or "", r.rel)):
+        name = (rec.category or "(top level)") + (" (custom nodes)" if rec.custom else "")
+        row = cats.setdefault(name, [name, 0, 0, 0, 0])
+        if rec.status.migrates:
+            row[1] += 1
+            row[2] += rec.size
+            if rec.digest:
+                seen[rec.digest] = seen.get(rec.digest, 0) + 1
+                if seen[rec.digest] > 1:
+                    row[3] += 1
+        else:
+            row[4] += 1
+    return [[n, f, human(b), d, p] for n, f, b, d, p in cats.values()]
+
+
+SCAN_HEADERS = ["category", "files", "size", "duplicates", "not migrated"]
+
+
+# --- plan -----------------------------------------------------------------------------------------
+
+def action_doc(a: Action) -> dict:
+    return {
+        "action": a.kind.value, "source": a.source, "category": a.category, "size": a.size,
+        "digest": a.digest, "destination": a.dst, "method": a.method.value, "stored": a.stored,
+        "source_after": a.removal.value, "link_back": a.link_back, "reason": a.reason,
+    }
+
+
+def plan_doc(plan: Plan) -> dict:
+    return {
+        "version": PLAN_FORMAT,
+        "target": plan.target,
+        "sources": list(plan.sources),
+        "mode": plan.policy.mode.value,
+        "on_conflict": plan.policy.on_conflict.value,
+        "probes": [{"source": p.source, "hardlink": p.hardlink, "rename": p.rename, "detail": p.detail}
+                   for p in plan.probes],
+        "target_hardlinks": plan.target_hardlinks,
+        "actions": [action_doc(a) for a in plan.actions],
+        "totals": totals(plan),
+        "yaml": {"path": plan.yaml_path, "changes": plan.yaml_changes, "diff": yaml_diff(plan)},
+        "warnings": list(plan.warnings),
+    }
+
+
+def totals(plan: Plan) -> dict:
+    by_kind: Dict[str, dict] = {}
+    for a in plan.actions:
+        t = by_kind.setdefault(a.kind.value, {"files": 0, "bytes": 0})
+        t["files"] += 1
+        t["bytes"] += a.size
+    saved = sum(a.size for a in plan.actions if a.kind in (ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT))
+    quarantined = sum(a.size for a in plan.actions if a.removal is Removal.QUARANTINE)
+    return {"by_action": by_kind, "dedup_saves_bytes": saved, "copy_bytes": plan.bytes_to_copy,
+            "quarantine_bytes": quarantined}
+
+
+def plan_rows(plan: Plan) -> List[list]:
+    rows = []
+    for a in plan.actions:
+        how = a.method.value if a.method is not Method.NONE else ""
+        after = {Removal.UNLINK: "name removed", Removal.QUARANTINE: "quarantined",
+                 Removal.RENAMED: "moved", Removal.NONE: "stays"}[a.removal]
+        if a.kind is ActionKind.SKIP:
+            after = "stays"
+        if a.link_back:
+            after += " + symlink back"
+        dst = a.dst[len(plan.target.rstrip("/")) + 1:] if a.dst else ""
+        rows.append([a.kind.value, show(a.rel), show(dst), how, human(a.size), after, a.reason])
+    return rows
+
+
+PLAN_HEADERS = ["action", "source (in its models folder)", "in the target", "how", "size", "source after", "note"]
+
+
+def summary_rows(plan: Plan) -> List[list]:
+    t = totals(plan)
+    rows = [[k, v["files"], human(v["bytes"])] for k, v in sorted(t["by_action"].items())]
+    return rows
+
+
+def summary_lines(plan: Plan) -> List[str]:
+    t = totals(plan)
+    lines = [f"deduplication saves {human(t['dedup_saves_bytes'])}; "
+             f"{human(t['copy_bytes'])} must be copied"]
+    if plan.free_bytes is not None:
+        verdict = "fits" if plan.fits else "DOES NOT FIT"
+        lines.append(f"target free space {human(plan.free_bytes)}: the plan {verdict}")
+    if t["quarantine_bytes"]:
+        lines.append(f"{human(t['quarantine_bytes'])} of source copies go to quarantine "
+                     "(freed by `comfy-migrate purge`)")
+    for p in plan.probes:
+        how = "hardlink" if p.hardlink else "rename" if p.rename else "copy + verify"
+        lines.append(f"{show(p.source)} -> target: {how}" + (f" ({p.detail})" if p.detail else ""))
+    if any(a.link_back for a in plan.actions):
+        lines.append("custom-node folders keep a symlink at their old place "
+                     "(those nodes read ComfyUI/models/<name> directly)")
+    return lines
+
+
+def yaml_diff(plan: Plan) -> str:
+    if not plan.yaml_changes or plan.yaml_path is None:
+        return ""
+    before = (plan.yaml_before or "").splitlines(keepends=True)
+    after = (plan.yaml_after or "").splitlines(keepends=True)
+    old = plan.yaml_path if plan.yaml_before is not None else "/dev/null"
+    return "".join(difflib.unified_diff(before, after, old, plan.yaml_path))
