@@ -1,0 +1,150 @@
+"""The append-only audit log: write-ahead records, fsync, reading, integrity checks.
+
+One JSON object per line. Every record carries `seq`, `prev` (the previous record's `sum`) and
+`sum` (xxh3-128 of the record's canonical JSON without `sum`), so an edited, removed or reordered
+line is found and named. A final line without its newline is a crash's torn write: expected, and
+dropped when the log is read or continued.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import xxhash
+
+from migrate.errors import BadLog
+
+LOG_VERSION = 1
+RUNS_DIR = "runs"
+
+
+def _canonical(rec: dict) -> bytes:
+    return json.dumps(rec, sort_keys=True, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def _sum(rec: dict) -> str:
+    body = {k: v for k, v in rec.items() if k != "sum"}
+    return xxhash.xxh3_128(_canonical(body)).hexdigest()
+
+
+def _crash_point() -> Optional[int]:
+    """Test hook: COMFY_MIGRATE_CRASH_AT=N kills this process (SIGKILL) right after record N."""
+    value = os.environ.get("COMFY_MIGRATE_CRASH_AT")
+    return int(value) if value and value.isdigit() else None
+
+
+class Journal:
+    """An open log, positioned at its end."""
+
+    def __init__(self, path: str, fd: int, seq: int, prev: str) -> None:
+        self.path = path
+        self._fd = fd
+        self.seq = seq
+        self.prev = prev
+        self._crash_at = _crash_point()
+
+    @classmethod
+    def create(cls, path: str, header: dict) -> "Journal":
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o644)
+        j = cls(path, fd, 0, "")
+        j.append(dict(header, type="header", v=LOG_VERSION))
+        dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return j
+
+    @classmethod
+    def reopen(cls, path: str) -> Tuple["Journal", List[dict], bool]:
+        """Open an existing log to continue it; a torn final line is cut off first."""
+        records, good_bytes, torn = read_log(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
+        if torn:
+            os.ftruncate(fd, good_bytes)
+            os.fsync(fd)
+        last = records[-1]
+        return cls(path, fd, last["seq"], last["sum"]), records, torn
+
+    def append(self, rec: dict, sync: bool = True) -> dict:
+        self.seq += 1
+        rec = dict(rec, seq=self.seq, prev=self.prev)
+        rec["sum"] = _sum(rec)
+        line = _canonical(rec) + b"\n"
+        view = memoryview(line)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        if sync:
+            os.fsync(self._fd)
+        self.prev = rec["sum"]
+        if self._crash_at is not None and self.seq >= self._crash_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return rec
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def read_log(path: str) -> Tuple[List[dict], int, bool]:
+    """Records of a log, checked. Returns (records, bytes of whole lines, whether a torn tail was seen).
+
+    Raises BadLog naming the first line that is not what the writer wrote.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise BadLog(f"cannot read the log {path}: {exc.strerror}", "check the path given")
+    lines = data.split(b"\n")
+    torn = lines[-1] != b""
+    whole = lines[:-1]
+    records: List[dict] = []
+    prev = ""
+    for i, raw in enumerate(whole, 1):
+        where = f"{path}: line {i}"
+        try:
+            rec = json.loads(raw.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raise BadLog(f"{where} is not a log record", "the log was edited or damaged; restore it")
+        if not isinstance(rec, dict) or rec.get("sum") != _sum(rec):
+            raise BadLog(f"{where} was altered (checksum mismatch)", "the log was edited; restore the original")
+        if rec.get("seq") != i or rec.get("prev") != prev:
+            raise BadLog(f"{where} is out of order or a line before it is missing",
+                         "the log was edited; restore the original")
+        if i == 1 and (rec.get("type") != "header" or rec.get("v") != LOG_VERSION):
+            raise BadLog(f"{where}: unknown log format version {rec.get('v')!r}",
+                         "use the comfy-migrate version that wrote it")
+        prev = rec["sum"]
+        records.append(rec)
+    if not records:
+        raise BadLog(f"{path} holds no complete record", "nothing to undo from this log")
+    return records, len(data) - len(lines[-1]), torn
+
+
+@dataclass(frozen=True)
+class Steps:
+    """A log's step records grouped: begin record, its done record (if any) and extra records."""
+
+    begins: Tuple[dict, ...]
+    done: dict      # step number -> done record
+    extra: dict     # step number -> list of other step records (staged, fail)
+
+
+def group_steps(records: List[dict]) -> Steps:
+    begins, done, extra = [], {}, {}
+    for r in records:
+        t = r.get("type")
+        if t == "begin":
+            begins.append(r)
+        elif t == "done":
+            done[r["step"]] = r
+        elif t in ("staged", "fail"):
+            extra.setdefault(r["step"], []).append(r)
+    return Steps(tuple(begins), done, extra)
