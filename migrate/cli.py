@@ -254,3 +254,69 @@ def main() -> None:
         raise
     else:
         sys.exit(0)
+
+
+# --- run -----------------------------------------------------------------------------------------
+
+def confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise NotConfirmed("no terminal to ask for confirmation", "pass --yes to proceed without asking")
+    if not click.confirm(question, default=False, err=True):
+        raise NotConfirmed("not confirmed; nothing was changed")
+
+
+@cli.command(context_settings=CONTEXT)
+@plan_options
+@click.option("--dry-run", is_flag=True, help="Print the plan (exactly what `plan` prints) and stop.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def run(ui: Ui, dry_run: bool, yes: bool, **kw) -> None:
+    """Execute the plan: place every model in the target, switch the YAML, quarantine sources.
+
+    Every step is written to the audit log in <target>/.comfy-migrate/runs/ before it is made.
+    Running it again after an interruption continues where it stopped.
+
+    \b
+    Example:
+      comfy-migrate run --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models --yes
+    """
+    from migrate.execute import execute_plan
+    fmt = kw.pop("fmt")
+    _, plan = build(ui, **kw)
+    if dry_run:
+        print_plan(plan, fmt)
+        return
+    if fmt == "table":
+        out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
+        for line in report.summary_lines(plan):
+            out(line + "\n")
+        for w in plan.warnings:
+            ui.warn(w)
+    if not plan.has_work:
+        ui.info("nothing to do: the target is up to date")
+        return
+    confirm(f"Migrate into {plan.target}?", yes)
+    with ui.progress("copying") as (on_total, on_bytes):
+        on_total(plan.bytes_to_copy)
+        rep = execute_plan(plan, sys.argv, on_bytes)
+    if rep.lock_note:
+        ui.warn(rep.lock_note)
+    if fmt == "json":
+        out(report.dumps({"run": rep.run_id, "log": rep.log_path, "resumed": rep.resumed,
+                          "placed": rep.placed, "copied_bytes": rep.copied_bytes, "removed": rep.removed,
+                          "quarantine_bytes": rep.quarantine_bytes, "yaml_written": rep.yaml_written,
+                          "problems": [{"path": p.path, "message": p.message} for p in rep.problems]}))
+    else:
+        out(f"\nrun {rep.run_id}{' (continued)' if rep.resumed else ''}: placed {rep.placed} files, "
+            f"copied {report.human(rep.copied_bytes)}, removed {rep.removed} source names\n")
+        if rep.quarantine_bytes:
+            out(f"quarantine holds {report.human(rep.quarantine_bytes)}: "
+                f"`comfy-migrate purge {rep.run_id}` frees it\n")
+        out(f"audit log: {report.show(rep.log_path)}\nundo with: comfy-migrate rollback {rep.run_id}"
+            f" --target {report.show(plan.target)}\n")
+    for p in rep.problems:
+        ui.warn(f"{report.show(p.path)}: {p.message}")
+    if rep.problems:
+        sys.exit(ExitCode.PROBLEMS)

@@ -1,0 +1,300 @@
+"""Run a Plan step by step through fsops, journalling each step before and after.
+
+Phases: (A) place every file in the target (links, renames, verified copies, dedupe links);
+(B) switch extra_model_paths.yaml; (C) only then remove source names (unlink where the target
+holds the same inode, else rename into a quarantine folder) and leave symlinks back where asked.
+Nothing is deleted: a run's destructive end is a rename into quarantine, emptied by `purge`.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from migrate import __version__, fsops
+from migrate.errors import BadInput, NoSpace
+from migrate.hashing import hash_bytes, stat_key
+from migrate.journal import RUNS_DIR, Journal, read_log
+from migrate.lock import TargetLock
+from migrate.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal
+from migrate.scan import TEMP_MARK
+
+OnBytes = Callable[[int], None]
+
+
+def state_dir(target: str) -> str:
+    return os.path.join(target, STATE_DIR)
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    log_path: str
+    resumed: bool = False
+    steps_done: int = 0
+    placed: int = 0
+    copied_bytes: int = 0
+    removed: int = 0
+    quarantine_bytes: int = 0
+    yaml_written: bool = False
+    problems: List[Problem] = field(default_factory=list)
+    lock_note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def find_interrupted(target: str) -> Optional[str]:
+    """The newest run log with no closing record and no rollback: a run to continue."""
+    runs = os.path.join(state_dir(target), RUNS_DIR)
+    if not os.path.isdir(runs):
+        return None
+    for name in sorted(os.listdir(runs), reverse=True):
+        if not name.endswith(".jsonl") or name.endswith(".rollback.jsonl"):
+            continue
+        path = os.path.join(runs, name)
+        if os.path.exists(path[:-len(".jsonl")] + ".rollback.jsonl"):
+            continue
+        records, _, _ = read_log(path)
+        if records[-1].get("type") != "close":
+            return path
+        return None
+    return None
+
+
+class _Runner:
+    def __init__(self, plan: Plan, journal: Journal, report: RunReport, on_bytes: Optional[OnBytes]) -> None:
+        self.plan = plan
+        self.j = journal
+        self.report = report
+        self.on_bytes = on_bytes
+        self.failed: set = set()
+
+    # -- journalling helpers --
+    def begin(self, op: str, **fields) -> int:
+        step = self.j.seq + 1     # a step is named by its begin record's sequence number
+        self.j.append(dict(fields, type="begin", step=step, op=op))
+        return step
+
+    def done(self, step: int, **fields) -> None:
+        self.j.append(dict(fields, type="done", step=step))
+        self.report.steps_done += 1
+
+    def fail(self, step: int, a: Optional[Action], path: str, exc: BaseException) -> None:
+        msg = f"{getattr(exc, 'strerror', None) or exc}"
+        self.j.append({"type": "fail", "step": step, "error": msg})
+        self.report.problems.append(Problem(path, msg))
+        if a is not None:
+            self.failed.add(id(a))
+
+    def mkdirs(self, path: str, root: str) -> None:
+        """Create missing folders up to `path` below `root`, each journalled (rollback removes them)."""
+        missing = []
+        p = path
+        while not os.path.isdir(p) and p.startswith(root.rstrip("/") + "/"):
+            missing.append(p)
+            p = os.path.dirname(p)
+        for d in reversed(missing):
+            s = self.begin("mkdir", path=d)
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                pass
+            self.done(s)
+
+    # -- phase A: placement --
+    def place(self, a: Action) -> None:
+        assert a.dst is not None
+        self.mkdirs(os.path.dirname(a.dst), self.plan.target)
+        src = a.source
+        facts = dict(src=src, dst=a.dst, size=a.size, digest=a.digest, dev=a.dev, ino=a.ino, mode=a.mode,
+                     mtime_ns=a.mtime_ns, kind=a.kind.value)
+        if a.kind is ActionKind.SAME_CONTENT:
+            assert a.stored is not None
+            if a.method is Method.HARDLINK:
+                st = os.lstat(a.stored)
+                s = self.begin("dedupe", stored=a.stored, stored_ino=st.st_ino, stored_dev=st.st_dev, **facts)
+                try:
+                    fsops.link_noreplace(a.stored, a.dst)
+                except OSError as exc:
+                    return self.fail(s, a, a.dst, exc)
+            else:
+                to = os.path.relpath(a.stored, os.path.dirname(a.dst))
+                s = self.begin("symlink", to=to, **facts)
+                try:
+                    os.symlink(to, a.dst)
+                except OSError as exc:
+                    return self.fail(s, a, a.dst, exc)
+            self.done(s)
+            self.report.placed += 1
+            return
+        expect = (a.dev, a.ino, a.size, a.mtime_ns)
+        if a.method in (Method.HARDLINK, Method.RENAME):
+            op = "link" if a.method is Method.HARDLINK else "rename"
+            s = self.begin(op, **facts)
+            try:
+                st = os.lstat(src)
+                if stat_key(st) != expect:
+                    raise OSError(errno.ESTALE, "changed since it was scanned", src)
+                if op == "link":
+                    fsops.link_noreplace(src, a.dst)
+                else:
+                    fsops.rename_noreplace(src, a.dst)
+            except OSError as exc:
+                return self.fail(s, a, src, exc)
+            self.done(s)
+        else:
+            tmp = os.path.join(os.path.dirname(a.dst), f".{os.path.basename(a.dst)}{TEMP_MARK}{self.report.run_id}")
+            s = self.begin("copy", tmp=tmp, **facts)
+            try:
+                digest, st = fsops.copy_and_hash(src, expect, tmp, self.on_bytes)
+                if digest != a.digest:
+                    os.unlink(tmp)
+                    raise OSError(errno.EIO, f"copy digest {digest} differs from the scanned {a.digest}", src)
+                self.j.append({"type": "staged", "step": s, "tmp_ino": st.st_ino, "tmp_dev": st.st_dev})
+                fsops.rename_noreplace(tmp, a.dst)
+                fsops.fsync_dir(os.path.dirname(a.dst))
+            except OSError as exc:
+                if os.path.lexists(tmp):
+                    try:
+                        os.unlink(tmp)
+                    except OSError:
+                        pass
+                return self.fail(s, a, src, exc)
+            self.done(s, dst_ino=st.st_ino, dst_dev=st.st_dev)
+            self.report.copied_bytes += a.size
+        self.report.placed += 1
+
+    # -- phase B --
+    def write_yaml(self) -> None:
+        plan = self.plan
+        assert plan.yaml_path is not None and plan.yaml_after is not None
+        current = fsops.read_file(plan.yaml_path)
+        cur_text = current.decode("utf-8", "surrogateescape") if current is not None else None
+        if cur_text != plan.yaml_before:
+            raise BadInput(f"{plan.yaml_path} changed since the plan was made; no source was removed",
+                           "run `comfy-migrate run` again to plan with the new file")
+        pre = os.path.join(state_dir(plan.target), "yaml", f"{self.report.run_id}.{self.j.seq + 1}.before")
+        if current is not None:
+            os.makedirs(os.path.dirname(pre), exist_ok=True)
+            fsops.atomic_write(pre, current)
+        after = plan.yaml_after.encode("utf-8")
+        s = self.begin("yaml", path=plan.yaml_path, before=pre if current is not None else None,
+                       before_digest=hash_bytes(current) if current is not None else None,
+                       after_digest=hash_bytes(after))
+        mode = os.stat(plan.yaml_path).st_mode & 0o7777 if current is not None else 0o644
+        fsops.atomic_write(plan.yaml_path, after, mode)
+        self.done(s)
+        self.report.yaml_written = True
+
+    # -- phase C: sources --
+    def remove_source(self, a: Action) -> None:
+        src = a.source
+        facts = dict(src=src, dst=a.dst, size=a.size, digest=a.digest, dev=a.dev, ino=a.ino, mode=a.mode,
+                     mtime_ns=a.mtime_ns, stored=a.stored or a.dst)
+        expect = (a.dev, a.ino, a.size, a.mtime_ns)
+        if a.removal is Removal.UNLINK:
+            s = self.begin("unlink", **facts)
+            try:
+                st, dst_st = os.lstat(src), os.lstat(a.stored or a.dst)
+                if stat_key(st) != expect or (dst_st.st_dev, dst_st.st_ino) != (a.dev, a.ino):
+                    raise OSError(errno.ESTALE, "source or target changed; source kept", src)
+                os.unlink(src)
+                fsops.fsync_dir(os.path.dirname(src))
+            except OSError as exc:
+                return self.fail(s, a, src, exc)
+            self.done(s)
+        else:
+            q = os.path.join(a.root, STATE_DIR, "quarantine", self.report.run_id, a.rel)
+            self.mkdirs(os.path.dirname(q), a.root)
+            s = self.begin("quarantine", q=q, **facts)
+            try:
+                if stat_key(os.lstat(src)) != expect:
+                    raise OSError(errno.ESTALE, "changed since it was scanned; source kept", src)
+                fsops.rename_noreplace(src, q)
+                fsops.fsync_dir(os.path.dirname(src))
+            except OSError as exc:
+                return self.fail(s, a, src, exc)
+            self.done(s)
+            self.report.quarantine_bytes += a.size
+        self.report.removed += 1
+        if a.link_back and a.dst:
+            s = self.begin("linkback", src=src, to=a.dst)
+            try:
+                os.symlink(a.dst, src)
+            except OSError as exc:
+                return self.fail(s, None, src, exc)
+            self.done(s)
+
+
+def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None) -> RunReport:
+    """Execute `plan` under the target's lock; returns the report (per-file problems are data)."""
+    if not plan.fits:
+        raise NoSpace(f"the target has {plan.free_bytes} bytes free but the plan copies {plan.bytes_to_copy}",
+                      "free space on the target, or migrate fewer sources")
+    sd = state_dir(plan.target)
+    os.makedirs(sd, exist_ok=True)
+    with TargetLock(sd, "comfy-migrate run") as lock:
+        if plan.bytes_to_copy > fsops.free_space(plan.target):
+            raise NoSpace("the target no longer has room for the plan's copies", "free space, then run again")
+        if plan.yaml_path is not None and plan.yaml_changes:
+            cur = fsops.read_file(plan.yaml_path)
+            if (cur.decode("utf-8", "surrogateescape") if cur is not None else None) != plan.yaml_before:
+                raise BadInput(f"{plan.yaml_path} changed since the plan was made; nothing was changed",
+                               "run again to plan with the new file")
+        resume = find_interrupted(plan.target)
+        header = {"tool": __version__, "argv": argv, "host": socket.gethostname(), "pid": os.getpid(),
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sources": list(plan.sources),
+                  "target": plan.target, "yaml": plan.yaml_path, "mode": plan.policy.mode.value}
+        if resume:
+            j, records, torn = Journal.reopen(resume)
+            run_id = records[0]["run"]
+            report = RunReport(run_id, resume, resumed=True)
+            j.append(dict(header, type="resume", torn_tail_dropped=torn))
+            _clean_temps(j, records)
+        else:
+            run_id = new_run_id()
+            path = os.path.join(sd, RUNS_DIR, f"{run_id}.jsonl")
+            j = Journal.create(path, dict(header, run=run_id))
+            report = RunReport(run_id, path)
+        if lock.took_over:
+            report.lock_note = f"took over a stale lock ({lock.took_over.get('reason')})"
+        r = _Runner(plan, j, report, on_bytes)
+        try:
+            todo = [a for a in plan.actions if a.method is not Method.NONE]
+            for a in todo:
+                r.place(a)
+            if plan.yaml_path is not None and plan.yaml_changes:
+                r.write_yaml()
+            for a in plan.actions:
+                if a.removal in (Removal.UNLINK, Removal.QUARANTINE) and id(a) not in r.failed:
+                    r.remove_source(a)
+                elif a.removal is Removal.RENAMED and a.link_back and id(a) not in r.failed and a.dst:
+                    s = r.begin("linkback", src=a.source, to=a.dst)
+                    os.symlink(a.dst, a.source)
+                    r.done(s)
+            j.append({"type": "close", "state": "complete" if report.ok else "problems",
+                      "placed": report.placed, "copied_bytes": report.copied_bytes, "removed": report.removed,
+                      "quarantine_bytes": report.quarantine_bytes, "problems": len(report.problems)})
+        finally:
+            j.close()
+    return report
+
+
+def _clean_temps(j: Journal, records: List[dict]) -> None:
+    """Remove half-copied temporary files of the interrupted steps (journalled)."""
+    done = {r["step"] for r in records if r.get("type") in ("done", "fail")}
+    for r in records:
+        if r.get("type") == "begin" and r.get("op") == "copy" and r["step"] not in done:
+            if os.path.lexists(r["tmp"]):
+                j.append({"type": "cleanup", "path": r["tmp"], "of_step": r["step"]})
+                os.unlink(r["tmp"])
