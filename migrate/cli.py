@@ -320,3 +320,157 @@ def run(ui: Ui, dry_run: bool, yes: bool, **kw) -> None:
         ui.warn(f"{report.show(p.path)}: {p.message}")
     if rep.problems:
         sys.exit(ExitCode.PROBLEMS)
+
+
+# --- rollback, history, purge, verify --------------------------------------------------------------
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_ref", metavar="[RUN]", required=False)
+@target_option
+@click.option("--dry-run", is_flag=True, help="Print what would be undone; change nothing.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def rollback(ui: Ui, run_ref, target, dry_run, yes) -> None:
+    """Undo a run (default: the newest not rolled back) from its audit log.
+
+    Files go back to their old places, links and folders the run made are removed, the YAML gets
+    its old bytes back. A file changed since the run is never overwritten: it is reported and kept.
+    Interrupted? Run it again: it continues.
+
+    \b
+    Example:
+      comfy-migrate rollback --target /workspace/models --dry-run
+      comfy-migrate rollback 20261127T101500Z-3fa9c1 --target /workspace/models --yes
+    """
+    from migrate.execute import state_dir
+    from migrate.lock import TargetLock
+    from migrate.rollback import execute_rollback, find_log, load_run, plan_rollback
+    target = resolve_target(target)
+    log = find_log(target, run_ref)
+    records = load_run(log)
+    undos = plan_rollback(records)
+    if dry_run or not yes:
+        out(f"rollback of run {records[0]['run']} ({len(undos)} steps, newest first):\n")
+        for u in undos:
+            out(f"  {report.show(u.describe())}\n")
+    if dry_run:
+        return
+    confirm(f"Undo run {records[0]['run']}?", yes)
+    with TargetLock(state_dir(target), "comfy-migrate rollback"):
+        with ui.progress("restoring") as (_, on_bytes):
+            rep = execute_rollback(log, records, undos, on_bytes)
+    out(f"run {rep.run_id} rolled back: {rep.undone} steps undone, {len(rep.skipped)} skipped\n")
+    for p in rep.skipped:
+        ui.warn(f"{report.show(p.path)}: {p.message}")
+    if rep.skipped:
+        sys.exit(ExitCode.PROBLEMS)
+
+
+@cli.command("history", context_settings=CONTEXT)
+@target_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def history_cmd(target, fmt) -> None:
+    """One row per run in the target: id, time, host, files, bytes, state.
+
+    \b
+    Example:
+      comfy-migrate history --target /workspace/models
+    """
+    from migrate.rollback import history
+    rows = history(resolve_target(target))
+    if fmt == "json":
+        out(report.dumps(rows))
+    elif rows:
+        out(table([[r["run"], r["time"], r["host"], r["files"], report.human(r["bytes"]), r["state"]]
+                   for r in rows], ["run", "time", "host", "files", "size", "state"]) + "\n")
+    else:
+        out("no runs yet\n")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_ref", metavar="[RUN]", required=False)
+@target_option
+@click.option("--permanent", is_flag=True, help="Delete instead of moving to the trash.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def purge(ui: Ui, run_ref, target, permanent, yes) -> None:
+    """Empty a run's quarantine (the source copies it set aside) into the trash.
+
+    Each file's content is first re-hashed in the target; a file whose stored copy is missing or
+    differs is kept. Rollback still works afterwards (it recreates files from the stored copies).
+
+    \b
+    Example:
+      comfy-migrate purge --target /workspace/models --yes
+    """
+    from migrate.execute import state_dir
+    from migrate.lock import TargetLock
+    from migrate.rollback import find_log, load_run, quarantined, verify_stored
+    target = resolve_target(target)
+    log = find_log(target, run_ref)
+    records = load_run(log)
+    items = [q for q in quarantined(records) if os.path.lexists(q["q"])]
+    total = sum(q["size"] for q in items)
+    if not items:
+        out("the quarantine of this run is empty\n")
+        return
+    confirm(f"{'Delete' if permanent else 'Trash'} {len(items)} quarantined files ({report.human(total)})?", yes)
+    freed, kept = 0, 0
+    with TargetLock(state_dir(target), "comfy-migrate purge"):
+        for q in items:
+            if not verify_stored(q):
+                ui.warn(f"{report.show(q['q'])}: its stored copy is missing or differs; kept")
+                kept += 1
+                continue
+            try:
+                if permanent:
+                    os.unlink(q["q"])
+                else:
+                    from send2trash import send2trash
+                    send2trash(q["q"])
+                freed += q["size"]
+            except Exception as exc:   # send2trash raises many kinds; the file simply stays
+                ui.warn(f"{report.show(q['q'])}: cannot use the trash ({exc}); kept "
+                        "(use --permanent to delete instead)")
+                kept += 1
+    verb = "deleted" if permanent else "moved to the trash"
+    out(f"{report.human(freed)} {verb}; {kept} files kept\n")
+    if not permanent and freed:
+        out("note: the trash is on the same volume; empty it to free the space\n")
+    if kept:
+        sys.exit(ExitCode.PROBLEMS)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_ref", metavar="[RUN]", required=False)
+@click.option("--comfyui", type=click.Path(file_okay=False), envvar="COMFYUI_DIR", help="The ComfyUI folder.")
+@target_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def verify(run_ref, comfyui, target, fmt) -> None:
+    """Re-hash a run's files in the target and check ComfyUI finds each name there first.
+
+    \b
+    Example:
+      comfy-migrate verify --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models
+    """
+    from migrate.rollback import find_log, load_run
+    from migrate.verify import verify_run
+    target = resolve_target(target)
+    records = load_run(find_log(target, run_ref))
+    home = None
+    try:
+        from migrate.facts import find_comfyui
+        home = find_comfyui(comfyui)
+    except MigrateError:
+        pass
+    res = verify_run(records, home)
+    if fmt == "json":
+        out(report.dumps(res))
+    else:
+        out(f"run {records[0]['run']}: {res['checked']} files checked\n")
+        for kind in ("missing", "changed", "shadowed"):
+            for p in res[kind]:
+                out(f"  {kind}: {report.show(p)}\n")
+        out("all good\n" if res["ok"] else "problems found\n")
+    if not res["ok"]:
+        sys.exit(ExitCode.VERIFY_FAILED)

@@ -190,7 +190,8 @@ class _Runner:
         after = plan.yaml_after.encode("utf-8")
         s = self.begin("yaml", path=plan.yaml_path, before=pre if current is not None else None,
                        before_digest=hash_bytes(current) if current is not None else None,
-                       after_digest=hash_bytes(after))
+                       after_digest=hash_bytes(after),
+                       before_mtime_ns=os.stat(plan.yaml_path).st_mtime_ns if current is not None else None)
         mode = os.stat(plan.yaml_path).st_mode & 0o7777 if current is not None else 0o644
         fsops.atomic_write(plan.yaml_path, after, mode)
         self.done(s)

@@ -1,0 +1,371 @@
+"""Undo a run from its audit log.
+
+`plan_rollback` is pure: log records -> the inverse steps, newest first (begun-but-unfinished steps
+included: each undo checks the world, so it is a no-op where the step never happened).
+`execute_rollback` applies them, journalled in `<run>.rollback.jsonl`; every undo first checks the
+disk is as the log left it (same inode, else same digest) and skips, reporting, what changed since.
+Applying it again after an interruption is safe: every undo is idempotent.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from migrate import __version__, fsops
+from migrate.errors import BadLog
+from migrate.hashing import hash_bytes, hash_path
+from migrate.journal import Journal, group_steps, read_log
+from migrate.model import STATE_DIR, Problem
+from migrate.scan import TEMP_MARK
+
+PATH_FIELDS = ("src", "dst", "tmp", "q", "stored", "path")
+
+
+@dataclass(frozen=True)
+class Undo:
+    op: str            # the forward op being undone
+    step: int
+    rec: dict          # the begin record, merged with its done/staged records
+    finished: bool     # the forward step was confirmed done
+
+    def describe(self) -> str:
+        r = self.rec
+        return {
+            "mkdir": f"remove folder {r.get('path')} if empty",
+            "link": f"remove {r.get('dst')} (a hardlink of {r.get('src')})",
+            "dedupe": f"remove {r.get('dst')} (a hardlink of {r.get('stored')})",
+            "symlink": f"remove symlink {r.get('dst')}",
+            "rename": f"move {r.get('dst')} back to {r.get('src')}",
+            "copy": f"remove the copy {r.get('dst')} (the source is back at {r.get('src')})",
+            "yaml": f"restore {r.get('path')} to its previous bytes",
+            "unlink": f"recreate {r.get('src')} as a hardlink of {r.get('dst')}",
+            "quarantine": f"move {r.get('src')} back from quarantine",
+            "linkback": f"remove symlink {r.get('src')}",
+        }.get(self.op, self.op)
+
+
+def check_log(records: Sequence[dict], path: str) -> None:
+    """Refuse a log whose paths fall outside the roots its header names."""
+    head = records[0]
+    roots = [head.get("target")] + list(head.get("sources") or [])
+    if not all(isinstance(r, str) and posixpath.isabs(r) for r in roots):
+        raise BadLog(f"{path}: line 1: the header's roots are not absolute paths", "restore the original log")
+    for i, rec in enumerate(records, 1):
+        for f in PATH_FIELDS:
+            p = rec.get(f)
+            if p is None or rec.get("type") in ("header", "resume"):
+                continue
+            if f == "path" and rec.get("op") == "yaml" and p == head.get("yaml"):
+                continue
+            if not isinstance(p, str) or posixpath.normpath(p) != p or not any(
+                    p.startswith(r.rstrip("/") + "/") for r in roots):
+                raise BadLog(f"{path}: line {i}: {f} {p!r} is outside the run's source and target folders",
+                             "the log was edited; restore the original")
+        before = rec.get("before")
+        if before is not None and not (isinstance(before, str) and posixpath.normpath(before) == before and
+                                       before.startswith(posixpath.join(head["target"], STATE_DIR) + "/")):
+            raise BadLog(f"{path}: line {i}: YAML pre-image {before!r} is outside the state folder",
+                         "the log was edited; restore the original")
+
+
+def plan_rollback(records: Sequence[dict]) -> List[Undo]:
+    steps = group_steps(list(records))
+    undos = []
+    for b in reversed(steps.begins):
+        rec = dict(b)
+        for extra in steps.extra.get(b["step"], []):
+            if extra["type"] == "staged":
+                rec["tmp_ino"] = extra["tmp_ino"]
+        done = steps.done.get(b["step"])
+        if done:
+            rec.update({k: v for k, v in done.items() if k not in ("type", "seq", "prev", "sum")})
+        undos.append(Undo(b["op"], b["step"], rec, done is not None))
+    return undos
+
+
+def _safe(root_of: Callable[[str], Optional[str]], path: str) -> None:
+    """No folder between the recorded root and `path` may be a symlink (a planted escape)."""
+    root = root_of(path)
+    if root is None:
+        raise OSError(errno.EPERM, "outside the run's folders", path)
+    cur = root.rstrip("/")
+    for part in path[len(cur) + 1:].split("/")[:-1]:
+        cur = cur + "/" + part
+        try:
+            if os.path.islink(cur):
+                raise OSError(errno.ELOOP, "a folder on the way is now a symlink", cur)
+        except FileNotFoundError:
+            return
+
+
+def _ino(path: str) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+@dataclass
+class RollbackReport:
+    run_id: str
+    log_path: str
+    undone: int = 0
+    skipped: List[Problem] = field(default_factory=list)
+    resumed: bool = False
+
+
+def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
+                     on_bytes: Optional[Callable[[int], None]] = None) -> RollbackReport:
+    head = records[0]
+    roots = [head["target"]] + list(head["sources"])
+
+    def root_of(p: str) -> Optional[str]:
+        return next((r for r in roots if p.startswith(r.rstrip("/") + "/")), None)
+
+    rb_path = log_path[:-len(".jsonl")] + ".rollback.jsonl"
+    done_before: set = set()
+    if os.path.exists(rb_path):
+        j, rb_records, _ = Journal.reopen(rb_path)
+        done_before = {r["undo"] for r in rb_records if r.get("type") == "done"}
+        j.append({"type": "resume", "pid": os.getpid(), "host": socket.gethostname()})
+        report = RollbackReport(head["run"], rb_path, resumed=True)
+    else:
+        j = Journal.create(rb_path, {"run": head["run"], "rollback_of": os.path.basename(log_path),
+                                     "tool": __version__, "host": socket.gethostname(),
+                                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                     "log_tail": records[-1]["sum"]})
+        report = RollbackReport(head["run"], rb_path)
+    try:
+        for u in undos:
+            if u.step in done_before:
+                continue
+            j.append({"type": "begin", "undo": u.step, "op": u.op})
+            try:
+                for f in PATH_FIELDS:
+                    if isinstance(u.rec.get(f), str) and u.rec.get("op") != "yaml":
+                        _safe(root_of, u.rec[f])
+                note = _undo(u, on_bytes)
+            except OSError as exc:
+                note = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+            if note:
+                report.skipped.append(Problem(u.rec.get("src") or u.rec.get("dst") or u.rec.get("path", ""),
+                                              f"not undone ({u.describe()}): {note}"))
+                j.append({"type": "skip", "undo": u.step, "why": note})
+            else:
+                report.undone += 1
+            j.append({"type": "done", "undo": u.step})
+        j.append({"type": "close", "undone": report.undone, "skipped": len(report.skipped)})
+    finally:
+        j.close()
+    return report
+
+
+def _undo(u: Undo, on_bytes) -> str:
+    """Apply one inverse step. Returns '' when done (or nothing was needed), else why it was skipped."""
+    r = u.rec
+    op = u.op
+    if op == "mkdir":
+        try:
+            os.rmdir(r["path"])
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                return "folder is not empty (files were added since); left in place"
+            raise
+        return ""
+    if op in ("link", "dedupe"):
+        dst = r["dst"]
+        want = (r["dev"], r["ino"]) if op == "link" else (r["stored_dev"], r["stored_ino"])
+        cur = _ino(dst)
+        if cur is None:
+            return ""
+        if cur != want:
+            return "the target file was replaced since the run; left in place"
+        if op == "link" and _ino(r["src"]) is None:
+            fsops.rename_noreplace(dst, r["src"])
+        else:
+            os.unlink(dst)
+        return ""
+    if op == "symlink":
+        dst = r["dst"]
+        if os.path.islink(dst) and os.readlink(dst) == r["to"]:
+            os.unlink(dst)
+        return ""
+    if op == "rename":
+        cur = _ino(r["dst"])
+        if cur is None or _ino(r["src"]) is not None:
+            return "" if cur is None else "both names exist; left in place"
+        if cur != (r["dev"], r["ino"]):
+            return "the target file was replaced since the run; left in place"
+        os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+        fsops.rename_noreplace(r["dst"], r["src"])
+        return ""
+    if op == "copy":
+        tmp = r.get("tmp")
+        if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
+            os.unlink(tmp)
+        ino = r.get("dst_ino") or r.get("tmp_ino")
+        dst = r["dst"]
+        cur = _ino(dst)
+        if cur is None or ino is None:
+            return ""
+        if cur[1] != ino:
+            return "the target file was replaced since the run; left in place"
+        if _ino(r["src"]) is None:
+            # The source is gone for good (its quarantine was purged): copy back, verify, then remove.
+            if not _restore_from(dst, r, on_bytes):
+                return "could not restore the source from the target copy; both kept"
+        os.unlink(dst)
+        return ""
+    if op == "yaml":
+        path = r["path"]
+        cur = fsops.read_file(path)
+        if r.get("before"):
+            before = fsops.read_file(r["before"])
+            if before is None or hash_bytes(before) != r["before_digest"]:
+                return "the saved previous YAML is missing or damaged; YAML left as it is"
+        else:
+            before = None
+        if cur == before:
+            return ""
+        if cur is None or hash_bytes(cur) != r["after_digest"]:
+            return "extra_model_paths.yaml was edited since the run; left as it is"
+        if before is None:
+            os.unlink(path)
+            fsops.fsync_dir(os.path.dirname(path))
+        else:
+            fsops.atomic_write(path, before, os.stat(path).st_mode & 0o7777)
+            if r.get("before_mtime_ns"):
+                os.utime(path, ns=(r["before_mtime_ns"], r["before_mtime_ns"]))
+        return ""
+    if op == "unlink":
+        if _ino(r["src"]) is not None:
+            return ""
+        stored = r.get("stored") or r["dst"]
+        if _ino(stored) != (r["dev"], r["ino"]):
+            if not _restore_from(stored, r, on_bytes):
+                return "the stored copy changed; source not recreated"
+            return ""
+        os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+        os.link(stored, r["src"])
+        return ""
+    if op == "quarantine":
+        if _ino(r["src"]) is not None:
+            return ""
+        if _ino(r["q"]) == (r["dev"], r["ino"]):
+            os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+            fsops.rename_noreplace(r["q"], r["src"])
+            return ""
+        # Purged: recreate it from the stored copy with the same digest, mode and mtime.
+        if not _restore_from(r.get("stored") or r["dst"], r, on_bytes):
+            return "the quarantined file was purged and no stored copy has its content"
+        return ""
+    if op == "linkback":
+        if os.path.islink(r["src"]) and os.readlink(r["src"]) == r["to"]:
+            os.unlink(r["src"])
+        return ""
+    return f"unknown step kind {op!r}"
+
+
+def _restore_from(stored: str, r: dict, on_bytes) -> bool:
+    """Recreate r['src'] from a stored copy: copy to a temp, verify the digest, set mode/mtime, publish."""
+    try:
+        st = os.stat(stored, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    src = r["src"]
+    os.makedirs(os.path.dirname(src), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}restore")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    digest, _ = fsops.copy_and_hash(stored, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), tmp, on_bytes)
+    if digest != r["digest"]:
+        os.unlink(tmp)
+        return False
+    os.chmod(tmp, r["mode"])
+    os.utime(tmp, ns=(r["mtime_ns"], r["mtime_ns"]))
+    fsops.rename_noreplace(tmp, src)
+    fsops.fsync_dir(os.path.dirname(src))
+    return True
+
+
+def find_log(target: str, run: Optional[str]) -> str:
+    """A run id or log path -> the run's log; default: the newest run not rolled back."""
+    runs = os.path.join(target, STATE_DIR, "runs")
+    if run and (os.sep in run or run.endswith(".jsonl")):
+        return os.path.abspath(run)
+    if run:
+        path = os.path.join(runs, f"{run}.jsonl")
+        if not os.path.exists(path):
+            raise BadLog(f"no run {run} in {runs}", "see `comfy-migrate history --target DIR`")
+        return path
+    names = sorted(n for n in (os.listdir(runs) if os.path.isdir(runs) else [])
+                   if n.endswith(".jsonl") and not n.endswith(".rollback.jsonl"))
+    for n in reversed(names):
+        rb = os.path.join(runs, n[:-6] + ".rollback.jsonl")
+        if os.path.exists(rb) and read_log(rb)[0][-1].get("type") == "close":
+            continue
+        return os.path.join(runs, n)
+    raise BadLog(f"no run to roll back in {runs}", "check --target (see `comfy-migrate history`)")
+
+
+def load_run(log_path: str) -> List[dict]:
+    records, _, _ = read_log(log_path)
+    check_log(records, log_path)
+    return records
+
+
+def run_state(log_path: str) -> str:
+    records, _, _ = read_log(log_path)
+    rb = log_path[:-6] + ".rollback.jsonl"
+    if os.path.exists(rb):
+        rbr = read_log(rb)[0]
+        return "rolled back" if rbr[-1].get("type") == "close" else "rollback interrupted"
+    last = records[-1]
+    if last.get("type") == "close":
+        return "complete" if last.get("state") == "complete" else "complete with problems"
+    return "interrupted"
+
+
+def history(target: str) -> List[dict]:
+    runs = os.path.join(target, STATE_DIR, "runs")
+    rows = []
+    for n in sorted(os.listdir(runs) if os.path.isdir(runs) else []):
+        if not n.endswith(".jsonl") or n.endswith(".rollback.jsonl"):
+            continue
+        path = os.path.join(runs, n)
+        try:
+            records, _, _ = read_log(path)
+            state = run_state(path)
+        except BadLog as exc:
+            rows.append({"run": n[:-6], "time": "", "host": "", "files": 0, "bytes": 0, "state": f"bad log: {exc}"})
+            continue
+        head = records[0]
+        steps = group_steps(records)
+        placed = [b for b in steps.begins if b["op"] in ("link", "rename", "copy", "dedupe", "symlink")
+                  and b["step"] in steps.done]
+        rows.append({"run": head["run"], "time": head.get("time", ""), "host": head.get("host", ""),
+                     "files": len(placed), "bytes": sum(b.get("size", 0) for b in placed), "state": state})
+    return rows
+
+
+def quarantined(records: List[dict]) -> List[dict]:
+    """Done quarantine steps of a run: what purge may free."""
+    steps = group_steps(records)
+    return [b for b in steps.begins if b["op"] == "quarantine" and b["step"] in steps.done]
+
+
+def verify_stored(rec: dict) -> bool:
+    """Is the quarantined file's content really in the target (re-hashed, not assumed)?"""
+    stored = rec.get("stored") or rec.get("dst")
+    try:
+        return hash_path(stored) == rec["digest"]
+    except OSError:
+        return False
