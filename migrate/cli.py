@@ -288,15 +288,17 @@ def run(ui: Ui, dry_run: bool, yes: bool, **kw) -> None:
     if dry_run:
         print_plan(plan, fmt)
         return
+    if not plan.has_work:
+        ui.info("nothing to do: the target is up to date")
+        for w in plan.warnings:
+            ui.warn(w)
+        return
     if fmt == "table":
         out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
         for line in report.summary_lines(plan):
             out(line + "\n")
         for w in plan.warnings:
             ui.warn(w)
-    if not plan.has_work:
-        ui.info("nothing to do: the target is up to date")
-        return
     confirm(f"Migrate into {plan.target}?", yes)
     with ui.progress("copying") as (on_total, on_bytes):
         on_total(plan.bytes_to_copy)
