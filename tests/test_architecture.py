@@ -1,0 +1,48 @@
+"""The design's one-way arrows and the README's promises, checked."""
+import os
+import re
+import subprocess
+import sys
+
+import migrate.cli as cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORE = ["model", "errors", "comfy", "scan", "hashing", "plan", "report", "fsops", "journal", "execute",
+        "rollback", "verify", "facts", "lock"]
+
+
+def test_core_never_loads_the_shell_libraries():
+    code = ("import sys\n" + "".join(f"import migrate.{m}\n" for m in CORE) +
+            "bad = [m for m in ('click', 'tqdm', 'tabulate') if m in sys.modules]\n"
+            "print(','.join(bad))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "", f"core modules import {out.strip()}"
+
+
+def test_model_and_errors_import_nothing_of_ours():
+    for name in ("model", "errors"):
+        src = open(os.path.join(ROOT, "migrate", f"{name}.py")).read()
+        assert not re.search(r"^\s*(from|import) migrate", src, re.M), name
+
+
+def test_every_command_is_documented_in_the_readme():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for name in cli.cli.commands:
+        assert f"### {name}" in readme, f"command {name} missing from README"
+        assert f"comfy-migrate {name}" in readme
+
+
+def test_every_readme_option_exists():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    known = set()
+    for cmd in cli.cli.commands.values():
+        for p in cmd.params:
+            known.update(o for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", []))
+    known.update({"--help", "--version", "--link-back/--no-link-back", "--extra-model-paths-config"})
+    for opt in set(re.findall(r"(?<![\w-])--[a-z][a-z-]*(?:/--[a-z-]+)?", readme)):
+        assert opt in known, f"README mentions {opt}, which no command has"
+
+
+def test_quick_start_scripts_exist_and_are_executable():
+    for s in ("scripts/demo", "scripts/test", ".ci/run"):
+        assert os.access(os.path.join(ROOT, s), os.X_OK), s
