@@ -257,6 +257,11 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sources": list(plan.sources),
                   "target": plan.target, "yaml": plan.yaml_path, "mode": plan.policy.mode.value}
         if resume:
+            head = read_log(resume)[0][0]
+            if sorted(head.get("sources") or []) != sorted(plan.sources) or head.get("yaml") != plan.yaml_path:
+                raise BadInput(f"an interrupted run ({head.get('run')}) of other sources or another YAML is "
+                               "pending in this target",
+                               f"finish it by running with its options, or `comfy-migrate rollback {head.get('run')}`")
             j, records, torn = Journal.reopen(resume)
             run_id = records[0]["run"]
             report = RunReport(run_id, resume, resumed=True)
