@@ -12,7 +12,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 import click
 
 from migrate import __version__, report
-from migrate.errors import ExitCode, MigrateError, NotConfirmed
+from migrate.errors import BadInput, ExitCode, MigrateError, NotConfirmed
 from migrate.hashing import DigestCache, default_cache_path
 from migrate.model import Mode, OnConflict, Policy, Status
 
@@ -447,13 +447,16 @@ def purge(ui: Ui, run_ref, target, permanent, yes) -> None:
 @click.argument("run_ref", metavar="[RUN]", required=False)
 @click.option("--comfyui", type=click.Path(file_okay=False), envvar="COMFYUI_DIR", help="The ComfyUI folder.")
 @target_option
+@click.option("--comfyui-url", metavar="URL",
+              help="Also ask a running ComfyUI (URL/object_info) whether its loaders list each name.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def verify(run_ref, comfyui, target, fmt) -> None:
+def verify(run_ref, comfyui, target, comfyui_url, fmt) -> None:
     """Re-hash a run's files in the target and check ComfyUI finds each name there first.
 
     \b
     Example:
       comfy-migrate verify --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models
+      comfy-migrate verify --comfyui-url http://127.0.0.1:8188
     """
     from migrate.rollback import find_log, load_run
     from migrate.verify import verify_run
@@ -466,12 +469,20 @@ def verify(run_ref, comfyui, target, fmt) -> None:
     except MigrateError:
         pass
     res = verify_run(records, home)
+    if comfyui_url:
+        from migrate.verify import names_listed_by_comfyui, unlisted
+        try:
+            listed = names_listed_by_comfyui(comfyui_url)
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"cannot read {comfyui_url}/object_info: {exc}", "is ComfyUI running at that URL?")
+        res["not_listed_by_comfyui"] = unlisted(records, listed)
+        res["ok"] = res["ok"] and not res["not_listed_by_comfyui"]
     if fmt == "json":
         out(report.dumps(res))
     else:
         out(f"run {records[0]['run']}: {res['checked']} files checked\n")
-        for kind in ("missing", "changed", "shadowed"):
-            for p in res[kind]:
+        for kind in ("missing", "changed", "shadowed", "not_listed_by_comfyui"):
+            for p in res.get(kind, []):
                 out(f"  {kind}: {report.show(p)}\n")
         out("all good\n" if res["ok"] else "problems found\n")
     if not res["ok"]:

@@ -41,3 +41,35 @@ def verify_run(records: List[dict], comfyui: Optional[str]) -> Dict:
             shadowed.append(dst)
     return {"run": head["run"], "checked": len(placed), "missing": missing, "changed": changed,
             "shadowed": shadowed, "ok": not (missing or changed or shadowed)}
+
+
+def names_listed_by_comfyui(url: str, timeout: float = 30.0) -> set:
+    """Every option string ComfyUI's loaders offer, from a running server's /object_info."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url.rstrip("/") + "/object_info", timeout=timeout) as resp:
+        info = json.loads(resp.read().decode("utf-8"))
+    names: set = set()
+    for node in info.values() if isinstance(info, dict) else ():
+        inputs = node.get("input", {}) if isinstance(node, dict) else {}
+        for group in ("required", "optional"):
+            for spec in (inputs.get(group) or {}).values():
+                if isinstance(spec, list) and spec and isinstance(spec[0], list):
+                    names.update(x for x in spec[0] if isinstance(x, str))
+    return names
+
+
+def unlisted(records: List[dict], listed: set) -> List[str]:
+    """Migrated names (relative to their category folder) that the server does not offer."""
+    head = records[0]
+    steps = group_steps(records)
+    out = []
+    for b in steps.begins:
+        if b["op"] in PLACING and b["step"] in steps.done:
+            rel = os.path.relpath(b["dst"], head["target"])
+            folder, _, name = rel.partition("/")
+            cat, custom = comfy.category_of(folder)
+            if not custom and comfy.lists_extension(cat, name) and name not in listed:
+                out.append(name)
+    return out
