@@ -80,11 +80,20 @@ def gather(
     yaml_before = read_yaml(yaml_path)
     scans = scan_roots(sources)
     target_scan = scan_tree(target) if os.path.isdir(target) else None
-    todo = scans + ([target_scan] if target_scan else [])
+    # A stored file can only share content with a source file of the same size: the store (which
+    # grows with every pod) is hashed only where sizes meet, as duplicate finders do.
+    sizes = {r.size for s in scans for r in s.records if r.status is Status.MIGRATE}
+
+    def wanted(r) -> bool:
+        return r.size in sizes
+
     if on_total is not None:
-        on_total(sum(r.size for s in todo for r in s.records if r.status is Status.MIGRATE))
-    hashed = [hash_records(s, cache, on_bytes) for s in todo]
-    scans, target_scan = hashed[:len(scans)], (hashed[-1] if target_scan else None)
+        on_total(sum(r.size for s in scans for r in s.records if r.status is Status.MIGRATE)
+                 + sum(r.size for r in (target_scan.records if target_scan else ())
+                       if r.status is Status.MIGRATE and wanted(r)))
+    scans = [hash_records(s, cache, on_bytes) for s in scans]
+    if target_scan is not None:
+        target_scan = hash_records(target_scan, cache, on_bytes, only=wanted)
     probes = []
     for s in scans:
         sample = next((r.path for r in s.records if r.status is Status.MIGRATE), None)

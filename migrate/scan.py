@@ -100,13 +100,17 @@ def scan_tree(root: str) -> ScanResult:
 
 def hash_records(
     result: ScanResult, cache: Optional[DigestCache], on_bytes: Optional[Callable[[int], None]] = None,
+    only: Optional[Callable[[FileRecord], bool]] = None,
 ) -> ScanResult:
-    """Fill in digests of files to migrate, from the cache where (dev, ino, size, mtime) match."""
+    """Fill in digests of files to migrate, from the cache where (dev, ino, size, mtime) match.
+
+    `only` limits hashing to the records it accepts (the others keep digest None).
+    """
     records = list(result.records)
     jobs, where = [], []
     cached = 0
     for i, r in enumerate(records):
-        if not r.status.migrates:
+        if not r.status.migrates or (only is not None and not only(r)):
             continue
         key = (r.dev, r.ino, r.size, r.mtime_ns)
         hit = cache.get(key) if cache is not None else None
