@@ -12,7 +12,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional
 
 from migrate import __version__, fsops
@@ -78,6 +78,7 @@ class _Runner:
         self.report = report
         self.on_bytes = on_bytes
         self.failed: set = set()
+        self.copied_instead: set = set()   # actions whose link/rename was refused and copied
 
     # -- journalling helpers --
     def begin(self, op: str, **fields) -> int:
@@ -115,63 +116,94 @@ class _Runner:
     def place(self, a: Action) -> None:
         assert a.dst is not None
         self.mkdirs(os.path.dirname(a.dst), self.plan.target)
-        src = a.source
-        facts = dict(src=src, dst=a.dst, size=a.size, digest=a.digest, dev=a.dev, ino=a.ino, mode=a.mode,
+        facts = dict(src=a.source, dst=a.dst, size=a.size, digest=a.digest, dev=a.dev, ino=a.ino, mode=a.mode,
                      mtime_ns=a.mtime_ns, kind=a.kind.value)
         if a.kind is ActionKind.SAME_CONTENT:
-            assert a.stored is not None
-            if a.method is Method.HARDLINK:
-                st = os.lstat(a.stored)
-                s = self.begin("dedupe", stored=a.stored, stored_ino=st.st_ino, stored_dev=st.st_dev, **facts)
-                try:
-                    fsops.link_noreplace(a.stored, a.dst)
-                except OSError as exc:
-                    return self.fail(s, a, a.dst, exc)
-            else:
-                to = os.path.relpath(a.stored, os.path.dirname(a.dst))
-                s = self.begin("symlink", to=to, **facts)
-                try:
-                    os.symlink(to, a.dst)
-                except OSError as exc:
-                    return self.fail(s, a, a.dst, exc)
-            self.done(s)
-            self.report.placed += 1
-            return
-        expect = (a.dev, a.ino, a.size, a.mtime_ns)
-        if a.method in (Method.HARDLINK, Method.RENAME):
-            op = "link" if a.method is Method.HARDLINK else "rename"
-            s = self.begin(op, **facts)
-            try:
-                st = os.lstat(src)
-                if stat_key(st) != expect:
-                    raise OSError(errno.ESTALE, "changed since it was scanned", src)
-                if op == "link":
-                    fsops.link_noreplace(src, a.dst)
-                else:
-                    fsops.rename_noreplace(src, a.dst)
-            except OSError as exc:
-                return self.fail(s, a, src, exc)
-            self.done(s)
+            self._dedupe(a, facts)
+        elif a.method in (Method.HARDLINK, Method.RENAME):
+            refused = self._link_or_rename(a, facts)
+            if refused is not None:
+                # The filesystem refused what the probe allowed (a bind mount, a link limit): a move
+                # still completes as a verified copy, and the source then goes to quarantine.
+                self.copied_instead.add(id(a))
+                self._copy(a, dict(facts, fallback=refused))
         else:
-            tmp = os.path.join(os.path.dirname(a.dst), f".{os.path.basename(a.dst)}{TEMP_MARK}{self.report.run_id}")
-            s = self.begin("copy", tmp=tmp, **facts)
+            self._copy(a, facts)
+
+    def _dedupe(self, a: Action, facts: dict) -> None:
+        assert a.stored is not None and a.dst is not None
+        try:
+            st = os.lstat(a.stored)
+        except OSError as exc:
+            s = self.begin("dedupe", stored=a.stored, **facts)
+            return self.fail(s, a, a.dst, exc)
+        if a.method is Method.HARDLINK:
+            s = self.begin("dedupe", stored=a.stored, stored_ino=st.st_ino, stored_dev=st.st_dev, **facts)
             try:
-                digest, st = fsops.copy_and_hash(src, expect, tmp, self.on_bytes)
-                if digest != a.digest:
-                    os.unlink(tmp)
-                    raise OSError(errno.EIO, f"copy digest {digest} differs from the scanned {a.digest}", src)
-                self.j.append({"type": "staged", "step": s, "tmp_ino": st.st_ino, "tmp_dev": st.st_dev})
-                fsops.rename_noreplace(tmp, a.dst)
-                fsops.fsync_dir(os.path.dirname(a.dst))
+                fsops.link_noreplace(a.stored, a.dst)
             except OSError as exc:
-                if os.path.lexists(tmp):
-                    try:
-                        os.unlink(tmp)
-                    except OSError:
-                        pass
-                return self.fail(s, a, src, exc)
-            self.done(s, dst_ino=st.st_ino, dst_dev=st.st_dev)
-            self.report.copied_bytes += a.size
+                if exc.errno not in fsops.FALLBACK_ERRNOS:
+                    return self.fail(s, a, a.dst, exc)
+                self.j.append({"type": "fail", "step": s, "error": f"{exc.strerror}; a symlink instead"})
+            else:
+                self.done(s)
+                self.report.placed += 1
+                return
+        to = os.path.relpath(a.stored, os.path.dirname(a.dst))
+        s = self.begin("symlink", to=to, **facts)
+        try:
+            os.symlink(to, a.dst)
+        except OSError as exc:
+            return self.fail(s, a, a.dst, exc)
+        self.done(s)
+        self.report.placed += 1
+
+    def _link_or_rename(self, a: Action, facts: dict) -> Optional[str]:
+        """Place by hardlink or rename. Returns the errno name when the filesystem refused and a
+        copy should be made instead (moves only); otherwise handles its own failure."""
+        assert a.dst is not None
+        op = "link" if a.method is Method.HARDLINK else "rename"
+        s = self.begin(op, **facts)
+        try:
+            if stat_key(os.lstat(a.source)) != (a.dev, a.ino, a.size, a.mtime_ns):
+                raise OSError(errno.ESTALE, "changed since it was scanned", a.source)
+            if op == "link":
+                fsops.link_noreplace(a.source, a.dst)
+            else:
+                fsops.rename_noreplace(a.source, a.dst)
+        except OSError as exc:
+            if a.kind is ActionKind.MOVE and exc.errno in fsops.FALLBACK_ERRNOS and exc.errno != errno.EACCES:
+                name = errno.errorcode.get(exc.errno, str(exc.errno))
+                self.j.append({"type": "fail", "step": s, "error": f"{exc.strerror}; copying instead"})
+                return name
+            self.fail(s, a, a.source, exc)
+            return None
+        self.done(s)
+        self.report.placed += 1
+        return None
+
+    def _copy(self, a: Action, facts: dict) -> None:
+        assert a.dst is not None
+        src = a.source
+        tmp = os.path.join(os.path.dirname(a.dst), f".{os.path.basename(a.dst)}{TEMP_MARK}{self.report.run_id}")
+        s = self.begin("copy", tmp=tmp, **facts)
+        try:
+            digest, st = fsops.copy_and_hash(src, (a.dev, a.ino, a.size, a.mtime_ns), tmp, self.on_bytes)
+            if digest != a.digest:
+                os.unlink(tmp)
+                raise OSError(errno.EIO, f"copy digest {digest} differs from the scanned {a.digest}", src)
+            self.j.append({"type": "staged", "step": s, "tmp_ino": st.st_ino, "tmp_dev": st.st_dev})
+            fsops.rename_noreplace(tmp, a.dst)
+            fsops.fsync_dir(os.path.dirname(a.dst))
+        except OSError as exc:
+            if os.path.lexists(tmp):
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+            return self.fail(s, a, src, exc)
+        self.done(s, dst_ino=st.st_ino, dst_dev=st.st_dev)
+        self.report.copied_bytes += a.size
         self.report.placed += 1
 
     # -- phase B --
@@ -282,9 +314,13 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
             if plan.yaml_path is not None and plan.yaml_changes:
                 r.write_yaml()
             for a in plan.actions:
-                if a.removal in (Removal.UNLINK, Removal.QUARANTINE) and id(a) not in r.failed:
+                if id(a) in r.failed:
+                    continue
+                if id(a) in r.copied_instead:
+                    r.remove_source(replace(a, removal=Removal.QUARANTINE))
+                elif a.removal in (Removal.UNLINK, Removal.QUARANTINE):
                     r.remove_source(a)
-                elif a.removal is Removal.RENAMED and a.link_back and id(a) not in r.failed and a.dst:
+                elif a.removal is Removal.RENAMED and a.link_back and a.dst:
                     s = r.begin("linkback", src=a.source, to=a.dst)
                     os.symlink(a.dst, a.source)
                     r.done(s)

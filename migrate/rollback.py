@@ -82,6 +82,9 @@ def plan_rollback(records: Sequence[dict]) -> List[Undo]:
             if extra["type"] == "staged":
                 rec["tmp_ino"] = extra["tmp_ino"]
         done = steps.done.get(b["step"])
+        failed = any(e["type"] == "fail" for e in steps.extra.get(b["step"], []))
+        if failed and not done and b["op"] != "copy":
+            continue    # a failed step changed nothing (each is one atomic call)
         if done:
             rec.update({k: v for k, v in done.items() if k not in ("type", "seq", "prev", "sum")})
         undos.append(Undo(b["op"], b["step"], rec, done is not None))
