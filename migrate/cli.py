@@ -481,7 +481,7 @@ def verify(run_ref, comfyui, target, comfyui_url, fmt) -> None:
         out(report.dumps(res))
     else:
         out(f"run {records[0]['run']}: {res['checked']} files checked\n")
-        for kind in ("missing", "changed", "shadowed", "not_listed_by_comfyui"):
+        for kind in ("missing", "changed", "shadowed", "orphaned", "not_listed_by_comfyui"):
             for p in res.get(kind, []):
                 out(f"  {kind}: {report.show(p)}\n")
         out("all good\n" if res["ok"] else "problems found\n")

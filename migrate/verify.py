@@ -39,8 +39,24 @@ def verify_run(records: List[dict], comfyui: Optional[str]) -> Dict:
                        if os.path.isfile(os.path.join(f, name))), None)
         if order and (winner is None or os.path.realpath(winner) != os.path.realpath(dst)):
             shadowed.append(dst)
+    orphaned = find_orphans(target, order)
     return {"run": head["run"], "checked": len(placed), "missing": missing, "changed": changed,
-            "shadowed": shadowed, "ok": not (missing or changed or shadowed)}
+            "shadowed": shadowed, "orphaned": orphaned, "ok": not (missing or changed or shadowed or orphaned)}
+
+
+def find_orphans(target: str, order: Dict[str, List[str]]) -> List[str]:
+    """Files in the target no ComfyUI folder lists (when a YAML is known), and leftover temporaries."""
+    from migrate.scan import TEMP_MARK, walk
+    listed = {os.path.normpath(f) for folders in order.values() for f in folders}
+    out = []
+    if not os.path.isdir(target):
+        return out
+    for rel, _ in walk(target):
+        folder = rel.split("/", 1)[0]
+        base = rel.rsplit("/", 1)[-1]
+        if TEMP_MARK in base or (order and "/" in rel and os.path.join(target, folder) not in listed):
+            out.append(os.path.join(target, rel))
+    return out
 
 
 def names_listed_by_comfyui(url: str, timeout: float = 30.0) -> set:
