@@ -96,6 +96,8 @@ def parse_yaml(text: str, where: str = "extra_model_paths.yaml") -> Dict[str, di
             data = loader.construct_document(loader._root) if loader._root is not None else None
         finally:
             loader.dispose()
+    except BadInput as exc:     # a duplicate key: say in which file
+        raise BadInput(f"{where}: {exc}", exc.hint) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
@@ -216,14 +218,21 @@ def render_section(base_path: str, folders: Dict[str, List[str]]) -> str:
 
 def _quote(value: str) -> str:
     plain = value and all(c.isalnum() or c in "/._-+@~$" for c in value) and not value[0] in "-~@" \
-        and value.lower() not in ("true", "false", "yes", "no", "null", "on", "off")
+        and _reads_as_str(value)
     if plain:
         return value
     return "'" + value.replace("'", "''") + "'"
 
 
+def _reads_as_str(value: str) -> bool:
+    """Whether YAML reads this plain scalar back as the same string (not a number, bool or null)."""
+    tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False))
+    return tag == "tag:yaml.org,2002:str"
+
+
 def _quote_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else _quote(key)
+    plain = key.replace("_", "").replace("-", "").isalnum() and _reads_as_str(key)
+    return key if plain else _quote(key)
 
 
 def merge_section(old_text: Optional[str], section: str, where: str = "extra_model_paths.yaml") -> str:

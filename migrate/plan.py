@@ -75,6 +75,8 @@ def build_plan(
     yaml_before: Optional[str] = None,
     free_bytes: Optional[int] = None,
 ) -> Plan:
+    if yaml_path is not None and yaml_before is not None:
+        comfy.parse_yaml(yaml_before, yaml_path)    # a broken YAML is refused even when nothing moves
     probe_of = {p.source: p for p in probes}
     warnings: List[str] = []
     slots: Dict[str, _Slot] = {}            # target path -> what it holds (now or after the plan)

@@ -43,23 +43,36 @@ def classify(rel: str, st: os.stat_result) -> Tuple[Status, str]:
     return Status.MIGRATE, ""
 
 
-def walk(root: str) -> Iterator[Tuple[str, os.stat_result]]:
+def walk(root: str, on_error: Optional[Callable[[OSError], None]] = None) -> Iterator[Tuple[str, os.stat_result]]:
     """Yield (relative path, lstat) for every non-directory entry below root, sorted by name.
 
     Symlinked folders are yielded as entries and not entered; our state folder and `.git` are skipped.
-    Raises OSError for an unreadable folder (the caller records it).
+    An unreadable folder or a vanished entry goes to on_error and the walk goes on (without
+    on_error it is raised, which ends the walk).
     """
     stack: List[Tuple[str, str]] = [(root, "")]
     while stack:
         path, rel = stack.pop()
-        with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name)
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
+            continue
         subdirs = []
         for e in entries:
             erel = f"{rel}/{e.name}" if rel else e.name
             if e.name == ".git" or (not rel and e.name == STATE_DIR):
                 continue
-            st = e.stat(follow_symlinks=False)
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
+                continue
             if stat.S_ISDIR(st.st_mode):
                 subdirs.append((e.path, erel))
             else:
@@ -71,15 +84,13 @@ def scan_tree(root: str) -> ScanResult:
     """Stat facts of every entry under one root (no digests yet)."""
     records: List[FileRecord] = []
     problems: List[Problem] = []
-    it = walk(root)
-    while True:
-        try:
-            rel, st = next(it)
-        except StopIteration:
-            break
-        except OSError as exc:
-            problems.append(Problem(exc.filename or root, f"cannot read folder: {exc.strerror}"))
-            continue
+
+    def on_error(exc: OSError) -> None:
+        gone = isinstance(exc, FileNotFoundError)
+        problems.append(Problem(exc.filename or root, f"{'vanished during the scan' if gone else 'cannot read'}: "
+                                f"{exc.strerror}"))
+
+    for rel, st in walk(root, on_error):
         folder = rel.split("/", 1)[0] if "/" in rel else ""
         category, custom = comfy.category_of(folder) if folder else (None, False)
         status, detail = classify(rel, st)
