@@ -90,10 +90,10 @@ def source_options(f):
     f = click.option("--no-cache", is_flag=True, help="Hash every file, ignoring the digest cache.")(f)
     f = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
                      envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")(f)
-    f = click.option("--source", "sources", multiple=True, type=click.Path(file_okay=False),
+    f = click.option("--source", "sources", multiple=True,
                      envvar="COMFY_MIGRATE_SOURCE",
                      help="A models tree to migrate (repeatable). Default: <comfyui>/models.")(f)
-    f = click.option("--comfyui", type=click.Path(file_okay=False), envvar="COMFYUI_DIR",
+    f = click.option("--comfyui", envvar="COMFYUI_DIR",
                      help="The ComfyUI folder. Default: $COMFYUI_DIR, /workspace/runpod-slim/ComfyUI, "
                           "/workspace/ComfyUI.")(f)
     return f
@@ -112,14 +112,14 @@ def plan_options(f):
                           "or keep both with a suffix (rename).")(f)
     f = click.option("--mode", type=click.Choice([m.value for m in Mode]), default="move",
                      envvar="COMFY_MIGRATE_MODE", show_default=True, help="Move, hardlink or copy.")(f)
-    f = click.option("--yaml", "yaml_path", type=click.Path(dir_okay=False), envvar="COMFY_MIGRATE_YAML",
+    f = click.option("--yaml", "yaml_path", envvar="COMFY_MIGRATE_YAML",
                      help="extra_model_paths.yaml to update. Default: <comfyui>/extra_model_paths.yaml.")(f)
     f = target_option(f)
     return source_options(f)
 
 
 def target_option(f):
-    return click.option("--target", type=click.Path(file_okay=False), envvar="COMFY_MIGRATE_TARGET",
+    return click.option("--target", envvar="COMFY_MIGRATE_TARGET",
                         help="The shared store. Default: $COMFY_MIGRATE_TARGET, else /workspace/models.")(f)
 
 
@@ -134,7 +134,10 @@ def resolve_sources(comfyui: Optional[str], sources: Tuple[str, ...]) -> Tuple[O
 
 def resolve_target(target: Optional[str]) -> str:
     from migrate.facts import DEFAULT_TARGET
-    return os.path.abspath(target or DEFAULT_TARGET)
+    path = os.path.abspath(target or DEFAULT_TARGET)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise BadInput(f"the target {path} is not a folder", "pass --target DIR")
+    return path
 
 
 def open_cache(no_cache: bool) -> Optional[DigestCache]:
@@ -445,7 +448,7 @@ def purge(ui: Ui, run_ref, target, permanent, yes) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="[RUN]", required=False)
-@click.option("--comfyui", type=click.Path(file_okay=False), envvar="COMFYUI_DIR", help="The ComfyUI folder.")
+@click.option("--comfyui", envvar="COMFYUI_DIR", help="The ComfyUI folder.")
 @target_option
 @click.option("--comfyui-url", metavar="URL",
               help="Also ask a running ComfyUI (URL/object_info) whether its loaders list each name.")
