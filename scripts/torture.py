@@ -1,0 +1,949 @@
+#!/usr/bin/env python3
+"""Fault-injection trials for comfy-migrate: inject one fault, recover the documented way, check.
+
+Usage: torture.py [--trials N] [--seed S] [--jobs J] [--keep] [-v]
+
+Builds a pod (ComfyUI models tree, a target store, a user YAML), snapshots it, then for each trial
+copies the pristine pod (cp -a) into a fresh folder under one temp root, injects one fault, recovers
+as the README says (`comfy-migrate run` again, or `comfy-migrate rollback`) and checks invariants:
+  - no content lost: every digest of the pristine pod is still stored under the ComfyUI folder or
+    the target (state folder included: the YAML's previous bytes live there);
+  - after a completed run: every model name resolves in the target first (migrate.comfy.search_folders
+    with the YAML) to its content, and each content is stored once (one inode per digest);
+  - after a rollback: the snapshot (paths, digests, modes, mtimes, symlinks, YAML) is identical;
+  - every audit log reads cleanly (migrate.journal.read_log); no `.cm-tmp-` file anywhere.
+Prints one line per fault kind, then `N passed, M failed`; exits 1 on any failure.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import xxhash  # noqa: E402
+
+from migrate import comfy, fsops  # noqa: E402
+from migrate.errors import MigrateError  # noqa: E402
+from migrate.journal import read_log  # noqa: E402
+from migrate.model import Method, Policy, Status  # noqa: E402
+from migrate.scan import TEMP_MARK, scan_tree  # noqa: E402
+
+STATE = ".comfy-migrate"
+YAML_NAME = "extra_model_paths.yaml"
+USER_YAML = "# my own paths\nother_ui:\n  base_path: /opt/other\n  checkpoints: models/Stable-diffusion\n"
+CONFLICT_REL = "loras/conflict_me.safetensors"
+KINDS = ("crash-run-step", "crash-rollback-step", "sigkill-random", "enospc", "eio/eperm",
+         "changed-under", "lock", "trash", "hostile")
+
+G: dict = {}     # per-process globals: temp roots, pristine facts, measurements
+
+
+# --- the pod -------------------------------------------------------------------------------------------
+
+def blob(rng: random.Random, size: int) -> bytes:
+    return rng.randbytes(size) if hasattr(rng, "randbytes") else bytes(rng.getrandbits(8) for _ in range(size))
+
+
+def build_pod(dest: str) -> None:
+    """ComfyUI/ (models, user YAML) and models/ (the target, with a conflict and an identical file)."""
+    rng = random.Random(20240501)
+    comfy_dir = os.path.join(dest, "ComfyUI")
+    models = os.path.join(comfy_dir, "models")
+    target = os.path.join(dest, "models")
+    t0 = 1_700_000_000_000_000_000
+    n = [0]
+
+    def put(root: str, rel: str, data: bytes, mode: int = 0o644) -> None:
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, mode)
+        n[0] += 1
+        os.utime(path, ns=(t0, t0 + n[0] * 1_000_123))
+
+    folders = ["checkpoints", "loras", "loras/wan", "vae", "text_encoders", "clip", "unet", "diffusion_models",
+               "embeddings", "upscale_models", "controlnet", "clip_vision", "my_custom_node/weights"]
+    made = []
+    for i in range(170):
+        folder = folders[i % len(folders)]
+        rel = f"{folder}/model_{i:03d}.safetensors"
+        data = blob(rng, rng.randint(600, 6000))
+        put(models, rel, data, 0o600 if i % 17 == 0 else 0o644)
+        made.append((rel, data))
+    for i in range(24):   # duplicates, across categories too (legacy clip/unet included)
+        src_rel, data = made[rng.randrange(len(made))]
+        folder = folders[(i * 5 + 3) % len(folders)]
+        put(models, f"{folder}/dup_{i:02d}_{os.path.basename(src_rel)}", data)
+    big = [("diffusion_models/big_a.safetensors", 3 << 20), ("unet/big_b.safetensors", 2 << 20),
+           ("checkpoints/big_c.safetensors", (3 << 19))]
+    for rel, size in big:
+        data = blob(rng, size)
+        put(models, rel, data)
+        made.append((rel, data))
+    put(models, "text_encoders/big_b_copy.safetensors", made[-2][1])     # a large duplicate
+    # odd names
+    put(models, "loras/new\nline.safetensors", blob(rng, 3000))
+    put(models, "loras/with  spaces .safetensors", blob(rng, 2500))
+    put(models, "checkpoints/sub dir/ünïcødé.safetensors", blob(rng, 2200), 0o755)
+    put(models, os.fsdecode(b"loras/bad_\xff_name.safetensors"), blob(rng, 900))     # not UTF-8: skipped
+    # not migrated: placeholders, partial downloads, empty, loose files
+    put(models, "checkpoints/put_checkpoints_here", b"")
+    put(models, "loras/half.safetensors.part", blob(rng, 1500))
+    put(models, "vae/empty.safetensors", b"")
+    put(models, "loose_at_root.safetensors", blob(rng, 700))
+    put(models, "configs/v1-inference.yaml", b"model:\n  target: ldm.models.diffusion.ddpm.LatentDiffusion\n")
+    # symlinks: inside, outside, a loop
+    os.symlink("../loras/model_001.safetensors", os.path.join(models, "upscale_models/alias.pth"))
+    os.symlink("/etc/hostname", os.path.join(models, "vae/outside.safetensors"))
+    os.symlink("loop_b.safetensors", os.path.join(models, "embeddings/loop_a.safetensors"))
+    os.symlink("loop_a.safetensors", os.path.join(models, "embeddings/loop_b.safetensors"))
+    # the target: a conflict (other content under a source's name) and an identical file
+    put(models, CONFLICT_REL, blob(rng, 4000))
+    put(target, CONFLICT_REL, blob(rng, 4100))
+    put(target, "vae/model_003.safetensors", dict(made)["vae/model_003.safetensors"])
+    with open(os.path.join(comfy_dir, YAML_NAME), "w") as f:
+        f.write(USER_YAML)
+    os.utime(os.path.join(comfy_dir, YAML_NAME), ns=(t0, t0 + 42))
+
+
+# --- facts about trees ---------------------------------------------------------------------------------
+
+def digest_file(path: str) -> str:
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(1 << 20)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def walk(root: str, skip_state: bool):
+    """(rel, lstat) of every entry under root; skips root/.comfy-migrate when asked."""
+    stack = [("", root)]
+    while stack:
+        rel, path = stack.pop()
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except FileNotFoundError:
+            continue
+        for e in entries:
+            erel = f"{rel}/{e.name}" if rel else e.name
+            if skip_state and erel == STATE:
+                continue
+            st = e.stat(follow_symlinks=False)
+            yield erel, e.path, st
+            if stat.S_ISDIR(st.st_mode):
+                stack.append((erel, e.path))
+
+
+def snapshot(comfy_dir: str, target: str) -> dict:
+    snap = {}
+    for role, root in (("comfy", comfy_dir), ("target", target)):
+        for rel, path, st in walk(root, skip_state=(role == "target")):
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISDIR(st.st_mode):
+                snap[(role, rel)] = ("dir", mode)
+            elif stat.S_ISLNK(st.st_mode):
+                snap[(role, rel)] = ("symlink", os.readlink(path))
+            elif stat.S_ISREG(st.st_mode):
+                snap[(role, rel)] = ("file", digest_file(path), mode, st.st_mtime_ns, st.st_size)
+            else:
+                snap[(role, rel)] = ("other", stat.S_IFMT(st.st_mode))
+    ypath = os.path.join(comfy_dir, YAML_NAME)
+    snap[("yaml", "bytes")] = open(ypath, "rb").read() if os.path.exists(ypath) else None
+    return snap
+
+
+def diff_snap(a: dict, b: dict, limit: int = 4) -> list:
+    out = []
+    for k in sorted(set(a) | set(b), key=repr):
+        if a.get(k) != b.get(k):
+            out.append(f"{k[0]}:{k[1]!r}: {str(a.get(k))[:70]} -> {str(b.get(k))[:70]}")
+    return out[:limit] + ([f"... {len(out) - limit} more"] if len(out) > limit else [])
+
+
+def stored_digests(comfy_dir: str, target: str) -> set:
+    out = set()
+    for root in (comfy_dir, target):
+        for _, path, st in walk(root, skip_state=False):
+            if stat.S_ISREG(st.st_mode):
+                out.add(digest_file(path))
+    return out
+
+
+# --- a trial's world -----------------------------------------------------------------------------------
+
+class Trial:
+    def __init__(self, name: str, cross: bool = False, target_dir: str = None, pod_parent: str = None):
+        self.name = name
+        base = pod_parent or os.path.join(G["tmp"], "trials")
+        self.dir = os.path.join(base, name)
+        os.makedirs(self.dir)
+        self.comfy = os.path.join(self.dir, "ComfyUI")
+        subprocess.run(["cp", "-a", os.path.join(G["pristine"], "ComfyUI"), self.comfy], check=True)
+        if target_dir is not None:
+            self.target = target_dir
+            for e in os.listdir(os.path.join(G["pristine"], "models")):
+                subprocess.run(["cp", "-a", os.path.join(G["pristine"], "models", e), target_dir], check=True)
+        else:
+            tparent = os.path.join(G["other"], name) if cross else self.dir
+            os.makedirs(tparent, exist_ok=True)
+            self.target = os.path.join(tparent, "models")
+            subprocess.run(["cp", "-a", os.path.join(G["pristine"], "models"), self.target], check=True)
+        self.models = os.path.join(self.comfy, "models")
+        self.yaml = os.path.join(self.comfy, YAML_NAME)
+        self.home = os.path.join(self.dir, "home")
+        os.makedirs(self.home)
+        self.env = dict(PATH=os.environ.get("PATH", "/usr/bin:/bin"), LANG="C.UTF-8", HOME=self.home,
+                        XDG_CACHE_HOME=os.path.join(self.home, ".cache"),
+                        XDG_DATA_HOME=os.path.join(self.home, ".local/share"),
+                        COMFY_MIGRATE_CACHE=os.path.join(self.home, "digests.sqlite"),
+                        COMFYUI_DIR=self.comfy, COMFY_MIGRATE_TARGET=self.target,
+                        PYTHONPYCACHEPREFIX=os.path.join(G["tmp"], "pycache"))   # compiled once, not per call
+        self.expect_digests = set(G["digests"])
+        self.notes = []
+
+    def cli(self, *args, crash_at=None, env=None, timeout=120):
+        e = dict(self.env, **(env or {}))
+        if crash_at is not None:
+            e["COMFY_MIGRATE_CRASH_AT"] = str(crash_at)
+        p = subprocess.run([sys.executable, "-m", "migrate", "-q", *args], env=e, cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, stdin=subprocess.DEVNULL)
+        return p.returncode, p.stdout.decode("utf-8", "replace") + p.stderr.decode("utf-8", "replace")
+
+    def popen(self, *args):
+        return subprocess.Popen([sys.executable, "-m", "migrate", "-q", *args], env=self.env, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+    def run(self, **kw):
+        return self.cli("run", "--yes", **kw)
+
+    def rollback(self, **kw):
+        return self.cli("rollback", "--yes", **kw)
+
+    def snap(self):
+        return snapshot(self.comfy, self.target)
+
+    def logs(self):
+        d = os.path.join(self.target, STATE, "runs")
+        return sorted(os.path.join(d, n) for n in os.listdir(d)) if os.path.isdir(d) else []
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(os.path.join(G["other"], self.name), ignore_errors=True)
+
+    # -- invariants --
+    def check_common(self) -> list:
+        errs = []
+        missing = self.expect_digests - stored_digests(self.comfy, self.target)
+        if missing:
+            names = sorted(G["where"].get(d, "?") for d in missing)
+            errs.append(f"content lost: {len(missing)} digests, e.g. {names[:3]!r}")
+        for log in self.logs():
+            try:
+                read_log(log)
+            except MigrateError as exc:
+                errs.append(f"log unreadable: {exc}")
+        for root in {self.dir, os.path.dirname(self.target)}:
+            for rel, _, _ in walk(root, skip_state=False):
+                if TEMP_MARK in rel.rsplit("/", 1)[-1]:
+                    errs.append(f"temporary file left: {rel!r}")
+        return errs
+
+    def check_rolled_back(self) -> list:
+        errs = self.check_common()
+        d = diff_snap(G["snap"], self.snap())
+        if d:
+            errs.append("not identical after rollback: " + "; ".join(d))
+        return errs
+
+    def check_completed(self, changed: dict = None) -> list:
+        """After a completed run. changed: source rel -> new digest (None: deleted) for mutated files."""
+        changed = changed or {}
+        errs = self.check_common()
+        for log in self.logs():
+            if not log.endswith(".rollback.jsonl"):
+                try:
+                    last = read_log(log)[0][-1]
+                except MigrateError:
+                    continue
+                if last.get("type") != "close":
+                    errs.append(f"run log not closed: {os.path.basename(log)}")
+        try:
+            text = open(self.yaml, encoding="utf-8").read()
+            order = comfy.search_folders([(self.yaml, text)], self.models, env=self.env)
+        except Exception as exc:
+            return errs + [f"YAML unreadable after run: {exc}"]
+        tgt = os.path.realpath(self.target) + "/"
+        bad = []
+        for rel, cat, name, digest in G["names"]:
+            if rel in changed:
+                digest = changed[rel]
+                if digest is None:
+                    continue
+            winner = next((os.path.join(f, name) for f in order.get(cat, [])
+                           if os.path.isfile(os.path.join(f, name))), None)
+            if winner is None:
+                bad.append(f"{rel!r} not found")
+            elif not os.path.realpath(winner).startswith(tgt):
+                bad.append(f"{rel!r} resolves outside the target ({winner})")
+            elif rel != CONFLICT_REL and digest_file(winner) != digest:
+                bad.append(f"{rel!r} resolves to other content")
+        if bad:
+            errs.append(f"{len(bad)} names do not resolve in the target: " + "; ".join(bad[:3]))
+        inodes = {}
+        for rel, path, st in walk(self.target, skip_state=True):
+            if stat.S_ISREG(st.st_mode):
+                inodes.setdefault(digest_file(path), set()).add((st.st_dev, st.st_ino))
+        dup = [d for d, s in inodes.items() if len(s) > 1]
+        if dup:
+            errs.append(f"{len(dup)} contents stored more than once in the target, e.g. {G['where'].get(dup[0], dup[0])!r}")
+        return errs
+
+
+def trial_names():
+    """(source rel, category, name, digest) of every file the pristine pod migrates."""
+    res = scan_tree(os.path.join(G["pristine"], "ComfyUI", "models"))
+    out = []
+    for r in res.records:
+        if r.status is Status.MIGRATE:
+            out.append((r.rel, r.category, r.name, digest_file(r.path)))
+    return out
+
+
+# --- in-process helpers -------------------------------------------------------------------------------
+
+def in_process_plan(t: Trial):
+    from migrate.facts import gather, make_plan
+    facts = gather([t.models], t.target, t.yaml, None)
+    return make_plan(facts, Policy())
+
+
+def in_process_run(t: Trial, plan, on_bytes=None):
+    from migrate.execute import execute_plan
+    old = dict(os.environ)
+    os.environ.update(HOME=t.home, XDG_CACHE_HOME=t.env["XDG_CACHE_HOME"])
+    try:
+        return execute_plan(plan, ["torture"], on_bytes)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+
+
+@contextlib.contextmanager
+def patched(obj, name, fn):
+    old = getattr(obj, name)
+    setattr(obj, name, fn(old))
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+def expect_recover_run(t: Trial, errs: list, changed=None, allow=(0,)) -> list:
+    code, out = t.run()
+    if code not in allow:
+        return errs + [f"recovery `run` exit {code}: {out.strip()[-300:]}"]
+    return errs + t.check_completed(changed)
+
+
+def expect_recover_rollback(t: Trial, errs: list) -> list:
+    code, out = t.rollback()
+    if code == 6 and "no run to roll back" in out:
+        # Nothing left to undo: no run log was written yet, or the rollback had already closed.
+        t.notes.append("nothing to roll back")
+    elif code != 0:
+        return errs + [f"recovery `rollback` exit {code}: {out.strip()[-300:]}"]
+    return errs + t.check_rolled_back()
+
+
+# --- trials (each returns a list of failures; empty = passed) -----------------------------------------
+
+def t_crash_run(t: Trial, n: int, recover: str) -> list:
+    code, out = t.run(crash_at=n)
+    if code not in (-signal.SIGKILL, 0):
+        return [f"crashed run exit {code}: {out[-200:]}"]
+    return expect_recover_run(t, []) if recover == "run" else expect_recover_rollback(t, [])
+
+
+def t_crash_rollback(t: Trial, n: int) -> list:
+    code, out = t.run()
+    if code != 0:
+        return [f"clean run exit {code}: {out[-200:]}"]
+    code, out = t.rollback(crash_at=n)
+    if code not in (-signal.SIGKILL, 0):
+        return [f"crashed rollback exit {code}: {out[-200:]}"]
+    return expect_recover_rollback(t, [])
+
+
+def t_sigkill(t: Trial, what: str, frac: float, recover: str) -> list:
+    dur = G["dur"][(what, t.cross)]
+    if what == "rollback":
+        code, out = t.run()
+        if code != 0:
+            return [f"clean run exit {code}: {out[-200:]}"]
+    p = t.popen(what, "--yes")
+    time.sleep(frac * dur)
+    p.kill()
+    p.wait()
+    t.notes.append(f"killed={p.returncode == -signal.SIGKILL}")
+    if what == "run" and recover == "run":
+        return expect_recover_run(t, [])
+    return expect_recover_rollback(t, [])
+
+
+def t_enospc_preflight(t: Trial) -> list:
+    before = t.snap()
+    code, out = t.run()
+    errs = []
+    if code != 4:
+        errs.append(f"preflight: expected exit 4, got {code}: {out.strip()[-200:]}")
+    d = diff_snap(before, t.snap())
+    if d:
+        errs.append("changed by a refused run: " + "; ".join(d))
+    if t.logs():
+        errs.append("a refused run left a log")
+    return errs
+
+
+def t_enospc_filler(t: Trial) -> list:
+    """Real ENOSPC: the tmpfs target is filled by a filler file once the first bytes are copied."""
+    plan = in_process_plan(t)
+    filler = os.path.join(t.target, "filler.bin")
+    state = {"done": False}
+    errs: list = []
+
+    def on_bytes(n):
+        if not state["done"]:
+            state["done"] = True
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * (1 << 20))
+                        f.flush()
+                except OSError:
+                    pass
+    try:
+        rep = in_process_run(t, plan, on_bytes)
+        if not state["done"]:
+            return ["no byte was copied: the filler never ran"]
+        if rep.ok:
+            return ["a full disk was not reported"]
+        t.notes.append(f"{len(rep.problems)} problems reported")
+    except MigrateError as exc:
+        t.notes.append(f"refused: {exc}")
+    except OSError as exc:
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(tb[-3:]))
+        errs.append(f"a full disk escaped as an uncaught {exc!r} (a CLI traceback, not a report) at {where}")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(filler)
+    return expect_recover_run(t, errs)
+
+
+def failing(errno_, k: int, counter: dict, path_ok=lambda p: True, after_bytes=None):
+    """Wrap a function so its k-th eligible call (or the write past after_bytes) raises OSError(errno_)."""
+    def wrap(old):
+        def fn(*a, **kw):
+            p = a[0] if a and isinstance(a[0], (str, bytes)) else ""
+            if after_bytes is not None:
+                counter["bytes"] = counter.get("bytes", 0) + len(memoryview(a[1]))
+                if counter["bytes"] > after_bytes and not counter.get("hit"):
+                    counter["hit"] = 1
+                    raise OSError(errno_, os.strerror(errno_))
+                return old(*a, **kw)
+            if path_ok(os.fsdecode(p)) if p else True:
+                counter["n"] = counter.get("n", 0) + 1
+                if counter["n"] == k:
+                    counter["hit"] = 1
+                    raise OSError(errno_, os.strerror(errno_), p)
+            return old(*a, **kw)
+        return fn
+    return wrap
+
+
+def not_lock(p: str) -> bool:
+    return "/.comfy-migrate/lock" not in p
+
+
+def t_inject(t: Trial, target: str, err: int, k: int, after_bytes=None) -> list:
+    plan = in_process_plan(t)
+    counter: dict = {}
+    obj, name = {"os.link": (os, "link"), "os.rename": (os, "rename"), "os.unlink": (os, "unlink"),
+                 "rename_noreplace": (fsops, "rename_noreplace"), "write_all": (fsops, "write_all")}[target]
+    try:
+        with patched(obj, name, failing(err, k, counter, not_lock, after_bytes)):
+            rep = in_process_run(t, plan)
+        t.notes.append(f"hit={bool(counter.get('hit'))} problems={len(rep.problems)}")
+        if counter.get("hit") and rep.ok and target not in ("os.unlink",):
+            t.notes.append("fault absorbed")
+    except MigrateError as exc:
+        t.notes.append(f"stopped: {type(exc).__name__}")
+    except OSError as exc:
+        t.notes.append(f"raised {exc!r}")      # the run stopped; its log is left open for `run` to continue
+    errs = t.check_common()
+    return expect_recover_run(t, errs)
+
+
+MUTATIONS = ("modify", "truncate", "grow", "replace", "delete")
+
+
+def t_changed(t: Trial, how: str, rng: random.Random) -> list:
+    plan = in_process_plan(t)
+    acts = [a for a in plan.actions if a.method is not Method.NONE and a.kind.value in ("move",)]
+    a = rng.choice(acts)
+    path = a.source
+    data = open(path, "rb").read()
+    new = None
+    if how == "modify":
+        new = bytes([data[0] ^ 0xFF]) + data[1:]
+    elif how == "truncate":
+        new = data[: len(data) // 2]
+    elif how == "grow":
+        new = data + b"more bytes"
+    elif how == "replace":
+        new = blob(rng, len(data))
+    if how == "replace":
+        tmp = path + ".new"
+        with open(tmp, "wb") as f:
+            f.write(new)
+        os.rename(tmp, path)
+    elif how == "delete":
+        os.unlink(path)
+    else:
+        with open(path, "r+b") as f:
+            f.write(new)
+            f.truncate(len(new))
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    newd = xxhash.xxh3_128(new).hexdigest() if new is not None else None
+    if sum(1 for v in G["snap"].values() if isinstance(v, tuple) and v[0] == "file" and v[1] == a.digest) == 1:
+        t.expect_digests.discard(a.digest)      # its only copy was changed on purpose
+    if newd:
+        t.expect_digests.add(newd)
+    try:
+        rep = in_process_run(t, plan)
+    except MigrateError as exc:
+        return [f"run stopped: {exc}"]
+    errs = []
+    if not any(p.path == path for p in rep.problems):
+        errs.append(f"the changed file {a.rel!r} was not reported ({len(rep.problems)} problems)")
+    if how != "delete":
+        if not os.path.isfile(path) or digest_file(path) != newd:
+            errs.append(f"the changed file {a.rel!r} was not kept in place")
+    errs += t.check_common()
+    return expect_recover_run(t, errs, changed={a.rel: newd})
+
+
+def t_lock_race(t: Trial) -> list:
+    p1, p2 = t.popen("run", "--yes"), t.popen("run", "--yes")
+    c1, c2 = p1.wait(120), p2.wait(120)
+    t.notes.append(f"codes {c1},{c2}")
+    errs = []
+    if not ({c1, c2} <= {0, 1, 3, 5}) or 0 not in (c1, c2):
+        errs.append(f"racing runs exited {c1} and {c2}")
+    return expect_recover_run(t, errs)
+
+
+def t_lock_stale(t: Trial) -> list:
+    from migrate.lock import boot_id
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    sd = os.path.join(t.target, STATE)
+    os.makedirs(sd, exist_ok=True)
+    with open(os.path.join(sd, "lock"), "w") as f:
+        json.dump({"host": socket.gethostname(), "boot_id": boot_id(), "pid": dead.pid,
+                   "started": "2020-01-01T00:00:00Z", "purpose": "comfy-migrate run"}, f)
+    code, out = t.run()
+    errs = []
+    if code != 0:
+        errs.append(f"run with a stale lock exit {code}: {out.strip()[-200:]}")
+    elif "stale" not in out:
+        errs.append("the stale lock take-over was not reported")
+    errs += t.check_completed()
+    if os.path.exists(os.path.join(sd, "lock")):
+        errs.append("lock left behind")
+    return errs
+
+
+def t_trash(t: Trial) -> list:
+    code, out = t.run()
+    if code != 0:
+        return [f"clean run exit {code}: {out[-200:]}"]
+    qdir = os.path.join(t.models, STATE, "quarantine")
+    before = sorted(r for r, _, st in walk(qdir, False) if stat.S_ISREG(st.st_mode))
+    if not before:
+        return ["nothing was quarantined: the trial does not test purge"]
+    code, out = t.cli("purge", "--yes", env={"HOME": os.path.join(t.dir, "no-such-home")})
+    errs = []
+    after = sorted(r for r, _, st in walk(qdir, False) if stat.S_ISREG(st.st_mode))
+    if code != 1:
+        errs.append(f"purge without a trash exit {code} (expected 1)")
+    if after != before:
+        errs.append(f"purge without a trash removed {len(set(before) - set(after))} quarantined files")
+    if "kept" not in out:
+        errs.append("purge did not report the files it kept")
+    errs += t.check_common()
+    return expect_recover_rollback(t, errs)
+
+
+BOMB = "a: &a [\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\"]\n" + "".join(
+    f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+HOSTILE_YAML = {
+    "yaml-bomb": BOMB + "comfy:\n  checkpoints: *i\n",
+    "yaml-python-tag": "evil: !!python/object/apply:os.system [\"touch /tmp/pwned-by-yaml\"]\n",
+    "yaml-list-value": "mine:\n  base_path: /opt\n  loras:\n    - a\n    - b\n",
+}
+
+
+def t_hostile_yaml(t: Trial, which: str) -> list:
+    with open(t.yaml, "w") as f:
+        f.write(HOSTILE_YAML[which])
+    before = t.snap()
+    code, out = t.run(timeout=60)
+    errs = []
+    if code != 3:
+        errs.append(f"hostile YAML: expected exit 3, got {code}: {out.strip()[-200:]}")
+    d = diff_snap(before, t.snap())
+    if d:
+        errs.append("changed: " + "; ".join(d))
+    if t.logs():
+        errs.append("a run log was written")
+    return errs
+
+
+def _rewrite(records: list) -> bytes:
+    from migrate.journal import _canonical, _sum
+    prev, out = "", b""
+    for i, r in enumerate(records, 1):
+        r = {k: v for k, v in r.items() if k != "sum"}
+        r.update(seq=i, prev=prev)
+        r["sum"] = _sum(r)
+        prev = r["sum"]
+        out += _canonical(r) + b"\n"
+    return out
+
+
+def t_hostile_log(t: Trial, which: str, rng: random.Random) -> list:
+    code, out = t.run()
+    if code != 0:
+        return [f"clean run exit {code}: {out[-200:]}"]
+    log = [p for p in t.logs() if not p.endswith(".rollback.jsonl")][0]
+    raw = open(log, "rb").read()
+    lines = raw.split(b"\n")[:-1]
+    mid = rng.randrange(2, len(lines) - 1)
+    if which == "log-edited":
+        rec = json.loads(lines[mid])
+        for key in ("size", "dst", "path", "op", "type"):     # a semantic edit, the checksum left as it was
+            if key in rec:
+                rec[key] = rec[key] + 1 if isinstance(rec[key], int) else rec[key] + "x"
+                break
+        lines[mid] = json.dumps(rec, sort_keys=True, separators=(",", ":")).encode()
+        data = b"\n".join(lines) + b"\n"
+    elif which == "log-line-removed":
+        data = b"\n".join(lines[:mid] + lines[mid + 1:]) + b"\n"
+    elif which == "log-reordered":
+        lines[mid], lines[mid + 1] = lines[mid + 1], lines[mid]
+        data = b"\n".join(lines) + b"\n"
+    else:   # paths outside the roots, with every checksum recomputed (only the path check can catch it)
+        records = read_log(log)[0]
+        outside = os.path.join(t.dir, "outside")
+        os.makedirs(outside)
+        with open(os.path.join(outside, "victim.safetensors"), "wb") as f:
+            f.write(b"do not touch")
+        for r in records:
+            if r.get("type") == "begin" and r.get("dst"):
+                r["dst"] = os.path.join(outside, "victim.safetensors")
+                break
+        data = _rewrite(records)
+    with open(log, "wb") as f:
+        f.write(data)
+    before = t.snap()
+    code, out = t.rollback()
+    errs = []
+    if code != 6:
+        errs.append(f"{which}: expected exit 6, got {code}: {out.strip()[-200:]}")
+    d = diff_snap(before, t.snap())
+    if d:
+        errs.append("changed: " + "; ".join(d))
+    if any(p.endswith(".rollback.jsonl") for p in t.logs()):
+        errs.append("a rollback log was written")
+    if which == "log-outside" and open(os.path.join(t.dir, "outside", "victim.safetensors"), "rb").read() != b"do not touch":
+        errs.append("a file outside the roots was touched")
+    return errs
+
+
+# --- mounts --------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def tmpfs(path: str, size: str):
+    os.makedirs(path, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], check=True,
+                   stderr=subprocess.DEVNULL)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", path], stderr=subprocess.DEVNULL)
+
+
+def can_mount() -> bool:
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    p = os.path.join(G["tmp"], "mount-probe")
+    try:
+        with tmpfs(p, "1M"):
+            return os.path.ismount(p)
+    except (subprocess.CalledProcessError, OSError):
+        return False
+
+
+# --- dispatch ------------------------------------------------------------------------------------------
+
+def run_task(task):
+    kind, name, params = task
+    t_begin = time.monotonic()
+    rng = random.Random(f"{G['seed']}/{name}")
+    t = None
+    try:
+        with contextlib.ExitStack() as stack:
+            sub = params.get("sub")
+            if kind == "enospc" and sub in ("preflight", "filler"):
+                mnt = stack.enter_context(tmpfs(os.path.join(G["tmp"], "mnt", name),
+                                                "1M" if sub == "preflight" else f"{G['copy_mib'] + 2}M"))
+                t = Trial(name, target_dir=mnt)
+            elif kind == "trash" and G["mount"]:
+                mnt = stack.enter_context(tmpfs(os.path.join(G["tmp"], "mnt", name), "64M"))
+                t = Trial(name, cross=True, pod_parent=mnt)
+            else:
+                t = Trial(name, cross=params.get("cross", False))
+            t.cross = params.get("cross", False)
+            if kind == "crash-run-step":
+                errs = t_crash_run(t, params["n"], params["recover"])
+            elif kind == "crash-rollback-step":
+                errs = t_crash_rollback(t, params["n"])
+            elif kind == "sigkill-random":
+                errs = t_sigkill(t, params["what"], params["frac"], params["recover"])
+            elif kind == "enospc":
+                if sub == "preflight":
+                    errs = t_enospc_preflight(t)
+                elif sub == "filler":
+                    errs = t_enospc_filler(t)
+                else:
+                    errs = t_inject(t, "write_all", errno.ENOSPC, 0, after_bytes=params["k"])
+            elif kind == "eio/eperm":
+                errs = t_inject(t, params["target"], params["errno"], params["k"])
+            elif kind == "changed-under":
+                errs = t_changed(t, params["how"], rng)
+            elif kind == "lock":
+                errs = t_lock_race(t) if sub == "race" else t_lock_stale(t)
+            elif kind == "trash":
+                errs = t_trash(t)
+            elif kind == "hostile":
+                errs = t_hostile_yaml(t, sub) if sub.startswith("yaml") else t_hostile_log(t, sub, rng)
+            else:
+                errs = [f"unknown kind {kind}"]
+            notes = list(t.notes)
+            if not G["keep"] or not errs:
+                t.cleanup()
+    except Exception:
+        errs = ["trial crashed: " + traceback.format_exc(limit=3).strip().replace("\n", " | ")[-500:]]
+        notes = []
+        if t is not None and not G["keep"]:
+            t.cleanup()
+    notes.append(f"{time.monotonic() - t_begin:.1f}s")
+    return kind, name, params, errs, notes
+
+
+def measure():
+    """A clean run and rollback on twins: record counts and durations (same and cross filesystem)."""
+    out = {}
+    for cross in (False, True):
+        t = Trial(f"twin-{'x' if cross else 's'}", cross=cross)
+        t0 = time.monotonic()
+        code, msg = t.run()
+        d_run = time.monotonic() - t0
+        if code != 0:
+            raise SystemExit(f"torture: a clean run fails on the pristine pod (exit {code}): {msg[-500:]}")
+        errs = t.check_completed()
+        log = [p for p in t.logs() if not p.endswith(".rollback.jsonl")][0]
+        n_run = len(read_log(log)[0])
+        t0 = time.monotonic()
+        code, msg = t.rollback()
+        d_rb = time.monotonic() - t0
+        errs += t.check_rolled_back() if code == 0 else [f"clean rollback exit {code}: {msg[-300:]}"]
+        n_rb = len(read_log(log[:-6] + ".rollback.jsonl")[0])
+        out[cross] = dict(n_run=n_run, n_rb=n_rb, d_run=d_run, d_rb=d_rb, errs=errs)
+        t.cleanup()
+    return out
+
+
+def spread(total: int, count: int) -> list:
+    """`count` step numbers spread evenly over 1..total (all of them when count >= total)."""
+    if count >= total:
+        return list(range(1, total + 1))
+    return sorted({1 + round(i * (total - 1) / max(1, count - 1)) for i in range(count)})
+
+
+def make_tasks(m, n: int, rng: random.Random):
+    tasks = []
+
+    def add(kind, params):
+        tasks.append((kind, f"{kind.replace('/', '-')}-{len(tasks):04d}", params))
+
+    same = m[False]
+    for s in spread(same["n_run"], max(2, n * 36 // 200)):
+        add("crash-run-step", dict(n=s, recover="run"))
+    for s in spread(same["n_run"], max(2, n * 20 // 200)):
+        add("crash-run-step", dict(n=s, recover="rollback"))
+    for s in spread(same["n_rb"], max(2, n * 34 // 200)):
+        add("crash-rollback-step", dict(n=s))
+    for i in range(max(4, n * 24 // 200)):
+        what = "rollback" if i % 4 == 3 else "run"
+        add("sigkill-random", dict(what=what, cross=bool(i % 2), frac=rng.uniform(0.05, 1.0),
+                                   recover=rng.choice(["run", "rollback"])))
+    add("enospc", dict(sub="preflight"))
+    add("enospc", dict(sub="filler"))
+    for i in range(max(2, n * 8 // 200)):
+        add("enospc", dict(sub="inject", cross=True, k=rng.randrange(0, G["copy_mib"] << 20)))
+    targets = [("write_all", errno.EIO), ("os.link", errno.EPERM), ("os.link", errno.EMLINK),
+               ("rename_noreplace", errno.EXDEV), ("rename_noreplace", errno.EPERM), ("os.unlink", errno.EIO),
+               ("os.unlink", errno.EPERM), ("os.link", errno.EIO), ("os.rename", errno.EIO),
+               ("write_all", errno.EPERM)]
+    for i in range(max(len(targets), n * 30 // 200)):
+        tg, e = targets[i % len(targets)]
+        cross = tg == "write_all" or (tg.startswith("rename") and i % 2 == 1)
+        add("eio/eperm", dict(target=tg, errno=e, k=rng.randint(1, 60 if tg != "write_all" else 12), cross=cross))
+    for i in range(max(len(MUTATIONS), n * 15 // 200)):
+        add("changed-under", dict(how=MUTATIONS[i % len(MUTATIONS)], cross=bool(i // len(MUTATIONS) % 2)))
+    add("lock", dict(sub="race"))
+    add("lock", dict(sub="race", cross=True))
+    add("lock", dict(sub="stale"))
+    add("trash", dict(sub="purge", cross=True))
+    for sub in list(HOSTILE_YAML) + ["log-edited", "log-line-removed", "log-reordered", "log-outside"]:
+        add("hostile", dict(sub=sub))
+    return tasks
+
+
+def init_worker(g):
+    G.update(g)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trials", type=int, default=200, help="scale of the trial counts (default 200)")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--jobs", type=int, default=max(1, min(os.cpu_count() or 2, 4)))
+    ap.add_argument("--keep", action="store_true", help="keep failed trials' folders (and the temp root)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="one line per trial")
+    args = ap.parse_args()
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+
+    if os.geteuid() == 0 and not os.environ.get("CM_TORTURE_NS") and shutil.which("unshare"):
+        # Our own mount namespace: test mounts vanish with us even if we are killed.
+        if subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
+                          stderr=subprocess.DEVNULL).returncode == 0:
+            os.environ["CM_TORTURE_NS"] = "1"
+            argv = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
+            if args.seed is None:
+                argv += ["--seed", str(seed)]
+            os.execvp("unshare", ["unshare", "-m", "--propagation", "private", "--", *argv])
+
+    # The pods live on /dev/shm (tmpfs: fsync is free, so hundreds of CLI runs fit in two minutes);
+    # the second filesystem is a tmpfs we mount (else a folder on the disk under $TMPDIR).
+    tmp = tempfile.mkdtemp(prefix="comfy-migrate-torture.", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    shm = None
+    G.update(tmp=tmp, seed=seed, keep=args.keep)
+    t_start = time.monotonic()
+    mounts = contextlib.ExitStack()
+    try:
+        os.makedirs(os.path.join(tmp, "trials"))
+        G["pristine"] = os.path.join(tmp, "pristine")
+        build_pod(G["pristine"])
+        G["snap"] = snapshot(os.path.join(G["pristine"], "ComfyUI"), os.path.join(G["pristine"], "models"))
+        G["digests"] = {v[1] for v in G["snap"].values() if isinstance(v, tuple) and v[0] == "file"}
+        G["where"] = {v[1]: k[1] for k, v in G["snap"].items() if isinstance(v, tuple) and v[0] == "file"}
+        G["target_digests"] = {v[1] for k, v in G["snap"].items() if k[0] == "target" and v[0] == "file"}
+        G["names"] = trial_names()
+        G["copy_mib"] = sum(v[4] for k, v in G["snap"].items() if k[0] == "comfy" and v[0] == "file") // (1 << 20) + 1
+        G["mount"] = can_mount()
+        if G["mount"]:
+            G["other"] = os.path.join(tmp, "other-fs")
+            mounts.enter_context(tmpfs(G["other"], "2G"))
+        else:
+            shm = G["other"] = tempfile.mkdtemp(prefix="comfy-migrate-torture.")
+        if os.stat(G["other"]).st_dev == os.stat(tmp).st_dev:
+            print("torture: warning: no second filesystem; cross trials run on one", file=sys.stderr)
+        m = measure()
+        G["dur"] = {("run", False): m[False]["d_run"], ("run", True): m[True]["d_run"],
+                    ("rollback", False): m[False]["d_rb"], ("rollback", True): m[True]["d_rb"]}
+        files = sum(1 for v in G["snap"].values() if isinstance(v, tuple) and v[0] == "file")
+        print(f"torture: seed {seed}; pod of {files} files ({G['copy_mib']} MiB), {len(G['names'])} to migrate; "
+              f"clean run {m[False]['n_run']} records ({m[False]['d_run']:.2f} s same fs, "
+              f"{m[True]['d_run']:.2f} s to /dev/shm), rollback {m[False]['n_rb']} records; "
+              f"{'unshare -m + tmpfs mounts' if G['mount'] else 'no mounts: ENOSPC by injection only'}", flush=True)
+        rng = random.Random(seed)
+        tasks = make_tasks(m, args.trials, rng)
+        if not G["mount"]:
+            tasks = [t for t in tasks if not (t[0] == "enospc" and t[2].get("sub") in ("preflight", "filler"))]
+        results = {k: [0, 0, []] for k in KINDS}
+        twin_errs = m[False]["errs"] + m[True]["errs"]
+        results["crash-run-step"][2] += [("twin", e) for e in twin_errs]
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(args.jobs, initializer=init_worker, initargs=(dict(G),)) as pool:
+            for kind, name, params, errs, notes in pool.imap_unordered(run_task, tasks):
+                r = results[kind]
+                r[0 if not errs else 1] += 1
+                for e in errs:
+                    r[2].append((f"{name} {json.dumps(params, default=str)}", e))
+                if args.verbose:
+                    print(f"  {'ok  ' if not errs else 'FAIL'} {name} {params} {notes} {errs}", flush=True)
+        passed = sum(r[0] for r in results.values())
+        failed = sum(r[1] for r in results.values()) + (1 if twin_errs else 0)
+        for k in KINDS:
+            p, f, errs = results[k]
+            print(f"{k:20s} {p:4d} passed {f:4d} failed")
+            seen = set()
+            for where, e in errs:
+                key = e.split(":")[0]
+                if key in seen and not args.verbose:
+                    continue
+                seen.add(key)
+                print(f"    {where}: {e}")
+        print(f"({time.monotonic() - t_start:.0f} s, seed {seed})")
+        print(f"{passed} passed, {failed} failed")
+        return 1 if failed else 0
+    finally:
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(G.get("other", tmp), ignore_errors=True)
+        mounts.close()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if shm:
+                shutil.rmtree(shm, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
