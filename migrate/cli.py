@@ -349,9 +349,13 @@ def rollback(ui: Ui, run_ref, target, dry_run, yes) -> None:
     """
     from migrate.execute import state_dir
     from migrate.lock import TargetLock
-    from migrate.rollback import execute_rollback, find_log, load_run, plan_rollback
+    from migrate.rollback import NothingToRollBack, execute_rollback, find_log, load_run, plan_rollback
     target = resolve_target(target)
-    log = find_log(target, run_ref)
+    try:
+        log = find_log(target, run_ref)
+    except NothingToRollBack as exc:
+        ui.info(str(exc))
+        return
     records = load_run(log)
     undos = plan_rollback(records)
     if dry_run or not yes:
@@ -412,7 +416,7 @@ def purge(ui: Ui, run_ref, target, permanent, yes) -> None:
     from migrate.lock import TargetLock
     from migrate.rollback import find_log, load_run, quarantined, verify_stored
     target = resolve_target(target)
-    log = find_log(target, run_ref)
+    log = find_log(target, run_ref, newest=True)
     records = load_run(log)
     items = [q for q in quarantined(records) if os.path.lexists(q["q"])]
     total = sum(q["size"] for q in items)
@@ -464,7 +468,7 @@ def verify(run_ref, comfyui, target, comfyui_url, fmt) -> None:
     from migrate.rollback import find_log, load_run
     from migrate.verify import verify_run
     target = resolve_target(target)
-    records = load_run(find_log(target, run_ref))
+    records = load_run(find_log(target, run_ref, newest=True))
     home = None
     try:
         from migrate.facts import find_comfyui

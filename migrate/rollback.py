@@ -299,8 +299,13 @@ def _restore_from(stored: str, r: dict, on_bytes) -> bool:
     return True
 
 
-def find_log(target: str, run: Optional[str]) -> str:
-    """A run id or log path -> the run's log; default: the newest run not rolled back."""
+class NothingToRollBack(Exception):
+    """Every run in the target is rolled back already (not an error: a re-run after success)."""
+
+
+def find_log(target: str, run: Optional[str], newest: bool = False) -> str:
+    """A run id or log path -> the run's log; default: the newest run not rolled back
+    (with newest=True: the newest run whatever its state)."""
     runs = os.path.join(target, STATE_DIR, "runs")
     if run and (os.sep in run or run.endswith(".jsonl")):
         return os.path.abspath(run)
@@ -311,11 +316,15 @@ def find_log(target: str, run: Optional[str]) -> str:
         return path
     names = sorted(n for n in (os.listdir(runs) if os.path.isdir(runs) else [])
                    if n.endswith(".jsonl") and not n.endswith(".rollback.jsonl"))
+    if newest and names:
+        return os.path.join(runs, names[-1])
     for n in reversed(names):
         rb = os.path.join(runs, n[:-6] + ".rollback.jsonl")
         if os.path.exists(rb) and read_log(rb)[0][-1].get("type") == "close":
             continue
         return os.path.join(runs, n)
+    if names:
+        raise NothingToRollBack(f"every run in {target} is rolled back already")
     raise BadLog(f"no run to roll back in {runs}", "check --target (see `comfy-migrate history`)")
 
 
