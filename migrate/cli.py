@@ -253,6 +253,14 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("comfy-migrate: interrupted", err=True)
         sys.exit(ExitCode.INTERRUPTED)
+    except OSError as exc:
+        # Unexpected at this level (per-file errors are reported as data): one line, never a traceback.
+        import errno as _errno
+        where = f": {exc.filename}" if exc.filename else ""
+        code = ExitCode.NO_SPACE if exc.errno in (_errno.ENOSPC, _errno.EDQUOT) else ExitCode.PROBLEMS
+        click.echo(f"comfy-migrate: error: {exc.strerror or exc}{where} (nothing was lost: `comfy-migrate run` "
+                   "continues, `comfy-migrate rollback` undoes)", err=True)
+        sys.exit(code)
     except SystemExit:
         raise
     else:
@@ -291,7 +299,8 @@ def run(ui: Ui, dry_run: bool, yes: bool, **kw) -> None:
     if dry_run:
         print_plan(plan, fmt)
         return
-    if not plan.has_work:
+    from migrate.execute import find_interrupted
+    if not plan.has_work and find_interrupted(plan.target) is None:
         ui.info("nothing to do: the target is up to date")
         for w in plan.warnings:
             ui.warn(w)

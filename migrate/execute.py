@@ -311,9 +311,17 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
             todo = [a for a in plan.actions if a.method is not Method.NONE]
             for a in todo:
                 r.place(a)
+            yaml_ok = True
             if plan.yaml_path is not None and plan.yaml_changes:
-                r.write_yaml()
-            for a in plan.actions:
+                try:
+                    r.write_yaml()
+                except OSError as exc:
+                    # Models are in the target, sources untouched: stop before removing any source.
+                    yaml_ok = False
+                    report.problems.append(Problem(plan.yaml_path, f"cannot write the YAML ({exc.strerror}); "
+                                                   "no source was removed"))
+                    j.append({"type": "fail", "step": 0, "error": f"yaml: {exc.strerror}"})
+            for a in (plan.actions if yaml_ok else ()):
                 if id(a) in r.failed:
                     continue
                 if id(a) in r.copied_instead:
