@@ -222,13 +222,19 @@ class Trial:
         self.expect_digests = set(G["digests"])
         self.notes = []
 
-    def cli(self, *args, crash_at=None, env=None, timeout=120):
+    def cli(self, *args, crash_at=None, env=None, timeout=120, real=False):
+        """The CLI (migrate.cli.main) in a forked child of this worker, which has the package imported
+        already: the same code path as `comfy-migrate ...` without an interpreter start per call.
+        real=True runs `python -m migrate` as a subprocess instead."""
         e = dict(self.env, **(env or {}))
         if crash_at is not None:
             e["COMFY_MIGRATE_CRASH_AT"] = str(crash_at)
-        p = subprocess.run([sys.executable, "-m", "migrate", "-q", *args], env=e, cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout, stdin=subprocess.DEVNULL)
-        return p.returncode, p.stdout.decode("utf-8", "replace") + p.stderr.decode("utf-8", "replace")
+        if real:
+            p = subprocess.run([sys.executable, "-m", "migrate", "-q", *args], env=e, cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+                               stdin=subprocess.DEVNULL)
+            return p.returncode, p.stdout.decode("utf-8", "replace")
+        return fork_cli(["-q", *args], e, os.path.join(self.dir, "cli.out"), timeout)
 
     def popen(self, *args):
         return subprocess.Popen([sys.executable, "-m", "migrate", "-q", *args], env=self.env, cwd=ROOT,
@@ -328,6 +334,52 @@ def trial_names():
         if r.status is Status.MIGRATE:
             out.append((r.rel, r.category, r.name, digest_file(r.path)))
     return out
+
+
+def fork_cli(argv: list, env: dict, out_path: str, timeout: float):
+    import migrate.cli  # noqa: F401  (imported once per worker, before forking)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:    # the child: becomes `comfy-migrate ARGV` and never returns
+        code = 1
+        try:
+            fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            nul = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(nul, 0)
+            os.environ.clear()
+            os.environ.update(env)
+            os.chdir(ROOT)
+            sys.argv = ["comfy-migrate", *argv]
+            migrate.cli.main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return -999, f"timed out after {timeout} s"
+        time.sleep(0.005)
+    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    with open(out_path, "rb") as f:
+        out = f.read().decode("utf-8", "replace")
+    os.unlink(out_path)
+    return code, out
 
 
 # --- in-process helpers -------------------------------------------------------------------------------
@@ -454,7 +506,8 @@ def t_enospc_filler(t: Trial) -> list:
     except OSError as exc:
         tb = traceback.extract_tb(exc.__traceback__)
         where = " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(tb[-3:]))
-        errs.append(f"a full disk escaped as an uncaught {exc!r} (a CLI traceback, not a report) at {where}")
+        errs.append(f"a full disk escaped execute_plan as an uncaught {exc!r} (the CLI would print a traceback, "
+                    f"not a message or a report) at {where}")
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(filler)
@@ -777,10 +830,13 @@ def run_task(task):
 def measure():
     """A clean run and rollback on twins: record counts and durations (same and cross filesystem)."""
     out = {}
+    warm = Trial("twin-warm")
+    warm.run(real=True)
+    warm.cleanup()
     for cross in (False, True):
         t = Trial(f"twin-{'x' if cross else 's'}", cross=cross)
         t0 = time.monotonic()
-        code, msg = t.run()
+        code, msg = t.run(real=True)
         d_run = time.monotonic() - t0
         if code != 0:
             raise SystemExit(f"torture: a clean run fails on the pristine pod (exit {code}): {msg[-500:]}")
@@ -788,7 +844,7 @@ def measure():
         log = [p for p in t.logs() if not p.endswith(".rollback.jsonl")][0]
         n_run = len(read_log(log)[0])
         t0 = time.monotonic()
-        code, msg = t.rollback()
+        code, msg = t.rollback(real=True)
         d_rb = time.monotonic() - t0
         errs += t.check_rolled_back() if code == 0 else [f"clean rollback exit {code}: {msg[-300:]}"]
         n_rb = len(read_log(log[:-6] + ".rollback.jsonl")[0])
@@ -811,29 +867,31 @@ def make_tasks(m, n: int, rng: random.Random):
         tasks.append((kind, f"{kind.replace('/', '-')}-{len(tasks):04d}", params))
 
     same = m[False]
-    for s in spread(same["n_run"], max(2, n * 36 // 200)):
+    # Subprocess trials cost ~3 CLI calls; in-process ones (eio/eperm, changed-under, ENOSPC injection)
+    # one. Defaults (n=200): 40 + 16 + 24 + 16 + 14 + 55 + 25 + 11 fixed = 201.
+    for s in spread(same["n_run"], max(2, n * 40 // 200)):
         add("crash-run-step", dict(n=s, recover="run"))
-    for s in spread(same["n_run"], max(2, n * 20 // 200)):
+    for s in spread(same["n_run"], max(2, n * 16 // 200)):
         add("crash-run-step", dict(n=s, recover="rollback"))
-    for s in spread(same["n_rb"], max(2, n * 34 // 200)):
+    for s in spread(same["n_rb"], max(2, n * 24 // 200)):
         add("crash-rollback-step", dict(n=s))
-    for i in range(max(4, n * 24 // 200)):
+    for i in range(max(4, n * 16 // 200)):
         what = "rollback" if i % 4 == 3 else "run"
         add("sigkill-random", dict(what=what, cross=bool(i % 2), frac=rng.uniform(0.05, 1.0),
                                    recover=rng.choice(["run", "rollback"])))
     add("enospc", dict(sub="preflight"))
     add("enospc", dict(sub="filler"))
-    for i in range(max(2, n * 8 // 200)):
+    for i in range(max(2, n * 12 // 200)):
         add("enospc", dict(sub="inject", cross=True, k=rng.randrange(0, G["copy_mib"] << 20)))
     targets = [("write_all", errno.EIO), ("os.link", errno.EPERM), ("os.link", errno.EMLINK),
                ("rename_noreplace", errno.EXDEV), ("rename_noreplace", errno.EPERM), ("os.unlink", errno.EIO),
                ("os.unlink", errno.EPERM), ("os.link", errno.EIO), ("os.rename", errno.EIO),
                ("write_all", errno.EPERM)]
-    for i in range(max(len(targets), n * 30 // 200)):
+    for i in range(max(len(targets), n * 55 // 200)):
         tg, e = targets[i % len(targets)]
         cross = tg == "write_all" or (tg.startswith("rename") and i % 2 == 1)
         add("eio/eperm", dict(target=tg, errno=e, k=rng.randint(1, 60 if tg != "write_all" else 12), cross=cross))
-    for i in range(max(len(MUTATIONS), n * 15 // 200)):
+    for i in range(max(len(MUTATIONS), n * 25 // 200)):
         add("changed-under", dict(how=MUTATIONS[i % len(MUTATIONS)], cross=bool(i // len(MUTATIONS) % 2)))
     add("lock", dict(sub="race"))
     add("lock", dict(sub="race", cross=True))

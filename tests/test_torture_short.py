@@ -1,0 +1,14 @@
+"""A short run of scripts/torture.py (every fault kind, few trials each): exit 0 and `0 failed`."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_torture_short():
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "torture.py"), "--trials", "10", "--seed", "1"],
+                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    out = p.stdout.decode("utf-8", "replace")
+    last = out.strip().splitlines()[-1] if out.strip() else ""
+    assert p.returncode == 0 and last.endswith(" 0 failed"), out[-3000:]
