@@ -222,7 +222,7 @@ class Trial:
         self.expect_digests = set(G["digests"])
         self.notes = []
 
-    def cli(self, *args, crash_at=None, env=None, timeout=120, real=False):
+    def cli(self, *args, crash_at=None, env=None, timeout=120, real=False, pre=None):
         """The CLI (migrate.cli.main) in a forked child of this worker, which has the package imported
         already: the same code path as `comfy-migrate ...` without an interpreter start per call.
         real=True runs `python -m migrate` as a subprocess instead."""
@@ -234,7 +234,7 @@ class Trial:
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
                                stdin=subprocess.DEVNULL)
             return p.returncode, p.stdout.decode("utf-8", "replace")
-        return fork_cli(["-q", *args], e, os.path.join(self.dir, "cli.out"), timeout)
+        return fork_cli(["-q", *args], e, os.path.join(self.dir, "cli.out"), timeout, pre)
 
     def popen(self, *args):
         return subprocess.Popen([sys.executable, "-m", "migrate", "-q", *args], env=self.env, cwd=ROOT,
@@ -336,7 +336,7 @@ def trial_names():
     return out
 
 
-def fork_cli(argv: list, env: dict, out_path: str, timeout: float):
+def fork_cli(argv: list, env: dict, out_path: str, timeout: float, pre=None):
     import migrate.cli  # noqa: F401  (imported once per worker, before forking)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -353,6 +353,8 @@ def fork_cli(argv: list, env: dict, out_path: str, timeout: float):
             os.environ.update(env)
             os.chdir(ROOT)
             sys.argv = ["comfy-migrate", *argv]
+            if pre is not None:
+                pre()
             migrate.cli.main()
             code = 0
         except SystemExit as exc:
@@ -478,39 +480,35 @@ def t_enospc_preflight(t: Trial) -> list:
 
 
 def t_enospc_filler(t: Trial) -> list:
-    """Real ENOSPC: the tmpfs target is filled by a filler file once the first bytes are copied."""
-    plan = in_process_plan(t)
+    """Real ENOSPC: `comfy-migrate run` into a tmpfs big enough at plan time (the preflight passes);
+    at the first copied chunk a filler file takes every free byte (the journal shares the volume)."""
     filler = os.path.join(t.target, "filler.bin")
-    state = {"done": False}
-    errs: list = []
 
-    def on_bytes(n):
-        if not state["done"]:
-            state["done"] = True
-            with open(filler, "wb") as f:
-                try:
-                    while True:
-                        f.write(b"\0" * (1 << 20))
-                        f.flush()
-                except OSError:
-                    pass
-    try:
-        rep = in_process_run(t, plan, on_bytes)
-        if not state["done"]:
-            return ["no byte was copied: the filler never ran"]
-        if rep.ok:
-            return ["a full disk was not reported"]
-        t.notes.append(f"{len(rep.problems)} problems reported")
-    except MigrateError as exc:
-        t.notes.append(f"refused: {exc}")
-    except OSError as exc:
-        tb = traceback.extract_tb(exc.__traceback__)
-        where = " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(tb[-3:]))
-        errs.append(f"a full disk escaped execute_plan as an uncaught {exc!r} (the CLI would print a traceback, "
-                    f"not a message or a report) at {where}")
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(filler)
+    def pre():      # runs in the forked CLI child, before main()
+        old = fsops.write_all
+        state = {"done": False}
+
+        def write_all(fd, data):
+            if not state["done"]:
+                state["done"] = True
+                with open(filler, "wb") as f:
+                    with contextlib.suppress(OSError):
+                        while True:
+                            f.write(b"\0" * (1 << 16))
+                            f.flush()
+            return old(fd, data)
+        fsops.write_all = write_all
+
+    code, out = t.run(pre=pre)
+    errs = []
+    if not os.path.exists(filler):
+        errs.append("no byte was copied: the filler never ran")
+    if code not in (1, 4) or "Traceback" in out:
+        errs.append(f"disk full mid-run: exit {code}, expected 1 (problems) or 4 (no space) with a message: "
+                    f"{out.strip()[-300:]}")
+    t.notes.append(f"exit {code}: {out.strip().splitlines()[-1][:150] if out.strip() else ''}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(filler)
     return expect_recover_run(t, errs)
 
 
@@ -882,10 +880,10 @@ def make_tasks(m, n: int, rng: random.Random):
     add("enospc", dict(sub="preflight"))
     add("enospc", dict(sub="filler"))
     for i in range(max(2, n * 12 // 200)):
-        add("enospc", dict(sub="inject", cross=True, k=rng.randrange(0, G["copy_mib"] << 20)))
+        add("enospc", dict(sub="inject", cross=True, k=rng.randrange(0, max(1, G["copy_mib"] - 4) << 20)))
     targets = [("write_all", errno.EIO), ("os.link", errno.EPERM), ("os.link", errno.EMLINK),
                ("rename_noreplace", errno.EXDEV), ("rename_noreplace", errno.EPERM), ("os.unlink", errno.EIO),
-               ("os.unlink", errno.EPERM), ("os.link", errno.EIO), ("os.rename", errno.EIO),
+               ("os.unlink", errno.EPERM), ("os.link", errno.EIO), ("rename_noreplace", errno.EIO),   # renames go through renameat2 (ctypes), not os.rename
                ("write_all", errno.EPERM)]
     for i in range(max(len(targets), n * 55 // 200)):
         tg, e = targets[i % len(targets)]
@@ -965,6 +963,7 @@ def main() -> int:
         if not G["mount"]:
             tasks = [t for t in tasks if not (t[0] == "enospc" and t[2].get("sub") in ("preflight", "filler"))]
         results = {k: [0, 0, []] for k in KINDS}
+        unfired = {k: 0 for k in KINDS}
         twin_errs = m[False]["errs"] + m[True]["errs"]
         results["crash-run-step"][2] += [("twin", e) for e in twin_errs]
         ctx = multiprocessing.get_context("fork")
@@ -972,6 +971,7 @@ def main() -> int:
             for kind, name, params, errs, notes in pool.imap_unordered(run_task, tasks):
                 r = results[kind]
                 r[0 if not errs else 1] += 1
+                unfired[kind] += any(n.startswith("hit=False") for n in notes)
                 for e in errs:
                     r[2].append((f"{name} {json.dumps(params, default=str)}", e))
                 if args.verbose:
@@ -980,7 +980,8 @@ def main() -> int:
         failed = sum(r[1] for r in results.values()) + (1 if twin_errs else 0)
         for k in KINDS:
             p, f, errs = results[k]
-            print(f"{k:20s} {p:4d} passed {f:4d} failed")
+            print(f"{k:20s} {p:4d} passed {f:4d} failed" +
+                  (f"  ({unfired[k]} where the injected fault never fired)" if unfired[k] else ""))
             seen = set()
             for where, e in errs:
                 key = e.split(":")[0]
