@@ -195,12 +195,14 @@ class _Runner:
             self.j.append({"type": "staged", "step": s, "tmp_ino": st.st_ino, "tmp_dev": st.st_dev})
             fsops.rename_noreplace(tmp, a.dst)
             fsops.fsync_dir(os.path.dirname(a.dst))
-        except OSError as exc:
-            if os.path.lexists(tmp):
+        except BaseException as exc:
+            if os.path.lexists(tmp):     # never leave a half-made copy, whatever stopped us
                 try:
                     os.unlink(tmp)
                 except OSError:
                     pass
+            if not isinstance(exc, OSError):
+                raise
             return self.fail(s, a, src, exc)
         self.done(s, dst_ino=st.st_ino, dst_dev=st.st_dev)
         self.report.copied_bytes += a.size

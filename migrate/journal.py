@@ -7,6 +7,7 @@ dropped when the log is read or continued.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -15,10 +16,14 @@ from typing import List, Optional, Tuple
 
 import xxhash
 
-from migrate.errors import BadLog
+from migrate.errors import BadLog, MigrateError, NoSpace
 
 LOG_VERSION = 1
 RUNS_DIR = "runs"
+
+
+class JournalError(MigrateError):
+    """The log cannot be written: the run stops before its next step."""
 
 
 def _canonical(rec: dict) -> bytes:
@@ -76,11 +81,21 @@ class Journal:
         rec["sum"] = _sum(rec)
         line = _canonical(rec) + b"\n"
         view = memoryview(line)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        if sync:
-            os.fsync(self._fd)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            if sync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            # Without a log no further step may be taken: stop here. What is done is recorded (a torn
+            # line is dropped on the next read), so a re-run continues and a rollback undoes.
+            self.seq -= 1
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise (NoSpace if full else JournalError)(
+                f"cannot write the audit log {self.path}: {exc.strerror}; stopped before the next step",
+                ("free space on the target, then " if full else "fix the target, then ") +
+                "`comfy-migrate run` continues or `comfy-migrate rollback` undoes") from exc
         self.prev = rec["sum"]
         if self._crash_at is not None and self.seq >= self._crash_at:
             os.kill(os.getpid(), signal.SIGKILL)

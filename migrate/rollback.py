@@ -106,6 +106,12 @@ def _safe(root_of: Callable[[str], Optional[str]], path: str) -> None:
             return
 
 
+def _as_logged(path: str, r: dict) -> bool:
+    """Size and mtime still those the run recorded (an in-place rewrite keeps the inode, not these)."""
+    st = os.lstat(path)
+    return st.st_size == r["size"] and st.st_mtime_ns == r["mtime_ns"]
+
+
 def _ino(path: str) -> Optional[Tuple[int, int]]:
     try:
         st = os.lstat(path)
@@ -191,6 +197,8 @@ def _undo(u: Undo, on_bytes) -> str:
             return ""
         if cur != want:
             return "the target file was replaced since the run; left in place"
+        if op == "link" and not _as_logged(dst, r):
+            return "the target file was changed since the run; left in place"
         if op == "link" and _ino(r["src"]) is None:
             fsops.rename_noreplace(dst, r["src"])
         else:
@@ -207,6 +215,8 @@ def _undo(u: Undo, on_bytes) -> str:
             return "" if cur is None else "both names exist; left in place"
         if cur != (r["dev"], r["ino"]):
             return "the target file was replaced since the run; left in place"
+        if not _as_logged(r["dst"], r):
+            return "the target file was changed since the run; left in place"
         os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
         fsops.rename_noreplace(r["dst"], r["src"])
         return ""
@@ -221,6 +231,9 @@ def _undo(u: Undo, on_bytes) -> str:
             return ""
         if cur[1] != ino:
             return "the target file was replaced since the run; left in place"
+        # This undo deletes the copy: first prove it holds exactly the bytes the run copied.
+        if not _as_logged(dst, r) or hash_path(dst) != r["digest"]:
+            return "the target copy was changed since the run; left in place"
         if _ino(r["src"]) is None:
             # The source is gone for good (its quarantine was purged): copy back, verify, then remove.
             if not _restore_from(dst, r, on_bytes):
@@ -252,7 +265,7 @@ def _undo(u: Undo, on_bytes) -> str:
         if _ino(r["src"]) is not None:
             return ""
         stored = r.get("stored") or r["dst"]
-        if _ino(stored) != (r["dev"], r["ino"]):
+        if _ino(stored) != (r["dev"], r["ino"]) or not _as_logged(stored, r):
             if not _restore_from(stored, r, on_bytes):
                 return "the stored copy changed; source not recreated"
             return ""

@@ -584,14 +584,7 @@ def test_changed_file_is_kept_and_the_rest_restored(small, cli_env):
     _changed_case(small, cli_env, in_place=False)
 
 
-@pytest.mark.parametrize("fs", [
-    pytest.param("same-fs", marks=pytest.mark.xfail(strict=True, reason=(
-        "rollback's link undo trusts the inode alone: a target file rewritten in place (same inode, "
-        "other bytes) is moved back to the source as if unchanged, exit 0, nothing reported"))),
-    pytest.param("cross-fs", marks=pytest.mark.xfail(strict=True, reason=(
-        "rollback's copy undo checks only the inode: a target copy rewritten in place (same inode, "
-        "other bytes) is deleted after the quarantined source comes back, losing the user's change"))),
-])
+@pytest.mark.parametrize("fs", ["same-fs", "cross-fs"])
 def test_file_rewritten_in_place_is_kept(request, tmp_path, cli_env, fs):
     shm = request.getfixturevalue("shm_dir") if fs == "cross-fs" else None
     pod = Small(tmp_path / "pod", shm / "store" if shm else None)
