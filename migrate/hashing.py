@@ -1,35 +1,77 @@
 """Streaming xxh3-128 digests (the same hex as `xxhsum -H2`), a digest cache, parallel hashing.
 
-Measured here (shared performance notes): a reused buffer of 1-4 MiB hashes at `xxhsum` speed; the
-binding releases the GIL for updates over 64 KiB, so two threads on two large files take ~0.6x the
-time of one; small files are cheapest on one thread (open/read/close dominate).
+Measured on our 2-core AMD VMs (scripts/bench, docs/bench-latest.md):
+- Read buffers must be 32-byte aligned. A bytearray of 128 KiB or more sits 16 bytes into its
+  page, and the kernel's copy into it runs ~4x slower (0.40 s instead of 0.10 s per 512 MiB
+  from the page cache): reading, not hashing, is the cost, so every buffer here is page-aligned
+  anonymous memory (`aligned_buffer`), and a caller's bytearray is used from an aligned offset.
+- Reading dominates (xxh3 itself runs at ~20 GB/s), so the two cores must both read: large
+  files are hashed on worker threads (the binding releases the GIL for updates over 64 KiB), and
+  a worker with nothing left to do helps read the chunks of a large file another worker is
+  hashing (a 1 GiB file alone: 0.71x the time of one thread).
+- Small files are cheapest on one thread (open/fstat/read/close dominate): no fadvise, one
+  reused buffer, a one-shot digest.
+- The caller's thread only waits: a CPU-bound Python thread beside the workers starves them.
 """
 from __future__ import annotations
 
 import errno
+import mmap
 import os
-import sqlite3
 import stat
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import xxhash
 
-BUFFER = 1 << 20              # 1 MiB: as fast as 4 MiB here, friendlier to the cache
-LARGE = 8 << 20               # files at least this big are hashed on worker threads
+BUFFER = 1 << 20              # 1 MiB: 128 KiB-4 MiB measure the same once aligned
+LARGE = 8 << 20               # files at least this big are hashed on worker threads, one task each
+SPLIT = 32 << 20              # files at least this big may be read by two threads at once
+AHEAD = 4                     # chunks a helper may read ahead of the hashing
+ALIGN = 64                    # 32 suffices on the machines measured; a cache line to be safe
+PROGRESS = 32 << 20           # report progress in steps of at least this many bytes
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 OnBytes = Callable[[int], None]
 Key = Tuple[int, int, int, int]     # (device, inode, size, mtime_ns)
+Buffer = Union[bytearray, mmap.mmap, memoryview]
 
 
 class ChangedError(OSError):
     """The file is not the one that was scanned (or changed while it was read)."""
 
 
-def open_regular(path: str, expect: Optional[Key] = None) -> int:
-    """Open for reading without following a symlink or blocking on a FIFO; insist on a regular file."""
+class _Stopped(Exception):
+    """The caller was interrupted; workers leave at the next chunk."""
+
+
+def aligned_buffer(size: int = BUFFER) -> mmap.mmap:
+    """A page-aligned scratch buffer (anonymous memory): the kernel copies into it at full speed."""
+    return mmap.mmap(-1, size)
+
+
+def _aligned_view(buf: Buffer) -> memoryview:
+    """A writable byte view of buf starting at an ALIGN-byte boundary."""
+    view = memoryview(buf).cast("B") if not isinstance(buf, memoryview) or buf.format != "B" else buf
+    if isinstance(buf, mmap.mmap):
+        return view
+    import ctypes   # already loaded by fsops; only needed for a caller's own buffer
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(view))
+    shift = (-addr) % ALIGN
+    return view[shift:] if shift and len(view) - shift >= (64 << 10) else view
+
+
+_local = threading.local()
+
+
+def _thread_buffer() -> memoryview:
+    view = getattr(_local, "view", None)
+    if view is None:
+        view = _local.view = memoryview(aligned_buffer(BUFFER))
+    return view
+
+
+def _open(path: str, expect: Optional[Key], advise: bool) -> Tuple[int, os.stat_result]:
     fd = os.open(path, OPEN_FLAGS)
     try:
         st = os.fstat(fd)
@@ -37,51 +79,245 @@ def open_regular(path: str, expect: Optional[Key] = None) -> int:
             raise ChangedError(errno.EINVAL, "not a regular file", path)
         if expect is not None and stat_key(st) != expect:
             raise ChangedError(errno.ESTALE, "changed since it was scanned", path)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        except (AttributeError, OSError):
-            pass
-        return fd
+        if advise:
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            except (AttributeError, OSError):
+                pass
+        return fd, st
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_regular(path: str, expect: Optional[Key] = None) -> int:
+    """Open for reading without following a symlink or blocking on a FIFO; insist on a regular file."""
+    return _open(path, expect, True)[0]
 
 
 def stat_key(st: os.stat_result) -> Key:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def hash_fd(fd: int, buf: bytearray, on_bytes: Optional[OnBytes] = None) -> str:
+class _Progress:
+    """Batches on_bytes calls (they may drive a progress bar shared by all workers)."""
+
+    def __init__(self, on_bytes: Optional[OnBytes], lock: Optional[threading.Lock] = None) -> None:
+        self.on_bytes = on_bytes
+        self.lock = lock
+        self.pending = 0
+
+    def add(self, n: int) -> None:
+        if self.on_bytes is not None:
+            self.pending += n
+            if self.pending >= PROGRESS:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.on_bytes is not None and self.pending:
+            n, self.pending = self.pending, 0
+            if self.lock is None:
+                self.on_bytes(n)
+            else:
+                with self.lock:
+                    self.on_bytes(n)
+
+
+def _read_stream(fd: int, view: memoryview, h: "xxhash.xxh3_128", progress: _Progress,
+                 stop: Optional[threading.Event] = None) -> None:
+    while True:
+        if stop is not None and stop.is_set():
+            raise _Stopped()
+        n = os.readv(fd, [view])
+        if not n:
+            return
+        h.update(view[:n])
+        progress.add(n)
+
+
+def hash_fd(fd: int, buf: Buffer, on_bytes: Optional[OnBytes] = None) -> str:
+    """Digest of what is left to read from fd (sequentially, through buf)."""
     h = xxhash.xxh3_128()
-    view = memoryview(buf)
-    pending = 0
-    with open(fd, "rb", buffering=0, closefd=False) as f:
-        while True:
-            n = f.readinto(view)
-            if not n:
-                break
-            h.update(view[:n])
-            if on_bytes is not None:
-                pending += n
-                if pending >= (64 << 20):
-                    on_bytes(pending)
-                    pending = 0
-    if on_bytes is not None and pending:
-        on_bytes(pending)
+    progress = _Progress(on_bytes)
+    _read_stream(fd, _aligned_view(buf), h, progress)
+    progress.flush()
     return h.hexdigest()
 
 
-def hash_path(path: str, expect: Optional[Key] = None, buf: Optional[bytearray] = None,
-              on_bytes: Optional[OnBytes] = None) -> str:
-    """Digest of a regular file; raises ChangedError if it is not the scanned one or changes meanwhile."""
-    fd = open_regular(path, expect)
+def _pread_full(fd: int, view: memoryview, offset: int) -> int:
+    """Fill view from offset (several preads if the kernel returns less); fewer bytes only at EOF."""
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if not n:
+            break
+        got += n
+    return got
+
+
+class _Split:
+    """One large file hashed by its owner thread while idle workers read chunks ahead of it.
+
+    Chunks of BUFFER bytes below the size seen at open are claimed in order under `cond`; the
+    owner hashes them in order and reads what nobody claimed. Past the last full chunk the owner
+    reads alone to EOF. A helper may run at most AHEAD chunks ahead; the owner waits for helpers
+    that are still reading before the file is closed.
+    """
+
+    def __init__(self, fd: int, size: int, path: str, stop: Optional[threading.Event]) -> None:
+        self.fd, self.path, self.stop = fd, path, stop
+        self.full = size // BUFFER          # chunks helpers may claim
+        self.cond = threading.Condition()
+        self.claimed = 0
+        self.hashed = 0
+        self.delivered: Dict[int, Tuple[memoryview, Union[int, BaseException]]] = {}
+        self.spare: List[memoryview] = []
+        self.reading = 0                    # helpers inside a pread
+        self.closed = False
+
+    def helpable(self) -> bool:
+        return not self.closed and self.full - self.claimed >= 2
+
+    def help(self) -> None:
+        """Read chunks for the owner until none are left to claim."""
+        while True:
+            with self.cond:
+                while not self.closed and self.claimed < self.full and self.claimed - self.hashed >= AHEAD:
+                    self.cond.wait()
+                if self.closed or self.claimed >= self.full:
+                    return
+                k = self.claimed
+                self.claimed += 1
+                self.reading += 1
+                view = self.spare.pop() if self.spare else None
+            try:
+                if view is None:
+                    view = memoryview(aligned_buffer(BUFFER))
+                result: Union[int, BaseException] = _pread_full(self.fd, view, k * BUFFER)
+            except BaseException as exc:     # delivered to the owner, who raises it
+                result = exc
+            with self.cond:
+                self.delivered[k] = (view, result)
+                self.reading -= 1
+                self.cond.notify_all()
+
+    def run(self, h: "xxhash.xxh3_128", own: memoryview, progress: _Progress) -> None:
+        """The owner's part: hash every chunk in order, then the tail to EOF.
+
+        While a helper reads the next chunk, the owner reads one further ahead itself, so both
+        threads read (hashing is cheap next to the copy out of the page cache).
+        """
+        try:
+            while self.hashed < self.full:
+                if self.stop is not None and self.stop.is_set():
+                    raise _Stopped()
+                k = self.hashed
+                with self.cond:
+                    while True:
+                        got = self.delivered.pop(k, None)
+                        if got is not None or self.claimed == k:
+                            break
+                        if self.claimed < self.full and self.claimed - k < AHEAD:
+                            break
+                        self.cond.wait()
+                    j = -1
+                    if got is None:
+                        j = self.claimed
+                        self.claimed += 1
+                        spare = None if j == k else (self.spare.pop() if self.spare else None)
+                if j > k:                      # read ahead for ourselves, then look again
+                    view = spare if spare is not None else memoryview(aligned_buffer(BUFFER))
+                    n = _pread_full(self.fd, view, j * BUFFER)
+                    with self.cond:
+                        self.delivered[j] = (view, n)
+                    continue
+                if got is None:
+                    view, result = own, _pread_full(self.fd, own, k * BUFFER)
+                else:
+                    view, result = got
+                if isinstance(result, BaseException):
+                    raise result
+                if result != BUFFER:
+                    raise ChangedError(errno.ESTALE, "changed while it was read (shorter)", self.path)
+                h.update(view)
+                progress.add(result)
+                with self.cond:
+                    self.hashed += 1
+                    if view is not own:
+                        self.spare.append(view)
+                    self.cond.notify_all()
+            offset = self.full * BUFFER
+            while True:
+                n = os.preadv(self.fd, [own], offset)
+                if not n:
+                    break
+                h.update(own[:n])
+                progress.add(n)
+                offset += n
+        finally:
+            with self.cond:
+                self.closed = True
+                self.cond.notify_all()
+                while self.reading:
+                    self.cond.wait()
+
+
+def _hash_open(fd: int, st: os.stat_result, path: str, view: memoryview, progress: _Progress,
+               split_into: Optional[Callable[[_Split], None]], stop: Optional[threading.Event]) -> str:
+    """Digest of an open file: one-shot if it fits the buffer, else streamed or split."""
+    h = xxhash.xxh3_128()
+    if st.st_size < len(view):
+        n = os.readv(fd, [view])
+        m = os.readv(fd, [view[n:]]) if 0 < n < len(view) else 0    # 0: EOF, as expected
+        if n < len(view) and not m:
+            progress.add(n)
+            return xxhash.xxh3_128_hexdigest(view[:n])
+        h.update(view[:n + m])         # it grew: stream the rest (the caller's check reports it)
+        progress.add(n + m)
+    elif split_into is not None and st.st_size >= SPLIT and len(view) == BUFFER:
+        split = _Split(fd, st.st_size, path, stop)
+        split_into(split)
+        split.run(h, view, progress)
+        return h.hexdigest()
+    _read_stream(fd, view, h, progress, stop)
+    return h.hexdigest()
+
+
+def _hash_one(path: str, expect: Optional[Key], view: memoryview, progress: _Progress,
+              split_into: Optional[Callable[[_Split], None]] = None,
+              stop: Optional[threading.Event] = None) -> str:
+    fd, st = _open(path, expect, advise=expect is None or expect[2] >= LARGE)
     try:
-        digest = hash_fd(fd, buf if buf is not None else bytearray(BUFFER), on_bytes)
+        digest = _hash_open(fd, st, path, view, progress, split_into, stop)
         if expect is not None and stat_key(os.fstat(fd)) != expect:
             raise ChangedError(errno.ESTALE, "changed while it was read", path)
         return digest
     finally:
         os.close(fd)
+
+
+def hash_path(path: str, expect: Optional[Key] = None, buf: Optional[Buffer] = None,
+              on_bytes: Optional[OnBytes] = None) -> str:
+    """Digest of a regular file; raises ChangedError if it is not the scanned one or changes meanwhile.
+
+    A large file is read by this thread and one helper thread (when there are two cores).
+    """
+    view = _aligned_view(buf) if buf is not None else _thread_buffer()
+    progress = _Progress(on_bytes)
+    helpers: List[threading.Thread] = []
+
+    def split_into(split: _Split) -> None:
+        t = threading.Thread(target=split.help, name="hash-helper", daemon=True)
+        t.start()
+        helpers.append(t)
+
+    try:
+        return _hash_one(path, expect, view, progress,
+                         split_into if (os.cpu_count() or 1) >= 2 and len(view) == BUFFER else None)
+    finally:
+        for t in helpers:
+            t.join()
+        progress.flush()
 
 
 def hash_bytes(data: bytes) -> str:
@@ -100,6 +336,7 @@ class DigestCache:
         self._known: Dict[Tuple[int, int], Tuple[int, int, str]] = {}
         self._new: Dict[Tuple[int, int], Tuple[int, int, str]] = {}
         if path and os.path.exists(path):
+            import sqlite3   # only when there is a cache: keeps start-up short
             try:
                 con = sqlite3.connect(path)
                 try:
@@ -126,6 +363,7 @@ class DigestCache:
     def save(self) -> None:
         if not self.path or not self._new:
             return
+        import sqlite3
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             con = sqlite3.connect(self.path, timeout=30)
@@ -151,40 +389,151 @@ def default_cache_path() -> str:
     return os.path.join(base, "comfy-migrate", "digests.sqlite")
 
 
+Result = Tuple[Optional[str], Optional[OSError]]
+
+
+def _hash_small(jobs: Sequence[Tuple[str, Key]], indices: Sequence[int], results: List[Result],
+                view: memoryview, progress: _Progress, stop: threading.Event) -> None:
+    """Small files one after the other on this thread: open, fstat, one read, fstat, close.
+
+    The read that would confirm EOF is skipped: a file that grew after the first fstat has
+    another size or mtime at the second one.
+    """
+    one_shot = xxhash.xxh3_128_hexdigest
+    limit = len(view)
+    for i in indices:
+        if stop.is_set():
+            raise _Stopped()
+        path, key = jobs[i]
+        try:
+            fd = os.open(path, OPEN_FLAGS)
+        except OSError as exc:
+            results[i] = (None, exc)
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ChangedError(errno.EINVAL, "not a regular file", path)
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != key:
+                raise ChangedError(errno.ESTALE, "changed since it was scanned", path)
+            n = os.readv(fd, [view])
+            if n == key[2] and n < limit:
+                digest = one_shot(view[:n])
+            else:
+                h = xxhash.xxh3_128(view[:n])
+                if n:
+                    _read_stream(fd, view, h, progress, stop)
+                digest = h.hexdigest()
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != key:
+                raise ChangedError(errno.ESTALE, "changed while it was read", path)
+            results[i] = (digest, None)
+            progress.add(n)
+        except OSError as exc:
+            results[i] = (None, exc)
+        finally:
+            os.close(fd)
+
+
 def hash_many(
     jobs: Sequence[Tuple[str, Key]],
     on_bytes: Optional[OnBytes] = None,
     workers: Optional[int] = None,
-) -> List[Tuple[Optional[str], Optional[OSError]]]:
-    """Hash files in parallel: large ones on worker threads, small ones on one thread.
+) -> List[Result]:
+    """Hash files on worker threads; returns (digest, error) per job, in order.
 
-    Returns (digest, error) per job, in order. The caller's thread only waits.
+    The small files are one task (one thread, one buffer); each large file is a task, largest
+    first. A worker that finds no task left helps read the large files still being hashed. The
+    caller's thread only waits (an interrupt stops the workers at their next chunk).
     """
-    results: List[Tuple[Optional[str], Optional[OSError]]] = [(None, None)] * len(jobs)
-    workers = workers or min(4, os.cpu_count() or 1)
-    local = threading.local()
+    results: List[Result] = [(None, None)] * len(jobs)
+    if not jobs:
+        return results
+    workers = max(1, workers or min(4, os.cpu_count() or 1))
+    small = [i for i, (_, key) in enumerate(jobs) if key[2] < LARGE]
+    large = sorted((i for i, (_, key) in enumerate(jobs) if key[2] >= LARGE), key=lambda i: (-jobs[i][1][2], i))
+    tasks: List[Union[str, int]] = (["small"] if small else []) + large
+    tasks.reverse()                               # popped from the end
+    splits: List[_Split] = []
+    sched = threading.Condition()                 # guards tasks, splits and running
+    running = [0]                                 # tasks being hashed
+    report_lock = threading.Lock()
+    stop = threading.Event()
+    failures: List[BaseException] = []
+    workers = min(workers, len(tasks) + (1 if large else 0))
 
-    def one(i: int) -> None:
+    def hash_into(i: int, view: memoryview, progress: _Progress, split_into) -> None:
         path, key = jobs[i]
-        buf = getattr(local, "buf", None)
-        if buf is None:
-            buf = local.buf = bytearray(BUFFER)
         try:
-            results[i] = (hash_path(path, key, buf, on_bytes), None)
+            results[i] = (_hash_one(path, key, view, progress, split_into, stop), None)
         except OSError as exc:
             results[i] = (None, exc)
 
-    large = [i for i, (_, key) in enumerate(jobs) if key[2] >= LARGE]
-    small = [i for i, (_, key) in enumerate(jobs) if key[2] < LARGE]
-    if small:
-        large_first = sorted(large, key=lambda i: -jobs[i][1][2])
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            # Small files go through one worker as one task so they never contend with each other.
-            futures = [pool.submit(lambda: [one(i) for i in small])]
-            futures += [pool.submit(one, i) for i in large_first]
-            for f in futures:
-                f.result()
-    elif large:
-        with ThreadPoolExecutor(max_workers=min(workers, len(large))) as pool:
-            list(pool.map(one, sorted(large, key=lambda i: -jobs[i][1][2])))
+    def split_into(split: _Split) -> None:
+        with sched:
+            splits.append(split)
+            sched.notify_all()
+
+    def next_work() -> Tuple[Optional[Union[str, int]], Optional[_Split]]:
+        """A task, else a split to help, else (None, None) once nothing can come any more."""
+        with sched:
+            while not stop.is_set():
+                if tasks:
+                    running[0] += 1
+                    return tasks.pop(), None
+                live = [s for s in splits if s.helpable()]
+                if live:
+                    return None, max(live, key=lambda s: s.full - s.claimed)
+                if not running[0]:
+                    break
+                sched.wait()      # a task still running may open a large file worth helping
+            return None, None
+
+    def worker() -> None:
+        view = _thread_buffer()
+        progress = _Progress(on_bytes, report_lock)
+        try:
+            while True:
+                task, helping = next_work()
+                if helping is not None:
+                    helping.help()
+                    continue
+                if task is None:
+                    return
+                try:
+                    if task == "small":
+                        _hash_small(jobs, small, results, view, progress, stop)
+                    else:
+                        hash_into(int(task), view, progress, split_into if workers > 1 else None)
+                finally:
+                    with sched:
+                        running[0] -= 1
+                        splits[:] = [s for s in splits if not s.closed]
+                        sched.notify_all()
+        except _Stopped:
+            return
+        except BaseException as exc:   # a bug, not a file problem: raised in the caller's thread
+            failures.append(exc)
+            halt()
+        finally:
+            progress.flush()
+
+    def halt() -> None:
+        stop.set()
+        with sched:
+            sched.notify_all()
+
+    threads = [threading.Thread(target=worker, name=f"hash-{n}", daemon=True) for n in range(workers)]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException:
+        halt()
+        for t in threads:
+            t.join(timeout=10)
+        raise
+    if failures:
+        raise failures[0]
     return results
