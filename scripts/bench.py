@@ -381,6 +381,14 @@ def main() -> int:
                 warm_files=onef, note=notes.get("xxhsum", "")),
             Cmd("cat > /dev/null", ["cat", d.one_file], warm_files=onef, note="the read limit"),
         ]))
+        # start-up: the fixed cost of one process, from an empty models tree (nothing to hash)
+        empty_file = os.path.join(top, "empty", "loras", "empty.safetensors")
+        os.makedirs(os.path.dirname(empty_file))
+        open(empty_file, "wb").close()
+        rows.append(Row("start-up (an empty file, nothing to hash)", [
+            Cmd("comfy-migrate scan --no-cache", scan + ["--source", os.path.dirname(os.path.dirname(empty_file))]),
+            Cmd("xxhsum -H2", ["xxhsum", "-q", "-H2", empty_file] if have["xxhsum"] else None),
+        ]))
         # 3. duplicates in the large and the small tree
         allf = lambda: d.big_files + d.small_files
         rows.append(Row(f"find duplicates ({args.size:g} GB + {args.files} small files)", [
@@ -597,6 +605,15 @@ def render(rows: List[Row], extra: Dict[str, str]) -> Tuple[str, List[str]]:
     r = ratio(get("one large", "comfy"), get("one large", "xxhsum"))
     summary.append(f"{verdict(None if r is None else r <= 1.05)}: one large file <= 1.05x xxhsum -H2: "
                    f"{'-' if r is None else f'{r:.2f}x'}")
+    boot = get("start-up", "comfy")
+    if boot is not None:
+        parts = []
+        for prefix, what in (("hash a tree", "tree"), ("one large", "one file")):
+            us, x = get(prefix, "comfy"), get(prefix, "xxhsum")
+            if us is not None and x:
+                parts.append(f"{what} {max(us - boot, 0) / x:.2f}x")
+        summary.append(f"(information, not a target) our time minus our start-up ({boot:.3f} s), over xxhsum's: "
+                       + ", ".join(parts))
     for peer in ("rmlint", "jdupes"):
         r = ratio(get("find dup", "comfy"), get("find dup", peer))
         summary.append(f"{verdict(None if r is None else r < 1)}: duplicates faster than {peer}: "
