@@ -317,11 +317,14 @@ def run(ui: Ui, dry_run: bool, yes: bool, **kw) -> None:
         rep = execute_plan(plan, sys.argv, on_bytes)
     if rep.lock_note:
         ui.warn(rep.lock_note)
+    deploy = report.deploy_doc(plan) if plan.yaml_after is not None and (rep.yaml_written or
+                                                                            not plan.yaml_changes) else {}
     if fmt == "json":
         out(report.dumps({"run": rep.run_id, "log": rep.log_path, "resumed": rep.resumed,
                           "placed": rep.placed, "copied_bytes": rep.copied_bytes, "removed": rep.removed,
                           "quarantine_bytes": rep.quarantine_bytes, "yaml_written": rep.yaml_written,
-                          "problems": [{"path": p.path, "message": p.message} for p in rep.problems]}))
+                          "problems": [{"path": p.path, "message": p.message} for p in rep.problems],
+                          "deploy": deploy}))
     else:
         out(f"\nrun {rep.run_id}{' (continued)' if rep.resumed else ''}: placed {rep.placed} files, "
             f"copied {report.human(rep.copied_bytes)}, removed {rep.removed} source names\n")
@@ -330,6 +333,11 @@ def run(ui: Ui, dry_run: bool, yes: bool, **kw) -> None:
                 f"`comfy-migrate purge {rep.run_id}` frees it\n")
         out(f"audit log: {report.show(rep.log_path)}\nundo with: comfy-migrate rollback {rep.run_id}"
             f" --target {report.show(plan.target)}\n")
+        if deploy:
+            out("\nDockerfile (an image carrying ComfyUI, the models on the volume):\n")
+            out("".join(f"  {report.show(line)}\n" for line in deploy["dockerfile"]))
+            out("".join(f"  # {report.show(line)}\n" for line in deploy["notes"]))
+            out("check once ComfyUI runs:\n" + "".join(f"  {report.show(line)}\n" for line in deploy["check"]))
     for p in rep.problems:
         ui.warn(f"{report.show(p.path)}: {p.message}")
     if rep.problems:
@@ -366,6 +374,11 @@ def rollback(ui: Ui, run_ref, target, dry_run, yes) -> None:
         ui.info(str(exc))
         return
     records = load_run(log)
+    home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(log))))   # <target>/.comfy-migrate/runs
+    if os.path.realpath(records[0]["target"]) != os.path.realpath(home):
+        raise BadInput(f"run {records[0]['run']} was made with the target at {records[0]['target']}, its log is "
+                       f"now in {home} (the volume is mounted elsewhere): the log's paths do not apply here",
+                       f"roll back where the volume is mounted as it was ({records[0]['target']})")
     undos = plan_rollback(records)
     if dry_run or not yes:
         out(f"rollback of run {records[0]['run']} ({len(undos)} steps, newest first):\n")
@@ -484,7 +497,7 @@ def verify(run_ref, comfyui, target, comfyui_url, fmt) -> None:
         home = find_comfyui(comfyui)
     except MigrateError:
         pass
-    res = verify_run(records, home)
+    res = verify_run(records, home, target)
     if comfyui_url:
         from migrate.verify import names_listed_by_comfyui, unlisted
         try:
@@ -497,6 +510,12 @@ def verify(run_ref, comfyui, target, comfyui_url, fmt) -> None:
         out(report.dumps(res))
     else:
         out(f"run {records[0]['run']}: {res['checked']} files checked\n")
+        if res.get("moved"):
+            out(f"  the target moved with its volume: paths logged under {res['moved']['from']} are read under "
+                f"{res['moved']['to']}\n")
+        for name in res["unset_variables"]:
+            out(f"  unset: the YAML's base_path uses ${name}, which is not set here; ComfyUI started "
+                f"without it finds none of these models (export {name}=...)\n")
         for kind in ("missing", "changed", "shadowed", "orphaned", "not_listed_by_comfyui"):
             for p in res.get(kind, []):
                 out(f"  {kind}: {report.show(p)}\n")

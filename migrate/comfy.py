@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
@@ -147,9 +148,7 @@ def search_folders(
             conf = dict(conf)
             base = conf.pop("base_path", None)
             if base is not None:
-                base = _expand(str(base), env)
-                if not posixpath.isabs(base):
-                    base = posixpath.abspath(posixpath.join(yaml_dir, base))
+                base = resolve_base(str(base), path, env)
             is_default = bool(conf.pop("is_default", False))
             for key, value in conf.items():
                 cat = canonical_key(str(key))
@@ -175,30 +174,48 @@ def search_folders(
     return order
 
 
+_VAR = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)     # the pattern of posixpath.expandvars
+
+
 def _expand(value: str, env: Dict[str, str]) -> str:
-    if value.startswith("~"):
+    """ComfyUI's os.path.expandvars(os.path.expanduser(value)), with `env` instead of os.environ.
+
+    An unset variable stays literally (`$VAR`), which then reads as a folder below the YAML's.
+    """
+    if value == "~" or value.startswith("~/"):
         value = env.get("HOME", "~") + value[1:]
-    out, i = [], 0
-    while i < len(value):
-        if value[i] == "$":
-            j = i + 1
-            if j < len(value) and value[j] == "{":
-                k = value.find("}", j)
-                if k > 0 and value[j + 1:k] in env:
-                    out.append(env[value[j + 1:k]])
-                    i = k + 1
-                    continue
-            else:
-                k = j
-                while k < len(value) and (value[k].isalnum() or value[k] == "_"):
-                    k += 1
-                if k > j and value[j:k] in env:
-                    out.append(env[value[j:k]])
-                    i = k
-                    continue
-        out.append(value[i])
-        i += 1
-    return "".join(out)
+
+    def sub(m: "re.Match[str]") -> str:
+        name = m.group(1)
+        name = name[1:-1] if name.startswith("{") else name
+        return env.get(name, m.group(0))
+
+    return _VAR.sub(sub, value)
+
+
+def unset_variables(value: str, env: Dict[str, str]) -> List[str]:
+    """The $VARIABLES in a base_path that `env` lacks (ComfyUI would keep them as literal text)."""
+    names = [m.group(1)[1:-1] if m.group(1).startswith("{") else m.group(1) for m in _VAR.finditer(value)]
+    return [n for n in names if n not in env]
+
+
+def resolve_base(base: str, yaml_path: str, env: Dict[str, str]) -> str:
+    """A section's base_path as ComfyUI resolves it: expanded, then relative to the YAML's folder."""
+    yaml_dir = posixpath.dirname(posixpath.abspath(yaml_path))
+    base = _expand(str(base), env)
+    if not posixpath.isabs(base):
+        base = posixpath.abspath(posixpath.join(yaml_dir, base))
+    return posixpath.normpath(base)
+
+
+def managed_base(text: str, yaml_path: str, env: Optional[Dict[str, str]] = None) -> Optional[Tuple[str, str]]:
+    """(base_path as written, as ComfyUI resolves it) of our managed section, or None."""
+    env = dict(os.environ if env is None else env)
+    conf = parse_yaml(text, yaml_path).get(MANAGED_SECTION)
+    if not conf or "base_path" not in conf:
+        return None
+    raw = str(conf["base_path"])
+    return raw, resolve_base(raw, yaml_path, env)
 
 
 def render_section(base_path: str, folders: Dict[str, List[str]]) -> str:

@@ -263,12 +263,24 @@ class _Runner:
             self.report.quarantine_bytes += a.size
         self.report.removed += 1
         if a.link_back and a.dst:
-            s = self.begin("linkback", src=src, to=a.dst)
-            try:
-                os.symlink(a.dst, src)
-            except OSError as exc:
-                return self.fail(s, None, src, exc)
-            self.done(s)
+            self.link_back(a)
+
+    def link_back(self, a: Action) -> None:
+        """A symlink at the source's old place to its new home, relative between the real folders:
+        it keeps working when the volume holding both is mounted at another path."""
+        assert a.dst is not None
+        src = a.source
+        try:
+            home = os.path.join(os.path.realpath(os.path.dirname(a.dst)), os.path.basename(a.dst))
+            to = os.path.relpath(home, os.path.realpath(os.path.dirname(src)))
+        except OSError:
+            to = a.dst
+        s = self.begin("linkback", src=src, to=to)
+        try:
+            os.symlink(to, src)
+        except OSError as exc:
+            return self.fail(s, None, src, exc)
+        self.done(s)
 
 
 def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None) -> RunReport:
@@ -331,9 +343,7 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                 elif a.removal in (Removal.UNLINK, Removal.QUARANTINE):
                     r.remove_source(a)
                 elif a.removal is Removal.RENAMED and a.link_back and a.dst:
-                    s = r.begin("linkback", src=a.source, to=a.dst)
-                    os.symlink(a.dst, a.source)
-                    r.done(s)
+                    r.link_back(a)
             j.append({"type": "close", "state": "complete" if report.ok else "problems",
                       "placed": report.placed, "copied_bytes": report.copied_bytes, "removed": report.removed,
                       "quarantine_bytes": report.quarantine_bytes, "problems": len(report.problems)})

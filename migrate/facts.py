@@ -12,7 +12,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from migrate import fsops, plan as planning
 from migrate.errors import BadInput
 from migrate.hashing import DigestCache
-from migrate.model import Plan, Policy, Probe, ScanResult, Status
+from migrate.model import PathFacts, Plan, Policy, Probe, ScanResult, Status
 from migrate.scan import hash_records, scan_tree
 
 DEFAULT_COMFYUI = ("/workspace/runpod-slim/ComfyUI", "/workspace/ComfyUI")
@@ -102,6 +102,36 @@ def gather(
                  yaml_path, yaml_before, fsops.free_space(target))
 
 
+def mount_of(path: str) -> str:
+    """The mount point holding `path` (or its nearest existing folder): what moves with a volume."""
+    p = os.path.realpath(path)
+    while not os.path.exists(p):
+        p = os.path.dirname(p)
+    while not os.path.ismount(p):
+        p = os.path.dirname(p)
+    return p
+
+
+def real_path(path: str) -> str:
+    """realpath of a folder that may not exist yet: its nearest existing folder resolved, the rest kept."""
+    head, tail = path, ""
+    while not os.path.exists(head) and head != os.path.dirname(head):
+        head, tail = os.path.dirname(head), os.path.join(os.path.basename(head), tail)
+    return os.path.normpath(os.path.join(os.path.realpath(head), tail))
+
+
+def path_facts(yaml_path: Optional[str], target: str, base_path: str) -> Optional[PathFacts]:
+    """Where the YAML and the target really are, and the value of --base-path env:VAR's variable."""
+    if yaml_path is None:
+        return None
+    name = base_path[4:] if base_path.startswith("env:") else None
+    yaml_dir = os.path.dirname(yaml_path)
+    return PathFacts(yaml_dir=real_path(yaml_dir), target=real_path(target), yaml_mount=mount_of(yaml_dir),
+                     target_mount=mount_of(target), env_name=name,
+                     env_value=os.environ.get(name) if name else None)
+
+
 def make_plan(facts: Facts, policy: Policy) -> Plan:
     return planning.build_plan(facts.sources, facts.target_scan, facts.target, policy, facts.probes,
-                               facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes)
+                               facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes,
+                               paths=path_facts(facts.yaml_path, facts.target, policy.base_path))

@@ -139,6 +139,36 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class PathFacts:
+    """Where the YAML and the target really are, as ComfyUI will see them (gathered by the shell).
+
+    ComfyUI reads `<realpath of its folder>/extra_model_paths.yaml` and resolves a relative
+    base_path from that folder, so relative paths are computed between real paths.
+    """
+
+    yaml_dir: str                 # the YAML's folder, symlinks resolved
+    target: str                   # the target, symlinks resolved (its nearest existing folder's, if new)
+    yaml_mount: str               # mount point holding the YAML's folder
+    target_mount: str             # mount point holding the target
+    env_name: Optional[str] = None   # the variable of --base-path env:VAR
+    env_value: Optional[str] = None  # its value now (None: not set)
+
+
+@dataclass(frozen=True)
+class CustomFolder:
+    """One folder ComfyUI does not know (a custom node's), and what the plan does with it."""
+
+    name: str                     # the folder under models/, e.g. insightface
+    source: str                   # <source root>/<name>
+    destination: str              # <target>/<name>
+    files: int                    # files that end up in the target
+    stay: int                     # entries left where they are (skipped, conflicts)
+    listed: bool                  # the YAML lists it as `<name>: <name>`
+    link_back: bool               # a symlink at each moved file's old place
+    note: str                     # the sentence the plan prints
+
+
+@dataclass(frozen=True)
 class Action:
     kind: ActionKind
     root: str                    # source root ('' for target-only entries)
@@ -176,6 +206,9 @@ class Plan:
     target_categories: Tuple[str, ...]
     warnings: Tuple[str, ...] = ()
     free_bytes: Optional[int] = field(default=None, compare=False)
+    custom_folders: Tuple[CustomFolder, ...] = ()
+    base_path: Optional[str] = None      # the base_path written to the YAML
+    paths: Optional[PathFacts] = None
 
     @property
     def bytes_to_copy(self) -> int:

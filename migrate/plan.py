@@ -17,8 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from migrate import comfy
 from migrate.errors import BadInput
 from migrate.model import (
-    Action, ActionKind, FileRecord, Method, Mode, OnConflict, Plan, Policy, Probe, Removal, ScanResult,
-    Status,
+    Action, ActionKind, CustomFolder, FileRecord, Method, Mode, OnConflict, PathFacts, Plan, Policy, Probe,
+    Removal, ScanResult, Status,
 )
 
 
@@ -74,6 +74,7 @@ def build_plan(
     yaml_path: Optional[str] = None,
     yaml_before: Optional[str] = None,
     free_bytes: Optional[int] = None,
+    paths: Optional[PathFacts] = None,
 ) -> Plan:
     if yaml_path is not None and yaml_before is not None:
         comfy.parse_yaml(yaml_before, yaml_path)    # a broken YAML is refused even when nothing moves
@@ -102,13 +103,16 @@ def build_plan(
     for a in actions:
         if a.kind is ActionKind.CONFLICT:
             warnings.append(f"conflict: {a.source} differs from {a.dst}; left in place")
-    yaml_after = None
+    yaml_after = base = None
     if yaml_path is not None:
         folders = {cat: sorted(fs, key=lambda f: (f != cat, f)) for cat, fs in target_folders.items()}
         if folders:
-            base = _base_path(policy.base_path, target, yaml_path)
+            paths = paths or PathFacts(posixpath.dirname(yaml_path), target, "/", "/")
+            base = _base_path(policy.base_path, target, paths)
             yaml_after = comfy.merge_section(yaml_before, comfy.render_section(base, folders), yaml_path)
+            _check_resolves(yaml_after, policy.base_path, target, paths)
             warnings.extend(_typo_warnings(yaml_before or ""))
+            warnings.extend(_portability_warnings(policy.base_path, paths))
     elif any(a.method is not Method.NONE for a in actions):
         warnings.append("no extra_model_paths.yaml given (--comfyui or --yaml): ComfyUI will not see the target")
     return Plan(
@@ -116,6 +120,8 @@ def build_plan(
         yaml_after=yaml_after, policy=policy, actions=tuple(actions), probes=tuple(probes),
         target_hardlinks=target_hardlinks, target_categories=tuple(sorted(target_folders)),
         warnings=tuple(warnings), free_bytes=free_bytes,
+        custom_folders=_custom_folders(actions, target, policy, yaml_after is not None), base_path=base,
+        paths=paths if base is not None else None,
     )
 
 
@@ -177,14 +183,90 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
     return Action(kind, dst=dst, method=method, removal=rem, link_back=link_back, reason=reason, **common)
 
 
-def _base_path(spec: str, target: str, yaml_path: str) -> str:
+def _base_path(spec: str, target: str, paths: PathFacts) -> str:
+    """The base_path to write. relative: from the YAML's real folder to the real target (ComfyUI
+    joins it to the real folder it loads the YAML from). env:VAR: `${VAR}` plus the rest of the
+    target below $VAR's current value, refused when VAR is unset or not above the target."""
     if spec == "absolute":
         return target
     if spec == "relative":
-        return posixpath.relpath(target, posixpath.dirname(yaml_path))
-    if spec.startswith("env:") and spec[4:]:
-        return "${" + spec[4:] + "}"
-    raise BadInput(f"--base-path {spec!r} is not absolute, relative or env:VAR", "pick one of those")
+        return posixpath.relpath(paths.target, paths.yaml_dir)
+    name = spec[4:] if spec.startswith("env:") else ""
+    if not name:
+        raise BadInput(f"--base-path {spec!r} is not absolute, relative or env:VAR", "pick one of those")
+    if not (name[0].isalpha() or name[0] == "_") or not name.replace("_", "").isalnum() or not name.isascii():
+        raise BadInput(f"--base-path env:{name}: not a variable name ComfyUI can expand",
+                       "use letters, digits and _, e.g. env:COMFY_VOLUME")
+    value = paths.env_value if paths.env_name == name else None
+    if value is None:
+        raise BadInput(f"--base-path env:{name}: ${name} is not set, so ComfyUI would read base_path as a "
+                       f"folder literally named ${name} and find no model",
+                       f"export {name}=<the volume's mount point, e.g. /workspace> here and where ComfyUI runs")
+    value = posixpath.normpath(value) if value else value
+    for base in (target, paths.target):
+        if value and posixpath.isabs(value) and (base == value or base.startswith(value.rstrip("/") + "/")):
+            rest = base[len(value.rstrip("/")):].lstrip("/")
+            return "${" + name + "}" + ("/" + rest if rest else "")
+    raise BadInput(f"--base-path env:{name}: ${name} is {value!r}, which is not the target {target} "
+                   "or a folder above it", f"set {name} to the target or the volume's mount point above it")
+
+
+def _check_resolves(yaml_text: str, spec: str, target: str, paths: PathFacts) -> None:
+    """Resolve the new YAML as ComfyUI will (from the YAML's real folder, with $VAR as set now): its
+    base_path must be the target. A YAML that sends ComfyUI elsewhere is never written."""
+    env = {paths.env_name: paths.env_value} if paths.env_name and paths.env_value is not None else {}
+    where = posixpath.join(paths.yaml_dir, "extra_model_paths.yaml")
+    got = comfy.managed_base(yaml_text, where, env)
+    stray = comfy.unset_variables(got[0], env) if got is not None else []
+    if stray:
+        raise BadInput(f"--base-path {spec}: the path {got[0]!r} holds ${stray[0]}, which ComfyUI would expand "
+                       "as an environment variable", "choose a target whose path has no '$'")
+    if got is not None and "/" + got[1].lstrip("/") not in (target, paths.target):   # "//x" is "/x" here
+        raise BadInput(f"--base-path {spec}: ComfyUI would resolve base_path {got[0]!r} to {got[1]}, "
+                       f"not to the target {target}", "use --base-path absolute, or report this as a bug")
+
+
+def _portability_warnings(spec: str, paths: PathFacts) -> List[str]:
+    if spec == "relative" and paths.yaml_mount != paths.target_mount:
+        return [f"--base-path relative: the YAML (on the mount {paths.yaml_mount}) and the target (on "
+                f"{paths.target_mount}) are on different mounts, so the relative path only holds while both "
+                "stay where they are; if the volume is mounted elsewhere on other machines, use "
+                "--base-path env:VAR (VAR set to the volume's mount point on each machine)"]
+    return []
+
+
+def _custom_folders(actions: Sequence[Action], target: str, policy: Policy, listed: bool
+                    ) -> Tuple[CustomFolder, ...]:
+    """Explain, per folder ComfyUI does not know, where its files go and what keeps its nodes working."""
+    groups: Dict[Tuple[str, str], List[Action]] = {}
+    for a in actions:
+        folder = a.rel.split("/", 1)[0]
+        if "/" in a.rel and comfy.category_of(folder)[1]:
+            groups.setdefault((a.root, folder), []).append(a)
+    out = []
+    for (root, name), acts in groups.items():
+        placed = [a for a in acts if a.kind not in (ActionKind.SKIP, ActionKind.CONFLICT)]
+        stay = len(acts) - len(placed)
+        back = any(a.link_back for a in placed)
+        dst = posixpath.join(target, name)
+        old = f"ComfyUI/models/{name}"
+        n = f"{len(placed)} file{'' if len(placed) == 1 else 's'}"
+        verb = {Mode.MOVE: "moved", Mode.LINK: "hardlinked", Mode.COPY: "copied"}[policy.mode]
+        parts = [f"custom-node folder {name}: ComfyUI does not know it; {n} {verb} to {dst}",
+                 f"listed in the YAML as `{name}: {name}`" if listed else "not listed in a YAML (none given)"]
+        if policy.mode is not Mode.MOVE:
+            parts.append(f"the files also stay in {old}, so nodes that open it directly keep working")
+        elif back:
+            parts.append(f"a symlink at each old place keeps nodes that open {old} directly working "
+                         "(their new downloads land there: run again to move them)")
+        elif placed:
+            parts.append(f"no symlink left (--no-link-back): nodes that open {old} directly lose these files")
+        if stay:
+            parts.append(f"{stay} stay where they are (skipped or in conflict)")
+        out.append(CustomFolder(name=name, source=posixpath.join(root, name), destination=dst,
+                                files=len(placed), stay=stay, listed=listed, link_back=back,
+                                note="; ".join(parts)))
+    return tuple(out)
 
 
 _TYPOS = {"lora": "loras", "checkpoint": "checkpoints", "embedding": "embeddings", "controlnets": "controlnet",

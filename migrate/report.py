@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import shlex
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
@@ -93,7 +94,11 @@ def plan_doc(plan: Plan) -> dict:
         "target_hardlinks": plan.target_hardlinks,
         "actions": [action_doc(a) for a in plan.actions],
         "totals": totals(plan),
-        "yaml": {"path": plan.yaml_path, "changes": plan.yaml_changes, "diff": yaml_diff(plan)},
+        "yaml": {"path": plan.yaml_path, "changes": plan.yaml_changes, "diff": yaml_diff(plan),
+                 "base_path": plan.base_path, "base_path_mode": plan.policy.base_path},
+        "custom_folders": [{"name": c.name, "source": c.source, "destination": c.destination, "files": c.files,
+                            "stay": c.stay, "listed_in_yaml": c.listed, "link_back": c.link_back, "note": c.note}
+                           for c in plan.custom_folders],
         "warnings": list(plan.warnings),
     }
 
@@ -147,10 +152,49 @@ def summary_lines(plan: Plan) -> List[str]:
     for p in plan.probes:
         how = "hardlink" if p.hardlink else "rename" if p.rename else "copy + verify"
         lines.append(f"{show(p.source)} -> target: {how}" + (f" ({p.detail})" if p.detail else ""))
-    if any(a.link_back for a in plan.actions):
-        lines.append("custom-node folders keep a symlink at their old place "
-                     "(those nodes read ComfyUI/models/<name> directly)")
+    for c in plan.custom_folders:
+        lines.append(show(c.note))
     return lines
+
+
+# The loader whose list shows a category's names in /object_info (the first category the run placed).
+LOADERS = (("diffusion_models", "UNETLoader", "unet_name"), ("checkpoints", "CheckpointLoaderSimple", "ckpt_name"),
+           ("loras", "LoraLoader", "lora_name"), ("vae", "VAELoader", "vae_name"),
+           ("text_encoders", "CLIPLoader", "clip_name"), ("clip_vision", "CLIPVisionLoader", "clip_name"),
+           ("controlnet", "ControlNetLoader", "control_net_name"),
+           ("upscale_models", "UpscaleModelLoader", "model_name"))
+COMFYUI_URL = "http://127.0.0.1:8188"
+
+
+def deploy_doc(plan: Plan) -> dict:
+    """What to put in a Dockerfile (an image carrying ComfyUI, the store on the volume) and how to check
+    a started ComfyUI: copy the YAML to where ComfyUI reads it, create the mount point."""
+    if plan.yaml_path is None or plan.base_path is None:
+        return {}
+    docker = []
+    p = plan.paths
+    if p is not None and p.env_name:
+        docker.append(f"ENV {p.env_name}={p.env_value}")
+    plain = all(c.isalnum() or c in "/._-+@" for c in plan.yaml_path)
+    docker.append(f"COPY extra_model_paths.yaml {plan.yaml_path}" if plain else
+                  f"COPY {json.dumps(['extra_model_paths.yaml', plan.yaml_path])}")
+    docker.append(f"RUN mkdir -p {shlex.quote(plan.target)}")
+    notes = []
+    if plan.policy.base_path == "absolute":
+        notes.append(f"base_path is absolute: mount the volume so that the store is at {plan.target} "
+                     "(--base-path relative or env:VAR follow the volume to another mount path)")
+    elif plan.policy.base_path == "relative":
+        notes.append(f"base_path {plan.base_path} is relative to the YAML's folder: ComfyUI must sit at the "
+                     "same place relative to the store (both on the volume, or the volume mounted so)")
+    elif p is not None:
+        notes.append(f"base_path {plan.base_path}: set {p.env_name} where ComfyUI starts to the path that "
+                     f"holds the store on that machine (here {p.env_value}; e.g. /runpod-volume elsewhere)")
+    cats = {c for c in plan.target_categories}
+    cats.update(a.category for a in plan.actions if a.dst and a.category)
+    loader = next((l for l in LOADERS if l[0] in cats), LOADERS[0])
+    check = [f"curl -s {COMFYUI_URL}/object_info | jq '.{loader[1]}.input.required.{loader[2]}[0]'",
+             f"comfy-migrate verify --target {plan.target} --comfyui-url {COMFYUI_URL}"]
+    return {"dockerfile": docker, "check": check, "notes": notes}
 
 
 def yaml_diff(plan: Plan) -> str:

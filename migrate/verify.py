@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from migrate import comfy, fsops
 from migrate.hashing import hash_path
@@ -11,20 +11,51 @@ from migrate.journal import group_steps
 PLACING = ("link", "rename", "copy", "dedupe", "symlink")
 
 
-def verify_run(records: List[dict], comfyui: Optional[str]) -> Dict:
+def remount(old: str, new: str) -> Tuple[str, str]:
+    """(old prefix, new prefix) when the target of a run is now reached at another path: the volume
+    mounted elsewhere (/workspace/models -> /runpod-volume/models gives /workspace -> /runpod-volume)."""
+    o, n = old.rstrip("/").split("/"), new.rstrip("/").split("/")
+    k = 0
+    while k < min(len(o), len(n)) - 1 and o[-1 - k] == n[-1 - k]:
+        k += 1
+    return "/".join(o[:len(o) - k]) or "/", "/".join(n[:len(n) - k]) or "/"
+
+
+def verify_run(records: List[dict], comfyui: Optional[str], target: Optional[str] = None) -> Dict:
+    """target: where the run's target is now (default: where the run left it). When it moved with its
+    volume, every logged path under the old mount path is read under the new one."""
     head = records[0]
-    target = head["target"]
+    old_target = head["target"]
+    target = target or old_target
+    moved = None
+    if os.path.realpath(target) != os.path.realpath(old_target):
+        moved = remount(old_target, target)
+
+    def here(p: str) -> str:
+        if moved and (p == moved[0] or p.startswith(moved[0].rstrip("/") + "/")):
+            return moved[1].rstrip("/") + p[len(moved[0].rstrip("/")):] if moved[0] != "/" else moved[1] + p
+        return p
+
     steps = group_steps(records)
     placed = [b for b in steps.begins if b["op"] in PLACING and b["step"] in steps.done]
     yaml_path = head.get("yaml")
+    if yaml_path and moved and os.path.exists(here(yaml_path)):
+        yaml_path = here(yaml_path)
     order: Dict[str, List[str]] = {}
+    unset: List[str] = []
     if yaml_path:
         data = fsops.read_file(yaml_path)
-        models = os.path.join(comfyui, "models") if comfyui else os.path.join(os.path.dirname(yaml_path), "models")
-        order = comfy.search_folders([(yaml_path, data.decode("utf-8"))] if data else [], models)
+        # ComfyUI reads <realpath of its folder>/extra_model_paths.yaml: resolve from the real folder.
+        as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path))
+        models = os.path.realpath(os.path.join(comfyui, "models") if comfyui else
+                                  os.path.join(os.path.dirname(as_read), "models"))
+        text = data.decode("utf-8") if data else ""
+        order = comfy.search_folders([(as_read, text)] if data else [], models)
+        base = comfy.managed_base(text, as_read) if data else None
+        unset = comfy.unset_variables(base[0], dict(os.environ)) if base else []
     missing, changed, shadowed = [], [], []
     for b in placed:
-        dst = b["dst"]
+        dst = here(b["dst"])
         try:
             if hash_path(os.path.realpath(dst)) != b["digest"]:
                 changed.append(dst)
@@ -40,8 +71,12 @@ def verify_run(records: List[dict], comfyui: Optional[str]) -> Dict:
         if order and (winner is None or os.path.realpath(winner) != os.path.realpath(dst)):
             shadowed.append(dst)
     orphaned = find_orphans(target, order)
-    return {"run": head["run"], "checked": len(placed), "missing": missing, "changed": changed,
-            "shadowed": shadowed, "orphaned": orphaned, "ok": not (missing or changed or shadowed or orphaned)}
+    res = {"run": head["run"], "checked": len(placed), "missing": missing, "changed": changed,
+           "shadowed": shadowed, "orphaned": orphaned, "unset_variables": unset,
+           "ok": not (missing or changed or shadowed or orphaned or unset)}
+    if moved:
+        res["moved"] = {"from": moved[0], "to": moved[1]}
+    return res
 
 
 def find_orphans(target: str, order: Dict[str, List[str]]) -> List[str]:

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from migrate import comfy
 from migrate.errors import BadInput
 from migrate.model import (
-    Action, ActionKind, FileRecord, Method, Mode, OnConflict, Policy, Probe, Removal, ScanResult, Status,
+    Action, ActionKind, FileRecord, Method, Mode, OnConflict, PathFacts, Policy, Probe, Removal, ScanResult,
+    Status,
 )
 from migrate.plan import build_plan, check_roots
 
@@ -240,10 +241,13 @@ def test_yaml_after_adds_the_managed_section_for_every_target_category():
 
 
 def test_yaml_base_path_choices():
-    for spec, base in (("relative", "../../store"), ("env:VOL", "${VOL}")):
+    for spec, value, base in (("relative", None, "../../store"), ("env:VOL", "/store", "${VOL}"),
+                              ("env:VOL", "/", "${VOL}/store"), ("env:VOL", "/store/", "${VOL}")):
+        paths = PathFacts("/pod/ComfyUI", TGT, "/", "/", env_name=spec[4:] or None, env_value=value)
         plan = plan_of(rec("loras/l.pt"), yaml_path="/pod/ComfyUI/extra_model_paths.yaml",
-                       policy=Policy(base_path=spec))
+                       policy=Policy(base_path=spec), paths=paths)
         assert yaml.safe_load(plan.yaml_after)["comfy_migrate"]["base_path"] == base
+        assert plan.base_path == base
     with pytest.raises(BadInput):
         plan_of(rec("loras/l.pt"), yaml_path="/y.yaml", policy=Policy(base_path="bogus"))
 
