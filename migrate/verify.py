@@ -30,6 +30,8 @@ def verify_run(records: List[dict], comfyui: Optional[str], target: Optional[str
     moved = None
     if os.path.realpath(target) != os.path.realpath(old_target):
         moved = remount(old_target, target)
+    else:
+        target = old_target     # the same folder under another spelling: keep the logged one
 
     def here(p: str) -> str:
         if moved and (p == moved[0] or p.startswith(moved[0].rstrip("/") + "/")):

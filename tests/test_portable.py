@@ -311,3 +311,14 @@ def test_unset_variable_stays_literal_and_resolves_below_the_yaml_folder():
     assert comfy.resolve_base("$VOL/models", "/c/y.yaml", {"VOL": "/v"}) == "/v/models"
     assert comfy.resolve_base("../../models", "/w/r/ComfyUI/y.yaml", {}) == "/w/models"
     assert comfy.unset_variables("${A}/$B/x", {"B": "/b"}) == ["A"]
+
+
+@pytest.mark.parametrize("old, new, prefixes", [
+    ("/workspace/models", "/runpod-volume/models", ("/workspace", "/runpod-volume")),
+    ("/workspace/models", "/mnt/a/b/models", ("/workspace", "/mnt/a/b")),
+    ("/models", "/vol/models", ("/", "/vol")),
+    ("/a/store", "/b/other", ("/a/store", "/b/other")),
+])
+def test_remount_finds_the_mount_paths_from_the_target_paths(old, new, prefixes):
+    from migrate.verify import remount
+    assert remount(old, new) == prefixes
