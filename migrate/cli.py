@@ -516,7 +516,7 @@ def verify(run_ref, comfyui, target, comfyui_url, fmt) -> None:
         for name in res["unset_variables"]:
             out(f"  unset: the YAML's base_path uses ${name}, which is not set here; ComfyUI started "
                 f"without it finds none of these models (export {name}=...)\n")
-        for kind in ("missing", "changed", "shadowed", "orphaned", "not_listed_by_comfyui"):
+        for kind in ("missing", "changed", "shadowed", "orphaned", "broken_link_backs", "not_listed_by_comfyui"):
             for p in res.get(kind, []):
                 out(f"  {kind}: {report.show(p)}\n")
         out("all good\n" if res["ok"] else "problems found\n")

@@ -72,10 +72,18 @@ def verify_run(records: List[dict], comfyui: Optional[str], target: Optional[str
                        if os.path.isfile(os.path.join(f, name))), None)
         if order and (winner is None or os.path.realpath(winner) != os.path.realpath(dst)):
             shadowed.append(dst)
+    # Link-back symlinks serve custom nodes that open ComfyUI/models/<name> directly: each must still
+    # reach its file (an absolute one, or ComfyUI outside the moved volume, breaks on a remount).
+    broken = []
+    for b in steps.begins:
+        if b["op"] == "linkback" and b["step"] in steps.done:
+            src = here(b["src"])
+            if not os.path.exists(src):      # gone, or a symlink leading nowhere
+                broken.append(src)
     orphaned = find_orphans(target, order)
     res = {"run": head["run"], "checked": len(placed), "missing": missing, "changed": changed,
-           "shadowed": shadowed, "orphaned": orphaned, "unset_variables": unset,
-           "ok": not (missing or changed or shadowed or orphaned or unset)}
+           "shadowed": shadowed, "orphaned": orphaned, "unset_variables": unset, "broken_link_backs": broken,
+           "ok": not (missing or changed or shadowed or orphaned or unset or broken)}
     if moved:
         res["moved"] = {"from": moved[0], "to": moved[1]}
     return res

@@ -322,3 +322,25 @@ def test_unset_variable_stays_literal_and_resolves_below_the_yaml_folder():
 def test_remount_finds_the_mount_paths_from_the_target_paths(old, new, prefixes):
     from migrate.verify import remount
     assert remount(old, new) == prefixes
+
+
+def test_comfyui_outside_the_volume_env_follows_and_verify_names_broken_link_backs(tmp_path, cli_env):
+    # ComfyUI in the image (/opt/ComfyUI), the store on the volume: env:VAR follows the volume to its
+    # new mount path; the link-backs at ComfyUI/models/insightface cannot, and verify says so.
+    vol = tmp_path / "workspace"
+    build_volume(vol)
+    image = tmp_path / "image"
+    image.mkdir()
+    os.rename(vol / "runpod-slim" / "ComfyUI", image / "ComfyUI")
+    comfyui = image / "ComfyUI"
+    run_cli(["run", "--comfyui", comfyui, "--target", vol / "models", "--base-path", "env:VOL", "--yes"],
+            dict(cli_env, VOL=str(vol)))
+    new = tmp_path / "runpod-volume"
+    os.rename(vol, new)
+    assert contents(loaded(comfyui, {"VOL": str(new)})) == expected_keys()
+    proc = run_cli(["verify", "--comfyui", comfyui, "--target", new / "models"], dict(cli_env, VOL=str(new)),
+                   check=8)
+    broken = sorted(line.split(": ", 1)[1] for line in proc.stdout.splitlines() if "broken_link_backs:" in line)
+    assert broken == sorted(str(comfyui / "models" / rel) for rel in FILES if rel.split("/")[0] in
+                            ("insightface", "ultralytics"))
+    assert "shadowed:" not in proc.stdout and "missing:" not in proc.stdout
