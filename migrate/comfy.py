@@ -181,6 +181,7 @@ def _expand(value: str, env: Dict[str, str]) -> str:
     """ComfyUI's os.path.expandvars(os.path.expanduser(value)), with `env` instead of os.environ.
 
     An unset variable stays literally (`$VAR`), which then reads as a folder below the YAML's.
+    `~user` is left as it is (ComfyUI would look the user up; we never write one).
     """
     if value == "~" or value.startswith("~/"):
         value = env.get("HOME", "~") + value[1:]
