@@ -119,6 +119,7 @@ def test_relative_base_path_resolves_the_same_models_after_the_volume_moves(tmp_
     before = loaded(comfyui)
     assert contents(before) == expected_keys()
     assert_all_in(before, vol / "models")
+    assert "all good" in run_cli(["verify", "--comfyui", comfyui, "--target", vol / "models"], cli_env).stdout
 
     comfyui2 = move_volume(vol, tmp_path / "runpod-volume")
     after = loaded(comfyui2)
@@ -344,3 +345,17 @@ def test_comfyui_outside_the_volume_env_follows_and_verify_names_broken_link_bac
     assert broken == sorted(str(comfyui / "models" / rel) for rel in FILES if rel.split("/")[0] in
                             ("insightface", "ultralytics"))
     assert "shadowed:" not in proc.stdout and "missing:" not in proc.stdout
+
+
+def test_an_absolute_migration_switches_to_relative_with_one_more_run_and_back_with_rollback(tmp_path, cli_env):
+    vol = tmp_path / "workspace"
+    build_volume(vol)
+    migrate_volume(vol, cli_env, "absolute")
+    yaml_path = vol / "runpod-slim" / "ComfyUI" / "extra_model_paths.yaml"
+    absolute = yaml_path.read_bytes()
+    proc = migrate_volume(vol, cli_env, "relative")          # nothing to move: only the YAML changes
+    assert "placed 0 files" in proc.stdout
+    assert yaml.safe_load(yaml_path.read_text())["comfy_migrate"]["base_path"] == "../../models"
+    assert yaml_path.read_text().startswith(USER_YAML)
+    run_cli(["rollback", "--target", vol / "models", "--yes"], cli_env)
+    assert yaml_path.read_bytes() == absolute
