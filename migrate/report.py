@@ -152,6 +152,9 @@ def summary_lines(plan: Plan) -> List[str]:
     for p in plan.probes:
         how = "hardlink" if p.hardlink else "rename" if p.rename else "copy + verify"
         lines.append(f"{show(p.source)} -> target: {how}" + (f" ({p.detail})" if p.detail else ""))
+    if plan.base_path is not None and plan.policy.base_path != "absolute":
+        lines.append(f"YAML base_path {show(plan.base_path)} (--base-path {plan.policy.base_path}) "
+                     f"resolves here to {show(plan.target)}")
     for c in plan.custom_folders:
         lines.append(show(c.note))
     return lines
@@ -179,7 +182,7 @@ def deploy_doc(plan: Plan) -> dict:
     docker.append(f"COPY extra_model_paths.yaml {plan.yaml_path}" if plain else
                   f"COPY {json.dumps(['extra_model_paths.yaml', plan.yaml_path])}")
     docker.append(f"RUN mkdir -p {shlex.quote(plan.target)}")
-    notes = []
+    notes = [f"take {plan.yaml_path} into the image's build context for the COPY"]
     if plan.policy.base_path == "absolute":
         notes.append(f"base_path is absolute: mount the volume so that the store is at {plan.target} "
                      "(--base-path relative or env:VAR follow the volume to another mount path)")

@@ -174,6 +174,8 @@ def test_env_base_path_follows_the_variable_to_either_mount(tmp_path, cli_env):
     assert "  base_path: '${COMFY_VOLUME}/models'\n" in text
     assert yaml.safe_load(text)["comfy_migrate"]["base_path"] == "${COMFY_VOLUME}/models"
     assert f"ENV COMFY_VOLUME={vol}" in proc.stdout
+    assert f"YAML base_path ${{COMFY_VOLUME}}/models (--base-path env:COMFY_VOLUME) resolves here to {vol}/models" \
+        in proc.stdout
     before = contents(loaded(comfyui, {"COMFY_VOLUME": str(vol)}))
     assert before == expected_keys()
     # without the variable ComfyUI keeps "${COMFY_VOLUME}" literally: a folder below the YAML's, empty
