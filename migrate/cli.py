@@ -100,6 +100,8 @@ def source_options(f):
 
 
 def plan_options(f):
+    f = click.option("--include-suspect", is_flag=True,
+                     help="Migrate files the audit finds broken or suspect too (default: they stay).")(f)
     f = click.option("--base-path", default="absolute", envvar="COMFY_MIGRATE_BASE_PATH", show_default=True,
                      help="base_path written to the YAML: absolute, relative (to the YAML's folder) "
                           "or env:VAR.")(f)
@@ -144,6 +146,11 @@ def open_cache(no_cache: bool) -> Optional[DigestCache]:
     return None if no_cache else DigestCache(default_cache_path())
 
 
+def open_verdicts(no_cache: bool):
+    from migrate.sniff import VerdictCache
+    return None if no_cache else VerdictCache(default_cache_path())
+
+
 # --- scan ----------------------------------------------------------------------------------------
 
 @cli.command(context_settings=CONTEXT)
@@ -185,7 +192,8 @@ def scan(ui: Ui, comfyui, sources, fmt, no_cache) -> None:
 
 # --- plan ----------------------------------------------------------------------------------------
 
-def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_back, base_path, no_cache):
+def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_back, base_path, no_cache,
+          include_suspect=False):
     from migrate.facts import gather, make_plan
     home, roots = resolve_sources(comfyui, sources)
     target = resolve_target(target)
@@ -194,7 +202,8 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
     yaml_path = os.path.abspath(yaml_path) if yaml_path else None
     cache = open_cache(no_cache)
     with ui.progress("hashing") as (on_total, on_bytes):
-        facts = gather(roots, target, yaml_path, cache, on_total, on_bytes)
+        facts = gather(roots, target, yaml_path, cache, on_total, on_bytes, open_verdicts(no_cache),
+                       include_suspect)
     for s in facts.sources:
         for p in s.problems:
             ui.warn(f"{report.show(p.path)}: {p.message}")
@@ -221,6 +230,8 @@ def print_plan(plan, fmt: str) -> None:
         out(f"\n{report.show(plan.yaml_path)}: no change\n")
     for w in plan.warnings:
         out(f"warning: {w}\n")
+    for line in report.finding_lines(plan.findings):
+        out(f"audit: {line}\n")
 
 
 @cli.command("plan", context_settings=CONTEXT)
@@ -304,6 +315,8 @@ def run(ui: Ui, dry_run: bool, yes: bool, **kw) -> None:
         ui.info("nothing to do: the target is up to date")
         for w in plan.warnings:
             ui.warn(w)
+        for line in report.finding_lines(plan.findings):
+            ui.warn(line)
         return
     if fmt == "table":
         out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
@@ -311,6 +324,8 @@ def run(ui: Ui, dry_run: bool, yes: bool, **kw) -> None:
             out(line + "\n")
         for w in plan.warnings:
             ui.warn(w)
+        for line in report.finding_lines(plan.findings):
+            ui.warn(line)
     confirm(f"Migrate into {plan.target}?", yes)
     with ui.progress("copying") as (on_total, on_bytes):
         on_total(plan.bytes_to_copy)
@@ -324,7 +339,8 @@ def run(ui: Ui, dry_run: bool, yes: bool, **kw) -> None:
                           "placed": rep.placed, "copied_bytes": rep.copied_bytes, "removed": rep.removed,
                           "quarantine_bytes": rep.quarantine_bytes, "yaml_written": rep.yaml_written,
                           "problems": [{"path": p.path, "message": p.message} for p in rep.problems],
-                          "deploy": deploy}))
+                          "deploy": deploy,
+                          "findings": [report.finding_doc(f) for f in plan.findings]}))
     else:
         out(f"\nrun {rep.run_id}{' (continued)' if rep.resumed else ''}: placed {rep.placed} files, "
             f"copied {report.human(rep.copied_bytes)}, removed {rep.removed} source names\n")
@@ -522,3 +538,63 @@ def verify(run_ref, comfyui, target, comfyui_url, fmt) -> None:
         out("all good\n" if res["ok"] else "problems found\n")
     if not res["ok"]:
         sys.exit(ExitCode.VERIFY_FAILED)
+
+
+# --- audit ---------------------------------------------------------------------------------------
+
+@cli.command("audit", context_settings=CONTEXT)
+@click.option("--comfyui", envvar="COMFYUI_DIR",
+              help="Check this ComfyUI's models folder (and use its extra_model_paths.yaml for the search order).")
+@target_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")
+@click.option("--no-cache", is_flag=True, help="Read every model file's ends again, ignoring cached verdicts.")
+@click.pass_obj
+def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache) -> None:
+    """Check model files without changing anything: truncated or damaged safetensors, git-LFS
+    pointers and HTML pages saved as models, empty files, unfinished downloads, names another file
+    shadows, extensions ComfyUI does not list, dangling symlinks.
+
+    Checks the ComfyUI models folder and the store (each given, or found by default).
+    Exit code 1 when a file is broken or suspect.
+
+    \b
+    Example:
+      comfy-migrate audit --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models
+      comfy-migrate audit --target /workspace/models --format json
+    """
+    from migrate import comfy
+    from migrate.facts import DEFAULT_TARGET, check_dir, find_comfyui, read_yaml
+    from migrate.sniff import audit_trees
+    home = None
+    if comfyui or not target:
+        try:
+            home = find_comfyui(comfyui)
+        except MigrateError:
+            if comfyui:
+                raise
+    roots = [check_dir(os.path.join(home, "models"), "models folder")] if home else []
+    if target or os.path.isdir(DEFAULT_TARGET):
+        roots.append(check_dir(resolve_target(target), "target"))
+    if not roots:
+        raise BadInput("nothing to audit: no ComfyUI folder and no store found", "pass --comfyui DIR or --target DIR")
+    order = {}
+    if home:
+        yaml_path = os.path.join(home, "extra_model_paths.yaml")
+        text = read_yaml(yaml_path)
+        order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
+    res = audit_trees(roots, order, open_verdicts(no_cache), open_cache(no_cache))
+    ui.debug(f"{res.files} entries, {res.read} files read, the rest from the cache")
+    if fmt == "json":
+        out(report.dumps(report.audit_doc(res.roots, res.findings, dict(res.summaries), res.files)))
+    else:
+        out(f"audit of {', '.join(map(report.show, res.roots))}: {res.files} entries\n")
+        if res.findings:
+            out(table(report.audit_rows(res.findings), report.AUDIT_HEADERS) + "\n\n")
+            fixes = sorted({(f.kind, f.fix) for f in res.findings if f.fix})
+            for kind, fix in fixes:
+                out(f"{kind}: {fix}\n")
+        counts = {s: sum(1 for f in res.findings if f.severity == s) for s in ("broken", "suspect", "notice")}
+        out(", ".join(f"{n} {s}" for s, n in counts.items()) + "\n")
+    if any(f.blocks for f in res.findings):
+        sys.exit(ExitCode.PROBLEMS)

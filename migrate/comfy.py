@@ -28,7 +28,7 @@ CATEGORIES: Dict[str, Tuple[Tuple[str, ...], Optional[frozenset]]] = {
     "diffusion_models": (("unet", "diffusion_models"), MODEL_EXTENSIONS),
     "controlnet": (("controlnet", "t2i_adapter"), MODEL_EXTENSIONS),
     "diffusers": (("diffusers",), None),
-    "classifiers": (("classifiers",), None),
+    "classifiers": (("classifiers",), frozenset({""})),   # folder_paths: {""}, files without an extension
 }
 for _name in (
     "clip_vision style_models embeddings vae_approx gligen upscale_models latent_upscale_models "

@@ -12,7 +12,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from migrate import fsops, plan as planning
 from migrate.errors import BadInput
 from migrate.hashing import DigestCache
-from migrate.model import PathFacts, Plan, Policy, Probe, ScanResult, Status
+from migrate.model import Finding, PathFacts, Plan, Policy, Probe, ScanResult, Status
 from migrate.scan import hash_records, scan_tree
 
 DEFAULT_COMFYUI = ("/workspace/runpod-slim/ComfyUI", "/workspace/ComfyUI")
@@ -51,6 +51,7 @@ class Facts:
     yaml_path: Optional[str]
     yaml_before: Optional[str]
     free_bytes: int
+    findings: Tuple[Finding, ...] = ()     # the audit of the sources (see sniff.check_sources)
 
 
 def read_yaml(path: Optional[str]) -> Optional[str]:
@@ -75,10 +76,14 @@ def scan_roots(roots: Sequence[str]) -> List[ScanResult]:
 def gather(
     sources: Sequence[str], target: str, yaml_path: Optional[str], cache: Optional[DigestCache],
     on_total: Optional[Callable[[int], None]] = None, on_bytes: Optional[Callable[[int], None]] = None,
+    verdicts=None, include_suspect: bool = False,
 ) -> Facts:
+    """verdicts: a sniff.VerdictCache (None: no cache). Broken or suspect files are held back
+    (status SUSPECT: never hashed, never moved) unless include_suspect."""
+    from migrate.sniff import check_sources
     planning.check_roots([os.path.realpath(s) for s in sources], os.path.realpath(target))
     yaml_before = read_yaml(yaml_path)
-    scans = scan_roots(sources)
+    scans, findings = check_sources(scan_roots(sources), verdicts, cache, include_suspect)
     target_scan = scan_tree(target) if os.path.isdir(target) else None
     # A stored file can only share content with a source file of the same size: the store (which
     # grows with every pod) is hashed only where sizes meet, as duplicate finders do.
@@ -99,7 +104,7 @@ def gather(
         sample = next((r.path for r in s.records if r.status is Status.MIGRATE), None)
         probes.append(fsops.probe_link(sample, s.root, target))
     return Facts(tuple(scans), target, target_scan, tuple(probes), fsops.probe_target_hardlinks(target),
-                 yaml_path, yaml_before, fsops.free_space(target))
+                 yaml_path, yaml_before, fsops.free_space(target), tuple(findings))
 
 
 def mount_of(path: str) -> str:
@@ -132,6 +137,8 @@ def path_facts(yaml_path: Optional[str], target: str, base_path: str) -> Optiona
 
 
 def make_plan(facts: Facts, policy: Policy) -> Plan:
-    return planning.build_plan(facts.sources, facts.target_scan, facts.target, policy, facts.probes,
+    from dataclasses import replace
+    plan = planning.build_plan(facts.sources, facts.target_scan, facts.target, policy, facts.probes,
                                facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes,
                                paths=path_facts(facts.yaml_path, facts.target, policy.base_path))
+    return replace(plan, findings=facts.findings)

@@ -324,6 +324,11 @@ def hash_bytes(data: bytes) -> str:
     return xxhash.xxh3_128(data).hexdigest()
 
 
+# Also created by sniff.VerdictCache, which keeps its verdicts in another table of the same file.
+DIGESTS_TABLE = ("CREATE TABLE IF NOT EXISTS digests (dev INTEGER, ino INTEGER, size INTEGER,"
+                 " mtime_ns INTEGER, digest TEXT, PRIMARY KEY (dev, ino))")
+
+
 class DigestCache:
     """Digests keyed by (device, inode, size, mtime_ns) in a small SQLite file.
 
@@ -369,8 +374,7 @@ class DigestCache:
             con = sqlite3.connect(self.path, timeout=30)
             try:
                 with con:
-                    con.execute("CREATE TABLE IF NOT EXISTS digests (dev INTEGER, ino INTEGER, size INTEGER,"
-                                " mtime_ns INTEGER, digest TEXT, PRIMARY KEY (dev, ino))")
+                    con.execute(DIGESTS_TABLE)
                     con.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)",
                                     [(d, i, s, m, h) for (d, i), (s, m, h) in self._new.items()])
             finally:

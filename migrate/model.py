@@ -26,6 +26,7 @@ class Status(str, enum.Enum):
     UNREADABLE = "unreadable"        # permission or I/O error while reading
     CHANGED = "changed"              # changed or vanished while being scanned
     TEMP = "temp"                    # our own temporary file from an interrupted run
+    SUSPECT = "suspect"              # the audit found it broken or suspect: kept out (--include-suspect)
 
     @property
     def migrates(self) -> bool:
@@ -108,6 +109,22 @@ class Problem:
 
     path: str
     message: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One audit result about a path (data, like Problem). severity: broken | suspect | notice."""
+
+    path: str
+    kind: str                     # e.g. truncated, lfs-pointer, shadowed (README lists them all)
+    severity: str
+    message: str
+    fix: str = ""
+
+    @property
+    def blocks(self) -> bool:
+        """Whether this keeps a file out of the store (and makes `audit` exit 1)."""
+        return self.severity in ("broken", "suspect")
 
 
 @dataclass(frozen=True)
@@ -209,6 +226,7 @@ class Plan:
     custom_folders: Tuple[CustomFolder, ...] = ()
     base_path: Optional[str] = None      # the base_path written to the YAML
     paths: Optional[PathFacts] = None
+    findings: Tuple[Finding, ...] = ()   # what the audit found in the sources (held back or not)
 
     @property
     def bytes_to_copy(self) -> int:

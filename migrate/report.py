@@ -10,7 +10,7 @@ import shlex
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
-from migrate.model import PLAN_FORMAT, Action, ActionKind, Method, Plan, Removal, ScanResult, Status
+from migrate.model import PLAN_FORMAT, Action, ActionKind, Finding, Method, Plan, Removal, ScanResult, Status
 
 
 def human(n: float) -> str:
@@ -100,6 +100,7 @@ def plan_doc(plan: Plan) -> dict:
                             "stay": c.stay, "listed_in_yaml": c.listed, "link_back": c.link_back, "note": c.note}
                            for c in plan.custom_folders],
         "warnings": list(plan.warnings),
+        "findings": [finding_doc(f) for f in plan.findings],
     }
 
 
@@ -207,3 +208,34 @@ def yaml_diff(plan: Plan) -> str:
     after = (plan.yaml_after or "").splitlines(keepends=True)
     old = plan.yaml_path if plan.yaml_before is not None else "/dev/null"
     return "".join(difflib.unified_diff(before, after, old, plan.yaml_path))
+
+
+# --- audit ----------------------------------------------------------------------------------------
+
+SEVERITY_ORDER = {"broken": 0, "suspect": 1, "notice": 2}
+
+
+def finding_doc(f: Finding) -> dict:
+    return {"path": f.path, "kind": f.kind, "severity": f.severity, "message": f.message, "fix": f.fix}
+
+
+def audit_doc(roots: Sequence[str], findings: Sequence[Finding], summaries: Dict[str, dict], files: int) -> dict:
+    counts = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITY_ORDER}
+    return {"version": PLAN_FORMAT, "roots": list(roots), "entries": files, "counts": counts,
+            "ok": not any(f.blocks for f in findings),
+            "findings": [finding_doc(f) for f in findings],
+            "files": [{"path": p, **s} for p, s in sorted(summaries.items())]}
+
+
+def audit_rows(findings: Sequence[Finding]) -> List[list]:
+    ordered = sorted(findings, key=lambda f: (SEVERITY_ORDER.get(f.severity, 9), f.path, f.kind))
+    return [[f.severity, f.kind, show(f.path), f.message] for f in ordered]
+
+
+AUDIT_HEADERS = ["severity", "finding", "path", "what"]
+
+
+def finding_lines(findings: Sequence[Finding]) -> List[str]:
+    """One line per finding of a plan: what it is and the fix."""
+    return [f"{f.severity}: {show(f.path)}: {f.kind}: {f.message}" + (f" (fix: {f.fix})" if f.fix else "")
+            for f in findings]

@@ -68,8 +68,7 @@ def verify_run(records: List[dict], comfyui: Optional[str], target: Optional[str
         rel = os.path.relpath(dst, target)
         folder, _, name = rel.partition("/")
         cat, _ = comfy.category_of(folder)
-        winner = next((os.path.join(f, name) for f in order.get(cat, [])
-                       if os.path.isfile(os.path.join(f, name))), None)
+        winner = loaded_path(order, cat, name)
         if order and (winner is None or os.path.realpath(winner) != os.path.realpath(dst)):
             shadowed.append(dst)
     # Link-back symlinks serve custom nodes that open ComfyUI/models/<name> directly: each must still
@@ -87,6 +86,13 @@ def verify_run(records: List[dict], comfyui: Optional[str], target: Optional[str
     if moved:
         res["moved"] = {"from": moved[0], "to": moved[1]}
     return res
+
+
+def loaded_path(order: Dict[str, List[str]], category: str, name: str) -> Optional[str]:
+    """The file ComfyUI loads for a name: the first folder in search order holding a file (or a
+    symlink to one) at that relative path; dangling links are skipped, as ComfyUI does."""
+    return next((os.path.join(f, name) for f in order.get(category, [])
+                 if os.path.isfile(os.path.join(f, name))), None)
 
 
 def find_orphans(target: str, order: Dict[str, List[str]]) -> List[str]:

@@ -57,7 +57,11 @@ G: dict = {}     # per-process globals: temp roots, pristine facts, measurements
 # --- the pod -------------------------------------------------------------------------------------------
 
 def blob(rng: random.Random, size: int) -> bytes:
-    return rng.randbytes(size) if hasattr(rng, "randbytes") else bytes(rng.getrandbits(8) for _ in range(size))
+    """`size` random bytes as the one tensor of a valid safetensors file (the audit keeps anything
+    else out of the store)."""
+    data = rng.randbytes(size) if hasattr(rng, "randbytes") else bytes(rng.getrandbits(8) for _ in range(size))
+    raw = json.dumps({"w": {"dtype": "U8", "shape": [size], "data_offsets": [0, size]}}).encode()
+    return len(raw).to_bytes(8, "little") + raw + data
 
 
 def build_pod(dest: str) -> None:
@@ -566,12 +570,13 @@ def t_changed(t: Trial, how: str, rng: random.Random) -> list:
     path = a.source
     data = open(path, "rb").read()
     new = None
+    # Each change leaves a valid model (a broken one would be held back by the audit, by design).
     if how == "modify":
-        new = bytes([data[0] ^ 0xFF]) + data[1:]
+        new = data[:-1] + bytes([data[-1] ^ 0xFF])          # a tensor byte, same size
     elif how == "truncate":
-        new = data[: len(data) // 2]
+        new = blob(rng, len(data) // 2)                     # shorter, same inode
     elif how == "grow":
-        new = data + b"more bytes"
+        new = blob(rng, len(data) + 10)                     # longer, same inode
     elif how == "replace":
         new = blob(rng, len(data))
     if how == "replace":

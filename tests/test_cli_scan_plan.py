@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from conftest import run_cli, snapshot_tree
+from conftest import make_pod, run_cli, snapshot_tree
 from migrate import __version__
 from migrate.errors import ExitCode
 
@@ -217,8 +217,8 @@ def test_plan_on_conflict_rename_keeps_both(pod, cli_env):
 
 def test_plan_legacy_unet_wins_on_a_real_tree(tmp_path, cli_env):
     src = tmp_path / "models"
-    put(src / "unet/x.safetensors", b"loaded by ComfyUI today")
-    put(src / "diffusion_models/x.safetensors", b"shadowed by unet/x")
+    put(src / "unet/x.safetensors", make_pod.safetensors_bytes(2048, "loaded by ComfyUI today"))
+    put(src / "diffusion_models/x.safetensors", make_pod.safetensors_bytes(2048, "shadowed by unet/x"))
     proc = run_cli(["plan", "--source", src, "--target", tmp_path / "store", "--format", "json"], cli_env)
     acts = actions_by_source(json.loads(proc.stdout), src)
     assert (acts["unet/x.safetensors"]["action"], acts["unet/x.safetensors"]["destination"]) == (

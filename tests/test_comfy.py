@@ -49,7 +49,8 @@ def test_unknown_folders_are_custom_node_categories(folder):
     ("checkpoints", "a.safetensors", True), ("checkpoints", "A.SafeTensors", True),
     ("loras", "x/y.sft", True), ("vae", "v.pt2", True), ("checkpoints", "notes.txt", False),
     ("configs", "v1.yaml", True), ("configs", "v1.safetensors", False),
-    ("diffusers", "unet/config.json", True), ("classifiers", "anything.onnx", True),
+    ("diffusers", "unet/config.json", True), ("classifiers", "anything.onnx", False),
+    ("classifiers", "no_extension", True),     # folder_paths.py registers classifiers with {""}
 ])
 def test_lists_extension(category, name, listed):
     assert comfy.lists_extension(category, name) is listed

@@ -8,7 +8,6 @@ folders, and the YAML's bytes. "Rolled back" means: the snapshot equals the one 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -102,13 +101,13 @@ USER_YAML = ("# my own paths\nother_ui:\n  base_path: /opt/other\n"
 BASE_NS = 1_650_000_000_123_456_789
 
 
-def _data(seed: str, size: int) -> bytes:
-    out = bytearray()
-    block = hashlib.sha256(seed.encode()).digest()
-    while len(out) < size:
-        block = hashlib.sha256(block).digest()
-        out += block
-    return bytes(out[:size])
+def _as_model(rel: str, payload: bytes) -> bytes:
+    """payload in a valid file of rel's format (a pickle for .pt, else the one tensor of a
+    safetensors file), so the audit never holds it back."""
+    if rel.endswith(".pt"):
+        return b"\x80\x02" + payload
+    raw = json.dumps({"w": {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]}}).encode()
+    return len(raw).to_bytes(8, "little") + raw + payload
 
 
 # rel under ComfyUI/models -> (content seed, size, mode); same seed = same bytes (a duplicate)
@@ -131,10 +130,11 @@ class Small:
         self.models = self.comfyui / "models"
         self.target = target if target is not None else base / "store"
         self.yaml = self.comfyui / "extra_model_paths.yaml"
+        # valid model files (safetensors, a torch zip for .pt): the audit holds back anything else
         for i, (rel, (seed, size, mode)) in enumerate(sorted(SMALL_FILES.items())):
-            _write(self.models / rel, _data(seed, size), mode, BASE_NS + i * 1_000_003)
+            _write(self.models / rel, make_pod.model_bytes(rel, size, seed), mode, BASE_NS + i * 1_000_003)
         for i, (rel, (seed, size, mode)) in enumerate(sorted(SMALL_TARGET.items())):
-            _write(self.target / rel, _data(seed, size), mode, BASE_NS - (i + 1) * 7_000_001)
+            _write(self.target / rel, make_pod.model_bytes(rel, size, seed), mode, BASE_NS - (i + 1) * 7_000_001)
         _write(self.models / "loras" / "put_loras_here", b"", 0o644, BASE_NS)
         os.symlink("../loras/style.safetensors", self.models / "my_nodes" / "alias.safetensors")
         _write(self.yaml, USER_YAML.encode(), 0o644, BASE_NS + 42)
@@ -299,11 +299,11 @@ def _roundtrip(tree, env, base: str, target_base: str) -> None:
     target = Path(target_base) / "store"
     (comfyui / "models").mkdir(parents=True)
     for rel, (data, mode, mt) in files.items():
-        _write(comfyui / "models" / rel, data, mode, mt)
+        _write(comfyui / "models" / rel, _as_model(rel, data), mode, mt)
     if target_exists:
         target.mkdir()
     for rel, (data, mode, mt) in target_files.items():
-        _write(target / rel, data, mode, mt)
+        _write(target / rel, _as_model(rel, data), mode, mt)
     yaml_path = comfyui / "extra_model_paths.yaml"
     if yaml_text is not None:
         _write(yaml_path, yaml_text.encode(), 0o640, 1_234_567_890_987_654_321)

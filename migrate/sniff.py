@@ -1,0 +1,211 @@
+"""The audit's read side: read a few KiB at each end of a model file, cache the verdict, gather a tree.
+
+Reading the head (for safetensors: the JSON header) and, for zip archives, the tail is all the
+content checks need; a second full read of a file never happens. Verdicts are cached like digests,
+by (dev, ino, size, mtime_ns), in a `verdicts` table of the digest cache's SQLite file, so a warm
+re-scan reads no file data. A small file read whole here also gets its digest cached, so hashing
+it later reads nothing more.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from migrate import audit, comfy
+from migrate.hashing import DIGESTS_TABLE, OPEN_FLAGS, ChangedError, DigestCache, Key, hash_bytes
+from migrate.model import Finding, ScanResult, Status
+
+VERDICTS_TABLE = ("CREATE TABLE IF NOT EXISTS verdicts (dev INTEGER, ino INTEGER, size INTEGER,"
+                  " mtime_ns INTEGER, checks INTEGER, verdict TEXT, PRIMARY KEY (dev, ino))")
+
+
+class VerdictCache:
+    """Verdicts keyed by (device, inode, size, mtime_ns), next to the digests in one SQLite file.
+
+    Rows written by other versions of the checks are ignored. A missing table or a damaged file
+    means an empty cache (the digest cache deals with a damaged file); a cache that cannot be
+    written only costs time next run.
+    """
+
+    def __init__(self, path: Optional[str]) -> None:
+        self.path = path
+        self._known: Dict[Tuple[int, int], Tuple[int, int, str]] = {}
+        self._new: Dict[Tuple[int, int], Tuple[int, int, str]] = {}
+        if path and os.path.exists(path):
+            import sqlite3
+            try:
+                con = sqlite3.connect(path)
+                try:
+                    rows = con.execute("SELECT dev, ino, size, mtime_ns, verdict FROM verdicts WHERE checks = ?",
+                                       (audit.CHECKS_VERSION,)).fetchall()
+                finally:
+                    con.close()
+                self._known = {(d, i): (s, m, v) for d, i, s, m, v in rows}
+            except sqlite3.Error:
+                self._known = {}
+
+    def get(self, key: Key) -> Optional[audit.Verdict]:
+        hit = self._new.get(key[:2]) or self._known.get(key[:2])
+        if hit and hit[0] == key[2] and hit[1] == key[3]:
+            try:
+                return audit.Verdict.from_json(hit[2])
+            except (ValueError, KeyError, TypeError):
+                return None
+        return None
+
+    def put(self, key: Key, verdict: audit.Verdict) -> None:
+        self._new[key[:2]] = (key[2], key[3], verdict.to_json())
+
+    def save(self) -> None:
+        if not self.path or not self._new:
+            return
+        import sqlite3
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            con = sqlite3.connect(self.path, timeout=30)
+            try:
+                with con:
+                    con.execute(DIGESTS_TABLE)      # so the digest cache finds its table in a new file
+                    con.execute(VERDICTS_TABLE)
+                    con.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?)",
+                                    [(d, i, s, m, audit.CHECKS_VERSION, v)
+                                     for (d, i), (s, m, v) in self._new.items()])
+            finally:
+                con.close()
+            self._known.update(self._new)
+            self._new.clear()
+        except (sqlite3.Error, OSError):
+            pass
+
+
+def _pread_all(fd: int, n: int, offset: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        chunk = os.pread(fd, n - got, offset + got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def read_ends(path: str, name: str, key: Key) -> Tuple[bytes, bytes]:
+    """The head and tail the content checks need, from a regular file that is still the scanned one."""
+    fd = os.open(path, OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != key:
+            raise ChangedError(errno.ESTALE, "changed since it was scanned", path)
+        size = key[2]
+        head = _pread_all(fd, min(size, audit.HEAD), 0)
+        want = audit.head_needed(name, size, head)
+        if want > len(head):
+            head += _pread_all(fd, want - len(head), len(head))
+        t = audit.tail_needed(name, size, head)
+        tail = b"" if not t else head[size - t:] if len(head) == size else _pread_all(fd, t, size - t)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != key:
+            raise ChangedError(errno.ESTALE, "changed while it was read", path)
+        return head, tail
+    finally:
+        os.close(fd)
+
+
+def check_scan(scan: ScanResult, verdicts: Optional[VerdictCache],
+               digests: Optional[DigestCache] = None) -> Tuple[Dict[str, audit.Verdict], int]:
+    """Content verdicts of a scan's model files (from the cache where it matches); files read."""
+    out: Dict[str, audit.Verdict] = {}
+    read = 0
+    for r in scan.records:
+        if r.status not in (Status.MIGRATE, Status.UNCATEGORISED) or not audit.sniffed(r.rel):
+            continue
+        key = (r.dev, r.ino, r.size, r.mtime_ns)
+        v = verdicts.get(key) if verdicts is not None else None
+        if v is None:
+            try:
+                head, tail = read_ends(r.path, r.rel, key)
+            except OSError:
+                continue        # hashing meets the same error and reports it
+            read += 1
+            v = audit.check_content(r.rel, r.size, head, tail)
+            if verdicts is not None:
+                verdicts.put(key, v)
+            if digests is not None and len(head) == r.size and digests.get(key) is None:
+                digests.put(key, hash_bytes(head))
+        out[r.path] = v
+    if verdicts is not None:
+        verdicts.save()
+    return out, read
+
+
+def check_sources(scans: Sequence[ScanResult], verdicts: Optional[VerdictCache], digests: Optional[DigestCache],
+                  include_suspect: bool) -> Tuple[List[ScanResult], List[Finding]]:
+    """For plan/run: every source's findings, and the scans with broken/suspect files held back."""
+    out, findings = [], []
+    for s in scans:
+        found = audit.content_findings(s, check_scan(s, verdicts, digests)[0])
+        findings.extend(found)
+        out.append(s if include_suspect else audit.hold_back(s, found))
+    return out, findings
+
+
+# --- the audit command's gathering -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AuditResult:
+    roots: Tuple[str, ...]
+    findings: Tuple[Finding, ...]
+    summaries: Mapping[str, Mapping[str, object]]     # path -> format, tensors, dtypes, metadata
+    files: int            # entries looked at
+    read: int             # files whose ends were read (the rest came from the cache)
+
+
+def _size_of(path: str) -> Optional[int]:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def audit_trees(roots: Sequence[str], order: Mapping[str, List[str]], verdicts: Optional[VerdictCache],
+                digests: Optional[DigestCache]) -> AuditResult:
+    """Scan each root and run every check; changes nothing but the caches."""
+    from migrate.scan import scan_tree
+    from migrate.verify import loaded_path
+    findings: List[Finding] = []
+    summaries: Dict[str, Mapping[str, object]] = {}
+    files = read = 0
+    for root in roots:
+        scan = scan_tree(root)
+        found, n = check_scan(scan, verdicts, digests)
+        read += n
+        files += len(scan.records)
+        summaries.update({p: v.summary for p, v in found.items()})
+        findings.extend(audit.content_findings(scan, found))
+        findings.extend(Finding(p.path, "unreadable", "suspect", p.message, audit.FIXES["unreadable"])
+                        for p in scan.problems)
+        # A tree that ComfyUI does not search yet (a store before its first run) is judged by its
+        # own layout, as if it were ComfyUI's models folder.
+        listed = {os.path.normpath(f) for fs in order.values() for f in fs}
+        own = order if any(os.path.normpath(os.path.join(root, r.folder)) in listed for r in scan.records
+                           if r.folder) else comfy.search_folders([], root)
+        dangling = [r.path for r in scan.records if r.status is Status.SYMLINK and not os.path.exists(r.path)]
+        findings.extend(audit.tree_findings(scan, own, dangling,
+                                            lambda cat, name, own=own: loaded_path(own, cat, name), same_file,
+                                            _size_of))
+    if digests is not None:
+        digests.save()
+    findings.sort(key=lambda f: (f.path, f.kind))
+    return AuditResult(tuple(roots), tuple(findings), summaries, files, read)
