@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import posixpath
 import struct
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -30,7 +29,7 @@ from migrate import comfy
 from migrate.model import FileRecord, Finding, ScanResult, Status
 
 CHECKS_VERSION = 1               # bump when a check changes: cached verdicts of older checks are redone
-HEAD = 64 << 10                  # bytes read from the start of each model file
+HEAD = 16 << 10                  # bytes read from the start of each model file (more for a long header)
 TAIL = (64 << 10) + 22           # bytes read from its end (a zip's end record and longest comment)
 MAX_HEADER = 100_000_000         # safetensors refuses longer headers
 
@@ -262,7 +261,7 @@ def _check_safetensors(size: int, head: bytes) -> Verdict:
     if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
         return bad("bad-header", "__metadata__ must map strings to strings")
     spans: List[Tuple[int, int, str]] = []
-    dtypes: Counter = Counter()
+    dtypes: Dict[str, int] = {}
     notices: List[Finding] = []
     for tname, info in doc.items():
         problem = _tensor_problem(info)
@@ -280,7 +279,7 @@ def _check_safetensors(size: int, head: bytes) -> Verdict:
             return bad("bad-header", f"tensor {_snippet(tname, 60)!r}: shape {info['shape']} of {info['dtype']} "
                        f"needs {count * bits / 8:g} bytes but its offsets span {end - start}")
         spans.append((start, end, tname))
-        dtypes[info["dtype"]] += 1
+        dtypes[info["dtype"]] = dtypes.get(info["dtype"], 0) + 1
     expected = 0
     for start, end, tname in sorted(spans):
         if start != expected:

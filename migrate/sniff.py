@@ -64,7 +64,7 @@ class VerdictCache:
             return
         import sqlite3
         try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)   # the path may be relative
             con = sqlite3.connect(self.path, timeout=30)
             try:
                 with con:
