@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import as_model, run_cli
 from migrate import comfy
 from test_rollback import assert_same, snapshot
 
@@ -27,6 +27,8 @@ CUSTOM = {
     "ipadapter/ip-adapter-plus_sd15.safetensors": b"ipa " * 20,
 }
 OTHER = {"loras/a.safetensors": b"lora " * 10, "ipadapter/half.safetensors.part": b"partial"}
+CUSTOM = {rel: as_model(rel, data) for rel, data in CUSTOM.items()}    # valid models: the audit passes them
+OTHER = {rel: as_model(rel, data) for rel, data in OTHER.items()}
 NAMES = ["LLM", "insightface", "ipadapter", "sams", "ultralytics"]
 
 

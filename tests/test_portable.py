@@ -19,7 +19,7 @@ import pytest
 import yaml
 from hypothesis import given, settings, strategies as st
 
-from conftest import run_cli, snapshot_tree
+from conftest import as_model, run_cli, snapshot_tree
 from migrate import comfy
 from migrate.model import STATE_DIR
 
@@ -35,6 +35,8 @@ FILES = {
     "insightface/models/antelopev2/scrfd_10g_bnkps.onnx": b"scrfd " * 80,
     "ultralytics/bbox/face_yolov8m.pt": b"yolo " * 70,
 }
+FILES = {rel: as_model(rel, data) for rel, data in FILES.items()}     # valid models: the audit passes them
+STORED = as_model("vae/already_stored.safetensors", b"stored " * 40)
 USER_YAML = "# mine\nother_ui:\n  base_path: /opt/other\n  checkpoints: models/Stable-diffusion\n"
 
 
@@ -47,7 +49,7 @@ def build_volume(vol: Path) -> Path:
         p.write_bytes(data)
     (comfyui / "extra_model_paths.yaml").write_text(USER_YAML)
     (vol / "models" / "vae").mkdir(parents=True)
-    (vol / "models" / "vae" / "already_stored.safetensors").write_bytes(b"stored " * 40)
+    (vol / "models" / "vae" / "already_stored.safetensors").write_bytes(STORED)
     return comfyui
 
 
@@ -86,7 +88,7 @@ def expected_keys() -> Dict[Key, str]:
     for rel, data in FILES.items():
         folder, name = rel.split("/", 1)
         out[(comfy.category_of(folder)[0], name)] = hashlib.sha256(data).hexdigest()
-    out[("vae", "already_stored.safetensors")] = hashlib.sha256(b"stored " * 40).hexdigest()
+    out[("vae", "already_stored.safetensors")] = hashlib.sha256(STORED).hexdigest()
     return out
 
 

@@ -22,7 +22,7 @@ import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_pod, run_cli
+from conftest import as_model, make_pod, run_cli
 from migrate.journal import _canonical, _sum
 
 STATE = ".comfy-migrate"
@@ -99,15 +99,6 @@ def assert_same(before: dict, after: dict, what: str = "") -> None:
 USER_YAML = ("# my own paths\nother_ui:\n  base_path: /opt/other\n"
              "  checkpoints: models/Stable-diffusion\n  clip: models/clip\n")
 BASE_NS = 1_650_000_000_123_456_789
-
-
-def _as_model(rel: str, payload: bytes) -> bytes:
-    """payload in a valid file of rel's format (a pickle for .pt, else the one tensor of a
-    safetensors file), so the audit never holds it back."""
-    if rel.endswith(".pt"):
-        return b"\x80\x02" + payload
-    raw = json.dumps({"w": {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]}}).encode()
-    return len(raw).to_bytes(8, "little") + raw + payload
 
 
 # rel under ComfyUI/models -> (content seed, size, mode); same seed = same bytes (a duplicate)
@@ -299,11 +290,11 @@ def _roundtrip(tree, env, base: str, target_base: str) -> None:
     target = Path(target_base) / "store"
     (comfyui / "models").mkdir(parents=True)
     for rel, (data, mode, mt) in files.items():
-        _write(comfyui / "models" / rel, _as_model(rel, data), mode, mt)
+        _write(comfyui / "models" / rel, as_model(rel, data), mode, mt)
     if target_exists:
         target.mkdir()
     for rel, (data, mode, mt) in target_files.items():
-        _write(target / rel, _as_model(rel, data), mode, mt)
+        _write(target / rel, as_model(rel, data), mode, mt)
     yaml_path = comfyui / "extra_model_paths.yaml"
     if yaml_text is not None:
         _write(yaml_path, yaml_text.encode(), 0o640, 1_234_567_890_987_654_321)
