@@ -434,7 +434,3 @@ def _unlisted(cat: str, name: str, path: str) -> Optional[Finding]:
     listed = ", ".join(sorted(e for e in exts if e)) or "only files without an extension"
     return _finding("unlisted-extension", "suspect" if model_like else "notice",
                     f"ComfyUI does not list {ext or 'extension-less'} files in {cat} (it lists {listed})", path)
-
-
-def blocking(findings: Iterable[Finding]) -> bool:
-    return any(f.blocks for f in findings)
