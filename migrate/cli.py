@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 from typing import Callable, Iterator, List, Optional, Tuple
 
@@ -193,20 +194,28 @@ def scan(ui: Ui, comfyui, sources, fmt, no_cache) -> None:
 # --- plan ----------------------------------------------------------------------------------------
 
 def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_back, base_path, no_cache,
-          include_suspect=False):
+          include_suspect=False, cache=None, again: bool = False):
+    """Gather facts and make the plan. `again`: a re-plan (under the lock) whose warnings were
+    already shown once."""
     from migrate.facts import gather, make_plan
     home, roots = resolve_sources(comfyui, sources)
     target = resolve_target(target)
     if yaml_path is None and home is not None:
         yaml_path = os.path.join(home, "extra_model_paths.yaml")
     yaml_path = os.path.abspath(yaml_path) if yaml_path else None
-    cache = open_cache(no_cache)
+    cache = cache if cache is not None else open_cache(no_cache)
     with ui.progress("hashing") as (on_total, on_bytes):
         facts = gather(roots, target, yaml_path, cache, on_total, on_bytes, open_verdicts(no_cache),
                        include_suspect)
-    for s in facts.sources:
+    for s in (() if again else facts.sources):
         for p in s.problems:
             ui.warn(f"{report.show(p.path)}: {p.message}")
+    if facts.catalogue_warning and not again:
+        ui.warn(facts.catalogue_warning)
+    if facts.target_scan is not None:
+        ts = facts.target_scan
+        ui.debug(f"store: {len(ts.records)} entries, {facts.catalogue_hits} digests from its catalogue, "
+                 f"{ts.cached_files} from the cache, {ts.hashed_files} files read ({ts.hashed_bytes} bytes)")
     policy = Policy(mode=Mode(mode), on_conflict=OnConflict(on_conflict), link_back=link_back,
                     base_path=base_path)
     return facts, make_plan(facts, policy)
@@ -289,35 +298,38 @@ def confirm(question: str, yes: bool) -> None:
         raise NotConfirmed("not confirmed; nothing was changed")
 
 
-@cli.command(context_settings=CONTEXT)
-@plan_options
-@click.option("--dry-run", is_flag=True, help="Print the plan (exactly what `plan` prints) and stop.")
-@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.pass_obj
-def run(ui: Ui, dry_run: bool, yes: bool, **kw) -> None:
-    """Execute the plan: place every model in the target, switch the YAML, quarantine sources.
+def wait_option(f):
+    return click.option("--wait", type=click.FloatRange(min=0), default=900, show_default=True, metavar="SECONDS",
+                        help="While another run holds the target's lock, wait this long (0: fail at once).")(f)
 
-    Every step is written to the audit log in <target>/.comfy-migrate/runs/ before it is made.
-    Running it again after an interruption continues where it stopped.
 
-    \b
-    Example:
-      comfy-migrate run --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models --yes
-    """
-    from migrate.execute import execute_plan
-    fmt = kw.pop("fmt")
-    _, plan = build(ui, **kw)
-    if dry_run:
-        print_plan(plan, fmt)
-        return
-    from migrate.execute import find_interrupted
-    if not plan.has_work and find_interrupted(plan.target) is None:
-        ui.info("nothing to do: the target is up to date")
-        for w in plan.warnings:
-            ui.warn(w)
-        for line in report.finding_lines(plan.findings):
-            ui.warn(line)
-        return
+def take_lock(ui: Ui, target: str, purpose: str, wait: float):
+    """The target's lock, waiting for another pod's run (and saying whose) up to `wait` seconds."""
+    from migrate.execute import state_dir
+    from migrate.lock import TargetLock
+
+    def on_wait(h: dict) -> None:
+        ui.info(f"waiting for the target's lock: {h.get('purpose', 'a run')} of pid {h.get('pid', '?')} on host "
+                f"{h.get('host', '?')} holds it since {h.get('started', '?')} (up to {wait:.0f} s; --wait)")
+
+    lock = TargetLock(state_dir(target), purpose).acquire(wait, on_wait)
+    if lock.took_over:
+        ui.warn(f"took over a stale lock ({lock.took_over.get('reason')})")
+    return lock
+
+
+def memo_cache(facts):
+    """The digests just gathered, as a cache for the re-plan under the lock (no byte read twice)."""
+    from migrate.hashing import DigestCache
+    memo = DigestCache(None)
+    for scan in facts.sources + ((facts.target_scan,) if facts.target_scan is not None else ()):
+        for r in scan.records:
+            if r.digest:
+                memo.put((r.dev, r.ino, r.size, r.mtime_ns), r.digest)
+    return memo
+
+
+def show_summary(ui: Ui, plan, fmt: str) -> None:
     if fmt == "table":
         out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
         for line in report.summary_lines(plan):
@@ -326,12 +338,79 @@ def run(ui: Ui, dry_run: bool, yes: bool, **kw) -> None:
             ui.warn(w)
         for line in report.finding_lines(plan.findings):
             ui.warn(line)
+
+
+@cli.command(context_settings=CONTEXT)
+@plan_options
+@click.option("--dry-run", is_flag=True, help="Print the plan (exactly what `plan` prints) and stop.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@wait_option
+@click.pass_obj
+def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
+    """Execute the plan: place every model in the target, switch the YAML, quarantine sources.
+
+    Every step is written to the audit log in <target>/.comfy-migrate/runs/ before it is made.
+    Running it again after an interruption continues where it stopped. On a store shared by
+    several pods it waits for another pod's run, then plans again under the lock.
+
+    \b
+    Example:
+      comfy-migrate run --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models --yes
+    """
+    from migrate import catalogue as store_catalogue
+    from migrate.execute import execute_plan, find_interrupted
+    from migrate.fleet import plan_changes
+    fmt = kw.pop("fmt")
+    facts, plan = build(ui, **kw)
+    if dry_run:
+        print_plan(plan, fmt)
+        return
+    if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
+        ui.info("nothing to do: the target is up to date")
+        for w in plan.warnings:
+            ui.warn(w)
+        for line in report.finding_lines(plan.findings):
+            ui.warn(line)
+        return
+    show_summary(ui, plan, fmt)
+    # Ask before taking the lock: a question must not hold up the other pods.
     confirm(f"Migrate into {plan.target}?", yes)
-    with ui.progress("copying") as (on_total, on_bytes):
-        on_total(plan.bytes_to_copy)
-        rep = execute_plan(plan, sys.argv, on_bytes)
-    if rep.lock_note:
-        ui.warn(rep.lock_note)
+    confirmed = plan
+    while True:
+        lock = take_lock(ui, plan.target, "comfy-migrate run", wait)
+        try:
+            # The plan that runs is made under the lock, against the store as it is now.
+            facts, plan = build(ui, **kw, cache=memo_cache(facts), again=True)
+            matters, notes = plan_changes(confirmed, plan)
+            if matters and not yes:
+                lock.release()
+                ui.warn("the store changed while this run waited (another pod ran); the plan is now different:")
+                for m in matters:
+                    ui.warn(f"  {report.show(m)}")
+                show_summary(ui, plan, fmt)
+                confirm(f"Migrate into {plan.target} with this new plan?", False)
+                confirmed = plan
+                continue
+            for m in matters:
+                ui.warn(f"changed since the plan (another pod ran): {report.show(m)}")
+            for n in notes:
+                ui.info(f"note: {n}")
+            if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
+                ui.info("nothing to do: the target is up to date")
+                return
+            with ui.progress("copying") as (on_total, on_bytes):
+                on_total(plan.bytes_to_copy)
+                rep = execute_plan(plan, sys.argv, on_bytes, lock=lock)
+            try:
+                _, cat_warning = store_catalogue.refresh(
+                    plan.target, *store_catalogue.known_from(plan.target, facts.target_scan, plan.actions, rep.run_id))
+                if cat_warning:
+                    ui.debug(cat_warning)
+            except OSError as exc:
+                ui.warn(f"could not update the store's catalogue ({exc.strerror}); the next plan hashes instead")
+        finally:
+            lock.release()
+        break
     deploy = report.deploy_doc(plan) if plan.yaml_after is not None and (rep.yaml_written or
                                                                             not plan.yaml_changes) else {}
     if fmt == "json":
@@ -367,25 +446,28 @@ def run(ui: Ui, dry_run: bool, yes: bool, **kw) -> None:
 @target_option
 @click.option("--dry-run", is_flag=True, help="Print what would be undone; change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@wait_option
 @click.pass_obj
-def rollback(ui: Ui, run_ref, target, dry_run, yes) -> None:
-    """Undo a run (default: the newest not rolled back) from its audit log.
+def rollback(ui: Ui, run_ref, target, dry_run, yes, wait) -> None:
+    """Undo a run (default: this host's newest not rolled back) from its audit log.
 
     Files go back to their old places, links and folders the run made are removed, the YAML gets
     its old bytes back. A file changed since the run is never overwritten: it is reported and kept.
-    Interrupted? Run it again: it continues.
+    Interrupted? Run it again: it continues. A stored file another run relies on (on a store
+    shared by pods) stays in the store; this run's source gets its name back.
 
     \b
     Example:
       comfy-migrate rollback --target /workspace/models --dry-run
       comfy-migrate rollback 20261127T101500Z-3fa9c1 --target /workspace/models --yes
     """
-    from migrate.execute import state_dir
-    from migrate.lock import TargetLock
-    from migrate.rollback import NothingToRollBack, execute_rollback, find_log, load_run, plan_rollback
+    from migrate import catalogue as store_catalogue
+    from migrate.fleet import reliance, store_rel
+    from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, kept_records, live_runs,
+                                  load_run, plan_rollback)
     target = resolve_target(target)
     try:
-        log = find_log(target, run_ref)
+        log = find_log(target, run_ref, host=socket.gethostname())
     except NothingToRollBack as exc:
         ui.info(str(exc))
         return
@@ -395,18 +477,37 @@ def rollback(ui: Ui, run_ref, target, dry_run, yes) -> None:
         raise BadInput(f"run {records[0]['run']} was made with the target at {records[0]['target']}, its log is "
                        f"now in {home} (the volume is mounted elsewhere): the log's paths do not apply here",
                        f"roll back where the volume is mounted as it was ({records[0]['target']})")
+    head = records[0]
+    if head.get("host") != socket.gethostname() and not all(os.path.isdir(d) for d in head.get("sources") or []):
+        raise BadInput(f"run {head['run']} was made on host {head.get('host')} and its sources are not here",
+                       "roll it back on that pod (its sources and YAML live there)")
     undos = plan_rollback(records)
     if dry_run or not yes:
+        relied = reliance(live_runs(target), records[0]["run"])     # shown now, decided under the lock
         out(f"rollback of run {records[0]['run']} ({len(undos)} steps, newest first):\n")
         for u in undos:
-            out(f"  {report.show(u.describe())}\n")
+            users = (relied.get(store_rel(u.rec.get("dst") or "", records[0]["target"]) or "")
+                     if u.op in ("link", "rename", "copy", "dedupe") else None)
+            out(f"  {report.show(u.describe())}"
+                + (f" -> kept in the store instead: run(s) {', '.join(users)} rely on it" if users else "") + "\n")
     if dry_run:
         return
     confirm(f"Undo run {records[0]['run']}?", yes)
-    with TargetLock(state_dir(target), "comfy-migrate rollback"):
+    with take_lock(ui, target, "comfy-migrate rollback", wait):
+        live = live_runs(target)
+        relied = reliance(live, records[0]["run"])
+        handed = list({k["rel"]: k for k in kept_records(target) if isinstance(k.get("rel"), str)
+                       and records[0]["run"] in k.get("for", []) and k["rel"] not in relied}.values())
         with ui.progress("restoring") as (_, on_bytes):
-            rep = execute_rollback(log, records, undos, on_bytes)
+            rep = execute_rollback(log, records, undos, on_bytes, relied,
+                                   shared=any(rid != records[0]["run"] for rid, _ in live), handed=handed)
+        try:
+            store_catalogue.refresh(target, {}, {})
+        except OSError as exc:
+            ui.warn(f"could not update the store's catalogue ({exc.strerror})")
     out(f"run {rep.run_id} rolled back: {rep.undone} steps undone, {len(rep.skipped)} skipped\n")
+    for p in rep.kept:
+        out(f"  {report.show(p.path)}: {p.message}\n")
     for p in rep.skipped:
         ui.warn(f"{report.show(p.path)}: {p.message}")
     if rep.skipped:
@@ -439,8 +540,9 @@ def history_cmd(target, fmt) -> None:
 @target_option
 @click.option("--permanent", is_flag=True, help="Delete instead of moving to the trash.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@wait_option
 @click.pass_obj
-def purge(ui: Ui, run_ref, target, permanent, yes) -> None:
+def purge(ui: Ui, run_ref, target, permanent, yes, wait) -> None:
     """Empty a run's quarantine (the source copies it set aside) into the trash.
 
     Each file's content is first re-hashed in the target; a file whose stored copy is missing or
@@ -450,8 +552,6 @@ def purge(ui: Ui, run_ref, target, permanent, yes) -> None:
     Example:
       comfy-migrate purge --target /workspace/models --yes
     """
-    from migrate.execute import state_dir
-    from migrate.lock import TargetLock
     from migrate.rollback import find_log, load_run, quarantined, verify_stored
     target = resolve_target(target)
     log = find_log(target, run_ref, newest=True)
@@ -463,7 +563,7 @@ def purge(ui: Ui, run_ref, target, permanent, yes) -> None:
         return
     confirm(f"{'Delete' if permanent else 'Trash'} {len(items)} quarantined files ({report.human(total)})?", yes)
     freed, kept = 0, 0
-    with TargetLock(state_dir(target), "comfy-migrate purge"):
+    with take_lock(ui, target, "comfy-migrate purge", wait):
         for q in items:
             if not verify_stored(q):
                 ui.warn(f"{report.show(q['q'])}: its stored copy is missing or differs; kept")

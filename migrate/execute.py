@@ -7,13 +7,14 @@ Nothing is deleted: a run's destructive end is a rename into quarantine, emptied
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from migrate import __version__, fsops
 from migrate.errors import BadInput, NoSpace
@@ -53,8 +54,13 @@ class RunReport:
         return not self.problems
 
 
-def find_interrupted(target: str) -> Optional[str]:
-    """The newest run log with no closing record and no rollback: a run to continue."""
+def find_interrupted(target: str, sources: Optional[Sequence[str]] = None, yaml: Optional[str] = None) -> Optional[str]:
+    """The newest run log with no closing record and no rollback: a run to continue.
+
+    With `sources`, only a run of this host sharing a source or the YAML counts: on a shared store
+    another pod's interrupted run is that pod's to continue (or roll back) and does not block
+    this one (pods often have the same paths: /workspace/ComfyUI on each container).
+    """
     runs = os.path.join(state_dir(target), RUNS_DIR)
     if not os.path.isdir(runs):
         return None
@@ -65,6 +71,9 @@ def find_interrupted(target: str) -> Optional[str]:
         if os.path.exists(path[:-len(".jsonl")] + ".rollback.jsonl"):
             continue
         records, _, _ = read_log(path)
+        if sources is not None and (records[0].get("host") != socket.gethostname() or not (
+                set(records[0].get("sources") or []) & set(sources) or (yaml is not None and records[0].get("yaml") == yaml))):
+            continue
         if records[-1].get("type") != "close":
             return path
         return None
@@ -283,14 +292,19 @@ class _Runner:
         self.done(s)
 
 
-def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None) -> RunReport:
-    """Execute `plan` under the target's lock; returns the report (per-file problems are data)."""
+def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None,
+                 lock: Optional[TargetLock] = None) -> RunReport:
+    """Execute `plan` under the target's lock; returns the report (per-file problems are data).
+
+    `lock`: the target's lock, already held by the caller (who made `plan` under it); otherwise
+    it is taken here, failing at once if another run holds it.
+    """
     if not plan.fits:
         raise NoSpace(f"the target has {plan.free_bytes} bytes free but the plan copies {plan.bytes_to_copy}",
                       "free space on the target, or migrate fewer sources")
     sd = state_dir(plan.target)
     os.makedirs(sd, exist_ok=True)
-    with TargetLock(sd, "comfy-migrate run") as lock:
+    with (contextlib.nullcontext(lock) if lock is not None else TargetLock(sd, "comfy-migrate run")) as lock:
         if plan.bytes_to_copy > fsops.free_space(plan.target):
             raise NoSpace("the target no longer has room for the plan's copies", "free space, then run again")
         if plan.yaml_path is not None and plan.yaml_changes:
@@ -298,7 +312,7 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
             if (cur.decode("utf-8", "surrogateescape") if cur is not None else None) != plan.yaml_before:
                 raise BadInput(f"{plan.yaml_path} changed since the plan was made; nothing was changed",
                                "run again to plan with the new file")
-        resume = find_interrupted(plan.target)
+        resume = find_interrupted(plan.target, plan.sources, plan.yaml_path)
         header = {"tool": __version__, "argv": argv, "host": socket.gethostname(), "pid": os.getpid(),
                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sources": list(plan.sources),
                   "target": plan.target, "yaml": plan.yaml_path, "mode": plan.policy.mode.value}

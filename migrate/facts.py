@@ -6,10 +6,10 @@ created and removed in the target's nearest existing folder, whose times are put
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from migrate import fsops, plan as planning
+from migrate import catalogue as store_catalogue, fsops, plan as planning
 from migrate.errors import BadInput
 from migrate.hashing import DigestCache
 from migrate.model import Finding, PathFacts, Plan, Policy, Probe, ScanResult, Status
@@ -52,6 +52,24 @@ class Facts:
     yaml_before: Optional[str]
     free_bytes: int
     findings: Tuple[Finding, ...] = ()     # the audit of the sources (see sniff.check_sources)
+    catalogue: Optional[store_catalogue.Catalogue] = None    # read only when the digest cache missed
+    catalogue_warning: str = ""
+    catalogue_hits: int = 0                          # stored files whose digest came from it
+
+
+def stat_key_of(r) -> Tuple[int, int, int, int]:
+    return (r.dev, r.ino, r.size, r.mtime_ns)
+
+
+def _from_catalogue(scan: ScanResult, cat: store_catalogue.Catalogue) -> Tuple[ScanResult, int]:
+    """Digests of stored files the catalogue knows at their current (inode, size, mtime): not read."""
+    records, hits = [], 0
+    for r in scan.records:
+        d = store_catalogue.lookup(cat, r.rel, (r.ino, r.size, r.mtime_ns)) if r.status is Status.MIGRATE else None
+        if d is not None:
+            r, hits = replace(r, digest=d), hits + 1
+        records.append(r)
+    return replace(scan, records=tuple(records)), hits
 
 
 def read_yaml(path: Optional[str]) -> Optional[str]:
@@ -86,11 +104,24 @@ def gather(
     scans, findings = check_sources(scan_roots(sources), verdicts, cache, include_suspect)
     target_scan = scan_tree(target) if os.path.isdir(target) else None
     # A stored file can only share content with a source file of the same size: the store (which
-    # grows with every pod) is hashed only where sizes meet, as duplicate finders do.
+    # grows with every pod) is hashed only where sizes meet, as duplicate finders do; and only
+    # where neither this machine's digest cache nor the store's catalogue (which every pod sees)
+    # knows it. The catalogue is read only when the cache misses: a warm re-plan pays nothing for it.
     sizes = {r.size for s in scans for r in s.records if r.status is Status.MIGRATE}
+    cat: store_catalogue.Catalogue = {}
+    cat_warning, hits = "", 0
+    if target_scan is not None and any(
+            r.status is Status.MIGRATE and r.size in sizes and (cache is None or cache.get(stat_key_of(r)) is None)
+            for r in target_scan.records):
+        cat, cat_warning = store_catalogue.load(target)
+        target_scan, hits = _from_catalogue(target_scan, cat)
+        if cache is not None:      # the next plan on this machine then needs no catalogue
+            for r in target_scan.records:
+                if r.digest is not None and cache.get(stat_key_of(r)) is None:
+                    cache.put(stat_key_of(r), r.digest)
 
     def wanted(r) -> bool:
-        return r.size in sizes
+        return r.size in sizes and r.digest is None
 
     if on_total is not None:
         on_total(sum(r.size for s in scans for r in s.records if r.status is Status.MIGRATE)
@@ -104,7 +135,7 @@ def gather(
         sample = next((r.path for r in s.records if r.status is Status.MIGRATE), None)
         probes.append(fsops.probe_link(sample, s.root, target))
     return Facts(tuple(scans), target, target_scan, tuple(probes), fsops.probe_target_hardlinks(target),
-                 yaml_path, yaml_before, fsops.free_space(target), tuple(findings))
+                 yaml_path, yaml_before, fsops.free_space(target), tuple(findings), cat, cat_warning, hits)
 
 
 def mount_of(path: str) -> str:

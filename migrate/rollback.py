@@ -9,15 +9,17 @@ Applying it again after an interruption is safe: every undo is idempotent.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import posixpath
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from migrate import __version__, fsops
 from migrate.errors import BadLog
+from migrate.fleet import store_rel
 from migrate.hashing import hash_bytes, hash_path
 from migrate.journal import Journal, group_steps, read_log
 from migrate.model import STATE_DIR, Problem
@@ -127,10 +129,19 @@ class RollbackReport:
     undone: int = 0
     skipped: List[Problem] = field(default_factory=list)
     resumed: bool = False
+    kept: List[Problem] = field(default_factory=list)    # stored files other runs rely on
 
 
 def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
-                     on_bytes: Optional[Callable[[int], None]] = None) -> RollbackReport:
+                     on_bytes: Optional[Callable[[int], None]] = None,
+                     relied: Optional[Dict[str, List[str]]] = None, shared: bool = False,
+                     handed: Sequence[dict] = ()) -> RollbackReport:
+    """Apply `undos` (journalled). `relied`: store-relative path -> other runs relying on it (fleet.reliance);
+    such a file stays in the store (its source name is recreated) instead of being removed.
+    `shared`: other runs use the store, so a store folder still holding files is expected.
+    `handed`: keep records of earlier rollbacks that kept a file for this run and for no run still
+    relying on it: once this run's sources are back, the file leaves the store as if its own."""
+    relied = relied or {}
     head = records[0]
     roots = [head["target"]] + list(head["sources"])
 
@@ -159,7 +170,20 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                 for f in PATH_FIELDS:
                     if isinstance(u.rec.get(f), str) and u.rec.get("op") != "yaml":
                         _safe(root_of, u.rec[f])
-                note = _undo(u, on_bytes)
+                users = (relied.get(store_rel(u.rec.get("dst") or "", head["target"]) or "")
+                         if u.op in ("link", "rename", "copy", "dedupe") else None)
+                if users:
+                    note = _keep(u, on_bytes)
+                    if not note:
+                        j.append({"type": "keep", "undo": u.step, "path": u.rec["dst"], "for": users,
+                                  "rel": store_rel(u.rec["dst"], head["target"]),
+                                  "digest": u.rec.get("digest"), "size": u.rec.get("size")})
+                        report.kept.append(Problem(u.rec["dst"], "kept in the store: run(s) "
+                                                   f"{', '.join(users)} rely on it"))
+                else:
+                    note = _undo(u, on_bytes)
+                    if note and shared and u.op == "mkdir" and u.rec["path"].startswith(head["target"].rstrip("/") + "/"):
+                        note = ""     # other runs' files live there
             except OSError as exc:
                 note = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
             if note:
@@ -169,6 +193,21 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
             else:
                 report.undone += 1
             j.append({"type": "done", "undo": u.step})
+        for k in handed:
+            k = dict(k, path=posixpath.join(head["target"], k["rel"]))    # where this pod mounts the store
+            step = f"drop:{k['rel']}"
+            if step in done_before:
+                continue
+            j.append({"type": "begin", "undo": step, "op": "drop-kept", "path": k["path"]})
+            try:
+                _safe(root_of, k["path"])
+                note = _drop_kept(k, records)
+            except OSError as exc:
+                note = f"{exc.strerror or exc}"
+            if note:
+                report.kept.append(Problem(k["path"], f"left in the store: {note}"))
+                j.append({"type": "skip", "undo": step, "why": note})
+            j.append({"type": "done", "undo": step})
         j.append({"type": "close", "undone": report.undone, "skipped": len(report.skipped)})
     finally:
         j.close()
@@ -290,6 +329,40 @@ def _undo(u: Undo, on_bytes) -> str:
     return f"unknown step kind {op!r}"
 
 
+def _drop_kept(k: dict, records: Sequence[dict]) -> str:
+    """Remove a file an earlier rollback kept for this run, now that no run relies on it: only
+    if every source of this run that trusted it is back as logged, and it still holds its content."""
+    path = k["path"]
+    for r in records:
+        if r.get("type") == "begin" and r.get("op") in ("unlink", "quarantine") and (r.get("stored") or r.get("dst")) == path:
+            try:
+                if not _as_logged(r["src"], r):
+                    return f"{r['src']} is not back as it was"
+            except FileNotFoundError:
+                return f"{r['src']} is not back"
+    if _ino(path) is None:
+        return ""
+    if not k.get("digest") or os.lstat(path).st_size != k.get("size") or hash_path(path) != k["digest"]:
+        return "it was changed since it was kept"
+    os.unlink(path)
+    fsops.fsync_dir(os.path.dirname(path))
+    return ""
+
+
+def _keep(u: Undo, on_bytes) -> str:
+    """Leave a stored file other runs rely on, and give this run's source its name back."""
+    r = u.rec
+    if u.op == "dedupe" or _ino(r["src"]) is not None or _ino(r["dst"]) is None:
+        return ""
+    os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+    if u.op == "link" and _ino(r["dst"]) == (r["dev"], r["ino"]) and _as_logged(r["dst"], r):
+        os.link(r["dst"], r["src"])
+        return ""
+    if not _restore_from(r["dst"], r, on_bytes):
+        return "other runs rely on the stored file, and it no longer holds this source's content; left in place"
+    return ""
+
+
 def _restore_from(stored: str, r: dict, on_bytes) -> bool:
     """Recreate r['src'] from a stored copy: copy to a temp, verify the digest, set mode/mtime, publish."""
     try:
@@ -316,9 +389,11 @@ class NothingToRollBack(Exception):
     """Every run in the target is rolled back already (not an error: a re-run after success)."""
 
 
-def find_log(target: str, run: Optional[str], newest: bool = False) -> str:
+def find_log(target: str, run: Optional[str], newest: bool = False, host: Optional[str] = None) -> str:
     """A run id or log path -> the run's log; default: the newest run not rolled back
-    (with newest=True: the newest run whatever its state)."""
+    (with newest=True: the newest run whatever its state). With `host`, the default is chosen
+    among that host's runs only: on a store shared by pods, a bare `rollback` must not undo
+    another pod's run."""
     runs = os.path.join(target, STATE_DIR, "runs")
     if run and (os.sep in run or run.endswith(".jsonl")):
         return os.path.abspath(run)
@@ -329,6 +404,12 @@ def find_log(target: str, run: Optional[str], newest: bool = False) -> str:
         return path
     names = sorted(n for n in (os.listdir(runs) if os.path.isdir(runs) else [])
                    if n.endswith(".jsonl") and not n.endswith(".rollback.jsonl"))
+    if host is not None and names:
+        mine = [n for n in names if _host_of(os.path.join(runs, n)) == host]
+        if not mine:
+            raise BadLog(f"no run of this host ({host}) in {runs}; the runs there are other pods'",
+                         "name the run to undo (see `comfy-migrate history --target DIR`)")
+        names = mine
     if newest and names:
         return os.path.join(runs, names[-1])
     for n in reversed(names):
@@ -339,6 +420,14 @@ def find_log(target: str, run: Optional[str], newest: bool = False) -> str:
     if names:
         raise NothingToRollBack(f"every run in {target} is rolled back already")
     raise BadLog(f"no run to roll back in {runs}", "check --target (see `comfy-migrate history`)")
+
+
+def _host_of(log: str) -> Optional[str]:
+    try:
+        with open(log, "rb") as f:
+            return json.loads(f.readline()).get("host")
+    except (OSError, ValueError):
+        return None
 
 
 def load_run(log_path: str) -> List[dict]:
@@ -379,6 +468,37 @@ def history(target: str) -> List[dict]:
         rows.append({"run": head["run"], "time": head.get("time", ""), "host": head.get("host", ""),
                      "files": len(placed), "bytes": sum(b.get("size", 0) for b in placed), "state": state})
     return rows
+
+
+def live_runs(target: str) -> List[Tuple[str, List[dict]]]:
+    """(run id, records) of every run in the target not rolled back (unreadable logs are skipped:
+    their runs cannot be undone anyway, and history shows them)."""
+    runs = os.path.join(target, STATE_DIR, "runs")
+    out = []
+    for n in sorted(os.listdir(runs) if os.path.isdir(runs) else []):
+        if not n.endswith(".jsonl") or n.endswith(".rollback.jsonl"):
+            continue
+        path = os.path.join(runs, n)
+        try:
+            if run_state(path) == "rolled back":
+                continue
+            out.append((n[:-6], read_log(path)[0]))
+        except BadLog:
+            continue
+    return out
+
+
+def kept_records(target: str) -> List[dict]:
+    """Every `keep` record of every rollback log in the target: files kept for other runs."""
+    runs = os.path.join(target, STATE_DIR, "runs")
+    out: List[dict] = []
+    for n in sorted(os.listdir(runs) if os.path.isdir(runs) else []):
+        if n.endswith(".rollback.jsonl"):
+            try:
+                out.extend(r for r in read_log(os.path.join(runs, n))[0] if r.get("type") == "keep")
+            except BadLog:
+                continue
+    return out
 
 
 def quarantined(records: List[dict]) -> List[dict]:

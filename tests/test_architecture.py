@@ -8,7 +8,7 @@ import migrate.cli as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORE = ["model", "errors", "comfy", "scan", "hashing", "plan", "report", "fsops", "journal", "execute",
-        "rollback", "verify", "facts", "lock", "audit", "sniff"]
+        "rollback", "verify", "facts", "lock", "audit", "sniff", "catalogue", "fleet"]
 
 
 def test_core_never_loads_the_shell_libraries():

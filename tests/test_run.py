@@ -588,7 +588,7 @@ def test_lock_held_by_live_process_refuses(pod, cli_env):
         _write_lock(pod.target, sleeper.pid)
         before = snapshot_tree(pod.comfyui)
         models_before = {k: v for k, v in snapshot_tree(pod.target).items() if not k.startswith(STATE_DIR)}
-        proc = run_cli(run_args(pod.comfyui, pod.target, "--yes"), cli_env, check=5)
+        proc = run_cli(run_args(pod.comfyui, pod.target, "--yes", "--wait", "0"), cli_env, check=5)
         assert str(sleeper.pid) in proc.stderr
         assert snapshot_tree(pod.comfyui) == before
         assert {k: v for k, v in snapshot_tree(pod.target).items() if not k.startswith(STATE_DIR)} == models_before

@@ -1,0 +1,181 @@
+"""The store's catalogue: what the shared target holds (path, size, mtime, inode, digest, run).
+
+Many pods share one network volume; each pod's digest cache is on its own disk, so without this
+the next pod would re-read every stored file whose size meets one of its own. The catalogue lives
+next to the logs (`<target>/.comfy-migrate/catalogue.jsonl`) so every pod sees it.
+
+Trust model (the digest cache's): an entry is used only while the file's (size, mtime_ns, inode)
+are still those recorded; anything else is hashed again. It is a cache of facts that can be
+recomputed, never a reason to delete: rollback and purge re-check the disk. `verify` re-hashes.
+
+Format: JSON lines, a header `{"catalogue": 1, "entries": N}` then one sorted entry per line. It is
+rewritten whole (temp + fsync + rename: no SQLite, whose locking network filesystems break) and
+only while the target's lock is held; readers without the lock see the old or the new file. A
+missing, damaged or foreign-version file reads as empty, with a warning.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+
+from migrate import fsops
+from migrate.model import STATE_DIR, Action, ActionKind, Method, ScanResult, Status
+
+CATALOGUE_VERSION = 1
+NAME = "catalogue.jsonl"
+
+Ident = Tuple[int, int, int]            # (inode, size, mtime_ns): the file as last seen
+
+
+class Entry(NamedTuple):
+    """One stored file (a tuple: 100,000 of them load in a blink)."""
+
+    rel: str
+    size: int
+    mtime_ns: int
+    ino: int
+    digest: str
+    run: Optional[str] = None           # the run that placed it (None: found in the store)
+
+    @property
+    def ident(self) -> Ident:
+        return (self.ino, self.size, self.mtime_ns)
+
+
+Catalogue = Dict[str, Entry]
+
+
+def path_of(target: str) -> str:
+    return os.path.join(target, STATE_DIR, NAME)
+
+
+# --- pure -----------------------------------------------------------------------------------------
+
+def parse(data: Optional[bytes]) -> Tuple[Catalogue, str]:
+    """Entries of a catalogue file, and a warning ('' if none). Damaged -> empty: it is only a cache."""
+    if data is None:
+        return {}, ""
+    try:
+        lines = data.decode("utf-8").splitlines()
+        head = json.loads(lines[0]) if lines else {}
+        if head.get("catalogue") != CATALOGUE_VERSION:
+            return {}, f"the store's catalogue has unknown version {head.get('catalogue')!r}; ignored (rebuilt)"
+        out: Catalogue = {}
+        for e in json.loads("[" + ",".join(lines[1:]) + "]"):     # one parse: fast for big stores
+            rel, size, mtime_ns, ino, digest = e["rel"], e["size"], e["mtime_ns"], e["ino"], e["digest"]
+            if not (isinstance(rel, str) and isinstance(digest, str) and type(size) is int
+                    and type(mtime_ns) is int and type(ino) is int):
+                raise ValueError(f"a malformed entry for {rel!r}")
+            out[rel] = Entry(rel, size, mtime_ns, ino, digest, e.get("run"))
+        if len(out) != head.get("entries"):
+            raise ValueError("entry count differs from the header")
+        return out, ""
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        return {}, f"the store's catalogue is damaged ({exc}); ignored (rebuilt)"
+
+
+def render(cat: Catalogue) -> bytes:
+    lines = [json.dumps({"catalogue": CATALOGUE_VERSION, "entries": len(cat)}, sort_keys=True)]
+    for rel in sorted(cat):
+        e = cat[rel]
+        lines.append(json.dumps({"rel": e.rel, "size": e.size, "mtime_ns": e.mtime_ns, "ino": e.ino,
+                                 "digest": e.digest, "run": e.run}, sort_keys=True, ensure_ascii=True))
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+def lookup(cat: Catalogue, rel: str, ident: Ident) -> Optional[str]:
+    """The recorded digest of `rel` if the file is still the one recorded, else None."""
+    e = cat.get(rel)
+    return e.digest if e is not None and e.ident == ident else None
+
+
+Known = Dict[Tuple[str, int, int], Tuple[str, Optional[str]]]     # (rel, size, mtime_ns) -> (digest, run)
+
+
+def reconcile(walked: Iterable[Tuple[str, Ident]], known_by_rel: Known, known_by_ident: Dict[Ident, str],
+              old: Catalogue) -> Catalogue:
+    """The catalogue of the store as walked now (pure).
+
+    walked: (rel, ident) of every stored model file. A file's digest comes from facts gathered in
+    this locked session (known_by_rel: what was scanned or placed at that name, size and mtime;
+    known_by_ident: the same inode, size and mtime as a known file, i.e. a hardlink of it), else
+    from the old catalogue while its identity matches. Files with no known digest are left out
+    (hashed when a later plan needs them).
+    """
+    walked = list(walked)
+    by_ident = dict(known_by_ident)
+    by_ident.update({e.ident: e.digest for e in old.values()})
+    cat: Catalogue = {}
+    for _ in range(2):      # a second pass reaches hardlinks of files first known in the first
+        for rel, ident in walked:
+            if rel in cat:
+                continue
+            prev = old.get(rel)
+            hit = known_by_rel.get((rel, ident[1], ident[2]))
+            if hit is None and prev is not None and prev.ident == ident:
+                hit = (prev.digest, prev.run)
+            if hit is None and ident in by_ident:
+                hit = (by_ident[ident], None)
+            if hit is None:
+                continue
+            digest, run = hit
+            if prev is not None and prev.digest == digest and prev.run:
+                run = prev.run
+            cat[rel] = Entry(rel, ident[1], ident[2], ident[0], digest, run)
+            by_ident.setdefault(ident, digest)
+    return cat
+
+
+def known_from(target: str, target_scan: Optional[ScanResult], actions: Iterable[Action],
+               run_id: Optional[str]) -> Tuple[Known, Dict[Ident, str]]:
+    """What a locked session knows of the store: stored files it hashed, and files its run placed."""
+    by_rel: Known = {}
+    by_ident: Dict[Ident, str] = {}
+    for r in (target_scan.records if target_scan is not None else ()):
+        if r.digest and r.status is Status.MIGRATE:
+            by_rel[(r.rel, r.size, r.mtime_ns)] = (r.digest, None)
+            by_ident[(r.ino, r.size, r.mtime_ns)] = r.digest
+    for a in actions:
+        if a.dst is None or a.digest is None or a.method not in (Method.HARDLINK, Method.RENAME, Method.COPY) \
+                or a.kind is ActionKind.SAME_CONTENT:
+            continue
+        by_rel[(posixpath.relpath(a.dst, target), a.size, a.mtime_ns)] = (a.digest, run_id)
+        if a.method is not Method.COPY:
+            by_ident[(a.ino, a.size, a.mtime_ns)] = a.digest
+    return by_rel, by_ident
+
+
+# --- shell ----------------------------------------------------------------------------------------
+
+def load(target: str) -> Tuple[Catalogue, str]:
+    try:
+        data = fsops.read_file(path_of(target), 1 << 30)
+    except OSError as exc:
+        return {}, f"cannot read the store's catalogue ({exc.strerror}); ignored"
+    return parse(data)
+
+
+def save(target: str, cat: Catalogue) -> None:
+    """Rewrite the catalogue atomically. Call only while holding the target's lock."""
+    os.makedirs(os.path.join(target, STATE_DIR), exist_ok=True)
+    fsops.atomic_write(path_of(target), render(cat))
+
+
+def walk_store(target: str) -> List[Tuple[str, Ident]]:
+    """(rel, (inode, size, mtime_ns)) of every file in the store a plan would consider (lstat only)."""
+    from migrate.scan import classify, walk
+    out = []
+    for rel, st in walk(target, lambda exc: None):
+        if classify(rel, st)[0].migrates:
+            out.append((rel, (st.st_ino, st.st_size, st.st_mtime_ns)))
+    return out
+
+
+def refresh(target: str, known_by_rel: Known, known_by_ident: Dict[Ident, str]) -> Tuple[Catalogue, str]:
+    """Re-walk the store and rewrite its catalogue (under the target's lock). Returns it and a warning."""
+    old, warning = load(target)
+    cat = reconcile(walk_store(target), known_by_rel, known_by_ident, old)
+    save(target, cat)
+    return cat, warning

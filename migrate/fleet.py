@@ -1,0 +1,117 @@
+"""PURE: the rules for many pods sharing one store.
+
+- A run confirms a plan made without the lock, then plans again under it (the store may have
+  changed meanwhile: another pod placed files). `plan_changes` says whether the new plan differs
+  in a way the user must see again (a model would no longer reach the store, or under another
+  name) or only in how (a file another pod placed is now "already there": less to copy).
+- A stored file one run placed may be what another run relies on (its source was removed because
+  the store already held that content, or it made a symlink to it). `relied_paths` lists those
+  paths from a run's log; rollback keeps them in the store instead of removing them.
+"""
+from __future__ import annotations
+
+import posixpath
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from migrate.model import Action, ActionKind, Plan
+
+PLACED = (ActionKind.MOVE, ActionKind.LINK, ActionKind.COPY, ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT)
+
+
+def _outcome(a: Optional[Action]) -> Tuple[bool, Optional[str]]:
+    """What a user cares about: does this file end up in the store, and under which name."""
+    if a is None:
+        return False, None
+    placed = a.kind in PLACED
+    return placed, a.dst if placed else None
+
+
+def plan_changes(confirmed: Plan, fresh: Plan) -> Tuple[List[str], List[str]]:
+    """(changes that matter, changes that do not) from the confirmed plan to the fresh one.
+
+    Matters: a file no longer placed (a conflict appeared), placed under another name, placed
+    though it was not, or a file added/removed in the sources; the user's YAML edited meanwhile.
+    Does not matter: how a file is placed (moved -> already there because another pod stored it).
+    """
+    old = {a.source: a for a in confirmed.actions}
+    new = {a.source: a for a in fresh.actions}
+    matters: List[str] = []
+    how: Dict[str, int] = {}
+    for src in sorted(set(old) | set(new)):
+        a, b = old.get(src), new.get(src)
+        if _outcome(a) != _outcome(b):
+            if b is None:
+                matters.append(f"{src}: gone from the source")
+            elif a is None:
+                matters.append(f"{src}: new in the source ({b.kind.value})")
+            else:
+                matters.append(f"{src}: was {a.kind.value}"
+                               f"{' to ' + a.dst if a.dst and a.kind in PLACED else ''}, now {b.kind.value}"
+                               f"{' to ' + b.dst if b.dst and b.kind in PLACED else ''}"
+                               f"{': ' + b.reason if b.reason and b.kind not in PLACED else ''}")
+        elif a is not None and b is not None and a.kind is not b.kind:
+            key = f"{a.kind.value} -> {b.kind.value}"
+            how[key] = how.get(key, 0) + 1
+    if confirmed.yaml_before != fresh.yaml_before:
+        matters.append(f"{fresh.yaml_path}: edited since the plan")
+    notes = [f"{n} file(s) {k} (another run stored them meanwhile)" for k, n in sorted(how.items())]
+    if fresh.bytes_to_copy != confirmed.bytes_to_copy:
+        notes.append(f"bytes to copy: {confirmed.bytes_to_copy} -> {fresh.bytes_to_copy}")
+    return matters, notes
+
+
+def relied_paths(records: Sequence[dict]) -> Set[str]:
+    """Stored paths a run relies on without having placed them itself.
+
+    Its removed or quarantined sources whose content it trusted to a stored copy (`stored`), and
+    the stored copies its symlinks point at. Begun steps count too (they may have happened). Where
+    the run made its own hardlink of the stored copy (a done dedupe), that name keeps the content
+    whatever happens to the other one: no reliance.
+    """
+    done = {r.get("step") for r in records if r.get("type") == "done"}
+    own_links = {r.get("dst") for r in records if r.get("type") == "begin" and r.get("op") == "dedupe"
+                 and r.get("step") in done}
+    out: Set[str] = set()
+    for r in records:
+        if r.get("type") != "begin":
+            continue
+        op = r.get("op")
+        if op in ("unlink", "quarantine"):
+            p = r.get("stored") or r.get("dst")
+            if isinstance(p, str) and r.get("dst") not in own_links:
+                out.add(p)
+        elif op == "symlink" and isinstance(r.get("dst"), str) and isinstance(r.get("to"), str):
+            out.add(posixpath.normpath(posixpath.join(posixpath.dirname(r["dst"]), r["to"])))
+    return out
+
+
+def placed_by(records: Sequence[dict]) -> Set[str]:
+    """Target paths this run itself put there (its own names, not reliance on others')."""
+    return {r["dst"] for r in records if r.get("type") == "begin"
+            and r.get("op") in ("link", "rename", "copy", "dedupe") and isinstance(r.get("dst"), str)}
+
+
+def store_rel(path: str, target: str) -> Optional[str]:
+    """`path` relative to the store it was logged under (None if outside): pods may mount the
+    volume at different paths (/workspace here, /runpod-volume there), so runs compare these."""
+    root = target.rstrip("/") + "/"
+    return path[len(root):] if isinstance(path, str) and path.startswith(root) else None
+
+
+def reliance(runs: Iterable[Tuple[str, Sequence[dict]]], run_id: str) -> Dict[str, List[str]]:
+    """Store-relative path -> the other runs (not rolled back) relying on it, for the rollback of run_id.
+
+    runs: (run id, records) of every run in the target that is not rolled back. Paths are taken
+    relative to each run's own logged target, whatever path that pod mounted the volume at.
+    """
+    out: Dict[str, List[str]] = {}
+    for rid, records in runs:
+        if rid == run_id or not records:
+            continue
+        target = records[0].get("target") or ""
+        own = placed_by(records)
+        for p in sorted(relied_paths(records) - own):
+            rel = store_rel(p, target)
+            if rel is not None:
+                out.setdefault(rel, []).append(rid)
+    return out

@@ -1,0 +1,508 @@
+"""Fleet use (issue 7): several pods migrate into one shared store at once.
+
+Real processes: each "pod" is its own ComfyUI folder with its own YAML, HOME and digest cache
+(another machine), and they share one target. They are started together (a barrier file) and race
+for the lock. Then: no process failed, no content lost, no content stored twice, every run's log
+closed and intact, each pod's YAML resolves all its models in the store under ComfyUI's rules,
+and the store's catalogue equals a fresh hash of the store.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+import xxhash
+from conftest import run_cli
+
+from migrate import catalogue as store_catalogue, comfy
+from migrate.journal import read_log
+from migrate.model import STATE_DIR
+from migrate.rollback import check_log
+
+Models = Dict[str, bytes]      # rel under models/ -> content
+
+
+def blob(seed: str, size: int) -> bytes:
+    block = xxhash.xxh3_128(seed.encode()).digest() * 64          # 1 KiB, distinct per seed
+    return (block * (size // len(block) + 1))[:size]
+
+
+def digest(data: bytes) -> str:
+    return xxhash.xxh3_128(data).hexdigest()
+
+
+def pod_models(i: int) -> Models:
+    """Overlapping content: the same file at the same path in every pod, the same content under
+    other names, a pair shared by two pods, and files only this pod has."""
+    return {
+        "checkpoints/common.safetensors": blob("common", 96 << 10),
+        f"loras/alias_{i}.safetensors": blob("alias", 40 << 10),          # same bytes, other names
+        f"vae/pair_{i // 2}.safetensors": blob(f"pair{i // 2}", 24 << 10),  # pods 0+1, 2+3 share
+        f"controlnet/only_{i}.safetensors": blob(f"only{i}", 32 << 10 + i),
+        f"upscale_models/x{i}/deep_{i}.pth": blob(f"deep{i}", 8 << 10),
+        "embeddings/shared.pt": blob("emb", 4 << 10),
+    }
+
+
+def make_pod(root: Path, models: Models) -> Tuple[Path, Dict[str, str]]:
+    comfyui = root / "ComfyUI"
+    for rel, data in models.items():
+        p = comfyui / "models" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    (comfyui / "extra_model_paths.yaml").write_text("# my own settings\nother:\n  base_path: /nowhere\n")
+    env_dirs = root / "state"
+    env = {"HOME": str(env_dirs / "home"), "XDG_CACHE_HOME": str(env_dirs / "cache"),
+           "COMFY_MIGRATE_CACHE": str(env_dirs / "cache" / "digests.sqlite")}
+    for v in ("HOME", "XDG_CACHE_HOME"):
+        Path(env[v]).mkdir(parents=True, exist_ok=True)
+    return comfyui, env
+
+
+def on_host(host: str) -> List[str]:
+    """A command prefix running python as if on another machine: its own hostname (a UTS namespace)."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-u", "true"]).returncode != 0:
+        pytest.skip("no `unshare -u` here to give each pod its own host name")
+    return ["unshare", "-u", sys.executable, "-c",
+            f"import os, socket, sys; socket.sethostname({host!r}); os.execv(sys.executable, [sys.executable] + sys.argv[1:])"]
+
+
+def start_together(cmds: List[Tuple[List[str], Dict[str, str]]], tmp_path: Path,
+                   hosts: Optional[List[str]] = None) -> List[Tuple[int, str, str]]:
+    """Run every command at once and return (exit code, stdout, stderr) of each.
+
+    They all start behind a barrier file while this test holds the target's lock, so each plans
+    and then waits for the lock (not a matter of timing: we wait until each says so); then the
+    lock is released and they stampede for it.
+    """
+    from migrate.lock import TargetLock
+    target = Path(cmds[0][0][cmds[0][0].index("--target") + 1])
+    gate = TargetLock(str(target / STATE_DIR), "the test's gate").acquire()
+    barrier = tmp_path / "barrier"
+    procs, errs, outs = [], [], []
+    try:
+        for i, (args, env) in enumerate(cmds):
+            code = ("import os, sys, time\n"
+                    f"while not os.path.exists({str(barrier)!r}): time.sleep(0.002)\n"
+                    "os.execv(sys.executable, [sys.executable, '-m', 'migrate'] + sys.argv[1:])\n")
+            prefix = on_host(hosts[i]) if hosts else [sys.executable]
+            outs.append(tmp_path / f"out{i}")
+            errs.append(tmp_path / f"err{i}")
+            with open(outs[-1], "w") as o, open(errs[-1], "w") as e:
+                procs.append(subprocess.Popen([*prefix, "-c", code, *args], env=env, stdin=subprocess.DEVNULL,
+                                              stdout=o, stderr=e))
+        barrier.write_text("go")
+        deadline = time.monotonic() + 90
+        while not all(p.poll() is not None or "waiting for the target's lock" in e.read_text()
+                      for p, e in zip(procs, errs)):
+            assert time.monotonic() < deadline, [e.read_text() for e in errs]
+            time.sleep(0.02)
+    finally:
+        gate.release()
+    codes = [p.wait(120) for p in procs]
+    return [(c, o.read_text(), e.read_text()) for c, o, e in zip(codes, outs, errs)]
+
+
+def store_files(target: Path) -> Dict[str, os.stat_result]:
+    out = {}
+    for dirpath, dirs, files in os.walk(target):
+        if Path(dirpath) == target and STATE_DIR in dirs:
+            dirs.remove(STATE_DIR)
+        for f in files:
+            p = Path(dirpath, f)
+            st = p.lstat()
+            if stat.S_ISREG(st.st_mode):
+                out[str(p.relative_to(target))] = st
+    return out
+
+
+def resolve(comfyui: Path, category: str, name: str) -> Path:
+    """The file ComfyUI loads for (category, name) given the pod's YAML."""
+    yaml = comfyui / "extra_model_paths.yaml"
+    order = comfy.search_folders([(str(yaml), yaml.read_text())], str(comfyui / "models"), env={})
+    for folder in order.get(category, []):
+        p = Path(folder, name)
+        if p.is_file():
+            return p
+    raise AssertionError(f"{category}/{name} not found by {comfyui}")
+
+
+def check_fleet(target: Path, pods: List[Tuple[Path, Models]], runs_expected: int) -> None:
+    files = store_files(target)
+    # No loss: every source model's content is in the store and each pod's YAML finds it there first.
+    contents = {rel: digest(Path(target, rel).read_bytes()) for rel in files}
+    for comfyui, models in pods:
+        for rel, data in models.items():
+            folder, name = rel.split("/", 1)
+            found = resolve(comfyui, comfy.category_of(folder)[0], name)
+            assert os.path.realpath(found).startswith(os.path.realpath(target) + "/"), \
+                f"{comfyui}: {rel} resolves outside the store: {found}"
+            assert found.read_bytes() == data, f"{comfyui}: {rel} resolves to other content"
+    # No duplicate content: distinct inodes hold distinct content (hardlinks are the dedupe).
+    by_inode = {(st.st_dev, st.st_ino): contents[rel] for rel, st in files.items()}
+    assert len(set(by_inode.values())) == len(by_inode), "the same content is stored twice"
+    # Every run's log is complete: closed, chain intact, paths inside its folders.
+    logs = sorted(p for p in (target / STATE_DIR / "runs").glob("*.jsonl") if not p.name.endswith(".rollback.jsonl"))
+    assert len(logs) == runs_expected, [p.name for p in logs]
+    for log in logs:
+        records, _, torn = read_log(str(log))
+        check_log(records, str(log))
+        assert records[-1]["type"] == "close" and records[-1]["state"] == "complete", (log, records[-1])
+    # The catalogue equals a fresh hash of the store.
+    cat, warning = store_catalogue.load(str(target))
+    assert warning == ""
+    assert {rel: (e.digest, e.ino, e.size, e.mtime_ns) for rel, e in cat.items()} == {
+        rel: (contents[rel], st.st_ino, st.st_size, st.st_mtime_ns) for rel, st in files.items()}
+    assert not (target / STATE_DIR / "lock").exists()
+
+
+def concurrent_pods(tmp_path: Path, cli_env, n: int, crash: Dict[int, int] = {}, hosts: bool = False,
+                    mounts: bool = False):
+    """n pods into one store; with `mounts`, each sees the volume at its own path (a symlink),
+    as pods mounting it at /workspace or /runpod-volume do."""
+    target = tmp_path / "volume" / "models"
+    target.mkdir(parents=True)
+    pods, cmds = [], []
+    for i in range(n):
+        where = target
+        if mounts:
+            where = tmp_path / f"mount{i}"
+            where.symlink_to(target.parent)
+            where = where / "models"
+        models = pod_models(i)
+        comfyui, env = make_pod(tmp_path / f"pod{i}", models)
+        env = dict(cli_env, **env)
+        if i in crash:
+            env["COMFY_MIGRATE_CRASH_AT"] = str(crash[i])
+        pods.append((comfyui, models, env, where))
+        cmds.append((["run", "--comfyui", str(comfyui), "--target", str(where), "--yes", "--wait", "60"], env))
+    results = start_together(cmds, tmp_path, [f"pod-{i}" for i in range(n)] if hosts else None)
+    return target, pods, results
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_concurrent_pods_into_one_store(tmp_path, cli_env, n):
+    target, pods, results = concurrent_pods(tmp_path, cli_env, n, hosts=True)
+    for code, out, err in results:
+        assert code == 0, f"exit {code}\n{out}\n{err}"
+    assert all("waiting for the target's lock: the test's gate" in err for _, _, err in results)
+    check_fleet(target, [(c, m) for c, m, _, _ in pods], n)
+    hosts = {read_log(str(p))[0][0]["host"] for p in (target / STATE_DIR / "runs").glob("*.jsonl")}
+    assert hosts == {f"pod-{i}" for i in range(n)}
+    # Each pod's sources were removed (moved into the store, or set aside when already stored).
+    for comfyui, models, _, _ in pods:
+        left = [rel for rel in models if (comfyui / "models" / rel).exists()]
+        assert left == [], left
+
+
+def test_rollback_of_one_pod_keeps_what_others_rely_on(tmp_path, cli_env):
+    # Each pod has its own host name and mounts the volume at its own path.
+    target, pods, results = concurrent_pods(tmp_path, cli_env, 4, hosts=True, mounts=True)
+    assert all(code == 0 for code, _, _ in results), results
+    # The run that placed checkpoints/common.safetensors: the others found it "already there"
+    # and set their own copy aside, so they rely on the stored file.
+    common = "checkpoints/common.safetensors"
+    placer = None
+    for log in (target / STATE_DIR / "runs").glob("*.jsonl"):
+        records = read_log(str(log))[0]
+        if any(r.get("op") in ("link", "rename", "copy") and r.get("dst", "").endswith("/" + common) for r in records):
+            placer = records[0]
+    assert placer is not None
+    (comfyui_a, models_a, env_a, mount_a), = [p for p in pods if str(p[0] / "models") in placer["sources"]]
+    assert placer["target"] == str(mount_a)
+    # A bare `rollback` on this machine finds no run of its own: it never undoes another pod's run.
+    proc = run_cli(["rollback", "--target", mount_a, "--yes"], env_a, check=6)
+    assert "no run of this host" in proc.stderr
+    before = {k: v for k, v in store_files(target).items()}
+    proc = run_cli(["rollback", placer["run"], "--target", mount_a, "--dry-run"], env_a)
+    assert "common.safetensors (a hardlink of" in proc.stdout and "kept in the store instead" in proc.stdout
+    assert store_files(target).keys() == before.keys()
+    proc = run_cli(["rollback", placer["run"], "--target", mount_a, "--yes"], env_a)
+    # The rolled-back pod has every model back in its own folder and its old YAML.
+    for rel, data in models_a.items():
+        assert (comfyui_a / "models" / rel).read_bytes() == data, rel
+    assert "comfy_migrate" not in (comfyui_a / "extra_model_paths.yaml").read_text()
+    # The other pods still find every model in the store (nothing they rely on was removed).
+    for comfyui, models, _, _ in pods:
+        if comfyui == comfyui_a:
+            continue
+        for rel, data in models.items():
+            folder, name = rel.split("/", 1)
+            found = resolve(comfyui, comfy.category_of(folder)[0], name)
+            assert os.path.realpath(found).startswith(str(target) + "/") and found.read_bytes() == data, (comfyui, rel)
+    assert "kept in the store" in proc.stdout and "common.safetensors" in proc.stdout
+    cat, _ = store_catalogue.load(str(target))
+    files = store_files(target)
+    assert {r: e.digest for r, e in cat.items()} == {r: digest(Path(target, r).read_bytes()) for r in files}
+    # The rollback's log records the kept file and for whom.
+    rb = read_log(str(target / STATE_DIR / "runs" / f"{placer['run']}.rollback.jsonl"))[0]
+    kept = [r for r in rb if r.get("type") == "keep"]
+    assert any(r["rel"] == common and len(r["for"]) == 3 for r in kept), kept
+    # Roll back the other pods too (each where it mounts the volume): the last one to rely on a
+    # kept file takes it out of the store. Every pod has its models back; the store holds no model.
+    for comfyui, models, env, mount in pods:
+        if comfyui == comfyui_a:
+            continue
+        head = [read_log(str(p))[0][0] for p in (target / STATE_DIR / "runs").glob("*.jsonl")
+                if not p.name.endswith(".rollback.jsonl") and str(comfyui / "models") in read_log(str(p))[0][0]["sources"]]
+        run_cli(["rollback", head[0]["run"], "--target", mount, "--yes"], env)
+        for rel, data in models.items():
+            assert (comfyui / "models" / rel).read_bytes() == data, (comfyui, rel)
+    assert store_files(target) == {}
+    assert store_catalogue.load(str(target))[0] == {}
+
+
+def test_sigkill_of_one_pod_while_others_run(tmp_path, cli_env):
+    # Pod 0 kills itself (SIGKILL) right after its 4th log record, holding the lock.
+    target, pods, results = concurrent_pods(tmp_path, cli_env, 3, crash={0: 4})
+    assert results[0][0] == -signal.SIGKILL, results[0]
+    for code, out, err in results[1:]:
+        assert code == 0, f"exit {code}\n{out}\n{err}"
+    # Pod 0 runs again: it continues its own interrupted run.
+    comfyui0, _, env0, _ = pods[0]
+    env0 = {k: v for k, v in env0.items() if k != "COMFY_MIGRATE_CRASH_AT"}
+    proc = run_cli(["run", "--comfyui", comfyui0, "--target", target, "--yes"], env0)
+    assert "(continued)" in proc.stdout
+    took_over = [err for _, _, err in results[1:]] + [proc.stderr]
+    assert sum("took over a stale lock" in e for e in took_over) == 1, took_over
+    check_fleet(target, [(c, m) for c, m, _, _ in pods], 3)
+
+
+def test_lock_wait_names_the_holder_then_gives_up_or_proceeds(tmp_path, cli_env):
+    from migrate.lock import boot_id
+    import socket
+    comfyui, env = make_pod(tmp_path / "pod", pod_models(0))
+    env = dict(cli_env, **env)
+    target = tmp_path / "models"
+    sd = target / STATE_DIR
+    sd.mkdir(parents=True)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(),
+                                             "pid": sleeper.pid, "started": "2026-01-01T00:00:00Z",
+                                             "purpose": "comfy-migrate run"}))
+        t0 = time.monotonic()
+        proc = run_cli(["run", "--comfyui", comfyui, "--target", target, "--yes", "--wait", "1"], env, check=5)
+        assert time.monotonic() - t0 >= 1
+        assert f"pid {sleeper.pid}" in proc.stderr and "since 2026-01-01T00:00:00Z" in proc.stderr
+        assert "waiting for the target's lock" in proc.stderr
+        assert not list(target.glob("checkpoints/*"))
+        # The holder finishes while we wait: the run proceeds.
+        p = subprocess.Popen([sys.executable, "-m", "migrate", "run", "--comfyui", str(comfyui), "--target",
+                              str(target), "--yes", "--wait", "30"], env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        (sd / "lock").unlink()
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert "waiting for the target's lock" in err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_second_pod_plan_reads_no_stored_file_known_to_the_catalogue(tmp_path, cli_env):
+    """A warm re-plan from another machine: the catalogue spares reading the store."""
+    target = tmp_path / "models"
+    models = {f"loras/l{i:03d}.safetensors": blob(f"l{i}", 4096 + i) for i in range(60)}
+    c1, e1 = make_pod(tmp_path / "pod1", models)
+    run_cli(["run", "--comfyui", c1, "--target", target, "--yes"], dict(cli_env, **e1))
+    c2, e2 = make_pod(tmp_path / "pod2", models)          # the same models: sizes meet everywhere
+    env2 = dict(cli_env, **e2)
+
+    def plan_reads() -> Tuple[int, int, int]:
+        err = run_cli(["-v", "plan", "--comfyui", c2, "--target", target, "--no-cache"], env2).stderr
+        line = next(l for l in err.splitlines() if l.startswith("store: "))
+        nums = [int(w) for w in line.replace("(", " ").split() if w.isdigit()]
+        return nums[1], nums[3], nums[4]      # from the catalogue, files read, bytes read
+
+    assert plan_reads() == (60, 0, 0)
+    (target / STATE_DIR / store_catalogue.NAME).write_text('{"catalogue": 99}\n')    # a foreign version
+    hits, files, size = plan_reads()
+    assert (hits, files, size) == (0, 60, sum(map(len, models.values())))
+
+
+def test_catalogue_damaged_or_foreign_reads_as_empty():
+    cat = {"a/b": store_catalogue.Entry("a/b", 3, 4, 5, "d" * 32, "r1")}
+    data = store_catalogue.render(cat)
+    assert store_catalogue.parse(data) == (cat, "")
+    assert store_catalogue.parse(None) == ({}, "")
+    for bad in (data[:-10], b"\xff\xfe", b'{"catalogue": 2, "entries": 0}\n', data.replace(b'"entries": 1', b'"entries": 2')):
+        got, warning = store_catalogue.parse(bad)
+        assert got == {} and warning, bad
+
+
+def test_reconcile_trusts_only_matching_identity():
+    old = {"x": store_catalogue.Entry("x", 10, 100, 7, "dx", "r0"),
+           "y": store_catalogue.Entry("y", 10, 100, 8, "dy", "r0")}
+    walked = [("x", (7, 10, 100)),            # unchanged: kept with its run
+              ("y", (8, 10, 101)),            # touched since: dropped (unknown until hashed)
+              ("z", (7, 10, 100)),            # a hardlink of x: same inode, size and mtime
+              ("n", (9, 5, 1))]               # placed by this run
+    cat = store_catalogue.reconcile(walked, {("n", 5, 1): ("dn", "r1")}, {}, old)
+    assert {k: (e.digest, e.run) for k, e in cat.items()} == {"x": ("dx", "r0"), "z": ("dx", None), "n": ("dn", "r1")}
+
+
+# --- the question, asked before the lock; asked again only when the store changed what matters ----
+
+def _read_until(fd: int, text: str, timeout: float = 60) -> str:
+    import select
+    buf = b""
+    end = time.monotonic() + timeout
+    while text.encode() not in buf:
+        left = end - time.monotonic()
+        assert left > 0, f"timed out waiting for {text!r}; got:\n{buf.decode(errors='replace')}"
+        if select.select([fd], [], [], left)[0]:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return buf.decode(errors="replace")
+
+
+def _interactive_run(comfyui: Path, target: Path, env: Dict[str, str]):
+    import pty
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "migrate", "run", "--comfyui", str(comfyui), "--target", str(target)],
+                         env=env, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    return p, master
+
+
+@pytest.mark.parametrize("other", ["same", "different"])
+def test_question_is_asked_again_only_if_another_pod_changed_the_outcome(tmp_path, cli_env, other):
+    models_a = {"checkpoints/common.safetensors": blob("common", 64 << 10), "vae/a.safetensors": blob("a", 8 << 10)}
+    models_b = {"checkpoints/common.safetensors": blob("common" if other == "same" else "other", 64 << 10)}
+    ca, ea = make_pod(tmp_path / "a", models_a)
+    cb, eb = make_pod(tmp_path / "b", models_b)
+    target = tmp_path / "models"
+    yaml_a = (ca / "extra_model_paths.yaml").read_bytes()
+    p, master = _interactive_run(ca, target, dict(cli_env, **ea))
+    try:
+        _read_until(master, "Migrate into")
+        # While pod A's user reads the plan (no lock held), pod B migrates.
+        run_cli(["run", "--comfyui", cb, "--target", target, "--yes", "--wait", "0"], dict(cli_env, **eb))
+        os.write(master, b"y\n")
+        if other == "same":
+            out = _read_until(master, "undo with:")
+            assert "already-there" in out and "new plan" not in out
+            assert p.wait(60) == 0
+            assert not (ca / "models" / "checkpoints" / "common.safetensors").exists()
+        else:
+            out = _read_until(master, "with this new plan?")
+            assert "common.safetensors: was move" in out and "now conflict" in out
+            os.write(master, b"n\n")
+            assert p.wait(60) == 7
+            # Nothing of pod A changed; the lock is free.
+            for rel, data in models_a.items():
+                assert (ca / "models" / rel).read_bytes() == data
+            assert (ca / "extra_model_paths.yaml").read_bytes() == yaml_a
+            assert not (target / STATE_DIR / "lock").exists()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+
+
+def test_plan_changes_tells_what_matters():
+    from migrate.fleet import plan_changes
+    from migrate.model import Action, ActionKind, Method, Plan, Policy
+    def plan(*actions, yaml="y"):
+        return Plan("/t", ("/s",), "/c/e.yaml", yaml, None, Policy(), tuple(actions), (), True, ())
+    move = Action(ActionKind.MOVE, "/s", "loras/a", "loras", 5, "d1", "/t/loras/a", Method.HARDLINK)
+    there = Action(ActionKind.ALREADY_THERE, "/s", "loras/a", "loras", 5, "d1", "/t/loras/a")
+    conflict = Action(ActionKind.CONFLICT, "/s", "loras/a", "loras", 5, "d1", "/t/loras/a", reason="differs")
+    renamed = Action(ActionKind.MOVE, "/s", "loras/a", "loras", 5, "d1", "/t/loras/a.conflict-1", Method.HARDLINK)
+    assert plan_changes(plan(move), plan(move)) == ([], [])
+    matters, notes = plan_changes(plan(move), plan(there))
+    assert matters == [] and notes[0].startswith("1 file(s) move -> already-there")
+    assert plan_changes(plan(move), plan(conflict))[0] == ["/s/loras/a: was move to /t/loras/a, now conflict: differs"]
+    assert plan_changes(plan(move), plan(renamed))[0]          # another name: a workflow would not find it
+    assert plan_changes(plan(move), plan())[0] == ["/s/loras/a: gone from the source"]
+    assert plan_changes(plan(move), plan(move, yaml="z"))[0] == ["/c/e.yaml: edited since the plan"]
+
+
+def test_lock_excludes_racing_processes_and_one_takes_over_a_stale_lock(tmp_path):
+    """Six processes race for a lock left by a dead process, each holding it briefly three times:
+    no two ever hold it at once, and the stale lock is taken over exactly once."""
+    from migrate.lock import boot_id
+    import socket
+    sd = tmp_path / "state"
+    sd.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(), "pid": dead.pid,
+                                         "started": "x", "purpose": "dead"}))
+    trace = tmp_path / "trace"
+    code = ("import os, sys, time\n"
+            "from migrate.lock import TargetLock\n"
+            f"while not os.path.exists({str(tmp_path / 'go')!r}): time.sleep(0.001)\n"
+            "for _ in range(3):\n"
+            f"    lock = TargetLock({str(sd)!r}, 'test').acquire(60)\n"
+            f"    with open({str(trace)!r}, 'a') as f: f.write(f'in {{os.getpid()}}\\n')\n"
+            "    time.sleep(0.01)\n"
+            f"    with open({str(trace)!r}, 'a') as f: f.write(f'out {{os.getpid()}} {{bool(lock.took_over)}}\\n')\n"
+            "    lock.release()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(6)]
+    time.sleep(0.3)
+    (tmp_path / "go").write_text("")
+    assert [p.wait(120) for p in procs] == [0] * 6
+    lines = trace.read_text().split("\n")[:-1]
+    assert len(lines) == 36
+    for i in range(0, 36, 2):
+        assert lines[i].startswith("in ") and lines[i + 1].startswith(f"out {lines[i][3:]} "), lines[i:i + 2]
+    assert sum(l.endswith("True") for l in lines) == 1
+    assert not (sd / "lock").exists() and not list(sd.glob("lock.*"))
+
+
+def test_reliance_from_logs():
+    from migrate.fleet import reliance, relied_paths
+    b = [{"type": "header", "run": "B", "target": "/t"},
+         # already there: its source set aside, trusting A's stored copy
+         {"type": "begin", "step": 2, "op": "quarantine", "src": "/b/m/loras/x", "dst": "/t/loras/x", "stored": "/t/loras/x"},
+         {"type": "done", "step": 2},
+         # same content, own hardlink: its name keeps the content
+         {"type": "begin", "step": 4, "op": "dedupe", "dst": "/t/loras/y", "stored": "/t/loras/x"},
+         {"type": "done", "step": 4},
+         {"type": "begin", "step": 6, "op": "quarantine", "src": "/b/m/loras/y", "dst": "/t/loras/y", "stored": "/t/loras/x"},
+         # same content where hardlinks are refused: a symlink to the stored copy
+         {"type": "begin", "step": 8, "op": "symlink", "dst": "/t/vae/z", "to": "../loras/w"},
+         # its own placement, then its own source removed: not reliance on another run
+         {"type": "begin", "step": 10, "op": "link", "src": "/b/m/vae/v", "dst": "/t/vae/v"},
+         {"type": "begin", "step": 12, "op": "unlink", "src": "/b/m/vae/v", "dst": "/t/vae/v", "stored": "/t/vae/v"}]
+    assert relied_paths(b) == {"/t/loras/x", "/t/loras/w", "/t/vae/v"}
+    assert reliance([("A", []), ("B", b)], "A") == {"loras/x": ["B"], "loras/w": ["B"]}
+    # Pod C mounts the volume elsewhere: the same stored file, by its place in the store.
+    c = [dict(r, **{k: r[k].replace("/t/", "/mnt/t/") for k in ("dst", "stored") if k in r}) for r in b]
+    c[0] = {"type": "header", "run": "C", "target": "/mnt/t"}
+    assert reliance([("B", b), ("C", c)], "A") == {"loras/x": ["B", "C"], "loras/w": ["B", "C"]}
+    assert reliance([("B", b)], "B") == {}
+
+
+def test_another_hosts_run_is_not_rolled_back_where_its_sources_are_missing(tmp_path, cli_env):
+    comfyui, env = make_pod(tmp_path / "pod", pod_models(1))
+    env = dict(cli_env, **env)
+    target = tmp_path / "models"
+    p = subprocess.run([*on_host("pod-far"), "-m", "migrate", "run", "--comfyui", str(comfyui), "--target",
+                        str(target), "--yes"], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    run_id = read_log(str(next((target / STATE_DIR / "runs").glob("*.jsonl"))))[0][0]["run"]
+    (comfyui / "models").rename(tmp_path / "elsewhere")          # as seen from another pod
+    before = {r: st.st_ino for r, st in store_files(target).items()}
+    proc = run_cli(["rollback", run_id, "--target", target, "--yes"], env, check=3)
+    assert "was made on host pod-far" in proc.stderr
+    assert {r: st.st_ino for r, st in store_files(target).items()} == before
+    assert not (comfyui / "models").exists()
