@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 import xxhash
-from conftest import run_cli
+from conftest import as_model, run_cli
 
 from migrate import catalogue as store_catalogue, comfy
 from migrate.journal import read_log
@@ -40,17 +40,22 @@ def digest(data: bytes) -> str:
     return xxhash.xxh3_128(data).hexdigest()
 
 
+def models_of(raw: Models) -> Models:
+    """Payloads inside valid model files (the audit would hold back anything else)."""
+    return {rel: as_model(rel, data) for rel, data in raw.items()}
+
+
 def pod_models(i: int) -> Models:
     """Overlapping content: the same file at the same path in every pod, the same content under
     other names, a pair shared by two pods, and files only this pod has."""
-    return {
+    return models_of({
         "checkpoints/common.safetensors": blob("common", 96 << 10),
         f"loras/alias_{i}.safetensors": blob("alias", 40 << 10),          # same bytes, other names
         f"vae/pair_{i // 2}.safetensors": blob(f"pair{i // 2}", 24 << 10),  # pods 0+1, 2+3 share
-        f"controlnet/only_{i}.safetensors": blob(f"only{i}", 32 << 10 + i),
+        f"controlnet/only_{i}.safetensors": blob(f"only{i}", (32 << 10) + i),
         f"upscale_models/x{i}/deep_{i}.pth": blob(f"deep{i}", 8 << 10),
         "embeddings/shared.pt": blob("emb", 4 << 10),
-    }
+    })
 
 
 def make_pod(root: Path, models: Models) -> Tuple[Path, Dict[str, str]]:
@@ -313,7 +318,7 @@ def test_lock_wait_names_the_holder_then_gives_up_or_proceeds(tmp_path, cli_env)
 def test_second_pod_plan_reads_no_stored_file_known_to_the_catalogue(tmp_path, cli_env):
     """A warm re-plan from another machine: the catalogue spares reading the store."""
     target = tmp_path / "models"
-    models = {f"loras/l{i:03d}.safetensors": blob(f"l{i}", 4096 + i) for i in range(60)}
+    models = models_of({f"loras/l{i:03d}.safetensors": blob(f"l{i}", 4096 + i) for i in range(60)})
     c1, e1 = make_pod(tmp_path / "pod1", models)
     run_cli(["run", "--comfyui", c1, "--target", target, "--yes"], dict(cli_env, **e1))
     c2, e2 = make_pod(tmp_path / "pod2", models)          # the same models: sizes meet everywhere
@@ -383,8 +388,9 @@ def _interactive_run(comfyui: Path, target: Path, env: Dict[str, str]):
 
 @pytest.mark.parametrize("other", ["same", "different"])
 def test_question_is_asked_again_only_if_another_pod_changed_the_outcome(tmp_path, cli_env, other):
-    models_a = {"checkpoints/common.safetensors": blob("common", 64 << 10), "vae/a.safetensors": blob("a", 8 << 10)}
-    models_b = {"checkpoints/common.safetensors": blob("common" if other == "same" else "other", 64 << 10)}
+    models_a = models_of({"checkpoints/common.safetensors": blob("common", 64 << 10),
+                          "vae/a.safetensors": blob("a", 8 << 10)})
+    models_b = models_of({"checkpoints/common.safetensors": blob("common" if other == "same" else "other", 64 << 10)})
     ca, ea = make_pod(tmp_path / "a", models_a)
     cb, eb = make_pod(tmp_path / "b", models_b)
     target = tmp_path / "models"
