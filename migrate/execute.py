@@ -32,7 +32,12 @@ def state_dir(target: str) -> str:
 
 
 def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
+    """UTC time, then 5 hex digits of microseconds and one random one: ids sort in start order
+    even within one second ("the newest run" is chosen by name), and pods rarely collide (the log
+    is created O_EXCL, so a collision fails loudly rather than mixing two runs)."""
+    now = time.time()
+    return (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-"
+            + f"{int(now % 1 * 1_000_000):05x}{os.urandom(1).hex()[0]}")
 
 
 @dataclass

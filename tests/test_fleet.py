@@ -512,3 +512,12 @@ def test_another_hosts_run_is_not_rolled_back_where_its_sources_are_missing(tmp_
     assert "was made on host pod-far" in proc.stderr
     assert {r: st.st_ino for r, st in store_files(target).items()} == before
     assert not (comfyui / "models").exists()
+
+
+def test_run_ids_sort_in_start_order_within_a_second():
+    from migrate.execute import new_run_id
+    ids = []
+    for _ in range(5):
+        ids.append(new_run_id())
+        time.sleep(0.002)
+    assert ids == sorted(ids) and len(set(ids)) == 5
