@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
-
-import yaml
 
 from migrate.errors import BadInput
 
@@ -66,32 +65,38 @@ def lists_extension(category: str, name: str) -> bool:
     return posixpath.splitext(name)[1].lower() in exts
 
 
-class _DupCheckLoader(yaml.SafeLoader):
-    """safe_load that also reports duplicate top-level keys (ComfyUI silently keeps the last)."""
+@lru_cache(maxsize=None)
+def _yaml():
+    """PyYAML and our duplicate-checking loader, imported on first use: `scan` never reads a YAML,
+    and importing yaml is a large share of the start-up of a short command."""
+    import yaml
 
+    class DupCheckLoader(yaml.SafeLoader):
+        """safe_load that also reports duplicate top-level keys (ComfyUI silently keeps the last)."""
 
-def _construct_mapping(loader, node, deep=False):
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if node is loader._root and key in seen:   # type: ignore[attr-defined]
-            raise BadInput(
-                f"duplicate top-level key {key!r} (ComfyUI silently drops the first)",
-                "merge the two sections into one",
-            )
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+    def construct_mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if node is loader._root and key in seen:   # type: ignore[attr-defined]
+                raise BadInput(
+                    f"duplicate top-level key {key!r} (ComfyUI silently drops the first)",
+                    "merge the two sections into one",
+                )
+            seen.add(key)
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
-
-_DupCheckLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+    DupCheckLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return yaml, DupCheckLoader
 
 
 def parse_yaml(text: str, where: str = "extra_model_paths.yaml") -> Dict[str, dict]:
     """Parse and check a YAML the way ComfyUI will read it. Raises BadInput naming the fix."""
     if len(text) > 4 * 1024 * 1024:
         raise BadInput(f"{where}: larger than 4 MiB, not an extra_model_paths.yaml", "check the --yaml path")
+    yaml, loader_class = _yaml()
     try:
-        loader = _DupCheckLoader(text)
+        loader = loader_class(text)
         try:
             loader._root = loader.get_single_node()  # type: ignore[attr-defined]
             data = loader.construct_document(loader._root) if loader._root is not None else None
@@ -244,6 +249,7 @@ def _quote(value: str) -> str:
 
 def _reads_as_str(value: str) -> bool:
     """Whether YAML reads this plain scalar back as the same string (not a number, bool or null)."""
+    yaml = _yaml()[0]
     tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, value, (True, False))
     return tag == "tag:yaml.org,2002:str"
 

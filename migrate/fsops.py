@@ -4,11 +4,10 @@ Every data write goes through `write_all` so faults can be injected in one place
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import stat
+from functools import lru_cache
 from typing import Callable, Optional, Tuple
 
 import xxhash
@@ -21,8 +20,6 @@ TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "
 FALLBACK_ERRNOS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS,
                    errno.EACCES)
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-_renameat2 = getattr(_libc, "renameat2", None)
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1
 
@@ -116,10 +113,24 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+@lru_cache(maxsize=None)
+def _renameat2():
+    """libc's renameat2 (None where missing), loaded on first use: ctypes is a noticeable part of a
+    short command's start-up. CDLL(None) searches the libraries already mapped into the process;
+    find_library would run `ldconfig -p` in a child process."""
+    import ctypes
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except OSError:
+        return None
+
+
 def rename_noreplace(src: str, dst: str) -> None:
     """rename(2) that fails with EEXIST instead of replacing (plain os.rename overwrites)."""
-    if _renameat2 is not None:
-        r = _renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE)
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        import ctypes
+        r = renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE)
         if r == 0:
             return
         e = ctypes.get_errno()

@@ -55,7 +55,7 @@ def _aligned_view(buf: Buffer) -> memoryview:
     view = memoryview(buf).cast("B") if not isinstance(buf, memoryview) or buf.format != "B" else buf
     if isinstance(buf, mmap.mmap):
         return view
-    import ctypes   # already loaded by fsops; only needed for a caller's own buffer
+    import ctypes   # only for a caller's own buffer (ours are mmap, aligned by construction)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(view))
     shift = (-addr) % ALIGN
     return view[shift:] if shift and len(view) - shift >= (64 << 10) else view

@@ -129,6 +129,8 @@ class Finding:
 
 @dataclass(frozen=True)
 class ScanResult:
+    """Everything found under one root, with counts of how its digests were obtained."""
+
     root: str
     records: Tuple[FileRecord, ...]
     problems: Tuple[Problem, ...] = ()
@@ -149,6 +151,8 @@ class Probe:
 
 @dataclass(frozen=True)
 class Policy:
+    """The user's choices that shape a plan."""
+
     mode: Mode = Mode.MOVE
     on_conflict: OnConflict = OnConflict.SKIP
     link_back: Optional[bool] = None     # None: only for custom-node folders
@@ -187,6 +191,8 @@ class CustomFolder:
 
 @dataclass(frozen=True)
 class Action:
+    """One step of a plan for one source entry (or a target-only entry)."""
+
     kind: ActionKind
     root: str                    # source root ('' for target-only entries)
     rel: str                     # path relative to the source root
@@ -211,6 +217,8 @@ class Action:
 
 @dataclass(frozen=True)
 class Plan:
+    """What `run` will do, as a value: the dry run prints it, the run executes it."""
+
     target: str
     sources: Tuple[str, ...]
     yaml_path: Optional[str]

@@ -4,7 +4,6 @@ Tables themselves are drawn by the CLI (tabulate lives in the shell); this modul
 """
 from __future__ import annotations
 
-import difflib
 import json
 import shlex
 from collections import OrderedDict
@@ -207,6 +206,7 @@ def yaml_diff(plan: Plan) -> str:
     before = (plan.yaml_before or "").splitlines(keepends=True)
     after = (plan.yaml_after or "").splitlines(keepends=True)
     old = plan.yaml_path if plan.yaml_before is not None else "/dev/null"
+    import difflib   # only when there is a change to show: keeps start-up short
     return "".join(difflib.unified_diff(before, after, old, plan.yaml_path))
 
 
