@@ -156,19 +156,25 @@ def open_verdicts(no_cache: bool):
 
 @cli.command(context_settings=CONTEXT)
 @source_options
+@click.option("--duplicates", is_flag=True,
+              help="Only report files with identical content, hashing only files whose size another "
+                   "file shares (hardlinked names are one copy).")
 @click.pass_obj
-def scan(ui: Ui, comfyui, sources, fmt, no_cache) -> None:
+def scan(ui: Ui, comfyui, sources, fmt, no_cache, duplicates) -> None:
     """Walk the models trees, classify every entry and hash the files to migrate.
 
     \b
     Example:
       comfy-migrate scan --comfyui /workspace/runpod-slim/ComfyUI --format json > scan.json
+      comfy-migrate scan --source ./models --duplicates
     """
     from migrate.facts import scan_roots
     from migrate.scan import hash_records
     _, roots = resolve_sources(comfyui, sources)
     cache = open_cache(no_cache)
     scans = scan_roots(roots)
+    if duplicates:
+        return report_duplicates(ui, scans, cache, fmt)
     with ui.progress("hashing") as (on_total, on_bytes):
         on_total(sum(r.size for s in scans for r in s.records if r.status is Status.MIGRATE))
         results = [hash_records(s, cache, on_bytes) for s in scans]
@@ -188,6 +194,24 @@ def scan(ui: Ui, comfyui, sources, fmt, no_cache) -> None:
         ui.debug(f"{res.root}: hashed {res.hashed_files} files ({report.human(res.hashed_bytes)}), "
                  f"{res.cached_files} from the cache")
     if any(r.problems for r in results):
+        sys.exit(ExitCode.PROBLEMS)
+
+
+def report_duplicates(ui: Ui, scans, cache, fmt: str) -> None:
+    from migrate.dupes import find_duplicates
+    with ui.progress("hashing") as (_, on_bytes):
+        found = find_duplicates(scans, cache, on_bytes)
+    if fmt == "json":
+        out(report.dumps(report.duplicates_doc(found)))
+    else:
+        if found.groups:
+            out(table(report.duplicate_rows(found), report.DUPLICATE_HEADERS) + "\n\n")
+        out(report.duplicate_summary(found) + "\n")
+    for p in [p for s in scans for p in s.problems] + list(found.problems):
+        ui.warn(f"{report.show(p.path)}: {p.message}")
+    ui.debug(f"read {found.hashed_files} files in full and the ends of {found.partial_files}; "
+             f"{found.cached_files} digests from the cache")
+    if found.problems or any(s.problems for s in scans):
         sys.exit(ExitCode.PROBLEMS)
 
 

@@ -71,6 +71,41 @@ def scan_rows(result: ScanResult) -> List[list]:
 SCAN_HEADERS = ["category", "files", "size", "duplicates", "not migrated"]
 
 
+# --- scan --duplicates ---------------------------------------------------------------------------
+
+def duplicates_doc(d) -> dict:
+    """`scan --duplicates --format json`: groups of paths with one content (d: dupes.Duplicates)."""
+    return {
+        "version": PLAN_FORMAT,
+        "groups": [{"digest": g.digest, "size": g.size, "redundant_bytes": g.redundant_bytes,
+                    "copies": [list(c.names) for c in g.copies]} for g in d.groups],
+        "totals": {"groups": len(d.groups), "redundant_copies": sum(len(g.copies) - 1 for g in d.groups),
+                   "redundant_bytes": sum(g.redundant_bytes for g in d.groups), "files": d.files,
+                   "hashed_files": d.hashed_files, "partial_files": d.partial_files,
+                   "cached_files": d.cached_files},
+        "problems": [{"path": p.path, "message": p.message} for p in d.problems],
+    }
+
+
+DUPLICATE_HEADERS = ["group", "size", "digest", "copy (names of one inode)"]
+
+
+def duplicate_rows(d) -> List[list]:
+    """One row per copy; a copy's hardlinked names share its row."""
+    rows = []
+    for n, g in enumerate(d.groups, 1):
+        for k, c in enumerate(g.copies):
+            rows.append([str(n) if k == 0 else "", human(g.size) if k == 0 else "",
+                         g.digest[:16] if k == 0 else "", " = ".join(show(p) for p in c.names)])
+    return rows
+
+
+def duplicate_summary(d) -> str:
+    copies = sum(len(g.copies) - 1 for g in d.groups)
+    return (f"{len(d.groups)} groups of identical content among {d.files} files: {copies} redundant "
+            f"copies, {human(sum(g.redundant_bytes for g in d.groups))} (hardlinked names count as one copy)")
+
+
 # --- plan -----------------------------------------------------------------------------------------
 
 def action_doc(a: Action) -> dict:

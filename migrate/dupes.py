@@ -1,0 +1,134 @@
+"""Find files with the same content, reading as little as possible (`scan --duplicates`).
+
+As jdupes and rmlint do: only files whose size another file shares can be duplicates; of those, a
+large file is first told apart by a partial digest (its first and last 16 KiB), and only files
+still alike are hashed in full. Small files are hashed in full at once (one read either way).
+Full digests come from the digest cache where it has them, and new ones go into it.
+
+Hardlinks: names of one inode are one copy, never duplicates of each other (removing one frees
+nothing). A group is content held by at least two inodes; each copy lists all its names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from migrate.hashing import DigestCache, Key, hash_many, partial_digest
+from migrate.model import FileRecord, Problem, ScanResult
+
+DIRECT = 256 << 10     # files up to this size are hashed in full at once (a partial read costs as much)
+
+Inode = Tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One inode holding the content, with every scanned name it has (sorted)."""
+
+    names: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Content stored in two or more inodes: all but one copy could go."""
+
+    digest: str
+    size: int
+    copies: Tuple[Copy, ...]          # sorted by first name
+
+    @property
+    def redundant_bytes(self) -> int:
+        return self.size * (len(self.copies) - 1)
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    groups: Tuple[DuplicateGroup, ...]   # most redundant bytes first, then by first name
+    problems: Tuple[Problem, ...]
+    files: int                            # files considered (complete model files)
+    hashed_files: int                     # files read in full
+    partial_files: int                    # files of which only the ends were read
+    cached_files: int                     # full digests taken from the cache
+
+
+def find_duplicates(scans: Sequence[ScanResult], cache: Optional[DigestCache],
+                    on_bytes: Optional[Callable[[int], None]] = None) -> Duplicates:
+    """Group the files to migrate of all scans by content, hashing only what could be a duplicate."""
+    inodes: Dict[Inode, List[FileRecord]] = {}
+    for s in scans:
+        for r in s.records:
+            if r.status.migrates:
+                inodes.setdefault((r.dev, r.ino), []).append(r)
+    by_size: Dict[int, List[Inode]] = {}
+    for ino, recs in inodes.items():
+        by_size.setdefault(recs[0].size, []).append(ino)
+    candidates = [group for group in by_size.values() if len(group) > 1]
+
+    problems: List[Problem] = []
+    full: Dict[Inode, str] = {}
+    cached = 0
+
+    def key(ino: Inode) -> Key:
+        r = inodes[ino][0]
+        return (r.dev, r.ino, r.size, r.mtime_ns)
+
+    def failed(ino: Inode, err: OSError) -> None:
+        full.pop(ino, None)      # a cached digest no longer describes a file that changed
+        problems.append(Problem(inodes[ino][0].path, f"{err.strerror or err}"))
+
+    # Full digests already known; small files are hashed in full right away.
+    to_hash: List[Inode] = []
+    partial_groups: List[List[Inode]] = []
+    for group in candidates:
+        unknown = []
+        for ino in group:
+            hit = cache.get(key(ino)) if cache is not None else None
+            if hit is not None:
+                full[ino] = hit
+                cached += 1
+            else:
+                unknown.append(ino)
+        if not unknown:
+            continue
+        if inodes[group[0]][0].size <= DIRECT:
+            to_hash += unknown
+        else:
+            partial_groups.append(group)      # cached members are compared by their ends too
+
+    # Large files: the ends first; only files whose ends match another's are read in full.
+    partial_files = 0
+    for group in partial_groups:
+        ends: Dict[str, List[Inode]] = {}
+        for ino in group:
+            try:
+                ends.setdefault(partial_digest(inodes[ino][0].path, key(ino)), []).append(ino)
+                partial_files += 1
+            except OSError as exc:
+                failed(ino, exc)
+        for alike in ends.values():
+            if len(alike) > 1:
+                to_hash += [ino for ino in alike if ino not in full]
+
+    jobs = [(inodes[ino][0].path, key(ino)) for ino in to_hash]
+    for ino, job, (digest, err) in zip(to_hash, jobs, hash_many(jobs, on_bytes)):
+        if err is not None:
+            failed(ino, err)
+            continue
+        full[ino] = digest
+        if cache is not None:
+            cache.put(job[1], digest)
+    if cache is not None:
+        cache.save()
+
+    contents: Dict[Tuple[int, str], List[Inode]] = {}
+    for ino, digest in full.items():
+        contents.setdefault((inodes[ino][0].size, digest), []).append(ino)
+    groups = []
+    for (size, digest), inos in contents.items():
+        if len(inos) > 1:
+            copies = sorted((Copy(tuple(sorted(r.path for r in inodes[i]))) for i in inos),
+                            key=lambda c: c.names)
+            groups.append(DuplicateGroup(digest, size, tuple(copies)))
+    groups.sort(key=lambda g: (-g.redundant_bytes, g.copies[0].names))
+    return Duplicates(tuple(groups), tuple(problems), sum(len(v) for v in inodes.values()), len(jobs),
+                      partial_files, cached)
