@@ -179,7 +179,9 @@ def scan(ui: Ui, comfyui, sources, fmt, no_cache, duplicates) -> None:
         on_total(sum(r.size for s in scans for r in s.records if r.status is Status.MIGRATE))
         results = [hash_records(s, cache, on_bytes) for s in scans]
     if fmt == "json":
-        out(report.dumps(report.scan_doc(results)))
+        for chunk in report.iter_scan_json(results):     # ASCII only: written as it is made
+            sys.stdout.write(chunk)
+        sys.stdout.flush()
     else:
         for res in results:
             out(f"{report.show(res.root)}\n")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 from migrate.model import PLAN_FORMAT, Action, ActionKind, Finding, Method, Plan, Removal, ScanResult, Status
 
@@ -38,15 +38,48 @@ def scan_doc(results: Sequence[ScanResult]) -> dict:
         "version": PLAN_FORMAT,
         "roots": [{
             "root": r.root,
-            "files": [{
-                "path": rec.rel, "category": rec.category, "custom": rec.custom, "size": rec.size,
-                "digest": rec.digest, "status": rec.status.value,
-                **({"detail": rec.detail} if rec.detail else {}),
-                **({"link_target": rec.link_target} if rec.link_target is not None else {}),
-            } for rec in r.records],
+            "files": [_file_entry(rec) for rec in r.records],
             "problems": [{"path": p.path, "message": p.message} for p in r.problems],
         } for r in results],
     }
+
+
+def _file_entry(rec) -> dict:
+    return {
+        "path": rec.rel, "category": rec.category, "custom": rec.custom, "size": rec.size,
+        "digest": rec.digest, "status": rec.status.value,
+        **({"detail": rec.detail} if rec.detail else {}),
+        **({"link_target": rec.link_target} if rec.link_target is not None else {}),
+    }
+
+
+def iter_scan_json(results: Sequence[ScanResult], batch: int = 2000) -> Iterator[str]:
+    """The text of `dumps(scan_doc(results))`, produced a batch of files at a time.
+
+    Built whole, the document of 100,000 files and its text cost ~110 MB more than the scan (and
+    json's indenting encoder is pure Python); here each file's flat entry is written with the C
+    string encoder in the layout `dumps` gives it (indent 2, sorted keys, ASCII).
+    """
+    marks = {}
+    skeleton = scan_doc([ScanResult(r.root, (), r.problems) for r in results])
+    for n, (root, r) in enumerate(zip(skeleton["roots"], results)):
+        if r.records:
+            marks[n] = f"\0files-{n}\0"
+            root["files"] = [marks[n]]
+    text = dumps(skeleton)
+    pad = " " * 8                        # files sit at depth 4: doc, roots, root, files
+    scalar = json.JSONEncoder(ensure_ascii=True).encode
+    for n, r in enumerate(results):
+        if n not in marks:
+            continue
+        head, text = text.split(json.dumps(marks[n]), 1)
+        yield head
+        for start in range(0, len(r.records), batch):
+            yield (",\n" + pad).join(
+                "{\n" + ",\n".join(f"{pad}  {scalar(k)}: {scalar(v)}" for k, v in sorted(_file_entry(rec).items()))
+                + "\n" + pad + "}" for rec in r.records[start:start + batch]) \
+                + ("," + "\n" + pad if start + batch < len(r.records) else "")
+    yield text
 
 
 def scan_rows(result: ScanResult) -> List[list]:

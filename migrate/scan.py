@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from dataclasses import replace
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
@@ -17,7 +18,14 @@ TEMP_MARK = ".cm-tmp-"     # our temporary files: .<name>.cm-tmp-<run id>
 
 
 def _bad_name(name: str) -> bool:
-    return any("\udc80" <= c <= "\udcff" for c in name)
+    """Not valid UTF-8: os.fsdecode left surrogate escapes in it (which cannot be encoded)."""
+    if name.isascii():
+        return False
+    try:
+        name.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
 
 
 def classify(rel: str, st: os.stat_result) -> Tuple[Status, str]:
@@ -91,7 +99,7 @@ def scan_tree(root: str) -> ScanResult:
                                 f"{exc.strerror}"))
 
     for rel, st in walk(root, on_error):
-        folder = rel.split("/", 1)[0] if "/" in rel else ""
+        folder = sys.intern(rel.split("/", 1)[0]) if "/" in rel else ""     # one string per folder
         category, custom = comfy.category_of(folder) if folder else (None, False)
         status, detail = classify(rel, st)
         target = None

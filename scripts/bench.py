@@ -100,8 +100,8 @@ def machine(bench_dir: str, shm_dir: Optional[str]) -> List[str]:
     import xxhash
     lines = [
         f"host: {platform.node()}; {os.cpu_count()} cores ({cpu}); memory {mem}; kernel {platform.release()}",
-        f"filesystems: bench data {fs_type(bench_dir)} ({bench_dir}); other filesystem "
-        f"{fs_type(shm_dir) + ' (' + shm_dir + ')' if shm_dir else 'none'}",
+        f"filesystems: bench data {fs_type(bench_dir)} (a temporary folder); other filesystem "
+        f"{fs_type(shm_dir) + ' (a temporary folder in /dev/shm)' if shm_dir else 'none'}",
         f"python {platform.python_version()}, xxhash binding {xxhash.VERSION} (libxxhash {xxhash.XXHASH_VERSION})",
         "peers: " + "; ".join(f"{t}: {version_of(t)}" for t in ["xxhsum", "rmlint", "jdupes", "rsync", "rclone"]
                               if shutil.which(t)),
@@ -341,6 +341,10 @@ def main() -> int:
     cm = os.path.join(ROOT, ".venv", "bin", "comfy-migrate")
     if not os.access(cm, os.X_OK):
         cm = shutil.which("comfy-migrate") or cm
+    # A pip install compiles the package's .pyc files; an editable one, with PYTHONDONTWRITEBYTECODE
+    # set, would compile every module at every start. Compile once so start-up is the user's.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "migrate")],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     notes = install_peers()
     have = {t: shutil.which(t) is not None for t in PEER_PACKAGES}
 
@@ -392,8 +396,8 @@ def main() -> int:
         # 3. duplicates in the large and the small tree
         allf = lambda: d.big_files + d.small_files
         rows.append(Row(f"find duplicates ({args.size:g} GB + {args.files} small files)", [
-            Cmd("comfy-migrate scan --no-cache", scan + ["--source", d.big, "--source", d.small], warm_files=allf,
-                note="hashes every file in full"),
+            Cmd("comfy-migrate scan --duplicates --no-cache", scan + ["--duplicates", "--source", d.big, "--source",
+                                                                    d.small], warm_files=allf),
             # Never point rmlint's -o at /dev/null: it renames an existing output file aside as a
             # "backup" (it did so to /dev/null itself here); --no-backup and a file of our own.
             Cmd("rmlint -T df", ["rmlint", "-T", "df", "--no-backup", "-o", f"fdupes:{top}/rmlint.out", d.big, d.small]

@@ -7,7 +7,7 @@ import sys
 import migrate.cli as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORE = ["model", "errors", "comfy", "scan", "hashing", "plan", "report", "fsops", "journal", "execute",
+CORE = ["model", "errors", "comfy", "scan", "hashing", "dupes", "plan", "report", "fsops", "journal", "execute",
         "rollback", "verify", "facts", "lock", "audit", "sniff", "catalogue", "fleet"]
 
 
