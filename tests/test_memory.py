@@ -38,3 +38,23 @@ def test_peak_memory_per_scanned_file_is_bounded(tmp_path, cli_env):
     big = peak_rss_kib(make_tree(tmp_path / "big", FILES), cli_env)
     per_file = (big - small) * 1024 / FILES
     assert per_file < BUDGET, f"{per_file:.0f} bytes of peak RSS per file (budget {BUDGET})"
+
+
+def test_streamed_scan_json_is_the_document_byte_for_byte(tmp_path):
+    from migrate import report
+    from migrate.scan import hash_records, scan_tree
+    a = tmp_path / "a"
+    (a / "loras").mkdir(parents=True)
+    (a / "loras" / "odd\nname \u00e9.safetensors").write_bytes(b"x" * 10)
+    (a / "loras" / "b.part").write_bytes(b"y")
+    (a / "stray.bin").write_bytes(b"z")
+    os.symlink("/nowhere", a / "loras" / "link.safetensors")
+    os.mkdir(os.fsencode(a / "vae"))
+    open(os.fsencode(a / "vae") + b"/bad-\xff.safetensors", "wb").close()
+    for n in range(7):
+        (a / "vae" / f"m{n}.safetensors").write_bytes(bytes([n]) * 3)
+    (tmp_path / "empty").mkdir()
+    results = [hash_records(scan_tree(str(p)), None) for p in (a, tmp_path / "empty", a)]
+    want = report.dumps(report.scan_doc(results))
+    for batch in (1, 3, 1000):
+        assert "".join(report.iter_scan_json(results, batch)) == want
