@@ -1,0 +1,52 @@
+"""fsops.copy_and_hash through its aligned buffer: the bytes, the digest, the kept mode and mtime for
+sizes around the chunk, and a failing write that surfaces in the caller with the temporary removed."""
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+import xxhash
+
+from migrate import fsops
+from migrate.hashing import stat_key
+
+SIZES = [1, fsops.COPY_CHUNK - 1, fsops.COPY_CHUNK, 5 * fsops.COPY_CHUNK + 11]
+
+
+def make(path, size: int) -> bytes:
+    data = (xxhash.xxh3_128(str(size).encode()).digest() * (size // 16 + 1))[:size]
+    path.write_bytes(data)
+    os.chmod(path, 0o640)
+    os.utime(path, ns=(1_600_000_000_123_456_789, 1_600_000_000_987_654_321))
+    return data
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_copy_is_exact_and_hashed(tmp_path, size):
+    src, tmp = tmp_path / "src.safetensors", tmp_path / ".dst.cm-tmp-x"
+    data = make(src, size)
+    digest, st = fsops.copy_and_hash(str(src), stat_key(os.stat(src)), str(tmp))
+    assert digest == xxhash.xxh3_128(data).hexdigest()
+    assert tmp.read_bytes() == data
+    assert (st.st_mode & 0o777, st.st_mtime_ns) == (0o640, 1_600_000_000_987_654_321)
+
+
+@pytest.mark.parametrize("size", SIZES[1:])
+def test_a_failing_write_is_raised_and_the_temporary_removed(tmp_path, monkeypatch, size):
+    src, tmp = tmp_path / "src.safetensors", tmp_path / ".dst.cm-tmp-x"
+    make(src, size)
+    real, written = fsops.write_all, [0]
+
+    def write_all(fd, data):
+        if written[0] + len(memoryview(data)) > size // 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written[0] += len(memoryview(data))
+        real(fd, data)
+
+    monkeypatch.setattr(fsops, "write_all", write_all)
+    with pytest.raises(OSError) as exc:
+        fsops.copy_and_hash(str(src), stat_key(os.stat(src)), str(tmp))
+    assert exc.value.errno == errno.ENOSPC
+    assert not tmp.exists()
+    assert written[0] < size
