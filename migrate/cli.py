@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 from typing import Callable, Iterator, List, Optional, Tuple
 
@@ -493,7 +492,7 @@ def rollback(ui: Ui, run_ref, target, dry_run, yes, wait) -> None:
                                   load_run, plan_rollback)
     target = resolve_target(target)
     try:
-        log = find_log(target, run_ref, host=socket.gethostname())
+        log = find_log(target, run_ref, host=os.uname().nodename)
     except NothingToRollBack as exc:
         ui.info(str(exc))
         return
@@ -504,7 +503,7 @@ def rollback(ui: Ui, run_ref, target, dry_run, yes, wait) -> None:
                        f"now in {home} (the volume is mounted elsewhere): the log's paths do not apply here",
                        f"roll back where the volume is mounted as it was ({records[0]['target']})")
     head = records[0]
-    if head.get("host") != socket.gethostname() and not all(os.path.isdir(d) for d in head.get("sources") or []):
+    if head.get("host") != os.uname().nodename and not all(os.path.isdir(d) for d in head.get("sources") or []):
         raise BadInput(f"run {head['run']} was made on host {head.get('host')} and its sources are not here",
                        "roll it back on that pod (its sources and YAML live there)")
     undos = plan_rollback(records)

@@ -57,7 +57,7 @@ def test_scan_loads_no_library_it_does_not_use(tmp_path):
     (tmp_path / "models" / "loras" / "a.safetensors").write_bytes(b"x")
     code = ("import sys\nfrom migrate.cli import main\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "heavy = ('yaml', 'sqlite3', 'ctypes', 'difflib', 'tabulate', 'tqdm', 'send2trash', 'subprocess')\n"
+            "heavy = ('yaml', 'sqlite3', 'ctypes', 'difflib', 'tabulate', 'tqdm', 'send2trash', 'subprocess', 'socket')\n"
             "sys.stderr.write('LOADED:' + ','.join(m for m in heavy if m in sys.modules))\n")
     proc = subprocess.run([sys.executable, "-c", code, "scan", "--no-cache", "--source", str(tmp_path / "models"),
                            "--format", "json"], capture_output=True, text=True, cwd=tmp_path)
