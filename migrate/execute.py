@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import socket
+import stat
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -148,6 +149,8 @@ class _Runner:
         assert a.stored is not None and a.dst is not None
         try:
             st = os.lstat(a.stored)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != a.size:    # replaced since the plan
+                raise OSError(errno.ESTALE, "the stored copy changed since the plan; nothing linked", a.stored)
         except OSError as exc:
             s = self.begin("dedupe", stored=a.stored, **facts)
             return self.fail(s, a, a.dst, exc)
@@ -269,6 +272,7 @@ class _Runner:
             try:
                 if stat_key(os.lstat(src)) != expect:
                     raise OSError(errno.ESTALE, "changed since it was scanned; source kept", src)
+                _check_held(a)
                 fsops.rename_noreplace(src, q)
                 fsops.fsync_dir(os.path.dirname(src))
             except OSError as exc:
@@ -295,6 +299,19 @@ class _Runner:
         except OSError as exc:
             return self.fail(s, None, src, exc)
         self.done(s)
+
+
+def _check_held(a: Action) -> None:
+    """Before a source is set aside: the target still holds a file of its size under the name ComfyUI
+    will load. An "already there" copy or the stored copy of a dedupe was only seen by the scan (or
+    was to be placed by a step that failed); if it vanished since, the source must stay."""
+    try:
+        st = os.stat(a.dst or "")     # followed: a dedupe's name may be a symlink to the stored copy
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != a.size:
+        raise OSError(errno.ESTALE, "its copy in the target is missing or changed since the plan; source kept",
+                      a.source)
 
 
 def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None,

@@ -1,0 +1,106 @@
+"""Edge cases found in review: each test failed on main before its fix.
+
+Real trees in tmp_path; the CLI as a subprocess where the user would run it, execute_plan in
+process where the disk must change between plan and run (as another pod or the user would).
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from migrate.facts import gather, make_plan
+from migrate.model import STATE_DIR, ActionKind, Policy
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _pod(tmp_path: Path):
+    comfyui = tmp_path / "ws" / "ComfyUI"
+    target = tmp_path / "ws" / "models"
+    (comfyui / "models").mkdir(parents=True)
+    target.mkdir(parents=True)
+    (comfyui / "extra_model_paths.yaml").write_text("mine:\n  base_path: /opt\n  loras: x\n")
+    return comfyui, target
+
+
+def _plan(comfyui: Path, target: Path, **policy):
+    facts = gather([str(comfyui / "models")], str(target), str(comfyui / "extra_model_paths.yaml"), None)
+    return make_plan(facts, Policy(**policy))
+
+
+def _quarantined(models: Path):
+    return sorted(p.name for p in (models / STATE_DIR).rglob("*") if p.is_file())
+
+
+# --- a source is only set aside when its content is really in the target -------------------------------
+
+def test_already_there_source_kept_when_the_stored_copy_vanished_before_removal(tmp_path):
+    """The store already held the file (another inode): the plan sets the source aside. If the stored
+    copy is gone by the time sources are removed (another pod, the user), the source must stay:
+    quarantining it leaves ComfyUI without the model."""
+    from migrate.execute import execute_plan
+    comfyui, target = _pod(tmp_path)
+    data = b"vae " * 500
+    src = _write(comfyui / "models" / "vae" / "v.safetensors", data)
+    stored = _write(target / "vae" / "v.safetensors", data)
+    _write(comfyui / "models" / "loras" / "l.safetensors", b"lora " * 300)
+    plan = _plan(comfyui, target)
+    assert {a.rel: a.kind for a in plan.actions}["vae/v.safetensors"] is ActionKind.ALREADY_THERE
+    stored.unlink()
+
+    rep = execute_plan(plan, ["test"])
+
+    assert src.is_file() and src.read_bytes() == data, "source set aside with no copy in the target"
+    assert [p.path for p in rep.problems] == [str(src)]
+    assert (target / "loras" / "l.safetensors").is_file()      # the rest went on
+
+
+def test_legacy_duplicate_kept_when_the_file_it_relied_on_failed(tmp_path):
+    """unet/x and diffusion_models/x hold the same bytes (two inodes): both map to
+    diffusion_models/x in the store, the second as "already there". When placing the first fails
+    (changed after the plan), the second must not be set aside: the store never got the content."""
+    from migrate.execute import execute_plan
+    comfyui, target = _pod(tmp_path)
+    data = b"wan " * 800
+    first = _write(comfyui / "models" / "unet" / "x.safetensors", data)
+    second = _write(comfyui / "models" / "diffusion_models" / "x.safetensors", data)
+    plan = _plan(comfyui, target)
+    kinds = {a.rel: a.kind for a in plan.actions}
+    assert kinds["diffusion_models/x.safetensors"] is ActionKind.ALREADY_THERE
+    with open(first, "r+b") as f:            # changed between plan and run: its placement fails
+        f.write(b"WAN ")
+
+    rep = execute_plan(plan, ["test"])
+
+    assert not (target / "diffusion_models" / "x.safetensors").exists()
+    assert second.is_file() and second.read_bytes() == data, "source set aside with no copy in the target"
+    assert sorted(p.path for p in rep.problems) == sorted([str(first), str(second)])
+
+
+def test_dedupe_never_links_a_name_to_a_stored_copy_changed_since_the_plan(tmp_path):
+    """The store holds the content under another name: the plan makes this name a link to it. If that
+    stored file was replaced by other bytes since the plan, the link would give ComfyUI (which searches
+    the store first) other bytes under this name: nothing is linked and the source stays."""
+    from migrate.execute import execute_plan
+    comfyui, target = _pod(tmp_path)
+    data = b"style " * 400
+    src = _write(comfyui / "models" / "loras" / "mine.safetensors", data)
+    stored = _write(target / "loras" / "theirs.safetensors", data)
+    plan = _plan(comfyui, target)
+    assert {a.rel: a.kind for a in plan.actions}["loras/mine.safetensors"] is ActionKind.SAME_CONTENT
+    stored.unlink()
+    _write(stored, b"other lora " * 100)
+
+    rep = execute_plan(plan, ["test"])
+
+    assert not os.path.lexists(target / "loras" / "mine.safetensors")
+    assert src.is_file() and src.read_bytes() == data
+    assert [p.path for p in rep.problems] == [str(target / "loras" / "mine.safetensors")]
