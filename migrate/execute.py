@@ -325,6 +325,7 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
         raise NoSpace(f"the target has {plan.free_bytes} bytes free but the plan copies {plan.bytes_to_copy}",
                       "free space on the target, or migrate fewer sources")
     sd = state_dir(plan.target)
+    times = dir_times(plan)     # before our state folder changes the target's own mtime
     os.makedirs(sd, exist_ok=True)
     with (contextlib.nullcontext(lock) if lock is not None else TargetLock(sd, "comfy-migrate run")) as lock:
         if plan.bytes_to_copy > fsops.free_space(plan.target):
@@ -348,11 +349,14 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
             run_id = records[0]["run"]
             report = RunReport(run_id, resume, resumed=True)
             j.append(dict(header, type="resume", torn_tail_dropped=torn))
+            if not any(r.get("type") == "dirtimes" for r in records):
+                j.append({"type": "dirtimes", "dirs": times})
             _clean_temps(j, records)
         else:
             run_id = new_run_id()
             path = os.path.join(sd, RUNS_DIR, f"{run_id}.jsonl")
             j = Journal.create(path, dict(header, run=run_id))
+            j.append({"type": "dirtimes", "dirs": times})
             report = RunReport(run_id, path)
         if lock.took_over:
             report.lock_note = f"took over a stale lock ({lock.took_over.get('reason')})"
@@ -386,6 +390,34 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
         finally:
             j.close()
     return report
+
+
+def dir_times(plan: Plan) -> Dict[str, int]:
+    """mtime_ns of every existing folder the run may change (a source's folder, the nearest existing
+    folder of each destination, the roots, the YAML's folder), journalled before the first step so
+    that rollback can give them back: "as it was" includes the folders' times."""
+    roots = [plan.target, *plan.sources]
+    dirs = set(roots)
+    for a in plan.actions:
+        if a.method is Method.NONE and a.removal is Removal.NONE:
+            continue
+        dirs.add(os.path.dirname(a.source))
+        if a.dst:
+            dirs.add(fsops.nearest_existing(os.path.dirname(a.dst)))
+    if plan.yaml_path is not None and plan.yaml_changes:
+        dirs.add(os.path.dirname(plan.yaml_path))
+    out = {}
+    for d in sorted(dirs):
+        inside = any(d == r or d.startswith(r.rstrip("/") + "/") for r in roots)
+        if not inside and not (plan.yaml_path and d == os.path.dirname(plan.yaml_path)):
+            continue
+        try:
+            st = os.stat(d)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            out[d] = st.st_mtime_ns
+    return out
 
 
 def _clean_temps(j: Journal, records: List[dict]) -> None:

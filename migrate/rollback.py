@@ -13,6 +13,7 @@ import json
 import os
 import posixpath
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -68,6 +69,13 @@ def check_log(records: Sequence[dict], path: str) -> None:
                     p.startswith(r.rstrip("/") + "/") for r in roots):
                 raise BadLog(f"{path}: line {i}: {f} {p!r} is outside the run's source and target folders",
                              "the log was edited; restore the original")
+        if rec.get("type") == "dirtimes":
+            yaml_dir = posixpath.dirname(head["yaml"]) if isinstance(head.get("yaml"), str) else None
+            for d, ns in (rec.get("dirs") or {}).items():
+                if posixpath.normpath(d) != d or not isinstance(ns, int) or not (d == yaml_dir or any(
+                        d == r or d.startswith(r.rstrip("/") + "/") for r in roots)):
+                    raise BadLog(f"{path}: line {i}: folder {d!r} is outside the run's source and target "
+                                 "folders", "the log was edited; restore the original")
         before = rec.get("before")
         if before is not None and not (isinstance(before, str) and posixpath.normpath(before) == before and
                                        before.startswith(posixpath.join(head["target"], STATE_DIR) + "/")):
@@ -208,6 +216,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                 report.kept.append(Problem(k["path"], f"left in the store: {note}"))
                 j.append({"type": "skip", "undo": step, "why": note})
             j.append({"type": "done", "undo": step})
+        j.append({"type": "dirtimes", "restored": _restore_dir_times(records)})
         j.append({"type": "close", "undone": report.undone, "skipped": len(report.skipped)})
     finally:
         j.close()
@@ -361,6 +370,26 @@ def _keep(u: Undo, on_bytes) -> str:
     if not _restore_from(r["dst"], r, on_bytes):
         return "other runs rely on the stored file, and it no longer holds this source's content; left in place"
     return ""
+
+
+def _restore_dir_times(records: Sequence[dict]) -> int:
+    """Give each folder the run changed its mtime from before the run (the first record wins: a
+    continued run records nothing new). Last, so no undo changes them again; folders only, never
+    through a symlink planted since. Returns how many were set."""
+    first = next((r for r in records if r.get("type") == "dirtimes"), None)
+    roots = {records[0]["target"], *records[0]["sources"]}     # given by the user: may be symlinks
+    n = 0
+    for d, ns in sorted((first or {}).get("dirs", {}).items(), reverse=True):
+        try:
+            st = os.stat(d, follow_symlinks=d in roots)
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            if st.st_mtime_ns != ns:
+                os.utime(d, ns=(st.st_atime_ns, ns), follow_symlinks=d in roots)
+                n += 1
+        except OSError:
+            continue
+    return n
 
 
 def _restore_from(stored: str, r: dict, on_bytes) -> bool:

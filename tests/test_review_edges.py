@@ -104,3 +104,48 @@ def test_dedupe_never_links_a_name_to_a_stored_copy_changed_since_the_plan(tmp_p
     assert not os.path.lexists(target / "loras" / "mine.safetensors")
     assert src.is_file() and src.read_bytes() == data
     assert [p.path for p in rep.problems] == [str(target / "loras" / "mine.safetensors")]
+
+
+# --- rollback gives folders back their times -------------------------------------------------------------
+
+OLD_NS = 1_600_000_000_000_000_000
+
+
+def _aged_pod(tmp_path: Path, target: Path):
+    comfyui, _ = _pod(tmp_path)
+    models = comfyui / "models"
+    _write(models / "loras" / "a.safetensors", b"a " * 900)
+    _write(models / "loras" / "sub" / "dup.safetensors", b"a " * 900)
+    _write(models / "clip" / "te.safetensors", b"te " * 700)
+    _write(models / "insightface" / "models" / "buffalo" / "det.onnx", b"det " * 300)
+    _write(models / "loras" / "put_loras_here", b"")
+    _write(target / "vae" / "old.safetensors", b"old " * 100)
+    for root in (comfyui, target):
+        for dirpath, dirnames, filenames in os.walk(root):
+            for n in filenames:
+                os.utime(os.path.join(dirpath, n), ns=(OLD_NS, OLD_NS + 7))
+        for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+            os.utime(dirpath, ns=(OLD_NS, OLD_NS))
+    return comfyui
+
+
+def _without_state(snap: dict) -> dict:
+    """The target's snapshot without our state folder (it stays, and counts as a link of the root)."""
+    out = {k: v for k, v in snap.items() if not k.startswith(STATE_DIR)}
+    out[""] = out[""][:4] + out[""][5:]
+    return out
+
+
+@pytest.mark.parametrize("fs", ["same-fs", "cross-fs"])
+def test_rollback_restores_folder_mtimes(request, tmp_path, cli_env, fs):
+    from conftest import snapshot_tree
+    target = (request.getfixturevalue("other_fs") if fs == "cross-fs" else tmp_path / "ws") / "models"
+    comfyui = _aged_pod(tmp_path, target)
+    before = snapshot_tree(comfyui), _without_state(snapshot_tree(target))
+    run_cli(["run", "--comfyui", comfyui, "--target", target, "--yes"], cli_env)
+    assert not (comfyui / "models" / "loras" / "a.safetensors").exists()
+    run_cli(["rollback", "--target", target, "--yes"], cli_env)
+    after = snapshot_tree(comfyui), _without_state(snapshot_tree(target))
+    diff = [(k, before[i].get(k), after[i].get(k)) for i in (0, 1) for k in set(before[i]) | set(after[i])
+            if before[i].get(k) != after[i].get(k)]
+    assert not diff, diff
