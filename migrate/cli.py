@@ -131,7 +131,21 @@ def resolve_sources(comfyui: Optional[str], sources: Tuple[str, ...]) -> Tuple[O
         home = find_comfyui(comfyui) if comfyui else None
         return home, [check_dir(s, "source") for s in sources]
     home = find_comfyui(comfyui)
-    return home, [check_dir(os.path.join(home, "models"), "models folder")]
+    models = os.path.join(home, "models")
+    if not os.path.isdir(models) and _looks_like_models(home):
+        raise BadInput(f"{home} is ComfyUI's models folder itself, not the ComfyUI folder",
+                       f"pass --comfyui {os.path.dirname(home)} (or --source {home})")
+    return home, [check_dir(models, "models folder")]
+
+
+def _looks_like_models(path: str) -> bool:
+    """A folder named models, or holding ComfyUI category folders: --comfyui given one level too deep."""
+    from migrate.comfy import FOLDER_CATEGORY
+    try:
+        names = set(os.listdir(path))
+    except OSError:
+        return False
+    return os.path.basename(path.rstrip("/")) == "models" or bool(names & set(FOLDER_CATEGORY))
 
 
 def resolve_target(target: Optional[str]) -> str:

@@ -41,6 +41,16 @@ def check_dir(path: str, what: str) -> str:
     return path
 
 
+def check_writable(target: str) -> None:
+    """The target (or the folder it will be created in) must take new files: refused before any
+    plan, rather than a plan of moves that `run` cannot make (a read-only mount, no permission)."""
+    where = fsops.nearest_existing(target)
+    if not os.access(where, os.W_OK | os.X_OK):
+        why = "a read-only filesystem" if os.statvfs(where).f_flag & os.ST_RDONLY else "no write permission"
+        raise BadInput(f"the target {target} is not writable ({why} at {where})",
+                       "choose a writable --target, or remount the volume read-write")
+
+
 @dataclass(frozen=True)
 class Facts:
     sources: Tuple[ScanResult, ...]
@@ -100,6 +110,7 @@ def gather(
     (status SUSPECT: never hashed, never moved) unless include_suspect."""
     from migrate.sniff import check_sources
     planning.check_roots([os.path.realpath(s) for s in sources], os.path.realpath(target))
+    check_writable(target)
     yaml_before = read_yaml(yaml_path)
     scans, findings = check_sources(scan_roots(sources), verdicts, cache, include_suspect)
     target_scan = scan_tree(target) if os.path.isdir(target) else None

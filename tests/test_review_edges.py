@@ -149,3 +149,33 @@ def test_rollback_restores_folder_mtimes(request, tmp_path, cli_env, fs):
     diff = [(k, before[i].get(k), after[i].get(k)) for i in (0, 1) for k in set(before[i]) | set(after[i])
             if before[i].get(k) != after[i].get(k)]
     assert not diff, diff
+
+
+# --- user errors: one line, the fix named, the documented exit code --------------------------------------
+
+def test_comfyui_pointing_at_the_models_folder_names_the_fix(tmp_path, cli_env):
+    comfyui, target = _pod(tmp_path)
+    _write(comfyui / "models" / "loras" / "a.safetensors", b"a " * 100)
+    res = run_cli(["plan", "--comfyui", comfyui / "models", "--target", target], cli_env, check=3)
+    assert res.stderr.count("\n") == 1, res.stderr
+    assert "models folder itself" in res.stderr and f"--comfyui {comfyui}" in res.stderr, res.stderr
+
+
+def test_read_only_target_is_refused_before_planning(tmp_path, cli_env):
+    """A target that cannot be written (read-only mount) is one line and exit 3 at plan time, not a
+    plan of moves that `run` then fails with a hint to continue or roll back."""
+    import subprocess
+    comfyui, target = _pod(tmp_path)
+    _write(comfyui / "models" / "loras" / "a.safetensors", b"a " * 100)
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs root and mount namespaces for a read-only bind mount")
+    import shlex
+    import sys
+    cmd = (f"mount --bind {shlex.quote(str(target))} {shlex.quote(str(target))} && "
+           f"mount -o remount,bind,ro {shlex.quote(str(target))} && "
+           f"{shlex.quote(sys.executable)} -m migrate plan --comfyui {shlex.quote(str(comfyui))} "
+           f"--target {shlex.quote(str(target))}")
+    res = subprocess.run(["unshare", "-m", "sh", "-c", cmd], env=cli_env, capture_output=True, text=True,
+                         cwd=cli_env["HOME"])
+    assert res.returncode == 3, (res.returncode, res.stdout, res.stderr)
+    assert res.stderr.count("\n") == 1 and "not writable" in res.stderr, res.stderr
