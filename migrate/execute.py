@@ -229,7 +229,8 @@ class _Runner:
     def write_yaml(self) -> None:
         plan = self.plan
         assert plan.yaml_path is not None and plan.yaml_after is not None
-        current = fsops.read_file(plan.yaml_path)
+        real = fsops.through_link(plan.yaml_path)
+        current = fsops.read_file(real)
         cur_text = current.decode("utf-8", "surrogateescape") if current is not None else None
         if cur_text != plan.yaml_before:
             raise BadInput(f"{plan.yaml_path} changed since the plan was made; no source was removed",
@@ -242,9 +243,9 @@ class _Runner:
         s = self.begin("yaml", path=plan.yaml_path, before=pre if current is not None else None,
                        before_digest=hash_bytes(current) if current is not None else None,
                        after_digest=hash_bytes(after),
-                       before_mtime_ns=os.stat(plan.yaml_path).st_mtime_ns if current is not None else None)
-        mode = os.stat(plan.yaml_path).st_mode & 0o7777 if current is not None else 0o644
-        fsops.atomic_write(plan.yaml_path, after, mode)
+                       before_mtime_ns=os.stat(real).st_mtime_ns if current is not None else None)
+        mode = os.stat(real).st_mode & 0o7777 if current is not None else 0o644
+        fsops.atomic_write(real, after, mode)
         self.done(s)
         self.report.yaml_written = True
 
@@ -331,7 +332,7 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
         if plan.bytes_to_copy > fsops.free_space(plan.target):
             raise NoSpace("the target no longer has room for the plan's copies", "free space, then run again")
         if plan.yaml_path is not None and plan.yaml_changes:
-            cur = fsops.read_file(plan.yaml_path)
+            cur = fsops.read_file(fsops.through_link(plan.yaml_path))
             if (cur.decode("utf-8", "surrogateescape") if cur is not None else None) != plan.yaml_before:
                 raise BadInput(f"{plan.yaml_path} changed since the plan was made; nothing was changed",
                                "run again to plan with the new file")

@@ -86,7 +86,7 @@ def read_yaml(path: Optional[str]) -> Optional[str]:
     if path is None:
         return None
     try:
-        data = fsops.read_file(path, 4 << 20)
+        data = fsops.read_file(fsops.through_link(path), 4 << 20)
     except OSError as exc:
         raise BadInput(f"cannot read {path}: {exc.strerror}", "check the --yaml path")
     if data is None:

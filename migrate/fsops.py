@@ -233,6 +233,12 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     fsync_dir(folder)
 
 
+def through_link(path: str) -> str:
+    """The file behind a YAML path that is a symlink (kept on the volume, linked into ComfyUI):
+    ComfyUI reads through the link, so we read and write the file behind it and keep the link."""
+    return os.path.realpath(path) if os.path.islink(path) else path
+
+
 def read_file(path: str, limit: int = 16 << 20) -> Optional[bytes]:
     """Bytes of a small regular file, or None if it does not exist."""
     try:

@@ -289,7 +289,7 @@ def _undo(u: Undo, on_bytes) -> str:
         os.unlink(dst)
         return ""
     if op == "yaml":
-        path = r["path"]
+        path = fsops.through_link(r["path"])
         cur = fsops.read_file(path)
         if r.get("before"):
             before = fsops.read_file(r["before"])

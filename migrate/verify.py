@@ -46,7 +46,7 @@ def verify_run(records: List[dict], comfyui: Optional[str], target: Optional[str
     order: Dict[str, List[str]] = {}
     unset: List[str] = []
     if yaml_path:
-        data = fsops.read_file(yaml_path)
+        data = fsops.read_file(fsops.through_link(yaml_path))
         # ComfyUI reads <realpath of its folder>/extra_model_paths.yaml: resolve from the real folder.
         as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path))
         models = os.path.realpath(os.path.join(comfyui, "models") if comfyui else

@@ -179,3 +179,33 @@ def test_read_only_target_is_refused_before_planning(tmp_path, cli_env):
                          cwd=cli_env["HOME"])
     assert res.returncode == 3, (res.returncode, res.stdout, res.stderr)
     assert res.stderr.count("\n") == 1 and "not writable" in res.stderr, res.stderr
+
+
+# --- a YAML that is a symlink (kept on the volume, linked into ComfyUI) -----------------------------------
+
+@pytest.mark.parametrize("base", ["absolute", "relative"])
+def test_symlinked_yaml_is_written_through_and_rolled_back(tmp_path, cli_env, base):
+    """ComfyUI reads <its folder>/extra_model_paths.yaml through the link (and resolves a relative
+    base_path from its own folder): the file behind the link is updated, the link stays."""
+    import yaml as pyyaml
+    from migrate import comfy
+    comfyui, target = _pod(tmp_path)
+    real = tmp_path / "ws" / "config" / "extra_model_paths.yaml"
+    real.parent.mkdir()
+    os.rename(comfyui / "extra_model_paths.yaml", real)
+    os.symlink("../config/extra_model_paths.yaml", comfyui / "extra_model_paths.yaml")
+    old = real.read_bytes()
+    _write(comfyui / "models" / "loras" / "a.safetensors", b"a " * 100)
+
+    run_cli(["run", "--comfyui", comfyui, "--target", target, "--base-path", base, "--yes"], cli_env)
+    link = comfyui / "extra_model_paths.yaml"
+    assert os.readlink(link) == "../config/extra_model_paths.yaml"
+    text = real.read_text()
+    assert pyyaml.safe_load(text)["comfy_migrate"]["loras"] == "loras"
+    order = comfy.search_folders([(str(link), text)], str(comfyui / "models"), env={})
+    assert order["loras"][0] == str(target / "loras")
+    run_cli(["verify", "--comfyui", comfyui, "--target", target], cli_env)
+
+    run_cli(["rollback", "--target", target, "--yes"], cli_env)
+    assert os.readlink(link) == "../config/extra_model_paths.yaml" and real.read_bytes() == old
+    assert (comfyui / "models" / "loras" / "a.safetensors").is_file()
