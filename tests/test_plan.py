@@ -276,7 +276,7 @@ def test_no_yaml_given_is_warned_about():
 
 @pytest.mark.parametrize("sources, target, words", [
     ([SRC], SRC + "/store", "inside the source"),
-    ([SRC], SRC, "inside the source"),
+    ([SRC], SRC, "same folder"),
     (["/store/models"], "/store", "inside the target"),
     (["/a/models", "/a/models/loras"], "/t", "sources overlap"),
 ])

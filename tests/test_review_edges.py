@@ -146,6 +146,8 @@ def test_rollback_restores_folder_mtimes(request, tmp_path, cli_env, fs):
     assert not (comfyui / "models" / "loras" / "a.safetensors").exists()
     run_cli(["rollback", "--target", target, "--yes"], cli_env)
     after = snapshot_tree(comfyui), _without_state(snapshot_tree(target))
+    for snap in (before[0], after[0]):      # the YAML gets its old bytes and mtime back in a new inode
+        snap["extra_model_paths.yaml"] = snap["extra_model_paths.yaml"][:3] + snap["extra_model_paths.yaml"][4:]
     diff = [(k, before[i].get(k), after[i].get(k)) for i in (0, 1) for k in set(before[i]) | set(after[i])
             if before[i].get(k) != after[i].get(k)]
     assert not diff, diff
@@ -209,3 +211,14 @@ def test_symlinked_yaml_is_written_through_and_rolled_back(tmp_path, cli_env, ba
     run_cli(["rollback", "--target", target, "--yes"], cli_env)
     assert os.readlink(link) == "../config/extra_model_paths.yaml" and real.read_bytes() == old
     assert (comfyui / "models" / "loras" / "a.safetensors").is_file()
+
+
+def test_models_folder_that_is_a_symlink_to_the_target_says_so(tmp_path, cli_env):
+    """RunPod templates often make ComfyUI/models a symlink to /workspace/models: migrating into that
+    store is refused in one line that says why, not "the target X is inside the source X"."""
+    root = tmp_path / "ws"
+    _write(root / "models" / "loras" / "a.safetensors", b"a " * 100)
+    (root / "ComfyUI").mkdir()
+    os.symlink("../models", root / "ComfyUI" / "models")
+    res = run_cli(["plan", "--comfyui", root / "ComfyUI", "--target", root / "models"], cli_env, check=3)
+    assert res.stderr.count("\n") == 1 and "same folder" in res.stderr and "symlink" in res.stderr, res.stderr
