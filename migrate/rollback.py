@@ -122,6 +122,18 @@ def _as_logged(path: str, r: dict) -> bool:
     return st.st_size == r["size"] and st.st_mtime_ns == r["mtime_ns"]
 
 
+def _src_holds(r: dict) -> bool:
+    """The old name holds the logged content again: the logged file itself, or a regular file with
+    the logged digest (re-hashed: only reached when another file took the name)."""
+    try:
+        st = os.lstat(r["src"])
+    except FileNotFoundError:
+        return False
+    if (st.st_dev, st.st_ino) == (r["dev"], r["ino"]) and _as_logged(r["src"], r):
+        return True
+    return stat.S_ISREG(st.st_mode) and st.st_size == r["size"] and hash_path(r["src"]) == r["digest"]
+
+
 def _ino(path: str) -> Optional[Tuple[int, int]]:
     try:
         st = os.lstat(path)
@@ -249,8 +261,10 @@ def _undo(u: Undo, on_bytes) -> str:
             return "the target file was changed since the run; left in place"
         if op == "link" and _ino(r["src"]) is None:
             fsops.rename_noreplace(dst, r["src"])
-        else:
-            os.unlink(dst)
+            return ""
+        if os.lstat(dst).st_nlink < 2 and not _src_holds(r):
+            return f"another file now has the old name {r['src']}: this copy is the original's last; kept"
+        os.unlink(dst)
         return ""
     if op == "symlink":
         dst = r["dst"]
@@ -286,6 +300,8 @@ def _undo(u: Undo, on_bytes) -> str:
             # The source is gone for good (its quarantine was purged): copy back, verify, then remove.
             if not _restore_from(dst, r, on_bytes):
                 return "could not restore the source from the target copy; both kept"
+        elif os.lstat(dst).st_nlink < 2 and not _src_holds(r):
+            return f"another file now has the old name {r['src']}: this copy may be the original's last; kept"
         os.unlink(dst)
         return ""
     if op == "yaml":
@@ -322,7 +338,9 @@ def _undo(u: Undo, on_bytes) -> str:
         return ""
     if op == "quarantine":
         if _ino(r["src"]) is not None:
-            return ""
+            if _ino(r["src"]) == (r["dev"], r["ino"]) or not os.path.lexists(r["q"]):
+                return ""
+            return f"another file now has the old name; the original stays in quarantine at {r['q']}"
         if _ino(r["q"]) == (r["dev"], r["ino"]):
             os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
             fsops.rename_noreplace(r["q"], r["src"])

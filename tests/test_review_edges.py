@@ -222,3 +222,30 @@ def test_models_folder_that_is_a_symlink_to_the_target_says_so(tmp_path, cli_env
     os.symlink("../models", root / "ComfyUI" / "models")
     res = run_cli(["plan", "--comfyui", root / "ComfyUI", "--target", root / "models"], cli_env, check=3)
     assert res.stderr.count("\n") == 1 and "same folder" in res.stderr and "symlink" in res.stderr, res.stderr
+
+
+# --- rollback never deletes the only copy because another file now sits at the old place ------------------
+
+def _only_copies(root: Path, data: bytes) -> list:
+    return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and p.read_bytes() == data]
+
+
+@pytest.mark.parametrize("fs", ["same-fs", "cross-fs-purged"])
+def test_rollback_keeps_the_stored_file_when_a_new_file_took_its_old_name(request, tmp_path, cli_env, fs):
+    """After the run a node (or the user) downloads another version to the model's old place. Rollback
+    must not delete the stored copy on the grounds that "the source is back": the source name now holds
+    other bytes, and the stored copy is the only one left of the original."""
+    target = (request.getfixturevalue("other_fs") if fs.startswith("cross") else tmp_path / "ws") / "models"
+    comfyui, _ = _pod(tmp_path)
+    data = b"original lora " * 300
+    src = _write(comfyui / "models" / "loras" / "a.safetensors", data)
+    run_cli(["run", "--comfyui", comfyui, "--target", target, "--yes"], cli_env)
+    if fs.endswith("purged"):
+        run_cli(["purge", "--target", target, "--permanent", "--yes"], cli_env)
+    assert not src.exists()
+    _write(src, b"newer version " * 200)
+
+    run_cli(["rollback", "--target", target, "--yes"], cli_env, check=None)
+
+    assert src.read_bytes() == b"newer version " * 200
+    assert _only_copies(tmp_path, data) + _only_copies(target, data), "the original model is gone"
