@@ -85,6 +85,9 @@ def _from_catalogue(scan: ScanResult, cat: store_catalogue.Catalogue) -> Tuple[S
 def read_yaml(path: Optional[str]) -> Optional[str]:
     if path is None:
         return None
+    if not os.path.isdir(os.path.dirname(path)):     # else the run would place every file, then fail here
+        raise BadInput(f"the folder of {path} does not exist", "check the --yaml path (ComfyUI reads "
+                       "<its folder>/extra_model_paths.yaml)")
     try:
         data = fsops.read_file(fsops.through_link(path), 4 << 20)
     except OSError as exc:

@@ -249,3 +249,13 @@ def test_rollback_keeps_the_stored_file_when_a_new_file_took_its_old_name(reques
 
     assert src.read_bytes() == b"newer version " * 200
     assert _only_copies(tmp_path, data) + _only_copies(target, data), "the original model is gone"
+
+
+def test_yaml_in_a_missing_folder_is_refused_before_anything_moves(tmp_path, cli_env):
+    """Before: the run placed every file, then failed writing the YAML (exit 1, a run to roll back)."""
+    comfyui, target = _pod(tmp_path)
+    _write(comfyui / "models" / "loras" / "a.safetensors", b"a " * 100)
+    res = run_cli(["run", "--comfyui", comfyui, "--target", target, "--yaml", tmp_path / "typo" / "x.yaml",
+                   "--yes"], cli_env, check=3)
+    assert res.stderr.count("\n") == 1 and "does not exist" in res.stderr, res.stderr
+    assert not (target / STATE_DIR).exists() and not (target / "loras").exists()
