@@ -350,8 +350,9 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
             run_id = records[0]["run"]
             report = RunReport(run_id, resume, resumed=True)
             j.append(dict(header, type="resume", torn_tail_dropped=torn))
-            if not any(r.get("type") == "dirtimes" for r in records):
-                j.append({"type": "dirtimes", "dirs": times})
+            known = {d for r in records if r.get("type") == "dirtimes" for d in r.get("dirs", {})}
+            if set(times) - known:     # folders this continued run touches first: their times now
+                j.append({"type": "dirtimes", "dirs": {d: t for d, t in times.items() if d not in known}})
             _clean_temps(j, records)
         else:
             run_id = new_run_id()

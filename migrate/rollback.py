@@ -391,13 +391,17 @@ def _keep(u: Undo, on_bytes) -> str:
 
 
 def _restore_dir_times(records: Sequence[dict]) -> int:
-    """Give each folder the run changed its mtime from before the run (the first record wins: a
-    continued run records nothing new). Last, so no undo changes them again; folders only, never
-    through a symlink planted since. Returns how many were set."""
-    first = next((r for r in records if r.get("type") == "dirtimes"), None)
+    """Give each folder the run changed its mtime from before the run (a folder's first record wins:
+    a continued run only adds the folders it touches first). Last, so no undo changes them again;
+    folders only, never through a symlink planted since. Returns how many were set."""
+    first: dict = {}
+    for rec in records:
+        if rec.get("type") == "dirtimes":
+            for d, ns in rec.get("dirs", {}).items():
+                first.setdefault(d, ns)
     roots = {records[0]["target"], *records[0]["sources"]}     # given by the user: may be symlinks
     n = 0
-    for d, ns in sorted((first or {}).get("dirs", {}).items(), reverse=True):
+    for d, ns in sorted(first.items(), reverse=True):
         try:
             st = os.stat(d, follow_symlinks=d in roots)
             if not stat.S_ISDIR(st.st_mode):

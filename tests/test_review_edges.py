@@ -136,13 +136,18 @@ def _without_state(snap: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("fs", ["same-fs", "cross-fs"])
-def test_rollback_restores_folder_mtimes(request, tmp_path, cli_env, fs):
+@pytest.mark.parametrize("fs, killed_at", [("same-fs", None), ("cross-fs", None), ("same-fs", 9),
+                                            ("cross-fs", 3), ("cross-fs", 14)])
+def test_rollback_restores_folder_mtimes(request, tmp_path, cli_env, fs, killed_at):
+    """Also when the run was killed after journal record N and continued by a second `run`."""
     from conftest import snapshot_tree
     target = (request.getfixturevalue("other_fs") if fs == "cross-fs" else tmp_path / "ws") / "models"
     comfyui = _aged_pod(tmp_path, target)
     before = snapshot_tree(comfyui), _without_state(snapshot_tree(target))
-    run_cli(["run", "--comfyui", comfyui, "--target", target, "--yes"], cli_env)
+    args = ["run", "--comfyui", comfyui, "--target", target, "--yes"]
+    if killed_at:
+        run_cli(args, dict(cli_env, COMFY_MIGRATE_CRASH_AT=str(killed_at)), check=-9)
+    run_cli(args, cli_env)
     assert not (comfyui / "models" / "loras" / "a.safetensors").exists()
     run_cli(["rollback", "--target", target, "--yes"], cli_env)
     after = snapshot_tree(comfyui), _without_state(snapshot_tree(target))
@@ -259,3 +264,22 @@ def test_yaml_in_a_missing_folder_is_refused_before_anything_moves(tmp_path, cli
                    "--yes"], cli_env, check=3)
     assert res.stderr.count("\n") == 1 and "does not exist" in res.stderr, res.stderr
     assert not (target / STATE_DIR).exists() and not (target / "loras").exists()
+
+
+def test_continued_run_records_the_times_of_folders_it_touches_first(tmp_path, cli_env):
+    """A file appears in a folder the killed session never touched; the second session moves it: that
+    folder's time from before the second session comes back too."""
+    from conftest import snapshot_tree
+    target = tmp_path / "ws" / "models"
+    comfyui = _aged_pod(tmp_path, target)
+    _write(comfyui / "models" / "vae" / "put_vae_here", b"")
+    args = ["run", "--comfyui", comfyui, "--target", target, "--yes"]
+    run_cli(args, dict(cli_env, COMFY_MIGRATE_CRASH_AT="5"), check=-9)
+    new = _write(comfyui / "models" / "vae" / "new.safetensors", b"new vae " * 50)
+    os.utime(new, ns=(OLD_NS, OLD_NS))
+    os.utime(new.parent, ns=(OLD_NS, OLD_NS))
+    before = snapshot_tree(comfyui / "models" / "vae")
+    run_cli(args, cli_env)
+    assert not new.exists()
+    run_cli(["rollback", "--target", target, "--yes"], cli_env)
+    assert snapshot_tree(comfyui / "models" / "vae") == before
