@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import as_model, run_cli
 from migrate.facts import gather, make_plan
 from migrate.model import STATE_DIR, ActionKind, Policy
 
 
 def _write(path: Path, data: bytes) -> Path:
+    """data wrapped in a valid file of the name's model format (the audit holds broken ones back)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    path.write_bytes(as_model(path.name, data))
     return path
 
 
@@ -58,7 +59,7 @@ def test_already_there_source_kept_when_the_stored_copy_vanished_before_removal(
 
     rep = execute_plan(plan, ["test"])
 
-    assert src.is_file() and src.read_bytes() == data, "source set aside with no copy in the target"
+    assert src.is_file() and src.read_bytes() == as_model(src.name, data), "source set aside with no copy in the target"
     assert [p.path for p in rep.problems] == [str(src)]
     assert (target / "loras" / "l.safetensors").is_file()      # the rest went on
 
@@ -81,7 +82,7 @@ def test_legacy_duplicate_kept_when_the_file_it_relied_on_failed(tmp_path):
     rep = execute_plan(plan, ["test"])
 
     assert not (target / "diffusion_models" / "x.safetensors").exists()
-    assert second.is_file() and second.read_bytes() == data, "source set aside with no copy in the target"
+    assert second.is_file() and second.read_bytes() == as_model(second.name, data), "source set aside with no copy in the target"
     assert sorted(p.path for p in rep.problems) == sorted([str(first), str(second)])
 
 
@@ -102,7 +103,7 @@ def test_dedupe_never_links_a_name_to_a_stored_copy_changed_since_the_plan(tmp_p
     rep = execute_plan(plan, ["test"])
 
     assert not os.path.lexists(target / "loras" / "mine.safetensors")
-    assert src.is_file() and src.read_bytes() == data
+    assert src.is_file() and src.read_bytes() == as_model(src.name, data)
     assert [p.path for p in rep.problems] == [str(target / "loras" / "mine.safetensors")]
 
 
@@ -252,7 +253,8 @@ def test_rollback_keeps_the_stored_file_when_a_new_file_took_its_old_name(reques
 
     run_cli(["rollback", "--target", target, "--yes"], cli_env, check=None)
 
-    assert src.read_bytes() == b"newer version " * 200
+    assert src.read_bytes() == as_model(src.name, b"newer version " * 200)
+    data = as_model(src.name, data)
     assert _only_copies(tmp_path, data) + _only_copies(target, data), "the original model is gone"
 
 
