@@ -134,7 +134,8 @@ DTYPES = sorted(audit.DTYPE_BITS)
 @st.composite
 def safetensors_files(draw):
     n = draw(st.integers(0, 6))
-    names = draw(st.lists(st.text(min_size=1, max_size=12), min_size=n, max_size=n, unique=True))
+    tensor_names = st.text(min_size=1, max_size=12).filter(lambda s: s != "__metadata__")   # reserved key
+    names = draw(st.lists(tensor_names, min_size=n, max_size=n, unique=True))
     header, offset = {}, 0
     for name in names:
         dtype = draw(st.sampled_from(DTYPES))
