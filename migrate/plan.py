@@ -106,7 +106,9 @@ def build_plan(
 
     for a in actions:
         if a.kind is ActionKind.CONFLICT:
-            warnings.append(f"conflict: {a.source} differs from {a.dst}; left in place")
+            warnings.append(f"conflict: {a.source} differs from {a.dst}; left in place, but ComfyUI "
+                            "loads the stored file under this name (the store is searched first): rename "
+                            "one of the two, or --on-conflict rename stores this one as a .conflict-N name")
     yaml_after = base = None
     if yaml_path is not None:
         folders = {cat: sorted(fs, key=lambda f: (f != cat, f)) for cat, fs in target_folders.items()}
