@@ -162,6 +162,12 @@ def scan_tree(root: str) -> ScanResult:
     return ScanResult(root=root, records=tuple(records), problems=tuple(problems))
 
 
+def _with(r: FileRecord, status: Status, digest: Optional[str], detail: str) -> FileRecord:
+    """dataclasses.replace(r, status=, digest=, detail=) at a third of its cost (it runs once per file)."""
+    return FileRecord(r.root, r.rel, r.folder, r.category, r.custom, status, r.size, r.mtime_ns, r.mode,
+                      r.dev, r.ino, r.nlink, digest, r.link_target, detail)
+
+
 def hash_records(
     result: ScanResult, cache: Optional[DigestCache], on_bytes: Optional[Callable[[int], None]] = None,
     only: Optional[Callable[[FileRecord], bool]] = None,
@@ -179,7 +185,7 @@ def hash_records(
         key = (r.dev, r.ino, r.size, r.mtime_ns)
         hit = cache.get(key) if cache is not None else None
         if hit is not None:
-            records[i] = replace(r, digest=hit)
+            records[i] = _with(r, r.status, hit, r.detail)
             cached += 1
             if on_bytes:
                 on_bytes(r.size)
@@ -194,10 +200,10 @@ def hash_records(
             gone = isinstance(err, FileNotFoundError) or err.errno in (2, 116)
             status = Status.CHANGED if gone or err.__class__.__name__ == "ChangedError" else Status.UNREADABLE
             msg = f"{err.strerror or err}"
-            records[i] = replace(r, status=status, detail=msg)
+            records[i] = _with(r, status, None, msg)
             problems.append(Problem(r.path, msg))
             continue
-        records[i] = replace(r, digest=digest)
+        records[i] = _with(r, r.status, digest, r.detail)
         hashed_bytes += r.size
         if cache is not None:
             cache.put((r.dev, r.ino, r.size, r.mtime_ns), digest)
