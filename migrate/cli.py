@@ -126,7 +126,7 @@ def target_option(f):
 
 
 def resolve_sources(comfyui: Optional[str], sources: Tuple[str, ...]) -> Tuple[Optional[str], List[str]]:
-    from migrate.facts import check_dir, find_comfyui
+    from migrate.comfy import check_dir, find_comfyui
     if sources:
         home = find_comfyui(comfyui) if comfyui else None
         return home, [check_dir(s, "source") for s in sources]
@@ -181,11 +181,10 @@ def scan(ui: Ui, comfyui, sources, fmt, no_cache, duplicates) -> None:
       comfy-migrate scan --comfyui /workspace/runpod-slim/ComfyUI --format json > scan.json
       comfy-migrate scan --source ./models --duplicates
     """
-    from migrate.facts import scan_roots
-    from migrate.scan import hash_records
+    from migrate.scan import hash_records, scan_tree
     _, roots = resolve_sources(comfyui, sources)
     cache = open_cache(no_cache)
-    scans = scan_roots(roots)
+    scans = [scan_tree(r) for r in roots]
     if duplicates:
         return report_duplicates(ui, scans, cache, fmt)
     with ui.progress("hashing") as (on_total, on_bytes):

@@ -283,3 +283,30 @@ def merge_section(old_text: Optional[str], section: str, where: str = "extra_mod
     if MANAGED_SECTION not in result:
         raise BadInput(f"{where}: the managed section did not survive merging", "report this as a bug")
     return new
+
+
+# --- where things are (here, not in facts: `scan` then imports no planning code) -----------------
+
+DEFAULT_COMFYUI = ("/workspace/runpod-slim/ComfyUI", "/workspace/ComfyUI")
+
+
+def find_comfyui(given: Optional[str]) -> str:
+    if given:
+        path = os.path.abspath(given)
+        if not os.path.isdir(path):
+            raise BadInput(f"ComfyUI folder {path} does not exist", "pass --comfyui DIR or set COMFYUI_DIR")
+        return path
+    for cand in DEFAULT_COMFYUI:
+        if os.path.isdir(cand):
+            return cand
+    raise BadInput("no ComfyUI folder found (looked at $COMFYUI_DIR, " + ", ".join(DEFAULT_COMFYUI) + ")",
+                   "pass --comfyui DIR or set COMFYUI_DIR")
+
+
+def check_dir(path: str, what: str) -> str:
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise BadInput(f"{what} {path} does not exist or is not a folder", f"check the {what} path")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise BadInput(f"{what} {path} is not readable", "fix its permissions")
+    return path

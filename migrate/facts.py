@@ -10,35 +10,13 @@ from dataclasses import dataclass, replace
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from migrate import catalogue as store_catalogue, fsops, plan as planning
+from migrate.comfy import DEFAULT_COMFYUI, check_dir, find_comfyui  # noqa: F401 (they lived here)
 from migrate.errors import BadInput
 from migrate.hashing import DigestCache
 from migrate.model import Finding, PathFacts, Plan, Policy, Probe, ScanResult, Status
 from migrate.scan import hash_records, scan_tree
 
-DEFAULT_COMFYUI = ("/workspace/runpod-slim/ComfyUI", "/workspace/ComfyUI")
 DEFAULT_TARGET = "/workspace/models"
-
-
-def find_comfyui(given: Optional[str]) -> str:
-    if given:
-        path = os.path.abspath(given)
-        if not os.path.isdir(path):
-            raise BadInput(f"ComfyUI folder {path} does not exist", "pass --comfyui DIR or set COMFYUI_DIR")
-        return path
-    for cand in DEFAULT_COMFYUI:
-        if os.path.isdir(cand):
-            return cand
-    raise BadInput("no ComfyUI folder found (looked at $COMFYUI_DIR, " + ", ".join(DEFAULT_COMFYUI) + ")",
-                   "pass --comfyui DIR or set COMFYUI_DIR")
-
-
-def check_dir(path: str, what: str) -> str:
-    path = os.path.abspath(path)
-    if not os.path.isdir(path):
-        raise BadInput(f"{what} {path} does not exist or is not a folder", f"check the {what} path")
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise BadInput(f"{what} {path} is not readable", "fix its permissions")
-    return path
 
 
 def check_writable(target: str) -> None:
