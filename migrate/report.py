@@ -21,10 +21,12 @@ def human(n: float) -> str:
 
 
 def show(path: str) -> str:
-    """A path made safe for a terminal: newlines and undecodable bytes escaped."""
+    """A path made safe for a terminal: newlines and undecodable bytes escaped.
+
+    isprintable() is False for surrogates too (undecodable bytes), so it alone decides.
+    """
     return path.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace") \
-        .replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") if not path.isprintable() or \
-        any("\udc80" <= c <= "\udcff" for c in path) else path
+        .replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") if not path.isprintable() else path
 
 
 def dumps(doc) -> str:
