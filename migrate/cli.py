@@ -581,7 +581,7 @@ def history_cmd(target, fmt) -> None:
 @wait_option
 @click.pass_obj
 def purge(ui: Ui, run_ref, target, permanent, yes, wait) -> None:
-    """Empty a run's quarantine (the source copies it set aside) into the trash.
+    """Empty a run's quarantine (default: this host's newest run) into the trash.
 
     Each file's content is first re-hashed in the target; a file whose stored copy is missing or
     differs is kept. Rollback still works afterwards (it recreates files from the stored copies).
@@ -592,7 +592,7 @@ def purge(ui: Ui, run_ref, target, permanent, yes, wait) -> None:
     """
     from migrate.rollback import find_log, load_run, quarantined, verify_stored
     target = resolve_target(target)
-    log = find_log(target, run_ref, newest=True)
+    log = find_log(target, run_ref, newest=True, host=socket.gethostname())
     records = load_run(log)
     items = [q for q in quarantined(records) if os.path.lexists(q["q"])]
     total = sum(q["size"] for q in items)
@@ -634,7 +634,7 @@ def purge(ui: Ui, run_ref, target, permanent, yes, wait) -> None:
               help="Also ask a running ComfyUI (URL/object_info) whether its loaders list each name.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def verify(run_ref, comfyui, target, comfyui_url, fmt) -> None:
-    """Re-hash a run's files in the target and check ComfyUI finds each name there first.
+    """Re-hash a run's files (default: this host's newest run) and check ComfyUI finds each name there first.
 
     \b
     Example:
@@ -644,7 +644,7 @@ def verify(run_ref, comfyui, target, comfyui_url, fmt) -> None:
     from migrate.rollback import find_log, load_run
     from migrate.verify import verify_run
     target = resolve_target(target)
-    records = load_run(find_log(target, run_ref, newest=True))
+    records = load_run(find_log(target, run_ref, newest=True, host=socket.gethostname()))
     home = None
     try:
         from migrate.facts import find_comfyui

@@ -521,3 +521,30 @@ def test_run_ids_sort_in_start_order_within_a_second():
         ids.append(new_run_id())
         time.sleep(0.002)
     assert ids == sorted(ids) and len(set(ids)) == 5
+
+
+def test_verify_and_purge_default_to_this_hosts_newest_run(tmp_path, cli_env):
+    """Like a bare `rollback`: another pod's newer run is not what `verify`/`purge` pick here."""
+    target = tmp_path / "models"
+    mine = models_of({"checkpoints/a.safetensors": blob("a", 8 << 10)})
+    (target / "checkpoints").mkdir(parents=True)
+    (target / "checkpoints/a.safetensors").write_bytes(mine["checkpoints/a.safetensors"])   # already stored
+    ca, ea = make_pod(tmp_path / "a", mine)
+    ea = dict(cli_env, **ea)
+    run_cli(["run", "--comfyui", ca, "--target", target, "--yes"], ea)
+    cb, eb = make_pod(tmp_path / "b", models_of({"vae/b.safetensors": blob("b", 8 << 10)}))
+    p = subprocess.run([*on_host("pod-other"), "-m", "migrate", "run", "--comfyui", str(cb), "--target",
+                        str(target), "--yes"], env=dict(cli_env, **eb), capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    heads = {read_log(str(g))[0][0]["host"] != "pod-other": read_log(str(g))[0][0]["run"]
+             for g in (target / STATE_DIR / "runs").glob("*.jsonl")}
+    run_a, run_b = heads[True], heads[False]
+    assert run_b > run_a                                          # the other pod's run is the newest
+    # (exit 8 here: each pod's YAML lists only its own categories, the other's file is "orphaned")
+    assert f"run {run_a}:" in run_cli(["verify", "--comfyui", ca, "--target", target], ea, check=None).stdout
+    assert f"run {run_b}:" in run_cli(["verify", run_b, "--comfyui", cb, "--target", target], ea, check=None).stdout
+    quarantine = ca / "models" / STATE_DIR / "quarantine" / run_a
+    assert [p for p in quarantine.rglob("*") if p.is_file()]      # the source copy set aside
+    assert "is empty" in run_cli(["purge", run_b, "--target", target, "--permanent", "--yes"], ea).stdout
+    run_cli(["purge", "--target", target, "--permanent", "--yes"], ea)
+    assert not [p for p in quarantine.rglob("*") if p.is_file()]
