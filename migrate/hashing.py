@@ -356,7 +356,9 @@ class DigestCache:
     """
 
     def __init__(self, path: Optional[str]) -> None:
-        self.path = path
+        # Absolute now: a relative COMFY_MIGRATE_CACHE has no folder part, and save()'s makedirs("")
+        # would fail (silently: the cache was never written).
+        self.path = path = os.path.abspath(path) if path else path
         self._known: Dict[Tuple[int, int], Tuple[int, int, str]] = {}
         self._new: Dict[Tuple[int, int], Tuple[int, int, str]] = {}
         if path and os.path.exists(path):

@@ -372,3 +372,15 @@ def test_plan_refuses_a_missing_folder(tmp_path, cli_env, args):
     line = _one_error_line(proc)
     assert str(tmp_path) in line
     assert not (tmp_path / "t").exists()
+
+
+def test_a_relative_cache_path_is_saved_and_used(pod, cli_env, tmp_path):
+    # COMFY_MIGRATE_CACHE=digests.sqlite (no folder part): it is taken relative to the working
+    # directory, and the digests are saved there (they once never were).
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(cli_env, COMFY_MIGRATE_CACHE="digests.sqlite")
+    args = ["-v", "scan", "--source", pod.models, "--format", "json"]
+    assert re.search(r"hashed 17 files .*, 0 from the cache", run_cli(args, env, cwd=work).stderr)
+    assert (work / "digests.sqlite").is_file()
+    assert re.search(r"hashed 0 files \(0 B\), 17 from the cache", run_cli(args, env, cwd=work).stderr)
