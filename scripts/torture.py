@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fault-injection trials for comfy-migrate: inject one fault, recover the documented way, check.
 
-Usage: torture.py [--trials N] [--seed S] [--jobs J] [--keep] [-v]
+Usage: torture.py [--trials N] [--seed S] [--jobs J] [--keep] [-v] [--only KIND,...]
 
 Builds a pod (ComfyUI models tree, a target store, a user YAML), snapshots it, then for each trial
 copies the pristine pod (cp -a) into a fresh folder under one temp root, injects one fault, recovers
@@ -49,7 +49,7 @@ YAML_NAME = "extra_model_paths.yaml"
 USER_YAML = "# my own paths\nother_ui:\n  base_path: /opt/other\n  checkpoints: models/Stable-diffusion\n"
 CONFLICT_REL = "loras/conflict_me.safetensors"
 KINDS = ("crash-run-step", "crash-rollback-step", "sigkill-random", "enospc", "eio/eperm",
-         "changed-under", "lock", "trash", "hostile")
+         "changed-under", "lock", "trash", "hostile", "fleet", "audit")
 
 G: dict = {}     # per-process globals: temp roots, pristine facts, measurements
 
@@ -241,8 +241,12 @@ class Trial:
         return fork_cli(["-q", *args], e, os.path.join(self.dir, "cli.out"), timeout, pre)
 
     def popen(self, *args):
-        return subprocess.Popen([sys.executable, "-m", "migrate", "-q", *args], env=self.env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        """The real CLI in the background. Its stderr goes to a file, never a pipe: a pipe nobody
+        reads fills at 64 KiB and the CLI then blocks forever in a write (wait() would hang)."""
+        self.n_popen = getattr(self, "n_popen", 0) + 1
+        with open(os.path.join(self.dir, f"popen{self.n_popen}.err"), "wb") as err:
+            return subprocess.Popen([sys.executable, "-m", "migrate", "-q", *args], env=self.env, cwd=ROOT,
+                                    stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
 
     def run(self, **kw):
         return self.cli("run", "--yes", **kw)
@@ -341,6 +345,11 @@ def trial_names():
 
 
 def fork_cli(argv: list, env: dict, out_path: str, timeout: float, pre=None):
+    return fork_wait(fork_start(argv, env, out_path, pre), out_path, timeout)
+
+
+def fork_start(argv: list, env: dict, out_path: str, pre=None) -> int:
+    """Start `comfy-migrate ARGV` in a forked child (stdout and stderr to out_path); returns its pid."""
     import migrate.cli  # noqa: F401  (imported once per worker, before forking)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -371,6 +380,11 @@ def fork_cli(argv: list, env: dict, out_path: str, timeout: float, pre=None):
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(code)
+    return pid
+
+
+def fork_wait(pid: int, out_path: str, timeout: float):
+    """(exit code, output) of a child from fork_start; SIGKILLed after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -749,6 +763,305 @@ def t_hostile_log(t: Trial, which: str, rng: random.Random) -> list:
     return errs
 
 
+# --- fleet: several pods, one store --------------------------------------------------------------------
+
+FLEET_FOLDERS = ("checkpoints", "loras", "vae", "controlnet", "embeddings", "upscale_models", "text_encoders")
+
+
+def set_host(name: str) -> None:
+    """In a forked CLI child: a UTS namespace of its own with this host name (another pod)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x04000000) != 0:      # CLONE_NEWUTS
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUTS)")
+    socket.sethostname(name)
+
+
+def fleet_child(host: str) -> None:
+    """In a pod's forked CLI child: its host name, and the lock's lease on a short clock (4 s, a
+    heartbeat every 0.25 s) so a SIGKILLed pod's lock, which other hosts cannot see die, is taken
+    over in seconds rather than the real ten minutes."""
+    from migrate import lock
+    lock.LEASE_SECONDS, lock.HEARTBEAT_SECONDS = 4, 0.25
+    if G["uts"]:
+        set_host(host)
+
+
+def can_set_host() -> bool:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            set_host("probe")
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    return os.waitpid(pid, 0)[1] == 0
+
+
+class Fleet:
+    """2-4 pods (own ComfyUI, YAML, HOME, digest cache, host name) with overlapping models and one
+    store: the same file at the same path in every pod, the same content under other names, content
+    shared by some pods, a name with other content in another pod (a conflict), files only one has."""
+
+    def __init__(self, name: str, rng: random.Random, n: int):
+        self.dir = os.path.join(G["tmp"], "trials", name)
+        self.target = os.path.join(self.dir, "volume", "models")
+        os.makedirs(self.target)
+        pool = [blob(rng, rng.randint(800, 24000)) for _ in range(10)]
+        big = blob(rng, 1 << 20)
+        self.pods = []
+        for i in range(n):
+            files = {"checkpoints/common.safetensors": pool[0], "vae/big.safetensors": big}
+            for j in range(rng.randint(4, 9)):
+                data = pool[rng.randrange(1, len(pool))] if rng.random() < 0.6 else blob(rng, rng.randint(800, 9000))
+                folder = rng.choice(FLEET_FOLDERS)
+                sub = rng.choice(["", "", "sub/"])
+                files[f"{folder}/{sub}m{rng.randrange(12)}.safetensors"] = data
+            if rng.random() < 0.3:
+                files["loras/clash.safetensors"] = blob(rng, 3000)     # other bytes under one name
+            root = os.path.join(self.dir, f"pod{i}")
+            comfyui = os.path.join(root, "ComfyUI")
+            for rel, data in files.items():
+                path = os.path.join(comfyui, "models", rel)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "wb") as f:
+                    f.write(data)
+            with open(os.path.join(comfyui, YAML_NAME), "w") as f:
+                f.write(f"# pod {i}\n" + USER_YAML)
+            home = os.path.join(root, "home")
+            os.makedirs(home)
+            env = dict(PATH=os.environ.get("PATH", "/usr/bin:/bin"), LANG="C.UTF-8", HOME=home,
+                       XDG_CACHE_HOME=os.path.join(home, ".cache"), XDG_DATA_HOME=os.path.join(home, ".local/share"),
+                       COMFY_MIGRATE_CACHE=os.path.join(home, "digests.sqlite"), COMFYUI_DIR=comfyui,
+                       COMFY_MIGRATE_TARGET=self.target)
+            self.pods.append(dict(i=i, comfy=comfyui, env=env, files=files, host=f"pod-{i}",
+                                  snap=snapshot(comfyui, os.path.join(root, "none"))))
+        self.digests = {xxhash.xxh3_128(d).hexdigest() for p in self.pods for d in p["files"].values()}
+        self.notes: list = []
+
+    def start(self, pod: dict, *args, crash_at=None) -> tuple:
+        env = dict(pod["env"], **({"COMFY_MIGRATE_CRASH_AT": str(crash_at)} if crash_at else {}))
+        out = os.path.join(self.dir, f"out{pod['i']}-{time.monotonic_ns()}")
+        return fork_start(["-q", *args], env, out, lambda: fleet_child(pod["host"])), out
+
+    def cli(self, pod: dict, *args) -> tuple:
+        return fork_wait(*self.start(pod, *args), 120)
+
+    # -- invariants --
+    def store_files(self) -> dict:
+        return {rel: (path, st) for rel, path, st in walk(self.target, skip_state=True) if stat.S_ISREG(st.st_mode)}
+
+    def check_pod(self, pod: dict) -> list:
+        """Every file of the pod: its bytes at its place, or in the store where the pod's YAML finds it."""
+        try:
+            yaml = os.path.join(pod["comfy"], YAML_NAME)
+            order = comfy.search_folders([(yaml, open(yaml, encoding="utf-8").read())],
+                                         os.path.join(pod["comfy"], "models"), env=pod["env"])
+        except Exception as exc:
+            return [f"pod{pod['i']}: YAML unreadable: {exc}"]
+        bad = []
+        tgt = os.path.realpath(self.target) + "/"
+        for rel, data in pod["files"].items():
+            here = os.path.join(pod["comfy"], "models", rel)
+            if os.path.isfile(here) and open(here, "rb").read() == data:
+                continue
+            folder, name = rel.split("/", 1)
+            cat = comfy.category_of(folder)[0]
+            found = next((os.path.join(f, name) for f in order.get(cat, []) if os.path.isfile(os.path.join(f, name))), None)
+            if found is None or not os.path.realpath(found).startswith(tgt) or open(found, "rb").read() != data:
+                bad.append(f"{rel} ({'not found' if found is None else found})")
+        return [f"pod{pod['i']}: {len(bad)} files neither in place nor found in the store: {'; '.join(bad[:3])}"] if bad else []
+
+    def check_store(self, catalogue: bool) -> list:
+        from migrate import catalogue as store_catalogue
+        from migrate.rollback import check_log
+        errs = []
+        have = set()
+        for _, path, st in walk(self.dir, skip_state=False):
+            if stat.S_ISREG(st.st_mode):
+                have.add(digest_file(path))
+        if self.digests - have:
+            errs.append(f"content lost: {len(self.digests - have)} digests")
+        files = self.store_files()
+        digests = {rel: digest_file(path) for rel, (path, _) in files.items()}
+        by_inode = {(st.st_dev, st.st_ino): digests[rel] for rel, (_, st) in files.items()}
+        if len(set(by_inode.values())) != len(by_inode):
+            errs.append("the same content is stored twice (distinct inodes)")
+        for rel in files:
+            if TEMP_MARK in rel:
+                errs.append(f"temporary left in the store: {rel}")
+        runs = os.path.join(self.target, STATE, "runs")
+        open_runs = 0
+        for n in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+            try:
+                records = read_log(os.path.join(runs, n))[0]       # chain and checksums
+                open_runs += records[-1].get("type") != "close" and not n.endswith(".rollback.jsonl")
+                if not n.endswith(".rollback.jsonl"):
+                    check_log(records, os.path.join(runs, n))     # and a run's paths inside its folders
+            except MigrateError as exc:
+                errs.append(f"log {n} invalid: {exc}")
+        if catalogue:
+            cat, warning = store_catalogue.load(self.target)
+            got = {rel: (e.digest, e.ino, e.size, e.mtime_ns) for rel, e in cat.items()}
+            want = {rel: (digests[rel], st.st_ino, st.st_size, st.st_mtime_ns) for rel, (_, st) in files.items()}
+            missing = set(want) - set(got)
+            if open_runs and missing and not warning and all(got[r] == want[r] for r in got):
+                # An interrupted run's placements are unknown to the catalogue until that run is
+                # continued (or the files hashed): a cache that lacks entries, not a wrong one.
+                self.notes.append(f"catalogue lacks {len(missing)} while a run is interrupted")
+            elif warning or got != want:
+                wrong = sorted(r for r in got if r in want and got[r] != want[r])
+                errs.append(f"catalogue differs from the store ({warning}): {len(wrong)} wrong e.g. {wrong[:2]}, "
+                            f"{len(set(got) - set(want))} extra e.g. {sorted(set(got) - set(want))[:2]}, "
+                            f"{len(set(want) - set(got))} missing e.g. {sorted(set(want) - set(got))[:2]}")
+        return errs
+
+    def live_runs(self, pod: dict) -> list:
+        """The pod's runs not rolled back, newest first."""
+        runs = os.path.join(self.target, STATE, "runs")
+        out = []
+        for n in sorted(os.listdir(runs), reverse=True) if os.path.isdir(runs) else []:
+            if n.endswith(".rollback.jsonl") or not n.endswith(".jsonl"):
+                continue
+            head = read_log(os.path.join(runs, n))[0][0]
+            rb = os.path.join(runs, n[:-6] + ".rollback.jsonl")
+            done = os.path.exists(rb) and read_log(rb)[0][-1].get("type") == "close"
+            if not done and os.path.join(pod["comfy"], "models") in head.get("sources", []):
+                out.append(head["run"])
+        return out
+
+
+def shared_folder_only(code: int, text: str) -> bool:
+    """A rollback on a shared store that skipped only removing store folders other pods' files
+    occupy (exit 1, 'folder is not empty'): nothing of this pod is left undone."""
+    warns = [line for line in text.splitlines() if line.startswith("warning:")]
+    return code == 1 and bool(warns) and all("folder is not empty" in w for w in warns)
+
+
+def t_fleet(name: str, rng: random.Random, n: int, kill: str) -> tuple:
+    """Pods run at once into one store, one SIGKILLed; then runs/rollbacks of random pods in random
+    order (each checked); then every pod is rolled back: each as it was, the store without a model."""
+    fl = Fleet(name, rng, n)
+    victim = rng.randrange(n)
+    fl.notes.append(f"victim pod{victim}")
+    started = []
+    for pod in fl.pods:
+        crash = rng.randint(1, 25) if pod["i"] == victim and kill == "step" else None
+        started.append(fl.start(pod, "run", "--yes", "--wait", "60", crash_at=crash))
+    if kill == "time":
+        time.sleep(rng.uniform(0.0, 0.6))
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(started[victim][0], signal.SIGKILL)
+    errs = []
+    for pod, (pid, out) in zip(fl.pods, started):
+        code, text = fork_wait(pid, out, 120)
+        if pod["i"] == victim:
+            fl.notes.append(f"victim exit {code}")
+            if code not in (0, -signal.SIGKILL):
+                errs.append(f"pod{pod['i']} (victim) exit {code}: {text.strip()[-200:]}")
+        elif code != 0:
+            errs.append(f"pod{pod['i']} run exit {code}: {text.strip()[-200:]}")
+        else:
+            errs += fl.check_pod(pod)
+    errs += fl.check_store(catalogue=False)
+    if errs:
+        return errs, fl
+    # Re-runs and rollbacks of random pods in random order; the victim is recovered somewhere.
+    ops = [(p, rng.choice(["run", "rollback"])) for p in rng.sample(fl.pods, n)]
+    ops += [(rng.choice(fl.pods), rng.choice(["run", "rollback"])) for _ in range(rng.randint(0, 2))]
+    for pod, op in ops:
+        if op == "run":
+            code, text = fl.cli(pod, "run", "--yes", "--wait", "60")
+        elif G["uts"]:
+            code, text = fl.cli(pod, "rollback", "--yes", "--wait", "60")       # this host's newest
+        else:
+            live = fl.live_runs(pod)
+            code, text = fl.cli(pod, "rollback", *live[:1], "--yes", "--wait", "60")
+        fl.notes.append(f"pod{pod['i']} {op} {code}")
+        if code == 6 and op == "rollback" and ("rolled back already" in text or "no run" in text):
+            continue
+        if op == "rollback" and shared_folder_only(code, text):
+            fl.notes.append("kept a shared folder")
+        elif code != 0:
+            return errs + [f"pod{pod['i']} {op} exit {code}: {text.strip()[-300:]}"], fl
+        errs += fl.check_pod(pod) + fl.check_store(catalogue=True)
+        if errs:
+            return [f"after pod{pod['i']} {op}: {e}" for e in errs], fl
+    # Roll back every pod (random order, each run newest first).
+    for pod in rng.sample(fl.pods, n):
+        for run in fl.live_runs(pod):
+            code, text = fl.cli(pod, "rollback", run, "--yes", "--wait", "60")
+            if shared_folder_only(code, text):
+                fl.notes.append("kept a shared folder")
+            elif code != 0:
+                errs.append(f"final rollback of pod{pod['i']} run {run}: exit {code}: {text.strip()[-300:]}")
+                errs += fl.check_pod(pod)
+        d = diff_snap(pod["snap"], snapshot(pod["comfy"], os.path.join(fl.dir, "none")))
+        if d:
+            errs.append(f"pod{pod['i']} not as it was after rolling back all its runs: " + "; ".join(d))
+    left = sorted(fl.store_files())
+    if left:
+        errs.append(f"the store still holds {len(left)} files after every pod rolled back, e.g. {left[:3]}")
+    return errs + fl.check_store(catalogue=True), fl
+
+
+# --- audit: broken files mixed in a pod ----------------------------------------------------------------
+
+def broken_file(rng: random.Random, how: str) -> bytes:
+    good = blob(rng, rng.randint(2000, 9000))
+    if how == "truncated":
+        return good[:rng.randint(len(good) // 2, len(good) - 1)]
+    if how == "trailing":
+        return good + rng.randbytes(rng.randint(1, 300))
+    if how == "lfs":
+        return (b"version https://git-lfs.github.com/spec/v1\noid sha256:" + rng.randbytes(32).hex().encode()
+                + b"\nsize " + str(rng.randint(1 << 20, 1 << 33)).encode() + b"\n")
+    return b"<!DOCTYPE html>\n<html><head><title>Sign in - Hugging Face</title></head><body>" + \
+        rng.randbytes(200).hex().encode() + b"</body></html>\n"
+
+
+def t_audit(t: Trial, rng: random.Random, recover: str) -> list:
+    """Broken files among the models: a run leaves each untouched at its place and out of the store."""
+    planted = {}
+    for k in range(rng.randint(1, 5)):
+        how = rng.choice(["truncated", "trailing", "lfs", "html"])
+        folder = rng.choice(["checkpoints", "loras", "vae", "controlnet", "unet", "my_custom_node/weights"])
+        ext = rng.choice([".safetensors", ".safetensors", ".ckpt", ".pt"]) if how in ("lfs", "html") else ".safetensors"
+        path = os.path.join(t.models, folder, f"broken_{how}_{k}{ext}")
+        with open(path, "wb") as f:
+            f.write(broken_file(rng, how))
+        st = os.stat(path)
+        planted[path] = (open(path, "rb").read(), st.st_ino, st.st_mtime_ns, how)
+    t.notes.append(",".join(sorted({v[3] for v in planted.values()})))
+    before = t.snap()
+    code, out = t.run()
+    errs = []
+    if code not in (0, 1) or "Traceback" in out:
+        errs.append(f"run exit {code}: {out.strip()[-300:]}")
+    stored = {digest_file(p) for _, p, st in walk(t.target, skip_state=False) if stat.S_ISREG(st.st_mode)}
+    for path, (data, ino, mtime, how) in planted.items():
+        rel = os.path.relpath(path, t.models)
+        try:
+            st = os.stat(path)
+            same = open(path, "rb").read() == data and (st.st_ino, st.st_mtime_ns) == (ino, mtime)
+        except OSError:
+            same = False
+        if not same:
+            errs.append(f"broken file ({how}) {rel!r} not left untouched at its place")
+        if xxhash.xxh3_128(data).hexdigest() in stored:
+            errs.append(f"broken file ({how}) {rel!r} reached the store")
+    errs += t.check_completed()
+    if recover == "run":
+        code, out = t.run()
+        if code not in (0, 1):
+            errs.append(f"second run exit {code}: {out.strip()[-200:]}")
+    code, out = t.rollback()
+    if code != 0:
+        return errs + [f"rollback exit {code}: {out.strip()[-300:]}"]
+    d = diff_snap(before, t.snap())
+    return errs + (["not identical after rollback: " + "; ".join(d)] if d else [])
+
+
 # --- mounts --------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -781,6 +1094,13 @@ def run_task(task):
     rng = random.Random(f"{G['seed']}/{name}")
     t = None
     try:
+        if kind == "fleet":
+            errs, fl = t_fleet(name, rng, params["pods"], params["kill"])
+            if not G["keep"] or not errs:
+                shutil.rmtree(fl.dir, ignore_errors=True)
+            notes = fl.notes + [f"{params['pods']} pods"]
+            notes.append(f"{time.monotonic() - t_begin:.1f}s")
+            return kind, name, params, errs, notes
         with contextlib.ExitStack() as stack:
             sub = params.get("sub")
             if kind == "enospc" and sub in ("preflight", "filler"):
@@ -814,6 +1134,8 @@ def run_task(task):
                 errs = t_lock_race(t) if sub == "race" else t_lock_stale(t)
             elif kind == "trash":
                 errs = t_trash(t)
+            elif kind == "audit":
+                errs = t_audit(t, rng, params["recover"])
             elif kind == "hostile":
                 errs = t_hostile_yaml(t, sub) if sub.startswith("yaml") else t_hostile_log(t, sub, rng)
             else:
@@ -902,6 +1224,10 @@ def make_tasks(m, n: int, rng: random.Random):
     add("trash", dict(sub="purge", cross=True))
     for sub in list(HOSTILE_YAML) + ["log-edited", "log-line-removed", "log-reordered", "log-outside"]:
         add("hostile", dict(sub=sub))
+    for i in range(max(2, n * 10 // 200)):
+        add("fleet", dict(pods=2 + i % 3, kill="time" if i % 2 else "step"))
+    for i in range(max(2, n * 8 // 200)):
+        add("audit", dict(recover="run" if i % 2 else "rollback"))
     return tasks
 
 
@@ -917,6 +1243,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=max(1, min(os.cpu_count() or 2, 4)))
     ap.add_argument("--keep", action="store_true", help="keep failed trials' folders (and the temp root)")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per trial")
+    ap.add_argument("--only", default="", help="only these kinds (comma-separated, e.g. fleet,audit)")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
 
@@ -948,6 +1275,7 @@ def main() -> int:
         G["names"] = trial_names()
         G["copy_mib"] = sum(v[4] for k, v in G["snap"].items() if k[0] == "comfy" and v[0] == "file") // (1 << 20) + 1
         G["mount"] = can_mount()
+        G["uts"] = can_set_host()
         if G["mount"]:
             G["other"] = os.path.join(tmp, "other-fs")
             mounts.enter_context(tmpfs(G["other"], "2G"))
@@ -967,6 +1295,8 @@ def main() -> int:
         tasks = make_tasks(m, args.trials, rng)
         if not G["mount"]:
             tasks = [t for t in tasks if not (t[0] == "enospc" and t[2].get("sub") in ("preflight", "filler"))]
+        if args.only:
+            tasks = [t for t in tasks if t[0] in args.only.split(",")]
         results = {k: [0, 0, []] for k in KINDS}
         unfired = {k: 0 for k in KINDS}
         twin_errs = m[False]["errs"] + m[True]["errs"]
