@@ -167,10 +167,17 @@ class TargetLock:
             os.unlink(mine)
 
     def _beat(self) -> None:
+        """Refresh the lease while the lock is ours. Once another run has taken it over (our lease
+        expired: this process was stopped longer than the lease), touching it would keep that run's
+        lock alive on our behalf. The token is read and the mtime set through one open file, so
+        a lock replaced in between is never touched (only our old inode)."""
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
-                os.utime(self.path)
-            except OSError:
+                with open(self.path) as f:
+                    if json.loads(f.read() or "{}").get("token") != self._token:
+                        return
+                    os.utime(f.fileno())
+            except (OSError, ValueError):
                 pass
 
     def release(self) -> None:

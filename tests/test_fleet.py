@@ -548,3 +548,24 @@ def test_verify_and_purge_default_to_this_hosts_newest_run(tmp_path, cli_env):
     assert "is empty" in run_cli(["purge", run_b, "--target", target, "--permanent", "--yes"], ea).stdout
     run_cli(["purge", "--target", target, "--permanent", "--yes"], ea)
     assert not [p for p in quarantine.rglob("*") if p.is_file()]
+
+
+def test_heartbeat_touches_only_its_own_lock(tmp_path, monkeypatch):
+    """After a take-over (our lease expired), our heartbeat must not keep the new holder's lock fresh."""
+    from migrate import lock
+    monkeypatch.setattr(lock, "HEARTBEAT_SECONDS", 0.02)
+    held = lock.TargetLock(str(tmp_path / STATE_DIR), "test").acquire()
+    path = tmp_path / STATE_DIR / "lock"
+    try:
+        os.utime(path, (1000, 1000))
+        time.sleep(0.3)
+        assert path.stat().st_mtime > 1000                    # ours: refreshed
+        info = dict(json.loads(path.read_text()), token="someone-else", pid=1)
+        (tmp_path / "new").write_text(json.dumps(info))
+        os.utime(tmp_path / "new", (1000, 1000))
+        os.rename(tmp_path / "new", path)                     # taken over
+        time.sleep(0.3)
+        assert path.stat().st_mtime == 1000                   # theirs: left alone
+    finally:
+        held.release()
+    assert path.exists()                                      # and not removed by our release
