@@ -12,6 +12,15 @@ as the README says (`comfy-migrate run` again, or `comfy-migrate rollback`) and 
     with the YAML) to its content, and each content is stored once (one inode per digest);
   - after a rollback: the snapshot (paths, digests, modes, mtimes, symlinks, YAML) is identical;
   - every audit log reads cleanly (migrate.journal.read_log); no `.cm-tmp-` file anywhere.
+Two families build their own worlds:
+  - fleet: 2-4 pods (own ComfyUI, YAML, HOME, cache and host name in a UTS namespace) with
+    overlapping models run at once into one store, one SIGKILLed (at a journal step or a random
+    moment); then re-runs and rollbacks of random pods in random order, each checked: every file of
+    a pod is at its place or found in the store by its YAML under ComfyUI's rules, no content is
+    lost or stored twice (distinct inodes), every log is valid, the catalogue equals a fresh hash of
+    the store; finally every pod is rolled back: each as it was, the store without a model file;
+  - audit: truncated, trailing-data, LFS-pointer and HTML files among the models: a run leaves
+    them untouched at their place and out of the store; rollback restores the snapshot.
 Prints one line per fault kind, then `N passed, M failed`; exits 1 on any failure.
 """
 from __future__ import annotations
@@ -778,11 +787,11 @@ def set_host(name: str) -> None:
 
 
 def fleet_child(host: str) -> None:
-    """In a pod's forked CLI child: its host name, and the lock's lease on a short clock (4 s, a
-    heartbeat every 0.25 s) so a SIGKILLed pod's lock, which other hosts cannot see die, is taken
+    """In a pod's forked CLI child: its host name, and the lock's lease on a short clock (3 s, a
+    heartbeat every 0.2 s) so a SIGKILLed pod's lock, which other hosts cannot see die, is taken
     over in seconds rather than the real ten minutes."""
     from migrate import lock
-    lock.LEASE_SECONDS, lock.HEARTBEAT_SECONDS = 4, 0.25
+    lock.LEASE_SECONDS, lock.HEARTBEAT_SECONDS = 3, 0.2
     if G["uts"]:
         set_host(host)
 
