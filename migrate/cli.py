@@ -592,7 +592,7 @@ def purge(ui: Ui, run_ref, target, permanent, yes, wait) -> None:
     """
     from migrate.rollback import find_log, load_run, quarantined, verify_stored
     target = resolve_target(target)
-    log = find_log(target, run_ref, newest=True, host=socket.gethostname())
+    log = find_log(target, run_ref, newest=True, host=os.uname().nodename)
     records = load_run(log)
     items = [q for q in quarantined(records) if os.path.lexists(q["q"])]
     total = sum(q["size"] for q in items)
@@ -644,7 +644,7 @@ def verify(run_ref, comfyui, target, comfyui_url, fmt) -> None:
     from migrate.rollback import find_log, load_run
     from migrate.verify import verify_run
     target = resolve_target(target)
-    records = load_run(find_log(target, run_ref, newest=True, host=socket.gethostname()))
+    records = load_run(find_log(target, run_ref, newest=True, host=os.uname().nodename))
     home = None
     try:
         from migrate.facts import find_comfyui
