@@ -670,9 +670,12 @@ def verify(run_ref, comfyui, target, comfyui_url, fmt) -> None:
         for name in res["unset_variables"]:
             out(f"  unset: the YAML's base_path uses ${name}, which is not set here; ComfyUI started "
                 f"without it finds none of these models (export {name}=...)\n")
-        for kind in ("missing", "changed", "shadowed", "orphaned", "broken_link_backs", "not_listed_by_comfyui"):
+        for kind in ("missing", "changed", "shadowed", "broken_link_backs", "not_listed_by_comfyui"):
             for p in res.get(kind, []):
                 out(f"  {kind}: {report.show(p)}\n")
+        if res["orphaned"]:
+            out(f"  note: {len(res['orphaned'])} file(s) in the target this pod's YAML does not list (other pods' "
+                f"folders, or leftovers), e.g. {report.show(res['orphaned'][0])}; --format json lists them\n")
         out("all good\n" if res["ok"] else "problems found\n")
     if not res["ok"]:
         sys.exit(ExitCode.VERIFY_FAILED)
