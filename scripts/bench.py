@@ -17,6 +17,7 @@ import os
 import platform
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -117,10 +118,23 @@ class Writer:
     def __init__(self) -> None:
         self.block = os.urandom(8 * MiB + MiB)
 
+    @staticmethod
+    def safetensors_head(size: int) -> bytes:
+        """The header of a valid safetensors file of exactly `size` bytes holding one U8 tensor
+        (plan and run hold back files the audit finds broken, so the data must be real models)."""
+        def header(n: int) -> bytes:
+            return json.dumps({"data": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+        width = len(header(size)) + 7 & ~7              # n < size: its header is never longer
+        n = size - 8 - width
+        return struct.pack("<Q", width) + header(n).ljust(width)
+
     def write(self, path: str, size: int, seed: int) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
+            head = self.safetensors_head(size)
+            os.write(fd, head)
+            size -= len(head)
             done, k = 0, 0
             while done < size:
                 n = min(MiB, size - done)
