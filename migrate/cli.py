@@ -500,7 +500,7 @@ def rollback(ui: Ui, run_ref, target, dry_run, yes, wait) -> None:
       comfy-migrate rollback 20261127T101500Z-3fa9c1 --target /workspace/models --yes
     """
     from migrate import catalogue as store_catalogue
-    from migrate.fleet import reliance, store_rel
+    from migrate.fleet import droppable, reliance, store_rel
     from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, kept_records, live_runs,
                                   load_run, plan_rollback)
     target = resolve_target(target)
@@ -534,8 +534,7 @@ def rollback(ui: Ui, run_ref, target, dry_run, yes, wait) -> None:
     with take_lock(ui, target, "comfy-migrate rollback", wait):
         live = live_runs(target)
         relied = reliance(live, records[0]["run"])
-        handed = list({k["rel"]: k for k in kept_records(target) if isinstance(k.get("rel"), str)
-                       and records[0]["run"] in k.get("for", []) and k["rel"] not in relied}.values())
+        handed = droppable(kept_records(target), records, live)
         with ui.progress("restoring") as (_, on_bytes):
             rep = execute_rollback(log, records, undos, on_bytes, relied,
                                    shared=any(rid != records[0]["run"] for rid, _ in live), handed=handed)

@@ -115,3 +115,28 @@ def reliance(runs: Iterable[Tuple[str, Sequence[dict]]], run_id: str) -> Dict[st
             if rel is not None:
                 out.setdefault(rel, []).append(rid)
     return out
+
+
+def placed_elsewhere(runs: Iterable[Tuple[str, Sequence[dict]]], run_id: str) -> Set[str]:
+    """Store-relative names another run (not rolled back) put there itself: never a kept file to
+    drop, even if a keep record names the same path (it was dropped and placed anew since, e.g.
+    as that run's dedupe link, whose source was removed trusting it)."""
+    out: Set[str] = set()
+    for rid, records in runs:
+        if rid == run_id or not records:
+            continue
+        target = records[0].get("target") or ""
+        out |= {rel for rel in (store_rel(p, target) for p in placed_by(records)) if rel is not None}
+    return out
+
+
+def droppable(kept: Iterable[dict], records: Sequence[dict], runs: Iterable[Tuple[str, Sequence[dict]]]) -> List[dict]:
+    """Keep records whose file the rollback of this run takes out of the store: kept for it, or
+    relied on by it (a later run of the pod that placed it, not named in the record), and neither
+    relied on nor placed by any other run still live. One per stored name."""
+    runs = list(runs)
+    run_id, target = records[0]["run"], records[0].get("target") or ""
+    mine = {store_rel(p, target) for p in relied_paths(records) - placed_by(records)}
+    blocked = set(reliance(runs, run_id)) | placed_elsewhere(runs, run_id)
+    return list({k["rel"]: k for k in kept if isinstance(k.get("rel"), str) and k["rel"] not in blocked
+                 and (run_id in k.get("for", []) or k["rel"] in mine)}.values())

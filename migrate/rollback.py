@@ -328,13 +328,16 @@ def _undo(u: Undo, on_bytes) -> str:
     if op == "unlink":
         if _ino(r["src"]) is not None:
             return ""
-        stored = r.get("stored") or r["dst"]
-        if _ino(stored) != (r["dev"], r["ino"]) or not _as_logged(stored, r):
-            if not _restore_from(stored, r, on_bytes):
-                return "the stored copy changed; source not recreated"
-            return ""
-        os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-        os.link(stored, r["src"])
+        # The stored copy it trusted, else the run's own name for it (a dedupe link: another
+        # pod's rollback may have removed the copy it was made from).
+        names = _holders(r)
+        for stored in names:
+            if _ino(stored) == (r["dev"], r["ino"]) and _as_logged(stored, r):
+                os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+                os.link(stored, r["src"])
+                return ""
+        if not any(_restore_from(stored, r, on_bytes) for stored in names):
+            return "the stored copy changed; source not recreated"
         return ""
     if op == "quarantine":
         if _ino(r["src"]) is not None:
@@ -346,7 +349,7 @@ def _undo(u: Undo, on_bytes) -> str:
             fsops.rename_noreplace(r["q"], r["src"])
             return ""
         # Purged: recreate it from the stored copy with the same digest, mode and mtime.
-        if not _restore_from(r.get("stored") or r["dst"], r, on_bytes):
+        if not any(_restore_from(stored, r, on_bytes) for stored in _holders(r)):
             return "the quarantined file was purged and no stored copy has its content"
         return ""
     if op == "linkback":
@@ -354,6 +357,11 @@ def _undo(u: Undo, on_bytes) -> str:
             os.unlink(r["src"])
         return ""
     return f"unknown step kind {op!r}"
+
+
+def _holders(r: dict) -> List[str]:
+    """Stored names that may hold a removed source's content: the copy it trusted, then its own name."""
+    return list(dict.fromkeys(p for p in (r.get("stored"), r.get("dst")) if isinstance(p, str)))
 
 
 def _drop_kept(k: dict, records: Sequence[dict]) -> str:

@@ -570,3 +570,70 @@ def test_heartbeat_touches_only_its_own_lock(tmp_path, monkeypatch):
     finally:
         held.release()
     assert path.exists()                                      # and not removed by our release
+
+
+def _cli_on(host: str, args: List, env: Dict[str, str]) -> subprocess.CompletedProcess:
+    p = subprocess.run([*on_host(host), "-m", "migrate", *map(str, args)], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, (args, p.stdout, p.stderr)
+    return p
+
+
+def _two_pods(tmp_path: Path, cli_env, a: Models, b: Models):
+    target = tmp_path / "volume" / "models"
+    pods = []
+    for name, models in (("a", a), ("b", b)):
+        comfyui, env = make_pod(tmp_path / name, models)
+        pods.append((comfyui, dict(cli_env, **env), f"pod-{name}"))
+    runs = target / STATE_DIR / "runs"
+
+    def run(i: int) -> str:
+        comfyui, env, host = pods[i]
+        before = set(runs.glob("*.jsonl")) if runs.exists() else set()
+        _cli_on(host, ["run", "--comfyui", comfyui, "--target", target, "--yes"], env)
+        new, = [p for p in set(runs.glob("*.jsonl")) - before if not p.name.endswith(".rollback.jsonl")]
+        return new.name[:-len(".jsonl")]
+
+    def rollback(i: int, run_id: str) -> str:
+        comfyui, env, host = pods[i]
+        return _cli_on(host, ["rollback", run_id, "--target", target, "--yes"], env).stdout
+    return target, pods, run, rollback
+
+
+def test_own_dedupe_link_gives_the_source_back_after_another_pods_rollback(tmp_path, cli_env):
+    """Pod A's second run stores its file as a dedupe link of pod B's stored copy (same inode as its
+    source, so the source is unlinked). B's rollback removes B's name; A's rollback must recreate
+    its file from its own link, not report 'the stored copy changed' and leave it in the store."""
+    data = blob("m10", 16 << 10)
+    a, b = models_of({"vae/sub/m10.safetensors": data}), models_of({"embeddings/m2.safetensors": data})
+    target, pods, run, rollback = _two_pods(tmp_path, cli_env, a, b)
+    a1 = run(0)                       # A: link vae/sub/m10 into the store
+    b1 = run(1)                       # B: embeddings/m2 as a dedupe link of it
+    rollback(0, a1)                   # A's source back as a hardlink; A's stored name removed
+    a2 = run(0)                       # A: vae/sub/m10 as a dedupe link of embeddings/m2, source unlinked
+    assert set(store_files(target)) == {"vae/sub/m10.safetensors", "embeddings/m2.safetensors"}
+    rollback(1, b1)                   # B's name leaves the store; A's own link still holds the content
+    assert set(store_files(target)) == {"vae/sub/m10.safetensors"}
+    rollback(0, a2)
+    for (comfyui, _, _), models in zip(pods, (a, b)):
+        for rel, want in models.items():
+            assert (comfyui / "models" / rel).read_bytes() == want, (comfyui, rel)
+    assert store_files(target) == {}
+
+
+def test_kept_file_a_later_run_of_its_pod_relied_on_leaves_with_that_run(tmp_path, cli_env):
+    """A file kept for pod B when pod A rolled back; A's next run relies on it (its source, a
+    hardlink of it, unlinked) without being named in the keep record. Once B and A are rolled
+    back, the store is empty; a drop never happens while another live run relies on the file."""
+    models = models_of({"checkpoints/common.safetensors": blob("common", 24 << 10)})
+    target, pods, run, rollback = _two_pods(tmp_path, cli_env, models, models)
+    a1 = run(0)
+    b1 = run(1)                       # B: already there, its copy set aside
+    assert "kept in the store" in rollback(0, a1)
+    a2 = run(0)                       # A relies on the kept file now
+    rollback(1, b1)
+    assert set(store_files(target)) == {"checkpoints/common.safetensors"}      # A's run still relies on it
+    rollback(0, a2)
+    for comfyui, _, _ in pods:
+        for rel, want in models.items():
+            assert (comfyui / "models" / rel).read_bytes() == want, (comfyui, rel)
+    assert store_files(target) == {}
