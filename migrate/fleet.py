@@ -86,9 +86,12 @@ def relied_paths(records: Sequence[dict]) -> Set[str]:
 
 
 def placed_by(records: Sequence[dict]) -> Set[str]:
-    """Target paths this run itself put there (its own names, not reliance on others')."""
+    """Target paths this run itself put there (its own names, not reliance on others'). A step
+    logged as failed put nothing there (one atomic call; a copy may have, when its last fsync failed)."""
+    failed = {r.get("step") for r in records if r.get("type") == "fail"}
     return {r["dst"] for r in records if r.get("type") == "begin"
-            and r.get("op") in ("link", "rename", "copy", "dedupe") and isinstance(r.get("dst"), str)}
+            and r.get("op") in ("link", "rename", "copy", "dedupe") and isinstance(r.get("dst"), str)
+            and (r.get("step") not in failed or r.get("op") == "copy")}
 
 
 def store_rel(path: str, target: str) -> Optional[str]:

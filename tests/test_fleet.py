@@ -496,6 +496,13 @@ def test_reliance_from_logs():
     c[0] = {"type": "header", "run": "C", "target": "/mnt/t"}
     assert reliance([("B", b), ("C", c)], "A") == {"loras/x": ["B", "C"], "loras/w": ["B", "C"]}
     assert reliance([("B", b)], "B") == {}
+    # A link step logged as failed put nothing there: the run's removal trusting that name is reliance.
+    from migrate.fleet import placed_by
+    d = [{"type": "header", "run": "D", "target": "/t"},
+         {"type": "begin", "step": 2, "op": "link", "src": "/d/m/vae/v", "dst": "/t/vae/v"},
+         {"type": "fail", "step": 2, "error": "File exists"},
+         {"type": "begin", "step": 4, "op": "quarantine", "src": "/d/m/vae/v", "dst": "/t/vae/v", "stored": "/t/vae/v"}]
+    assert placed_by(d) == set() and reliance([("D", d)], "A") == {"vae/v": ["D"]}
 
 
 def test_another_hosts_run_is_not_rolled_back_where_its_sources_are_missing(tmp_path, cli_env):

@@ -1,4 +1,4 @@
-"""A short run of scripts/torture.py (every fault kind, few trials each): exit 0 and `0 failed`."""
+"""A short run of scripts/torture.py (every fault kind, few trials each, two fleet trials): exit 0 and `0 failed`."""
 import os
 import subprocess
 import sys
@@ -7,11 +7,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_torture_short():
-    # Without the fleet family: it still finds open rollback bugs on a shared store at times (a file
-    # kept for another pod's run is left in the store; a pod's deduped file removed by another pod's
-    # rollback), which would make this test flaky. `./scripts/torture` runs it.
     kinds = ("crash-run-step,crash-rollback-step,sigkill-random,enospc,eio/eperm,changed-under,lock,trash,"
-             "hostile,audit")
+             "hostile,fleet,audit")
     p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "torture.py"), "--trials", "10", "--seed", "1",
                         "--only", kinds],
                        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
