@@ -858,7 +858,17 @@ class Fleet:
 
     # -- invariants --
     def store_files(self) -> dict:
-        return {rel: (path, st) for rel, path, st in walk(self.target, skip_state=True) if stat.S_ISREG(st.st_mode)}
+        # A pod SIGKILLed while probing hardlinks leaves its empty scratch files (.comfy-migrate-probe-<pid>-a/b)
+        # in the store root: noted, not counted (the catalogue skips them too).
+        out = {}
+        for rel, path, st in walk(self.target, skip_state=True):
+            if stat.S_ISREG(st.st_mode):
+                if os.path.basename(rel).startswith(".comfy-migrate-probe-") and st.st_size == 0:
+                    if "probe files left by a killed pod" not in self.notes:
+                        self.notes.append("probe files left by a killed pod")
+                    continue
+                out[rel] = (path, st)
+        return out
 
     def check_pod(self, pod: dict) -> list:
         """Every file of the pod: its bytes at its place, or in the store where the pod's YAML finds it."""
