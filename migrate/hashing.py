@@ -364,11 +364,7 @@ class DigestCache:
         if path and os.path.exists(path):
             import sqlite3   # only when there is a cache: keeps start-up short
             try:
-                con = sqlite3.connect(path)
-                try:
-                    rows = con.execute("SELECT dev, ino, size, mtime_ns, digest FROM digests").fetchall()
-                finally:
-                    con.close()
+                rows = load_rows(path, "SELECT dev, ino, size, mtime_ns, digest FROM digests")
                 self._known = {(d, i): (s, m, h) for d, i, s, m, h in rows}
             except sqlite3.Error:
                 self._known = {}
@@ -389,21 +385,39 @@ class DigestCache:
     def save(self) -> None:
         if not self.path or not self._new:
             return
-        import sqlite3
-        try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            con = sqlite3.connect(self.path, timeout=30)
-            try:
-                with con:
-                    con.execute(DIGESTS_TABLE)
-                    con.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)",
-                                    [(d, i, s, m, h) for (d, i), (s, m, h) in self._new.items()])
-            finally:
-                con.close()
+        if save_rows(self.path, (DIGESTS_TABLE,), "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)",
+                     [(d, i, s, m, h) for (d, i), (s, m, h) in self._new.items()]):
             self._known.update(self._new)
             self._new.clear()
-        except (sqlite3.Error, OSError):
-            pass   # a cache that cannot be written only costs time next run
+
+
+def load_rows(path: str, sql: str, params: tuple = ()) -> list:
+    """All rows of one query on the cache file (raises sqlite3.Error for a damaged file)."""
+    import sqlite3
+    con = sqlite3.connect(path)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
+
+
+def save_rows(path: str, tables: Sequence[str], insert: str, rows: list) -> bool:
+    """Write rows in one transaction, creating the tables first; False when the cache cannot be
+    written (that only costs time next run)."""
+    import sqlite3
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        con = sqlite3.connect(path, timeout=30)
+        try:
+            with con:
+                for create in tables:
+                    con.execute(create)
+                con.executemany(insert, rows)
+        finally:
+            con.close()
+        return True
+    except (sqlite3.Error, OSError):
+        return False
 
 
 def default_cache_path() -> str:

@@ -507,13 +507,16 @@ def run_state(log_path: str) -> str:
     return "interrupted"
 
 
-def history(target: str) -> List[dict]:
+def _run_logs(target: str) -> List[Tuple[str, str]]:
+    """(file name, path) of each run's log in the target, oldest first (rollback logs left out)."""
     runs = os.path.join(target, STATE_DIR, "runs")
+    return [(n, os.path.join(runs, n)) for n in sorted(os.listdir(runs) if os.path.isdir(runs) else [])
+            if n.endswith(".jsonl") and not n.endswith(".rollback.jsonl")]
+
+
+def history(target: str) -> List[dict]:
     rows = []
-    for n in sorted(os.listdir(runs) if os.path.isdir(runs) else []):
-        if not n.endswith(".jsonl") or n.endswith(".rollback.jsonl"):
-            continue
-        path = os.path.join(runs, n)
+    for n, path in _run_logs(target):
         try:
             records, _, _ = read_log(path)
             state = run_state(path)
@@ -532,12 +535,8 @@ def history(target: str) -> List[dict]:
 def live_runs(target: str) -> List[Tuple[str, List[dict]]]:
     """(run id, records) of every run in the target not rolled back (unreadable logs are skipped:
     their runs cannot be undone anyway, and history shows them)."""
-    runs = os.path.join(target, STATE_DIR, "runs")
     out = []
-    for n in sorted(os.listdir(runs) if os.path.isdir(runs) else []):
-        if not n.endswith(".jsonl") or n.endswith(".rollback.jsonl"):
-            continue
-        path = os.path.join(runs, n)
+    for n, path in _run_logs(target):
         try:
             if run_state(path) == "rolled back":
                 continue

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from migrate import audit, comfy
-from migrate.hashing import DIGESTS_TABLE, OPEN_FLAGS, ChangedError, DigestCache, Key, hash_bytes
+from migrate.hashing import (DIGESTS_TABLE, OPEN_FLAGS, ChangedError, DigestCache, Key, hash_bytes, load_rows,
+                             save_rows)
 from migrate.model import Finding, ScanResult, Status
 
 VERDICTS_TABLE = ("CREATE TABLE IF NOT EXISTS verdicts (dev INTEGER, ino INTEGER, size INTEGER,"
@@ -31,18 +32,14 @@ class VerdictCache:
     """
 
     def __init__(self, path: Optional[str]) -> None:
-        self.path = path
+        self.path = path = os.path.abspath(path) if path else path   # as DigestCache does
         self._known: Dict[Tuple[int, int], Tuple[int, int, str]] = {}
         self._new: Dict[Tuple[int, int], Tuple[int, int, str]] = {}
         if path and os.path.exists(path):
             import sqlite3
             try:
-                con = sqlite3.connect(path)
-                try:
-                    rows = con.execute("SELECT dev, ino, size, mtime_ns, verdict FROM verdicts WHERE checks = ?",
-                                       (audit.CHECKS_VERSION,)).fetchall()
-                finally:
-                    con.close()
+                rows = load_rows(path, "SELECT dev, ino, size, mtime_ns, verdict FROM verdicts WHERE checks = ?",
+                                 (audit.CHECKS_VERSION,))
                 self._known = {(d, i): (s, m, v) for d, i, s, m, v in rows}
             except sqlite3.Error:
                 self._known = {}
@@ -62,23 +59,12 @@ class VerdictCache:
     def save(self) -> None:
         if not self.path or not self._new:
             return
-        import sqlite3
-        try:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)   # the path may be relative
-            con = sqlite3.connect(self.path, timeout=30)
-            try:
-                with con:
-                    con.execute(DIGESTS_TABLE)      # so the digest cache finds its table in a new file
-                    con.execute(VERDICTS_TABLE)
-                    con.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?)",
-                                    [(d, i, s, m, audit.CHECKS_VERSION, v)
-                                     for (d, i), (s, m, v) in self._new.items()])
-            finally:
-                con.close()
+        # DIGESTS_TABLE too: so the digest cache finds its table in a new file
+        if save_rows(self.path, (DIGESTS_TABLE, VERDICTS_TABLE),
+                     "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?)",
+                     [(d, i, s, m, audit.CHECKS_VERSION, v) for (d, i), (s, m, v) in self._new.items()]):
             self._known.update(self._new)
             self._new.clear()
-        except (sqlite3.Error, OSError):
-            pass
 
 
 def _pread_all(fd: int, n: int, offset: int) -> bytes:
