@@ -614,15 +614,14 @@ def render(rows: List[Row], extra: Dict[str, str]) -> Tuple[str, List[str]]:
         return a / b if a is not None and b else None
 
     summary = []
-    r = ratio(get("hash a tree", "comfy"), get("hash a tree", "xxhsum"))
-    summary.append(f"{verdict(None if r is None else r <= 0.8)}: tree of large files <= 0.8x xxhsum -H2: "
-                   f"{'-' if r is None else f'{r:.2f}x'}")
-    r = ratio(get("hash a tree", "comfy"), get("hash a tree", "cat"))
-    summary.append(f"{verdict(None if r is None else r <= 1.5)}: tree of large files within 1.5x cat: "
-                   f"{'-' if r is None else f'{r:.2f}x'}")
-    r = ratio(get("one large", "comfy"), get("one large", "xxhsum"))
-    summary.append(f"{verdict(None if r is None else r <= 1.05)}: one large file <= 1.05x xxhsum -H2: "
-                   f"{'-' if r is None else f'{r:.2f}x'}")
+
+    def target(row: str, peer: str, meets: Callable[[float], bool], what: str, unit: str = "x") -> None:
+        r = ratio(get(row, "comfy"), get(row, peer))
+        summary.append(f"{verdict(None if r is None else meets(r))}: {what}: {'-' if r is None else f'{r:.2f}{unit}'}")
+
+    target("hash a tree", "xxhsum", lambda r: r <= 0.8, "tree of large files <= 0.8x xxhsum -H2")
+    target("hash a tree", "cat", lambda r: r <= 1.5, "tree of large files within 1.5x cat")
+    target("one large", "xxhsum", lambda r: r <= 1.05, "one large file <= 1.05x xxhsum -H2")
     boot = get("start-up", "comfy")
     if boot is not None:
         parts = []
@@ -633,12 +632,9 @@ def render(rows: List[Row], extra: Dict[str, str]) -> Tuple[str, List[str]]:
         summary.append(f"(information, not a target) our time minus our start-up ({boot:.3f} s), over xxhsum's: "
                        + ", ".join(parts))
     for peer in ("rmlint", "jdupes"):
-        r = ratio(get("find dup", "comfy"), get("find dup", peer))
-        summary.append(f"{verdict(None if r is None else r < 1)}: duplicates faster than {peer}: "
-                       f"{'-' if r is None else f'{r:.2f}x its time'}")
-    r = ratio(get("migrate, cross", "comfy"), get("migrate, cross", "rsync"))
-    summary.append(f"{verdict(None if r is None else r <= 1)}: cross-filesystem migration no slower than rsync: "
-                   f"{'-' if r is None else f'{r:.2f}x its time'}")
+        target("find dup", peer, lambda r: r < 1, f"duplicates faster than {peer}", "x its time")
+    target("migrate, cross", "rsync", lambda r: r <= 1, "cross-filesystem migration no slower than rsync",
+           "x its time")
     m = get("warm re-scan", "comfy")
     opened = extra.get("opened", "?")
     ok = None if m is None else (m < 1 and opened == "0")

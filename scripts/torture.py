@@ -492,15 +492,21 @@ def t_sigkill(t: Trial, what: str, frac: float, recover: str) -> list:
     return expect_recover_rollback(t, [])
 
 
+def _refused(what: str, want: int, code: int, out: str, before, after, changed: str = "changed") -> list:
+    """Errors of a command that had to be refused: another exit code than `want`, or any change."""
+    errs = []
+    if code != want:
+        errs.append(f"{what}: expected exit {want}, got {code}: {out.strip()[-200:]}")
+    d = diff_snap(before, after)
+    if d:
+        errs.append(f"{changed}: " + "; ".join(d))
+    return errs
+
+
 def t_enospc_preflight(t: Trial) -> list:
     before = t.snap()
     code, out = t.run()
-    errs = []
-    if code != 4:
-        errs.append(f"preflight: expected exit 4, got {code}: {out.strip()[-200:]}")
-    d = diff_snap(before, t.snap())
-    if d:
-        errs.append("changed by a refused run: " + "; ".join(d))
+    errs = _refused("preflight", 4, code, out, before, t.snap(), "changed by a refused run")
     if t.logs():
         errs.append("a refused run left a log")
     return errs
@@ -700,12 +706,7 @@ def t_hostile_yaml(t: Trial, which: str) -> list:
         f.write(HOSTILE_YAML[which])
     before = t.snap()
     code, out = t.run(timeout=60)
-    errs = []
-    if code != 3:
-        errs.append(f"hostile YAML: expected exit 3, got {code}: {out.strip()[-200:]}")
-    d = diff_snap(before, t.snap())
-    if d:
-        errs.append("changed: " + "; ".join(d))
+    errs = _refused("hostile YAML", 3, code, out, before, t.snap())
     if t.logs():
         errs.append("a run log was written")
     return errs
@@ -759,12 +760,7 @@ def t_hostile_log(t: Trial, which: str, rng: random.Random) -> list:
         f.write(data)
     before = t.snap()
     code, out = t.rollback()
-    errs = []
-    if code != 6:
-        errs.append(f"{which}: expected exit 6, got {code}: {out.strip()[-200:]}")
-    d = diff_snap(before, t.snap())
-    if d:
-        errs.append("changed: " + "; ".join(d))
+    errs = _refused(which, 6, code, out, before, t.snap())
     if any(p.endswith(".rollback.jsonl") for p in t.logs()):
         errs.append("a rollback log was written")
     if which == "log-outside" and open(os.path.join(t.dir, "outside", "victim.safetensors"), "rb").read() != b"do not touch":
