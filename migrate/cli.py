@@ -1,68 +1,21 @@
-"""The command line: the only importer of click, tqdm and tabulate.
+"""The command line in click: options, help texts, prompts and exit codes of every command.
 
-Options, prompts, progress bars and exit codes live here; everything else is called as a library.
+The only importer of click. The click-free pieces of the shell (messages, output, paths, the scan
+command's body) are in shell.py, and `scan` usually starts from quick.py without importing this.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from typing import Callable, Iterator, List, Optional, Tuple
 
 import click
 
-from migrate import __version__, report
+from migrate import __version__, report, shell
 from migrate.errors import BadInput, ExitCode, MigrateError, NotConfirmed
-from migrate.hashing import DigestCache, default_cache_path
-from migrate.model import Mode, OnConflict, Policy, Status
+from migrate.model import Mode, OnConflict, Policy
+from migrate.shell import Ui, open_cache, open_verdicts, out, resolve_sources, resolve_target, table
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
-
-
-class Ui:
-    def __init__(self, verbosity: int) -> None:
-        self.verbosity = verbosity
-
-    def info(self, msg: str) -> None:
-        if self.verbosity >= 0:
-            click.echo(msg, err=True)
-
-    def debug(self, msg: str) -> None:
-        if self.verbosity > 0:
-            click.echo(msg, err=True)
-
-    def warn(self, msg: str) -> None:
-        click.echo(f"warning: {msg}", err=True)
-
-    @contextlib.contextmanager
-    def progress(self, desc: str) -> Iterator[Tuple[Callable[[int], None], Callable[[int], None]]]:
-        """(on_total, on_bytes) callbacks driving a tqdm bar on stderr, only on a TTY."""
-        if self.verbosity < 0 or not sys.stderr.isatty():
-            yield (lambda n: None), (lambda n: None)
-            return
-        from tqdm import tqdm
-        bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr,
-                   leave=False, mininterval=0.25)
-
-        def on_total(n: int) -> None:
-            bar.total = n
-            bar.refresh()
-
-        try:
-            yield on_total, bar.update
-        finally:
-            bar.close()
-
-
-def table(rows, headers) -> str:
-    from tabulate import tabulate
-    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
-
-
-def out(text: str) -> None:
-    """Data to stdout; names with odd bytes are escaped rather than crash the terminal."""
-    sys.stdout.write(text.encode("utf-8", "backslashreplace").decode("utf-8", "replace"))
-    sys.stdout.flush()
 
 
 @click.group(context_settings=CONTEXT)
@@ -125,46 +78,6 @@ def target_option(f):
                         help="The shared store. Default: $COMFY_MIGRATE_TARGET, else /workspace/models.")(f)
 
 
-def resolve_sources(comfyui: Optional[str], sources: Tuple[str, ...]) -> Tuple[Optional[str], List[str]]:
-    from migrate.comfy import check_dir, find_comfyui
-    if sources:
-        home = find_comfyui(comfyui) if comfyui else None
-        return home, [check_dir(s, "source") for s in sources]
-    home = find_comfyui(comfyui)
-    models = os.path.join(home, "models")
-    if not os.path.isdir(models) and _looks_like_models(home):
-        raise BadInput(f"{home} is ComfyUI's models folder itself, not the ComfyUI folder",
-                       f"pass --comfyui {os.path.dirname(home)} (or --source {home})")
-    return home, [check_dir(models, "models folder")]
-
-
-def _looks_like_models(path: str) -> bool:
-    """A folder named models, or holding ComfyUI category folders: --comfyui given one level too deep."""
-    from migrate.comfy import FOLDER_CATEGORY
-    try:
-        names = set(os.listdir(path))
-    except OSError:
-        return False
-    return os.path.basename(path.rstrip("/")) == "models" or bool(names & set(FOLDER_CATEGORY))
-
-
-def resolve_target(target: Optional[str]) -> str:
-    from migrate.facts import DEFAULT_TARGET
-    path = os.path.abspath(target or DEFAULT_TARGET)
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise BadInput(f"the target {path} is not a folder", "pass --target DIR")
-    return path
-
-
-def open_cache(no_cache: bool) -> Optional[DigestCache]:
-    return None if no_cache else DigestCache(default_cache_path())
-
-
-def open_verdicts(no_cache: bool):
-    from migrate.sniff import VerdictCache
-    return None if no_cache else VerdictCache(default_cache_path())
-
-
 # --- scan ----------------------------------------------------------------------------------------
 
 @cli.command(context_settings=CONTEXT)
@@ -181,52 +94,7 @@ def scan(ui: Ui, comfyui, sources, fmt, no_cache, duplicates) -> None:
       comfy-migrate scan --comfyui /workspace/runpod-slim/ComfyUI --format json > scan.json
       comfy-migrate scan --source ./models --duplicates
     """
-    from migrate.scan import hash_records, scan_tree
-    _, roots = resolve_sources(comfyui, sources)
-    cache = open_cache(no_cache)
-    scans = [scan_tree(r) for r in roots]
-    if duplicates:
-        return report_duplicates(ui, scans, cache, fmt)
-    with ui.progress("hashing") as (on_total, on_bytes):
-        on_total(sum(r.size for s in scans for r in s.records if r.status is Status.MIGRATE))
-        results = [hash_records(s, cache, on_bytes) for s in scans]
-    if fmt == "json":
-        for chunk in report.iter_scan_json(results):     # ASCII only: written as it is made
-            sys.stdout.write(chunk)
-        sys.stdout.flush()
-    else:
-        for res in results:
-            out(f"{report.show(res.root)}\n")
-            out(table(report.scan_rows(res), report.SCAN_HEADERS) + "\n")
-            odd = [r for r in res.records if not r.status.migrates]
-            for r in odd:
-                out(f"  not migrated: {report.show(r.rel)}: {r.detail or r.status.value}\n")
-            out("\n")
-    for res in results:
-        for p in res.problems:
-            ui.warn(f"{report.show(p.path)}: {p.message}")
-        ui.debug(f"{res.root}: hashed {res.hashed_files} files ({report.human(res.hashed_bytes)}), "
-                 f"{res.cached_files} from the cache")
-    if any(r.problems for r in results):
-        sys.exit(ExitCode.PROBLEMS)
-
-
-def report_duplicates(ui: Ui, scans, cache, fmt: str) -> None:
-    from migrate.dupes import find_duplicates
-    with ui.progress("hashing") as (_, on_bytes):
-        found = find_duplicates(scans, cache, on_bytes)
-    if fmt == "json":
-        out(report.dumps(report.duplicates_doc(found)))
-    else:
-        if found.groups:
-            out(table(report.duplicate_rows(found), report.DUPLICATE_HEADERS) + "\n\n")
-        out(report.duplicate_summary(found) + "\n")
-    for p in [p for s in scans for p in s.problems] + list(found.problems):
-        ui.warn(f"{report.show(p.path)}: {p.message}")
-    ui.debug(f"read {found.hashed_files} files in full and the ends of {found.partial_files}; "
-             f"{found.cached_files} digests from the cache")
-    if found.problems or any(s.problems for s in scans):
-        sys.exit(ExitCode.PROBLEMS)
+    shell.scan(ui, comfyui, sources, fmt, no_cache, duplicates)
 
 
 # --- plan ----------------------------------------------------------------------------------------
@@ -300,27 +168,12 @@ def main() -> None:
     try:
         cli.main(prog_name="comfy-migrate", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("comfy-migrate: interrupted", err=True)
-        sys.exit(ExitCode.INTERRUPTED)
+        shell.fail(KeyboardInterrupt())
     except click.ClickException as exc:
         exc.show()
         sys.exit(ExitCode.USAGE)
-    except MigrateError as exc:
-        click.echo(f"comfy-migrate: error: {exc}" + (f" ({exc.hint})" if exc.hint else ""), err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("comfy-migrate: interrupted", err=True)
-        sys.exit(ExitCode.INTERRUPTED)
-    except OSError as exc:
-        # Unexpected at this level (per-file errors are reported as data): one line, never a traceback.
-        import errno as _errno
-        where = f": {exc.filename}" if exc.filename else ""
-        code = ExitCode.NO_SPACE if exc.errno in (_errno.ENOSPC, _errno.EDQUOT) else ExitCode.PROBLEMS
-        click.echo(f"comfy-migrate: error: {exc.strerror or exc}{where} (nothing was lost: `comfy-migrate run` "
-                   "continues, `comfy-migrate rollback` undoes)", err=True)
-        sys.exit(code)
-    except SystemExit:
-        raise
+    except (MigrateError, KeyboardInterrupt, OSError) as exc:
+        shell.fail(exc)
     else:
         sys.exit(0)
 

@@ -52,12 +52,14 @@ def test_quick_start_scripts_exist_and_are_executable():
 
 def test_scan_loads_no_library_it_does_not_use(tmp_path):
     """Start-up is most of a short command's time: `scan` must not import what only other commands
-    need (YAML, SQLite without a cache, ctypes, difflib, tables for JSON output, progress bars off a TTY)."""
+    need (click, YAML, SQLite without a cache, ctypes, difflib, tables for JSON output, progress bars
+    off a TTY)."""
     (tmp_path / "models" / "loras").mkdir(parents=True)
     (tmp_path / "models" / "loras" / "a.safetensors").write_bytes(b"x")
-    code = ("import sys\nfrom migrate.cli import main\n"
+    code = ("import sys\nfrom migrate.quick import main\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "heavy = ('yaml', 'sqlite3', 'ctypes', 'difflib', 'tabulate', 'tqdm', 'send2trash', 'subprocess', 'socket')\n"
+            "heavy = ('click', 'yaml', 'sqlite3', 'ctypes', 'difflib', 'tabulate', 'tqdm', 'send2trash', 'subprocess',"
+            " 'socket')\n"
             "sys.stderr.write('LOADED:' + ','.join(m for m in heavy if m in sys.modules))\n")
     proc = subprocess.run([sys.executable, "-c", code, "scan", "--no-cache", "--source", str(tmp_path / "models"),
                            "--format", "json"], capture_output=True, text=True, cwd=tmp_path)
