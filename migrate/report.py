@@ -33,6 +33,25 @@ def dumps(doc) -> str:
     return json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=True) + "\n"
 
 
+def dumps_lines(doc: dict, per_line: Sequence[str]) -> str:
+    """Like dumps, but each item of the top-level lists named in per_line on a line of its own.
+
+    json's indenting encoder is pure Python (~3 us a value): printing 1,000 duplicate groups of a
+    10,000-file tree took ~85 ms, longer than finding them. Items are written by the C encoder
+    instead, and a group per line reads (and greps) well.
+    """
+    compact = json.JSONEncoder(sort_keys=True, ensure_ascii=True, separators=(", ", ": ")).encode
+    parts = []
+    for key in sorted(doc):
+        value = doc[key]
+        if key in per_line and isinstance(value, list) and value:
+            body = "[\n" + ",\n".join("    " + compact(item) for item in value) + "\n  ]"
+        else:
+            body = json.dumps(value, sort_keys=True, indent=2, ensure_ascii=True).replace("\n", "\n  ")
+        parts.append(f"  {compact(key)}: {body}")
+    return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
 # --- scan -----------------------------------------------------------------------------------------
 
 def scan_doc(results: Sequence[ScanResult]) -> dict:

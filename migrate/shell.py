@@ -151,7 +151,7 @@ def report_duplicates(ui: Ui, scans, cache, fmt: str) -> None:
     with ui.progress("hashing") as (_, on_bytes):
         found = find_duplicates(scans, cache, on_bytes)
     if fmt == "json":
-        out(report.dumps(report.duplicates_doc(found)))
+        out(report.dumps_lines(report.duplicates_doc(found), ("groups", "problems")))
     else:
         if found.groups:
             out(table(report.duplicate_rows(found), report.DUPLICATE_HEADERS) + "\n\n")

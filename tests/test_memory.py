@@ -2,6 +2,7 @@
 subprocess (memory, not time: allocations are deterministic enough to bound)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,3 +59,15 @@ def test_streamed_scan_json_is_the_document_byte_for_byte(tmp_path):
     want = report.dumps(report.scan_doc(results))
     for batch in (1, 3, 1000):
         assert "".join(report.iter_scan_json(results, batch)) == want
+
+
+def test_json_with_a_line_per_item_is_the_same_document(tmp_path):
+    from migrate import report
+    doc = {"version": 1, "groups": [{"digest": "ab", "size": 3, "copies": [["a\nb", "\u00e9\udcff"], ["c"]]}] * 3,
+           "problems": [], "totals": {"groups": 3, "files": {"x": [1, None, True, 2.5]}}}
+    text = report.dumps_lines(doc, ("groups", "problems"))
+    assert json.loads(text) == json.loads(report.dumps(doc))
+    lines = text.splitlines()
+    assert lines[0] == "{" and lines[-1] == "}" and text.endswith("}\n")
+    assert sum(line.startswith('    {"copies": ') for line in lines) == 3       # a group per line
+    assert text.isascii()
