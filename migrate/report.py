@@ -74,12 +74,30 @@ def _file_entry(rec) -> dict:
     }
 
 
+_string = json.encoder.encode_basestring_ascii     # the C encoder of one str, quotes included
+
+
+def _file_text(rec, pad: str) -> str:
+    """`_file_entry(rec)` as `dumps` indents it at depth pad, keys sorted: written directly, since
+    json's encoder call per value cost more than the rest of a cached scan."""
+    line = ",\n" + pad + "  "
+    return ("{\n" + pad + '  "category": ' + ("null" if rec.category is None else _string(rec.category))
+            + line + '"custom": ' + ("true" if rec.custom else "false")
+            + (line + '"detail": ' + _string(rec.detail) if rec.detail else "")
+            + line + '"digest": ' + ("null" if rec.digest is None else _string(rec.digest))
+            + (line + '"link_target": ' + _string(rec.link_target) if rec.link_target is not None else "")
+            + line + '"path": ' + _string(rec.rel)
+            + line + '"size": ' + str(int(rec.size))
+            + line + '"status": ' + _string(rec.status.value)
+            + "\n" + pad + "}")
+
+
 def iter_scan_json(results: Sequence[ScanResult], batch: int = 2000) -> Iterator[str]:
     """The text of `dumps(scan_doc(results))`, produced a batch of files at a time.
 
     Built whole, the document of 100,000 files and its text cost ~110 MB more than the scan (and
     json's indenting encoder is pure Python); here each file's flat entry is written with the C
-    string encoder in the layout `dumps` gives it (indent 2, sorted keys, ASCII).
+    string encoder in the layout `dumps` gives it (indent 2, sorted keys, ASCII): `_file_text`.
     """
     marks = {}
     skeleton = scan_doc([ScanResult(r.root, (), r.problems) for r in results])
@@ -89,16 +107,13 @@ def iter_scan_json(results: Sequence[ScanResult], batch: int = 2000) -> Iterator
             root["files"] = [marks[n]]
     text = dumps(skeleton)
     pad = " " * 8                        # files sit at depth 4: doc, roots, root, files
-    scalar = json.JSONEncoder(ensure_ascii=True).encode
     for n, r in enumerate(results):
         if n not in marks:
             continue
         head, text = text.split(json.dumps(marks[n]), 1)
         yield head
         for start in range(0, len(r.records), batch):
-            yield (",\n" + pad).join(
-                "{\n" + ",\n".join(f"{pad}  {scalar(k)}: {scalar(v)}" for k, v in sorted(_file_entry(rec).items()))
-                + "\n" + pad + "}" for rec in r.records[start:start + batch]) \
+            yield (",\n" + pad).join(_file_text(rec, pad) for rec in r.records[start:start + batch]) \
                 + ("," + "\n" + pad if start + batch < len(r.records) else "")
     yield text
 
