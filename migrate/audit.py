@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import posixpath
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from migrate import comfy
@@ -349,7 +349,7 @@ def content_findings(scan: ScanResult, verdicts: Mapping[str, Verdict]) -> List[
     for r in scan.records:
         v = verdicts.get(r.path)
         if v is not None:
-            out.extend(replace(f, path=r.path) for f in v.findings)
+            out.extend(f._replace(path=r.path) for f in v.findings)
         if r.status is Status.EMPTY and (sniffed(r.rel) or _listed(r)):
             out.append(_finding("empty", "broken", "zero bytes", r.path))
         elif r.status is Status.INCOMPLETE:
@@ -374,11 +374,11 @@ def hold_back(scan: ScanResult, findings: Iterable[Finding]) -> ScanResult:
         if f.blocks:
             first.setdefault(f.path, f)
     records = tuple(
-        replace(r, status=Status.SUSPECT, detail=f"held back, {first[r.path].severity}: {first[r.path].kind}: "
-                f"{first[r.path].message} (--include-suspect migrates it anyway)")
+        r._replace(status=Status.SUSPECT, detail=f"held back, {first[r.path].severity}: {first[r.path].kind}: "
+                   f"{first[r.path].message} (--include-suspect migrates it anyway)")
         if r.status is Status.MIGRATE and r.path in first else r
         for r in scan.records)
-    return replace(scan, records=records)
+    return scan._replace(records=records)
 
 
 def tree_findings(

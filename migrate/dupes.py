@@ -7,11 +7,11 @@ Full digests come from the digest cache where it has them, and new ones go into 
 
 Hardlinks: names of one inode are one copy, never duplicates of each other (removing one frees
 nothing). A group is content held by at least two inodes; each copy lists all its names.
-"""
-from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+Its records are NamedTuples, as in model.py (and for the same reason: no `dataclasses` on the path
+of `scan`, no `from __future__ import annotations` for NamedTuple to compile).
+"""
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from migrate.hashing import DigestCache, Key, hash_many, partial_digest
 from migrate.model import FileRecord, Problem, ScanResult
@@ -21,15 +21,13 @@ DIRECT = 256 << 10     # files up to this size are hashed in full at once (a par
 Inode = Tuple[int, int]
 
 
-@dataclass(frozen=True)
-class Copy:
+class Copy(NamedTuple):
     """One inode holding the content, with every scanned name it has (sorted)."""
 
     names: Tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class DuplicateGroup:
+class DuplicateGroup(NamedTuple):
     """Content stored in two or more inodes: all but one copy could go."""
 
     digest: str
@@ -41,8 +39,7 @@ class DuplicateGroup:
         return self.size * (len(self.copies) - 1)
 
 
-@dataclass(frozen=True)
-class Duplicates:
+class Duplicates(NamedTuple):
     groups: Tuple[DuplicateGroup, ...]   # most redundant bytes first, then by first name
     problems: Tuple[Problem, ...]
     files: int                            # files considered (complete model files)

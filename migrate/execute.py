@@ -14,7 +14,7 @@ import socket
 import stat
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 from migrate import __version__, fsops
@@ -381,7 +381,7 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                 if id(a) in r.failed:
                     continue
                 if id(a) in r.copied_instead:
-                    r.remove_source(replace(a, removal=Removal.QUARANTINE))
+                    r.remove_source(a._replace(removal=Removal.QUARANTINE))
                 elif a.removal in (Removal.UNLINK, Removal.QUARANTINE):
                     r.remove_source(a)
                 elif a.removal is Removal.RENAMED and a.link_back and a.dst:

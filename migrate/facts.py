@@ -6,7 +6,7 @@ created and removed in the target's nearest existing folder, whose times are put
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from migrate import catalogue as store_catalogue, fsops, plan as planning
@@ -55,9 +55,9 @@ def _from_catalogue(scan: ScanResult, cat: store_catalogue.Catalogue) -> Tuple[S
     for r in scan.records:
         d = store_catalogue.lookup(cat, r.rel, (r.ino, r.size, r.mtime_ns)) if r.status is Status.MIGRATE else None
         if d is not None:
-            r, hits = replace(r, digest=d), hits + 1
+            r, hits = r._replace(digest=d), hits + 1
         records.append(r)
-    return replace(scan, records=tuple(records)), hits
+    return scan._replace(records=tuple(records)), hits
 
 
 def read_yaml(path: Optional[str]) -> Optional[str]:
@@ -160,8 +160,7 @@ def path_facts(yaml_path: Optional[str], target: str, base_path: str) -> Optiona
 
 
 def make_plan(facts: Facts, policy: Policy) -> Plan:
-    from dataclasses import replace
     plan = planning.build_plan(facts.sources, facts.target_scan, facts.target, policy, facts.probes,
                                facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes,
                                paths=path_facts(facts.yaml_path, facts.target, policy.base_path))
-    return replace(plan, findings=facts.findings)
+    return plan._replace(findings=facts.findings)

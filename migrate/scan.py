@@ -8,7 +8,6 @@ import os
 import sys
 from operator import attrgetter
 from stat import S_IMODE, S_ISDIR, S_ISLNK, S_ISREG
-from dataclasses import replace
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 from migrate import comfy
@@ -163,7 +162,7 @@ def scan_tree(root: str) -> ScanResult:
 
 
 def _with(r: FileRecord, status: Status, digest: Optional[str], detail: str) -> FileRecord:
-    """dataclasses.replace(r, status=, digest=, detail=) at a third of its cost (it runs once per file)."""
+    """r._replace(status=, digest=, detail=) at a fraction of its cost (it runs once per file)."""
     return FileRecord(r.root, r.rel, r.folder, r.category, r.custom, status, r.size, r.mtime_ns, r.mode,
                       r.dev, r.ino, r.nlink, digest, r.link_target, detail)
 
@@ -209,8 +208,8 @@ def hash_records(
             cache.put((r.dev, r.ino, r.size, r.mtime_ns), digest)
     if cache is not None:
         cache.save()
-    return replace(result, records=tuple(records), problems=tuple(problems), hashed_files=len(jobs),
-                   hashed_bytes=hashed_bytes, cached_files=cached)
+    return result._replace(records=tuple(records), problems=tuple(problems), hashed_files=len(jobs),
+                           hashed_bytes=hashed_bytes, cached_files=cached)
 
 
 def scan_and_hash(roots: Sequence[str], cache: Optional[DigestCache],

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from migrate import comfy
 from migrate.errors import BadInput
 from migrate.model import (
-    Action, ActionKind, FileRecord, Method, Mode, OnConflict, PathFacts, Policy, Probe, Removal, ScanResult,
+    Action, ActionKind, FileRecord, Method, Mode, OnConflict, PathFacts, Plan, Policy, Probe, Removal, ScanResult,
     Status,
 )
 from migrate.plan import build_plan, check_roots
@@ -301,6 +301,20 @@ def test_plan_is_a_function_of_its_input_not_of_record_order():
     shuffled = records[:]
     random.Random(4).shuffle(shuffled)
     assert plan_of(*shuffled, **kw) == first
+
+
+def test_plans_are_equal_whatever_the_free_space_and_differ_in_anything_else():
+    """free_bytes is measured, not planned: two dry runs a moment apart are one plan (a dataclass
+    field(compare=False) before; Plan, a NamedTuple now, overrides __eq__ and __hash__ for it)."""
+    records = [rec("loras/a.pt", "d1"), rec("unet/b.pt", "d2", size=1000)]
+    low, high = plan_of(*records, probe=OTHER_FS, free_bytes=10), plan_of(*records, probe=OTHER_FS, free_bytes=10**9)
+    assert not low.fits and high.fits
+    assert low == high and not low != high and hash(low) == hash(high) and len({low, high}) == 1
+    for name in Plan._fields:
+        other = low._replace(**{name: object()})
+        counts = name != "free_bytes"
+        assert (other != low, low != other, hash(other) != hash(low)) == (counts, counts, counts), name
+    assert low != tuple(low) and tuple(low) != low      # a plain tuple of the same values is no plan
 
 
 # --- property: never two contents for one name, never over a target file -----------------------------
