@@ -73,8 +73,9 @@ def test_scan_loads_no_library_it_does_not_use(tmp_path):
 def test_scan_path_loads_neither_dataclasses_nor_inspect():
     """Records are NamedTuples: a frozen dataclass costs ~2.5 ms to create and `dataclasses` imports
     `inspect` (~15-20 ms), most of `scan`'s start-up. Imported directly, not through the click CLI."""
-    code = ("import sys\nimport migrate.scan, migrate.report, migrate.dupes, migrate.hashing, migrate.comfy, "
-            "migrate.errors\nprint(','.join(m for m in ('dataclasses', 'inspect') if m in sys.modules))\n")
+    code = ("import sys\nimport migrate.quick, migrate.shell, migrate.scan, migrate.report, migrate.dupes, "
+            "migrate.hashing, migrate.comfy, migrate.errors\n"
+            "print(','.join(m for m in ('dataclasses', 'inspect') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "", f"the scan path imports {out.strip()}"
 
