@@ -16,6 +16,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # whose own imports (pathlib, urllib, ...) cost ~25 ms of every command's start-up here.
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat \
         -e "$ROOT[test]" >&2
+    # setuptools (put here by venv's ensurepip) is not needed at run time (pip builds the package in
+    # an isolated environment), and its distutils-precedence.pth import costs every start ~1-2 ms.
+    "$VENV/bin/python" -m pip uninstall -q -y --disable-pip-version-check setuptools >&2 || true
     echo "$want" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
