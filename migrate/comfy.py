@@ -10,15 +10,15 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from migrate.errors import BadInput
 
 MODEL_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"})
 
 # category -> (default folders under models/ in search order, extensions or None for any)
-CATEGORIES: Dict[str, Tuple[Tuple[str, ...], Optional[frozenset]]] = {
+CATEGORIES: dict[str, tuple[tuple[str, ...], frozenset | None]] = {
     "checkpoints": (("checkpoints",), MODEL_EXTENSIONS),
     "configs": (("configs",), frozenset({".yaml"})),
     "loras": (("loras",), MODEL_EXTENSIONS),
@@ -46,7 +46,7 @@ BEGIN_MARK = "# >>> comfy-migrate: managed section, written by `comfy-migrate ru
 END_MARK = "# <<< comfy-migrate"
 
 
-def category_of(folder: str) -> Tuple[str, bool]:
+def category_of(folder: str) -> tuple[str, bool]:
     """Map a folder name under models/ to (canonical category, is_custom)."""
     if folder in FOLDER_CATEGORY:
         return FOLDER_CATEGORY[folder], False
@@ -90,7 +90,7 @@ def _yaml():
     return yaml, DupCheckLoader
 
 
-def parse_yaml(text: str, where: str = "extra_model_paths.yaml") -> Dict[str, dict]:
+def parse_yaml(text: str, where: str = "extra_model_paths.yaml") -> dict[str, dict]:
     """Parse and check a YAML the way ComfyUI will read it. Raises BadInput naming the fix."""
     if len(text) > 4 * 1024 * 1024:
         raise BadInput(f"{where}: larger than 4 MiB, not an extra_model_paths.yaml", "check the --yaml path")
@@ -132,15 +132,15 @@ def parse_yaml(text: str, where: str = "extra_model_paths.yaml") -> Dict[str, di
 
 
 def search_folders(
-    yaml_texts: Sequence[Tuple[str, str]], models_dir: Optional[str], env: Optional[Dict[str, str]] = None,
-) -> Dict[str, List[str]]:
+    yaml_texts: Sequence[tuple[str, str]], models_dir: str | None, env: dict[str, str] | None = None,
+) -> dict[str, list[str]]:
     """Each category's folders in ComfyUI's search order.
 
     yaml_texts: (yaml path, text) in the order ComfyUI loads them. models_dir: ComfyUI's own
     models folder (its built-in folders are always searched). Pure apart from path arithmetic.
     """
     env = dict(os.environ if env is None else env)
-    order: Dict[str, List[str]] = {}
+    order: dict[str, list[str]] = {}
     if models_dir:
         for cat, (folders, _) in CATEGORIES.items():
             order[cat] = [posixpath.normpath(posixpath.join(models_dir, f)) for f in folders]
@@ -182,7 +182,7 @@ def search_folders(
 _VAR = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)     # the pattern of posixpath.expandvars
 
 
-def _expand(value: str, env: Dict[str, str]) -> str:
+def _expand(value: str, env: dict[str, str]) -> str:
     """ComfyUI's os.path.expandvars(os.path.expanduser(value)), with `env` instead of os.environ.
 
     An unset variable stays literally (`$VAR`), which then reads as a folder below the YAML's.
@@ -199,13 +199,13 @@ def _expand(value: str, env: Dict[str, str]) -> str:
     return _VAR.sub(sub, value)
 
 
-def unset_variables(value: str, env: Dict[str, str]) -> List[str]:
+def unset_variables(value: str, env: dict[str, str]) -> list[str]:
     """The $VARIABLES in a base_path that `env` lacks (ComfyUI would keep them as literal text)."""
     names = [m.group(1)[1:-1] if m.group(1).startswith("{") else m.group(1) for m in _VAR.finditer(value)]
     return [n for n in names if n not in env]
 
 
-def resolve_base(base: str, yaml_path: str, env: Dict[str, str]) -> str:
+def resolve_base(base: str, yaml_path: str, env: dict[str, str]) -> str:
     """A section's base_path as ComfyUI resolves it: expanded, then relative to the YAML's folder."""
     yaml_dir = posixpath.dirname(posixpath.abspath(yaml_path))
     base = _expand(str(base), env)
@@ -214,7 +214,7 @@ def resolve_base(base: str, yaml_path: str, env: Dict[str, str]) -> str:
     return posixpath.normpath(base)
 
 
-def managed_base(text: str, yaml_path: str, env: Optional[Dict[str, str]] = None) -> Optional[Tuple[str, str]]:
+def managed_base(text: str, yaml_path: str, env: dict[str, str] | None = None) -> tuple[str, str] | None:
     """(base_path as written, as ComfyUI resolves it) of our managed section, or None."""
     env = dict(os.environ if env is None else env)
     conf = parse_yaml(text, yaml_path).get(MANAGED_SECTION)
@@ -224,7 +224,7 @@ def managed_base(text: str, yaml_path: str, env: Optional[Dict[str, str]] = None
     return raw, resolve_base(raw, yaml_path, env)
 
 
-def render_section(base_path: str, folders: Dict[str, List[str]]) -> str:
+def render_section(base_path: str, folders: dict[str, list[str]]) -> str:
     """The managed section's text. folders: category -> folder names relative to base_path."""
     lines = [BEGIN_MARK, f"{MANAGED_SECTION}:", f"  base_path: {_quote(base_path)}", "  is_default: true"]
     for cat in sorted(folders):
@@ -259,7 +259,7 @@ def _quote_key(key: str) -> str:
     return key if plain else _quote(key)
 
 
-def merge_section(old_text: Optional[str], section: str, where: str = "extra_model_paths.yaml") -> str:
+def merge_section(old_text: str | None, section: str, where: str = "extra_model_paths.yaml") -> str:
     """Put the managed section into the user's YAML text, leaving every other byte as it was."""
     text = old_text or ""
     if old_text is not None:
@@ -290,7 +290,7 @@ def merge_section(old_text: Optional[str], section: str, where: str = "extra_mod
 DEFAULT_COMFYUI = ("/workspace/runpod-slim/ComfyUI", "/workspace/ComfyUI")
 
 
-def find_comfyui(given: Optional[str]) -> str:
+def find_comfyui(given: str | None) -> str:
     if given:
         path = os.path.abspath(given)
         if not os.path.isdir(path):

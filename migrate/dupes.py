@@ -8,61 +8,72 @@ Full digests come from the digest cache where it has them, and new ones go into 
 Hardlinks: names of one inode are one copy, never duplicates of each other (removing one frees
 nothing). A group is content held by at least two inodes; each copy lists all its names.
 
-Its records are NamedTuples, as in model.py (and for the same reason: no `dataclasses` on the path
-of `scan`, no `from __future__ import annotations` for NamedTuple to compile).
+Its records are collections.namedtuple classes, as in model.py (and for the same reason: neither
+`dataclasses` nor `typing` on the path of `scan`).
 """
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable, Sequence
 
 from migrate.hashing import DigestCache, Key, hash_many, partial_digest
 from migrate.model import FileRecord, Problem, ScanResult
 
 DIRECT = 256 << 10     # files up to this size are hashed in full at once (a partial read costs as much)
 
-Inode = Tuple[int, int]
+Inode = tuple[int, int]
 
 
-class Copy(NamedTuple):
+class Copy(namedtuple("Copy", [
+    "names",                      # tuple[str, ...]
+])):
     """One inode holding the content, with every scanned name it has (sorted)."""
 
-    names: Tuple[str, ...]
+    __slots__ = ()
 
 
-class DuplicateGroup(NamedTuple):
+class DuplicateGroup(namedtuple("DuplicateGroup", [
+    "digest",                     # str
+    "size",                       # int
+    "copies",                     # tuple[Copy, ...]: sorted by first name
+])):
     """Content stored in two or more inodes: all but one copy could go."""
 
-    digest: str
-    size: int
-    copies: Tuple[Copy, ...]          # sorted by first name
+    __slots__ = ()
 
     @property
     def redundant_bytes(self) -> int:
         return self.size * (len(self.copies) - 1)
 
 
-class Duplicates(NamedTuple):
-    groups: Tuple[DuplicateGroup, ...]   # most redundant bytes first, then by first name
-    problems: Tuple[Problem, ...]
-    files: int                            # files considered (complete model files)
-    hashed_files: int                     # files read in full
-    partial_files: int                    # files of which only the ends were read
-    cached_files: int                     # full digests taken from the cache
+class Duplicates(namedtuple("Duplicates", [
+    "groups",                     # tuple[DuplicateGroup, ...]: most redundant bytes first, then by first name
+    "problems",                   # tuple[Problem, ...]
+    "files",                      # int: files considered (complete model files)
+    "hashed_files",               # int: files read in full
+    "partial_files",              # int: files of which only the ends were read
+    "cached_files",               # int: full digests taken from the cache
+])):
+    """What `scan --duplicates` found, with counts of how much it read to find it."""
+
+    __slots__ = ()
 
 
-def find_duplicates(scans: Sequence[ScanResult], cache: Optional[DigestCache],
-                    on_bytes: Optional[Callable[[int], None]] = None) -> Duplicates:
+def find_duplicates(scans: Sequence[ScanResult], cache: DigestCache | None,
+                    on_bytes: Callable[[int], None] | None = None) -> Duplicates:
     """Group the files to migrate of all scans by content, hashing only what could be a duplicate."""
-    inodes: Dict[Inode, List[FileRecord]] = {}
+    inodes: dict[Inode, list[FileRecord]] = {}
     for s in scans:
         for r in s.records:
             if r.status.migrates:
                 inodes.setdefault((r.dev, r.ino), []).append(r)
-    by_size: Dict[int, List[Inode]] = {}
+    by_size: dict[int, list[Inode]] = {}
     for ino, recs in inodes.items():
         by_size.setdefault(recs[0].size, []).append(ino)
     candidates = [group for group in by_size.values() if len(group) > 1]
 
-    problems: List[Problem] = []
-    full: Dict[Inode, str] = {}
+    problems: list[Problem] = []
+    full: dict[Inode, str] = {}
     cached = 0
 
     def key(ino: Inode) -> Key:
@@ -74,8 +85,8 @@ def find_duplicates(scans: Sequence[ScanResult], cache: Optional[DigestCache],
         problems.append(Problem(inodes[ino][0].path, f"{err.strerror or err}"))
 
     # Full digests already known; small files are hashed in full right away.
-    to_hash: List[Inode] = []
-    partial_groups: List[List[Inode]] = []
+    to_hash: list[Inode] = []
+    partial_groups: list[list[Inode]] = []
     for group in candidates:
         unknown = []
         for ino in group:
@@ -95,7 +106,7 @@ def find_duplicates(scans: Sequence[ScanResult], cache: Optional[DigestCache],
     # Large files: the ends first; only files whose ends match another's are read in full.
     partial_files = 0
     for group in partial_groups:
-        ends: Dict[str, List[Inode]] = {}
+        ends: dict[str, list[Inode]] = {}
         for ino in group:
             try:
                 ends.setdefault(partial_digest(inodes[ino][0].path, key(ino)), []).append(ino)
@@ -117,7 +128,7 @@ def find_duplicates(scans: Sequence[ScanResult], cache: Optional[DigestCache],
     if cache is not None:
         cache.save()
 
-    contents: Dict[Tuple[int, str], List[Inode]] = {}
+    contents: dict[tuple[int, str], list[Inode]] = {}
     for ino, digest in full.items():
         contents.setdefault((inodes[ino][0].size, digest), []).append(ino)
     groups = []

@@ -20,7 +20,7 @@ import mmap
 import os
 import stat
 import threading
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
 
 import xxhash
 
@@ -33,8 +33,8 @@ PROGRESS = 32 << 20           # report progress in steps of at least this many b
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 OnBytes = Callable[[int], None]
-Key = Tuple[int, int, int, int]     # (device, inode, size, mtime_ns)
-Buffer = Union[bytearray, mmap.mmap, memoryview]
+Key = tuple[int, int, int, int]     # (device, inode, size, mtime_ns)
+Buffer = bytearray | mmap.mmap | memoryview
 
 
 class ChangedError(OSError):
@@ -71,7 +71,7 @@ def _thread_buffer() -> memoryview:
     return view
 
 
-def _open(path: str, expect: Optional[Key], advise: bool) -> Tuple[int, os.stat_result]:
+def _open(path: str, expect: Key | None, advise: bool) -> tuple[int, os.stat_result]:
     fd = os.open(path, OPEN_FLAGS)
     try:
         st = os.fstat(fd)
@@ -90,7 +90,7 @@ def _open(path: str, expect: Optional[Key], advise: bool) -> Tuple[int, os.stat_
         raise
 
 
-def open_regular(path: str, expect: Optional[Key] = None) -> int:
+def open_regular(path: str, expect: Key | None = None) -> int:
     """Open for reading without following a symlink or blocking on a FIFO; insist on a regular file."""
     return _open(path, expect, True)[0]
 
@@ -102,7 +102,7 @@ def stat_key(st: os.stat_result) -> Key:
 class _Progress:
     """Batches on_bytes calls (they may drive a progress bar shared by all workers)."""
 
-    def __init__(self, on_bytes: Optional[OnBytes], lock: Optional[threading.Lock] = None) -> None:
+    def __init__(self, on_bytes: OnBytes | None, lock: threading.Lock | None = None) -> None:
         self.on_bytes = on_bytes
         self.lock = lock
         self.pending = 0
@@ -124,7 +124,7 @@ class _Progress:
 
 
 def _read_stream(fd: int, view: memoryview, h: "xxhash.xxh3_128", progress: _Progress,
-                 stop: Optional[threading.Event] = None) -> None:
+                 stop: threading.Event | None = None) -> None:
     while True:
         if stop is not None and stop.is_set():
             raise _Stopped()
@@ -135,7 +135,7 @@ def _read_stream(fd: int, view: memoryview, h: "xxhash.xxh3_128", progress: _Pro
         progress.add(n)
 
 
-def hash_fd(fd: int, buf: Buffer, on_bytes: Optional[OnBytes] = None) -> str:
+def hash_fd(fd: int, buf: Buffer, on_bytes: OnBytes | None = None) -> str:
     """Digest of what is left to read from fd (sequentially, through buf)."""
     h = xxhash.xxh3_128()
     progress = _Progress(on_bytes)
@@ -164,14 +164,14 @@ class _Split:
     that are still reading before the file is closed.
     """
 
-    def __init__(self, fd: int, size: int, path: str, stop: Optional[threading.Event]) -> None:
+    def __init__(self, fd: int, size: int, path: str, stop: threading.Event | None) -> None:
         self.fd, self.path, self.stop = fd, path, stop
         self.full = size // BUFFER          # chunks helpers may claim
         self.cond = threading.Condition()
         self.claimed = 0
         self.hashed = 0
-        self.delivered: Dict[int, Tuple[memoryview, Union[int, BaseException]]] = {}
-        self.spare: List[memoryview] = []
+        self.delivered: dict[int, tuple[memoryview, int | BaseException]] = {}
+        self.spare: list[memoryview] = []
         self.reading = 0                    # helpers inside a pread
         self.closed = False
 
@@ -193,7 +193,7 @@ class _Split:
             try:
                 if view is None:
                     view = memoryview(aligned_buffer(BUFFER))
-                result: Union[int, BaseException] = _pread_full(self.fd, view, k * BUFFER)
+                result: int | BaseException = _pread_full(self.fd, view, k * BUFFER)
             except BaseException as exc:     # delivered to the owner, who raises it
                 result = exc
             with self.cond:
@@ -263,7 +263,7 @@ class _Split:
 
 
 def _hash_open(fd: int, st: os.stat_result, path: str, view: memoryview, progress: _Progress,
-               split_into: Optional[Callable[[_Split], None]], stop: Optional[threading.Event]) -> str:
+               split_into: Callable[[_Split], None] | None, stop: threading.Event | None) -> str:
     """Digest of an open file: one-shot if it fits the buffer, else streamed or split."""
     h = xxhash.xxh3_128()
     if st.st_size < len(view):
@@ -283,9 +283,9 @@ def _hash_open(fd: int, st: os.stat_result, path: str, view: memoryview, progres
     return h.hexdigest()
 
 
-def _hash_one(path: str, expect: Optional[Key], view: memoryview, progress: _Progress,
-              split_into: Optional[Callable[[_Split], None]] = None,
-              stop: Optional[threading.Event] = None) -> str:
+def _hash_one(path: str, expect: Key | None, view: memoryview, progress: _Progress,
+              split_into: Callable[[_Split], None] | None = None,
+              stop: threading.Event | None = None) -> str:
     fd, st = _open(path, expect, advise=expect is None or expect[2] >= LARGE)
     try:
         digest = _hash_open(fd, st, path, view, progress, split_into, stop)
@@ -296,15 +296,15 @@ def _hash_one(path: str, expect: Optional[Key], view: memoryview, progress: _Pro
         os.close(fd)
 
 
-def hash_path(path: str, expect: Optional[Key] = None, buf: Optional[Buffer] = None,
-              on_bytes: Optional[OnBytes] = None) -> str:
+def hash_path(path: str, expect: Key | None = None, buf: Buffer | None = None,
+              on_bytes: OnBytes | None = None) -> str:
     """Digest of a regular file; raises ChangedError if it is not the scanned one or changes meanwhile.
 
     A large file is read by this thread and one helper thread (when there are two cores).
     """
     view = _aligned_view(buf) if buf is not None else _thread_buffer()
     progress = _Progress(on_bytes)
-    helpers: List[threading.Thread] = []
+    helpers: list[threading.Thread] = []
 
     def split_into(split: _Split) -> None:
         t = threading.Thread(target=split.help, name="hash-helper", daemon=True)
@@ -355,12 +355,12 @@ class DigestCache:
     discarded, never trusted.
     """
 
-    def __init__(self, path: Optional[str]) -> None:
+    def __init__(self, path: str | None) -> None:
         # Absolute now: a relative COMFY_MIGRATE_CACHE has no folder part, and save()'s makedirs("")
         # would fail (silently: the cache was never written).
         self.path = path = os.path.abspath(path) if path else path
-        self._known: Dict[Tuple[int, int], Tuple[int, int, str]] = {}
-        self._new: Dict[Tuple[int, int], Tuple[int, int, str]] = {}
+        self._known: dict[tuple[int, int], tuple[int, int, str]] = {}
+        self._new: dict[tuple[int, int], tuple[int, int, str]] = {}
         if path and os.path.exists(path):
             import sqlite3   # only when there is a cache: keeps start-up short
             try:
@@ -373,7 +373,7 @@ class DigestCache:
                 except OSError:
                     pass
 
-    def get(self, key: Key) -> Optional[str]:
+    def get(self, key: Key) -> str | None:
         hit = self._new.get(key[:2]) or self._known.get(key[:2])
         if hit and hit[0] == key[2] and hit[1] == key[3]:
             return hit[2]
@@ -428,10 +428,10 @@ def default_cache_path() -> str:
     return os.path.join(base, "comfy-migrate", "digests.sqlite")
 
 
-Result = Tuple[Optional[str], Optional[OSError]]
+Result = tuple[str | None, OSError | None]
 
 
-def _hash_small(jobs: Sequence[Tuple[str, Key]], indices: Sequence[int], results: List[Result],
+def _hash_small(jobs: Sequence[tuple[str, Key]], indices: Sequence[int], results: list[Result],
                 view: memoryview, progress: _Progress, stop: threading.Event) -> None:
     """Small files one after the other on this thread: open, fstat, one read, fstat, close.
 
@@ -475,30 +475,30 @@ def _hash_small(jobs: Sequence[Tuple[str, Key]], indices: Sequence[int], results
 
 
 def hash_many(
-    jobs: Sequence[Tuple[str, Key]],
-    on_bytes: Optional[OnBytes] = None,
-    workers: Optional[int] = None,
-) -> List[Result]:
+    jobs: Sequence[tuple[str, Key]],
+    on_bytes: OnBytes | None = None,
+    workers: int | None = None,
+) -> list[Result]:
     """Hash files on worker threads; returns (digest, error) per job, in order.
 
     The small files are one task (one thread, one buffer); each large file is a task, largest
     first. A worker that finds no task left helps read the large files still being hashed. The
     caller's thread only waits (an interrupt stops the workers at their next chunk).
     """
-    results: List[Result] = [(None, None)] * len(jobs)
+    results: list[Result] = [(None, None)] * len(jobs)
     if not jobs:
         return results
     workers = max(1, workers or min(4, os.cpu_count() or 1))
     small = [i for i, (_, key) in enumerate(jobs) if key[2] < LARGE]
     large = sorted((i for i, (_, key) in enumerate(jobs) if key[2] >= LARGE), key=lambda i: (-jobs[i][1][2], i))
-    tasks: List[Union[str, int]] = (["small"] if small else []) + large
+    tasks: list[str | int] = (["small"] if small else []) + large
     tasks.reverse()                               # popped from the end
-    splits: List[_Split] = []
+    splits: list[_Split] = []
     sched = threading.Condition()                 # guards tasks, splits and running
     running = [0]                                 # tasks being hashed
     report_lock = threading.Lock()
     stop = threading.Event()
-    failures: List[BaseException] = []
+    failures: list[BaseException] = []
     workers = min(workers, len(tasks) + (1 if large else 0))
 
     def hash_into(i: int, view: memoryview, progress: _Progress, split_into) -> None:
@@ -513,7 +513,7 @@ def hash_many(
             splits.append(split)
             sched.notify_all()
 
-    def next_work() -> Tuple[Optional[Union[str, int]], Optional[_Split]]:
+    def next_work() -> tuple[str | int | None, _Split | None]:
         """A task, else a split to help, else (None, None) once nothing can come any more."""
         with sched:
             while not stop.is_set():

@@ -1,14 +1,15 @@
 """Frozen values shared by every layer: what a scan finds, what a plan says, what a run reports.
 
-Nothing here touches the disk or imports anything of ours. The records are NamedTuples, not frozen
+Nothing here touches the disk or imports anything of ours. The records are named tuples, not frozen
 dataclasses: as immutable and hashable, with no per-instance dict (FileRecord and Action exist once
-per file), but a class costs ~0.4 ms to create instead of ~2.5 ms, and no `dataclasses` (which
-imports `inspect`) on the path of `scan`: start-up is most of its time on small trees. Use
-`rec._replace(...)`, never iterate, index or len() a record. No `from __future__ import annotations`
-here: NamedTuple would compile every annotation string at import.
+per file), but a class costs a fraction of a dataclass's to create, and no `dataclasses` (which
+imports `inspect`) on the path of `scan`: start-up is most of its time on small trees. They are
+built on collections.namedtuple rather than typing.NamedTuple, so that `typing` (5-8 ms) is not
+imported either; each field's comment gives its type, and its default where it has one. Use
+`rec._replace(...)`, never iterate, index or len() a record.
 """
 import enum
-from typing import NamedTuple, Optional, Tuple
+from collections import namedtuple
 
 PLAN_FORMAT = 1
 STATE_DIR = ".comfy-migrate"     # state folder name, in the target and in each source
@@ -75,24 +76,26 @@ class OnConflict(str, enum.Enum):
     RENAME = "rename"
 
 
-class FileRecord(NamedTuple):
+class FileRecord(namedtuple("FileRecord", [
+    "root",                       # str
+    "rel",                        # str: posix path relative to root
+    "folder",                     # str: first component as found on disk ('' at the root)
+    "category",                   # str | None: canonical ComfyUI category, None at the root
+    "custom",                     # bool: a folder ComfyUI itself does not know (custom nodes')
+    "status",                     # Status
+    "size",                       # int = 0
+    "mtime_ns",                   # int = 0
+    "mode",                       # int = 0
+    "dev",                        # int = 0
+    "ino",                        # int = 0
+    "nlink",                      # int = 1
+    "digest",                     # str | None = None
+    "link_target",                # str | None = None
+    "detail",                     # str = ""
+], defaults=(0, 0, 0, 0, 0, 1, None, None, ""))):
     """One entry found under a root, with its stat facts and (for files to migrate) its digest."""
 
-    root: str
-    rel: str                      # posix path relative to root
-    folder: str                   # first component as found on disk ('' at the root)
-    category: Optional[str]       # canonical ComfyUI category, None at the root
-    custom: bool                  # a folder ComfyUI itself does not know (custom nodes')
-    status: Status
-    size: int = 0
-    mtime_ns: int = 0
-    mode: int = 0
-    dev: int = 0
-    ino: int = 0
-    nlink: int = 1
-    digest: Optional[str] = None
-    link_target: Optional[str] = None
-    detail: str = ""
+    __slots__ = ()
 
     @property
     def path(self) -> str:
@@ -104,21 +107,25 @@ class FileRecord(NamedTuple):
         return self.rel.split("/", 1)[1] if "/" in self.rel else self.rel
 
 
-class Problem(NamedTuple):
+class Problem(namedtuple("Problem", [
+    "path",                       # str
+    "message",                    # str
+])):
     """A per-file trouble, collected as data; the run goes on where it safely can."""
 
-    path: str
-    message: str
+    __slots__ = ()
 
 
-class Finding(NamedTuple):
+class Finding(namedtuple("Finding", [
+    "path",                       # str
+    "kind",                       # str: e.g. truncated, lfs-pointer, shadowed (README lists them all)
+    "severity",                   # str
+    "message",                    # str
+    "fix",                        # str = ""
+], defaults=("",))):
     """One audit result about a path (data, like Problem). severity: broken | suspect | notice."""
 
-    path: str
-    kind: str                     # e.g. truncated, lfs-pointer, shadowed (README lists them all)
-    severity: str
-    message: str
-    fix: str = ""
+    __slots__ = ()
 
     @property
     def blocks(self) -> bool:
@@ -126,107 +133,122 @@ class Finding(NamedTuple):
         return self.severity in ("broken", "suspect")
 
 
-class ScanResult(NamedTuple):
+class ScanResult(namedtuple("ScanResult", [
+    "root",                       # str
+    "records",                    # tuple[FileRecord, ...]
+    "problems",                   # tuple[Problem, ...] = ()
+    "hashed_files",               # int = 0: files whose data was read
+    "hashed_bytes",               # int = 0
+    "cached_files",               # int = 0: digests taken from the cache
+], defaults=((), 0, 0, 0))):
     """Everything found under one root, with counts of how its digests were obtained."""
 
-    root: str
-    records: Tuple[FileRecord, ...]
-    problems: Tuple[Problem, ...] = ()
-    hashed_files: int = 0          # files whose data was read
-    hashed_bytes: int = 0
-    cached_files: int = 0          # digests taken from the cache
+    __slots__ = ()
 
 
-class Probe(NamedTuple):
+class Probe(namedtuple("Probe", [
+    "source",                     # str
+    "hardlink",                   # bool
+    "rename",                     # bool
+    "detail",                     # str = ""
+], defaults=("",))):
     """What the filesystem really allows between a source and the target (tried, not predicted)."""
 
-    source: str
-    hardlink: bool
-    rename: bool
-    detail: str = ""
+    __slots__ = ()
 
 
-class Policy(NamedTuple):
+class Policy(namedtuple("Policy", [
+    "mode",                       # Mode = Mode.MOVE
+    "on_conflict",                # OnConflict = OnConflict.SKIP
+    "link_back",                  # bool | None = None: None, only for custom-node folders
+    "base_path",                  # str = "absolute": absolute | relative | env:VAR
+], defaults=(Mode.MOVE, OnConflict.SKIP, None, "absolute"))):
     """The user's choices that shape a plan."""
 
-    mode: Mode = Mode.MOVE
-    on_conflict: OnConflict = OnConflict.SKIP
-    link_back: Optional[bool] = None     # None: only for custom-node folders
-    base_path: str = "absolute"          # absolute | relative | env:VAR
+    __slots__ = ()
 
 
-class PathFacts(NamedTuple):
+class PathFacts(namedtuple("PathFacts", [
+    "yaml_dir",                   # str: the YAML's folder, symlinks resolved
+    "target",                     # str: the target, symlinks resolved (its nearest existing folder's, if new)
+    "yaml_mount",                 # str: mount point holding the YAML's folder
+    "target_mount",               # str: mount point holding the target
+    "env_name",                   # str | None = None: the variable of --base-path env:VAR
+    "env_value",                  # str | None = None: its value now (None: not set)
+], defaults=(None, None))):
     """Where the YAML and the target really are, as ComfyUI will see them (gathered by the shell).
 
     ComfyUI reads `<realpath of its folder>/extra_model_paths.yaml` and resolves a relative
     base_path from that folder, so relative paths are computed between real paths.
     """
 
-    yaml_dir: str                 # the YAML's folder, symlinks resolved
-    target: str                   # the target, symlinks resolved (its nearest existing folder's, if new)
-    yaml_mount: str               # mount point holding the YAML's folder
-    target_mount: str             # mount point holding the target
-    env_name: Optional[str] = None   # the variable of --base-path env:VAR
-    env_value: Optional[str] = None  # its value now (None: not set)
+    __slots__ = ()
 
 
-class CustomFolder(NamedTuple):
+class CustomFolder(namedtuple("CustomFolder", [
+    "name",                       # str: the folder under models/, e.g. insightface
+    "source",                     # str: <source root>/<name>
+    "destination",                # str: <target>/<name>
+    "files",                      # int: files that end up in the target
+    "stay",                       # int: entries left where they are (skipped, conflicts)
+    "listed",                     # bool: the YAML lists it as `<name>: <name>`
+    "link_back",                  # bool: a symlink at each moved file's old place
+    "note",                       # str: the sentence the plan prints
+])):
     """One folder ComfyUI does not know (a custom node's), and what the plan does with it."""
 
-    name: str                     # the folder under models/, e.g. insightface
-    source: str                   # <source root>/<name>
-    destination: str              # <target>/<name>
-    files: int                    # files that end up in the target
-    stay: int                     # entries left where they are (skipped, conflicts)
-    listed: bool                  # the YAML lists it as `<name>: <name>`
-    link_back: bool               # a symlink at each moved file's old place
-    note: str                     # the sentence the plan prints
+    __slots__ = ()
 
 
-class Action(NamedTuple):
+class Action(namedtuple("Action", [
+    "kind",                       # ActionKind
+    "root",                       # str: source root ('' for target-only entries)
+    "rel",                        # str: path relative to the source root
+    "category",                   # str | None
+    "size",                       # int = 0
+    "digest",                     # str | None = None
+    "dst",                        # str | None = None: absolute path in the target
+    "method",                     # Method = Method.NONE
+    "stored",                     # str | None = None: the one stored copy this name shares content with
+    "removal",                    # Removal = Removal.NONE
+    "link_back",                  # bool = False
+    "reason",                     # str = ""
+    "dev",                        # int = 0
+    "ino",                        # int = 0
+    "mode",                       # int = 0
+    "mtime_ns",                   # int = 0
+], defaults=(0, None, None, Method.NONE, None, Removal.NONE, False, "", 0, 0, 0, 0))):
     """One step of a plan for one source entry (or a target-only entry)."""
 
-    kind: ActionKind
-    root: str                    # source root ('' for target-only entries)
-    rel: str                     # path relative to the source root
-    category: Optional[str]
-    size: int = 0
-    digest: Optional[str] = None
-    dst: Optional[str] = None    # absolute path in the target
-    method: Method = Method.NONE
-    stored: Optional[str] = None  # the one stored copy this name shares content with
-    removal: Removal = Removal.NONE
-    link_back: bool = False
-    reason: str = ""
-    dev: int = 0
-    ino: int = 0
-    mode: int = 0
-    mtime_ns: int = 0
+    __slots__ = ()
 
     @property
     def source(self) -> str:
         return self.root.rstrip("/") + "/" + self.rel
 
 
-class Plan(NamedTuple):
+class Plan(namedtuple("Plan", [
+    "target",                     # str
+    "sources",                    # tuple[str, ...]
+    "yaml_path",                  # str | None
+    "yaml_before",                # str | None: None, the file does not exist
+    "yaml_after",                 # str | None: None, no change
+    "policy",                     # Policy
+    "actions",                    # tuple[Action, ...]
+    "probes",                     # tuple[Probe, ...]
+    "target_hardlinks",           # bool
+    "target_categories",          # tuple[str, ...]
+    "warnings",                   # tuple[str, ...] = ()
+    "free_bytes",                 # int | None = None: not compared, see __eq__
+    "custom_folders",             # tuple[CustomFolder, ...] = ()
+    "base_path",                  # str | None = None: the base_path written to the YAML
+    "paths",                      # PathFacts | None = None
+    "findings",                   # tuple[Finding, ...] = (): what the audit found in the sources
+                                  # (held back or not)
+], defaults=((), None, (), None, None, ()))):
     """What `run` will do, as a value: the dry run prints it, the run executes it."""
 
-    target: str
-    sources: Tuple[str, ...]
-    yaml_path: Optional[str]
-    yaml_before: Optional[str]       # None: the file does not exist
-    yaml_after: Optional[str]        # None: no change
-    policy: Policy
-    actions: Tuple[Action, ...]
-    probes: Tuple[Probe, ...]
-    target_hardlinks: bool
-    target_categories: Tuple[str, ...]
-    warnings: Tuple[str, ...] = ()
-    free_bytes: Optional[int] = None     # not compared: see __eq__
-    custom_folders: Tuple[CustomFolder, ...] = ()
-    base_path: Optional[str] = None      # the base_path written to the YAML
-    paths: Optional[PathFacts] = None
-    findings: Tuple[Finding, ...] = ()   # what the audit found in the sources (held back or not)
+    __slots__ = ()
 
     @property
     def bytes_to_copy(self) -> int:

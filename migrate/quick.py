@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
 
 FLAGS = {"--no-cache": "no_cache", "--duplicates": "duplicates"}
 VALUES = {"--source": "sources", "--comfyui": "comfyui", "--format": "fmt"}
@@ -25,10 +25,10 @@ ENVVARS = {"sources": "COMFY_MIGRATE_SOURCE", "comfyui": "COMFYUI_DIR", "fmt": "
 FORMATS = ("table", "json")
 VERBOSITY = {"-q": -1, "--quiet": -1, "-v": 1, "--verbose": 1}
 
-Params = Dict[str, object]
+Params = dict[str, object]
 
 
-def parse_scan(argv: Sequence[str], environ: Mapping[str, str]) -> Optional[Tuple[int, Params]]:
+def parse_scan(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[int, Params] | None:
     """(verbosity, the scan command's parameters) for argv, or None: leave argv to click."""
     verbosity, i = 0, 0
     while i < len(argv) and argv[i] in VERBOSITY:
@@ -36,7 +36,7 @@ def parse_scan(argv: Sequence[str], environ: Mapping[str, str]) -> Optional[Tupl
         i += 1
     if i >= len(argv) or argv[i] != "scan":
         return None
-    values: Dict[str, str] = {}
+    values: dict[str, str] = {}
     sources = []
     params: Params = {"no_cache": False, "duplicates": False}
     rest = list(argv[i + 1:])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections import OrderedDict
-from typing import Dict, Iterator, List, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 from migrate.model import PLAN_FORMAT, Action, ActionKind, Finding, Method, Plan, Removal, ScanResult, Status
 
@@ -118,10 +118,10 @@ def iter_scan_json(results: Sequence[ScanResult], batch: int = 2000) -> Iterator
     yield text
 
 
-def scan_rows(result: ScanResult) -> List[list]:
+def scan_rows(result: ScanResult) -> list[list]:
     """One row per category: files, bytes, duplicate files, entries not migrated."""
-    cats: Dict[str, list] = OrderedDict()
-    seen: Dict[str, int] = {}
+    cats: dict[str, list] = OrderedDict()
+    seen: dict[str, int] = {}
     for rec in sorted(result.records, key=lambda r: (r.category or "", r.rel)):
         name = (rec.category or "(top level)") + (" (custom nodes)" if rec.custom else "")
         row = cats.setdefault(name, [name, 0, 0, 0, 0])
@@ -159,7 +159,7 @@ def duplicates_doc(d) -> dict:
 DUPLICATE_HEADERS = ["group", "size", "digest", "copy (names of one inode)"]
 
 
-def duplicate_rows(d) -> List[list]:
+def duplicate_rows(d) -> list[list]:
     """One row per copy; a copy's hardlinked names share its row."""
     rows = []
     for n, g in enumerate(d.groups, 1):
@@ -208,7 +208,7 @@ def plan_doc(plan: Plan) -> dict:
 
 
 def totals(plan: Plan) -> dict:
-    by_kind: Dict[str, dict] = {}
+    by_kind: dict[str, dict] = {}
     for a in plan.actions:
         t = by_kind.setdefault(a.kind.value, {"files": 0, "bytes": 0})
         t["files"] += 1
@@ -219,7 +219,7 @@ def totals(plan: Plan) -> dict:
             "quarantine_bytes": quarantined}
 
 
-def plan_rows(plan: Plan) -> List[list]:
+def plan_rows(plan: Plan) -> list[list]:
     rows = []
     for a in plan.actions:
         how = a.method.value if a.method is not Method.NONE else ""
@@ -237,13 +237,13 @@ def plan_rows(plan: Plan) -> List[list]:
 PLAN_HEADERS = ["action", "source (in its models folder)", "in the target", "how", "size", "source after", "note"]
 
 
-def summary_rows(plan: Plan) -> List[list]:
+def summary_rows(plan: Plan) -> list[list]:
     t = totals(plan)
     rows = [[k, v["files"], human(v["bytes"])] for k, v in sorted(t["by_action"].items())]
     return rows
 
 
-def summary_lines(plan: Plan) -> List[str]:
+def summary_lines(plan: Plan) -> list[str]:
     t = totals(plan)
     lines = [f"deduplication saves {human(t['dedup_saves_bytes'])}; "
              f"{human(t['copy_bytes'])} must be copied"]
@@ -323,7 +323,7 @@ def finding_doc(f: Finding) -> dict:
     return {"path": f.path, "kind": f.kind, "severity": f.severity, "message": f.message, "fix": f.fix}
 
 
-def audit_doc(roots: Sequence[str], findings: Sequence[Finding], summaries: Dict[str, dict], files: int) -> dict:
+def audit_doc(roots: Sequence[str], findings: Sequence[Finding], summaries: dict[str, dict], files: int) -> dict:
     counts = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITY_ORDER}
     return {"version": PLAN_FORMAT, "roots": list(roots), "entries": files, "counts": counts,
             "ok": not any(f.blocks for f in findings),
@@ -331,7 +331,7 @@ def audit_doc(roots: Sequence[str], findings: Sequence[Finding], summaries: Dict
             "files": [{"path": p, **s} for p, s in sorted(summaries.items())]}
 
 
-def audit_rows(findings: Sequence[Finding]) -> List[list]:
+def audit_rows(findings: Sequence[Finding]) -> list[list]:
     ordered = sorted(findings, key=lambda f: (SEVERITY_ORDER.get(f.severity, 9), f.path, f.kind))
     return [[f.severity, f.kind, show(f.path), f.message] for f in ordered]
 
@@ -339,7 +339,7 @@ def audit_rows(findings: Sequence[Finding]) -> List[list]:
 AUDIT_HEADERS = ["severity", "finding", "path", "what"]
 
 
-def finding_lines(findings: Sequence[Finding]) -> List[str]:
+def finding_lines(findings: Sequence[Finding]) -> list[str]:
     """One line per finding of a plan: what it is and the fix."""
     return [f"{f.severity}: {show(f.path)}: {f.kind}: {f.message}" + (f" (fix: {f.fix})" if f.fix else "")
             for f in findings]

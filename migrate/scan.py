@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from operator import attrgetter
 from stat import S_IMODE, S_ISDIR, S_ISLNK, S_ISREG
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 from migrate import comfy
 from migrate.hashing import DigestCache, hash_many
@@ -29,13 +29,13 @@ def _bad_name(name: str) -> bool:
         return True
 
 
-def classify(rel: str, st: os.stat_result) -> Tuple[Status, str]:
+def classify(rel: str, st: os.stat_result) -> tuple[Status, str]:
     """The status of one entry from its name and lstat alone."""
     folder, _, base = rel.rpartition("/")
     return _classify(base, st.st_mode, st.st_size, bool(folder), bool(folder) and _bad_name(folder))
 
 
-def _classify(base: str, mode: int, size: int, in_folder: bool, folder_bad: bool) -> Tuple[Status, str]:
+def _classify(base: str, mode: int, size: int, in_folder: bool, folder_bad: bool) -> tuple[Status, str]:
     """classify() for a walk that knows the folder: its name check (folder_bad) is done once per folder.
 
     A path is valid UTF-8 exactly when each of its components is, so checking the folder once and
@@ -72,7 +72,7 @@ _EMPTY = (Status.EMPTY, "empty file")
 _MIGRATE = (Status.MIGRATE, "")
 
 
-def walk(root: str, on_error: Optional[Callable[[OSError], None]] = None) -> Iterator[Tuple[str, os.stat_result]]:
+def walk(root: str, on_error: Callable[[OSError], None] | None = None) -> Iterator[tuple[str, os.stat_result]]:
     """Yield (relative path, lstat) for every non-directory entry below root, sorted by name.
 
     Symlinked folders are yielded as entries and not entered; our state folder and `.git` are skipped.
@@ -85,13 +85,13 @@ def walk(root: str, on_error: Optional[Callable[[OSError], None]] = None) -> Ite
             yield prefix + name, st
 
 
-def _walk_folders(root: str, on_error: Optional[Callable[[OSError], None]]
-                  ) -> Iterator[Tuple[str, List[Tuple[str, os.stat_result]]]]:
+def _walk_folders(root: str, on_error: Callable[[OSError], None] | None
+                  ) -> Iterator[tuple[str, list[tuple[str, os.stat_result]]]]:
     """walk() a folder at a time: (folder relative to root, [(name, lstat)] of its non-folders).
 
     Per-folder work (the prefix, the category) is then done once per folder, not per file.
     """
-    stack: List[Tuple[str, str]] = [(root, "")]
+    stack: list[tuple[str, str]] = [(root, "")]
     while stack:
         path, rel = stack.pop()
         try:
@@ -126,8 +126,8 @@ def _walk_folders(root: str, on_error: Optional[Callable[[OSError], None]]
 
 def scan_tree(root: str) -> ScanResult:
     """Stat facts of every entry under one root (no digests yet)."""
-    records: List[FileRecord] = []
-    problems: List[Problem] = []
+    records: list[FileRecord] = []
+    problems: list[Problem] = []
 
     def on_error(exc: OSError) -> None:
         gone = isinstance(exc, FileNotFoundError)
@@ -161,15 +161,15 @@ def scan_tree(root: str) -> ScanResult:
     return ScanResult(root=root, records=tuple(records), problems=tuple(problems))
 
 
-def _with(r: FileRecord, status: Status, digest: Optional[str], detail: str) -> FileRecord:
+def _with(r: FileRecord, status: Status, digest: str | None, detail: str) -> FileRecord:
     """r._replace(status=, digest=, detail=) at a fraction of its cost (it runs once per file)."""
     return FileRecord(r.root, r.rel, r.folder, r.category, r.custom, status, r.size, r.mtime_ns, r.mode,
                       r.dev, r.ino, r.nlink, digest, r.link_target, detail)
 
 
 def hash_records(
-    result: ScanResult, cache: Optional[DigestCache], on_bytes: Optional[Callable[[int], None]] = None,
-    only: Optional[Callable[[FileRecord], bool]] = None,
+    result: ScanResult, cache: DigestCache | None, on_bytes: Callable[[int], None] | None = None,
+    only: Callable[[FileRecord], bool] | None = None,
 ) -> ScanResult:
     """Fill in digests of files to migrate, from the cache where (dev, ino, size, mtime) match.
 
@@ -212,6 +212,6 @@ def hash_records(
                            hashed_bytes=hashed_bytes, cached_files=cached)
 
 
-def scan_and_hash(roots: Sequence[str], cache: Optional[DigestCache],
-                  on_bytes: Optional[Callable[[int], None]] = None) -> List[ScanResult]:
+def scan_and_hash(roots: Sequence[str], cache: DigestCache | None,
+                  on_bytes: Callable[[int], None] | None = None) -> list[ScanResult]:
     return [hash_records(scan_tree(r), cache, on_bytes) for r in roots]

@@ -11,12 +11,16 @@ import contextlib
 import errno
 import os
 import sys
-from typing import Callable, Iterator, List, NoReturn, Optional, Tuple
+from collections.abc import Callable, Iterator
 
 from migrate import report
 from migrate.errors import BadInput, ExitCode, MigrateError
 from migrate.hashing import DigestCache, default_cache_path
 from migrate.model import Status
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:       # typing is not imported at run time: ~5-8 ms of scan's start-up
+    from typing import NoReturn
 
 
 def err(msg: str) -> None:
@@ -41,7 +45,7 @@ class Ui:
         err(f"warning: {msg}")
 
     @contextlib.contextmanager
-    def progress(self, desc: str) -> Iterator[Tuple[Callable[[int], None], Callable[[int], None]]]:
+    def progress(self, desc: str) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
         """(on_total, on_bytes) callbacks driving a tqdm bar on stderr, only on a TTY."""
         if self.verbosity < 0 or not sys.stderr.isatty():
             yield (lambda n: None), (lambda n: None)
@@ -71,7 +75,7 @@ def out(text: str) -> None:
     sys.stdout.flush()
 
 
-def resolve_sources(comfyui: Optional[str], sources: Tuple[str, ...]) -> Tuple[Optional[str], List[str]]:
+def resolve_sources(comfyui: str | None, sources: tuple[str, ...]) -> tuple[str | None, list[str]]:
     from migrate.comfy import check_dir, find_comfyui
     if sources:
         home = find_comfyui(comfyui) if comfyui else None
@@ -94,7 +98,7 @@ def _looks_like_models(path: str) -> bool:
     return os.path.basename(path.rstrip("/")) == "models" or bool(names & set(FOLDER_CATEGORY))
 
 
-def resolve_target(target: Optional[str]) -> str:
+def resolve_target(target: str | None) -> str:
     from migrate.facts import DEFAULT_TARGET
     path = os.path.abspath(target or DEFAULT_TARGET)
     if os.path.lexists(path) and not os.path.isdir(path):
@@ -102,7 +106,7 @@ def resolve_target(target: Optional[str]) -> str:
     return path
 
 
-def open_cache(no_cache: bool) -> Optional[DigestCache]:
+def open_cache(no_cache: bool) -> DigestCache | None:
     return None if no_cache else DigestCache(default_cache_path())
 
 
@@ -113,7 +117,7 @@ def open_verdicts(no_cache: bool):
 
 # --- scan ----------------------------------------------------------------------------------------
 
-def scan(ui: Ui, comfyui: Optional[str], sources: Tuple[str, ...], fmt: str, no_cache: bool,
+def scan(ui: Ui, comfyui: str | None, sources: tuple[str, ...], fmt: str, no_cache: bool,
          duplicates: bool) -> None:
     """`comfy-migrate scan` (its options are documented on the click command in cli.py)."""
     from migrate.scan import hash_records, scan_tree
