@@ -253,8 +253,8 @@ def _undo(u: Undo, on_bytes) -> str:
         dst = r["dst"]
         want = (r["dev"], r["ino"]) if op == "link" else (r["stored_dev"], r["stored_ino"])
         cur = _ino(dst)
-        if cur is None:
-            return ""
+        if cur is None or (cur != want and not u.finished):
+            return ""          # never linked (the call is atomic), or the name is another pod's now
         if cur != want:
             return "the target file was replaced since the run; left in place"
         if op == "link" and not _as_logged(dst, r):
@@ -273,6 +273,8 @@ def _undo(u: Undo, on_bytes) -> str:
         return ""
     if op == "rename":
         cur = _ino(r["dst"])
+        if cur is not None and cur != (r["dev"], r["ino"]) and not u.finished:
+            return ""          # never renamed (the call is atomic): the name is another pod's file
         if cur is None or _ino(r["src"]) is not None:
             return "" if cur is None else "both names exist; left in place"
         if cur != (r["dev"], r["ino"]):
@@ -289,8 +291,8 @@ def _undo(u: Undo, on_bytes) -> str:
         ino = r.get("dst_ino") or r.get("tmp_ino")
         dst = r["dst"]
         cur = _ino(dst)
-        if cur is None or ino is None:
-            return ""
+        if cur is None or ino is None or (cur[1] != ino and not u.finished):
+            return ""          # never published (the rename is atomic): the name is another pod's file
         if cur[1] != ino:
             return "the target file was replaced since the run; left in place"
         # This undo deletes the copy: first prove it holds exactly the bytes the run copied.

@@ -644,3 +644,40 @@ def test_kept_file_a_later_run_of_its_pod_relied_on_leaves_with_that_run(tmp_pat
         for rel, want in models.items():
             assert (comfyui / "models" / rel).read_bytes() == want, (comfyui, rel)
     assert store_files(target) == {}
+
+
+@pytest.mark.parametrize("where", ["same-fs", "other-fs"])
+def test_rollback_of_a_pod_killed_before_placing_leaves_another_pods_file_alone(tmp_path, cli_env, where,
+                                                                                request):
+    """Pod A is SIGKILLed right after journalling that it will place vae/big (a hardlink; or a copy,
+    staged in a temporary file but not yet published), before doing it; pod B then places its own file under that name. A's
+    rollback must see that the step never happened (the stored file is B's), finish with exit 0
+    and leave B's file where B's YAML finds it. Found by scripts/torture's fleet family."""
+    models = models_of({"vae/big.safetensors": blob("big", 64 << 10)})
+    base = request.getfixturevalue("other_fs") if where == "other-fs" else tmp_path
+    target = base / "volume" / "models"
+    (ca, ea), (cb, eb), (cc, ec) = (make_pod(tmp_path / n, models) for n in "abc")
+    # The journal record that begins placing vae/big, read from a complete run of an identical pod.
+    run_cli(["run", "--comfyui", cc, "--target", base / "scratch", "--yes"], dict(cli_env, **ec))
+    log, = (base / "scratch" / STATE_DIR / "runs").glob("*.jsonl")
+    records = read_log(str(log))[0]
+    begin = next(r for r in records if r.get("type") == "begin" and r.get("dst", "").endswith("vae/big.safetensors")
+                 and r.get("op") in ("link", "rename", "copy"))
+    # A copy is killed once its temporary file is staged (logged with its inode), before the publish.
+    place = begin["seq"] if begin["op"] != "copy" else next(
+        r["seq"] for r in records if r.get("type") == "staged" and r.get("step") == begin["step"])
+    assert begin["op"] == ("copy" if where == "other-fs" else "link")
+    env_a = dict(cli_env, **ea, COMFY_MIGRATE_CRASH_AT=str(place))
+    killed = subprocess.run([sys.executable, "-m", "migrate", "run", "--comfyui", str(ca), "--target", str(target),
+                             "--yes"], env=env_a, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run_cli(["run", "--comfyui", cb, "--target", target, "--yes"], dict(cli_env, **eb))
+    stored = (target / "vae" / "big.safetensors").stat()
+    a_log = next(p for p in (target / STATE_DIR / "runs").glob("*.jsonl")
+                 if read_log(str(p))[0][0]["sources"] == [str(ca / "models")])
+    out = run_cli(["rollback", a_log.name[:-len(".jsonl")], "--target", target, "--yes"], dict(cli_env, **ea))
+    assert "skipped" not in out.stdout or " 0 skipped" in out.stdout, out.stdout
+    assert (ca / "models" / "vae" / "big.safetensors").read_bytes() == models["vae/big.safetensors"]
+    after = (target / "vae" / "big.safetensors").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (stored.st_ino, stored.st_mtime_ns)     # B's file untouched
+    assert resolve(cb, "vae", "big.safetensors").read_bytes() == models["vae/big.safetensors"]
