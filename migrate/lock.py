@@ -84,6 +84,9 @@ class TargetLock:
         try:
             while True:
                 try:
+                    # The lock's mtime is its heartbeat, and link(2) gives it our file's: freshen it
+                    # first, or a wait longer than the lease would take the lock in already stale.
+                    os.utime(tmp)
                     os.link(tmp, self.path)
                     break
                 except FileExistsError:

@@ -681,3 +681,31 @@ def test_rollback_of_a_pod_killed_before_placing_leaves_another_pods_file_alone(
     after = (target / "vae" / "big.safetensors").stat()
     assert (after.st_ino, after.st_mtime_ns) == (stored.st_ino, stored.st_mtime_ns)     # B's file untouched
     assert resolve(cb, "vae", "big.safetensors").read_bytes() == models["vae/big.safetensors"]
+
+
+def test_a_lock_taken_after_a_long_wait_is_fresh_not_stale(tmp_path, monkeypatch):
+    """A run that waited longer than the lease links its lock file into place: the lock must carry
+    a fresh heartbeat at once. (Its mtime was the waiting file's creation time, so the next waiter
+    took it for stale and broke it: two runs in the store at once, found by scripts/torture's fleet
+    family as 'File exists' and the same content stored twice. In use: --wait 900 > lease 600.)"""
+    import threading
+    from migrate import lock
+    from migrate.errors import Locked
+    monkeypatch.setattr(lock, "LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(lock, "HEARTBEAT_SECONDS", 0.1)
+    sd = str(tmp_path / STATE_DIR)
+    first = lock.TargetLock(sd, "first").acquire()
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(lock.TargetLock(sd, "second").acquire(wait=30)))
+    waiter.start()
+    time.sleep(1.6)                      # the waiter has waited longer than the lease
+    first.release()
+    waiter.join(30)
+    second, = got
+    try:
+        assert time.time() - os.stat(second.path).st_mtime < 0.5
+        assert second.took_over is None
+        with pytest.raises(Locked):      # a third run sees a live lock, not a stale one
+            lock.TargetLock(sd, "third").acquire(wait=0)
+    finally:
+        second.release()
