@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from migrate import __version__, fsops
 from migrate.errors import BadInput, NoSpace
 from migrate.hashing import hash_bytes, stat_key
-from migrate.journal import RUNS_DIR, Journal, read_log
+from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_log
 from migrate.lock import TargetLock
 from migrate.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal
 from migrate.scan import TEMP_MARK
@@ -76,7 +76,10 @@ def find_interrupted(target: str, sources: Optional[Sequence[str]] = None, yaml:
         path = os.path.join(runs, name)
         if os.path.exists(path[:-len(".jsonl")] + ".rollback.jsonl"):
             continue
-        records, _, _ = read_log(path)
+        try:
+            records, _, _ = read_log(path)
+        except EmptyLog:
+            continue        # died writing its header (or another pod is writing it): nothing done
         if sources is not None and (records[0].get("host") != socket.gethostname() or not (
                 set(records[0].get("sources") or []) & set(sources) or (yaml is not None and records[0].get("yaml") == yaml))):
             continue

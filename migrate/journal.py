@@ -107,6 +107,11 @@ class Journal:
             self._fd = -1
 
 
+class EmptyLog(BadLog):
+    """A log without one whole record: its run died writing the header (or is writing it right
+    now), before any step. It changed nothing: there is nothing to continue or undo."""
+
+
 def read_log(path: str) -> Tuple[List[dict], int, bool]:
     """Records of a log, checked. Returns (records, bytes of whole lines, whether a torn tail was seen).
 
@@ -139,7 +144,7 @@ def read_log(path: str) -> Tuple[List[dict], int, bool]:
         prev = rec["sum"]
         records.append(rec)
     if not records:
-        raise BadLog(f"{path} holds no complete record", "nothing to undo from this log")
+        raise EmptyLog(f"{path} holds no complete record", "nothing to undo from this log")
     return records, len(data) - len(lines[-1]), torn
 
 

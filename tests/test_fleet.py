@@ -709,3 +709,21 @@ def test_a_lock_taken_after_a_long_wait_is_fresh_not_stale(tmp_path, monkeypatch
             lock.TargetLock(sd, "third").acquire(wait=0)
     finally:
         second.release()
+
+
+def test_a_log_torn_in_its_header_stops_no_other_run(tmp_path, cli_env):
+    """A pod killed while writing its log's first line leaves a log without one whole record (and a
+    pod writing its header looks the same for a moment). It changed nothing: other pods' runs,
+    history and rollback go on (exit 0), they do not fail on it with 'bad log'."""
+    a = models_of({"vae/a.safetensors": blob("a", 8 << 10)})
+    b = models_of({"loras/b.safetensors": blob("b", 8 << 10)})
+    target, pods, run, rollback = _two_pods(tmp_path, cli_env, a, b)
+    a1 = run(0)
+    first = (target / STATE_DIR / "runs" / f"{a1}.jsonl").read_bytes().split(b"\n", 1)[0]
+    torn = target / STATE_DIR / "runs" / "29991231T235959Z-dead00.jsonl"     # the newest name
+    torn.write_bytes(first[:len(first) // 2])
+    run(1)
+    comfyui, env, host = pods[0]
+    assert "holds no complete record" in _cli_on(host, ["history", "--target", target], env).stdout
+    rollback(0, a1)
+    assert (pods[0][0] / "models" / "vae" / "a.safetensors").read_bytes() == a["vae/a.safetensors"]
