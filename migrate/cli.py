@@ -355,7 +355,7 @@ def rollback(ui: Ui, run_ref, target, dry_run, yes, wait) -> None:
     from migrate import catalogue as store_catalogue
     from migrate.fleet import droppable, reliance, store_rel
     from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, kept_records, live_runs,
-                                  load_run, plan_rollback)
+                                  load_run, plan_rollback, settle)
     target = resolve_target(target)
     try:
         log = find_log(target, run_ref, host=os.uname().nodename)
@@ -387,7 +387,7 @@ def rollback(ui: Ui, run_ref, target, dry_run, yes, wait) -> None:
     with take_lock(ui, target, "comfy-migrate rollback", wait):
         live = live_runs(target)
         relied = reliance(live, records[0]["run"])
-        handed = droppable(kept_records(target), records, live)
+        handed = droppable(kept_records(target), settle(records, target), live)
         with ui.progress("restoring") as (_, on_bytes):
             rep = execute_rollback(log, records, undos, on_bytes, relied,
                                    shared=any(rid != records[0]["run"] for rid, _ in live), handed=handed)

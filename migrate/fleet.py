@@ -87,11 +87,15 @@ def relied_paths(records: Sequence[dict]) -> Set[str]:
 
 def placed_by(records: Sequence[dict]) -> Set[str]:
     """Target paths this run itself put there (its own names, not reliance on others'). A step
-    logged as failed put nothing there (one atomic call; a copy may have, when its last fsync failed)."""
+    logged as failed put nothing there (one atomic call; a copy may have, when its last fsync failed),
+    nor did one marked `unplaced` (rollback.settle: begun, never finished, and the name does not hold
+    the file it would have put there; e.g. the pod was killed before the call and another pod's file
+    took the name, which this run, continued, then trusted: reliance, not its own file)."""
     failed = {r.get("step") for r in records if r.get("type") == "fail"}
+    unplaced = {r.get("step") for r in records if r.get("type") == "unplaced"}
     return {r["dst"] for r in records if r.get("type") == "begin"
             and r.get("op") in ("link", "rename", "copy", "dedupe") and isinstance(r.get("dst"), str)
-            and (r.get("step") not in failed or r.get("op") == "copy")}
+            and (r.get("step") not in failed or r.get("op") == "copy") and r.get("step") not in unplaced}
 
 
 def store_rel(path: str, target: str) -> Optional[str]:

@@ -181,38 +181,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                      "log_tail": records[-1]["sum"]})
         report = RollbackReport(head["run"], rb_path)
-    try:
-        for u in undos:
-            if u.step in done_before:
-                continue
-            j.append({"type": "begin", "undo": u.step, "op": u.op})
-            try:
-                for f in PATH_FIELDS:
-                    if isinstance(u.rec.get(f), str) and u.rec.get("op") != "yaml":
-                        _safe(root_of, u.rec[f])
-                users = (relied.get(store_rel(u.rec.get("dst") or "", head["target"]) or "")
-                         if u.op in ("link", "rename", "copy", "dedupe") else None)
-                if users:
-                    note = _keep(u, on_bytes)
-                    if not note:
-                        j.append({"type": "keep", "undo": u.step, "path": u.rec["dst"], "for": users,
-                                  "rel": store_rel(u.rec["dst"], head["target"]),
-                                  "digest": u.rec.get("digest"), "size": u.rec.get("size")})
-                        report.kept.append(Problem(u.rec["dst"], "kept in the store: run(s) "
-                                                   f"{', '.join(users)} rely on it"))
-                else:
-                    note = _undo(u, on_bytes)
-                    if note and shared and u.op == "mkdir" and u.rec["path"].startswith(head["target"].rstrip("/") + "/"):
-                        note = ""     # other runs' files live there
-            except OSError as exc:
-                note = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
-            if note:
-                report.skipped.append(Problem(u.rec.get("src") or u.rec.get("dst") or u.rec.get("path", ""),
-                                              f"not undone ({u.describe()}): {note}"))
-                j.append({"type": "skip", "undo": u.step, "why": note})
-            else:
-                report.undone += 1
-            j.append({"type": "done", "undo": u.step})
+    def drop_handed() -> None:
         for k in handed:
             k = dict(k, path=posixpath.join(head["target"], k["rel"]))    # where this pod mounts the store
             step = f"drop:{k['rel']}"
@@ -228,6 +197,48 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                 report.kept.append(Problem(k["path"], f"left in the store: {note}"))
                 j.append({"type": "skip", "undo": step, "why": note})
             j.append({"type": "done", "undo": step})
+
+    in_store = head["target"].rstrip("/") + "/"
+    # Kept files leave once this run's sources are back (its newest steps, undone first), before
+    # the store folders it made are removed: those may hold nothing else.
+    first_dir = next((i for i, u in enumerate(undos) if u.op == "mkdir" and u.rec["path"].startswith(in_store)),
+                     len(undos))
+    try:
+        for i, u in enumerate(undos):
+            if i == first_dir:
+                drop_handed()
+            if u.step in done_before:
+                continue
+            j.append({"type": "begin", "undo": u.step, "op": u.op})
+            try:
+                for f in PATH_FIELDS:
+                    if isinstance(u.rec.get(f), str) and u.rec.get("op") != "yaml":
+                        _safe(root_of, u.rec[f])
+                users = (relied.get(store_rel(u.rec.get("dst") or "", head["target"]) or "")
+                         if u.op in PLACING and (u.finished or _made_here(u.rec, u.rec["dst"])) else None)
+                if users:
+                    note = _keep(u, on_bytes)
+                    if not note:
+                        j.append({"type": "keep", "undo": u.step, "path": u.rec["dst"], "for": users,
+                                  "rel": store_rel(u.rec["dst"], head["target"]),
+                                  "digest": u.rec.get("digest"), "size": u.rec.get("size")})
+                        report.kept.append(Problem(u.rec["dst"], "kept in the store: run(s) "
+                                                   f"{', '.join(users)} rely on it"))
+                else:
+                    note = _undo(u, on_bytes)
+                    if note and shared and u.op == "mkdir" and u.rec["path"].startswith(in_store):
+                        note = ""     # other runs' files live there
+            except OSError as exc:
+                note = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+            if note:
+                report.skipped.append(Problem(u.rec.get("src") or u.rec.get("dst") or u.rec.get("path", ""),
+                                              f"not undone ({u.describe()}): {note}"))
+                j.append({"type": "skip", "undo": u.step, "why": note})
+            else:
+                report.undone += 1
+            j.append({"type": "done", "undo": u.step})
+        if first_dir == len(undos):
+            drop_handed()
         j.append({"type": "dirtimes", "restored": _restore_dir_times(records)})
         j.append({"type": "close", "undone": report.undone, "skipped": len(report.skipped)})
     finally:
@@ -359,6 +370,40 @@ def _undo(u: Undo, on_bytes) -> str:
             os.unlink(r["src"])
         return ""
     return f"unknown step kind {op!r}"
+
+
+PLACING = ("link", "rename", "copy", "dedupe")
+
+
+def _made_here(rec: dict, path: str) -> bool:
+    """Does `path` hold the file this placement step puts there: the source's inode (link, rename),
+    the stored copy's (dedupe), the staged temporary's (copy)? Compared by inode alone: another pod
+    mounting the same volume sees another st_dev."""
+    ino = {"link": rec.get("ino"), "rename": rec.get("ino"), "dedupe": rec.get("stored_ino")}.get(
+        rec["op"], rec.get("dst_ino") or rec.get("tmp_ino"))
+    cur = _ino(path)
+    return ino is not None and cur is not None and cur[1] == ino
+
+
+def settle(records: Sequence[dict], target: str) -> List[dict]:
+    """The records, plus an `unplaced` record (in memory only) for each placement the run began but
+    never finished whose name, where this pod mounts the store (`target`), does not hold the file the
+    step would have put there. Link, rename and a copy's publish are single calls that never
+    clobber, so such a step never happened: the pod was killed before it, and the file there now is
+    another run's, which this run, continued, may have trusted with its source. Counted as its own
+    placement it would neither be kept for this run nor ever leave the store (fleet.placed_by)."""
+    steps = group_steps(list(records))
+    logged = records[0].get("target") or ""
+    out = list(records)
+    for b in steps.begins:
+        if b.get("op") not in PLACING or b["step"] in steps.done or not isinstance(b.get("dst"), str):
+            continue
+        rel = store_rel(b["dst"], logged)
+        staged = [e["tmp_ino"] for e in steps.extra.get(b["step"], []) if e["type"] == "staged"]
+        rec = dict(b, tmp_ino=staged[-1]) if staged else b
+        if rel is not None and not _made_here(rec, posixpath.join(target, rel)):
+            out.append({"type": "unplaced", "step": b["step"], "dst": b["dst"]})
+    return out
 
 
 def _holders(r: dict) -> List[str]:
@@ -535,14 +580,14 @@ def history(target: str) -> List[dict]:
 
 
 def live_runs(target: str) -> List[Tuple[str, List[dict]]]:
-    """(run id, records) of every run in the target not rolled back (unreadable logs are skipped:
-    their runs cannot be undone anyway, and history shows them)."""
+    """(run id, records) of every run in the target not rolled back, settled (see `settle`)
+    (unreadable logs are skipped: their runs cannot be undone anyway, and history shows them)."""
     out = []
     for n, path in _run_logs(target):
         try:
             if run_state(path) == "rolled back":
                 continue
-            out.append((n[:-6], read_log(path)[0]))
+            out.append((n[:-6], settle(read_log(path)[0], target)))
         except BadLog:
             continue
     return out

@@ -727,3 +727,60 @@ def test_a_log_torn_in_its_header_stops_no_other_run(tmp_path, cli_env):
     assert "holds no complete record" in _cli_on(host, ["history", "--target", target], env).stdout
     rollback(0, a1)
     assert (pods[0][0] / "models" / "vae" / "a.safetensors").read_bytes() == a["vae/a.safetensors"]
+
+
+@pytest.mark.parametrize("order", ["bca", "bac", "ba"])
+def test_a_placement_a_killed_run_never_made_is_not_its_file(tmp_path, cli_env, order):
+    """Pod A is SIGKILLed right after journalling that it will link checkpoints/common, before doing
+    it. Pod B then stores its own copy there; A, run again, finds it "already there" and sets its
+    source aside trusting it (and C, when there, does the same). A never placed that file: A relies
+    on it. So B's rollback keeps it for A (names A), A's rollback claims no keeping of it, and once
+    every pod is rolled back (in `order`) the store is empty. Before: A's begun step counted as A's
+    placement, so B's rollback left A out of the keep record (with two pods, it took the file from
+    under A's YAML) and no later rollback dropped it. Found by scripts/torture's fleet family
+    (fleet-0397 of seed 36)."""
+    third = "c" in order
+    models = models_of({"checkpoints/common.safetensors": blob("common", 24 << 10)})
+    target = tmp_path / "volume" / "models"
+    names = "abc" if third else "ab"
+    pods = {n: make_pod(tmp_path / n, models) for n in names + "d"}
+    env = {n: dict(cli_env, **e) for n, (_, e) in pods.items()}
+    yaml = {n: (c / "extra_model_paths.yaml").read_text() for n, (c, _) in pods.items()}
+    runs = target / STATE_DIR / "runs"
+
+    def run(n: str, **extra: str) -> str:
+        before = set(runs.glob("*.jsonl")) if runs.exists() else set()
+        run_cli(["run", "--comfyui", pods[n][0], "--target", target, "--yes"], dict(env[n], **extra))
+        new = [p for p in set(runs.glob("*.jsonl")) - before if not p.name.endswith(".rollback.jsonl")]
+        return new[0].name[:-len(".jsonl")] if new else ""
+
+    # The journal record that begins linking common, read from a complete run of an identical pod.
+    run_cli(["run", "--comfyui", pods["d"][0], "--target", tmp_path / "scratch", "--yes"], env["d"])
+    log, = (tmp_path / "scratch" / STATE_DIR / "runs").glob("*.jsonl")
+    begin = next(r for r in read_log(str(log))[0] if r.get("type") == "begin" and r.get("op") == "link")
+    killed = subprocess.run([sys.executable, "-m", "migrate", "run", "--comfyui", str(pods["a"][0]), "--target",
+                             str(target), "--yes"], env=dict(env["a"], COMFY_MIGRATE_CRASH_AT=str(begin["seq"])),
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    a, = [p.name[:-len(".jsonl")] for p in runs.glob("*.jsonl")]
+    b = run("b")                                         # B links its own copy, unlinks its source
+    assert run("a") == ""                                # A continues its run: already there, source set aside
+    a_log = read_log(str(runs / f"{a}.jsonl"))[0]
+    assert any(r.get("op") == "quarantine" and r.get("stored", "").endswith("checkpoints/common.safetensors")
+               for r in a_log if r.get("type") == "begin")
+    c = run("c") if third else None
+    run_cli(["rollback", b, "--target", target, "--yes"], env["b"])
+    keep, = [r for r in read_log(str(runs / f"{b}.rollback.jsonl"))[0] if r.get("type") == "keep"]
+    assert a in keep["for"], keep
+    assert str(resolve(pods["a"][0], "checkpoints", "common.safetensors")).startswith(str(target))
+    for i, n in enumerate(order[1:], 1):
+        out = run_cli(["rollback", {"a": a, "c": c}[n], "--target", target, "--yes"], env[n]).stdout
+        assert " 0 skipped" in out and (n != "a" or "kept" not in out), out
+        for live in order[i + 1:]:                # still found in the store by those not rolled back
+            assert str(resolve(pods[live][0], "checkpoints", "common.safetensors")).startswith(str(target))
+    assert store_files(target) == {}
+    for n in names:
+        comfyui = pods[n][0]
+        assert (comfyui / "extra_model_paths.yaml").read_text() == yaml[n], n
+        for rel, want in models.items():
+            assert (comfyui / "models" / rel).read_bytes() == want, (n, rel)
