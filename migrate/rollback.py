@@ -181,6 +181,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                      "log_tail": records[-1]["sum"]})
         report = RollbackReport(head["run"], rb_path)
+
     def drop_handed() -> None:
         for k in handed:
             k = dict(k, path=posixpath.join(head["target"], k["rel"]))    # where this pod mounts the store
@@ -199,10 +200,12 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
             j.append({"type": "done", "undo": step})
 
     in_store = head["target"].rstrip("/") + "/"
-    # Kept files leave once this run's sources are back (its newest steps, undone first), before
-    # the store folders it made are removed: those may hold nothing else.
-    first_dir = next((i for i, u in enumerate(undos) if u.op == "mkdir" and u.rec["path"].startswith(in_store)),
-                     len(undos))
+    # Kept files leave once this run's sources are back (every source removal undone: a continued
+    # run has some before and some after its resume), before the store folders made since are
+    # removed: those may hold nothing else.
+    last_removal = max((i for i, u in enumerate(undos) if u.op in ("unlink", "quarantine")), default=-1)
+    first_dir = next((i for i, u in enumerate(undos) if i > last_removal and u.op == "mkdir"
+                      and u.rec["path"].startswith(in_store)), len(undos))
     try:
         for i, u in enumerate(undos):
             if i == first_dir:
