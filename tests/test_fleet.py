@@ -503,6 +503,10 @@ def test_reliance_from_logs():
          {"type": "fail", "step": 2, "error": "File exists"},
          {"type": "begin", "step": 4, "op": "quarantine", "src": "/d/m/vae/v", "dst": "/t/vae/v", "stored": "/t/vae/v"}]
     assert placed_by(d) == set() and reliance([("D", d)], "A") == {"vae/v": ["D"]}
+    # Nor did one begun but never made (no fail record: the pod was killed; rollback.settle marks it).
+    e = [d[0], d[1], {"type": "unplaced", "step": 2}, d[3]]
+    assert placed_by(e) == set() and reliance([("E", e)], "A") == {"vae/v": ["E"]}
+    assert placed_by([d[0], d[1], d[3]]) == {"/t/vae/v"}
 
 
 def test_another_hosts_run_is_not_rolled_back_where_its_sources_are_missing(tmp_path, cli_env):
