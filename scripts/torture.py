@@ -405,9 +405,12 @@ def fork_wait(pid: int, out_path: str, timeout: float):
             return -999, f"timed out after {timeout} s"
         time.sleep(0.005)
     code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-    with open(out_path, "rb") as f:
-        out = f.read().decode("utf-8", "replace")
-    os.unlink(out_path)
+    try:
+        with open(out_path, "rb") as f:
+            out = f.read().decode("utf-8", "replace")
+        os.unlink(out_path)
+    except FileNotFoundError:       # SIGKILLed (fleet, kill at a random time) before it opened it
+        out = ""
     return code, out
 
 
