@@ -353,9 +353,9 @@ def rollback(ui: Ui, run_ref, target, dry_run, yes, wait) -> None:
       comfy-migrate rollback 20261127T101500Z-3fa9c1 --target /workspace/models --yes
     """
     from migrate import catalogue as store_catalogue
-    from migrate.fleet import droppable, reliance, store_rel
+    from migrate.fleet import droppable, reliance
     from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, kept_records, live_runs,
-                                  load_run, plan_rollback, settle)
+                                  load_run, plan_rollback, settle, users_of)
     target = resolve_target(target)
     try:
         log = find_log(target, run_ref, host=os.uname().nodename)
@@ -377,8 +377,7 @@ def rollback(ui: Ui, run_ref, target, dry_run, yes, wait) -> None:
         relied = reliance(live_runs(target), records[0]["run"])     # shown now, decided under the lock
         out(f"rollback of run {records[0]['run']} ({len(undos)} steps, newest first):\n")
         for u in undos:
-            users = (relied.get(store_rel(u.rec.get("dst") or "", records[0]["target"]) or "")
-                     if u.op in ("link", "rename", "copy", "dedupe") else None)
+            users = users_of(u, relied, records[0]["target"])
             out(f"  {report.show(u.describe())}"
                 + (f" -> kept in the store instead: run(s) {', '.join(users)} rely on it" if users else "") + "\n")
     if dry_run:

@@ -217,8 +217,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                 for f in PATH_FIELDS:
                     if isinstance(u.rec.get(f), str) and u.rec.get("op") != "yaml":
                         _safe(root_of, u.rec[f])
-                users = (relied.get(store_rel(u.rec.get("dst") or "", head["target"]) or "")
-                         if u.op in PLACING and (u.finished or _made_here(u.rec, u.rec["dst"])) else None)
+                users = users_of(u, relied, head["target"])
                 if users:
                     note = _keep(u, on_bytes)
                     if not note:
@@ -386,6 +385,14 @@ def _made_here(rec: dict, path: str) -> bool:
         rec["op"], rec.get("dst_ino") or rec.get("tmp_ino"))
     cur = _ino(path)
     return ino is not None and cur is not None and cur[1] == ino
+
+
+def users_of(u: Undo, relied: Dict[str, List[str]], target: str) -> Optional[List[str]]:
+    """The other runs relying on the stored file this undo would take out of the store (fleet.reliance),
+    if the run put it there: a placement it only began, whose name holds another file, is not its own."""
+    if u.op not in PLACING or not (u.finished or _made_here(u.rec, u.rec["dst"])):
+        return None
+    return relied.get(store_rel(u.rec.get("dst") or "", target) or "")
 
 
 def settle(records: Sequence[dict], target: str) -> List[dict]:

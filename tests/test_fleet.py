@@ -778,6 +778,9 @@ def test_a_placement_a_killed_run_never_made_is_not_its_file(tmp_path, cli_env, 
     assert a in keep["for"], keep
     assert str(resolve(pods["a"][0], "checkpoints", "common.safetensors")).startswith(str(target))
     for i, n in enumerate(order[1:], 1):
+        if n == "a":                              # the dry run says the same
+            dry = run_cli(["rollback", a, "--target", target, "--dry-run"], env[n]).stdout
+            assert "kept in the store" not in dry, dry
         out = run_cli(["rollback", {"a": a, "c": c}[n], "--target", target, "--yes"], env[n]).stdout
         assert " 0 skipped" in out and (n != "a" or "kept" not in out), out
         for live in order[i + 1:]:                # still found in the store by those not rolled back
