@@ -8,6 +8,14 @@ Trust model (the digest cache's): an entry is used only while the file's (size, 
 are still those recorded; anything else is hashed again. It is a cache of facts that can be
 recomputed, never a reason to delete: rollback and purge re-check the disk. `verify` re-hashes.
 
+Completeness: it may lack entries only while a run is interrupted. Each run and rollback rewrites
+it from the store as walked now: a file known to this session or to the old catalogue costs one
+lstat; one they do not know was put there by a run whose process died before it rewrote the
+catalogue (SIGKILLed mid-run, then continued or rolled back, or killed right after closing its
+log), and that run's log gives its digest while the file still has the logged identity. A name
+a run placed that matches no logged identity (edited or replaced since) is hashed. A file put in
+the store by hand is not read for this: the first plan whose sizes meet it hashes it.
+
 Format: JSON lines, a header `{"catalogue": 1, "entries": N}` then one sorted entry per line. It is
 rewritten whole (temp + fsync + rename: no SQLite, whose locking network filesystems break) and
 only while the target's lock is held; readers without the lock see the old or the new file. A
@@ -18,9 +26,10 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from migrate import fsops
+from migrate.fleet import store_rel
 from migrate.model import STATE_DIR, Action, ActionKind, Method, ScanResult, Status
 
 CATALOGUE_VERSION = 1
@@ -92,18 +101,20 @@ def lookup(cat: Catalogue, rel: str, ident: Ident) -> Optional[str]:
 
 
 Known = Dict[Tuple[str, int, int], Tuple[str, Optional[str]]]     # (rel, size, mtime_ns) -> (digest, run)
+Logged = Dict[Tuple[str, Ident], Tuple[str, str]]                  # (rel, ident) -> (digest, run) from run logs
 
 
 def reconcile(walked: Iterable[Tuple[str, Ident]], known_by_rel: Known, known_by_ident: Dict[Ident, str],
-              old: Catalogue) -> Catalogue:
+              old: Catalogue, logged: Optional[Logged] = None) -> Catalogue:
     """The catalogue of the store as walked now (pure).
 
     walked: (rel, ident) of every stored model file. A file's digest comes from facts gathered in
     this locked session (known_by_rel: what was scanned or placed at that name, size and mtime;
     known_by_ident: the same inode, size and mtime as a known file, i.e. a hardlink of it), else
-    from the old catalogue while its identity matches. Files with no known digest are left out
-    (hashed when a later plan needs them).
+    from the old catalogue or a run's log (`logged`, see `placements`) while its identity
+    matches. Files with no known digest are left out.
     """
+    logged = logged or {}
     walked = list(walked)
     by_ident = dict(known_by_ident)
     by_ident.update({e.ident: e.digest for e in old.values()})
@@ -116,6 +127,8 @@ def reconcile(walked: Iterable[Tuple[str, Ident]], known_by_rel: Known, known_by
             hit = known_by_rel.get((rel, ident[1], ident[2]))
             if hit is None and prev is not None and prev.ident == ident:
                 hit = (prev.digest, prev.run)
+            if hit is None:
+                hit = logged.get((rel, ident))
             if hit is None and ident in by_ident:
                 hit = (by_ident[ident], None)
             if hit is None:
@@ -147,6 +160,43 @@ def known_from(target: str, target_scan: Optional[ScanResult], actions: Iterable
     return by_rel, by_ident
 
 
+def placements(runs: Iterable[Sequence[dict]]) -> Tuple[Logged, Dict[Ident, str], Set[str]]:
+    """What run logs say of the files they put in the store (pure): (rel, identity) -> (digest, run),
+    identity -> digest (for hardlinks of them, e.g. dedupe links), and every name they placed.
+
+    A link or rename keeps the source's inode, size and mtime, whose scanned digest the log holds;
+    a verified copy keeps size and mtime and its inode is logged once staged. Whether the step
+    was done or only begun does not matter: a step that never happened matches no file (its name
+    holds another file, or none). Paths are taken relative to each run's logged target.
+    """
+    logged: Logged = {}
+    by_ident: Dict[Ident, str] = {}
+    names: Set[str] = set()
+    for records in runs:
+        if not records:
+            continue
+        head = records[0]
+        target, run = head.get("target") or "", head.get("run")
+        copied = {r.get("step"): r.get("tmp_ino") for r in records if r.get("type") == "staged"}
+        copied.update({r.get("step"): r.get("dst_ino") for r in records
+                       if r.get("type") == "done" and r.get("dst_ino") is not None})
+        for r in records:
+            op = r.get("op")
+            if r.get("type") != "begin" or op not in ("link", "rename", "copy", "dedupe", "symlink"):
+                continue
+            rel = store_rel(r.get("dst"), target)
+            if rel is None:
+                continue
+            names.add(rel)
+            ino = copied.get(r.get("step")) if op == "copy" else r.get("ino") if op in ("link", "rename") else None
+            size, mtime_ns, digest = r.get("size"), r.get("mtime_ns"), r.get("digest")
+            if type(ino) is int and type(size) is int and type(mtime_ns) is int and isinstance(digest, str) \
+                    and isinstance(run, str):
+                logged[(rel, (ino, size, mtime_ns))] = (digest, run)
+                by_ident[(ino, size, mtime_ns)] = digest
+    return logged, by_ident, names
+
+
 # --- shell ----------------------------------------------------------------------------------------
 
 def load(target: str) -> Tuple[Catalogue, str]:
@@ -173,9 +223,51 @@ def walk_store(target: str) -> List[Tuple[str, Ident]]:
     return out
 
 
+def run_logs(target: str) -> List[List[dict]]:
+    """The records of every readable run log in the target (rollback logs and damaged logs left out)."""
+    from migrate.errors import BadLog
+    from migrate.journal import read_log
+    runs = os.path.join(target, STATE_DIR, "runs")
+    out = []
+    for n in sorted(os.listdir(runs) if os.path.isdir(runs) else []):
+        if n.endswith(".jsonl") and not n.endswith(".rollback.jsonl"):
+            try:
+                out.append(read_log(os.path.join(runs, n))[0])
+            except BadLog:
+                continue
+    return out
+
+
+def hash_stored(target: str, files: Iterable[Tuple[str, Ident]]) -> Known:
+    """Digests of stored files, read now, each only while it is still the file walked."""
+    from migrate.hashing import hash_path, stat_key
+    out: Known = {}
+    for rel, ident in files:
+        path = os.path.join(target, rel)
+        try:
+            st = os.lstat(path)
+            if (st.st_ino, st.st_size, st.st_mtime_ns) == ident:
+                out[(rel, ident[1], ident[2])] = (hash_path(path, stat_key(st)), None)
+        except OSError:
+            continue
+    return out
+
+
 def refresh(target: str, known_by_rel: Known, known_by_ident: Dict[Ident, str]) -> Tuple[Catalogue, str]:
-    """Re-walk the store and rewrite its catalogue (under the target's lock). Returns it and a warning."""
+    """Re-walk the store and rewrite its catalogue (under the target's lock). Returns it and a warning.
+
+    Files neither this session nor the old catalogue knows are looked up in the run logs (read
+    only then); names a run placed that no log explains are hashed (see the module's docstring).
+    """
     old, warning = load(target)
-    cat = reconcile(walk_store(target), known_by_rel, known_by_ident, old)
+    walked = walk_store(target)
+    cat = reconcile(walked, known_by_rel, known_by_ident, old)
+    if len(cat) < len(walked):
+        logged, by_ident, names = placements(run_logs(target))
+        by_ident.update(known_by_ident)
+        cat = reconcile(walked, known_by_rel, by_ident, old, logged)
+        read = hash_stored(target, [(rel, ident) for rel, ident in walked if rel not in cat and rel in names])
+        if read:
+            cat = reconcile(walked, {**known_by_rel, **read}, by_ident, old, logged)
     save(target, cat)
     return cat, warning

@@ -791,3 +791,124 @@ def test_a_placement_a_killed_run_never_made_is_not_its_file(tmp_path, cli_env, 
         assert (comfyui / "extra_model_paths.yaml").read_text() == yaml[n], n
         for rel, want in models.items():
             assert (comfyui / "models" / rel).read_bytes() == want, (n, rel)
+
+
+def _catalogue_describes_the_store(target: Path) -> None:
+    """After a run or rollback finished (no run left interrupted): every stored file is listed,
+    with the digest of its bytes and its identity now."""
+    cat, warning = store_catalogue.load(str(target))
+    assert warning == ""
+    assert {rel: (e.digest, e.ino, e.size, e.mtime_ns) for rel, e in cat.items()} == {
+        rel: (digest(Path(target, rel).read_bytes()), st.st_ino, st.st_size, st.st_mtime_ns)
+        for rel, st in store_files(target).items()}
+
+
+def _record_seq(cli_env, env: Dict[str, str], comfyui: Path, scratch: Path, pick) -> int:
+    """The seq of the journal record `pick(records)` names, read from a complete run of an
+    identical pod into a scratch store (a crash point for COMFY_MIGRATE_CRASH_AT)."""
+    run_cli(["run", "--comfyui", comfyui, "--target", scratch, "--yes"], dict(cli_env, **env))
+    log, = (scratch / STATE_DIR / "runs").glob("*.jsonl")
+    return pick(read_log(str(log))[0])
+
+
+def _killed_run(cli_env, env: Dict[str, str], comfyui: Path, target: Path, crash_at: int) -> None:
+    killed = subprocess.run([sys.executable, "-m", "migrate", "run", "--comfyui", str(comfyui), "--target",
+                             str(target), "--yes"], env=dict(cli_env, **env, COMFY_MIGRATE_CRASH_AT=str(crash_at)),
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+
+@pytest.mark.parametrize("where", ["same-fs", "other-fs"])
+def test_catalogue_lists_what_a_killed_run_placed_once_it_is_continued(tmp_path, cli_env, where, request):
+    """A run SIGKILLed after placing loras/a (a hardlink; a verified copy across filesystems) and
+    removing its source: the run that continues it plans without that source, and the store's
+    size of it meets no source left. The catalogue it writes must still list loras/a: a catalogue
+    may lack entries only while a run is interrupted. Found by scripts/torture's fleet family."""
+    models = models_of({"loras/a.safetensors": blob("a", 20 << 10), "vae/b.safetensors": blob("b", 12 << 10)})
+    base = request.getfixturevalue("other_fs") if where == "other-fs" else tmp_path
+    target = base / "volume" / "models"
+    (ca, ea), (cc, ec) = (make_pod(tmp_path / n, models) for n in "ac")
+
+    def source_of_a_removed(records: List[dict]) -> int:
+        begin = next(r for r in records if r.get("type") == "begin" and r.get("op") in ("unlink", "quarantine")
+                     and r["src"].endswith("/loras/a.safetensors"))
+        return next(r["seq"] for r in records if r.get("type") == "done" and r.get("step") == begin["step"])
+    _killed_run(cli_env, ea, ca, target, _record_seq(cli_env, ec, cc, base / "scratch", source_of_a_removed))
+    assert not (ca / "models" / "loras" / "a.safetensors").exists()
+    proc = run_cli(["run", "--comfyui", ca, "--target", target, "--yes"], dict(cli_env, **ea))
+    assert "(continued)" in proc.stdout
+    assert set(store_files(target)) == set(models)
+    _catalogue_describes_the_store(target)
+
+
+@pytest.mark.parametrize("then", ["run", "rollback"])
+def test_catalogue_lists_what_a_run_killed_after_closing_its_log_placed(tmp_path, cli_env, then):
+    """Pod A is SIGKILLed right after its log's closing record, before it rewrote the catalogue:
+    its run is complete, nothing is left to continue. The next run or rollback (of pod B) must
+    list A's files: it knows them from A's log (same identity), without reading them."""
+    a = models_of({"loras/a.safetensors": blob("a", 20 << 10)})
+    b = models_of({"vae/b.safetensors": blob("b", 12 << 10)})
+    target = tmp_path / "volume" / "models"
+    (ca, ea), (cb, eb), (cc, ec) = make_pod(tmp_path / "a", a), make_pod(tmp_path / "b", b), make_pod(tmp_path / "c", a)
+    env_b = dict(cli_env, **eb)
+    if then == "rollback":
+        run_cli(["run", "--comfyui", cb, "--target", target, "--yes"], env_b)
+    _killed_run(cli_env, ea, ca, target, _record_seq(cli_env, ec, cc, tmp_path / "scratch", lambda rs: rs[-1]["seq"]))
+    a_log, = [p for p in (target / STATE_DIR / "runs").glob("*.jsonl")
+              if read_log(str(p))[0][0]["sources"] == [str(ca / "models")]]
+    assert read_log(str(a_log))[0][-1]["type"] == "close"
+    if then == "run":
+        run_cli(["run", "--comfyui", cb, "--target", target, "--yes"], env_b)
+        assert set(store_files(target)) == {"loras/a.safetensors", "vae/b.safetensors"}
+    else:
+        b_log, = [p for p in (target / STATE_DIR / "runs").glob("*.jsonl")
+                  if read_log(str(p))[0][0]["sources"] == [str(cb / "models")]]
+        run_cli(["rollback", b_log.name[:-len(".jsonl")], "--target", target, "--yes"], env_b)
+        assert set(store_files(target)) == {"loras/a.safetensors"}
+    _catalogue_describes_the_store(target)
+
+
+def test_catalogue_reads_a_placed_name_replaced_since_but_never_a_file_put_in_by_hand(tmp_path, cli_env):
+    """A stored file edited by hand since its run placed it matches no logged identity: the next
+    run re-reads it. A file put in the store by hand is left to the first plan whose sizes meet it
+    (a store filled by hand may hold many gigabytes no plan ever needs)."""
+    a = models_of({"loras/a.safetensors": blob("a", 20 << 10)})
+    b = models_of({"vae/b.safetensors": blob("b", 12 << 10)})
+    target = tmp_path / "volume" / "models"
+    (ca, ea), (cb, eb) = make_pod(tmp_path / "a", a), make_pod(tmp_path / "b", b)
+    run_cli(["run", "--comfyui", ca, "--target", target, "--yes"], dict(cli_env, **ea))
+    edited = as_model("loras/a.safetensors", blob("edited", 9 << 10))
+    (target / "loras" / "a.safetensors").write_bytes(edited)
+    (target / "checkpoints").mkdir()
+    (target / "checkpoints" / "mine.safetensors").write_bytes(as_model("checkpoints/mine.safetensors", blob("x", 7 << 10)))
+    run_cli(["run", "--comfyui", cb, "--target", target, "--yes"], dict(cli_env, **eb))
+    cat, _ = store_catalogue.load(str(target))
+    assert {rel: e.digest for rel, e in cat.items()} == {
+        "loras/a.safetensors": digest(edited), "vae/b.safetensors": digest(b["vae/b.safetensors"])}
+
+
+def test_placements_give_a_digest_only_where_the_logged_identity_matches():
+    t = "/v/models"
+    log = [{"type": "header", "run": "r1", "target": t},
+           {"type": "begin", "step": 2, "op": "link", "dst": f"{t}/a", "ino": 1, "size": 10, "mtime_ns": 100, "digest": "da"},
+           {"type": "begin", "step": 3, "op": "copy", "dst": f"{t}/c", "ino": 50, "size": 20, "mtime_ns": 200, "digest": "dc"},
+           {"type": "staged", "step": 3, "tmp_ino": 7},
+           {"type": "begin", "step": 5, "op": "dedupe", "dst": f"{t}/d", "stored_ino": 1, "ino": 60, "size": 10,
+            "mtime_ns": 300, "digest": "da"},
+           {"type": "begin", "step": 6, "op": "link", "dst": f"{t}/e", "ino": 9, "size": 10, "mtime_ns": 100, "digest": "de"},
+           {"type": "begin", "step": 7, "op": "unlink", "dst": f"{t}/g", "ino": 8, "size": 4, "mtime_ns": 4, "digest": "dg"}]
+    other = [{"type": "header", "run": "r2", "target": "/elsewhere/models"},     # another mount of the volume
+             {"type": "begin", "step": 2, "op": "rename", "dst": "/elsewhere/models/m", "ino": 20, "size": 3,
+              "mtime_ns": 3, "digest": "dm"}]
+    logged, by_ident, names = store_catalogue.placements([log, other])
+    assert names == {"a", "c", "d", "e", "m"}
+    walked = [("a", (1, 10, 100)),        # linked: the source's identity
+              ("c", (7, 20, 200)),        # copied: the staged inode, the source's size and mtime
+              ("d", (1, 10, 100)),        # a dedupe link of a (the source's own identity is not it)
+              ("e", (11, 10, 100)),       # the link never happened: another file holds the name
+              ("m", (20, 3, 3)),
+              ("g", (8, 4, 4)),           # named by a record that placed nothing
+              ("h", (12, 5, 5))]          # put there by hand
+    cat = store_catalogue.reconcile(walked, {}, by_ident, {}, logged)
+    assert {k: (e.digest, e.run) for k, e in cat.items()} == {
+        "a": ("da", "r1"), "c": ("dc", "r1"), "d": ("da", None), "m": ("dm", "r2")}
