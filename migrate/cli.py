@@ -289,16 +289,17 @@ def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
             if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
                 ui.info("nothing to do: the target is up to date")
                 return
+            def catalogue(run_id: str) -> None:      # before the log closes: part of finishing the run
+                try:
+                    _, cat_warning = store_catalogue.refresh(
+                        plan.target, *store_catalogue.known_from(plan.target, facts.target_scan, plan.actions, run_id))
+                    if cat_warning:
+                        ui.debug(cat_warning)
+                except OSError as exc:
+                    ui.warn(f"could not update the store's catalogue ({exc.strerror}); the next plan hashes instead")
             with ui.progress("copying") as (on_total, on_bytes):
                 on_total(plan.bytes_to_copy)
-                rep = execute_plan(plan, sys.argv, on_bytes, lock=lock)
-            try:
-                _, cat_warning = store_catalogue.refresh(
-                    plan.target, *store_catalogue.known_from(plan.target, facts.target_scan, plan.actions, rep.run_id))
-                if cat_warning:
-                    ui.debug(cat_warning)
-            except OSError as exc:
-                ui.warn(f"could not update the store's catalogue ({exc.strerror}); the next plan hashes instead")
+                rep = execute_plan(plan, sys.argv, on_bytes, lock=lock, before_close=catalogue)
         finally:
             lock.release()
         break
@@ -387,13 +388,14 @@ def rollback(ui: Ui, run_ref, target, dry_run, yes, wait) -> None:
         live = live_runs(target)
         relied = reliance(live, records[0]["run"])
         handed = droppable(kept_records(target), settle(records, target), live)
+        def catalogue() -> None:
+            try:
+                store_catalogue.refresh(target, {}, {})
+            except OSError as exc:
+                ui.warn(f"could not update the store's catalogue ({exc.strerror})")
         with ui.progress("restoring") as (_, on_bytes):
-            rep = execute_rollback(log, records, undos, on_bytes, relied,
-                                   shared=any(rid != records[0]["run"] for rid, _ in live), handed=handed)
-        try:
-            store_catalogue.refresh(target, {}, {})
-        except OSError as exc:
-            ui.warn(f"could not update the store's catalogue ({exc.strerror})")
+            rep = execute_rollback(log, records, undos, on_bytes, relied, shared=any(
+                rid != records[0]["run"] for rid, _ in live), handed=handed, before_close=catalogue)
     out(f"run {rep.run_id} rolled back: {rep.undone} steps undone, {len(rep.skipped)} skipped\n")
     for p in rep.kept:
         out(f"  {report.show(p.path)}: {p.message}\n")

@@ -319,11 +319,14 @@ def _check_held(a: Action) -> None:
 
 
 def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None,
-                 lock: Optional[TargetLock] = None) -> RunReport:
+                 lock: Optional[TargetLock] = None,
+                 before_close: Optional[Callable[[str], None]] = None) -> RunReport:
     """Execute `plan` under the target's lock; returns the report (per-file problems are data).
 
     `lock`: the target's lock, already held by the caller (who made `plan` under it); otherwise
-    it is taken here, failing at once if another run holds it.
+    it is taken here, failing at once if another run holds it. `before_close(run_id)`: called
+    after the last step, before the closing record (the store's catalogue is rewritten there:
+    killed before it, the run is still open and its next run finishes it).
     """
     if not plan.fits:
         raise NoSpace(f"the target has {plan.free_bytes} bytes free but the plan copies {plan.bytes_to_copy}",
@@ -389,6 +392,8 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                     r.remove_source(a)
                 elif a.removal is Removal.RENAMED and a.link_back and a.dst:
                     r.link_back(a)
+            if before_close is not None:
+                before_close(run_id)
             j.append({"type": "close", "state": "complete" if report.ok else "problems",
                       "placed": report.placed, "copied_bytes": report.copied_bytes, "removed": report.removed,
                       "quarantine_bytes": report.quarantine_bytes, "problems": len(report.problems)})

@@ -155,12 +155,13 @@ class RollbackReport:
 def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                      on_bytes: Optional[Callable[[int], None]] = None,
                      relied: Optional[Dict[str, List[str]]] = None, shared: bool = False,
-                     handed: Sequence[dict] = ()) -> RollbackReport:
+                     handed: Sequence[dict] = (), before_close: Optional[Callable[[], None]] = None) -> RollbackReport:
     """Apply `undos` (journalled). `relied`: store-relative path -> other runs relying on it (fleet.reliance);
     such a file stays in the store (its source name is recreated) instead of being removed.
     `shared`: other runs use the store, so a store folder still holding files is expected.
     `handed`: keep records of earlier rollbacks that kept a file for this run and for no run still
-    relying on it: once this run's sources are back, the file leaves the store as if its own."""
+    relying on it: once this run's sources are back, the file leaves the store as if its own.
+    `before_close`: called before the closing record (execute_plan's)."""
     relied = relied or {}
     head = records[0]
     roots = [head["target"]] + list(head["sources"])
@@ -242,6 +243,8 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
         if first_dir == len(undos):
             drop_handed()
         j.append({"type": "dirtimes", "restored": _restore_dir_times(records)})
+        if before_close is not None:
+            before_close()
         j.append({"type": "close", "undone": report.undone, "skipped": len(report.skipped)})
     finally:
         j.close()

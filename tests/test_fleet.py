@@ -842,10 +842,10 @@ def test_catalogue_lists_what_a_killed_run_placed_once_it_is_continued(tmp_path,
 
 
 @pytest.mark.parametrize("then", ["run", "rollback"])
-def test_catalogue_lists_what_a_run_killed_after_closing_its_log_placed(tmp_path, cli_env, then):
-    """Pod A is SIGKILLed right after its log's closing record, before it rewrote the catalogue:
-    its run is complete, nothing is left to continue. The next run or rollback (of pod B) must
-    list A's files: it knows them from A's log (same identity), without reading them."""
+def test_catalogue_lists_what_a_run_killed_before_closing_its_log_placed(tmp_path, cli_env, then):
+    """Pod A is SIGKILLed after its last step, before it rewrote the catalogue (the record before
+    its log's closing one). The next run or rollback of pod B must list A's files: it knows them
+    from A's log (same identity), without reading them."""
     a = models_of({"loras/a.safetensors": blob("a", 20 << 10)})
     b = models_of({"vae/b.safetensors": blob("b", 12 << 10)})
     target = tmp_path / "volume" / "models"
@@ -853,10 +853,7 @@ def test_catalogue_lists_what_a_run_killed_after_closing_its_log_placed(tmp_path
     env_b = dict(cli_env, **eb)
     if then == "rollback":
         run_cli(["run", "--comfyui", cb, "--target", target, "--yes"], env_b)
-    _killed_run(cli_env, ea, ca, target, _record_seq(cli_env, ec, cc, tmp_path / "scratch", lambda rs: rs[-1]["seq"]))
-    a_log, = [p for p in (target / STATE_DIR / "runs").glob("*.jsonl")
-              if read_log(str(p))[0][0]["sources"] == [str(ca / "models")]]
-    assert read_log(str(a_log))[0][-1]["type"] == "close"
+    _killed_run(cli_env, ea, ca, target, _record_seq(cli_env, ec, cc, tmp_path / "scratch", lambda rs: rs[-2]["seq"]))
     if then == "run":
         run_cli(["run", "--comfyui", cb, "--target", target, "--yes"], env_b)
         assert set(store_files(target)) == {"loras/a.safetensors", "vae/b.safetensors"}
@@ -865,6 +862,33 @@ def test_catalogue_lists_what_a_run_killed_after_closing_its_log_placed(tmp_path
                   if read_log(str(p))[0][0]["sources"] == [str(cb / "models")]]
         run_cli(["rollback", b_log.name[:-len(".jsonl")], "--target", target, "--yes"], env_b)
         assert set(store_files(target)) == {"loras/a.safetensors"}
+    _catalogue_describes_the_store(target)
+
+
+@pytest.mark.parametrize("what", ["run", "rollback"])
+def test_catalogue_is_rewritten_before_a_log_closes(tmp_path, cli_env, what):
+    """SIGKILL right after the closing record of a run (or of its rollback): nothing is left to
+    continue, so the catalogue must already describe the store (it is rewritten before the log
+    closes, as part of finishing)."""
+    a = models_of({"loras/a.safetensors": blob("a", 20 << 10), "vae/b.safetensors": blob("b", 12 << 10)})
+    target = tmp_path / "volume" / "models"
+    (ca, ea), (cc, ec) = make_pod(tmp_path / "a", a), make_pod(tmp_path / "c", a)
+    scratch = tmp_path / "scratch"
+    close = _record_seq(cli_env, ec, cc, scratch, lambda rs: rs[-1]["seq"])
+    if what == "run":
+        _killed_run(cli_env, ea, ca, target, close)
+        assert set(store_files(target)) == set(a)
+    else:
+        run_cli(["rollback", "--target", scratch, "--yes"], dict(cli_env, **ec))
+        rb, = (scratch / STATE_DIR / "runs").glob("*.rollback.jsonl")
+        close = read_log(str(rb))[0][-1]["seq"]
+        run_cli(["run", "--comfyui", ca, "--target", target, "--yes"], dict(cli_env, **ea))
+        killed = subprocess.run([sys.executable, "-m", "migrate", "rollback", "--target", str(target), "--yes"],
+                                env=dict(cli_env, **ea, COMFY_MIGRATE_CRASH_AT=str(close)), capture_output=True, text=True)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        assert store_files(target) == {}
+    runs = [p for p in (target / STATE_DIR / "runs").glob("*.jsonl")]
+    assert all(read_log(str(p))[0][-1]["type"] == "close" for p in runs), runs
     _catalogue_describes_the_store(target)
 
 
