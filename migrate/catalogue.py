@@ -11,10 +11,11 @@ recomputed, never a reason to delete: rollback and purge re-check the disk. `ver
 Completeness: it may lack entries only while a run is interrupted. Each run and rollback rewrites
 it from the store as walked now: a file known to this session or to the old catalogue costs one
 lstat; one they do not know was put there by a run whose process died before it rewrote the
-catalogue (SIGKILLed mid-run, then continued or rolled back, or killed right after closing its
-log), and that run's log gives its digest while the file still has the logged identity. A name
-a run placed that matches no logged identity (edited or replaced since) is hashed. A file put in
-the store by hand is not read for this: the first plan whose sizes meet it hashes it.
+catalogue (which it does before closing its log: SIGKILLed, then continued, rolled back, or
+followed by another pod's run), and that run's log gives its digest while the file still has
+the logged identity. A name a run placed that matches no logged identity (edited or replaced
+since) is hashed. A file put in the store by hand is not read for this: the first plan whose
+sizes meet it hashes it (a store filled by hand may hold many gigabytes no plan ever needs).
 
 Format: JSON lines, a header `{"catalogue": 1, "entries": N}` then one sorted entry per line. It is
 rewritten whole (temp + fsync + rename: no SQLite, whose locking network filesystems break) and
