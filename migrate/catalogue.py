@@ -227,15 +227,13 @@ def walk_store(target: str) -> List[Tuple[str, Ident]]:
 def run_logs(target: str) -> List[List[dict]]:
     """The records of every readable run log in the target (rollback logs and damaged logs left out)."""
     from migrate.errors import BadLog
-    from migrate.journal import read_log
-    runs = os.path.join(target, STATE_DIR, "runs")
+    from migrate.journal import read_log, run_logs as log_paths
     out = []
-    for n in sorted(os.listdir(runs) if os.path.isdir(runs) else []):
-        if n.endswith(".jsonl") and not n.endswith(".rollback.jsonl"):
-            try:
-                out.append(read_log(os.path.join(runs, n))[0])
-            except BadLog:
-                continue
+    for _, path in log_paths(target):
+        try:
+            out.append(read_log(path)[0])
+        except BadLog:
+            continue
     return out
 
 

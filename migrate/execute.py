@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from migrate import __version__, fsops
 from migrate.errors import BadInput, NoSpace
 from migrate.hashing import hash_bytes, stat_key
-from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_log
+from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_log, run_logs
 from migrate.lock import TargetLock
 from migrate.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal
 from migrate.scan import TEMP_MARK
@@ -67,13 +67,7 @@ def find_interrupted(target: str, sources: Optional[Sequence[str]] = None, yaml:
     another pod's interrupted run is that pod's to continue (or roll back) and does not block
     this one (pods often have the same paths: /workspace/ComfyUI on each container).
     """
-    runs = os.path.join(state_dir(target), RUNS_DIR)
-    if not os.path.isdir(runs):
-        return None
-    for name in sorted(os.listdir(runs), reverse=True):
-        if not name.endswith(".jsonl") or name.endswith(".rollback.jsonl"):
-            continue
-        path = os.path.join(runs, name)
+    for _, path in reversed(run_logs(target)):
         if os.path.exists(path[:-len(".jsonl")] + ".rollback.jsonl"):
             continue
         try:

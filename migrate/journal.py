@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple
 import xxhash
 
 from migrate.errors import BadLog, MigrateError, NoSpace
+from migrate.model import STATE_DIR
 
 LOG_VERSION = 1
 RUNS_DIR = "runs"
@@ -105,6 +106,13 @@ class Journal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def run_logs(target: str) -> List[Tuple[str, str]]:
+    """(file name, path) of each run's log in the target, oldest first (rollback logs left out)."""
+    runs = os.path.join(target, STATE_DIR, RUNS_DIR)
+    return [(n, os.path.join(runs, n)) for n in sorted(os.listdir(runs) if os.path.isdir(runs) else [])
+            if n.endswith(".jsonl") and not n.endswith(".rollback.jsonl")]
 
 
 class EmptyLog(BadLog):

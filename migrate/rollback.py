@@ -22,7 +22,7 @@ from migrate import __version__, fsops
 from migrate.errors import BadLog
 from migrate.fleet import store_rel
 from migrate.hashing import hash_bytes, hash_path
-from migrate.journal import Journal, group_steps, read_log
+from migrate.journal import Journal, group_steps, read_log, run_logs
 from migrate.model import STATE_DIR, Problem
 from migrate.scan import TEMP_MARK
 
@@ -269,8 +269,8 @@ def _undo(u: Undo, on_bytes) -> str:
         dst = r["dst"]
         want = (r["dev"], r["ino"]) if op == "link" else (r["stored_dev"], r["stored_ino"])
         cur = _ino(dst)
-        if cur is None or (cur != want and not u.finished):
-            return ""          # never linked (the call is atomic), or the name is another pod's now
+        if cur is None or _never_made(u):
+            return ""
         if cur != want:
             return "the target file was replaced since the run; left in place"
         if op == "link" and not _as_logged(dst, r):
@@ -288,9 +288,9 @@ def _undo(u: Undo, on_bytes) -> str:
             os.unlink(dst)
         return ""
     if op == "rename":
+        if _never_made(u):
+            return ""
         cur = _ino(r["dst"])
-        if cur is not None and cur != (r["dev"], r["ino"]) and not u.finished:
-            return ""          # never renamed (the call is atomic): the name is another pod's file
         if cur is None or _ino(r["src"]) is not None:
             return "" if cur is None else "both names exist; left in place"
         if cur != (r["dev"], r["ino"]):
@@ -307,8 +307,8 @@ def _undo(u: Undo, on_bytes) -> str:
         ino = r.get("dst_ino") or r.get("tmp_ino")
         dst = r["dst"]
         cur = _ino(dst)
-        if cur is None or ino is None or (cur[1] != ino and not u.finished):
-            return ""          # never published (the rename is atomic): the name is another pod's file
+        if cur is None or ino is None or _never_made(u):
+            return ""
         if cur[1] != ino:
             return "the target file was replaced since the run; left in place"
         # This undo deletes the copy: first prove it holds exactly the bytes the run copied.
@@ -390,10 +390,17 @@ def _made_here(rec: dict, path: str) -> bool:
     return ino is not None and cur is not None and cur[1] == ino
 
 
+def _never_made(u: Undo) -> bool:
+    """A placement begun but never finished whose name does not hold the file it would have put
+    there never happened (link, rename and a copy's publish are single calls that never clobber):
+    the name is empty or another pod's file now, and there is nothing to undo."""
+    return not u.finished and not _made_here(u.rec, u.rec["dst"])
+
+
 def users_of(u: Undo, relied: Dict[str, List[str]], target: str) -> Optional[List[str]]:
     """The other runs relying on the stored file this undo would take out of the store (fleet.reliance),
     if the run put it there: a placement it only began, whose name holds another file, is not its own."""
-    if u.op not in PLACING or not (u.finished or _made_here(u.rec, u.rec["dst"])):
+    if u.op not in PLACING or _never_made(u):
         return None
     return relied.get(store_rel(u.rec.get("dst") or "", target) or "")
 
@@ -567,16 +574,9 @@ def run_state(log_path: str) -> str:
     return "interrupted"
 
 
-def _run_logs(target: str) -> List[Tuple[str, str]]:
-    """(file name, path) of each run's log in the target, oldest first (rollback logs left out)."""
-    runs = os.path.join(target, STATE_DIR, "runs")
-    return [(n, os.path.join(runs, n)) for n in sorted(os.listdir(runs) if os.path.isdir(runs) else [])
-            if n.endswith(".jsonl") and not n.endswith(".rollback.jsonl")]
-
-
 def history(target: str) -> List[dict]:
     rows = []
-    for n, path in _run_logs(target):
+    for n, path in run_logs(target):
         try:
             records, _, _ = read_log(path)
             state = run_state(path)
@@ -596,7 +596,7 @@ def live_runs(target: str) -> List[Tuple[str, List[dict]]]:
     """(run id, records) of every run in the target not rolled back, settled (see `settle`)
     (unreadable logs are skipped: their runs cannot be undone anyway, and history shows them)."""
     out = []
-    for n, path in _run_logs(target):
+    for n, path in run_logs(target):
         try:
             if run_state(path) == "rolled back":
                 continue
