@@ -4,8 +4,9 @@ Many pods share one network volume; each pod's digest cache is on its own disk, 
 the next pod would re-read every stored file whose size meets one of its own. The catalogue lives
 next to the logs (`<target>/.comfy-migrate/catalogue.jsonl`) so every pod sees it.
 
-Trust model (the digest cache's): an entry is used only while the file's (size, mtime_ns, inode)
-are still those recorded; anything else is hashed again. It is a cache of facts that can be
+Trust model (the digest cache's): an entry is used only while the file's (size, mtime_ns, inode,
+ctime_ns) are still those recorded (ctime: an in-place rewrite with the mtime put back changes it,
+and so does any other write); anything else is hashed again. It is a cache of facts that can be
 recomputed, never a reason to delete: rollback and purge re-check the disk. `verify` re-hashes.
 
 Completeness: it may lack entries only while a run is interrupted. Each run and rollback rewrites
@@ -48,6 +49,7 @@ class Entry(NamedTuple):
     ino: int
     digest: str
     run: Optional[str] = None           # the run that placed it (None: found in the store)
+    ctime_ns: Optional[int] = None      # as walked when the entry was written (None: never trusted)
 
     @property
     def ident(self) -> Ident:
@@ -78,7 +80,9 @@ def parse(data: Optional[bytes]) -> Tuple[Catalogue, str]:
             if not (isinstance(rel, str) and isinstance(digest, str) and type(size) is int
                     and type(mtime_ns) is int and type(ino) is int):
                 raise ValueError(f"a malformed entry for {rel!r}")
-            out[rel] = Entry(rel, size, mtime_ns, ino, digest, e.get("run"))
+            ctime_ns = e.get("ctime_ns")
+            out[rel] = Entry(rel, size, mtime_ns, ino, digest, e.get("run"),
+                             ctime_ns if type(ctime_ns) is int else None)
         if len(out) != head.get("entries"):
             raise ValueError("entry count differs from the header")
         return out, ""
@@ -91,42 +95,48 @@ def render(cat: Catalogue) -> bytes:
     for rel in sorted(cat):
         e = cat[rel]
         lines.append(json.dumps({"rel": e.rel, "size": e.size, "mtime_ns": e.mtime_ns, "ino": e.ino,
-                                 "digest": e.digest, "run": e.run}, sort_keys=True, ensure_ascii=True))
+                                 "ctime_ns": e.ctime_ns, "digest": e.digest, "run": e.run},
+                                sort_keys=True, ensure_ascii=True))
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
-def lookup(cat: Catalogue, rel: str, ident: Ident) -> Optional[str]:
-    """The recorded digest of `rel` if the file is still the one recorded, else None."""
+def lookup(cat: Catalogue, rel: str, ident: Ident, ctime_ns: int) -> Optional[str]:
+    """The recorded digest of `rel` if the file is still the one recorded (ctime too), else None."""
     e = cat.get(rel)
-    return e.digest if e is not None and e.ident == ident else None
+    return e.digest if e is not None and e.ident == ident and e.ctime_ns == ctime_ns else None
 
 
 Known = Dict[Tuple[str, int, int], Tuple[str, Optional[str]]]     # (rel, size, mtime_ns) -> (digest, run)
 Logged = Dict[Tuple[str, Ident], Tuple[str, str]]                  # (rel, ident) -> (digest, run) from run logs
 
 
-def reconcile(walked: Iterable[Tuple[str, Ident]], known_by_rel: Known, known_by_ident: Dict[Ident, str],
+Walked = Tuple[str, Ident, int]      # (rel, identity, ctime_ns) of a stored file as walked now
+
+
+def reconcile(walked: Iterable[Walked], known_by_rel: Known, known_by_ident: Dict[Ident, str],
               old: Catalogue, logged: Optional[Logged] = None) -> Catalogue:
     """The catalogue of the store as walked now (pure).
 
-    walked: (rel, ident) of every stored model file. A file's digest comes from facts gathered in
-    this locked session (known_by_rel: what was scanned or placed at that name, size and mtime;
-    known_by_ident: the same inode, size and mtime as a known file, i.e. a hardlink of it), else
-    from the old catalogue or a run's log (`logged`, see `placements`) while its identity
-    matches. Files with no known digest are left out.
+    walked: (rel, ident, ctime_ns) of every stored model file. A file's digest comes from facts
+    gathered in this locked session (known_by_rel: what was scanned or placed at that name, size
+    and mtime; known_by_ident: the same inode, size and mtime as a known file, i.e. a hardlink of
+    it), else from the old catalogue while its identity and ctime match, or a run's log (`logged`,
+    see `placements`) while its identity matches. Files with no known digest are left out.
     """
     logged = logged or {}
     walked = list(walked)
     by_ident = dict(known_by_ident)
-    by_ident.update({e.ident: e.digest for e in old.values()})
+    now = {rel: (ident, ctime_ns) for rel, ident, ctime_ns in walked}
+    # An old entry vouches for its inode (and so for hardlinks of it) only while unchanged since.
+    by_ident.update({e.ident: e.digest for e in old.values() if now.get(e.rel) == (e.ident, e.ctime_ns)})
     cat: Catalogue = {}
     for _ in range(2):      # a second pass reaches hardlinks of files first known in the first
-        for rel, ident in walked:
+        for rel, ident, ctime_ns in walked:
             if rel in cat:
                 continue
             prev = old.get(rel)
             hit = known_by_rel.get((rel, ident[1], ident[2]))
-            if hit is None and prev is not None and prev.ident == ident:
+            if hit is None and prev is not None and prev.ident == ident and prev.ctime_ns == ctime_ns:
                 hit = (prev.digest, prev.run)
             if hit is None:
                 hit = logged.get((rel, ident))
@@ -137,7 +147,7 @@ def reconcile(walked: Iterable[Tuple[str, Ident]], known_by_rel: Known, known_by
             digest, run = hit
             if prev is not None and prev.digest == digest and prev.run:
                 run = prev.run
-            cat[rel] = Entry(rel, ident[1], ident[2], ident[0], digest, run)
+            cat[rel] = Entry(rel, ident[1], ident[2], ident[0], digest, run, ctime_ns)
             by_ident.setdefault(ident, digest)
     return cat
 
@@ -214,13 +224,13 @@ def save(target: str, cat: Catalogue) -> None:
     fsops.atomic_write(path_of(target), render(cat))
 
 
-def walk_store(target: str) -> List[Tuple[str, Ident]]:
-    """(rel, (inode, size, mtime_ns)) of every file in the store a plan would consider (lstat only)."""
+def walk_store(target: str) -> List[Walked]:
+    """(rel, (inode, size, mtime_ns), ctime_ns) of every file in the store a plan would consider (lstat only)."""
     from migrate.scan import classify, walk
     out = []
     for rel, st in walk(target, lambda exc: None):
         if classify(rel, st)[0].migrates:
-            out.append((rel, (st.st_ino, st.st_size, st.st_mtime_ns)))
+            out.append((rel, (st.st_ino, st.st_size, st.st_mtime_ns), st.st_ctime_ns))
     return out
 
 
@@ -237,11 +247,11 @@ def run_logs(target: str) -> List[List[dict]]:
     return out
 
 
-def hash_stored(target: str, files: Iterable[Tuple[str, Ident]]) -> Known:
+def hash_stored(target: str, files: Iterable[Walked]) -> Known:
     """Digests of stored files, read now, each only while it is still the file walked."""
     from migrate.hashing import hash_path, stat_key
     out: Known = {}
-    for rel, ident in files:
+    for rel, ident, _ in files:
         path = os.path.join(target, rel)
         try:
             st = os.lstat(path)
@@ -265,7 +275,7 @@ def refresh(target: str, known_by_rel: Known, known_by_ident: Dict[Ident, str]) 
         logged, by_ident, names = placements(run_logs(target))
         by_ident.update(known_by_ident)
         cat = reconcile(walked, known_by_rel, by_ident, old, logged)
-        read = hash_stored(target, [(rel, ident) for rel, ident in walked if rel not in cat and rel in names])
+        read = hash_stored(target, [w for w in walked if w[0] not in cat and w[0] in names])
         if read:
             cat = reconcile(walked, {**known_by_rel, **read}, by_ident, old, logged)
     save(target, cat)

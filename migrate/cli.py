@@ -216,7 +216,7 @@ def memo_cache(facts):
     for scan in facts.sources + ((facts.target_scan,) if facts.target_scan is not None else ()):
         for r in scan.records:
             if r.digest:
-                memo.put((r.dev, r.ino, r.size, r.mtime_ns), r.digest)
+                memo.put(r.stamp, r.digest, facts.started_ns)
     return memo
 
 
@@ -250,6 +250,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
     """
     from migrate import catalogue as store_catalogue
     from migrate.execute import execute_plan, find_interrupted
+    from migrate.facts import confirm_beliefs
     from migrate.fleet import plan_changes
     fmt = kw.pop("fmt")
     facts, plan = build(ui, **kw)
@@ -271,7 +272,14 @@ def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
         lock = take_lock(ui, plan.target, "comfy-migrate run", wait)
         try:
             # The plan that runs is made under the lock, against the store as it is now.
-            facts, plan = build(ui, **kw, cache=memo_cache(facts), again=True)
+            memo = memo_cache(facts)
+            facts, plan = build(ui, **kw, cache=memo, again=True)
+            stale = confirm_beliefs(plan, (memo, open_cache(kw["no_cache"])))
+            if stale:
+                for p in stale:
+                    ui.warn(f"{report.show(p)}: its bytes are not those its cached digest says (rewritten with "
+                            "its times kept, or a reused inode); planned again with what it holds now")
+                facts, plan = build(ui, **kw, cache=memo, again=True)
             matters, notes = plan_changes(confirmed, plan)
             if matters and not yes:
                 lock.release()
@@ -283,7 +291,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
                 confirmed = plan
                 continue
             for m in matters:
-                ui.warn(f"changed since the plan (another pod ran): {report.show(m)}")
+                ui.warn(f"changed since the plan{'' if stale else ' (another pod ran)'}: {report.show(m)}")
             for n in notes:
                 ui.info(f"note: {n}")
             if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
@@ -436,14 +444,14 @@ def history_cmd(target, fmt) -> None:
 def purge(ui: Ui, run_ref, target, permanent, yes, wait) -> None:
     """Empty a run's quarantine (default: this host's newest run) into the trash.
 
-    Each file's content is first re-hashed in the target; a file whose stored copy is missing or
-    differs is kept. Rollback still works afterwards (it recreates files from the stored copies).
+    Each quarantined file and the stored copy it was judged identical to are first re-hashed; a
+    file is freed only if both hold the logged content (else it is kept and reported). Rollback still works afterwards (it recreates files from the stored copies).
 
     \b
     Example:
       comfy-migrate purge --target /workspace/models --yes
     """
-    from migrate.rollback import find_log, load_run, quarantined, verify_stored
+    from migrate.rollback import find_log, load_run, purge_check, quarantined
     target = resolve_target(target)
     log = find_log(target, run_ref, newest=True, host=os.uname().nodename)
     records = load_run(log)
@@ -456,17 +464,20 @@ def purge(ui: Ui, run_ref, target, permanent, yes, wait) -> None:
     freed, kept = 0, 0
     with take_lock(ui, target, "comfy-migrate purge", wait):
         for q in items:
-            if not verify_stored(q):
-                ui.warn(f"{report.show(q['q'])}: its stored copy is missing or differs; kept")
+            why = purge_check(q)
+            if why:
+                ui.warn(f"{report.show(q['q'])}: {why}; kept")
                 kept += 1
                 continue
             try:
+                st = os.lstat(q["q"])
                 if permanent:
                     os.unlink(q["q"])
                 else:
                     from send2trash import send2trash
                     send2trash(q["q"])
-                freed += q["size"]
+                if st.st_nlink == 1:      # its last name: the bytes are freed (two names count once)
+                    freed += q["size"]
             except Exception as exc:   # send2trash raises many kinds; the file simply stays
                 ui.warn(f"{report.show(q['q'])}: cannot use the trash ({exc}); kept "
                         "(use --permanent to delete instead)")

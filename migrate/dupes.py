@@ -13,10 +13,11 @@ Its records are collections.namedtuple classes, as in model.py (and for the same
 """
 from __future__ import annotations
 
+import time
 from collections import namedtuple
 from collections.abc import Callable, Sequence
 
-from migrate.hashing import DigestCache, Key, hash_many, partial_digest
+from migrate.hashing import DigestCache, Stamp, hash_many, note_read, partial_digest
 from migrate.model import FileRecord, Problem, ScanResult
 
 DIRECT = 256 << 10     # files up to this size are hashed in full at once (a partial read costs as much)
@@ -76,9 +77,8 @@ def find_duplicates(scans: Sequence[ScanResult], cache: DigestCache | None,
     full: dict[Inode, str] = {}
     cached = 0
 
-    def key(ino: Inode) -> Key:
-        r = inodes[ino][0]
-        return (r.dev, r.ino, r.size, r.mtime_ns)
+    def key(ino: Inode) -> Stamp:
+        return inodes[ino][0].stamp
 
     def failed(ino: Inode, err: OSError) -> None:
         full.pop(ino, None)      # a cached digest no longer describes a file that changed
@@ -118,13 +118,15 @@ def find_duplicates(scans: Sequence[ScanResult], cache: DigestCache | None,
                 to_hash += [ino for ino in alike if ino not in full]
 
     jobs = [(inodes[ino][0].path, key(ino)) for ino in to_hash]
+    read_at = time.time_ns()
     for ino, job, (digest, err) in zip(to_hash, jobs, hash_many(jobs, on_bytes)):
         if err is not None:
             failed(ino, err)
             continue
         full[ino] = digest
+        note_read(job[1], digest, read_at)
         if cache is not None:
-            cache.put(job[1], digest)
+            cache.put(job[1], digest, read_at)
     if cache is not None:
         cache.save()
 

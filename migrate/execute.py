@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from migrate import __version__, fsops
 from migrate.errors import BadInput, NoSpace
-from migrate.hashing import hash_bytes, stat_key
+from migrate.hashing import confirm_digest, hash_bytes, stat_key
 from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_log, run_logs
 from migrate.lock import TargetLock
 from migrate.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal
@@ -270,6 +270,9 @@ class _Runner:
             try:
                 if stat_key(os.lstat(src)) != expect:
                     raise OSError(errno.ESTALE, "changed since it was scanned; source kept", src)
+                if a.kind in (ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT) and not confirm_digest(src, a.digest):
+                    # The store holds this content, the plan believed: only the bytes can say so.
+                    raise OSError(errno.ESTALE, "its bytes differ from the digest the plan used; source kept", src)
                 _check_held(a)
                 fsops.rename_noreplace(src, q)
                 fsops.fsync_dir(os.path.dirname(src))

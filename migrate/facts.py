@@ -6,6 +6,7 @@ created and removed in the target's nearest existing folder, whose times are put
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -43,17 +44,14 @@ class Facts:
     catalogue: Optional[store_catalogue.Catalogue] = None    # read only when the digest cache missed
     catalogue_warning: str = ""
     catalogue_hits: int = 0                          # stored files whose digest came from it
-
-
-def stat_key_of(r) -> Tuple[int, int, int, int]:
-    return (r.dev, r.ino, r.size, r.mtime_ns)
+    started_ns: int = 0                              # when gathering began: no digest here is older
 
 
 def _from_catalogue(scan: ScanResult, cat: store_catalogue.Catalogue) -> Tuple[ScanResult, int]:
     """Digests of stored files the catalogue knows at their current (inode, size, mtime): not read."""
     records, hits = [], 0
     for r in scan.records:
-        d = store_catalogue.lookup(cat, r.rel, (r.ino, r.size, r.mtime_ns)) if r.status is Status.MIGRATE else None
+        d = store_catalogue.lookup(cat, r.rel, (r.ino, r.size, r.mtime_ns), r.ctime_ns) if r.status is Status.MIGRATE else None
         if d is not None:
             r, hits = r._replace(digest=d), hits + 1
         records.append(r)
@@ -90,6 +88,7 @@ def gather(
     """verdicts: a sniff.VerdictCache (None: no cache). Broken or suspect files are held back
     (status SUSPECT: never hashed, never moved) unless include_suspect."""
     from migrate.sniff import check_sources
+    started = time.time_ns()
     planning.check_roots([os.path.realpath(s) for s in sources], os.path.realpath(target))
     check_writable(target)
     yaml_before = read_yaml(yaml_path)
@@ -103,14 +102,14 @@ def gather(
     cat: store_catalogue.Catalogue = {}
     cat_warning, hits = "", 0
     if target_scan is not None and any(
-            r.status is Status.MIGRATE and r.size in sizes and (cache is None or cache.get(stat_key_of(r)) is None)
+            r.status is Status.MIGRATE and r.size in sizes and (cache is None or cache.get(r.stamp) is None)
             for r in target_scan.records):
         cat, cat_warning = store_catalogue.load(target)
         target_scan, hits = _from_catalogue(target_scan, cat)
         if cache is not None:      # the next plan on this machine then needs no catalogue
             for r in target_scan.records:
-                if r.digest is not None and cache.get(stat_key_of(r)) is None:
-                    cache.put(stat_key_of(r), r.digest)
+                if r.digest is not None and cache.get(r.stamp) is None:
+                    cache.put(r.stamp, r.digest, started)
 
     def wanted(r) -> bool:
         return r.size in sizes and r.digest is None
@@ -124,10 +123,12 @@ def gather(
         target_scan = hash_records(target_scan, cache, on_bytes, only=wanted)
     probes = []
     for s in scans:
-        sample = next((r.path for r in s.records if r.status is Status.MIGRATE), None)
+        # The smallest file: linking it changes its ctime, so the next plan reads it again.
+        sample = min(((r.size, r.path) for r in s.records if r.status is Status.MIGRATE), default=(0, None))[1]
         probes.append(fsops.probe_link(sample, s.root, target))
     return Facts(tuple(scans), target, target_scan, tuple(probes), fsops.probe_target_hardlinks(target),
-                 yaml_path, yaml_before, fsops.free_space(target), tuple(findings), cat, cat_warning, hits)
+                 yaml_path, yaml_before, fsops.free_space(target), tuple(findings), cat, cat_warning, hits,
+                 started)
 
 
 def mount_of(path: str) -> str:
@@ -164,3 +165,37 @@ def make_plan(facts: Facts, policy: Policy) -> Plan:
                                facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes,
                                paths=path_facts(facts.yaml_path, facts.target, policy.base_path))
     return plan._replace(findings=facts.findings)
+
+
+def confirm_beliefs(plan: Plan, caches: Sequence[Optional[DigestCache]] = ()) -> List[str]:
+    """Bytes, not beliefs: every source the plan would set aside because the store already holds its
+    content (already there, same content) must have that content now, by a read of this process.
+    A digest this process read from the file as it is now counts; one from the digest cache, the
+    catalogue or a log is checked by reading the file. Returns the sources whose bytes differ (or
+    that changed meanwhile). Every digest read here goes into `caches` (the re-plan's memo, so planning
+    again sees the truth, and the digest cache, so the next plan does)."""
+    from migrate.hashing import hash_path, note_read, read_here, stamp
+    from migrate.model import ActionKind, Removal
+    stale = []
+    for a in plan.actions:
+        if a.kind not in (ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT) or a.removal is not Removal.QUARANTINE:
+            continue
+        try:
+            st = os.lstat(a.source)
+            s = stamp(st)
+            got = read_here(s)
+            if got is None:
+                at = time.time_ns()
+                got = hash_path(a.source, s)
+                note_read(s, got, at)
+                for cache in caches:
+                    if cache is not None:
+                        cache.put(s, got, at)
+        except OSError:
+            got = None
+        if got != a.digest:
+            stale.append(a.source)
+    for cache in caches:
+        if cache is not None:
+            cache.save()
+    return stale

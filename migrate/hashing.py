@@ -20,6 +20,7 @@ import mmap
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import xxhash
@@ -33,7 +34,10 @@ PROGRESS = 32 << 20           # report progress in steps of at least this many b
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 OnBytes = Callable[[int], None]
-Key = tuple[int, int, int, int]     # (device, inode, size, mtime_ns)
+Key = tuple[int, int, int, int]     # (device, inode, size, mtime_ns): "is it still the file we saw"
+Stamp = tuple[int, int, int, int, int]   # Key + ctime_ns: what a digest read from the bytes is bound to
+FINE_SLACK_NS = 100_000_000         # a timestamp tick (coarse kernel clock, 100 ns filesystems) and then some
+COARSE_SLACK_NS = 2_000_000_000     # whole-second (MooseFS, ext4 -I 128) and 2-second (FAT, exFAT) times
 Buffer = bytearray | mmap.mmap | memoryview
 
 
@@ -71,13 +75,13 @@ def _thread_buffer() -> memoryview:
     return view
 
 
-def _open(path: str, expect: Key | None, advise: bool) -> tuple[int, os.stat_result]:
+def _open(path: str, expect: Key | Stamp | None, advise: bool) -> tuple[int, os.stat_result]:
     fd = os.open(path, OPEN_FLAGS)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ChangedError(errno.EINVAL, "not a regular file", path)
-        if expect is not None and stat_key(st) != expect:
+        if expect is not None and not matches(st, expect):
             raise ChangedError(errno.ESTALE, "changed since it was scanned", path)
         if advise:
             try:
@@ -90,13 +94,62 @@ def _open(path: str, expect: Key | None, advise: bool) -> tuple[int, os.stat_res
         raise
 
 
-def open_regular(path: str, expect: Key | None = None) -> int:
+def open_regular(path: str, expect: Key | Stamp | None = None) -> int:
     """Open for reading without following a symlink or blocking on a FIFO; insist on a regular file."""
     return _open(path, expect, True)[0]
 
 
 def stat_key(st: os.stat_result) -> Key:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def stamp(st: os.stat_result) -> Stamp:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def matches(st: os.stat_result, expect: Key | Stamp) -> bool:
+    """The file is the one `expect` describes (a Key, or a Stamp: then its ctime too)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == expect[:4] and (
+        len(expect) < 5 or st.st_ctime_ns == expect[4])
+
+
+def racy(s: Stamp, read_at_ns: int) -> bool:
+    """git's "racily clean" rule: a digest read at read_at_ns proves nothing about a file whose
+    mtime or ctime is not older than that moment (less a tick of the filesystem's clock): a write
+    in the same tick leaves every timestamp as it was. Whole-second ctimes mean a coarse filesystem."""
+    slack = COARSE_SLACK_NS if s[4] % 1_000_000_000 == 0 else FINE_SLACK_NS
+    return max(s[3], s[4]) >= read_at_ns - slack
+
+
+# What this process itself read: Stamp -> (digest, when the read began). A digest from here is
+# evidence about the bytes; one from a cache, the catalogue or a log is a belief (see `read_here`).
+_READ: dict[Stamp, tuple[str, int]] = {}
+
+
+def note_read(s: Stamp, digest: str, read_at_ns: int) -> None:
+    _READ[s] = (digest, read_at_ns)
+
+
+def read_here(s: Stamp) -> str | None:
+    """The digest this process computed from the file's bytes while it had stamp `s` (not racily)."""
+    hit = _READ.get(s)
+    return hit[0] if hit is not None and not racy(s, hit[1]) else None
+
+
+def confirm_digest(path: str, digest: str) -> bool:
+    """Do the bytes at `path` (a regular file, not followed) have `digest`? Uses this process's own
+    read of the file as it is now if there was one; else reads it. Before a source leaves its place
+    on the strength of a digest that may come from a cache, the catalogue or another run's log."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    s = stamp(st)
+    if read_here(s) == digest:
+        return True
+    at = time.time_ns()
+    got = hash_path(path, s)
+    note_read(s, got, at)
+    return got == digest
 
 
 class _Progress:
@@ -283,20 +336,20 @@ def _hash_open(fd: int, st: os.stat_result, path: str, view: memoryview, progres
     return h.hexdigest()
 
 
-def _hash_one(path: str, expect: Key | None, view: memoryview, progress: _Progress,
+def _hash_one(path: str, expect: Key | Stamp | None, view: memoryview, progress: _Progress,
               split_into: Callable[[_Split], None] | None = None,
               stop: threading.Event | None = None) -> str:
     fd, st = _open(path, expect, advise=expect is None or expect[2] >= LARGE)
     try:
         digest = _hash_open(fd, st, path, view, progress, split_into, stop)
-        if expect is not None and stat_key(os.fstat(fd)) != expect:
+        if expect is not None and not matches(os.fstat(fd), expect):
             raise ChangedError(errno.ESTALE, "changed while it was read", path)
         return digest
     finally:
         os.close(fd)
 
 
-def hash_path(path: str, expect: Key | None = None, buf: Buffer | None = None,
+def hash_path(path: str, expect: Key | Stamp | None = None, buf: Buffer | None = None,
               on_bytes: OnBytes | None = None) -> str:
     """Digest of a regular file; raises ChangedError if it is not the scanned one or changes meanwhile.
 
@@ -323,7 +376,7 @@ def hash_path(path: str, expect: Key | None = None, buf: Buffer | None = None,
 PART = 16 << 10     # bytes read from each end of a file for its partial digest
 
 
-def partial_digest(path: str, expect: Key) -> str:
+def partial_digest(path: str, expect: Key | Stamp) -> str:
     """Digest of a file's first and last PART bytes (with its size): cheap evidence that two
     same-size files differ. Equal partial digests prove nothing; only full digests prove equality.
     Raises ChangedError like hash_path when the file is not the scanned one."""
@@ -332,7 +385,7 @@ def partial_digest(path: str, expect: Key) -> str:
         view = _thread_buffer()[:2 * PART]
         got = _pread_full(fd, view[:PART], 0)
         got += _pread_full(fd, view[PART:2 * PART], max(st.st_size - PART, 0))
-        if stat_key(os.fstat(fd)) != expect:
+        if not matches(os.fstat(fd), expect):
             raise ChangedError(errno.ESTALE, "changed while it was read", path)
         return xxhash.xxh3_128_hexdigest(view[:got])
     finally:
@@ -344,49 +397,70 @@ def hash_bytes(data: bytes) -> str:
 
 
 # Also created by sniff.VerdictCache, which keeps its verdicts in another table of the same file.
-DIGESTS_TABLE = ("CREATE TABLE IF NOT EXISTS digests (dev INTEGER, ino INTEGER, size INTEGER,"
-                 " mtime_ns INTEGER, digest TEXT, PRIMARY KEY (dev, ino))")
+# (Version 1's `digests` table, keyed without ctime, is ignored: its entries cannot be trusted.)
+DIGESTS_TABLE = ("CREATE TABLE IF NOT EXISTS digests2 (dev INTEGER, ino INTEGER, size INTEGER,"
+                 " mtime_ns INTEGER, ctime_ns INTEGER, read_ns INTEGER, digest TEXT, PRIMARY KEY (dev, ino))")
+_U64 = 1 << 64
+
+
+def to_sql(n: int) -> int:
+    """An unsigned 64-bit number (a FUSE inode may be >= 2**63) as SQLite's signed INTEGER."""
+    return n - _U64 if n >= 1 << 63 else n
+
+
+def from_sql(n: int) -> int:
+    return n + _U64 if n < 0 else n
 
 
 class DigestCache:
-    """Digests keyed by (device, inode, size, mtime_ns) in a small SQLite file.
+    """Digests in a small SQLite file, trusted like git's index trusts its stat data.
 
-    Loaded whole at open (one query), written in one transaction at save. A damaged cache is
-    discarded, never trusted.
+    An entry holds (device, inode) -> (size, mtime_ns, ctime_ns, when its read began, digest). It is
+    used only while size, mtime AND ctime all match (no user can set ctime: an in-place rewrite with
+    the mtime put back, or a freed inode reused by a new file, changes it) and the file was not
+    racily clean when read (`racy`). Loaded whole at open (one query), written in one transaction
+    at save. A damaged cache is discarded, never trusted.
     """
 
     def __init__(self, path: str | None) -> None:
         # Absolute now: a relative COMFY_MIGRATE_CACHE has no folder part, and save()'s makedirs("")
         # would fail (silently: the cache was never written).
         self.path = path = os.path.abspath(path) if path else path
-        self._known: dict[tuple[int, int], tuple[int, int, str]] = {}
-        self._new: dict[tuple[int, int], tuple[int, int, str]] = {}
+        self._known: dict[tuple[int, int], tuple[int, int, int, int, str]] = {}
+        self._new: dict[tuple[int, int], tuple[int, int, int, int, str]] = {}
         if path and os.path.exists(path):
             import sqlite3   # only when there is a cache: keeps start-up short
             try:
-                rows = load_rows(path, "SELECT dev, ino, size, mtime_ns, digest FROM digests")
-                self._known = {(d, i): (s, m, h) for d, i, s, m, h in rows}
+                rows = load_rows(path, "SELECT dev, ino, size, mtime_ns, ctime_ns, read_ns, digest FROM digests2")
+                self._known = {(from_sql(d), from_sql(i)): (s, m, c, t, h) for d, i, s, m, c, t, h in rows}
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):     # an older cache: starts empty, kept
+                    self._discard()
             except sqlite3.Error:
-                self._known = {}
-                try:
-                    os.replace(path, path + ".damaged")
-                except OSError:
-                    pass
+                self._discard()
 
-    def get(self, key: Key) -> str | None:
-        hit = self._new.get(key[:2]) or self._known.get(key[:2])
-        if hit and hit[0] == key[2] and hit[1] == key[3]:
-            return hit[2]
+    def _discard(self) -> None:
+        self._known = {}
+        try:
+            os.replace(self.path, self.path + ".damaged")
+        except OSError:
+            pass
+
+    def get(self, s: Stamp) -> str | None:
+        hit = self._new.get(s[:2]) or self._known.get(s[:2])
+        if hit and hit[:3] == s[2:5] and not racy(s, hit[3]):
+            return hit[4]
         return None
 
-    def put(self, key: Key, digest: str) -> None:
-        self._new[key[:2]] = (key[2], key[3], digest)
+    def put(self, s: Stamp, digest: str, read_ns: int) -> None:
+        """Remember a digest read from the bytes of the file with stamp s, a read begun at read_ns."""
+        self._new[s[:2]] = (s[2], s[3], s[4], read_ns, digest)
 
     def save(self) -> None:
         if not self.path or not self._new:
             return
-        if save_rows(self.path, (DIGESTS_TABLE,), "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)",
-                     [(d, i, s, m, h) for (d, i), (s, m, h) in self._new.items()]):
+        if save_rows(self.path, (DIGESTS_TABLE,), "INSERT OR REPLACE INTO digests2 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     [(to_sql(d), to_sql(i), s, m, c, t, h) for (d, i), (s, m, c, t, h) in self._new.items()]):
             self._known.update(self._new)
             self._new.clear()
 
@@ -431,7 +505,7 @@ def default_cache_path() -> str:
 Result = tuple[str | None, OSError | None]
 
 
-def _hash_small(jobs: Sequence[tuple[str, Key]], indices: Sequence[int], results: list[Result],
+def _hash_small(jobs: Sequence[tuple[str, Key | Stamp]], indices: Sequence[int], results: list[Result],
                 view: memoryview, progress: _Progress, stop: threading.Event) -> None:
     """Small files one after the other on this thread: open, fstat, one read, fstat, close.
 
@@ -453,7 +527,7 @@ def _hash_small(jobs: Sequence[tuple[str, Key]], indices: Sequence[int], results
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise ChangedError(errno.EINVAL, "not a regular file", path)
-            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != key:
+            if not matches(st, key):
                 raise ChangedError(errno.ESTALE, "changed since it was scanned", path)
             n = os.readv(fd, [view])
             if n == key[2] and n < limit:
@@ -463,8 +537,7 @@ def _hash_small(jobs: Sequence[tuple[str, Key]], indices: Sequence[int], results
                 if n:
                     _read_stream(fd, view, h, progress, stop)
                 digest = h.hexdigest()
-            st = os.fstat(fd)
-            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != key:
+            if not matches(os.fstat(fd), key):
                 raise ChangedError(errno.ESTALE, "changed while it was read", path)
             results[i] = (digest, None)
             progress.add(n)
@@ -475,7 +548,7 @@ def _hash_small(jobs: Sequence[tuple[str, Key]], indices: Sequence[int], results
 
 
 def hash_many(
-    jobs: Sequence[tuple[str, Key]],
+    jobs: Sequence[tuple[str, Key | Stamp]],
     on_bytes: OnBytes | None = None,
     workers: int | None = None,
 ) -> list[Result]:

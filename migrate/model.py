@@ -92,10 +92,16 @@ class FileRecord(namedtuple("FileRecord", [
     "digest",                     # str | None = None
     "link_target",                # str | None = None
     "detail",                     # str = ""
-], defaults=(0, 0, 0, 0, 0, 1, None, None, ""))):
+    "ctime_ns",                   # int = 0
+], defaults=(0, 0, 0, 0, 0, 1, None, None, "", 0))):
     """One entry found under a root, with its stat facts and (for files to migrate) its digest."""
 
     __slots__ = ()
+
+    @property
+    def stamp(self) -> tuple:
+        """(dev, ino, size, mtime_ns, ctime_ns): what a digest of this file is bound to (hashing.Stamp)."""
+        return (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
 
     @property
     def path(self) -> str:

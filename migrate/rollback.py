@@ -200,6 +200,9 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                 j.append({"type": "skip", "undo": step, "why": note})
             j.append({"type": "done", "undo": step})
 
+    # Source names that were one inode before the run come back as one inode: logged (dev, ino) ->
+    # the names of it restored by this rollback (see _restore_twin).
+    twins: Dict[Tuple[int, int], List[str]] = {}
     in_store = head["target"].rstrip("/") + "/"
     # Kept files leave once this run's sources are back (every source removal undone: a continued
     # run has some before and some after its resume), before the store folders made since are
@@ -228,7 +231,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                         report.kept.append(Problem(u.rec["dst"], "kept in the store: run(s) "
                                                    f"{', '.join(users)} rely on it"))
                 else:
-                    note = _undo(u, on_bytes)
+                    note = _undo(u, on_bytes, twins)
                     if note and shared and u.op == "mkdir" and u.rec["path"].startswith(in_store):
                         note = ""     # other runs' files live there
             except OSError as exc:
@@ -251,8 +254,10 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
     return report
 
 
-def _undo(u: Undo, on_bytes) -> str:
-    """Apply one inverse step. Returns '' when done (or nothing was needed), else why it was skipped."""
+def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] = None) -> str:
+    """Apply one inverse step. Returns '' when done (or nothing was needed), else why it was skipped.
+    `twins`: names restored so far per logged source inode (hardlinks come back as hardlinks)."""
+    twins = {} if twins is None else twins
     r = u.rec
     op = u.op
     if op == "mkdir":
@@ -354,7 +359,7 @@ def _undo(u: Undo, on_bytes) -> str:
                 os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
                 os.link(stored, r["src"])
                 return ""
-        if not any(_restore_from(stored, r, on_bytes) for stored in names):
+        if not _restore_twin(r, twins, on_bytes, names):
             return "the stored copy changed; source not recreated"
         return ""
     if op == "quarantine":
@@ -365,9 +370,10 @@ def _undo(u: Undo, on_bytes) -> str:
         if _ino(r["q"]) == (r["dev"], r["ino"]):
             os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
             fsops.rename_noreplace(r["q"], r["src"])
+            twins.setdefault((r["dev"], r["ino"]), []).append(r["src"])
             return ""
         # Purged: recreate it from the stored copy with the same digest, mode and mtime.
-        if not any(_restore_from(stored, r, on_bytes) for stored in _holders(r)):
+        if not _restore_twin(r, twins, on_bytes, _holders(r)):
             return "the quarantined file was purged and no stored copy has its content"
         return ""
     if op == "linkback":
@@ -487,6 +493,27 @@ def _restore_dir_times(records: Sequence[dict]) -> int:
         except OSError:
             continue
     return n
+
+
+def _restore_twin(r: dict, twins: Dict[Tuple[int, int], List[str]], on_bytes, stored: Sequence[str]) -> bool:
+    """Recreate a removed source whose file is gone: as a hardlink of a name of the same logged inode
+    this rollback already gave back (two source names of one file come back as one file, not as
+    two copies), else as a verified copy of a stored file with its content."""
+    key = (r["dev"], r["ino"])
+    for twin in twins.get(key, []):
+        try:
+            st = os.lstat(twin)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode) and _as_logged(twin, r):
+            os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+            os.link(twin, r["src"])
+            fsops.fsync_dir(os.path.dirname(r["src"]))
+            return True
+    if any(_restore_from(p, r, on_bytes) for p in stored):
+        twins.setdefault(key, []).append(r["src"])
+        return True
+    return False
 
 
 def _restore_from(stored: str, r: dict, on_bytes) -> bool:
@@ -625,10 +652,16 @@ def quarantined(records: List[dict]) -> List[dict]:
     return [b for b in steps.begins if b["op"] == "quarantine" and b["step"] in steps.done]
 
 
-def verify_stored(rec: dict) -> bool:
-    """Is the quarantined file's content really in the target (re-hashed, not assumed)?"""
+def purge_check(rec: dict) -> str:
+    """Why a quarantined file may not be freed ('' if it may): both it and the stored copy it was
+    judged identical to are read now and must have the digest the log holds. A log, a cache or the
+    catalogue is a belief; only the bytes of both files decide (purge frees the last copy)."""
     stored = rec.get("stored") or rec.get("dst")
-    try:
-        return hash_path(stored) == rec["digest"]
-    except OSError:
-        return False
+    for what, path in (("the quarantined file", rec["q"]), ("its stored copy", stored)):
+        try:
+            digest = hash_path(path)
+        except OSError as exc:
+            return f"{what} cannot be read ({exc.strerror or exc})"
+        if digest != rec["digest"]:
+            return f"{what} does not hold the logged content"
+    return ""

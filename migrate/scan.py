@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from operator import attrgetter
 from stat import S_IMODE, S_ISDIR, S_ISLNK, S_ISREG
 
 from migrate import comfy
-from migrate.hashing import DigestCache, hash_many
+from migrate.hashing import DigestCache, hash_many, note_read
 from migrate.model import STATE_DIR, FileRecord, Problem, ScanResult, Status
 
 TEMP_MARK = ".cm-tmp-"     # our temporary files: .<name>.cm-tmp-<run id>
@@ -157,21 +158,22 @@ def scan_tree(root: str) -> ScanResult:
                 detail = f"symlink to {target} (left as it is)"
             # positional: ~25 % cheaper than keywords, and this runs once per file
             records.append(FileRecord(root, rel, folder, category, custom, status, size, st.st_mtime_ns,
-                                      S_IMODE(mode), st.st_dev, st.st_ino, st.st_nlink, None, target, detail))
+                                      S_IMODE(mode), st.st_dev, st.st_ino, st.st_nlink, None, target, detail,
+                                      st.st_ctime_ns))
     return ScanResult(root=root, records=tuple(records), problems=tuple(problems))
 
 
 def _with(r: FileRecord, status: Status, digest: str | None, detail: str) -> FileRecord:
     """r._replace(status=, digest=, detail=) at a fraction of its cost (it runs once per file)."""
     return FileRecord(r.root, r.rel, r.folder, r.category, r.custom, status, r.size, r.mtime_ns, r.mode,
-                      r.dev, r.ino, r.nlink, digest, r.link_target, detail)
+                      r.dev, r.ino, r.nlink, digest, r.link_target, detail, r.ctime_ns)
 
 
 def hash_records(
     result: ScanResult, cache: DigestCache | None, on_bytes: Callable[[int], None] | None = None,
     only: Callable[[FileRecord], bool] | None = None,
 ) -> ScanResult:
-    """Fill in digests of files to migrate, from the cache where (dev, ino, size, mtime) match.
+    """Fill in digests of files to migrate, from the cache where the whole stamp matches (hashing.DigestCache).
 
     `only` limits hashing to the records it accepts (the others keep digest None).
     """
@@ -181,7 +183,7 @@ def hash_records(
     for i, r in enumerate(records):
         if not r.status.migrates or (only is not None and not only(r)):
             continue
-        key = (r.dev, r.ino, r.size, r.mtime_ns)
+        key = r.stamp
         hit = cache.get(key) if cache is not None else None
         if hit is not None:
             records[i] = _with(r, r.status, hit, r.detail)
@@ -193,6 +195,7 @@ def hash_records(
             where.append(i)
     problems = list(result.problems)
     hashed_bytes = 0
+    read_at = time.time_ns()     # before any read: a file written in the same tick counts as racy
     for i, (digest, err) in zip(where, hash_many(jobs, on_bytes)):
         r = records[i]
         if err is not None:
@@ -204,8 +207,9 @@ def hash_records(
             continue
         records[i] = _with(r, r.status, digest, r.detail)
         hashed_bytes += r.size
+        note_read(r.stamp, digest, read_at)
         if cache is not None:
-            cache.put((r.dev, r.ino, r.size, r.mtime_ns), digest)
+            cache.put(r.stamp, digest, read_at)
     if cache is not None:
         cache.save()
     return result._replace(records=tuple(records), problems=tuple(problems), hashed_files=len(jobs),

@@ -2,7 +2,7 @@
 
 Reading the head (for safetensors: the JSON header) and, for zip archives, the tail is all the
 content checks need; a second full read of a file never happens. Verdicts are cached like digests,
-by (dev, ino, size, mtime_ns), in a `verdicts` table of the digest cache's SQLite file, so a warm
+by the file's whole stamp (ctime included), in a `verdicts2` table of the digest cache's SQLite file, so a warm
 re-scan reads no file data. A small file read whole here also gets its digest cached, so hashing
 it later reads nothing more.
 """
@@ -11,20 +11,23 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from migrate import audit, comfy
-from migrate.hashing import (DIGESTS_TABLE, OPEN_FLAGS, ChangedError, DigestCache, Key, hash_bytes, load_rows,
-                             save_rows)
+from migrate.hashing import (DIGESTS_TABLE, OPEN_FLAGS, ChangedError, DigestCache, Stamp, from_sql, hash_bytes,
+                             load_rows, matches, note_read, racy, save_rows, to_sql)
 from migrate.model import Finding, ScanResult, Status
 
-VERDICTS_TABLE = ("CREATE TABLE IF NOT EXISTS verdicts (dev INTEGER, ino INTEGER, size INTEGER,"
-                  " mtime_ns INTEGER, checks INTEGER, verdict TEXT, PRIMARY KEY (dev, ino))")
+VERDICTS_TABLE = ("CREATE TABLE IF NOT EXISTS verdicts2 (dev INTEGER, ino INTEGER, size INTEGER,"
+                  " mtime_ns INTEGER, ctime_ns INTEGER, read_ns INTEGER, checks INTEGER, verdict TEXT,"
+                  " PRIMARY KEY (dev, ino))")
 
 
 class VerdictCache:
-    """Verdicts keyed by (device, inode, size, mtime_ns), next to the digests in one SQLite file.
+    """Verdicts trusted as the digest cache trusts digests (whole stamp, ctime included, not racily
+    clean: hashing.DigestCache), next to the digests in one SQLite file.
 
     Rows written by other versions of the checks are ignored. A missing table or a damaged file
     means an empty cache (the digest cache deals with a damaged file); a cache that cannot be
@@ -33,36 +36,37 @@ class VerdictCache:
 
     def __init__(self, path: Optional[str]) -> None:
         self.path = path = os.path.abspath(path) if path else path   # as DigestCache does
-        self._known: Dict[Tuple[int, int], Tuple[int, int, str]] = {}
-        self._new: Dict[Tuple[int, int], Tuple[int, int, str]] = {}
+        self._known: Dict[Tuple[int, int], Tuple[int, int, int, int, str]] = {}
+        self._new: Dict[Tuple[int, int], Tuple[int, int, int, int, str]] = {}
         if path and os.path.exists(path):
             import sqlite3
             try:
-                rows = load_rows(path, "SELECT dev, ino, size, mtime_ns, verdict FROM verdicts WHERE checks = ?",
-                                 (audit.CHECKS_VERSION,))
-                self._known = {(d, i): (s, m, v) for d, i, s, m, v in rows}
+                rows = load_rows(path, "SELECT dev, ino, size, mtime_ns, ctime_ns, read_ns, verdict FROM verdicts2 "
+                                 "WHERE checks = ?", (audit.CHECKS_VERSION,))
+                self._known = {(from_sql(d), from_sql(i)): (s, m, c, t, v) for d, i, s, m, c, t, v in rows}
             except sqlite3.Error:
                 self._known = {}
 
-    def get(self, key: Key) -> Optional[audit.Verdict]:
-        hit = self._new.get(key[:2]) or self._known.get(key[:2])
-        if hit and hit[0] == key[2] and hit[1] == key[3]:
+    def get(self, s: Stamp) -> Optional[audit.Verdict]:
+        hit = self._new.get(s[:2]) or self._known.get(s[:2])
+        if hit and hit[:3] == s[2:5] and not racy(s, hit[3]):
             try:
-                return audit.Verdict.from_json(hit[2])
+                return audit.Verdict.from_json(hit[4])
             except (ValueError, KeyError, TypeError):
                 return None
         return None
 
-    def put(self, key: Key, verdict: audit.Verdict) -> None:
-        self._new[key[:2]] = (key[2], key[3], verdict.to_json())
+    def put(self, s: Stamp, verdict: audit.Verdict, read_ns: int) -> None:
+        self._new[s[:2]] = (s[2], s[3], s[4], read_ns, verdict.to_json())
 
     def save(self) -> None:
         if not self.path or not self._new:
             return
         # DIGESTS_TABLE too: so the digest cache finds its table in a new file
         if save_rows(self.path, (DIGESTS_TABLE, VERDICTS_TABLE),
-                     "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?)",
-                     [(d, i, s, m, audit.CHECKS_VERSION, v) for (d, i), (s, m, v) in self._new.items()]):
+                     "INSERT OR REPLACE INTO verdicts2 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     [(to_sql(d), to_sql(i), s, m, c, t, audit.CHECKS_VERSION, v)
+                      for (d, i), (s, m, c, t, v) in self._new.items()]):
             self._known.update(self._new)
             self._new.clear()
 
@@ -78,12 +82,12 @@ def _pread_all(fd: int, n: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def read_ends(path: str, name: str, key: Key) -> Tuple[bytes, bytes]:
+def read_ends(path: str, name: str, key: Stamp) -> Tuple[bytes, bytes]:
     """The head and tail the content checks need, from a regular file that is still the scanned one."""
     fd = os.open(path, OPEN_FLAGS)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != key:
+        if not stat.S_ISREG(st.st_mode) or not matches(st, key):
             raise ChangedError(errno.ESTALE, "changed since it was scanned", path)
         size = key[2]
         head = _pread_all(fd, min(size, audit.HEAD), 0)
@@ -93,7 +97,7 @@ def read_ends(path: str, name: str, key: Key) -> Tuple[bytes, bytes]:
         t = audit.tail_needed(name, size, head)
         tail = b"" if not t else head[size - t:] if len(head) == size else _pread_all(fd, t, size - t)
         st = os.fstat(fd)
-        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != key:
+        if not matches(st, key):
             raise ChangedError(errno.ESTALE, "changed while it was read", path)
         return head, tail
     finally:
@@ -108,9 +112,10 @@ def check_scan(scan: ScanResult, verdicts: Optional[VerdictCache],
     for r in scan.records:
         if r.status not in (Status.MIGRATE, Status.UNCATEGORISED) or not audit.sniffed(r.rel):
             continue
-        key = (r.dev, r.ino, r.size, r.mtime_ns)
+        key = r.stamp
         v = verdicts.get(key) if verdicts is not None else None
         if v is None:
+            read_at = time.time_ns()
             try:
                 head, tail = read_ends(r.path, r.rel, key)
             except OSError:
@@ -118,9 +123,12 @@ def check_scan(scan: ScanResult, verdicts: Optional[VerdictCache],
             read += 1
             v = audit.check_content(r.rel, r.size, head, tail)
             if verdicts is not None:
-                verdicts.put(key, v)
-            if digests is not None and len(head) == r.size and digests.get(key) is None:
-                digests.put(key, hash_bytes(head))
+                verdicts.put(key, v, read_at)
+            if len(head) == r.size:      # the whole file was read: its digest is known too
+                digest = hash_bytes(head)
+                note_read(key, digest, read_at)
+                if digests is not None and digests.get(key) is None:
+                    digests.put(key, digest, read_at)
         out[r.path] = v
     if verdicts is not None:
         verdicts.save()

@@ -51,6 +51,15 @@ def as_model(rel: str, payload: bytes) -> bytes:
     return payload
 
 
+def past_racy_window() -> None:
+    """Wait until files made just now are no longer "racily clean" (hashing.racy): a digest read
+    in the same clock tick as a file's last change is never trusted later, so a test that wants a
+    warm cache to be used waits this long between making its files and reading them."""
+    import time
+    from migrate.hashing import FINE_SLACK_NS
+    time.sleep(FINE_SLACK_NS / 1e9 + 0.05)
+
+
 # --- the CLI -----------------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import FIXTURES, make_pod, run_cli, snapshot_tree
+from conftest import FIXTURES, make_pod, past_racy_window, run_cli, snapshot_tree
 from migrate import audit, comfy
-from migrate.hashing import DigestCache
+from migrate.hashing import DigestCache, stamp
 from migrate.scan import scan_tree
 from migrate.sniff import VerdictCache, check_scan
 
@@ -248,6 +248,7 @@ def test_shadowing_follows_the_yaml(tmp_path, cli_env):
 def test_warm_check_reads_no_file_and_a_change_is_seen(broken_tree, tmp_path):
     cache_path = str(tmp_path / "c.sqlite")
     digests = DigestCache(cache_path)
+    past_racy_window()
     scan = scan_tree(broken_tree)
     first, read = check_scan(scan, VerdictCache(cache_path), digests)
     digests.save()
@@ -255,8 +256,8 @@ def test_warm_check_reads_no_file_and_a_change_is_seen(broken_tree, tmp_path):
     again, read = check_scan(scan_tree(broken_tree), VerdictCache(cache_path))
     assert read == 0 and again == first
     # a small file read whole for the check has its digest cached: hashing it later reads nothing
-    assert DigestCache(cache_path).get((*(lambda s: (s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns))(
-        os.stat(os.path.join(broken_tree, "checkpoints/ok.safetensors"))),)) is not None
+    assert DigestCache(cache_path).get(stamp(os.stat(os.path.join(broken_tree, "checkpoints/ok.safetensors")))) \
+        is not None
     path = os.path.join(broken_tree, "checkpoints/ok.safetensors")
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) - 1)
@@ -268,9 +269,9 @@ def test_a_verdict_cache_made_first_leaves_the_digest_cache_working(tmp_path, br
     cache_path = str(tmp_path / "c.sqlite")
     check_scan(scan_tree(broken_tree), VerdictCache(cache_path))
     d = DigestCache(cache_path)
-    d.put((1, 2, 3, 4), "ab" * 16)
+    d.put((1, 2, 3, 4, 5), "ab" * 16, 10 ** 10)
     d.save()
-    assert DigestCache(cache_path).get((1, 2, 3, 4)) == "ab" * 16
+    assert DigestCache(cache_path).get((1, 2, 3, 4, 5)) == "ab" * 16
     assert not os.path.exists(cache_path + ".damaged")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from conftest import make_pod, run_cli, snapshot_tree
+from conftest import make_pod, past_racy_window, run_cli, snapshot_tree
 from migrate import __version__
 from migrate.errors import ExitCode
 
@@ -126,16 +126,19 @@ def test_scan_reports_fifo_socket_bad_name_and_stray_file(tmp_path, cli_env):
     assert "not migrated: loras/caf\\udce9.safetensors: name is not valid UTF-8" in table
 
 
-def test_second_scan_takes_digests_from_the_cache_and_reads_no_data(pod, cli_env):
+def test_second_scan_takes_digests_from_the_cache_and_rereads_a_rewrite_with_times_kept(pod, cli_env):
     victim = pod.models / "loras/lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors"
     old = xxhash.xxh3_128(victim.read_bytes()).hexdigest()
     args = ["scan", "--source", pod.models, "--format", "json"]
+    past_racy_window()
     first = run_cli(["-v", *args], cli_env)
     assert re.search(r"hashed 17 files .*, 0 from the cache", first.stderr)
     assert os.path.isfile(cli_env["COMFY_MIGRATE_CACHE"])
+    untouched = run_cli(["-v", *args], cli_env)
+    assert re.search(r"hashed 0 files \(0 B\), 17 from the cache", untouched.stderr)
 
     st = victim.stat()
-    with open(victim, "r+b") as f:       # same size, same inode; mtime put back below
+    with open(victim, "r+b") as f:       # same size, same inode; mtime put back below (as cp -p does)
         f.seek(st.st_size // 2)
         f.write(b"\0" * 4096)
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -147,10 +150,10 @@ def test_second_scan_takes_digests_from_the_cache_and_reads_no_data(pod, cli_env
         return {f["path"]: f["digest"] for f in json.loads(proc.stdout)["roots"][0]["files"]}[
             str(victim.relative_to(pod.models))]
 
-    second = run_cli(["-v", *args], cli_env)
-    assert re.search(r"hashed 0 files \(0 B\), 17 from the cache", second.stderr)
-    assert digest(second) == old                 # the file's data was not read
-    assert digest(run_cli([*args, "--no-cache"], cli_env)) == new
+    second = run_cli(["-v", *args], cli_env)      # its ctime moved: the cached digest is not used
+    assert re.search(r"hashed 1 files \(.*\), 16 from the cache", second.stderr), second.stderr
+    assert digest(second) == new
+    assert digest(untouched) == old
 
 
 def test_scan_missing_source_is_one_line_exit_3(tmp_path, cli_env):
@@ -381,6 +384,7 @@ def test_a_relative_cache_path_is_saved_and_used(pod, cli_env, tmp_path):
     work.mkdir()
     env = dict(cli_env, COMFY_MIGRATE_CACHE="digests.sqlite")
     args = ["-v", "scan", "--source", pod.models, "--format", "json"]
+    past_racy_window()
     assert re.search(r"hashed 17 files .*, 0 from the cache", run_cli(args, env, cwd=work).stderr)
     assert (work / "digests.sqlite").is_file()
     assert re.search(r"hashed 0 files \(0 B\), 17 from the cache", run_cli(args, env, cwd=work).stderr)

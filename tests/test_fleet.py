@@ -337,7 +337,7 @@ def test_second_pod_plan_reads_no_stored_file_known_to_the_catalogue(tmp_path, c
 
 
 def test_catalogue_damaged_or_foreign_reads_as_empty():
-    cat = {"a/b": store_catalogue.Entry("a/b", 3, 4, 5, "d" * 32, "r1")}
+    cat = {"a/b": store_catalogue.Entry("a/b", 3, 4, 5, "d" * 32, "r1", 2 ** 63 + 6)}
     data = store_catalogue.render(cat)
     assert store_catalogue.parse(data) == (cat, "")
     assert store_catalogue.parse(None) == ({}, "")
@@ -347,14 +347,20 @@ def test_catalogue_damaged_or_foreign_reads_as_empty():
 
 
 def test_reconcile_trusts_only_matching_identity():
-    old = {"x": store_catalogue.Entry("x", 10, 100, 7, "dx", "r0"),
-           "y": store_catalogue.Entry("y", 10, 100, 8, "dy", "r0")}
-    walked = [("x", (7, 10, 100)),            # unchanged: kept with its run
-              ("y", (8, 10, 101)),            # touched since: dropped (unknown until hashed)
-              ("z", (7, 10, 100)),            # a hardlink of x: same inode, size and mtime
-              ("n", (9, 5, 1))]               # placed by this run
+    old = {"x": store_catalogue.Entry("x", 10, 100, 7, "dx", "r0", 50),
+           "y": store_catalogue.Entry("y", 10, 100, 8, "dy", "r0", 50),
+           "w": store_catalogue.Entry("w", 10, 100, 11, "dw", "r0", 50),
+           "v": store_catalogue.Entry("v", 10, 100, 12, "dv", "r0")}
+    walked = [("x", (7, 10, 100), 50),            # unchanged: kept with its run
+              ("y", (8, 10, 101), 50),            # touched since: dropped (unknown until hashed)
+              ("z", (7, 10, 100), 50),            # a hardlink of x: same inode, size and mtime
+              ("w", (11, 10, 100), 51),           # rewritten in place, mtime put back: ctime moved
+              ("v", (12, 10, 100), 50),           # an entry of the old format (no ctime): never trusted
+              ("n", (9, 5, 1), 50)]               # placed by this run
     cat = store_catalogue.reconcile(walked, {("n", 5, 1): ("dn", "r1")}, {}, old)
     assert {k: (e.digest, e.run) for k, e in cat.items()} == {"x": ("dx", "r0"), "z": ("dx", None), "n": ("dn", "r1")}
+    assert cat["n"].ctime_ns == 50 and store_catalogue.lookup(cat, "x", (7, 10, 100), 50) == "dx"
+    assert store_catalogue.lookup(cat, "x", (7, 10, 100), 51) is None
 
 
 # --- the question, asked before the lock; asked again only when the store changed what matters ----
@@ -926,13 +932,13 @@ def test_placements_give_a_digest_only_where_the_logged_identity_matches():
               "mtime_ns": 3, "digest": "dm"}]
     logged, by_ident, names = store_catalogue.placements([log, other])
     assert names == {"a", "c", "d", "e", "m"}
-    walked = [("a", (1, 10, 100)),        # linked: the source's identity
-              ("c", (7, 20, 200)),        # copied: the staged inode, the source's size and mtime
-              ("d", (1, 10, 100)),        # a dedupe link of a (the source's own identity is not it)
-              ("e", (11, 10, 100)),       # the link never happened: another file holds the name
-              ("m", (20, 3, 3)),
-              ("g", (8, 4, 4)),           # named by a record that placed nothing
-              ("h", (12, 5, 5))]          # put there by hand
+    walked = [("a", (1, 10, 100), 9),        # linked: the source's identity
+              ("c", (7, 20, 200), 9),        # copied: the staged inode, the source's size and mtime
+              ("d", (1, 10, 100), 9),        # a dedupe link of a (the source's own identity is not it)
+              ("e", (11, 10, 100), 9),       # the link never happened: another file holds the name
+              ("m", (20, 3, 3), 9),
+              ("g", (8, 4, 4), 9),           # named by a record that placed nothing
+              ("h", (12, 5, 5), 9)]          # put there by hand
     cat = store_catalogue.reconcile(walked, {}, by_ident, {}, logged)
     assert {k: (e.digest, e.run) for k, e in cat.items()} == {
         "a": ("da", "r1"), "c": ("dc", "r1"), "d": ("da", None), "m": ("dm", "r2")}

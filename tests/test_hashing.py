@@ -4,6 +4,7 @@ digest cache's keys. No timing here: speed is measured by scripts/bench."""
 from __future__ import annotations
 
 import os
+import time
 import shutil
 import subprocess
 import threading
@@ -171,28 +172,73 @@ def test_a_file_cut_short_while_it_is_read_in_parallel_is_an_error(tmp_path, mon
     assert digest is None and isinstance(err, ChangedError)
 
 
-def test_cache_hits_only_on_the_same_device_inode_size_and_mtime(tmp_path):
+def test_cache_hits_only_on_the_same_device_inode_size_mtime_and_ctime(tmp_path):
     path = write(tmp_path / "loras/a.pt", b"x" * 100)
-    key = key_of(path)
+    s = hashing.stamp(os.stat(path))
+    later = time.time_ns() + 10 ** 9      # the digest was read well after the file's last change
     db = str(tmp_path / "cache" / "digests.sqlite")
     cache = DigestCache(db)
-    assert cache.get(key) is None
-    cache.put(key, "d" * 32)
-    assert cache.get(key) == "d" * 32
+    assert cache.get(s) is None
+    cache.put(s, "d" * 32, later)
+    assert cache.get(s) == "d" * 32
     cache.save()
 
     again = DigestCache(db)
-    assert again.get(key) == "d" * 32
-    dev, ino, size, mtime = key
-    assert again.get((dev, ino, size, mtime + 1)) is None        # changed mtime -> miss
-    assert again.get((dev, ino, size + 1, mtime)) is None        # changed size -> miss
-    assert again.get((dev, ino + 1, size, mtime)) is None        # another inode -> miss
+    assert again.get(s) == "d" * 32
+    dev, ino, size, mtime, ctime = s
+    assert again.get((dev, ino, size, mtime + 1, ctime)) is None        # changed mtime -> miss
+    assert again.get((dev, ino, size + 1, mtime, ctime)) is None        # changed size -> miss
+    assert again.get((dev, ino + 1, size, mtime, ctime)) is None        # another inode -> miss
+    assert again.get((dev, ino, size, mtime, ctime + 1)) is None        # rewritten, times put back -> miss
 
     st = os.stat(path)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
-    assert DigestCache(db).get(key_of(path)) is None             # the real file's new mtime misses
-    assert DigestCache(None).get(key) is None
+    with open(path, "r+b") as f:          # an in-place rewrite with the mtime put back: ctime moves
+        f.write(b"y" * 100)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    now = hashing.stamp(os.stat(path))
+    assert now[:4] == s[:4] and now[4] != s[4]
+    assert DigestCache(db).get(now) is None
+    assert DigestCache(None).get(s) is None
     DigestCache(None).save()                                     # no path: nothing to do
+
+
+def test_racily_clean_entries_are_read_again():
+    # A digest read in the same tick as the file's last change proves nothing: a write in that tick
+    # leaves every timestamp as it was (git's "racily clean").
+    fine = (1, 2, 3, 5_000_000_123, 5_000_000_456)
+    assert hashing.racy(fine, 5_000_000_456)
+    assert hashing.racy(fine, 5_000_000_456 + hashing.FINE_SLACK_NS)
+    assert not hashing.racy(fine, 5_000_000_457 + hashing.FINE_SLACK_NS)
+    coarse = (1, 2, 3, 7_000_000_000, 7_000_000_000)               # whole seconds: MooseFS, exFAT
+    assert hashing.racy(coarse, 7_000_000_000 + hashing.FINE_SLACK_NS + 1)
+    assert not hashing.racy(coarse, 7_000_000_001 + hashing.COARSE_SLACK_NS)
+    future = (1, 2, 3, 9_000_000_000, 5_000_000_456)                # an mtime set ahead: never trusted
+    assert hashing.racy(future, 8_000_000_000)
+    cache = DigestCache(None)
+    cache.put(fine, "d" * 32, 5_000_000_456)
+    assert cache.get(fine) is None
+    cache.put(fine, "d" * 32, 6_000_000_000)
+    assert cache.get(fine) == "d" * 32
+
+
+def test_inodes_past_2_to_the_63_round_trip_through_the_cache(tmp_path):
+    # FUSE filesystems (rclone mount) report inode numbers >= 2**63; SQLite's INTEGER is signed.
+    db = str(tmp_path / "digests.sqlite")
+    big = [(2 ** 64 - 1, 2 ** 63, 10, 1, 2), (5, 2 ** 64 - 2, 11, 1, 2), (7, 2 ** 63 - 1, 12, 1, 2), (0, 0, 0, 0, 0)]
+    cache = DigestCache(db)
+    for n, s in enumerate(big):
+        cache.put(s, f"{n:032x}", 10 ** 10)
+    cache.save()
+    again = DigestCache(db)
+    assert [again.get(s) for s in big] == [f"{n:032x}" for n in range(len(big))]
+    assert again.get((2 ** 64 - 1, 2 ** 63 - 2 ** 64, 10, 1, 2)) is None     # not confused with its signed twin
+    from migrate.sniff import VerdictCache
+    from migrate.audit import Verdict
+    verdicts = VerdictCache(db)
+    v = Verdict()
+    verdicts.put(big[0], v, 10 ** 10)
+    verdicts.save()
+    assert VerdictCache(db).get(big[0]) == v
 
 
 def test_a_damaged_cache_is_set_aside(tmp_path):
