@@ -11,7 +11,7 @@ import sys
 import click
 
 from migrate import __version__, report, shell
-from migrate.errors import BadInput, ExitCode, MigrateError, NotConfirmed
+from migrate.errors import BadInput, BadLog, ExitCode, MigrateError, NotConfirmed
 from migrate.model import Mode, OnConflict, Policy
 from migrate.shell import Ui, open_cache, open_verdicts, out, resolve_sources, resolve_target, table
 
@@ -496,38 +496,72 @@ def purge(ui: Ui, run_ref, target, permanent, yes, wait) -> None:
 @target_option
 @click.option("--comfyui-url", metavar="URL",
               help="Also ask a running ComfyUI (URL/object_info) whether its loaders list each name.")
+@click.option("--quick", is_flag=True,
+              help="Compare each file's size and mtime with the log instead of re-hashing it (for huge "
+                   "stores; a rewrite that keeps both passes).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def verify(run_ref, comfyui, target, comfyui_url, fmt) -> None:
-    """Re-hash a run's files (default: this host's newest run) and check ComfyUI finds each name there first.
+@click.pass_obj
+def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
+    """Re-hash every model this pod's runs took out of its sources; ComfyUI must find each there first.
+
+    Covers every run of this pod not rolled back: the runs that wrote <comfyui>/extra_model_paths.yaml
+    (without a ComfyUI folder: the runs whose sources are all here, else this host's). Checked:
+    the files they placed, the sources they removed because the store already held them, and
+    files a rollback kept in the store for them. A run id checks that run alone.
 
     \b
     Example:
       comfy-migrate verify --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models
+      comfy-migrate verify --quick                  # sizes and mtimes only: no file is read
       comfy-migrate verify --comfyui-url http://127.0.0.1:8188
     """
-    from migrate.rollback import find_log, load_run
-    from migrate.verify import verify_run
+    from migrate import catalogue as store_catalogue
+    from migrate.journal import RUNS_DIR
+    from migrate.model import STATE_DIR
+    from migrate.rollback import check_log, find_log, kept_records, live_runs, load_run
+    from migrate.verify import pod_runs, verify_pod
     target = resolve_target(target)
-    records = load_run(find_log(target, run_ref, newest=True, host=os.uname().nodename))
     home = None
     try:
         from migrate.facts import find_comfyui
         home = find_comfyui(comfyui)
     except MigrateError:
         pass
-    res = verify_run(records, home, target)
+    if run_ref:
+        records = load_run(find_log(target, run_ref))
+        runs = [(records[0]["run"], records)]
+    else:
+        host = os.uname().nodename
+        yaml_path = os.path.join(home, "extra_model_paths.yaml") if home else None
+        runs, how = pod_runs(live_runs(target), target, yaml_path, host)
+        logs = os.path.join(target, STATE_DIR, RUNS_DIR)
+        if not runs:
+            raise BadLog(f"no run of this pod to verify in {logs} (none not rolled back wrote "
+                         f"{yaml_path or 'a YAML here'}, has its sources here or ran on host {host})",
+                         "pass --comfyui DIR, or name the run (see `comfy-migrate history --target DIR`)")
+        for rid, records in runs:
+            check_log(records, os.path.join(logs, f"{rid}.jsonl"))
+        ui.debug(f"verifying {len(runs)} run(s) of this pod: {how}")
+    catalogue = store_catalogue.load(target)[0] if quick else None
+    with ui.progress("verifying") as (_, on_bytes):
+        res = verify_pod(runs, home, target, kept_records(target), quick, catalogue, on_bytes)
     if comfyui_url:
         from migrate.verify import names_listed_by_comfyui, unlisted
         try:
             listed = names_listed_by_comfyui(comfyui_url)
         except (OSError, ValueError) as exc:
             raise BadInput(f"cannot read {comfyui_url}/object_info: {exc}", "is ComfyUI running at that URL?")
-        res["not_listed_by_comfyui"] = unlisted(records, listed)
+        res["not_listed_by_comfyui"] = list(dict.fromkeys(n for _, records in runs for n in unlisted(records, listed)))
         res["ok"] = res["ok"] and not res["not_listed_by_comfyui"]
     if fmt == "json":
         out(report.dumps(res))
     else:
-        out(f"run {records[0]['run']}: {res['checked']} files checked\n")
+        for rid in res["runs"]:
+            out(f"run {rid}: {res['per_run'][rid]} files checked\n")
+        if quick:
+            out(f"  quick: sizes and mtimes compared with the log, no file read"
+                + (f" ({len(res['size_only'])} by size alone: no mtime of theirs is logged)" if res["size_only"] else "")
+                + "; run without --quick to re-hash\n")
         if res.get("moved"):
             out(f"  the target moved with its volume: paths logged under {res['moved']['from']} are read under "
                 f"{res['moved']['to']}\n")

@@ -1,14 +1,52 @@
-"""Check a completed run against the disk and ComfyUI's resolution rules (reads only)."""
+"""Check what a pod's runs left in the store against the disk and ComfyUI's resolution rules (reads only).
+
+`pod_runs` picks the runs of one pod from a store's live runs; `claims` lists every store name
+those runs took out of their sources (placed there, removed because the store already held it,
+or kept there by a rollback for them), the newest record of each name; `verify_pod` re-hashes
+each once (or, quick, compares its size and mtime) and resolves its name as ComfyUI does.
+"""
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Tuple
+import posixpath
+import stat
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from migrate import comfy, fsops
+from migrate.fleet import store_rel
 from migrate.hashing import hash_path
 from migrate.journal import group_steps
 
 PLACING = ("link", "rename", "copy", "dedupe", "symlink")
+REMOVING = ("unlink", "quarantine")      # a source removed: its content is in the store under `dst`
+# The store file is the logged one (a link or rename keeps the source's inode; `unlink` removes a
+# source only when the store holds its inode) or a copy that keeps its mtime: the logged mtime is its.
+OWN_MTIME = ("link", "rename", "copy", "unlink")
+
+Run = Tuple[str, List[dict]]             # (run id, records), as rollback.live_runs gives them
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A name a run took out of its sources, and what the store must hold under it.
+
+    Args:
+        rel: the name relative to the store, e.g. `loras/wan/x.safetensors`.
+        digest: the content's xxh3-128, as logged.
+        size: its size in bytes, as logged.
+        mtime_ns: the store file's mtime where the log knows it (see OWN_MTIME); None for a
+            dedupe, a symlink, a source quarantined beside content already stored, a kept file.
+        run: the run whose record this is.
+        op: the logged step (`link`, ..., `unlink`, `quarantine`), or `keep` (a rollback's).
+    """
+
+    rel: str
+    digest: str
+    size: Optional[int]
+    mtime_ns: Optional[int]
+    run: str
+    op: str
 
 
 def remount(old: str, new: str) -> Tuple[str, str]:
@@ -21,72 +59,229 @@ def remount(old: str, new: str) -> Tuple[str, str]:
     return "/".join(o[:len(o) - k]) or "/", "/".join(n[:len(n) - k]) or "/"
 
 
-def verify_run(records: List[dict], comfyui: Optional[str], target: Optional[str] = None) -> Dict:
-    """target: where the run's target is now (default: where the run left it). When it moved with its
-    volume, every logged path under the old mount path is read under the new one."""
-    head = records[0]
-    old_target = head["target"]
-    target = target or old_target
-    moved = None
-    if os.path.realpath(target) != os.path.realpath(old_target):
-        moved = remount(old_target, target)
-    else:
-        target = old_target     # the same folder under another spelling: keep the logged one
+@dataclass(frozen=True)
+class Mount:
+    """Where one run's logged paths are now. `base`: the store (the logged spelling while it is the
+    same folder); `moved`: (old prefix, new prefix) when the volume is mounted at another path."""
 
-    def here(p: str) -> str:
-        if moved and (p == moved[0] or p.startswith(moved[0].rstrip("/") + "/")):
-            return moved[1].rstrip("/") + p[len(moved[0].rstrip("/")):] if moved[0] != "/" else moved[1] + p
+    base: str
+    moved: Optional[Tuple[str, str]]
+
+    def here(self, p: str) -> str:
+        if not self.moved:
+            return p
+        old, new = self.moved
+        if old == "/":
+            return new.rstrip("/") + p
+        if p == old or p.startswith(old.rstrip("/") + "/"):
+            return new.rstrip("/") + p[len(old.rstrip("/")):]
         return p
 
-    steps = group_steps(records)
-    placed = [b for b in steps.begins if b["op"] in PLACING and b["step"] in steps.done]
-    yaml_path = head.get("yaml")
-    if yaml_path and moved and os.path.exists(here(yaml_path)):
-        yaml_path = here(yaml_path)
-    order: Dict[str, List[str]] = {}
-    unset: List[str] = []
+
+def mount_of(head: dict, target: str) -> Mount:
+    """How a run's logged paths read now that its target is at `target`."""
+    logged = head.get("target") or target
+    if os.path.realpath(target) == os.path.realpath(logged):
+        return Mount(logged, None)      # the same folder under another spelling: keep the logged one
+    return Mount(target, remount(logged, target))
+
+
+def pod_runs(runs: Sequence[Run], target: str, yaml_path: Optional[str], host: str) -> Tuple[List[Run], str]:
+    """The runs of this pod among a store's runs, and how the pod was recognised.
+
+    A pod is its YAML: the runs whose logged YAML is `yaml_path` (read through a remount). Without
+    one (no ComfyUI found), or when no run names it: the runs whose sources are all on this
+    machine; else those of this host name, the last resort, as RunPod gives a pod a new host
+    name on every deploy while its volume stays.
+    """
+    def mapped(rec: List[dict], p: str) -> str:
+        return mount_of(rec[0], target).here(p)
+
     if yaml_path:
-        data = fsops.read_file(fsops.through_link(yaml_path))
-        # ComfyUI reads <realpath of its folder>/extra_model_paths.yaml: resolve from the real folder.
-        as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path))
-        models = os.path.realpath(os.path.join(comfyui, "models") if comfyui else
-                                  os.path.join(os.path.dirname(as_read), "models"))
-        text = data.decode("utf-8") if data else ""
-        order = comfy.search_folders([(as_read, text)] if data else [], models)
-        base = comfy.managed_base(text, as_read) if data else None
-        unset = comfy.unset_variables(base[0], dict(os.environ)) if base else []
-    missing, changed, shadowed = [], [], []
-    for b in placed:
-        dst = here(b["dst"])
-        try:
-            if hash_path(os.path.realpath(dst)) != b["digest"]:
-                changed.append(dst)
+        want = os.path.realpath(yaml_path)
+        mine = [(rid, rec) for rid, rec in runs if isinstance(rec[0].get("yaml"), str)
+                and os.path.realpath(mapped(rec, rec[0]["yaml"])) == want]
+        if mine:
+            return mine, f"the runs that wrote {yaml_path}"
+    mine = [(rid, rec) for rid, rec in runs if rec[0].get("sources")
+            and all(isinstance(s, str) and os.path.isdir(mapped(rec, s)) for s in rec[0]["sources"])]
+    if mine:
+        return mine, "the runs whose sources are all on this machine"
+    return [(rid, rec) for rid, rec in runs if rec[0].get("host") == host], f"the runs of host {host}"
+
+
+def claims(runs: Sequence[Run], kept: Sequence[dict] = ()) -> Dict[str, Claim]:
+    """Every store name the runs (oldest first) took out of their sources -> the newest record of it.
+
+    Done placements, done source removals (their content was in the store under `dst`: placed by
+    this run, or already there), and files rollbacks kept in the store for one of these runs
+    (`keep` records; lowest rank: a run's own record of a name says more). A newer record of the
+    same content without a logged mtime keeps the older one's (the file is still the one logged);
+    a dedupe's name, a symlink's and a removed source's whose content was stored under another
+    name are that stored file: they take its claim's mtime.
+    """
+    order = [rid for rid, _ in runs]
+    out: Dict[str, Claim] = {}
+    same_file: Dict[str, str] = {}      # name -> the stored name it is a hardlink or symlink of
+
+    def add(c: Claim) -> None:
+        old = out.get(c.rel)
+        if c.mtime_ns is None and old is not None and (old.digest, old.size) == (c.digest, c.size):
+            c = Claim(c.rel, c.digest, c.size, old.mtime_ns, c.run, c.op)
+        out[c.rel] = c
+
+    for k in kept:
+        users = [r for r in k.get("for") or [] if r in order]
+        if users and isinstance(k.get("rel"), str) and isinstance(k.get("digest"), str):
+            add(Claim(k["rel"], k["digest"], k.get("size"), None, max(users, key=order.index), "keep"))
+    for rid, records in runs:
+        target = records[0].get("target") or ""
+        steps = group_steps(records)
+        for b in steps.begins:
+            op = b.get("op")
+            if op not in PLACING + REMOVING or b["step"] not in steps.done or not isinstance(b.get("digest"), str):
                 continue
+            rel = store_rel(b.get("dst") or b.get("stored"), target)
+            if rel is None:
+                continue
+            add(Claim(rel, b["digest"], b.get("size"), b.get("mtime_ns") if op in OWN_MTIME else None, rid, op))
+            stored = b.get("stored")
+            if op == "symlink" and isinstance(b.get("to"), str):
+                stored = posixpath.normpath(posixpath.join(posixpath.dirname(b["dst"]), b["to"]))
+            same = store_rel(stored, target) if isinstance(stored, str) else None
+            if same is not None and same != rel:
+                same_file[rel] = same
+            else:
+                same_file.pop(rel, None)
+    for rel, same in same_file.items():
+        c, of = out[rel], out.get(same)
+        if c.mtime_ns is None and of is not None and (of.digest, of.size) == (c.digest, c.size):
+            out[rel] = Claim(c.rel, c.digest, c.size, of.mtime_ns, c.run, c.op)
+    return out
+
+
+Resolution = Tuple[Dict[str, List[str]], List[str]]      # (ComfyUI's search order, unset $VARS of base_path)
+
+
+def resolution(yaml_path: Optional[str], comfyui: Optional[str]) -> Resolution:
+    """ComfyUI's search order from a YAML as it reads it now, and the base_path variables unset here."""
+    if not yaml_path:
+        return {}, []
+    data = fsops.read_file(fsops.through_link(yaml_path))
+    # ComfyUI reads <realpath of its folder>/extra_model_paths.yaml: resolve from the real folder.
+    as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path))
+    models = os.path.realpath(os.path.join(comfyui, "models") if comfyui else
+                              os.path.join(os.path.dirname(as_read), "models"))
+    text = data.decode("utf-8") if data else ""
+    order = comfy.search_folders([(as_read, text)] if data else [], models)
+    base = comfy.managed_base(text, as_read) if data else None
+    return order, comfy.unset_variables(base[0], dict(os.environ)) if base else []
+
+
+def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str] = None, kept: Sequence[dict] = (),
+               quick: bool = False, catalogue: Optional[Mapping] = None,
+               on_bytes: Optional[Callable[[int], None]] = None) -> Dict:
+    """Check every name of `claims(runs, kept)` once: its store file holds the logged content
+    (re-hashed; `quick`: its size and mtime compared, no byte read) and ComfyUI, with the YAML of
+    the run that logged it, loads that file for the name. Also each run's link-back symlinks.
+
+    runs: (run id, records), oldest first. target: where the store is now (default: where the
+    newest run left it); paths logged under another mount path are read under this one.
+    catalogue: the store's (catalogue.load), for `quick`: the size and mtime of a stored file whose
+    mtime no log holds (a dedupe's, a file already there), while it lists the logged digest.
+    """
+    newest = runs[-1][1][0]
+    target = target or newest["target"]
+    mounts = {rid: mount_of(rec[0], target) for rid, rec in runs}
+    yamls: Dict[str, Optional[str]] = {}
+    for rid, rec in runs:
+        y, m = rec[0].get("yaml"), mounts[rid]
+        if y and m.moved and os.path.exists(m.here(y)):
+            y = m.here(y)
+        yamls[rid] = y
+    cache: Dict[Optional[str], Resolution] = {}
+
+    def resolved(rid: str) -> Resolution:
+        if yamls[rid] not in cache:
+            cache[yamls[rid]] = resolution(yamls[rid], comfyui)
+        return cache[yamls[rid]]
+
+    per_run = {rid: 0 for rid, _ in runs}
+    missing: List[str] = []
+    changed: List[str] = []
+    shadowed: List[str] = []
+    size_only: List[str] = []
+    real_target = os.path.realpath(target)
+    for rel, c in sorted(claims(runs, kept).items()):
+        path = os.path.join(mounts[c.run].base, rel)
+        per_run[c.run] += 1
+        try:
+            if quick:
+                state = _compare_stat(path, c, real_target, catalogue or {})
+                if state == "size only":
+                    size_only.append(path)
+            else:
+                state = "same" if hash_path(os.path.realpath(path), on_bytes=on_bytes) == c.digest else "changed"
         except OSError:
-            missing.append(dst)
+            state = "missing"
+        if state == "missing":
+            missing.append(path)
             continue
-        rel = os.path.relpath(dst, target)
+        if state == "changed":
+            changed.append(path)
+            continue
         folder, _, name = rel.partition("/")
         cat, _ = comfy.category_of(folder)
+        order = resolved(c.run)[0]
         winner = loaded_path(order, cat, name)
-        if order and (winner is None or os.path.realpath(winner) != os.path.realpath(dst)):
-            shadowed.append(dst)
+        if order and (winner is None or os.path.realpath(winner) != os.path.realpath(path)):
+            shadowed.append(path)
     # Link-back symlinks serve custom nodes that open ComfyUI/models/<name> directly: each must still
     # reach its file (an absolute one, or ComfyUI outside the moved volume, breaks on a remount).
-    broken = []
-    for b in steps.begins:
-        if b["op"] == "linkback" and b["step"] in steps.done:
-            src = here(b["src"])
-            if not os.path.exists(src):      # gone, or a symlink leading nowhere
-                broken.append(src)
-    orphaned = find_orphans(target, order)
-    res = {"run": head["run"], "checked": len(placed), "missing": missing, "changed": changed,
-           "shadowed": shadowed, "orphaned": orphaned, "unset_variables": unset, "broken_link_backs": broken,
+    broken: List[str] = []
+    for rid, records in runs:
+        steps = group_steps(records)
+        for b in steps.begins:
+            if b["op"] == "linkback" and b["step"] in steps.done:
+                src = mounts[rid].here(b["src"])
+                if not os.path.exists(src) and src not in broken:      # gone, or a symlink leading nowhere
+                    broken.append(src)
+    unset = sorted({v for rid, _ in runs for v in resolved(rid)[1]})
+    latest = runs[-1][0]
+    res = {"run": latest, "runs": [rid for rid, _ in runs], "per_run": per_run, "quick": quick,
+           "checked": sum(per_run.values()), "missing": missing, "changed": changed, "shadowed": shadowed,
+           "orphaned": find_orphans(mounts[latest].base, resolved(latest)[0]), "unset_variables": unset,
+           "broken_link_backs": broken,
            # Orphans are news, not failures: on a shared store they are mostly other pods' folders.
            "ok": not (missing or changed or shadowed or unset or broken)}
+    if quick:
+        res["size_only"] = size_only
+    moved = next((mounts[rid].moved for rid, _ in reversed(runs) if mounts[rid].moved), None)
     if moved:
         res["moved"] = {"from": moved[0], "to": moved[1]}
     return res
+
+
+def verify_run(records: List[dict], comfyui: Optional[str], target: Optional[str] = None) -> Dict:
+    """verify_pod of one run."""
+    return verify_pod([(records[0]["run"], records)], comfyui, target)
+
+
+def _compare_stat(path: str, c: Claim, real_target: str, catalogue: Mapping) -> str:
+    """'same', 'changed' or 'size only' (no mtime known to compare) for a stored file, by stat alone."""
+    st = os.stat(path)      # followed, as ComfyUI opens it
+    if not stat.S_ISREG(st.st_mode):
+        raise FileNotFoundError(path)
+    if st.st_size != c.size:
+        return "changed"
+    want = c.mtime_ns
+    if want is None:
+        entry = catalogue.get(os.path.relpath(os.path.realpath(path), real_target))
+        if entry is not None and (entry.digest, entry.size) == (c.digest, c.size):
+            want = entry.mtime_ns
+    if want is None:
+        return "size only"
+    return "same" if st.st_mtime_ns == want else "changed"
 
 
 def loaded_path(order: Dict[str, List[str]], category: str, name: str) -> Optional[str]:
