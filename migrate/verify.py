@@ -262,11 +262,6 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     return res
 
 
-def verify_run(records: List[dict], comfyui: Optional[str], target: Optional[str] = None) -> Dict:
-    """verify_pod of one run."""
-    return verify_pod([(records[0]["run"], records)], comfyui, target)
-
-
 def _compare_stat(path: str, c: Claim, real_target: str, catalogue: Mapping) -> str:
     """'same', 'changed' or 'size only' (no mtime known to compare) for a stored file, by stat alone."""
     st = os.stat(path)      # followed, as ComfyUI opens it
