@@ -52,7 +52,14 @@ def source_options(f):
     return f
 
 
+def price_option(f):
+    return click.option("--price-per-gb-month", type=click.FloatRange(0, 1000), default=0.07, show_default=True,
+                        envvar="COMFY_MIGRATE_PRICE", metavar="USD",
+                        help="What a GB-month of network volume costs (RunPod: 0.07), for the unused models' cost.")(f)
+
+
 def plan_options(f):
+    f = price_option(f)
     f = click.option("--include-suspect", is_flag=True,
                      help="Migrate files the audit finds broken or suspect too (default: they stay).")(f)
     f = click.option("--base-path", default="absolute", envvar="COMFY_MIGRATE_BASE_PATH", show_default=True,
@@ -151,17 +158,50 @@ def print_plan(plan, fmt: str) -> None:
 
 @cli.command("plan", context_settings=CONTEXT)
 @plan_options
+@click.option("--report", "report_path", metavar="FILE.html", type=click.Path(dir_okay=False, writable=True),
+              help="Also write the plan as one self-contained HTML page (totals, a chart, name changes, duplicates, "
+                   "audit, workflows, the YAML diff).")
 @click.pass_obj
-def plan_cmd(ui: Ui, **kw) -> None:
+def plan_cmd(ui: Ui, report_path, **kw) -> None:
     """Show what `run` would do (the dry run); changes nothing.
 
     \b
     Example:
       comfy-migrate plan --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models
+      comfy-migrate plan --report plan.html        # a page to read at a glance (or on a phone)
     """
     fmt = kw.pop("fmt")
+    price = kw.pop("price_per_gb_month")
     _, plan = build(ui, **kw)
     print_plan(plan, fmt)
+    if report_path:
+        write_report(ui, plan, kw, price, report_path)
+
+
+def run_report_path(log_path: str) -> str:
+    """<target>/.comfy-migrate/reports/<run>.html: next to the runs folder (which holds logs only)."""
+    reports = os.path.join(os.path.dirname(os.path.dirname(log_path)), "reports")
+    os.makedirs(reports, exist_ok=True)
+    return os.path.join(reports, os.path.basename(log_path)[:-len(".jsonl")] + ".html")
+
+
+def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = "") -> str:
+    """The plan's HTML page (html_report), written atomically; returns the path written."""
+    from migrate import fsops, html_report
+    if not path.lower().endswith((".html", ".htm")):     # never write over a file that is not a report
+        raise BadInput(f"the report must be an .html file, not {path}", "name it e.g. plan.html")
+    home, _ = resolve_sources(kw.get("comfyui"), kw.get("sources") or ())
+    doc = report.plan_doc(plan)
+    changes = {(c.get("category"), c.get("name")): c.get("reason", "") for c in doc.get("name_changes", ())}
+    flows = workflow_report(home, plan.yaml_path, price, changes) if home else None
+    page = html_report.render(plan, flows, made=made, name_changes=doc.get("name_changes"))
+    path = os.path.abspath(path)
+    try:
+        fsops.atomic_write(path, page.encode("utf-8"), 0o644)
+    except OSError as exc:
+        raise BadInput(f"cannot write the report {path}: {exc.strerror}", "choose another --report path")
+    ui.info(f"report: {report.show(path)}")
+    return path
 
 
 def main() -> None:
@@ -253,6 +293,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
     from migrate.facts import confirm_beliefs
     from migrate.fleet import plan_changes
     fmt = kw.pop("fmt")
+    price = kw.pop("price_per_gb_month")
     facts, plan = build(ui, **kw)
     if dry_run:
         print_plan(plan, fmt)
@@ -311,6 +352,11 @@ def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
         finally:
             lock.release()
         break
+    try:     # the page of what ran, beside its log (the run is done: a failure here costs only the page)
+        page = write_report(ui, plan, kw, price, run_report_path(rep.log_path), made=f"run {rep.run_id}")
+    except (MigrateError, OSError) as exc:
+        ui.warn(str(exc))
+        page = None
     deploy = report.deploy_doc(plan) if plan.yaml_after is not None and (rep.yaml_written or
                                                                             not plan.yaml_changes) else {}
     if fmt == "json":
@@ -318,7 +364,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
                           "placed": rep.placed, "copied_bytes": rep.copied_bytes, "removed": rep.removed,
                           "quarantine_bytes": rep.quarantine_bytes, "yaml_written": rep.yaml_written,
                           "problems": [{"path": p.path, "message": p.message} for p in rep.problems],
-                          "deploy": deploy,
+                          "deploy": deploy, "report": page,
                           "findings": [report.finding_doc(f) for f in plan.findings]}))
     else:
         out(f"\nrun {rep.run_id}{' (continued)' if rep.resumed else ''}: placed {rep.placed} files, "
@@ -577,6 +623,41 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
         out("all good\n" if res["ok"] else "problems found\n")
     if not res["ok"]:
         sys.exit(ExitCode.VERIFY_FAILED)
+
+
+# --- workflows -----------------------------------------------------------------------------------
+
+def workflow_report(home: str, yaml_path, price: float, changes=None) -> dict:
+    """The workflows document (workflows.workflow_doc) of a ComfyUI folder, as its YAML resolves now."""
+    from migrate import comfy, workflows
+    from migrate.facts import gather_workflows, read_yaml
+    text = read_yaml(yaml_path) if yaml_path else None
+    order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
+    found, before = gather_workflows(home, order)
+    sizes = {k: v[1] for k, v in before.items()}
+    return workflows.workflow_doc(found, before, changes or {}, sizes, price)
+
+
+@cli.command("workflows", context_settings=CONTEXT)
+@click.option("--comfyui", envvar="COMFYUI_DIR", help="The ComfyUI folder (its user/*/workflows/ are read).")
+@price_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")
+def workflows_cmd(comfyui, price_per_gb_month, fmt) -> None:
+    """Which models the pod's saved workflows load, which they need and the pod lacks, and which no
+    workflow uses (with their monthly cost on a network volume). Reads only; never changes a workflow.
+
+    \b
+    Example:
+      comfy-migrate workflows --comfyui /workspace/runpod-slim/ComfyUI
+    """
+    from migrate.facts import find_comfyui
+    home = find_comfyui(comfyui)
+    doc = workflow_report(home, os.path.join(home, "extra_model_paths.yaml"), price_per_gb_month)
+    if fmt == "json":
+        out(report.dumps(doc))
+    else:
+        out("\n".join(report.workflow_lines(doc, os.path.join(home, "user"))) + "\n")
 
 
 # --- audit ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ created and removed in the target's nearest existing folder, whose times are put
 from __future__ import annotations
 
 import os
+import stat
 import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -199,3 +200,63 @@ def confirm_beliefs(plan: Plan, caches: Sequence[Optional[DigestCache]] = ()) ->
         if cache is not None:
             cache.save()
     return stale
+
+
+def loaded_models(order: dict) -> dict:
+    """(category, name) -> (the file ComfyUI loads for it, its size), for every name ComfyUI lists:
+    each category's folders in search order (comfy.search_folders), walked as ComfyUI walks them
+    (recursively, following symlinked folders, skipping .git); the first folder holding a regular
+    file (or a symlink to one) at a name wins. Reads folders only."""
+    from migrate import comfy
+    out: dict = {}
+    for cat, folders in order.items():
+        for folder in folders:
+            for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+                dirnames[:] = sorted(d for d in dirnames if d != ".git")
+                rel_dir = os.path.relpath(dirpath, folder)
+                for f in sorted(filenames):
+                    name = f if rel_dir == "." else f"{rel_dir}/{f}"
+                    if (cat, name) in out or not comfy.lists_extension(cat, name):
+                        continue
+                    path = os.path.join(dirpath, f)
+                    try:
+                        st = os.stat(path)
+                    except OSError:
+                        continue        # a dangling symlink: ComfyUI skips it too
+                    if stat.S_ISREG(st.st_mode):
+                        out[(cat, name)] = (path, st.st_size)
+    return out
+
+
+WORKFLOW_LIMIT = 64 << 20      # bytes read of one workflow file (a huge one is reported, not read)
+
+
+def find_workflows(home: str) -> List[str]:
+    """The pod's saved workflows: <ComfyUI>/user/<user>/workflows/**/*.json, sorted."""
+    user = os.path.join(home, "user")
+    out = []
+    for u in sorted(os.listdir(user)) if os.path.isdir(user) else ():
+        top = os.path.join(user, u, "workflows")
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames.sort()
+            out.extend(os.path.join(dirpath, f) for f in filenames if f.lower().endswith(".json"))
+    return sorted(out)
+
+
+def gather_workflows(home: str, order: dict):
+    """(workflows with categories, what ComfyUI loads for each name now). Reads, never writes."""
+    from migrate import workflows as wf
+    before = loaded_models(order)
+    names: dict = {}
+    for cat, name in before:
+        names.setdefault(cat, set()).add(name)
+    out = []
+    for path in find_workflows(home):
+        try:
+            data = fsops.read_file(path, WORKFLOW_LIMIT)
+            text = (data or b"").decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            out.append(wf.Workflow(path, "unreadable", (), f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
+            continue
+        out.append(wf.assign_categories(wf.parse_workflow(path, text), names))
+    return out, before

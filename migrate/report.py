@@ -5,6 +5,7 @@ Tables themselves are drawn by the CLI (tabulate lives in the shell); this modul
 from __future__ import annotations
 
 import json
+import posixpath
 import shlex
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -343,3 +344,35 @@ def finding_lines(findings: Sequence[Finding]) -> list[str]:
     """One line per finding of a plan: what it is and the fix."""
     return [f"{f.severity}: {show(f.path)}: {f.kind}: {f.message}" + (f" (fix: {f.fix})" if f.fix else "")
             for f in findings]
+
+
+def workflow_lines(doc: dict, root: str = "") -> list[str]:
+    """The workflows report as text: per workflow its models (ok / changes / missing), then the
+    models no workflow names and what they cost a month on a network volume."""
+    mark = {"ok": "ok     ", "changes": "CHANGES", "missing": "MISSING"}
+    lines = []
+    for w in doc["workflows"]:
+        where = posixpath.relpath(w["path"], root) if root else w["path"]
+        if w["error"]:
+            lines.append(f"{show(where)}: unreadable ({w['error']})")
+            continue
+        lines.append(f"{show(where)}: {len(w['models'])} model(s)" + ("" if w["models"] else " (none it names)"))
+        for m in w["models"]:
+            lines.append(f"  {mark[m['status']]} {m['category']}/{show(m['name'])}"
+                         + ("" if m["status"] == "ok" else f": {show(m['note'])}"))
+    if not doc["workflows"]:
+        lines.append("no saved workflows (ComfyUI saves them under user/<user>/workflows/)")
+    unused = doc["unused"]
+    if unused:
+        lines.append(f"\n{len(unused)} model(s) no workflow names: {human(doc['unused_bytes'])}, "
+                     f"${doc['unused_cost_per_month']:.2f}/month at ${doc['price_per_gb_month']}/GB-month")
+        for u in unused[:10]:
+            lines.append(f"  {human(u['size']):>9}  {u['category']}/{show(u['name'])}")
+        if len(unused) > 10:
+            lines.append(f"  ... and {len(unused) - 10} more (--format json lists them all)")
+    missing = doc["missing"]
+    if missing:
+        lines.append(f"\n{len(missing)} model(s) a workflow needs that this pod lacks: "
+                     + ", ".join(f"{m['category']}/{show(m['name'])}" for m in missing[:5])
+                     + (" ..." if len(missing) > 5 else ""))
+    return lines

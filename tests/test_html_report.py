@@ -1,0 +1,77 @@
+"""The dry-run report as one HTML page: self-contained, complete, and rendered by a real browser."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import run_cli, snapshot_tree
+
+
+def no_external_resources(page: str) -> None:
+    # nothing the browser would fetch: no src/href/url()/@import to anywhere, no script at all
+    assert "<script" not in page.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//|file:)""", page, re.I)
+    assert not re.search(r"url\(|@import", page, re.I)
+
+
+def test_plan_report_is_one_page_naming_every_workflow_and_missing_model(pod, cli_env, tmp_path):
+    out = tmp_path / "plan.html"
+    before = snapshot_tree(pod.root)
+    proc = run_cli(["plan", *pod.args("--report", out)], cli_env)
+    assert f"report: {out}" in proc.stderr
+    assert snapshot_tree(pod.root) == before          # the dry run changed nothing but wrote the page
+    page = out.read_text()
+    no_external_resources(page)
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    for wf in ("wan22_i2v.json", "wan22_s2v_api.json"):
+        assert wf in page
+    assert "wan2.2_s2v_lightx2v_4steps_lora.safetensors" in page and ">missing<" in page
+    for section in ("Where the bytes go", "Duplicates", "Audit", "Workflows", "extra_model_paths.yaml",
+                    "Custom-node folders"):
+        assert section in page
+    assert "broken_empty.safetensors" in page          # an audit finding, with its fix
+    assert '<span class="add">+' in page                # the YAML diff, its added lines marked
+
+
+def test_report_path_must_be_html_and_writable(pod, cli_env, tmp_path):
+    model = pod.models / "vae" / "wan_2.1_vae.safetensors"
+    before = model.read_bytes()
+    bad = run_cli(["plan", *pod.args("--report", model)], cli_env, check=None)
+    assert bad.returncode == 3 and "must be an .html file" in bad.stderr
+    assert model.read_bytes() == before
+    nowhere = run_cli(["plan", *pod.args("--report", tmp_path / "no" / "such" / "x.html")], cli_env, check=None)
+    assert nowhere.returncode == 3 and "cannot write the report" in nowhere.stderr
+
+
+def test_every_run_writes_its_page_beside_its_log(pod, cli_env):
+    doc = json.loads(run_cli(["run", *pod.args("--yes", "--format", "json")], cli_env).stdout)
+    runs, name = os.path.split(doc["log"])
+    assert doc["report"] == os.path.join(os.path.dirname(runs), "reports", name[:-len(".jsonl")] + ".html")
+    page = open(doc["report"]).read()
+    no_external_resources(page)
+    assert doc["run"] in page
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed (.ci/run installs it)")
+@pytest.mark.parametrize("width", [1280, 400])
+def test_report_renders_in_headless_chromium(pod, cli_env, tmp_path, width):
+    out = tmp_path / "plan.html"
+    run_cli(["plan", *pod.args("--report", out)], cli_env)
+    shot = tmp_path / f"shot{width}.png"
+    dom = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'chromium'}", f"--window-size={width},1600", "--hide-scrollbars",
+         "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120)
+    assert "Where the bytes go" in dom.stdout and "wan22_i2v.json" in dom.stdout
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'chromium'}", f"--window-size={width},1600", "--hide-scrollbars",
+                    f"--screenshot={shot}", out.as_uri()], capture_output=True, timeout=120)
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == width
