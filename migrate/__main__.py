@@ -1,3 +1,3 @@
-from migrate.quick import main
+from migrate.cli import main
 
 main()

@@ -1,7 +1,8 @@
 """The command line in click: options, help texts, prompts and exit codes of every command.
 
-The only importer of click. The click-free pieces of the shell (messages, output, paths, the scan
-command's body) are in shell.py, and `scan` usually starts from quick.py without importing this.
+The only importer of click, and the program's one entry point (`comfy-migrate`, `python -m migrate`).
+The click-free pieces of the shell (messages, output, paths, the scan command's body) are in
+shell.py. Start-up stays short by importing what a command needs inside that command.
 """
 from __future__ import annotations
 

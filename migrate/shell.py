@@ -1,9 +1,7 @@
 """The click-free half of the shell: messages, output, resolving the user's paths, and `scan`.
 
-`comfy-migrate scan` starts without click (migrate/quick.py): importing click costs ~45 ms, about
-as long as hashing a 1 GiB file from the page cache. Everything `scan` needs at run time therefore
-lives here; cli.py wraps the same functions in click commands. tqdm and tabulate are imported only
-when a progress bar or a table is drawn.
+cli.py wraps these functions in click commands. tqdm and tabulate are imported only when a
+progress bar or a table is drawn.
 """
 from __future__ import annotations
 

@@ -533,7 +533,7 @@ def count_opens(env: Dict[str, str], cwd: str, root: str) -> int:
         "        n[0] += 1\n"
         "sys.addaudithook(hook)\n"
         "import atexit; atexit.register(lambda: open(out, 'w').write(str(n[0])))\n"
-        "from migrate.quick import main\n"
+        "from migrate.cli import main\n"
         "sys.argv[0] = 'comfy-migrate'; main()\n"
     )
     out = os.path.join(cwd, "opens.txt")

