@@ -135,15 +135,17 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
     return facts, make_plan(facts, policy)
 
 
-def print_plan(plan, fmt: str) -> None:
+def print_plan(plan, fmt: str, verbose: bool = False) -> None:
     if fmt == "json":
         out(report.dumps(report.plan_doc(plan)))
         return
-    out(f"plan: {len(plan.actions)} entries from {', '.join(map(report.show, plan.sources))} "
-        f"into {report.show(plan.target)} (mode {plan.policy.mode.value})\n\n")
-    if plan.actions:
-        out(table(report.plan_rows(plan), report.PLAN_HEADERS) + "\n\n")
-    out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n\n")
+    out("\n".join(report.plan_header(plan)) + "\n\n")
+    rows, notes = report.plan_rows(plan, verbose)
+    if rows:
+        out(table(rows, report.PLAN_HEADERS) + "\n")
+    for n in notes:
+        out(f"  {n}\n")
+    out("\n" + table(report.summary_rows(plan), ["action", "files", "size"]) + "\n\n")
     for line in report.summary_lines(plan):
         out(line + "\n")
     diff = report.yaml_diff(plan)
@@ -151,9 +153,9 @@ def print_plan(plan, fmt: str) -> None:
         out(f"\nextra_model_paths.yaml change:\n{diff}")
     elif plan.yaml_path:
         out(f"\n{report.show(plan.yaml_path)}: no change\n")
-    for w in plan.warnings:
+    for w in report.warning_lines(plan):
         out(f"warning: {w}\n")
-    for line in report.finding_lines(plan.findings):
+    for line in report.finding_lines(plan.findings, plan.sources):
         out(f"audit: {line}\n")
 
 
@@ -174,7 +176,7 @@ def plan_cmd(ui: Ui, report_path, **kw) -> None:
     fmt = kw.pop("fmt")
     price = kw.pop("price_per_gb_month")
     _, plan = build(ui, **kw)
-    print_plan(plan, fmt)
+    print_plan(plan, fmt, ui.verbosity > 0)
     if report_path:
         write_report(ui, plan, kw, price, report_path)
 
@@ -297,7 +299,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
     price = kw.pop("price_per_gb_month")
     facts, plan = build(ui, **kw)
     if dry_run:
-        print_plan(plan, fmt)
+        print_plan(plan, fmt, ui.verbosity > 0)
         return
     if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
         ui.info("nothing to do: the target is up to date")

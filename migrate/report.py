@@ -220,22 +220,100 @@ def totals(plan: Plan) -> dict:
             "quarantine_bytes": quarantined}
 
 
-def plan_rows(plan: Plan) -> list[list]:
-    rows = []
-    for a in plan.actions:
-        how = a.method.value if a.method is not Method.NONE else ""
-        after = {Removal.UNLINK: "name removed", Removal.QUARANTINE: "quarantined",
-                 Removal.RENAMED: "moved", Removal.NONE: "stays"}[a.removal]
-        if a.kind is ActionKind.SKIP:
-            after = "stays"
-        if a.link_back:
-            after += " + symlink back"
-        dst = a.dst[len(plan.target.rstrip("/")) + 1:] if a.dst else ""
-        rows.append([a.kind.value, show(a.rel), show(dst), how, human(a.size), after, a.reason])
-    return rows
+SHORT = {ActionKind.MOVE: "move", ActionKind.LINK: "link", ActionKind.COPY: "copy",
+         ActionKind.ALREADY_THERE: "there", ActionKind.SAME_CONTENT: "dedupe", ActionKind.CONFLICT: "CONFLICT",
+         ActionKind.SKIP: "skip"}
 
 
-PLAN_HEADERS = ["action", "source (in its models folder)", "in the target", "how", "size", "source after", "note"]
+def middle(text: str, width: int) -> str:
+    """text shortened in the middle to `width` characters (both ends of a model name matter)."""
+    text = show(text)
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[:keep - keep // 2] + "\u2026" + text[len(text) - keep // 2:]
+
+
+def _how(a: Action) -> str:
+    """A few words: how the bytes reach the store (copies are always verified) and what the source becomes."""
+    method = {Method.HARDLINK: "link", Method.RENAME: "rename", Method.COPY: "copy", Method.SYMLINK: "symlink",
+              Method.NONE: ""}[a.method]
+    after = "quarantine" if a.removal is Removal.QUARANTINE else ""
+    return ", ".join(x for x in (method, after, "link back" if a.link_back else "") if x)
+
+
+def _skip_summary(reason: str) -> str:
+    """The kind of a skip reason, for counting ('placeholder', 'unfinished download', ...)."""
+    if reason.startswith("symlink"):
+        return "symlink (left as it is)"
+    return reason.split(":", 1)[0].split(" (", 1)[0].strip() or "skipped"
+
+
+def plan_rows(plan: Plan, verbose: bool = False) -> tuple[list[list], list[str]]:
+    """(rows, notes) of the plan table for people: grouped by the folder a file is in (a row naming
+    the folder, then its files by their name in it: what ComfyUI and workflows call them), the roots
+    said once above the table, where each lands in the store only where that differs, long names
+    shortened in the middle so ordinary ones fit 120 columns. Skips are counted by reason in `notes`
+    (every row with verbose)."""
+    target = plan.target.rstrip("/") + "/"
+    many = len(plan.sources) > 1
+    index = {r: i + 1 for i, r in enumerate(plan.sources)}
+    wide = 400 if verbose else 0
+    rows, skipped = [], {}
+    group = None
+    for a in sorted(plan.actions, key=lambda a: (a.rel.split("/", 1)[0] if "/" in a.rel else "", a.rel, a.root)):
+        if a.kind is ActionKind.SKIP and not verbose:
+            k = _skip_summary(a.reason)
+            skipped[k] = skipped.get(k, 0) + 1
+            continue
+        folder, _, name = a.rel.rpartition("/") if "/" not in a.rel.split("/", 1)[-1] else (
+            a.rel.split("/", 1)[0], "", a.rel.split("/", 1)[1])
+        head = (f"[{index.get(a.root, '?')}] " if many else "") + (folder + "/" if folder else "(top level)")
+        if head != group:
+            rows.append(["", head, "", "", ""])
+            group = head
+        dst = a.dst[len(target):] if a.dst and a.dst.startswith(target) else (a.dst or "")
+        there = ""
+        if a.kind is ActionKind.SAME_CONTENT and a.stored:
+            stored = a.stored[len(target):] if a.stored.startswith(target) else a.stored
+            there = "= " + middle(stored, wide or 24)
+        elif dst and dst != a.rel:
+            dfolder, _, dname = dst.partition("/")
+            there = dfolder + "/" if dname == a.rel.partition("/")[2] else middle(dst, wide or 26)
+        how = _how(a) if a.kind is not ActionKind.CONFLICT else "stays"
+        note = a.reason if a.kind in (ActionKind.SKIP, ActionKind.CONFLICT) else ""
+        if verbose and note:
+            how += f" ({note})"
+        rows.append([SHORT[a.kind], "  " + middle(name, wide or 48), human(a.size), there, how])
+    notes = [f"{n} skipped: {k}" for k, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))]
+    if notes and not verbose:
+        notes[-1] += " (-v lists every file)"
+    return rows, notes
+
+
+PLAN_HEADERS = ["", "file (in its models folder)", "size", "in the store as", "how"]
+
+
+def plan_header(plan: Plan) -> list[str]:
+    """The roots, said once above the table."""
+    lines = [f"source{'s' if len(plan.sources) > 1 else ''}:"
+             + ("" if len(plan.sources) > 1 else f" {show(plan.sources[0])}")]
+    if len(plan.sources) > 1:
+        lines += [f"  [{i}] {show(r)}" for i, r in enumerate(plan.sources, 1)]
+    lines.append(f"store:  {show(plan.target)}   (mode {plan.policy.mode.value})")
+    return lines
+
+
+def warning_lines(plan: Plan) -> list[str]:
+    """The plan's warnings, each kind once: conflicts as one line naming the files (short), then the rest."""
+    conflicts = [a for a in plan.actions if a.kind is ActionKind.CONFLICT]
+    lines = []
+    if conflicts:
+        names = ", ".join(middle(a.rel, 60) for a in conflicts[:4]) + (" ..." if len(conflicts) > 4 else "")
+        lines.append(f"{len(conflicts)} conflict(s): the store holds other content under the name; the pod's file "
+                     f"stays where it is: {names}")
+    lines += [w for w in plan.warnings if not w.startswith("conflict:")]
+    return lines
 
 
 def summary_rows(plan: Plan) -> list[list]:
@@ -340,9 +418,14 @@ def audit_rows(findings: Sequence[Finding]) -> list[list]:
 AUDIT_HEADERS = ["severity", "finding", "path", "what"]
 
 
-def finding_lines(findings: Sequence[Finding]) -> list[str]:
-    """One line per finding of a plan: what it is and the fix."""
-    return [f"{f.severity}: {show(f.path)}: {f.kind}: {f.message}" + (f" (fix: {f.fix})" if f.fix else "")
+def finding_lines(findings: Sequence[Finding], roots: Sequence[str] = ()) -> list[str]:
+    """One line per finding of a plan: what it is and the fix (paths relative to `roots`, if given)."""
+    def short(path: str) -> str:
+        for r in roots:
+            if path.startswith(r.rstrip("/") + "/"):
+                return path[len(r.rstrip("/")) + 1:]
+        return path
+    return [f"{f.severity}: {show(short(f.path))}: {f.kind}: {f.message}" + (f" (fix: {f.fix})" if f.fix else "")
             for f in findings]
 
 
