@@ -7,6 +7,7 @@ shell.py. Start-up stays short by importing what a command needs inside that com
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 import click
@@ -188,7 +189,7 @@ def run_report_path(log_path: str) -> str:
     return os.path.join(reports, os.path.basename(log_path)[:-len(".jsonl")] + ".html")
 
 
-def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = "") -> str:
+def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = "", announce: bool = True) -> str:
     """The plan's HTML page (html_report), written atomically; returns the path written."""
     from migrate import fsops, html_report
     if not path.lower().endswith((".html", ".htm")):     # never write over a file that is not a report
@@ -203,7 +204,8 @@ def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = ""
         fsops.atomic_write(path, page.encode("utf-8"), 0o644)
     except OSError as exc:
         raise BadInput(f"cannot write the report {path}: {exc.strerror}", "choose another --report path")
-    ui.info(f"report: {report.show(path)}")
+    if announce:
+        ui.info(f"report: {report.show(path)}")
     return path
 
 
@@ -264,14 +266,22 @@ def memo_cache(facts):
 
 
 def show_summary(ui: Ui, plan, fmt: str) -> None:
+    """What `run` shows before it asks: the totals, and the plan's warnings in one short line each
+    (-v: in full; `plan` shows every file)."""
     if fmt == "table":
         out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
         for line in report.summary_lines(plan):
             out(line + "\n")
-        for w in plan.warnings:
-            ui.warn(w)
-        for line in report.finding_lines(plan.findings):
-            ui.warn(line)
+        for w in report.warning_lines(plan):
+            ui.warn(w if ui.verbosity > 0 else report.middle(w, 160))
+        findings = report.finding_lines(plan.findings, plan.sources)
+        if findings and ui.verbosity > 0:
+            for line in findings:
+                ui.warn(line)
+        elif findings:
+            held = sum(1 for f in plan.findings if f.blocks)
+            ui.warn(f"the audit found {len(findings)} problem(s); {held} file(s) stay where they are "
+                    "(`comfy-migrate audit` or -v says which)")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -293,6 +303,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
     """
     from migrate import catalogue as store_catalogue
     from migrate.execute import execute_plan, find_interrupted
+    from migrate.comfy import BEGIN_MARK
     from migrate.facts import confirm_beliefs
     from migrate.fleet import plan_changes
     fmt = kw.pop("fmt")
@@ -303,10 +314,8 @@ def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
         return
     if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
         ui.info("nothing to do: the target is up to date")
-        for w in plan.warnings:
-            ui.warn(w)
-        for line in report.finding_lines(plan.findings):
-            ui.warn(line)
+        for line in report.warning_lines(plan) + report.finding_lines(plan.findings, plan.sources):
+            ui.debug(f"note: {line}")      # what `plan` said already; -v repeats it
         return
     show_summary(ui, plan, fmt)
     # Ask before taking the lock: a question must not hold up the other pods.
@@ -356,7 +365,8 @@ def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
             lock.release()
         break
     try:     # the page of what ran, beside its log (the run is done: a failure here costs only the page)
-        page = write_report(ui, plan, kw, price, run_report_path(rep.log_path), made=f"run {rep.run_id}")
+        page = write_report(ui, plan, kw, price, run_report_path(rep.log_path), made=f"run {rep.run_id}",
+                            announce=False)
     except (MigrateError, OSError) as exc:
         ui.warn(str(exc))
         page = None
@@ -372,15 +382,19 @@ def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
     else:
         out(f"\nrun {rep.run_id}{' (continued)' if rep.resumed else ''}: placed {rep.placed} files, "
             f"copied {report.human(rep.copied_bytes)}, removed {rep.removed} source names\n")
+        tgt = shlex.quote(report.show(plan.target))
         if rep.quarantine_bytes:
-            out(f"quarantine holds {report.human(rep.quarantine_bytes)}: "
-                f"`comfy-migrate purge {rep.run_id}` frees it\n")
-        out(f"audit log: {report.show(rep.log_path)}\nundo with: comfy-migrate rollback {rep.run_id}"
-            f" --target {report.show(plan.target)}\n")
-        if deploy:
+            out(f"quarantine holds {report.human(rep.quarantine_bytes)}; free it with: "
+                f"comfy-migrate purge {rep.run_id} --target {tgt}\n")
+        out(f"audit log: {report.show(rep.log_path)}\nundo with: comfy-migrate rollback {rep.run_id} --target {tgt}\n")
+        if page:
+            out(f"report: {report.show(page)}\n")
+        first = plan.yaml_changes and BEGIN_MARK not in (plan.yaml_before or "")
+        if deploy and (first or ui.verbosity > 0):
             out("\nDockerfile (an image carrying ComfyUI, the models on the volume):\n")
             out("".join(f"  {report.show(line)}\n" for line in deploy["dockerfile"]))
             out("".join(f"  # {report.show(line)}\n" for line in deploy["notes"]))
+        if deploy:
             out("check once ComfyUI runs:\n" + "".join(f"  {report.show(line)}\n" for line in deploy["check"]))
     for p in rep.problems:
         ui.warn(f"{report.show(p.path)}: {p.message}")
@@ -433,13 +447,16 @@ def rollback(ui: Ui, run_ref, target, dry_run, yes, wait) -> None:
     undos = plan_rollback(records)
     if dry_run or not yes:
         relied = reliance(live_runs(target), records[0]["run"])     # shown now, decided under the lock
-        out(f"rollback of run {records[0]['run']} ({len(undos)} steps, newest first):\n")
-        for u in undos:
-            users = users_of(u, relied, records[0]["target"])
-            out(f"  {report.show(u.describe())}"
-                + (f" -> kept in the store instead: run(s) {', '.join(users)} rely on it" if users else "") + "\n")
-    if dry_run:
-        return
+        kept = [u for u in undos if users_of(u, relied, records[0]["target"])]
+        if dry_run:
+            out(f"rollback of run {records[0]['run']} ({len(undos)} steps, newest first):\n")
+            for u in undos:
+                users = users_of(u, relied, records[0]["target"])
+                out(f"  {report.show(u.describe())}"
+                    + (f" -> kept in the store instead: run(s) {', '.join(users)} rely on it" if users else "") + "\n")
+            return
+        out(f"rollback of run {records[0]['run']}: {report.rollback_summary(undos, len(kept))}\n"
+            "(`--dry-run` lists every step)\n")
     confirm(f"Undo run {records[0]['run']}?", yes)
     with take_lock(ui, target, "comfy-migrate rollback", wait):
         live = live_runs(target)

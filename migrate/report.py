@@ -379,7 +379,7 @@ def deploy_doc(plan: Plan) -> dict:
     cats.update(a.category for a in plan.actions if a.dst and a.category)
     loader = next((l for l in LOADERS if l[0] in cats), LOADERS[0])
     check = [f"curl -s {COMFYUI_URL}/object_info | jq '.{loader[1]}.input.required.{loader[2]}[0]'",
-             f"comfy-migrate verify --target {plan.target} --comfyui-url {COMFYUI_URL}"]
+             f"comfy-migrate verify --target {shlex.quote(plan.target)} --comfyui-url {COMFYUI_URL}"]
     return {"dockerfile": docker, "check": check, "notes": notes}
 
 
@@ -459,3 +459,19 @@ def workflow_lines(doc: dict, root: str = "") -> list[str]:
                      + ", ".join(f"{m['category']}/{show(m['name'])}" for m in missing[:5])
                      + (" ..." if len(missing) > 5 else ""))
     return lines
+
+
+def rollback_summary(undos: Sequence, kept: int) -> str:
+    """What a rollback will do, in one line: counts per kind of step (rollback.Undo.op)."""
+    n: dict[str, int] = {}
+    for u in undos:
+        n[u.op] = n.get(u.op, 0) + 1
+    back = n.get("quarantine", 0) + n.get("unlink", 0) + n.get("rename", 0)
+    parts = [f"{back} source file(s) back to their place" if back else "",
+             f"{n.get('link', 0) + n.get('copy', 0) + n.get('dedupe', 0) + n.get('symlink', 0) + n.get('rename', 0)}"
+             " name(s) taken out of the store",
+             f"{n['linkback']} link-back symlink(s) removed" if n.get("linkback") else "",
+             f"{n['mkdir']} folder(s) removed if empty" if n.get("mkdir") else "",
+             "the YAML restored" if n.get("yaml") else "",
+             f"{kept} stored file(s) kept for other runs" if kept else ""]
+    return "; ".join(p for p in parts if p and not p.startswith("0 "))
