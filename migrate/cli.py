@@ -113,7 +113,7 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
     """Gather facts and make the plan. `again`: a re-plan (under the lock) whose warnings were
     already shown once."""
     from migrate.facts import gather, make_plan
-    home, roots = resolve_sources(comfyui, sources)
+    home, roots = resolve_sources(comfyui, sources, None if again else ui)
     target = resolve_target(target)
     if yaml_path is None and home is not None:
         yaml_path = os.path.join(home, "extra_model_paths.yaml")
@@ -288,9 +288,12 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
 @plan_options
 @click.option("--dry-run", is_flag=True, help="Print the plan (exactly what `plan` prints) and stop.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--while-running", is_flag=True,
+              help="Run although ComfyUI is running from this folder (restart it afterwards: it reads "
+                   "the YAML only at start-up).")
 @wait_option
 @click.pass_obj
-def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
+def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw) -> None:
     """Execute the plan: place every model in the target, switch the YAML, quarantine sources.
 
     Every step is written to the audit log in <target>/.comfy-migrate/runs/ before it is made.
@@ -317,6 +320,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
         for line in report.warning_lines(plan) + report.finding_lines(plan.findings, plan.sources):
             ui.debug(f"note: {line}")      # what `plan` said already; -v repeats it
         return
+    running = running_comfyui(kw["comfyui"], plan.yaml_path, while_running)
     show_summary(ui, plan, fmt)
     # Ask before taking the lock: a question must not hold up the other pods.
     confirm(f"Migrate into {plan.target}?", yes)
@@ -377,7 +381,8 @@ def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
                           "placed": rep.placed, "copied_bytes": rep.copied_bytes, "removed": rep.removed,
                           "quarantine_bytes": rep.quarantine_bytes, "yaml_written": rep.yaml_written,
                           "problems": [{"path": p.path, "message": p.message} for p in rep.problems],
-                          "deploy": deploy, "report": page,
+                          "deploy": deploy, "report": page, "restart_comfyui": rep.yaml_written,
+                          "comfyui_running": [r.pid for r in running],
                           "findings": [report.finding_doc(f) for f in plan.findings]}))
     else:
         out(f"\nrun {rep.run_id}{' (continued)' if rep.resumed else ''}: placed {rep.placed} files, "
@@ -396,23 +401,105 @@ def run(ui: Ui, dry_run: bool, yes: bool, wait: float, **kw) -> None:
             out("".join(f"  # {report.show(line)}\n" for line in deploy["notes"]))
         if deploy:
             out("check once ComfyUI runs:\n" + "".join(f"  {report.show(line)}\n" for line in deploy["check"]))
+        if rep.yaml_written:
+            out("\nrestart ComfyUI now: it reads extra_model_paths.yaml only at start-up"
+                + (f" (still running with the old folders: {', '.join(r.describe() for r in running)})"
+                   if running else "") + "\n")
     for p in rep.problems:
         ui.warn(f"{report.show(p.path)}: {p.message}")
     if rep.problems:
         sys.exit(ExitCode.PROBLEMS)
 
 
+def running_comfyui(comfyui, yaml_path, allowed: bool):
+    """The ComfyUI processes running from this pod's ComfyUI folder; refuses (exit 3) while one
+    runs unless `allowed`: it would keep serving the old folders until restarted."""
+    from migrate.facts import find_comfyui
+    from migrate.running import find_running
+    try:
+        home = find_comfyui(comfyui)
+    except MigrateError:
+        home = os.path.dirname(yaml_path) if yaml_path else None
+    running = find_running(home) if home else []
+    if running and not allowed:
+        raise BadInput(f"ComfyUI is running from {home} ({'; '.join(r.describe() for r in running)}) and reads "
+                       "extra_model_paths.yaml only at start-up",
+                       "stop it, run again, then start it; or pass --while-running and restart it afterwards")
+    return running
+
+
 # --- rollback, history, purge, verify --------------------------------------------------------------
+
+def comfyui_option(f):
+    return click.option("--comfyui", envvar="COMFYUI_DIR",
+                        help="The ComfyUI folder: this pod's runs are those that wrote its "
+                             "extra_model_paths.yaml. Default: as for `run`.")(f)
+
+
+def pod_log(ui: Ui, target: str, comfyui, live: bool) -> str:
+    """The log of this pod's newest run (live: not rolled back). A pod is its ComfyUI folder's YAML
+    on the volume, not its host name (a redeploy gives a new one): verify.pod_runs decides."""
+    from migrate.facts import find_comfyui
+    from migrate.journal import RUNS_DIR
+    from migrate.model import STATE_DIR
+    from migrate.rollback import NothingToRollBack, all_runs, run_state
+    from migrate.verify import pod_runs
+    try:
+        home = find_comfyui(comfyui)
+    except MigrateError:
+        if comfyui:
+            raise
+        home = None
+    yaml_path = os.path.join(home, "extra_model_paths.yaml") if home else None
+    host = os.uname().nodename
+    logs = os.path.join(target, STATE_DIR, RUNS_DIR)
+    every = all_runs(target)
+    mine, how = pod_runs(every, target, yaml_path, host, by_sources=False)
+    if not mine:
+        raise BadLog((f"no run of this pod in {logs}: none wrote {yaml_path} or ran on this host ({host})"
+                      if yaml_path else f"no run of this host ({host}) in {logs}; the runs there are other pods'")
+                     if every else f"no run to roll back in {logs}",
+                     "pass --comfyui DIR, or name the run (see `comfy-migrate history --target DIR`)")
+    pick = mine[-1][0]
+    if live:      # the newest not rolled back; a log that does not read is picked (and then refused)
+        def rolled_back(rid: str) -> bool:
+            try:
+                return run_state(os.path.join(logs, f"{rid}.jsonl")) == "rolled back"
+            except BadLog:
+                return False
+        pick = next((rid for rid, _ in reversed(mine) if not rolled_back(rid)), "")
+        if not pick:
+            raise NothingToRollBack(f"every run of this pod in {target} is rolled back already")
+    ui.debug(f"this pod's newest run: {pick} ({how})")
+    return os.path.join(logs, f"{pick}.jsonl")
+
+
+def newer_pod_runs(records, live, target: str):
+    """The live runs of the same pod (its YAML) newer than this run, when this run wrote the YAML:
+    their YAML changes were made on top of its section, and their names resolve through it."""
+    from migrate.journal import group_steps
+    from migrate.verify import pod_runs
+    head = records[0]
+    steps = group_steps(records)
+    if not head.get("yaml") or not any(b["op"] == "yaml" and b["step"] in steps.done for b in steps.begins):
+        return []
+    # This run is among the live ones, so pod_runs matches by the YAML (never its fallbacks).
+    mine, _ = pod_runs(live, target, head["yaml"], "")
+    if not any(rid == head["run"] for rid, _ in mine):
+        return []
+    return [rid for rid, _ in mine if rid > head["run"]]
+
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="[RUN]", required=False)
 @target_option
+@comfyui_option
 @click.option("--dry-run", is_flag=True, help="Print what would be undone; change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @wait_option
 @click.pass_obj
-def rollback(ui: Ui, run_ref, target, dry_run, yes, wait) -> None:
-    """Undo a run (default: this host's newest not rolled back) from its audit log.
+def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
+    """Undo a run (default: this pod's newest not rolled back) from its audit log.
 
     Files go back to their old places, links and folders the run made are removed, the YAML gets
     its old bytes back. A file changed since the run is never overwritten: it is reported and kept.
@@ -430,7 +517,7 @@ def rollback(ui: Ui, run_ref, target, dry_run, yes, wait) -> None:
                                   load_run, plan_rollback, settle, users_of)
     target = resolve_target(target)
     try:
-        log = find_log(target, run_ref, host=os.uname().nodename)
+        log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=True)
     except NothingToRollBack as exc:
         ui.info(str(exc))
         return
@@ -444,6 +531,12 @@ def rollback(ui: Ui, run_ref, target, dry_run, yes, wait) -> None:
     if head.get("host") != os.uname().nodename and not all(os.path.isdir(d) for d in head.get("sources") or []):
         raise BadInput(f"run {head['run']} was made on host {head.get('host')} and its sources are not here",
                        "roll it back on that pod (its sources and YAML live there)")
+    newer = newer_pod_runs(records, live_runs(target), target)
+    if newer:
+        raise BadInput(f"run {head['run']} wrote the YAML's comfy-migrate section, and newer run(s) of this pod not "
+                       f"rolled back build on it: {', '.join(newer)}",
+                       "roll back the newest first: " + ", then ".join(
+                           f"comfy-migrate rollback {rid}" for rid in list(reversed(newer)) + [head["run"]]))
     undos = plan_rollback(records)
     if dry_run or not yes:
         relied = reliance(live_runs(target), records[0]["run"])     # shown now, decided under the lock
@@ -503,12 +596,13 @@ def history_cmd(target, fmt) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="[RUN]", required=False)
 @target_option
+@comfyui_option
 @click.option("--permanent", is_flag=True, help="Delete instead of moving to the trash.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @wait_option
 @click.pass_obj
-def purge(ui: Ui, run_ref, target, permanent, yes, wait) -> None:
-    """Empty a run's quarantine (default: this host's newest run) into the trash.
+def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait) -> None:
+    """Empty a run's quarantine (default: this pod's newest run) into the trash.
 
     Each quarantined file and the stored copy it was judged identical to are first re-hashed; a
     file is freed only if both hold the logged content (else it is kept and reported). Rollback still works afterwards (it recreates files from the stored copies).
@@ -519,7 +613,7 @@ def purge(ui: Ui, run_ref, target, permanent, yes, wait) -> None:
     """
     from migrate.rollback import find_log, load_run, purge_check, quarantined
     target = resolve_target(target)
-    log = find_log(target, run_ref, newest=True, host=os.uname().nodename)
+    log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=False)
     records = load_run(log)
     items = [q for q in quarantined(records) if os.path.lexists(q["q"])]
     total = sum(q["size"] for q in items)
@@ -593,6 +687,7 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
         home = find_comfyui(comfyui)
     except MigrateError:
         pass
+    shell.adopt_comfyui(home, ui)
     if run_ref:
         records = load_run(find_log(target, run_ref))
         runs = [(records[0]["run"], records)]
@@ -612,13 +707,9 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
     with ui.progress("verifying") as (_, on_bytes):
         res = verify_pod(runs, home, target, kept_records(target), quick, catalogue, on_bytes)
     if comfyui_url:
-        from migrate.verify import names_listed_by_comfyui, unlisted
-        try:
-            listed = names_listed_by_comfyui(comfyui_url)
-        except (OSError, ValueError) as exc:
-            raise BadInput(f"cannot read {comfyui_url}/object_info: {exc}", "is ComfyUI running at that URL?")
-        res["not_listed_by_comfyui"] = list(dict.fromkeys(n for _, records in runs for n in unlisted(records, listed)))
-        res["ok"] = res["ok"] and not res["not_listed_by_comfyui"]
+        res["comfyui"] = ask_comfyui(comfyui_url, runs, home, target)
+        res["not_listed_by_comfyui"] = res["comfyui"]["not_listed"]
+        res["ok"] = res["ok"] and not res["not_listed_by_comfyui"] and not res["comfyui"]["stale"]
     if fmt == "json":
         out(report.dumps(res))
     else:
@@ -637,12 +728,49 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
         for kind in ("missing", "changed", "shadowed", "broken_link_backs", "not_listed_by_comfyui"):
             for p in res.get(kind, []):
                 out(f"  {kind}: {report.show(p)}\n")
+        if res.get("comfyui"):
+            c = res["comfyui"]
+            out(f"  ComfyUI at {comfyui_url}: {c['nodes']} node types; {c['checked'] - len(c['not_listed'])} of "
+                f"{c['checked']} names listed" + (f" ({len(c['unchecked'])} not in any list of its: custom-node "
+                                                   "folders, files it shows under no name)" if c["unchecked"] else "")
+                + "\n")
+            if c["stale"]:
+                out(f"  ComfyUI was started before the YAML changed: restart it ({c['stale']})\n")
         if res["orphaned"]:
             out(f"  note: {len(res['orphaned'])} file(s) in the target this pod's YAML does not list (other pods' "
                 f"folders, or leftovers), e.g. {report.show(res['orphaned'][0])}; --format json lists them\n")
         out("all good\n" if res["ok"] else "problems found\n")
     if not res["ok"]:
         sys.exit(ExitCode.VERIFY_FAILED)
+
+
+def ask_comfyui(url: str, runs, home, target: str) -> dict:
+    """verify --comfyui-url: does the running ComfyUI list every name the runs took out of the
+    sources, and does it look started before the YAML changed?"""
+    from urllib.parse import urlsplit
+
+    from migrate.rollback import kept_records
+    from migrate.running import find_running
+    from migrate.verify import check_listed, claims, read_server, resolution, stale_server
+    try:
+        view = read_server(url)
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot read {url.rstrip('/')}/object_info: {exc}", "is ComfyUI running at that URL?")
+    names = sorted(claims(runs, kept_records(target)))
+    listed = check_listed(names, view)
+    yaml_path = runs[-1][1][0].get("yaml")
+    order = resolution(yaml_path, home)[0] if yaml_path and os.path.exists(yaml_path) else {}
+    started = changed = None
+    if home and yaml_path and os.path.exists(yaml_path):
+        try:
+            port = urlsplit(url).port
+        except ValueError:
+            port = None
+        procs = [p for p in find_running(home) if port is None or p.port == port]
+        started = max((p.started for p in procs if p.started is not None), default=None)
+        changed = os.stat(yaml_path).st_ctime
+    stale = stale_server(names, view, order, target, listed, started, changed)
+    return dict(listed, url=url, nodes=view.nodes, stale=stale)
 
 
 # --- workflows -----------------------------------------------------------------------------------
@@ -713,6 +841,7 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache) -> None:
         except MigrateError:
             if comfyui:
                 raise
+    shell.adopt_comfyui(home, ui)
     roots = [check_dir(os.path.join(home, "models"), "models folder")] if home else []
     if target or os.path.isdir(DEFAULT_TARGET):
         roots.append(check_dir(resolve_target(target), "target"))

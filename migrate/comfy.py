@@ -39,6 +39,36 @@ for _name in (
 LEGACY = {"unet": "diffusion_models", "clip": "text_encoders"}
 # Folders that belong to a category without being named after it.
 FOLDER_CATEGORY = {folder: cat for cat, (folders, _) in CATEGORIES.items() for folder in folders}
+BUILTIN_CATEGORIES = dict(CATEGORIES)      # the table above: ComfyUI as of late 2026
+
+# category -> the loader inputs of ComfyUI's /object_info that list its names (node, input), as
+# ComfyUI 0.3.75 has them; the first is the one a check by hand looks at. A node a version lacks is
+# skipped. vae_approx files show in VAELoader as the pair's family (`taesd` for taesd_encoder.* and
+# taesd_decoder.*), diffusers folders (holding model_index.json) in DiffusersLoader; embeddings
+# are in no loader (GET /embeddings lists them, without extension).
+LOADERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "diffusion_models": (("UNETLoader", "unet_name"),),
+    "checkpoints": (("CheckpointLoaderSimple", "ckpt_name"), ("CheckpointLoader", "ckpt_name"),
+                    ("ImageOnlyCheckpointLoader", "ckpt_name"), ("unCLIPCheckpointLoader", "ckpt_name")),
+    "loras": (("LoraLoader", "lora_name"), ("LoraLoaderModelOnly", "lora_name")),
+    "vae": (("VAELoader", "vae_name"),),
+    "text_encoders": (("CLIPLoader", "clip_name"), ("DualCLIPLoader", "clip_name1"),
+                      ("TripleCLIPLoader", "clip_name1"), ("QuadrupleCLIPLoader", "clip_name1")),
+    "clip_vision": (("CLIPVisionLoader", "clip_name"),),
+    "controlnet": (("ControlNetLoader", "control_net_name"), ("DiffControlNetLoader", "control_net_name")),
+    "upscale_models": (("UpscaleModelLoader", "model_name"),),
+    "style_models": (("StyleModelLoader", "style_model_name"),),
+    "gligen": (("GLIGENLoader", "gligen_name"),),
+    "latent_upscale_models": (("LatentUpscaleModelLoader", "model_name"),),
+    "hypernetworks": (("HypernetworkLoader", "hypernetwork_name"),),
+    "photomaker": (("PhotoMakerLoader", "photomaker_model_name"),),
+    "model_patches": (("ModelPatchLoader", "name"),),
+    "audio_encoders": (("AudioEncoderLoader", "audio_encoder_name"),),
+    "configs": (("CheckpointLoader", "config_name"),),
+    "vae_approx": (("VAELoader", "vae_name"),),
+    "diffusers": (("DiffusersLoader", "model_path"),),
+}
+TAESD = re.compile(r"(taesd|taesdxl|taesd3|taef1)_(encoder|decoder)\.")    # VAELoader's test: startswith
 
 INCOMPLETE_SUFFIXES = (".part", ".tmp", ".crdownload", ".aria2", ".incomplete", ".download")
 MANAGED_SECTION = "comfy_migrate"
@@ -54,7 +84,10 @@ def category_of(folder: str) -> tuple[str, bool]:
 
 
 def canonical_key(key: str) -> str:
-    return LEGACY.get(key, key)
+    """A YAML key's category: the legacy `unet`/`clip` mean their new names where this ComfyUI has
+    those (an old one still has a `clip` category of its own)."""
+    new = LEGACY.get(key)
+    return new if new is not None and (new in CATEGORIES or key not in CATEGORIES) else key
 
 
 def lists_extension(category: str, name: str) -> bool:
@@ -285,6 +318,37 @@ def merge_section(old_text: str | None, section: str, where: str = "extra_model_
     return new
 
 
+def managed_section(text: str, where: str = "extra_model_paths.yaml") -> tuple[str, str] | None:
+    """(the text without our marked section, the section's own lines) or None when it has none.
+    The blank line merge_section put before the section goes with it. Damaged markers: BadInput."""
+    lines = text.splitlines(keepends=True)
+    begin = [i for i, ln in enumerate(lines) if ln.rstrip("\r\n") == BEGIN_MARK]
+    end = [i for i, ln in enumerate(lines) if ln.rstrip("\r\n") == END_MARK]
+    if not begin and not end:
+        return None
+    if len(begin) != 1 or len(end) != 1 or end[0] < begin[0]:
+        raise BadInput(f"{where}: the comfy-migrate markers are damaged",
+                       "remove the comfy_migrate section and its two marker lines by hand")
+    b, e = begin[0], end[0]
+    section = "".join(lines[b:e + 1])
+    if b > 0 and not lines[b - 1].strip():
+        b -= 1
+    return "".join(lines[:b] + lines[e + 1:]), section
+
+
+def remove_section(text: str, previous: str | None, where: str = "extra_model_paths.yaml") -> str | None:
+    """A YAML edited by the user since a run, with that run's change undone and the edits kept: our
+    marked section taken out, and the section of `previous` (the YAML before the run) put back if it
+    had one. None when nothing of ComfyUI's would remain (no section at all: ComfyUI cannot start on
+    an empty file). Raises BadInput where the result would not be a YAML ComfyUI reads."""
+    got = managed_section(text, where)
+    before = managed_section(previous, where) if previous is not None else None
+    if before is not None:
+        return merge_section(text, before[1], where)       # in our section's place
+    rest = text if got is None else got[0]
+    return rest if parse_yaml(rest, where) else None
+
+
 # --- where things are (here, not in facts: `scan` then imports no planning code) -----------------
 
 DEFAULT_COMFYUI = ("/workspace/runpod-slim/ComfyUI", "/workspace/ComfyUI")
@@ -310,3 +374,105 @@ def check_dir(path: str, what: str) -> str:
     if not os.access(path, os.R_OK | os.X_OK):
         raise BadInput(f"{what} {path} is not readable", "fix its permissions")
     return path
+
+
+# --- the installed ComfyUI's own table ------------------------------------------------------------
+
+def parse_folder_paths(source: str) -> dict[str, tuple[tuple[str, ...], frozenset | None]] | None:
+    """The model categories a ComfyUI's own folder_paths.py registers, read with `ast` (never
+    imported: it pulls in torch through comfy.cli_args). Returns category -> (folders under
+    models/ in search order, extensions or None for any), or None when the file does not have the
+    shape we know (`folder_names_and_paths["x"] = ([os.path.join(models_dir, "x"), ...], exts)`).
+    Categories outside models/ (custom_nodes) are left out: they are not models."""
+    import ast
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    names: dict[str, frozenset] = {}
+
+    def strings(node: ast.AST) -> frozenset | None:
+        if isinstance(node, (ast.Set, ast.List, ast.Tuple)):
+            vals = [e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+            return frozenset(v.lower() for v in vals) if len(vals) == len(node.elts) else None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("set", "frozenset") \
+                and not node.keywords and len(node.args) <= 1:
+            return strings(node.args[0]) if node.args else frozenset()
+        if isinstance(node, ast.Name):
+            return names.get(node.id)
+        return None
+
+    def folder(node: ast.AST) -> str | None:
+        """`os.path.join(models_dir, "a", ...)` -> "a/..."; anything else (another base) -> None."""
+        if not (isinstance(node, ast.Call) and ast.unparse(node.func) == "os.path.join" and len(node.args) >= 2
+                and isinstance(node.args[0], ast.Name) and node.args[0].id == "models_dir"):
+            return None
+        parts = [a.value for a in node.args[1:] if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+        return "/".join(parts) if len(parts) == len(node.args) - 1 else None
+
+    table: dict[str, tuple[tuple[str, ...], frozenset | None]] = {}
+    assigns = [n for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.AnnAssign))]
+    for node in sorted(assigns, key=lambda n: (n.lineno, n.col_offset)):     # in source order
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name):
+            exts = strings(value)
+            if exts is not None:
+                names[target.id] = exts
+            continue
+        if not (isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name)
+                and target.value.id == "folder_names_and_paths" and isinstance(target.slice, ast.Constant)
+                and isinstance(target.slice.value, str)):
+            continue
+        if not (isinstance(value, ast.Tuple) and len(value.elts) == 2 and isinstance(value.elts[0], ast.List)):
+            continue
+        folders = [folder(f) for f in value.elts[0].elts]
+        exts = strings(value.elts[1])
+        if not folders or None in folders or exts is None:
+            continue
+        table[target.slice.value] = (tuple(f for f in folders if f), None if exts == {"folder"} else exts)
+    return table or None
+
+
+def read_version(comfyui: str) -> str | None:
+    """`__version__` of <comfyui>/comfyui_version.py (read, not imported), or None."""
+    import ast
+    try:
+        with open(os.path.join(comfyui, "comfyui_version.py"), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__version__" for t in node.targets) \
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            return node.value.value
+    return None
+
+
+def installed_categories(comfyui: str) -> tuple[dict | None, str]:
+    """(the table of <comfyui>/folder_paths.py or None, a line saying which table applies)."""
+    path = os.path.join(comfyui, "folder_paths.py")
+    try:
+        with open(path, encoding="utf-8") as f:
+            table = parse_folder_paths(f.read())
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8"
+        return None, f"cannot read {path} ({why}): using comfy-migrate's built-in category table"
+    if table is None:
+        return None, f"{path} has no category table comfy-migrate can read: using its built-in table"
+    version = read_version(comfyui)
+    return table, (f"ComfyUI {version or '(unknown version)'}: {len(table)} model categories from {path}")
+
+
+def use_categories(table: dict | None) -> dict:
+    """Make `table` (installed_categories'; None: the built-in one) the categories every rule here
+    applies, as ComfyUI's folder_paths is one table per process. Returns the table it replaces."""
+    global CATEGORIES, FOLDER_CATEGORY
+    old = CATEGORIES
+    CATEGORIES = dict(table) if table else dict(BUILTIN_CATEGORIES)
+    FOLDER_CATEGORY = {folder: cat for cat, (folders, _) in CATEGORIES.items() for folder in folders}
+    return old

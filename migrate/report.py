@@ -344,12 +344,13 @@ def summary_lines(plan: Plan) -> list[str]:
 
 
 # The loader whose list shows a category's names in /object_info (the first category the run placed).
-LOADERS = (("diffusion_models", "UNETLoader", "unet_name"), ("checkpoints", "CheckpointLoaderSimple", "ckpt_name"),
-           ("loras", "LoraLoader", "lora_name"), ("vae", "VAELoader", "vae_name"),
-           ("text_encoders", "CLIPLoader", "clip_name"), ("clip_vision", "CLIPVisionLoader", "clip_name"),
-           ("controlnet", "ControlNetLoader", "control_net_name"),
-           ("upscale_models", "UpscaleModelLoader", "model_name"))
 COMFYUI_URL = "http://127.0.0.1:8188"
+
+
+def choices_jq(node: str, name: str) -> str:
+    """A jq filter printing a loader input's choices in both forms ComfyUI has used:
+    `[[choices...], {...}]` and `["COMBO", {"options": [choices...]}]` (newer nodes)."""
+    return f'.{node}.input.required.{name} | if .[0] == "COMBO" then .[1].options else .[0] end'
 
 
 def deploy_doc(plan: Plan) -> dict:
@@ -377,8 +378,10 @@ def deploy_doc(plan: Plan) -> dict:
                      f"holds the store on that machine (here {p.env_value}; e.g. /runpod-volume elsewhere)")
     cats = {c for c in plan.target_categories}
     cats.update(a.category for a in plan.actions if a.dst and a.category)
-    loader = next((l for l in LOADERS if l[0] in cats), LOADERS[0])
-    check = [f"curl -s {COMFYUI_URL}/object_info | jq '.{loader[1]}.input.required.{loader[2]}[0]'",
+    from migrate.comfy import LOADERS
+    cat = next((c for c in LOADERS if c in cats and c not in ("vae_approx", "diffusers")), "diffusion_models")
+    node, name = LOADERS[cat][0]
+    check = [f"curl -s {COMFYUI_URL}/object_info | jq '{choices_jq(node, name)}'",
              f"comfy-migrate verify --target {shlex.quote(plan.target)} --comfyui-url {COMFYUI_URL}"]
     return {"dockerfile": docker, "check": check, "notes": notes}
 

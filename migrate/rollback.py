@@ -231,7 +231,9 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                         report.kept.append(Problem(u.rec["dst"], "kept in the store: run(s) "
                                                    f"{', '.join(users)} rely on it"))
                 else:
-                    note = _undo(u, on_bytes, twins)
+                    said: List[str] = []
+                    note = _undo(u, on_bytes, twins, said)
+                    report.kept.extend(Problem(u.rec.get("path") or "", n) for n in said)
                     if note and shared and u.op == "mkdir" and u.rec["path"].startswith(in_store):
                         note = ""     # other runs' files live there
             except OSError as exc:
@@ -254,10 +256,40 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
     return report
 
 
-def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] = None) -> str:
+def _unmerge_yaml(path: str, cur: bytes, before: Optional[bytes], notes: List[str]) -> str:
+    """Undo a run's YAML change in a file the user edited since: only our marked section goes (the
+    previous one, if the YAML had one, comes back); every other byte stays. Written atomically, or
+    not at all ('' when done, else why not)."""
+    from migrate import comfy
+    from migrate.errors import BadInput
+    try:
+        text = cur.decode("utf-8")
+        new = comfy.remove_section(text, before.decode("utf-8") if before is not None else None, path)
+    except (UnicodeDecodeError, BadInput) as exc:
+        return f"extra_model_paths.yaml was edited since the run and cannot be undone in part ({exc}); left as it is"
+    if new is None:
+        if before is None:
+            os.unlink(path)
+            fsops.fsync_dir(os.path.dirname(path))
+            notes.append("edited since the run, but nothing of it but comments was left without the comfy-migrate "
+                         "section: removed, as before the run (an empty YAML stops ComfyUI)")
+            return ""
+        new_bytes = before
+    else:
+        new_bytes = new.encode("utf-8")
+    if new_bytes != cur:
+        fsops.atomic_write(path, new_bytes, os.stat(path).st_mode & 0o7777)
+        notes.append("edited since the run: only the comfy-migrate section was taken out, your edits kept")
+    return ""
+
+
+def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] = None,
+          notes: Optional[List[str]] = None) -> str:
     """Apply one inverse step. Returns '' when done (or nothing was needed), else why it was skipped.
-    `twins`: names restored so far per logged source inode (hardlinks come back as hardlinks)."""
+    `twins`: names restored so far per logged source inode (hardlinks come back as hardlinks).
+    `notes`: what a step did other than as logged (a YAML edited since: only our section removed)."""
     twins = {} if twins is None else twins
+    notes = [] if notes is None else notes
     r = u.rec
     op = u.op
     if op == "mkdir":
@@ -338,8 +370,10 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
             before = None
         if cur == before:
             return ""
-        if cur is None or hash_bytes(cur) != r["after_digest"]:
-            return "extra_model_paths.yaml was edited since the run; left as it is"
+        if cur is None:
+            return "extra_model_paths.yaml was deleted since the run; left so"
+        if hash_bytes(cur) != r["after_digest"]:
+            return _unmerge_yaml(path, cur, before, notes)
         if before is None:
             os.unlink(path)
             fsops.fsync_dir(os.path.dirname(path))
@@ -630,6 +664,25 @@ def live_runs(target: str) -> List[Tuple[str, List[dict]]]:
             out.append((n[:-6], settle(read_log(path)[0], target)))
         except BadLog:
             continue
+    return out
+
+
+def all_runs(target: str) -> List[Tuple[str, List[dict]]]:
+    """(run id, records) of every run in the target, rolled back or not. A log that does not read
+    cleanly counts by its first line alone (its run is still chosen by its YAML or host, and then
+    refused by load_run with the line named); one without even that is skipped."""
+    out = []
+    for n, path in run_logs(target):
+        try:
+            out.append((n[:-6], read_log(path)[0]))
+        except BadLog:
+            try:
+                with open(path, "rb") as f:
+                    head = json.loads(f.readline())
+            except (OSError, ValueError):
+                continue
+            if isinstance(head, dict):
+                out.append((n[:-6], [head]))
     return out
 
 

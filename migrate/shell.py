@@ -73,12 +73,32 @@ def out(text: str) -> None:
     sys.stdout.flush()
 
 
-def resolve_sources(comfyui: str | None, sources: tuple[str, ...]) -> tuple[str | None, list[str]]:
+def adopt_comfyui(home: str | None, ui: Ui | None = None) -> None:
+    """Use the categories of the ComfyUI installed at `home` (its folder_paths.py), saying which
+    table applies; without one, or unreadable, the built-in table (and say so)."""
+    from migrate import comfy
+    table, note = comfy.installed_categories(home) if home else (None, "")
+    comfy.use_categories(table)
+    if ui is None or not home:
+        return
+    if table is not None:
+        ui.debug(note)
+    elif os.path.exists(os.path.join(home, "folder_paths.py")):
+        ui.warn(note)
+    else:       # not a whole ComfyUI install (a models-only copy): said with -v only
+        ui.debug(f"no folder_paths.py in {home}: using comfy-migrate's built-in category table")
+
+
+def resolve_sources(comfyui: str | None, sources: tuple[str, ...],
+                    ui: Ui | None = None) -> tuple[str | None, list[str]]:
+    """(the ComfyUI folder or None, the models trees); the ComfyUI's own categories are adopted."""
     from migrate.comfy import check_dir, find_comfyui
     if sources:
         home = find_comfyui(comfyui) if comfyui else None
+        adopt_comfyui(home, ui)
         return home, [check_dir(s, "source") for s in sources]
     home = find_comfyui(comfyui)
+    adopt_comfyui(home, ui)
     models = os.path.join(home, "models")
     if not os.path.isdir(models) and _looks_like_models(home):
         raise BadInput(f"{home} is ComfyUI's models folder itself, not the ComfyUI folder",
@@ -119,7 +139,7 @@ def scan(ui: Ui, comfyui: str | None, sources: tuple[str, ...], fmt: str, no_cac
          duplicates: bool) -> None:
     """`comfy-migrate scan` (its options are documented on the click command in cli.py)."""
     from migrate.scan import hash_records, scan_tree
-    _, roots = resolve_sources(comfyui, sources)
+    _, roots = resolve_sources(comfyui, sources, ui)
     cache = open_cache(no_cache)
     scans = [scan_tree(r) for r in roots]
     if duplicates:

@@ -86,13 +86,15 @@ def mount_of(head: dict, target: str) -> Mount:
     return Mount(target, remount(logged, target))
 
 
-def pod_runs(runs: Sequence[Run], target: str, yaml_path: Optional[str], host: str) -> Tuple[List[Run], str]:
+def pod_runs(runs: Sequence[Run], target: str, yaml_path: Optional[str], host: str,
+             by_sources: bool = True) -> Tuple[List[Run], str]:
     """The runs of this pod among a store's runs, and how the pod was recognised.
 
     A pod is its YAML: the runs whose logged YAML is `yaml_path` (read through a remount). Without
     one (no ComfyUI found), or when no run names it: the runs whose sources are all on this
-    machine; else those of this host name, the last resort, as RunPod gives a pod a new host
-    name on every deploy while its volume stays.
+    machine (unless not `by_sources`: rollback and purge, which change things, do not guess
+    so); else those of this host name, the last resort, as RunPod gives a pod a new host name on
+    every deploy while its volume stays.
     """
     def mapped(rec: List[dict], p: str) -> str:
         return mount_of(rec[0], target).here(p)
@@ -103,7 +105,7 @@ def pod_runs(runs: Sequence[Run], target: str, yaml_path: Optional[str], host: s
                 and os.path.realpath(mapped(rec, rec[0]["yaml"])) == want]
         if mine:
             return mine, f"the runs that wrote {yaml_path}"
-    mine = [(rid, rec) for rid, rec in runs if rec[0].get("sources")
+    mine = [(rid, rec) for rid, rec in runs if by_sources and rec[0].get("sources")
             and all(isinstance(s, str) and os.path.isdir(mapped(rec, s)) for s in rec[0]["sources"])]
     if mine:
         return mine, "the runs whose sources are all on this machine"
@@ -301,33 +303,151 @@ def find_orphans(target: str, order: Dict[str, List[str]]) -> List[str]:
     return out
 
 
-def names_listed_by_comfyui(url: str, timeout: float = 30.0) -> set:
-    """Every option string ComfyUI's loaders offer, from a running server's /object_info."""
+@dataclass(frozen=True)
+class ServerView:
+    """What a running ComfyUI lists.
+
+    Args:
+        choices: (node, input) -> the names that loader input offers, for every choice input of
+            /object_info in either form ComfyUI has used (see `input_choices`).
+        embeddings: GET /embeddings (names without extension), None where the server has no such route.
+        folders: GET /internal/folder_paths, category -> the folders it searches (a frontend-internal
+            route: None where it is missing or of another shape).
+        nodes: how many node types /object_info lists.
+    """
+
+    choices: Dict[Tuple[str, str], List[str]]
+    embeddings: Optional[List[str]]
+    folders: Optional[Dict[str, List[str]]]
+    nodes: int
+
+
+def input_choices(spec: object) -> Optional[List[str]]:
+    """A loader input's choices in both forms of /object_info: `[[choices...], {...}]` (older
+    nodes) and `["COMBO", {"options": [choices...], ...}]` (newer ones); None for other inputs."""
+    if isinstance(spec, list) and spec and isinstance(spec[0], list):
+        return [x for x in spec[0] if isinstance(x, str)]
+    if isinstance(spec, list) and len(spec) > 1 and spec[0] == "COMBO" and isinstance(spec[1], dict) \
+            and isinstance(spec[1].get("options"), list):
+        return [x for x in spec[1]["options"] if isinstance(x, str)]
+    return None
+
+
+def parse_server(object_info: object, embeddings: object = None, folders: object = None) -> ServerView:
+    """A ServerView from the three answers, as JSON values (pure)."""
+    choices: Dict[Tuple[str, str], List[str]] = {}
+    info = object_info if isinstance(object_info, dict) else {}
+    for node, spec in info.items():
+        inputs = spec.get("input", {}) if isinstance(spec, dict) else {}
+        for group in ("required", "optional"):
+            for name, ispec in ((inputs or {}).get(group) or {}).items():
+                got = input_choices(ispec)
+                if got is not None:
+                    choices[(node, name)] = got
+    emb = [e for e in embeddings if isinstance(e, str)] if isinstance(embeddings, list) else None
+    fold = None
+    if isinstance(folders, dict):
+        fold = {k: [p for p in v if isinstance(p, str)] for k, v in folders.items() if isinstance(v, list)}
+    return ServerView(choices, emb, fold, len(info))
+
+
+def read_server(url: str, timeout: float = 30.0) -> ServerView:
+    """Ask a running ComfyUI: /object_info (must answer), /embeddings and /internal/folder_paths
+    (older or newer servers may lack them). Raises OSError or ValueError for /object_info."""
     import json
+    import urllib.error
     import urllib.request
 
-    with urllib.request.urlopen(url.rstrip("/") + "/object_info", timeout=timeout) as resp:
-        info = json.loads(resp.read().decode("utf-8"))
-    names: set = set()
-    for node in info.values() if isinstance(info, dict) else ():
-        inputs = node.get("input", {}) if isinstance(node, dict) else {}
-        for group in ("required", "optional"):
-            for spec in (inputs.get(group) or {}).values():
-                if isinstance(spec, list) and spec and isinstance(spec[0], list):
-                    names.update(x for x in spec[0] if isinstance(x, str))
-    return names
+    def get(route: str) -> object:
+        with urllib.request.urlopen(url.rstrip("/") + route, timeout=timeout) as resp:
+            return json.loads(resp.read().decode("utf-8"))
+
+    info = get("/object_info")
+    extra = []
+    for route in ("/embeddings", "/internal/folder_paths"):
+        try:
+            extra.append(get(route))
+        except (OSError, ValueError):      # urllib.error.HTTPError is an OSError
+            extra.append(None)
+    return parse_server(info, *extra)
 
 
-def unlisted(records: List[dict], listed: set) -> List[str]:
-    """Migrated names (relative to their category folder) that the server does not offer."""
-    head = records[0]
-    steps = group_steps(records)
-    out = []
-    for b in steps.begins:
-        if b["op"] in PLACING and b["step"] in steps.done:
-            rel = os.path.relpath(b["dst"], head["target"])
-            folder, _, name = rel.partition("/")
+def listed_as(rel: str, names: Sequence[str]) -> Optional[Tuple[str, Optional[str]]]:
+    """How ComfyUI lists a store name (`loras/style/ink.safetensors`): (category, the name its
+    lists show), with None as the name for a file its lists never show by itself (a diffusers
+    folder's other files, a lone vae_approx half); None for a name no list of ComfyUI's shows
+    (custom-node folders, classifiers, an extension it does not list). `names`: every name being
+    checked (a vae_approx pair shows only when both halves are there)."""
+    folder, _, name = rel.partition("/")
+    cat, custom = comfy.category_of(folder)
+    if custom or not name or not comfy.lists_extension(cat, name):
+        return None
+    if cat == "embeddings":
+        return cat, posixpath.splitext(name)[0]
+    if cat == "vae_approx":
+        m = comfy.TAESD.match(name)
+        if not m:
+            return cat, None
+        other = "decoder" if m.group(2) == "encoder" else "encoder"
+        pair = any(comfy.category_of(n.partition("/")[0])[0] == "vae_approx" and
+                   n.partition("/")[2].startswith(f"{m.group(1)}_{other}.") for n in names)
+        return cat, m.group(1) if pair else None
+    if cat == "diffusers":
+        if posixpath.basename(name) != "model_index.json":
+            return cat, None
+        return cat, posixpath.dirname(name) or "."
+    if cat not in comfy.LOADERS:
+        return None
+    return cat, name
+
+
+def check_listed(names: Sequence[str], view: ServerView) -> Dict:
+    """Which store names a ComfyUI does not list where its loaders (or /embeddings) show that category.
+
+    Returns {"not_listed": [store names], "checked": n, "unchecked": [store names no list of this
+    server shows: custom-node folders, classifiers, categories without a loader here]}.
+    """
+    not_listed: List[str] = []
+    unchecked: List[str] = []
+    checked = 0
+    for rel in sorted(names):
+        how = listed_as(rel, names)
+        if how is None or how[1] is None:
+            if how is None:
+                unchecked.append(rel)
+            continue
+        cat, shown = how
+        if cat == "embeddings":
+            pool = view.embeddings
+        else:
+            lists = [view.choices[k] for k in comfy.LOADERS[cat] if k in view.choices]
+            pool = [n for ls in lists for n in ls] if lists else None
+        if pool is None:
+            unchecked.append(rel)
+            continue
+        checked += 1
+        if shown not in pool:
+            not_listed.append(rel)
+    return {"not_listed": not_listed, "checked": checked, "unchecked": unchecked}
+
+
+def stale_server(names: Sequence[str], view: ServerView, order: Dict[str, List[str]], target: str,
+                 listed: Dict, started: Optional[float], yaml_changed: Optional[float]) -> Optional[str]:
+    """Why the server looks started before the YAML changed (it reads the YAML only at start-up),
+    or None. Evidence, strongest first: its search folders (/internal/folder_paths) lack a store
+    folder the YAML lists for a checked name; its process (found here) started before the YAML's
+    last change; it lists none of the names checked (`listed`: check_listed's result)."""
+    if view.folders is not None:
+        for rel in names:
+            folder = rel.partition("/")[0]
             cat, custom = comfy.category_of(folder)
-            if not custom and comfy.lists_extension(cat, name) and name not in listed:
-                out.append(name)
-    return out
+            where = os.path.realpath(os.path.join(target, folder))
+            if custom or cat not in view.folders or where not in {os.path.realpath(f) for f in order.get(cat, [])}:
+                continue
+            if where not in {os.path.realpath(f) for f in view.folders[cat]}:
+                return f"it does not search {os.path.join(target, folder)}, which the YAML lists for {cat}"
+    if started is not None and yaml_changed is not None and started < yaml_changed:
+        return "its process started before the YAML's last change"
+    if listed["checked"] and len(listed["not_listed"]) == listed["checked"]:
+        return f"it lists none of the {listed['checked']} names checked"
+    return None

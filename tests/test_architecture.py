@@ -44,6 +44,7 @@ def test_every_readme_option_exists():
     known.update({"--help", "--version", "--link-back/--no-link-back", "--extra-model-paths-config"})
     known.update({"--trials", "--seed", "--size", "--files", "--runs", "--quick"})   # scripts/torture, bench
     known.add("--remove-source-files")     # rsync's, in the bench table
+    known.update({"--cache", "--python", "--record", "--keep"})    # scripts/real-comfyui
     for opt in set(re.findall(r"(?<![\w-])--[a-z][a-z-]*(?:/--[a-z-]+)?", readme)):
         assert opt in known, f"README mentions {opt}, which no command has"
 

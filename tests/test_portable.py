@@ -281,7 +281,8 @@ def test_run_prints_the_dockerfile_lines_and_the_object_info_check(tmp_path, cli
     out = migrate_volume(vol, cli_env, "absolute").stdout
     assert f"  COPY extra_model_paths.yaml {comfyui}/extra_model_paths.yaml\n" in out
     assert f"  RUN mkdir -p {vol}/models\n" in out
-    assert "  curl -s http://127.0.0.1:8188/object_info | jq '.UNETLoader.input.required.unet_name[0]'\n" in out
+    assert ("  curl -s http://127.0.0.1:8188/object_info | jq '.UNETLoader.input.required.unet_name | "
+            "if .[0] == \"COMBO\" then .[1].options else .[0] end'\n") in out
     assert f"comfy-migrate verify --target {vol}/models --comfyui-url http://127.0.0.1:8188" in out
 
 

@@ -1,75 +1,186 @@
-"""verify --comfyui-url against a small local HTTP server that plays ComfyUI's /object_info."""
+"""verify --comfyui-url against what a real ComfyUI 0.3.75 answered (fixtures/comfyui-0.3.75/,
+recorded by scripts/real-comfyui), served by a small HTTP server on 127.0.0.1: both forms of loader
+choices, /embeddings, vae_approx pairs, a server started before the YAML changed."""
+from __future__ import annotations
+
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures"))
-import make_pod  # noqa: E402
+from conftest import run_cli
+from migrate import report
+from migrate.verify import check_listed, input_choices, parse_server
+
+ROOT = Path(__file__).resolve().parent.parent
+REC = ROOT / "fixtures" / "comfyui-0.3.75"
+sys.path.insert(0, str(ROOT / "fixtures"))
+import real_pod  # noqa: E402
+
+RESTART = "ComfyUI was started before the YAML changed: restart it"
 
 
-def serve(listing):
-    class H(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = json.dumps({"UNETLoader": {"input": {"required": {"unet_name": [listing, {}]}}},
-                               "Other": {"input": {"optional": {"x": ["INT", {}]}}}}).encode()
-            self.send_response(200 if self.path == "/object_info" else 404)
-            self.end_headers()
-            self.wfile.write(body)
+def recording(name: str, root: Path) -> dict:
+    """A recording with the pod's folder of the real run replaced by this test's."""
+    text = (REC / f"{name}.json").read_text().replace("{POD}", str(root))
+    return json.loads(text)
 
-        def log_message(self, *a):
-            pass
 
-    srv = HTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv
+class Served:
+    """A tiny ComfyUI stand-in answering /object_info, /embeddings and /internal/folder_paths from a
+    recording (a route whose value is None answers 404, as on a server without it)."""
+
+    def __init__(self, rec: dict) -> None:
+        routes = {"/object_info": rec["object_info"], "/embeddings": rec["embeddings"],
+                  "/internal/folder_paths": rec["folder_paths"]}
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = routes.get(self.path)
+                self.send_response(404 if body is None else 200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(json.dumps(body).encode())
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = HTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.srv.server_port}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.srv.shutdown()
+        self.srv.server_close()
 
 
 @pytest.fixture
-def migrated(tmp_path):
-    comfy, target = make_pod.build(str(tmp_path / "ws"))
-    env = dict(os.environ, HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "cache"),
-               COMFYUI_DIR=comfy, COMFY_MIGRATE_TARGET=target)
-    subprocess.run([sys.executable, "-m", "migrate", "run", "--yes"], env=env, check=True, capture_output=True)
-    return env, target
+def real_pod_migrated(tmp_path, cli_env):
+    """The pod of the real check (same layout and names), migrated with `run`."""
+    root = tmp_path / "real"
+    comfyui = root / "workspace" / "runpod-slim" / "ComfyUI"
+    real_pod.build(str(comfyui / "models"))
+    target = root / "workspace" / "models"
+    env = dict(cli_env, COMFYUI_DIR=str(comfyui), COMFY_MIGRATE_TARGET=str(target))
+    run_cli(["run", "--yes"], env)
+    return root, env
 
 
-def test_verify_url_all_listed(migrated):
-    env, target = migrated
-    names = []
-    for d, _, files in os.walk(target):
-        if ".comfy-migrate" in d:
-            continue
-        names += [os.path.relpath(os.path.join(d, f), target).split("/", 1)[1] for f in files]
-    srv = serve(sorted(names))
-    try:
-        r = subprocess.run([sys.executable, "-m", "migrate", "verify", "--format", "json", "--comfyui-url",
-                            f"http://127.0.0.1:{srv.server_port}"], env=env, capture_output=True, text=True)
-    finally:
-        srv.shutdown()
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert json.loads(r.stdout)["not_listed_by_comfyui"] == []
+def verify(env, url, check):
+    r = run_cli(["verify", "--format", "json", "--comfyui-url", url], env, check=check)
+    return json.loads(r.stdout)
 
 
-def test_verify_url_reports_a_name_comfyui_does_not_list(migrated):
-    env, _ = migrated
-    srv = serve(["something_else.safetensors"])
-    try:
-        r = subprocess.run([sys.executable, "-m", "migrate", "verify", "--format", "json", "--comfyui-url",
-                            f"http://127.0.0.1:{srv.server_port}"], env=env, capture_output=True, text=True)
-    finally:
-        srv.shutdown()
-    assert r.returncode == 8
-    assert "wan2.2_s2v_14B_fp8_scaled.safetensors" in json.loads(r.stdout)["not_listed_by_comfyui"]
+def test_after_a_restart_every_name_is_listed(real_pod_migrated):
+    root, env = real_pod_migrated
+    rec = recording("after", root)
+    with Served(rec) as s:
+        doc = verify(env, s.url, 0)
+        table = run_cli(["verify", "--comfyui-url", s.url], env).stdout
+    c = doc["comfyui"]
+    assert doc["not_listed_by_comfyui"] == [] and c["stale"] is None
+    assert rec["nodes"] == 534 and c["nodes"] == len(rec["object_info"])     # trimmed to the loaders
+    assert c["checked"] == 27          # 32 names less 3 in no list, 2 shown by no name of their own
+    # Files no list shows by their own name: a custom-node folder, classifiers, a lone vae_approx half.
+    assert "ultralytics/bbox/face_yolov8m.safetensors" in c["unchecked"]
+    assert "vae_approx/taesdxl_decoder.safetensors" not in c["not_listed"]
+    assert "all good" in table and RESTART not in table
 
 
-def test_verify_url_unreachable_is_one_clear_line(migrated):
-    env, _ = migrated
-    r = subprocess.run([sys.executable, "-m", "migrate", "verify", "--comfyui-url", "http://127.0.0.1:9"],
-                       env=env, capture_output=True, text=True)
-    assert r.returncode == 3
+def test_a_server_started_before_the_run_says_restart(real_pod_migrated):
+    """Recorded from the real server left running through `run --while-running`."""
+    root, env = real_pod_migrated
+    with Served(recording("stale", root)) as s:
+        doc = verify(env, s.url, 8)
+        table = run_cli(["verify", "--comfyui-url", s.url], env, check=8).stdout
+    assert "does not search" in doc["comfyui"]["stale"]
+    assert "loras/style/ink.safetensors" in doc["not_listed_by_comfyui"]
+    assert RESTART in table
+
+
+def test_stale_without_the_internal_route_still_says_restart(real_pod_migrated):
+    root, env = real_pod_migrated
+    rec = dict(recording("stale", root), folder_paths=None)
+    with Served(rec) as s:
+        doc = verify(env, s.url, 8)
+    assert "lists none" in doc["comfyui"]["stale"]
+
+
+def test_lists_from_before_the_run_are_stale_too(real_pod_migrated):
+    """A server started before the run still lists the names (its files were in models/ then) but
+    does not search the store."""
+    root, env = real_pod_migrated
+    with Served(recording("before", root)) as s:
+        doc = verify(env, s.url, 8)
+    assert doc["comfyui"]["stale"] and doc["not_listed_by_comfyui"] == []
+
+
+def test_one_name_missing_is_reported_not_called_stale(real_pod_migrated):
+    root, env = real_pod_migrated
+    rec = recording("after", root)
+    spec = rec["object_info"]["UpscaleModelLoader"]["input"]["required"]["model_name"]
+    assert spec[0] == "COMBO"
+    spec[1]["options"] = []
+    rec["embeddings"] = [e for e in rec["embeddings"] if e != "neg/bad_hands"]
+    with Served(rec) as s:
+        doc = verify(env, s.url, 8)
+    assert doc["not_listed_by_comfyui"] == ["embeddings/neg/bad_hands.safetensors",
+                                             "upscale_models/4x_ultrasharp.safetensors"]
+    assert doc["comfyui"]["stale"] is None
+
+
+def test_unreachable_is_one_clear_line(real_pod_migrated):
+    _, env = real_pod_migrated
+    r = run_cli(["verify", "--comfyui-url", "http://127.0.0.1:9"], env, check=3)
     assert len(r.stderr.strip().splitlines()) == 1 and "object_info" in r.stderr
+
+
+# --- the pure pieces on the recordings ----------------------------------------------------------------
+
+def test_both_choice_forms_are_read():
+    info = json.loads((REC / "after.json").read_text())["object_info"]
+    unet = info["UNETLoader"]["input"]["required"]["unet_name"]
+    upscale = info["UpscaleModelLoader"]["input"]["required"]["model_name"]
+    assert isinstance(unet[0], list) and upscale[0] == "COMBO"
+    assert "wan/high_noise.safetensors" in input_choices(unet)
+    assert input_choices(upscale) == ["4x_ultrasharp.safetensors"]
+    assert input_choices(["INT", {"default": 1}]) is None and input_choices(["COMBO", {}]) is None
+    combos = {n for n, spec in info.items() for g in spec["input"].values() for v in g.values() if v[0] == "COMBO"}
+    assert {"UpscaleModelLoader", "HypernetworkLoader", "PhotoMakerLoader", "AudioEncoderLoader",
+            "LatentUpscaleModelLoader", "TripleCLIPLoader", "QuadrupleCLIPLoader"} <= combos
+
+
+def test_embeddings_vae_approx_and_diffusers_are_matched_as_comfyui_shows_them():
+    rec = json.loads((REC / "after.json").read_text())
+    view = parse_server(rec["object_info"], rec["embeddings"], None)
+    names = [m for m in real_pod.MODELS + list(real_pod.OTHER)]
+    got = check_listed(names, view)
+    assert got["not_listed"] == []
+    assert "taesd" in view.choices[("VAELoader", "vae_name")] and "taef1" in view.choices[("VAELoader", "vae_name")]
+    assert "taesdxl" not in view.choices[("VAELoader", "vae_name")]      # only its decoder is there
+    # Without the encoder, the taesd decoder is not expected under any name.
+    got = check_listed([n for n in names if n != "vae_approx/taesd_encoder.safetensors"],
+                       parse_server(rec["object_info"], rec["embeddings"], None))
+    assert got["not_listed"] == []
+    # A server without /embeddings cannot say: unchecked, not missing.
+    got = check_listed(["embeddings/EasyNegative.safetensors"], parse_server(rec["object_info"], None, None))
+    assert got == {"not_listed": [], "checked": 0, "unchecked": ["embeddings/EasyNegative.safetensors"]}
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="no jq here")
+@pytest.mark.parametrize("node, name, want", [("UNETLoader", "unet_name", "flux1-dev.safetensors"),
+                                              ("UpscaleModelLoader", "model_name", "4x_ultrasharp.safetensors")])
+def test_the_printed_check_line_reads_both_forms(node, name, want):
+    info = json.loads((REC / "after.json").read_text())["object_info"]
+    out = subprocess.run(["jq", "-c", report.choices_jq(node, name)], input=json.dumps(info),
+                         capture_output=True, text=True, check=True)
+    assert want in json.loads(out.stdout)

