@@ -4,8 +4,8 @@ A ComfyUI workflow names its models by the name ComfyUI shows (the path relative
 folder, e.g. `wan/high_noise.safetensors`), in a loader node's widget (UI format, what the
 browser saves under `ComfyUI/user/<user>/workflows/`: `nodes[]` with `type` and `widgets_values`,
 and optionally `properties.models` / a top-level `models` list of `{name, url, directory, hash}`)
-or input (API format: `{id: {class_type, inputs}}`). Loaders are mapped to categories with the
-table below (the loaders of ComfyUI 0.3.75's `/object_info`); a node this table does not know (a
+or input (API format: `{id: {class_type, inputs}}`). Loaders are mapped to categories with
+comfy.LOADERS (the loaders of ComfyUI 0.3.75's `/object_info`); a node that table does not know (a
 custom node's) counts a value only where it names a model file the pod has, in any category.
 
 Nothing here reads a file: the shell hands in each workflow's text and the pod's names.
@@ -19,42 +19,15 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from migrate import comfy
 
-# loader node -> the categories its model widgets choose from, in widget order where it matters
-LOADERS: dict[str, tuple[str, ...]] = {
-    "CheckpointLoaderSimple": ("checkpoints",),
-    "CheckpointLoader": ("configs", "checkpoints"),
-    "ImageOnlyCheckpointLoader": ("checkpoints",),
-    "unCLIPCheckpointLoader": ("checkpoints",),
-    "LoraLoader": ("loras",),
-    "LoraLoaderModelOnly": ("loras",),
-    "VAELoader": ("vae", "vae_approx"),
-    "UNETLoader": ("diffusion_models",),
-    "CLIPLoader": ("text_encoders",),
-    "DualCLIPLoader": ("text_encoders",),
-    "TripleCLIPLoader": ("text_encoders",),
-    "QuadrupleCLIPLoader": ("text_encoders",),
-    "CLIPVisionLoader": ("clip_vision",),
-    "ControlNetLoader": ("controlnet",),
-    "DiffControlNetLoader": ("controlnet",),
-    "StyleModelLoader": ("style_models",),
-    "GLIGENLoader": ("gligen",),
-    "UpscaleModelLoader": ("upscale_models",),
-    "LatentUpscaleModelLoader": ("latent_upscale_models",),
-    "HypernetworkLoader": ("hypernetworks",),
-    "PhotoMakerLoader": ("photomaker",),
-    "AudioEncoderLoader": ("audio_encoders",),
-    "ModelPatchLoader": ("model_patches",),
-    "DiffusersLoader": ("diffusers",),
-}
-# API-format input names that choose a model, for nodes the table does not know
-INPUTS: dict[str, str] = {
-    "ckpt_name": "checkpoints", "lora_name": "loras", "vae_name": "vae", "unet_name": "diffusion_models",
-    "clip_name": "text_encoders", "clip_name1": "text_encoders", "clip_name2": "text_encoders",
-    "clip_name3": "text_encoders", "clip_name4": "text_encoders", "control_net_name": "controlnet",
-    "style_model_name": "style_models", "gligen_name": "gligen", "hypernetwork_name": "hypernetworks",
-    "upscale_model": "upscale_models", "config_name": "configs", "photomaker_model_name": "photomaker",
-    "audio_encoder_name": "audio_encoders",
-}
+# loader node -> the categories its model widgets choose from, from ComfyUI's loader table (comfy.LOADERS)
+LOADERS: dict[str, tuple[str, ...]] = {}
+# API-format input name -> the category it chooses from, for nodes that table does not know
+INPUTS: dict[str, str] = {"clip_name2": "text_encoders", "clip_name3": "text_encoders", "clip_name4": "text_encoders",
+                          "upscale_model": "upscale_models"}
+for _cat, _pairs in comfy.LOADERS.items():
+    for _node, _input in _pairs:
+        LOADERS[_node] = LOADERS.get(_node, ()) + (_cat,)
+        INPUTS.setdefault(_input, _cat)
 _EXTS = comfy.MODEL_EXTENSIONS | {".yaml", ".gguf"}
 
 
