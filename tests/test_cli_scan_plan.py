@@ -232,8 +232,10 @@ def test_plan_legacy_unet_wins_on_a_real_tree(tmp_path, cli_env):
 def test_plan_table_shows_actions_totals_and_the_yaml_diff(pod, cli_env):
     before = pod.yaml.read_bytes()
     out = run_cli(["plan", *pod.args()], cli_env).stdout
-    assert f"into {pod.target} (mode move)" in out
-    for word in ("move ", "already-there", "same-content", "conflict", "skip "):
+    assert f"source: {pod.models}\nstore:  {pod.target}   (mode move)\n" in out
+    for word in ("move ", "there ", "dedupe ", "CONFLICT ", "skipped: "):      # the table, skips counted
+        assert word in out
+    for word in ("already-there", "same-content", "conflict", "skip "):         # the totals
         assert word in out
     assert "deduplication saves 1.3 MiB; 0 B must be copied" in out
     assert re.search(r"target free space .*: the plan fits", out)
