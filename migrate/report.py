@@ -120,18 +120,25 @@ def iter_scan_json(results: Sequence[ScanResult], batch: int = 2000) -> Iterator
 
 
 def scan_rows(result: ScanResult) -> list[list]:
-    """One row per category: files, bytes, duplicate files, entries not migrated."""
+    """One row per category: files, bytes, duplicate files, entries not migrated. A duplicate is a
+    second file (inode) with content already seen, as `scan --duplicates` counts it: another name
+    of the same inode (a hardlink) is no duplicate, and its bytes are counted once."""
     cats: dict[str, list] = OrderedDict()
-    seen: dict[str, int] = {}
+    seen: dict[str, set] = {}
+    inodes: set = set()
     for rec in sorted(result.records, key=lambda r: (r.category or "", r.rel)):
         name = (rec.category or "(top level)") + (" (custom nodes)" if rec.custom else "")
         row = cats.setdefault(name, [name, 0, 0, 0, 0])
         if rec.status.migrates:
             row[1] += 1
+            if (rec.dev, rec.ino) in inodes:
+                continue
+            inodes.add((rec.dev, rec.ino))
             row[2] += rec.size
             if rec.digest:
-                seen[rec.digest] = seen.get(rec.digest, 0) + 1
-                if seen[rec.digest] > 1:
+                files = seen.setdefault(rec.digest, set())
+                files.add((rec.dev, rec.ino))
+                if len(files) > 1:
                     row[3] += 1
         else:
             row[4] += 1

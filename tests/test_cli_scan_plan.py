@@ -390,3 +390,17 @@ def test_a_relative_cache_path_is_saved_and_used(pod, cli_env, tmp_path):
     assert re.search(r"hashed 17 files .*, 0 from the cache", run_cli(args, env, cwd=work).stderr)
     assert (work / "digests.sqlite").is_file()
     assert re.search(r"hashed 0 files \(0 B\), 17 from the cache", run_cli(args, env, cwd=work).stderr)
+
+
+def test_scan_table_counts_hardlinks_as_one_file_not_a_duplicate(tmp_path, cli_env):
+    loras = tmp_path / "models" / "loras"
+    loras.mkdir(parents=True)
+    data = os.urandom(5000)
+    (loras / "a.safetensors").write_bytes(data)
+    os.link(loras / "a.safetensors", loras / "b.safetensors")          # one file, two names
+    (loras / "c.safetensors").write_bytes(data)                        # a real second copy
+    row = next(line.split() for line in run_cli(["scan", "--source", tmp_path / "models"], cli_env).stdout.splitlines()
+               if line.startswith("loras"))
+    assert row == ["loras", "3", "9.8", "KiB", "1", "0"]               # 2 inodes of 4.9 KiB, 1 duplicate
+    dup = run_cli(["scan", "--source", tmp_path / "models", "--duplicates"], cli_env).stdout
+    assert "1 groups of identical content" in dup or "1 group" in dup
