@@ -505,3 +505,30 @@ def test_hardlinked_names_come_back_as_one_inode_after_purge(tmp_path, cli_env, 
         "z was a file of its own before the run"
     assert {rel: s.st_mtime_ns for rel, s in after.items()} == {rel: s.st_mtime_ns for rel, s in before.items()}
     assert world.store_files() == ({rel_x: data} if stored else {})
+
+
+# --- 5. a stale audit verdict --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("warm_with", ["audit", "plan"])
+def test_stale_audit_verdict_lets_no_broken_file_in(tmp_path, cli_env, warm_with):
+    """The audit's verdicts are cached like digests: a good model audited (or planned), then
+    overwritten in place by an HTML error page of the same size with its mtime put back, must be
+    held back by the run (left at its place, kept out of the store), not moved on its old verdict."""
+    rel = "loras/v.safetensors"
+    good = model(rel, "a good model", 4096)
+    page = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>"
+    page += b"x" * (len(good) - len(page) - len(b"</body></html>\n")) + b"</body></html>\n"
+    assert len(page) == len(good)
+    other = model("checkpoints/other.safetensors", "only in the pod", 3000)
+    world = World(tmp_path / "pod", {rel: good, "checkpoints/other.safetensors": other}, {})
+    if warm_with == "audit":
+        cli_ok(["audit", "--comfyui", str(world.comfyui), "--target", str(world.store)], cli_env)
+    else:
+        warm(world, cli_env, "plan")
+    rewrite_in_place(world.models / rel, page)
+
+    cli_ok(["run", *world.args("--yes")], cli_env, ok=(0, 1))
+    assert (world.models / rel).read_bytes() == page, "the broken file must stay at its place"
+    assert digest(page) not in held_digests(world.store), "the broken file reached the store"
+    cli_ok(["rollback", "--target", str(world.store), "--yes"], cli_env)
+    assert world.pod_files() == {rel: page, "checkpoints/other.safetensors": other}
