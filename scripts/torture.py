@@ -22,7 +22,8 @@ Two families build their own worlds:
   - audit: truncated, trailing-data, LFS-pointer and HTML files among the models: a run leaves
     them untouched at their place and out of the store; rollback restores the snapshot;
   - stale (issue 12; kinds stale-rewrite, stale-reuse, stale-swap): a fact that no longer holds, made
-    after a `plan` or `scan` warmed the digest cache, or inside `run` while it waits for the lock:
+    after a `plan` or `scan` warmed the digest cache, or inside `run` (while it waits for the lock,
+    or after its plan under the lock, before its first step):
     models rewritten in place with size and times kept, deleted and recreated with the same size
     and times on their old inode numbers (each trial on its own loop-mounted ext4, which reuses
     freed inodes), two models exchanging names; then run, purge --permanent or not, rollback: no
@@ -1170,8 +1171,9 @@ def stale_change(t: Trial, kind: str, rng: random.Random):
 
 
 def t_stale(t: Trial, kind: str, rng: random.Random, warm: str, when: str, purge: bool) -> list:
-    """Warm the cache (plan or scan), make a stale fact (after it, or inside `run` just before it
-    takes the lock and plans again), then run, purge --permanent (or not), rollback; check each."""
+    """Warm the cache (plan or scan), make a stale fact (after it; or inside `run`, just before it
+    takes the lock and plans again, or just before its first step), then run, purge --permanent
+    (or not), rollback; check each."""
     import pickle
     change = stale_change(t, kind, rng)
     facts = os.path.join(t.dir, "before-run.pickle")
@@ -1188,14 +1190,16 @@ def t_stale(t: Trial, kind: str, rng: random.Random, warm: str, when: str, purge
     if when == "after-plan":
         change_and_record()
     else:
-        def pre():     # in the forked `run`: the change lands while it would wait for the lock
-            import migrate.cli as cli
-            take_lock = cli.take_lock
+        def pre():     # in the forked `run`: the change lands while it would wait for the lock, or
+            import migrate.cli            # after its plan under the lock, before its first step
+            import migrate.execute
+            module, name = (migrate.cli, "take_lock") if when == "lock-wait" else (migrate.execute, "execute_plan")
+            real = getattr(module, name)
 
-            def changed_then_locked(*a, **kw):
+            def changed_first(*a, **kw):
                 change_and_record()
-                return take_lock(*a, **kw)
-            cli.take_lock = changed_then_locked
+                return real(*a, **kw)
+            setattr(module, name, changed_first)
     code, out = t.cli("run", "--yes", pre=pre)
     if not os.path.exists(facts):
         return [f"run exit {code} before the change was made: {out.strip()[-300:]}"]
@@ -1424,7 +1428,7 @@ def make_tasks(m, n: int, rng: random.Random):
         add("audit", dict(recover="run" if i % 2 else "rollback"))
     for kind in FAMILIES["stale"]:
         for i in range(max(4, n * 8 // 200)):
-            add(kind, dict(warm=rng.choice(["plan", "scan"]), when="after-plan" if i % 2 == 0 else "lock-wait",
+            add(kind, dict(warm=rng.choice(["plan", "scan"]), when=("after-plan", "lock-wait", "execute")[i % 3],
                            purge=i % 4 < 2))
     return tasks
 

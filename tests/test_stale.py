@@ -403,8 +403,9 @@ world_st = st.fixed_dictionaries({
     "ops": st.lists(op_st, min_size=1, max_size=4),
     "warm": st.sampled_from(["plan", "scan"]),
     # between: the ops happen between the warming command and `run`; lock-wait: inside `run`,
-    # after its first plan, while it would wait for the target's lock (its re-plan then runs)
-    "window": st.sampled_from(["between", "lock-wait"]),
+    # after its first plan, while it would wait for the target's lock (its re-plan then runs);
+    # execute: inside `run`, after its plan under the lock, before its first step
+    "window": st.sampled_from(["between", "lock-wait", "execute"]),
     "purge": st.booleans(),
 })
 
@@ -443,14 +444,17 @@ def test_property_stale_facts_never_lose_content(tmp_path, cli_env, spec):
         if spec["window"] == "between":
             mutate()
         else:
-            def pre() -> None:      # in the `run` child: change the files just before it takes the lock
-                import migrate.cli as cli_mod
-                real = cli_mod.take_lock
+            def pre() -> None:      # in the `run` child: change the files just before that moment
+                import migrate.cli
+                import migrate.execute
+                module, name = ((migrate.cli, "take_lock") if spec["window"] == "lock-wait"
+                                else (migrate.execute, "execute_plan"))
+                real = getattr(module, name)
 
-                def take_lock(*a, **kw):
+                def changed_first(*a, **kw):
                     mutate()
                     return real(*a, **kw)
-                cli_mod.take_lock = take_lock
+                setattr(module, name, changed_first)
 
         text = forked_ok(["run", *world.args("--yes")], env, out, ok=(0, 1), pre=pre)
         if not snap_path.exists():      # nothing to do (every name a conflict, say): no lock taken
