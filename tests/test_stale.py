@@ -39,7 +39,7 @@ import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import as_model, run_cli
+from conftest import as_model, past_racy_window, run_cli
 
 STATE = ".comfy-migrate"
 OLD_NS = 1_600_000_000_123_456_789       # the models' mtime: long ago, as downloaded files have
@@ -147,7 +147,10 @@ class World:
 
 
 def warm(world: World, env: Dict[str, str], how: str) -> None:
-    """Fill the digest cache (and the audit's verdicts) the way a user does before a run."""
+    """Fill the digest cache (and the audit's verdicts) the way a user does before a run. The
+    files were made just now: first wait out the racy window, so the entries are trusted later
+    (else every one would be read again anyway and the stale entry would never be offered)."""
+    past_racy_window()
     if how == "plan":
         cli_ok(["plan", *world.args()], env)
     else:
@@ -436,6 +439,7 @@ def test_property_stale_facts_never_lose_content(tmp_path, cli_env, spec):
             with open(snap_path, "wb") as f:
                 pickle.dump((world.pod_files(), world.store_files()), f)
 
+        past_racy_window()        # the cache's entries are then trusted (see warm)
         if spec["warm"] == "plan":
             forked_ok(["plan", *world.args()], env, out)
         else:
@@ -526,6 +530,7 @@ def test_stale_audit_verdict_lets_no_broken_file_in(tmp_path, cli_env, warm_with
     other = model("checkpoints/other.safetensors", "only in the pod", 3000)
     world = World(tmp_path / "pod", {rel: good, "checkpoints/other.safetensors": other}, {})
     if warm_with == "audit":
+        past_racy_window()
         cli_ok(["audit", "--comfyui", str(world.comfyui), "--target", str(world.store)], cli_env)
     else:
         warm(world, cli_env, "plan")
@@ -536,3 +541,25 @@ def test_stale_audit_verdict_lets_no_broken_file_in(tmp_path, cli_env, warm_with
     assert digest(page) not in held_digests(world.store), "the broken file reached the store"
     cli_ok(["rollback", "--target", str(world.store), "--yes"], cli_env)
     assert world.pod_files() == {rel: page, "checkpoints/other.safetensors": other}
+
+
+# --- 6. inode numbers >= 2^63 in the digest cache --------------------------------------------------------
+
+def test_inode_past_2_to_the_63_round_trips_through_the_digest_cache(tmp_path):
+    """FUSE mounts (rclone) report inode numbers >= 2^63, past SQLite's signed INTEGER: put, save,
+    and a new instance gets the digest back for that stamp, and only for it (size, mtime, ctime)."""
+    from migrate.hashing import DigestCache
+    db = str(tmp_path / "cache" / "digests.sqlite")
+    read_ns = 1_700_000_000_000_000_000
+    stamps = [(64769, 2 ** 63, 4096, OLD_NS, OLD_NS + 5), (64769, 2 ** 63 + 12345, 4096, OLD_NS, OLD_NS + 5),
+              (2 ** 64 - 1, 2 ** 64 - 1, 1, OLD_NS, OLD_NS)]
+    cache = DigestCache(db)
+    for n, s in enumerate(stamps):
+        cache.put(s, f"{n + 1:032x}", read_ns)
+    cache.save()
+    again = DigestCache(db)
+    assert [again.get(s) for s in stamps] == [f"{n + 1:032x}" for n in range(len(stamps))]
+    dev, ino, size, mtime, ctime = stamps[1]
+    assert again.get((dev, ino, size, mtime, ctime + 1)) is None, "another ctime: not the file that was read"
+    assert again.get((dev, ino, size + 1, mtime, ctime)) is None
+    assert again.get((dev, ino - 2 ** 64, size, mtime, ctime)) is None, "confused with its signed twin"
