@@ -121,11 +121,11 @@ def cli_ok(args: Sequence, env: Dict[str, str], ok: Tuple[int, ...] = (0,)) -> s
 class World:
     """A ComfyUI folder (models, no YAML yet) and a store, under one root."""
 
-    def __init__(self, root: Path, pod: Files, store: Files) -> None:
+    def __init__(self, root: Path, pod: Files, store: Files, store_at: Optional[Path] = None) -> None:
         self.root = root
         self.comfyui = root / "ComfyUI"
         self.models = self.comfyui / "models"
-        self.store = root / "store"
+        self.store = store_at if store_at is not None else root / "store"
         for rel, data in pod.items():
             write(self.models / rel, data)
         for rel, data in store.items():
@@ -171,9 +171,15 @@ def run_purge_rollback(world: World, env: Dict[str, str], purge: bool,
 
 # --- 1. a model rewritten in place, size and mtime kept ------------------------------------------------
 
+@pytest.fixture(params=["same-fs", "cross-fs"])
+def store_at(request, tmp_path) -> Optional[Path]:
+    """Where the store goes: beside the pod (None), or on a second filesystem (copies, not links)."""
+    return None if request.param == "same-fs" else request.getfixturevalue("other_fs") / "store"
+
+
 @pytest.mark.parametrize("purge", [True, False], ids=["purged", "not-purged"])
 @pytest.mark.parametrize("warm_with", ["plan", "scan"])
-def test_rewrite_in_place_with_times_kept_loses_nothing(tmp_path, cli_env, purge, warm_with):
+def test_rewrite_in_place_with_times_kept_loses_nothing(tmp_path, cli_env, purge, warm_with, store_at):
     """Issue 12 as it happened: the store holds A at loras/m.safetensors, so does the pod; a plan
     warms the cache; the pod's file is rewritten in place with B (same size, mtime put back, same
     inode). B must stay the pod's model and never be lost; after rollback the name holds B."""
@@ -181,7 +187,7 @@ def test_rewrite_in_place_with_times_kept_loses_nothing(tmp_path, cli_env, purge
     a, b = model(rel, "model A"), model(rel, "model B")
     other = model("checkpoints/other.safetensors", "only in the pod", 3000)
     assert len(a) == len(b) and a != b
-    world = World(tmp_path / "pod", {rel: a, "checkpoints/other.safetensors": other}, {rel: a})
+    world = World(tmp_path / "pod", {rel: a, "checkpoints/other.safetensors": other}, {rel: a}, store_at)
     warm(world, cli_env, warm_with)
 
     rewrite_in_place(world.models / rel, b)
@@ -410,6 +416,7 @@ world_st = st.fixed_dictionaries({
     # execute: inside `run`, after its plan under the lock, before its first step
     "window": st.sampled_from(["between", "lock-wait", "execute"]),
     "purge": st.booleans(),
+    "cross": st.booleans(),          # the store on a second filesystem (/dev/shm): copies, not links
 })
 
 
@@ -422,6 +429,9 @@ def test_property_stale_facts_never_lose_content(tmp_path, cli_env, spec):
     and rollback, every content the pod and the store held right before the run still exists; after
     rollback every pod name holds exactly its bytes of right before the run, the store its own."""
     base = Path(tempfile.mkdtemp(dir=tmp_path))
+    other = None
+    if spec["cross"] and os.path.isdir("/dev/shm") and os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev:
+        other = Path(tempfile.mkdtemp(prefix="comfy-migrate-test-", dir="/dev/shm"))
     try:
         env = dict(cli_env)
         for var, sub in (("HOME", "home"), ("XDG_CACHE_HOME", "cache")):
@@ -429,7 +439,7 @@ def test_property_stale_facts_never_lose_content(tmp_path, cli_env, spec):
             env[var] = str(base / sub)
         env["COMFY_MIGRATE_CACHE"] = str(base / "cache" / "digests.sqlite")
         world = World(base / "w", {rel: content(i) for rel, i in spec["pod"].items()},
-                      {rel: content(i) for rel, i in spec["store"].items()})
+                      {rel: content(i) for rel, i in spec["store"].items()}, other and other / "store")
         out = str(base / "cli.out")
         snap_path = base / "before-run.pickle"
 
@@ -484,18 +494,20 @@ def test_property_stale_facts_never_lose_content(tmp_path, cli_env, spec):
             "after rollback the store must hold what it held before the run"
     finally:
         shutil.rmtree(base, ignore_errors=True)
+        if other is not None:
+            shutil.rmtree(other, ignore_errors=True)
 
 
 # --- 4. two names of one inode stay one inode through purge + rollback ---------------------------------
 
 @pytest.mark.parametrize("stored", [False, True], ids=["new-to-the-store", "already-there"])
-def test_hardlinked_names_come_back_as_one_inode_after_purge(tmp_path, cli_env, stored):
+def test_hardlinked_names_come_back_as_one_inode_after_purge(tmp_path, cli_env, stored, store_at):
     """Two source names of one inode (a hardlink) and a third name with the same bytes: after run,
     purge --permanent and rollback the two names are one inode again (with their bytes and times),
     the third its own file, and nothing is lost."""
     rel_x, rel_y, rel_z = "loras/x.safetensors", "loras/linked/y.safetensors", "checkpoints/z.safetensors"
     data = model(rel_x, "one inode", 3000)
-    world = World(tmp_path / "pod", {rel_x: data, rel_z: data}, {rel_x: data} if stored else {})
+    world = World(tmp_path / "pod", {rel_x: data, rel_z: data}, {rel_x: data} if stored else {}, store_at)
     (world.models / rel_y).parent.mkdir(parents=True, exist_ok=True)
     os.link(world.models / rel_x, world.models / rel_y)
     before = {rel: os.stat(world.models / rel) for rel in (rel_x, rel_y, rel_z)}
