@@ -1431,7 +1431,7 @@ def make_tasks(m, n: int, rng: random.Random):
     for i in range(max(2, n * 8 // 200)):
         add("audit", dict(recover="run" if i % 2 else "rollback"))
     for kind in FAMILIES["stale"]:
-        for i in range(max(4, n * 8 // 200)):
+        for i in range(max(3, n * 8 // 200)):      # 3: each window once
             add(kind, dict(warm=rng.choice(["plan", "scan"]), when=("after-plan", "lock-wait", "execute")[i % 3],
                            purge=i % 4 < 2))
     return tasks
