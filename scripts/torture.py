@@ -20,7 +20,15 @@ Two families build their own worlds:
     lost or stored twice (distinct inodes), every log is valid, the catalogue equals a fresh hash of
     the store; finally every pod is rolled back: each as it was, the store without a model file;
   - audit: truncated, trailing-data, LFS-pointer and HTML files among the models: a run leaves
-    them untouched at their place and out of the store; rollback restores the snapshot.
+    them untouched at their place and out of the store; rollback restores the snapshot;
+  - stale (issue 12; kinds stale-rewrite, stale-reuse, stale-swap): a fact that no longer holds, made
+    after a `plan` or `scan` warmed the digest cache, or inside `run` (while it waits for the lock,
+    or after its plan under the lock, before its first step):
+    models rewritten in place with size and times kept, deleted and recreated with the same size
+    and times on their old inode numbers (each trial on its own loop-mounted ext4, which reuses
+    freed inodes), two models exchanging names; then run, purge --permanent or not, rollback: no
+    content of right before the run is lost after any command, and the rollback gives every name
+    its bytes, mode and mtime of right before the run.
 Prints one line per fault kind, then `N passed, M failed`; exits 1 on any failure.
 """
 from __future__ import annotations
@@ -58,7 +66,9 @@ YAML_NAME = "extra_model_paths.yaml"
 USER_YAML = "# my own paths\nother_ui:\n  base_path: /opt/other\n  checkpoints: models/Stable-diffusion\n"
 CONFLICT_REL = "loras/conflict_me.safetensors"
 KINDS = ("crash-run-step", "crash-rollback-step", "sigkill-random", "enospc", "eio/eperm",
-         "changed-under", "lock", "trash", "hostile", "fleet", "audit")
+         "changed-under", "lock", "trash", "hostile", "fleet", "audit", "stale-rewrite", "stale-reuse",
+         "stale-swap")
+FAMILIES = {"stale": ("stale-rewrite", "stale-reuse", "stale-swap")}     # --only stale: all three
 
 G: dict = {}     # per-process globals: temp roots, pristine facts, measurements
 
@@ -1080,6 +1090,165 @@ def t_audit(t: Trial, rng: random.Random, recover: str) -> list:
     return errs + (["not identical after rollback: " + "; ".join(d)] if d else [])
 
 
+# --- stale: facts that no longer hold (issue 12) -------------------------------------------------------
+
+def same_size_model(rng: random.Random, old: bytes) -> bytes:
+    """Another valid model of exactly old's size: its header, other tensor bytes."""
+    n = int.from_bytes(old[:8], "little") + 8
+    return old[:n] + (rng.randbytes(len(old) - n) if hasattr(rng, "randbytes")
+                      else bytes(rng.getrandbits(8) for _ in range(len(old) - n)))
+
+
+def stale_victims(rng: random.Random, k: int) -> list:
+    """k model names, mostly ones whose content is elsewhere too (a duplicate in the pod, or the
+    store's copy): those are the files a stale digest gets quarantined as "already there"."""
+    names = [rel for rel, _, _, _ in G["names"] if rel != CONFLICT_REL]
+    count: dict = {}
+    for _, _, _, d in G["names"]:
+        count[d] = count.get(d, 0) + 1
+    twins = [rel for rel, _, _, d in G["names"] if count[d] > 1 or d in G["target_digests"]]
+    picked = rng.sample(twins, min(len(twins), max(1, k - 1)))
+    rest = [r for r in names if r not in picked]
+    return picked + rng.sample(rest, k - len(picked))
+
+
+def stale_change(t: Trial, kind: str, rng: random.Random):
+    """The change a trial makes, drawn now (the same bytes wherever it is applied) and returned as a
+    function of no arguments that makes it and returns notes."""
+    if kind == "stale-swap":
+        a, b = stale_victims(rng, 2)
+        pairs = [(a, b)]
+
+        def change() -> list:
+            for x, y in pairs:
+                px, py = os.path.join(t.models, x), os.path.join(t.models, y)
+                tmp = px + ".swap"
+                os.rename(px, tmp)
+                os.rename(py, px)
+                os.rename(tmp, py)
+            return [f"swapped {a} and {b}"]
+        return change
+    victims = stale_victims(rng, rng.randint(1, 4))
+    new = {}
+    for rel in victims:
+        with open(os.path.join(t.models, rel), "rb") as f:
+            new[rel] = same_size_model(rng, f.read())
+
+    def times(path: str) -> tuple:
+        st = os.stat(path)
+        return st.st_atime_ns, st.st_mtime_ns
+
+    if kind == "stale-rewrite":
+        def change() -> list:
+            for rel, data in new.items():
+                path = os.path.join(t.models, rel)
+                keep = times(path)
+                with open(path, "r+b") as f:          # what `cp -p` does to an existing name
+                    f.write(data)
+                    f.truncate(len(data))
+                os.utime(path, ns=keep)
+            return [f"rewrote {len(new)} in place"]
+        return change
+
+    def change() -> list:     # stale-reuse: delete, recreate in the order of the old inode numbers
+        paths = {rel: os.path.join(t.models, rel) for rel in new}
+        old = {rel: os.stat(p).st_ino for rel, p in paths.items()}
+        kept = {rel: times(p) for rel, p in paths.items()}
+        order = sorted(old, key=old.__getitem__)
+        for attempt in (order, order[::-1]):
+            for rel in attempt:
+                os.unlink(paths[rel])
+            for rel in attempt:                 # ext4 hands out the lowest free inode of the group
+                with open(paths[rel], "wb") as f:
+                    f.write(new[rel])
+                os.utime(paths[rel], ns=kept[rel])
+            reused = sum(os.stat(paths[rel]).st_ino == old[rel] for rel in new)
+            if reused == len(new):
+                break
+        # hit=False: the fault never fired (counted as such in the summary)
+        return [f"recreated {len(new)}, {reused} on their old inode", f"hit={reused > 0}"]
+    return change
+
+
+def t_stale(t: Trial, kind: str, rng: random.Random, warm: str, when: str, purge: bool) -> list:
+    """Warm the cache (plan or scan), make a stale fact (after it; or inside `run`, just before it
+    takes the lock and plans again, or just before its first step), then run, purge --permanent
+    (or not), rollback; check each."""
+    import pickle
+    change = stale_change(t, kind, rng)
+    facts = os.path.join(t.dir, "before-run.pickle")
+
+    def change_and_record() -> None:
+        notes = change()
+        with open(facts, "wb") as f:
+            pickle.dump((notes, t.snap()), f)
+
+    # The pod was copied just now: past the racy window the warm entries are trusted later, so the
+    # stale one is really offered (a racily clean entry would be read again anyway).
+    from migrate.hashing import FINE_SLACK_NS
+    time.sleep(FINE_SLACK_NS / 1e9 + 0.05)
+    code, out = t.cli(warm)
+    if code != 0:
+        return [f"{warm} exit {code}: {out.strip()[-300:]}"]
+    pre = None
+    if when == "after-plan":
+        change_and_record()
+    else:
+        def pre():     # in the forked `run`: the change lands while it would wait for the lock, or
+            import migrate.cli            # after its plan under the lock, before its first step
+            import migrate.execute
+            module, name = (migrate.cli, "take_lock") if when == "lock-wait" else (migrate.execute, "execute_plan")
+            real = getattr(module, name)
+
+            def changed_first(*a, **kw):
+                change_and_record()
+                return real(*a, **kw)
+            setattr(module, name, changed_first)
+    code, out = t.cli("run", "--yes", pre=pre)
+    if not os.path.exists(facts):
+        return [f"run exit {code} before the change was made: {out.strip()[-300:]}"]
+    with open(facts, "rb") as f:
+        notes, before = pickle.load(f)
+    t.notes += notes
+    t.expect_digests = {v[1] for v in before.values() if isinstance(v, tuple) and v[0] == "file"}
+    G["where"].update({v[1]: k[1] for k, v in before.items() if isinstance(v, tuple) and v[0] == "file"})
+    errs = []
+    if code not in (0, 1) or "Traceback" in out:
+        return [f"run exit {code}: {out.strip()[-300:]}"]
+    errs += [f"after run: {e}" for e in t.check_common()]
+    if purge:
+        code, out = t.cli("purge", "--permanent", "--yes")
+        if code not in (0, 1) or "Traceback" in out:
+            errs.append(f"purge exit {code}: {out.strip()[-300:]}")
+        t.notes.append(f"purge {code}")
+        errs += [f"after purge: {e}" for e in t.check_common()]
+    code, out = t.rollback()
+    if code != 0:
+        errs.append(f"rollback exit {code}: {out.strip()[-300:]}")
+    errs += [f"after rollback: {e}" for e in t.check_common()]
+    d = diff_snap(before, t.snap())
+    if d:
+        errs.append("after rollback not as right before the run: " + "; ".join(d))
+    return errs
+
+
+@contextlib.contextmanager
+def ext4(path: str, size: str = "96M"):
+    """A fresh ext4 image loop-mounted at path (freed inodes are reused there, unlike on tmpfs)."""
+    img = path + ".img"
+    os.makedirs(path, exist_ok=True)
+    subprocess.run(["truncate", "-s", size, img], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", img], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(["mount", "-o", "loop", img, path], check=True, stderr=subprocess.DEVNULL)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", path], stderr=subprocess.DEVNULL)
+        with contextlib.suppress(OSError):
+            os.unlink(img)
+
+
 # --- mounts --------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -1099,6 +1268,16 @@ def can_mount() -> bool:
     p = os.path.join(G["tmp"], "mount-probe")
     try:
         with tmpfs(p, "1M"):
+            return os.path.ismount(p)
+    except (subprocess.CalledProcessError, OSError):
+        return False
+
+
+def can_mount_ext4() -> bool:
+    if not shutil.which("mkfs.ext4"):
+        return False
+    try:
+        with ext4(os.path.join(G["tmp"], "ext4-probe"), "8M") as p:
             return os.path.ismount(p)
     except (subprocess.CalledProcessError, OSError):
         return False
@@ -1125,6 +1304,9 @@ def run_task(task):
                 mnt = stack.enter_context(tmpfs(os.path.join(G["tmp"], "mnt", name),
                                                 "1M" if sub == "preflight" else f"{G['copy_mib'] + 2}M"))
                 t = Trial(name, target_dir=mnt)
+            elif kind.startswith("stale-") and G["ext4"]:
+                mnt = stack.enter_context(ext4(os.path.join(G["tmp"], "mnt", name)))
+                t = Trial(name, pod_parent=mnt)
             elif kind == "trash" and G["mount"]:
                 mnt = stack.enter_context(tmpfs(os.path.join(G["tmp"], "mnt", name), "64M"))
                 t = Trial(name, cross=True, pod_parent=mnt)
@@ -1154,6 +1336,8 @@ def run_task(task):
                 errs = t_trash(t)
             elif kind == "audit":
                 errs = t_audit(t, rng, params["recover"])
+            elif kind.startswith("stale-"):
+                errs = t_stale(t, kind, rng, params["warm"], params["when"], params["purge"])
             elif kind == "hostile":
                 errs = t_hostile_yaml(t, sub) if sub.startswith("yaml") else t_hostile_log(t, sub, rng)
             else:
@@ -1246,6 +1430,10 @@ def make_tasks(m, n: int, rng: random.Random):
         add("fleet", dict(pods=2 + i % 3, kill="time" if i % 2 else "step"))
     for i in range(max(2, n * 8 // 200)):
         add("audit", dict(recover="run" if i % 2 else "rollback"))
+    for kind in FAMILIES["stale"]:
+        for i in range(max(3, n * 8 // 200)):      # 3: each window once
+            add(kind, dict(warm=rng.choice(["plan", "scan"]), when=("after-plan", "lock-wait", "execute")[i % 3],
+                           purge=i % 4 < 2))
     return tasks
 
 
@@ -1293,6 +1481,7 @@ def main() -> int:
         G["names"] = trial_names()
         G["copy_mib"] = sum(v[4] for k, v in G["snap"].items() if k[0] == "comfy" and v[0] == "file") // (1 << 20) + 1
         G["mount"] = can_mount()
+        G["ext4"] = G["mount"] and can_mount_ext4()
         G["uts"] = can_set_host()
         if G["mount"]:
             G["other"] = os.path.join(tmp, "other-fs")
@@ -1308,13 +1497,15 @@ def main() -> int:
         print(f"torture: seed {seed}; pod of {files} files ({G['copy_mib']} MiB), {len(G['names'])} to migrate; "
               f"clean run {m[False]['n_run']} records ({m[False]['d_run']:.2f} s same fs, "
               f"{m[True]['d_run']:.2f} s to /dev/shm), rollback {m[False]['n_rb']} records; "
-              f"{'unshare -m + tmpfs mounts' if G['mount'] else 'no mounts: ENOSPC by injection only'}", flush=True)
+              f"{'unshare -m + tmpfs mounts' if G['mount'] else 'no mounts: ENOSPC by injection only'}"
+              f"{'' if G['ext4'] else '; no loop-mounted ext4: stale-reuse cannot reuse inodes'}", flush=True)
         rng = random.Random(seed)
         tasks = make_tasks(m, args.trials, rng)
         if not G["mount"]:
             tasks = [t for t in tasks if not (t[0] == "enospc" and t[2].get("sub") in ("preflight", "filler"))]
         if args.only:
-            tasks = [t for t in tasks if t[0] in args.only.split(",")]
+            only = {k for w in args.only.split(",") for k in FAMILIES.get(w, (w,))}
+            tasks = [t for t in tasks if t[0] in only]
         results = {k: [0, 0, []] for k in KINDS}
         unfired = {k: 0 for k in KINDS}
         twin_errs = m[False]["errs"] + m[True]["errs"]

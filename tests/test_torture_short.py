@@ -1,4 +1,5 @@
-"""A short run of scripts/torture.py (every fault kind, few trials each, two fleet trials): exit 0 and `0 failed`."""
+"""A short run of scripts/torture.py (every fault kind, few trials each, two fleet trials, three of each stale
+kind): exit 0 and `0 failed`."""
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_torture_short():
     kinds = ("crash-run-step,crash-rollback-step,sigkill-random,enospc,eio/eperm,changed-under,lock,trash,"
-             "hostile,fleet,audit")
+             "hostile,fleet,audit,stale")
     p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "torture.py"), "--trials", "10", "--seed", "1",
                         "--only", kinds],
                        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
