@@ -170,31 +170,37 @@ def make_plan(facts: Facts, policy: Policy) -> Plan:
 
 def confirm_beliefs(plan: Plan, caches: Sequence[Optional[DigestCache]] = ()) -> List[str]:
     """Bytes, not beliefs: every source the plan would set aside because the store already holds its
-    content (already there, same content) must have that content now, by a read of this process.
-    A digest this process read from the file as it is now counts; one from the digest cache, the
-    catalogue or a log is checked by reading the file. Returns the sources whose bytes differ (or
-    that changed meanwhile). Every digest read here goes into `caches` (the re-plan's memo, so planning
-    again sees the truth, and the digest cache, so the next plan does)."""
+    content (already there, same content) must have that content now, and so must the stored file
+    it would then load under its name, each by a read of this process. A digest this process read
+    from the file as it is now counts; one from the digest cache, the catalogue or a log is checked
+    by reading the file (a stored file shared by many names once). Returns the sources whose bytes,
+    or whose stored copy's, differ (or that changed meanwhile). Every digest read here goes into
+    `caches` (the re-plan's memo, so planning again sees the truth, and the digest cache, so the
+    next plan does)."""
     from migrate.hashing import hash_path, note_read, read_here, stamp
     from migrate.model import ActionKind, Removal
-    stale = []
-    for a in plan.actions:
-        if a.kind not in (ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT) or a.removal is not Removal.QUARANTINE:
-            continue
+
+    def digest_now(path: str) -> Optional[str]:
         try:
-            st = os.lstat(a.source)
+            st = os.lstat(path)
             s = stamp(st)
             got = read_here(s)
             if got is None:
                 at = time.time_ns()
-                got = hash_path(a.source, s)
+                got = hash_path(path, s)
                 note_read(s, got, at)
                 for cache in caches:
                     if cache is not None:
                         cache.put(s, got, at)
+            return got
         except OSError:
-            got = None
-        if got != a.digest:
+            return None
+
+    stale = []
+    for a in plan.actions:
+        if a.kind not in (ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT) or a.removal is not Removal.QUARANTINE:
+            continue
+        if digest_now(a.source) != a.digest or (a.stored and digest_now(a.stored) != a.digest):
             stale.append(a.source)
     for cache in caches:
         if cache is not None:
