@@ -118,6 +118,9 @@ def gather(
     taken = {os.path.relpath(planning.target_path(target, r), target) for s in scans for r in s.records
              if r.category and r.status is not Status.SYMLINK}
 
+    world, hits = gather_world(scans, target_scan, target, yaml_path, yaml_before, models_dir, cache)
+    taken |= {r.rel for r in (target_scan.records if target_scan else ()) if (r.category, r.name) in hits}
+
     def wanted(r) -> bool:
         return (r.size in sizes or r.rel in taken) and r.digest is None
 
@@ -133,7 +136,6 @@ def gather(
         # The smallest file: linking it changes its ctime, so the next plan reads it again.
         sample = min(((r.size, r.path) for r in s.records if r.status is Status.MIGRATE), default=(0, None))[1]
         probes.append(fsops.probe_link(sample, s.root, target))
-    world = gather_world(scans, target_scan, target, yaml_path, yaml_before, models_dir, cache)
     return Facts(tuple(scans), target, target_scan, tuple(probes), fsops.probe_target_hardlinks(target),
                  yaml_path, yaml_before, fsops.free_space(target), tuple(findings), cat, cat_warning, hits,
                  started, world)
@@ -141,13 +143,14 @@ def gather(
 
 def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult], target: str,
                  yaml_path: Optional[str], yaml_before: Optional[str], models_dir: Optional[str],
-                 cache: Optional[DigestCache]) -> Optional[planning.World]:
+                 cache: Optional[DigestCache]) -> Tuple[Optional[planning.World], set]:
     """What the plan's name resolver needs beyond the scans: real paths of the roots, ComfyUI's
     models folder, and the files the user's own YAML folders hold under the names of the sources
     and the store (stat only; read when a file of that name has the same size), plus the files
-    symlinks in the sources lead to outside them."""
+    symlinks in the sources lead to outside them. Also the (category, name)s found out there
+    (a stored file of such a name is read: the plan gives its digest)."""
     if yaml_path is None:
-        return None
+        return None, set()
     from migrate import comfy, names
     from migrate.hashing import hash_path, stamp
     as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path))
@@ -167,13 +170,15 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
     view = names.View({}, roots, aliases)
     outside: dict = {}
 
-    def probe(p: str, want_sizes) -> None:
+    hits: set = set()
+
+    def probe(p: str, want_sizes) -> bool:
         try:
             st = os.stat(p)
         except (OSError, ValueError):
-            return
+            return False
         if not os.path.isfile(p):
-            return
+            return False
         digest = None
         if st.st_size in want_sizes:
             s_ = stamp(st)
@@ -182,10 +187,11 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
                 try:
                     digest = hash_path(p, s_)
                 except OSError:
-                    return
+                    return False
                 if cache is not None:
                     cache.put(s_, digest, time.time_ns())
         outside[p] = names.Node("file", st.st_size, digest, None)
+        return True
 
     for cat, folders in order.items():
         for f in folders:
@@ -193,7 +199,8 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
             if any(f == r or f.startswith(r.rstrip("/") + "/") for r in roots):
                 continue
             for name, ss in by_cat.get(canonical(cat), ()):
-                probe(os.path.join(f, name), ss)
+                if probe(os.path.join(f, name), ss):
+                    hits.add((canonical(cat), name))
     tree = {r.path: names.Node("link", 0, None, r.link_target) for s in all_scans for r in s.records
             if r.status is Status.SYMLINK}
     linked = names.View(tree, roots, aliases)
@@ -203,7 +210,7 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
             probe(end, ())
     if cache is not None:
         cache.save()
-    return planning.World(models, aliases, outside, as_read)
+    return planning.World(models, aliases, outside, as_read), hits
 
 
 def canonical(cat: str) -> str:

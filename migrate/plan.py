@@ -302,12 +302,18 @@ def _name_changes(actions: Sequence[Action], before: names.View, target: str, wo
     changes = names.compare(loads_before, loads_after, before, after, why)
     # Logged for verify: the names this run answers for, those loaded today from its sources or
     # after it from a place it changes (a name another run placed is that run's to answer for).
+    # The names of the files it places count too: one a user's is_default folder shadows stays shadowed.
     sources = tuple(r.rstrip("/") + "/" for r in before.roots[:-1])
+    placed = set()
+    for act in actions:
+        if act.method is not Method.NONE and act.dst:
+            folder, _, name = posixpath.relpath(act.dst, target).partition("/")
+            placed.add((comfy.category_of(folder)[0], name))
     logged = []
     for key in sorted(loads_before):
         a = loads_after.get(key)
         n = after.tree.get(a) if a is not None else None
-        if n is not None and (loads_before[key].startswith(sources) or a in edits):
+        if n is not None and (loads_before[key].startswith(sources) or a in edits or key in placed):
             logged.append((key[0], key[1], n.digest, n.size))
     return tuple(changes), tuple(logged)
 

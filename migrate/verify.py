@@ -253,10 +253,16 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     unset = sorted({v for rid, _ in runs for v in resolved(rid)[1]})
     latest = runs[-1][0]
     names_changed, names_checked = check_names(runs, resolved(latest)[0], quick, digests, on_bytes)
+    # A stored file whose name a run logged is judged by that name's bytes (checked above): a user's
+    # is_default folder holding the name wins, as it did before the run, and that is no failure.
+    logged = logged_names(runs)
+    as_before = [p for p in shadowed if _name_of(p, mounts[latest].base) in logged]
+    shadowed = [p for p in shadowed if p not in as_before]
     res = {"run": latest, "runs": [rid for rid, _ in runs], "per_run": per_run, "quick": quick,
            "checked": sum(per_run.values()), "missing": missing, "changed": changed, "shadowed": shadowed,
            "orphaned": find_orphans(mounts[latest].base, resolved(latest)[0]), "unset_variables": unset,
            "broken_link_backs": broken, "names_checked": names_checked, "names_changed": names_changed,
+           "shadowed_as_before": as_before,
            # Orphans are news, not failures: on a shared store they are mostly other pods' folders.
            "ok": not (missing or changed or shadowed or unset or broken or names_changed)}
     if quick:
@@ -265,6 +271,11 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     if moved:
         res["moved"] = {"from": moved[0], "to": moved[1]}
     return res
+
+
+def _name_of(path: str, target: str) -> Tuple[str, str]:
+    folder, _, name = os.path.relpath(path, target).partition("/")
+    return comfy.category_of(folder)[0], name
 
 
 def logged_names(runs: Sequence[Run]) -> Dict[Tuple[str, str], Tuple[Optional[str], Optional[int]]]:
