@@ -118,8 +118,8 @@ def gather(
     taken = {os.path.relpath(planning.target_path(target, r), target) for s in scans for r in s.records
              if r.category and r.status is not Status.SYMLINK}
 
-    world, hits = gather_world(scans, target_scan, target, yaml_path, yaml_before, models_dir, cache)
-    taken |= {r.rel for r in (target_scan.records if target_scan else ()) if (r.category, r.name) in hits}
+    world, found_outside = gather_world(scans, target_scan, target, yaml_path, yaml_before, models_dir, cache)
+    taken |= {r.rel for r in (target_scan.records if target_scan else ()) if (r.category, r.name) in found_outside}
 
     def wanted(r) -> bool:
         return (r.size in sizes or r.rel in taken) and r.digest is None
@@ -138,7 +138,7 @@ def gather(
         probes.append(fsops.probe_link(sample, s.root, target))
     return Facts(tuple(scans), target, target_scan, tuple(probes), fsops.probe_target_hardlinks(target),
                  yaml_path, yaml_before, fsops.free_space(target), tuple(findings), cat, cat_warning, hits,
-                 started, world)
+                 started, world=world)
 
 
 def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult], target: str,
