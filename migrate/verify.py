@@ -256,7 +256,9 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     # A stored file whose name a run logged is judged by that name's bytes (checked above): a user's
     # is_default folder holding the name wins, as it did before the run, and that is no failure.
     logged = logged_names(runs)
-    as_before = [p for p in shadowed if _name_of(p, mounts[latest].base) in logged]
+    failed = {n.split(": ", 1)[0] for n in names_changed}
+    as_before = [p for p in shadowed if _name_of(p, mounts[latest].base) in logged
+                 and "/".join(_name_of(p, mounts[latest].base)) not in failed]
     shadowed = [p for p in shadowed if p not in as_before]
     res = {"run": latest, "runs": [rid for rid, _ in runs], "per_run": per_run, "quick": quick,
            "checked": sum(per_run.values()), "missing": missing, "changed": changed, "shadowed": shadowed,
