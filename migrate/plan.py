@@ -126,8 +126,8 @@ def build_plan(
             warnings.append(f"conflict: {a.source}: the store holds other bytes under this name; left in "
                             "place and shadowed (--on-conflict rename stores it as .conflict-N)")
         elif a.kind is not ActionKind.SKIP and a.dst and a.reason.startswith("renamed to "):
-            warnings.append(f"conflict: {a.source} is stored as {posixpath.basename(a.dst)}: its name loads "
-                            "the store's other file (a name change)")
+            warnings.append(f"renamed (conflict): {a.source} is stored as {posixpath.basename(a.dst)}: its "
+                            "name loads the store's other file (a name change)")
     yaml_after = base = None
     if yaml_path is not None:
         folders = {cat: sorted(fs, key=lambda f: (f != cat, f)) for cat, fs in target_folders.items()}

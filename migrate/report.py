@@ -244,7 +244,7 @@ def totals(plan: Plan) -> dict:
 
 SHORT = {ActionKind.MOVE: "move", ActionKind.LINK: "link", ActionKind.COPY: "copy",
          ActionKind.ALREADY_THERE: "there", ActionKind.SAME_CONTENT: "dedupe", ActionKind.CONFLICT: "CONFLICT",
-         ActionKind.SKIP: "skip"}
+         ActionKind.RELINK: "relink", ActionKind.SKIP: "skip"}
 
 
 def middle(text: str, width: int) -> str:
@@ -302,7 +302,7 @@ def plan_rows(plan: Plan, verbose: bool = False) -> tuple[list[list], list[str]]
         elif dst and dst != a.rel:
             dfolder, _, dname = dst.partition("/")
             there = dfolder + "/" if dname == a.rel.partition("/")[2] else middle(dst, wide or 26)
-        how = _how(a) if a.kind is not ActionKind.CONFLICT else "stays"
+        how = {ActionKind.CONFLICT: "stays", ActionKind.RELINK: "symlink re-pointed"}.get(a.kind) or _how(a)
         note = a.reason if a.kind in (ActionKind.SKIP, ActionKind.CONFLICT) else ""
         if verbose and note:
             how += f" ({note})"

@@ -100,7 +100,9 @@ def test_every_name_keeps_its_bytes_but_the_declared_ones(names_pod, cli_env, on
                        "loras/abs_link.safetensors"]
     table = run_cli(["plan", *pod.args("--on-conflict", on_conflict)], cli_env).stdout
     assert "name changes: 2 name(s) would load other bytes" in table
-    assert [ln for ln in table.splitlines() if ln.startswith("warning: conflict:")][0].count(" ") < 40
+    warned = [ln for ln in table.splitlines() if ln.startswith("warning:") and "conflict" in ln]
+    assert len(warned) == 1 and len(warned[0]) < 250, warned
+    assert (" is stored as c.conflict-1.safetensors" in warned[0]) is (on_conflict == "rename")
 
     run_cli(["run", *pod.args("--yes", "--on-conflict", on_conflict)], cli_env)
     after = comfyui_loads(pod.comfyui)
