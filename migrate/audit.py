@@ -384,13 +384,13 @@ def hold_back(scan: ScanResult, findings: Iterable[Finding]) -> ScanResult:
 def tree_findings(
     scan: ScanResult, order: Mapping[str, Sequence[str]], dangling: Iterable[str],
     loaded_path: Callable[[str, str], Optional[str]], same_file: Callable[[str, str], bool],
-    size_of: Callable[[str], Optional[int]] = lambda p: None,
+    same_content: Callable[[str, str], Optional[bool]] = lambda a, b: None,
 ) -> List[Finding]:
     """Names ComfyUI resolves elsewhere, extensions it does not list, dangling symlinks.
 
     order: each category's folders in ComfyUI's search order; loaded_path(category, name): the
     file ComfyUI loads for that name (verify.loaded_path); same_file(a, b): one file under two names;
-    size_of(path): its size (None if unknown).
+    same_content(a, b): the two files hold the same bytes (by digest; None: cannot tell).
     """
     out: List[Finding] = []
     dangling = set(dangling)
@@ -413,12 +413,14 @@ def tree_findings(
             continue          # ComfyUI does not search this folder: nothing shadows it
         winner = loaded_path(cat, r.name)
         if winner is not None and not same_file(winner, r.path):
-            # the same size is most likely the same model twice (e.g. after --mode copy): harmless
-            theirs = size_of(winner)
-            twin = theirs is not None and theirs == size_of(r.path)
+            # Decided by digest: two different models of one size are common (fp8 variants, LoRAs
+            # of one rank); the same content twice (e.g. after --mode copy) is harmless.
+            twin = same_content(winner, r.path)
+            what = {True: " (the same content: the model twice)",
+                    False: " (different content: this file's model is never loaded)",
+                    None: ""}[twin]
             out.append(_finding("shadowed", "notice" if twin else "suspect",
-                                f"ComfyUI loads {winner} for the name {r.name!r} ({cat}) instead"
-                                + (" (of the same size: probably the same model twice)" if twin else ""), r.path))
+                                f"ComfyUI loads {winner} for the name {r.name!r} ({cat}) instead{what}", r.path))
     return out
 
 

@@ -121,7 +121,7 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
     cache = cache if cache is not None else open_cache(no_cache)
     with ui.progress("hashing") as (on_total, on_bytes):
         facts = gather(roots, target, yaml_path, cache, on_total, on_bytes, open_verdicts(no_cache),
-                       include_suspect)
+                       include_suspect, os.path.join(home, "models") if home else None)
     for s in (() if again else facts.sources):
         for p in s.problems:
             ui.warn(f"{report.show(p.path)}: {p.message}")
@@ -154,6 +154,8 @@ def print_plan(plan, fmt: str, verbose: bool = False) -> None:
         out(f"\nextra_model_paths.yaml change:\n{diff}")
     elif plan.yaml_path:
         out(f"\n{report.show(plan.yaml_path)}: no change\n")
+    if plan.name_changes:
+        out("\n" + "".join(line + "\n" for line in report.name_change_lines(plan)))
     for w in report.warning_lines(plan):
         out(f"warning: {w}\n")
     for line in report.finding_lines(plan.findings, plan.sources):
@@ -271,6 +273,8 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
     if fmt == "table":
         out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
         for line in report.summary_lines(plan):
+            out(line + "\n")
+        for line in report.name_change_lines(plan):
             out(line + "\n")
         for w in report.warning_lines(plan):
             ui.warn(w if ui.verbosity > 0 else report.middle(w, 160))
@@ -725,7 +729,10 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
         for name in res["unset_variables"]:
             out(f"  unset: the YAML's base_path uses ${name}, which is not set here; ComfyUI started "
                 f"without it finds none of these models (export {name}=...)\n")
-        for kind in ("missing", "changed", "shadowed", "broken_link_backs", "not_listed_by_comfyui"):
+        if res.get("names_checked"):
+            out(f"  {res['names_checked']} model names checked: each loads the bytes the run recorded"
+                + (f", but for {len(res['names_changed'])}" if res["names_changed"] else "") + "\n")
+        for kind in ("missing", "changed", "shadowed", "broken_link_backs", "names_changed", "not_listed_by_comfyui"):
             for p in res.get(kind, []):
                 out(f"  {kind}: {report.show(p)}\n")
         if res.get("comfyui"):

@@ -108,15 +108,22 @@ def _yaml():
         """safe_load that also reports duplicate top-level keys (ComfyUI silently keeps the last)."""
 
     def construct_mapping(loader, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)
-            if node is loader._root and key in seen:   # type: ignore[attr-defined]
-                raise BadInput(
-                    f"duplicate top-level key {key!r} (ComfyUI silently drops the first)",
-                    "merge the two sections into one",
-                )
-            seen.add(key)
+        if node is loader._root:   # type: ignore[attr-defined]
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue        # `<<: *base` merges keys; PyYAML's own flattening handles it below
+                key = loader.construct_object(key_node, deep=deep)
+                try:
+                    dup = key in seen
+                except TypeError:   # a list or mapping as a key: PyYAML's own check names it below
+                    continue
+                if dup:
+                    raise BadInput(
+                        f"duplicate top-level key {key!r} (ComfyUI silently drops the first)",
+                        "merge the two sections into one",
+                    )
+                seen.add(key)
         return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
     DupCheckLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
@@ -142,6 +149,13 @@ def parse_yaml(text: str, where: str = "extra_model_paths.yaml") -> dict[str, di
         line = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise BadInput(f"{where}: malformed YAML{line}: {problem}", "fix the file or restore a backup, then run again")
+    except RecursionError:
+        raise BadInput(f"{where}: malformed YAML: nested too deeply to read (PyYAML, as ComfyUI uses it, fails "
+                       "on it too)", "fix the file or restore a backup, then run again") from None
+    except Exception as exc:    # PyYAML raises more than YAMLError: a date like 2001-02-30 (ValueError), ...
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise BadInput(f"{where}: malformed YAML: {type(exc).__name__}: {first}",
+                       "fix the file or restore a backup, then run again") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -180,14 +194,15 @@ def search_folders(
     for path, text in yaml_texts:
         data = parse_yaml(text, path)
         yaml_dir = posixpath.dirname(posixpath.abspath(path))
+        # As extra_config.load_extra_path_config: base_path and is_default are popped from the parsed
+        # section itself, so two sections that are one YAML alias (`b: *a`) share what is left.
         for conf in data.values():
-            if not conf:
+            if conf is None:
                 continue
-            conf = dict(conf)
-            base = conf.pop("base_path", None)
-            if base is not None:
-                base = resolve_base(str(base), path, env)
-            is_default = bool(conf.pop("is_default", False))
+            base = None
+            if "base_path" in conf:
+                base = resolve_base(str(conf.pop("base_path")), path, env)
+            is_default = bool(conf.pop("is_default")) if "is_default" in conf else False
             for key, value in conf.items():
                 cat = canonical_key(str(key))
                 paths = order.setdefault(cat, [])
@@ -293,28 +308,61 @@ def _quote_key(key: str) -> str:
 
 
 def merge_section(old_text: str | None, section: str, where: str = "extra_model_paths.yaml") -> str:
-    """Put the managed section into the user's YAML text, leaving every other byte as it was."""
+    """Put the managed section into the user's YAML text, leaving every other byte as it was.
+
+    ComfyUI puts each is_default section's folders in front, in file order: the later section
+    wins. Ours goes before the user's first is_default section (or stays where it is, if that is
+    earlier; else at the end), so that every is_default section of the user's keeps its precedence.
+    """
     text = old_text or ""
-    if old_text is not None:
-        parse_yaml(old_text, where)
+    old_data = parse_yaml(old_text, where) if old_text is not None else {}
     lines = text.splitlines(keepends=True)
     begin = [i for i, ln in enumerate(lines) if ln.rstrip("\r\n") == BEGIN_MARK]
     end = [i for i, ln in enumerate(lines) if ln.rstrip("\r\n") == END_MARK]
+    at: int | None = None
+    moved = False          # our section goes to another place than where it stood
     if begin or end:
         if len(begin) != 1 or len(end) != 1 or end[0] < begin[0]:
             raise BadInput(f"{where}: the comfy-migrate markers are damaged",
                            "remove the comfy_migrate section and its two marker lines, then run again")
-        new = "".join(lines[:begin[0]]) + section + "".join(lines[end[0] + 1:])
-    else:
-        data = parse_yaml(text, where)
-        if MANAGED_SECTION in data:
-            raise BadInput(f"{where}: has a {MANAGED_SECTION!r} section not written by comfy-migrate",
-                           f"rename that section, then run again")
+        at = begin[0]
+        lines = lines[:begin[0]] + lines[end[0] + 1:]
+        text = "".join(lines)
+    elif MANAGED_SECTION in old_data:
+        raise BadInput(f"{where}: has a {MANAGED_SECTION!r} section not written by comfy-migrate",
+                       f"rename that section, then run again")
+    first = _first_default_line(text, where)
+    if first is not None and (at is None or first < at):
+        if at is not None and at > 0 and lines[at - 1].strip() == "" and (at == len(lines) or not lines[at].strip()):
+            del lines[at - 1]       # the blank line that set our old place apart goes with it
+            text = "".join(lines)
+            first = _first_default_line(text, where)
+            assert first is not None
+        while first > 0 and lines[first - 1].startswith("#"):      # its comment lines stay with it
+            first -= 1
+        at, moved = first, True
+    if at is None:
         sep = "" if not text or text.endswith("\n") else "\n"
         new = text + sep + ("\n" if text.strip() else "") + section
+    else:
+        head, tail = "".join(lines[:at]), "".join(lines[at:])
+        if head and not head.endswith("\n"):
+            head += "\n"
+        gap = "\n" if head.strip() and not head.endswith("\n\n") and begin == [] else ""
+        # a section replaced where it stood keeps the bytes around it; a new one gets a blank line after
+        placed = begin == [] or moved
+        new = head + gap + section + ("\n" if tail.strip() and not tail.startswith("\n") and placed else "") + tail
     result = parse_yaml(new, where)
     if MANAGED_SECTION not in result:
         raise BadInput(f"{where}: the managed section did not survive merging", "report this as a bug")
+    theirs = {k: v for k, v in old_data.items() if k != MANAGED_SECTION}
+    got = {k: v for k, v in result.items() if k != MANAGED_SECTION}
+    keys = list(result)
+    late = [k for k in keys[:keys.index(MANAGED_SECTION)] if _is_default(result[k])]
+    if got != theirs or list(got) != list(theirs) or late:
+        raise BadInput(f"{where}: cannot place the managed section before the is_default section "
+                       f"{(late or [next(iter(theirs), '?')])[0]!r} without changing the file's meaning "
+                       "(a flow-style top level?)", "write the file's sections in block style, then run again")
     return new
 
 
@@ -347,6 +395,30 @@ def remove_section(text: str, previous: str | None, where: str = "extra_model_pa
         return merge_section(text, before[1], where)       # in our section's place
     rest = text if got is None else got[0]
     return rest if parse_yaml(rest, where) else None
+
+
+def _is_default(conf: object) -> bool:
+    """ComfyUI's test of a section's is_default: a plain truth test of the value."""
+    return isinstance(conf, dict) and bool(conf.get("is_default", False))
+
+
+def _first_default_line(text: str, where: str) -> int | None:
+    """The line (0-based) of the first top-level section ComfyUI reads as is_default, or None."""
+    if not text.strip():
+        return None
+    data = parse_yaml(text, where)
+    yaml = _yaml()[0]
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is None or not hasattr(root, "value") or not isinstance(root.value, list):
+        return None
+    for key_node, _ in root.value:
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        if key is None or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        match = [k for k in data if str(k) == key]
+        if match and key != MANAGED_SECTION and _is_default(data[match[0]]):
+            return key_node.start_mark.line
+    return None
 
 
 # --- where things are (here, not in facts: `scan` then imports no planning code) -----------------

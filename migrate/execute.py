@@ -302,6 +302,35 @@ class _Runner:
         self.done(s)
 
 
+    def relink(self, a: Action) -> None:
+        """Re-point a symlink of the sources whose file moved (it dangles now) at the file's new
+        place: relative between the real folders, as a link back. Journalled with its old text and
+        mtime: rollback puts both back. A link that still leads somewhere is not ours to change."""
+        assert a.dst is not None
+        src = a.source
+        try:
+            st = os.lstat(src)
+            if not stat.S_ISLNK(st.st_mode) or os.path.exists(src) or not os.path.isfile(a.dst):
+                return      # changed since the plan, or its file did not move (a step failed): it still works
+            old = os.readlink(src)
+            home = os.path.join(os.path.realpath(os.path.dirname(a.dst)), os.path.basename(a.dst))
+            to = os.path.relpath(home, os.path.realpath(os.path.dirname(src)))
+        except OSError as exc:
+            self.report.problems.append(Problem(src, f"symlink not re-pointed: {exc.strerror or exc}"))
+            return
+        tmp = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}{self.report.run_id}")
+        s = self.begin("relink", src=src, dst=a.dst, tmp=tmp, old=old, to=to, mtime_ns=st.st_mtime_ns)
+        try:
+            os.symlink(to, tmp)
+            os.replace(tmp, src)
+            fsops.fsync_dir(os.path.dirname(src))
+        except OSError as exc:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            return self.fail(s, None, src, exc)
+        self.done(s)
+
+
 def _check_held(a: Action) -> None:
     """Before a source is set aside: the target still holds a file of its size under the name ComfyUI
     will load. An "already there" copy or the stored copy of a dedupe was only seen by the scan (or
@@ -389,6 +418,12 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                     r.remove_source(a)
                 elif a.removal is Removal.RENAMED and a.link_back and a.dst:
                     r.link_back(a)
+            for a in (plan.actions if yaml_ok else ()):
+                if a.kind is ActionKind.RELINK:
+                    r.relink(a)
+            if plan.names_after:
+                # What ComfyUI loads for each name it loaded before the run (verify checks it).
+                j.append({"type": "names", "names": [list(n) for n in plan.names_after]})
             if before_close is not None:
                 before_close(run_id)
             j.append({"type": "close", "state": "complete" if report.ok else "problems",
@@ -406,7 +441,7 @@ def dir_times(plan: Plan) -> Dict[str, int]:
     roots = [plan.target, *plan.sources]
     dirs = set(roots)
     for a in plan.actions:
-        if a.method is Method.NONE and a.removal is Removal.NONE:
+        if a.method is Method.NONE and a.removal is Removal.NONE and a.kind is not ActionKind.RELINK:
             continue
         dirs.add(os.path.dirname(a.source))
         if a.dst:
@@ -431,7 +466,7 @@ def _clean_temps(j: Journal, records: List[dict]) -> None:
     """Remove half-copied temporary files of the interrupted steps (journalled)."""
     done = {r["step"] for r in records if r.get("type") in ("done", "fail")}
     for r in records:
-        if r.get("type") == "begin" and r.get("op") == "copy" and r["step"] not in done:
+        if r.get("type") == "begin" and r.get("op") in ("copy", "relink") and r["step"] not in done:
             if os.path.lexists(r["tmp"]):
                 j.append({"type": "cleanup", "path": r["tmp"], "of_step": r["step"]})
                 os.unlink(r["tmp"])

@@ -46,6 +46,7 @@ class Facts:
     catalogue_warning: str = ""
     catalogue_hits: int = 0                          # stored files whose digest came from it
     started_ns: int = 0                              # when gathering began: no digest here is older
+    world: Optional[planning.World] = None           # what the name resolver needs beyond the scans
 
 
 def _from_catalogue(scan: ScanResult, cat: store_catalogue.Catalogue) -> Tuple[ScanResult, int]:
@@ -84,7 +85,7 @@ def scan_roots(roots: Sequence[str]) -> List[ScanResult]:
 def gather(
     sources: Sequence[str], target: str, yaml_path: Optional[str], cache: Optional[DigestCache],
     on_total: Optional[Callable[[int], None]] = None, on_bytes: Optional[Callable[[int], None]] = None,
-    verdicts=None, include_suspect: bool = False,
+    verdicts=None, include_suspect: bool = False, models_dir: Optional[str] = None,
 ) -> Facts:
     """verdicts: a sniff.VerdictCache (None: no cache). Broken or suspect files are held back
     (status SUSPECT: never hashed, never moved) unless include_suspect."""
@@ -112,8 +113,16 @@ def gather(
                 if r.digest is not None and cache.get(r.stamp) is None:
                     cache.put(r.stamp, r.digest, started)
 
+    # A stored file under a name a source file would take is read too: the plan says which bytes
+    # that name loads before and after (name changes), digests included.
+    taken = {os.path.relpath(planning.target_path(target, r), target) for s in scans for r in s.records
+             if r.category and r.status is not Status.SYMLINK}
+
+    world, found_outside = gather_world(scans, target_scan, target, yaml_path, yaml_before, models_dir, cache)
+    taken |= {r.rel for r in (target_scan.records if target_scan else ()) if (r.category, r.name) in found_outside}
+
     def wanted(r) -> bool:
-        return r.size in sizes and r.digest is None
+        return (r.size in sizes or r.rel in taken) and r.digest is None
 
     if on_total is not None:
         on_total(sum(r.size for s in scans for r in s.records if r.status is Status.MIGRATE)
@@ -129,7 +138,84 @@ def gather(
         probes.append(fsops.probe_link(sample, s.root, target))
     return Facts(tuple(scans), target, target_scan, tuple(probes), fsops.probe_target_hardlinks(target),
                  yaml_path, yaml_before, fsops.free_space(target), tuple(findings), cat, cat_warning, hits,
-                 started)
+                 started, world=world)
+
+
+def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult], target: str,
+                 yaml_path: Optional[str], yaml_before: Optional[str], models_dir: Optional[str],
+                 cache: Optional[DigestCache]) -> Tuple[Optional[planning.World], set]:
+    """What the plan's name resolver needs beyond the scans: real paths of the roots, ComfyUI's
+    models folder, and the files the user's own YAML folders hold under the names of the sources
+    and the store (stat only; read when a file of that name has the same size), plus the files
+    symlinks in the sources lead to outside them. Also the (category, name)s found out there
+    (a stored file of such a name is read: the plan gives its digest)."""
+    if yaml_path is None:
+        return None, set()
+    from migrate import comfy, names
+    from migrate.hashing import hash_path, stamp
+    as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path))
+    models = os.path.realpath(models_dir or os.path.join(os.path.dirname(as_read), "models"))
+    roots = [s.root for s in scans] + [target]
+    aliases = tuple((real_path(r), r) for r in roots)
+    order = comfy.search_folders([(as_read, yaml_before)] if yaml_before is not None else [], models)
+    all_scans = list(scans) + ([target_scan] if target_scan is not None else [])
+    sizes: dict = {}
+    for s in all_scans:
+        for r in s.records:
+            if r.category and r.status is not Status.SPECIAL:
+                sizes.setdefault((r.category, r.name), set()).add(r.size)
+    by_cat: dict = {}
+    for (cat, name), ss in sizes.items():
+        by_cat.setdefault(cat, []).append((name, ss))
+    view = names.View({}, roots, aliases)
+    outside: dict = {}
+
+    hits: set = set()
+
+    def probe(p: str, want_sizes) -> bool:
+        try:
+            st = os.stat(p)
+        except (OSError, ValueError):
+            return False
+        if not os.path.isfile(p):
+            return False
+        digest = None
+        if st.st_size in want_sizes:
+            s_ = stamp(st)
+            digest = cache.get(s_) if cache is not None else None
+            if digest is None:
+                try:
+                    digest = hash_path(p, s_)
+                except OSError:
+                    return False
+                if cache is not None:
+                    cache.put(s_, digest, time.time_ns())
+        outside[p] = names.Node("file", st.st_size, digest, None)
+        return True
+
+    for cat, folders in order.items():
+        for f in folders:
+            f = view.canon(f)
+            if any(f == r or f.startswith(r.rstrip("/") + "/") for r in roots):
+                continue
+            for name, ss in by_cat.get(canonical(cat), ()):
+                if probe(os.path.join(f, name), ss):
+                    hits.add((canonical(cat), name))
+    tree = {r.path: names.Node("link", 0, None, r.link_target) for s in all_scans for r in s.records
+            if r.status is Status.SYMLINK}
+    linked = names.View(tree, roots, aliases)
+    for p in tree:
+        end = linked.final(p)
+        if end and end not in tree and not any(end == r or end.startswith(r.rstrip("/") + "/") for r in roots):
+            probe(end, ())
+    if cache is not None:
+        cache.save()
+    return planning.World(models, aliases, outside, as_read), hits
+
+
+def canonical(cat: str) -> str:
+    from migrate.comfy import canonical_key
+    return canonical_key(cat)
 
 
 def mount_of(path: str) -> str:
@@ -164,7 +250,8 @@ def path_facts(yaml_path: Optional[str], target: str, base_path: str) -> Optiona
 def make_plan(facts: Facts, policy: Policy) -> Plan:
     plan = planning.build_plan(facts.sources, facts.target_scan, facts.target, policy, facts.probes,
                                facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes,
-                               paths=path_facts(facts.yaml_path, facts.target, policy.base_path))
+                               paths=path_facts(facts.yaml_path, facts.target, policy.base_path),
+                               world=facts.world)
     return plan._replace(findings=facts.findings)
 
 

@@ -43,6 +43,7 @@ class ActionKind(str, enum.Enum):
     ALREADY_THERE = "already-there"    # identical content at the same name in the target
     SAME_CONTENT = "same-content"      # content stored under another name: this name becomes a link
     CONFLICT = "conflict"              # different content holds the name: never overwritten
+    RELINK = "relink"                  # a symlink in the sources whose file moves: re-pointed there
     SKIP = "skip"
 
 
@@ -251,7 +252,11 @@ class Plan(namedtuple("Plan", [
     "paths",                      # PathFacts | None = None
     "findings",                   # tuple[Finding, ...] = (): what the audit found in the sources
                                   # (held back or not)
-], defaults=((), None, (), None, None, ()))):
+    "name_changes",               # tuple[names.NameChange, ...] = (): names that would load other
+                                  # bytes (or none) after the run, sorted
+    "names_after",                # tuple[(category, name, digest | None, size), ...] = (): what each
+                                  # name ComfyUI loads today loads after the run (logged by the run)
+], defaults=((), None, (), None, None, (), (), ()))):
     """What `run` will do, as a value: the dry run prints it, the run executes it."""
 
     __slots__ = ()
@@ -271,7 +276,8 @@ class Plan(namedtuple("Plan", [
     @property
     def has_work(self) -> bool:
         return self.yaml_changes or any(
-            a.method is not Method.NONE or a.removal is not Removal.NONE for a in self.actions
+            a.method is not Method.NONE or a.removal is not Removal.NONE or a.kind is ActionKind.RELINK
+            for a in self.actions
         )
 
     # A dataclass field(compare=False) before: free space changes between the dry run and the run

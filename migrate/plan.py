@@ -14,7 +14,9 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from migrate import comfy
+from collections import namedtuple
+
+from migrate import comfy, names
 from migrate.errors import BadInput
 from migrate.model import (
     Action, ActionKind, CustomFolder, FileRecord, Method, Mode, OnConflict, PathFacts, Plan, Policy, Probe,
@@ -41,6 +43,18 @@ def check_roots(sources: Sequence[str], target: str) -> None:
         for b in sources[i + 1:]:
             if inside(a, b) or inside(b, a):
                 raise BadInput(f"sources overlap: {a} and {b}", "give each models tree once")
+
+
+class World(namedtuple("World", [
+    "models_dir",                 # str | None: ComfyUI's own models folder, real path (None: unknown)
+    "aliases",                    # tuple[(real path, path as scanned), ...] of the scanned roots
+    "outside",                    # dict[str, names.Node]: files at candidate names in folders of the
+                                  # user's YAML outside the scanned roots, and link targets out there
+    "yaml_real",                  # str | None: the YAML's path as ComfyUI reads it (real folder)
+], defaults=(None, (), None, None))):
+    """What the resolver needs beyond the scans (gathered by facts.gather_world)."""
+
+    __slots__ = ()
 
 
 def target_path(target: str, r: FileRecord) -> str:
@@ -79,6 +93,7 @@ def build_plan(
     yaml_before: Optional[str] = None,
     free_bytes: Optional[int] = None,
     paths: Optional[PathFacts] = None,
+    world: Optional[World] = None,
 ) -> Plan:
     if yaml_path is not None and yaml_before is not None:
         comfy.parse_yaml(yaml_before, yaml_path)    # a broken YAML is refused even when nothing moves
@@ -104,11 +119,15 @@ def build_plan(
         for r in sorted(scan.records, key=_search_rank):
             actions.append(_decide(r, target, policy, probe, target_hardlinks, slots, stored, target_folders))
 
+    before = _tree(sources, target_scan, target, world)
+    actions = _relinks(actions, before)
     for a in actions:
         if a.kind is ActionKind.CONFLICT:
-            warnings.append(f"conflict: {a.source} differs from {a.dst}; left in place, but ComfyUI "
-                            "loads the stored file under this name (the store is searched first): rename "
-                            "one of the two, or --on-conflict rename stores this one as a .conflict-N name")
+            warnings.append(f"conflict: {a.source}: the store holds other bytes under this name; left in "
+                            "place and shadowed (--on-conflict rename stores it as .conflict-N)")
+        elif a.kind is not ActionKind.SKIP and a.dst and a.reason.startswith("renamed to "):
+            warnings.append(f"renamed (conflict): {a.source} is stored as {posixpath.basename(a.dst)}: its "
+                            "name loads the store's other file (a name change)")
     yaml_after = base = None
     if yaml_path is not None:
         folders = {cat: sorted(fs, key=lambda f: (f != cat, f)) for cat, fs in target_folders.items()}
@@ -121,7 +140,15 @@ def build_plan(
             warnings.extend(_portability_warnings(policy.base_path, paths))
     elif any(a.method is not Method.NONE for a in actions):
         warnings.append("no extra_model_paths.yaml given (--comfyui or --yaml): ComfyUI will not see the target")
+    changes: Tuple[names.NameChange, ...] = ()
+    after: Tuple = ()
+    if yaml_path is not None:
+        changes, after = _name_changes(actions, before, target, world or World(), yaml_path, yaml_before,
+                                       yaml_after if yaml_after is not None else yaml_before)
+    if changes:
+        warnings.append(f"{len(changes)} name(s) would load other bytes after the run, or none: see name changes")
     return Plan(
+        name_changes=changes, names_after=after,
         target=target, sources=tuple(s.root for s in sources), yaml_path=yaml_path, yaml_before=yaml_before,
         yaml_after=yaml_after, policy=policy, actions=tuple(actions), probes=tuple(probes),
         target_hardlinks=target_hardlinks, target_categories=tuple(sorted(target_folders)),
@@ -187,6 +214,108 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
     slots[dst] = _Slot(r.digest, inode)
     stored[r.digest] = dst  # type: ignore[index]
     return Action(kind, dst=dst, method=method, removal=rem, link_back=link_back, reason=reason, **common)
+
+
+def _tree(sources: Sequence[ScanResult], target_scan: Optional[ScanResult], target: str,
+          world: Optional[World]) -> names.View:
+    """The scanned trees (and the files gathered outside them) as the resolver sees them today."""
+    tree: Dict[str, names.Node] = dict((world.outside if world else None) or {})
+    for scan in list(sources) + ([target_scan] if target_scan is not None else []):
+        for r in scan.records:
+            if r.status is Status.SYMLINK:
+                tree[r.path] = names.Node("link", 0, None, r.link_target)
+            elif r.status is not Status.SPECIAL:
+                tree[r.path] = names.Node("file", r.size, r.digest, None)
+    roots = [s.root for s in sources] + [target]
+    return names.View(tree, roots, world.aliases if world else ())
+
+
+_GONE = (Removal.UNLINK, Removal.QUARANTINE, Removal.RENAMED)
+
+
+def _relinks(actions: List[Action], view: names.View) -> List[Action]:
+    """A symlink in the sources whose file leaves its place (moved, no symlink back) would dangle:
+    re-point it at the file's new place (the same bytes under the same name). A link to a link
+    is left to that link; one to a file that stays needs nothing."""
+    moved = {a.source: a for a in actions if a.removal in _GONE and not a.link_back and a.dst}
+    if not moved:
+        return actions
+    out = []
+    for a in actions:
+        node = view.tree.get(a.source) if a.kind is ActionKind.SKIP else None
+        if node is not None and node.kind == "link":
+            hop = view.canon(posixpath.join(posixpath.dirname(view.real(a.source)), node.to or ""))
+            hop_node = view.tree.get(hop)
+            end = view.final(a.source)
+            to = moved.get(hop) or (moved.get(end or "") if hop_node is None or hop_node.kind != "link" else None)
+            if to is not None:
+                a = a._replace(kind=ActionKind.RELINK, dst=to.dst, size=to.size, digest=to.digest,
+                               reason=f"symlink to {node.to}: re-pointed to the moved file")
+        out.append(a)
+    return out
+
+
+_REASONS = {
+    "gone": "no longer found",
+    "kept": "conflict: left in place, the store's file of this name is searched first",
+    "renamed": "conflict: stored under a .conflict-N name, the store's file keeps the name",
+    "store": "the store holds another file of this name, searched first",
+    "other": "another folder is searched first",
+}
+
+
+def _name_changes(actions: Sequence[Action], before: names.View, target: str, world: World, yaml_path: str,
+                  yaml_before: Optional[str], yaml_after: Optional[str]
+                  ) -> Tuple[Tuple[names.NameChange, ...], Tuple]:
+    """Resolve every name ComfyUI loads today before and after the plan (ComfyUI's rules, from
+    all sections of the YAML and its own models folder) and list those whose bytes differ."""
+    edits: Dict[str, Optional[names.Node]] = {}
+    for a in actions:
+        if a.method is not Method.NONE and a.dst:
+            edits[a.dst] = names.Node("file", a.size, a.digest, None)
+    for a in actions:
+        if a.removal in _GONE:
+            edits[a.source] = names.Node("link", 0, None, a.dst) if a.link_back and a.dst else None
+        if a.kind is ActionKind.RELINK:
+            edits[a.source] = names.Node("link", 0, None, a.dst)
+    after = before.replace(edits)
+    where = world.yaml_real or yaml_path
+    models = world.models_dir or posixpath.join(posixpath.dirname(where), "models")
+    order_before = comfy.search_folders([(where, yaml_before)] if yaml_before is not None else [], models)
+    order_after = comfy.search_folders([(where, yaml_after)] if yaml_after is not None else [], models)
+    loads_before = names.loads(order_before, before)
+    loads_after = names.loads(order_after, after)
+    by_source = {a.source: a for a in actions}
+
+    def why(cat: str, name: str, b: str, a: Optional[str]) -> str:
+        act = by_source.get(b)
+        if a is None:
+            return _REASONS["gone"]
+        if act is not None and act.kind is ActionKind.CONFLICT:
+            return _REASONS["kept"]
+        if act is not None and act.reason.startswith("renamed to "):
+            return _REASONS["renamed"]
+        if a.startswith(target.rstrip("/") + "/"):
+            return _REASONS["store"]
+        return _REASONS["other"]
+
+    changes = names.compare(loads_before, loads_after, before, after, why)
+    # Logged for verify: the names this run answers for, those loaded today from its sources or
+    # after it from a place it changes (a name another run placed is that run's to answer for).
+    # The names of the files it places count too: one a user's is_default folder shadows stays shadowed.
+    sources = tuple(r.rstrip("/") + "/" for r in before.roots[:-1])
+    placed = set()
+    for act in actions:
+        if act.method is not Method.NONE and act.dst:
+            folder, _, name = posixpath.relpath(act.dst, target).partition("/")
+            placed.add((comfy.category_of(folder)[0], name))
+    logged = []
+    for key in sorted(loads_before):
+        a = loads_after.get(key)
+        n = after.tree.get(a) if a is not None else None
+        if n is not None and (loads_before[key].startswith(sources) or a in edits or key in placed):
+            logged.append((key[0], key[1], n.digest, n.size))
+    return tuple(changes), tuple(logged)
 
 
 def _base_path(spec: str, target: str, paths: PathFacts) -> str:

@@ -212,7 +212,29 @@ def plan_doc(plan: Plan) -> dict:
                            for c in plan.custom_folders],
         "warnings": list(plan.warnings),
         "findings": [finding_doc(f) for f in plan.findings],
+        "name_changes": [name_change_doc(c) for c in plan.name_changes],
     }
+
+
+def name_change_doc(c) -> dict:
+    return {"category": c.category, "name": c.name, "before": {"path": c.before, "digest": c.before_digest},
+            "after": {"path": c.after, "digest": c.after_digest} if c.after is not None else None,
+            "reason": c.reason}
+
+
+def name_change_lines(plan: Plan, limit: int = 8) -> list[str]:
+    """The name changes as one short block, grouped by reason: what a workflow would now load."""
+    if not plan.name_changes:
+        return []
+    groups: dict[str, list] = {}
+    for c in plan.name_changes:
+        groups.setdefault(c.reason, []).append(c)
+    lines = [f"name changes: {len(plan.name_changes)} name(s) would load other bytes after the run, or none:"]
+    for reason, cs in sorted(groups.items()):
+        shown = ", ".join(show(f"{c.category}/{c.name}") for c in cs[:limit])
+        more = f", and {len(cs) - limit} more (--format json lists them)" if len(cs) > limit else ""
+        lines.append(f"  {reason}: {shown}{more}")
+    return lines
 
 
 def totals(plan: Plan) -> dict:
@@ -229,7 +251,7 @@ def totals(plan: Plan) -> dict:
 
 SHORT = {ActionKind.MOVE: "move", ActionKind.LINK: "link", ActionKind.COPY: "copy",
          ActionKind.ALREADY_THERE: "there", ActionKind.SAME_CONTENT: "dedupe", ActionKind.CONFLICT: "CONFLICT",
-         ActionKind.SKIP: "skip"}
+         ActionKind.RELINK: "relink", ActionKind.SKIP: "skip"}
 
 
 def middle(text: str, width: int) -> str:
@@ -287,7 +309,7 @@ def plan_rows(plan: Plan, verbose: bool = False) -> tuple[list[list], list[str]]
         elif dst and dst != a.rel:
             dfolder, _, dname = dst.partition("/")
             there = dfolder + "/" if dname == a.rel.partition("/")[2] else middle(dst, wide or 26)
-        how = _how(a) if a.kind is not ActionKind.CONFLICT else "stays"
+        how = {ActionKind.CONFLICT: "stays", ActionKind.RELINK: "symlink re-pointed"}.get(a.kind) or _how(a)
         note = a.reason if a.kind in (ActionKind.SKIP, ActionKind.CONFLICT) else ""
         if verbose and note:
             how += f" ({note})"

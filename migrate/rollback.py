@@ -49,6 +49,7 @@ class Undo:
             "unlink": f"recreate {r.get('src')} as a hardlink of {r.get('dst')}",
             "quarantine": f"move {r.get('src')} back from quarantine",
             "linkback": f"remove symlink {r.get('src')}",
+            "relink": f"point symlink {r.get('src')} at {r.get('old')} again",
         }.get(self.op, self.op)
 
 
@@ -413,6 +414,23 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
     if op == "linkback":
         if os.path.islink(r["src"]) and os.readlink(r["src"]) == r["to"]:
             os.unlink(r["src"])
+        return ""
+    if op == "relink":
+        tmp = r.get("tmp")
+        if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
+            os.unlink(tmp)
+        src = r["src"]
+        if not os.path.islink(src) or os.readlink(src) != r["to"]:
+            return "" if os.path.islink(src) and os.readlink(src) == r["old"] else \
+                "the symlink was changed since the run; left as it is"
+        back = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}restore")
+        if os.path.lexists(back):
+            os.unlink(back)
+        os.symlink(r["old"], back)
+        os.replace(back, src)
+        if isinstance(r.get("mtime_ns"), int):
+            os.utime(src, ns=(r["mtime_ns"], r["mtime_ns"]), follow_symlinks=False)
+        fsops.fsync_dir(os.path.dirname(src))
         return ""
     return f"unknown step kind {op!r}"
 

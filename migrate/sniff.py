@@ -157,11 +157,30 @@ class AuditResult:
     read: int             # files whose ends were read (the rest came from the cache)
 
 
-def _size_of(path: str) -> Optional[int]:
+def _same_content(a: str, b: str, digests: Optional[DigestCache]) -> Optional[bool]:
+    """Whether two files hold the same bytes: different sizes differ; else their digests decide
+    (from the digest cache where the stamp matches, else read). None: one cannot be read."""
+    from migrate.hashing import hash_path, stamp
+    got = []
     try:
-        return os.stat(path).st_size
+        sts = [os.stat(a), os.stat(b)]
     except OSError:
         return None
+    if sts[0].st_size != sts[1].st_size:
+        return False
+    for p, st in zip((a, b), sts):
+        s = stamp(st)
+        d = digests.get(s) if digests is not None else None
+        if d is None:
+            try:
+                at = time.time_ns()
+                d = hash_path(p, s)
+            except OSError:
+                return None
+            if digests is not None:
+                digests.put(s, d, at)
+        got.append(d)
+    return got[0] == got[1]
 
 
 def same_file(a: str, b: str) -> bool:
@@ -198,7 +217,7 @@ def audit_trees(roots: Sequence[str], order: Mapping[str, List[str]], verdicts: 
         dangling = [r.path for r in scan.records if r.status is Status.SYMLINK and not os.path.exists(r.path)]
         findings.extend(audit.tree_findings(scan, own, dangling,
                                             lambda cat, name, own=own: loaded_path(own, cat, name), same_file,
-                                            _size_of))
+                                            lambda a, b: _same_content(a, b, digests)))
     if digests is not None:
         digests.save()
     findings.sort(key=lambda f: (f.path, f.kind))

@@ -17,6 +17,7 @@ from migrate import comfy, fsops
 from migrate.fleet import store_rel
 from migrate.hashing import hash_path
 from migrate.journal import group_steps
+from migrate.names import first_holder
 
 PLACING = ("link", "rename", "copy", "dedupe", "symlink")
 REMOVING = ("unlink", "quarantine")      # a source removed: its content is in the store under `dst`
@@ -214,6 +215,7 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     shadowed: List[str] = []
     size_only: List[str] = []
     real_target = os.path.realpath(target)
+    digests: Dict[str, str] = {}        # real path -> digest read here (each file read once)
     for rel, c in sorted(claims(runs, kept).items()):
         path = os.path.join(mounts[c.run].base, rel)
         per_run[c.run] += 1
@@ -223,7 +225,9 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
                 if state == "size only":
                     size_only.append(path)
             else:
-                state = "same" if hash_path(os.path.realpath(path), on_bytes=on_bytes) == c.digest else "changed"
+                real = os.path.realpath(path)
+                digests[real] = hash_path(real, on_bytes=on_bytes)
+                state = "same" if digests[real] == c.digest else "changed"
         except OSError:
             state = "missing"
         if state == "missing":
@@ -250,18 +254,73 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
                     broken.append(src)
     unset = sorted({v for rid, _ in runs for v in resolved(rid)[1]})
     latest = runs[-1][0]
+    names_changed, names_checked = check_names(runs, resolved(latest)[0], quick, digests, on_bytes)
+    # A stored file whose name a run logged is judged by that name's bytes (checked above): a user's
+    # is_default folder holding the name wins, as it did before the run, and that is no failure.
+    logged = logged_names(runs)
+    failed = {n.split(": ", 1)[0] for n in names_changed}
+    as_before = [p for p in shadowed if _name_of(p, mounts[latest].base) in logged
+                 and "/".join(_name_of(p, mounts[latest].base)) not in failed]
+    shadowed = [p for p in shadowed if p not in as_before]
     res = {"run": latest, "runs": [rid for rid, _ in runs], "per_run": per_run, "quick": quick,
            "checked": sum(per_run.values()), "missing": missing, "changed": changed, "shadowed": shadowed,
            "orphaned": find_orphans(mounts[latest].base, resolved(latest)[0]), "unset_variables": unset,
-           "broken_link_backs": broken,
+           "broken_link_backs": broken, "names_checked": names_checked, "names_changed": names_changed,
+           "shadowed_as_before": as_before,
            # Orphans are news, not failures: on a shared store they are mostly other pods' folders.
-           "ok": not (missing or changed or shadowed or unset or broken)}
+           "ok": not (missing or changed or shadowed or unset or broken or names_changed)}
     if quick:
         res["size_only"] = size_only
     moved = next((mounts[rid].moved for rid, _ in reversed(runs) if mounts[rid].moved), None)
     if moved:
         res["moved"] = {"from": moved[0], "to": moved[1]}
     return res
+
+
+def _name_of(path: str, target: str) -> Tuple[str, str]:
+    folder, _, name = os.path.relpath(path, target).partition("/")
+    return comfy.category_of(folder)[0], name
+
+
+def logged_names(runs: Sequence[Run]) -> Dict[Tuple[str, str], Tuple[Optional[str], Optional[int]]]:
+    """(category, name) -> (digest, size) ComfyUI loads for it after the runs: each run's `names`
+    record (what every name ComfyUI loaded before it loads after it), a newer run's record first."""
+    out: Dict[Tuple[str, str], Tuple[Optional[str], Optional[int]]] = {}
+    for _, records in runs:
+        rec = next((r for r in reversed(records) if r.get("type") == "names"), None)
+        for item in (rec or {}).get("names") or []:
+            if isinstance(item, list) and len(item) == 4 and all(isinstance(x, str) for x in item[:2]):
+                out[(item[0], item[1])] = (item[2] if isinstance(item[2], str) else None,
+                                           item[3] if isinstance(item[3], int) else None)
+    return out
+
+
+def check_names(runs: Sequence[Run], order: Dict[str, List[str]], quick: bool, digests: Dict[str, str],
+                on_bytes: Optional[Callable[[int], None]] = None) -> Tuple[List[str], int]:
+    """Each name the runs logged loads the logged bytes now, under ComfyUI's rules with the pod's
+    YAML (re-hashed, once a file; `quick`: its size). Returns (the names that do not, how many checked)."""
+    bad: List[str] = []
+    want = logged_names(runs)
+    if not order:
+        return bad, 0
+    for (cat, name), (digest, size) in sorted(want.items()):
+        got = loaded_path(order, cat, name)
+        if got is None:
+            bad.append(f"{cat}/{name}: no file of this name is found any more")
+            continue
+        real = os.path.realpath(got)
+        try:
+            if quick or digest is None:
+                same = os.stat(real).st_size == size
+            else:
+                if real not in digests:
+                    digests[real] = hash_path(real, on_bytes=on_bytes)
+                same = digests[real] == digest
+        except OSError:
+            same = False
+        if not same:
+            bad.append(f"{cat}/{name}: loads {got}, other bytes than the run recorded")
+    return bad, len(want)
 
 
 def _compare_stat(path: str, c: Claim, real_target: str, catalogue: Mapping) -> str:
@@ -282,10 +341,9 @@ def _compare_stat(path: str, c: Claim, real_target: str, catalogue: Mapping) -> 
 
 
 def loaded_path(order: Dict[str, List[str]], category: str, name: str) -> Optional[str]:
-    """The file ComfyUI loads for a name: the first folder in search order holding a file (or a
-    symlink to one) at that relative path; dangling links are skipped, as ComfyUI does."""
-    return next((os.path.join(f, name) for f in order.get(category, [])
-                 if os.path.isfile(os.path.join(f, name))), None)
+    """The file ComfyUI loads for a name on the disk now: names.first_holder (the rule the plan's
+    resolver uses on its view of the trees) with the disk's os.path.isfile."""
+    return first_holder(order.get(category, []), name, os.path.isfile)
 
 
 def find_orphans(target: str, order: Dict[str, List[str]]) -> List[str]:

@@ -241,6 +241,14 @@ def test_shadowing_follows_the_yaml(tmp_path, cli_env):
     doc = json.loads(run_cli(["audit", "--comfyui", comfyui, "--target", store, "--format", "json"],
                              cli_env).stdout)
     assert [(f["kind"], f["severity"]) for f in doc["findings"]] == [("shadowed", "notice")]
+    assert "the same content" in doc["findings"][0]["message"]
+    # another model of the very same size (common: fp8 variants, LoRAs of one rank) is decided by digest
+    (comfyui / "models" / "loras" / "x.safetensors").write_bytes(make_pod.safetensors_bytes(3072, "other"))
+    assert (comfyui / "models" / "loras" / "x.safetensors").stat().st_size == (store / "loras" / "x.safetensors").stat().st_size
+    doc = json.loads(run_cli(["audit", "--comfyui", comfyui, "--target", store, "--format", "json"],
+                             cli_env, check=1).stdout)
+    assert [(f["kind"], f["severity"]) for f in doc["findings"]] == [("shadowed", "suspect")]
+    assert "different content" in doc["findings"][0]["message"]
 
 
 # --- cost: verdicts cached like digests -----------------------------------------------------------------

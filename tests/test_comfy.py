@@ -184,3 +184,47 @@ def test_merge_section_replaces_its_own_section_in_place():
 def test_merge_section_refuses_bad_input(text, words):
     with pytest.raises(BadInput, match=words):
         comfy.merge_section(text, comfy.render_section("/s", {"vae": ["vae"]}))
+
+
+# --- issue 13: YAML ComfyUI accepts, YAML it (or PyYAML) cannot read, our section's place ----------
+
+def test_parse_yaml_accepts_merge_keys():
+    text = "base: &b\n  base_path: /x\n  loras: l\nother:\n  <<: *b\n  vae: v\n"
+    assert comfy.parse_yaml(text, "/c/y.yaml") == {"base": {"base_path": "/x", "loras": "l"},
+                                                   "other": {"base_path": "/x", "loras": "l", "vae": "v"}}
+    assert comfy.search_folders([("/c/y.yaml", text)], None)["vae"] == ["/x/v"]
+
+
+def test_search_folders_shares_an_aliased_section_as_comfyui_does():
+    # ComfyUI pops base_path from the parsed dict: the alias `b: *a` is the same dict, without it
+    text = "a: &a\n  base_path: /x\n  loras: l\nb: *a\n"
+    assert comfy.search_folders([("/c/y.yaml", text)], None)["loras"] == ["/x/l", "/c/l"]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[" * 3000 + "]" * 3000, "nested too deeply"),
+    ("? [a, b]\n: x\n", "unhashable key"),
+    ("a:\n  ? {x: 1}\n  : y\n", "unhashable key"),
+    ("a: 2001-02-30\n", "ValueError"),
+])
+def test_parse_yaml_turns_every_pyyaml_failure_into_one_line(text, words):
+    with pytest.raises(BadInput) as info:
+        comfy.parse_yaml(text, "/c/extra_model_paths.yaml")
+    assert words in str(info.value) and "\n" not in str(info.value)
+    assert info.value.exit_code == 3
+
+
+def test_merge_section_goes_before_the_users_first_is_default_section():
+    user = ("plain:\n  loras: p\n\n# my defaults\nmine:\n  base_path: /d\n  is_default: true\n  loras: l\n"
+            "later:\n  is_default: 'false'\n  vae: v\n")
+    sec = comfy.render_section("/store", {"loras": ["loras"], "vae": ["vae"]})
+    new = comfy.merge_section(user, sec)
+    assert new == "plain:\n  loras: p\n\n" + sec + "\n# my defaults\nmine:\n  base_path: /d\n  is_default: " \
+        "true\n  loras: l\nlater:\n  is_default: 'false'\n  vae: v\n"
+    order = comfy.search_folders([("/c/e.yaml", new)], "/c/models")
+    assert order["loras"] == ["/d/l", "/store/loras", "/c/models/loras", "/c/p"]
+    assert order["vae"] == ["/c/v", "/store/vae", "/c/models/vae"]      # "false" is true to ComfyUI
+    # a section of ours from an older version, at the end, moves up; then stays where it is
+    old = user + "\n" + sec
+    assert comfy.merge_section(old, sec) == new
+    assert comfy.merge_section(new, sec) == new

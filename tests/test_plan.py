@@ -139,9 +139,8 @@ def test_conflict_is_never_overwritten_and_left_in_place_by_default():
     plan = plan_of(rec("loras/a.pt", "new"), target=(rec("loras/a.pt", "old", root=TGT),))
     assert brief(plan) == [("conflict", "loras/a.pt", "loras/a.pt", "none", "none", None, False)]
     assert "--on-conflict rename" in plan.actions[0].reason
-    assert plan.warnings == (f"conflict: {SRC}/loras/a.pt differs from {TGT}/loras/a.pt; left in place, but ComfyUI loads the "
-                             "stored file under this name (the store is searched first): rename one of the two, "
-                             "or --on-conflict rename stores this one as a .conflict-N name",)
+    assert plan.warnings == (f"conflict: {SRC}/loras/a.pt: the store holds other bytes under this name; left in "
+                             "place and shadowed (--on-conflict rename stores it as .conflict-N)",)
     assert not plan.has_work
 
 

@@ -1,0 +1,170 @@
+"""Issue 13: every name keeps its model. ComfyUI, restarted after a run, loads for every name the
+bytes it loaded before, except the names the plan declares (name_changes); checked against
+ComfyUI's own folder_paths.py + utils/extra_config.py (tests/comfyui_oracle.py), not our resolver.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from comfyui_oracle import comfyui_loads
+from conftest import as_model, run_cli, snapshot_tree
+
+STATE = ".comfy-migrate"
+
+
+def put(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(as_model(path.name, payload))
+
+
+class NamesPod:
+    """A pod with in-tree symlinks (relative, absolute, across categories), a user section of its
+    own with is_default (which wins a name clash today), a second plain section holding names of
+    its own (one of them also in the store), and a same-name, same-size conflict with the store."""
+
+    def __init__(self, base: Path) -> None:
+        self.comfyui = base / "ComfyUI"
+        self.models = self.comfyui / "models"
+        self.store = base / "store"
+        self.mine = base / "mine"          # the user's is_default section
+        self.extra = base / "extra"        # the user's plain section
+        m = self.models
+        put(m / "checkpoints/sd15_base.safetensors", b"A" * 300)
+        os.symlink("sd15_base.safetensors", m / "checkpoints/sd15_link.safetensors")
+        put(m / "checkpoints/x.safetensors", b"X" * 200)
+        (m / "diffusion_models").mkdir()
+        os.symlink("../checkpoints/x.safetensors", m / "diffusion_models/x.safetensors")
+        put(m / "loras/absbase.safetensors", b"L" * 100)
+        os.symlink(str(m / "loras/absbase.safetensors"), m / "loras/abs_link.safetensors")
+        put(m / "loras/shared.safetensors", b"P" * 150)          # loses to mine/ today
+        put(self.mine / "loras/shared.safetensors", b"M" * 150)
+        put(m / "loras/c.safetensors", b"p" * 120)               # the store holds another c
+        put(self.store / "loras/c.safetensors", b"s" * 120)
+        put(self.extra / "vae/own.safetensors", b"E" * 90)       # only in the plain section today
+        put(self.extra / "vae/v.safetensors", b"V" * 90)
+        put(self.store / "vae/own.safetensors", b"S" * 90)       # another pod's own.safetensors
+        put(m / "vae/pod_vae.safetensors", b"W" * 80)
+        self.yaml = self.comfyui / "extra_model_paths.yaml"
+        self.yaml.write_text(f"# the user's own\nextra:\n  base_path: {self.extra}\n  vae: vae\n\n"
+                             f"mine:\n  base_path: {self.mine}\n  is_default: true\n  loras: loras\n")
+
+    def args(self, *extra: str) -> list:
+        return ["--comfyui", str(self.comfyui), "--target", str(self.store), *extra]
+
+    def snap(self) -> dict:
+        """Both trees: content, mode, mtime, link text (a re-made symlink has a new inode: not compared)."""
+        out = {}
+        for label, root in (("C", self.comfyui), ("S", self.store)):
+            for rel, (kind, mode, mtime, ino, nlink, content) in snapshot_tree(root).items():
+                if rel == STATE or rel.startswith(STATE + "/") or (label == "S" and rel == ""):
+                    continue        # the store's own folder holds our state folder from now on
+                # a re-made symlink and the YAML (written atomically) have new inodes: not compared
+                keep_ino = kind != "symlink" and rel != "extra_model_paths.yaml"
+                out[f"{label}:{rel}"] = (kind, mode, mtime, ino if keep_ino else None, content)
+        return out
+
+
+@pytest.fixture
+def names_pod(tmp_path) -> NamesPod:
+    return NamesPod(tmp_path)
+
+
+def plan_json(pod: NamesPod, env, *extra) -> dict:
+    return json.loads(run_cli(["plan", *pod.args("--format", "json", *extra)], env).stdout)
+
+
+REASON = {"skip": "conflict: left in place", "rename": "conflict: stored under a .conflict-N name"}
+
+
+@pytest.mark.parametrize("on_conflict", ["skip", "rename"])
+def test_every_name_keeps_its_bytes_but_the_declared_ones(names_pod, cli_env, on_conflict):
+    pod = names_pod
+    before = comfyui_loads(pod.comfyui)
+    assert before[("loras", "shared.safetensors")][1].startswith(str(pod.mine))       # is_default wins today
+    assert before[("vae", "own.safetensors")][1].startswith(str(pod.extra))
+    snap = pod.snap()
+    doc = plan_json(pod, cli_env, "--on-conflict", on_conflict)
+    declared = {(c["category"], c["name"]): c for c in doc["name_changes"]}
+    assert sorted(declared) == [("loras", "c.safetensors"), ("vae", "own.safetensors")]
+    assert declared[("loras", "c.safetensors")]["reason"].startswith(REASON[on_conflict])
+    assert declared[("vae", "own.safetensors")]["reason"].startswith("the store holds another file")
+    assert declared[("vae", "own.safetensors")]["after"]["path"] == str(pod.store / "vae/own.safetensors")
+    assert all(c["before"]["digest"] and c["after"]["digest"] for c in doc["name_changes"])
+    relinks = sorted(a["source"].split("/models/", 1)[1] for a in doc["actions"] if a["action"] == "relink")
+    assert relinks == ["checkpoints/sd15_link.safetensors", "diffusion_models/x.safetensors",
+                       "loras/abs_link.safetensors"]
+    table = run_cli(["plan", *pod.args("--on-conflict", on_conflict)], cli_env).stdout
+    assert "name changes: 2 name(s) would load other bytes" in table
+    warned = [ln for ln in table.splitlines() if ln.startswith("warning:") and "conflict" in ln]
+    assert len(warned) == 1 and len(warned[0]) < 250, warned
+    assert (" is stored as c.conflict-1.safetensors" in warned[0]) is (on_conflict == "rename")
+
+    run_cli(["run", *pod.args("--yes", "--on-conflict", on_conflict)], cli_env)
+    after = comfyui_loads(pod.comfyui)
+    for key, (digest, path) in before.items():
+        if key in declared:
+            assert after.get(key, (None,))[0] != digest, key
+        else:
+            assert after.get(key, (None, "nothing"))[0] == digest, (key, path, after.get(key))
+    for rel in ("checkpoints/sd15_link.safetensors", "diffusion_models/x.safetensors", "loras/abs_link.safetensors"):
+        link = pod.models / rel
+        assert link.is_symlink() and not os.path.isabs(os.readlink(link)) and link.resolve().is_relative_to(pod.store)
+    # the user's is_default section keeps its place ahead of ours
+    text = pod.yaml.read_text()
+    assert text.index("comfy_migrate:") < text.index("mine:")
+    assert run_cli(["verify", *pod.args("--format", "json")], cli_env).returncode == 0
+
+    run_cli(["rollback", "--target", str(pod.store), "--yes"], cli_env)
+    assert pod.snap() == snap
+    assert comfyui_loads(pod.comfyui) == before
+
+
+def test_verify_fails_when_a_name_loads_other_bytes(names_pod, cli_env):
+    pod = names_pod
+    run_cli(["run", *pod.args("--yes")], cli_env)
+    assert json.loads(run_cli(["verify", *pod.args("--format", "json")], cli_env).stdout)["names_checked"] >= 6
+    # another file of a moved name in the user's is_default folder: ComfyUI loads it first now
+    put(pod.mine / "loras/absbase.safetensors", b"Z" * 100)
+    assert comfyui_loads(pod.comfyui)[("loras", "absbase.safetensors")][1].startswith(str(pod.mine))
+    doc = json.loads(run_cli(["verify", *pod.args("--format", "json")], cli_env, check=8).stdout)
+    assert [n.split(":")[0] for n in doc["names_changed"]] == ["loras/absbase.safetensors", "loras/abs_link.safetensors"] \
+        or [n.split(":")[0] for n in doc["names_changed"]] == ["loras/absbase.safetensors"]
+    assert not doc["ok"]
+
+
+def test_symlink_whose_file_stays_is_left_alone(names_pod, cli_env):
+    pod = names_pod
+    os.symlink("c.safetensors", pod.models / "loras/c_link.safetensors")     # c conflicts: it stays
+    doc = plan_json(pod, cli_env)
+    acts = {a["source"].split("/models/", 1)[1]: a for a in doc["actions"]}
+    assert acts["loras/c_link.safetensors"]["action"] == "skip"
+    # the store has no c_link: the name still loads the pod's c, which stays
+    assert ("loras", "c_link.safetensors") not in {(c["category"], c["name"]) for c in doc["name_changes"]}
+
+
+# --- YAML ComfyUI reads, and YAML it cannot ------------------------------------------------------
+
+def test_plan_accepts_merge_keys(names_pod, cli_env):
+    pod = names_pod
+    pod.yaml.write_text(f"base: &b\n  base_path: {pod.extra}\n  vae: vae\nmine:\n  <<: *b\n  is_default: true\n")
+    doc = plan_json(pod, cli_env)
+    assert doc["yaml"]["changes"]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("a: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+    ("? [a, b]\n: x\n", "unhashable key"),
+    ("s:\n  ? {x: 1}\n  : y\n", "unhashable key"),
+    ("s:\n  vae: v\nt: 2001-02-30\n", "ValueError"),
+])
+def test_plan_refuses_unreadable_yaml_in_one_line(names_pod, cli_env, text, words):
+    pod = names_pod
+    pod.yaml.write_text(text)
+    proc = run_cli(["plan", *pod.args()], cli_env, check=3)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in proc.stderr
