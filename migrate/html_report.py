@@ -168,7 +168,7 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
     if name_changes:
         s.append(_table(["category", "name", "before", "after", "why"], [
             [esc(c.get("category")), f'<span class="path">{esc(c.get("name"))}</span>',
-             f'<span class="path">{esc(_rel((c.get("before") or {}).get("path"), target))}</span>',
+             f'<span class="path">{esc(src_rel(plan, _rel((c.get("before") or {}).get("path"), target)))}</span>',
              f'<span class="path">{esc(_rel((c.get("after") or {}).get("path"), target)) or "<i>no longer loads</i>"}</span>',
              esc(c.get("reason", ""))] for c in name_changes], narrow_hide=(2,)))
     elif name_changes is not None:
@@ -214,7 +214,7 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
         if not workflows["workflows"]:
             s.append("<p>No saved workflows (ComfyUI saves them under <code>user/&lt;user&gt;/workflows/</code>).</p>")
         for w in workflows["workflows"]:
-            s.append(f'<h3 class="path">{esc(w["path"])}</h3>')
+            s.append(f'<h3 class="path">{esc(w["path"].split("/user/", 1)[-1])}</h3>')
             if w["error"]:
                 s.append(f'<p class="bad">unreadable: {esc(w["error"])}</p>')
                 continue
