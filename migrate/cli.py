@@ -284,7 +284,8 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
                 ui.warn(line)
         elif findings:
             held = sum(1 for f in plan.findings if f.blocks)
-            ui.warn(f"the audit found {len(findings)} problem(s); {held} file(s) stay where they are "
+            kinds = ", ".join(sorted({f.kind for f in plan.findings}))
+            ui.warn(f"the audit found {len(findings)} problem(s) ({kinds}); {held} file(s) stay where they are "
                     "(`comfy-migrate audit` or -v says which)")
 
 

@@ -283,11 +283,16 @@ def confirm_beliefs(plan: Plan, caches: Sequence[Optional[DigestCache]] = ()) ->
         except OSError:
             return None
 
+    # A stored copy this run itself places comes from another source: that source's bytes are what
+    # will be stored (a link moves them as they are; a copy is verified against the same digest).
+    placing = {a.dst: a.source for a in plan.actions
+               if a.dst and a.kind in (ActionKind.MOVE, ActionKind.COPY, ActionKind.LINK) and a.method.value != "none"}
     stale = []
     for a in plan.actions:
         if a.kind not in (ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT) or a.removal is not Removal.QUARANTINE:
             continue
-        if digest_now(a.source) != a.digest or (a.stored and digest_now(a.stored) != a.digest):
+        held = placing.get(a.stored, a.stored) if a.stored else None
+        if digest_now(a.source) != a.digest or (held and digest_now(held) != a.digest):
             stale.append(a.source)
     for cache in caches:
         if cache is not None:

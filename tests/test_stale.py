@@ -575,3 +575,13 @@ def test_inode_past_2_to_the_63_round_trips_through_the_digest_cache(tmp_path):
     assert again.get((dev, ino, size, mtime, ctime + 1)) is None, "another ctime: not the file that was read"
     assert again.get((dev, ino, size + 1, mtime, ctime)) is None
     assert again.get((dev, ino - 2 ** 64, size, mtime, ctime)) is None, "confused with its signed twin"
+
+
+def test_a_healthy_pod_raises_no_stale_fact_alarm(pod, cli_env):
+    # Dedupes onto a copy this very run places, already-there files, a warm cache: nothing is stale,
+    # and run must not say so (a false alarm re-plans for nothing and teaches users to ignore it).
+    from conftest import past_racy_window
+    past_racy_window()
+    run_cli(["plan", *pod.args()], cli_env)                       # warms the cache: digests become beliefs
+    proc = run_cli(["run", *pod.args("--yes")], cli_env, check=None)
+    assert "cached digest" not in proc.stderr and "changed since the plan" not in proc.stderr, proc.stderr
