@@ -146,7 +146,7 @@ def build_plan(
         changes, after = _name_changes(actions, before, target, world or World(), yaml_path, yaml_before,
                                        yaml_after if yaml_after is not None else yaml_before)
     if changes:
-        warnings.append(f"{len(changes)} name(s) would load other bytes after the run, or none: see name changes")
+        warnings.append(f"{len(changes)} name(s) would load other bytes after the run (or nothing): see name changes")
     return Plan(
         name_changes=changes, names_after=after,
         target=target, sources=tuple(s.root for s in sources), yaml_path=yaml_path, yaml_before=yaml_before,

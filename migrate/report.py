@@ -229,7 +229,7 @@ def name_change_lines(plan: Plan, limit: int = 8) -> list[str]:
     groups: dict[str, list] = {}
     for c in plan.name_changes:
         groups.setdefault(c.reason, []).append(c)
-    lines = [f"name changes: {len(plan.name_changes)} name(s) would load other bytes after the run, or none:"]
+    lines = [f"name changes: {len(plan.name_changes)} name(s) would load other bytes after the run (or nothing):"]
     for reason, cs in sorted(groups.items()):
         shown = ", ".join(show(f"{c.category}/{c.name}") for c in cs[:limit])
         more = f", and {len(cs) - limit} more (--format json lists them)" if len(cs) > limit else ""

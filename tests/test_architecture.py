@@ -28,15 +28,27 @@ def test_model_and_errors_import_nothing_of_ours():
         assert not re.search(r"^\s*(from|import) migrate", src, re.M), name
 
 
-def test_every_command_is_documented_in_the_readme():
-    readme = open(os.path.join(ROOT, "README.md")).read()
+def docs() -> str:
+    """The README (the short guide) and docs/reference.md (every command)."""
+    return "".join(open(os.path.join(ROOT, p)).read() for p in ("README.md", os.path.join("docs", "reference.md")))
+
+
+def test_every_command_is_documented_in_the_reference():
+    reference = open(os.path.join(ROOT, "docs", "reference.md")).read()
     for name in cli.cli.commands:
-        assert f"### {name}" in readme, f"command {name} missing from README"
-        assert f"comfy-migrate {name}" in readme
+        assert f"### {name}" in reference, f"command {name} missing from docs/reference.md"
+        assert f"comfy-migrate {name}" in reference
+
+
+def test_the_readme_is_short_and_its_links_exist():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert len(readme.splitlines()) <= 150
+    for target in re.findall(r"\]\(([^)#]+)", readme):
+        assert os.path.exists(os.path.join(ROOT, target)), target
 
 
 def test_every_readme_option_exists():
-    readme = open(os.path.join(ROOT, "README.md")).read()
+    readme = docs()
     known = set()
     for cmd in cli.cli.commands.values():
         for p in cmd.params:
