@@ -130,7 +130,7 @@ class _Runner:
         self.mkdirs(os.path.dirname(a.dst), self.plan.target)
         facts = dict(src=a.source, dst=a.dst, size=a.size, digest=a.digest, dev=a.dev, ino=a.ino, mode=a.mode,
                      mtime_ns=a.mtime_ns, kind=a.kind.value)
-        if a.kind is ActionKind.SAME_CONTENT:
+        if a.kind is ActionKind.SAME_CONTENT and a.method is not Method.COPY:
             self._dedupe(a, facts)
         elif a.method in (Method.HARDLINK, Method.RENAME):
             refused = self._link_or_rename(a, facts)
@@ -328,6 +328,10 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
     if not plan.fits:
         raise NoSpace(f"the target has {plan.free_bytes} bytes free but the plan copies {plan.bytes_to_copy}",
                       "free space on the target, or migrate fewer sources")
+    if not plan.container_fits:
+        raise NoSpace(f"the container disk has {plan.container_free} bytes free, but setting the overlay sources "
+                      f"aside may copy {plan.container_bytes} bytes up onto it", "free space on the container "
+                      "disk, or migrate with --mode copy (sources stay)")
     sd = state_dir(plan.target)
     times = dir_times(plan)     # before our state folder changes the target's own mtime
     os.makedirs(sd, exist_ok=True)
