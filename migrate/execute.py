@@ -192,7 +192,7 @@ class _Runner:
                 return name
             self.fail(s, a, a.source, exc)
             return None
-        self.done(s)
+        self.done(s, **observed(a.dst))
         self.report.placed += 1
         return None
 
@@ -218,7 +218,7 @@ class _Runner:
             if not isinstance(exc, OSError):
                 raise
             return self.fail(s, a, src, exc)
-        self.done(s, dst_ino=st.st_ino, dst_dev=st.st_dev)
+        self.done(s, dst_dev=st.st_dev, **observed(a.dst, st))
         self.report.copied_bytes += a.size
         self.report.placed += 1
 
@@ -302,6 +302,19 @@ class _Runner:
         self.done(s)
 
 
+def observed(path: str, fallback: Optional[os.stat_result] = None) -> dict:
+    """The destination's own stat right after its publish, logged with the step's done record: what
+    rollback and verify compare with (identity), not the source's facts (a filesystem with coarser
+    times keeps a copy's mtime rounded)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        if fallback is None:
+            return {}
+        st = fallback
+    return {"dst_ino": st.st_ino, "dst_mtime_ns": st.st_mtime_ns}
+
+
 def _check_held(a: Action) -> None:
     """Before a source is set aside: the target still holds a file of its size under the name ComfyUI
     will load. An "already there" copy or the stored copy of a dedupe was only seen by the scan (or
@@ -346,7 +359,8 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
         resume = find_interrupted(plan.target, plan.sources, plan.yaml_path)
         header = {"tool": __version__, "argv": argv, "host": socket.gethostname(), "pid": os.getpid(),
                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sources": list(plan.sources),
-                  "target": plan.target, "yaml": plan.yaml_path, "mode": plan.policy.mode.value}
+                  "target": plan.target, "yaml": plan.yaml_path, "mode": plan.policy.mode.value,
+                  "fs": fs_record(plan)}
         if resume:
             head = read_log(resume)[0][0]
             if sorted(head.get("sources") or []) != sorted(plan.sources) or head.get("yaml") != plan.yaml_path:
@@ -401,6 +415,16 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
         finally:
             j.close()
     return report
+
+
+def fs_record(plan: Plan) -> Dict[str, dict]:
+    """Per root, what its probe found that later checks depend on (identity.precision_of reads it):
+    rollback compares each file with what the run observed at the precision its filesystem keeps."""
+    def doc(fs) -> dict:
+        return {"type": fs.fstype, "mtime_step_ns": fs.mtime_step_ns, "stable_inode": fs.stable_inode}
+    out = {p.source: doc(p.fs) for p in plan.probes}
+    out[plan.target] = doc(plan.target_fs)
+    return out
 
 
 def dir_times(plan: Plan) -> Dict[str, int]:
