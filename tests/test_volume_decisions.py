@@ -70,3 +70,52 @@ def test_probe_leaves_nothing_and_a_killed_probes_scratch_is_never_scanned_and_s
     assert [r.rel for r in scan_tree(str(tmp_path)).records] == ["loras/a.pt"]
     fsops.sweep_probes(str(tmp_path / "loras"))
     assert not dead.exists()
+
+
+# --- the lock: O_EXCL, never link(2); a kill at any point leaves at most a stale lock ------------------
+
+def test_the_lock_needs_no_hardlinks_and_takes_over_an_empty_old_lock_and_a_zombie_holder(tmp_path, monkeypatch):
+    import errno
+    import json
+    import os
+    import socket
+    import time
+
+    import pytest
+
+    from migrate import lock as lockmod
+    from migrate.errors import Locked
+
+    def no_links(*a, **k):
+        raise OSError(errno.EPERM, "Operation not permitted")
+    monkeypatch.setattr(os, "link", no_links)           # exFAT, rclone mount
+    held = lockmod.TargetLock(str(tmp_path), "comfy-migrate run").acquire()
+    assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
+    held.release()
+    assert not (tmp_path / "lock").exists()
+
+    # killed between creating the lock and writing it: an empty lock, stale once past the grace
+    (tmp_path / "lock").write_bytes(b"")
+    with pytest.raises(Locked):
+        lockmod.TargetLock(str(tmp_path), "run").acquire(wait=0)
+    old = time.time() - lockmod.EMPTY_GRACE_SECONDS - 5
+    os.utime(tmp_path / "lock", (old, old))
+    taken = lockmod.TargetLock(str(tmp_path), "run").acquire(wait=0)
+    assert "empty" in taken.took_over["reason"]
+    taken.release()
+
+    # a holder killed and not yet reaped (a zombie) is gone; so is a pid reused by another process
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    time.sleep(0.2)
+    holder = {"host": socket.gethostname(), "boot_id": lockmod.boot_id(), "pid": pid, "token": "x"}
+    (tmp_path / "lock").write_text(json.dumps(holder))
+    taken = lockmod.TargetLock(str(tmp_path), "run").acquire(wait=0)
+    assert taken.took_over["reason"] == f"process {pid} is gone"
+    taken.release()
+    os.waitpid(pid, 0)
+    (tmp_path / "lock").write_text(json.dumps(dict(holder, pid=os.getpid(), pid_start=1)))
+    taken = lockmod.TargetLock(str(tmp_path), "run").acquire(wait=0)
+    assert taken.took_over is not None
+    taken.release()
