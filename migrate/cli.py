@@ -254,6 +254,16 @@ def take_lock(ui: Ui, target: str, purpose: str, wait: float):
     return lock
 
 
+def clear_stale_lock(ui: Ui, target: str) -> None:
+    """Nothing to do under the lock: still remove one a killed run or rollback left behind."""
+    from migrate.execute import state_dir
+    from migrate.lock import TargetLock
+    if os.path.isdir(state_dir(target)):
+        why = TargetLock(state_dir(target), "cleanup").clear_stale()
+        if why:
+            ui.info(f"removed a stale lock ({why})")
+
+
 def memo_cache(facts):
     """The digests just gathered, as a cache for the re-plan under the lock (no byte read twice)."""
     from migrate.hashing import DigestCache
@@ -317,6 +327,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
         return
     if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
         ui.info("nothing to do: the target is up to date")
+        clear_stale_lock(ui, plan.target)
         for line in report.warning_lines(plan) + report.finding_lines(plan.findings, plan.sources):
             ui.debug(f"note: {line}")      # what `plan` said already; -v repeats it
         return
@@ -520,6 +531,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
         log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=True)
     except NothingToRollBack as exc:
         ui.info(str(exc))
+        clear_stale_lock(ui, target)
         return
     records = load_run(log)
     home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(log))))   # <target>/.comfy-migrate/runs

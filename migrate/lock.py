@@ -200,6 +200,25 @@ class TargetLock:
         finally:
             os.unlink(brk)
 
+    def clear_stale(self) -> Optional[str]:
+        """Remove the lock if it is stale (its holder died: killed right after a run or rollback
+        closed its log, it had nothing left to do under it), without taking it. A command that
+        finds nothing to do calls this, so no stale lock outlives the first command after a kill.
+        Returns why it was removed, or None."""
+        self._token = os.urandom(8).hex()
+        try:
+            with open(self.path) as f:
+                raw = f.read()
+            age = time.time() - os.stat(self.path).st_mtime
+        except OSError:
+            return None
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            info = {}
+        why = self._stale(info if isinstance(info, dict) else {}, age, raw)
+        return why if why is not None and self._break(raw) else None
+
     def _beat(self) -> None:
         """Refresh the lease while the lock is ours. Once another run has taken it over (our lease
         expired: this process was stopped longer than the lease), touching it would keep that run's
