@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from migrate import __version__, report, shell
+from migrate import __version__, fsops, report, shell
 from migrate.errors import BadInput, BadLog, ExitCode, MigrateError, NotConfirmed
 from migrate.model import Mode, OnConflict, Policy
 from migrate.shell import Ui, open_cache, open_verdicts, out, resolve_sources, resolve_target, table
@@ -372,7 +372,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
                     if cat_warning:
                         ui.debug(cat_warning)
                 except OSError as exc:
-                    ui.warn(f"could not update the store's catalogue ({exc.strerror}); the next plan hashes instead")
+                    ui.warn(f"could not update the store's catalogue ({fsops.describe(exc)}); the next plan hashes instead")
             with ui.progress("copying") as (on_total, on_bytes):
                 on_total(plan.bytes_to_copy)
                 rep = execute_plan(plan, sys.argv, on_bytes, lock=lock, before_close=catalogue)
@@ -571,7 +571,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
             try:
                 store_catalogue.refresh(target, {}, {})
             except OSError as exc:
-                ui.warn(f"could not update the store's catalogue ({exc.strerror})")
+                ui.warn(f"could not update the store's catalogue ({fsops.describe(exc)})")
         with ui.progress("restoring") as (_, on_bytes):
             rep = execute_rollback(log, records, undos, on_bytes, relied, shared=any(
                 rid != records[0]["run"] for rid, _ in live), handed=handed, before_close=catalogue)

@@ -104,6 +104,9 @@ class _Runner:
 
     def fail(self, step: int, a: Optional[Action], path: str, exc: BaseException) -> None:
         msg = f"{getattr(exc, 'strerror', None) or exc}"
+        other = getattr(exc, "filename", None)
+        if getattr(exc, "op", None) or (other and other != path):     # said where and in which operation
+            msg = fsops.describe(exc)     # type: ignore[arg-type]
         self.j.append({"type": "fail", "step": step, "error": msg})
         self.report.problems.append(Problem(path, msg))
         if a is not None:
@@ -395,7 +398,7 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                 except OSError as exc:
                     # Models are in the target, sources untouched: stop before removing any source.
                     yaml_ok = False
-                    report.problems.append(Problem(plan.yaml_path, f"cannot write the YAML ({exc.strerror}); "
+                    report.problems.append(Problem(plan.yaml_path, f"cannot write the YAML ({fsops.describe(exc)}); "
                                                    "no source was removed"))
                     j.append({"type": "fail", "step": 0, "error": f"yaml: {exc.strerror}"})
             for a in (plan.actions if yaml_ok else ()):

@@ -243,6 +243,31 @@ def probe_between(source_root: str, target: str) -> Probe:
         _restore_dir_times(where, before_t)
 
 
+# --- errors that name their path and operation --------------------------------------------------------
+
+def named(exc: OSError, op: str, path: str) -> OSError:
+    """The error with the operation and the path it concerns: calls on a descriptor (read, write,
+    fsync, close) raise OSErrors without a file name, and a dropped mount's "Transport endpoint is
+    not connected" must say where. Keeps the errno (and so the subclass: FileNotFoundError, ...)."""
+    if exc.filename is None:
+        new = OSError(exc.errno, exc.strerror or str(exc), path)
+        new.op = op      # type: ignore[attr-defined]
+        return new
+    if getattr(exc, "op", None) is None:
+        try:
+            exc.op = op      # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+    return exc
+
+
+def describe(exc: OSError) -> str:
+    """'<op> <path>: <strerror>' (what a message about an OSError says)."""
+    op = getattr(exc, "op", None)
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"{op or 'file operation'}{where}: {exc.strerror or exc}"
+
+
 # --- writes ------------------------------------------------------------------------------------------
 
 def write_all(fd: int, data) -> None:
@@ -254,11 +279,14 @@ def write_all(fd: int, data) -> None:
 
 
 def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise named(exc, "fsync folder", path) from None
 
 
 @lru_cache(maxsize=None)
@@ -301,18 +329,25 @@ def link_noreplace(src: str, dst: str) -> None:
     os.link(src, dst, follow_symlinks=False)
 
 
-def _copy_plain(sfd: int, dfd: int, h: "xxhash.xxh3_128", on_bytes: Optional[Callable[[int], None]]) -> None:
+def _copy_plain(sfd: int, dfd: int, h: "xxhash.xxh3_128", on_bytes: Optional[Callable[[int], None]],
+                src: str = "", tmp: str = "") -> None:
     """One pass: read into a page-aligned buffer (a bytearray's odd offset made copies of 512 MiB
     10-20 % slower here, see hashing.py), hash, write. A second thread writing while this one reads
     measured no faster on these 2 cores (the writes into the page cache dominate)."""
     view = memoryview(aligned_buffer(COPY_CHUNK))
     while True:
-        n = os.readv(sfd, [view])
+        try:
+            n = os.readv(sfd, [view])
+        except OSError as exc:
+            raise named(exc, "read", src) from None
         if not n:
             return
         chunk = view[:n]
         h.update(chunk)
-        write_all(dfd, chunk)
+        try:
+            write_all(dfd, chunk)
+        except OSError as exc:
+            raise named(exc, "write", tmp) from None
         if on_bytes is not None:
             on_bytes(n)
 
@@ -335,23 +370,26 @@ def copy_and_hash(src: str, expect: Key, tmp: str, on_bytes: Optional[Callable[[
         if on_created is not None:
             on_created(os.fstat(dfd))
         h = xxhash.xxh3_128()
-        _copy_plain(sfd, dfd, h, on_bytes)
+        _copy_plain(sfd, dfd, h, on_bytes, src, tmp)
         if stat_key(os.fstat(sfd)) != expect:
             raise OSError(errno.ESTALE, "changed while it was copied", src)
         st = os.fstat(sfd)
-        os.fchmod(dfd, stat.S_IMODE(st.st_mode))
-        os.fsync(dfd)
-        os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
-        dst_st = os.fstat(dfd)
+        try:
+            os.fchmod(dfd, stat.S_IMODE(st.st_mode))
+            os.fsync(dfd)
+            os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            dst_st = os.fstat(dfd)
+        except OSError as exc:
+            raise named(exc, "fsync", tmp) from None
         ok = True
         return h.hexdigest(), dst_st
     finally:
         os.close(sfd)
         try:
             os.close(dfd)   # network filesystems report "disk full" here
-        except OSError:
+        except OSError as exc:
             ok = False
-            raise
+            raise named(exc, "close", tmp) from None
         finally:
             if not ok:
                 try:

@@ -223,7 +223,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                 _safe(root_of, k["path"])
                 note = _drop_kept(k, records)
             except OSError as exc:
-                note = f"{exc.strerror or exc}"
+                note = fsops.describe(exc)
             if note:
                 report.kept.append(Problem(k["path"], f"left in the store: {note}"))
                 j.append({"type": "skip", "undo": step, "why": note})
@@ -266,7 +266,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                     if note and shared and u.op == "mkdir" and u.rec["path"].startswith(in_store):
                         note = ""     # other runs' files live there
             except OSError as exc:
-                note = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+                note = fsops.describe(exc)
             if note:
                 report.skipped.append(Problem(u.rec.get("src") or u.rec.get("dst") or u.rec.get("path", ""),
                                               f"not undone ({u.describe()}): {note}"))
@@ -749,7 +749,7 @@ def purge_check(rec: dict) -> str:
         try:
             digest = hash_path(path)
         except OSError as exc:
-            return f"{what} cannot be read ({exc.strerror or exc})"
+            return f"{what} cannot be read ({fsops.describe(exc)})"
         if digest != rec["digest"]:
             return f"{what} does not hold the logged content"
     return ""

@@ -119,3 +119,25 @@ def test_the_lock_needs_no_hardlinks_and_takes_over_an_empty_old_lock_and_a_zomb
     taken = lockmod.TargetLock(str(tmp_path), "run").acquire(wait=0)
     assert taken.took_over is not None
     taken.release()
+
+
+def test_an_oserror_on_a_descriptor_names_its_path_and_operation(tmp_path, monkeypatch):
+    """A dropped mount fails writes with ENOTCONN on a descriptor: the message says what and where."""
+    import errno
+    import os
+
+    import pytest
+
+    from migrate import fsops
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"x" * 1000)
+    st = os.stat(src)
+
+    def gone(fd, data):
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+    monkeypatch.setattr(fsops, "write_all", gone)
+    tmp = str(tmp_path / ".a.bin.cm-tmp-x")
+    with pytest.raises(OSError) as info:
+        fsops.copy_and_hash(str(src), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), tmp)
+    assert fsops.describe(info.value) == f"write {tmp}: Transport endpoint is not connected"
+    assert not os.path.exists(tmp)
