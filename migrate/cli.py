@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from migrate import __version__, report, shell
+from migrate import __version__, fsops, report, shell
 from migrate.errors import BadInput, BadLog, ExitCode, MigrateError, NotConfirmed
 from migrate.model import Mode, OnConflict, Policy
 from migrate.shell import Ui, open_cache, open_verdicts, out, resolve_sources, resolve_target, table
@@ -256,6 +256,16 @@ def take_lock(ui: Ui, target: str, purpose: str, wait: float):
     return lock
 
 
+def clear_stale_lock(ui: Ui, target: str) -> None:
+    """Nothing to do under the lock: still remove one a killed run or rollback left behind."""
+    from migrate.execute import state_dir
+    from migrate.lock import TargetLock
+    if os.path.isdir(state_dir(target)):
+        why = TargetLock(state_dir(target), "cleanup").clear_stale()
+        if why:
+            ui.info(f"removed a stale lock ({why})")
+
+
 def memo_cache(facts):
     """The digests just gathered, as a cache for the re-plan under the lock (no byte read twice)."""
     from migrate.hashing import DigestCache
@@ -322,6 +332,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
         return
     if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
         ui.info("nothing to do: the target is up to date")
+        clear_stale_lock(ui, plan.target)
         for line in report.warning_lines(plan) + report.finding_lines(plan.findings, plan.sources):
             ui.debug(f"note: {line}")      # what `plan` said already; -v repeats it
         return
@@ -366,7 +377,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
                     if cat_warning:
                         ui.debug(cat_warning)
                 except OSError as exc:
-                    ui.warn(f"could not update the store's catalogue ({exc.strerror}); the next plan hashes instead")
+                    ui.warn(f"could not update the store's catalogue ({fsops.describe(exc)}); the next plan hashes instead")
             with ui.progress("copying") as (on_total, on_bytes):
                 on_total(plan.bytes_to_copy)
                 rep = execute_plan(plan, sys.argv, on_bytes, lock=lock, before_close=catalogue)
@@ -525,6 +536,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
         log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=True)
     except NothingToRollBack as exc:
         ui.info(str(exc))
+        clear_stale_lock(ui, target)
         return
     records = load_run(log)
     home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(log))))   # <target>/.comfy-migrate/runs
@@ -564,7 +576,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
             try:
                 store_catalogue.refresh(target, {}, {})
             except OSError as exc:
-                ui.warn(f"could not update the store's catalogue ({exc.strerror})")
+                ui.warn(f"could not update the store's catalogue ({fsops.describe(exc)})")
         with ui.progress("restoring") as (_, on_bytes):
             rep = execute_rollback(log, records, undos, on_bytes, relied, shared=any(
                 rid != records[0]["run"] for rid, _ in live), handed=handed, before_close=catalogue)

@@ -104,6 +104,9 @@ class _Runner:
 
     def fail(self, step: int, a: Optional[Action], path: str, exc: BaseException) -> None:
         msg = f"{getattr(exc, 'strerror', None) or exc}"
+        other = getattr(exc, "filename", None)
+        if getattr(exc, "op", None) or (other and other != path):     # said where and in which operation
+            msg = fsops.describe(exc)     # type: ignore[arg-type]
         self.j.append({"type": "fail", "step": step, "error": msg})
         self.report.problems.append(Problem(path, msg))
         if a is not None:
@@ -130,7 +133,7 @@ class _Runner:
         self.mkdirs(os.path.dirname(a.dst), self.plan.target)
         facts = dict(src=a.source, dst=a.dst, size=a.size, digest=a.digest, dev=a.dev, ino=a.ino, mode=a.mode,
                      mtime_ns=a.mtime_ns, kind=a.kind.value)
-        if a.kind is ActionKind.SAME_CONTENT:
+        if a.kind is ActionKind.SAME_CONTENT and a.method is not Method.COPY:
             self._dedupe(a, facts)
         elif a.method in (Method.HARDLINK, Method.RENAME):
             refused = self._link_or_rename(a, facts)
@@ -192,7 +195,7 @@ class _Runner:
                 return name
             self.fail(s, a, a.source, exc)
             return None
-        self.done(s)
+        self.done(s, **observed(a.dst))
         self.report.placed += 1
         return None
 
@@ -218,7 +221,7 @@ class _Runner:
             if not isinstance(exc, OSError):
                 raise
             return self.fail(s, a, src, exc)
-        self.done(s, dst_ino=st.st_ino, dst_dev=st.st_dev)
+        self.done(s, dst_dev=st.st_dev, **observed(a.dst, st))
         self.report.copied_bytes += a.size
         self.report.placed += 1
 
@@ -302,6 +305,7 @@ class _Runner:
         self.done(s)
 
 
+
     def relink(self, a: Action) -> None:
         """Re-point a symlink of the sources whose file moved (it dangles now) at the file's new
         place: relative between the real folders, as a link back. Journalled with its old text and
@@ -331,6 +335,21 @@ class _Runner:
         self.done(s)
 
 
+def observed(path: str, fallback: Optional[os.stat_result] = None) -> dict:
+    """The destination's own stat right after its publish, logged with the step's done record: what
+    rollback and verify compare with (identity), not the source's facts (a filesystem with coarser
+    times keeps a copy's mtime rounded)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        if fallback is None:
+            return {}
+        st = fallback
+    return {"dst_ino": st.st_ino, "dst_mtime_ns": st.st_mtime_ns}
+
+
+
+
 def _check_held(a: Action) -> None:
     """Before a source is set aside: the target still holds a file of its size under the name ComfyUI
     will load. An "already there" copy or the stored copy of a dedupe was only seen by the scan (or
@@ -357,6 +376,10 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
     if not plan.fits:
         raise NoSpace(f"the target has {plan.free_bytes} bytes free but the plan copies {plan.bytes_to_copy}",
                       "free space on the target, or migrate fewer sources")
+    if not plan.container_fits:
+        raise NoSpace(f"the container disk has {plan.container_free} bytes free, but setting the overlay sources "
+                      f"aside may copy {plan.container_bytes} bytes up onto it", "free space on the container "
+                      "disk, or migrate with --mode copy (sources stay)")
     sd = state_dir(plan.target)
     times = dir_times(plan)     # before our state folder changes the target's own mtime
     os.makedirs(sd, exist_ok=True)
@@ -371,7 +394,8 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
         resume = find_interrupted(plan.target, plan.sources, plan.yaml_path)
         header = {"tool": __version__, "argv": argv, "host": socket.gethostname(), "pid": os.getpid(),
                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sources": list(plan.sources),
-                  "target": plan.target, "yaml": plan.yaml_path, "mode": plan.policy.mode.value}
+                  "target": plan.target, "yaml": plan.yaml_path, "mode": plan.policy.mode.value,
+                  "fs": fs_record(plan)}
         if resume:
             head = read_log(resume)[0][0]
             if sorted(head.get("sources") or []) != sorted(plan.sources) or head.get("yaml") != plan.yaml_path:
@@ -406,7 +430,7 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                 except OSError as exc:
                     # Models are in the target, sources untouched: stop before removing any source.
                     yaml_ok = False
-                    report.problems.append(Problem(plan.yaml_path, f"cannot write the YAML ({exc.strerror}); "
+                    report.problems.append(Problem(plan.yaml_path, f"cannot write the YAML ({fsops.describe(exc)}); "
                                                    "no source was removed"))
                     j.append({"type": "fail", "step": 0, "error": f"yaml: {exc.strerror}"})
             for a in (plan.actions if yaml_ok else ()):
@@ -432,6 +456,16 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
         finally:
             j.close()
     return report
+
+
+def fs_record(plan: Plan) -> Dict[str, dict]:
+    """Per root, what its probe found that later checks depend on (identity.precision_of reads it):
+    rollback compares each file with what the run observed at the precision its filesystem keeps."""
+    def doc(fs) -> dict:
+        return {"type": fs.fstype, "mtime_step_ns": fs.mtime_step_ns, "stable_inode": fs.stable_inode}
+    out = {p.source: doc(p.fs) for p in plan.probes}
+    out[plan.target] = doc(plan.target_fs)
+    return out
 
 
 def dir_times(plan: Plan) -> Dict[str, int]:

@@ -9,13 +9,13 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from migrate import catalogue as store_catalogue, fsops, plan as planning
 from migrate.comfy import DEFAULT_COMFYUI, check_dir, find_comfyui  # noqa: F401 (they lived here)
 from migrate.errors import BadInput
 from migrate.hashing import DigestCache
-from migrate.model import Finding, PathFacts, Plan, Policy, Probe, ScanResult, Status
+from migrate.model import UNPROBED, Finding, FsFacts, PathFacts, Plan, Policy, Probe, ScanResult, Status
 from migrate.scan import hash_records, scan_tree
 
 DEFAULT_TARGET = "/workspace/models"
@@ -47,6 +47,9 @@ class Facts:
     catalogue_hits: int = 0                          # stored files whose digest came from it
     started_ns: int = 0                              # when gathering began: no digest here is older
     world: Optional[planning.World] = None           # what the name resolver needs beyond the scans
+    target_fs: FsFacts = UNPROBED                    # what the store's filesystem does (fsops.probe_fs)
+    layers: Optional[Dict[str, str]] = None          # overlay sources: path -> plan.LOWER / plan.UNKNOWN
+    container_free: Optional[int] = None             # free space of the overlay sources' container disk
 
 
 def _from_catalogue(scan: ScanResult, cat: store_catalogue.Catalogue) -> Tuple[ScanResult, int]:
@@ -131,14 +134,18 @@ def gather(
     scans = [hash_records(s, cache, on_bytes) for s in scans]
     if target_scan is not None:
         target_scan = hash_records(target_scan, cache, on_bytes, only=wanted)
-    probes = []
-    for s in scans:
-        # The smallest file: linking it changes its ctime, so the next plan reads it again.
-        sample = min(((r.size, r.path) for r in s.records if r.status is Status.MIGRATE), default=(0, None))[1]
-        probes.append(fsops.probe_link(sample, s.root, target))
-    return Facts(tuple(scans), target, target_scan, tuple(probes), fsops.probe_target_hardlinks(target),
+    probes = tuple(fsops.probe_between(s.root, target) for s in scans)
+    target_fs = fsops.probe_fs(target)
+    layers: Dict[str, str] = {}
+    container_free = None
+    for s, p in zip(scans, probes):
+        if p.fs.overlay is not None:
+            layers.update(overlay_layers(s, p.fs.overlay))
+            container_free = fsops.free_space(s.root)
+    return Facts(tuple(scans), target, target_scan, probes, target_fs.hardlink,
                  yaml_path, yaml_before, fsops.free_space(target), tuple(findings), cat, cat_warning, hits,
-                 started, world=world)
+                 started, world=world, target_fs=target_fs, layers=layers,
+                 container_free=container_free)
 
 
 def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult], target: str,
@@ -218,6 +225,30 @@ def canonical(cat: str) -> str:
     return canonical_key(cat)
 
 
+
+def overlay_layers(scan: ScanResult, upper: str) -> Dict[str, str]:
+    """path -> plan.LOWER for each file of an overlay source that only a read-only image layer holds
+    (its name is not in the upper layer), or -> plan.UNKNOWN for every file when the upper layer is
+    not visible from here (a container sees its own root's overlay, never the host's folders)."""
+    out: Dict[str, str] = {}
+    point = fsops.mount_entry(scan.root)[0]
+    for r in scan.records:
+        if r.status is not Status.MIGRATE:
+            continue
+        if not upper:
+            out[r.path] = planning.UNKNOWN
+            continue
+        rel = os.path.relpath(os.path.realpath(r.path), point)
+        try:
+            st = os.lstat(os.path.join(upper, rel))
+            in_upper = stat.S_ISREG(st.st_mode)     # a whiteout is a character device
+        except OSError:
+            in_upper = False
+        if not in_upper:
+            out[r.path] = planning.LOWER
+    return out
+
+
 def mount_of(path: str) -> str:
     """The mount point holding `path` (or its nearest existing folder): what moves with a volume."""
     p = os.path.realpath(path)
@@ -251,7 +282,8 @@ def make_plan(facts: Facts, policy: Policy) -> Plan:
     plan = planning.build_plan(facts.sources, facts.target_scan, facts.target, policy, facts.probes,
                                facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes,
                                paths=path_facts(facts.yaml_path, facts.target, policy.base_path),
-                               world=facts.world)
+                               world=facts.world, target_fs=facts.target_fs, layers=facts.layers,
+                               container_free=facts.container_free)
     return plan._replace(findings=facts.findings)
 
 

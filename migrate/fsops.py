@@ -7,13 +7,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from functools import lru_cache
 from typing import Callable, Optional, Tuple
 
 import xxhash
 
 from migrate.hashing import Key, aligned_buffer, open_regular, stat_key
-from migrate.model import Probe
+from migrate.model import PROBE_PREFIX, FsFacts, Probe
 
 COPY_CHUNK = 256 << 10     # 256 KiB writes stay on the page cache's fast path here
 TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -47,52 +48,224 @@ def _restore_dir_times(path: str, st: os.stat_result) -> None:
         pass
 
 
-def probe_link(sample: Optional[str], source_root: str, target: str) -> Probe:
-    """Try a hardlink from a real source file into the target's filesystem, then remove it.
+_PROBE_NS = 1_700_000_001_123_456_789      # an odd second with every digit of its nanoseconds set
 
-    Uses an existing source file, so the source tree is not written to; the target-side folder's
-    times are put back. A rename is possible where a link is (same mount); where links are refused
-    for another reason than EXDEV on one device, a rename is assumed and checked per step.
-    """
-    where = nearest_existing(target)
-    if sample is None:
-        same = os.stat(source_root).st_dev == os.stat(where).st_dev
-        return Probe(source_root, False, same, "no file to probe with; judged by device")
-    before = os.stat(where)
-    probe = os.path.join(where, f".comfy-migrate-probe-{os.getpid()}")
+
+def mount_entry(path: str) -> Tuple[str, str, str]:
+    """(mount point, filesystem type, super options) of the mount holding `path`, from
+    /proc/self/mountinfo: the entry of the same device whose mount point is the longest prefix of the
+    real path (bind mounts share a device). A FUSE mount's type is named by its subtype, or by the
+    part of its source before '#' (MooseFS mounts as plain `fuse` from `mfs#host:port`)."""
+    real = os.path.realpath(nearest_existing(path))
     try:
-        os.link(sample, probe, follow_symlinks=False)
+        dev = os.stat(real).st_dev
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().decode("utf-8", "surrogateescape").splitlines()
+    except OSError:
+        return "/", "unknown", ""
+    best = ("/", "unknown", "")
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if len(fields) < 5 or len(rest) < 3:
+            continue
+        major, _, minor = fields[2].partition(":")
+        point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        if (int(major), int(minor)) != (os.major(dev), os.minor(dev)):
+            continue
+        if not (real == point or real.startswith(point.rstrip("/") + "/")):
+            continue
+        fstype, source = rest[0], rest[1].replace("\\043", "#")
+        if fstype == "fuse" and "#" in source:
+            fstype = "fuse." + source.split("#", 1)[0]
+        if len(point) >= len(best[0]) or best[1] == "unknown":
+            best = (point, fstype, rest[2])
+    return best
+
+
+def _mtime_step(want: int, got: int) -> int:
+    """The coarsest of the usual precisions that explains reading `got` back after setting `want`."""
+    if got == want:
+        return 1
+    for step in (100, 1_000, 1_000_000, 10_000_000, 1_000_000_000, 2_000_000_000):
+        if got % step == 0 and abs(want - got) < step:
+            return step
+    return 2_000_000_000
+
+
+def _errname(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+
+def sweep_probes(where: str) -> None:
+    """Remove scratch folders of earlier probes killed before they cleaned up: this host's whose
+    process is gone, any host's older than an hour (scans never count them either way)."""
+    import shutil
+    import socket
+    try:
+        names = [n for n in os.listdir(where) if n.startswith(PROBE_PREFIX)]
+    except OSError:
+        return
+    host = socket.gethostname()
+    for n in names:
+        path = os.path.join(where, n)
+        try:
+            h, pid = n[len(PROBE_PREFIX):].rsplit("-", 2)[:2]
+            mine_dead = h == host and not os.path.exists(f"/proc/{int(pid)}")
+            old = os.lstat(path).st_mtime < time.time() - 3600
+        except (ValueError, OSError):
+            continue
+        if mine_dead or old:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
+def probe_fs(folder: str) -> FsFacts:
+    """Try what the filesystem holding `folder` does, in a scratch folder made and removed here
+    (named so that scans skip it and the next probe sweeps it if this one is killed), and give the
+    folder its mtime back: hardlink, symlink, rename, RENAME_NOREPLACE, the mtime precision kept,
+    whether a file keeps its inode number by two names and across a rename, case sensitivity."""
+    import shutil
+    import socket
+    where = nearest_existing(folder)
+    point, fstype, opts = mount_entry(where)
+    overlay = None
+    if fstype == "overlay":
+        upper = next((o[len("upperdir="):] for o in opts.split(",") if o.startswith("upperdir=")), "")
+        overlay = upper if upper and os.path.isdir(upper) else ""
+    before = os.stat(where)
+    sweep_probes(where)
+    scratch = os.path.join(where, f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}")
+    refused: list = []
+    try:
+        os.mkdir(scratch, 0o700)
     except OSError as exc:
-        same = os.stat(source_root).st_dev == before.st_dev and exc.errno != errno.EXDEV
-        return Probe(source_root, False, same, f"hardlink refused: {errno.errorcode.get(exc.errno, exc.errno)}")
-    else:
-        os.unlink(probe)
-        return Probe(source_root, True, True, "")
-    finally:
         _restore_dir_times(where, before)
-
-
-def probe_target_hardlinks(target: str) -> bool:
-    """Can the target hold two names for one file? Tried with a scratch file, then removed."""
-    where = nearest_existing(target)
-    before = os.stat(where)
-    a = os.path.join(where, f".comfy-migrate-probe-{os.getpid()}-a")
-    b = a[:-1] + "b"
+        return FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
+                       f"cannot create a scratch folder: {_errname(exc)}")
     try:
+        a, b, c = (os.path.join(scratch, n) for n in ("a", "b", "c"))
         fd = os.open(a, TMP_FLAGS, 0o600)
-        os.close(fd)
+        try:
+            write_all(fd, b"probe")
+            os.utime(fd, ns=(_PROBE_NS, _PROBE_NS))
+        finally:
+            os.close(fd)
+        step = _mtime_step(_PROBE_NS, os.stat(a).st_mtime_ns)
+        ino = os.stat(a).st_ino
+        stable = True
         try:
             os.link(a, b)
+            hardlink = True
+            stable = os.stat(b).st_ino == ino == os.stat(a).st_ino
             os.unlink(b)
-            return True
-        except OSError:
-            return False
-        finally:
-            os.unlink(a)
-    except OSError:
-        return False
+        except OSError as exc:
+            hardlink = False
+            refused.append(f"hardlink {_errname(exc)}")
+        try:
+            os.symlink("a", c)
+            symlink = os.readlink(c) == "a"
+            os.unlink(c)
+        except OSError as exc:
+            symlink = False
+            refused.append(f"symlink {_errname(exc)}")
+        try:
+            os.rename(a, b)
+            rename = True
+            stable = stable and os.stat(b).st_ino == ino
+            a, b = b, a
+        except OSError as exc:
+            rename = False
+            refused.append(f"rename {_errname(exc)}")
+        noreplace = False
+        fn = _renameat2()
+        if fn is not None:
+            import ctypes
+            if fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(c), RENAME_NOREPLACE) == 0:
+                noreplace = True     # to a fresh name: the kernel itself answers EEXIST for a taken one
+                a = c
+            else:
+                refused.append(f"RENAME_NOREPLACE {errno.errorcode.get(ctypes.get_errno(), '?')}")
+        fd = os.open(os.path.join(scratch, "Case"), TMP_FLAGS, 0o600)
+        os.close(fd)
+        case = not os.path.lexists(os.path.join(scratch, "cASE"))
+        return FsFacts(where, fstype, hardlink, symlink, rename, noreplace, step, stable, case, overlay,
+                       "refused: " + ", ".join(refused) if refused else "")
+    except OSError as exc:
+        return FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
+                       f"probe failed: {_errname(exc)} ({exc.strerror})")
     finally:
+        shutil.rmtree(scratch, ignore_errors=True)
         _restore_dir_times(where, before)
+
+
+def probe_between(source_root: str, target: str) -> Probe:
+    """What moves a file from `source_root` into the target: a hardlink, a rename, or only a copy.
+    Tried with a scratch file made in the source root and linked (else renamed) into the target's
+    nearest existing folder, both removed again, folder times put back; the source's own
+    filesystem is probed on the way (Probe.fs)."""
+    import socket
+    fs = probe_fs(source_root)
+    where = nearest_existing(target)
+    tag = f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+    src, dst = os.path.join(source_root, tag), os.path.join(where, tag)
+    before_s, before_t = os.stat(source_root), os.stat(where)
+    try:
+        try:
+            os.close(os.open(src, TMP_FLAGS, 0o600))
+        except OSError as exc:
+            same = before_s.st_dev == before_t.st_dev
+            return Probe(source_root, False, same, f"cannot probe ({_errname(exc)}); judged by device", fs)
+        try:
+            os.link(src, dst)
+            return Probe(source_root, True, True, "", fs)
+        except OSError as exc:
+            why = f"hardlink refused: {_errname(exc)}"
+            if exc.errno == errno.EXDEV:
+                return Probe(source_root, False, False, why, fs)
+        try:
+            os.rename(src, dst)
+            return Probe(source_root, False, True, why, fs)
+        except OSError as exc:
+            return Probe(source_root, False, False, f"{why}; rename refused: {_errname(exc)}", fs)
+    finally:
+        for p in (src, dst):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+        _restore_dir_times(source_root, before_s)
+        _restore_dir_times(where, before_t)
+
+
+# --- errors that name their path and operation --------------------------------------------------------
+
+def named(exc: OSError, op: str, path: str) -> OSError:
+    """The error with the operation and the path it concerns: calls on a descriptor (read, write,
+    fsync, close) raise OSErrors without a file name, and a dropped mount's "Transport endpoint is
+    not connected" must say where. Keeps the errno (and so the subclass: FileNotFoundError, ...)."""
+    if exc.filename is None:
+        new = OSError(exc.errno, exc.strerror or str(exc), path)
+        new.op = op      # type: ignore[attr-defined]
+        return new
+    if getattr(exc, "op", None) is None:
+        try:
+            exc.op = op      # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+    return exc
+
+
+def describe(exc: OSError) -> str:
+    """'<op> <path>: <strerror>' (what a message about an OSError says)."""
+    op = getattr(exc, "op", None)
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"{op or 'file operation'}{where}: {exc.strerror or exc}"
 
 
 # --- writes ------------------------------------------------------------------------------------------
@@ -106,11 +279,14 @@ def write_all(fd: int, data) -> None:
 
 
 def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise named(exc, "fsync folder", path) from None
 
 
 @lru_cache(maxsize=None)
@@ -153,18 +329,25 @@ def link_noreplace(src: str, dst: str) -> None:
     os.link(src, dst, follow_symlinks=False)
 
 
-def _copy_plain(sfd: int, dfd: int, h: "xxhash.xxh3_128", on_bytes: Optional[Callable[[int], None]]) -> None:
+def _copy_plain(sfd: int, dfd: int, h: "xxhash.xxh3_128", on_bytes: Optional[Callable[[int], None]],
+                src: str = "", tmp: str = "") -> None:
     """One pass: read into a page-aligned buffer (a bytearray's odd offset made copies of 512 MiB
     10-20 % slower here, see hashing.py), hash, write. A second thread writing while this one reads
     measured no faster on these 2 cores (the writes into the page cache dominate)."""
     view = memoryview(aligned_buffer(COPY_CHUNK))
     while True:
-        n = os.readv(sfd, [view])
+        try:
+            n = os.readv(sfd, [view])
+        except OSError as exc:
+            raise named(exc, "read", src) from None
         if not n:
             return
         chunk = view[:n]
         h.update(chunk)
-        write_all(dfd, chunk)
+        try:
+            write_all(dfd, chunk)
+        except OSError as exc:
+            raise named(exc, "write", tmp) from None
         if on_bytes is not None:
             on_bytes(n)
 
@@ -187,23 +370,26 @@ def copy_and_hash(src: str, expect: Key, tmp: str, on_bytes: Optional[Callable[[
         if on_created is not None:
             on_created(os.fstat(dfd))
         h = xxhash.xxh3_128()
-        _copy_plain(sfd, dfd, h, on_bytes)
+        _copy_plain(sfd, dfd, h, on_bytes, src, tmp)
         if stat_key(os.fstat(sfd)) != expect:
             raise OSError(errno.ESTALE, "changed while it was copied", src)
         st = os.fstat(sfd)
-        os.fchmod(dfd, stat.S_IMODE(st.st_mode))
-        os.fsync(dfd)
-        os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
-        dst_st = os.fstat(dfd)
+        try:
+            os.fchmod(dfd, stat.S_IMODE(st.st_mode))
+            os.fsync(dfd)
+            os.utime(dfd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            dst_st = os.fstat(dfd)
+        except OSError as exc:
+            raise named(exc, "fsync", tmp) from None
         ok = True
         return h.hexdigest(), dst_st
     finally:
         os.close(sfd)
         try:
             os.close(dfd)   # network filesystems report "disk full" here
-        except OSError:
+        except OSError as exc:
             ok = False
-            raise
+            raise named(exc, "close", tmp) from None
         finally:
             if not ok:
                 try:

@@ -13,6 +13,7 @@ from collections import namedtuple
 
 PLAN_FORMAT = 1
 STATE_DIR = ".comfy-migrate"     # state folder name, in the target and in each source
+PROBE_PREFIX = ".comfy-migrate-probe-"   # a probe's scratch folder (fsops.probe_fs): never scanned
 
 
 class Status(str, enum.Enum):
@@ -153,12 +154,51 @@ class ScanResult(namedtuple("ScanResult", [
     __slots__ = ()
 
 
+class FsFacts(namedtuple("FsFacts", [
+    "path",                       # str: the folder probed (a root, or the nearest existing folder of a new target)
+    "fstype",                     # str: from /proc/self/mountinfo, e.g. ext4, overlay, fuse.mfs, fuse.sshfs
+    "hardlink",                   # bool: a second name for one file
+    "symlink",                    # bool
+    "rename",                     # bool
+    "noreplace",                  # bool: renameat2(RENAME_NOREPLACE) (FUSE answers EINVAL)
+    "mtime_step_ns",              # int: the mtime precision kept: 1 (ns) ... 10**9 (whole seconds), 2*10**9 (FAT)
+    "stable_inode",               # bool: one file keeps its inode number by two names and across a rename
+    "case_sensitive",             # bool
+    "overlay",                    # str | None = None: None: not an overlay; else its upper layer ('' when
+                                  # this mount namespace cannot see it)
+    "detail",                     # str = "": what was refused, with its errno name
+], defaults=(None, ""))):
+    """What one filesystem does, tried with scratch files we create and remove (never predicted).
+
+    Every later choice follows from it: the method of a move, the removal of a source, how a dedupe
+    name is made, how rollback recognises a file it left (identity.Precision)."""
+
+    __slots__ = ()
+
+    @property
+    def summary(self) -> str:
+        yes = lambda b: "yes" if b else "no"     # noqa: E731
+        step = self.mtime_step_ns
+        when = ("ns" if step <= 1 else f"{step // 1000} us" if step < 1_000_000 else
+                f"{step // 1_000_000} ms" if step < 1_000_000_000 else f"{step // 1_000_000_000} s")
+        return (f"{self.fstype}: hardlinks {yes(self.hardlink)}, symlinks {yes(self.symlink)}, "
+                f"rename {yes(self.rename)}, RENAME_NOREPLACE {yes(self.noreplace)}, mtime to {when}, "
+                f"inode numbers {'stable' if self.stable_inode else 'NOT stable'}, "
+                f"case-{'sensitive' if self.case_sensitive else 'insensitive'}"
+                + ("" if self.overlay is None else ", overlay" + (" (upper layer visible)" if self.overlay
+                                                                   else " (layers not visible)")))
+
+
+UNPROBED = FsFacts("", "unknown", True, True, True, True, 1, True, True)
+
+
 class Probe(namedtuple("Probe", [
     "source",                     # str
     "hardlink",                   # bool
     "rename",                     # bool
     "detail",                     # str = ""
-], defaults=("",))):
+    "fs",                         # FsFacts = UNPROBED: the source's own filesystem
+], defaults=("", UNPROBED))):
     """What the filesystem really allows between a source and the target (tried, not predicted)."""
 
     __slots__ = ()
@@ -256,7 +296,10 @@ class Plan(namedtuple("Plan", [
                                   # bytes (or none) after the run, sorted
     "names_after",                # tuple[(category, name, digest | None, size), ...] = (): what each
                                   # name ComfyUI loads today loads after the run (logged by the run)
-], defaults=((), None, (), None, None, (), (), ()))):
+    "target_fs",                  # FsFacts = UNPROBED: what the store's filesystem does
+    "container_bytes",            # int = 0: bytes the sources' own (container) disk must take during the run
+    "container_free",             # int | None = None: its free space (not compared, like free_bytes)
+], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None))):
     """What `run` will do, as a value: the dry run prints it, the run executes it."""
 
     __slots__ = ()
@@ -268,6 +311,10 @@ class Plan(namedtuple("Plan", [
     @property
     def fits(self) -> bool:
         return self.free_bytes is None or self.bytes_to_copy <= self.free_bytes
+
+    @property
+    def container_fits(self) -> bool:
+        return self.container_free is None or self.container_bytes <= self.container_free
 
     @property
     def yaml_changes(self) -> bool:
@@ -285,10 +332,11 @@ class Plan(namedtuple("Plan", [
     def __eq__(self, other: object) -> bool:
         """Equal plans: every field but free_bytes equal (never equal to a plain tuple)."""
         return other.__class__ is Plan and \
-            tuple.__eq__(self._replace(free_bytes=None), other._replace(free_bytes=None))  # type: ignore[attr-defined]
+            tuple.__eq__(self._replace(free_bytes=None, container_free=None),  # type: ignore[attr-defined]
+                         other._replace(free_bytes=None, container_free=None))  # type: ignore[attr-defined]
 
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
 
     def __hash__(self) -> int:
-        return tuple.__hash__(self._replace(free_bytes=None))
+        return tuple.__hash__(self._replace(free_bytes=None, container_free=None))

@@ -12,16 +12,22 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from collections import namedtuple
 
 from migrate import comfy, names
 from migrate.errors import BadInput
 from migrate.model import (
-    Action, ActionKind, CustomFolder, FileRecord, Method, Mode, OnConflict, PathFacts, Plan, Policy, Probe,
-    Removal, ScanResult, Status,
+    UNPROBED, Action, ActionKind, CustomFolder, FileRecord, FsFacts, Method, Mode, OnConflict, PathFacts, Plan,
+    Policy, Probe, Removal, ScanResult, Status,
 )
+
+# The layer of an overlay source's file (facts.overlay_layers): only these two are ever given.
+LOWER = "lower"         # in a read-only image layer: renaming it copies the whole file onto the container disk
+UNKNOWN = "unknown"     # the overlay's layers are not visible here: it may be
+LOWER_STAYS = ("in a read-only image layer of the container disk: setting it aside would copy it "
+               "up onto the container disk and removing it frees nothing; it stays (the store is searched first)")
 
 
 def check_roots(sources: Sequence[str], target: str) -> None:
@@ -94,7 +100,15 @@ def build_plan(
     free_bytes: Optional[int] = None,
     paths: Optional[PathFacts] = None,
     world: Optional[World] = None,
+    target_fs: FsFacts = UNPROBED,
+    layers: Optional[Mapping[str, str]] = None,
+    container_free: Optional[int] = None,
 ) -> Plan:
+    """`target_fs`: what the store's filesystem does (fsops.probe_fs); `layers`: source path -> LOWER
+    or UNKNOWN for files of overlay sources (facts.overlay_layers); `container_free`: free bytes of
+    the overlay sources' upper layer (the container disk)."""
+    target_hardlinks = target_hardlinks and target_fs.hardlink
+    layers = layers or {}
     if yaml_path is not None and yaml_before is not None:
         comfy.parse_yaml(yaml_before, yaml_path)    # a broken YAML is refused even when nothing moves
     probe_of = {p.source: p for p in probes}
@@ -117,7 +131,8 @@ def build_plan(
             raise BadInput(f"--mode link: {scan.root} and {target} cannot share hardlinks ({probe.detail})",
                            "use --mode move or --mode copy")
         for r in sorted(scan.records, key=_search_rank):
-            actions.append(_decide(r, target, policy, probe, target_hardlinks, slots, stored, target_folders))
+            actions.append(_decide(r, target, policy, probe, target_hardlinks, slots, stored, target_folders,
+                                   target_fs, layers.get(r.path)))
 
     before = _tree(sources, target_scan, target, world)
     actions = _relinks(actions, before)
@@ -147,6 +162,10 @@ def build_plan(
                                        yaml_after if yaml_after is not None else yaml_before)
     if changes:
         warnings.append(f"{len(changes)} name(s) would load other bytes after the run (or nothing): see name changes")
+    container = sum(a.size for a in actions if a.removal is Removal.QUARANTINE and layers.get(a.source) == UNKNOWN)
+    if container:
+        warnings.append(f"the overlay's layers are not visible here: setting aside {container} bytes of sources "
+                        "may copy them up onto the container disk first (counted against its free space)")
     return Plan(
         name_changes=changes, names_after=after,
         target=target, sources=tuple(s.root for s in sources), yaml_path=yaml_path, yaml_before=yaml_before,
@@ -154,23 +173,36 @@ def build_plan(
         target_hardlinks=target_hardlinks, target_categories=tuple(sorted(target_folders)),
         warnings=tuple(warnings), free_bytes=free_bytes,
         custom_folders=_custom_folders(actions, target, policy, yaml_after is not None), base_path=base,
-        paths=paths if base is not None else None,
+        paths=paths if base is not None else None, target_fs=target_fs, container_bytes=container,
+        container_free=container_free if container else None,
     )
 
 
 def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_hardlinks: bool,
-            slots: Dict[str, _Slot], stored: Dict[str, str], target_folders: Dict[str, set]) -> Action:
+            slots: Dict[str, _Slot], stored: Dict[str, str], target_folders: Dict[str, set],
+            target_fs: FsFacts = UNPROBED, layer: Optional[str] = None) -> Action:
     common = dict(root=r.root, rel=r.rel, category=r.category, size=r.size, digest=r.digest, dev=r.dev,
                   ino=r.ino, mode=r.mode, mtime_ns=r.mtime_ns)
     if r.status is not Status.MIGRATE:
         return Action(ActionKind.SKIP, reason=r.detail or r.status.value, **common)
     move = policy.mode is Mode.MOVE
     link_back = move and (policy.link_back if policy.link_back is not None else r.custom)
+    lower = move and layer == LOWER
+    if lower:
+        link_back = False       # the file stays at its place
+    elif link_back and not probe.fs.symlink:
+        if r.custom:
+            return Action(ActionKind.SKIP, reason=f"custom-node folder on a filesystem without symlinks "
+                          f"({probe.fs.fstype}): no link could lead its nodes to the store, so it stays", **common)
+        link_back = False
+    # Inode numbers that are not stable (sshfs, mergerfs, rclone) cannot show that the store holds
+    # the source's own file: its name is never just unlinked.
+    stable = target_fs.stable_inode and probe.fs.stable_inode
 
     def removal_for(slot_inode) -> Removal:
-        if not move:
+        if not move or lower:
             return Removal.NONE
-        return Removal.UNLINK if slot_inode == (r.dev, r.ino) else Removal.QUARANTINE
+        return Removal.UNLINK if stable and slot_inode == (r.dev, r.ino) else Removal.QUARANTINE
 
     dst = target_path(target, r)
     slot = slots.get(dst)
@@ -179,7 +211,8 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
             rem = removal_for(slot.inode)
             return Action(ActionKind.ALREADY_THERE, dst=dst, stored=dst, removal=rem,
                           link_back=link_back and rem is not Removal.NONE,
-                          reason="identical content already at this name", **common)
+                          reason="identical content already at this name" + (f"; {LOWER_STAYS}" if lower else ""),
+                          **common)
         if policy.on_conflict is OnConflict.SKIP:
             return Action(ActionKind.CONFLICT, dst=dst, reason="the target holds different content under "
                           "this name; left in place (--on-conflict rename keeps both)", **common)
@@ -191,21 +224,27 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
     if r.digest in stored:
         keep = stored[r.digest]
         keep_inode = slots[keep].inode
-        method = Method.HARDLINK if target_hardlinks else Method.SYMLINK
+        # A store without hardlinks gets a symlink; without symlinks either, a copy (the plan counts its bytes).
+        method = Method.HARDLINK if target_hardlinks else Method.SYMLINK if target_fs.symlink else Method.COPY
         rem = removal_for(keep_inode)
         slots[dst] = _Slot(r.digest, keep_inode if method is Method.HARDLINK else None)
+        why = reason or f"same content as {posixpath.relpath(keep, target)}"
+        if method is Method.COPY:
+            why += " (the store takes neither hardlinks nor symlinks: a second copy)"
         return Action(ActionKind.SAME_CONTENT, dst=dst, stored=keep, method=method, removal=rem,
                       link_back=link_back and rem is not Removal.NONE,
-                      reason=reason or f"same content as {posixpath.relpath(keep, target)}", **common)
+                      reason=why + (f"; {LOWER_STAYS}" if lower else ""), **common)
 
     if policy.mode is Mode.MOVE:
         kind = ActionKind.MOVE
-        if probe.hardlink:
+        if probe.hardlink and stable and not lower:
             method, rem = Method.HARDLINK, Removal.UNLINK
-        elif probe.rename:
+        elif probe.rename and not lower:
+            # Without stable inode numbers a hardlink's source name could never be shown to be the
+            # store's file: a rename moves it in one step instead.
             method, rem = Method.RENAME, Removal.RENAMED
-        else:
-            method, rem = Method.COPY, Removal.QUARANTINE
+        else:     # (a lower-layer file is copied even within its overlay: link and rename copy it up)
+            method, rem = Method.COPY, Removal.NONE if lower else Removal.QUARANTINE
     elif policy.mode is Mode.LINK:
         kind, method, rem = ActionKind.LINK, Method.HARDLINK, Removal.NONE
     else:
@@ -213,6 +252,8 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
     inode = (r.dev, r.ino) if method in (Method.HARDLINK, Method.RENAME) else None
     slots[dst] = _Slot(r.digest, inode)
     stored[r.digest] = dst  # type: ignore[index]
+    if lower:
+        reason = f"{reason}; {LOWER_STAYS}" if reason else LOWER_STAYS
     return Action(kind, dst=dst, method=method, removal=rem, link_back=link_back, reason=reason, **common)
 
 

@@ -200,9 +200,11 @@ def plan_doc(plan: Plan) -> dict:
         "sources": list(plan.sources),
         "mode": plan.policy.mode.value,
         "on_conflict": plan.policy.on_conflict.value,
-        "probes": [{"source": p.source, "hardlink": p.hardlink, "rename": p.rename, "detail": p.detail}
-                   for p in plan.probes],
+        "probes": [{"source": p.source, "hardlink": p.hardlink, "rename": p.rename, "detail": p.detail,
+                    "filesystem": fs_doc(p.fs)} for p in plan.probes],
         "target_hardlinks": plan.target_hardlinks,
+        "target_filesystem": fs_doc(plan.target_fs),
+        "container_disk": {"bytes": plan.container_bytes, "free": plan.container_free},
         "actions": [action_doc(a) for a in plan.actions],
         "totals": totals(plan),
         "yaml": {"path": plan.yaml_path, "changes": plan.yaml_changes, "diff": yaml_diff(plan),
@@ -235,6 +237,12 @@ def name_change_lines(plan: Plan, limit: int = 8) -> list[str]:
         more = f", and {len(cs) - limit} more (--format json lists them)" if len(cs) > limit else ""
         lines.append(f"  {reason}: {shown}{more}")
     return lines
+
+
+def fs_doc(fs) -> dict:
+    return {"type": fs.fstype, "hardlink": fs.hardlink, "symlink": fs.symlink, "rename": fs.rename,
+            "rename_noreplace": fs.noreplace, "mtime_step_ns": fs.mtime_step_ns, "stable_inode": fs.stable_inode,
+            "case_sensitive": fs.case_sensitive, "overlay": fs.overlay is not None, "detail": fs.detail}
 
 
 def totals(plan: Plan) -> dict:
@@ -361,9 +369,19 @@ def summary_lines(plan: Plan) -> list[str]:
     if t["quarantine_bytes"]:
         lines.append(f"{human(t['quarantine_bytes'])} of source copies go to quarantine "
                      "(freed by `comfy-migrate purge`)")
+    if plan.container_bytes:
+        verdict = "fits" if plan.container_fits else "DOES NOT FIT"
+        lines.append(f"container disk: up to {human(plan.container_bytes)} copied up by setting overlay files aside, "
+                     f"{human(plan.container_free or 0)} free: the plan {verdict}")
     for p in plan.probes:
-        how = "hardlink" if p.hardlink else "rename" if p.rename else "copy + verify"
-        lines.append(f"{show(p.source)} -> target: {how}" + (f" ({p.detail})" if p.detail else ""))
+        how = "hardlink" if p.hardlink and p.fs.stable_inode and plan.target_fs.stable_inode else \
+            "rename" if p.rename else "copy + verify"
+        lines.append(f"{show(p.source)} -> target: {how}" + (f" ({p.detail})" if p.detail else "")
+                     + f"; source {show(p.fs.summary)}; store {show(plan.target_fs.summary)}")
+    extra = sum(a.size for a in plan.actions if a.kind is ActionKind.SAME_CONTENT and a.method is Method.COPY)
+    if extra:
+        lines.append(f"the store takes neither hardlinks nor symlinks: {human(extra)} of same-content names "
+                     "are stored as extra copies")
     if plan.base_path is not None and plan.policy.base_path != "absolute":
         lines.append(f"YAML base_path {show(plan.base_path)} (--base-path {plan.policy.base_path}) "
                      f"resolves here to {show(plan.target)}")

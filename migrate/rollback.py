@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from migrate import __version__, fsops
+from migrate import __version__, fsops, identity
 from migrate.errors import BadLog
 from migrate.fleet import store_rel
 from migrate.hashing import hash_bytes, hash_path
@@ -84,11 +84,27 @@ def check_log(records: Sequence[dict], path: str) -> None:
                          "the log was edited; restore the original")
 
 
+def precisions(head: dict) -> Callable[[str], identity.Precision]:
+    """path -> the precision of its filesystem, as the run's header recorded it per root (its probe);
+    a log of an earlier version has none: exact."""
+    fs = head.get("fs") if isinstance(head.get("fs"), dict) else {}
+    roots = sorted((r for r in fs if isinstance(r, str)), key=len, reverse=True)
+
+    def of(path: str) -> identity.Precision:
+        root = next((r for r in roots if isinstance(path, str) and path.startswith(r.rstrip("/") + "/")), None)
+        return identity.precision_of(fs.get(root)) if root else identity.EXACT
+    return of
+
+
 def plan_rollback(records: Sequence[dict]) -> List[Undo]:
     steps = group_steps(list(records))
+    prec = precisions(records[0]) if records else (lambda p: identity.EXACT)
     undos = []
     for b in reversed(steps.begins):
         rec = dict(b)
+        for side, f in (("_p_src", "src"), ("_p_dst", "dst"), ("_p_src", "q")):
+            if isinstance(b.get(f), str) and side not in rec:
+                rec[side] = prec(b[f])
         for extra in steps.extra.get(b["step"], []):
             if extra["type"] == "staged":
                 rec["tmp_ino"] = extra["tmp_ino"]
@@ -117,10 +133,23 @@ def _safe(root_of: Callable[[str], Optional[str]], path: str) -> None:
             return
 
 
-def _as_logged(path: str, r: dict) -> bool:
-    """Size and mtime still those the run recorded (an in-place rewrite keeps the inode, not these)."""
+def _as_logged(path: str, r: dict, side: str = "src") -> bool:
+    """Size and mtime still those the run observed (an in-place rewrite keeps the inode, not these), at
+    the precision of the path's filesystem: on the store's side ('dst') the destination's own stat
+    logged after its publish (a copy on MooseFS keeps whole seconds of the source's nanoseconds)."""
     st = os.lstat(path)
-    return st.st_size == r["size"] and st.st_mtime_ns == r["mtime_ns"]
+    want = r.get("dst_mtime_ns", r["mtime_ns"]) if side == "dst" else r["mtime_ns"]
+    return not identity.differs(st, r["size"], want, None, r.get("_p_" + side, identity.EXACT))
+
+
+def _is_logged_file(path: str, r: dict, side: str, dev_ino: Optional[Tuple[int, int]]) -> bool:
+    """`path` is the file the run logged: its inode where the filesystem keeps inodes stable, else
+    size + mtime + digest (identity.same_file), and in both cases size and mtime at its precision."""
+    p = r.get("_p_" + side, identity.EXACT)
+    if p.stable_inode:
+        return dev_ino is not None and _ino(path) == dev_ino and _as_logged(path, r, side)
+    want = r.get("dst_mtime_ns", r["mtime_ns"]) if side == "dst" else r["mtime_ns"]
+    return identity.same_file(path, r["size"], want, None, r.get("digest"), p)
 
 
 def _src_holds(r: dict) -> bool:
@@ -130,7 +159,7 @@ def _src_holds(r: dict) -> bool:
         st = os.lstat(r["src"])
     except FileNotFoundError:
         return False
-    if (st.st_dev, st.st_ino) == (r["dev"], r["ino"]) and _as_logged(r["src"], r):
+    if _is_logged_file(r["src"], r, "src", (r["dev"], r["ino"])):
         return True
     return stat.S_ISREG(st.st_mode) and st.st_size == r["size"] and hash_path(r["src"]) == r["digest"]
 
@@ -195,7 +224,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                 _safe(root_of, k["path"])
                 note = _drop_kept(k, records)
             except OSError as exc:
-                note = f"{exc.strerror or exc}"
+                note = fsops.describe(exc)
             if note:
                 report.kept.append(Problem(k["path"], f"left in the store: {note}"))
                 j.append({"type": "skip", "undo": step, "why": note})
@@ -238,7 +267,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                     if note and shared and u.op == "mkdir" and u.rec["path"].startswith(in_store):
                         note = ""     # other runs' files live there
             except OSError as exc:
-                note = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+                note = fsops.describe(exc)
             if note:
                 report.skipped.append(Problem(u.rec.get("src") or u.rec.get("dst") or u.rec.get("path", ""),
                                               f"not undone ({u.describe()}): {note}"))
@@ -309,9 +338,10 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
         cur = _ino(dst)
         if cur is None or _never_made(u):
             return ""
-        if cur != want:
+        stable = r.get("_p_dst", identity.EXACT).stable_inode
+        if stable and cur != want:
             return "the target file was replaced since the run; left in place"
-        if op == "link" and not _as_logged(dst, r):
+        if op == "link" and not (_as_logged(dst, r, "dst") if stable else _is_logged_file(dst, r, "dst", None)):
             return "the target file was changed since the run; left in place"
         if op == "link" and _ino(r["src"]) is None:
             fsops.rename_noreplace(dst, r["src"])
@@ -331,9 +361,10 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
         cur = _ino(r["dst"])
         if cur is None or _ino(r["src"]) is not None:
             return "" if cur is None else "both names exist; left in place"
-        if cur != (r["dev"], r["ino"]):
+        stable = r.get("_p_dst", identity.EXACT).stable_inode
+        if stable and cur != (r["dev"], r.get("dst_ino", r["ino"])):
             return "the target file was replaced since the run; left in place"
-        if not _as_logged(r["dst"], r):
+        if not (_as_logged(r["dst"], r, "dst") if stable else _is_logged_file(r["dst"], r, "dst", None)):
             return "the target file was changed since the run; left in place"
         os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
         fsops.rename_noreplace(r["dst"], r["src"])
@@ -347,10 +378,10 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
         cur = _ino(dst)
         if cur is None or ino is None or _never_made(u):
             return ""
-        if cur[1] != ino:
+        if r.get("_p_dst", identity.EXACT).stable_inode and cur[1] != ino:
             return "the target file was replaced since the run; left in place"
         # This undo deletes the copy: first prove it holds exactly the bytes the run copied.
-        if not _as_logged(dst, r) or hash_path(dst) != r["digest"]:
+        if not _as_logged(dst, r, "dst") or hash_path(dst) != r["digest"]:
             return "the target copy was changed since the run; left in place"
         if _ino(r["src"]) is None:
             # The source is gone for good (its quarantine was purged): copy back, verify, then remove.
@@ -390,7 +421,7 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
         # pod's rollback may have removed the copy it was made from).
         names = _holders(r)
         for stored in names:
-            if _ino(stored) == (r["dev"], r["ino"]) and _as_logged(stored, r):
+            if _ino(stored) == (r["dev"], r["ino"]) and _as_logged(stored, r, "dst"):
                 os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
                 os.link(stored, r["src"])
                 return ""
@@ -402,7 +433,8 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
             if _ino(r["src"]) == (r["dev"], r["ino"]) or not os.path.lexists(r["q"]):
                 return ""
             return f"another file now has the old name; the original stays in quarantine at {r['q']}"
-        if _ino(r["q"]) == (r["dev"], r["ino"]):
+        if _is_logged_file(r["q"], r, "src", (r["dev"], r["ino"])) or (
+                _ino(r["q"]) == (r["dev"], r["ino"]) and r.get("_p_src", identity.EXACT).stable_inode):
             os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
             fsops.rename_noreplace(r["q"], r["src"])
             twins.setdefault((r["dev"], r["ino"]), []).append(r["src"])
@@ -445,6 +477,8 @@ def _made_here(rec: dict, path: str) -> bool:
     ino = {"link": rec.get("ino"), "rename": rec.get("ino"), "dedupe": rec.get("stored_ino")}.get(
         rec["op"], rec.get("dst_ino") or rec.get("tmp_ino"))
     cur = _ino(path)
+    if cur is not None and "_p_dst" in rec and not rec["_p_dst"].stable_inode and rec["op"] != "dedupe":
+        return rec.get("digest") is not None and _is_logged_file(path, rec, "dst", None)
     return ino is not None and cur is not None and cur[1] == ino
 
 
@@ -515,7 +549,7 @@ def _keep(u: Undo, on_bytes) -> str:
     if u.op == "dedupe" or _ino(r["src"]) is not None or _ino(r["dst"]) is None:
         return ""
     os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-    if u.op == "link" and _ino(r["dst"]) == (r["dev"], r["ino"]) and _as_logged(r["dst"], r):
+    if u.op == "link" and _ino(r["dst"]) == (r["dev"], r["ino"]) and _as_logged(r["dst"], r, "dst"):
         os.link(r["dst"], r["src"])
         return ""
     if not _restore_from(r["dst"], r, on_bytes):
@@ -539,9 +573,10 @@ def _restore_dir_times(records: Sequence[dict]) -> int:
             st = os.stat(d, follow_symlinks=d in roots)
             if not stat.S_ISDIR(st.st_mode):
                 continue
-            if st.st_mtime_ns != ns:
-                os.utime(d, ns=(st.st_atime_ns, ns), follow_symlinks=d in roots)
-                n += 1
+            # Always set, even when stat shows the value already: a FUSE mount (MooseFS) may show its
+            # cached attributes while the server holds another time.
+            os.utime(d, ns=(st.st_atime_ns, ns), follow_symlinks=d in roots)
+            n += st.st_mtime_ns != ns
         except OSError:
             continue
     return n
@@ -732,7 +767,7 @@ def purge_check(rec: dict) -> str:
         try:
             digest = hash_path(path)
         except OSError as exc:
-            return f"{what} cannot be read ({exc.strerror or exc})"
+            return f"{what} cannot be read ({fsops.describe(exc)})"
         if digest != rec["digest"]:
             return f"{what} does not hold the logged content"
     return ""

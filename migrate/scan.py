@@ -13,7 +13,7 @@ from stat import S_IMODE, S_ISDIR, S_ISLNK, S_ISREG
 
 from migrate import comfy
 from migrate.hashing import DigestCache, hash_many, note_read
-from migrate.model import STATE_DIR, FileRecord, Problem, ScanResult, Status
+from migrate.model import PROBE_PREFIX, STATE_DIR, FileRecord, Problem, ScanResult, Status
 
 TEMP_MARK = ".cm-tmp-"     # our temporary files: .<name>.cm-tmp-<run id>
 _by_name = attrgetter("name")
@@ -107,7 +107,7 @@ def _walk_folders(root: str, on_error: Callable[[OSError], None] | None
         files = []
         for e in entries:
             name = e.name
-            if name == ".git" or (not rel and name == STATE_DIR):
+            if name == ".git" or (not rel and name == STATE_DIR) or name.startswith(PROBE_PREFIX):
                 continue
             try:
                 st = e.stat(follow_symlinks=False)

@@ -198,9 +198,9 @@ def fail(exc: BaseException) -> NoReturn:
         sys.exit(ExitCode.INTERRUPTED)
     if isinstance(exc, OSError):
         # Unexpected at this level (per-file errors are reported as data).
-        where = f": {exc.filename}" if exc.filename else ""
+        from migrate.fsops import describe
         code = ExitCode.NO_SPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.PROBLEMS
-        err(f"comfy-migrate: error: {exc.strerror or exc}{where} (nothing was lost: `comfy-migrate run` "
+        err(f"comfy-migrate: error: {describe(exc)} (nothing was lost: `comfy-migrate run` "
             "continues, `comfy-migrate rollback` undoes)")
         sys.exit(code)
     raise exc

@@ -147,7 +147,10 @@ def claims(runs: Sequence[Run], kept: Sequence[dict] = ()) -> Dict[str, Claim]:
             rel = store_rel(b.get("dst") or b.get("stored"), target)
             if rel is None:
                 continue
-            add(Claim(rel, b["digest"], b.get("size"), b.get("mtime_ns") if op in OWN_MTIME else None, rid, op))
+            # the store file's own mtime as the run observed it after the publish (logs since issue 14;
+            # a copy on MooseFS keeps whole seconds of its source's nanoseconds), else the source's
+            seen = steps.done[b["step"]].get("dst_mtime_ns", b.get("mtime_ns"))
+            add(Claim(rel, b["digest"], b.get("size"), seen if op in OWN_MTIME else None, rid, op))
             stored = b.get("stored")
             if op == "symlink" and isinstance(b.get("to"), str):
                 stored = posixpath.normpath(posixpath.join(posixpath.dirname(b["dst"]), b["to"]))
