@@ -54,8 +54,15 @@ def source_options(f):
     return f
 
 
+def _finite_price(ctx, param, value):
+    if value != value:      # NaN passes FloatRange's comparisons
+        raise click.BadParameter("not a number")
+    return value
+
+
 def price_option(f):
     return click.option("--price-per-gb-month", type=click.FloatRange(0, 1000), default=0.07, show_default=True,
+                        callback=_finite_price,
                         envvar="COMFY_MIGRATE_PRICE", metavar="USD",
                         help="What a GB-month of network volume costs (RunPod: 0.07), for the unused models' cost.")(f)
 
@@ -165,6 +172,7 @@ def print_plan(plan, fmt: str, verbose: bool = False) -> None:
 @cli.command("plan", context_settings=CONTEXT)
 @plan_options
 @click.option("--report", "report_path", metavar="FILE.html", type=click.Path(dir_okay=False, writable=True),
+              callback=lambda ctx, param, v: _html_path(v),
               help="Also write the plan as one self-contained HTML page (totals, a chart, name changes, duplicates, "
                    "audit, workflows, the YAML diff).")
 @click.pass_obj
@@ -180,8 +188,15 @@ def plan_cmd(ui: Ui, report_path, **kw) -> None:
     price = kw.pop("price_per_gb_month")
     _, plan = build(ui, **kw)
     print_plan(plan, fmt, ui.verbosity > 0)
-    if report_path:
+    if report_path is not None:
         write_report(ui, plan, kw, price, report_path)
+
+
+def _html_path(value):
+    """--report must name an .html file (checked before planning: it never writes over another file)."""
+    if value is not None and not value.lower().endswith((".html", ".htm")):
+        raise click.BadParameter(f"must be an .html file, not {value!r} (e.g. plan.html)")
+    return value
 
 
 def run_report_path(log_path: str) -> str:

@@ -41,9 +41,12 @@ def test_plan_report_is_one_page_naming_every_workflow_and_missing_model(pod, cl
 def test_report_path_must_be_html_and_writable(pod, cli_env, tmp_path):
     model = pod.models / "vae" / "wan_2.1_vae.safetensors"
     before = model.read_bytes()
-    bad = run_cli(["plan", *pod.args("--report", model)], cli_env, check=None)
-    assert bad.returncode == 3 and "must be an .html file" in bad.stderr
+    for wrong in (model, ""):
+        bad = run_cli(["plan", *pod.args("--report", wrong)], cli_env, check=None)
+        assert bad.returncode == 2 and "must be an .html file" in bad.stderr and not bad.stdout
     assert model.read_bytes() == before
+    nan = run_cli(["workflows", "--comfyui", pod.comfyui, "--price-per-gb-month", "nan"], cli_env, check=None)
+    assert nan.returncode == 2 and "not a number" in nan.stderr
     nowhere = run_cli(["plan", *pod.args("--report", tmp_path / "no" / "such" / "x.html")], cli_env, check=None)
     assert nowhere.returncode == 3 and "cannot write the report" in nowhere.stderr
 
