@@ -23,7 +23,7 @@ from migrate.hashing import confirm_digest, hash_bytes, stat_key
 from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_log, run_logs
 from migrate.lock import TargetLock
 from migrate.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal
-from migrate.scan import TEMP_MARK
+from migrate.scan import TEMP_MARK, temp_name
 
 OnBytes = Callable[[int], None]
 
@@ -202,7 +202,7 @@ class _Runner:
     def _copy(self, a: Action, facts: dict) -> None:
         assert a.dst is not None
         src = a.source
-        tmp = os.path.join(os.path.dirname(a.dst), f".{os.path.basename(a.dst)}{TEMP_MARK}{self.report.run_id}")
+        tmp = temp_name(os.path.dirname(a.dst), os.path.basename(a.dst), self.report.run_id)
         s = self.begin("copy", tmp=tmp, **facts)
         try:
             digest, st = fsops.copy_and_hash(src, (a.dev, a.ino, a.size, a.mtime_ns), tmp, self.on_bytes)
@@ -416,6 +416,9 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
             j = Journal.create(path, dict(header, run=run_id))
             j.append({"type": "dirtimes", "dirs": times})
             report = RunReport(run_id, path)
+        links = links_on_way(plan)
+        if links:       # rollback accepts these symlinked store folders, and no other (preflight.py)
+            j.append({"type": "links", "dirs": links})
         if lock.took_over:
             report.lock_note = f"took over a stale lock ({lock.took_over.get('reason')})"
         r = _Runner(plan, j, report, on_bytes)
@@ -465,6 +468,28 @@ def fs_record(plan: Plan) -> Dict[str, dict]:
         return {"type": fs.fstype, "mtime_step_ns": fs.mtime_step_ns, "stable_inode": fs.stable_inode}
     out = {p.source: doc(p.fs) for p in plan.probes}
     out[plan.target] = doc(plan.target_fs)
+    return out
+
+
+def links_on_way(plan: Plan) -> Dict[str, str]:
+    """Every symlink to a folder on the way from the target to a destination, with its text, as it
+    is before the first step: the store folders this run writes through (see preflight.py)."""
+    from migrate.preflight import needed_folders
+    out: Dict[str, str] = {}
+    for folder in needed_folders(plan):
+        cur = plan.target
+        for part in ([] if folder == plan.target else os.path.relpath(folder, plan.target).split("/")):
+            cur = os.path.join(cur, part)
+            if cur in out:
+                continue
+            try:
+                if not os.path.islink(cur):
+                    if not os.path.isdir(cur):
+                        break
+                    continue
+                out[cur] = os.readlink(cur)
+            except OSError:
+                break
     return out
 
 

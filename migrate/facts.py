@@ -15,7 +15,7 @@ from migrate import catalogue as store_catalogue, fsops, plan as planning
 from migrate.comfy import DEFAULT_COMFYUI, check_dir, find_comfyui  # noqa: F401 (they lived here)
 from migrate.errors import BadInput
 from migrate.hashing import DigestCache
-from migrate.model import UNPROBED, Finding, FsFacts, PathFacts, Plan, Policy, Probe, ScanResult, Status
+from migrate.model import UNPROBED, Finding, FsFacts, PathFact, PathFacts, Plan, Policy, Probe, ScanResult, Status
 from migrate.scan import hash_records, scan_tree
 
 DEFAULT_TARGET = "/workspace/models"
@@ -63,6 +63,36 @@ def _from_catalogue(scan: ScanResult, cat: store_catalogue.Catalogue) -> Tuple[S
     return scan._replace(records=tuple(records)), hits
 
 
+def through_links(scan: ScanResult) -> ScanResult:
+    """The store's scan with what its symlinked folders hold (`store/loras -> /big/loras`), under the
+    store's names: run writes through such a folder (preflight.py), so the plan must know what is
+    already behind it. One level: a symlinked folder behind a symlinked folder is not entered."""
+    from migrate.comfy import category_of as comfy_category
+    from migrate.scan import classify
+    extra = []
+    problems = list(scan.problems)
+    for link in scan.records:
+        if link.status is not Status.SYMLINK or not os.path.isdir(link.path):
+            continue
+        real = os.path.realpath(link.path)
+        if real == scan.root or real.startswith(scan.root.rstrip("/") + "/"):
+            continue        # inside the store: scanned under its own name already
+        inner = scan_tree(link.path)
+        problems.extend(inner.problems)
+        folder = link.rel.split("/", 1)[0]
+        category, custom = comfy_category(folder)
+        for r in inner.records:
+            rel = f"{link.rel}/{r.rel}"
+            status, detail = r.status, r.detail
+            if status is Status.UNCATEGORISED:     # directly behind the link: inside its category folder
+                status, detail = classify(rel, os.stat_result((stat.S_IFREG | r.mode, 0, 0, 0, 0, 0, r.size, 0, 0, 0)))
+            extra.append(r._replace(root=scan.root, rel=rel, folder=folder, category=category,
+                                    custom=custom, status=status, detail=detail))
+    if not extra:
+        return scan
+    return scan._replace(records=scan.records + tuple(extra), problems=tuple(problems))
+
+
 def read_yaml(path: Optional[str]) -> Optional[str]:
     if path is None:
         return None
@@ -99,6 +129,8 @@ def gather(
     yaml_before = read_yaml(yaml_path)
     scans, findings = check_sources(scan_roots(sources), verdicts, cache, include_suspect)
     target_scan = scan_tree(target) if os.path.isdir(target) else None
+    if target_scan is not None:
+        target_scan = through_links(target_scan)
     # A stored file can only share content with a source file of the same size: the store (which
     # grows with every pod) is hashed only where sizes meet, as duplicate finders do; and only
     # where neither this machine's digest cache nor the store's catalogue (which every pod sees)
@@ -279,12 +311,62 @@ def path_facts(yaml_path: Optional[str], target: str, base_path: str) -> Optiona
 
 
 def make_plan(facts: Facts, policy: Policy) -> Plan:
+    """The plan, checked by the preflight against every path run will touch (see preflight.py)."""
+    from migrate import preflight
     plan = planning.build_plan(facts.sources, facts.target_scan, facts.target, policy, facts.probes,
                                facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes,
                                paths=path_facts(facts.yaml_path, facts.target, policy.base_path),
                                world=facts.world, target_fs=facts.target_fs, layers=facts.layers,
-                               container_free=facts.container_free)
-    return plan._replace(findings=facts.findings)
+                               container_free=facts.container_free, name_max=name_max(facts.target))
+    plan = plan._replace(findings=facts.findings)
+    yaml_real = os.path.realpath(facts.yaml_path) if facts.yaml_path else None
+    return preflight.check(plan, preflight_facts(preflight.paths_to_check(plan, yaml_real)), yaml_real)
+
+
+def name_max(path: str) -> int:
+    """The longest file name (bytes) the filesystem holding `path` (or its nearest folder) takes."""
+    try:
+        return os.statvfs(fsops.nearest_existing(path)).f_namemax or 255
+    except OSError:
+        return 255
+
+
+def path_fact(path: str, _fs: Optional[dict] = None) -> PathFact:
+    """What `path` is now, for the preflight: its kind from lstat; for a folder (or a symlink to one)
+    whether it takes new names (access(2), which also says no for an immutable folder, even to
+    root), its mount's read-only flag and name limit (statvfs)."""
+    try:
+        st = os.lstat(path)
+    except OSError:          # missing, or a file on the way (ENOTDIR): the parent's fact says which
+        return PathFact("missing")
+    to = ""
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            to = os.readlink(path)
+            st = os.stat(path)
+        except OSError:
+            return PathFact("symlink-dangling", to)
+        if not stat.S_ISDIR(st.st_mode):
+            return PathFact("symlink-other", to)
+        kind = "symlink-dir"
+    elif stat.S_ISDIR(st.st_mode):
+        kind = "dir"
+    else:
+        return PathFact("file" if stat.S_ISREG(st.st_mode) else "other")
+    fs = _fs if _fs is not None else {}
+    if st.st_dev not in fs:
+        try:
+            v = os.statvfs(path)
+            fs[st.st_dev] = (bool(v.f_flag & os.ST_RDONLY), v.f_namemax or 255)
+        except OSError:
+            fs[st.st_dev] = (False, 255)
+    ro, limit = fs[st.st_dev]
+    return PathFact(kind, to, not ro and os.access(path, os.W_OK | os.X_OK), ro, limit)
+
+
+def preflight_facts(paths: Sequence[str]) -> dict:
+    fs: dict = {}
+    return {p: path_fact(p, fs) for p in paths}
 
 
 def confirm_beliefs(plan: Plan, caches: Sequence[Optional[DigestCache]] = ()) -> List[str]:

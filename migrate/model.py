@@ -232,6 +232,22 @@ class PathFacts(namedtuple("PathFacts", [
     __slots__ = ()
 
 
+class PathFact(namedtuple("PathFact", [
+    "kind",                       # str: dir | missing | file | symlink-dir | symlink-dangling | symlink-other | other
+    "to",                         # str = "": a symlink's text
+    "writable",                   # bool = True: a folder (or the folder behind a symlink) that takes new names
+    "read_only",                  # bool = False: on a read-only mount
+    "name_max",                   # int = 255: the longest name (bytes) its filesystem takes
+], defaults=("", True, False, 255))):
+    """What one path run will touch is now (lstat, access, statvfs), gathered for the preflight."""
+
+    __slots__ = ()
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind in ("dir", "symlink-dir")
+
+
 class CustomFolder(namedtuple("CustomFolder", [
     "name",                       # str: the folder under models/, e.g. insightface
     "source",                     # str: <source root>/<name>
@@ -299,7 +315,9 @@ class Plan(namedtuple("Plan", [
     "target_fs",                  # FsFacts = UNPROBED: what the store's filesystem does
     "container_bytes",            # int = 0: bytes the sources' own (container) disk must take during the run
     "container_free",             # int | None = None: its free space (not compared, like free_bytes)
-], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None))):
+    "notes",                      # tuple[str, ...] = (): what the preflight decided (a target to create,
+                                  # a symlinked store folder written through), shown with the plan
+], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, ()))):
     """What `run` will do, as a value: the dry run prints it, the run executes it."""
 
     __slots__ = ()

@@ -74,12 +74,20 @@ def _search_rank(r: FileRecord) -> Tuple:
     return (r.category or "", idx, r.rel)
 
 
-def _conflict_name(dst: str, taken) -> str:
-    stem, ext = posixpath.splitext(dst)
+def _conflict_name(dst: str, taken, name_max: int = 255) -> str:
+    """`<stem>.conflict-N<ext>`, the stem shortened (on a character boundary) so that the name fits
+    the store's filesystem (name_max bytes)."""
+    folder, base = posixpath.split(dst)
+    stem, ext = posixpath.splitext(base)
     n = 1
-    while f"{stem}.conflict-{n}{ext}" in taken:
+    while True:
+        tail = f".conflict-{n}{ext}".encode("utf-8", "surrogateescape")
+        room = max(1, name_max - len(tail))
+        short = stem.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore") or stem[:1]
+        name = posixpath.join(folder, f"{short}.conflict-{n}{ext}")
+        if name not in taken:
+            return name
         n += 1
-    return f"{stem}.conflict-{n}{ext}"
 
 
 @dataclass
@@ -103,10 +111,12 @@ def build_plan(
     target_fs: FsFacts = UNPROBED,
     layers: Optional[Mapping[str, str]] = None,
     container_free: Optional[int] = None,
+    name_max: int = 255,
 ) -> Plan:
     """`target_fs`: what the store's filesystem does (fsops.probe_fs); `layers`: source path -> LOWER
     or UNKNOWN for files of overlay sources (facts.overlay_layers); `container_free`: free bytes of
-    the overlay sources' upper layer (the container disk)."""
+    the overlay sources' upper layer (the container disk); `name_max`: the longest name the store's
+    filesystem takes (a renamed conflict is fitted to it)."""
     target_hardlinks = target_hardlinks and target_fs.hardlink
     layers = layers or {}
     if yaml_path is not None and yaml_before is not None:
@@ -132,7 +142,7 @@ def build_plan(
                            "use --mode move or --mode copy")
         for r in sorted(scan.records, key=_search_rank):
             actions.append(_decide(r, target, policy, probe, target_hardlinks, slots, stored, target_folders,
-                                   target_fs, layers.get(r.path)))
+                                   target_fs, layers.get(r.path), name_max))
 
     before = _tree(sources, target_scan, target, world)
     actions = _relinks(actions, before)
@@ -180,7 +190,8 @@ def build_plan(
 
 def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_hardlinks: bool,
             slots: Dict[str, _Slot], stored: Dict[str, str], target_folders: Dict[str, set],
-            target_fs: FsFacts = UNPROBED, layer: Optional[str] = None) -> Action:
+            target_fs: FsFacts = UNPROBED, layer: Optional[str] = None,
+            name_max: int = 255) -> Action:
     common = dict(root=r.root, rel=r.rel, category=r.category, size=r.size, digest=r.digest, dev=r.dev,
                   ino=r.ino, mode=r.mode, mtime_ns=r.mtime_ns)
     if r.status is not Status.MIGRATE:
@@ -216,7 +227,7 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
         if policy.on_conflict is OnConflict.SKIP:
             return Action(ActionKind.CONFLICT, dst=dst, reason="the target holds different content under "
                           "this name; left in place (--on-conflict rename keeps both)", **common)
-        dst = _conflict_name(dst, slots)
+        dst = _conflict_name(dst, slots, name_max)
     folder = posixpath.relpath(dst, target).split("/", 1)[0]
     target_folders.setdefault(r.category or folder, set()).add(folder)
     reason = "" if dst == target_path(target, r) else f"renamed to {posixpath.basename(dst)} (name conflict)"

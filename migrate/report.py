@@ -215,6 +215,7 @@ def plan_doc(plan: Plan) -> dict:
         "warnings": list(plan.warnings),
         "findings": [finding_doc(f) for f in plan.findings],
         "name_changes": [name_change_doc(c) for c in plan.name_changes],
+        "preflight": list(plan.notes),
     }
 
 
@@ -338,6 +339,7 @@ def plan_header(plan: Plan) -> list[str]:
     if len(plan.sources) > 1:
         lines += [f"  [{i}] {show(r)}" for i, r in enumerate(plan.sources, 1)]
     lines.append(f"store:  {show(plan.target)}   (mode {plan.policy.mode.value})")
+    lines += [f"note: {show(n)}" for n in plan.notes]
     return lines
 
 

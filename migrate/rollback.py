@@ -24,7 +24,7 @@ from migrate.fleet import store_rel
 from migrate.hashing import hash_bytes, hash_path
 from migrate.journal import Journal, group_steps, read_log, run_logs
 from migrate.model import STATE_DIR, Problem
-from migrate.scan import TEMP_MARK
+from migrate.scan import TEMP_MARK, temp_name
 
 PATH_FIELDS = ("src", "dst", "tmp", "q", "stored", "path")
 
@@ -70,6 +70,12 @@ def check_log(records: Sequence[dict], path: str) -> None:
                     p.startswith(r.rstrip("/") + "/") for r in roots):
                 raise BadLog(f"{path}: line {i}: {f} {p!r} is outside the run's source and target folders",
                              "the log was edited; restore the original")
+        if rec.get("type") == "links":
+            tgt = head["target"].rstrip("/") + "/"
+            for d, to in (rec.get("dirs") or {}).items():
+                if not isinstance(d, str) or posixpath.normpath(d) != d or not d.startswith(tgt) or not isinstance(to, str):
+                    raise BadLog(f"{path}: line {i}: symlinked folder {d!r} is outside the run's target",
+                                 "the log was edited; restore the original")
         if rec.get("type") == "dirtimes":
             yaml_dir = posixpath.dirname(head["yaml"]) if isinstance(head.get("yaml"), str) else None
             for d, ns in (rec.get("dirs") or {}).items():
@@ -118,8 +124,10 @@ def plan_rollback(records: Sequence[dict]) -> List[Undo]:
     return undos
 
 
-def _safe(root_of: Callable[[str], Optional[str]], path: str) -> None:
-    """No folder between the recorded root and `path` may be a symlink (a planted escape)."""
+def _safe(root_of: Callable[[str], Optional[str]], path: str, links: Optional[Dict[str, str]] = None) -> None:
+    """No folder between the recorded root and `path` may be a symlink (a planted escape), but for
+    the symlinks the run journalled as there before its first step, still with the same text
+    (`links`: path -> link text; preflight.py's rule for symlinked store folders)."""
     root = root_of(path)
     if root is None:
         raise OSError(errno.EPERM, "outside the run's folders", path)
@@ -127,10 +135,20 @@ def _safe(root_of: Callable[[str], Optional[str]], path: str) -> None:
     for part in path[len(cur) + 1:].split("/")[:-1]:
         cur = cur + "/" + part
         try:
-            if os.path.islink(cur):
+            if os.path.islink(cur) and (links or {}).get(cur) != os.readlink(cur):
                 raise OSError(errno.ELOOP, "a folder on the way is now a symlink", cur)
-        except FileNotFoundError:
-            return
+        except (FileNotFoundError, NotADirectoryError):
+            return      # nothing of the run's is below a missing folder, or below a file
+
+
+def run_links(records: Sequence[dict]) -> Dict[str, str]:
+    """The symlinked folders the run journalled before its first step (and a continued run's first)."""
+    out: Dict[str, str] = {}
+    for rec in records:
+        if rec.get("type") == "links":
+            for d, to in (rec.get("dirs") or {}).items():
+                out.setdefault(d, to)
+    return out
 
 
 def _as_logged(path: str, r: dict, side: str = "src") -> bool:
@@ -157,7 +175,7 @@ def _src_holds(r: dict) -> bool:
     the logged digest (re-hashed: only reached when another file took the name)."""
     try:
         st = os.lstat(r["src"])
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
     if _is_logged_file(r["src"], r, "src", (r["dev"], r["ino"])):
         return True
@@ -167,7 +185,7 @@ def _src_holds(r: dict) -> bool:
 def _ino(path: str) -> Optional[Tuple[int, int]]:
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):     # a file where a folder was: not there either
         return None
     return st.st_dev, st.st_ino
 
@@ -199,6 +217,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
     def root_of(p: str) -> Optional[str]:
         return next((r for r in roots if p.startswith(r.rstrip("/") + "/")), None)
 
+    links = run_links(records)
     rb_path = log_path[:-len(".jsonl")] + ".rollback.jsonl"
     done_before: set = set()
     if os.path.exists(rb_path):
@@ -221,7 +240,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                 continue
             j.append({"type": "begin", "undo": step, "op": "drop-kept", "path": k["path"]})
             try:
-                _safe(root_of, k["path"])
+                _safe(root_of, k["path"], links)
                 note = _drop_kept(k, records)
             except OSError as exc:
                 note = fsops.describe(exc)
@@ -250,7 +269,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
             try:
                 for f in PATH_FIELDS:
                     if isinstance(u.rec.get(f), str) and u.rec.get("op") != "yaml":
-                        _safe(root_of, u.rec[f])
+                        _safe(root_of, u.rec[f], links)
                 users = users_of(u, relied, head["target"])
                 if users:
                     note = _keep(u, on_bytes)
@@ -325,8 +344,8 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
     if op == "mkdir":
         try:
             os.rmdir(r["path"])
-        except FileNotFoundError:
-            pass
+        except (FileNotFoundError, NotADirectoryError):
+            pass        # gone, or a file of someone else's took its place: not ours to remove
         except OSError as exc:
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 return "folder is not empty (files were added since); left in place"
@@ -611,7 +630,7 @@ def _restore_from(stored: str, r: dict, on_bytes) -> bool:
         return False
     src = r["src"]
     os.makedirs(os.path.dirname(src), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}restore")
+    tmp = temp_name(os.path.dirname(src), os.path.basename(src), "restore")
     if os.path.lexists(tmp):
         os.unlink(tmp)
     digest, _ = fsops.copy_and_hash(stored, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), tmp, on_bytes)

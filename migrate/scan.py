@@ -16,6 +16,21 @@ from migrate.hashing import DigestCache, hash_many, note_read
 from migrate.model import PROBE_PREFIX, STATE_DIR, FileRecord, Problem, ScanResult, Status
 
 TEMP_MARK = ".cm-tmp-"     # our temporary files: .<name>.cm-tmp-<run id>
+
+
+def temp_name(folder: str, name: str, tag: str) -> str:
+    """`<folder>/.<name>.cm-tmp-<tag>`, the name part shortened (on a character boundary) so the whole
+    fits the folder's filesystem: a 240-byte model name must still get a temporary file."""
+    try:
+        limit = os.statvfs(folder).f_namemax or 255
+    except OSError:
+        limit = 255
+    tail = f"{TEMP_MARK}{tag}".encode()
+    raw = name.encode("utf-8", "surrogateescape")
+    if 1 + len(raw) + len(tail) > limit:
+        raw = raw[:max(1, limit - 1 - len(tail))]
+        name = raw.decode("utf-8", "ignore") or "x"
+    return os.path.join(folder, f".{name}{TEMP_MARK}{tag}")
 _by_name = attrgetter("name")
 
 
