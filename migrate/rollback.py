@@ -586,15 +586,17 @@ def _restore_dir_times(records: Sequence[dict]) -> int:
             for d, ns in rec.get("dirs", {}).items():
                 first.setdefault(d, ns)
     roots = {records[0]["target"], *records[0]["sources"]}     # given by the user: may be symlinks
+    links = run_links(records)      # store folders that were symlinks before the run (preflight.py)
     n = 0
     for d, ns in sorted(first.items(), reverse=True):
         try:
-            st = os.stat(d, follow_symlinks=d in roots)
+            follow = d in roots or (d in links and os.path.islink(d) and os.readlink(d) == links[d])
+            st = os.stat(d, follow_symlinks=follow)
             if not stat.S_ISDIR(st.st_mode):
                 continue
             # Always set, even when stat shows the value already: a FUSE mount (MooseFS) may show its
             # cached attributes while the server holds another time.
-            os.utime(d, ns=(st.st_atime_ns, ns), follow_symlinks=d in roots)
+            os.utime(d, ns=(st.st_atime_ns, ns), follow_symlinks=follow)
             n += st.st_mtime_ns != ns
         except OSError:
             continue
