@@ -19,14 +19,15 @@ STATE = ".comfy-migrate"
 
 def state_of(*roots) -> dict:
     """Every entry below the roots (not the roots themselves, as test_rollback's snapshot), our state
-    folders left out; the YAML's inode too (it is rewritten atomically, by run and by rollback)."""
+    folders left out; the inodes of the YAML (rewritten atomically by run and rollback) and of
+    symlinks (run carries them along and rollback makes them again) too."""
     out = {}
     for root in roots:
         for rel, entry in snapshot_tree(root).items():
             if rel == "" or rel == STATE or rel.startswith(STATE + "/"):
                 continue
-            if rel.endswith("extra_model_paths.yaml"):
-                entry = entry[:3] + entry[4:]
+            if rel.endswith("extra_model_paths.yaml") or entry[0] == "symlink":
+                entry = entry[:3] + entry[4:]     # rewritten atomically / recreated: a new inode
             out[f"{root}:{rel}"] = entry
     return out
 
