@@ -124,13 +124,30 @@ class _Runner:
             try:
                 os.mkdir(d)
             except FileExistsError:
-                pass
+                if not os.path.isdir(d):        # a file took the name since the plan
+                    self.j.append({"type": "fail", "step": s, "error": "a file is in the way"})
+                    raise OSError(errno.ENOTDIR, "a file is where a folder is needed", d) from None
+            except OSError as exc:
+                self.j.append({"type": "fail", "step": s, "error": exc.strerror or str(exc)})
+                raise
             self.done(s)
+
+    def made_folder(self, path: str, root: str, a: Action, what: str) -> bool:
+        """mkdirs, a failure of which is this action's problem (data), not the run's end."""
+        try:
+            self.mkdirs(path, root)
+            return True
+        except OSError as exc:
+            self.report.problems.append(Problem(a.source, f"cannot create {what} {exc.filename or path}: "
+                                                f"{exc.strerror or exc}; the file stays where it is"))
+            self.failed.add(id(a))
+            return False
 
     # -- phase A: placement --
     def place(self, a: Action) -> None:
         assert a.dst is not None
-        self.mkdirs(os.path.dirname(a.dst), self.plan.target)
+        if not self.made_folder(os.path.dirname(a.dst), self.plan.target, a, "the store folder"):
+            return
         facts = dict(src=a.source, dst=a.dst, size=a.size, digest=a.digest, dev=a.dev, ino=a.ino, mode=a.mode,
                      mtime_ns=a.mtime_ns, kind=a.kind.value)
         if a.kind is ActionKind.SAME_CONTENT and a.method is not Method.COPY:
@@ -268,7 +285,8 @@ class _Runner:
             self.done(s)
         else:
             q = os.path.join(a.root, STATE_DIR, "quarantine", self.report.run_id, a.rel)
-            self.mkdirs(os.path.dirname(q), a.root)
+            if not self.made_folder(os.path.dirname(q), a.root, a, "the quarantine folder"):
+                return
             s = self.begin("quarantine", q=q, **facts)
             try:
                 if stat_key(os.lstat(src)) != expect:

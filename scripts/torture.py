@@ -29,6 +29,12 @@ Two families build their own worlds:
     freed inodes), two models exchanging names; then run, purge --permanent or not, rollback: no
     content of right before the run is lost after any command, and the rollback gives every name
     its bytes, mode and mtime of right before the run.
+  - obstacle (issue 15): something in the way placed between plan and run (a file where the store
+    needs a folder, a folder at a destination's name, a read-only source or store folder, a symlinked
+    store folder, a long name in conflict); the real `run` (planning again: its preflight refuses
+    with exit 3 and nothing changed, or it goes through) or the stale plan executed as it was
+    (meeting the obstacle mid-way); then `rollback --dry-run` and `rollback` exit 0 and the pod,
+    and any folder behind a symlink, is as it was.
 Prints one line per fault kind, then `N passed, M failed`; exits 1 on any failure.
 """
 from __future__ import annotations
@@ -67,7 +73,7 @@ USER_YAML = "# my own paths\nother_ui:\n  base_path: /opt/other\n  checkpoints: 
 CONFLICT_REL = "loras/conflict_me.safetensors"
 KINDS = ("crash-run-step", "crash-rollback-step", "sigkill-random", "enospc", "eio/eperm",
          "changed-under", "lock", "trash", "hostile", "fleet", "audit", "stale-rewrite", "stale-reuse",
-         "stale-swap")
+         "stale-swap", "obstacle")
 FAMILIES = {"stale": ("stale-rewrite", "stale-reuse", "stale-swap")}     # --only stale: all three
 
 G: dict = {}     # per-process globals: temp roots, pristine facts, measurements
@@ -1090,6 +1096,115 @@ def t_audit(t: Trial, rng: random.Random, recover: str) -> list:
     return errs + (["not identical after rollback: " + "; ".join(d)] if d else [])
 
 
+# --- obstacle: something in the way of run, placed after the plan (issue 15) -----------------------------
+
+OBSTACLES = ("file", "folder", "readonly-source", "readonly-store", "symlink", "long")
+
+
+@contextlib.contextmanager
+def read_only(path: str):
+    """`path` as a read-only bind mount of itself (EROFS even for root; we are in our own mount
+    namespace), undone afterwards."""
+    subprocess.run(["mount", "--bind", path, path], check=True, stderr=subprocess.DEVNULL)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", path], check=True, stderr=subprocess.DEVNULL)
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", path], stderr=subprocess.DEVNULL)
+
+
+def place_obstacle(t: Trial, plan, how: str, rng: random.Random, stack: contextlib.ExitStack) -> tuple:
+    """Put one obstacle in the way of `plan`; returns (a note, extra folders to snapshot, run args)."""
+    from migrate.preflight import needed_folders, source_folders
+    moves = [a for a in plan.actions if a.dst and a.method is not Method.NONE]
+    if how == "file":           # a file where run needs a folder
+        folder = rng.choice([d for d in needed_folders(plan) if d != t.target])
+        parts = os.path.relpath(folder, t.target).split("/")
+        cut = os.path.join(t.target, *parts[:rng.randint(1, len(parts))])
+        if os.path.isdir(cut):
+            shutil.move(cut, os.path.join(t.dir, "moved-aside"))
+        os.makedirs(os.path.dirname(cut), exist_ok=True)
+        with open(cut, "wb") as f:
+            f.write(b"in the way")
+        return f"file at {os.path.relpath(cut, t.target)}", [os.path.join(t.dir, "moved-aside")], ()
+    if how == "folder":         # a folder holding a destination's name
+        a = rng.choice(moves)
+        os.makedirs(a.dst)
+        return f"folder at {os.path.relpath(a.dst, t.target)}", [], ()
+    if how == "readonly-source":
+        folder = rng.choice(source_folders(plan))
+        stack.enter_context(read_only(folder))
+        return f"read-only {os.path.relpath(folder, t.models)}", [], ()
+    if how == "readonly-store":
+        folder = rng.choice([d for d in needed_folders(plan) if os.path.isdir(d)] or [t.target])
+        stack.enter_context(read_only(folder))
+        return f"read-only store {os.path.relpath(folder, t.target)}", [], ()
+    if how == "symlink":        # a store folder that is a symlink to a folder elsewhere
+        folder = rng.choice([d for d in needed_folders(plan) if d != t.target])
+        top = os.path.join(t.target, os.path.relpath(folder, t.target).split("/")[0])
+        big = os.path.join(t.dir, "big", os.path.basename(top))
+        os.makedirs(os.path.dirname(big))
+        if os.path.isdir(top):
+            shutil.move(top, big)
+        else:
+            os.makedirs(big)
+        os.symlink(big, top)
+        return f"symlinked {os.path.basename(top)}", [os.path.dirname(big)], ()
+    name = "x" * rng.randint(230, 243) + ".safetensors"     # long: a conflict under a long name
+    for root, seed in ((t.models, 1), (t.target, 2)):
+        path = os.path.join(root, "loras", name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(blob(random.Random(seed), 900))
+    return f"long name of {len(name)} bytes", [], ("--on-conflict", "rename")
+
+
+def t_obstacle(t: Trial, rng: random.Random, how: str, when: str) -> list:
+    """An obstacle placed between plan and run. `when`: cli (the real `run`, which plans again under
+    the lock: its preflight must refuse with exit 3 and change nothing, or the run must go through)
+    or stale (the plan made before the obstacle is executed as it is: run meets it mid-way). Either
+    way `rollback` (and `rollback --dry-run`) must exit 0 and give the pod back exactly."""
+    errs = []
+    with contextlib.ExitStack() as stack:
+        plan = in_process_plan(t)
+        note, extra, args = place_obstacle(t, plan, how, rng, stack)
+        t.notes.append(note)
+        snap = lambda: (t.snap(), [snapshot(d, d) for d in extra if os.path.isdir(d)])   # noqa: E731
+        before = snap()
+        if when == "cli":
+            code, out = t.cli("run", "--yes", *args)
+            if code == 3:
+                t.notes.append("refused")
+                if t.logs():
+                    errs.append("run refused (exit 3) but wrote a log")
+                if snap() != before:
+                    errs.append("run refused (exit 3) but changed the pod: " + "; ".join(diff_snap(before[0], snap()[0])))
+                return errs
+            if code not in (0, 1) or "Traceback" in out:
+                return [f"run exit {code}: {out.strip()[-300:]}"]
+        else:
+            try:
+                rep = in_process_run(t, plan)
+                t.notes.append(f"{len(rep.problems)} problems")
+            except MigrateError as exc:
+                t.notes.append(f"refused: {exc}")
+        code, out = t.cli("rollback", "--dry-run")
+        if code != 0:
+            errs.append(f"rollback --dry-run exit {code}: {out.strip()[-300:]}")
+        code, out = t.rollback()
+        if code != 0:
+            return errs + [f"rollback exit {code}: {out.strip()[-300:]}"]
+        after = snap()
+        if after != before:
+            d = diff_snap(before[0], after[0]) or ["a folder outside the pod differs"]
+            errs.append("not identical after rollback: " + "; ".join(d))
+        for root in {t.dir, os.path.dirname(t.target)}:
+            for rel, _, _ in walk(root, skip_state=False):
+                if TEMP_MARK in rel.rsplit("/", 1)[-1]:
+                    errs.append(f"temporary file left: {rel!r}")
+    return errs
+
+
 # --- stale: facts that no longer hold (issue 12) -------------------------------------------------------
 
 def same_size_model(rng: random.Random, old: bytes) -> bytes:
@@ -1336,6 +1451,8 @@ def run_task(task):
                 errs = t_trash(t)
             elif kind == "audit":
                 errs = t_audit(t, rng, params["recover"])
+            elif kind == "obstacle":
+                errs = t_obstacle(t, rng, params["how"], params["when"])
             elif kind.startswith("stale-"):
                 errs = t_stale(t, kind, rng, params["warm"], params["when"], params["purge"])
             elif kind == "hostile":
@@ -1430,6 +1547,9 @@ def make_tasks(m, n: int, rng: random.Random):
         add("fleet", dict(pods=2 + i % 3, kill="time" if i % 2 else "step"))
     for i in range(max(2, n * 8 // 200)):
         add("audit", dict(recover="run" if i % 2 else "rollback"))
+    hows = [h for h in OBSTACLES if G["mount"] or not h.startswith("readonly")]
+    for i in range(max(2 * len(hows), n * 24 // 200)):
+        add("obstacle", dict(how=hows[i % len(hows)], when="cli" if i // len(hows) % 2 == 0 else "stale"))
     for kind in FAMILIES["stale"]:
         for i in range(max(3, n * 8 // 200)):      # 3: each window once
             add(kind, dict(warm=rng.choice(["plan", "scan"]), when=("after-plan", "lock-wait", "execute")[i % 3],
