@@ -41,14 +41,25 @@ def cli(ctx: click.Context, quiet: int, verbose: int) -> None:
 
 # --- shared options ------------------------------------------------------------------------------
 
+def nonempty(ctx, param, value):
+    """An empty value (`--target ""`, an unset variable) is an error, never the current folder."""
+    for v in (value if isinstance(value, tuple) else (value,)):
+        if v is not None and not str(v).strip():
+            raise click.BadParameter("must not be empty (an unset variable?)")
+    return value
+
+
 def source_options(f):
+    f = click.option("--source-is-models", is_flag=True,
+                     help="Migrate each --source even if it does not look like a models folder (not named "
+                          "models, no ComfyUI category folder in it).")(f)
     f = click.option("--no-cache", is_flag=True, help="Hash every file, ignoring the digest cache.")(f)
     f = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
                      envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")(f)
-    f = click.option("--source", "sources", multiple=True,
+    f = click.option("--source", "sources", multiple=True, callback=nonempty,
                      envvar="COMFY_MIGRATE_SOURCE",
                      help="A models tree to migrate (repeatable). Default: <comfyui>/models.")(f)
-    f = click.option("--comfyui", envvar="COMFYUI_DIR",
+    f = click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty,
                      help="The ComfyUI folder. Default: $COMFYUI_DIR, /workspace/runpod-slim/ComfyUI, "
                           "/workspace/ComfyUI.")(f)
     return f
@@ -72,6 +83,7 @@ def plan_options(f):
     f = click.option("--include-suspect", is_flag=True,
                      help="Migrate files the audit finds broken or suspect too (default: they stay).")(f)
     f = click.option("--base-path", default="absolute", envvar="COMFY_MIGRATE_BASE_PATH", show_default=True,
+                     callback=nonempty,
                      help="base_path written to the YAML: absolute, relative (to the YAML's folder) "
                           "or env:VAR.")(f)
     f = click.option("--link-back/--no-link-back", default=None,
@@ -83,14 +95,14 @@ def plan_options(f):
                           "or keep both with a suffix (rename).")(f)
     f = click.option("--mode", type=click.Choice([m.value for m in Mode]), default="move",
                      envvar="COMFY_MIGRATE_MODE", show_default=True, help="Move, hardlink or copy.")(f)
-    f = click.option("--yaml", "yaml_path", envvar="COMFY_MIGRATE_YAML",
+    f = click.option("--yaml", "yaml_path", envvar="COMFY_MIGRATE_YAML", callback=nonempty,
                      help="extra_model_paths.yaml to update. Default: <comfyui>/extra_model_paths.yaml.")(f)
     f = target_option(f)
     return source_options(f)
 
 
 def target_option(f):
-    return click.option("--target", envvar="COMFY_MIGRATE_TARGET",
+    return click.option("--target", envvar="COMFY_MIGRATE_TARGET", callback=nonempty,
                         help="The shared store. Default: $COMFY_MIGRATE_TARGET, else /workspace/models.")(f)
 
 
@@ -102,7 +114,7 @@ def target_option(f):
               help="Only report files with identical content, hashing only files whose size another "
                    "file shares (hardlinked names are one copy).")
 @click.pass_obj
-def scan(ui: Ui, comfyui, sources, fmt, no_cache, duplicates) -> None:
+def scan(ui: Ui, comfyui, sources, fmt, no_cache, duplicates, source_is_models) -> None:
     """Walk the models trees, classify every entry and hash the files to migrate.
 
     \b
@@ -110,17 +122,17 @@ def scan(ui: Ui, comfyui, sources, fmt, no_cache, duplicates) -> None:
       comfy-migrate scan --comfyui /workspace/runpod-slim/ComfyUI --format json > scan.json
       comfy-migrate scan --source ./models --duplicates
     """
-    shell.scan(ui, comfyui, sources, fmt, no_cache, duplicates)
+    shell.scan(ui, comfyui, sources, fmt, no_cache, duplicates, source_is_models)
 
 
 # --- plan ----------------------------------------------------------------------------------------
 
 def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_back, base_path, no_cache,
-          include_suspect=False, cache=None, again: bool = False):
+          include_suspect=False, cache=None, again: bool = False, source_is_models: bool = False):
     """Gather facts and make the plan. `again`: a re-plan (under the lock) whose warnings were
     already shown once."""
     from migrate.facts import gather, make_plan
-    home, roots = resolve_sources(comfyui, sources, None if again else ui)
+    home, roots = resolve_sources(comfyui, sources, None if again else ui, source_is_models)
     target = resolve_target(target)
     if yaml_path is None and home is not None:
         yaml_path = os.path.join(home, "extra_model_paths.yaml")
@@ -211,7 +223,7 @@ def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = ""
     from migrate import fsops, html_report
     if not path.lower().endswith((".html", ".htm")):     # never write over a file that is not a report
         raise BadInput(f"the report must be an .html file, not {path}", "name it e.g. plan.html")
-    home, _ = resolve_sources(kw.get("comfyui"), kw.get("sources") or ())
+    home, _ = resolve_sources(kw.get("comfyui"), kw.get("sources") or (), insist=True)
     doc = report.plan_doc(plan)
     changes = {(c.get("category"), c.get("name")): c.get("reason", "") for c in doc.get("name_changes", ())}
     flows = workflow_report(home, plan.yaml_path, price, changes) if home else None
@@ -226,6 +238,21 @@ def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = ""
     return path
 
 
+def wants_json(argv=None) -> bool:
+    """--format json (or COMFY_MIGRATE_FORMAT=json) was asked for: a refusal is then JSON on stdout too."""
+    argv = sys.argv[1:] if argv is None else argv
+    for i, a in enumerate(argv):
+        if a == "--format" and i + 1 < len(argv):
+            return argv[i + 1] == "json"
+        if a.startswith("--format="):
+            return a == "--format=json"
+    return os.environ.get("COMFY_MIGRATE_FORMAT") == "json"
+
+
+def json_error(message: str, hint: str, code: int) -> None:
+    out(report.dumps({"error": {"message": message, "hint": hint, "exit_code": code}}))
+
+
 def main() -> None:
     try:
         cli.main(prog_name="comfy-migrate", standalone_mode=False)
@@ -233,8 +260,14 @@ def main() -> None:
         shell.fail(KeyboardInterrupt())
     except click.ClickException as exc:
         exc.show()
+        if wants_json():
+            json_error(exc.format_message(), "see --help", ExitCode.USAGE)
         sys.exit(ExitCode.USAGE)
-    except (MigrateError, KeyboardInterrupt, OSError) as exc:
+    except MigrateError as exc:
+        if wants_json():
+            json_error(str(exc), exc.hint, exc.exit_code)
+        shell.fail(exc)
+    except (KeyboardInterrupt, OSError) as exc:
         shell.fail(exc)
     else:
         sys.exit(0)
@@ -341,15 +374,16 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
     from migrate.fleet import plan_changes
     fmt = kw.pop("fmt")
     price = kw.pop("price_per_gb_month")
+    if fmt == "json" and not yes and not dry_run:
+        raise NotConfirmed("run --format json never asks (no summary would be seen before the question)",
+                           "pass --yes, or look first with `comfy-migrate plan --format json`")
     facts, plan = build(ui, **kw)
     if dry_run:
         print_plan(plan, fmt, ui.verbosity > 0)
         return
     if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
-        ui.info("nothing to do: the target is up to date")
         clear_stale_lock(ui, plan.target)
-        for line in report.warning_lines(plan) + report.finding_lines(plan.findings, plan.sources):
-            ui.debug(f"note: {line}")      # what `plan` said already; -v repeats it
+        nothing_to_do(ui, plan, facts, fmt)
         return
     running = running_comfyui(kw["comfyui"], plan.yaml_path, while_running)
     show_summary(ui, plan, fmt)
@@ -383,7 +417,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
             for n in notes:
                 ui.info(f"note: {n}")
             if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
-                ui.info("nothing to do: the target is up to date")
+                nothing_to_do(ui, plan, facts, fmt)
                 return
             def catalogue(run_id: str) -> None:      # before the log closes: part of finishing the run
                 try:
@@ -414,7 +448,8 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
                           "problems": [{"path": p.path, "message": p.message} for p in rep.problems],
                           "deploy": deploy, "report": page, "restart_comfyui": rep.yaml_written,
                           "comfyui_running": [r.pid for r in running],
-                          "findings": [report.finding_doc(f) for f in plan.findings]}))
+                          "findings": [report.finding_doc(f) for f in plan.findings],
+                          "stayed": [{"path": p, "why": w} for p, w in stayed_behind(plan, facts)]}))
     else:
         out(f"\nrun {rep.run_id}{' (continued)' if rep.resumed else ''}: placed {rep.placed} files, "
             f"copied {report.human(rep.copied_bytes)}, removed {rep.removed} source names\n")
@@ -438,7 +473,41 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
                    if running else "") + "\n")
     for p in rep.problems:
         ui.warn(f"{report.show(p.path)}: {p.message}")
-    if rep.problems:
+    left = [x for x in stayed_behind(plan, facts) if x[1] != "conflict"]   # conflicts: the plan's warning
+    if left and fmt == "table":
+        ui.warn(f"{len(left)} file(s) stayed where they are ({left[0][1]}: {report.show(left[0][0])}"
+                + (", ..." if len(left) > 1 else "") + "); `comfy-migrate plan` says why for each")
+    if rep.problems or left:
+        sys.exit(ExitCode.PROBLEMS)
+
+
+def stayed_behind(plan, facts) -> list:
+    """(path, why) of each model file the run left where it is: a conflict, a file the audit held
+    back, an unreadable file or one that changed while scanned. Exit 1 says so (README: exit codes)."""
+    from migrate.model import ActionKind, Status
+    left = [(a.source, "conflict") for a in plan.actions if a.kind is ActionKind.CONFLICT]
+    for s in facts.sources:
+        left += [(r.path, r.status.value) for r in s.records
+                 if r.status in (Status.SUSPECT, Status.UNREADABLE, Status.CHANGED)]
+        left += [(p.path, "unreadable") for p in s.problems]
+    return left
+
+
+def nothing_to_do(ui: Ui, plan, facts, fmt: str) -> None:
+    """The end of a run with nothing to do: said (JSON too), exit 1 if files stayed behind."""
+    stayed = stayed_behind(plan, facts)
+    left = [x for x in stayed if x[1] != "conflict"]     # a conflict is the plan's warning, not a failure
+    if fmt == "json":
+        out(report.dumps({"run": None, "nothing_to_do": True, "stayed": [{"path": p, "why": w} for p, w in stayed],
+                          "findings": [report.finding_doc(f) for f in plan.findings]}))
+    if left:
+        ui.info(f"nothing to do, but {len(left)} file(s) stayed where they are (e.g. {left[0][1]}: "
+                f"{report.show(left[0][0])}); `comfy-migrate plan` says why for each")
+    else:
+        ui.info("nothing to do: the target is up to date")
+    for line in report.warning_lines(plan) + report.finding_lines(plan.findings, plan.sources):
+        ui.debug(f"note: {line}")      # what `plan` said already; -v repeats it
+    if left:
         sys.exit(ExitCode.PROBLEMS)
 
 
@@ -462,9 +531,18 @@ def running_comfyui(comfyui, yaml_path, allowed: bool):
 # --- rollback, history, purge, verify --------------------------------------------------------------
 
 def comfyui_option(f):
-    return click.option("--comfyui", envvar="COMFYUI_DIR",
+    return click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty,
                         help="The ComfyUI folder: this pod's runs are those that wrote its "
                              "extra_model_paths.yaml. Default: as for `run`.")(f)
+
+
+def require_store(target: str, what: str = "no runs in") -> str:
+    """Read-only commands on a folder no run ever used say so (exit 6) rather than 'no runs yet'."""
+    from migrate.model import STATE_DIR
+    if not os.path.isdir(os.path.join(target, STATE_DIR)):
+        raise BadLog(f"{what} {target} (it has no {STATE_DIR} folder): is --target right?",
+                     "pass the store's folder as --target (default: $COMFY_MIGRATE_TARGET, else /workspace/models)")
+    return target
 
 
 def pod_log(ui: Ui, target: str, comfyui, live: bool) -> str:
@@ -546,7 +624,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
     from migrate.fleet import droppable, reliance
     from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, kept_records, live_runs,
                                   load_run, plan_rollback, settle, users_of)
-    target = resolve_target(target)
+    target = require_store(resolve_target(target), "no run to roll back in")
     try:
         log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=True)
     except NothingToRollBack as exc:
@@ -615,7 +693,7 @@ def history_cmd(target, fmt) -> None:
       comfy-migrate history --target /workspace/models
     """
     from migrate.rollback import history
-    rows = history(resolve_target(target))
+    rows = history(require_store(resolve_target(target)))
     if fmt == "json":
         out(report.dumps(rows))
     elif rows:
@@ -644,7 +722,7 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait) -> None:
       comfy-migrate purge --target /workspace/models --yes
     """
     from migrate.rollback import find_log, load_run, purge_check, quarantined
-    target = resolve_target(target)
+    target = require_store(resolve_target(target))
     log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=False)
     records = load_run(log)
     items = [q for q in quarantined(records) if os.path.lexists(q["q"])]
@@ -684,7 +762,7 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="[RUN]", required=False)
-@click.option("--comfyui", envvar="COMFYUI_DIR", help="The ComfyUI folder.")
+@click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty, help="The ComfyUI folder.")
 @target_option
 @click.option("--comfyui-url", metavar="URL",
               help="Also ask a running ComfyUI (URL/object_info) whether its loaders list each name.")
@@ -712,7 +790,7 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
     from migrate.model import STATE_DIR
     from migrate.rollback import check_log, find_log, kept_records, live_runs, load_run
     from migrate.verify import pod_runs, verify_pod
-    target = resolve_target(target)
+    target = require_store(resolve_target(target))
     home = None
     try:
         from migrate.facts import find_comfyui
@@ -822,7 +900,7 @@ def workflow_report(home: str, yaml_path, price: float, changes=None) -> dict:
 
 
 @cli.command("workflows", context_settings=CONTEXT)
-@click.option("--comfyui", envvar="COMFYUI_DIR", help="The ComfyUI folder (its user/*/workflows/ are read).")
+@click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty, help="The ComfyUI folder (its user/*/workflows/ are read).")
 @price_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")
@@ -846,7 +924,7 @@ def workflows_cmd(comfyui, price_per_gb_month, fmt) -> None:
 # --- audit ---------------------------------------------------------------------------------------
 
 @cli.command("audit", context_settings=CONTEXT)
-@click.option("--comfyui", envvar="COMFYUI_DIR",
+@click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty,
               help="Check this ComfyUI's models folder (and use its extra_model_paths.yaml for the search order).")
 @target_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",

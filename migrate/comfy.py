@@ -430,7 +430,9 @@ def find_comfyui(given: str | None) -> str:
     if given:
         path = os.path.abspath(given)
         if not os.path.isdir(path):
-            raise BadInput(f"ComfyUI folder {path} does not exist", "pass --comfyui DIR or set COMFYUI_DIR")
+            what = "is a file, not a folder" if os.path.lexists(path) else "does not exist"
+            raise BadInput(f"ComfyUI folder {path} {what}", "pass --comfyui DIR (the folder holding models/) "
+                           "or set COMFYUI_DIR")
         return path
     for cand in DEFAULT_COMFYUI:
         if os.path.isdir(cand):
@@ -442,7 +444,8 @@ def find_comfyui(given: str | None) -> str:
 def check_dir(path: str, what: str) -> str:
     path = os.path.abspath(path)
     if not os.path.isdir(path):
-        raise BadInput(f"{what} {path} does not exist or is not a folder", f"check the {what} path")
+        why = "is not a folder" if os.path.lexists(path) else "does not exist"
+        raise BadInput(f"{what} {path} {why}", f"check the {what} path")
     if not os.access(path, os.R_OK | os.X_OK):
         raise BadInput(f"{what} {path} is not readable", "fix its permissions")
     return path

@@ -90,13 +90,21 @@ def adopt_comfyui(home: str | None, ui: Ui | None = None) -> None:
 
 
 def resolve_sources(comfyui: str | None, sources: tuple[str, ...],
-                    ui: Ui | None = None) -> tuple[str | None, list[str]]:
-    """(the ComfyUI folder or None, the models trees); the ComfyUI's own categories are adopted."""
+                    ui: Ui | None = None, insist: bool = False) -> tuple[str | None, list[str]]:
+    """(the ComfyUI folder or None, the models trees); the ComfyUI's own categories are adopted.
+    A --source must look like a models folder (named models, or holding a ComfyUI category folder)
+    unless `insist` (--source-is-models): an unset variable must not migrate the home folder."""
     from migrate.comfy import check_dir, find_comfyui
     if sources:
         home = find_comfyui(comfyui) if comfyui else None
         adopt_comfyui(home, ui)
-        return home, [check_dir(s, "source") for s in sources]
+        roots = [check_dir(s, "source") for s in sources]
+        for r in roots:
+            if not insist and not _looks_like_models(r):
+                raise BadInput(f"the source {r} does not look like a ComfyUI models folder (it is not named "
+                               "models and holds no category folder such as checkpoints or loras)",
+                               "check --source, or pass --source-is-models to migrate it anyway")
+        return home, roots
     home = find_comfyui(comfyui)
     adopt_comfyui(home, ui)
     models = os.path.join(home, "models")
@@ -136,10 +144,10 @@ def open_verdicts(no_cache: bool):
 # --- scan ----------------------------------------------------------------------------------------
 
 def scan(ui: Ui, comfyui: str | None, sources: tuple[str, ...], fmt: str, no_cache: bool,
-         duplicates: bool) -> None:
+         duplicates: bool, source_is_models: bool = False) -> None:
     """`comfy-migrate scan` (its options are documented on the click command in cli.py)."""
     from migrate.scan import hash_records, scan_tree
-    _, roots = resolve_sources(comfyui, sources, ui)
+    _, roots = resolve_sources(comfyui, sources, ui, source_is_models)
     cache = open_cache(no_cache)
     scans = [scan_tree(r) for r in roots]
     if duplicates:

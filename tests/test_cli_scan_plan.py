@@ -332,10 +332,10 @@ def test_plan_refuses_a_bad_yaml(pod, cli_env, text, words):
 
 
 def test_plan_refuses_a_bad_yaml_even_with_nothing_to_move(tmp_path, cli_env):
-    (tmp_path / "empty").mkdir()
+    (tmp_path / "models").mkdir()
     y = tmp_path / "extra_model_paths.yaml"
     y.write_text("a: [\n")
-    proc = run_cli(["plan", "--source", tmp_path / "empty", "--target", tmp_path / "t", "--yaml", y], cli_env,
+    proc = run_cli(["plan", "--source", tmp_path / "models", "--target", tmp_path / "t", "--yaml", y], cli_env,
                    check=ExitCode.BAD_INPUT)
     assert "malformed YAML" in _one_error_line(proc)
 

@@ -175,6 +175,7 @@ def concurrent_pods(tmp_path: Path, cli_env, n: int, crash: Dict[int, int] = {},
     """n pods into one store; with `mounts`, each sees the volume at its own path (a symlink),
     as pods mounting it at /workspace or /runpod-volume do."""
     target = tmp_path / "volume" / "models"
+    target.parent.mkdir(parents=True, exist_ok=True)     # the volume is mounted (run makes only the target)
     target.mkdir(parents=True)
     pods, cmds = [], []
     for i in range(n):
@@ -597,6 +598,7 @@ def _cli_on(host: str, args: List, env: Dict[str, str]) -> subprocess.CompletedP
 
 def _two_pods(tmp_path: Path, cli_env, a: Models, b: Models):
     target = tmp_path / "volume" / "models"
+    target.parent.mkdir(parents=True, exist_ok=True)     # the volume is mounted (run makes only the target)
     pods = []
     for name, models in (("a", a), ("b", b)):
         comfyui, env = make_pod(tmp_path / name, models)
@@ -666,6 +668,7 @@ def test_rollback_of_a_pod_killed_before_placing_leaves_another_pods_file_alone(
     models = models_of({"vae/big.safetensors": blob("big", 64 << 10)})
     base = request.getfixturevalue("other_fs") if where == "other-fs" else tmp_path
     target = base / "volume" / "models"
+    target.parent.mkdir(parents=True, exist_ok=True)     # the volume is mounted (run makes only the target)
     (ca, ea), (cb, eb), (cc, ec) = (make_pod(tmp_path / n, models) for n in "abc")
     # The journal record that begins placing vae/big, read from a complete run of an identical pod.
     run_cli(["run", "--comfyui", cc, "--target", base / "scratch", "--yes"], dict(cli_env, **ec))
@@ -752,6 +755,7 @@ def test_a_placement_a_killed_run_never_made_is_not_its_file(tmp_path, cli_env, 
     third = "c" in order
     models = models_of({"checkpoints/common.safetensors": blob("common", 24 << 10)})
     target = tmp_path / "volume" / "models"
+    target.parent.mkdir(parents=True, exist_ok=True)     # the volume is mounted (run makes only the target)
     names = "abc" if third else "ab"
     pods = {n: make_pod(tmp_path / n, models) for n in names + "d"}
     env = {n: dict(cli_env, **e) for n, (_, e) in pods.items()}
@@ -833,6 +837,7 @@ def test_catalogue_lists_what_a_killed_run_placed_once_it_is_continued(tmp_path,
     models = models_of({"loras/a.safetensors": blob("a", 20 << 10), "vae/b.safetensors": blob("b", 12 << 10)})
     base = request.getfixturevalue("other_fs") if where == "other-fs" else tmp_path
     target = base / "volume" / "models"
+    target.parent.mkdir(parents=True, exist_ok=True)     # the volume is mounted (run makes only the target)
     (ca, ea), (cc, ec) = (make_pod(tmp_path / n, models) for n in "ac")
 
     def source_of_a_removed(records: List[dict]) -> int:
@@ -855,6 +860,7 @@ def test_catalogue_lists_what_a_run_killed_before_closing_its_log_placed(tmp_pat
     a = models_of({"loras/a.safetensors": blob("a", 20 << 10)})
     b = models_of({"vae/b.safetensors": blob("b", 12 << 10)})
     target = tmp_path / "volume" / "models"
+    target.parent.mkdir(parents=True, exist_ok=True)     # the volume is mounted (run makes only the target)
     (ca, ea), (cb, eb), (cc, ec) = make_pod(tmp_path / "a", a), make_pod(tmp_path / "b", b), make_pod(tmp_path / "c", a)
     env_b = dict(cli_env, **eb)
     if then == "rollback":
@@ -878,6 +884,7 @@ def test_catalogue_is_rewritten_before_a_log_closes(tmp_path, cli_env, what):
     closes, as part of finishing)."""
     a = models_of({"loras/a.safetensors": blob("a", 20 << 10), "vae/b.safetensors": blob("b", 12 << 10)})
     target = tmp_path / "volume" / "models"
+    target.parent.mkdir(parents=True, exist_ok=True)     # the volume is mounted (run makes only the target)
     (ca, ea), (cc, ec) = make_pod(tmp_path / "a", a), make_pod(tmp_path / "c", a)
     scratch = tmp_path / "scratch"
     close = _record_seq(cli_env, ec, cc, scratch, lambda rs: rs[-1]["seq"])
@@ -905,6 +912,7 @@ def test_catalogue_reads_a_placed_name_replaced_since_but_never_a_file_put_in_by
     a = models_of({"loras/a.safetensors": blob("a", 20 << 10)})
     b = models_of({"vae/b.safetensors": blob("b", 12 << 10)})
     target = tmp_path / "volume" / "models"
+    target.parent.mkdir(parents=True, exist_ok=True)     # the volume is mounted (run makes only the target)
     (ca, ea), (cb, eb) = make_pod(tmp_path / "a", a), make_pod(tmp_path / "b", b)
     run_cli(["run", "--comfyui", ca, "--target", target, "--yes"], dict(cli_env, **ea))
     edited = as_model("loras/a.safetensors", blob("edited", 9 << 10))

@@ -209,3 +209,64 @@ def test_an_obstacle_after_the_plan_leaves_what_rollback_undoes(pod, cli_env, tm
     run_cli(["rollback", *pod.args(), "--yes"], cli_env)
     assert state_of(*roots, *((big,) if big.exists() else ())) == before
     del comfy
+
+
+# --- what the tool says is true (issue 15) -----------------------------------------------------------
+
+def test_a_source_that_is_not_a_models_folder_is_refused_unless_insisted(tmp_path, cli_env):
+    home = tmp_path / "home-like"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_bytes(b"secret")
+    args = ["--source", str(home), "--target", str(tmp_path / "store")]
+    line = refused(args, cli_env, home, words=("does not look like a ComfyUI models folder", "--source-is-models"))
+    assert str(home) in line
+    run_cli(["plan", *args, "--source-is-models"], cli_env)
+
+
+@pytest.mark.parametrize("option", ["--source", "--target", "--comfyui", "--yaml"])
+def test_an_empty_option_value_is_an_error(pod, cli_env, option):
+    args = {"--source": ["--source", "", "--target", str(pod.target)],
+            "--target": ["--comfyui", str(pod.comfyui), "--target", ""],
+            "--comfyui": ["--comfyui", "", "--target", str(pod.target)],
+            "--yaml": [*pod.args(), "--yaml", ""]}[option]
+    before = state_of(pod.comfyui, pod.target)
+    p = run_cli(["plan", *args], cli_env, check=2)
+    assert "must not be empty" in p.stderr
+    assert state_of(pod.comfyui, pod.target) == before
+
+
+def test_comfyui_given_a_file_says_it_is_a_file(tmp_path, cli_env):
+    f = tmp_path / "ComfyUI"
+    f.write_text("x")
+    p = run_cli(["plan", "--comfyui", str(f)], cli_env, check=3)
+    assert "is a file" in p.stderr
+
+
+@pytest.mark.parametrize("cmd", ["history", "verify", "purge", "rollback"])
+def test_read_only_commands_on_a_folder_that_is_not_a_store_say_so(tmp_path, cli_env, cmd):
+    p = run_cli([cmd, "--target", str(tmp_path / "not-a-store")], cli_env, check=6)
+    assert "is --target right?" in p.stderr
+
+
+def test_json_outcomes_are_json_on_stdout(pod, cli_env):
+    import json
+    p = run_cli(["run", *pod.args(), "--format", "json"], cli_env, check=7)      # never asks blind
+    assert json.loads(p.stdout)["error"]["exit_code"] == 7
+    p = run_cli(["plan", "--comfyui", str(pod.root / "nope"), "--format", "json"], cli_env, check=3)
+    err = json.loads(p.stdout)["error"]
+    assert "does not exist" in err["message"] and err["hint"]
+    run_cli(["run", *pod.args(), "--yes", "--format", "json"], cli_env)
+    p = run_cli(["run", *pod.args(), "--yes", "--format", "json"], cli_env)
+    doc = json.loads(p.stdout)
+    assert doc["nothing_to_do"] and any(s["why"] == "conflict" for s in doc["stayed"])
+
+
+def test_run_exits_1_when_a_held_back_file_stays(pod, cli_env):
+    name = pod.models / "loras" / "truncated.safetensors"
+    data = as_model("x.safetensors", b"y" * 4000)
+    name.write_bytes(data[:-100])             # shorter than its header says: held back by the audit
+    p = run_cli(["run", *pod.args(), "--yes"], cli_env, check=1)
+    assert "stayed where they are" in p.stderr
+    assert name.read_bytes() == data[:-100]
+    p = run_cli(["run", *pod.args(), "--yes"], cli_env, check=1)      # nothing to do, still behind
+    assert "nothing to do, but" in p.stderr
