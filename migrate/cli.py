@@ -41,6 +41,13 @@ def cli(ctx: click.Context, quiet: int, verbose: int) -> None:
 
 # --- shared options ------------------------------------------------------------------------------
 
+def _a_number(ctx, param, value):
+    """NaN passes click.FloatRange's comparisons: refuse it (exit 2)."""
+    if value != value:
+        raise click.BadParameter("not a number")
+    return value
+
+
 def nonempty(ctx, param, value):
     """An empty value (`--target ""`, an unset variable) is an error, never the current folder."""
     for v in (value if isinstance(value, tuple) else (value,)):
@@ -65,15 +72,9 @@ def source_options(f):
     return f
 
 
-def _finite_price(ctx, param, value):
-    if value != value:      # NaN passes FloatRange's comparisons
-        raise click.BadParameter("not a number")
-    return value
-
-
 def price_option(f):
     return click.option("--price-per-gb-month", type=click.FloatRange(0, 1000), default=0.07, show_default=True,
-                        callback=_finite_price,
+                        callback=_a_number,
                         envvar="COMFY_MIGRATE_PRICE", metavar="USD",
                         help="What a GB-month of network volume costs (RunPod: 0.07), for the unused models' cost.")(f)
 
@@ -285,7 +286,8 @@ def confirm(question: str, yes: bool) -> None:
 
 
 def wait_option(f):
-    return click.option("--wait", type=click.FloatRange(min=0), default=900, show_default=True, metavar="SECONDS",
+    return click.option("--wait", type=click.FloatRange(min=0, max=7 * 86400), default=900, show_default=True,
+                        metavar="SECONDS", callback=_a_number,
                         help="While another run holds the target's lock, wait this long (0: fail at once).")(f)
 
 
@@ -684,7 +686,8 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
 
 @cli.command("history", context_settings=CONTEXT)
 @target_option
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              envvar="COMFY_MIGRATE_FORMAT")
 def history_cmd(target, fmt) -> None:
     """One row per run in the target: id, time, host, files, bytes, state.
 
@@ -769,7 +772,8 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait) -> None:
 @click.option("--quick", is_flag=True,
               help="Compare each file's size and mtime with the log instead of re-hashing it (for huge "
                    "stores; a rewrite that keeps both passes).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              envvar="COMFY_MIGRATE_FORMAT")
 @click.pass_obj
 def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
     """Re-hash every model this pod's runs took out of its sources; ComfyUI must find each there first.

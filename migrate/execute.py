@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 from migrate import __version__, fsops
+from migrate.report import human
 from migrate.errors import BadInput, NoSpace
 from migrate.hashing import confirm_digest, hash_bytes, stat_key
 from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_log, run_logs
@@ -392,7 +393,7 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
     killed before it, the run is still open and its next run finishes it).
     """
     if not plan.fits:
-        raise NoSpace(f"the target has {plan.free_bytes} bytes free but the plan copies {plan.bytes_to_copy}",
+        raise NoSpace(f"the target has {human(plan.free_bytes or 0)} free but the plan copies {human(plan.bytes_to_copy)}",
                       "free space on the target, or migrate fewer sources")
     if not plan.container_fits:
         raise NoSpace(f"the container disk has {plan.container_free} bytes free, but setting the overlay sources "

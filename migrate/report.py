@@ -252,7 +252,9 @@ def totals(plan: Plan) -> dict:
         t = by_kind.setdefault(a.kind.value, {"files": 0, "bytes": 0})
         t["files"] += 1
         t["bytes"] += a.size
-    saved = sum(a.size for a in plan.actions if a.kind in (ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT))
+    # Another name of the very file the store keeps (a hardlink already, its removal an unlink) saves nothing.
+    saved = sum(a.size for a in plan.actions if a.kind in (ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT)
+                and a.removal is not Removal.UNLINK)
     quarantined = sum(a.size for a in plan.actions if a.removal is Removal.QUARANTINE)
     return {"by_action": by_kind, "dedup_saves_bytes": saved, "copy_bytes": plan.bytes_to_copy,
             "quarantine_bytes": quarantined}

@@ -228,3 +228,32 @@ def test_merge_section_goes_before_the_users_first_is_default_section():
     old = user + "\n" + sec
     assert comfy.merge_section(old, sec) == new
     assert comfy.merge_section(new, sec) == new
+
+
+def _naive_order(initial, adds):
+    """ComfyUI's own list operations (extra_config + folder_paths.add_model_folder_path)."""
+    paths = list(initial)
+    for full, is_default in adds:
+        if full in paths:
+            if is_default and paths[0] != full:
+                paths.remove(full)
+                paths.insert(0, full)
+        elif is_default:
+            paths.insert(0, full)
+        else:
+            paths.append(full)
+    return paths
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(initial=st.lists(st.sampled_from("abcdef"), unique=True, max_size=3),
+       adds=st.lists(st.tuples(st.sampled_from("abcdefgh"), st.booleans()), max_size=25))
+def test_the_constant_time_search_order_equals_comfyuis_list_operations(initial, adds):
+    # search_folders once used list.insert(0)/`in` per folder: a 100,000-line YAML took ~100 s to plan
+    order = comfy._Order(list(initial))
+    for full, is_default in adds:
+        order.add(full, is_default)
+    assert order.folders() == _naive_order(initial, adds)

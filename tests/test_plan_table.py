@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 from conftest import make_pod, run_cli
@@ -54,3 +55,16 @@ def test_the_plan_table_of_a_60_model_pod_fits_120_columns(tmp_path, cli_env):
     for name in NAMES[:3]:        # shortened in the middle at most: both ends stay readable
         stem = name.rsplit(".", 1)[0]
         assert stem[:20] in text
+
+
+def test_names_that_are_already_hardlinks_save_nothing(tmp_path, cli_env):
+    models = tmp_path / "ComfyUI" / "models"
+    (models / "loras").mkdir(parents=True)
+    (models / "checkpoints").mkdir()
+    (tmp_path / "ComfyUI" / "main.py").write_text("")
+    (models / "loras" / "a.bin").write_bytes(b"\x00" * 4096)
+    os.link(models / "loras" / "a.bin", models / "checkpoints" / "a.bin")   # one file, two names
+    (models / "loras" / "copy.bin").write_bytes(b"\x00" * 4096)                      # a real duplicate
+    doc = json.loads(run_cli(["plan", "--comfyui", tmp_path / "ComfyUI", "--target", tmp_path / "store",
+                              "--format", "json"], cli_env).stdout)
+    assert doc["totals"]["dedup_saves_bytes"] == 4096          # the copy, not the second name of a
