@@ -700,7 +700,9 @@ def history_cmd(target, fmt) -> None:
     if fmt == "json":
         out(report.dumps(rows))
     elif rows:
-        out(table([[r["run"], r["time"], r["host"], r["files"], report.human(r["bytes"]), r["state"]]
+        out(table([[r["run"], r["time"], r["host"],
+                    f"{r['files']}" + (f" ({r['relied']} already stored)" if r["relied"] else ""),
+                    report.human(r["bytes"]), r["state"]]
                    for r in rows], ["run", "time", "host", "files", "size", "state"]) + "\n")
     else:
         out("no runs yet\n")

@@ -716,14 +716,21 @@ def history(target: str) -> List[dict]:
             records, _, _ = read_log(path)
             state = run_state(path)
         except BadLog as exc:
-            rows.append({"run": n[:-6], "time": "", "host": "", "files": 0, "bytes": 0, "state": f"bad log: {exc}"})
+            rows.append({"run": n[:-6], "time": "", "host": "", "files": 0, "bytes": 0, "placed": 0, "relied": 0,
+                         "state": f"bad log: {exc}"})
             continue
         head = records[0]
         steps = group_steps(records)
         placed = [b for b in steps.begins if b["op"] in ("link", "rename", "copy", "dedupe", "symlink")
                   and b["step"] in steps.done]
+        # Sources set aside because the store held their content already: the run relies on those
+        # stored files (it placed nothing for them, yet ComfyUI now loads them from the store).
+        moved = {b.get("src") for b in placed}
+        relied = [b for b in steps.begins if b["op"] in ("unlink", "quarantine") and b["step"] in steps.done
+                  and b.get("src") not in moved]
         rows.append({"run": head["run"], "time": head.get("time", ""), "host": head.get("host", ""),
-                     "files": len(placed), "bytes": sum(b.get("size", 0) for b in placed), "state": state})
+                     "files": len(placed) + len(relied), "bytes": sum(b.get("size", 0) for b in placed + relied),
+                     "placed": len(placed), "relied": len(relied), "state": state})
     return rows
 
 

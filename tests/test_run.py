@@ -24,7 +24,7 @@ import pytest
 import xxhash
 import yaml
 
-from conftest import make_pod, run_cli, snapshot_tree
+from conftest import as_model, make_pod, run_cli, snapshot_tree
 from migrate import comfy, fsops
 from migrate.journal import read_log
 from migrate.model import STATE_DIR, Policy
@@ -609,3 +609,21 @@ def test_lock_of_dead_process_is_taken_over(pod, cli_env):
     assert_resolves_in_target(pod.comfyui, pod.target, expected, conflicts(pod.target, expected))
     assert not (pod.target / STATE_DIR / "lock").exists()
     check_logs(pod.target)
+
+
+def test_history_counts_files_a_run_found_already_stored(tmp_path, cli_env):
+    # A pod rebuilt from a template whose models are all in the store already: the run places
+    # nothing, yet every name now loads from the store; history must not say "0 files / 0 B".
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "models" / "loras").mkdir(parents=True)
+    (comfy / "main.py").write_text("")
+    (tmp_path / "store" / "loras").mkdir(parents=True)
+    for n in range(3):
+        data = as_model("x.safetensors", bytes([n]) * 5000)
+        (comfy / "models" / "loras" / f"m{n}.safetensors").write_bytes(data)
+        (tmp_path / "store" / "loras" / f"m{n}.safetensors").write_bytes(data)
+    run_cli(["run", "--comfyui", comfy, "--target", tmp_path / "store", "--yes"], cli_env)
+    (row,) = json.loads(run_cli(["history", "--target", tmp_path / "store", "--format", "json"], cli_env).stdout)
+    assert (row["files"], row["placed"], row["relied"]) == (3, 0, 3) and row["bytes"] > 15000
+    table = run_cli(["history", "--target", tmp_path / "store"], cli_env).stdout
+    assert "3 (3 already stored)" in table
