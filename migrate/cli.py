@@ -82,7 +82,8 @@ def price_option(f):
 def plan_options(f):
     f = price_option(f)
     f = click.option("--include-suspect", is_flag=True,
-                     help="Migrate files the audit finds broken or suspect too (default: they stay).")(f)
+                     help="Migrate files the audit finds broken or suspect too (default: they stay). Unfinished "
+                          "downloads (.part, ...) and empty files are never migrated.")(f)
     f = click.option("--base-path", default="absolute", envvar="COMFY_MIGRATE_BASE_PATH", show_default=True,
                      callback=nonempty,
                      help="base_path written to the YAML: absolute, relative (to the YAML's folder) "
@@ -252,6 +253,23 @@ def wants_json(argv=None) -> bool:
 
 def json_error(message: str, hint: str, code: int) -> None:
     out(report.dumps({"error": {"message": message, "hint": hint, "exit_code": code}}))
+
+
+def _verbosity(sign: int):
+    def bump(ctx: click.Context, param, value: int) -> None:
+        ui = ctx.find_object(Ui)
+        if ui is not None and value:
+            ui.verbosity += sign * value
+    return bump
+
+
+def _accept_verbosity_after_the_command() -> None:
+    """`comfy-migrate plan -v` means what `comfy-migrate -v plan` means: every command takes -v/-q too."""
+    for cmd in cli.commands.values():
+        cmd.params.append(click.Option(["-v", "--verbose"], count=True, expose_value=False,
+                                       callback=_verbosity(+1), help="More output on stderr."))
+        cmd.params.append(click.Option(["-q", "--quiet"], count=True, expose_value=False,
+                                       callback=_verbosity(-1), help="Less output on stderr."))
 
 
 def main() -> None:
@@ -986,3 +1004,6 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache) -> None:
         out(", ".join(f"{n} {s}" for s, n in counts.items()) + "\n")
     if any(f.blocks for f in res.findings):
         sys.exit(ExitCode.PROBLEMS)
+
+
+_accept_verbosity_after_the_command()      # after every command above is defined

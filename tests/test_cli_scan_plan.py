@@ -404,3 +404,11 @@ def test_scan_table_counts_hardlinks_as_one_file_not_a_duplicate(tmp_path, cli_e
     assert row == ["loras", "3", "9.8", "KiB", "1", "0"]               # 2 inodes of 4.9 KiB, 1 duplicate
     dup = run_cli(["scan", "--source", tmp_path / "models", "--duplicates"], cli_env).stdout
     assert "1 groups of identical content" in dup or "1 group" in dup
+
+
+def test_verbosity_options_work_after_the_command_too(pod, cli_env):
+    before = run_cli(["-v", "plan", *pod.args()], cli_env).stdout
+    after = run_cli(["plan", *pod.args(), "-v"], cli_env).stdout
+    assert before == after and "put_loras_here" in after                 # -v lists every file, skips included
+    quiet = run_cli(["plan", "-q", *pod.args()], cli_env)
+    assert quiet.returncode == 0 and "put_loras_here" not in quiet.stdout
