@@ -642,7 +642,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
     """
     from migrate import catalogue as store_catalogue
     from migrate.fleet import droppable, reliance
-    from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, kept_records, live_runs,
+    from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, kept_records, left_folders, live_runs,
                                   load_run, plan_rollback, settle, users_of)
     target = require_store(resolve_target(target), "no run to roll back in")
     try:
@@ -692,7 +692,8 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
                 ui.warn(f"could not update the store's catalogue ({fsops.describe(exc)})")
         with ui.progress("restoring") as (_, on_bytes):
             rep = execute_rollback(log, records, undos, on_bytes, relied, shared=any(
-                rid != records[0]["run"] for rid, _ in live), handed=handed, before_close=catalogue)
+                rid != records[0]["run"] for rid, _ in live), handed=handed, before_close=catalogue,
+                left_folders=left_folders(target, records[0]["run"]))
     out(f"run {rep.run_id} rolled back: {rep.undone} steps undone, {len(rep.skipped)} skipped\n")
     for p in rep.kept:
         out(f"  {report.show(p.path)}: {p.message}\n")

@@ -203,7 +203,8 @@ class RollbackReport:
 def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                      on_bytes: Optional[Callable[[int], None]] = None,
                      relied: Optional[Dict[str, List[str]]] = None, shared: bool = False,
-                     handed: Sequence[dict] = (), before_close: Optional[Callable[[], None]] = None) -> RollbackReport:
+                     handed: Sequence[dict] = (), before_close: Optional[Callable[[], None]] = None,
+                     left_folders: Sequence[str] = ()) -> RollbackReport:
     """Apply `undos` (journalled). `relied`: store-relative path -> other runs relying on it (fleet.reliance);
     such a file stays in the store (its source name is recreated) instead of being removed.
     `shared`: other runs use the store, so a store folder still holding files is expected.
@@ -296,6 +297,18 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
             j.append({"type": "done", "undo": u.step})
         if first_dir == len(undos):
             drop_handed()
+        # Store folders that rolled-back runs made but could not remove then (another pod's files
+        # were in them): the last of those rollbacks removes each once it is empty (deepest first).
+        swept = []
+        for d in sorted(set(left_folders), key=lambda p: (-p.count("/"), p)):
+            try:
+                _safe(root_of, d + "/x")
+                os.rmdir(d)
+                swept.append(d)
+            except OSError:
+                continue
+        if swept:
+            j.append({"type": "swept", "folders": swept})
         j.append({"type": "dirtimes", "restored": _restore_dir_times(records)})
         if before_close is not None:
             before_close()
@@ -574,6 +587,27 @@ def _keep(u: Undo, on_bytes) -> str:
     if not _restore_from(r["dst"], r, on_bytes):
         return "other runs rely on the stored file, and it no longer holds this source's content; left in place"
     return ""
+
+
+def left_folders(target: str, this_run: str) -> List[str]:
+    """Folders in the store that runs now rolled back (and this one) made: the candidates for
+    removal once empty (a folder a live run made stays theirs). Paths as this pod mounts the store."""
+    out = []
+    for n, path in run_logs(target):
+        rid = n[:-len(".jsonl")]
+        try:
+            records = read_log(path)[0]
+            if rid != this_run and run_state(path) != "rolled back":
+                continue
+        except BadLog:
+            continue
+        logged = records[0].get("target") or ""
+        for r in records:
+            if r.get("type") == "begin" and r.get("op") == "mkdir" and isinstance(r.get("path"), str):
+                rel = store_rel(r["path"], logged)
+                if rel:
+                    out.append(posixpath.join(target, rel))
+    return out
 
 
 def _restore_dir_times(records: Sequence[dict]) -> int:

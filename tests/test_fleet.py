@@ -265,6 +265,9 @@ def test_rollback_of_one_pod_keeps_what_others_rely_on(tmp_path, cli_env):
             assert (comfyui / "models" / rel).read_bytes() == data, (comfyui, rel)
     assert store_files(target) == {}
     assert store_catalogue.load(str(target))[0] == {}
+    # ...and no folder either: the last rollback removes the (now empty) folders the others could not
+    left = [d for d, _, _ in os.walk(target) if STATE_DIR not in d.split(os.sep) and d != str(target)]
+    assert left == [], left
 
 
 def test_sigkill_of_one_pod_while_others_run(tmp_path, cli_env):
