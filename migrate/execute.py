@@ -91,6 +91,7 @@ class _Runner:
         self.on_bytes = on_bytes
         self.failed: set = set()
         self.copied_instead: set = set()   # actions whose link/rename was refused and copied
+        self.chunk = fsops.copy_chunk(plan.target_fs.fstype)     # big writes into a FUSE store
 
     # -- journalling helpers --
     def begin(self, op: str, **fields) -> int:
@@ -205,7 +206,8 @@ class _Runner:
         tmp = os.path.join(os.path.dirname(a.dst), f".{os.path.basename(a.dst)}{TEMP_MARK}{self.report.run_id}")
         s = self.begin("copy", tmp=tmp, **facts)
         try:
-            digest, st = fsops.copy_and_hash(src, (a.dev, a.ino, a.size, a.mtime_ns), tmp, self.on_bytes)
+            digest, st = fsops.copy_and_hash(src, (a.dev, a.ino, a.size, a.mtime_ns), tmp, self.on_bytes,
+                                             chunk=self.chunk)
             if digest != a.digest:
                 os.unlink(tmp)
                 raise OSError(errno.EIO, f"copy digest {digest} differs from the scanned {a.digest}", src)
