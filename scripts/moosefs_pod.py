@@ -41,6 +41,14 @@ def volume(cmd: str, where: str) -> None:
     subprocess.run([MOOSEFS_TOOL, cmd, where], check=True, stdout=subprocess.DEVNULL)
 
 
+def wait_free(vol: str, need: int) -> None:
+    """statvfs of a new MooseFS mount reads 0 bytes free until the chunkserver registers."""
+    for _ in range(60):
+        if shutil.disk_usage(os.path.join(vol, "mnt")).free > need:
+            return
+        time.sleep(0.5)
+
+
 def build_pod(models: str, total_mib: int) -> List[str]:
     """Valid safetensors models of incompressible, distinct content under `models` (the audit holds
     back broken files); returns their paths."""
@@ -101,6 +109,8 @@ def main() -> int:
     ap.add_argument("--dir", default=tempfile.gettempdir())
     ap.add_argument("--strace", action="store_true", help="one extra run of ours under strace -c -f")
     ap.add_argument("--only-us", action="store_true")
+    ap.add_argument("--before", metavar="DIR", help="also time the run with the package in DIR (e.g. "
+                    "`git archive main migrate | tar -x -C DIR`), in the same rotation")
     args = ap.parse_args()
     reason = why_not()
     if reason:
@@ -122,13 +132,14 @@ def main() -> int:
     volume("up", vol)
     try:
         dst = os.path.join(vol, "mnt", "models")
-        for _ in range(60):       # statvfs reads 0 free until the chunkserver registers
-            if shutil.disk_usage(os.path.join(vol, "mnt")).free > 2 * args.size_mib * MiB:
-                break
-            time.sleep(0.5)
+        wait_free(vol, 2 * args.size_mib * MiB)
         cmds = commands(cm, src, dst)
         if args.only_us:
             cmds = {k: v for k, v in cmds.items() if k.startswith("comfy")}
+        envs = {n: env for n in cmds}
+        if args.before:
+            cmds["comfy-migrate run (before)"] = cmds["comfy-migrate run"]
+            envs["comfy-migrate run (before)"] = dict(env, PYTHONPATH=os.path.abspath(args.before))
         names = list(cmds)
         times: Dict[str, List[float]] = {n: [] for n in names}
         for i in range(args.runs):
@@ -136,7 +147,7 @@ def main() -> int:
             for n in order:
                 fresh(pristine, src, dst)
                 t0 = time.perf_counter()
-                r = subprocess.run(cmds[n], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                r = subprocess.run(cmds[n], env=envs[n], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 dt = time.perf_counter() - t0
                 problem = f"exit {r.returncode}: {r.stderr.decode()[-300:]}" if r.returncode else check(pristine, src, dst)
                 print(f"  {n}: {dt:.2f} s" + (f"  FAILED: {problem}" if problem else ""), flush=True)
