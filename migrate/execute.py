@@ -100,7 +100,12 @@ class _Runner:
         return step
 
     def done(self, step: int, **fields) -> None:
-        self.j.append(dict(fields, type="done", step=step))
+        # Not fsynced on its own: the next record (a begin, written ahead of its step, or the
+        # close) is, and an append-only file's fsync makes every earlier line durable with it. A
+        # power cut before then loses at most this line: the same state as a crash between the
+        # step and its record, which a continued run and rollback already handle (they look at the
+        # disk). On a network volume every fsync is a round trip: this halves the log's.
+        self.j.append(dict(fields, type="done", step=step), sync=False)
         self.report.steps_done += 1
 
     def fail(self, step: int, a: Optional[Action], path: str, exc: BaseException) -> None:
