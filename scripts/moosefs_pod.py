@@ -167,7 +167,7 @@ def main() -> int:
         m = med.get(n)
         ratio = f"{us / m:.2f}x" if (m and us and n != names[0]) else ""
         print(f"{n}: median {'-' if m is None else f'{m:.2f}'} s of {len(times[n])} runs "
-              f"{'(us/peer ' + ratio + ')' if ratio else ''}")
+              f"{'(ours/its time: ' + ratio + ')' if ratio else ''}")
     return 0
 
 
