@@ -191,6 +191,9 @@ def placements(runs: Iterable[Sequence[dict]]) -> Tuple[Logged, Dict[Ident, str]
         copied = {r.get("step"): r.get("tmp_ino") for r in records if r.get("type") == "staged"}
         copied.update({r.get("step"): r.get("dst_ino") for r in records
                        if r.get("type") == "done" and r.get("dst_ino") is not None})
+        # A copy's mtime as the store keeps it (MooseFS: to the second), observed after its publish.
+        kept = {r.get("step"): r.get("dst_mtime_ns") for r in records
+                if r.get("type") == "done" and r.get("dst_mtime_ns") is not None}
         for r in records:
             op = r.get("op")
             if r.get("type") != "begin" or op not in ("link", "rename", "copy", "dedupe", "symlink"):
@@ -201,6 +204,8 @@ def placements(runs: Iterable[Sequence[dict]]) -> Tuple[Logged, Dict[Ident, str]
             names.add(rel)
             ino = copied.get(r.get("step")) if op == "copy" else r.get("ino") if op in ("link", "rename") else None
             size, mtime_ns, digest = r.get("size"), r.get("mtime_ns"), r.get("digest")
+            if op == "copy" and r.get("step") in kept:
+                mtime_ns = kept[r.get("step")]
             if type(ino) is int and type(size) is int and type(mtime_ns) is int and isinstance(digest, str) \
                     and isinstance(run, str):
                 logged[(rel, (ino, size, mtime_ns))] = (digest, run)

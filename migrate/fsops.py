@@ -17,6 +17,12 @@ from migrate.hashing import Key, aligned_buffer, open_regular, stat_key
 from migrate.model import PROBE_PREFIX, FsFacts, Probe
 
 COPY_CHUNK = 256 << 10     # 256 KiB writes stay on the page cache's fast path here
+FUSE_CHUNK = 4 << 20       # FUSE (MooseFS): every write is a round trip to the daemon; big ones cost fewer
+
+
+def copy_chunk(fstype: str) -> int:
+    """The write size for copies into a filesystem of this type (FsFacts.fstype)."""
+    return FUSE_CHUNK if fstype == "fuse" or fstype.startswith(("fuse.", "fuseblk")) else COPY_CHUNK
 TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 FALLBACK_ERRNOS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS,
                    errno.EACCES)
@@ -330,11 +336,11 @@ def link_noreplace(src: str, dst: str) -> None:
 
 
 def _copy_plain(sfd: int, dfd: int, h: "xxhash.xxh3_128", on_bytes: Optional[Callable[[int], None]],
-                src: str = "", tmp: str = "") -> None:
+                src: str = "", tmp: str = "", chunk: int = COPY_CHUNK) -> None:
     """One pass: read into a page-aligned buffer (a bytearray's odd offset made copies of 512 MiB
     10-20 % slower here, see hashing.py), hash, write. A second thread writing while this one reads
     measured no faster on these 2 cores (the writes into the page cache dominate)."""
-    view = memoryview(aligned_buffer(COPY_CHUNK))
+    view = memoryview(aligned_buffer(chunk))
     while True:
         try:
             n = os.readv(sfd, [view])
@@ -353,8 +359,10 @@ def _copy_plain(sfd: int, dfd: int, h: "xxhash.xxh3_128", on_bytes: Optional[Cal
 
 
 def copy_and_hash(src: str, expect: Key, tmp: str, on_bytes: Optional[Callable[[int], None]] = None,
-                  on_created: Optional[Callable[[os.stat_result], None]] = None) -> Tuple[str, os.stat_result]:
+                  on_created: Optional[Callable[[os.stat_result], None]] = None,
+                  chunk: int = COPY_CHUNK) -> Tuple[str, os.stat_result]:
     """Copy src into a new file `tmp` (O_EXCL) while hashing, fsync it, keep mode and mtime.
+    `chunk`: the read and write size (copy_chunk of the destination's filesystem).
 
     Returns (digest of the bytes read, stat of tmp). The source must still be the scanned file
     afterwards. On any error tmp is removed.
@@ -370,7 +378,7 @@ def copy_and_hash(src: str, expect: Key, tmp: str, on_bytes: Optional[Callable[[
         if on_created is not None:
             on_created(os.fstat(dfd))
         h = xxhash.xxh3_128()
-        _copy_plain(sfd, dfd, h, on_bytes, src, tmp)
+        _copy_plain(sfd, dfd, h, on_bytes, src, tmp, chunk)
         if stat_key(os.fstat(sfd)) != expect:
             raise OSError(errno.ESTALE, "changed while it was copied", src)
         st = os.fstat(sfd)

@@ -344,6 +344,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5, help="runs of each command, alternating (default 5)")
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="where to build the data (default /tmp)")
     ap.add_argument("--out", help="also write the table as Markdown to this file")
+    ap.add_argument("--moosefs-mib", type=int, default=1024,
+                    help="MiB of the pod migrated onto MooseFS (default 1024; the row needs root and /dev/fuse)")
     args = ap.parse_args()
     runs = max(1, args.runs)
     import stat
@@ -368,6 +370,7 @@ def main() -> int:
     started = time.time()
     rows: List[Row] = []
     extra: Dict[str, str] = {}
+    volumes: List[str] = []      # MooseFS volumes started here (stopped before the folders go)
     try:
         home = os.path.join(top, "home")
         os.makedirs(home)
@@ -491,6 +494,32 @@ def main() -> int:
         else:
             rows.append(Row("migrate, cross filesystem", [], skipped="skipped: no /dev/shm"))
 
+        # 8. a container-disk pod onto a real MooseFS (RunPod's network volumes; issue 14, item 7)
+        import moosefs_pod as mfs
+        why = mfs.why_not() or ("" if have["rsync"] else "rsync missing") or ("" if has_run else "run not available")
+        mfs_title = f"migrate, container disk -> MooseFS ({args.moosefs_mib} MiB in {len(mfs.SHARES)} models)"
+        if why:
+            log(f"MooseFS row skipped: {why}")
+            rows.append(Row(mfs_title, [], skipped=f"skipped: {why}"))
+        else:
+            mfs_vol = os.path.join(top, "mfs-volume")
+            volumes.append(mfs_vol)
+            mfs.volume("up", mfs_vol)
+            pod_pristine = os.path.join(top, "mfs-pristine", "models")
+            pod_src, pod_dst = os.path.join(top, "mfs-pod", "models"), os.path.join(mfs_vol, "mnt", "models")
+            mfs.build_pod(pod_pristine, args.moosefs_mib)
+            mfs.wait_free(mfs_vol, 2 * args.moosefs_mib * MiB)
+            pod_prep = lambda: mfs.fresh(pod_pristine, pod_src, pod_dst)
+            pod_check = lambda: mfs.check(pod_pristine, pod_src, pod_dst)
+            pod_files = lambda: mfs.files_of(pod_src)
+            argv = mfs.commands(cm, pod_src, pod_dst)
+            rows.append(Row(mfs_title, [
+                Cmd("comfy-migrate run", argv["comfy-migrate run"], note="copy + verify + fsync, source to quarantine",
+                    prep=pod_prep, warm_files=pod_files, check=pod_check),
+                Cmd("rsync -a --remove-source-files", argv["rsync -a --remove-source-files"], note="no fsync",
+                    prep=pod_prep, warm_files=pod_files, check=pod_check),
+            ]))
+
         for row in rows:
             if row is memrow:
                 measure(row, min(runs, 3), env, top)
@@ -501,6 +530,9 @@ def main() -> int:
         log("interrupted")
         return 130
     finally:
+        for v in volumes:       # first: nothing below may leave a volume mounted
+            subprocess.run([os.path.join(ROOT, "..", "shared", "tools", "moosefs-volume"), "down", v],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         load_end = os.getloadavg()
         desc = machine(top, shm_top)
         for p in (top, shm_top):
@@ -635,6 +667,9 @@ def render(rows: List[Row], extra: Dict[str, str]) -> Tuple[str, List[str]]:
         target("find dup", peer, lambda r: r < 1, f"duplicates faster than {peer}", "x its time")
     target("migrate, cross", "rsync", lambda r: r <= 1, "cross-filesystem migration no slower than rsync",
            "x its time")
+    r = ratio(get("migrate, container disk -> MooseFS", "comfy"), get("migrate, container disk -> MooseFS", "rsync"))
+    summary.append(f"{verdict(None if r is None else r <= 0.9)}: container disk -> MooseFS within 0.9x "
+                   f"rsync -a --remove-source-files (issue 14): {'-' if r is None else f'{r:.2f}x its time'}")
     m = get("warm re-scan", "comfy")
     opened = extra.get("opened", "?")
     ok = None if m is None else (m < 1 and opened == "0")

@@ -54,7 +54,8 @@ def test_every_readme_option_exists():
         for p in cmd.params:
             known.update(o for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", []))
     known.update({"--help", "--version", "--link-back/--no-link-back", "--extra-model-paths-config"})
-    known.update({"--trials", "--seed", "--only", "--size", "--files", "--runs", "--quick"})   # scripts/torture, bench
+    known.update({"--trials", "--seed", "--only", "--size", "--files", "--runs", "--quick",
+                  "--moosefs-mib"})   # scripts/torture, bench
     known.add("--remove-source-files")     # rsync's, in the bench table
     known.update({"--cache", "--python", "--record", "--keep"})    # scripts/real-comfyui
     for opt in set(re.findall(r"(?<![\w-])--[a-z][a-z-]*(?:/--[a-z-]+)?", readme)):

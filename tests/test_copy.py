@@ -50,3 +50,16 @@ def test_a_failing_write_is_raised_and_the_temporary_removed(tmp_path, monkeypat
     assert exc.value.errno == errno.ENOSPC
     assert not tmp.exists()
     assert written[0] < size
+
+
+@pytest.mark.parametrize("size", [fsops.FUSE_CHUNK - 1, fsops.FUSE_CHUNK + 3 * fsops.COPY_CHUNK + 5])
+def test_copy_with_fuse_sized_writes_is_exact(tmp_path, size):
+    src, tmp = tmp_path / "src.safetensors", tmp_path / ".dst.cm-tmp-x"
+    data = make(src, size)
+    digest, _ = fsops.copy_and_hash(str(src), stat_key(os.stat(src)), str(tmp), chunk=fsops.FUSE_CHUNK)
+    assert digest == xxhash.xxh3_128(data).hexdigest() and tmp.read_bytes() == data
+
+
+def test_copy_chunk_is_big_only_for_fuse():
+    assert fsops.copy_chunk("fuse.mfs") == fsops.copy_chunk("fuse") == fsops.FUSE_CHUNK
+    assert fsops.copy_chunk("ext4") == fsops.copy_chunk("tmpfs") == fsops.copy_chunk("unknown") == fsops.COPY_CHUNK

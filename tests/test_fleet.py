@@ -953,3 +953,17 @@ def test_placements_give_a_digest_only_where_the_logged_identity_matches():
     cat = store_catalogue.reconcile(walked, {}, by_ident, {}, logged)
     assert {k: (e.digest, e.run) for k, e in cat.items()} == {
         "a": ("da", "r1"), "c": ("dc", "r1"), "d": ("da", None), "m": ("dm", "r2")}
+
+
+def test_placements_know_a_copy_by_the_mtime_the_store_kept():
+    """A store keeping mtimes to the second (MooseFS) rounds a copy's: the log's observed mtime of the
+    published copy identifies it, so the catalogue's refresh after a run reads no copied file back."""
+    t = "/v/models"
+    log = [{"type": "header", "run": "r1", "target": t},
+           {"type": "begin", "step": 2, "op": "copy", "dst": f"{t}/c", "ino": 50, "size": 20,
+            "mtime_ns": 1_690_000_000_123_456_789, "digest": "dc"},
+           {"type": "staged", "step": 2, "tmp_ino": 7},
+           {"type": "done", "step": 2, "dst_ino": 7, "dst_mtime_ns": 1_690_000_000_000_000_000}]
+    logged, by_ident, _ = store_catalogue.placements([log])
+    cat = store_catalogue.reconcile([("c", (7, 20, 1_690_000_000_000_000_000), 9)], {}, by_ident, {}, logged)
+    assert {k: e.digest for k, e in cat.items()} == {"c": "dc"}

@@ -627,3 +627,37 @@ def test_history_counts_files_a_run_found_already_stored(tmp_path, cli_env):
     assert (row["files"], row["placed"], row["relied"]) == (3, 0, 3) and row["bytes"] > 15000
     table = run_cli(["history", "--target", tmp_path / "store"], cli_env).stdout
     assert "3 (3 already stored)" in table
+
+
+def test_every_step_acts_only_after_its_log_is_durable(pod, other_fs, monkeypatch):
+    """"done" records are not fsynced on their own (a round trip each on a network volume): the
+    next begin's fsync makes them durable. Every change to a model, folder or source happens with
+    the whole log fsynced up to its own begin record (write-ahead)."""
+    from migrate import journal
+    from migrate.execute import execute_plan
+    target = copy_target(pod, other_fs / "models")
+    plan = _plan(pod.comfyui, target)
+    state = {"dirty": False, "acts": 0, "unsynced": 0}
+    append = journal.Journal.append
+
+    def spy(self, rec, sync=True):
+        state["dirty"] = not sync
+        state["unsynced"] += not sync
+        return append(self, rec, sync)
+    monkeypatch.setattr(journal.Journal, "append", spy)
+
+    def guard(name):
+        real = getattr(os, name)
+
+        def call(*args, **kw):
+            paths = [os.fsdecode(a) for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
+            if any(f"/{STATE_DIR}/" not in p or f"/{STATE_DIR}/quarantine" in p for p in paths):
+                assert not state["dirty"], f"{name}{tuple(paths)} before the log was fsynced"
+                state["acts"] += 1
+            return real(*args, **kw)
+        monkeypatch.setattr(os, name, call)
+    for name in ("mkdir", "rename", "link", "symlink", "unlink", "replace"):
+        guard(name)
+
+    rep = execute_plan(plan, ["test"])
+    assert rep.ok and rep.copied_bytes and state["acts"] and state["unsynced"]
