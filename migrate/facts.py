@@ -416,27 +416,26 @@ def confirm_beliefs(plan: Plan, caches: Sequence[Optional[DigestCache]] = ()) ->
 
 def loaded_models(order: dict) -> dict:
     """(category, name) -> (the file ComfyUI loads for it, its size), for every name ComfyUI lists:
-    each category's folders in search order (comfy.search_folders), walked as ComfyUI walks them
-    (recursively, following symlinked folders, skipping .git); the first folder holding a regular
-    file (or a symlink to one) at a name wins. Reads folders only."""
+    the names below each category's folders (walked as ComfyUI walks them: recursively, following
+    symlinked folders, skipping .git), each resolved by names.first_holder (ComfyUI's get_full_path:
+    the first folder in search order holding a regular file or a symlink to one). Reads folders only."""
     from migrate import comfy
+    from migrate.names import first_holder
     out: dict = {}
     for cat, folders in order.items():
+        names = set()
         for folder in folders:
             for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if d != ".git")
+                dirnames[:] = [d for d in dirnames if d != ".git"]
                 rel_dir = os.path.relpath(dirpath, folder)
-                for f in sorted(filenames):
-                    name = f if rel_dir == "." else f"{rel_dir}/{f}"
-                    if (cat, name) in out or not comfy.lists_extension(cat, name):
-                        continue
-                    path = os.path.join(dirpath, f)
-                    try:
-                        st = os.stat(path)
-                    except OSError:
-                        continue        # a dangling symlink: ComfyUI skips it too
-                    if stat.S_ISREG(st.st_mode):
-                        out[(cat, name)] = (path, st.st_size)
+                names.update(f if rel_dir == "." else f"{rel_dir}/{f}" for f in filenames)
+        for name in sorted(n for n in names if comfy.lists_extension(cat, n)):
+            path = first_holder(folders, name, os.path.isfile)
+            if path is not None:
+                try:
+                    out[(cat, name)] = (path, os.stat(path).st_size)
+                except OSError:
+                    continue
     return out
 
 
