@@ -309,6 +309,8 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                 continue
         if swept:
             j.append({"type": "swept", "folders": swept})
+        for root in roots:      # scratch folders of a probe killed mid-way (a plan's, not in any log)
+            fsops.sweep_probes(root)
         j.append({"type": "dirtimes", "restored": _restore_dir_times(records)})
         if before_close is not None:
             before_close()
