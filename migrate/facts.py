@@ -378,22 +378,17 @@ def confirm_beliefs(plan: Plan, caches: Sequence[Optional[DigestCache]] = ()) ->
     or whose stored copy's, differ (or that changed meanwhile). Every digest read here goes into
     `caches` (the re-plan's memo, so planning again sees the truth, and the digest cache, so the
     next plan does)."""
-    from migrate.hashing import hash_path, note_read, read_here, stamp
+    from migrate.hashing import digest_now
     from migrate.model import ActionKind, Removal
 
-    def digest_now(path: str) -> Optional[str]:
+    def remember(s, got: str, at: int) -> None:
+        for cache in caches:
+            if cache is not None:
+                cache.put(s, got, at)
+
+    def digest_of(path: str) -> Optional[str]:
         try:
-            st = os.lstat(path)
-            s = stamp(st)
-            got = read_here(s)
-            if got is None:
-                at = time.time_ns()
-                got = hash_path(path, s)
-                note_read(s, got, at)
-                for cache in caches:
-                    if cache is not None:
-                        cache.put(s, got, at)
-            return got
+            return digest_now(path, remember)
         except OSError:
             return None
 
@@ -406,7 +401,7 @@ def confirm_beliefs(plan: Plan, caches: Sequence[Optional[DigestCache]] = ()) ->
         if a.kind not in (ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT) or a.removal is not Removal.QUARANTINE:
             continue
         held = placing.get(a.stored, a.stored) if a.stored else None
-        if digest_now(a.source) != a.digest or (held and digest_now(held) != a.digest):
+        if digest_of(a.source) != a.digest or (held and digest_of(held) != a.digest):
             stale.append(a.source)
     for cache in caches:
         if cache is not None:

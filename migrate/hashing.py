@@ -136,20 +136,31 @@ def read_here(s: Stamp) -> str | None:
     return hit[0] if hit is not None and not racy(s, hit[1]) else None
 
 
-def confirm_digest(path: str, digest: str) -> bool:
-    """Do the bytes at `path` (a regular file, not followed) have `digest`? Uses this process's own
-    read of the file as it is now if there was one; else reads it. Before a source leaves its place
-    on the strength of a digest that may come from a cache, the catalogue or another run's log."""
+def digest_now(path: str, on_read: Callable[[Stamp, str, int], None] | None = None) -> str:
+    """The digest of the bytes at `path` (a regular file, not followed) as it is now: this process's
+    own read of it if there was one (`read_here`), else read now (then `on_read(stamp, digest,
+    read_ns)`, e.g. to put it in a cache). Raises OSError (ChangedError for a non-regular file)."""
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode):
-        return False
+        raise ChangedError(errno.EINVAL, "not a regular file", path)
     s = stamp(st)
-    if read_here(s) == digest:
-        return True
-    at = time.time_ns()
-    got = hash_path(path, s)
-    note_read(s, got, at)
-    return got == digest
+    got = read_here(s)
+    if got is None:
+        at = time.time_ns()
+        got = hash_path(path, s)
+        note_read(s, got, at)
+        if on_read is not None:
+            on_read(s, got, at)
+    return got
+
+
+def confirm_digest(path: str, digest: str) -> bool:
+    """Do the bytes at `path` have `digest`? Before a source leaves its place on the strength of a
+    digest that may come from a cache, the catalogue or another run's log (see digest_now)."""
+    try:
+        return digest_now(path) == digest
+    except ChangedError:
+        return False
 
 
 class _Progress:
