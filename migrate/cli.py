@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections import Counter
 
 import click
 
@@ -397,7 +398,16 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
     if fmt == "json" and not yes and not dry_run:
         raise NotConfirmed("run --format json never asks (no summary would be seen before the question)",
                            "pass --yes, or look first with `comfy-migrate plan --format json`")
-    facts, plan = build(ui, **kw)
+    from migrate.preflight import StoreChanged
+    try:
+        facts, plan = build(ui, **kw)
+    except StoreChanged:
+        if dry_run:
+            raise
+        # A file appeared in the store where this plan places one, after its scan: another pod's
+        # run placing it (torture fleet-0040). Wait for that run, then plan against its result.
+        take_lock(ui, resolve_target(kw["target"]), "comfy-migrate run (waiting to plan)", wait).release()
+        facts, plan = build(ui, **kw)
     if dry_run:
         print_plan(plan, fmt, ui.verbosity > 0)
         return
@@ -493,10 +503,9 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
                    if running else "") + "\n")
     for p in rep.problems:
         ui.warn(f"{report.show(p.path)}: {p.message}")
-    left = [x for x in stayed_behind(plan, facts) if x[1] != "conflict"]   # conflicts: the plan's warning
+    left = stayed_behind(plan, facts)
     if left and fmt == "table":
-        ui.warn(f"{len(left)} file(s) stayed where they are ({left[0][1]}: {report.show(left[0][0])}"
-                + (", ..." if len(left) > 1 else "") + "); `comfy-migrate plan` says why for each")
+        ui.warn(f"{stayed_summary(left)}; `comfy-migrate plan` says why for each")
     if rep.problems or left:
         sys.exit(ExitCode.PROBLEMS)
 
@@ -513,16 +522,22 @@ def stayed_behind(plan, facts) -> list:
     return left
 
 
+def stayed_summary(left: list) -> str:
+    """'3 model file(s) stayed where they are, not in the store (2 conflict, 1 suspect; e.g. conflict: PATH)'."""
+    kinds = Counter(why for _, why in left)
+    return (f"{len(left)} model file(s) stayed where they are, not in the store ("
+            + ", ".join(f"{n} {why}" for why, n in sorted(kinds.items()))
+            + f"; e.g. {left[0][1]}: {report.show(left[0][0])})")
+
+
 def nothing_to_do(ui: Ui, plan, facts, fmt: str) -> None:
     """The end of a run with nothing to do: said (JSON too), exit 1 if files stayed behind."""
-    stayed = stayed_behind(plan, facts)
-    left = [x for x in stayed if x[1] != "conflict"]     # a conflict is the plan's warning, not a failure
+    left = stayed_behind(plan, facts)
     if fmt == "json":
-        out(report.dumps({"run": None, "nothing_to_do": True, "stayed": [{"path": p, "why": w} for p, w in stayed],
+        out(report.dumps({"run": None, "nothing_to_do": True, "stayed": [{"path": p, "why": w} for p, w in left],
                           "findings": [report.finding_doc(f) for f in plan.findings]}))
     if left:
-        ui.info(f"nothing to do, but {len(left)} file(s) stayed where they are (e.g. {left[0][1]}: "
-                f"{report.show(left[0][0])}); `comfy-migrate plan` says why for each")
+        ui.warn(f"nothing to do, but {stayed_summary(left)}; `comfy-migrate plan` says why for each")
     else:
         ui.info("nothing to do: the target is up to date")
     for line in report.warning_lines(plan) + report.finding_lines(plan.findings, plan.sources):

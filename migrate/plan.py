@@ -428,7 +428,7 @@ def _custom_folders(actions: Sequence[Action], target: str, policy: Policy, list
     groups: Dict[Tuple[str, str], List[Action]] = {}
     for a in actions:
         folder = a.rel.split("/", 1)[0]
-        if "/" in a.rel and comfy.category_of(folder)[1]:
+        if "/" in a.rel and a.category == folder and comfy.category_of(folder)[1]:   # not linked_categories
             groups.setdefault((a.root, folder), []).append(a)
     out = []
     for (root, name), acts in groups.items():

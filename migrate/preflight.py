@@ -17,6 +17,11 @@ import posixpath
 from typing import Dict, List, Optional, Sequence
 
 from migrate.errors import BadInput
+
+
+class StoreChanged(BadInput):
+    """A file appeared in the store, since its scan, where the plan places one: another pod's run
+    placing it (outside the lock: `run` waits for that run, then plans again), or a user's copy."""
 from migrate.model import STATE_DIR, Method, Mode, Plan, PathFact, Removal
 
 
@@ -94,8 +99,9 @@ def check(plan: Plan, facts: Dict[str, PathFact], yaml_real: Optional[str]) -> P
             continue
         f = facts.get(a.dst)
         if f is not None and f.kind not in ("missing",):
-            raise BadInput(f"{a.dst} already exists in the store ({'a folder' if f.is_dir else f.kind}) and "
-                           f"{a.source} would be placed there", f"move or rename {a.dst}, then plan again")
+            raise StoreChanged(f"{a.dst} already exists in the store ({'a folder' if f.is_dir else f.kind}) and "
+                               f"{a.source} would be placed there",
+                               f"plan again (another pod's run placing it?); or move or rename {a.dst}")
         where = facts.get(_nearest(posixpath.dirname(a.dst), facts, target))
         limit = where.name_max if where is not None else 255
         name = posixpath.basename(a.dst)

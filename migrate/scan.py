@@ -140,10 +140,32 @@ def _walk_folders(root: str, on_error: Callable[[OSError], None] | None
         stack.extend(reversed(subdirs))
 
 
+def linked_categories(root: str) -> dict[str, str]:
+    """{folder: category} for folders of `root` that ComfyUI reaches only through a category's
+    symlink beside them (`models/checkpoints -> checkpoints_real`): their files are that category's
+    models, not a custom-node folder's. A folder that is a category itself, or that two categories'
+    links share, keeps its own name (ComfyUI lists its files under both)."""
+    try:
+        with os.scandir(root) as it:
+            links = [e for e in it if e.is_symlink() and e.name in comfy.FOLDER_CATEGORY]
+    except OSError:
+        return {}
+    real_root = os.path.realpath(root)
+    seen: dict[str, set[str]] = {}
+    for e in links:
+        real = os.path.realpath(e.path)
+        folder = os.path.basename(real)
+        if (os.path.dirname(real) == real_root and folder not in comfy.FOLDER_CATEGORY
+                and os.path.isdir(real) and not os.path.islink(os.path.join(root, folder))):
+            seen.setdefault(folder, set()).add(comfy.FOLDER_CATEGORY[e.name])
+    return {folder: cats.pop() for folder, cats in seen.items() if len(cats) == 1}
+
+
 def scan_tree(root: str) -> ScanResult:
     """Stat facts of every entry under one root (no digests yet)."""
     records: list[FileRecord] = []
     problems: list[Problem] = []
+    linked = linked_categories(root)
 
     def on_error(exc: OSError) -> None:
         gone = isinstance(exc, FileNotFoundError)
@@ -154,7 +176,7 @@ def scan_tree(root: str) -> ScanResult:
         in_folder = bool(dir_rel)
         if in_folder:
             folder = sys.intern(dir_rel.split("/", 1)[0])     # one string per folder
-            category, custom = comfy.category_of(folder)
+            category, custom = (linked[folder], False) if folder in linked else comfy.category_of(folder)
             folder_bad = _bad_name(dir_rel)
             prefix = dir_rel + "/"
         else:
@@ -171,6 +193,10 @@ def scan_tree(root: str) -> ScanResult:
                 except OSError:
                     target = "?"
                 detail = f"symlink to {target} (left as it is)"
+                behind = os.path.basename(target.rstrip("/"))
+                if not in_folder and linked.get(behind) == comfy.FOLDER_CATEGORY.get(name):
+                    detail = (f"symlink to {target} (left as it is): ComfyUI's {linked[behind]} folder; the "
+                              f"files of {behind}/ go to the store's {linked[behind]}/")
             # positional: ~25 % cheaper than keywords, and this runs once per file
             records.append(FileRecord(root, rel, folder, category, custom, status, size, st.st_mtime_ns,
                                       S_IMODE(mode), st.st_dev, st.st_ino, st.st_nlink, None, target, detail,

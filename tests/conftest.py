@@ -11,6 +11,7 @@ inherited COMFYUI_DIR / COMFY_MIGRATE_* variables are dropped.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import stat
@@ -104,6 +105,18 @@ def run_cli(args: Sequence[Union[str, os.PathLike]], env: Dict[str, str], check:
         assert proc.returncode == check, (
             f"{' '.join(cmd[2:])}: exit {proc.returncode}, expected {check}\n"
             f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    return proc
+
+
+def run_leaving_conflicts(args: Sequence[Union[str, os.PathLike]], env: Dict[str, str], n: int = 1,
+                          **kw) -> subprocess.CompletedProcess:
+    """`run ARGS` on a pod holding n deliberate conflicts (the demo pod: one): run exits 1, for
+    those files stay where they are, and they alone stayed (README: exit codes)."""
+    proc = run_cli(["run", *args], env, check=1, **kw)
+    if "json" in [str(a) for a in args] or env.get("COMFY_MIGRATE_FORMAT") == "json":
+        assert [s["why"] for s in json.loads(proc.stdout)["stayed"]] == ["conflict"] * n, proc.stdout
+    else:
+        assert f"{n} model file(s) stayed where they are, not in the store ({n} conflict; e.g. conflict: " in proc.stderr, proc.stderr
     return proc
 
 

@@ -10,7 +10,7 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import FIXTURES, make_pod, past_racy_window, run_cli, snapshot_tree
+from conftest import FIXTURES, make_pod, past_racy_window, run_cli, run_leaving_conflicts, snapshot_tree
 from migrate import audit, comfy
 from migrate.hashing import DigestCache, stamp
 from migrate.scan import scan_tree
@@ -322,5 +322,5 @@ def test_include_suspect_moves_it_anyway(pod, cli_env):
     bad.write_bytes(data)
     out = run_cli(["plan", *pod.args(), "--include-suspect"], cli_env).stdout
     assert "audit: broken: " in out and "cut_short.safetensors: truncated" in out
-    run_cli(["run", *pod.args(), "--include-suspect", "--yes"], cli_env)
+    run_leaving_conflicts([*pod.args(), "--include-suspect", "--yes"], cli_env)
     assert (pod.target / "loras" / "cut_short.safetensors").read_bytes() == data

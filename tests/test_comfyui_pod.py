@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_leaving_conflicts
 from migrate import comfy
 from migrate.running import find_running
 from test_rollback import snapshot
@@ -66,13 +66,13 @@ def test_run_refuses_while_comfyui_runs_unless_told(pod, cli_env, comfyui_proces
     assert "--while-running" in r.stderr
     assert snapshot(pod.comfyui, pod.target, pod.yaml) == before
     run_cli(["run", *pod.args("--dry-run")], cli_env)        # a dry run changes nothing: no refusal
-    r = run_cli(["run", *pod.args("--yes", "--while-running")], cli_env)
+    r = run_leaving_conflicts(pod.args("--yes", "--while-running"), cli_env)
     assert "restart ComfyUI now: it reads extra_model_paths.yaml only at start-up" in r.stdout
     assert f"pid {comfyui_process.pid}, port 8190" in r.stdout
 
 
 def test_run_says_to_restart_comfyui(pod, cli_env):
-    r = run_cli(["run", *pod.args("--yes")], cli_env)
+    r = run_leaving_conflicts(pod.args("--yes"), cli_env)
     assert r.stdout.rstrip().endswith("restart ComfyUI now: it reads extra_model_paths.yaml only at start-up")
 
 

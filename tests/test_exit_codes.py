@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, run_cli, snapshot_tree
+from conftest import ROOT, run_cli, run_leaving_conflicts, snapshot_tree
 from migrate.errors import ExitCode
 from migrate.model import STATE_DIR
 
@@ -65,7 +65,7 @@ def test_each_documented_exit_code(code, pod, cli_env, tmp_path):
     elif code == 7:
         args = ["run", *pod.args()]                                      # no terminal, no --yes
     elif code == 8:
-        run_cli(["run", *pod.args("--yes")], cli_env)
+        run_leaving_conflicts(pod.args("--yes"), cli_env)
         victim = pod.target / "diffusion_models" / "wan2.2_s2v_14B_fp8_scaled.safetensors"
         data = bytearray(victim.read_bytes())
         data[-1] ^= 0xFF

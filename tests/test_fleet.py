@@ -319,6 +319,60 @@ def test_lock_wait_names_the_holder_then_gives_up_or_proceeds(tmp_path, cli_env)
         sleeper.wait()
 
 
+_PLACED_AFTER_SCAN = """
+import os, shutil, sys
+import migrate.facts as facts
+real = facts.gather
+src, dst = sys.argv[1], sys.argv[2]
+def gather(*a, **kw):
+    out = real(*a, **kw)
+    if not os.path.exists(dst):        # another pod's run places the same model, once
+        shutil.copy2(src, dst + ".tmp")
+        os.rename(dst + ".tmp", dst)
+    return out
+facts.gather = gather
+from migrate.cli import main
+sys.argv = ["comfy-migrate", *sys.argv[3:]]
+main()
+"""
+
+
+def test_a_file_another_pod_places_after_the_scan_makes_run_wait_and_plan_again(tmp_path, cli_env):
+    # torture fleet-0040: pod 1 placed checkpoints/common between pod 0's scan of the store and
+    # its preflight (before the lock): pod 0 refused (exit 3, "already exists in the store"). Now it
+    # waits for the run holding the lock, plans again and finds the file already there.
+    from migrate.lock import boot_id
+    import socket
+    comfyui, env = make_pod(tmp_path / "pod", pod_models(0))
+    env = dict(cli_env, **env)
+    target = tmp_path / "models"
+    (target / "checkpoints").mkdir(parents=True)
+    sd = target / STATE_DIR
+    sd.mkdir()
+    rel = "checkpoints/common.safetensors"
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(),
+                                             "pid": sleeper.pid, "started": "2026-01-01T00:00:00Z",
+                                             "purpose": "comfy-migrate run"}))
+        p = subprocess.Popen([sys.executable, "-c", _PLACED_AFTER_SCAN, str(comfyui / "models" / rel),
+                              str(target / rel), "run", "--comfyui", str(comfyui), "--target", str(target),
+                              "--yes", "--wait", "30"], env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=env["HOME"])
+        time.sleep(1.5)
+        (sd / "lock").unlink()           # the other pod's run is done
+        out, err = p.communicate(timeout=60)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert p.returncode == 0, err
+    assert "already exists" not in err and "waiting for the target's lock" in err
+    assert (target / rel).read_bytes() == pod_models(0)[rel]
+    assert not (comfyui / "models" / rel).exists()        # already there: the pod's name is set aside
+    run_cli(["rollback", "--target", target, "--yes"], env)
+    assert (comfyui / "models" / rel).read_bytes() == pod_models(0)[rel]
+
+
 def test_second_pod_plan_reads_no_stored_file_known_to_the_catalogue(tmp_path, cli_env):
     """A warm re-plan from another machine: the catalogue spares reading the store."""
     target = tmp_path / "models"

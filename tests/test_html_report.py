@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import run_cli, snapshot_tree
+from conftest import run_cli, run_leaving_conflicts, snapshot_tree
 
 
 def no_external_resources(page: str) -> None:
@@ -52,7 +52,7 @@ def test_report_path_must_be_html_and_writable(pod, cli_env, tmp_path):
 
 
 def test_every_run_writes_its_page_beside_its_log(pod, cli_env):
-    doc = json.loads(run_cli(["run", *pod.args("--yes", "--format", "json")], cli_env).stdout)
+    doc = json.loads(run_leaving_conflicts(pod.args("--yes", "--format", "json"), cli_env).stdout)
     runs, name = os.path.split(doc["log"])
     assert doc["report"] == os.path.join(os.path.dirname(runs), "reports", name[:-len(".jsonl")] + ".html")
     page = open(doc["report"]).read()

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
 import pytest
 
 from comfyui_oracle import comfyui_loads
-from conftest import as_model, run_cli, snapshot_tree
+from conftest import as_model, run_cli, run_leaving_conflicts, snapshot_tree
 
 STATE = ".comfy-migrate"
 
@@ -104,7 +105,10 @@ def test_every_name_keeps_its_bytes_but_the_declared_ones(names_pod, cli_env, on
     assert len(warned) == 1 and len(warned[0]) < 250, warned
     assert (" is stored as c.conflict-1.safetensors" in warned[0]) is (on_conflict == "rename")
 
-    run_cli(["run", *pod.args("--yes", "--on-conflict", on_conflict)], cli_env)
+    if on_conflict == "skip":        # the conflicting file stays where it is: exit 1
+        run_leaving_conflicts(pod.args("--yes", "--on-conflict", on_conflict), cli_env)
+    else:
+        run_cli(["run", *pod.args("--yes", "--on-conflict", on_conflict)], cli_env)
     after = comfyui_loads(pod.comfyui)
     for key, (digest, path) in before.items():
         if key in declared:
@@ -126,7 +130,7 @@ def test_every_name_keeps_its_bytes_but_the_declared_ones(names_pod, cli_env, on
 
 def test_verify_fails_when_a_name_loads_other_bytes(names_pod, cli_env):
     pod = names_pod
-    run_cli(["run", *pod.args("--yes")], cli_env)
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
     assert json.loads(run_cli(["verify", *pod.args("--format", "json")], cli_env).stdout)["names_checked"] >= 6
     # another file of a moved name in the user's is_default folder: ComfyUI loads it first now
     put(pod.mine / "loras/absbase.safetensors", b"Z" * 100)
@@ -168,3 +172,69 @@ def test_plan_refuses_unreadable_yaml_in_one_line(names_pod, cli_env, text, word
     proc = run_cli(["plan", *pod.args()], cli_env, check=3)
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in proc.stderr
+
+
+# --- a category folder that is a symlink to a folder beside it -----------------------------------
+
+def test_a_symlinked_category_folder_keeps_its_category(tmp_path, cli_env):
+    # models/checkpoints -> checkpoints_real: ComfyUI lists checkpoints_real's files as checkpoints.
+    # Their store folder is checkpoints/ (listed in the YAML as checkpoints), not a custom-node
+    # folder checkpoints_real: a rebuilt container without the link still finds every name.
+    comfyui, store = tmp_path / "ComfyUI", tmp_path / "store"
+    models = comfyui / "models"
+    put(models / "checkpoints_real/a.safetensors", b"A" * 300)
+    put(models / "checkpoints_real/sub/b.safetensors", b"B" * 200)
+    os.symlink("checkpoints_real", models / "checkpoints")
+    put(models / "vae/v.safetensors", b"V" * 100)
+    store.mkdir()
+    args = ["--comfyui", str(comfyui), "--target", str(store)]
+    before_tree = snapshot_tree(comfyui)
+    before = comfyui_loads(comfyui)
+    assert before[("checkpoints", "sub/b.safetensors")][1].startswith(str(models / "checkpoints"))
+
+    doc = json.loads(run_cli(["plan", *args, "--format", "json"], cli_env).stdout)
+    dst = {a["source"].split("/models/", 1)[1]: a["destination"] for a in doc["actions"] if a["action"] == "move"}
+    assert dst == {"checkpoints_real/a.safetensors": str(store / "checkpoints/a.safetensors"),
+                   "checkpoints_real/sub/b.safetensors": str(store / "checkpoints/sub/b.safetensors"),
+                   "vae/v.safetensors": str(store / "vae/v.safetensors")}
+    assert doc["custom_folders"] == [] and doc["name_changes"] == []
+    table = run_cli(["-v", "plan", *args], cli_env).stdout
+    assert "custom-node folder" not in table
+    assert "ComfyUI's checkpoints folder; the files of checkpoints_real/ go to the store's checkpoints/" in table
+
+    run_cli(["run", *args, "--yes"], cli_env)
+    assert comfyui_loads(comfyui) == {k: (d, p.replace(str(models / "checkpoints"), str(store / "checkpoints"))
+                                          .replace(str(models / "vae"), str(store / "vae")))
+                                      for k, (d, p) in before.items()}
+    assert "  checkpoints: checkpoints\n" in (comfyui / "extra_model_paths.yaml").read_text()
+    run_cli(["verify", *args], cli_env)
+    # a container rebuilt from its image (an empty models folder, no link) with the YAML: every name loads
+    rebuilt = tmp_path / "rebuilt"
+    (rebuilt / "models").mkdir(parents=True)
+    shutil.copy(comfyui / "extra_model_paths.yaml", rebuilt / "extra_model_paths.yaml")
+    assert {k: d for k, (d, _) in comfyui_loads(rebuilt).items()} == {k: d for k, (d, _) in before.items()}
+
+    run_cli(["rollback", "--target", str(store), "--yes"], cli_env)
+    assert snapshot_tree(comfyui) == before_tree
+    assert comfyui_loads(comfyui) == before
+    assert [p.name for p in store.iterdir()] == [".comfy-migrate"]
+
+
+@pytest.mark.parametrize("links, expect", [
+    ({"checkpoints": "real"}, {"real": "checkpoints"}),
+    ({"unet": "real"}, {"real": "diffusion_models"}),                   # a legacy name: its category
+    ({"checkpoints": "real", "loras": "real"}, {}),                     # two categories: keeps its name
+    ({"checkpoints": "real", "ckpt_alias_not_a_category": "real"}, {"real": "checkpoints"}),
+    ({"unet": "diffusion_models"}, {}),                                 # a category folder itself
+    ({"checkpoints": "missing"}, {}),                                   # dangling
+    ({"checkpoints": "../outside"}, {}),                                # not beside it: not scanned here
+])
+def test_linked_categories(tmp_path, links, expect):
+    from migrate.scan import linked_categories
+    root = tmp_path / "models"
+    for d in ("real", "diffusion_models"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "outside").mkdir()
+    for name, to in links.items():
+        os.symlink(to, root / name)
+    assert linked_categories(str(root)) == expect

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import as_model, run_cli, snapshot_tree
+from conftest import as_model, run_cli, run_leaving_conflicts, snapshot_tree
 
 STATE = ".comfy-migrate"
 
@@ -47,7 +47,10 @@ def refused(args, env, *roots, words=()):
 
 def round_trip(args, env, *roots, run_exit=0):
     before = state_of(*roots)
-    run_cli(["run", *args, "--yes"], env, check=run_exit)
+    if run_exit == 1:       # the demo pod's conflict stays where it is, and only it
+        run_leaving_conflicts([*args, "--yes"], env)
+    else:
+        run_cli(["run", *args, "--yes"], env, check=run_exit)
     where = args[:4]        # --comfyui C --target T
     run_cli(["rollback", *where, "--dry-run"], env)
     run_cli(["rollback", *where, "--yes"], env)
@@ -143,7 +146,7 @@ def test_a_read_only_source_root_cannot_hold_its_quarantine(pod, cli_env, immuta
 
 def test_a_read_only_source_copies_with_mode_copy(pod, cli_env, immutable):
     immutable(pod.models / "loras")
-    round_trip(pod.args("--mode", "copy"), cli_env, pod.comfyui, pod.target)
+    round_trip(pod.args("--mode", "copy"), cli_env, pod.comfyui, pod.target, run_exit=1)
 
 
 def test_a_yaml_symlink_into_a_missing_folder_is_refused(pod, cli_env, tmp_path):
@@ -255,8 +258,8 @@ def test_json_outcomes_are_json_on_stdout(pod, cli_env):
     p = run_cli(["plan", "--comfyui", str(pod.root / "nope"), "--format", "json"], cli_env, check=3)
     err = json.loads(p.stdout)["error"]
     assert "does not exist" in err["message"] and err["hint"]
-    run_cli(["run", *pod.args(), "--yes", "--format", "json"], cli_env)
-    p = run_cli(["run", *pod.args(), "--yes", "--format", "json"], cli_env)
+    run_leaving_conflicts([*pod.args(), "--yes", "--format", "json"], cli_env)
+    p = run_leaving_conflicts([*pod.args(), "--yes", "--format", "json"], cli_env)
     doc = json.loads(p.stdout)
     assert doc["nothing_to_do"] and any(s["why"] == "conflict" for s in doc["stayed"])
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import make_pod, run_cli, snapshot_tree
+from conftest import make_pod, run_cli, run_leaving_conflicts, snapshot_tree
 
 
 def shell(line: str, env: dict, stdin: str = "") -> subprocess.CompletedProcess:
@@ -24,7 +24,7 @@ def test_printed_purge_and_rollback_lines_run_as_printed(tmp_path, cli_env):
     root = tmp_path / "my volume's pods"            # a space and a quote: the line must be quoted
     comfyui, target = make_pod.build(str(root))
     before = snapshot_tree(root)
-    out = run_cli(["run", "--comfyui", comfyui, "--target", target, "--yes"], cli_env).stdout
+    out = run_leaving_conflicts(["--comfyui", comfyui, "--target", target, "--yes"], cli_env).stdout
     purge = re.search(r"free it with: (comfy-migrate purge .*)$", out, re.M).group(1)
     undo = re.search(r"undo with: (comfy-migrate rollback .*)$", out, re.M).group(1)
     verify = re.search(r"^  (comfy-migrate verify .*)$", out, re.M).group(1)

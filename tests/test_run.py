@@ -24,7 +24,7 @@ import pytest
 import xxhash
 import yaml
 
-from conftest import as_model, make_pod, run_cli, snapshot_tree
+from conftest import as_model, make_pod, run_cli, run_leaving_conflicts, snapshot_tree
 from migrate import comfy, fsops
 from migrate.journal import read_log
 from migrate.model import STATE_DIR, Policy
@@ -210,7 +210,7 @@ def test_move_same_filesystem_resolves_in_target(pod, cli_env):
     conflict_before = conflict_src.read_bytes()
     yaml_before = yaml_of(pod.comfyui).read_bytes()
 
-    run_cli(run_args(pod.comfyui, pod.target, "--yes"), cli_env)
+    run_leaving_conflicts(run_args(pod.comfyui, pod.target, "--yes")[1:], cli_env)
 
     assert_resolves_in_target(pod.comfyui, pod.target, expected, skip)
     assert_stored_once(pod.target, {d for k, d in expected.items() if k not in skip})
@@ -236,7 +236,7 @@ def test_move_cross_filesystem_copies_and_quarantines(pod, cli_env, other_fs):
     originals = {rel: xxh(p) for rel, p in files_under(str(pod.models)).items()}
     yaml_before = yaml_of(pod.comfyui).read_bytes()
 
-    proc = run_cli(run_args(pod.comfyui, target, "--yes"), cli_env)
+    proc = run_leaving_conflicts(run_args(pod.comfyui, target, "--yes")[1:], cli_env)
 
     assert_resolves_in_target(pod.comfyui, target, expected, skip)
     assert_stored_once(target, {d for k, d in expected.items() if k not in skip})
@@ -277,7 +277,7 @@ def test_link_and_copy_modes_leave_sources(pod, cli_env, mode):
     source_inodes = {(os.lstat(p).st_dev, os.lstat(p).st_ino) for p in files_under(str(pod.models)).values()}
     pre_target = {(os.lstat(p).st_dev, os.lstat(p).st_ino) for p in files_under(str(pod.target)).values()}
 
-    run_cli(run_args(pod.comfyui, pod.target, "--yes", "--mode", mode), cli_env)
+    run_leaving_conflicts(run_args(pod.comfyui, pod.target, "--yes", "--mode", mode)[1:], cli_env)
 
     assert_resolves_in_target(pod.comfyui, pod.target, expected, skip)
     assert_stored_once(pod.target, {d for k, d in expected.items() if k not in skip})
@@ -303,9 +303,9 @@ def test_link_and_copy_modes_leave_sources(pod, cli_env, mode):
 # --- 4. a second run ----------------------------------------------------------------------------------
 
 def test_second_run_changes_nothing(pod, cli_env):
-    run_cli(run_args(pod.comfyui, pod.target, "--yes"), cli_env)
+    run_leaving_conflicts(run_args(pod.comfyui, pod.target, "--yes")[1:], cli_env)
     before = snapshot_tree(pod.root)
-    proc = run_cli(run_args(pod.comfyui, pod.target, "--yes"), cli_env)
+    proc = run_leaving_conflicts(run_args(pod.comfyui, pod.target, "--yes")[1:], cli_env)
     assert "nothing to do" in proc.stdout + proc.stderr
     assert snapshot_tree(pod.root) == before
     assert len(run_logs(pod.target)) == 1
@@ -604,7 +604,7 @@ def test_lock_of_dead_process_is_taken_over(pod, cli_env):
     sleeper.wait()
     _write_lock(pod.target, sleeper.pid)
     expected = original_models(pod.comfyui)
-    proc = run_cli(run_args(pod.comfyui, pod.target, "--yes"), cli_env)
+    proc = run_leaving_conflicts(run_args(pod.comfyui, pod.target, "--yes")[1:], cli_env)
     assert "stale lock" in proc.stderr
     assert_resolves_in_target(pod.comfyui, pod.target, expected, conflicts(pod.target, expected))
     assert not (pod.target / STATE_DIR / "lock").exists()
