@@ -362,10 +362,16 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
             for line in findings:
                 ui.warn(line)
         elif findings:
-            held = sum(1 for f in plan.findings if f.blocks)
+            from migrate.model import ActionKind
+            placed = {a.source for a in plan.actions if a.kind not in (ActionKind.SKIP, ActionKind.CONFLICT)}
+            held = len({f.path for f in plan.findings if f.blocks and f.path not in placed})
+            moved = len({f.path for f in plan.findings if f.path in placed})
             kinds = ", ".join(sorted({f.kind for f in plan.findings}))
-            ui.warn(f"the audit found {len(findings)} problem(s) ({kinds}); {held} file(s) stay where they are "
-                    "(`comfy-migrate audit` or -v says which)")
+            ui.warn(f"the audit found {len(findings)} problem(s) ({kinds}); "
+                    + "; ".join(part for part in (f"{held} file(s) stay where they are" if held else "",
+                                                  f"{moved} move all the same (--include-suspect)" if moved else "")
+                                if part)
+                    + " (`comfy-migrate audit` or -v says which)")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -435,7 +441,8 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
             matters, notes = plan_changes(confirmed, plan)
             if matters and not yes:
                 lock.release()
-                ui.warn("the store changed while this run waited (another pod ran); the plan is now different:")
+                ui.warn("the pod or the store changed since the plan (another pod's run, or files changed "
+                        "meanwhile); the plan is now different:")
                 for m in matters:
                     ui.warn(f"  {report.show(m)}")
                 show_summary(ui, plan, fmt)
@@ -443,7 +450,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
                 confirmed = plan
                 continue
             for m in matters:
-                ui.warn(f"changed since the plan{'' if stale else ' (another pod ran)'}: {report.show(m)}")
+                ui.warn(f"changed since the plan: {report.show(m)}")
             for n in notes:
                 ui.info(f"note: {n}")
             if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
@@ -514,12 +521,15 @@ def stayed_behind(plan, facts) -> list:
     """(path, why) of each model file the run left where it is: a conflict, a file the audit held
     back, an unreadable file or one that changed while scanned. Exit 1 says so (README: exit codes)."""
     from migrate.model import ActionKind, Status
-    left = [(a.source, "conflict") for a in plan.actions if a.kind is ActionKind.CONFLICT]
+    why = {Status.SUSPECT: "held-back", Status.UNREADABLE: "unreadable", Status.CHANGED: "changed"}
+    left = {a.source: "conflict" for a in plan.actions if a.kind is ActionKind.CONFLICT}
     for s in facts.sources:
-        left += [(r.path, r.status.value) for r in s.records
-                 if r.status in (Status.SUSPECT, Status.UNREADABLE, Status.CHANGED)]
-        left += [(p.path, "unreadable") for p in s.problems]
-    return left
+        for r in s.records:
+            if r.status in why:
+                left.setdefault(r.path, why[r.status])
+        for p in s.problems:            # an unreadable file is a record and a problem: said once
+            left.setdefault(p.path, "unreadable")
+    return list(left.items())
 
 
 def stayed_summary(left: list) -> str:
@@ -602,7 +612,8 @@ def pod_log(ui: Ui, target: str, comfyui, live: bool) -> str:
     if not mine:
         raise BadLog((f"no run of this pod in {logs}: none wrote {yaml_path} or ran on this host ({host})"
                       if yaml_path else f"no run of this host ({host}) in {logs}; the runs there are other pods'")
-                     if every else f"no run to roll back in {logs}",
+                     if every else f"no run to roll back in {logs}" if live else
+                     f"no run yet in {logs}: nothing to check or purge",
                      "pass --comfyui DIR, or name the run (see `comfy-migrate history --target DIR`)")
     pick = mine[-1][0]
     if live:      # the newest not rolled back; a log that does not read is picked (and then refused)

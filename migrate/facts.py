@@ -331,7 +331,7 @@ def name_max(path: str) -> int:
         return 255
 
 
-def path_fact(path: str, _fs: Optional[dict] = None) -> PathFact:
+def path_fact(path: str) -> PathFact:
     """What `path` is now, for the preflight: its kind from lstat; for a folder (or a symlink to one)
     whether it takes new names (access(2), which also says no for an immutable folder, even to
     root), its mount's read-only flag and name limit (statvfs)."""
@@ -353,20 +353,18 @@ def path_fact(path: str, _fs: Optional[dict] = None) -> PathFact:
         kind = "dir"
     else:
         return PathFact("file" if stat.S_ISREG(st.st_mode) else "other")
-    fs = _fs if _fs is not None else {}
-    if st.st_dev not in fs:
-        try:
-            v = os.statvfs(path)
-            fs[st.st_dev] = (bool(v.f_flag & os.ST_RDONLY), v.f_namemax or 255)
-        except OSError:
-            fs[st.st_dev] = (False, 255)
-    ro, limit = fs[st.st_dev]
+    # Per folder, not per device: a read-only bind mount shares its device number with the
+    # read-write tree it comes from (folders only reach here: a few statvfs calls per plan).
+    try:
+        v = os.statvfs(path)
+        ro, limit = bool(v.f_flag & os.ST_RDONLY), v.f_namemax or 255
+    except OSError:
+        ro, limit = False, 255
     return PathFact(kind, to, not ro and os.access(path, os.W_OK | os.X_OK), ro, limit)
 
 
 def preflight_facts(paths: Sequence[str]) -> dict:
-    fs: dict = {}
-    return {p: path_fact(p, fs) for p in paths}
+    return {p: path_fact(p) for p in paths}
 
 
 def confirm_beliefs(plan: Plan, caches: Sequence[Optional[DigestCache]] = ()) -> List[str]:

@@ -37,8 +37,9 @@ def check_roots(sources: Sequence[str], target: str) -> None:
 
     for s in sources:
         if s == target:     # e.g. ComfyUI/models is a symlink to the store, as RunPod templates make it
-            raise BadInput(f"the source and the target are the same folder {target} (one leads there through "
-                           "a symlink): ComfyUI already loads its models from it", "nothing to migrate; "
+            raise BadInput(f"the source and the target are the same folder {target} (--target names ComfyUI's "
+                           "models folder, or one is a symlink to the other): ComfyUI already loads its models "
+                           "from it", "nothing to migrate; "
                            "to move the models elsewhere, pass another --target")
         if inside(target, s):
             raise BadInput(f"the target {target} is inside the source {s}",

@@ -238,3 +238,13 @@ def test_linked_categories(tmp_path, links, expect):
     for name, to in links.items():
         os.symlink(to, root / name)
     assert linked_categories(str(root)) == expect
+
+
+def test_a_symlinked_model_file_directly_in_models_is_left_as_it_is(tmp_path, cli_env):
+    # A symlink beside the category folders that is no category (a file link) is just a symlink.
+    models = tmp_path / "ComfyUI" / "models"
+    put(models / "vae/v.safetensors", b"V" * 100)
+    os.symlink("vae/v.safetensors", models / "v.safetensors")
+    out = run_cli(["-v", "scan", "--source", models], cli_env).stdout + \
+        run_cli(["-v", "plan", "--source", models, "--target", tmp_path / "store"], cli_env).stdout
+    assert "symlink to vae/v.safetensors (left as it is)" in out and "ComfyUI's" not in out
