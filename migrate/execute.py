@@ -19,9 +19,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from migrate import __version__, fsops
 from migrate.report import human
-from migrate.errors import BadInput, NoSpace
+from migrate.errors import BadInput, BadLog, NoSpace
 from migrate.hashing import confirm_digest, hash_bytes, stat_key
-from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_log, run_logs
+from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_begun, read_log, rollback_log_of, run_logs
 from migrate.lock import TargetLock
 from migrate.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal
 from migrate.scan import TEMP_MARK, temp_name
@@ -69,7 +69,10 @@ def find_interrupted(target: str, sources: Optional[Sequence[str]] = None, yaml:
     this one (pods often have the same paths: /workspace/ComfyUI on each container).
     """
     for _, path in reversed(run_logs(target)):
-        if os.path.exists(path[:-len(".jsonl")] + ".rollback.jsonl"):
+        try:
+            if read_begun(rollback_log_of(path)) is not None:
+                continue    # rolled back, or being rolled back (a rollback that wrote no record did nothing)
+        except BadLog:
             continue
         try:
             records, _, _ = read_log(path)
