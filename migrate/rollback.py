@@ -77,9 +77,12 @@ def check_log(records: Sequence[dict], path: str) -> None:
                     raise BadLog(f"{path}: line {i}: symlinked folder {d!r} is outside the run's target",
                                  "the log was edited; restore the original")
         if rec.get("type") == "dirtimes":
-            yaml_dir = posixpath.dirname(head["yaml"]) if isinstance(head.get("yaml"), str) else None
+            # The YAML's folder, and the folder of the file behind it when it is a symlink (written
+            # through the link), as the header (or a continued run's resume record) names them.
+            yaml_dirs = {posixpath.dirname(h[k]) for h in records[:i] if h.get("type") in ("header", "resume")
+                         for k in ("yaml", "yaml_real") if isinstance(h.get(k), str) and posixpath.isabs(h[k])}
             for d, ns in (rec.get("dirs") or {}).items():
-                if posixpath.normpath(d) != d or not isinstance(ns, int) or not (d == yaml_dir or any(
+                if posixpath.normpath(d) != d or not isinstance(ns, int) or not (d in yaml_dirs or any(
                         d == r or d.startswith(r.rstrip("/") + "/") for r in roots)):
                     raise BadLog(f"{path}: line {i}: folder {d!r} is outside the run's source and target "
                                  "folders", "the log was edited; restore the original")
