@@ -19,9 +19,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from migrate import __version__, fsops
 from migrate.report import human
-from migrate.errors import BadInput, NoSpace
+from migrate.errors import BadInput, BadLog, NoSpace
 from migrate.hashing import confirm_digest, hash_bytes, stat_key
-from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_log, run_logs
+from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_begun, read_log, rollback_log_of, run_logs
 from migrate.lock import TargetLock
 from migrate.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal
 from migrate.scan import TEMP_MARK, temp_name
@@ -69,7 +69,10 @@ def find_interrupted(target: str, sources: Optional[Sequence[str]] = None, yaml:
     this one (pods often have the same paths: /workspace/ComfyUI on each container).
     """
     for _, path in reversed(run_logs(target)):
-        if os.path.exists(path[:-len(".jsonl")] + ".rollback.jsonl"):
+        try:
+            if read_begun(rollback_log_of(path)) is not None:
+                continue    # rolled back, or being rolled back (a rollback that wrote no record did nothing)
+        except BadLog:
             continue
         try:
             records, _, _ = read_log(path)
@@ -422,6 +425,9 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sources": list(plan.sources),
                   "target": plan.target, "yaml": plan.yaml_path, "mode": plan.policy.mode.value,
                   "fs": fs_record(plan)}
+        real_yaml = yaml_behind(plan)
+        if real_yaml is not None:       # a symlinked YAML: the file written, whose folder's mtime changes
+            header["yaml_real"] = real_yaml
         if resume:
             head = read_log(resume)[0][0]
             if sorted(head.get("sources") or []) != sorted(plan.sources) or head.get("yaml") != plan.yaml_path:
@@ -531,12 +537,17 @@ def dir_times(plan: Plan) -> Dict[str, int]:
         dirs.add(os.path.dirname(a.source))
         if a.dst:
             dirs.add(fsops.nearest_existing(os.path.dirname(a.dst)))
+    yaml_dirs = set()
     if plan.yaml_path is not None and plan.yaml_changes:
-        dirs.add(os.path.dirname(plan.yaml_path))
+        yaml_dirs.add(os.path.dirname(plan.yaml_path))
+        real = yaml_behind(plan)
+        if real is not None:        # written through the link: the folder behind it changes
+            yaml_dirs.add(os.path.dirname(real))
+    dirs |= yaml_dirs
     out = {}
     for d in sorted(dirs):
         inside = any(d == r or d.startswith(r.rstrip("/") + "/") for r in roots)
-        if not inside and not (plan.yaml_path and d == os.path.dirname(plan.yaml_path)):
+        if not inside and d not in yaml_dirs:
             continue
         try:
             st = os.stat(d)
@@ -545,6 +556,15 @@ def dir_times(plan: Plan) -> Dict[str, int]:
         if stat.S_ISDIR(st.st_mode):
             out[d] = st.st_mtime_ns
     return out
+
+
+def yaml_behind(plan: Plan) -> Optional[str]:
+    """The file a symlinked extra_model_paths.yaml leads to (run writes through the link), or None
+    when the YAML is no symlink or the run leaves it alone."""
+    if plan.yaml_path is None or not plan.yaml_changes:
+        return None
+    real = fsops.through_link(plan.yaml_path)
+    return real if real != plan.yaml_path else None
 
 
 def _clean_temps(j: Journal, records: List[dict]) -> None:

@@ -36,28 +36,46 @@ def _sum(rec: dict) -> str:
     return xxhash.xxh3_128(_canonical(body)).hexdigest()
 
 
-def _crash_point() -> Optional[int]:
-    """Test hook: COMFY_MIGRATE_CRASH_AT=N kills this process (SIGKILL) right after record N."""
-    value = os.environ.get("COMFY_MIGRATE_CRASH_AT")
-    return int(value) if value and value.isdigit() else None
+def _crash_point() -> Tuple[Optional[int], bool]:
+    """Test hook: COMFY_MIGRATE_CRASH_AT=N kills this process (SIGKILL) right after record N;
+    COMFY_MIGRATE_CRASH_AT=torn:N kills it while it writes record N, with half of the line on the
+    disk (what a kill, or a full disk, leaves: `torn:1` is a log holding no complete record).
+    Returns (N, torn)."""
+    value = os.environ.get("COMFY_MIGRATE_CRASH_AT") or ""
+    torn = value.startswith("torn:")
+    value = value[len("torn:"):] if torn else value
+    return (int(value), torn) if value.isdigit() else (None, False)
 
 
 class Journal:
     """An open log, positioned at its end."""
 
-    def __init__(self, path: str, fd: int, seq: int, prev: str) -> None:
+    def __init__(self, path: str, fd: int, seq: int, prev: str, again: str = "") -> None:
         self.path = path
+        self.again = again or "`comfy-migrate run` continues or `comfy-migrate rollback` undoes"
         self._fd = fd
         self.seq = seq
         self.prev = prev
-        self._crash_at = _crash_point()
+        self._crash_at, self._crash_torn = _crash_point()
 
     @classmethod
-    def create(cls, path: str, header: dict) -> "Journal":
+    def create(cls, path: str, header: dict, again: str = "") -> "Journal":
+        """A new log whose first record is `header`. If that record cannot be written (a full disk),
+        the file is removed again: a log holding no complete record did nothing (journal before act),
+        and leaving none behind keeps it from being mistaken for a damaged one.
+        `again`: what to do once the cause is fixed, said when a record cannot be written."""
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o644)
-        j = cls(path, fd, 0, "")
-        j.append(dict(header, type="header", v=LOG_VERSION))
+        j = cls(path, fd, 0, "", again)
+        try:
+            j.append(dict(header, type="header", v=LOG_VERSION))
+        except BaseException:
+            j.close()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise
         dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dfd)
@@ -66,7 +84,7 @@ class Journal:
         return j
 
     @classmethod
-    def reopen(cls, path: str) -> Tuple["Journal", List[dict], bool]:
+    def reopen(cls, path: str, again: str = "") -> Tuple["Journal", List[dict], bool]:
         """Open an existing log to continue it; a torn final line is cut off first."""
         records, good_bytes, torn = read_log(path)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
@@ -74,13 +92,17 @@ class Journal:
             os.ftruncate(fd, good_bytes)
             os.fsync(fd)
         last = records[-1]
-        return cls(path, fd, last["seq"], last["sum"]), records, torn
+        return cls(path, fd, last["seq"], last["sum"], again), records, torn
 
     def append(self, rec: dict, sync: bool = True) -> dict:
         self.seq += 1
         rec = dict(rec, seq=self.seq, prev=self.prev)
         rec["sum"] = _sum(rec)
         line = _canonical(rec) + b"\n"
+        if self._crash_torn and self.seq == self._crash_at:
+            os.write(self._fd, line[:len(line) // 2])
+            os.fsync(self._fd)
+            os.kill(os.getpid(), signal.SIGKILL)
         view = memoryview(line)
         try:
             while view:
@@ -95,10 +117,9 @@ class Journal:
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             raise (NoSpace if full else JournalError)(
                 f"cannot write the audit log {self.path}: {exc.strerror}; stopped before the next step",
-                ("free space on the target, then " if full else "fix the target, then ") +
-                "`comfy-migrate run` continues or `comfy-migrate rollback` undoes") from exc
+                ("free space on the target, then " if full else "fix the target, then ") + self.again) from exc
         self.prev = rec["sum"]
-        if self._crash_at is not None and self.seq >= self._crash_at:
+        if self._crash_at is not None and not self._crash_torn and self.seq >= self._crash_at:
             os.kill(os.getpid(), signal.SIGKILL)
         return rec
 
@@ -123,7 +144,8 @@ class EmptyLog(BadLog):
 def read_log(path: str) -> Tuple[List[dict], int, bool]:
     """Records of a log, checked. Returns (records, bytes of whole lines, whether a torn tail was seen).
 
-    Raises BadLog naming the first line that is not what the writer wrote.
+    Raises BadLog naming the first line that is not what the writer wrote; EmptyLog for a log cut
+    off inside its first record (nothing, or the start of a JSON object without its newline).
     """
     try:
         with open(path, "rb") as f:
@@ -152,8 +174,28 @@ def read_log(path: str) -> Tuple[List[dict], int, bool]:
         prev = rec["sum"]
         records.append(rec)
     if not records:
+        if lines[-1] and not lines[-1].startswith(b'{"'):      # not what our writer starts a line with
+            raise BadLog(f"{path}: line 1 is not a log record", "the log was edited or damaged; restore it")
         raise EmptyLog(f"{path} holds no complete record", "nothing to undo from this log")
     return records, len(data) - len(lines[-1]), torn
+
+
+def read_begun(path: str) -> Optional[List[dict]]:
+    """The records of a log that may not be there: None when it is missing or holds no complete
+    record (its writer was killed, or refused by a full disk, before its first record reached the
+    disk; that first record precedes every step, so such a log did nothing). A rollback log like
+    that blocks nothing: the run is as if never rolled back, and the next rollback starts afresh.
+    A damaged log still raises BadLog."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        return read_log(path)[0]
+    except EmptyLog:
+        return None
+
+
+def rollback_log_of(run_log: str) -> str:
+    return run_log[:-len(".jsonl")] + ".rollback.jsonl"
 
 
 @dataclass(frozen=True)

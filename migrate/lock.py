@@ -78,12 +78,15 @@ def create_excl(path: str, data: bytes) -> bool:
     try:
         os.write(fd, data)
         os.fsync(fd)
-    except BaseException:
+    except BaseException as exc:
         os.close(fd)
         try:
             os.unlink(path)
         except OSError:
             pass
+        if isinstance(exc, OSError):     # a write has no file name: say which (a full disk: exit 4)
+            from migrate.fsops import named
+            raise named(exc, "write the lock", path) from None
         raise
     os.close(fd)
     return True

@@ -22,7 +22,7 @@ from migrate import __version__, fsops, identity
 from migrate.errors import BadLog
 from migrate.fleet import store_rel
 from migrate.hashing import hash_bytes, hash_path
-from migrate.journal import Journal, group_steps, read_log, run_logs
+from migrate.journal import EmptyLog, Journal, group_steps, read_begun, read_log, rollback_log_of, run_logs
 from migrate.model import STATE_DIR, Problem
 from migrate.scan import TEMP_MARK, temp_name
 
@@ -77,9 +77,12 @@ def check_log(records: Sequence[dict], path: str) -> None:
                     raise BadLog(f"{path}: line {i}: symlinked folder {d!r} is outside the run's target",
                                  "the log was edited; restore the original")
         if rec.get("type") == "dirtimes":
-            yaml_dir = posixpath.dirname(head["yaml"]) if isinstance(head.get("yaml"), str) else None
+            # The YAML's folder, and the folder of the file behind it when it is a symlink (written
+            # through the link), as the header (or a continued run's resume record) names them.
+            yaml_dirs = {posixpath.dirname(h[k]) for h in records[:i] if h.get("type") in ("header", "resume")
+                         for k in ("yaml", "yaml_real") if isinstance(h.get(k), str) and posixpath.isabs(h[k])}
             for d, ns in (rec.get("dirs") or {}).items():
-                if posixpath.normpath(d) != d or not isinstance(ns, int) or not (d == yaml_dir or any(
+                if posixpath.normpath(d) != d or not isinstance(ns, int) or not (d in yaml_dirs or any(
                         d == r or d.startswith(r.rstrip("/") + "/") for r in roots)):
                     raise BadLog(f"{path}: line {i}: folder {d!r} is outside the run's source and target "
                                  "folders", "the log was edited; restore the original")
@@ -219,18 +222,25 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
         return next((r for r in roots if p.startswith(r.rstrip("/") + "/")), None)
 
     links = run_links(records)
-    rb_path = log_path[:-len(".jsonl")] + ".rollback.jsonl"
+    rb_path = rollback_log_of(log_path)
+    again = "`comfy-migrate rollback` again finishes the rollback"
     done_before: set = set()
-    if os.path.exists(rb_path):
-        j, rb_records, _ = Journal.reopen(rb_path)
+    if read_begun(rb_path) is not None:
+        j, rb_records, _ = Journal.reopen(rb_path, again)
         done_before = {r["undo"] for r in rb_records if r.get("type") == "done"}
         j.append({"type": "resume", "pid": os.getpid(), "host": socket.gethostname()})
         report = RollbackReport(head["run"], rb_path, resumed=True)
     else:
+        # None, or one holding no complete record: an earlier rollback killed (or refused by a full
+        # disk) before its first record reached the disk, so before its first undo. It did nothing;
+        # we hold the lock, so no rollback is writing it now: it goes, and this one starts afresh.
+        dropped = _drop_unbegun(rb_path)
         j = Journal.create(rb_path, {"run": head["run"], "rollback_of": os.path.basename(log_path),
                                      "tool": __version__, "host": socket.gethostname(),
                                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                     "log_tail": records[-1]["sum"]})
+                                     "log_tail": records[-1]["sum"],
+                                     **({"unbegun_log_dropped": dropped} if dropped is not None else {})},
+                           again)
         report = RollbackReport(head["run"], rb_path)
 
     def drop_handed() -> None:
@@ -318,6 +328,18 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
     finally:
         j.close()
     return report
+
+
+def _drop_unbegun(path: str) -> Optional[int]:
+    """Remove a log that holds no complete record (read_begun said None); its size in bytes, or None
+    when there was none."""
+    try:
+        size = os.lstat(path).st_size
+    except FileNotFoundError:
+        return None
+    os.unlink(path)
+    fsops.fsync_dir(os.path.dirname(path))
+    return size
 
 
 def _unmerge_yaml(path: str, cur: bytes, before: Optional[bytes], notes: List[str]) -> str:
@@ -710,8 +732,8 @@ def find_log(target: str, run: Optional[str], newest: bool = False, host: Option
     if newest and names:
         return os.path.join(runs, names[-1])
     for n in reversed(names):
-        rb = os.path.join(runs, n[:-6] + ".rollback.jsonl")
-        if os.path.exists(rb) and read_log(rb)[0][-1].get("type") == "close":
+        rb = read_begun(rollback_log_of(os.path.join(runs, n)))
+        if rb is not None and rb[-1].get("type") == "close":
             continue
         return os.path.join(runs, n)
     if names:
@@ -735,9 +757,8 @@ def load_run(log_path: str) -> List[dict]:
 
 def run_state(log_path: str) -> str:
     records, _, _ = read_log(log_path)
-    rb = log_path[:-6] + ".rollback.jsonl"
-    if os.path.exists(rb):
-        rbr = read_log(rb)[0]
+    rbr = read_begun(rollback_log_of(log_path))     # one that never wrote a record did nothing
+    if rbr is not None:
         return "rolled back" if rbr[-1].get("type") == "close" else "rollback interrupted"
     last = records[-1]
     if last.get("type") == "close":
@@ -751,6 +772,10 @@ def history(target: str) -> List[dict]:
         try:
             records, _, _ = read_log(path)
             state = run_state(path)
+        except EmptyLog as exc:      # killed (or refused by a full disk) before its first record: did nothing
+            rows.append({"run": n[:-6], "time": "", "host": "", "files": 0, "bytes": 0, "placed": 0, "relied": 0,
+                         "state": f"nothing done: {exc}"})
+            continue
         except BadLog as exc:
             rows.append({"run": n[:-6], "time": "", "host": "", "files": 0, "bytes": 0, "placed": 0, "relied": 0,
                          "state": f"bad log: {exc}"})

@@ -195,7 +195,10 @@ def test_read_only_target_is_refused_before_planning(tmp_path, cli_env):
 @pytest.mark.parametrize("base", ["absolute", "relative"])
 def test_symlinked_yaml_is_written_through_and_rolled_back(tmp_path, cli_env, base):
     """ComfyUI reads <its folder>/extra_model_paths.yaml through the link (and resolves a relative
-    base_path from its own folder): the file behind the link is updated, the link stays."""
+    base_path from its own folder): the file behind the link is updated, the link stays. Rollback
+    gives back the file's bytes and mtime and the mtime of the folder behind the link (where the
+    run's atomic write made and renamed its temporary), as it does the ComfyUI folder's. Before:
+    that folder kept the run's time."""
     import yaml as pyyaml
     from migrate import comfy
     comfyui, target = _pod(tmp_path)
@@ -205,12 +208,16 @@ def test_symlinked_yaml_is_written_through_and_rolled_back(tmp_path, cli_env, ba
     os.symlink("../config/extra_model_paths.yaml", comfyui / "extra_model_paths.yaml")
     old = real.read_bytes()
     _write(comfyui / "models" / "loras" / "a.safetensors", b"a " * 100)
+    for i, p in enumerate((real, real.parent, comfyui)):
+        os.utime(p, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i), follow_symlinks=False)
+    times = {p: os.lstat(p).st_mtime_ns for p in (real, real.parent, comfyui, comfyui / "extra_model_paths.yaml")}
 
     run_cli(["run", "--comfyui", comfyui, "--target", target, "--base-path", base, "--yes"], cli_env)
     link = comfyui / "extra_model_paths.yaml"
     assert os.readlink(link) == "../config/extra_model_paths.yaml"
     text = real.read_text()
     assert pyyaml.safe_load(text)["comfy_migrate"]["loras"] == "loras"
+    assert os.lstat(real.parent).st_mtime_ns != times[real.parent]
     order = comfy.search_folders([(str(link), text)], str(comfyui / "models"), env={})
     assert order["loras"][0] == str(target / "loras")
     run_cli(["verify", "--comfyui", comfyui, "--target", target], cli_env)
@@ -218,6 +225,7 @@ def test_symlinked_yaml_is_written_through_and_rolled_back(tmp_path, cli_env, ba
     run_cli(["rollback", "--target", target, "--yes"], cli_env)
     assert os.readlink(link) == "../config/extra_model_paths.yaml" and real.read_bytes() == old
     assert (comfyui / "models" / "loras" / "a.safetensors").is_file()
+    assert {p: os.lstat(p).st_mtime_ns for p in times} == times
 
 
 def test_models_folder_that_is_a_symlink_to_the_target_says_so(tmp_path, cli_env):

@@ -8,12 +8,14 @@ folders, and the YAML's bytes. "Rolled back" means: the snapshot equals the one 
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -656,3 +658,186 @@ def test_rollback_removes_the_scratch_folder_of_a_probe_killed_mid_way(pod, cli_
     def pod_view(snap):      # the YAML comes back by an atomic write: a new inode, all else equal
         return {k: v[:3] + v[4:] for k, v in snap.items() if k.startswith("runpod-slim/")}
     assert pod_view(snapshot_tree(pod.root)) == pod_view(before)
+
+
+# --- 7. a log that holds no complete record: nothing was done, nothing is blocked -----------------------
+#
+# Journal before act: a log's first record is on the disk before its first step. A rollback (or run)
+# killed while writing it, or refused it by a full disk, did nothing; its log must not block the
+# next rollback or run, nor read as "bad log" (a garbled log elsewhere is still refused: section 4).
+
+def _rollback_log(pod: Small) -> Path:
+    log = pod.run_log()
+    return log.with_name(log.stem + ".rollback.jsonl")
+
+
+def _states(env, target) -> List[str]:
+    hist = run_cli(["history", "--target", str(target), "--format", "json"], env)
+    return [r["state"] for r in json.loads(hist.stdout)]
+
+
+@pytest.mark.parametrize("left", ["torn", "empty"])
+@pytest.mark.parametrize("then", ["rollback", "run"])
+def test_a_rollback_that_wrote_no_record_blocks_nothing(tmp_path, cli_env, left, then):
+    """A run killed mid-way; its rollback SIGKILLed while writing its log's first line (`torn`: half of
+    it on the disk; `empty`: none, as a full disk leaves it). Then history names the run's own state,
+    `rollback --dry-run` and `rollback` exit 0 (or `run` continues the same run, then rollback), and the
+    pod is back byte for byte. Before: history said "bad log", rollback exited 6 ("holds no complete
+    record") and `run` started a new run beside the interrupted one."""
+    pod = Small(tmp_path / "pod")
+    before = pod.snap()
+    run(crash_env(cli_env, 9), pod, check=KILLED)
+    log = pod.run_log()
+    rollback(dict(cli_env, COMFY_MIGRATE_CRASH_AT="torn:1"), pod.target, "--yes", check=KILLED)
+    rb = _rollback_log(pod)
+    torn = rb.read_bytes()
+    assert torn.startswith(b'{"') and b"\n" not in torn, torn
+    if left == "empty":
+        rb.write_bytes(b"")
+    assert _states(cli_env, pod.target) == ["interrupted"]
+    if then == "run":
+        res = run(cli_env, pod)
+        assert "(continued)" in res.stdout, res.stdout
+        assert [p.name for p in pod.run_log().parent.glob("*.jsonl") if ".rollback." not in p.name] == [log.name]
+        assert _states(cli_env, pod.target) == ["complete"]
+    dry = rollback(cli_env, pod.target, "--dry-run")
+    assert "rollback of run" in dry.stdout
+    rollback(cli_env, pod.target, "--yes")
+    assert_same(before, pod.snap(), f"after a rollback torn in its first record ({left}), then {then}")
+    assert _states(cli_env, pod.target) == ["rolled back"]
+    assert read_records(rb)[0]["type"] == "header"
+
+
+def test_a_garbled_rollback_log_is_still_refused(tmp_path, cli_env):
+    """Only a log cut off inside its first record counts as never written; a rollback log whose first
+    line is whole but not a record, or whose partial line is not the start of one, is refused (exit 6)
+    with the line named, and nothing changes."""
+    pod = Small(tmp_path / "pod")
+    run(cli_env, pod)
+    rb = _rollback_log(pod)
+    for junk in (b"garbage\n", b"not a record"):
+        rb.write_bytes(junk)
+        after_run = pod.snap()
+        res = rollback(cli_env, pod.target, "--yes", check=6)
+        assert "line 1" in res.stderr and res.stderr.count("\n") == 1, res.stderr
+        assert_same(after_run, pod.snap(), "after a refused rollback")
+        assert rb.read_bytes() == junk
+
+
+def _fill(path: Path) -> None:
+    """Write zeros into `path` until its filesystem is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for size in (1 << 16, 1 << 12, 1 << 9, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+
+
+def _tree(*roots: Path) -> Dict[str, tuple]:
+    """Every entry under the roots, roots included, our state folders left out: (kind, mode, mtime_ns,
+    digest or link text)."""
+    out: Dict[str, tuple] = {}
+    for root in roots:
+        for dirpath, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d != STATE)
+            for p in [dirpath] + [os.path.join(dirpath, n) for n in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]]:
+                s = os.lstat(p)
+                if stat.S_ISREG(s.st_mode):
+                    with open(p, "rb") as f:
+                        what = xxhash.xxh3_128(f.read()).hexdigest()
+                else:
+                    what = os.readlink(p) if stat.S_ISLNK(s.st_mode) else None
+                out[p] = (stat.S_IFMT(s.st_mode), stat.S_IMODE(s.st_mode), s.st_mtime_ns, what)
+    return out
+
+
+def _one_error_line(res) -> None:
+    assert "Traceback" not in res.stderr, res.stderr
+    assert len([line for line in res.stderr.splitlines() if "error" in line]) == 1, res.stderr
+
+
+@pytest.mark.parametrize("then", ["rollback", "run"])
+@pytest.mark.parametrize("room", ["none", "lock"])
+def test_a_disk_that_fills_during_the_run_and_stays_full_for_the_rollback(tmp_path, cli_env, then, room):
+    """The store is a 1 MiB tmpfs; three 250 KB models fit, but another writer fills the disk as soon
+    as the run makes store/loras (the QA engineer's case). Whatever the run got done, every model name
+    still loads its bytes. A rollback while the disk is still full (`room`: not a page free, or one,
+    which the lock file takes: then the rollback's log finds none) fails cleanly: exit 4, one line, and
+    leaves no log behind that blocks the next one. Space freed, `rollback --dry-run` and `rollback`
+    exit 0 (or `run` finishes the run first, then rollback) and the pod is back exactly: paths, bytes,
+    modes, mtimes (folders too), the YAML. Before: the rollback on the full disk left a 0-byte
+    <run>.rollback.jsonl, history said "bad log", rollback then exited 6, `run` started a new run."""
+    import subprocess
+    import threading
+    from migrate import comfy
+    store = tmp_path / "store"
+    store.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(store)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a 1 MiB tmpfs")
+    try:
+        comfyui = tmp_path / "ComfyUI"
+        models = {f"loras/m{i}.safetensors": as_model(f"m{i}.safetensors", os.urandom(250_000)) for i in (1, 2, 3)}
+        for i, (rel, data) in enumerate(sorted(models.items())):
+            _write(comfyui / "models" / rel, data, 0o644, BASE_NS + i * 1_000_003)
+        _write(comfyui / "main.py", b"", 0o644, BASE_NS)
+        for d in (comfyui / "models" / "loras", comfyui / "models", comfyui):
+            os.utime(d, ns=(BASE_NS, BASE_NS))
+        args = ["--comfyui", str(comfyui), "--target", str(store)]
+        before = _tree(comfyui, store)
+
+        def loads_its_bytes() -> None:       # ComfyUI's search order under the YAML now on disk
+            yaml_path = comfyui / "extra_model_paths.yaml"
+            texts = [(str(yaml_path), yaml_path.read_text())] if yaml_path.exists() else []
+            order = comfy.search_folders(texts, str(comfyui / "models"))
+            for rel, data in models.items():
+                found = [os.path.join(f, rel.split("/", 1)[1]) for f in order["loras"]]
+                first = next(p for p in found if os.path.isfile(p))
+                assert Path(first).read_bytes() == data, (rel, first)
+
+        def filler() -> None:
+            deadline = time.monotonic() + 60
+            while not (store / "loras").exists() and time.monotonic() < deadline:
+                time.sleep(0.0002)
+            _fill(store / "filler")
+        writer = threading.Thread(target=filler)
+        writer.start()
+        first = run_cli(["run", *args, "--yes"], cli_env, check=None)
+        writer.join()
+        assert first.returncode in (0, 1, 4), first.stderr
+        if first.returncode == 4:
+            _one_error_line(first)
+        loads_its_bytes()
+        _fill(store / "filler")      # a failed copy's temporary was removed: full again
+        if room == "lock":
+            os.truncate(store / "filler", os.path.getsize(store / "filler") - 4096)
+
+        full = rollback(cli_env, store, *args[:2], "--yes", check=4)
+        _one_error_line(full)
+        assert "No space left" in full.stderr, full.stderr
+        assert "bad log" not in " ".join(_states(cli_env, store))
+        loads_its_bytes()
+
+        os.unlink(store / "filler")
+        if then == "run":
+            again = run_cli(["run", *args, "--yes"], cli_env)
+            if first.returncode == 4:      # stopped mid-way: the same run is finished, not a second one
+                assert "(continued)" in again.stdout, again.stdout
+            loads_its_bytes()
+        while any(s != "rolled back" for s in _states(cli_env, store)):    # newest first
+            dry = rollback(cli_env, store, *args[:2], "--dry-run")
+            assert "rollback of run" in dry.stdout
+            rollback(cli_env, store, *args[:2], "--yes")
+        after = _tree(comfyui, store)
+        # The store's own mtime is the one left out: our state folder, made there by the first lock
+        # (before the run's first record), stays, logs and all.
+        before[str(store)], after[str(store)] = before[str(store)][:2], after[str(store)][:2]
+        assert after == before, "\n".join(f"{p}: {before.get(p)} -> {after.get(p)}"
+                                          for p in sorted(set(before) | set(after)) if before.get(p) != after.get(p))
+    finally:
+        subprocess.run(["umount", "-l", str(store)])
