@@ -63,20 +63,38 @@ def _from_catalogue(scan: ScanResult, cat: store_catalogue.Catalogue) -> Tuple[S
     return scan._replace(records=tuple(records)), hits
 
 
+def symlinked_folders(scan: ScanResult) -> List[Tuple[str, str]]:
+    """(real path, path in the store) of each folder of the store that is a symlink to a folder
+    outside it (`store/loras -> /big/loras`, at any depth): run writes through it (preflight.py),
+    through_links enters it, and the name resolver lists what it holds under the store's name (a
+    World alias), as ComfyUI's walk, which follows symlinks, does. Not one found behind another
+    such folder (through_links enters one level), nor one into the store itself: that folder is
+    scanned under its own name. Sorted by path."""
+    root = os.path.realpath(scan.root)      # the store's root may itself be a symlink (--target)
+    out: List[Tuple[str, str]] = []
+    for link in sorted(scan.records, key=lambda r: r.rel):
+        if link.status is not Status.SYMLINK or not os.path.isdir(link.path):
+            continue
+        if any(link.path.startswith(given + "/") for _, given in out):
+            continue        # behind an entered folder: not entered
+        real = os.path.realpath(link.path)
+        if real == root or real.startswith(root.rstrip("/") + "/"):
+            continue        # inside the store: scanned under its own name already
+        out.append((real, link.path))
+    return out
+
+
 def through_links(scan: ScanResult) -> ScanResult:
-    """The store's scan with what its symlinked folders hold (`store/loras -> /big/loras`), under the
+    """The store's scan with what its symlinked folders hold (symlinked_folders), under the
     store's names: run writes through such a folder (preflight.py), so the plan must know what is
     already behind it. One level: a symlinked folder behind a symlinked folder is not entered."""
     from migrate.comfy import category_of as comfy_category
     from migrate.scan import classify
     extra = []
     problems = list(scan.problems)
-    for link in scan.records:
-        if link.status is not Status.SYMLINK or not os.path.isdir(link.path):
-            continue
-        real = os.path.realpath(link.path)
-        if real == scan.root or real.startswith(scan.root.rstrip("/") + "/"):
-            continue        # inside the store: scanned under its own name already
+    by_path = {r.path: r for r in scan.records}
+    for _, path in symlinked_folders(scan):
+        link = by_path[path]
         inner = scan_tree(link.path)
         problems.extend(inner.problems)
         folder = link.rel.split("/", 1)[0]
@@ -195,7 +213,13 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
     as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path))
     models = os.path.realpath(models_dir or os.path.join(os.path.dirname(as_read), "models"))
     roots = [s.root for s in scans] + [target]
-    aliases = tuple((real_path(r), r) for r in roots)
+    # A symlinked folder of the store is listed under the store's name (through_links), so a path
+    # behind it (a YAML folder, an absolute link text, a file run places there) means that name.
+    # (Not one leading into a source: the source's own names hold there.)
+    sources_real = [real_path(s.root) for s in scans]
+    aliases = tuple((real_path(r), r) for r in roots) + tuple(
+        (real, given) for real, given in (symlinked_folders(target_scan) if target_scan is not None else ())
+        if not any(real == s or real.startswith(s.rstrip("/") + "/") for s in sources_real))
     order = comfy.search_folders([(as_read, yaml_before)] if yaml_before is not None else [], models)
     all_scans = list(scans) + ([target_scan] if target_scan is not None else [])
     sizes: dict = {}

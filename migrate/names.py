@@ -65,7 +65,10 @@ class View:
     one that is not here does not exist) and for single files found elsewhere (gathered).
 
     aliases: (real path, path as scanned) of each scanned root, so that folders of a YAML read
-    from real paths and absolute link texts meet the scanned paths.
+    from real paths and absolute link texts meet the scanned paths; and of each symlinked folder
+    of the store whose content the trees list under the store's name (facts.through_links): such
+    a folder's link is not followed, a path behind it (a file run places there) stays in the store.
+    The longest alias matching a path applies.
     """
 
     def __init__(self, tree: Mapping[str, Node], roots: Sequence[str], aliases: Sequence[Tuple[str, str]] = ()):
@@ -73,6 +76,17 @@ class View:
         self.roots = [r.rstrip("/") or "/" for r in roots]
         self.aliases = [(r.rstrip("/"), g.rstrip("/")) for r, g in aliases if r.rstrip("/") != g.rstrip("/")]
         self._keys: Optional[List[str]] = None
+
+    @property
+    def aliases(self) -> List[Tuple[str, str]]:
+        return self._aliases
+
+    @aliases.setter
+    def aliases(self, pairs: Sequence[Tuple[str, str]]) -> None:
+        self._aliases = list(pairs)
+        self._by_real = sorted(self._aliases, key=lambda a: -len(a[0]))
+        self._by_given = sorted(self._aliases, key=lambda a: -len(a[1]))
+        self._entered = {g for _, g in self._aliases}
 
     def replace(self, changes: Mapping[str, Optional[Node]]) -> "View":
         tree = dict(self.tree)
@@ -87,13 +101,13 @@ class View:
 
     def canon(self, p: str) -> str:
         p = posixpath.normpath(p)
-        for real, given in self.aliases:
+        for real, given in self._by_real:
             if _under(p, real):
                 return given + p[len(real):]
         return p
 
     def real(self, p: str) -> str:
-        for real, given in self.aliases:
+        for real, given in self._by_given:
             if _under(p, given):
                 return real + p[len(given):]
         return p
@@ -107,7 +121,7 @@ class View:
         for i in range(1, len(parts)):
             cur = "/".join(parts[:i + 1])
             n = self.tree.get(cur)
-            if n is not None and n.kind == "link":
+            if n is not None and n.kind == "link" and cur not in self._entered:
                 # A relative link is read from the real folder holding it (the root may be a symlink).
                 to = posixpath.join(posixpath.dirname(self.real(cur)), n.to or "")
                 rest = "/".join(parts[i + 1:])
@@ -134,10 +148,33 @@ class View:
             i += 1
         return out
 
+    def listed(self, folder: str) -> List[str]:
+        """The names below `folder` as ComfyUI's walk (os.walk, followlinks=True) lists them: a
+        symlinked folder on the way, or the folder itself, is followed (as far as the trees know;
+        a loop is not)."""
+        out: List[str] = []
+
+        def walk(at: str, prefix: str, seen: Tuple[str, ...]) -> None:
+            if at in seen or len(seen) > 40:
+                return
+            for p in self.below(at):
+                name = prefix + p[len(at.rstrip("/")) + 1:]
+                out.append(name)
+                n = self.tree[p]
+                if n.kind == "link" and p not in self._entered:
+                    end = self.final(p)
+                    if end is not None and end not in self.tree:     # a folder (or nothing the trees hold)
+                        walk(end, name + "/", seen + (at,))
+
+        start = self.final(folder)
+        if start is not None:
+            walk(start, "", ())
+        return out
+
 
 def loads(order: Mapping[str, Sequence[str]], view: View) -> Dict[Tuple[str, str], str]:
     """(category, name) -> the file ComfyUI loads (symlinks followed), for every name listed in
-    the view's trees under a folder of the category (by ComfyUI's extension filter)."""
+    the view's trees under a folder of the category (View.listed; by ComfyUI's extension filter)."""
     out: Dict[Tuple[str, str], str] = {}
     for cat, folders in order.items():
         if cat in NOT_BY_NAME:
@@ -145,8 +182,7 @@ def loads(order: Mapping[str, Sequence[str]], view: View) -> Dict[Tuple[str, str
         folders = [view.canon(f) for f in folders]
         names: Set[str] = set()
         for f in folders:
-            for p in view.below(f):
-                name = p[len(f.rstrip("/")) + 1:]
+            for name in view.listed(f):
                 if ".git" not in name.split("/") and comfy.lists_extension(cat, name):
                     names.add(name)
         for name in sorted(names):

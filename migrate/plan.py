@@ -55,6 +55,7 @@ def check_roots(sources: Sequence[str], target: str) -> None:
 class World(namedtuple("World", [
     "models_dir",                 # str | None: ComfyUI's own models folder, real path (None: unknown)
     "aliases",                    # tuple[(real path, path as scanned), ...] of the scanned roots
+                                  # and of the store's symlinked folders (facts.symlinked_folders)
     "outside",                    # dict[str, names.Node]: files at candidate names in folders of the
                                   # user's YAML outside the scanned roots, and link targets out there
     "yaml_real",                  # str | None: the YAML's path as ComfyUI reads it (real folder)
@@ -325,7 +326,7 @@ def _name_changes(actions: Sequence[Action], before: names.View, target: str, wo
     edits: Dict[str, Optional[names.Node]] = {}
     for a in actions:
         if a.method is not Method.NONE and a.dst:
-            edits[a.dst] = names.Node("file", a.size, a.digest, None)
+            edits[_placed_at(a.dst, before)] = names.Node("file", a.size, a.digest, None)
     for a in actions:
         if a.removal in _GONE:
             edits[a.source] = names.Node("link", 0, None, a.dst) if a.link_back and a.dst else None
@@ -369,6 +370,13 @@ def _name_changes(actions: Sequence[Action], before: names.View, target: str, wo
         if n is not None and (loads_before[key].startswith(sources) or a in edits or key in placed):
             logged.append((key[0], key[1], n.digest, n.size))
     return tuple(changes), tuple(logged)
+
+
+def _placed_at(dst: str, view: names.View) -> str:
+    """Where a file placed at `dst` lands: run writes through a symlinked store folder on the way
+    (preflight.py). One the trees list under the store's name (facts.through_links) keeps it."""
+    folder = view.final(posixpath.dirname(dst))
+    return posixpath.join(folder, posixpath.basename(dst)) if folder is not None else dst
 
 
 def _base_path(spec: str, target: str, paths: PathFacts) -> str:

@@ -248,3 +248,143 @@ def test_a_symlinked_model_file_directly_in_models_is_left_as_it_is(tmp_path, cl
     out = run_cli(["-v", "scan", "--source", models], cli_env).stdout + \
         run_cli(["-v", "plan", "--source", models, "--target", tmp_path / "store"], cli_env).stdout
     assert "symlink to vae/v.safetensors (left as it is)" in out and "ComfyUI's" not in out
+
+
+# --- a store folder that is a symlink: run writes through it (preflight.py), ComfyUI follows it ---
+
+STORE_LINKS = {
+    # how the store is laid out -> (the folder behind the link, what it holds: a file already in
+    # the store, the file run places there)
+    "folder": ("elsewhere/loras", "old.safetensors", "a.safetensors"),     # store/loras -> elsewhere/loras
+    "root": ("real", "loras/old.safetensors", "loras/a.safetensors"),      # --target store -> real
+    "deep": ("elsewhere/wan", "old.safetensors", "w.safetensors"),         # store/loras/wan -> elsewhere/wan
+    "inside": ("store/loras_big", "old.safetensors", "a.safetensors"),     # store/loras -> loras_big
+}
+
+
+class LinkedStorePod:
+    """A pod moving to a store with a symlinked folder (STORE_LINKS), which holds a file already."""
+
+    def __init__(self, base: Path, how: str) -> None:
+        self.comfyui, self.store = base / "ComfyUI", base / "store"
+        behind, old, placed = STORE_LINKS[how]
+        self.behind = base / behind
+        self.placed = self.behind / placed          # where run places a file of the pod
+        m = self.comfyui / "models"
+        put(m / "loras/a.safetensors", b"A" * 100)
+        put(m / "loras/wan/w.safetensors", b"W" * 110)
+        put(m / "vae/v.safetensors", b"V" * 90)
+        put(self.behind / old, b"O" * 80)
+        if how == "root":
+            os.symlink(self.behind, self.store)
+        elif how == "folder":
+            self.store.mkdir()
+            os.symlink(self.behind, self.store / "loras")
+        elif how == "inside":
+            os.symlink("loras_big", self.store / "loras")
+        else:
+            (self.store / "loras").mkdir(parents=True)
+            os.symlink(self.behind, self.store / "loras/wan")
+
+    def args(self, *extra: str) -> list:
+        return ["--comfyui", str(self.comfyui), "--target", str(self.store), *extra]
+
+    def state(self) -> dict:
+        """The pod, the store and the folder behind the link, our state folders left out (and the
+        YAML's inode: written atomically by run and rollback)."""
+        out = {}
+        for root in (self.comfyui, self.store, self.behind):
+            for rel, (kind, mode, mtime, ino, nlink, content) in snapshot_tree(root).items():
+                if rel.split("/")[0] == STATE or (rel == "" and root != self.comfyui
+                                                       and os.path.realpath(root) == os.path.realpath(self.store)):
+                    continue        # the store's own folder holds our state folder from now on
+                out[f"{root}:{rel}"] = (kind, mode, mtime, None if rel == "extra_model_paths.yaml" else ino,
+                                        nlink, content)
+        return out
+
+
+@pytest.mark.parametrize("how", sorted(STORE_LINKS))
+def test_a_symlinked_store_folder_keeps_every_name(tmp_path, cli_env, how):
+    pod = LinkedStorePod(tmp_path, how)
+    before = comfyui_loads(pod.comfyui)
+    assert sorted(before) == [("loras", "a.safetensors"), ("loras", "wan/w.safetensors"), ("vae", "v.safetensors")]
+    state = pod.state()
+    doc = plan_json(pod, cli_env)
+    assert doc["name_changes"] == []
+    assert {a["action"] for a in doc["actions"]} == {"move"}
+
+    run_cli(["run", *pod.args("--yes")], cli_env)
+    assert pod.placed.is_file() and not (pod.comfyui / "models/loras/a.safetensors").exists()
+    after = comfyui_loads(pod.comfyui)
+    assert {k: after.get(k, (None,))[0] for k in before} == {k: d for k, (d, _) in before.items()}
+    # the run logged every name it answers for: verify checks each (the file behind the link too)
+    doc = json.loads(run_cli(["verify", *pod.args("--format", "json")], cli_env).stdout)
+    assert doc["names_checked"] == 3 and doc["ok"]
+
+    run_cli(["rollback", *pod.args("--dry-run")], cli_env)
+    run_cli(["rollback", *pod.args("--yes")], cli_env)
+    assert pod.state() == state
+    assert comfyui_loads(pod.comfyui) == before
+
+
+@pytest.mark.parametrize("how", sorted(STORE_LINKS))
+def test_verify_fails_when_the_file_behind_a_symlinked_store_folder_is_damaged(tmp_path, cli_env, how):
+    pod = LinkedStorePod(tmp_path, how)
+    run_cli(["run", *pod.args("--yes")], cli_env)
+    data = bytearray(pod.placed.read_bytes())
+    data[-1] ^= 0xFF                                      # same size: only the digest sees it
+    pod.placed.write_bytes(bytes(data))
+    doc = json.loads(run_cli(["verify", *pod.args("--format", "json")], cli_env, check=8).stdout)
+    name = "loras/" + ("wan/w.safetensors" if how == "deep" else "a.safetensors")
+    assert doc["names_checked"] == 3 and not doc["ok"]
+    assert [n.split(":")[0] for n in doc["names_changed"]] == [name]
+
+
+def test_a_second_run_sees_what_is_behind_a_symlinked_store_folder(tmp_path, cli_env):
+    pod = LinkedStorePod(tmp_path, "folder")
+    run_cli(["run", *pod.args("--yes")], cli_env)
+    put(pod.comfyui / "models/loras/b.safetensors", b"B" * 70)
+    put(pod.comfyui / "models/loras/old.safetensors", b"O" * 80)     # the stored file's very bytes
+    before = comfyui_loads(pod.comfyui)
+    # the store's section (searched first: is_default) lists loras now: old loads from behind the link
+    assert before[("loras", "old.safetensors")][1] == str(pod.store / "loras/old.safetensors")
+    doc = plan_json(pod, cli_env)
+    assert doc["name_changes"] == []
+    acts = {a["source"].split("/models/", 1)[1]: a["action"] for a in doc["actions"]}
+    assert acts == {"loras/b.safetensors": "move", "loras/old.safetensors": "already-there"}
+    run_cli(["run", *pod.args("--yes")], cli_env)
+    after = comfyui_loads(pod.comfyui)
+    assert {k: after.get(k, (None,))[0] for k in before} == {k: d for k, (d, _) in before.items()}
+    doc = json.loads(run_cli(["verify", *pod.args("--format", "json")], cli_env).stdout)
+    # the second run answers for b only: old loaded the store's file before it, as after
+    assert doc["names_checked"] == 4 and doc["ok"]
+
+
+def test_the_resolver_lists_what_is_behind_a_symlinked_store_folder():
+    # store/loras -> /big/loras, entered (facts.through_links: its files listed under the store's
+    # name, an alias): before the plan, as after, its names load from there; a relative link behind
+    # it is read from the real folder; the real path (a YAML naming it, a link text) meets it too.
+    from migrate.names import Node, View, loads
+    tree = {"/s/loras": Node("link", 0, None, "/big/loras"),
+            "/s/loras/old.safetensors": Node("file", 8, "d", None),
+            "/s/loras/rel.safetensors": Node("link", 0, None, "old.safetensors"),
+            "/m/loras/abs.safetensors": Node("link", 0, None, "/big/loras/old.safetensors")}
+    view = View(tree, ["/m", "/s"], [("/big/loras", "/s/loras")])
+    got = loads({"loras": ["/m/loras", "/s/loras"]}, view)
+    assert got == {("loras", n): "/s/loras/old.safetensors" for n in ("old.safetensors", "rel.safetensors",
+                                                                      "abs.safetensors")}
+    assert loads({"loras": ["/big/loras"]}, view) == {("loras", n): "/s/loras/old.safetensors"
+                                                      for n in ("old.safetensors", "rel.safetensors")}
+    after = view.replace({"/s/loras/a.safetensors": Node("file", 9, "e", None)})
+    assert loads({"loras": ["/s/loras"]}, after)[("loras", "a.safetensors")] == "/s/loras/a.safetensors"
+
+
+def test_the_resolver_walks_a_symlinked_folder_inside_the_store():
+    # store/loras -> loras_big (not entered: its files are listed under their own name): ComfyUI's
+    # walk follows the link; a file run places at store/loras/ lands in loras_big (plan._placed_at).
+    from migrate.names import Node, View, loads
+    from migrate.plan import _placed_at
+    view = View({"/s/loras": Node("link", 0, None, "loras_big"),
+                 "/s/loras_big/old.safetensors": Node("file", 8, "d", None)}, ["/s"])
+    assert loads({"loras": ["/s/loras"]}, view) == {("loras", "old.safetensors"): "/s/loras_big/old.safetensors"}
+    assert _placed_at("/s/loras/a.safetensors", view) == "/s/loras_big/a.safetensors"

@@ -5,6 +5,7 @@ Real trees in tmp_path, the real CLI as a subprocess.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -79,6 +80,9 @@ def test_a_symlinked_store_folder_is_written_through_and_rolled_back(pod, cli_en
     os.symlink(big / "loras", pod.target / "loras")
     p = run_cli(["plan", *pod.args()], cli_env)
     assert "is a symlink to" in p.stdout
+    # ComfyUI follows the link: no name placed behind it is lost (tests/test_names.py: every name)
+    doc = json.loads(run_cli(["plan", *pod.args("--format", "json")], cli_env).stdout)
+    assert [c for c in doc["name_changes"] if c["after"] is None] == []
     before = state_of(pod.comfyui, pod.target, big)
     run_cli(["run", *pod.args(), "--yes"], cli_env, check=None)
     assert any(n.startswith("lightx2v") for n in os.listdir(big / "loras"))
@@ -102,7 +106,6 @@ def test_a_long_name_renamed_on_conflict_fits_the_filesystem(pod, cli_env):
     (pod.target / "loras" / name).write_bytes(as_model(name, b"the store's"))
     args = pod.args("--on-conflict", "rename")
     p = run_cli(["plan", *args, "--format", "json"], cli_env)
-    import json
     dsts = [a["destination"] for a in json.loads(p.stdout)["actions"]
             if "conflict-" in (a.get("destination") or "")]
     assert dsts and all(len(os.path.basename(d).encode()) <= 255 for d in dsts)
@@ -252,7 +255,6 @@ def test_read_only_commands_on_a_folder_that_is_not_a_store_say_so(tmp_path, cli
 
 
 def test_json_outcomes_are_json_on_stdout(pod, cli_env):
-    import json
     p = run_cli(["run", *pod.args(), "--format", "json"], cli_env, check=7)      # never asks blind
     assert json.loads(p.stdout)["error"]["exit_code"] == 7
     p = run_cli(["plan", "--comfyui", str(pod.root / "nope"), "--format", "json"], cli_env, check=3)
