@@ -194,7 +194,7 @@ def scan_tree(root: str) -> ScanResult:
                     target = "?"
                 detail = f"symlink to {target} (left as it is)"
                 behind = os.path.basename(target.rstrip("/"))
-                if not in_folder and linked.get(behind) == comfy.FOLDER_CATEGORY.get(name):
+                if not in_folder and behind in linked and linked[behind] == comfy.FOLDER_CATEGORY.get(name):
                     detail = (f"symlink to {target} (left as it is): ComfyUI's {linked[behind]} folder; the "
                               f"files of {behind}/ go to the store's {linked[behind]}/")
             # positional: ~25 % cheaper than keywords, and this runs once per file
