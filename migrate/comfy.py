@@ -130,31 +130,56 @@ def _yaml():
     return yaml, DupCheckLoader
 
 
-_PARSED: dict[tuple[str, str], dict] = {}      # the last few texts parsed (planning reads one several times)
+class _Parsed:
+    """One text read once: its data and, in file order, each top-level key as written (the scalar's
+    text, or None for a key that is no plain scalar or is a merge key `<<`) with its 0-based line."""
+    __slots__ = ("data", "keys")
+
+    def __init__(self, data: dict, keys: tuple[tuple[str | None, int], ...]) -> None:
+        self.data, self.keys = data, keys
+
+
+_PARSED: dict[str, _Parsed] = {}    # the last few texts parsed: a plan reads one text at several places
 
 
 def parse_yaml(text: str, where: str = "extra_model_paths.yaml") -> dict[str, dict]:
     """Parse and check a YAML the way ComfyUI will read it. Raises BadInput naming the fix.
-    Returns a fresh copy each time (callers pop keys, as ComfyUI does); a text already parsed is
-    not parsed again (PyYAML's pure-Python loader, which ComfyUI uses, reads ~30,000 lines/s)."""
-    import copy
-    key = (text, where)
-    if key not in _PARSED:
+    Returns fresh dicts each time (callers pop a section's keys, as ComfyUI does): the top level
+    and every section are copied, a section that is an alias of another (`b: *a`) stays one dict
+    shared by both, as in ComfyUI; values are shared (strings, and nothing here changes the rest).
+    (copy.deepcopy took ~7x as long: 0.46 s for 20,000 sections, and a `run` asks ~13 times.)"""
+    copies: dict[int, dict] = {}
+    return {k: copies.setdefault(id(v), dict(v)) if isinstance(v, dict) else v
+            for k, v in _parsed(text, where).data.items()}
+
+
+def _parsed(text: str, where: str) -> _Parsed:
+    """A text parsed once, whatever `where` (it only names the file in a message): PyYAML's
+    pure-Python loader, which ComfyUI uses and whose answers we must give, reads ~9,000 lines/s
+    here: a 100,000-line YAML costs ~11 s a parse (issue 15: a plan parsed it ~9 times)."""
+    got = _PARSED.get(text)
+    if got is None:
+        got = _parse_yaml(text, where)
         if len(_PARSED) >= 4:
             _PARSED.pop(next(iter(_PARSED)))
-        _PARSED[key] = _parse_yaml(text, where)
-    return copy.deepcopy(_PARSED[key])
+        _PARSED[text] = got
+    return got
 
 
-def _parse_yaml(text: str, where: str) -> dict[str, dict]:
+def _parse_yaml(text: str, where: str) -> _Parsed:
     if len(text) > 4 * 1024 * 1024:
         raise BadInput(f"{where}: larger than 4 MiB, not an extra_model_paths.yaml", "check the --yaml path")
     yaml, loader_class = _yaml()
+    keys: tuple[tuple[str | None, int], ...] = ()
     try:
         loader = loader_class(text)
         try:
-            loader._root = loader.get_single_node()  # type: ignore[attr-defined]
-            data = loader.construct_document(loader._root) if loader._root is not None else None
+            root = loader._root = loader.get_single_node()  # type: ignore[attr-defined]
+            if isinstance(root, yaml.MappingNode):
+                # before constructing: a merge key `<<` at the top flattens root.value in place
+                keys = tuple((k.value if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge"
+                              else None, k.start_mark.line) for k, _ in root.value)
+            data = loader.construct_document(root) if root is not None else None
         finally:
             loader.dispose()
     except BadInput as exc:     # a duplicate key: say in which file
@@ -172,7 +197,7 @@ def _parse_yaml(text: str, where: str) -> dict[str, dict]:
         raise BadInput(f"{where}: malformed YAML: {type(exc).__name__}: {first}",
                        "fix the file or restore a backup, then run again") from None
     if data is None:
-        return {}
+        return _Parsed({}, ())
     if not isinstance(data, dict):
         raise BadInput(f"{where}: the top level is a {type(data).__name__}, ComfyUI needs sections (a mapping)",
                        "fix the file, then run again")
@@ -190,7 +215,7 @@ def _parse_yaml(text: str, where: str) -> dict[str, dict]:
                 raise BadInput(f"{where}: {section}.{key} is {kind}; ComfyUI needs a string "
                                "(several folders on separate lines with `|`)",
                                "fix the value, then run again")
-    return data
+    return _Parsed(data, keys)
 
 
 def search_folders(
@@ -350,7 +375,7 @@ def merge_section(old_text: str | None, section: str, where: str = "extra_model_
     earlier; else at the end), so that every is_default section of the user's keeps its precedence.
     """
     text = old_text or ""
-    old_data = parse_yaml(old_text, where) if old_text is not None else {}
+    old_data = _parsed(old_text, where).data if old_text is not None else {}    # read, never changed
     lines = text.splitlines(keepends=True)
     begin = [i for i, ln in enumerate(lines) if ln.rstrip("\r\n") == BEGIN_MARK]
     end = [i for i, ln in enumerate(lines) if ln.rstrip("\r\n") == END_MARK]
@@ -370,9 +395,7 @@ def merge_section(old_text: str | None, section: str, where: str = "extra_model_
     if first is not None and (at is None or first < at):
         if at is not None and at > 0 and lines[at - 1].strip() == "" and (at == len(lines) or not lines[at].strip()):
             del lines[at - 1]       # the blank line that set our old place apart goes with it
-            text = "".join(lines)
-            first = _first_default_line(text, where)
-            assert first is not None
+            text = "".join(lines)   # (before `first`, which is above it: `first` stays that line)
         while first > 0 and lines[first - 1].startswith("#"):      # its comment lines stay with it
             first -= 1
         at, moved = first, True
@@ -387,7 +410,7 @@ def merge_section(old_text: str | None, section: str, where: str = "extra_model_
         # a section replaced where it stood keeps the bytes around it; a new one gets a blank line after
         placed = begin == [] or moved
         new = head + gap + section + ("\n" if tail.strip() and not tail.startswith("\n") and placed else "") + tail
-    result = parse_yaml(new, where)
+    result = _parsed(new, where).data       # ComfyUI's reading of what we write: the one other parse
     if MANAGED_SECTION not in result:
         raise BadInput(f"{where}: the managed section did not survive merging", "report this as a bug")
     theirs = {k: v for k, v in old_data.items() if k != MANAGED_SECTION}
@@ -438,21 +461,20 @@ def _is_default(conf: object) -> bool:
 
 
 def _first_default_line(text: str, where: str) -> int | None:
-    """The line (0-based) of the first top-level section ComfyUI reads as is_default, or None."""
+    """The line (0-based) of the first top-level section ComfyUI reads as is_default, or None.
+    From the one parse of `text` (its keys as written, with their lines): linear in the sections."""
     if not text.strip():
         return None
-    data = parse_yaml(text, where)
-    yaml = _yaml()[0]
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    if root is None or not hasattr(root, "value") or not isinstance(root.value, list):
-        return None
-    for key_node, _ in root.value:
-        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-        if key is None or key_node.tag == "tag:yaml.org,2002:merge":
+    parsed = _parsed(text, where)
+    data = parsed.data
+    by_text: dict[str, object] = {}         # a key as written -> the first section whose key reads so
+    for k in data:
+        by_text.setdefault(str(k), k)
+    for key, line in parsed.keys:
+        if key is None or key not in by_text:
             continue
-        match = [k for k in data if str(k) == key]
-        if match and key != MANAGED_SECTION and _is_default(data[match[0]]):
-            return key_node.start_mark.line
+        if key != MANAGED_SECTION and _is_default(data[by_text[key]]):
+            return line
     return None
 
 

@@ -233,6 +233,41 @@ def build_many(top: str, n: int) -> str:
     return many
 
 
+def build_yaml_pod(top: str, lines: int) -> str:
+    """A pod (ComfyUI/models with three small models, an empty store) whose extra_model_paths.yaml has
+    `lines` lines: sections sec0.. of a comment, a base_path that does not exist, loras and vae (issue
+    15: planning a 100,000-line YAML took 100 s). Returns the ComfyUI folder; built afresh each call."""
+    if os.path.lexists(top):
+        shutil.rmtree(top)
+    comfyui = os.path.join(top, "ComfyUI")
+    w = Writer()
+    for i, cat in enumerate(("checkpoints", "loras", "vae")):
+        w.write(os.path.join(comfyui, "models", cat, f"{cat}-model.safetensors"), 64 * 1024 + i, 9000 + i)
+    os.makedirs(os.path.join(top, "store"))
+    with open(os.path.join(comfyui, "extra_model_paths.yaml"), "w") as f:
+        f.write("".join(f"# section {i}\nsec{i}:\n  base_path: /nonexistent/comfy-bench/dir{i}\n"
+                        f"  loras: loras\n  vae: vae\n" for i in range(lines // 5)))
+    return comfyui
+
+
+def yaml_rows(cm: str, top: str, lines: int) -> List[Row]:
+    """plan and run on a pod with a `lines`-line YAML, each beside one yaml.safe_load of that YAML
+    (how ComfyUI reads it at start-up): peer/us is about 1 / (the parses' worth the command costs)."""
+    pod = os.path.join(top, "yaml-pod")
+    comfyui = os.path.join(pod, "ComfyUI")
+    fresh = lambda: build_yaml_pod(pod, lines) and None
+    fresh()
+    args = ["--comfyui", comfyui, "--target", os.path.join(pod, "store")]
+    py = os.path.join(ROOT, ".venv", "bin", "python")
+    load = Cmd("python: yaml.safe_load", [py, "-c", "import sys, yaml; yaml.safe_load(open(sys.argv[1]))",
+                                          os.path.join(comfyui, "extra_model_paths.yaml")],
+               note="ComfyUI's own read of it")
+    load_again = Cmd(load.name, load.argv, note=load.note, prep=fresh)
+    return [Row(f"plan, {lines:,}-line extra_model_paths.yaml", [Cmd("comfy-migrate plan", [cm, "plan", *args]), load]),
+            Row(f"run, {lines:,}-line extra_model_paths.yaml", [
+                Cmd("comfy-migrate run", [cm, "run", *args, "--yes"], prep=fresh), load_again])]
+
+
 def tree_files(root: str) -> List[str]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -346,6 +381,9 @@ def main() -> int:
     ap.add_argument("--out", help="also write the table as Markdown to this file")
     ap.add_argument("--moosefs-mib", type=int, default=1024,
                     help="MiB of the pod migrated onto MooseFS (default 1024; the row needs root and /dev/fuse)")
+    ap.add_argument("--yaml-lines", type=int, default=100_000,
+                    help="lines of the YAML of the plan/run rows (default 100,000; 0 leaves them out)")
+    ap.add_argument("--only-yaml", action="store_true", help="build nothing else, run only the YAML rows")
     args = ap.parse_args()
     runs = max(1, args.runs)
     import stat
@@ -380,6 +418,13 @@ def main() -> int:
         for var in ("COMFYUI_DIR", "COMFY_MIGRATE_SOURCE", "COMFY_MIGRATE_TARGET", "COMFY_MIGRATE_FORMAT",
                     "COMFY_MIGRATE_YAML", "COMFY_MIGRATE_MODE"):
             env.pop(var, None)
+        if args.only_yaml:
+            log(f"building a pod with a {args.yaml_lines}-line YAML in {top}")
+            for row in yaml_rows(cm, top, args.yaml_lines):
+                rows.append(row)
+                measure(row, runs, env, top)
+            print(render(rows, extra)[0])
+            return 0
         log(f"building {args.size:g} GB of large files and {args.files} small files in {top}")
         t0 = time.perf_counter()
         d = build_data(top, args.size, args.files)
@@ -439,6 +484,8 @@ def main() -> int:
         memrow = Row(f"peak memory, {args.many} tiny files", [
             Cmd("comfy-migrate scan --no-cache", scan + ["--source", many], warm_files=None)])
         rows.append(memrow)
+        if args.yaml_lines > 0:
+            rows.extend(yaml_rows(cm, top, args.yaml_lines))
 
         # 6-7. migrations
         has_run = timed([cm, "run", "--help"], env, top).rc == 0
@@ -677,6 +724,11 @@ def render(rows: List[Row], extra: Dict[str, str]) -> Tuple[str, List[str]]:
                    f"{fmt_s(m)} s")
     summary.append(f"{verdict(None if mem_mb is None else mem_mb < 200)}: peak memory < 200 MB for the tiny "
                    f"files: {'-' if mem_mb is None else f'{mem_mb:.0f} MB'}")
+    for verb in ("plan", "run"):
+        us, load = get(f"{verb}, ", "comfy"), get(f"{verb}, ", "python")
+        if us is not None and load:
+            summary.append(f"(information, not a target) {verb} on the large YAML (issue 15): {us:.1f} s, "
+                           f"{us / load:.1f}x one yaml.safe_load of it ({load:.1f} s)")
     return "\n".join(lines), summary
 
 

@@ -257,3 +257,77 @@ def test_the_constant_time_search_order_equals_comfyuis_list_operations(initial,
     for full, is_default in adds:
         order.add(full, is_default)
     assert order.folders() == _naive_order(initial, adds)
+
+
+# --- issue 15: the is_default line from the one parse, not a second composer pass ------------------
+
+def _first_default_line_by_composing(text: str):
+    """The definition before issue 15: a second pass of PyYAML's composer over the text."""
+    if not text.strip():
+        return None
+    data = comfy.parse_yaml(text)
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is None or not hasattr(root, "value") or not isinstance(root.value, list):
+        return None
+    for key_node, _ in root.value:
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        if key is None or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        match = [k for k in data if str(k) == key]
+        if match and key != comfy.MANAGED_SECTION and comfy._is_default(data[match[0]]):
+            return key_node.start_mark.line
+    return None
+
+
+# keys as written: plain, quoted, read as a number, bool or null, ours, anchored, explicit (`? k`);
+# "{i}" makes most unique, the rest meet (1 and '1' are two keys that print alike; a and 'a' are one)
+_KEYS = st.sampled_from(["a{i}", "'a{i}'", '"b{i}"', "{i}", "'{i}'", "{i}.5", "x y{i}", "&k{i} k{i}", "? c{i}",
+                         "1", "'1'", "a", "'a'", "true", "null", "~", "comfy_migrate"])
+_DEFAULTS = st.sampled_from(["", "  is_default: true\n", "  is_default: false\n", "  is_default: 'false'\n",
+                             "  is_default: 0\n", "  is_default: []\n", "  is_default: [1]\n",
+                             "  is_default: {}\n", "  is_default: yes\n"])
+
+
+@st.composite
+def _section_texts(draw):
+    """Top-level sections in block and flow style, empty ones, one anchored (`&s`) and later ones
+    that alias it (`*s`) or merge it (`<<: *s`), comments between, an empty mapping merged at the top."""
+    out, anchored = [], False
+    if draw(st.booleans()):
+        out.append("none: &none {}\n<<: *none\n")
+    for i in range(draw(st.integers(0, 6))):
+        key = draw(_KEYS).format(i=i)
+        explicit = key.startswith("? ")
+        colon = "\n:" if explicit else ":"
+        if draw(st.booleans()):
+            out.append("# a comment\n")
+        style = draw(st.sampled_from(["block", "block", "flow", "alias", "merge", "empty"]))
+        if style in ("alias", "merge") and not anchored:
+            style = "block"
+        if style == "alias":
+            out.append(f"{key}{colon} *s\n")
+        elif style == "merge":
+            out.append(f"{key}{colon}\n  <<: *s\n{draw(_DEFAULTS)}")
+        elif style == "empty":
+            out.append(f"{key}{colon}\n")
+        else:
+            anchor = "" if anchored or not draw(st.booleans()) else " &s"
+            anchored = anchored or bool(anchor)
+            if style == "flow":
+                flag = draw(st.sampled_from(["", ", is_default: true", ", is_default: ''"]))
+                out.append(f"{key}{colon}{anchor} {{vae: v{flag}}}\n")
+            else:
+                out.append(f"{key}{colon}{anchor}\n  base_path: /b{i}\n" + draw(_DEFAULTS) + "  loras: l\n")
+    return "".join(out)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_section_texts())
+def test_first_default_line_from_the_one_parse_is_the_composers(text):
+    try:
+        expected = _first_default_line_by_composing(text)
+    except BadInput:
+        with pytest.raises(BadInput):
+            comfy._first_default_line(text, "y.yaml")
+        return
+    assert comfy._first_default_line(text, "y.yaml") == expected

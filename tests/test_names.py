@@ -388,3 +388,49 @@ def test_the_resolver_walks_a_symlinked_folder_inside_the_store():
                  "/s/loras_big/old.safetensors": Node("file", 8, "d", None)}, ["/s"])
     assert loads({"loras": ["/s/loras"]}, view) == {("loras", "old.safetensors"): "/s/loras_big/old.safetensors"}
     assert _placed_at("/s/loras/a.safetensors", view) == "/s/loras_big/a.safetensors"
+
+
+# --- issue 15: a large YAML is read once, not once per use -----------------------------------------
+
+COUNT_PARSES = """
+import atexit, sys
+import yaml.composer
+out = sys.argv.pop(1)
+n = [0]
+single = yaml.composer.Composer.get_single_node
+def counted(self):
+    n[0] += 1
+    return single(self)
+yaml.composer.Composer.get_single_node = counted       # every PyYAML parse of a document goes through it
+atexit.register(lambda: open(out, "w").write(str(n[0])))
+from migrate.cli import main
+sys.argv[0] = "comfy-migrate"
+main()
+"""
+
+
+def parses_of(args, env, tmp_path, check=0) -> int:
+    """How many times the real CLI, run as a process with ARGS, parsed a YAML document."""
+    import subprocess
+    import sys
+    out = tmp_path / "parses.txt"
+    proc = subprocess.run([sys.executable, "-c", COUNT_PARSES, str(out), *map(str, args)], env=env,
+                          cwd=env["HOME"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == check, proc.stderr
+    return int(out.read_text())
+
+
+def test_plan_and_run_parse_the_yaml_once_and_what_they_write_once(names_pod, cli_env, tmp_path):
+    # issue 15: a 100,000-line YAML took 100 s to plan; the plan parsed it ~9 times (the same text
+    # under several paths, a second composer pass to find the is_default line). Now: the user's
+    # YAML once, and the YAML we would write once (to check ComfyUI reads it as we mean), however
+    # many sections (the count must not grow with the file).
+    pod = names_pod
+    sections = "".join(f"# section {i}\nsec{i}:\n  base_path: {pod.comfyui}/missing{i}\n  loras: loras\n"
+                       f"  vae: vae\n" for i in range(300))
+    pod.yaml.write_text(pod.yaml.read_text() + sections)
+    assert parses_of(["plan", *pod.args()], cli_env, tmp_path) == 2
+    assert parses_of(["run", *pod.args("--yes")], cli_env, tmp_path, check=1) == 2      # 1: the conflict stays
+    # next time our section is replaced where it stands: the text without it is read too (the
+    # merged text is the file as it is here, read already)
+    assert parses_of(["plan", *pod.args()], cli_env, tmp_path) <= 3
