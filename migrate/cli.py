@@ -478,6 +478,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
         page = None
     deploy = report.deploy_doc(plan) if plan.yaml_after is not None and (rep.yaml_written or
                                                                             not plan.yaml_changes) else {}
+    left = stayed_behind(plan, facts)
     if fmt == "json":
         out(report.dumps({"run": rep.run_id, "log": rep.log_path, "resumed": rep.resumed,
                           "placed": rep.placed, "copied_bytes": rep.copied_bytes, "removed": rep.removed,
@@ -486,7 +487,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
                           "deploy": deploy, "report": page, "restart_comfyui": rep.yaml_written,
                           "comfyui_running": [r.pid for r in running],
                           "findings": [report.finding_doc(f) for f in plan.findings],
-                          "stayed": [{"path": p, "why": w} for p, w in stayed_behind(plan, facts)]}))
+                          "stayed": [{"path": p, "why": w} for p, w in left]}))
     else:
         out(f"\nrun {rep.run_id}{' (continued)' if rep.resumed else ''}: placed {rep.placed} files, "
             f"copied {report.human(rep.copied_bytes)}, removed {rep.removed} source names\n")
@@ -510,7 +511,6 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
                    if running else "") + "\n")
     for p in rep.problems:
         ui.warn(f"{report.show(p.path)}: {p.message}")
-    left = stayed_behind(plan, facts)
     if left and fmt == "table":
         ui.warn(f"{stayed_summary(left)}; `comfy-migrate plan` says why for each")
     if rep.problems or left:

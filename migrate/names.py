@@ -75,18 +75,10 @@ class View:
         self.tree = dict(tree)
         self.roots = [r.rstrip("/") or "/" for r in roots]
         self.aliases = [(r.rstrip("/"), g.rstrip("/")) for r, g in aliases if r.rstrip("/") != g.rstrip("/")]
+        self._by_real = sorted(self.aliases, key=lambda a: -len(a[0]))      # the longest match first
+        self._by_given = sorted(self.aliases, key=lambda a: -len(a[1]))
+        self._entered = {g for _, g in self.aliases}
         self._keys: Optional[List[str]] = None
-
-    @property
-    def aliases(self) -> List[Tuple[str, str]]:
-        return self._aliases
-
-    @aliases.setter
-    def aliases(self, pairs: Sequence[Tuple[str, str]]) -> None:
-        self._aliases = list(pairs)
-        self._by_real = sorted(self._aliases, key=lambda a: -len(a[0]))
-        self._by_given = sorted(self._aliases, key=lambda a: -len(a[1]))
-        self._entered = {g for _, g in self._aliases}
 
     def replace(self, changes: Mapping[str, Optional[Node]]) -> "View":
         tree = dict(self.tree)
@@ -95,9 +87,7 @@ class View:
                 tree.pop(p, None)
             else:
                 tree[p] = n
-        v = View(tree, self.roots)
-        v.aliases = self.aliases
-        return v
+        return View(tree, self.roots, self.aliases)
 
     def canon(self, p: str) -> str:
         p = posixpath.normpath(p)

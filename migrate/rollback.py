@@ -721,8 +721,7 @@ def find_log(target: str, run: Optional[str], newest: bool = False, host: Option
         if not os.path.exists(path):
             raise BadLog(f"no run {run} in {runs}", "see `comfy-migrate history --target DIR`")
         return path
-    names = sorted(n for n in (os.listdir(runs) if os.path.isdir(runs) else [])
-                   if n.endswith(".jsonl") and not n.endswith(".rollback.jsonl"))
+    names = [n for n, _ in run_logs(target)]
     if host is not None and names:
         mine = [n for n in names if _host_of(os.path.join(runs, n)) == host]
         if not mine:
