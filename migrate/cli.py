@@ -518,11 +518,13 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
 
 
 def stayed_behind(plan, facts) -> list:
-    """(path, why) of each model file the run left where it is: a conflict, a file the audit held
-    back, an unreadable file or one that changed while scanned. Exit 1 says so (README: exit codes)."""
+    """(path, why) of each model file the run left where it is: a conflict, a name the store cannot
+    hold or one that folds onto another there (plan.stay_kind), a file the audit held back, an
+    unreadable file or one that changed while scanned. Exit 1 says so (README: exit codes)."""
     from migrate.model import ActionKind, Status
     why = {Status.SUSPECT: "held-back", Status.UNREADABLE: "unreadable", Status.CHANGED: "changed"}
-    left = {a.source: "conflict" for a in plan.actions if a.kind is ActionKind.CONFLICT}
+    from migrate.storerules import stay_kind
+    left = {a.source: stay_kind(a) for a in plan.actions if a.kind is ActionKind.CONFLICT}
     for s in facts.sources:
         for r in s.records:
             if r.status in why:

@@ -341,18 +341,10 @@ def make_plan(facts: Facts, policy: Policy) -> Plan:
                                facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes,
                                paths=path_facts(facts.yaml_path, facts.target, policy.base_path),
                                world=facts.world, target_fs=facts.target_fs, layers=facts.layers,
-                               container_free=facts.container_free, name_max=name_max(facts.target))
+                               container_free=facts.container_free)
     plan = plan._replace(findings=facts.findings)
     yaml_real = os.path.realpath(facts.yaml_path) if facts.yaml_path else None
     return preflight.check(plan, preflight_facts(preflight.paths_to_check(plan, yaml_real)), yaml_real)
-
-
-def name_max(path: str) -> int:
-    """The longest file name (bytes) the filesystem holding `path` (or its nearest folder) takes."""
-    try:
-        return os.statvfs(fsops.nearest_existing(path)).f_namemax or 255
-    except OSError:
-        return 255
 
 
 def path_fact(path: str) -> PathFact:

@@ -10,7 +10,7 @@ import pytest
 import migrate.cli as cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORE = ["model", "errors", "comfy", "scan", "hashing", "dupes", "plan", "report", "fsops", "journal", "execute",
+CORE = ["model", "errors", "comfy", "scan", "hashing", "dupes", "plan", "report", "fsops", "journal", "execute", "storerules",
         "rollback", "verify", "facts", "lock", "audit", "sniff", "catalogue", "fleet"]
 
 
