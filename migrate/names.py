@@ -200,7 +200,8 @@ def loads(order: Mapping[str, Sequence[str]], view: View) -> Dict[Tuple[str, str
         for name in sorted(names):
             got = first_holder(folders, name, view.is_file)
             if got is not None:
-                out[(cat, name)] = view.final(got) or got
+                got = view.final(got) or got
+                out[(cat, name)] = got if got in view.tree or not view.folded else view._spelled(got) or got
     return out
 
 

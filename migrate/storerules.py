@@ -69,7 +69,7 @@ def refusal(component: str, fs: FsFacts) -> Optional[str]:
     """Why the store's filesystem cannot hold a file or folder of this name (None: it can)."""
     bad = sorted({c for c in component if c in fs.forbidden})
     if bad:
-        shown = " ".join(repr(c)[1:-1] for c in bad)
+        shown = " ".join(repr(c) for c in bad)
         return f"holds {shown}, which the store's filesystem ({fs.fstype}) refuses in names"
     if component and component[-1] in fs.trailing:
         what = "a dot" if component[-1] == "." else "a space"
