@@ -381,10 +381,9 @@ def summary_lines(plan: Plan) -> list[str]:
     if plan.free_bytes is not None:
         verdict = "fits" if plan.fits else "DOES NOT FIT"
         block = plan.target_fs.block
-        how = (f"needs {human(plan.space_to_take)} there (copies in {human(block)} blocks, new folders, and "
-               f"{human(plan.reserve_bytes)} for the lock, the log and a rollback)") if plan.space_needed else \
-            f"copies {human(plan.bytes_to_copy)}"
-        lines.append(f"target free space {human(plan.free_bytes)}: the plan {how}: it {verdict}")
+        how = (f" (it needs {human(plan.space_to_take)} there: copies in whole {human(block)} blocks, new "
+               f"folders, and {human(plan.reserve_bytes)} for the lock, the log and a rollback)") if plan.space_needed else ""
+        lines.append(f"target free space {human(plan.free_bytes)}: the plan {verdict}{how}")
     if t["quarantine_bytes"]:
         lines.append(f"{human(t['quarantine_bytes'])} of source copies go to quarantine "
                      "(freed by `comfy-migrate purge`)")

@@ -106,23 +106,26 @@ def allocation(size: int, block: int) -> int:
     return -(-size // block) * block
 
 
-# The run's own files in the store, measured on ext4 and on exFAT with 1 MiB clusters: the state
-# and runs folders, the lock and its temporary, the catalogue and its temporary, the run's page,
-# and a rollback's lock; each takes a block at least.
+# The run's own small files in the store, measured on exFAT with 1 MiB clusters: the state folder
+# and its runs/, yaml/ (with the YAML's pre-image) and reports/ (with the run's page) folders, the
+# lock and a spare; each takes a block at least (STATE_PATHS: those found made already).
 STATE_FILES = 8
+STATE_PATHS = ("", "runs", "yaml", "reports", "lock")
 LOG_BYTES_PER_STEP = 2048       # a step's begin and done records (a few hundred bytes each, measured)
 CATALOGUE_BYTES_PER_FILE = 320  # one line per stored file
 
 
-def reserve(block: int, steps: int, stored_files: int) -> int:
+def reserve(block: int, steps: int, stored_files: int, present: int = 0) -> int:
     """Store space the run needs beyond the files it places: its log (begin and done records of
     each step, and as much again for a rollback's records), the catalogue rewritten beside the old
-    one, and the small state files. 0 where the block size is unknown."""
+    one, and the small state files, less the `present` ones that exist already (the plan made
+    under the run's lock finds its state folder and lock made: their blocks are no longer free).
+    0 where the block size is unknown."""
     if block <= 0:
         return 0
     log = allocation(LOG_BYTES_PER_STEP * (steps + 16), block)
     catalogue = allocation(CATALOGUE_BYTES_PER_FILE * (stored_files + 1), block)
-    return 2 * log + 2 * catalogue + STATE_FILES * block
+    return 2 * log + 2 * catalogue + (STATE_FILES - min(present, STATE_FILES)) * block
 
 
 def new_folders(dsts: Iterable[str], existing: Iterable[str], target: str) -> int:
