@@ -121,14 +121,16 @@ def _case_clashes(sources: Sequence[ScanResult], target_scan: Optional[ScanResul
     """On a case-insensitive store: source path -> another spelling it would be one name with there
     (`loras/Style.pt` and `loras/style.pt`, or a folder `Style/` and `style/`), for each model file
     whose path in the store, or a folder on the way, folds onto a differently spelled one (of
-    another source file or of the store). Empty where case counts."""
+    another source file or of the store). The category folder's own spelling does not count: the
+    names ComfyUI shows are relative to it. Empty where case counts."""
     if fs.case_sensitive:
         return {}
     spellings: Dict[str, set] = {}
 
     def prefixes(rel: str):
         parts = rel.split("/")
-        return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        parts[0] = storerules.fold(parts[0])
+        return ["/".join(parts[:i]) for i in range(2, len(parts) + 1)]
 
     for r in (target_scan.records if target_scan else ()):
         for p in prefixes(r.rel):
@@ -146,7 +148,7 @@ def _case_clashes(sources: Sequence[ScanResult], target_scan: Optional[ScanResul
         for p in prefixes(rel):
             others = sorted(spellings[storerules.fold(p)] - {p})
             if others:
-                out[path] = others[0] + ("/" if p != rel else "")
+                out[path] = others[0].split("/", 1)[1] + ("/" if p.count("/") != rel.count("/") else "")
                 break
     return out
 
@@ -320,9 +322,11 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
                       + (" (--on-conflict rename keeps both)" if not clash.endswith("/") else ""), **common)
     slot = slots.find(dst)
     if slot is not None and slot.path != dst:
-        # (only with --on-conflict rename: a clash is kept on the pod otherwise)
-        dst = _conflict_name(dst, slots.taken, target_fs)
-        slot = None
+        if slot.path.split("/")[-r.rel.count("/"):] == dst.split("/")[-r.rel.count("/"):]:
+            dst = slot.path     # only the category folder is spelled otherwise there: the same name
+        else:                   # (only with --on-conflict rename: a clash is kept on the pod otherwise)
+            dst = _conflict_name(dst, slots.taken, target_fs)
+            slot = None
     if slot is not None:
         if slot.digest == r.digest:
             rem = removal_for(slot.inode)

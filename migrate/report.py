@@ -261,7 +261,7 @@ def totals(plan: Plan) -> dict:
     from migrate.storerules import stay_kind
     return {"by_action": by_kind, "dedup_saves_bytes": saved, "copy_bytes": plan.bytes_to_copy,
             "quarantine_bytes": quarantined, "store_space_needed": plan.space_to_take,
-            "store_reserve_bytes": plan.reserve_bytes, "store_free": plan.free_bytes, "fits": plan.fits,
+            "store_reserve_bytes": plan.reserve_bytes,
             "stays": {k: sum(1 for a in plan.actions if a.kind is ActionKind.CONFLICT and stay_kind(a) == k)
                       for k in ("conflict", "case-clash", "name-refused")}}
 
@@ -381,8 +381,8 @@ def summary_lines(plan: Plan) -> list[str]:
     if plan.free_bytes is not None:
         verdict = "fits" if plan.fits else "DOES NOT FIT"
         block = plan.target_fs.block
-        how = (f" (it needs {human(plan.space_to_take)} there: copies in whole {human(block)} blocks, new "
-               f"folders, and {human(plan.reserve_bytes)} for the lock, the log and a rollback)") if plan.space_needed else ""
+        how = (f" (it needs {human(plan.space_to_take)} there in {human(block)} blocks, {human(plan.reserve_bytes)} "
+               "of it for the lock, the log and a rollback)") if plan.space_needed else ""
         lines.append(f"target free space {human(plan.free_bytes)}: the plan {verdict}{how}")
     if t["quarantine_bytes"]:
         lines.append(f"{human(t['quarantine_bytes'])} of source copies go to quarantine "

@@ -325,15 +325,15 @@ def brim_scenarios(r: "Runner", m: "Mounts", plain: str, only: str) -> List[Tupl
     # What the pod needs without small files: each small file adds a cluster (and the log a little).
     fresh(0)
     base = plan_doc().get("totals", {})
-    room = (base.get("store_free", 0) - base.get("store_space_needed", 1 << 40)) >> 20
+    room = (free() - base.get("store_space_needed", 1 << 40)) >> 20
 
     # 1. the byte sum fits many times over, the allocation does not: exit 4, nothing changed
     errs: List[str] = []
     fresh(max(room, 0) + 8)
     before = snapshot(sc.pod_parent)
     doc = plan_doc()
-    t = doc.get("totals", {})
-    if t.get("fits") is not False or not t.get("copy_bytes", 1 << 40) < free() // 4:
+    t = dict(doc.get("totals", {}), store_free=free())
+    if not t.get("store_space_needed", 0) > t["store_free"] > 4 * t.get("copy_bytes", 1 << 40):
         errs.append(f"plan: expected bytes to fit and allocation not: {t or doc}")
     rc, text = r.cli(sc, "run", "--yes")
     if rc != 4:
@@ -350,8 +350,8 @@ def brim_scenarios(r: "Runner", m: "Mounts", plain: str, only: str) -> List[Tupl
     while small > 0:
         fresh(small)
         doc = plan_doc()
-        t = doc.get("totals", {})
-        if t.get("fits"):
+        t = dict(doc.get("totals", {}), store_free=free())
+        if t.get("store_space_needed", 1 << 40) <= t["store_free"]:
             break
         small -= 1
     before = snapshot(sc.pod_parent)

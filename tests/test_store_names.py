@@ -118,7 +118,9 @@ def test_a_pair_that_folds_together_stays_on_the_pod_both():
     assert kinds(plan) == {"loras/Style.safetensors": ("conflict", "case-clash", None),
                            "loras/style.safetensors": ("conflict", "case-clash", None),
                            "loras/other.safetensors": ("move", "", "loras/other.safetensors")}
-    assert "'loras/style.safetensors'" in plan.actions[0].reason or "'loras/Style" in plan.actions[0].reason
+    why = {a.rel: a.reason for a in plan.actions}
+    assert "one name with 'style.safetensors'" in why["loras/Style.safetensors"]
+    assert "one name with 'Style.safetensors'" in why["loras/style.safetensors"]
     # where case counts, nothing changes
     assert {k: v[0] for k, v in kinds(plan_of(rec("loras/Style.safetensors", "d1"), rec("loras/style.safetensors", "d2"),
                                               probe=OTHER_FS, target_fs=EXT4)).items()} == \
@@ -142,10 +144,22 @@ def test_a_name_folding_onto_a_stored_file_is_a_conflict_and_its_name_change_is_
     assert [(c.name, c.after) for c in plan.name_changes] == [("style.safetensors", f"{TGT}/loras/STYLE.safetensors")]
 
 
-def test_same_bytes_under_the_same_name_in_another_case_of_a_folder_are_already_there():
+def test_a_category_folder_spelled_otherwise_in_the_store_is_the_same_folder():
+    """ComfyUI's names are relative to the category folder: `Loras/x` in the store is `loras/x`."""
     store = [rec("Loras/style.safetensors", "d1", root=TGT)]
-    plan = plan_of(rec("loras/style.safetensors", "d1"), target=store, probe=OTHER_FS, target_fs=EXFAT)
-    assert plan.actions[0].kind is ActionKind.CONFLICT       # the folder's spelling differs: kept on the pod
+    plan = plan_of(rec("loras/style.safetensors", "d1"), rec("loras/new.safetensors", "d2"), target=store,
+                   probe=OTHER_FS, target_fs=EXFAT)
+    assert kinds(plan)["loras/style.safetensors"] == ("already-there", "", None)
+    assert [a.dst for a in plan.actions if a.rel == "loras/style.safetensors"] == [f"{TGT}/Loras/style.safetensors"]
+    assert kinds(plan)["loras/new.safetensors"] == ("move", "", "loras/new.safetensors")
+
+
+def test_a_folder_below_the_category_spelled_otherwise_keeps_its_files_on_the_pod_even_with_rename():
+    plan = plan_of(rec("loras/Wan/a.safetensors", "d1"), rec("loras/wan/b.safetensors", "d2"),
+                   probe=OTHER_FS, target_fs=EXFAT, policy=Policy(on_conflict=OnConflict.RENAME))
+    assert {k: v[:2] for k, v in kinds(plan).items()} == {"loras/Wan/a.safetensors": ("conflict", "case-clash"),
+                                                         "loras/wan/b.safetensors": ("conflict", "case-clash")}
+    assert "'wan/'" in plan.actions[0].reason
 
 
 def test_names_the_store_refuses_stay_and_the_rest_moves():
@@ -308,8 +322,26 @@ def test_a_pod_whose_bytes_fit_but_whose_allocation_does_not_is_refused_with_exi
     assert 60_000 < free < 30 << 20
     before = pod_state(tmp_path / "pod")
     doc = json.loads(run_cli(["plan", *args, "--format", "json"], cli_env).stdout)
-    assert doc["totals"]["fits"] is False and doc["totals"]["store_space_needed"] > free
+    assert doc["totals"]["store_space_needed"] > free
     p = run_cli(["run", *args, "--yes"], cli_env, check=4)
     assert "allocation unit" in p.stderr
     assert pod_state(tmp_path / "pod") == before
     assert not os.path.exists(target / "loras")
+
+
+def test_a_112_character_cjk_name_moves_within_an_exfat_volume(tmp_path, cli_env, exfat):
+    """exFAT counts UTF-16 units (112 here), not UTF-8 bytes (312): the name is no reason to refuse."""
+    volume = exfat(32)
+    comfy = volume / "pod" / "ComfyUI"
+    name = "字" * 100 + ".safetensors"
+    model(comfy / "models" / "loras" / name, b"cjk" * 1000)
+    model(comfy / "models" / "loras" / "plain.safetensors", b"plain" * 1000)
+    (comfy / "extra_model_paths.yaml").write_text("# mine\n")
+    target = volume / "models"
+    args = ["--comfyui", str(comfy), "--target", str(target)]
+    before = pod_state(volume / "pod")
+    run_cli(["run", *args, "--yes"], cli_env)
+    assert sorted(os.listdir(target / "loras")) == sorted([name, "plain.safetensors"])
+    run_cli(["verify", *args], cli_env)
+    run_cli(["rollback", "--target", str(target), "--yes"], cli_env)
+    assert pod_state(volume / "pod") == before
