@@ -204,7 +204,8 @@ def test_on_a_case_insensitive_store_no_two_names_of_the_plan_are_one_name_there
     policy = Policy(on_conflict=OnConflict.RENAME if rename else OnConflict.SKIP)
     plan = plan_of(*[rec(f"loras/{n}", d) for n, d in sorted(pod.items())],
                    target=[rec(f"loras/{n}", d, root=TGT) for n, d in sorted(store.items())],
-                   probe=OTHER_FS, target_fs=EXFAT, policy=policy)
+                   probe=OTHER_FS, target_fs=EXFAT, policy=policy,
+                   yaml_path="/pod/ComfyUI/extra_model_paths.yaml", yaml_before="")
     placed = [a.dst[len(TGT) + 1:] for a in plan.actions if a.method is not Method.NONE]
     stored = {fold(f"loras/{n}"): f"loras/{n}" for n in store}
     spelled = {fold(q): q for n in store for q in prefixes(f"loras/{n}")}
@@ -220,6 +221,13 @@ def test_on_a_case_insensitive_store_no_two_names_of_the_plan_are_one_name_there
             assert a.dst[len(TGT) + 1:] in stored.values() and a.rel == a.dst[len(TGT) + 1:]
         if a.kind is ActionKind.CONFLICT:
             assert a.reason
+    # No name loads other bytes afterwards, but where the store already held another file of
+    # that name (in any spelling), as for any conflict, and said so.
+    kept = {a.source for a in plan.actions if a.kind is ActionKind.CONFLICT}
+    for c in plan.name_changes:
+        assert c.before in kept or rename, c
+        if not rename:
+            assert fold(c.category + "/" + c.name) in stored, c
 
 
 def prefixes(rel):
