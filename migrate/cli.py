@@ -57,6 +57,22 @@ def nonempty(ctx, param, value):
     return value
 
 
+def base_path_spec(ctx, param, value):
+    """--base-path must be absolute, relative or env:NAME with a name ComfyUI can expand (exit 2 otherwise,
+    as for any bad option value); whether $NAME is set here is a fact of the pod, checked by the plan (3)."""
+    value = nonempty(ctx, param, value)
+    if value in (None, "absolute", "relative"):
+        return value
+    name = value[4:] if value.startswith("env:") else None
+    if name is None:
+        raise click.BadParameter(f"{value!r} is not absolute, relative or env:VAR")
+    if not name or not (name[0].isalpha() or name[0] == "_") or not name.replace("_", "").isalnum() \
+            or not name.isascii():
+        raise click.BadParameter(f"env:{name}: not a variable name ComfyUI can expand "
+                                 "(letters, digits and _, e.g. env:COMFY_VOLUME)")
+    return value
+
+
 def source_options(f):
     f = click.option("--source-is-models", is_flag=True,
                      help="Migrate each --source even if it does not look like a models folder (not named "
@@ -86,7 +102,7 @@ def plan_options(f):
                      help="Migrate files the audit finds broken or suspect too (default: they stay). Unfinished "
                           "downloads (.part, ...) and empty files are never migrated.")(f)
     f = click.option("--base-path", default="absolute", envvar="COMFY_MIGRATE_BASE_PATH", show_default=True,
-                     callback=nonempty,
+                     callback=base_path_spec,
                      help="base_path written to the YAML: absolute, relative (to the YAML's folder) "
                           "or env:VAR.")(f)
     f = click.option("--link-back/--no-link-back", default=None,
@@ -205,6 +221,20 @@ def plan_cmd(ui: Ui, report_path, **kw) -> None:
     print_plan(plan, fmt, ui.verbosity > 0)
     if report_path is not None:
         write_report(ui, plan, kw, price, report_path)
+    exit_if_unfit(plan)
+
+
+def exit_if_unfit(plan) -> None:
+    """A plan that does not fit ends `plan` and `run --dry-run` with exit 4, as `run` would refuse it
+    (the plan is printed first: it says how much is missing)."""
+    if plan.fits and plan.container_fits:
+        return
+    where = "the target" if not plan.fits else "the container disk"
+    shell.err(f"comfy-migrate: error: the plan does not fit: {where} lacks "
+              + (report.human(plan.bytes_to_copy - (plan.free_bytes or 0)) if not plan.fits
+                 else report.human(plan.container_bytes - (plan.container_free or 0)))
+              + " (free space there, or migrate fewer sources; `run` would refuse it)")
+    sys.exit(ExitCode.NO_SPACE)
 
 
 def _html_path(value):
@@ -273,12 +303,28 @@ def _accept_verbosity_after_the_command() -> None:
                                        callback=_verbosity(-1), help="Less output on stderr."))
 
 
+def from_environment(exc: click.ClickException) -> None:
+    """A bad value read from a variable (COMFY_MIGRATE_FORMAT=yaml) names the variable, not an option
+    never typed."""
+    if not isinstance(exc, click.BadParameter) or exc.ctx is None or exc.param is None:
+        return
+    from click.core import ParameterSource
+    if exc.ctx.get_parameter_source(exc.param.name) is not ParameterSource.ENVIRONMENT:
+        return
+    var = exc.param.envvar if isinstance(exc.param.envvar, str) else \
+        next((v for v in exc.param.envvar or () if v in os.environ), None)
+    if var:
+        exc.message = f"{exc.message} (set in the environment: unset {var} or fix it)"
+        exc.param_hint = f"${var}"
+
+
 def main() -> None:
     try:
         cli.main(prog_name="comfy-migrate", standalone_mode=False)
     except click.exceptions.Abort:
         shell.fail(KeyboardInterrupt())
     except click.ClickException as exc:
+        from_environment(exc)
         exc.show()
         if wants_json():
             json_error(exc.format_message(), "see --help", ExitCode.USAGE)
@@ -316,6 +362,10 @@ def take_lock(ui: Ui, target: str, purpose: str, wait: float):
     from migrate.lock import TargetLock
 
     def on_wait(h: dict) -> None:
+        if not h.get("host"):       # garbage, or being written: taken over once it stays so a moment
+            ui.info(f"waiting for the target's lock: {os.path.join(state_dir(target), 'lock')} names no holder "
+                    "(being written, or corrupt: taken over in a few seconds)")
+            return
         ui.info(f"waiting for the target's lock: {h.get('purpose', 'a run')} of pid {h.get('pid', '?')} on host "
                 f"{h.get('host', '?')} holds it since {h.get('started', '?')} (up to {wait:.0f} s; --wait)")
 
@@ -416,6 +466,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
         facts, plan = build(ui, **kw)
     if dry_run:
         print_plan(plan, fmt, ui.verbosity > 0)
+        exit_if_unfit(plan)
         return
     if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
         clear_stale_lock(ui, plan.target)

@@ -111,6 +111,10 @@ class TargetLock:
             return f"its heartbeat is {age:.0f} s old"
         if not raw.strip() and age > EMPTY_GRACE_SECONDS:
             return "it is empty (its maker was killed while creating it)"
+        if raw.strip() and not info.get("host") and age > EMPTY_GRACE_SECONDS:
+            # Ours is one JSON object naming its host, written at once: anything else is garbage
+            # (a torn copy, an editor's leftover), never a live holder worth the 10-minute lease.
+            return f"{self.path} is not a lock comfy-migrate wrote (corrupt)"
         if info.get("host") == socket.gethostname():
             if info.get("boot_id") and info.get("boot_id") != boot_id():
                 return "its host has rebooted since"
@@ -145,6 +149,8 @@ class TargetLock:
                 info = json.loads(raw)
             except ValueError:
                 info = {}
+            if not isinstance(info, dict):
+                info = {}
             why = self._stale(info, age, raw)
             if why is not None:
                 if self._break(raw):
@@ -152,8 +158,11 @@ class TargetLock:
                 continue
             if time.monotonic() >= deadline:
                 raise Locked(
-                    f"the target is locked by {info.get('purpose', 'a run')} of pid {info.get('pid', '?')} "
-                    f"on host {info.get('host', '?')}, started {info.get('started', '?')}"
+                    (f"the target is locked by {info.get('purpose', 'a run')} of pid {info.get('pid', '?')} "
+                     f"on host {info.get('host', '?')}, started {info.get('started', '?')} ({self.path})"
+                     if info.get("host") else
+                     f"the target's lock {self.path} holds no holder's facts (being written, or corrupt: "
+                     f"taken over {EMPTY_GRACE_SECONDS} s after its last change)")
                     + (f" (waited {wait:.0f} s)" if wait else ""),
                     "wait for it to finish (--wait SECONDS); a lock whose holder died is taken over "
                     "automatically")
