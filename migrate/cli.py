@@ -6,6 +6,7 @@ shell.py. Start-up stays short by importing what a command needs inside that com
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -174,21 +175,26 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
     return facts, make_plan(facts, policy)
 
 
-def print_plan(plan, fmt: str, verbose: bool = False) -> None:
+def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> None:
+    """The plan for people (or JSON). quiet (-q): no line per file, the totals and what needs a look."""
     if fmt == "json":
         out(report.dumps(report.plan_doc(plan)))
         return
     out("\n".join(report.plan_header(plan)) + "\n\n")
     rows, notes = report.plan_rows(plan, verbose)
-    if rows:
+    if rows and not quiet:
         out(table(rows, report.PLAN_HEADERS) + "\n")
-    for n in notes:
+    for n in () if quiet else notes:
         out(f"  {n}\n")
-    out("\n" + table(report.summary_rows(plan), ["action", "files", "size"]) + "\n\n")
-    for line in report.summary_lines(plan):
+    out(("" if quiet else "\n") + table(report.summary_rows(plan), ["action", "files", "size"]) + "\n\n")
+    for line in report.summary_lines(plan, quiet):
         out(line + "\n")
     diff = report.yaml_diff(plan)
-    if diff:
+    if diff and quiet:
+        lines = diff.splitlines()[2:]
+        out(f"\n{report.show(plan.yaml_path)}: +{sum(1 for x in lines if x.startswith('+'))} "
+            f"-{sum(1 for x in lines if x.startswith('-'))} lines (the diff without -q)\n")
+    elif diff:
         out(f"\nextra_model_paths.yaml change:\n{diff}")
     elif plan.yaml_path:
         out(f"\n{report.show(plan.yaml_path)}: no change\n")
@@ -218,7 +224,7 @@ def plan_cmd(ui: Ui, report_path, **kw) -> None:
     fmt = kw.pop("fmt")
     price = kw.pop("price_per_gb_month")
     _, plan = build(ui, **kw)
-    print_plan(plan, fmt, ui.verbosity > 0)
+    print_plan(plan, fmt, ui.verbosity > 0, ui.verbosity < 0)
     if report_path is not None:
         write_report(ui, plan, kw, price, report_path)
     exit_if_unfit(plan)
@@ -400,9 +406,10 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
     """What `run` shows before it asks: the totals, and the plan's warnings in one short line each
     (-v: in full; `plan` shows every file)."""
     if fmt == "table":
-        out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
-        for line in report.summary_lines(plan):
-            out(line + "\n")
+        if ui.verbosity >= 0:       # -q: what needs a look only
+            out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
+            for line in report.summary_lines(plan):
+                out(line + "\n")
         for line in report.name_change_lines(plan):
             out(line + "\n")
         for w in report.warning_lines(plan):
@@ -465,12 +472,12 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
         take_lock(ui, resolve_target(kw["target"]), "comfy-migrate run (waiting to plan)", wait).release()
         facts, plan = build(ui, **kw)
     if dry_run:
-        print_plan(plan, fmt, ui.verbosity > 0)
+        print_plan(plan, fmt, ui.verbosity > 0, ui.verbosity < 0)
         exit_if_unfit(plan)
         return
     if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
         clear_stale_lock(ui, plan.target)
-        nothing_to_do(ui, plan, facts, fmt)
+        nothing_to_do(ui, plan, facts, fmt, kw)
         return
     running = running_comfyui(kw["comfyui"], plan.yaml_path, while_running)
     show_summary(ui, plan, fmt)
@@ -505,7 +512,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
             for n in notes:
                 ui.info(f"note: {n}")
             if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
-                nothing_to_do(ui, plan, facts, fmt)
+                nothing_to_do(ui, plan, facts, fmt, kw)
                 return
             def catalogue(run_id: str) -> None:      # before the log closes: part of finishing the run
                 try:
@@ -515,9 +522,12 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
                         ui.debug(cat_warning)
                 except OSError as exc:
                     ui.warn(f"could not update the store's catalogue ({fsops.describe(exc)}); the next plan hashes instead")
-            with ui.progress("copying") as (on_total, on_bytes):
-                on_total(plan.bytes_to_copy)
-                rep = execute_plan(plan, sys.argv, on_bytes, lock=lock, before_close=catalogue)
+            try:
+                with ui.progress("copying") as (on_total, on_bytes):
+                    on_total(plan.bytes_to_copy)
+                    rep = execute_plan(plan, sys.argv, on_bytes, lock=lock, before_close=catalogue)
+            except KeyboardInterrupt:
+                raise run_interrupted(plan, kw) from None
         finally:
             lock.release()
         break
@@ -543,18 +553,21 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
         out(f"\nrun {rep.run_id}{' (continued)' if rep.resumed else ''}: placed {rep.placed} files, "
             f"copied {report.human(rep.copied_bytes)}, removed {rep.removed} source names\n")
         tgt = shlex.quote(report.show(plan.target))
+        quiet = ui.verbosity < 0      # -q: what was done, how to undo it, the restart
         if rep.quarantine_bytes:
             out(f"quarantine holds {report.human(rep.quarantine_bytes)}; free it with: "
                 f"comfy-migrate purge {rep.run_id} --target {tgt}\n")
-        out(f"audit log: {report.show(rep.log_path)}\nundo with: comfy-migrate rollback {rep.run_id} --target {tgt}\n")
-        if page:
+        if not quiet:
+            out(f"audit log: {report.show(rep.log_path)}\n")
+        out(f"undo with: comfy-migrate rollback {rep.run_id} --target {tgt}\n")
+        if page and not quiet:
             out(f"report: {report.show(page)}\n")
         first = plan.yaml_changes and BEGIN_MARK not in (plan.yaml_before or "")
-        if deploy and (first or ui.verbosity > 0):
+        if deploy and (first or ui.verbosity > 0) and not quiet:
             out("\nDockerfile (an image carrying ComfyUI, the models on the volume):\n")
             out("".join(f"  {report.show(line)}\n" for line in deploy["dockerfile"]))
             out("".join(f"  # {report.show(line)}\n" for line in deploy["notes"]))
-        if deploy:
+        if deploy and not quiet:
             out("check once ComfyUI runs:\n" + "".join(f"  {report.show(line)}\n" for line in deploy["check"]))
         if rep.yaml_written:
             out("\nrestart ComfyUI now: it reads extra_model_paths.yaml only at start-up"
@@ -563,7 +576,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
     for p in rep.problems:
         ui.warn(f"{report.show(p.path)}: {p.message}")
     if left and fmt == "table":
-        ui.warn(f"{stayed_summary(left)}; `comfy-migrate plan` says why for each")
+        ui.warn(f"{stayed_summary(left)}; `comfy-migrate plan{given(kw, plan.target)}` says why for each")
     if rep.problems or left:
         sys.exit(ExitCode.PROBLEMS)
 
@@ -591,14 +604,43 @@ def stayed_summary(left: list) -> str:
             + f"; e.g. {left[0][1]}: {report.show(left[0][0])})")
 
 
-def nothing_to_do(ui: Ui, plan, facts, fmt: str) -> None:
+def run_interrupted(plan, kw: dict):
+    """Ctrl-C during a run: whether it changed anything, and the two commands that finish or undo it."""
+    from migrate.errors import Interrupted
+    from migrate.execute import find_interrupted
+    log = find_interrupted(plan.target, plan.sources, plan.yaml_path)
+    if log is None:
+        return Interrupted("the run stopped before its first step; nothing was changed")
+    rid = os.path.basename(log)[:-len(".jsonl")]
+    return Interrupted(f"run {rid} stopped part-way (every step it took is in its log, nothing is lost)",
+                       f"`comfy-migrate run{given(kw, plan.target)}` continues it, "
+                       f"`comfy-migrate rollback {rid} --target {shlex.quote(report.show(plan.target))}` undoes it")
+
+
+def given(kw: dict, target: str | None = None) -> str:
+    """' --comfyui C --source S --yaml Y --target T' of what this command was given (target: as
+    resolved), so a printed command acts on this pod and store, never on the defaults under /workspace."""
+    parts = []
+    if kw.get("comfyui"):
+        parts += ["--comfyui", os.path.abspath(kw["comfyui"])]
+    for src in kw.get("sources") or ():
+        parts += ["--source", os.path.abspath(src)]
+    if kw.get("yaml_path"):
+        parts += ["--yaml", os.path.abspath(kw["yaml_path"])]
+    if target or kw.get("target"):
+        parts += ["--target", target or os.path.abspath(kw["target"])]
+    return "".join(" " + shlex.quote(report.show(p)) for p in parts)
+
+
+def nothing_to_do(ui: Ui, plan, facts, fmt: str, kw: dict | None = None) -> None:
     """The end of a run with nothing to do: said (JSON too), exit 1 if files stayed behind."""
     left = stayed_behind(plan, facts)
     if fmt == "json":
         out(report.dumps({"run": None, "nothing_to_do": True, "stayed": [{"path": p, "why": w} for p, w in left],
                           "findings": [report.finding_doc(f) for f in plan.findings]}))
     if left:
-        ui.warn(f"nothing to do, but {stayed_summary(left)}; `comfy-migrate plan` says why for each")
+        ui.warn(f"nothing to do, but {stayed_summary(left)}; `comfy-migrate plan{given(kw or {}, plan.target)}` "
+                "says why for each")
     else:
         ui.info("nothing to do: the target is up to date")
     for line in report.warning_lines(plan) + report.finding_lines(plan.findings, plan.sources):
@@ -743,7 +785,8 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
         raise BadInput(f"run {head['run']} wrote the YAML's comfy-migrate section, and newer run(s) of this pod not "
                        f"rolled back build on it: {', '.join(newer)}",
                        "roll back the newest first: " + ", then ".join(
-                           f"comfy-migrate rollback {rid}" for rid in list(reversed(newer)) + [head["run"]]))
+                           f"comfy-migrate rollback {rid} --target {shlex.quote(report.show(target))}"
+                           for rid in list(reversed(newer)) + [head["run"]]))
     undos = plan_rollback(records)
     if dry_run or not yes:
         relied = reliance(live_runs(target), records[0]["run"])     # shown now, decided under the lock
@@ -767,7 +810,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
                 store_catalogue.refresh(target, {}, {})
             except OSError as exc:
                 ui.warn(f"could not update the store's catalogue ({fsops.describe(exc)})")
-        with ui.progress("restoring") as (_, on_bytes):
+        with ui.progress("restoring") as (_, on_bytes), interrupted_rollback(records[0]["run"], target):
             rep = execute_rollback(log, records, undos, on_bytes, relied, shared=any(
                 rid != records[0]["run"] for rid, _ in live), handed=handed, before_close=catalogue,
                 left_folders=left_folders(target, records[0]["run"]))
@@ -778,6 +821,18 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
         ui.warn(f"{report.show(p.path)}: {p.message}")
     if rep.skipped:
         sys.exit(ExitCode.PROBLEMS)
+
+
+@contextlib.contextmanager
+def interrupted_rollback(rid: str, target: str):
+    """Ctrl-C during a rollback: the same command again finishes it."""
+    from migrate.errors import Interrupted
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"the rollback of run {rid} stopped part-way (its steps are logged)",
+                          f"`comfy-migrate rollback {rid} --target {shlex.quote(report.show(target))} --yes` "
+                          "again finishes it") from None
 
 
 @cli.command("history", context_settings=CONTEXT)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import run_cli, run_leaving_conflicts, snapshot_tree
+from conftest import as_model, run_cli, run_leaving_conflicts, snapshot_tree
 from migrate.model import STATE_DIR
 
 
@@ -58,3 +58,50 @@ def test_a_corrupt_lock_is_named_and_taken_over(pod, cli_env):
     proc = run_leaving_conflicts(pod.args("--yes", "--wait", "0"), cli_env)
     assert "took over a stale lock" in proc.stderr and str(lock) in proc.stderr, proc.stderr
     assert not lock.exists()
+
+
+def test_quiet_shortens_plan_and_run(pod, cli_env):
+    full = run_cli(["plan", *pod.args()], cli_env).stdout
+    quiet = run_cli(["plan", "-q", *pod.args()], cli_env).stdout
+    assert "clip_vision_h.safetensors" in full and "clip_vision_h.safetensors" not in quiet   # no line per file
+    assert " -> target: " in full and " -> target: " not in quiet
+    assert "deduplication saves" in quiet and "name changes" in quiet                       # what matters stays
+    assert len(quiet.splitlines()) < len(full.splitlines()) // 2 and "+comfy_migrate:" not in quiet
+    proc = run_leaving_conflicts(pod.args("--yes", "-q"), cli_env)
+    assert "undo with: comfy-migrate rollback" in proc.stdout and "restart ComfyUI" in proc.stdout
+    assert "audit log:" not in proc.stdout and "Dockerfile" not in proc.stdout and "action " not in proc.stdout
+
+
+def test_printed_hints_carry_the_target_and_comfyui_given(pod, cli_env):
+    proc = run_leaving_conflicts(pod.args("--yes"), cli_env)
+    assert f"`comfy-migrate plan --comfyui {pod.comfyui} --target {pod.target}` says why" in proc.stderr, proc.stderr
+    first = json.loads(run_cli(["history", "--target", pod.target, "--format", "json"], cli_env).stdout)[-1]["run"]
+    (pod.models / "loras" / "new.safetensors").write_bytes(as_model("new.safetensors", b"a new lora" * 500))
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    proc = run_cli(["rollback", first, "--target", pod.target, "--yes"], cli_env, check=3)
+    assert "roll back the newest first: comfy-migrate rollback " in proc.stderr
+    hint = proc.stderr.split("roll back the newest first: ", 1)[1].rstrip(")\n")
+    for command in hint.split(", then "):
+        assert f"--target {pod.target}" in command, proc.stderr
+        run_cli([*command.split()[1:], "--yes"], cli_env, check=None)       # pasted, they act on this store
+    history = json.loads(run_cli(["history", "--target", pod.target, "--format", "json"], cli_env).stdout)
+    assert [r["state"] for r in history] == ["rolled back", "rolled back"], history
+
+
+def test_ctrl_c_says_how_to_continue_and_plan_does_not_count_the_run_as_dedup(pod, cli_env, other_fs):
+    import shutil
+    store = other_fs / "models"
+    shutil.copytree(pod.target, store, symlinks=True)       # another filesystem: the run copies
+    args = ["--comfyui", pod.comfyui, "--target", store]
+    before = json.loads(run_cli(["plan", *args, "--format", "json"], cli_env).stdout)["totals"]
+    proc = run_cli(["run", *args, "--yes"], dict(cli_env, COMFY_MIGRATE_CRASH_AT="int:12"), check=130)
+    assert "comfy-migrate: interrupted: run " in proc.stderr and "continues it" in proc.stderr, proc.stderr
+    after = json.loads(run_cli(["plan", *args, "--format", "json"], cli_env).stdout)
+    assert after["totals"]["by_action"]["already-there"]["files"] > before["by_action"]["already-there"]["files"]
+    assert after["totals"]["dedup_saves_bytes"] == before["dedup_saves_bytes"]     # the run's copies are not dedup
+    assert after["interrupted_run"]["placed"]
+    undo = proc.stderr.split("`comfy-migrate rollback ", 1)[1].split("`", 1)[0]
+    assert f"--target {store}" in undo
+    run_cli(["rollback", *undo.split(), "--yes"], cli_env)                        # the printed command undoes it
+    assert "interrupted_run" in json.loads(run_cli(["plan", *args, "--format", "json"], cli_env).stdout)
+    assert json.loads(run_cli(["plan", *args, "--format", "json"], cli_env).stdout)["interrupted_run"] is None
