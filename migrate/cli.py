@@ -683,9 +683,10 @@ def require_store(target: str, what: str = "no runs in") -> str:
     return target
 
 
-def pod_log(ui: Ui, target: str, comfyui, live: bool) -> str:
-    """The log of this pod's newest run (live: not rolled back). A pod is its ComfyUI folder's YAML
-    on the volume, not its host name (a redeploy gives a new one): verify.pod_runs decides."""
+def pod_log(ui: Ui, target: str, comfyui, live: bool, all_logs: bool = False):
+    """The log of this pod's newest run (live: not rolled back; all_logs: the logs of all its runs, oldest
+    first). A pod is its ComfyUI folder's YAML on the volume, not its host name (a redeploy gives a
+    new one): verify.pod_runs decides."""
     from migrate.facts import find_comfyui
     from migrate.journal import RUNS_DIR
     from migrate.model import STATE_DIR
@@ -708,6 +709,8 @@ def pod_log(ui: Ui, target: str, comfyui, live: bool) -> str:
                      if every else f"no run to roll back in {logs}" if live else
                      f"no run yet in {logs}: nothing to check or purge",
                      "pass --comfyui DIR, or name the run (see `comfy-migrate history --target DIR`)")
+    if all_logs:       # purge: the logs of all this pod's runs, oldest first
+        return [os.path.join(logs, f"{rid}.jsonl") for rid, _ in mine]
     pick = mine[-1][0]
     if live:      # the newest not rolled back; a log that does not read is picked (and then refused)
         def rolled_back(rid: str) -> bool:
@@ -738,6 +741,11 @@ def newer_pod_runs(records, live, target: str):
     return [rid for rid, _ in mine if rid > head["run"]]
 
 
+def format_option(f):
+    return click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+                        envvar="COMFY_MIGRATE_FORMAT", help="Output format.")(f)
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="[RUN]", required=False)
 @target_option
@@ -745,8 +753,9 @@ def newer_pod_runs(records, live, target: str):
 @click.option("--dry-run", is_flag=True, help="Print what would be undone; change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @wait_option
+@format_option
 @click.pass_obj
-def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
+def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt) -> None:
     """Undo a run (default: this pod's newest not rolled back) from its audit log.
 
     Files go back to their old places, links and folders the run made are removed, the YAML gets
@@ -763,11 +772,17 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
     from migrate.fleet import droppable, reliance
     from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, kept_records, left_folders, live_runs,
                                   load_run, plan_rollback, settle, users_of)
+    if fmt == "json" and not yes and not dry_run:
+        raise NotConfirmed("rollback --format json never asks (no summary would be seen before the question)",
+                           "pass --yes, or look first with `comfy-migrate rollback --dry-run --format json`")
     target = require_store(resolve_target(target), "no run to roll back in")
     try:
         log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=True)
     except NothingToRollBack as exc:
-        ui.info(str(exc))
+        if fmt == "json":
+            out(report.dumps({"run": None, "nothing_to_roll_back": True, "message": str(exc)}))
+        else:
+            ui.info(str(exc))
         clear_stale_lock(ui, target)
         return
     records = load_run(log)
@@ -791,6 +806,11 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
     if dry_run or not yes:
         relied = reliance(live_runs(target), records[0]["run"])     # shown now, decided under the lock
         kept = [u for u in undos if users_of(u, relied, records[0]["target"])]
+        if dry_run and fmt == "json":
+            out(report.dumps({"run": records[0]["run"], "dry_run": True, "steps": [
+                {"op": u.op, "what": u.describe(), "kept_for": users_of(u, relied, records[0]["target"])}
+                for u in undos]}))
+            return
         if dry_run:
             out(f"rollback of run {records[0]['run']} ({len(undos)} steps, newest first):\n")
             for u in undos:
@@ -814,9 +834,14 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
             rep = execute_rollback(log, records, undos, on_bytes, relied, shared=any(
                 rid != records[0]["run"] for rid, _ in live), handed=handed, before_close=catalogue,
                 left_folders=left_folders(target, records[0]["run"]))
-    out(f"run {rep.run_id} rolled back: {rep.undone} steps undone, {len(rep.skipped)} skipped\n")
-    for p in rep.kept:
-        out(f"  {report.show(p.path)}: {p.message}\n")
+    if fmt == "json":
+        out(report.dumps({"run": rep.run_id, "log": rep.log_path, "resumed": rep.resumed, "undone": rep.undone,
+                          "skipped": [{"path": p.path, "message": p.message} for p in rep.skipped],
+                          "kept": [{"path": p.path, "message": p.message} for p in rep.kept]}))
+    else:
+        out(f"run {rep.run_id} rolled back: {rep.undone} steps undone, {len(rep.skipped)} skipped\n")
+        for p in rep.kept:
+            out(f"  {report.show(p.path)}: {p.message}\n")
     for p in rep.skipped:
         ui.warn(f"{report.show(p.path)}: {p.message}")
     if rep.skipped:
@@ -866,12 +891,15 @@ def history_cmd(target, fmt) -> None:
 @click.option("--permanent", is_flag=True, help="Delete instead of moving to the trash.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @wait_option
+@format_option
 @click.pass_obj
-def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait) -> None:
-    """Empty a run's quarantine (default: this pod's newest run) into the trash.
+def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait, fmt) -> None:
+    """Empty the quarantine of a run (default: of every run of this pod) into the trash.
 
     Each quarantined file and the stored copy it was judged identical to are first re-hashed; a
-    file is freed only if both hold the logged content (else it is kept and reported). Rollback still works afterwards (it recreates files from the stored copies).
+    file is freed only if both hold the logged content (else it is kept and reported). Rollback
+    still works afterwards (it recreates files from the stored copies). The trash is on the
+    quarantine's own volume (its .Trash-UID folder) unless that is the home folder's: it is named.
 
     \b
     Example:
@@ -879,21 +907,34 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait) -> None:
     """
     from migrate.rollback import find_log, load_run, purge_check, quarantined
     target = require_store(resolve_target(target))
-    log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=False)
-    records = load_run(log)
-    items = [q for q in quarantined(records) if os.path.lexists(q["q"])]
+    logs = [find_log(target, run_ref)] if run_ref else pod_log(ui, target, comfyui, live=False, all_logs=True)
+    per_run = []
+    for log in logs:
+        records = load_run(log)
+        items = [q for q in quarantined(records) if os.path.lexists(q["q"])]
+        if items:
+            per_run.append((records[0]["run"], items))
+    items = [q for _, qs in per_run for q in qs]
     total = sum(q["size"] for q in items)
     if not items:
-        out("the quarantine of this run is empty\n")
+        if fmt == "json":
+            out(report.dumps({"runs": [], "files": 0, "freed_bytes": 0, "kept": [], "permanent": permanent,
+                              "trash": []}))
+        else:
+            out(f"the quarantine of {'this run' if run_ref else 'every run of this pod'} is empty\n")
         return
-    confirm(f"{'Delete' if permanent else 'Trash'} {len(items)} quarantined files ({report.human(total)})?", yes)
-    freed, kept = 0, 0
+    if fmt == "table":
+        for rid, qs in per_run:
+            out(f"run {rid}: {len(qs)} quarantined file(s), {report.human(sum(q['size'] for q in qs))}\n")
+    confirm(f"{'Delete' if permanent else 'Trash'} {len(items)} quarantined files ({report.human(total)}) of "
+            f"{len(per_run)} run(s)?", yes)
+    freed, kept, trash = 0, [], set()
     with take_lock(ui, target, "comfy-migrate purge", wait):
         for q in items:
             why = purge_check(q)
             if why:
                 ui.warn(f"{report.show(q['q'])}: {why}; kept")
-                kept += 1
+                kept.append({"path": q["q"], "why": why})
                 continue
             try:
                 st = os.lstat(q["q"])
@@ -901,19 +942,49 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait) -> None:
                     os.unlink(q["q"])
                 else:
                     from send2trash import send2trash
+                    where = trash_of(q["q"])
                     send2trash(q["q"])
+                    trash.add(where)
                 if st.st_nlink == 1:      # its last name: the bytes are freed (two names count once)
                     freed += q["size"]
             except Exception as exc:   # send2trash raises many kinds; the file simply stays
                 ui.warn(f"{report.show(q['q'])}: cannot use the trash ({exc}); kept "
                         "(use --permanent to delete instead)")
-                kept += 1
-    verb = "deleted" if permanent else "moved to the trash"
-    out(f"{report.human(freed)} {verb}; {kept} files kept\n")
-    if not permanent and freed:
-        out("note: the trash is on the same volume; empty it to free the space\n")
+                kept.append({"path": q["q"], "why": f"cannot use the trash ({exc})"})
+    if fmt == "json":
+        out(report.dumps({"runs": [rid for rid, _ in per_run], "files": len(items), "freed_bytes": freed,
+                          "kept": kept, "permanent": permanent, "trash": sorted(trash)}))
+    else:
+        verb = "deleted" if permanent else "moved to the trash"
+        out(f"{report.human(freed)} {verb}; {len(kept)} files kept\n")
+        for where in sorted(trash):
+            out(f"trash: {report.show(where)} (empty it to free the space: its files are still on that disk)\n")
     if kept:
         sys.exit(ExitCode.PROBLEMS)
+
+
+def trash_of(path: str) -> str:
+    """The trash folder send2trash moves `path` into (its rule on Linux): the home's, under
+    $XDG_DATA_HOME, for a file on the home folder's filesystem; else <mount>/.Trash/<uid> when that
+    is a sticky folder, otherwise <mount>/.Trash-<uid>."""
+    import stat as st_mod
+    home_data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    dev = os.lstat(path).st_dev
+    try:
+        if os.stat(os.path.expanduser("~")).st_dev == dev:
+            return os.path.join(home_data, "Trash")
+    except OSError:
+        pass
+    top = os.path.realpath(os.path.dirname(path))
+    while top != "/" and os.lstat(os.path.dirname(top)).st_dev == dev:
+        top = os.path.dirname(top)
+    shared = os.path.join(top, ".Trash")
+    try:
+        if os.path.isdir(shared) and not os.path.islink(shared) and os.stat(shared).st_mode & st_mod.S_ISVTX:
+            return os.path.join(shared, str(os.getuid()))
+    except OSError:
+        pass
+    return os.path.join(top, f".Trash-{os.getuid()}")
 
 
 @cli.command(context_settings=CONTEXT)

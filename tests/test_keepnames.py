@@ -105,3 +105,36 @@ def test_ctrl_c_says_how_to_continue_and_plan_does_not_count_the_run_as_dedup(po
     run_cli(["rollback", *undo.split(), "--yes"], cli_env)                        # the printed command undoes it
     assert "interrupted_run" in json.loads(run_cli(["plan", *args, "--format", "json"], cli_env).stdout)
     assert json.loads(run_cli(["plan", *args, "--format", "json"], cli_env).stdout)["interrupted_run"] is None
+
+
+def test_purge_empties_every_run_of_the_pod_and_names_the_trash(pod, cli_env, tmp_path):
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    (pod.models / "vae" / "again.safetensors").write_bytes((pod.target / "vae" / "wan_2.1_vae.safetensors").read_bytes())
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    quarantine = pod.models / STATE_DIR / "quarantine"
+    runs = sorted(p.name for p in quarantine.iterdir() if any(x.is_file() for x in p.rglob("*")))
+    assert len(runs) == 2, runs                                  # two runs each set files aside
+    proc = run_cli(["purge", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
+    assert not [p for p in quarantine.rglob("*") if p.is_file()], proc.stdout      # both emptied
+    trash = tmp_path / "state" / "data" / "Trash"                 # $XDG_DATA_HOME/Trash: HOME's filesystem
+    assert f"trash: {trash}" in proc.stdout, proc.stdout
+    assert any((trash / "files").iterdir())
+    for rid in runs:
+        assert f"run {rid}:" in proc.stdout
+
+
+def test_rollback_and_purge_speak_json(pod, cli_env):
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    env = dict(cli_env, COMFY_MIGRATE_FORMAT="json")
+    doc = json.loads(run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--dry-run"], env).stdout)
+    assert doc["dry_run"] and doc["steps"] and {"op", "what", "kept_for"} <= set(doc["steps"][0])
+    run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target], env, check=7)    # JSON never asks
+    doc = json.loads(run_cli(["purge", "--comfyui", pod.comfyui, "--target", pod.target, "--yes",
+                              "--permanent"], env).stdout)
+    assert doc["files"] > 0 and doc["freed_bytes"] > 0 and doc["kept"] == [] and len(doc["runs"]) == 1
+    doc = json.loads(run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], env).stdout)
+    assert doc["run"] == json.loads(run_cli(["history", "--target", pod.target], env).stdout)[0]["run"] and doc["undone"] > 0
+    assert doc["skipped"] == []
+    doc = json.loads(run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes",
+                              "--format", "json"], cli_env).stdout)
+    assert doc["run"] is None and doc["nothing_to_roll_back"]
