@@ -138,3 +138,34 @@ def test_rollback_and_purge_speak_json(pod, cli_env):
     doc = json.loads(run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes",
                               "--format", "json"], cli_env).stdout)
     assert doc["run"] is None and doc["nothing_to_roll_back"]
+
+
+def test_a_second_plan_does_not_count_link_backs_as_files_that_stay(pod, cli_env):
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    assert (pod.models / "insightface" / "inswapper_128.onnx").is_symlink()          # the run's link back
+    doc = json.loads(run_cli(["plan", *pod.args("--format", "json")], cli_env).stdout)
+    folders = {c["name"]: c for c in doc["custom_folders"]}
+    assert folders["insightface"]["stay"] == 0 and folders["ultralytics"]["stay"] == 0, folders
+    assert "stay where they are" not in run_cli(["plan", *pod.args()], cli_env).stdout
+
+
+def test_a_flow_style_yaml_is_migrated_not_refused(pod, cli_env):
+    from comfyui_oracle import comfyui_loads
+    pod.yaml.write_text('{"other_ui": {"base_path": "/opt/other",\n  "checkpoints": "models/Stable-diffusion"}}\n')
+    before_yaml = pod.yaml.read_bytes()
+    before = comfyui_loads(pod.comfyui)
+    proc = run_cli(["plan", *pod.args()], cli_env)
+    assert "flow style" in proc.stdout and "+other_ui:" in proc.stdout, proc.stdout
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    after = comfyui_loads(pod.comfyui)                           # ComfyUI's own code reads what we wrote
+    changed = {k for k in before if after.get(k, (None,))[0] != before[k][0]}
+    assert changed == {("loras", "WanAnimate_relight_lora_fp16.safetensors")}, changed   # the one conflict
+    run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
+    assert pod.yaml.read_bytes() == before_yaml
+
+
+def test_a_section_that_cannot_follow_the_users_text_is_refused_without_a_foreign_line_number(pod, cli_env):
+    pod.yaml.write_text("other_ui:\n  base_path: /opt/other\n  checkpoints: models/sd\n...\n")   # document end
+    proc = run_cli(["plan", *pod.args()], cli_env, check=None)
+    import re
+    assert proc.returncode in (0, 3) and all(int(n) <= 4 for n in re.findall(r"line (\d+)", proc.stderr)), proc.stderr
