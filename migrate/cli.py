@@ -153,6 +153,14 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
     already shown once."""
     from migrate.facts import gather, make_plan
     home, roots = resolve_sources(comfyui, sources, None if again else ui, source_is_models)
+    if home is not None and not sources:
+        from migrate.comfy import models_of_another_install
+        owner = models_of_another_install(home)
+        if owner is not None:
+            raise BadInput(f"{os.path.join(home, 'models')} is a symlink to {os.path.realpath(os.path.join(home, 'models'))}, "
+                           f"the models folder of another ComfyUI install ({owner}): migrating it would empty that "
+                           "install's models folder under it", f"migrate that install itself (--comfyui {owner}), "
+                           "and give this one its YAML: `comfy-migrate plan` for it then has nothing to move")
     target = resolve_target(target)
     if yaml_path is None and home is not None:
         yaml_path = os.path.join(home, "extra_model_paths.yaml")
@@ -583,14 +591,19 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
 
 def stayed_behind(plan, facts) -> list:
     """(path, why) of each model file the run left where it is: a conflict, a file the audit held
-    back, an unreadable file or one that changed while scanned. Exit 1 says so (README: exit codes)."""
+    back, an unreadable file or one that changed while scanned, a name that is not UTF-8, a model
+    file in no category folder. Exit 1 says so (README: exit codes)."""
+    from migrate.comfy import MODEL_EXTENSIONS
     from migrate.model import ActionKind, Status
-    why = {Status.SUSPECT: "held-back", Status.UNREADABLE: "unreadable", Status.CHANGED: "changed"}
+    why = {Status.SUSPECT: "held-back", Status.UNREADABLE: "unreadable", Status.CHANGED: "changed",
+           Status.BAD_NAME: "bad-name"}
     left = {a.source: "conflict" for a in plan.actions if a.kind is ActionKind.CONFLICT}
     for s in facts.sources:
         for r in s.records:
             if r.status in why:
                 left.setdefault(r.path, why[r.status])
+            elif r.status is Status.UNCATEGORISED and os.path.splitext(r.rel)[1].lower() in MODEL_EXTENSIONS:
+                left.setdefault(r.path, "uncategorised")      # a model file directly under models/
         for p in s.problems:            # an unreadable file is a record and a problem: said once
             left.setdefault(p.path, "unreadable")
     return list(left.items())

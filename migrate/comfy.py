@@ -528,6 +528,23 @@ def find_comfyui(given: str | None) -> str:
                    "pass --comfyui DIR or set COMFYUI_DIR")
 
 
+def models_of_another_install(home: str) -> str | None:
+    """The other ComfyUI folder (one holding main.py) whose models folder `home`'s models/ symlink
+    leads into, or None: migrating through the link would empty that install's models."""
+    models = os.path.join(home, "models")
+    if not os.path.islink(models):
+        return None
+    real, mine = os.path.realpath(models), os.path.realpath(home)
+    cur = os.path.dirname(real)
+    while True:
+        if cur != mine and os.path.isfile(os.path.join(cur, "main.py")):
+            return cur
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            return None
+        cur = parent
+
+
 def check_dir(path: str, what: str) -> str:
     path = os.path.abspath(path)
     if not os.path.isdir(path):

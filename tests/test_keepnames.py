@@ -169,3 +169,31 @@ def test_a_section_that_cannot_follow_the_users_text_is_refused_without_a_foreig
     proc = run_cli(["plan", *pod.args()], cli_env, check=None)
     import re
     assert proc.returncode in (0, 3) and all(int(n) <= 4 for n in re.findall(r"line (\d+)", proc.stderr)), proc.stderr
+
+
+# --- every name keeps its model or the plan refuses ---------------------------------------------------
+
+def test_a_models_folder_that_is_another_installs_is_refused(pod, cli_env, tmp_path):
+    (pod.comfyui / "main.py").write_text("# ComfyUI\n")
+    other = tmp_path / "other" / "ComfyUI"
+    other.mkdir(parents=True)
+    (other / "main.py").write_text("# ComfyUI\n")
+    (other / "models").symlink_to(pod.models)
+    before = snapshot_tree(pod.root)
+    for cmd in (["plan"], ["run", "--yes"]):
+        proc = run_cli([*cmd, "--comfyui", other, "--target", pod.target], cli_env, check=3)
+        assert f"another ComfyUI install ({pod.comfyui})" in proc.stderr, proc.stderr
+    assert snapshot_tree(pod.root) == before
+
+
+def test_a_model_with_a_name_that_is_not_utf8_makes_run_exit_1_and_is_listed(pod, cli_env):
+    bad = os.path.join(os.fsencode(pod.models / "loras"), b"caf\xe9.safetensors")
+    with open(bad, "wb") as f:
+        f.write(as_model("x.safetensors", b"a lora with a latin-1 name" * 100))
+    (pod.models / "loose.safetensors").write_bytes(as_model("x.safetensors", b"directly under models" * 100))
+    proc = run_cli(["run", *pod.args("--yes", "--format", "json")], cli_env, check=1)
+    stayed = {s["why"] for s in json.loads(proc.stdout)["stayed"]}
+    assert stayed == {"conflict", "bad-name", "uncategorised"}, proc.stdout
+    assert os.path.exists(bad)
+    proc = run_cli(["run", *pod.args("--yes")], cli_env, check=1)         # nothing to do, and still said
+    assert "1 bad-name" in proc.stderr and "1 uncategorised" in proc.stderr, proc.stderr
