@@ -162,6 +162,8 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
                            "install's models folder under it", f"migrate that install itself (--comfyui {owner}), "
                            "and give this one its YAML: `comfy-migrate plan` for it then has nothing to move")
     target = resolve_target(target)
+    if yaml_path is not None and not again:
+        check_yaml_is_read(home, os.path.abspath(yaml_path))
     if yaml_path is None and home is not None:
         yaml_path = os.path.join(home, "extra_model_paths.yaml")
     yaml_path = os.path.abspath(yaml_path) if yaml_path else None
@@ -181,6 +183,26 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
     policy = Policy(mode=Mode(mode), on_conflict=OnConflict(on_conflict), link_back=link_back,
                     base_path=base_path)
     return facts, make_plan(facts, policy)
+
+
+def check_yaml_is_read(home, yaml_path: str) -> None:
+    """--yaml must name a file ComfyUI reads: the extra_model_paths.yaml next to its main.py (through
+    symlinks: the same file). Written elsewhere, the run would take every model out of the pod and
+    ComfyUI would find none of them. (A missing folder is the preflight's to name.)"""
+    if not os.path.isdir(os.path.dirname(yaml_path)):
+        return
+    folder = home if home is not None else os.path.dirname(yaml_path)
+    read = os.path.join(folder, "extra_model_paths.yaml")
+    if os.path.realpath(yaml_path) == os.path.realpath(read) and (
+            home is not None or os.path.isfile(os.path.join(folder, "main.py"))):
+        return
+    if home is None:
+        raise BadInput(f"--yaml {yaml_path}: ComfyUI reads the extra_model_paths.yaml next to its main.py, and "
+                       f"{os.path.dirname(yaml_path)} holds no main.py: a YAML written there would not be read, "
+                       "and the moved models would be lost to ComfyUI",
+                       "pass --comfyui DIR (the folder of main.py) instead of --yaml, or --yaml DIR/extra_model_paths.yaml")
+    raise BadInput(f"--yaml {yaml_path}: the ComfyUI in {home} reads {read}, not this file: written there, the "
+                   "moved models would be lost to ComfyUI", f"leave out --yaml (it defaults to {read})")
 
 
 def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> None:
@@ -696,7 +718,7 @@ def require_store(target: str, what: str = "no runs in") -> str:
     return target
 
 
-def pod_log(ui: Ui, target: str, comfyui, live: bool, all_logs: bool = False):
+def pod_log(ui: Ui, target: str, comfyui, live: bool, all_logs: bool = False, yaml: str | None = None):
     """The log of this pod's newest run (live: not rolled back; all_logs: the logs of all its runs, oldest
     first). A pod is its ComfyUI folder's YAML on the volume, not its host name (a redeploy gives a
     new one): verify.pod_runs decides."""
@@ -711,7 +733,7 @@ def pod_log(ui: Ui, target: str, comfyui, live: bool, all_logs: bool = False):
         if comfyui:
             raise
         home = None
-    yaml_path = os.path.join(home, "extra_model_paths.yaml") if home else None
+    yaml_path = os.path.abspath(yaml) if yaml else os.path.join(home, "extra_model_paths.yaml") if home else None
     host = os.uname().nodename
     logs = os.path.join(target, STATE_DIR, RUNS_DIR)
     every = all_runs(target)
@@ -733,6 +755,16 @@ def pod_log(ui: Ui, target: str, comfyui, live: bool, all_logs: bool = False):
                 return False
         pick = next((rid for rid, _ in reversed(mine) if not rolled_back(rid)), "")
         if not pick:
+            # A run of this host that wrote another YAML (`run --yaml X`) is not this YAML's pod, but
+            # "rolled back already" would be untrue for it: name it and the option that picks it.
+            others = [(rid, rec[0].get("yaml")) for rid, rec in every if rec[0].get("host") == host
+                      and rec[0].get("yaml") and yaml_path and os.path.realpath(rec[0]["yaml"]) != os.path.realpath(yaml_path)
+                      and not rolled_back(rid)]
+            if others:
+                rid, other = others[-1]
+                raise BadLog(f"every run that wrote {yaml_path} is rolled back already, but run {rid} of this host "
+                             f"wrote {other} and is not", f"comfy-migrate rollback --yaml {shlex.quote(other)} "
+                             f"--target {shlex.quote(target)} (or name the run: comfy-migrate rollback {rid})")
             raise NothingToRollBack(f"every run of this pod in {target} is rolled back already")
     ui.debug(f"this pod's newest run: {pick} ({how})")
     return os.path.join(logs, f"{pick}.jsonl")
@@ -765,10 +797,13 @@ def format_option(f):
 @comfyui_option
 @click.option("--dry-run", is_flag=True, help="Print what would be undone; change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yaml", "yaml_path", envvar="COMFY_MIGRATE_YAML", callback=nonempty,
+              help="The extra_model_paths.yaml the run wrote (`run --yaml FILE`): picks that pod's newest run. "
+                   "Default: <comfyui>/extra_model_paths.yaml.")
 @wait_option
 @format_option
 @click.pass_obj
-def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt) -> None:
+def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_path) -> None:
     """Undo a run (default: this pod's newest not rolled back) from its audit log.
 
     Files go back to their old places, links and folders the run made are removed, the YAML gets
@@ -790,7 +825,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt) -> None:
                            "pass --yes, or look first with `comfy-migrate rollback --dry-run --format json`")
     target = require_store(resolve_target(target), "no run to roll back in")
     try:
-        log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=True)
+        log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=True, yaml=yaml_path)
     except NothingToRollBack as exc:
         if fmt == "json":
             out(report.dumps({"run": None, "nothing_to_roll_back": True, "message": str(exc)}))

@@ -197,3 +197,31 @@ def test_a_model_with_a_name_that_is_not_utf8_makes_run_exit_1_and_is_listed(pod
     assert os.path.exists(bad)
     proc = run_cli(["run", *pod.args("--yes")], cli_env, check=1)         # nothing to do, and still said
     assert "1 bad-name" in proc.stderr and "1 uncategorised" in proc.stderr, proc.stderr
+
+
+def test_a_yaml_comfyui_does_not_read_is_refused(pod, cli_env, tmp_path):
+    before = snapshot_tree(pod.root)
+    elsewhere = tmp_path / "elsewhere.yaml"
+    proc = run_cli(["run", *pod.args("--yaml", elsewhere, "--yes")], cli_env, check=3)
+    assert f"reads {pod.yaml}, not this file" in proc.stderr, proc.stderr
+    proc = run_cli(["plan", "--source", pod.models, "--target", pod.target, "--yaml", elsewhere], cli_env, check=3)
+    assert "holds no main.py" in proc.stderr, proc.stderr
+    assert snapshot_tree(pod.root) == before and not elsewhere.exists()
+    link = tmp_path / "link.yaml"                     # the same file through a symlink is the file ComfyUI reads
+    link.symlink_to(pod.yaml)
+    run_cli(["plan", *pod.args("--yaml", link)], cli_env)
+
+
+def test_rollback_finds_a_run_made_with_yaml_and_never_says_rolled_back_already(pod, cli_env, tmp_path):
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
+    other = tmp_path / "other" / "ComfyUI"           # another ComfyUI folder whose YAML serves these models
+    other.mkdir(parents=True)
+    (other / "main.py").write_text("")
+    other_yaml = other / "extra_model_paths.yaml"
+    run_leaving_conflicts(["--source", pod.models, "--target", pod.target, "--yaml", other_yaml, "--yes"], cli_env)
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env, check=6)
+    assert "rolled back already" in proc.stderr and f"--yaml {other_yaml}" in proc.stderr, proc.stderr
+    doc = json.loads(run_cli(["rollback", "--yaml", other_yaml, "--comfyui", pod.comfyui, "--target", pod.target,
+                              "--yes", "--format", "json"], cli_env).stdout)
+    assert doc["undone"] > 0 and not other_yaml.exists()
