@@ -199,6 +199,10 @@ class TargetLock:
             return f"its heartbeat is {age:.0f} s old (its lease: {lease:.0f} s)"
         if not raw.strip() and age > EMPTY_GRACE_SECONDS:
             return "it is empty (its maker was killed while creating it)"
+        if raw.strip() and not info.get("host") and age > EMPTY_GRACE_SECONDS:
+            # Ours is one JSON object naming its host, written at once: anything else is garbage
+            # (a torn copy, an editor's leftover), never a live holder worth the lease.
+            return f"{self.path} is not a lock comfy-migrate wrote (corrupt)"
         if same_pid_space(info):
             pid = info.get("pid")
             start = info.get("pid_start")
@@ -262,12 +266,12 @@ class TargetLock:
 
     def _held_by(self, info: dict, raw: str, age: float, wait: float) -> str:
         waited = f" (waited {wait:.0f} s)" if wait else ""
-        if raw.strip() and not info:
-            return (f"the target's lock {self.path} holds no lock facts (damaged or not ours; last changed "
-                    f"{age:.0f} s ago){waited}")
+        if not info.get("host"):
+            return (f"the target's lock {self.path} holds no holder's facts (being written, or corrupt: "
+                    f"taken over {EMPTY_GRACE_SECONDS} s after its last change){waited}")
         return (f"the target is locked by {info.get('purpose', 'a run')} of pid {info.get('pid', '?')} "
-                f"on host {info.get('host', '?')}, started {info.get('started', '?')}, heartbeat {age:.0f} s ago"
-                + waited)
+                f"on host {info.get('host', '?')}, started {info.get('started', '?')}, heartbeat {age:.0f} s ago "
+                f"({self.path}){waited}")
 
     def _break(self, raw: str, judged: Optional[os.stat_result] = None) -> bool:
         """Remove a stale lock, if it is still the one we read (same text, same heartbeat, same inode:
