@@ -254,3 +254,18 @@ def test_rollback_that_cannot_take_out_its_section_says_so_naming_the_yaml(pod, 
     pod.yaml.write_text(yaml.safe_dump({"other_ui": data["other_ui"]}) + ours + "copy_of_it: *ours\n")
     proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env, check=1)
     assert str(pod.yaml) in proc.stderr and "comfy_migrate" in proc.stderr, proc.stderr
+
+
+def test_rollback_dry_run_does_not_promise_a_file_whose_stored_copy_is_gone(pod, cli_env):
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    run_cli(["purge", "--comfyui", pod.comfyui, "--target", pod.target, "--yes", "--permanent"], cli_env)
+    (pod.target / "vae" / "wan_2.1_vae.safetensors").unlink()        # the one copy left of the pod's vae
+    src = pod.models / "vae" / "wan_2.1_vae.safetensors"
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--dry-run"], cli_env, check=1)
+    line = next(x for x in proc.stdout.splitlines() if str(src) in x)
+    assert "cannot recreate" in line, proc.stdout
+    doc = json.loads(run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--dry-run",
+                              "--format", "json"], cli_env, check=1).stdout)
+    assert [s for s in doc["steps"] if s["cannot"]] and all(str(src) in s["what"] for s in doc["steps"] if s["cannot"])
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env, check=1)
+    assert str(src) in proc.stderr and not src.exists()              # the real rollback agrees
