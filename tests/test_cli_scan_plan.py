@@ -335,6 +335,7 @@ def test_plan_refuses_a_bad_yaml_even_with_nothing_to_move(tmp_path, cli_env):
     (tmp_path / "models").mkdir()
     y = tmp_path / "extra_model_paths.yaml"
     y.write_text("a: [\n")
+    (tmp_path / "main.py").write_text("")          # --yaml names a file ComfyUI reads (issue 23)
     proc = run_cli(["plan", "--source", tmp_path / "models", "--target", tmp_path / "t", "--yaml", y], cli_env,
                    check=ExitCode.BAD_INPUT)
     assert "malformed YAML" in _one_error_line(proc)
@@ -342,8 +343,9 @@ def test_plan_refuses_a_bad_yaml_even_with_nothing_to_move(tmp_path, cli_env):
 
 def test_plan_custom_folder_named_like_a_number_gives_a_valid_yaml(tmp_path, cli_env):
     put(tmp_path / "models/2024/m.bin", b"custom node model")
+    (tmp_path / "main.py").write_text("")          # --yaml names a file ComfyUI reads (issue 23)
     doc = json.loads(run_cli(["plan", "--source", tmp_path / "models", "--target", tmp_path / "t",
-                              "--yaml", tmp_path / "y.yaml", "--format", "json"], cli_env).stdout)
+                              "--yaml", tmp_path / "extra_model_paths.yaml", "--format", "json"], cli_env).stdout)
     assert "+  '2024': '2024'\n" in doc["yaml"]["diff"]
 
 
