@@ -327,10 +327,12 @@ class Plan(namedtuple("Plan", [
     "container_free",             # int | None = None: its free space (not compared, like free_bytes)
     "notes",                      # tuple[str, ...] = (): what the preflight decided (a target to create,
                                   # a symlinked store folder written through), shown with the plan
+    "resumed",                    # (run id, tuple of store paths) | None = None: an interrupted run of
+                                  # this pod that `run` continues, and the files it placed already
     "space_needed",               # int = 0: store space the run takes: copies rounded up to the store's
                                   # allocation unit, new folders, and reserve_bytes (storerules.py)
     "reserve_bytes",              # int = 0: of it, for the run's own files (lock, log, a rollback's records)
-], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, (), 0, 0))):
+], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, (), None, 0, 0))):
     """What `run` will do, as a value: the dry run prints it, the run executes it."""
 
     __slots__ = ()

@@ -329,7 +329,7 @@ def test_a_pod_whose_bytes_fit_but_whose_allocation_does_not_is_refused_with_exi
     free = os.statvfs(store_fs).f_bavail * os.statvfs(store_fs).f_frsize
     assert 60_000 < free < 30 << 20
     before = pod_state(tmp_path / "pod")
-    doc = json.loads(run_cli(["plan", *args, "--format", "json"], cli_env).stdout)
+    doc = json.loads(run_cli(["plan", *args, "--format", "json"], cli_env, check=4).stdout)
     assert doc["totals"]["store_space_needed"] > free
     p = run_cli(["run", *args, "--yes"], cli_env, check=4)
     assert "allocation unit" in p.stderr
