@@ -317,7 +317,8 @@ class Plan(namedtuple("Plan", [
     "container_free",             # int | None = None: its free space (not compared, like free_bytes)
     "notes",                      # tuple[str, ...] = (): what the preflight decided (a target to create,
                                   # a symlinked store folder written through), shown with the plan
-], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, ()))):
+    "launch",                     # launch.Launch | None = None: how ComfyUI is started (its options)
+], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, (), None))):
     """What `run` will do, as a value: the dry run prints it, the run executes it."""
 
     __slots__ = ()
