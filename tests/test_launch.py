@@ -88,11 +88,11 @@ def round_trip(pod: LaunchPod, env, launch: list, expect_declared: set, source: 
     snap = pod.snap()
     cli_launch = ["--comfyui-args", " ".join(launch)] if launch else []
     doc = json.loads(run_cli(["plan", *pod.args("--format", "json", *cli_launch)], env).stdout)
-    assert doc["comfyui"]["args"] == (shown if shown is not None else [
-        os.path.normpath(os.path.join(pod.comfyui, a)) if a.endswith(".yaml") else a for a in launch])
-    assert doc["sources"] == [str(source)]
     declared = {(c["category"], c["name"]) for c in doc["name_changes"]}
     assert declared == expect_declared
+    assert doc["sources"] == [str(source)]
+    assert doc["comfyui"]["args"] == (shown if shown is not None else [
+        os.path.normpath(os.path.join(pod.comfyui, a)) if a.endswith(".yaml") else a for a in launch])
     run = run_cli(["run", *pod.args("--yes", "--format", "json", *cli_launch)], env, check=None)
     rdoc = json.loads(run.stdout)
     assert rdoc["yaml_written"]
@@ -302,3 +302,25 @@ def test_given_options_win_over_the_running_ones_with_a_warning(tmp_path, cli_en
                                    "--extra-model-paths-config more_paths.yaml")], cli_env)
     assert json.loads(r.stdout)["comfyui"]["from"] == "--comfyui-args"
     assert "was started with --base-directory" in r.stderr and "planned for --comfyui-args" in r.stderr
+
+
+@pytest.mark.parametrize("launch, source, declared", [
+    (["--extra-model-paths-config", "more_paths.yaml"], "ComfyUI/models", {("loras", "from_extra.safetensors")}),
+    (["--models-directory", "../mymodels"], "mymodels", {("loras", "from_extra.safetensors")}),
+    (["--base-directory", "../data"], "data/models", set()),
+])
+def test_the_running_servers_options_are_planned_with(tmp_path, cli_env, start, launch, source, declared):
+    """No option given: those of the ComfyUI running from the folder (/proc) decide what is migrated
+    and which names the plan declares, as ComfyUI's code (0.33.0) judges them."""
+    pod = LaunchPod(tmp_path, "0.33.0")
+    for m in ("ComfyUI/models", "mymodels", "data/models"):
+        pod.fill(pod.root / m)
+    put(pod.root / "mymodels/loras/from_extra.safetensors", b"d" * 70)
+    before = comfyui_loads(pod.comfyui, launch, "0.33.0")
+    start(pod, "-X", "utf8", "main.py", *launch)
+    doc = json.loads(run_cli(["plan", *pod.args("--format", "json")], cli_env).stdout)
+    assert {(c["category"], c["name"]) for c in doc["name_changes"]} == declared
+    assert doc["sources"] == [str(pod.root / source)]
+    store = {("loras", "from_extra.safetensors"): pod.store / "loras/from_extra.safetensors"}
+    for key in declared:        # ComfyUI's own code: the name loads something else, the store's file, after it
+        assert before[key][1] != str(store[key])
