@@ -845,8 +845,8 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
     """
     from migrate import catalogue as store_catalogue
     from migrate.fleet import droppable, reliance
-    from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, kept_records, left_folders, live_runs,
-                                  load_run, plan_rollback, settle, users_of)
+    from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, foresee, kept_records, left_folders,
+                                  live_runs, load_run, plan_rollback, settle, users_of)
     if fmt == "json" and not yes and not dry_run:
         raise NotConfirmed("rollback --format json never asks (no summary would be seen before the question)",
                            "pass --yes, or look first with `comfy-migrate rollback --dry-run --format json`")
@@ -881,17 +881,24 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
     if dry_run or not yes:
         relied = reliance(live_runs(target), records[0]["run"])     # shown now, decided under the lock
         kept = [u for u in undos if users_of(u, relied, records[0]["target"])]
+        doomed = foresee(undos) if dry_run else {}
         if dry_run and fmt == "json":
             out(report.dumps({"run": records[0]["run"], "dry_run": True, "steps": [
-                {"op": u.op, "what": u.describe(), "kept_for": users_of(u, relied, records[0]["target"])}
+                {"op": u.op, "what": doomed.get(u.step) or u.describe(), "cannot": bool(doomed.get(u.step)),
+                 "kept_for": users_of(u, relied, records[0]["target"])}
                 for u in undos]}))
-            return
-        if dry_run:
+        elif dry_run:
             out(f"rollback of run {records[0]['run']} ({len(undos)} steps, newest first):\n")
             for u in undos:
                 users = users_of(u, relied, records[0]["target"])
-                out(f"  {report.show(u.describe())}"
+                out(f"  {report.show(doomed[u.step]) if u.step in doomed else report.show(u.describe())}"
                     + (f" -> kept in the store instead: run(s) {', '.join(users)} rely on it" if users else "") + "\n")
+            if doomed:
+                shell.err(f"warning: {len(doomed)} source file(s) cannot be recreated: their stored copies are gone "
+                          "(the rollback would skip them and exit 1)")
+        if dry_run:
+            if doomed:
+                sys.exit(ExitCode.PROBLEMS)
             return
         out(f"rollback of run {records[0]['run']}: {report.rollback_summary(undos, len(kept))}\n"
             "(`--dry-run` lists every step)\n")
