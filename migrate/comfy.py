@@ -220,11 +220,14 @@ def _parse_yaml(text: str, where: str) -> _Parsed:
 
 def search_folders(
     yaml_texts: Sequence[tuple[str, str]], models_dir: str | None, env: dict[str, str] | None = None,
+    output: Sequence[tuple[str, str]] = (),
 ) -> dict[str, list[str]]:
     """Each category's folders in ComfyUI's search order.
 
     yaml_texts: (yaml path, text) in the order ComfyUI loads them. models_dir: ComfyUI's own
-    models folder (its built-in folders are always searched). Pure apart from path arithmetic.
+    models folder (its built-in folders are always searched). output: (category key, folder) that
+    main.py adds after the YAMLs (launch.Launch.output_folders: `<output>/loras`, ...), each added
+    as a plain folder (last, unless listed already). Pure apart from path arithmetic.
     """
     env = dict(os.environ if env is None else env)
     order: dict[str, _Order] = {}
@@ -256,6 +259,9 @@ def search_folders(
                     else:
                         full = line
                     paths.add(posixpath.normpath(full), is_default)
+    for key, folder in output:
+        cat = canonical_key(key)
+        (order.get(cat) or order.setdefault(cat, _Order([]))).add(posixpath.normpath(folder), False)
     return {cat: o.folders() for cat, o in order.items()}
 
 

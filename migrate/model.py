@@ -329,10 +329,11 @@ class Plan(namedtuple("Plan", [
                                   # a symlinked store folder written through), shown with the plan
     "resumed",                    # (run id, tuple of store paths) | None = None: an interrupted run of
                                   # this pod that `run` continues, and the files it placed already
+    "launch",                     # launch.Launch | None = None: how ComfyUI is started (its options)
     "space_needed",               # int = 0: store space the run takes: copies rounded up to the store's
                                   # allocation unit, new folders, and reserve_bytes (storerules.py)
     "reserve_bytes",              # int = 0: of it, for the run's own files (lock, log, a rollback's records)
-], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, (), None, 0, 0))):
+], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, (), None, None, 0, 0))):
     """What `run` will do, as a value: the dry run prints it, the run executes it."""
 
     __slots__ = ()
