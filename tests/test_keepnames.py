@@ -225,3 +225,47 @@ def test_rollback_finds_a_run_made_with_yaml_and_never_says_rolled_back_already(
     doc = json.loads(run_cli(["rollback", "--yaml", other_yaml, "--comfyui", pod.comfyui, "--target", pod.target,
                               "--yes", "--format", "json"], cli_env).stdout)
     assert doc["undone"] > 0 and not other_yaml.exists()
+
+
+@pytest.mark.parametrize("style", ["block", "flow"])
+def test_rollback_takes_out_its_section_after_a_tool_redumped_the_yaml(pod, cli_env, style):
+    import yaml
+    from comfyui_oracle import comfyui_loads
+    before = comfyui_loads(pod.comfyui)
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    data = yaml.safe_load(pod.yaml.read_text())
+    data["added_later"] = {"base_path": "/opt/later", "loras": "loras"}       # and the user added a section
+    pod.yaml.write_text(yaml.safe_dump(data, default_flow_style=(style == "flow")))    # no marker comments left
+    assert "comfy-migrate" not in pod.yaml.read_text()
+    run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
+    left = yaml.safe_load(pod.yaml.read_text())
+    assert "comfy_migrate" not in left and set(left) == {"other_ui", "added_later"}, pod.yaml.read_text()
+    assert comfyui_loads(pod.comfyui) == before or {k: v[0] for k, v in comfyui_loads(pod.comfyui).items()} == \
+        {k: v[0] for k, v in before.items()}
+
+
+def test_rollback_that_cannot_take_out_its_section_says_so_naming_the_yaml(pod, cli_env):
+    import yaml
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    data = yaml.safe_load(pod.yaml.read_text())
+    # Re-dumped by a tool (no markers), and another section now refers to ours through an anchor:
+    # taking ours out would break the file, so it stays, and rollback says so naming the YAML.
+    ours = yaml.safe_dump({"comfy_migrate": data["comfy_migrate"]}).replace("comfy_migrate:", "comfy_migrate: &ours", 1)
+    pod.yaml.write_text(yaml.safe_dump({"other_ui": data["other_ui"]}) + ours + "copy_of_it: *ours\n")
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env, check=1)
+    assert str(pod.yaml) in proc.stderr and "comfy_migrate" in proc.stderr, proc.stderr
+
+
+def test_rollback_dry_run_does_not_promise_a_file_whose_stored_copy_is_gone(pod, cli_env):
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    run_cli(["purge", "--comfyui", pod.comfyui, "--target", pod.target, "--yes", "--permanent"], cli_env)
+    (pod.target / "vae" / "wan_2.1_vae.safetensors").unlink()        # the one copy left of the pod's vae
+    src = pod.models / "vae" / "wan_2.1_vae.safetensors"
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--dry-run"], cli_env, check=1)
+    line = next(x for x in proc.stdout.splitlines() if str(src) in x)
+    assert "cannot recreate" in line, proc.stdout
+    doc = json.loads(run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--dry-run",
+                              "--format", "json"], cli_env, check=1).stdout)
+    assert [s for s in doc["steps"] if s["cannot"]] and all(str(src) in s["what"] for s in doc["steps"] if s["cannot"])
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env, check=1)
+    assert str(src) in proc.stderr and not src.exists()              # the real rollback agrees
