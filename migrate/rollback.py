@@ -575,10 +575,10 @@ def foresee(undos: Sequence[Undo]) -> Dict[int, str]:
     out: Dict[int, str] = {}
     for u in undos:
         r = u.rec
-        if u.op not in ("unlink", "quarantine") or "src" not in r or _ino(r["src"]) is not None:
+        if u.op not in REMOVES_SOURCE or "src" not in r or _ino(r["src"]) is not None:
             continue
         key = (r.get("dev"), r.get("ino"))
-        if u.op == "quarantine" and isinstance(r.get("q"), str) and os.path.lexists(r["q"]):
+        if u.op == Op.QUARANTINE and isinstance(r.get("q"), str) and os.path.lexists(r["q"]):
             back.add(key)
             continue
         if key in back:
@@ -596,7 +596,7 @@ def foresee(undos: Sequence[Undo]) -> Dict[int, str]:
         else:
             gone = " and ".join(_holders(r)) or "its stored copy"
             out[u.step] = (f"cannot recreate {r['src']}: " + ("the quarantined copy was purged and " if u.op ==
-                           "quarantine" else "") + f"no stored copy of it is left ({gone} missing or changed in size)")
+                           Op.QUARANTINE else "") + f"no stored copy of it is left ({gone} missing or changed in size)")
     return out
 
 
