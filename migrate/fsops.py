@@ -427,6 +427,78 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     fsync_dir(folder)
 
 
+# --- the reserve: room for a rollback on a full store -----------------------------------------------
+
+RESERVE = "reserve"     # <target>/.comfy-migrate/reserve
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def reserve_bytes(steps: int, unit: int) -> int:
+    """What a rollback writes in the store before it frees anything: the lock (and a stale lock's
+    `lock.break`), its log (a few hundred bytes per undone step) and a little more; in whole
+    allocation units, since each small file takes at least one (a 1 MiB exFAT cluster)."""
+    unit = max(4096, unit)
+    want = (64 << 10) + 1024 * max(0, steps)
+    return -(-want // unit) * unit + 4 * unit
+
+
+def allocation_unit(path: str) -> int:
+    try:
+        st = os.statvfs(nearest_existing(path))
+    except OSError:
+        return 4096
+    return max(st.f_frsize or 0, st.f_bsize or 0, 4096)
+
+
+def keep_reserve(state_dir: str, size: int) -> int:
+    """Make `<state_dir>/reserve` hold at least `size` bytes of real data (random: no filesystem
+    compresses, dedupes or leaves holes in it), taken while the store still has room, so that a
+    rollback finds room on a full store (release_reserve). Returns the bytes added. A full disk
+    raises, with what this call added given back."""
+    path = os.path.join(state_dir, RESERVE)
+    made = not os.path.lexists(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        have = os.fstat(fd).st_size
+        if have >= size:
+            return 0
+        try:
+            os.lseek(fd, have, os.SEEK_SET)
+            block = os.urandom(min(1 << 20, size - have))
+            n = have
+            while n < size:      # not through write_all: no test's fault counts these bytes
+                n += os.write(fd, block[:size - n])
+            os.fsync(fd)
+        except OSError as exc:
+            os.ftruncate(fd, have)
+            raise named(exc, "make the rollback reserve", path) from None
+    finally:
+        os.close(fd)
+    if made:
+        fsync_dir(state_dir)
+    return size - have
+
+
+def release_reserve(state_dir: str) -> int:
+    """Free the reserve (a rollback that met a full disk); returns the bytes freed (0: none left)."""
+    path = os.path.join(state_dir, RESERVE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return 0
+    try:
+        size = os.fstat(fd).st_size
+        os.ftruncate(fd, 0)         # freed at once, also where an unlinked file lingers (a trash)
+    finally:
+        os.close(fd)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fsync_dir(state_dir)
+    return size
+
+
 def through_link(path: str) -> str:
     """The file behind a YAML path that is a symlink (kept on the volume, linked into ComfyUI):
     ComfyUI reads through the link, so we read and write the file behind it and keep the link."""
