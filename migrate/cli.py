@@ -897,7 +897,8 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
         if res.get("names_checked"):
             out(f"  {res['names_checked']} model names checked: each loads the bytes the run recorded"
                 + (f", but for {len(res['names_changed'])}" if res["names_changed"] else "") + "\n")
-        for kind in ("missing", "changed", "shadowed", "broken_link_backs", "names_changed", "not_listed_by_comfyui"):
+        for kind in ("missing", "changed", "shadowed", "broken_link_backs", "dangling_links", "names_changed",
+                     "not_listed_by_comfyui"):
             for p in res.get(kind, []):
                 out(f"  {kind}: {report.show(p)}\n")
         if res.get("comfyui"):

@@ -865,3 +865,56 @@ def test_a_disk_that_fills_during_the_run(tmp_path, cli_env, then, room):
                                           for p in sorted(set(before) | set(after)) if before.get(p) != after.get(p))
     finally:
         subprocess.run(["umount", "-l", str(store)])
+
+
+# --- issue 20: an in-tree symlink's re-pointing is part of its file's removal -----------------------------
+
+def _removal_of(log: Path, rel: str) -> Tuple[dict, dict]:
+    """(begin, done) records of the step that took ComfyUI/models/<rel> from its place."""
+    recs = read_records(log)
+    begin = next(r for r in recs if r["type"] == "begin" and r.get("op") in ("unlink", "quarantine", "rename")
+                 and r.get("src", "").endswith("/models/" + rel))
+    done = next(r for r in recs if r["type"] == "done" and r.get("step") == begin["step"])
+    return begin, done
+
+
+@pytest.mark.parametrize("then", ["run", "rollback"])
+def test_kill_between_a_removal_and_its_symlink_re_pointing(tmp_path, cli_env, then):
+    """my_nodes/alias.safetensors -> ../loras/style.safetensors; the run sets style aside and is
+    SIGKILLed right after that step's record, before the link is re-pointed (issue 20). `run` again
+    continues the run and re-points the link (it loads style's bytes, from the store), verify says
+    all good, and the rollback gives the pod back exactly; or `rollback` at once does. Before: the
+    continued run exited 0, verify said "all good", and the link dangled (ComfyUI loads nothing)."""
+    twin = Small(tmp_path / "twin")
+    run(cli_env, twin)
+    begin, done = _removal_of(twin.run_log(), "loras/style.safetensors")
+    assert begin.get("links") == [str(twin.models / "my_nodes" / "alias.safetensors")], begin
+
+    pod = Small(tmp_path / "pod")
+    alias = pod.models / "my_nodes" / "alias.safetensors"
+    data = alias.read_bytes()
+    before = pod.snap()
+    run(crash_env(cli_env, done["seq"]), pod, check=KILLED)
+    assert not os.path.exists(alias), "the kill should come between the removal and the re-pointing"
+    if then == "run":
+        res = run(cli_env, pod)
+        assert "(continued)" in res.stdout, res.stdout
+        assert alias.is_symlink() and alias.read_bytes() == data
+        assert os.path.realpath(alias).startswith(os.path.realpath(pod.target) + "/")
+        assert "all good" in run_cli(["verify", *pod.args()], cli_env).stdout
+    rollback(cli_env, pod.target, "--yes")
+    assert_same(before, pod.snap(), f"after a kill at record {done['seq']}, then {then}")
+
+
+def test_verify_finds_an_in_tree_symlink_left_dangling(tmp_path, cli_env):
+    """A symlink of the pod whose file a run moved must lead to it: one that dangles (here put back
+    to its old text by hand, as a kill between the two steps left it before issue 20) fails verify
+    (exit 8) and names it. Before: "all good"."""
+    pod = Small(tmp_path / "pod")
+    run(cli_env, pod)
+    alias = pod.models / "my_nodes" / "alias.safetensors"
+    assert alias.is_file()
+    alias.unlink()
+    os.symlink("../loras/style.safetensors", alias)
+    res = run_cli(["verify", *pod.args()], cli_env, check=8)
+    assert "dangling_links" in res.stdout and str(alias) in res.stdout, res.stdout
