@@ -685,6 +685,9 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
         ui.info(str(exc))
         clear_stale_lock(ui, target)
         return
+    except BadLog:      # no run to undo (e.g. one killed writing its first record): still no stale lock left
+        clear_stale_lock(ui, target)
+        raise
     records = load_run(log)
     home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(log))))   # <target>/.comfy-migrate/runs
     if os.path.realpath(records[0]["target"]) != os.path.realpath(home):

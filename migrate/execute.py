@@ -473,6 +473,7 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                 raise
             raise NoSpace(f"the target has no room left for the reserve a rollback needs on a full disk "
                           f"({fsops.describe(exc)})", "free space on the target, then run again") from None
+        fsops.sweep_leftovers(sd, [plan.yaml_path])
         if plan.yaml_path is not None and plan.yaml_changes:
             cur = fsops.read_file(fsops.through_link(plan.yaml_path))
             if (cur.decode("utf-8", "surrogateescape") if cur is not None else None) != plan.yaml_before:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import time
 from functools import lru_cache
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import xxhash
 
@@ -497,6 +498,53 @@ def release_reserve(state_dir: str) -> int:
         pass
     fsync_dir(state_dir)
     return size
+
+
+def sweep_temps(folder: str, held: bool = False) -> List[str]:
+    """Remove what atomic_write leaves when killed between its create and its rename,
+    `.<name>.cm-tmp-<pid>` (found by that pattern; a run's copies and re-pointed links carry a run
+    id instead, and the log removes those). `held`: the caller holds the store's lock, under which
+    every writer of this folder writes: each such file is a leftover. Otherwise one is a leftover
+    when its pid is gone on this host, or it is an hour old. Returns the paths removed."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        m = _ATOMIC_TEMP.match(n)
+        if not m:
+            continue
+        path = os.path.join(folder, n)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if not (held or not os.path.exists(f"/proc/{int(m.group(1))}") or st.st_mtime < time.time() - 3600):
+                continue
+            os.unlink(path)
+            out.append(path)
+        except OSError:
+            continue
+    return out
+
+
+def sweep_leftovers(state_dir: str, yaml_paths: Sequence[Optional[str]]) -> List[str]:
+    """Every leftover of ours an earlier command killed mid-way left, found by name (run and rollback
+    call this under the store's lock): atomic_write's temporaries beside the YAML (and the file behind
+    a symlinked YAML), in the state folder and its yaml/ (written under the lock only) and reports/
+    (written after it: by pid and age), and probe folders in the store."""
+    out: List[str] = []
+    for y in yaml_paths:
+        if y:
+            for d in dict.fromkeys((os.path.dirname(y), os.path.dirname(through_link(y)))):
+                out += sweep_temps(d)
+    out += sweep_temps(state_dir, held=True) + sweep_temps(os.path.join(state_dir, "yaml"), held=True)
+    out += sweep_temps(os.path.join(state_dir, "reports"))
+    return out
+
+
+_ATOMIC_TEMP = re.compile(r"^\..+\.cm-tmp-([0-9]+)$", re.S)
 
 
 def through_link(path: str) -> str:

@@ -214,6 +214,7 @@ class TargetLock:
                 raw = f.read()
             age = time.time() - os.stat(self.path).st_mtime
         except OSError:
+            self._clear_break()
             return None
         try:
             info = json.loads(raw)
@@ -221,6 +222,26 @@ class TargetLock:
             info = {}
         why = self._stale(info if isinstance(info, dict) else {}, age, raw)
         return why if why is not None and self._break(raw) else None
+
+    def _clear_break(self) -> None:
+        """With no lock: remove a `lock.break` a breaker killed after removing the stale lock left
+        (its holder gone on this host, or a minute old): nothing else would, as no lock is left to break."""
+        brk = self.path + ".break"
+        try:
+            with open(brk) as f:
+                info = json.loads(f.read() or "{}")
+            age = time.time() - os.stat(brk).st_mtime
+        except (OSError, ValueError):
+            return
+        if not isinstance(info, dict):
+            info = {}
+        dead = (info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int)
+                and not _alive(info["pid"], info.get("pid_start")))
+        if dead or age > 60 or (not info and age > EMPTY_GRACE_SECONDS):
+            try:
+                os.unlink(brk)
+            except FileNotFoundError:
+                pass
 
     def _beat(self) -> None:
         """Refresh the lease while the lock is ours. Once another run has taken it over (our lease

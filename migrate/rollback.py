@@ -325,6 +325,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
             j.append({"type": "swept", "folders": swept})
         for root in roots:      # scratch folders of a probe killed mid-way (a plan's, not in any log)
             fsops.sweep_probes(root)
+        fsops.sweep_leftovers(state, [head.get("yaml"), head.get("yaml_real")])     # before the folder times
         j.append({"type": "dirtimes", "restored": _restore_dir_times(records)})
         if before_close is not None:
             before_close()

@@ -817,7 +817,8 @@ def test_a_disk_that_fills_during_the_run(tmp_path, cli_env, then, room):
         hook.mkdir()
         (hook / "sitecustomize.py").write_text(FILL_HOOK)
         filler = store / "filler"
-        fill_env = dict(cli_env, PYTHONPATH=str(hook), CM_TEST_FILL=str(filler))
+        fill_env = dict(cli_env, PYTHONPATH=os.pathsep.join(filter(None, (str(hook), cli_env.get("PYTHONPATH")))),
+                        CM_TEST_FILL=str(filler))
 
         def loads_its_bytes() -> None:       # ComfyUI's search order under the YAML now on disk
             yaml_path = comfyui / "extra_model_paths.yaml"
@@ -918,3 +919,60 @@ def test_verify_finds_an_in_tree_symlink_left_dangling(tmp_path, cli_env):
     os.symlink("../loras/style.safetensors", alias)
     res = run_cli(["verify", *pod.args()], cli_env, check=8)
     assert "dangling_links" in res.stdout and str(alias) in res.stdout, res.stdout
+
+
+# --- issue 20: every leftover of ours is removed by the next command ------------------------------------
+
+KILL_HOOK = """
+import os, signal
+_mark = os.environ.get("CM_TEST_KILL_IN_WRITE")
+if _mark:
+    from migrate import fsops
+    _write_all = fsops.write_all
+
+    def write_all(fd, data):
+        # SIGKILL in the middle of writing a file whose name holds the mark: half of it on the disk
+        if _mark in os.path.basename(os.readlink(f"/proc/self/fd/{fd}")):
+            view = memoryview(data)
+            os.write(fd, view[:max(1, len(view) // 2)])
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _write_all(fd, data)
+    fsops.write_all = write_all
+"""
+
+
+@pytest.mark.parametrize("then", ["run", "rollback"])
+def test_a_kill_while_the_yaml_is_written_leaves_nothing_behind(tmp_path, cli_env, then):
+    """SIGKILL halfway through writing extra_model_paths.yaml's temporary (issue 20): the next
+    command, `run` (continuing the run) or `rollback`, removes `.extra_model_paths.yaml.cm-tmp-<pid>`
+    (and the rollback gives the pod back exactly, the folder's mtime included). Before: it stayed
+    forever."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_HOOK)
+    pod = Small(tmp_path / "pod")
+    before = pod.snap()
+    hooked = os.pathsep.join(filter(None, (str(hook), cli_env.get("PYTHONPATH"))))
+    run(dict(cli_env, PYTHONPATH=hooked, CM_TEST_KILL_IN_WRITE=".extra_model_paths.yaml.cm-tmp-"), pod, check=KILLED)
+    left = list(pod.comfyui.glob(".extra_model_paths.yaml.cm-tmp-*"))
+    assert len(left) == 1 and left[0].stat().st_size > 0, left
+    if then == "run":
+        res = run(cli_env, pod)
+        assert "(continued)" in res.stdout, res.stdout
+        assert not list(pod.comfyui.glob(".*.cm-tmp-*"))
+    rollback(cli_env, pod.target, "--yes")
+    assert not list(pod.comfyui.glob(".*.cm-tmp-*"))
+    assert_same(before, pod.snap(), f"after a kill in the YAML's write, then {then}")
+
+
+def test_a_rollback_with_no_run_to_undo_leaves_no_stale_lock(tmp_path, cli_env):
+    """The pod's only run is killed inside its first record: it did nothing, and its lock is stale.
+    `rollback` has nothing to undo (exit 6, "no run to roll back") and removes the stale lock
+    (issue 20). Before: the lock stayed."""
+    pod = Small(tmp_path / "pod")
+    run(crash_env(cli_env, "torn:1"), pod, check=KILLED)
+    lock = pod.target / STATE / "lock"
+    assert lock.exists()
+    res = rollback(cli_env, pod.target, "--yes", check=6)
+    assert "no run to roll back" in res.stderr, res.stderr
+    assert not lock.exists(), "a rollback with nothing to do left the stale lock"
