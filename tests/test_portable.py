@@ -227,11 +227,13 @@ def test_env_base_path_is_refused_when_the_variable_does_not_lead_to_the_target(
 
 
 @pytest.mark.parametrize("spec", ["env:", "env:1ABC", "env:A-B", "sideways"])
-def test_bad_base_path_specs_are_one_line_exit_3(tmp_path, cli_env, spec):
+def test_bad_base_path_specs_are_bad_options_exit_2(tmp_path, cli_env, spec):
+    # Issue 23: a value no --base-path can have is a bad option (2), as --mode sideways is.
     vol = tmp_path / "workspace"
     comfyui = build_volume(vol)
-    proc = run_cli(["plan", "--comfyui", comfyui, "--target", vol / "models", "--base-path", spec], cli_env, check=3)
-    assert len(proc.stderr.strip().splitlines()) == 1 and "--base-path" in proc.stderr
+    proc = run_cli(["plan", "--comfyui", comfyui, "--target", vol / "models", "--base-path", spec], cli_env, check=2)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "--base-path" in errors[0] and "Traceback" not in proc.stderr
 
 
 def test_a_dollar_in_the_target_path_is_refused(tmp_path, cli_env):

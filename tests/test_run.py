@@ -592,10 +592,10 @@ def test_source_changed_after_plan_is_kept(pod, request, fs):
 # --- 9. the target lock -------------------------------------------------------------------------------
 
 def _write_lock(target: Path, pid: int) -> None:
-    from migrate.lock import boot_id
+    from migrate.lock import boot_id, pid_namespace
     sd = target / STATE_DIR
     sd.mkdir(parents=True, exist_ok=True)
-    (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(), "pid": pid,
+    (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(), "pidns": pid_namespace(), "pid": pid,
                                          "started": "x", "purpose": "test"}))
 
 
