@@ -321,9 +321,9 @@ class TargetLock:
         try:
             got = self._read()
         except OSError:
-            self._clear_break()
             return None
         if got is None:
+            self._clear_break()
             return None
         raw, st, info = got
         why = self._stale(info, self._age(raw, st), raw)
@@ -331,7 +331,7 @@ class TargetLock:
 
     def _clear_break(self) -> None:
         """With no lock: remove a `lock.break` a breaker killed after removing the stale lock left
-        (its holder gone on this host, or a minute old): nothing else would, as no lock is left to break."""
+        (its holder gone in our PID namespace, or a minute old): nothing else would, as no lock is left to break."""
         brk = self.path + ".break"
         try:
             with open(brk) as f:
@@ -341,7 +341,7 @@ class TargetLock:
             return
         if not isinstance(info, dict):
             info = {}
-        dead = (info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int)
+        dead = (same_pid_space(info) and isinstance(info.get("pid"), int)
                 and not _alive(info["pid"], info.get("pid_start")))
         if dead or age > 60 or (not info and age > EMPTY_GRACE_SECONDS):
             try:
