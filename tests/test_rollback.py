@@ -976,3 +976,60 @@ def test_a_rollback_with_no_run_to_undo_leaves_no_stale_lock(tmp_path, cli_env):
     res = rollback(cli_env, pod.target, "--yes", check=6)
     assert "no run to roll back" in res.stderr, res.stderr
     assert not lock.exists(), "a rollback with nothing to do left the stale lock"
+
+
+RO_HOOK = """
+import errno, os
+_store = os.environ.get("CM_TEST_RO_AT_COPY")
+if _store:
+    from migrate import fsops
+    _write_all, _write, _dev = fsops.write_all, os.write, os.stat(_store).st_dev
+
+    def write(fd, data):
+        if os.fstat(fd).st_dev == _dev:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return _write(fd, data)
+
+    def write_all(fd, data):
+        # A copy's first chunk into the store: from now on the store answers every write with
+        # EROFS, the log's included (a volume that turned read-only). A tmpfs cannot be remounted
+        # read-only while files on it are open for writing, so the kernel's answer is played here.
+        if ".cm-tmp-" in os.readlink(f"/proc/self/fd/{fd}") and os.fstat(fd).st_dev == _dev:
+            os.write = write
+        return _write_all(fd, data)
+    fsops.write_all = write_all
+"""
+
+
+def test_a_store_turning_read_only_mid_run_then_run_continues_the_same_run(tmp_path, cli_env):
+    """The store (another filesystem) answers every write with EROFS from the run's first copy on,
+    its log's included (issue 20): the run stops with one line naming both ways on, the YAML as it
+    was; writable again, `run` continues the SAME run ("(continued)", one log) and one `rollback`
+    gives the pod back exactly."""
+    import subprocess
+    store = tmp_path / "store"
+    store.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(store)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        pod = Small(tmp_path / "pod", store)
+        before = pod.snap()
+        hook = tmp_path / "hook"
+        hook.mkdir()
+        (hook / "sitecustomize.py").write_text(RO_HOOK)
+        hooked = os.pathsep.join(filter(None, (str(hook), cli_env.get("PYTHONPATH"))))
+        first = run(dict(cli_env, PYTHONPATH=hooked, CM_TEST_RO_AT_COPY=str(store)), pod, check=None)
+        assert "Read-only file system" in first.stderr, first.stderr
+        assert first.returncode not in (0, 1), first.stderr
+        _one_error_line(first)
+        assert "`comfy-migrate run` (continues this run) or `comfy-migrate rollback` (undoes it)" in first.stderr, \
+            first.stderr
+        assert pod.yaml.read_bytes() == before["yaml"]
+        again = run(cli_env, pod)
+        assert "(continued)" in again.stdout, again.stdout
+        assert len(_states(cli_env, store)) == 1
+        rollback(cli_env, store, "--yes")
+        assert_same(before, pod.snap(), "after a read-only store stopped the run, run, rollback")
+    finally:
+        subprocess.run(["umount", "-l", str(store)])
