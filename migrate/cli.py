@@ -97,7 +97,25 @@ def price_option(f):
                         help="What a GB-month of network volume costs (RunPod: 0.07), for the unused models' cost.")(f)
 
 
+def _launch_args(ctx, param, value):
+    """(the text, where it came from) of --comfyui-args, or None."""
+    if value is None:
+        return None
+    from click.core import ParameterSource
+    env = ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT
+    return value, ("$COMFY_MIGRATE_COMFYUI_ARGS" if env else "--comfyui-args")
+
+
+def launch_option(f):
+    return click.option("--comfyui-args", "comfyui_args", metavar="'OPTIONS'", envvar="COMFY_MIGRATE_COMFYUI_ARGS",
+                        callback=_launch_args,
+                        help="ComfyUI's own options as it is started (one quoted string, e.g. '--base-directory "
+                             "/workspace/data --extra-model-paths-config more.yaml'; relative paths from the ComfyUI "
+                             "folder). Default: those of the ComfyUI running from --comfyui, else none.")(f)
+
+
 def plan_options(f):
+    f = launch_option(f)
     f = price_option(f)
     f = click.option("--include-suspect", is_flag=True,
                      help="Migrate files the audit finds broken or suspect too (default: they stay). Unfinished "
@@ -148,19 +166,30 @@ def scan(ui: Ui, comfyui, sources, fmt, no_cache, duplicates, source_is_models) 
 # --- plan ----------------------------------------------------------------------------------------
 
 def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_back, base_path, no_cache,
-          include_suspect=False, cache=None, again: bool = False, source_is_models: bool = False):
+          include_suspect=False, cache=None, again: bool = False, source_is_models: bool = False,
+          comfyui_args=None):
     """Gather facts and make the plan. `again`: a re-plan (under the lock) whose warnings were
     already shown once."""
     from migrate.facts import gather, make_plan
-    home, roots = resolve_sources(comfyui, sources, None if again else ui, source_is_models)
+    home, roots, launch = shell.resolve_pod(comfyui, sources, None if again else ui, source_is_models, comfyui_args)
+    if home is not None and not sources:
+        from migrate.comfy import models_of_another_install
+        owner = models_of_another_install(home)
+        if owner is not None:
+            raise BadInput(f"{os.path.join(home, 'models')} is a symlink to {os.path.realpath(os.path.join(home, 'models'))}, "
+                           f"the models folder of another ComfyUI install ({owner}): migrating it would empty that "
+                           "install's models folder under it", f"migrate that install itself (--comfyui {owner}), "
+                           "and give this one its YAML: `comfy-migrate plan` for it then has nothing to move")
     target = resolve_target(target)
+    if yaml_path is not None and not again:
+        check_yaml_is_read(home, os.path.abspath(yaml_path), launch)
     if yaml_path is None and home is not None:
         yaml_path = os.path.join(home, "extra_model_paths.yaml")
     yaml_path = os.path.abspath(yaml_path) if yaml_path else None
     cache = cache if cache is not None else open_cache(no_cache)
     with ui.progress("hashing") as (on_total, on_bytes):
         facts = gather(roots, target, yaml_path, cache, on_total, on_bytes, open_verdicts(no_cache),
-                       include_suspect, os.path.join(home, "models") if home else None)
+                       include_suspect, launch.models if launch else None, launch)
     for s in (() if again else facts.sources):
         for p in s.problems:
             ui.warn(f"{report.show(p.path)}: {p.message}")
@@ -173,6 +202,29 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
     policy = Policy(mode=Mode(mode), on_conflict=OnConflict(on_conflict), link_back=link_back,
                     base_path=base_path)
     return facts, make_plan(facts, policy)
+
+
+def check_yaml_is_read(home, yaml_path: str, launch=None) -> None:
+    """--yaml must name a file ComfyUI reads: the extra_model_paths.yaml next to its main.py (through
+    symlinks: the same file), or one its launch options load (--extra-model-paths-config). Written
+    elsewhere, the run would take every model out of the pod and ComfyUI would find none of them.
+    (A missing folder is the preflight's to name.)"""
+    if not os.path.isdir(os.path.dirname(yaml_path)):
+        return
+    if launch is not None and os.path.realpath(yaml_path) in {os.path.realpath(p) for p in launch.configs}:
+        return
+    folder = home if home is not None else os.path.dirname(yaml_path)
+    read = os.path.join(folder, "extra_model_paths.yaml")
+    if os.path.realpath(yaml_path) == os.path.realpath(read) and (
+            home is not None or os.path.isfile(os.path.join(folder, "main.py"))):
+        return
+    if home is None:
+        raise BadInput(f"--yaml {yaml_path}: ComfyUI reads the extra_model_paths.yaml next to its main.py, and "
+                       f"{os.path.dirname(yaml_path)} holds no main.py: a YAML written there would not be read, "
+                       "and the moved models would be lost to ComfyUI",
+                       "pass --comfyui DIR (the folder of main.py) instead of --yaml, or --yaml DIR/extra_model_paths.yaml")
+    raise BadInput(f"--yaml {yaml_path}: the ComfyUI in {home} reads {read}, not this file: written there, the "
+                   "moved models would be lost to ComfyUI", f"leave out --yaml (it defaults to {read})")
 
 
 def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> None:
@@ -265,7 +317,7 @@ def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = ""
     home, _ = resolve_sources(kw.get("comfyui"), kw.get("sources") or (), insist=True)
     doc = report.plan_doc(plan)
     changes = {(c.get("category"), c.get("name")): c.get("reason", "") for c in doc.get("name_changes", ())}
-    flows = workflow_report(home, plan.yaml_path, price, changes) if home else None
+    flows = workflow_report(home, plan.yaml_path, price, changes, plan.launch) if home else None
     page = html_report.render(plan, flows, made=made, name_changes=doc.get("name_changes"))
     path = os.path.abspath(path)
     try:
@@ -487,7 +539,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
         clear_stale_lock(ui, plan.target)
         nothing_to_do(ui, plan, facts, fmt, kw)
         return
-    running = running_comfyui(kw["comfyui"], plan.yaml_path, while_running)
+    running = running_comfyui(kw["comfyui"], plan.yaml_path, while_running, plan.launch)
     show_summary(ui, plan, fmt)
     # Ask before taking the lock: a question must not hold up the other pods.
     confirm(f"Migrate into {plan.target}?", yes)
@@ -591,14 +643,19 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
 
 def stayed_behind(plan, facts) -> list:
     """(path, why) of each model file the run left where it is: a conflict, a file the audit held
-    back, an unreadable file or one that changed while scanned. Exit 1 says so (README: exit codes)."""
+    back, an unreadable file or one that changed while scanned, a name that is not UTF-8, a model
+    file in no category folder. Exit 1 says so (README: exit codes)."""
+    from migrate.comfy import MODEL_EXTENSIONS
     from migrate.model import ActionKind, Status
-    why = {Status.SUSPECT: "held-back", Status.UNREADABLE: "unreadable", Status.CHANGED: "changed"}
+    why = {Status.SUSPECT: "held-back", Status.UNREADABLE: "unreadable", Status.CHANGED: "changed",
+           Status.BAD_NAME: "bad-name"}
     left = {a.source: "conflict" for a in plan.actions if a.kind is ActionKind.CONFLICT}
     for s in facts.sources:
         for r in s.records:
             if r.status in why:
                 left.setdefault(r.path, why[r.status])
+            elif r.status is Status.UNCATEGORISED and os.path.splitext(r.rel)[1].lower() in MODEL_EXTENSIONS:
+                left.setdefault(r.path, "uncategorised")      # a model file directly under models/
         for p in s.problems:            # an unreadable file is a record and a problem: said once
             left.setdefault(p.path, "unreadable")
     return list(left.items())
@@ -657,9 +714,10 @@ def nothing_to_do(ui: Ui, plan, facts, fmt: str, kw: dict | None = None) -> None
         sys.exit(ExitCode.PROBLEMS)
 
 
-def running_comfyui(comfyui, yaml_path, allowed: bool):
+def running_comfyui(comfyui, yaml_path, allowed: bool, launch=None):
     """The ComfyUI processes running from this pod's ComfyUI folder; refuses (exit 3) while one
-    runs unless `allowed`: it would keep serving the old folders until restarted."""
+    runs unless `allowed`: it would keep serving the old folders until restarted. The refusal says
+    which options to pass once it is stopped (then /proc no longer shows them)."""
     from migrate.facts import find_comfyui
     from migrate.running import find_running
     try:
@@ -668,9 +726,13 @@ def running_comfyui(comfyui, yaml_path, allowed: bool):
         home = os.path.dirname(yaml_path) if yaml_path else None
     running = find_running(home) if home else []
     if running and not allowed:
+        again = ""
+        if launch is not None and launch.args:
+            again = (f"; once it is stopped, pass its options: comfy-migrate run --comfyui {shlex.quote(home)} "
+                     f"--comfyui-args {shlex.quote(launch.shell_args())}")
         raise BadInput(f"ComfyUI is running from {home} ({'; '.join(r.describe() for r in running)}) and reads "
                        "extra_model_paths.yaml only at start-up",
-                       "stop it, run again, then start it; or pass --while-running and restart it afterwards")
+                       "stop it, run again, then start it" + again + "; or pass --while-running and restart it afterwards")
     return running
 
 
@@ -691,7 +753,7 @@ def require_store(target: str, what: str = "no runs in") -> str:
     return target
 
 
-def pod_log(ui: Ui, target: str, comfyui, live: bool, all_logs: bool = False):
+def pod_log(ui: Ui, target: str, comfyui, live: bool, all_logs: bool = False, yaml: str | None = None):
     """The log of this pod's newest run (live: not rolled back; all_logs: the logs of all its runs, oldest
     first). A pod is its ComfyUI folder's YAML on the volume, not its host name (a redeploy gives a
     new one): verify.pod_runs decides."""
@@ -706,7 +768,7 @@ def pod_log(ui: Ui, target: str, comfyui, live: bool, all_logs: bool = False):
         if comfyui:
             raise
         home = None
-    yaml_path = os.path.join(home, "extra_model_paths.yaml") if home else None
+    yaml_path = os.path.abspath(yaml) if yaml else os.path.join(home, "extra_model_paths.yaml") if home else None
     host = os.uname().nodename
     logs = os.path.join(target, STATE_DIR, RUNS_DIR)
     every = all_runs(target)
@@ -728,6 +790,16 @@ def pod_log(ui: Ui, target: str, comfyui, live: bool, all_logs: bool = False):
                 return False
         pick = next((rid for rid, _ in reversed(mine) if not rolled_back(rid)), "")
         if not pick:
+            # A run of this host that wrote another YAML (`run --yaml X`) is not this YAML's pod, but
+            # "rolled back already" would be untrue for it: name it and the option that picks it.
+            others = [(rid, rec[0].get("yaml")) for rid, rec in every if rec[0].get("host") == host
+                      and rec[0].get("yaml") and yaml_path and os.path.realpath(rec[0]["yaml"]) != os.path.realpath(yaml_path)
+                      and not rolled_back(rid)]
+            if others:
+                rid, other = others[-1]
+                raise BadLog(f"every run that wrote {yaml_path} is rolled back already, but run {rid} of this host "
+                             f"wrote {other} and is not", f"comfy-migrate rollback --yaml {shlex.quote(other)} "
+                             f"--target {shlex.quote(target)} (or name the run: comfy-migrate rollback {rid})")
             raise NothingToRollBack(f"every run of this pod in {target} is rolled back already")
     ui.debug(f"this pod's newest run: {pick} ({how})")
     return os.path.join(logs, f"{pick}.jsonl")
@@ -760,10 +832,13 @@ def format_option(f):
 @comfyui_option
 @click.option("--dry-run", is_flag=True, help="Print what would be undone; change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yaml", "yaml_path", envvar="COMFY_MIGRATE_YAML", callback=nonempty,
+              help="The extra_model_paths.yaml the run wrote (`run --yaml FILE`): picks that pod's newest run. "
+                   "Default: <comfyui>/extra_model_paths.yaml.")
 @wait_option
 @format_option
 @click.pass_obj
-def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt) -> None:
+def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_path) -> None:
     """Undo a run (default: this pod's newest not rolled back) from its audit log.
 
     Files go back to their old places, links and folders the run made are removed, the YAML gets
@@ -778,14 +853,14 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt) -> None:
     """
     from migrate import catalogue as store_catalogue
     from migrate.fleet import droppable, reliance
-    from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, kept_records, left_folders, live_runs,
-                                  load_run, plan_rollback, settle, users_of)
+    from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, foresee, kept_records, left_folders,
+                                  live_runs, load_run, plan_rollback, settle, users_of)
     if fmt == "json" and not yes and not dry_run:
         raise NotConfirmed("rollback --format json never asks (no summary would be seen before the question)",
                            "pass --yes, or look first with `comfy-migrate rollback --dry-run --format json`")
     target = require_store(resolve_target(target), "no run to roll back in")
     try:
-        log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=True)
+        log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=True, yaml=yaml_path)
     except NothingToRollBack as exc:
         if fmt == "json":
             out(report.dumps({"run": None, "nothing_to_roll_back": True, "message": str(exc)}))
@@ -817,17 +892,24 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt) -> None:
     if dry_run or not yes:
         relied = reliance(live_runs(target), records[0]["run"])     # shown now, decided under the lock
         kept = [u for u in undos if users_of(u, relied, records[0]["target"])]
+        doomed = foresee(undos) if dry_run else {}
         if dry_run and fmt == "json":
             out(report.dumps({"run": records[0]["run"], "dry_run": True, "steps": [
-                {"op": u.op, "what": u.describe(), "kept_for": users_of(u, relied, records[0]["target"])}
+                {"op": u.op, "what": doomed.get(u.step) or u.describe(), "cannot": bool(doomed.get(u.step)),
+                 "kept_for": users_of(u, relied, records[0]["target"])}
                 for u in undos]}))
-            return
-        if dry_run:
+        elif dry_run:
             out(f"rollback of run {records[0]['run']} ({len(undos)} steps, newest first):\n")
             for u in undos:
                 users = users_of(u, relied, records[0]["target"])
-                out(f"  {report.show(u.describe())}"
+                out(f"  {report.show(doomed[u.step]) if u.step in doomed else report.show(u.describe())}"
                     + (f" -> kept in the store instead: run(s) {', '.join(users)} rely on it" if users else "") + "\n")
+            if doomed:
+                shell.err(f"warning: {len(doomed)} source file(s) cannot be recreated: their stored copies are gone "
+                          "(the rollback would skip them and exit 1)")
+        if dry_run:
+            if doomed:
+                sys.exit(ExitCode.PROBLEMS)
             return
         out(f"rollback of run {records[0]['run']}: {report.rollback_summary(undos, len(kept))}\n"
             "(`--dry-run` lists every step)\n")
@@ -1009,8 +1091,9 @@ def trash_of(path: str) -> str:
                    "stores; a rewrite that keeps both passes).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               envvar="COMFY_MIGRATE_FORMAT")
+@launch_option
 @click.pass_obj
-def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
+def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt, comfyui_args) -> None:
     """Re-hash every model this pod's runs took out of its sources; ComfyUI must find each there first.
 
     Covers every run of this pod not rolled back: the runs that wrote <comfyui>/extra_model_paths.yaml
@@ -1052,11 +1135,14 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
         for rid, records in runs:
             check_log(records, os.path.join(logs, f"{rid}.jsonl"))
         ui.debug(f"verifying {len(runs)} run(s) of this pod: {how}")
+    launch = verify_launch(ui, home, comfyui_args, runs)
     catalogue = store_catalogue.load(target)[0] if quick else None
     with ui.progress("verifying") as (_, on_bytes):
-        res = verify_pod(runs, home, target, kept_records(target), quick, catalogue, on_bytes)
+        res = verify_pod(runs, home, target, kept_records(target), quick, catalogue, on_bytes, launch)
+    if launch is not None:
+        res["launch"] = launch.doc()
     if comfyui_url:
-        res["comfyui"] = ask_comfyui(comfyui_url, runs, home, target)
+        res["comfyui"] = ask_comfyui(comfyui_url, runs, home, target, launch)
         res["not_listed_by_comfyui"] = res["comfyui"]["not_listed"]
         res["ok"] = res["ok"] and not res["not_listed_by_comfyui"] and not res["comfyui"]["stale"]
     if fmt == "json":
@@ -1064,6 +1150,8 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
     else:
         for rid in res["runs"]:
             out(f"run {rid}: {res['per_run'][rid]} files checked\n")
+        if launch is not None and launch.args:
+            out(f"  names resolved as ComfyUI started with {report.show(launch.shell_args())} ({launch.origin})\n")
         if quick:
             out(f"  quick: sizes and mtimes compared with the log, no file read"
                 + (f" ({len(res['size_only'])} by size alone: no mtime of theirs is logged)" if res["size_only"] else "")
@@ -1097,7 +1185,25 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
         sys.exit(ExitCode.VERIFY_FAILED)
 
 
-def ask_comfyui(url: str, runs, home, target: str) -> dict:
+def verify_launch(ui: Ui, home, given, runs):
+    """How the pod's ComfyUI is started, for verify: --comfyui-args, else the running ComfyUI's
+    options, else those the newest run logged (it planned with them), else none."""
+    from migrate.launch import launch_of
+    from migrate.running import find_running
+    if home is None or given is not None or find_running(home):
+        return shell.resolve_launch(home, given, ui)
+    head = runs[-1][1][0]
+    logged = head.get("comfyui") if isinstance(head.get("comfyui"), dict) else {}
+    args = logged.get("args")
+    if isinstance(args, list) and args and all(isinstance(a, str) for a in args):
+        try:
+            return launch_of(home, args, f"as run {head.get('run')} logged them", lenient=True)
+        except MigrateError as exc:
+            ui.warn(f"the options run {head.get('run')} logged for ComfyUI no longer apply ({exc}): verified without them")
+    return shell.resolve_launch(home, None, ui)
+
+
+def ask_comfyui(url: str, runs, home, target: str, launch=None) -> dict:
     """verify --comfyui-url: does the running ComfyUI list every name the runs took out of the
     sources, and does it look started before the YAML changed?"""
     from urllib.parse import urlsplit
@@ -1112,7 +1218,7 @@ def ask_comfyui(url: str, runs, home, target: str) -> dict:
     names = sorted(claims(runs, kept_records(target)))
     listed = check_listed(names, view)
     yaml_path = runs[-1][1][0].get("yaml")
-    order = resolution(yaml_path, home)[0] if yaml_path and os.path.exists(yaml_path) else {}
+    order = resolution(yaml_path, home, launch)[0] if yaml_path and os.path.exists(yaml_path) else {}
     started = changed = None
     if home and yaml_path and os.path.exists(yaml_path):
         try:
@@ -1128,13 +1234,22 @@ def ask_comfyui(url: str, runs, home, target: str) -> dict:
 
 # --- workflows -----------------------------------------------------------------------------------
 
-def workflow_report(home: str, yaml_path, price: float, changes=None) -> dict:
-    """The workflows document (workflows.workflow_doc) of a ComfyUI folder, as its YAML resolves now."""
+def workflow_report(home: str, yaml_path, price: float, changes=None, launch=None) -> dict:
+    """The workflows document (workflows.workflow_doc) of a ComfyUI folder, as its YAML resolves now
+    (launch: how ComfyUI is started; its user folder holds the workflows)."""
     from migrate import comfy, workflows
     from migrate.facts import gather_workflows, read_yaml
     text = read_yaml(yaml_path) if yaml_path else None
-    order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
-    found, before = gather_workflows(home, order)
+    if launch is not None:
+        from migrate.launch import search_order
+        as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path)) \
+            if yaml_path else None
+        order = search_order(launch, {p: read_yaml(p) for p in launch.yamls if p != as_read}, as_read, text,
+                             models_real=False)
+        found, before = gather_workflows(home, order, launch.user)
+    else:
+        order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
+        found, before = gather_workflows(home, order)
     sizes = {k: v[1] for k, v in before.items()}
     return workflows.workflow_doc(found, before, changes or {}, sizes, price)
 

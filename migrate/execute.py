@@ -484,6 +484,9 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sources": list(plan.sources),
                   "target": plan.target, "yaml": plan.yaml_path, "mode": plan.policy.mode.value,
                   "fs": fs_record(plan)}
+        if plan.launch is not None:     # how ComfyUI is started: verify and rollback resolve names as it does
+            header["comfyui"] = {"main": plan.launch.comfyui, "args": list(plan.launch.args),
+                                 "from": plan.launch.origin}
         real_yaml = yaml_behind(plan)
         if real_yaml is not None:       # a symlinked YAML: the file written, whose folder's mtime changes
             header["yaml_real"] = real_yaml

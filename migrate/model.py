@@ -319,7 +319,8 @@ class Plan(namedtuple("Plan", [
                                   # a symlinked store folder written through), shown with the plan
     "resumed",                    # (run id, tuple of store paths) | None = None: an interrupted run of
                                   # this pod that `run` continues, and the files it placed already
-], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, (), None))):
+    "launch",                     # launch.Launch | None = None: how ComfyUI is started (its options)
+], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, (), None, None))):
     """What `run` will do, as a value: the dry run prints it, the run executes it."""
 
     __slots__ = ()

@@ -59,7 +59,10 @@ class World(namedtuple("World", [
     "outside",                    # dict[str, names.Node]: files at candidate names in folders of the
                                   # user's YAML outside the scanned roots, and link targets out there
     "yaml_real",                  # str | None: the YAML's path as ComfyUI reads it (real folder)
-], defaults=(None, (), None, None))):
+    "yamls",                      # tuple[(path, text), ...]: every other YAML ComfyUI reads, in its
+                                  # order (the written one by yaml_real: its text is the plan's)
+    "output",                     # tuple[(category, folder), ...]: the output folders main.py adds
+], defaults=(None, (), None, None, (), ()))):
     """What the resolver needs beyond the scans (gathered by facts.gather_world)."""
 
     __slots__ = ()
@@ -338,8 +341,8 @@ def _name_changes(actions: Sequence[Action], before: names.View, target: str, wo
     after = before.replace(edits)
     where = world.yaml_real or yaml_path
     models = world.models_dir or posixpath.join(posixpath.dirname(where), "models")
-    order_before = comfy.search_folders([(where, yaml_before)] if yaml_before is not None else [], models)
-    order_after = comfy.search_folders([(where, yaml_after)] if yaml_after is not None else [], models)
+    order_before = comfy.search_folders(_yamls(world, where, yaml_before), models, output=world.output)
+    order_after = comfy.search_folders(_yamls(world, where, yaml_after), models, output=world.output)
     loads_before = names.loads(order_before, before)
     loads_after = names.loads(order_after, after)
     by_source = {a.source: a for a in actions}
@@ -373,6 +376,15 @@ def _name_changes(actions: Sequence[Action], before: names.View, target: str, wo
         if n is not None and (loads_before[key].startswith(sources) or a in edits or key in placed):
             logged.append((key[0], key[1], n.digest, n.size))
     return tuple(changes), tuple(logged)
+
+
+def _yamls(world: World, where: str, text: Optional[str]) -> List[Tuple[str, str]]:
+    """Every YAML ComfyUI reads, in order, the written one (`where`) with `text` (launch.yaml_texts)."""
+    paths = [p for p, _ in world.yamls]
+    out = [(p, text if p == where else t) for p, t in world.yamls]
+    if where not in paths:
+        out.append((where, text))
+    return [(p, t) for p, t in out if t is not None]
 
 
 def _placed_at(dst: str, view: names.View) -> str:

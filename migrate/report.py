@@ -217,6 +217,7 @@ def plan_doc(plan: Plan) -> dict:
         "findings": [finding_doc(f) for f in plan.findings],
         "name_changes": [name_change_doc(c) for c in plan.name_changes],
         "preflight": list(plan.notes),
+        "comfyui": plan.launch.doc() if plan.launch is not None else None,
     }
 
 
@@ -344,6 +345,9 @@ def plan_header(plan: Plan) -> list[str]:
     if len(plan.sources) > 1:
         lines += [f"  [{i}] {show(r)}" for i, r in enumerate(plan.sources, 1)]
     lines.append(f"store:  {show(plan.target)}   (mode {plan.policy.mode.value})")
+    if plan.launch is not None and (plan.launch.args or plan.launch.origin):
+        lines.append(f"ComfyUI: {show(plan.launch.comfyui)} started with {show(plan.launch.shell_args() or 'no options that place models')}"
+                     + (f" ({plan.launch.origin})" if plan.launch.origin else ""))
     lines += [f"note: {show(n)}" for n in plan.notes]
     return lines
 

@@ -579,6 +579,39 @@ def settle(records: Sequence[dict], target: str) -> List[dict]:
     return out
 
 
+def foresee(undos: Sequence[Undo]) -> Dict[int, str]:
+    """For the dry run, read-only and without reading a byte: step -> why its source could not be
+    recreated (no stored copy of its size is left and no other name of it comes back first), so the
+    dry run never promises what the rollback will then refuse ("the stored copy changed")."""
+    back: set = set()           # logged inodes a name of which this rollback gives back (in order)
+    out: Dict[int, str] = {}
+    for u in undos:
+        r = u.rec
+        if u.op not in ("unlink", "quarantine") or "src" not in r or _ino(r["src"]) is not None:
+            continue
+        key = (r.get("dev"), r.get("ino"))
+        if u.op == "quarantine" and isinstance(r.get("q"), str) and os.path.lexists(r["q"]):
+            back.add(key)
+            continue
+        if key in back:
+            continue
+        left = []
+        for p in _holders(r):
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_size == r.get("size", st.st_size):
+                left.append(p)
+        if left:
+            back.add(key)
+        else:
+            gone = " and ".join(_holders(r)) or "its stored copy"
+            out[u.step] = (f"cannot recreate {r['src']}: " + ("the quarantined copy was purged and " if u.op ==
+                           "quarantine" else "") + f"no stored copy of it is left ({gone} missing or changed in size)")
+    return out
+
+
 def _holders(r: dict) -> List[str]:
     """Stored names that may hold a removed source's content: the copy it trusted, then its own name."""
     return list(dict.fromkeys(p for p in (r.get("stored"), r.get("dst")) if isinstance(p, str)))

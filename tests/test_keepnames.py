@@ -169,3 +169,103 @@ def test_a_section_that_cannot_follow_the_users_text_is_refused_without_a_foreig
     proc = run_cli(["plan", *pod.args()], cli_env, check=None)
     import re
     assert proc.returncode in (0, 3) and all(int(n) <= 4 for n in re.findall(r"line (\d+)", proc.stderr)), proc.stderr
+
+
+# --- every name keeps its model or the plan refuses ---------------------------------------------------
+
+def test_a_models_folder_that_is_another_installs_is_refused(pod, cli_env, tmp_path):
+    (pod.comfyui / "main.py").write_text("# ComfyUI\n")
+    other = tmp_path / "other" / "ComfyUI"
+    other.mkdir(parents=True)
+    (other / "main.py").write_text("# ComfyUI\n")
+    (other / "models").symlink_to(pod.models)
+    before = snapshot_tree(pod.root)
+    for cmd in (["plan"], ["run", "--yes"]):
+        proc = run_cli([*cmd, "--comfyui", other, "--target", pod.target], cli_env, check=3)
+        assert f"another ComfyUI install ({pod.comfyui})" in proc.stderr, proc.stderr
+    assert snapshot_tree(pod.root) == before
+
+
+def test_a_model_with_a_name_that_is_not_utf8_makes_run_exit_1_and_is_listed(pod, cli_env):
+    bad = os.path.join(os.fsencode(pod.models / "loras"), b"caf\xe9.safetensors")
+    with open(bad, "wb") as f:
+        f.write(as_model("x.safetensors", b"a lora with a latin-1 name" * 100))
+    (pod.models / "loose.safetensors").write_bytes(as_model("x.safetensors", b"directly under models" * 100))
+    proc = run_cli(["run", *pod.args("--yes", "--format", "json")], cli_env, check=1)
+    stayed = {s["why"] for s in json.loads(proc.stdout)["stayed"]}
+    assert stayed == {"conflict", "bad-name", "uncategorised"}, proc.stdout
+    assert os.path.exists(bad)
+    proc = run_cli(["run", *pod.args("--yes")], cli_env, check=1)         # nothing to do, and still said
+    assert "1 bad-name" in proc.stderr and "1 uncategorised" in proc.stderr, proc.stderr
+
+
+def test_a_yaml_comfyui_does_not_read_is_refused(pod, cli_env, tmp_path):
+    before = snapshot_tree(pod.root)
+    elsewhere = tmp_path / "elsewhere.yaml"
+    proc = run_cli(["run", *pod.args("--yaml", elsewhere, "--yes")], cli_env, check=3)
+    assert f"reads {pod.yaml}, not this file" in proc.stderr, proc.stderr
+    proc = run_cli(["plan", "--source", pod.models, "--target", pod.target, "--yaml", elsewhere], cli_env, check=3)
+    assert "holds no main.py" in proc.stderr, proc.stderr
+    assert snapshot_tree(pod.root) == before and not elsewhere.exists()
+    link = tmp_path / "link.yaml"                     # the same file through a symlink is the file ComfyUI reads
+    link.symlink_to(pod.yaml)
+    run_cli(["plan", *pod.args("--yaml", link)], cli_env)
+
+
+def test_rollback_finds_a_run_made_with_yaml_and_never_says_rolled_back_already(pod, cli_env, tmp_path):
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
+    other = tmp_path / "other" / "ComfyUI"           # another ComfyUI folder whose YAML serves these models
+    other.mkdir(parents=True)
+    (other / "main.py").write_text("")
+    other_yaml = other / "extra_model_paths.yaml"
+    run_leaving_conflicts(["--source", pod.models, "--target", pod.target, "--yaml", other_yaml, "--yes"], cli_env)
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env, check=6)
+    assert "rolled back already" in proc.stderr and f"--yaml {other_yaml}" in proc.stderr, proc.stderr
+    doc = json.loads(run_cli(["rollback", "--yaml", other_yaml, "--comfyui", pod.comfyui, "--target", pod.target,
+                              "--yes", "--format", "json"], cli_env).stdout)
+    assert doc["undone"] > 0 and not other_yaml.exists()
+
+
+@pytest.mark.parametrize("style", ["block", "flow"])
+def test_rollback_takes_out_its_section_after_a_tool_redumped_the_yaml(pod, cli_env, style):
+    import yaml
+    from comfyui_oracle import comfyui_loads
+    before = comfyui_loads(pod.comfyui)
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    data = yaml.safe_load(pod.yaml.read_text())
+    data["added_later"] = {"base_path": "/opt/later", "loras": "loras"}       # and the user added a section
+    pod.yaml.write_text(yaml.safe_dump(data, default_flow_style=(style == "flow")))    # no marker comments left
+    assert "comfy-migrate" not in pod.yaml.read_text()
+    run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
+    left = yaml.safe_load(pod.yaml.read_text())
+    assert "comfy_migrate" not in left and set(left) == {"other_ui", "added_later"}, pod.yaml.read_text()
+    assert comfyui_loads(pod.comfyui) == before or {k: v[0] for k, v in comfyui_loads(pod.comfyui).items()} == \
+        {k: v[0] for k, v in before.items()}
+
+
+def test_rollback_that_cannot_take_out_its_section_says_so_naming_the_yaml(pod, cli_env):
+    import yaml
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    data = yaml.safe_load(pod.yaml.read_text())
+    # Re-dumped by a tool (no markers), and another section now refers to ours through an anchor:
+    # taking ours out would break the file, so it stays, and rollback says so naming the YAML.
+    ours = yaml.safe_dump({"comfy_migrate": data["comfy_migrate"]}).replace("comfy_migrate:", "comfy_migrate: &ours", 1)
+    pod.yaml.write_text(yaml.safe_dump({"other_ui": data["other_ui"]}) + ours + "copy_of_it: *ours\n")
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env, check=1)
+    assert str(pod.yaml) in proc.stderr and "comfy_migrate" in proc.stderr, proc.stderr
+
+
+def test_rollback_dry_run_does_not_promise_a_file_whose_stored_copy_is_gone(pod, cli_env):
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    run_cli(["purge", "--comfyui", pod.comfyui, "--target", pod.target, "--yes", "--permanent"], cli_env)
+    (pod.target / "vae" / "wan_2.1_vae.safetensors").unlink()        # the one copy left of the pod's vae
+    src = pod.models / "vae" / "wan_2.1_vae.safetensors"
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--dry-run"], cli_env, check=1)
+    line = next(x for x in proc.stdout.splitlines() if str(src) in x)
+    assert "cannot recreate" in line, proc.stdout
+    doc = json.loads(run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--dry-run",
+                              "--format", "json"], cli_env, check=1).stdout)
+    assert [s for s in doc["steps"] if s["cannot"]] and all(str(src) in s["what"] for s in doc["steps"] if s["cannot"])
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env, check=1)
+    assert str(src) in proc.stderr and not src.exists()              # the real rollback agrees
