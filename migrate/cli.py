@@ -289,7 +289,7 @@ def exit_if_unfit(plan) -> None:
         return
     where = "the target" if not plan.fits else "the container disk"
     shell.err(f"comfy-migrate: error: the plan does not fit: {where} lacks "
-              + (report.human(plan.bytes_to_copy - (plan.free_bytes or 0)) if not plan.fits
+              + (report.human(plan.space_to_take - (plan.free_bytes or 0)) if not plan.fits
                  else report.human(plan.container_bytes - (plan.container_free or 0)))
               + " (free space there, or migrate fewer sources; `run` would refuse it)")
     sys.exit(ExitCode.NO_SPACE)
@@ -642,14 +642,15 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
 
 
 def stayed_behind(plan, facts) -> list:
-    """(path, why) of each model file the run left where it is: a conflict, a file the audit held
-    back, an unreadable file or one that changed while scanned, a name that is not UTF-8, a model
+    """(path, why) of each model file the run left where it is: a conflict, a name the store cannot
+    hold or one that folds onto another there (storerules.stay_kind), a file the audit held back, an unreadable file or one that changed while scanned, a name that is not UTF-8, a model
     file in no category folder. Exit 1 says so (README: exit codes)."""
     from migrate.comfy import MODEL_EXTENSIONS
     from migrate.model import ActionKind, Status
     why = {Status.SUSPECT: "held-back", Status.UNREADABLE: "unreadable", Status.CHANGED: "changed",
            Status.BAD_NAME: "bad-name"}
-    left = {a.source: "conflict" for a in plan.actions if a.kind is ActionKind.CONFLICT}
+    from migrate.storerules import stay_kind
+    left = {a.source: stay_kind(a) for a in plan.actions if a.kind is ActionKind.CONFLICT}
     for s in facts.sources:
         for r in s.records:
             if r.status in why:

@@ -454,7 +454,9 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
     killed before it, the run is still open and its next run finishes it).
     """
     if not plan.fits:
-        raise NoSpace(f"the target has {human(plan.free_bytes or 0)} free but the plan copies {human(plan.bytes_to_copy)}",
+        raise NoSpace(f"the target has {human(plan.free_bytes or 0)} free but the plan needs {human(plan.space_to_take)} "
+                      f"there ({human(plan.bytes_to_copy)} copied, counted in the store's allocation unit, with "
+                      f"{human(plan.reserve_bytes)} for the lock, the log and a rollback)",
                       "free space on the target, or migrate fewer sources")
     if not plan.container_fits:
         raise NoSpace(f"the container disk has {plan.container_free} bytes free, but setting the overlay sources "
@@ -464,7 +466,7 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
     times = dir_times(plan)     # before our state folder changes the target's own mtime
     os.makedirs(sd, exist_ok=True)
     with (contextlib.nullcontext(lock) if lock is not None else TargetLock(sd, "comfy-migrate run")) as lock:
-        if plan.bytes_to_copy > fsops.free_space(plan.target):
+        if plan.space_to_take > fsops.free_space(plan.target):
             raise NoSpace("the target no longer has room for the plan's copies", "free space, then run again")
         try:        # room a rollback finds on a store that fills up (it releases it: rollback.py)
             fsops.keep_reserve(sd, fsops.reserve_bytes(len(plan.actions), fsops.allocation_unit(sd)))

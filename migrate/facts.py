@@ -50,6 +50,7 @@ class Facts:
     target_fs: FsFacts = UNPROBED                    # what the store's filesystem does (fsops.probe_fs)
     layers: Optional[Dict[str, str]] = None          # overlay sources: path -> plan.LOWER / plan.UNKNOWN
     container_free: Optional[int] = None             # free space of the overlay sources' container disk
+    state_present: int = 0                           # the run's state paths the store has (storerules.STATE_PATHS)
     launch: object = None                            # launch.Launch: how ComfyUI is started (None: unknown)
 
 
@@ -195,10 +196,13 @@ def gather(
         if p.fs.overlay is not None:
             layers.update(overlay_layers(s, p.fs.overlay))
             container_free = fsops.free_space(s.root)
+    from migrate.model import STATE_DIR
+    from migrate.storerules import STATE_PATHS
+    state_present = sum(1 for p in STATE_PATHS if os.path.lexists(os.path.join(target, STATE_DIR, p)))
     return Facts(tuple(scans), target, target_scan, probes, target_fs.hardlink,
                  yaml_path, yaml_before, fsops.free_space(target), tuple(findings), cat, cat_warning, hits,
                  started, world=world, target_fs=target_fs, layers=layers,
-                 container_free=container_free, launch=launch)
+                 container_free=container_free, state_present=state_present, launch=launch)
 
 
 def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult], target: str,
@@ -349,7 +353,7 @@ def make_plan(facts: Facts, policy: Policy) -> Plan:
                                facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes,
                                paths=path_facts(facts.yaml_path, facts.target, policy.base_path),
                                world=facts.world, target_fs=facts.target_fs, layers=facts.layers,
-                               container_free=facts.container_free, name_max=name_max(facts.target))
+                               container_free=facts.container_free, state_present=facts.state_present)
     plan = plan._replace(findings=facts.findings, resumed=interrupted_placements(facts), launch=facts.launch)
     yaml_real = os.path.realpath(facts.yaml_path) if facts.yaml_path else None
     return preflight.check(plan, preflight_facts(preflight.paths_to_check(plan, yaml_real)), yaml_real)
@@ -372,14 +376,6 @@ def interrupted_placements(facts: Facts):
     placed = tuple(sorted(b["dst"] for b in steps.begins if b.get("dst") and b["step"] in steps.done
                           and b.get("op") in ("link", "rename", "copy")))
     return (records[0].get("run", ""), placed)
-
-
-def name_max(path: str) -> int:
-    """The longest file name (bytes) the filesystem holding `path` (or its nearest folder) takes."""
-    try:
-        return os.statvfs(fsops.nearest_existing(path)).f_namemax or 255
-    except OSError:
-        return 255
 
 
 def path_fact(path: str) -> PathFact:
