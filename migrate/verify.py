@@ -19,12 +19,8 @@ from migrate.hashing import hash_path
 from migrate.journal import group_steps
 from migrate.model import STATE_DIR
 from migrate.names import first_holder
+from migrate.steps import OWN_MTIME, PLACES, REMOVES_SOURCE, RETURNS_SOURCE, Op
 
-PLACING = ("link", "rename", "copy", "dedupe", "symlink")
-REMOVING = ("unlink", "quarantine")      # a source removed: its content is in the store under `dst`
-# The store file is the logged one (a link or rename keeps the source's inode; `unlink` removes a
-# source only when the store holds its inode) or a copy that keeps its mtime: the logged mtime is its.
-OWN_MTIME = ("link", "rename", "copy", "unlink")
 
 Run = Tuple[str, List[dict]]             # (run id, records), as rollback.live_runs gives them
 
@@ -37,7 +33,7 @@ class Claim:
         rel: the name relative to the store, e.g. `loras/wan/x.safetensors`.
         digest: the content's xxh3-128, as logged.
         size: its size in bytes, as logged.
-        mtime_ns: the store file's mtime where the log knows it (see OWN_MTIME); None for a
+        mtime_ns: the store file's mtime where the log knows it (see steps.Op.own_mtime); None for a
             dedupe, a symlink, a source quarantined beside content already stored, a kept file.
         run: the run whose record this is.
         op: the logged step (`link`, ..., `unlink`, `quarantine`), or `keep` (a rollback's).
@@ -143,7 +139,7 @@ def claims(runs: Sequence[Run], kept: Sequence[dict] = ()) -> Dict[str, Claim]:
         steps = group_steps(records)
         for b in steps.begins:
             op = b.get("op")
-            if op not in PLACING + REMOVING or b["step"] not in steps.done or not isinstance(b.get("digest"), str):
+            if op not in PLACES | REMOVES_SOURCE or b["step"] not in steps.done or not isinstance(b.get("digest"), str):
                 continue
             rel = store_rel(b.get("dst") or b.get("stored"), target)
             if rel is None:
@@ -153,7 +149,7 @@ def claims(runs: Sequence[Run], kept: Sequence[dict] = ()) -> Dict[str, Claim]:
             seen = steps.done[b["step"]].get("dst_mtime_ns", b.get("mtime_ns"))
             add(Claim(rel, b["digest"], b.get("size"), seen if op in OWN_MTIME else None, rid, op))
             stored = b.get("stored")
-            if op == "symlink" and isinstance(b.get("to"), str):
+            if op == Op.SYMLINK and isinstance(b.get("to"), str):
                 stored = posixpath.normpath(posixpath.join(posixpath.dirname(b["dst"]), b["to"]))
             same = store_rel(stored, target) if isinstance(stored, str) else None
             if same is not None and same != rel:
@@ -262,7 +258,7 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     for rid, records in runs:
         steps = group_steps(records)
         for b in steps.begins:
-            if b["op"] == "linkback" and b["step"] in steps.done:
+            if b["op"] == Op.LINKBACK and b["step"] in steps.done:
                 src = mounts[rid].here(b["src"])
                 if not os.path.exists(src) and src not in broken:      # gone, or a symlink leading nowhere
                     broken.append(src)
@@ -304,7 +300,7 @@ def dangling_links(runs: Sequence[Run], mounts: Mapping[str, "Mount"]) -> List[s
         steps = group_steps(records)
         sources.update(mounts[rid].here(s) for s in records[0].get("sources") or [])
         for b in steps.begins:
-            if b["op"] in ("unlink", "quarantine", "rename") and b["step"] in steps.done and isinstance(b.get("src"), str):
+            if b["op"] in RETURNS_SOURCE and b["step"] in steps.done and isinstance(b.get("src"), str):
                 src = mounts[rid].here(b["src"])
                 removed.add(os.path.join(os.path.realpath(os.path.dirname(src)), os.path.basename(src)))
     out: List[str] = []
