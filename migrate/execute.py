@@ -343,7 +343,9 @@ class _Runner:
         src = a.source
         try:
             st = os.lstat(src)
-            if not stat.S_ISLNK(st.st_mode) or os.path.exists(src) or not os.path.isfile(a.dst):
+            folder = os.path.isdir(a.dst)    # a symlinked folder whose model files all moved there
+            if not stat.S_ISLNK(st.st_mode) or (os.path.exists(src) and not folder) or not (
+                    folder or os.path.isfile(a.dst)):
                 return      # changed since the plan, or its file did not move (a step failed): it still works
             old = os.readlink(src)
             home = os.path.join(os.path.realpath(os.path.dirname(a.dst)), os.path.basename(a.dst))

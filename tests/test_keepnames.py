@@ -269,3 +269,30 @@ def test_rollback_dry_run_does_not_promise_a_file_whose_stored_copy_is_gone(pod,
     assert [s for s in doc["steps"] if s["cannot"]] and all(str(src) in s["what"] for s in doc["steps"] if s["cannot"])
     proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env, check=1)
     assert str(src) in proc.stderr and not src.exists()              # the real rollback agrees
+
+
+def test_a_folder_symlink_inside_models_is_repointed_and_its_names_keep_loading(pod, cli_env):
+    from comfyui_oracle import comfyui_loads
+    wan = pod.models / "diffusion_models" / "wan_loras"
+    wan.mkdir()
+    (wan / "high.safetensors").write_bytes(as_model("x.safetensors", b"wan lora high" * 300))
+    (wan / "sub").mkdir()
+    (wan / "sub" / "low.safetensors").write_bytes(as_model("x.safetensors", b"wan lora low" * 300))
+    (pod.models / "loras" / "wan_linked").symlink_to("../diffusion_models/wan_loras")
+    before = comfyui_loads(pod.comfyui)
+    assert ("loras", "wan_linked/sub/low.safetensors") in before
+    snap = snapshot_tree(pod.models)
+    doc = json.loads(run_cli(["plan", *pod.args("--format", "json")], cli_env).stdout)
+    assert [c["name"] for c in doc["name_changes"]] == ["WanAnimate_relight_lora_fp16.safetensors"], doc["name_changes"]
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    assert not (wan / "high.safetensors").exists()                  # moved to the store ...
+    after = comfyui_loads(pod.comfyui)                              # ... and every name loads what it did
+    changed = {k for k in before if after.get(k, (None,))[0] != before[k][0]}
+    assert changed == {("loras", "WanAnimate_relight_lora_fp16.safetensors")}, changed
+    proc = run_cli(["verify", "--comfyui", pod.comfyui, "--target", pod.target], cli_env)
+    assert "all good" in proc.stdout
+    run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
+
+    def same(snapshot):        # a re-pointed symlink comes back with its text and mtime, as a new inode
+        return {k: v[:3] + v[4:] if v[0] == "symlink" else v for k, v in snapshot.items()}
+    assert same(snapshot_tree(pod.models)) == same(snap)
