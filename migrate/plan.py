@@ -327,8 +327,10 @@ def _relinks(actions: List[Action], view: names.View) -> List[Action]:
         if node is not None and node.kind == "link":
             hop = view.canon(posixpath.join(posixpath.dirname(view.real(a.source)), node.to or ""))
             hop_node = view.tree.get(hop)
-            folder = _folder_moved_to(hop, actions, moved) if hop_node is None else None
-            if folder is not None:          # a symlinked folder: every model below it moved to one store folder
+            # A symlinked folder inside a category folder (a category folder that is a symlink keeps
+            # its category: scan.py): every model below it moved to one store folder.
+            folder = _folder_moved_to(hop, actions, moved) if hop_node is None and "/" in a.rel else None
+            if folder is not None:
                 out.append(a._replace(kind=ActionKind.RELINK, dst=folder, reason=f"symlink to the folder {node.to}: "
                                       "its files moved; re-pointed to their folder in the store"))
                 continue
