@@ -783,7 +783,12 @@ def newer_pod_runs(records, live, target: str):
     mine, _ = pod_runs(live, target, head["yaml"], "")
     if not any(rid == head["run"] for rid, _ in mine):
         return []
-    return [rid for rid, _ in mine if rid > head["run"]]
+    # Another install whose YAML is a symlink to the same file (another pod) resolves through this
+    # section as well: its newer runs count too.
+    real = os.path.realpath(head["yaml"])
+    shared = [rid for rid, rec in live if isinstance(rec[0].get("yaml"), str)
+              and os.path.realpath(rec[0]["yaml"]) == real]
+    return sorted({rid for rid, _ in mine if rid > head["run"]} | {rid for rid in shared if rid > head["run"]})
 
 
 def format_option(f):
