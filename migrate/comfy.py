@@ -220,11 +220,14 @@ def _parse_yaml(text: str, where: str) -> _Parsed:
 
 def search_folders(
     yaml_texts: Sequence[tuple[str, str]], models_dir: str | None, env: dict[str, str] | None = None,
+    output: Sequence[tuple[str, str]] = (),
 ) -> dict[str, list[str]]:
     """Each category's folders in ComfyUI's search order.
 
     yaml_texts: (yaml path, text) in the order ComfyUI loads them. models_dir: ComfyUI's own
-    models folder (its built-in folders are always searched). Pure apart from path arithmetic.
+    models folder (its built-in folders are always searched). output: (category key, folder) that
+    main.py adds after the YAMLs (launch.Launch.output_folders: `<output>/loras`, ...), each added
+    as a plain folder (last, unless listed already). Pure apart from path arithmetic.
     """
     env = dict(os.environ if env is None else env)
     order: dict[str, _Order] = {}
@@ -256,6 +259,9 @@ def search_folders(
                     else:
                         full = line
                     paths.add(posixpath.normpath(full), is_default)
+    for key, folder in output:
+        cat = canonical_key(key)
+        (order.get(cat) or order.setdefault(cat, _Order([]))).add(posixpath.normpath(folder), False)
     return {cat: o.folders() for cat, o in order.items()}
 
 
@@ -566,11 +572,11 @@ def find_comfyui(given: str | None) -> str:
                    "pass --comfyui DIR or set COMFYUI_DIR")
 
 
-def models_of_another_install(home: str) -> str | None:
-    """The other ComfyUI folder (one holding main.py) whose models folder `home`'s models/ symlink
-    leads into, or None: migrating through the link would empty that install's models."""
-    models = os.path.join(home, "models")
-    if not os.path.islink(models):
+def models_of_another_install(home: str, models: str | None = None) -> str | None:
+    """The other ComfyUI folder (one holding main.py) whose models folder `home`'s models folder (a
+    symlink) leads into, or None: migrating through the link would empty that install's models."""
+    models = models or os.path.join(home, "models")
+    if not os.path.islink(models.rstrip("/")):
         return None
     real, mine = os.path.realpath(models), os.path.realpath(home)
     cur = os.path.dirname(real)

@@ -405,7 +405,9 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
     killed before it, the run is still open and its next run finishes it).
     """
     if not plan.fits:
-        raise NoSpace(f"the target has {human(plan.free_bytes or 0)} free but the plan copies {human(plan.bytes_to_copy)}",
+        raise NoSpace(f"the target has {human(plan.free_bytes or 0)} free but the plan needs {human(plan.space_to_take)} "
+                      f"there ({human(plan.bytes_to_copy)} copied, counted in the store's allocation unit, with "
+                      f"{human(plan.reserve_bytes)} for the lock, the log and a rollback)",
                       "free space on the target, or migrate fewer sources")
     if not plan.container_fits:
         raise NoSpace(f"the container disk has {plan.container_free} bytes free, but setting the overlay sources "
@@ -415,7 +417,7 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
     times = dir_times(plan)     # before our state folder changes the target's own mtime
     os.makedirs(sd, exist_ok=True)
     with (contextlib.nullcontext(lock) if lock is not None else TargetLock(sd, "comfy-migrate run")) as lock:
-        if plan.bytes_to_copy > fsops.free_space(plan.target):
+        if plan.space_to_take > fsops.free_space(plan.target):
             raise NoSpace("the target no longer has room for the plan's copies", "free space, then run again")
         if plan.yaml_path is not None and plan.yaml_changes:
             cur = fsops.read_file(fsops.through_link(plan.yaml_path))
@@ -427,6 +429,9 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sources": list(plan.sources),
                   "target": plan.target, "yaml": plan.yaml_path, "mode": plan.policy.mode.value,
                   "fs": fs_record(plan)}
+        if plan.launch is not None:     # how ComfyUI is started: verify and rollback resolve names as it does
+            header["comfyui"] = {"main": plan.launch.comfyui, "args": list(plan.launch.args),
+                                 "from": plan.launch.origin}
         real_yaml = yaml_behind(plan)
         if real_yaml is not None:       # a symlinked YAML: the file written, whose folder's mtime changes
             header["yaml_real"] = real_yaml

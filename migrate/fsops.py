@@ -200,14 +200,59 @@ def probe_fs(folder: str) -> FsFacts:
         fd = os.open(os.path.join(scratch, "Case"), TMP_FLAGS, 0o600)
         os.close(fd)
         case = not os.path.lexists(os.path.join(scratch, "cASE"))
+        forbidden, trailing, unit, name_max = _name_rules(scratch, where)
+        try:
+            block = max(os.statvfs(where).f_frsize, os.stat(a).st_blocks * 512)
+        except OSError:
+            block = 0
         return FsFacts(where, fstype, hardlink, symlink, rename, noreplace, step, stable, case, overlay,
-                       "refused: " + ", ".join(refused) if refused else "")
+                       "refused: " + ", ".join(refused) if refused else "", forbidden, trailing, unit,
+                       name_max, block)
     except OSError as exc:
         return FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
                        f"probe failed: {_errname(exc)} ({exc.strerror})")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         _restore_dir_times(where, before)
+
+
+def _accepts(folder: str, name: str) -> bool:
+    """Whether the filesystem makes a file of exactly this name (listed back as given): exFAT
+    through FUSE answers ENOENT for `a:b`, the kernel's exFAT drops a trailing dot."""
+    p = os.path.join(folder, name)
+    try:
+        os.close(os.open(p, TMP_FLAGS, 0o600))
+    except (OSError, ValueError):
+        return False
+    try:
+        return name in os.listdir(folder)
+    except OSError:
+        return False
+    finally:
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
+
+
+def _name_rules(scratch: str, where: str) -> Tuple[str, str, str, int]:
+    """(characters refused in names, characters a name must not end with, the unit of the name limit,
+    the limit), tried in the probe's scratch folder (storerules.py applies them)."""
+    from migrate.storerules import BYTES, CONTROL, UTF16, WINDOWS_CHARS
+    forbidden = ""
+    if not _accepts(scratch, "a:b"):        # a Windows-family filesystem: try each character
+        forbidden = "".join(c for c in WINDOWS_CHARS if not _accepts(scratch, f"a{c}b"))
+        if not _accepts(scratch, "a\x01b"):
+            forbidden += CONTROL
+    trailing = "".join(c for c in ". " if not _accepts(scratch, f"t{c}"))
+    try:
+        limit = os.statvfs(where).f_namemax or 255
+    except OSError:
+        limit = 255
+    # 200 CJK characters are 600 bytes but 200 UTF-16 units; 256 ASCII characters are 256 of either.
+    if _accepts(scratch, "\u5b57" * 200) and not _accepts(scratch, "a" * 256):
+        return forbidden, trailing, UTF16, 255
+    return forbidden, trailing, BYTES, limit
 
 
 def probe_between(source_root: str, target: str) -> Probe:

@@ -174,24 +174,34 @@ def claims(runs: Sequence[Run], kept: Sequence[dict] = ()) -> Dict[str, Claim]:
 Resolution = Tuple[Dict[str, List[str]], List[str]]      # (ComfyUI's search order, unset $VARS of base_path)
 
 
-def resolution(yaml_path: Optional[str], comfyui: Optional[str]) -> Resolution:
-    """ComfyUI's search order from a YAML as it reads it now, and the base_path variables unset here."""
+def resolution(yaml_path: Optional[str], comfyui: Optional[str], launch=None) -> Resolution:
+    """ComfyUI's search order from a YAML as it reads it now, and the base_path variables unset here.
+    launch: how ComfyUI is started (launch.Launch: its models folder, its other YAMLs, output folders)."""
     if not yaml_path:
         return {}, []
     data = fsops.read_file(fsops.through_link(yaml_path))
     # ComfyUI reads <realpath of its folder>/extra_model_paths.yaml: resolve from the real folder.
     as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path))
-    models = os.path.realpath(os.path.join(comfyui, "models") if comfyui else
-                              os.path.join(os.path.dirname(as_read), "models"))
     text = data.decode("utf-8") if data else ""
-    order = comfy.search_folders([(as_read, text)] if data else [], models)
+    if launch is not None:
+        from migrate.launch import search_order
+        texts = {}
+        for p in launch.yamls:
+            if p != as_read:
+                raw = fsops.read_file(p) if os.path.isfile(p) else None
+                texts[p] = raw.decode("utf-8", "replace") if raw is not None else None
+        order = search_order(launch, texts, as_read, text if data else None)
+    else:
+        models = os.path.realpath(os.path.join(comfyui, "models") if comfyui else
+                                  os.path.join(os.path.dirname(as_read), "models"))
+        order = comfy.search_folders([(as_read, text)] if data else [], models)
     base = comfy.managed_base(text, as_read) if data else None
     return order, comfy.unset_variables(base[0], dict(os.environ)) if base else []
 
 
 def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str] = None, kept: Sequence[dict] = (),
                quick: bool = False, catalogue: Optional[Mapping] = None,
-               on_bytes: Optional[Callable[[int], None]] = None) -> Dict:
+               on_bytes: Optional[Callable[[int], None]] = None, launch=None) -> Dict:
     """Check every name of `claims(runs, kept)` once: its store file holds the logged content
     (re-hashed; `quick`: its size and mtime compared, no byte read) and ComfyUI, with the YAML of
     the run that logged it, loads that file for the name. Also each run's link-back symlinks.
@@ -214,7 +224,7 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
 
     def resolved(rid: str) -> Resolution:
         if yamls[rid] not in cache:
-            cache[yamls[rid]] = resolution(yamls[rid], comfyui)
+            cache[yamls[rid]] = resolution(yamls[rid], comfyui, launch)
         return cache[yamls[rid]]
 
     per_run = {rid: 0 for rid, _ in runs}
