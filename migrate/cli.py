@@ -805,10 +805,11 @@ def newer_pod_runs(records, live, target: str):
     """The live runs of the same pod (its YAML) newer than this run, when this run wrote the YAML:
     their YAML changes were made on top of its section, and their names resolve through it."""
     from migrate.journal import group_steps
+    from migrate.steps import Op
     from migrate.verify import pod_runs
     head = records[0]
     steps = group_steps(records)
-    if not head.get("yaml") or not any(b["op"] == "yaml" and b["step"] in steps.done for b in steps.begins):
+    if not head.get("yaml") or not any(b["op"] == Op.YAML and b["step"] in steps.done for b in steps.begins):
         return []
     # This run is among the live ones, so pod_runs matches by the YAML (never its fallbacks).
     mine, _ = pod_runs(live, target, head["yaml"], "")

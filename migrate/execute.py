@@ -25,6 +25,7 @@ from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_begun, read_log, r
 from migrate.lock import TargetLock
 from migrate.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal
 from migrate.scan import TEMP_MARK, temp_name
+from migrate.steps import STAGES_TEMP, Op
 
 OnBytes = Callable[[int], None]
 
@@ -98,9 +99,9 @@ class _Runner:
         self.chunk = fsops.copy_chunk(plan.target_fs.fstype)     # big writes into a FUSE store
 
     # -- journalling helpers --
-    def begin(self, op: str, **fields) -> int:
+    def begin(self, op: Op, **fields) -> int:
         step = self.j.seq + 1     # a step is named by its begin record's sequence number
-        self.j.append(dict(fields, type="begin", step=step, op=op))
+        self.j.append(dict(fields, type="begin", step=step, op=op.value))
         return step
 
     def done(self, step: int, **fields) -> None:
@@ -130,7 +131,7 @@ class _Runner:
             missing.append(p)
             p = os.path.dirname(p)
         for d in reversed(missing):
-            s = self.begin("mkdir", path=d)
+            s = self.begin(Op.MKDIR, path=d)
             try:
                 os.mkdir(d)
             except FileExistsError:
@@ -179,10 +180,10 @@ class _Runner:
             if not stat.S_ISREG(st.st_mode) or st.st_size != a.size:    # replaced since the plan
                 raise OSError(errno.ESTALE, "the stored copy changed since the plan; nothing linked", a.stored)
         except OSError as exc:
-            s = self.begin("dedupe", stored=a.stored, **facts)
+            s = self.begin(Op.DEDUPE, stored=a.stored, **facts)
             return self.fail(s, a, a.dst, exc)
         if a.method is Method.HARDLINK:
-            s = self.begin("dedupe", stored=a.stored, stored_ino=st.st_ino, stored_dev=st.st_dev, **facts)
+            s = self.begin(Op.DEDUPE, stored=a.stored, stored_ino=st.st_ino, stored_dev=st.st_dev, **facts)
             try:
                 fsops.link_noreplace(a.stored, a.dst)
             except OSError as exc:
@@ -194,7 +195,7 @@ class _Runner:
                 self.report.placed += 1
                 return
         to = os.path.relpath(a.stored, os.path.dirname(a.dst))
-        s = self.begin("symlink", to=to, **facts)
+        s = self.begin(Op.SYMLINK, to=to, **facts)
         try:
             os.symlink(to, a.dst)
         except OSError as exc:
@@ -206,12 +207,12 @@ class _Runner:
         """Place by hardlink or rename. Returns the errno name when the filesystem refused and a
         copy should be made instead (moves only); otherwise handles its own failure."""
         assert a.dst is not None
-        op = "link" if a.method is Method.HARDLINK else "rename"
+        op = Op.LINK if a.method is Method.HARDLINK else Op.RENAME
         s = self.begin(op, **facts)
         try:
             if stat_key(os.lstat(a.source)) != (a.dev, a.ino, a.size, a.mtime_ns):
                 raise OSError(errno.ESTALE, "changed since it was scanned", a.source)
-            if op == "link":
+            if op is Op.LINK:
                 fsops.link_noreplace(a.source, a.dst)
             else:
                 fsops.rename_noreplace(a.source, a.dst)
@@ -230,7 +231,7 @@ class _Runner:
         assert a.dst is not None
         src = a.source
         tmp = temp_name(os.path.dirname(a.dst), os.path.basename(a.dst), self.report.run_id)
-        s = self.begin("copy", tmp=tmp, **facts)
+        s = self.begin(Op.COPY, tmp=tmp, **facts)
         try:
             digest, st = fsops.copy_and_hash(src, (a.dev, a.ino, a.size, a.mtime_ns), tmp, self.on_bytes,
                                              chunk=self.chunk)
@@ -268,7 +269,7 @@ class _Runner:
             os.makedirs(os.path.dirname(pre), exist_ok=True)
             fsops.atomic_write(pre, current)
         after = plan.yaml_after.encode("utf-8")
-        s = self.begin("yaml", path=plan.yaml_path, before=pre if current is not None else None,
+        s = self.begin(Op.YAML, path=plan.yaml_path, before=pre if current is not None else None,
                        before_digest=hash_bytes(current) if current is not None else None,
                        after_digest=hash_bytes(after),
                        before_mtime_ns=os.stat(real).st_mtime_ns if current is not None else None)
@@ -284,7 +285,7 @@ class _Runner:
                      mtime_ns=a.mtime_ns, stored=a.stored or a.dst)
         expect = (a.dev, a.ino, a.size, a.mtime_ns)
         if a.removal is Removal.UNLINK:
-            s = self.begin("unlink", **facts)
+            s = self.begin(Op.UNLINK, **facts)
             try:
                 st, dst_st = os.lstat(src), os.lstat(a.stored or a.dst)
                 if stat_key(st) != expect or (dst_st.st_dev, dst_st.st_ino) != (a.dev, a.ino):
@@ -298,7 +299,7 @@ class _Runner:
             q = os.path.join(a.root, STATE_DIR, "quarantine", self.report.run_id, a.rel)
             if not self.made_folder(os.path.dirname(q), a.root, a, "the quarantine folder"):
                 return
-            s = self.begin("quarantine", q=q, **facts)
+            s = self.begin(Op.QUARANTINE, q=q, **facts)
             try:
                 if stat_key(os.lstat(src)) != expect:
                     raise OSError(errno.ESTALE, "changed since it was scanned; source kept", src)
@@ -326,7 +327,7 @@ class _Runner:
             to = os.path.relpath(home, os.path.realpath(os.path.dirname(src)))
         except OSError:
             to = a.dst
-        s = self.begin("linkback", src=src, to=to)
+        s = self.begin(Op.LINKBACK, src=src, to=to)
         try:
             os.symlink(to, src)
         except OSError as exc:
@@ -354,7 +355,7 @@ class _Runner:
             self.report.problems.append(Problem(src, f"symlink not re-pointed: {exc.strerror or exc}"))
             return
         tmp = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}{self.report.run_id}")
-        s = self.begin("relink", src=src, dst=a.dst, tmp=tmp, old=old, to=to, mtime_ns=st.st_mtime_ns)
+        s = self.begin(Op.RELINK, src=src, dst=a.dst, tmp=tmp, old=old, to=to, mtime_ns=st.st_mtime_ns)
         try:
             os.symlink(to, tmp)
             os.replace(tmp, src)
@@ -578,7 +579,7 @@ def _clean_temps(j: Journal, records: List[dict]) -> None:
     """Remove half-copied temporary files of the interrupted steps (journalled)."""
     done = {r["step"] for r in records if r.get("type") in ("done", "fail")}
     for r in records:
-        if r.get("type") == "begin" and r.get("op") in ("copy", "relink") and r["step"] not in done:
+        if r.get("type") == "begin" and r.get("op") in STAGES_TEMP and r["step"] not in done:
             if os.path.lexists(r["tmp"]):
                 j.append({"type": "cleanup", "path": r["tmp"], "of_step": r["step"]})
                 os.unlink(r["tmp"])

@@ -365,6 +365,7 @@ def interrupted_placements(facts: Facts):
     from migrate.errors import BadLog
     from migrate.execute import find_interrupted
     from migrate.journal import group_steps, read_log
+    from migrate.steps import STORES_SOURCE
     try:
         log = find_interrupted(facts.target, [s.root for s in facts.sources], facts.yaml_path)
         if log is None:
@@ -374,7 +375,7 @@ def interrupted_placements(facts: Facts):
         return None
     steps = group_steps(records)
     placed = tuple(sorted(b["dst"] for b in steps.begins if b.get("dst") and b["step"] in steps.done
-                          and b.get("op") in ("link", "rename", "copy")))
+                          and b.get("op") in STORES_SOURCE))
     return (records[0].get("run", ""), placed)
 
 

@@ -546,15 +546,15 @@ def workflow_lines(doc: dict, root: str = "") -> list[str]:
 
 def rollback_summary(undos: Sequence, kept: int) -> str:
     """What a rollback will do, in one line: counts per kind of step (rollback.Undo.op)."""
+    from migrate.steps import PLACES, RETURNS_SOURCE, Op
     n: dict[str, int] = {}
     for u in undos:
         n[u.op] = n.get(u.op, 0) + 1
-    back = n.get("quarantine", 0) + n.get("unlink", 0) + n.get("rename", 0)
+    back = sum(k for op, k in n.items() if op in RETURNS_SOURCE)
     parts = [f"{back} source file(s) back to their place" if back else "",
-             f"{n.get('link', 0) + n.get('copy', 0) + n.get('dedupe', 0) + n.get('symlink', 0) + n.get('rename', 0)}"
-             " name(s) taken out of the store",
-             f"{n['linkback']} link-back symlink(s) removed" if n.get("linkback") else "",
-             f"{n['mkdir']} folder(s) removed if empty" if n.get("mkdir") else "",
-             "the YAML restored" if n.get("yaml") else "",
+             f"{sum(k for op, k in n.items() if op in PLACES)} name(s) taken out of the store",
+             f"{n[Op.LINKBACK]} link-back symlink(s) removed" if n.get(Op.LINKBACK) else "",
+             f"{n[Op.MKDIR]} folder(s) removed if empty" if n.get(Op.MKDIR) else "",
+             "the YAML restored" if n.get(Op.YAML) else "",
              f"{kept} stored file(s) kept for other runs" if kept else ""]
     return "; ".join(p for p in parts if p and not p.startswith("0 "))

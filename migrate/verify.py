@@ -18,12 +18,8 @@ from migrate.fleet import store_rel
 from migrate.hashing import hash_path
 from migrate.journal import group_steps
 from migrate.names import first_holder
+from migrate.steps import OWN_MTIME, PLACES, REMOVES_SOURCE, Op
 
-PLACING = ("link", "rename", "copy", "dedupe", "symlink")
-REMOVING = ("unlink", "quarantine")      # a source removed: its content is in the store under `dst`
-# The store file is the logged one (a link or rename keeps the source's inode; `unlink` removes a
-# source only when the store holds its inode) or a copy that keeps its mtime: the logged mtime is its.
-OWN_MTIME = ("link", "rename", "copy", "unlink")
 
 Run = Tuple[str, List[dict]]             # (run id, records), as rollback.live_runs gives them
 
@@ -36,7 +32,7 @@ class Claim:
         rel: the name relative to the store, e.g. `loras/wan/x.safetensors`.
         digest: the content's xxh3-128, as logged.
         size: its size in bytes, as logged.
-        mtime_ns: the store file's mtime where the log knows it (see OWN_MTIME); None for a
+        mtime_ns: the store file's mtime where the log knows it (see steps.Op.own_mtime); None for a
             dedupe, a symlink, a source quarantined beside content already stored, a kept file.
         run: the run whose record this is.
         op: the logged step (`link`, ..., `unlink`, `quarantine`), or `keep` (a rollback's).
@@ -147,7 +143,7 @@ def claims(runs: Sequence[Run], kept: Sequence[dict] = ()) -> Dict[str, Claim]:
         steps = group_steps(records)
         for b in steps.begins:
             op = b.get("op")
-            if op not in PLACING + REMOVING or b["step"] not in steps.done or not isinstance(b.get("digest"), str):
+            if op not in PLACES | REMOVES_SOURCE or b["step"] not in steps.done or not isinstance(b.get("digest"), str):
                 continue
             rel = store_rel(b.get("dst") or b.get("stored"), target)
             if rel is None:
@@ -157,7 +153,7 @@ def claims(runs: Sequence[Run], kept: Sequence[dict] = ()) -> Dict[str, Claim]:
             seen = steps.done[b["step"]].get("dst_mtime_ns", b.get("mtime_ns"))
             add(Claim(rel, b["digest"], b.get("size"), seen if op in OWN_MTIME else None, rid, op))
             stored = b.get("stored")
-            if op == "symlink" and isinstance(b.get("to"), str):
+            if op == Op.SYMLINK and isinstance(b.get("to"), str):
                 stored = posixpath.normpath(posixpath.join(posixpath.dirname(b["dst"]), b["to"]))
             same = store_rel(stored, target) if isinstance(stored, str) else None
             if same is not None and same != rel:
@@ -266,7 +262,7 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     for rid, records in runs:
         steps = group_steps(records)
         for b in steps.begins:
-            if b["op"] == "linkback" and b["step"] in steps.done:
+            if b["op"] == Op.LINKBACK and b["step"] in steps.done:
                 src = mounts[rid].here(b["src"])
                 if not os.path.exists(src) and src not in broken:      # gone, or a symlink leading nowhere
                     broken.append(src)
