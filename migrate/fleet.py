@@ -14,7 +14,7 @@ import posixpath
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from migrate.model import Action, ActionKind, Plan
-from migrate.steps import PLACES_FILE, REMOVES_SOURCE, Op
+from migrate.steps import PLACES_FILE, REMOVES_SOURCE, STORES_SOURCE, Op
 
 PLACED = (ActionKind.MOVE, ActionKind.LINK, ActionKind.COPY, ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT)
 
@@ -141,7 +141,7 @@ def _placed_names(records: Sequence[dict]) -> Dict[str, Tuple[str, str, str]]:
     done = {r.get("step") for r in records if r.get("type") == "done"}
     out: Dict[str, Tuple[str, str, str]] = {}
     for r in records:
-        if r.get("type") == "begin" and r.get("op") in ("link", "rename", "copy") and r.get("step") in done \
+        if r.get("type") == "begin" and r.get("op") in STORES_SOURCE and r.get("step") in done \
                 and isinstance(r.get("dst"), str) and isinstance(r.get("digest"), str):
             rel = store_rel(r["dst"], target)
             if rel is not None and "/" in rel:
