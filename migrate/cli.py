@@ -1212,11 +1212,16 @@ def ask_comfyui(url: str, runs, home, target: str, launch=None) -> dict:
     try:
         view = read_server(url)
     except (OSError, ValueError) as exc:
-        raise BadInput(f"cannot read {url.rstrip('/')}/object_info: {exc}", "is ComfyUI running at that URL?")
+        raise BadInput(f"cannot read {url.rstrip('/')}/object_info: {exc}",
+                       "is ComfyUI running at that URL (its own port, not a proxy's page)?")
     names = sorted(claims(runs, kept_records(target)))
-    listed = check_listed(names, view)
     yaml_path = runs[-1][1][0].get("yaml")
     order = resolution(yaml_path, home, launch)[0] if yaml_path and os.path.exists(yaml_path) else {}
+    from migrate.facts import loaded_models
+    disk: dict = {}
+    for cat, name in loaded_models(order):      # what the pod's ComfyUI lists: finds its loaders by their choices
+        disk.setdefault(cat, []).append(name)
+    listed = check_listed(names, view, disk)
     started = changed = None
     if home and yaml_path and os.path.exists(yaml_path):
         try:

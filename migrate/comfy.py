@@ -42,8 +42,9 @@ FOLDER_CATEGORY = {folder: cat for cat, (folders, _) in CATEGORIES.items() for f
 BUILTIN_CATEGORIES = dict(CATEGORIES)      # the table above: ComfyUI as of late 2026
 
 # category -> the loader inputs of ComfyUI's /object_info that list its names (node, input), as
-# ComfyUI 0.3.75 has them; the first is the one a check by hand looks at. A node a version lacks is
-# skipped. vae_approx files show in VAELoader as the pair's family (`taesd` for taesd_encoder.* and
+# ComfyUI 0.3.75 and 0.33 have them; the first is the one a check by hand looks at. A node a version
+# lacks is skipped. verify --comfyui-url also finds every other input whose choices are file names of
+# a category (verify.find_loaders): this table only matters for a server that lists none of them. vae_approx files show in VAELoader as the pair's family (`taesd` for taesd_encoder.* and
 # taesd_decoder.*), diffusers folders (holding model_index.json) in DiffusersLoader; embeddings
 # are in no loader (GET /embeddings lists them, without extension).
 LOADERS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -67,6 +68,12 @@ LOADERS: dict[str, tuple[tuple[str, str], ...]] = {
     "configs": (("CheckpointLoader", "config_name"),),
     "vae_approx": (("VAELoader", "vae_name"),),
     "diffusers": (("DiffusersLoader", "model_path"),),
+    # ComfyUI 0.33's new folders (recorded from its /object_info: fixtures/comfyui-0.33.0)
+    "background_removal": (("LoadBackgroundRemovalModel", "bg_removal_name"),),
+    "frame_interpolation": (("FrameInterpolationModelLoader", "model_name"),),
+    "geometry_estimation": (("LoadMoGeModel", "model_name"), ("LoadDA3Model", "model_name")),
+    "optical_flow": (("OpticalFlowLoader", "model_name"),),
+    "detection": (("LoadMediaPipeFaceLandmarker", "model_name"),),
 }
 TAESD = re.compile(r"(taesd|taesdxl|taesd3|taef1)_(encoder|decoder)\.")    # VAELoader's test: startswith
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import stat
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -423,6 +424,13 @@ def parse_server(object_info: object, embeddings: object = None, folders: object
     return ServerView(choices, emb, fold, len(info))
 
 
+def looks_like_object_info(info: object) -> bool:
+    """ComfyUI's /object_info: a non-empty mapping of node types, each a mapping with an `input`
+    mapping. `{}`, `[]`, another JSON or a web page is not (verify then says so: exit 3)."""
+    return isinstance(info, dict) and bool(info) and all(
+        isinstance(v, dict) and isinstance(v.get("input"), dict) for v in info.values())
+
+
 def read_server(url: str, timeout: float = 30.0) -> ServerView:
     """Ask a running ComfyUI: /object_info (must answer), /embeddings and /internal/folder_paths
     (older or newer servers may lack them). Raises OSError or ValueError for /object_info."""
@@ -435,6 +443,10 @@ def read_server(url: str, timeout: float = 30.0) -> ServerView:
             return json.loads(resp.read().decode("utf-8"))
 
     info = get("/object_info")
+    if not looks_like_object_info(info):
+        kind = type(info).__name__ if not isinstance(info, (dict, list)) or info else f"an empty {type(info).__name__}"
+        raise ValueError(f"the answer is not ComfyUI's node list ({kind}"
+                         + (f", keys such as {sorted(info)[:3]}" if isinstance(info, dict) and info else "") + ")")
     extra = []
     for route in ("/embeddings", "/internal/folder_paths"):
         try:
@@ -444,63 +456,116 @@ def read_server(url: str, timeout: float = 30.0) -> ServerView:
     return parse_server(info, *extra)
 
 
-def listed_as(rel: str, names: Sequence[str]) -> Optional[Tuple[str, Optional[str]]]:
-    """How ComfyUI lists a store name (`loras/style/ink.safetensors`): (category, the name its
-    lists show), with None as the name for a file its lists never show by itself (a diffusers
-    folder's other files, a lone vae_approx half); None for a name no list of ComfyUI's shows
-    (custom-node folders, classifiers, an extension it does not list). `names`: every name being
-    checked (a vae_approx pair shows only when both halves are there)."""
+def _pair_family(cat: str, name: str, names: Sequence[str]) -> Optional[str]:
+    """A vae_approx half's family (`taef2` for taef2_encoder.safetensors) when the other half is among
+    `names` (store names, or category names): VAELoader shows an image TAE pair by its family."""
+    m = re.match(r"(.+?)_(encoder|decoder)\.", name)
+    if cat != "vae_approx" or not m:
+        return None
+    other = f"{m.group(1)}_{'decoder' if m.group(2) == 'encoder' else 'encoder'}."
+    return m.group(1) if any(n.rpartition("/")[2].startswith(other) for n in names) else None
+
+
+def listed_as(rel: str, names: Sequence[str]) -> Optional[Tuple[str, List[str]]]:
+    """How a ComfyUI may list a store name (`loras/style/ink.safetensors`): (category, the names its
+    lists may show it under: the name itself; an embedding without extension; a diffusers folder by
+    the folder of its model_index.json (its other files: none); a vae_approx half also by its pair's
+    family). None for a name outside any category or with an extension ComfyUI does not list.
+    `names`: every name being checked (a vae_approx pair shows only when both halves are there)."""
     folder, _, name = rel.partition("/")
     cat, custom = comfy.category_of(folder)
-    if custom or not name or not comfy.lists_extension(cat, name):
+    if not name or not comfy.lists_extension(cat, name):
         return None
     if cat == "embeddings":
-        return cat, posixpath.splitext(name)[0]
-    if cat == "vae_approx":
-        m = comfy.TAESD.match(name)
-        if not m:
-            return cat, None
-        other = "decoder" if m.group(2) == "encoder" else "encoder"
-        pair = any(comfy.category_of(n.partition("/")[0])[0] == "vae_approx" and
-                   n.partition("/")[2].startswith(f"{m.group(1)}_{other}.") for n in names)
-        return cat, m.group(1) if pair else None
+        return cat, [posixpath.splitext(name)[0]]
     if cat == "diffusers":
-        if posixpath.basename(name) != "model_index.json":
-            return cat, None
-        return cat, posixpath.dirname(name) or "."
-    if cat not in comfy.LOADERS:
-        return None
-    return cat, name
+        return cat, ([posixpath.dirname(name) or "."] if posixpath.basename(name) == "model_index.json" else [])
+    if cat == "vae_approx":
+        family = _pair_family(cat, name, [n.partition("/")[2] for n in names if n.partition("/")[0] == folder])
+        return cat, [name] + ([family] if family else [])
+    return cat, [name]
 
 
-def check_listed(names: Sequence[str], view: ServerView) -> Dict:
+def find_loaders(view: ServerView, shown: Mapping[str, set]) -> Dict[str, List[Tuple[str, str]]]:
+    """category -> the loader inputs of this server that list it: those comfy.LOADERS names (ComfyUI's
+    own, 0.3.75 and 0.33) that it has, and every other input whose choices are file names of the
+    category (`shown`: category -> the names ComfyUI lists for it, as listed_as shows them): at
+    least one, and at least half of its choices that name a file of any category. So 0.33's new
+    loaders, a custom node's, and those of versions to come count without a table of them."""
+    out: Dict[str, List[Tuple[str, str]]] = {}
+    for cat, pairs in comfy.LOADERS.items():
+        for k in pairs:
+            if k in view.choices:
+                out.setdefault(cat, []).append(k)
+    known = {k for pairs in comfy.LOADERS.values() for k in pairs}
+    every = set().union(*shown.values()) if shown else set()
+    for k, choices in view.choices.items():
+        if k in known:
+            continue
+        got = set(choices)
+        files = len(got & every)
+        for cat, names in shown.items():
+            n = len(got & names)
+            if n and 2 * n >= files:
+                out.setdefault(cat, []).append(k)
+    return out
+
+
+def check_listed(names: Sequence[str], view: ServerView, disk: Optional[Mapping[str, Sequence[str]]] = None) -> Dict:
     """Which store names a ComfyUI does not list where its loaders (or /embeddings) show that category.
 
+    disk: category -> every name ComfyUI lists for it on the disk now (the pod's search order), so
+    that a loader is found by its choices even when it lists none of the names checked.
     Returns {"not_listed": [store names], "checked": n, "unchecked": [store names no list of this
-    server shows: custom-node folders, classifiers, categories without a loader here]}.
+    server shows: a category no loader of it lists (classifiers, most custom-node folders), a
+    vae_approx file it shows under no name (a lone half; a family or file its VAELoader does not
+    offer: taef2, taehv before 0.33)], "loaders": {category: ["Node.input", ...]}}.
     """
+    forms: Dict[str, Tuple[str, List[str]]] = {}
+    shown: Dict[str, set] = {}
+    for cat, listed in (disk or {}).items():
+        if comfy.category_of(cat)[0] != cat:
+            continue
+        every = [f"{cat}/{m}" for m in listed]
+        for rel in every:
+            how = listed_as(rel, every)
+            if how is not None:
+                shown.setdefault(cat, set()).update(how[1])
+    for rel in names:
+        how = listed_as(rel, names)
+        if how is not None:
+            forms[rel] = how
+            shown.setdefault(how[0], set()).update(how[1])
+    shown.pop("embeddings", None)
+    loaders = find_loaders(view, shown)
     not_listed: List[str] = []
     unchecked: List[str] = []
     checked = 0
     for rel in sorted(names):
-        how = listed_as(rel, names)
-        if how is None or how[1] is None:
-            if how is None:
-                unchecked.append(rel)
+        how = forms.get(rel)
+        if how is None:
+            unchecked.append(rel)
             continue
-        cat, shown = how
+        cat, shows = how
+        if not shows:
+            continue            # a diffusers folder's other files: shown by the folder's name
         if cat == "embeddings":
             pool = view.embeddings
         else:
-            lists = [view.choices[k] for k in comfy.LOADERS[cat] if k in view.choices]
+            lists = [view.choices[k] for k in loaders.get(cat, ())]
             pool = [n for ls in lists for n in ls] if lists else None
         if pool is None:
             unchecked.append(rel)
             continue
-        checked += 1
-        if shown not in pool:
+        if not any(f in pool for f in shows):
+            name = rel.partition("/")[2]
+            if cat == "vae_approx" and not (comfy.TAESD.match(name) and len(shows) > 1):
+                unchecked.append(rel)   # shown under no name by this ComfyUI (see the docstring)
+                continue
             not_listed.append(rel)
-    return {"not_listed": not_listed, "checked": checked, "unchecked": unchecked}
+        checked += 1
+    return {"not_listed": not_listed, "checked": checked, "unchecked": unchecked,
+            "loaders": {cat: [f"{n}.{i}" for n, i in ks] for cat, ks in sorted(loaders.items())}}
 
 
 def stale_server(names: Sequence[str], view: ServerView, order: Dict[str, List[str]], target: str,
