@@ -417,7 +417,7 @@ def wait_option(f):
                         help="While another run holds the target's lock, wait this long (0: fail at once).")(f)
 
 
-def take_lock(ui: Ui, target: str, purpose: str, wait: float):
+def take_lock(ui: Ui, target: str, purpose: str, wait: float, room: bool = False):
     """The target's lock, waiting for another pod's run (and saying whose) up to `wait` seconds."""
     from migrate.execute import state_dir
     from migrate.lock import TargetLock
@@ -430,7 +430,15 @@ def take_lock(ui: Ui, target: str, purpose: str, wait: float):
         ui.info(f"waiting for the target's lock: {h.get('purpose', 'a run')} of pid {h.get('pid', '?')} on host "
                 f"{h.get('host', '?')} holds it since {h.get('started', '?')} (up to {wait:.0f} s; --wait)")
 
-    lock = TargetLock(state_dir(target), purpose).acquire(wait, on_wait)
+    try:
+        lock = TargetLock(state_dir(target), purpose).acquire(wait, on_wait)
+    except OSError as exc:
+        # A full store: a rollback may use the reserve each run keeps (fsops.keep_reserve) for its lock
+        # and log; `run` and `purge` may not (free space first), so that the rollback always can.
+        if not (room and exc.errno in fsops.FULL_ERRNOS and fsops.release_reserve(state_dir(target))):
+            raise
+        ui.debug("the store is full: released the rollback reserve")
+        lock = TargetLock(state_dir(target), purpose).acquire(wait, on_wait)
     if lock.took_over:
         ui.warn(f"took over a stale lock ({lock.took_over.get('reason')})")
     return lock
@@ -870,6 +878,9 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
             ui.info(str(exc))
         clear_stale_lock(ui, target)
         return
+    except BadLog:      # no run to undo (e.g. one killed writing its first record): still no stale lock left
+        clear_stale_lock(ui, target)
+        raise
     records = load_run(log)
     home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(log))))   # <target>/.comfy-migrate/runs
     if os.path.realpath(records[0]["target"]) != os.path.realpath(home):
@@ -913,7 +924,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
         out(f"rollback of run {records[0]['run']}: {report.rollback_summary(undos, len(kept))}\n"
             "(`--dry-run` lists every step)\n")
     confirm(f"Undo run {records[0]['run']}?", yes)
-    with take_lock(ui, target, "comfy-migrate rollback", wait):
+    with take_lock(ui, target, "comfy-migrate rollback", wait, room=True):
         live = live_runs(target)
         relied = reliance(live, records[0]["run"])
         handed = droppable(kept_records(target), settle(records, target), live)
@@ -1164,7 +1175,8 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt, comfyui_ar
         if res.get("names_checked"):
             out(f"  {res['names_checked']} model names checked: each loads the bytes the run recorded"
                 + (f", but for {len(res['names_changed'])}" if res["names_changed"] else "") + "\n")
-        for kind in ("missing", "changed", "shadowed", "broken_link_backs", "names_changed", "not_listed_by_comfyui"):
+        for kind in ("missing", "changed", "shadowed", "broken_link_backs", "dangling_links", "names_changed",
+                     "not_listed_by_comfyui"):
             for p in res.get(kind, []):
                 out(f"  {kind}: {report.show(p)}\n")
         if res.get("comfyui"):

@@ -214,9 +214,13 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
     links = run_links(records)
     rb_path = rollback_log_of(log_path)
     again = "`comfy-migrate rollback` again finishes the rollback"
+    state = os.path.dirname(os.path.dirname(log_path))      # <target>/.comfy-migrate
+
+    def room() -> bool:     # a full store: the reserve each run keeps there makes room for this log
+        return fsops.release_reserve(state) > 0
     done_before: set = set()
     if read_begun(rb_path) is not None:
-        j, rb_records, _ = Journal.reopen(rb_path, again)
+        j, rb_records, _ = Journal.reopen(rb_path, again, room)
         done_before = {r["undo"] for r in rb_records if r.get("type") == "done"}
         j.append({"type": "resume", "pid": os.getpid(), "host": socket.gethostname()})
         report = RollbackReport(head["run"], rb_path, resumed=True)
@@ -230,7 +234,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                      "log_tail": records[-1]["sum"],
                                      **({"unbegun_log_dropped": dropped} if dropped is not None else {})},
-                           again)
+                           again, room)
         report = RollbackReport(head["run"], rb_path)
 
     def drop_handed() -> None:
@@ -311,6 +315,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
             j.append({"type": "swept", "folders": swept})
         for root in roots:      # scratch folders of a probe killed mid-way (a plan's, not in any log)
             fsops.sweep_probes(root)
+        fsops.sweep_leftovers(state, [head.get("yaml"), head.get("yaml_real")])     # before the folder times
         j.append({"type": "dirtimes", "restored": _restore_dir_times(records)})
         if before_close is not None:
             before_close()
@@ -789,6 +794,8 @@ def run_state(log_path: str) -> str:
     last = records[-1]
     if last.get("type") == "close":
         return "complete" if last.get("state") == "complete" else "complete with problems"
+    if last.get("type") == "stopped":
+        return "stopped: disk full (free space, then run or rollback)"
     return "interrupted"
 
 

@@ -18,8 +18,9 @@ from migrate import comfy, fsops
 from migrate.fleet import store_rel
 from migrate.hashing import hash_path
 from migrate.journal import group_steps
+from migrate.model import STATE_DIR
 from migrate.names import first_holder
-from migrate.steps import OWN_MTIME, PLACES, REMOVES_SOURCE, Op
+from migrate.steps import OWN_MTIME, PLACES, REMOVES_SOURCE, RETURNS_SOURCE, Op
 
 
 Run = Tuple[str, List[dict]]             # (run id, records), as rollback.live_runs gives them
@@ -267,6 +268,7 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
                 src = mounts[rid].here(b["src"])
                 if not os.path.exists(src) and src not in broken:      # gone, or a symlink leading nowhere
                     broken.append(src)
+    dangling = dangling_links(runs, mounts)
     unset = sorted({v for rid, _ in runs for v in resolved(rid)[1]})
     latest = runs[-1][0]
     names_changed, names_checked = check_names(runs, resolved(latest)[0], quick, digests, on_bytes)
@@ -280,16 +282,48 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     res = {"run": latest, "runs": [rid for rid, _ in runs], "per_run": per_run, "quick": quick,
            "checked": sum(per_run.values()), "missing": missing, "changed": changed, "shadowed": shadowed,
            "orphaned": find_orphans(mounts[latest].base, resolved(latest)[0]), "unset_variables": unset,
-           "broken_link_backs": broken, "names_checked": names_checked, "names_changed": names_changed,
+           "broken_link_backs": broken, "dangling_links": dangling,
+           "names_checked": names_checked, "names_changed": names_changed,
            "shadowed_as_before": as_before,
            # Orphans are news, not failures: on a shared store they are mostly other pods' folders.
-           "ok": not (missing or changed or shadowed or unset or broken or names_changed)}
+           "ok": not (missing or changed or shadowed or unset or broken or dangling or names_changed)}
     if quick:
         res["size_only"] = size_only
     moved = next((mounts[rid].moved for rid, _ in reversed(runs) if mounts[rid].moved), None)
     if moved:
         res["moved"] = {"from": moved[0], "to": moved[1]}
     return res
+
+
+def dangling_links(runs: Sequence[Run], mounts: Mapping[str, "Mount"]) -> List[str]:
+    """Symlinks in the runs' source folders that lead nowhere because a run took their file away:
+    each a name ComfyUI no longer loads. The file's removal re-points them (execute.py's relink), so
+    one left dangling means that step was lost (a kill between the two, before issue 20). A symlink
+    that dangled before the run, or leads to a file the runs never touched, is not ours."""
+    removed = set()
+    sources = set()
+    for rid, records in runs:
+        steps = group_steps(records)
+        sources.update(mounts[rid].here(s) for s in records[0].get("sources") or [])
+        for b in steps.begins:
+            if b["op"] in RETURNS_SOURCE and b["step"] in steps.done and isinstance(b.get("src"), str):
+                src = mounts[rid].here(b["src"])
+                removed.add(os.path.join(os.path.realpath(os.path.dirname(src)), os.path.basename(src)))
+    out: List[str] = []
+    for root in sorted(sources):
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not (dirpath == root and d == STATE_DIR))
+            for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+                path = os.path.join(dirpath, name)
+                try:
+                    if not os.path.islink(path) or os.path.exists(path):
+                        continue
+                    to = os.path.normpath(os.path.join(os.path.realpath(dirpath), os.readlink(path)))
+                except OSError:
+                    continue
+                if to in removed:
+                    out.append(path)
+    return out
 
 
 def _name_of(path: str, target: str) -> Tuple[str, str]:
