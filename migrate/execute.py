@@ -378,7 +378,9 @@ class _Runner:
         self.relinked.add(src)
         try:
             st = os.lstat(src)
-            if not stat.S_ISLNK(st.st_mode) or os.path.exists(src) or not os.path.isfile(dst):
+            folder = os.path.isdir(dst)     # a symlinked folder whose model files all moved there
+            if not stat.S_ISLNK(st.st_mode) or (os.path.exists(src) and not folder) or not (
+                    folder or os.path.isfile(dst)):
                 return      # changed since the plan, or its file did not move (a step failed): it still works
             old = os.readlink(src)
             home = os.path.join(os.path.realpath(os.path.dirname(dst)), os.path.basename(dst))

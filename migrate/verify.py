@@ -98,10 +98,15 @@ def pod_runs(runs: Sequence[Run], target: str, yaml_path: Optional[str], host: s
     def mapped(rec: List[dict], p: str) -> str:
         return mount_of(rec[0], target).here(p)
 
+    def install(p: str) -> str:
+        # The YAML's folder resolved (a ComfyUI folder reached through a symlink is one pod), not the
+        # file: two installs whose YAMLs are symlinks to one file are two pods (issue 23).
+        return os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
+
     if yaml_path:
-        want = os.path.realpath(yaml_path)
+        want = install(yaml_path)
         mine = [(rid, rec) for rid, rec in runs if isinstance(rec[0].get("yaml"), str)
-                and os.path.realpath(mapped(rec, rec[0]["yaml"])) == want]
+                and install(mapped(rec, rec[0]["yaml"])) == want]
         if mine:
             return mine, f"the runs that wrote {yaml_path}"
     mine = [(rid, rec) for rid, rec in runs if by_sources and rec[0].get("sources")
