@@ -370,3 +370,12 @@ def test_the_probe_finds_the_rules_of_exfat(exfat):
     assert not fs.case_sensitive and set(storerules.WINDOWS_CHARS) <= set(fs.forbidden) and "\x01" in fs.forbidden
     assert (fs.name_unit, fs.name_max, fs.block) == (UTF16, 255, 1 << 20)
     assert os.listdir(volume) == []
+
+
+def test_rules_known_by_type_are_the_cautious_ones():
+    for fstype in ("exfat", "vfat", "ntfs3"):
+        rules = storerules.known_rules(fstype)
+        fs = UNPROBED._replace(fstype=fstype, **rules)
+        assert not fs.case_sensitive and refusal("a?b.pt", fs) and refusal("b.", fs)
+        assert refusal("字" * 200 + ".pt", fs) is None
+    assert storerules.known_rules("ext4") == {} and storerules.known_rules("fuseblk") == {}
