@@ -174,9 +174,10 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
     home, roots, launch = shell.resolve_pod(comfyui, sources, None if again else ui, source_is_models, comfyui_args)
     if home is not None and not sources:
         from migrate.comfy import models_of_another_install
-        owner = models_of_another_install(home)
+        models = launch.models if launch is not None else os.path.join(home, "models")
+        owner = models_of_another_install(home, models)
         if owner is not None:
-            raise BadInput(f"{os.path.join(home, 'models')} is a symlink to {os.path.realpath(os.path.join(home, 'models'))}, "
+            raise BadInput(f"{models} is a symlink to {os.path.realpath(models)}, "
                            f"the models folder of another ComfyUI install ({owner}): migrating it would empty that "
                            "install's models folder under it", f"migrate that install itself (--comfyui {owner}), "
                            "and give this one its YAML: `comfy-migrate plan` for it then has nothing to move")
@@ -224,7 +225,9 @@ def check_yaml_is_read(home, yaml_path: str, launch=None) -> None:
                        "and the moved models would be lost to ComfyUI",
                        "pass --comfyui DIR (the folder of main.py) instead of --yaml, or --yaml DIR/extra_model_paths.yaml")
     raise BadInput(f"--yaml {yaml_path}: the ComfyUI in {home} reads {read}, not this file: written there, the "
-                   "moved models would be lost to ComfyUI", f"leave out --yaml (it defaults to {read})")
+                   "moved models would be lost to ComfyUI", f"leave out --yaml (it defaults to {read}); if ComfyUI is "
+                   f"started with --extra-model-paths-config {yaml_path}, pass --comfyui-args "
+                   f"{shlex.quote('--extra-model-paths-config ' + yaml_path)}")
 
 
 def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> None:
@@ -820,7 +823,12 @@ def newer_pod_runs(records, live, target: str):
     mine, _ = pod_runs(live, target, head["yaml"], "")
     if not any(rid == head["run"] for rid, _ in mine):
         return []
-    return [rid for rid, _ in mine if rid > head["run"]]
+    # Another install whose YAML is a symlink to the same file (another pod) resolves through this
+    # section as well: its newer runs count too.
+    real = os.path.realpath(head["yaml"])
+    shared = [rid for rid, rec in live if isinstance(rec[0].get("yaml"), str)
+              and os.path.realpath(rec[0]["yaml"]) == real]
+    return sorted({rid for rid, _ in mine if rid > head["run"]} | {rid for rid in shared if rid > head["run"]})
 
 
 def format_option(f):

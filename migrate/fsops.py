@@ -14,7 +14,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import xxhash
 
-from migrate.hashing import Key, aligned_buffer, open_regular, stat_key
+from migrate.hashing import Key, aligned_buffer, matches, open_regular
 from migrate.model import PROBE_PREFIX, FsFacts, Probe
 
 COPY_CHUNK = 256 << 10     # 256 KiB writes stay on the page cache's fast path here
@@ -442,7 +442,7 @@ def copy_and_hash(src: str, expect: Key, tmp: str, on_bytes: Optional[Callable[[
             on_created(os.fstat(dfd))
         h = xxhash.xxh3_128()
         _copy_plain(sfd, dfd, h, on_bytes, src, tmp, chunk)
-        if stat_key(os.fstat(sfd)) != expect:
+        if not matches(os.fstat(sfd), expect):
             raise OSError(errno.ESTALE, "changed while it was copied", src)
         st = os.fstat(sfd)
         try:

@@ -82,21 +82,9 @@ def check_log(records: Sequence[dict], path: str) -> None:
                          "the log was edited; restore the original")
 
 
-def precisions(head: dict) -> Callable[[str], identity.Precision]:
-    """path -> the precision of its filesystem, as the run's header recorded it per root (its probe);
-    a log of an earlier version has none: exact."""
-    fs = head.get("fs") if isinstance(head.get("fs"), dict) else {}
-    roots = sorted((r for r in fs if isinstance(r, str)), key=len, reverse=True)
-
-    def of(path: str) -> identity.Precision:
-        root = next((r for r in roots if isinstance(path, str) and path.startswith(r.rstrip("/") + "/")), None)
-        return identity.precision_of(fs.get(root)) if root else identity.EXACT
-    return of
-
-
 def plan_rollback(records: Sequence[dict]) -> List[Undo]:
     steps = group_steps(list(records))
-    prec = precisions(records[0]) if records else (lambda p: identity.EXACT)
+    prec = identity.precisions(records[0]) if records else (lambda p: identity.EXACT)
     undos = []
     for b in reversed(steps.begins):
         rec = dict(b)
@@ -528,8 +516,7 @@ def _made_here(rec: dict, path: str) -> bool:
             return os.path.islink(path) and os.readlink(path) == rec.get("to")
         except OSError:
             return False
-    ino = rec.get("ino") if op.keeps_source_ino else rec.get("stored_ino") if op is Op.DEDUPE else (
-        rec.get("dst_ino") or rec.get("tmp_ino"))
+    ino = op.placed_ino(rec)
     cur = _ino(path)
     if cur is not None and "_p_dst" in rec and not rec["_p_dst"].stable_inode and op is not Op.DEDUPE:
         return rec.get("digest") is not None and _is_logged_file(path, rec, "dst", None)
