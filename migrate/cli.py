@@ -1254,7 +1254,8 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
 @price_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")
-def workflows_cmd(comfyui, price_per_gb_month, fmt) -> None:
+@launch_option
+def workflows_cmd(comfyui, price_per_gb_month, fmt, comfyui_args) -> None:
     """Which models the pod's saved workflows load, which they need and the pod lacks, and which no
     workflow uses (with their monthly cost on a network volume). Reads only; never changes a workflow.
 
@@ -1264,11 +1265,12 @@ def workflows_cmd(comfyui, price_per_gb_month, fmt) -> None:
     """
     from migrate.facts import find_comfyui
     home = find_comfyui(comfyui)
-    doc = workflow_report(home, os.path.join(home, "extra_model_paths.yaml"), price_per_gb_month)
+    launch = shell.resolve_launch(home, comfyui_args)
+    doc = workflow_report(home, os.path.join(home, "extra_model_paths.yaml"), price_per_gb_month, launch=launch)
     if fmt == "json":
         out(report.dumps(doc))
     else:
-        out("\n".join(report.workflow_lines(doc, os.path.join(home, "user"))) + "\n")
+        out("\n".join(report.workflow_lines(doc, launch.user)) + "\n")
 
 
 # --- audit ---------------------------------------------------------------------------------------
@@ -1280,8 +1282,9 @@ def workflows_cmd(comfyui, price_per_gb_month, fmt) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")
 @click.option("--no-cache", is_flag=True, help="Read every model file's ends again, ignoring cached verdicts.")
+@launch_option
 @click.pass_obj
-def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache) -> None:
+def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
     """Check model files without changing anything: truncated or damaged safetensors, git-LFS
     pointers and HTML pages saved as models, empty files, unfinished downloads, names another file
     shadows, extensions ComfyUI does not list, dangling symlinks.
@@ -1305,7 +1308,8 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache) -> None:
             if comfyui:
                 raise
     shell.adopt_comfyui(home, ui)
-    roots = [check_dir(os.path.join(home, "models"), "models folder")] if home else []
+    launch = shell.resolve_launch(home, comfyui_args, ui)
+    roots = [check_dir(launch.models, "models folder")] if launch else []
     if target or os.path.isdir(DEFAULT_TARGET):
         roots.append(check_dir(resolve_target(target), "target"))
     if not roots:
@@ -1315,6 +1319,9 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache) -> None:
         yaml_path = os.path.join(home, "extra_model_paths.yaml")
         text = read_yaml(yaml_path)
         order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
+        if launch is not None:
+            from migrate.launch import search_order
+            order = search_order(launch, {p: read_yaml(p) for p in launch.yamls}, models_real=False)
     res = audit_trees(roots, order, open_verdicts(no_cache), open_cache(no_cache))
     ui.debug(f"{res.files} entries, {res.read} files read, the rest from the cache")
     if fmt == "json":
