@@ -174,9 +174,10 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
     home, roots, launch = shell.resolve_pod(comfyui, sources, None if again else ui, source_is_models, comfyui_args)
     if home is not None and not sources:
         from migrate.comfy import models_of_another_install
-        owner = models_of_another_install(home)
+        models = launch.models if launch is not None else os.path.join(home, "models")
+        owner = models_of_another_install(home, models)
         if owner is not None:
-            raise BadInput(f"{os.path.join(home, 'models')} is a symlink to {os.path.realpath(os.path.join(home, 'models'))}, "
+            raise BadInput(f"{models} is a symlink to {os.path.realpath(models)}, "
                            f"the models folder of another ComfyUI install ({owner}): migrating it would empty that "
                            "install's models folder under it", f"migrate that install itself (--comfyui {owner}), "
                            "and give this one its YAML: `comfy-migrate plan` for it then has nothing to move")
@@ -224,7 +225,9 @@ def check_yaml_is_read(home, yaml_path: str, launch=None) -> None:
                        "and the moved models would be lost to ComfyUI",
                        "pass --comfyui DIR (the folder of main.py) instead of --yaml, or --yaml DIR/extra_model_paths.yaml")
     raise BadInput(f"--yaml {yaml_path}: the ComfyUI in {home} reads {read}, not this file: written there, the "
-                   "moved models would be lost to ComfyUI", f"leave out --yaml (it defaults to {read})")
+                   "moved models would be lost to ComfyUI", f"leave out --yaml (it defaults to {read}); if ComfyUI is "
+                   f"started with --extra-model-paths-config {yaml_path}, pass --comfyui-args "
+                   f"{shlex.quote('--extra-model-paths-config ' + yaml_path)}")
 
 
 def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> None:
@@ -414,7 +417,7 @@ def wait_option(f):
                         help="While another run holds the target's lock, wait this long (0: fail at once).")(f)
 
 
-def take_lock(ui: Ui, target: str, purpose: str, wait: float):
+def take_lock(ui: Ui, target: str, purpose: str, wait: float, room: bool = False):
     """The target's lock, waiting for another pod's run (and saying whose) up to `wait` seconds."""
     from migrate.execute import state_dir
     from migrate.lock import TargetLock
@@ -427,7 +430,15 @@ def take_lock(ui: Ui, target: str, purpose: str, wait: float):
         ui.info(f"waiting for the target's lock: {h.get('purpose', 'a run')} of pid {h.get('pid', '?')} on host "
                 f"{h.get('host', '?')} holds it since {h.get('started', '?')} (up to {wait:.0f} s; --wait)")
 
-    lock = TargetLock(state_dir(target), purpose).acquire(wait, on_wait)
+    try:
+        lock = TargetLock(state_dir(target), purpose).acquire(wait, on_wait)
+    except OSError as exc:
+        # A full store: a rollback may use the reserve each run keeps (fsops.keep_reserve) for its lock
+        # and log; `run` and `purge` may not (free space first), so that the rollback always can.
+        if not (room and exc.errno in fsops.FULL_ERRNOS and fsops.release_reserve(state_dir(target))):
+            raise
+        ui.debug("the store is full: released the rollback reserve")
+        lock = TargetLock(state_dir(target), purpose).acquire(wait, on_wait)
     if lock.took_over:
         ui.warn(f"took over a stale lock ({lock.took_over.get('reason')})")
     return lock
@@ -812,7 +823,12 @@ def newer_pod_runs(records, live, target: str):
     mine, _ = pod_runs(live, target, head["yaml"], "")
     if not any(rid == head["run"] for rid, _ in mine):
         return []
-    return [rid for rid, _ in mine if rid > head["run"]]
+    # Another install whose YAML is a symlink to the same file (another pod) resolves through this
+    # section as well: its newer runs count too.
+    real = os.path.realpath(head["yaml"])
+    shared = [rid for rid, rec in live if isinstance(rec[0].get("yaml"), str)
+              and os.path.realpath(rec[0]["yaml"]) == real]
+    return sorted({rid for rid, _ in mine if rid > head["run"]} | {rid for rid in shared if rid > head["run"]})
 
 
 def format_option(f):
@@ -862,6 +878,9 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
             ui.info(str(exc))
         clear_stale_lock(ui, target)
         return
+    except BadLog:      # no run to undo (e.g. one killed writing its first record): still no stale lock left
+        clear_stale_lock(ui, target)
+        raise
     records = load_run(log)
     home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(log))))   # <target>/.comfy-migrate/runs
     if os.path.realpath(records[0]["target"]) != os.path.realpath(home):
@@ -905,7 +924,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
         out(f"rollback of run {records[0]['run']}: {report.rollback_summary(undos, len(kept))}\n"
             "(`--dry-run` lists every step)\n")
     confirm(f"Undo run {records[0]['run']}?", yes)
-    with take_lock(ui, target, "comfy-migrate rollback", wait):
+    with take_lock(ui, target, "comfy-migrate rollback", wait, room=True):
         live = live_runs(target)
         relied = reliance(live, records[0]["run"])
         handed = droppable(kept_records(target), settle(records, target), live)
@@ -1156,7 +1175,8 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt, comfyui_ar
         if res.get("names_checked"):
             out(f"  {res['names_checked']} model names checked: each loads the bytes the run recorded"
                 + (f", but for {len(res['names_changed'])}" if res["names_changed"] else "") + "\n")
-        for kind in ("missing", "changed", "shadowed", "broken_link_backs", "names_changed", "not_listed_by_comfyui"):
+        for kind in ("missing", "changed", "shadowed", "broken_link_backs", "dangling_links", "names_changed",
+                     "not_listed_by_comfyui"):
             for p in res.get(kind, []):
                 out(f"  {kind}: {report.show(p)}\n")
         if res.get("comfyui"):

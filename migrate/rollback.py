@@ -82,21 +82,9 @@ def check_log(records: Sequence[dict], path: str) -> None:
                          "the log was edited; restore the original")
 
 
-def precisions(head: dict) -> Callable[[str], identity.Precision]:
-    """path -> the precision of its filesystem, as the run's header recorded it per root (its probe);
-    a log of an earlier version has none: exact."""
-    fs = head.get("fs") if isinstance(head.get("fs"), dict) else {}
-    roots = sorted((r for r in fs if isinstance(r, str)), key=len, reverse=True)
-
-    def of(path: str) -> identity.Precision:
-        root = next((r for r in roots if isinstance(path, str) and path.startswith(r.rstrip("/") + "/")), None)
-        return identity.precision_of(fs.get(root)) if root else identity.EXACT
-    return of
-
-
 def plan_rollback(records: Sequence[dict]) -> List[Undo]:
     steps = group_steps(list(records))
-    prec = precisions(records[0]) if records else (lambda p: identity.EXACT)
+    prec = identity.precisions(records[0]) if records else (lambda p: identity.EXACT)
     undos = []
     for b in reversed(steps.begins):
         rec = dict(b)
@@ -214,9 +202,13 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
     links = run_links(records)
     rb_path = rollback_log_of(log_path)
     again = "`comfy-migrate rollback` again finishes the rollback"
+    state = os.path.dirname(os.path.dirname(log_path))      # <target>/.comfy-migrate
+
+    def room() -> bool:     # a full store: the reserve each run keeps there makes room for this log
+        return fsops.release_reserve(state) > 0
     done_before: set = set()
     if read_begun(rb_path) is not None:
-        j, rb_records, _ = Journal.reopen(rb_path, again)
+        j, rb_records, _ = Journal.reopen(rb_path, again, room)
         done_before = {r["undo"] for r in rb_records if r.get("type") == "done"}
         j.append({"type": "resume", "pid": os.getpid(), "host": socket.gethostname()})
         report = RollbackReport(head["run"], rb_path, resumed=True)
@@ -230,7 +222,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                      "log_tail": records[-1]["sum"],
                                      **({"unbegun_log_dropped": dropped} if dropped is not None else {})},
-                           again)
+                           again, room)
         report = RollbackReport(head["run"], rb_path)
 
     def drop_handed() -> None:
@@ -311,6 +303,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
             j.append({"type": "swept", "folders": swept})
         for root in roots:      # scratch folders of a probe killed mid-way (a plan's, not in any log)
             fsops.sweep_probes(root)
+        fsops.sweep_leftovers(state, [head.get("yaml"), head.get("yaml_real")])     # before the folder times
         j.append({"type": "dirtimes", "restored": _restore_dir_times(records)})
         if before_close is not None:
             before_close()
@@ -523,8 +516,7 @@ def _made_here(rec: dict, path: str) -> bool:
             return os.path.islink(path) and os.readlink(path) == rec.get("to")
         except OSError:
             return False
-    ino = rec.get("ino") if op.keeps_source_ino else rec.get("stored_ino") if op is Op.DEDUPE else (
-        rec.get("dst_ino") or rec.get("tmp_ino"))
+    ino = op.placed_ino(rec)
     cur = _ino(path)
     if cur is not None and "_p_dst" in rec and not rec["_p_dst"].stable_inode and op is not Op.DEDUPE:
         return rec.get("digest") is not None and _is_logged_file(path, rec, "dst", None)
@@ -789,6 +781,8 @@ def run_state(log_path: str) -> str:
     last = records[-1]
     if last.get("type") == "close":
         return "complete" if last.get("state") == "complete" else "complete with problems"
+    if last.get("type") == "stopped":
+        return "stopped: disk full (free space, then run or rollback)"
     return "interrupted"
 
 

@@ -270,7 +270,8 @@ def fail(exc: BaseException) -> NoReturn:
         # Unexpected at this level (per-file errors are reported as data).
         from migrate.fsops import describe
         code = ExitCode.NO_SPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.PROBLEMS
-        err(f"comfy-migrate: error: {describe(exc)} (nothing was lost: `comfy-migrate run` "
-            "continues, `comfy-migrate rollback` undoes)")
+        err(f"comfy-migrate: error: {describe(exc)} (nothing was lost: "
+            + ("free space, then " if code == ExitCode.NO_SPACE else "")
+            + "`comfy-migrate run` (continues this run) or `comfy-migrate rollback` (undoes it))")
         sys.exit(code)
     raise exc

@@ -14,12 +14,13 @@ import stat
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from migrate import comfy, fsops
+from migrate import comfy, fsops, identity
 from migrate.fleet import store_rel
 from migrate.hashing import hash_path
 from migrate.journal import group_steps
+from migrate.model import STATE_DIR
 from migrate.names import first_holder
-from migrate.steps import OWN_MTIME, PLACES, REMOVES_SOURCE, Op
+from migrate.steps import OWN_MTIME, PLACES, REMOVES_SOURCE, RETURNS_SOURCE, Op
 
 
 Run = Tuple[str, List[dict]]             # (run id, records), as rollback.live_runs gives them
@@ -97,10 +98,15 @@ def pod_runs(runs: Sequence[Run], target: str, yaml_path: Optional[str], host: s
     def mapped(rec: List[dict], p: str) -> str:
         return mount_of(rec[0], target).here(p)
 
+    def install(p: str) -> str:
+        # The YAML's folder resolved (a ComfyUI folder reached through a symlink is one pod), not the
+        # file: two installs whose YAMLs are symlinks to one file are two pods (issue 23).
+        return os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
+
     if yaml_path:
-        want = os.path.realpath(yaml_path)
+        want = install(yaml_path)
         mine = [(rid, rec) for rid, rec in runs if isinstance(rec[0].get("yaml"), str)
-                and os.path.realpath(mapped(rec, rec[0]["yaml"])) == want]
+                and install(mapped(rec, rec[0]["yaml"])) == want]
         if mine:
             return mine, f"the runs that wrote {yaml_path}"
     mine = [(rid, rec) for rid, rec in runs if by_sources and rec[0].get("sources")
@@ -226,12 +232,14 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     size_only: List[str] = []
     real_target = os.path.realpath(target)
     digests: Dict[str, str] = {}        # real path -> digest read here (each file read once)
+    logged = {rid: (rec[0].get("target") or "", identity.precisions(rec[0])) for rid, rec in runs}
     for rel, c in sorted(claims(runs, kept).items()):
         path = os.path.join(mounts[c.run].base, rel)
         per_run[c.run] += 1
         try:
             if quick:
-                state = _compare_stat(path, c, real_target, catalogue or {})
+                root, prec = logged[c.run]
+                state = _compare_stat(path, c, real_target, catalogue or {}, prec(posixpath.join(root, rel)))
                 if state == "size only":
                     size_only.append(path)
             else:
@@ -262,6 +270,7 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
                 src = mounts[rid].here(b["src"])
                 if not os.path.exists(src) and src not in broken:      # gone, or a symlink leading nowhere
                     broken.append(src)
+    dangling = dangling_links(runs, mounts)
     unset = sorted({v for rid, _ in runs for v in resolved(rid)[1]})
     latest = runs[-1][0]
     names_changed, names_checked = check_names(runs, resolved(latest)[0], quick, digests, on_bytes)
@@ -275,16 +284,48 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     res = {"run": latest, "runs": [rid for rid, _ in runs], "per_run": per_run, "quick": quick,
            "checked": sum(per_run.values()), "missing": missing, "changed": changed, "shadowed": shadowed,
            "orphaned": find_orphans(mounts[latest].base, resolved(latest)[0]), "unset_variables": unset,
-           "broken_link_backs": broken, "names_checked": names_checked, "names_changed": names_changed,
+           "broken_link_backs": broken, "dangling_links": dangling,
+           "names_checked": names_checked, "names_changed": names_changed,
            "shadowed_as_before": as_before,
            # Orphans are news, not failures: on a shared store they are mostly other pods' folders.
-           "ok": not (missing or changed or shadowed or unset or broken or names_changed)}
+           "ok": not (missing or changed or shadowed or unset or broken or dangling or names_changed)}
     if quick:
         res["size_only"] = size_only
     moved = next((mounts[rid].moved for rid, _ in reversed(runs) if mounts[rid].moved), None)
     if moved:
         res["moved"] = {"from": moved[0], "to": moved[1]}
     return res
+
+
+def dangling_links(runs: Sequence[Run], mounts: Mapping[str, "Mount"]) -> List[str]:
+    """Symlinks in the runs' source folders that lead nowhere because a run took their file away:
+    each a name ComfyUI no longer loads. The file's removal re-points them (execute.py's relink), so
+    one left dangling means that step was lost (a kill between the two, before issue 20). A symlink
+    that dangled before the run, or leads to a file the runs never touched, is not ours."""
+    removed = set()
+    sources = set()
+    for rid, records in runs:
+        steps = group_steps(records)
+        sources.update(mounts[rid].here(s) for s in records[0].get("sources") or [])
+        for b in steps.begins:
+            if b["op"] in RETURNS_SOURCE and b["step"] in steps.done and isinstance(b.get("src"), str):
+                src = mounts[rid].here(b["src"])
+                removed.add(os.path.join(os.path.realpath(os.path.dirname(src)), os.path.basename(src)))
+    out: List[str] = []
+    for root in sorted(sources):
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not (dirpath == root and d == STATE_DIR))
+            for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+                path = os.path.join(dirpath, name)
+                try:
+                    if not os.path.islink(path) or os.path.exists(path):
+                        continue
+                    to = os.path.normpath(os.path.join(os.path.realpath(dirpath), os.readlink(path)))
+                except OSError:
+                    continue
+                if to in removed:
+                    out.append(path)
+    return out
 
 
 def _name_of(path: str, target: str) -> Tuple[str, str]:
@@ -333,8 +374,11 @@ def check_names(runs: Sequence[Run], order: Dict[str, List[str]], quick: bool, d
     return bad, len(want)
 
 
-def _compare_stat(path: str, c: Claim, real_target: str, catalogue: Mapping) -> str:
-    """'same', 'changed' or 'size only' (no mtime known to compare) for a stored file, by stat alone."""
+def _compare_stat(path: str, c: Claim, real_target: str, catalogue: Mapping,
+                  p: identity.Precision = identity.EXACT) -> str:
+    """'same', 'changed' or 'size only' (no mtime known to compare) for a stored file, by stat alone,
+    at the precision the run's probe measured for the store's filesystem (`p`): a copy on MooseFS
+    reads back its mtime in whole seconds, not the nanoseconds the run may have seen at its publish."""
     st = os.stat(path)      # followed, as ComfyUI opens it
     if not stat.S_ISREG(st.st_mode):
         raise FileNotFoundError(path)
@@ -347,7 +391,8 @@ def _compare_stat(path: str, c: Claim, real_target: str, catalogue: Mapping) -> 
             want = entry.mtime_ns
     if want is None:
         return "size only"
-    return "same" if st.st_mtime_ns == want else "changed"
+    return "changed" if identity.changes(st, identity.Observed(None, None, c.size, want), p, identity.Dev.IGNORE) \
+        else "same"
 
 
 def loaded_path(order: Dict[str, List[str]], category: str, name: str) -> Optional[str]:

@@ -60,7 +60,8 @@ def model_bytes(rel: str, seed: str) -> bytes:
 
 
 KILL_SET = ("loras/style.safetensors", "loras/copy_of_style.safetensors", "loras/second_name.safetensors",
-            "insightface/glint.onnx", "extra_model_paths.yaml")
+            "insightface/glint.onnx", "extra_model_paths.yaml", "checkpoints/alias_of_style.safetensors")
+LINKS = {"checkpoints/alias_of_style.safetensors": "../loras/copy_of_style.safetensors"}   # in-tree symlinks
 
 
 def make_pod(comfy: str, only: Optional[Callable[[str], bool]] = None) -> None:
@@ -82,6 +83,13 @@ def make_pod(comfy: str, only: Optional[Callable[[str], bool]] = None) -> None:
             os.link(os.path.join(models, "loras/style.safetensors"), os.path.join(models, "loras/second_name.safetensors"))
         except PermissionError:     # a pod on exFAT has no hardlinks: a plain duplicate there
             shutil.copy2(os.path.join(models, "loras/style.safetensors"), os.path.join(models, "loras/second_name.safetensors"))
+    for rel, to in LINKS.items():      # a name that is a symlink to another model: its file moves, it follows
+        if only is None or only(rel):
+            os.makedirs(os.path.join(models, os.path.dirname(rel)), exist_ok=True)
+            try:
+                os.symlink(to, os.path.join(models, rel))
+            except OSError:     # a pod on exFAT has no symlinks
+                pass
     if only is None or only("extra_model_paths.yaml"):
         y = os.path.join(comfy, "extra_model_paths.yaml")
         with open(y, "w") as f:
@@ -177,6 +185,25 @@ class Runner:
         return p.returncode, p.stdout + p.stderr
 
 
+def link_bytes(sc: Scenario) -> Dict[str, bytes]:
+    """What each in-tree symlink of the pod loads (followed): the bytes, for those that lead to a file."""
+    out = {}
+    for rel in LINKS:
+        p = os.path.join(sc.comfy, "models", rel)
+        if os.path.islink(p) and os.path.isfile(p):
+            with open(p, "rb") as f:
+                out[rel] = f.read()
+    return out
+
+
+def check_links(sc: Scenario, want: Dict[str, bytes], what: str) -> List[str]:
+    """Every in-tree symlink that loaded a model before still loads its bytes (issue 20: a kill
+    between a source's removal and the link's re-pointing left it dangling)."""
+    got = link_bytes(sc)
+    return [f"{what}: symlink {rel} " + ("dangles" if rel not in got else "loads other bytes")
+            for rel, data in want.items() if got.get(rel) != data]
+
+
 def check_back(sc: Scenario, before: Dict[str, tuple], what: str) -> List[str]:
     errs = [f"{what}: pod differs: {d}" for d in diff(before, snapshot(sc.pod_parent))[:5]]
     errs += [f"{what}: left in the store: {p}" for p in store_leftovers(sc.store)[:5]]
@@ -186,6 +213,7 @@ def check_back(sc: Scenario, before: Dict[str, tuple], what: str) -> List[str]:
 def round_trip(r: Runner, sc: Scenario) -> Tuple[List[str], str]:
     sc.reset()
     before = snapshot(sc.pod_parent)
+    links = link_bytes(sc)
     errs: List[str] = []
     rc, out = r.cli(sc, "plan", "--format", "json")
     doc = json.loads(out[out.index("{"):]) if rc == 0 and "{" in out else {}
@@ -194,6 +222,7 @@ def round_trip(r: Runner, sc: Scenario) -> Tuple[List[str], str]:
     rc, out = r.cli(sc, "run", "--yes")
     if rc != 0:
         errs.append(f"run exit {rc}: {out[-400:]}")
+    errs += check_links(sc, links, "round trip, after the run")
     rc, out = r.cli(sc, "verify")
     if rc != 0:
         errs.append(f"verify exit {rc}: {out[-400:]}")
@@ -223,6 +252,7 @@ def kill_sweep(r: Runner, sc: Scenario, stride: int) -> Tuple[List[str], int]:
         while True:
             sc.reset(small=True)
             before = snapshot(sc.pod_parent)
+            links = link_bytes(sc)
             if phase == "run":
                 rc, out = r.cli(sc, "run", "--yes", crash=n)
             else:
@@ -240,6 +270,7 @@ def kill_sweep(r: Runner, sc: Scenario, stride: int) -> Tuple[List[str], int]:
                 rc, out = r.cli(sc, "run", "--yes")     # continue, verify, then undo
                 if rc != 0:
                     errs.append(f"run killed at {n}, continued: exit {rc}: {out[-300:]}")
+                errs += check_links(sc, links, f"run killed at {n}, continued")
                 rc, out = r.cli(sc, "verify")
                 if rc != 0:
                     errs.append(f"run killed at {n}, continued, verify: exit {rc}: {out[-300:]}")

@@ -353,3 +353,20 @@ def test_a_112_character_cjk_name_moves_within_an_exfat_volume(tmp_path, cli_env
     run_cli(["verify", *args], cli_env)
     run_cli(["rollback", "--target", str(target), "--yes"], cli_env)
     assert pod_state(volume / "pod") == before
+
+
+def test_the_probe_finds_the_rules_of_a_posix_filesystem(tmp_path):
+    from migrate.fsops import probe_fs
+    fs = probe_fs(str(tmp_path))
+    assert (fs.forbidden, fs.trailing, fs.name_unit) == ("", "", "bytes")
+    assert fs.name_max == os.statvfs(tmp_path).f_namemax and fs.block >= os.statvfs(tmp_path).f_frsize
+    assert os.listdir(tmp_path) == []          # its scratch names are gone
+
+
+def test_the_probe_finds_the_rules_of_exfat(exfat):
+    from migrate.fsops import probe_fs
+    volume = exfat(16)
+    fs = probe_fs(str(volume))
+    assert not fs.case_sensitive and set(storerules.WINDOWS_CHARS) <= set(fs.forbidden) and "\x01" in fs.forbidden
+    assert (fs.name_unit, fs.name_max, fs.block) == (UTF16, 255, 1 << 20)
+    assert os.listdir(volume) == []
