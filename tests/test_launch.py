@@ -202,7 +202,9 @@ def test_the_variable_gives_the_options(tmp_path, cli_env):
     assert doc["comfyui"]["from"] == "$COMFY_MIGRATE_COMFYUI_ARGS"
     assert doc["sources"] == [str(pod.data / "models")]
     table = run_cli(["plan", *pod.args()], env).stdout
-    assert f"ComfyUI: {pod.comfyui} started with --base-directory {pod.data} ($COMFY_MIGRATE_COMFYUI_ARGS)" in table
+    line = f"ComfyUI: {pod.comfyui} started with --base-directory {pod.data} ($COMFY_MIGRATE_COMFYUI_ARGS)"
+    assert line in table
+    assert line in run_cli(["run", *pod.args("--yes")], env).stdout.splitlines()
 
 
 @pytest.mark.parametrize("args, code, words", [
