@@ -85,7 +85,7 @@ def source_options(f):
                      envvar="COMFY_MIGRATE_SOURCE",
                      help="A models tree to migrate (repeatable). Default: <comfyui>/models.")(f)
     f = click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty,
-                     help="The ComfyUI folder. Default: $COMFYUI_DIR, /workspace/runpod-slim/ComfyUI, "
+                     help="The ComfyUI folder (the folder of its main.py). Default: $COMFYUI_DIR, /workspace/runpod-slim/ComfyUI, "
                           "/workspace/ComfyUI.")(f)
     return f
 
@@ -1095,7 +1095,7 @@ def trash_of(path: str) -> str:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="[RUN]", required=False)
-@click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty, help="The ComfyUI folder.")
+@click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty, help="The ComfyUI folder (the folder of its main.py).")
 @target_option
 @click.option("--comfyui-url", metavar="URL",
               help="Also ask a running ComfyUI (URL/object_info) whether its loaders list each name.")
