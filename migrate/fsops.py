@@ -168,8 +168,8 @@ def probe_fs(folder: str) -> FsFacts:
         os.mkdir(scratch, 0o700)
     except OSError as exc:
         _restore_dir_times(where, before)
-        return FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
-                       f"cannot create a scratch folder: {_errname(exc)}")
+        return by_type(FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
+                               f"cannot create a scratch folder: {_errname(exc)}"))
     try:
         a, b, c = (os.path.join(scratch, n) for n in ("a", "b", "c"))
         fd = os.open(a, TMP_FLAGS, 0o600)
@@ -225,11 +225,22 @@ def probe_fs(folder: str) -> FsFacts:
                        "refused: " + ", ".join(refused) if refused else "", forbidden, trailing, unit,
                        name_max, block)
     except OSError as exc:
-        return FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
-                       f"probe failed: {_errname(exc)} ({exc.strerror})")
+        return by_type(FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
+                               f"probe failed: {_errname(exc)} ({exc.strerror})"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         _restore_dir_times(where, before)
+
+
+def by_type(fs: FsFacts) -> FsFacts:
+    """A probe that could not try names: the name rules known for its filesystem type (kernel
+    exFAT, vfat, NTFS: storerules.KNOWN), the most cautious reading, and its block size."""
+    from migrate.storerules import known_rules
+    try:
+        block = os.statvfs(fs.path).f_frsize
+    except OSError:
+        block = 0
+    return fs._replace(block=block, **known_rules(fs.fstype))
 
 
 def _accepts(folder: str, name: str) -> bool:

@@ -40,6 +40,21 @@ def stay_kind(a: Action) -> str:
     return "conflict"
 
 
+# Name rules by filesystem type, for a probe that could not try them (its scratch folder refused):
+# the cautious reading (a case-insensitive lookup, Windows characters refused, 255 UTF-16 units).
+# FUSE mounts of exFAT and NTFS show as `fuseblk` and get nothing from this table.
+_WINDOWS = {"case_sensitive": False, "name_unit": UTF16, "name_max": 255}
+KNOWN = {"exfat": _WINDOWS, "vfat": _WINDOWS, "msdos": _WINDOWS, "ntfs3": _WINDOWS, "ntfs": _WINDOWS}
+
+
+def known_rules(fstype: str) -> dict:
+    """FsFacts fields known for a filesystem type (empty for types with POSIX names)."""
+    rules = KNOWN.get(fstype)
+    if rules is None:
+        return {}
+    return dict(rules, forbidden=WINDOWS_CHARS + CONTROL, trailing=". ")
+
+
 def fold(name: str) -> str:
     """The key under which a case-insensitive filesystem finds `name`: names with one key are one
     name there. Per character of the NFC form: the simple upper-case mapping (exFAT's and NTFS's
