@@ -669,7 +669,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
     from migrate import catalogue as store_catalogue
     from migrate.fleet import droppable, reliance
     from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, kept_records, left_folders, live_runs,
-                                  load_run, plan_rollback, settle, users_of)
+                                  load_run, plan_rollback, settle, store_facts, users_of)
     target = require_store(resolve_target(target), "no run to roll back in")
     try:
         log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=True)
@@ -693,7 +693,8 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
                        f"rolled back build on it: {', '.join(newer)}",
                        "roll back the newest first: " + ", then ".join(
                            f"comfy-migrate rollback {rid}" for rid in list(reversed(newer)) + [head["run"]]))
-    undos = plan_rollback(records)
+    fs_now, seen = store_facts(target, records)
+    undos = plan_rollback(records, seen)
     if dry_run or not yes:
         relied = reliance(live_runs(target), records[0]["run"])     # shown now, decided under the lock
         kept = [u for u in undos if users_of(u, relied, records[0]["target"])]
@@ -708,6 +709,10 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
             "(`--dry-run` lists every step)\n")
     confirm(f"Undo run {records[0]['run']}?", yes)
     with take_lock(ui, target, "comfy-migrate rollback", wait):
+        try:
+            fsops.remember_weakest(target, fs_now)
+        except OSError:
+            pass        # a belief for later plans; this rollback uses it already
         live = live_runs(target)
         relied = reliance(live, records[0]["run"])
         handed = droppable(kept_records(target), settle(records, target), live)
@@ -720,12 +725,19 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
             rep = execute_rollback(log, records, undos, on_bytes, relied, shared=any(
                 rid != records[0]["run"] for rid, _ in live), handed=handed, before_close=catalogue,
                 left_folders=left_folders(target, records[0]["run"]))
-    out(f"run {rep.run_id} rolled back: {rep.undone} steps undone, {len(rep.skipped)} skipped\n")
+    out(f"run {rep.run_id} {'partly ' if rep.stranded else ''}rolled back: {rep.undone} steps undone, "
+        f"{len(rep.skipped)} skipped\n")
     for p in rep.kept:
         out(f"  {report.show(p.path)}: {p.message}\n")
     for p in rep.skipped:
         ui.warn(f"{report.show(p.path)}: {p.message}")
-    if rep.skipped:
+    if rep.stranded:
+        for p in rep.stranded:
+            ui.warn(f"{report.show(p.path)}: {p.message}")
+        ui.warn(f"rollback not finished: {len(rep.stranded)} model file(s) are not back in the pod; the YAML's "
+                "comfy-migrate section stays, so their names keep loading from the store. Fix the cause above, "
+                f"then run `comfy-migrate rollback {rep.run_id} --target {target}` again")
+    if rep.skipped or rep.stranded:
         sys.exit(ExitCode.PROBLEMS)
 
 

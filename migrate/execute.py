@@ -425,6 +425,7 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sources": list(plan.sources),
                   "target": plan.target, "yaml": plan.yaml_path, "mode": plan.policy.mode.value,
                   "fs": fs_record(plan)}
+        remember_facts(plan)
         real_yaml = yaml_behind(plan)
         if real_yaml is not None:       # a symlinked YAML: the file written, whose folder's mtime changes
             header["yaml_real"] = real_yaml
@@ -496,11 +497,31 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
 def fs_record(plan: Plan) -> Dict[str, dict]:
     """Per root, what its probe found that later checks depend on (identity.precision_of reads it):
     rollback compares each file with what the run observed at the precision its filesystem keeps."""
-    def doc(fs) -> dict:
-        return {"type": fs.fstype, "mtime_step_ns": fs.mtime_step_ns, "stable_inode": fs.stable_inode}
+    doc = fsops.fs_doc
     out = {p.source: doc(p.fs) for p in plan.probes}
     out[plan.target] = doc(plan.target_fs)
     return out
+
+
+def remember_facts(plan: Plan) -> None:
+    """Keep the weakest facts probes of the store's filesystem found (its own probe, and a source's
+    on the same filesystem) in its state folder: every later plan and rollback starts from them."""
+    try:
+        dev = os.stat(plan.target).st_dev
+    except OSError:
+        return
+    docs = [fsops.fs_doc(plan.target_fs)]
+    for p in plan.probes:
+        try:
+            if os.stat(p.source).st_dev == dev:
+                docs.append(fsops.fs_doc(p.fs))
+        except OSError:
+            continue
+    for d in docs:
+        try:
+            fsops.remember_weakest(plan.target, d)
+        except OSError:
+            pass        # a belief kept for later plans: the run's own header records this run's facts
 
 
 def links_on_way(plan: Plan) -> Dict[str, str]:

@@ -167,7 +167,10 @@ class FsFacts(namedtuple("FsFacts", [
     "overlay",                    # str | None = None: None: not an overlay; else its upper layer ('' when
                                   # this mount namespace cannot see it)
     "detail",                     # str = "": what was refused, with its errno name
-], defaults=(None, ""))):
+    "stable_mtime",               # bool = True: a fresh file's mtime stays as set while it is read (rclone's
+                                  # VFS shows "now" until it has uploaded the file)
+    "up_links",                   # bool = True: a symlink whose text holds `..` reads back (sshfs refuses it)
+], defaults=(None, "", True, True))):
     """What one filesystem does, tried with scratch files we create and remove (never predicted).
 
     Every later choice follows from it: the method of a move, the removal of a source, how a dedupe
@@ -184,6 +187,8 @@ class FsFacts(namedtuple("FsFacts", [
         return (f"{self.fstype}: hardlinks {yes(self.hardlink)}, symlinks {yes(self.symlink)}, "
                 f"rename {yes(self.rename)}, RENAME_NOREPLACE {yes(self.noreplace)}, mtime to {when}, "
                 f"inode numbers {'stable' if self.stable_inode else 'NOT stable'}, "
+                + ("" if self.stable_mtime else "mtimes move while a file is read, ")
+                + ("" if self.up_links or not self.symlink else "links through .. unreadable, ") +
                 f"case-{'sensitive' if self.case_sensitive else 'insensitive'}"
                 + ("" if self.overlay is None else ", overlay" + (" (upper layer visible)" if self.overlay
                                                                    else " (layers not visible)")))

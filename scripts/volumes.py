@@ -80,8 +80,12 @@ def make_pod(comfy: str, only: Optional[Callable[[str], bool]] = None) -> None:
     if only is None or only("loras/second_name.safetensors"):
         try:        # two names of one file come back as one file
             os.link(os.path.join(models, "loras/style.safetensors"), os.path.join(models, "loras/second_name.safetensors"))
-        except PermissionError:     # a pod on exFAT has no hardlinks: a plain duplicate there
-            shutil.copy2(os.path.join(models, "loras/style.safetensors"), os.path.join(models, "loras/second_name.safetensors"))
+        except OSError:     # a pod on exFAT (EPERM) or rclone (EIO) has no hardlinks: a plain duplicate there
+            a, b = os.path.join(models, "loras/style.safetensors"), os.path.join(models, "loras/second_name.safetensors")
+            shutil.copyfile(a, b)       # not copy2: rclone answers listxattr with EIO
+            st = os.stat(a)
+            os.chmod(b, stat.S_IMODE(st.st_mode))
+            os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
     if only is None or only("extra_model_paths.yaml"):
         y = os.path.join(comfy, "extra_model_paths.yaml")
         with open(y, "w") as f:
