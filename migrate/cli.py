@@ -645,6 +645,20 @@ def newer_pod_runs(records, live, target: str):
     return [rid for rid, _ in mine if rid > head["run"]]
 
 
+def sweep_leftovers(target: str, comfyui) -> None:
+    """Scratch files and folders of a probe killed mid-way (a plan's or a run's, before any log):
+    in the store (or the folder it would be made in) and in this pod's models folder, found by
+    their name and removed, the folder's mtime put back (fsops.sweep_probes)."""
+    from migrate.facts import find_comfyui
+    folders = [fsops.nearest_existing(target)]
+    try:
+        folders.append(os.path.join(find_comfyui(comfyui), "models"))
+    except MigrateError:
+        pass
+    for f in folders:
+        fsops.sweep_probes(f)
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="[RUN]", required=False)
 @target_option
@@ -670,6 +684,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
     from migrate.fleet import droppable, reliance
     from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, kept_records, left_folders, live_runs,
                                   load_run, plan_rollback, settle, store_facts, users_of)
+    sweep_leftovers(resolve_target(target), comfyui)
     target = require_store(resolve_target(target), "no run to roll back in")
     try:
         log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=True)

@@ -181,11 +181,13 @@ def gather(
         on_total(sum(r.size for s in scans for r in s.records if r.status is Status.MIGRATE)
                  + sum(r.size for r in (target_scan.records if target_scan else ())
                        if r.status is Status.MIGRATE and wanted(r)))
-    scans = [hash_records(s, cache, on_bytes) for s in scans]
-    if target_scan is not None:
-        target_scan = hash_records(target_scan, cache, on_bytes, only=wanted)
+    # Probed before anything is read: where mtimes move while a file is read (rclone), a file is
+    # recognised while it is hashed by device, inode and size (hashing.TimesMove).
     probes = tuple(fsops.probe_between(s.root, target) for s in scans)
     target_fs, probes = weakest_facts(target, fsops.probe_fs(target), probes)
+    scans = [hash_records(s, cache, on_bytes, times_move=not p.fs.stable_mtime) for s, p in zip(scans, probes)]
+    if target_scan is not None:
+        target_scan = hash_records(target_scan, cache, on_bytes, only=wanted, times_move=not target_fs.stable_mtime)
     layers: Dict[str, str] = {}
     container_free = None
     for s, p in zip(scans, probes):

@@ -103,20 +103,31 @@ def _errname(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, str(exc.errno))
 
 
-def sweep_probes(where: str) -> None:
-    """Remove scratch folders of earlier probes killed before they cleaned up: this host's whose
-    process is gone, any host's older than an hour (scans never count them either way)."""
+def probe_name(where: str, st: os.stat_result) -> str:
+    """A probe's scratch name in `where`: this host, this process, a random part and the folder's
+    mtime before the probe (so that whoever sweeps it after a kill can give the folder its time back)."""
+    import socket
+    return os.path.join(where, f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+                               f".{st.st_mtime_ns}")
+
+
+def sweep_probes(where: str) -> int:
+    """Remove scratch folders and files of earlier probes killed before they cleaned up: this host's
+    whose process is gone, any host's older than an hour (scans never count them either way), and
+    give `where` the mtime the oldest of them recorded it had before (probe_name). Returns how many."""
     import shutil
     import socket
     try:
         names = [n for n in os.listdir(where) if n.startswith(PROBE_PREFIX)]
     except OSError:
-        return
+        return 0
     host = socket.gethostname()
+    before: list = []
+    n_swept = 0
     for n in names:
         path = os.path.join(where, n)
         try:
-            h, pid = n[len(PROBE_PREFIX):].rsplit("-", 2)[:2]
+            h, pid, rest = n[len(PROBE_PREFIX):].rsplit("-", 2)
             mine_dead = h == host and not os.path.exists(f"/proc/{int(pid)}")
             old = os.lstat(path).st_mtime < time.time() - 3600
         except (ValueError, OSError):
@@ -129,6 +140,16 @@ def sweep_probes(where: str) -> None:
                     os.unlink(path)
                 except OSError:
                     pass
+            if not os.path.lexists(path):
+                n_swept += 1
+                if rest.partition(".")[2].isdigit():
+                    before.append(int(rest.partition(".")[2]))
+    if before:
+        try:
+            os.utime(where, ns=(os.stat(where).st_atime_ns, min(before)))
+        except OSError:
+            pass
+    return n_swept
 
 
 def probe_fs(folder: str) -> FsFacts:
@@ -137,16 +158,15 @@ def probe_fs(folder: str) -> FsFacts:
     folder its mtime back: hardlink, symlink, rename, RENAME_NOREPLACE, the mtime precision kept,
     whether a file keeps its inode number by two names and across a rename, case sensitivity."""
     import shutil
-    import socket
     where = nearest_existing(folder)
     point, fstype, opts = mount_entry(where)
     overlay = None
     if fstype == "overlay":
         upper = next((o[len("upperdir="):] for o in opts.split(",") if o.startswith("upperdir=")), "")
         overlay = upper if upper and os.path.isdir(upper) else ""
-    before = os.stat(where)
     sweep_probes(where)
-    scratch = os.path.join(where, f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}")
+    before = os.stat(where)
+    scratch = probe_name(where, before)
     refused: list = []
     try:
         os.mkdir(scratch, 0o700)
@@ -283,12 +303,11 @@ def probe_between(source_root: str, target: str) -> Probe:
     Tried with a scratch file made in the source root and linked (else renamed) into the target's
     nearest existing folder, both removed again, folder times put back; the source's own
     filesystem is probed on the way (Probe.fs)."""
-    import socket
     fs = probe_fs(source_root)
     where = nearest_existing(target)
-    tag = f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
-    src, dst = os.path.join(source_root, tag), os.path.join(where, tag)
     before_s, before_t = os.stat(source_root), os.stat(where)
+    src = probe_name(source_root, before_s)
+    dst = probe_name(where, before_t)
     try:
         try:
             os.close(os.open(src, TMP_FLAGS, 0o600))
