@@ -692,6 +692,9 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
         ui.info(str(exc))
         clear_stale_lock(ui, target)
         return
+    except BadLog:
+        clear_stale_lock(ui, target)      # a run killed before its first record left one
+        raise
     records = load_run(log)
     home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(log))))   # <target>/.comfy-migrate/runs
     if os.path.realpath(records[0]["target"]) != os.path.realpath(home):
