@@ -97,6 +97,17 @@ class _Runner:
         self.copied_instead: set = set()   # actions whose link/rename was refused and copied
         self.chunk = fsops.copy_chunk(plan.target_fs.fstype)     # big writes into a FUSE store
 
+    # -- link texts: relative (the volume may be mounted elsewhere), unless the filesystem cannot read
+    # back a link through `..` (sshfs, FsFacts.up_links): then the absolute path --
+    def up_links(self, path: str) -> bool:
+        probe = next((p for p in self.plan.probes if path.startswith(p.source.rstrip("/") + "/")), None)
+        return probe.fs.up_links if probe is not None else True
+
+    @staticmethod
+    def link_text(home: str, folder: str, up_links: bool) -> str:
+        rel = os.path.relpath(home, folder)
+        return rel if up_links or ".." not in rel.split("/") else home
+
     # -- journalling helpers --
     def begin(self, op: str, **fields) -> int:
         step = self.j.seq + 1     # a step is named by its begin record's sequence number
@@ -193,7 +204,7 @@ class _Runner:
                 self.done(s)
                 self.report.placed += 1
                 return
-        to = os.path.relpath(a.stored, os.path.dirname(a.dst))
+        to = self.link_text(a.stored, os.path.dirname(a.dst), self.plan.target_fs.up_links)
         s = self.begin("symlink", to=to, **facts)
         try:
             os.symlink(to, a.dst)
@@ -323,7 +334,7 @@ class _Runner:
         src = a.source
         try:
             home = os.path.join(os.path.realpath(os.path.dirname(a.dst)), os.path.basename(a.dst))
-            to = os.path.relpath(home, os.path.realpath(os.path.dirname(src)))
+            to = self.link_text(home, os.path.realpath(os.path.dirname(src)), self.up_links(src))
         except OSError:
             to = a.dst
         s = self.begin("linkback", src=src, to=to)
@@ -347,7 +358,7 @@ class _Runner:
                 return      # changed since the plan, or its file did not move (a step failed): it still works
             old = os.readlink(src)
             home = os.path.join(os.path.realpath(os.path.dirname(a.dst)), os.path.basename(a.dst))
-            to = os.path.relpath(home, os.path.realpath(os.path.dirname(src)))
+            to = self.link_text(home, os.path.realpath(os.path.dirname(src)), self.up_links(src))
         except OSError as exc:
             self.report.problems.append(Problem(src, f"symlink not re-pointed: {exc.strerror or exc}"))
             return

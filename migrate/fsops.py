@@ -70,6 +70,7 @@ def mount_entry(path: str) -> Tuple[str, str, str]:
     except OSError:
         return "/", "unknown", ""
     best = ("/", "unknown", "")
+    by_path = ("/", "unknown", "")      # btrfs: a subvolume's files show an anonymous device of their own
     for line in lines:
         left, _, right = line.partition(" - ")
         fields, rest = left.split(), right.split()
@@ -77,16 +78,18 @@ def mount_entry(path: str) -> Tuple[str, str, str]:
             continue
         major, _, minor = fields[2].partition(":")
         point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-        if (int(major), int(minor)) != (os.major(dev), os.minor(dev)):
-            continue
         if not (real == point or real.startswith(point.rstrip("/") + "/")):
             continue
         fstype, source = rest[0], rest[1].replace("\\043", "#")
         if fstype == "fuse" and "#" in source:
             fstype = "fuse." + source.split("#", 1)[0]
+        if len(point) >= len(by_path[0]) or by_path[1] == "unknown":
+            by_path = (point, fstype, rest[2])
+        if (int(major), int(minor)) != (os.major(dev), os.minor(dev)):
+            continue
         if len(point) >= len(best[0]) or best[1] == "unknown":
             best = (point, fstype, rest[2])
-    return best
+    return best if best[1] != "unknown" or by_path[1] != "btrfs" else by_path
 
 
 def _mtime_step(want: int, got: int) -> int:
