@@ -14,6 +14,7 @@ import posixpath
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from migrate.model import Action, ActionKind, Plan
+from migrate.steps import PLACES_FILE, REMOVES_SOURCE, Op
 
 PLACED = (ActionKind.MOVE, ActionKind.LINK, ActionKind.COPY, ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT)
 
@@ -69,18 +70,18 @@ def relied_paths(records: Sequence[dict]) -> Set[str]:
     whatever happens to the other one: no reliance.
     """
     done = {r.get("step") for r in records if r.get("type") == "done"}
-    own_links = {r.get("dst") for r in records if r.get("type") == "begin" and r.get("op") == "dedupe"
+    own_links = {r.get("dst") for r in records if r.get("type") == "begin" and r.get("op") == Op.DEDUPE
                  and r.get("step") in done}
     out: Set[str] = set()
     for r in records:
         if r.get("type") != "begin":
             continue
         op = r.get("op")
-        if op in ("unlink", "quarantine"):
+        if op in REMOVES_SOURCE:
             p = r.get("stored") or r.get("dst")
             if isinstance(p, str) and r.get("dst") not in own_links:
                 out.add(p)
-        elif op == "symlink" and isinstance(r.get("dst"), str) and isinstance(r.get("to"), str):
+        elif op == Op.SYMLINK and isinstance(r.get("dst"), str) and isinstance(r.get("to"), str):
             out.add(posixpath.normpath(posixpath.join(posixpath.dirname(r["dst"]), r["to"])))
     return out
 
@@ -94,8 +95,8 @@ def placed_by(records: Sequence[dict]) -> Set[str]:
     failed = {r.get("step") for r in records if r.get("type") == "fail"}
     unplaced = {r.get("step") for r in records if r.get("type") == "unplaced"}
     return {r["dst"] for r in records if r.get("type") == "begin"
-            and r.get("op") in ("link", "rename", "copy", "dedupe") and isinstance(r.get("dst"), str)
-            and (r.get("step") not in failed or r.get("op") == "copy") and r.get("step") not in unplaced}
+            and r.get("op") in PLACES_FILE and isinstance(r.get("dst"), str)
+            and (r.get("step") not in failed or Op(r["op"]).may_act_failed) and r.get("step") not in unplaced}
 
 
 def store_rel(path: str, target: str) -> Optional[str]:

@@ -60,7 +60,8 @@ def model_bytes(rel: str, seed: str) -> bytes:
 
 
 KILL_SET = ("loras/style.safetensors", "loras/copy_of_style.safetensors", "loras/second_name.safetensors",
-            "insightface/glint.onnx", "extra_model_paths.yaml")
+            "insightface/glint.onnx", "extra_model_paths.yaml", "checkpoints/alias_of_style.safetensors")
+LINKS = {"checkpoints/alias_of_style.safetensors": "../loras/copy_of_style.safetensors"}   # in-tree symlinks
 
 
 def make_pod(comfy: str, only: Optional[Callable[[str], bool]] = None) -> None:
@@ -86,6 +87,13 @@ def make_pod(comfy: str, only: Optional[Callable[[str], bool]] = None) -> None:
             st = os.stat(a)
             os.chmod(b, stat.S_IMODE(st.st_mode))
             os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+    for rel, to in LINKS.items():      # a name that is a symlink to another model: its file moves, it follows
+        if only is None or only(rel):
+            os.makedirs(os.path.join(models, os.path.dirname(rel)), exist_ok=True)
+            try:
+                os.symlink(to, os.path.join(models, rel))
+            except OSError:     # a pod on exFAT has no symlinks
+                pass
     if only is None or only("extra_model_paths.yaml"):
         y = os.path.join(comfy, "extra_model_paths.yaml")
         with open(y, "w") as f:
@@ -194,6 +202,25 @@ class Runner:
         return p.returncode, p.stdout + p.stderr
 
 
+def link_bytes(sc: Scenario) -> Dict[str, bytes]:
+    """What each in-tree symlink of the pod loads (followed): the bytes, for those that lead to a file."""
+    out = {}
+    for rel in LINKS:
+        p = os.path.join(sc.comfy, "models", rel)
+        if os.path.islink(p) and os.path.isfile(p):
+            with open(p, "rb") as f:
+                out[rel] = f.read()
+    return out
+
+
+def check_links(sc: Scenario, want: Dict[str, bytes], what: str) -> List[str]:
+    """Every in-tree symlink that loaded a model before still loads its bytes (issue 20: a kill
+    between a source's removal and the link's re-pointing left it dangling)."""
+    got = link_bytes(sc)
+    return [f"{what}: symlink {rel} " + ("dangles" if rel not in got else "loads other bytes")
+            for rel, data in want.items() if got.get(rel) != data]
+
+
 def check_back(sc: Scenario, before: Dict[str, tuple], what: str) -> List[str]:
     errs = [f"{what}: pod differs: {d}" for d in diff(before, snapshot(sc.pod_parent))[:5]]
     errs += [f"{what}: left in the store: {p}" for p in store_leftovers(sc.store)[:5]]
@@ -203,6 +230,7 @@ def check_back(sc: Scenario, before: Dict[str, tuple], what: str) -> List[str]:
 def round_trip(r: Runner, sc: Scenario) -> Tuple[List[str], str]:
     sc.reset()
     before = snapshot(sc.pod_parent)
+    links = link_bytes(sc)
     errs: List[str] = []
     rc, out = r.cli(sc, "plan", "--format", "json")
     doc = json.loads(out[out.index("{"):]) if rc == 0 and "{" in out else {}
@@ -211,6 +239,7 @@ def round_trip(r: Runner, sc: Scenario) -> Tuple[List[str], str]:
     rc, out = r.cli(sc, "run", "--yes")
     if rc != 0:
         errs.append(f"run exit {rc}: {out[-400:]}")
+    errs += check_links(sc, links, "round trip, after the run")
     rc, out = r.cli(sc, "verify")
     if rc != 0:
         errs.append(f"verify exit {rc}: {out[-400:]}")
@@ -300,6 +329,7 @@ def kill_sweep(r: Runner, sc: Scenario, stride: int) -> Tuple[List[str], int]:
         while True:
             sc.reset(small=True)
             before = snapshot(sc.pod_parent)
+            links = link_bytes(sc)
             if phase == "run":
                 rc, out = r.cli(sc, "run", "--yes", crash=n)
             else:
@@ -317,6 +347,7 @@ def kill_sweep(r: Runner, sc: Scenario, stride: int) -> Tuple[List[str], int]:
                 rc, out = r.cli(sc, "run", "--yes")     # continue, verify, then undo
                 if rc != 0:
                     errs.append(f"run killed at {n}, continued: exit {rc}: {out[-300:]}")
+                errs += check_links(sc, links, f"run killed at {n}, continued")
                 rc, out = r.cli(sc, "verify")
                 if rc != 0:
                     errs.append(f"run killed at {n}, continued, verify: exit {rc}: {out[-300:]}")
@@ -328,6 +359,296 @@ def kill_sweep(r: Runner, sc: Scenario, stride: int) -> Tuple[List[str], int]:
                 break
             n += stride
     return errs, kills
+
+
+# --- an exFAT store with 1 MiB clusters, filled to the brim (issue 20) ---------------------------------
+
+BRIM_STAYS = {      # rel -> why it stays on the pod: its name is one name with another there, or refused
+    "loras/Style.safetensors": "case-clash", "loras/style.safetensors": "case-clash",
+    "checkpoints/Folded.safetensors": "case-clash",
+    "loras/what?.safetensors": "name-refused", "loras/a|b.safetensors": "name-refused",
+    'vae/say "hi".pt': "name-refused",
+}
+
+
+def wrapped(rel: str, payload: bytes) -> bytes:
+    """payload inside a valid file of rel's format (as model_bytes), so the audit holds nothing back."""
+    if rel.endswith(".pt"):
+        return b"\x80\x02" + payload
+    raw = json.dumps({"w": {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]}}).encode()
+    return len(raw).to_bytes(8, "little") + raw + payload
+
+
+def brim_pod(comfy: str, small_files: int) -> None:
+    """MODELS (loras/style.safetensors among them), the names the exFAT store cannot keep apart or
+    cannot hold at all (BRIM_STAYS; the store already holds checkpoints/folded.safetensors with
+    other bytes), a CJK name (80 characters and an extension: 252 UTF-8 bytes, 92 UTF-16 units) and
+    `small_files` files of 3 KB: each takes a 1 MiB cluster in the store."""
+    make_pod(comfy)
+    models = os.path.join(comfy, "models")
+    extra = {rel: rel.encode() * 300 for rel in BRIM_STAYS if rel not in MODELS}
+    extra["loras/" + "\u5b57" * 80 + ".safetensors"] = b"cjk" * 1000
+    extra.update({f"embeddings/small{i:03}.safetensors": bytes([i % 251]) * 3000 for i in range(small_files)})
+    for rel, payload in sorted(extra.items()):
+        p = os.path.join(models, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(wrapped(rel, payload))
+
+
+def brim_scenarios(r: "Runner", m: "Mounts", plain: str, only: str) -> List[Tuple[str, List[str], str]]:
+    """An exFAT store (`mkfs.exfat -c 1M`) holding a filler file that leaves it 48 MiB free: a pod
+    whose bytes fit but whose allocation does not is refused with exit 4 before the first byte; one
+    that just fits (the plan's allocation plus its reserve one cluster short of the free space, or
+    less) runs (exit 1: the case-clashing and refused names stay, every other name placed), verifies,
+    and rolls back exactly. Returns (name, errors, summary) per scenario."""
+    names = ("exFAT 1 MiB clusters, to the brim: allocation does not fit",
+             "exFAT 1 MiB clusters, to the brim: just fits")
+    if only and not any(only in n for n in names):
+        return []
+    mnt = m.loop_image("exfat-1m", 96, ["mkfs.exfat", "-c", "1M"], ["mount.exfat-fuse"])
+    store = os.path.join(mnt, "models")
+    sc = Scenario(names[0], os.path.join(plain, "brim"), store, "exFAT 1 MiB")
+    os.makedirs(sc.pod_parent, exist_ok=True)
+    out: List[Tuple[str, List[str], str]] = []
+
+    def fresh(small: int) -> None:
+        sc.build = lambda comfy, _small: brim_pod(comfy, small)
+        sc.reset()
+        os.makedirs(os.path.join(store, "checkpoints"))
+        with open(os.path.join(store, "checkpoints", "folded.safetensors"), "wb") as f:
+            f.write(model_bytes("checkpoints/folded.safetensors", "z"))
+        filler = os.path.join(mnt, "filler")
+        if not os.path.exists(filler):          # leave 48 MiB of the volume free
+            v = os.statvfs(mnt)
+            with open(filler, "wb") as f:
+                f.write(b"\0" * (v.f_bavail * v.f_frsize - (48 << 20)))
+
+    def plan_doc() -> dict:
+        rc, text = r.cli(sc, "plan", "--format", "json")
+        # (exit 4: a plan that does not fit, printed all the same)
+        return json.JSONDecoder().raw_decode(text[text.index("{"):])[0] if rc in (0, 4) else {"error": text[-300:]}
+
+    free = lambda: os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize     # noqa: E731
+
+    # What the pod needs without small files: each small file adds a cluster (and the log a little).
+    fresh(0)
+    base = plan_doc().get("totals", {})
+    room = (free() - base.get("store_space_needed", 1 << 40)) >> 20
+
+    # 1. the byte sum fits many times over, the allocation does not: exit 4, nothing changed
+    errs: List[str] = []
+    fresh(max(room, 0) + 8)
+    before = snapshot(sc.pod_parent)
+    doc = plan_doc()
+    t = dict(doc.get("totals", {}), store_free=free())
+    if not t.get("store_space_needed", 0) > t["store_free"] > 4 * t.get("copy_bytes", 1 << 40):
+        errs.append(f"plan: expected bytes to fit and allocation not: {t or doc}")
+    rc, text = r.cli(sc, "run", "--yes")
+    if rc != 4:
+        errs.append(f"run exit {rc}, not 4: {text[-300:]}")
+    errs += [f"refused run: pod differs: {d}" for d in diff(before, snapshot(sc.pod_parent))[:5]]
+    left = [p for p in store_leftovers(store) if p != "checkpoints/folded.safetensors"]
+    errs += [f"refused run: left in the store: {p}" for p in left[:5]]
+    out.append((names[0], errs, f"{t.get('copy_bytes')} bytes to copy need {t.get('store_space_needed')} of "
+                                f"{t.get('store_free')} free"))
+
+    # 2. just fits: the most small files whose allocation (and the reserve) still fits
+    errs = []
+    small = room
+    while small > 0:
+        fresh(small)
+        doc = plan_doc()
+        t = dict(doc.get("totals", {}), store_free=free())
+        if t.get("store_space_needed", 1 << 40) <= t["store_free"]:
+            break
+        small -= 1
+    before = snapshot(sc.pod_parent)
+    stays = {os.path.relpath(a["source"], os.path.join(sc.comfy, "models")): a["reason"] for a in doc.get("actions", [])
+             if a["action"] == "conflict"}
+    if set(stays) != set(BRIM_STAYS):
+        errs.append(f"plan: these stay {sorted(stays)}, expected {sorted(BRIM_STAYS)}")
+    margin = t.get("store_free", 0) - t.get("store_space_needed", 0)
+    rc, text = r.cli(sc, "run", "--yes", "--format", "json")
+    rep = json.JSONDecoder().raw_decode(text[text.index("{"):])[0] if "{" in text else {}
+    if rc != 1 or rep.get("problems") or sorted(s["why"] for s in rep.get("stayed", [])) != sorted(BRIM_STAYS.values()):
+        errs.append(f"run exit {rc} (1 expected: the stayed names only): {text[-400:]}")
+    lower = {n.lower(): n for n in os.listdir(os.path.join(store, "loras"))} if os.path.isdir(os.path.join(store, "loras")) else {}
+    if "style.safetensors" in lower:
+        errs.append(f"the store holds {lower['style.safetensors']}: loras/style.safetensors would load its bytes")
+    rc, text = r.cli(sc, "verify")
+    if rc != 0:
+        errs.append(f"verify exit {rc}: {text[-300:]}")
+    used = free()
+    rc, text = r.cli(sc, "rollback", "--yes")
+    if rc != 0:
+        errs.append(f"rollback exit {rc}: {text[-300:]}")
+    errs += [f"rollback: pod differs: {d}" for d in diff(before, snapshot(sc.pod_parent))[:5]]
+    left = [p for p in store_leftovers(store) if p != "checkpoints/folded.safetensors"]
+    errs += [f"rollback: left in the store: {p}" for p in left[:5]]
+    out.append((names[1], errs, f"{small} small files + {len(MODELS) + 1} models placed, {len(BRIM_STAYS)} names "
+                                f"stay; needs {t.get('store_space_needed')} of {t.get('store_free')} free (margin "
+                                f"{margin >> 20} MiB), {used >> 20} MiB free after the run"))
+    return out
+
+
+# --- two containers with one host name (issue 20) ---------------------------------------------------
+
+_TRACED_CLI = """
+import os, runpy, sys
+from migrate import lock
+ns, trace = os.readlink('/proc/self/ns/pid'), os.environ['CM_LOCK_TRACE']
+real_acquire, real_release = lock.TargetLock.acquire, lock.TargetLock.release
+def note(line):
+    with open(trace, 'a') as f:
+        f.write(line + '\\n')
+def acquire(self, *a, **k):
+    got = real_acquire(self, *a, **k)
+    note(f'in {ns} {got.took_over is not None}')
+    return got
+def release(self):
+    if self._held:
+        note(f'out {ns}')
+    real_release(self)
+lock.TargetLock.acquire, lock.TargetLock.release = acquire, release
+sys.argv = ['comfy-migrate'] + sys.argv[1:]
+runpy.run_module('migrate', run_name='__main__')
+"""
+
+
+def in_container(r: Runner, sc: Scenario, trace: str, lease: int, *args: str, crash: int = 0) -> subprocess.Popen:
+    """`comfy-migrate ARGS` as a container with our host name sees it: a PID namespace of its own (the
+    CLI is its pid 2, `unshare --pid --fork --mount-proc`, no UTS namespace), writing a line to
+    `trace` each time it takes or gives back the store's lock (its pid namespace, whether it took over)."""
+    env = dict(r.env, CM_LOCK_TRACE=trace, COMFY_MIGRATE_LOCK_LEASE=str(lease))
+    if crash:
+        env["COMFY_MIGRATE_CRASH_AT"] = str(crash)
+    r.calls += 1
+    # (under a shell as the namespace's pid 1, as a container's init: pid 1 ignores its own SIGKILL)
+    return subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c",
+                             'code=$1; shift; "$0" -c "$code" "$@"; exit $?', sys.executable, _TRACED_CLI, *args,
+                             "--comfyui", sc.comfy, "--target", sc.store],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def one_holder_at_a_time(lines: List[str]) -> List[str]:
+    """The trace holds `in NS` / `out NS` pairs, or an `in` whose holder was SIGKILLed followed by
+    the `in ... True` of the one that took its lock over: never two holders at once."""
+    errs, holder = [], None
+    for ln in lines:
+        what, ns, *rest = ln.split()
+        if what == "in":
+            if holder is not None and rest != ["True"]:
+                errs.append(f"{ns} took the lock while {holder} held it: {lines}")
+            holder = ns
+        elif holder != ns:
+            errs.append(f"{ns} gave back a lock it did not hold: {lines}")
+        else:
+            holder = None
+    return errs
+
+
+def run_ids(store: str, comfy: str) -> List[str]:
+    from migrate.journal import read_log
+    runs = os.path.join(store, ".comfy-migrate", "runs")
+    out = []
+    for n in sorted(os.listdir(runs)):
+        if n.endswith(".jsonl") and not n.endswith(".rollback.jsonl"):
+            head = read_log(os.path.join(runs, n))[0][0]
+            if any(s.startswith(comfy) for s in head.get("sources", [])):
+                out.append(n[:-len(".jsonl")])
+    return out
+
+
+def lock_race(r: Runner, parent: str, store: str, lease: int = 10) -> Tuple[List[str], str]:
+    """Two pods in two containers with one host name (their own PID namespaces: each CLI is pid 2
+    there) and one store. They race `run --wait`: one holds the lock, the other waits. Then pod A's
+    run is SIGKILLed holding the lock (COMFY_MIGRATE_CRASH_AT): B is refused (exit 5) while A's
+    lease runs, and takes the lock over only once it ran out; A, restarted in a new container,
+    continues its run. Rolled back, both pods are exactly as before and the store holds nothing."""
+    a = Scenario("lock A", os.path.join(parent, "a"), store, "")
+    b = Scenario("lock B", os.path.join(parent, "b"), store, "")
+    errs: List[str] = []
+    trace = os.path.join(parent, "trace")
+    for sc in (a, b):
+        os.makedirs(sc.pod_parent, exist_ok=True)
+        sc.reset()
+        big = os.path.join(sc.comfy, "models", "checkpoints", f"big_{sc.name[-1]}.safetensors")
+        payload = os.urandom(48 << 20)   # a run that takes a while: a copy each other's would overlap
+        head = json.dumps({"w": {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]}}).encode()
+        with open(big, "wb") as f:
+            f.write(len(head).to_bytes(8, "little") + head + payload)
+        os.utime(os.path.dirname(big), ns=(1_690_000_000_000_000_000,) * 2)
+    if os.path.lexists(store):
+        shutil.rmtree(store)
+    before = {sc.name: snapshot(sc.pod_parent) for sc in (a, b)}
+
+    # 1. racing: never both holders; the second waits and then runs
+    procs = [in_container(r, sc, trace, lease, "run", "--yes", "--wait", "300") for sc in (a, b)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for sc, p, out in zip((a, b), procs, outs):
+        if p.returncode != 0:
+            errs.append(f"race: {sc.name} run exit {p.returncode}: {out[-300:]}")
+    waited = sum("waiting for the target's lock" in out for out in outs)
+    lines = open(trace).read().splitlines()
+    errs += one_holder_at_a_time(lines)
+    raced = len(lines) // 2
+    for sc in (a, b):
+        rc, out = r.cli(sc, "verify")
+        if rc != 0:
+            errs.append(f"race: {sc.name} verify exit {rc}: {out[-300:]}")
+    for sc in (b, a):
+        for run in reversed(run_ids(store, sc.comfy)):
+            rc, out = r.cli(sc, "rollback", run, "--yes")
+            if rc != 0:
+                errs.append(f"race: {sc.name} rollback {run} exit {rc}: {out[-300:]}")
+    for sc in (a, b):
+        errs += check_back(sc, before[sc.name], f"race, {sc.name} rolled back")
+    if errs:
+        return errs, ""
+
+    # 2. A killed holding the lock: B refused before A's lease ran out, takes over after it
+    os.unlink(trace)
+    p = in_container(r, a, trace, lease, "run", "--yes", crash=3)
+    out = p.communicate(timeout=600)[0]
+    died = time.monotonic()
+    if p.returncode != -signal.SIGKILL and p.returncode != 128 + signal.SIGKILL:
+        errs.append(f"A was not killed at record 3: exit {p.returncode}: {out[-300:]}")
+    p = in_container(r, b, trace, lease, "run", "--yes", "--wait", "0")
+    out = p.communicate(timeout=600)[0]
+    refused_after = time.monotonic() - died
+    if p.returncode != 5:
+        errs.append(f"B took A's lock {refused_after:.1f} s after A died, inside its {lease} s lease: exit "
+                    f"{p.returncode}: {out[-300:]}")
+    p = in_container(r, b, trace, lease, "run", "--yes", "--wait", str(lease * 6))
+    out = p.communicate(timeout=600)[0]
+    taken_after = time.monotonic() - died
+    if p.returncode != 0 or "took over a stale lock (its heartbeat is" not in out:
+        errs.append(f"B did not take over A's expired lock: exit {p.returncode}: {out[-300:]}")
+    elif taken_after < lease:
+        errs.append(f"B took over {taken_after:.1f} s after A died, before its {lease} s lease ran out")
+    p = in_container(r, a, trace, lease, "run", "--yes")     # A's container restarted: continues its run
+    out = p.communicate(timeout=600)[0]
+    if p.returncode != 0:
+        errs.append(f"A's run, continued in a new container: exit {p.returncode}: {out[-300:]}")
+    lines = open(trace).read().splitlines()
+    errs += one_holder_at_a_time(lines)
+    for sc in (a, b):
+        rc, out = r.cli(sc, "verify")
+        if rc != 0:
+            errs.append(f"after the take-over: {sc.name} verify exit {rc}: {out[-300:]}")
+    for sc in (b, a):
+        for run in reversed(run_ids(store, sc.comfy)):
+            rc, out = r.cli(sc, "rollback", run, "--yes")
+            if rc != 0 and "rolled back already" not in out:
+                errs.append(f"after the take-over: {sc.name} rollback {run} exit {rc}: {out[-300:]}")
+    for sc in (a, b):
+        errs += check_back(sc, before[sc.name], f"after the take-over, {sc.name} rolled back")
+    errs += [f"left in the store: {x}" for x in store_leftovers(store)[:5]]
+    return errs, (f"race: {raced} lock holds, one at a time, {waited} run(s) waited; A SIGKILLed holding it: B "
+                  f"refused (exit 5) {refused_after:.1f} s after, took over {taken_after:.1f} s after "
+                  f"(lease {lease} s); A continued in a new PID namespace; both rolled back exactly")
 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -542,6 +863,23 @@ def main() -> int:
                           Scenario("pod on mergerfs -> same", f"{mrg}/pod", f"{mrg}/models2", "mergerfs",
                                    purge_trips=2, random_kills=6)]
         r = Runner(work)
+        for name, errs, summary in brim_scenarios(r, m, plain, args.only):
+            failed += bool(errs)
+            rows.append((name, "ok" if not errs else "FAILED", 0, 0.0, summary))
+            print(f"volumes: {name}: {'ok' if not errs else 'FAILED'}; {summary}", flush=True)
+        extra = [("two PID namespaces, one host name -> store " + ("MooseFS" if mfs else "ext4"),
+                  lambda: lock_race(r, os.path.join(plain, "containers"), f"{mfs or plain}/models-lock"))]
+        for name, scenario in extra:
+            if args.only and args.only not in name:
+                continue
+            t0 = time.monotonic()
+            errs, summary = scenario()
+            failed += bool(errs)
+            rows.append((name, "ok" if not errs else "FAILED", 0, time.monotonic() - t0, summary))
+            print(f"volumes: {name}: {'ok' if not errs else 'FAILED'}; {time.monotonic() - t0:.0f} s; {summary}",
+                  flush=True)
+            for e in errs[:8]:
+                print(f"    {e}", flush=True)
         for sc in scenarios:
             if args.only and args.only not in sc.name:
                 continue
