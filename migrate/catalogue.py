@@ -33,7 +33,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tu
 from migrate import fsops
 from migrate.fleet import store_rel
 from migrate.model import STATE_DIR, Action, ActionKind, Method, ScanResult, Status
-from migrate.steps import KEEPS_SOURCE_INO, PLACES, Op
+from migrate.steps import PLACES, STORES_SOURCE, Op
 
 CATALOGUE_VERSION = 1
 NAME = "catalogue.jsonl"
@@ -203,7 +203,8 @@ def placements(runs: Iterable[Sequence[dict]]) -> Tuple[Logged, Dict[Ident, str]
             if rel is None:
                 continue
             names.add(rel)
-            ino = copied.get(r.get("step")) if op == Op.COPY else r.get("ino") if op in KEEPS_SOURCE_INO else None
+            # A dedupe's name is the stored copy's inode, logged with its source's mtime: no identity.
+            ino = Op(op).placed_ino(dict(r, dst_ino=copied.get(r.get("step")))) if op in STORES_SOURCE else None
             size, mtime_ns, digest = r.get("size"), r.get("mtime_ns"), r.get("digest")
             if op == Op.COPY and r.get("step") in kept:
                 mtime_ns = kept[r.get("step")]

@@ -174,9 +174,10 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
     home, roots, launch = shell.resolve_pod(comfyui, sources, None if again else ui, source_is_models, comfyui_args)
     if home is not None and not sources:
         from migrate.comfy import models_of_another_install
-        owner = models_of_another_install(home)
+        models = launch.models if launch is not None else os.path.join(home, "models")
+        owner = models_of_another_install(home, models)
         if owner is not None:
-            raise BadInput(f"{os.path.join(home, 'models')} is a symlink to {os.path.realpath(os.path.join(home, 'models'))}, "
+            raise BadInput(f"{models} is a symlink to {os.path.realpath(models)}, "
                            f"the models folder of another ComfyUI install ({owner}): migrating it would empty that "
                            "install's models folder under it", f"migrate that install itself (--comfyui {owner}), "
                            "and give this one its YAML: `comfy-migrate plan` for it then has nothing to move")
@@ -224,7 +225,9 @@ def check_yaml_is_read(home, yaml_path: str, launch=None) -> None:
                        "and the moved models would be lost to ComfyUI",
                        "pass --comfyui DIR (the folder of main.py) instead of --yaml, or --yaml DIR/extra_model_paths.yaml")
     raise BadInput(f"--yaml {yaml_path}: the ComfyUI in {home} reads {read}, not this file: written there, the "
-                   "moved models would be lost to ComfyUI", f"leave out --yaml (it defaults to {read})")
+                   "moved models would be lost to ComfyUI", f"leave out --yaml (it defaults to {read}); if ComfyUI is "
+                   f"started with --extra-model-paths-config {yaml_path}, pass --comfyui-args "
+                   f"{shlex.quote('--extra-model-paths-config ' + yaml_path)}")
 
 
 def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> None:
@@ -820,7 +823,12 @@ def newer_pod_runs(records, live, target: str):
     mine, _ = pod_runs(live, target, head["yaml"], "")
     if not any(rid == head["run"] for rid, _ in mine):
         return []
-    return [rid for rid, _ in mine if rid > head["run"]]
+    # Another install whose YAML is a symlink to the same file (another pod) resolves through this
+    # section as well: its newer runs count too.
+    real = os.path.realpath(head["yaml"])
+    shared = [rid for rid, rec in live if isinstance(rec[0].get("yaml"), str)
+              and os.path.realpath(rec[0]["yaml"]) == real]
+    return sorted({rid for rid, _ in mine if rid > head["run"]} | {rid for rid in shared if rid > head["run"]})
 
 
 def sweep_probe_leftovers(target: str, comfyui) -> None:
@@ -1293,7 +1301,8 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
 @price_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")
-def workflows_cmd(comfyui, price_per_gb_month, fmt) -> None:
+@launch_option
+def workflows_cmd(comfyui, price_per_gb_month, fmt, comfyui_args) -> None:
     """Which models the pod's saved workflows load, which they need and the pod lacks, and which no
     workflow uses (with their monthly cost on a network volume). Reads only; never changes a workflow.
 
@@ -1303,11 +1312,12 @@ def workflows_cmd(comfyui, price_per_gb_month, fmt) -> None:
     """
     from migrate.facts import find_comfyui
     home = find_comfyui(comfyui)
-    doc = workflow_report(home, os.path.join(home, "extra_model_paths.yaml"), price_per_gb_month)
+    launch = shell.resolve_launch(home, comfyui_args)
+    doc = workflow_report(home, os.path.join(home, "extra_model_paths.yaml"), price_per_gb_month, launch=launch)
     if fmt == "json":
         out(report.dumps(doc))
     else:
-        out("\n".join(report.workflow_lines(doc, os.path.join(home, "user"))) + "\n")
+        out("\n".join(report.workflow_lines(doc, launch.user)) + "\n")
 
 
 # --- audit ---------------------------------------------------------------------------------------
@@ -1319,8 +1329,9 @@ def workflows_cmd(comfyui, price_per_gb_month, fmt) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")
 @click.option("--no-cache", is_flag=True, help="Read every model file's ends again, ignoring cached verdicts.")
+@launch_option
 @click.pass_obj
-def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache) -> None:
+def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
     """Check model files without changing anything: truncated or damaged safetensors, git-LFS
     pointers and HTML pages saved as models, empty files, unfinished downloads, names another file
     shadows, extensions ComfyUI does not list, dangling symlinks.
@@ -1344,7 +1355,8 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache) -> None:
             if comfyui:
                 raise
     shell.adopt_comfyui(home, ui)
-    roots = [check_dir(os.path.join(home, "models"), "models folder")] if home else []
+    launch = shell.resolve_launch(home, comfyui_args, ui)
+    roots = [check_dir(launch.models, "models folder")] if launch else []
     if target or os.path.isdir(DEFAULT_TARGET):
         roots.append(check_dir(resolve_target(target), "target"))
     if not roots:
@@ -1354,6 +1366,9 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache) -> None:
         yaml_path = os.path.join(home, "extra_model_paths.yaml")
         text = read_yaml(yaml_path)
         order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
+        if launch is not None:
+            from migrate.launch import search_order
+            order = search_order(launch, {p: read_yaml(p) for p in launch.yamls}, models_real=False)
     res = audit_trees(roots, order, open_verdicts(no_cache), open_cache(no_cache))
     ui.debug(f"{res.files} entries, {res.read} files read, the rest from the cache")
     if fmt == "json":

@@ -579,11 +579,11 @@ def find_comfyui(given: str | None) -> str:
                    "pass --comfyui DIR or set COMFYUI_DIR")
 
 
-def models_of_another_install(home: str) -> str | None:
-    """The other ComfyUI folder (one holding main.py) whose models folder `home`'s models/ symlink
-    leads into, or None: migrating through the link would empty that install's models."""
-    models = os.path.join(home, "models")
-    if not os.path.islink(models):
+def models_of_another_install(home: str, models: str | None = None) -> str | None:
+    """The other ComfyUI folder (one holding main.py) whose models folder `home`'s models folder (a
+    symlink) leads into, or None: migrating through the link would empty that install's models."""
+    models = models or os.path.join(home, "models")
+    if not os.path.islink(models.rstrip("/")):
         return None
     real, mine = os.path.realpath(models), os.path.realpath(home)
     cur = os.path.dirname(real)

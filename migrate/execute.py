@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from migrate import __version__, fsops
+from migrate import __version__, fsops, identity
 from migrate.report import human
 from migrate.errors import BadInput, BadLog, NoSpace
-from migrate.hashing import confirm_digest, hash_bytes, stat_key
+from migrate.hashing import confirm_digest, hash_bytes
 from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_begun, read_log, rollback_log_of, run_logs
 from migrate.lock import TargetLock
 from migrate.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal
@@ -237,7 +237,7 @@ class _Runner:
         links = self.links.get(a.dst, []) if op is Op.RENAME else []
         s = self.begin(op, **facts, **({"links": links} if links else {}))
         try:
-            if stat_key(os.lstat(a.source)) != (a.dev, a.ino, a.size, a.mtime_ns):
+            if identity.changes(os.lstat(a.source), seen(a)):
                 raise OSError(errno.ESTALE, "changed since it was scanned", a.source)
             if op is Op.LINK:
                 fsops.link_noreplace(a.source, a.dst)
@@ -263,7 +263,7 @@ class _Runner:
         tmp = temp_name(os.path.dirname(a.dst), os.path.basename(a.dst), self.report.run_id)
         s = self.begin(Op.COPY, tmp=tmp, **facts)
         try:
-            digest, st = fsops.copy_and_hash(src, (a.dev, a.ino, a.size, a.mtime_ns), tmp, self.on_bytes,
+            digest, st = fsops.copy_and_hash(src, seen(a), tmp, self.on_bytes,
                                              chunk=self.chunk)
             if digest != a.digest:
                 os.unlink(tmp)
@@ -316,12 +316,12 @@ class _Runner:
         links = [] if a.link_back else self.links.get(a.dst or "", [])
         if links:       # re-pointed right after the removal; a continued run finishes them (finish_relinks)
             facts["links"] = links
-        expect = (a.dev, a.ino, a.size, a.mtime_ns)
+        expect = seen(a)
         if a.removal is Removal.UNLINK:
             s = self.begin(Op.UNLINK, **facts)
             try:
                 st, dst_st = os.lstat(src), os.lstat(a.stored or a.dst)
-                if stat_key(st) != expect or (dst_st.st_dev, dst_st.st_ino) != (a.dev, a.ino):
+                if identity.changes(st, expect) or identity.changes(dst_st, expect._replace(size=None, mtime_ns=None)):
                     raise OSError(errno.ESTALE, "source or target changed; source kept", src)
                 os.unlink(src)
                 fsops.fsync_dir(os.path.dirname(src))
@@ -334,7 +334,7 @@ class _Runner:
                 return
             s = self.begin(Op.QUARANTINE, q=q, **facts)
             try:
-                if stat_key(os.lstat(src)) != expect:
+                if identity.changes(os.lstat(src), expect):
                     raise OSError(errno.ESTALE, "changed since it was scanned; source kept", src)
                 if a.kind in (ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT) and not confirm_digest(src, a.digest):
                     # The store holds this content, the plan believed: only the bytes can say so.
@@ -389,7 +389,9 @@ class _Runner:
         self.relinked.add(src)
         try:
             st = os.lstat(src)
-            if not stat.S_ISLNK(st.st_mode) or os.path.exists(src) or not os.path.isfile(dst):
+            folder = os.path.isdir(dst)     # a symlinked folder whose model files all moved there
+            if not stat.S_ISLNK(st.st_mode) or (os.path.exists(src) and not folder) or not (
+                    folder or os.path.isfile(dst)):
                 return      # changed since the plan, or its file did not move (a step failed): it still works
             old = os.readlink(src)
             home = os.path.join(os.path.realpath(os.path.dirname(dst)), os.path.basename(dst))
@@ -425,6 +427,12 @@ class _Runner:
                 continue        # the source is still at its place: the step never happened
             self.relink_all([p for p in r["links"] if isinstance(p, str) and p.startswith(roots)
                              and p not in relinked], r["dst"])
+
+
+def seen(a: Action) -> identity.Observed:
+    """What the scan observed of an action's source: the run compares the source with it before each
+    step (one host, one mount since the scan: the device number counts, mtimes exactly)."""
+    return identity.Observed(a.dev, a.ino, a.size, a.mtime_ns)
 
 
 def observed(path: str, fallback: Optional[os.stat_result] = None) -> dict:

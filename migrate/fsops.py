@@ -14,7 +14,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import xxhash
 
-from migrate.hashing import Key, aligned_buffer, open_regular, stat_key
+from migrate.hashing import Key, TimesMove, aligned_buffer, matches, open_regular
 from migrate.model import PROBE_PREFIX, STATE_DIR, FsFacts, Probe
 
 COPY_CHUNK = 256 << 10     # 256 KiB writes stay on the page cache's fast path here
@@ -107,36 +107,34 @@ def _errname(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, str(exc.errno))
 
 
-def probe_name(where: str, st: os.stat_result) -> str:
-    """A probe's scratch name in `where`: this host, this process, a random part and the folder's
-    mtime before the probe (so that whoever sweeps it after a kill can give the folder its time back)."""
-    import socket
-    return os.path.join(where, f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
-                               f".{st.st_mtime_ns}")
-
-
-def sweep_probes(where: str) -> int:
-    """Remove scratch folders and files of earlier probes killed before they cleaned up: this host's
-    whose process is gone, any host's older than an hour (scans never count them either way), and
-    give `where` the mtime the oldest of them recorded it had before (probe_name). Returns how many."""
+def sweep_probes(where: str) -> None:
+    """Remove scratch folders of earlier probes killed before they cleaned up: this host's whose
+    process is gone, any host's older than an hour (scans never count them either way), and give
+    the folder the mtime the killed probe took from it (kept in the scratch folder's name)."""
     import shutil
     import socket
     try:
         names = [n for n in os.listdir(where) if n.startswith(PROBE_PREFIX)]
     except OSError:
-        return 0
+        return
     host = socket.gethostname()
-    before: list = []
-    n_swept = 0
     for n in names:
         path = os.path.join(where, n)
         try:
-            h, pid, rest = n[len(PROBE_PREFIX):].rsplit("-", 2)
+            h, pid = n[len(PROBE_PREFIX):].rsplit("-", 2)[:2]
             mine_dead = h == host and not os.path.exists(f"/proc/{int(pid)}")
             old = os.lstat(path).st_mtime < time.time() - 3600
         except (ValueError, OSError):
             continue
         if mine_dead or old:
+            # The folder's mtime from before that probe, in its name: given back when nothing changed
+            # the folder since the probe's last step (its mtime not past the scratch entry's m/ctime).
+            was = re.search(r"\.m([0-9]+)$", n)
+            try:
+                parent, own = os.stat(where), os.lstat(path)
+                back = was is not None and parent.st_mtime_ns <= max(own.st_mtime_ns, own.st_ctime_ns)
+            except OSError:
+                back = False
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:
@@ -144,16 +142,11 @@ def sweep_probes(where: str) -> int:
                     os.unlink(path)
                 except OSError:
                     pass
-            if not os.path.lexists(path):
-                n_swept += 1
-                if rest.partition(".")[2].isdigit():
-                    before.append(int(rest.partition(".")[2]))
-    if before:
-        try:
-            os.utime(where, ns=(os.stat(where).st_atime_ns, min(before)))
-        except OSError:
-            pass
-    return n_swept
+            if back and was is not None:
+                try:
+                    os.utime(where, ns=(parent.st_atime_ns, int(was.group(1))))
+                except OSError:
+                    pass
 
 
 def probe_fs(folder: str) -> FsFacts:
@@ -162,22 +155,24 @@ def probe_fs(folder: str) -> FsFacts:
     folder its mtime back: hardlink, symlink, rename, RENAME_NOREPLACE, the mtime precision kept,
     whether a file keeps its inode number by two names and across a rename, case sensitivity."""
     import shutil
+    import socket
     where = nearest_existing(folder)
     point, fstype, opts = mount_entry(where)
     overlay = None
     if fstype == "overlay":
         upper = next((o[len("upperdir="):] for o in opts.split(",") if o.startswith("upperdir=")), "")
         overlay = upper if upper and os.path.isdir(upper) else ""
-    sweep_probes(where)
+    sweep_probes(where)      # first: it gives the folder back the time a killed probe took from it
     before = os.stat(where)
-    scratch = probe_name(where, before)
+    scratch = os.path.join(where, f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+                                  f".m{before.st_mtime_ns}")
     refused: list = []
     try:
         os.mkdir(scratch, 0o700)
     except OSError as exc:
         _restore_dir_times(where, before)
-        return FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
-                       f"cannot create a scratch folder: {_errname(exc)}", stable_mtime=False, up_links=False)
+        return by_type(FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
+                               f"cannot create a scratch folder: {_errname(exc)}", stable_mtime=False, up_links=False))
     try:
         a, b, c = (os.path.join(scratch, n) for n in ("a", "b", "c"))
         fd = os.open(a, TMP_FLAGS, 0o600)
@@ -256,8 +251,8 @@ def probe_fs(folder: str) -> FsFacts:
                        "refused: " + ", ".join(refused) if refused else "", forbidden, trailing, unit,
                        name_max, block, stable_mtime, up_links)
     except OSError as exc:
-        return FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
-                       f"probe failed: {_errname(exc)} ({exc.strerror})", stable_mtime=False, up_links=False)
+        return by_type(FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
+                               f"probe failed: {_errname(exc)} ({exc.strerror})", stable_mtime=False, up_links=False))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         _restore_dir_times(where, before)
@@ -300,8 +295,7 @@ def remember_weakest(target: str, doc: dict) -> dict:
     weaker in some fact (than what is kept; no record means every fact is strong) and the state
     folder exists. Returns the merged record."""
     import json
-    from migrate.identity import weakest
-    from migrate.identity import EXACT, precision_of
+    from migrate.identity import EXACT, precision_of, weakest
     seen = seen_facts(target)
     merged = weakest(seen, doc) if seen else dict(doc)
     if seen is None and precision_of(merged) == EXACT:
@@ -310,6 +304,17 @@ def remember_weakest(target: str, doc: dict) -> dict:
         atomic_write(os.path.join(target, STATE_DIR, SEEN_FILE),
                      (json.dumps(merged, sort_keys=True) + "\n").encode())
     return merged
+def by_type(fs: FsFacts) -> FsFacts:
+    """A probe that could not try names: the name rules known for its filesystem type (kernel
+    exFAT, vfat, NTFS: storerules.KNOWN), the most cautious reading, and its block size."""
+    from migrate.storerules import known_rules
+    try:
+        block = os.statvfs(fs.path).f_frsize
+    except OSError:
+        block = 0
+    return fs._replace(block=block, **known_rules(fs.fstype))
+
+
 def _accepts(folder: str, name: str) -> bool:
     """Whether the filesystem makes a file of exactly this name (listed back as given): exFAT
     through FUSE answers ENOENT for `a:b`, the kernel's exFAT drops a trailing dot."""
@@ -354,11 +359,14 @@ def probe_between(source_root: str, target: str) -> Probe:
     Tried with a scratch file made in the source root and linked (else renamed) into the target's
     nearest existing folder, both removed again, folder times put back; the source's own
     filesystem is probed on the way (Probe.fs)."""
+    import socket
     fs = probe_fs(source_root)
     where = nearest_existing(target)
+    tag = f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+    sweep_probes(where)
     before_s, before_t = os.stat(source_root), os.stat(where)
-    src = probe_name(source_root, before_s)
-    dst = probe_name(where, before_t)
+    src = os.path.join(source_root, f"{tag}.m{before_s.st_mtime_ns}")      # each folder's time in the name
+    dst = os.path.join(where, f"{tag}.m{before_t.st_mtime_ns}")            # (sweep_probes gives it back)
     try:
         try:
             os.close(os.open(src, TMP_FLAGS, 0o600))
@@ -508,11 +516,9 @@ def copy_and_hash(src: str, expect: Key, tmp: str, on_bytes: Optional[Callable[[
     Returns (digest of the bytes read, stat of tmp). The source must still be the scanned file
     afterwards. On any error tmp is removed.
     """
-    same = (lambda k: k[:3] == expect[:3]) if mtime_may_move else (lambda k: k == expect)
-    sfd = open_regular(src, None if mtime_may_move else expect)
-    if not same(stat_key(os.fstat(sfd))):
-        os.close(sfd)
-        raise OSError(errno.ESTALE, "changed since it was scanned", src)
+    if mtime_may_move:
+        expect = TimesMove(expect)      # hashing.matches: device, inode and size
+    sfd = open_regular(src, expect)
     try:
         dfd = os.open(tmp, TMP_FLAGS, 0o600)
     except BaseException:
@@ -524,7 +530,7 @@ def copy_and_hash(src: str, expect: Key, tmp: str, on_bytes: Optional[Callable[[
             on_created(os.fstat(dfd))
         h = xxhash.xxh3_128()
         _copy_plain(sfd, dfd, h, on_bytes, src, tmp, chunk)
-        if not same(stat_key(os.fstat(sfd))):
+        if not matches(os.fstat(sfd), expect):
             raise OSError(errno.ESTALE, "changed while it was copied", src)
         st = os.fstat(sfd)
         try:

@@ -402,6 +402,30 @@ def _tree(sources: Sequence[ScanResult], target_scan: Optional[ScanResult], targ
 _GONE = (Removal.UNLINK, Removal.QUARANTINE, Removal.RENAMED)
 
 
+def _folder_moved_to(folder: str, actions: Sequence[Action], moved: Dict[str, Action]) -> Optional[str]:
+    """The store folder every model file below `folder` (of the sources) moved into, keeping its path
+    below it, or None: nothing moved, one stays (a conflict, a file set aside by the audit), or they
+    went to several folders. Entries that never migrate (placeholders, unfinished downloads) do not count."""
+    prefix = folder.rstrip("/") + "/"
+    dest = None
+    for a in actions:
+        if not a.source.startswith(prefix):
+            continue
+        rest = a.source[len(prefix):]
+        b = moved.get(a.source)
+        if b is None:
+            if a.kind is ActionKind.SKIP and not a.digest:
+                continue        # not a model (a placeholder, a .part, a symlink): it stays, as before
+            return None
+        if b.dst is None or not b.dst.endswith("/" + rest):
+            return None
+        here = b.dst[:-len(rest) - 1]
+        if dest not in (None, here):
+            return None
+        dest = here
+    return dest
+
+
 def _relinks(actions: List[Action], view: names.View) -> List[Action]:
     """A symlink in the sources whose file leaves its place (moved, no symlink back) would dangle:
     re-point it at the file's new place (the same bytes under the same name). A link to a link
@@ -415,6 +439,13 @@ def _relinks(actions: List[Action], view: names.View) -> List[Action]:
         if node is not None and node.kind == "link":
             hop = view.canon(posixpath.join(posixpath.dirname(view.real(a.source)), node.to or ""))
             hop_node = view.tree.get(hop)
+            # A symlinked folder inside a category folder (a category folder that is a symlink keeps
+            # its category: scan.py): every model below it moved to one store folder.
+            folder = _folder_moved_to(hop, actions, moved) if hop_node is None and "/" in a.rel else None
+            if folder is not None:
+                out.append(a._replace(kind=ActionKind.RELINK, dst=folder, reason=f"symlink to the folder {node.to}: "
+                                      "its files moved; re-pointed to their folder in the store"))
+                continue
             end = view.final(a.source)
             to = moved.get(hop) or (moved.get(end or "") if hop_node is None or hop_node.kind != "link" else None)
             if to is not None:
@@ -458,12 +489,12 @@ def _name_changes(actions: Sequence[Action], before: names.View, target: str, wo
 
     def why(cat: str, name: str, b: str, a: Optional[str]) -> str:
         act = by_source.get(b)
+        if act is not None and act.reason.startswith("renamed to "):
+            return _REASONS["renamed"]     # (also unlisted: its other spelling holds it on a case-insensitive store)
         if a is None:
             return _REASONS["gone"]
         if act is not None and act.kind is ActionKind.CONFLICT:
             return _REASONS["kept"]
-        if act is not None and act.reason.startswith("renamed to "):
-            return _REASONS["renamed"]
         if a.startswith(target.rstrip("/") + "/"):
             return _REASONS["store"]
         return _REASONS["other"]

@@ -392,7 +392,8 @@ def summary_lines(plan: Plan, quiet: bool = False) -> list[str]:
         there = [a for a in plan.actions if a.kind is ActionKind.ALREADY_THERE and a.dst in done]
         lines.append(f"run {plan.resumed[0]} was interrupted: `run` continues it"
                      + (f" ({len(there)} file(s), {human(sum(a.size for a in there))}, it placed already)"
-                        if there else "") + "; `comfy-migrate rollback` undoes it")
+                        if there else "") + f"; `comfy-migrate rollback {plan.resumed[0]} --target "
+                     f"{shlex.quote(show(plan.target))}` undoes it")
     if plan.free_bytes is not None:
         verdict = "fits" if plan.fits else "DOES NOT FIT"
         block = plan.target_fs.block

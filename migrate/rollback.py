@@ -82,25 +82,6 @@ def check_log(records: Sequence[dict], path: str) -> None:
                          "the log was edited; restore the original")
 
 
-def precisions(head, seen: Optional[Dict[str, dict]] = None) -> Callable[[str], identity.Precision]:
-    """path -> the precision of its filesystem: the weakest of what the run's header and every resume
-    record of a continued run recorded for its root (each its own probe), and of `seen` (root ->
-    the facts the store remembers and a probe at rollback time found: see fsops.remember_weakest).
-    `head`: the header record, or all the run's records. A log of an earlier version has none: exact."""
-    heads = [r for r in head if r.get("type") in ("header", "resume")] if isinstance(head, list) else [head]
-    fs: Dict[str, dict] = {}
-    for h in heads + [{"fs": seen or {}}]:
-        for root, doc in (h.get("fs") if isinstance(h.get("fs"), dict) else {}).items():
-            if isinstance(root, str) and isinstance(doc, dict):
-                fs[root] = identity.weakest(fs.get(root), doc) if root in fs else dict(doc)
-    roots = sorted((r for r in fs if isinstance(r, str)), key=len, reverse=True)
-
-    def of(path: str) -> identity.Precision:
-        root = next((r for r in roots if isinstance(path, str) and path.startswith(r.rstrip("/") + "/")), None)
-        return identity.precision_of(fs.get(root)) if root else identity.EXACT
-    return of
-
-
 def store_facts(target: str, records: Sequence[dict]) -> Tuple[dict, Dict[str, dict]]:
     """What the store's filesystem does now, no stronger than what it remembers (fsops.seen_facts),
     and that record for each of the run's roots on the store's filesystem (plan_rollback's `seen`):
@@ -123,9 +104,9 @@ def store_facts(target: str, records: Sequence[dict]) -> Tuple[dict, Dict[str, d
 
 
 def plan_rollback(records: Sequence[dict], seen: Optional[Dict[str, dict]] = None) -> List[Undo]:
-    """`seen`: root -> filesystem facts weaker than the run recorded (see `precisions`)."""
+    """`seen`: root -> filesystem facts weaker than the run recorded (see identity.precisions)."""
     steps = group_steps(list(records))
-    prec = precisions(list(records), seen) if records else (lambda p: identity.EXACT)
+    prec = identity.precisions(list(records), seen) if records else (lambda p: identity.EXACT)
     undos = []
     for b in reversed(steps.begins):
         rec = dict(b)
@@ -601,8 +582,7 @@ def _made_here(rec: dict, path: str) -> bool:
             return os.path.islink(path) and os.readlink(path) == rec.get("to")
         except OSError:
             return False
-    ino = rec.get("ino") if op.keeps_source_ino else rec.get("stored_ino") if op is Op.DEDUPE else (
-        rec.get("dst_ino") or rec.get("tmp_ino"))
+    ino = op.placed_ino(rec)
     cur = _ino(path)
     if cur is not None and "_p_dst" in rec and not rec["_p_dst"].stable_inode and op is not Op.DEDUPE:
         return rec.get("digest") is not None and _is_logged_file(path, rec, "dst", None)
@@ -633,7 +613,7 @@ def settle(records: Sequence[dict], target: str) -> List[dict]:
     placement it would neither be kept for this run nor ever leave the store (fleet.placed_by)."""
     steps = group_steps(list(records))
     logged = records[0].get("target") or ""
-    prec = precisions(list(records))
+    prec = identity.precisions(list(records))
     out = list(records)
     for b in steps.begins:
         if b.get("op") not in PLACES_FILE or b["step"] in steps.done or not isinstance(b.get("dst"), str):
@@ -859,8 +839,12 @@ def _host_of(log: str) -> Optional[str]:
 
 
 def load_run(log_path: str) -> List[dict]:
+    """A run's log, read and checked once for undoing: its hash chain (read_log), its paths
+    (check_log), the fields of its step records (records.check_steps)."""
+    from migrate.records import check_steps
     records, _, _ = read_log(log_path)
     check_log(records, log_path)
+    check_steps(records, log_path)
     return records
 
 

@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from migrate import comfy, fsops
+from migrate import comfy, fsops, identity
 from migrate.fleet import store_rel
 from migrate.hashing import hash_path
 from migrate.journal import group_steps
@@ -98,10 +98,15 @@ def pod_runs(runs: Sequence[Run], target: str, yaml_path: Optional[str], host: s
     def mapped(rec: List[dict], p: str) -> str:
         return mount_of(rec[0], target).here(p)
 
+    def install(p: str) -> str:
+        # The YAML's folder resolved (a ComfyUI folder reached through a symlink is one pod), not the
+        # file: two installs whose YAMLs are symlinks to one file are two pods (issue 23).
+        return os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
+
     if yaml_path:
-        want = os.path.realpath(yaml_path)
+        want = install(yaml_path)
         mine = [(rid, rec) for rid, rec in runs if isinstance(rec[0].get("yaml"), str)
-                and os.path.realpath(mapped(rec, rec[0]["yaml"])) == want]
+                and install(mapped(rec, rec[0]["yaml"])) == want]
         if mine:
             return mine, f"the runs that wrote {yaml_path}"
     mine = [(rid, rec) for rid, rec in runs if by_sources and rec[0].get("sources")
@@ -227,12 +232,14 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     size_only: List[str] = []
     real_target = os.path.realpath(target)
     digests: Dict[str, str] = {}        # real path -> digest read here (each file read once)
+    logged = {rid: (rec[0].get("target") or "", identity.precisions(rec[0])) for rid, rec in runs}
     for rel, c in sorted(claims(runs, kept).items()):
         path = os.path.join(mounts[c.run].base, rel)
         per_run[c.run] += 1
         try:
             if quick:
-                state = _compare_stat(path, c, real_target, catalogue or {})
+                root, prec = logged[c.run]
+                state = _compare_stat(path, c, real_target, catalogue or {}, prec(posixpath.join(root, rel)))
                 if state == "size only":
                     size_only.append(path)
             else:
@@ -367,8 +374,11 @@ def check_names(runs: Sequence[Run], order: Dict[str, List[str]], quick: bool, d
     return bad, len(want)
 
 
-def _compare_stat(path: str, c: Claim, real_target: str, catalogue: Mapping) -> str:
-    """'same', 'changed' or 'size only' (no mtime known to compare) for a stored file, by stat alone."""
+def _compare_stat(path: str, c: Claim, real_target: str, catalogue: Mapping,
+                  p: identity.Precision = identity.EXACT) -> str:
+    """'same', 'changed' or 'size only' (no mtime known to compare) for a stored file, by stat alone,
+    at the precision the run's probe measured for the store's filesystem (`p`): a copy on MooseFS
+    reads back its mtime in whole seconds, not the nanoseconds the run may have seen at its publish."""
     st = os.stat(path)      # followed, as ComfyUI opens it
     if not stat.S_ISREG(st.st_mode):
         raise FileNotFoundError(path)
@@ -381,7 +391,8 @@ def _compare_stat(path: str, c: Claim, real_target: str, catalogue: Mapping) -> 
             want = entry.mtime_ns
     if want is None:
         return "size only"
-    return "same" if st.st_mtime_ns == want else "changed"
+    return "changed" if identity.changes(st, identity.Observed(None, None, c.size, want), p, identity.Dev.IGNORE) \
+        else "same"
 
 
 def loaded_path(order: Dict[str, List[str]], category: str, name: str) -> Optional[str]:

@@ -324,3 +324,18 @@ def test_the_running_servers_options_are_planned_with(tmp_path, cli_env, start, 
     store = {("loras", "from_extra.safetensors"): pod.store / "loras/from_extra.safetensors"}
     for key in declared:        # ComfyUI's own code: the name loads something else, the store's file, after it
         assert before[key][1] != str(store[key])
+
+
+def test_audit_and_workflows_read_the_launchs_folders(tmp_path, cli_env):
+    """With --base-directory B, ComfyUI's models are B/models and its saved workflows B/user/..."""
+    pod = LaunchPod(tmp_path, "0.33.0")
+    pod.fill(pod.data / "models")
+    flow = pod.data / "user/default/workflows/w.json"
+    flow.parent.mkdir(parents=True)
+    flow.write_text(json.dumps({"nodes": [{"type": "CheckpointLoaderSimple", "widgets_values": ["sd15.safetensors"]}]}))
+    launch = ["--comfyui-args", f"--base-directory {pod.data}"]
+    doc = json.loads(run_cli(["audit", "--comfyui", str(pod.comfyui), "--target", str(pod.store), "--format", "json",
+                              *launch], cli_env).stdout)
+    assert str(pod.data / "models") in doc["roots"]
+    doc = json.loads(run_cli(["workflows", "--comfyui", str(pod.comfyui), "--format", "json", *launch], cli_env).stdout)
+    assert len(doc["workflows"]) == 1 and doc["workflows"][0]["path"] == str(flow)

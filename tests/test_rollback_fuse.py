@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from test_rollback import STATE, Small, assert_same, read_records, rollback, run, shm_dir  # noqa: F401
+from test_rollback import STATE, Small, assert_same, read_records, rollback, run, shm_dir  # noqa: F401,F811
 
 from migrate import fsops
 from migrate.model import PROBE_PREFIX
@@ -121,12 +121,13 @@ def test_a_probe_killed_mid_way_is_swept_by_the_next_command_with_the_folders_ti
     removes it by its name and puts the folder's mtime back."""
     pod = Small(tmp_path / "pod")
     models = str(pod.models)
+    os.utime(models, ns=(1_650_000_000_000_000_000, 1_650_000_000_000_000_000))
     st = os.stat(models)
-    # fsops.probe_name: host, pid (here one that is gone), a random part, the folder's mtime before
-    dead = os.path.join(models, f"{PROBE_PREFIX}{socket.gethostname()}-999999999-abcdef.{st.st_mtime_ns}")
+    # fsops.probe_fs's name: host, pid (here one that is gone), a random part, the folder's mtime before
+    dead = os.path.join(models, f"{PROBE_PREFIX}{socket.gethostname()}-999999999-abcdef.m{st.st_mtime_ns}")
     os.mkdir(dead)
     Path(dead, "a").write_bytes(b"probe")
-    os.utime(models, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))    # what the mkdir did, later
+    assert os.stat(models).st_mtime_ns != st.st_mtime_ns
     res = rollback(cli_env, pod.target, "--comfyui", str(pod.comfyui), "--yes", check=None)
     assert res.returncode == 6, res.stderr          # no run to roll back
     assert not os.path.lexists(dead)

@@ -115,3 +115,22 @@ def test_a_symlink_another_run_relies_on_stays_in_the_store(tmp_path):
     records = _log(log2, dict(head, run="A2"), steps)
     rollback.execute_rollback(str(log2), records, rollback.plan_rollback(records))
     assert not os.path.lexists(target / "vae" / "z.safetensors")
+
+
+def test_one_identity_rule_says_what_changed(tmp_path):
+    """identity.changes (git's match_stat_data): every field that differs, at the filesystem's
+    precision, the device under a named policy; run, the digest cache and verify --quick use it."""
+    from migrate import identity
+    from migrate.hashing import matches, stamp
+    f = tmp_path / "m.safetensors"
+    f.write_bytes(b"x" * 10)
+    os.utime(f, ns=(5_300_000_000, 5_300_000_000))
+    st = os.lstat(f)
+    seen = identity.observe(st)
+    assert identity.changes(st, seen) == () and matches(st, stamp(st))
+    other = seen._replace(dev=seen.dev + 1, ino=seen.ino + 1, size=11, mtime_ns=5_000_000_000)
+    assert identity.changes(st, other) == ("dev", "inode", "size", "mtime")
+    coarse = identity.Precision(10 ** 9, stable_inode=False)     # whole seconds, inodes not stable
+    assert identity.changes(st, other, coarse, identity.Dev.IGNORE) == ("size",)
+    assert identity.changes(st, identity.observe(st, ctime=True)._replace(ctime_ns=1)) == ("ctime",)
+    assert not matches(st, stamp(st)[:4] + (1,))     # the digest cache: a ctime that moved
