@@ -85,7 +85,7 @@ def source_options(f):
                      envvar="COMFY_MIGRATE_SOURCE",
                      help="A models tree to migrate (repeatable). Default: <comfyui>/models.")(f)
     f = click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty,
-                     help="The ComfyUI folder. Default: $COMFYUI_DIR, /workspace/runpod-slim/ComfyUI, "
+                     help="The ComfyUI folder (the folder of its main.py). Default: $COMFYUI_DIR, /workspace/runpod-slim/ComfyUI, "
                           "/workspace/ComfyUI.")(f)
     return f
 
@@ -469,6 +469,8 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
     """What `run` shows before it asks: the totals, and the plan's warnings in one short line each
     (-v: in full; `plan` shows every file)."""
     if fmt == "table":
+        if plan.launch is not None and plan.launch.args:     # where the models are found depends on them
+            out(report.launch_line(plan) + "\n")
         if ui.verbosity >= 0:       # -q: what needs a look only
             out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
             for line in report.summary_lines(plan):
@@ -610,6 +612,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
                           "problems": [{"path": p.path, "message": p.message} for p in rep.problems],
                           "deploy": deploy, "report": page, "restart_comfyui": rep.yaml_written,
                           "comfyui_running": [r.pid for r in running],
+                          "comfyui": plan.launch.doc() if plan.launch is not None else None,
                           "findings": [report.finding_doc(f) for f in plan.findings],
                           "stayed": [{"path": p, "why": w} for p, w in left]}))
     else:
@@ -1119,7 +1122,7 @@ def trash_of(path: str) -> str:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="[RUN]", required=False)
-@click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty, help="The ComfyUI folder.")
+@click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty, help="The ComfyUI folder (the folder of its main.py).")
 @target_option
 @click.option("--comfyui-url", metavar="URL",
               help="Also ask a running ComfyUI (URL/object_info) whether its loaders list each name.")
