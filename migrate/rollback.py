@@ -82,9 +82,31 @@ def check_log(records: Sequence[dict], path: str) -> None:
                          "the log was edited; restore the original")
 
 
-def plan_rollback(records: Sequence[dict]) -> List[Undo]:
+def store_facts(target: str, records: Sequence[dict]) -> Tuple[dict, Dict[str, dict]]:
+    """What the store's filesystem does now, no stronger than what it remembers (fsops.seen_facts),
+    and that record for each of the run's roots on the store's filesystem (plan_rollback's `seen`):
+    the store is probed again here, as every plan probes it, since one probe can be lucky."""
+    fresh = fsops.fs_doc(fsops.probe_fs(target))
+    merged = identity.weakest(fsops.seen_facts(target), fresh)
+    head = records[0]
+    try:
+        dev = os.stat(target).st_dev
+    except OSError:
+        return merged, {}
+    out: Dict[str, dict] = {}
+    for root in [head.get("target")] + list(head.get("sources") or []):
+        try:
+            if isinstance(root, str) and os.stat(root).st_dev == dev:
+                out[root] = merged
+        except OSError:
+            continue
+    return merged, out
+
+
+def plan_rollback(records: Sequence[dict], seen: Optional[Dict[str, dict]] = None) -> List[Undo]:
+    """`seen`: root -> filesystem facts weaker than the run recorded (see identity.precisions)."""
     steps = group_steps(list(records))
-    prec = identity.precisions(records[0]) if records else (lambda p: identity.EXACT)
+    prec = identity.precisions(list(records), seen) if records else (lambda p: identity.EXACT)
     undos = []
     for b in reversed(steps.begins):
         rec = dict(b)
@@ -102,7 +124,9 @@ def plan_rollback(records: Sequence[dict]) -> List[Undo]:
         if done:
             rec.update({k: v for k, v in done.items() if k not in ("type", "seq", "prev", "sum")})
         undos.append(Undo(b["op"], b["step"], rec, done is not None))
-    return undos
+    # The YAML goes back last, and only once every source it serves is back (see `stranded`): until
+    # then its section keeps each name loading from the store.
+    return [u for u in undos if u.op != Op.YAML] + [u for u in undos if u.op == Op.YAML]
 
 
 def _safe(root_of: Callable[[str], Optional[str]], path: str, links: Optional[Dict[str, str]] = None) -> None:
@@ -179,6 +203,8 @@ class RollbackReport:
     skipped: List[Problem] = field(default_factory=list)
     resumed: bool = False
     kept: List[Problem] = field(default_factory=list)    # stored files other runs rely on
+    stranded: List[Problem] = field(default_factory=list)    # sources not back, only in the store: the
+                                                             # YAML's section stays so their names load
 
 
 def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
@@ -209,7 +235,10 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
     done_before: set = set()
     if read_begun(rb_path) is not None:
         j, rb_records, _ = Journal.reopen(rb_path, again, room)
-        done_before = {r["undo"] for r in rb_records if r.get("type") == "done"}
+        # A step skipped before is tried again (every undo is idempotent): a rollback closed as
+        # incomplete (a source not back, the YAML kept) is finished by running it again.
+        skipped_before = {r["undo"] for r in rb_records if r.get("type") == "skip"}
+        done_before = {r["undo"] for r in rb_records if r.get("type") == "done"} - skipped_before
         j.append({"type": "resume", "pid": os.getpid(), "host": socket.gethostname()})
         report = RollbackReport(head["run"], rb_path, resumed=True)
     else:
@@ -258,6 +287,8 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                 drop_handed()
             if u.step in done_before:
                 continue
+            if u.op == Op.YAML and not report.stranded:
+                report.stranded = stranded(records)
             j.append({"type": "begin", "undo": u.step, "op": u.op})
             try:
                 for f in PATH_FIELDS:
@@ -272,6 +303,10 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                                   "digest": u.rec.get("digest"), "size": u.rec.get("size")})
                         report.kept.append(Problem(u.rec["dst"], "kept in the store: run(s) "
                                                    f"{', '.join(users)} rely on it"))
+                elif u.op == Op.YAML and report.stranded:
+                    note = (f"{len(report.stranded)} model file(s) are not back in the pod (e.g. "
+                            f"{report.stranded[0].path}): the comfy-migrate section stays so their names "
+                            "keep loading from the store")
                 else:
                     said: List[str] = []
                     note = _undo(u, on_bytes, twins, said)
@@ -305,12 +340,43 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
             fsops.sweep_probes(root)
         fsops.sweep_leftovers(state, [head.get("yaml"), head.get("yaml_real")])     # before the folder times
         j.append({"type": "dirtimes", "restored": _restore_dir_times(records)})
+        if not report.stranded:
+            report.stranded = stranded(records)
         if before_close is not None:
             before_close()
-        j.append({"type": "close", "undone": report.undone, "skipped": len(report.skipped)})
+        j.append({"type": "close", "undone": report.undone, "skipped": len(report.skipped),
+                  **({"incomplete": len(report.stranded)} if report.stranded else {})})
     finally:
         j.close()
     return report
+
+
+def stranded(records: Sequence[dict]) -> List[Problem]:
+    """Sources the run took away that are not back at their names while the store still holds their
+    content (a copy back that failed): ComfyUI finds them only through the YAML's section. Steps
+    that never happened left their source in place, so they count only where the source is gone."""
+    out: List[Problem] = []
+    for r in records:
+        op = Op.of(r) if r.get("type") == "begin" else None
+        if op is None or not op.returns_source:
+            continue
+        src = r.get("src")
+        if not isinstance(src, str) or os.path.lexists(src):
+            continue
+        held = next((h for h in ([r.get("dst")] if op is Op.RENAME else _holders(r))
+                     if isinstance(h, str) and _holds(h, r)), None)
+        if held is not None and src not in {p.path for p in out}:
+            out.append(Problem(src, f"not back; its content is only in the store at {held}"))
+    return out
+
+
+def _holds(path: str, r: dict) -> bool:
+    """A regular file at `path` with the logged size and digest (read: only for a source not back)."""
+    try:
+        st = os.lstat(path)
+        return stat.S_ISREG(st.st_mode) and st.st_size == r.get("size") and hash_path(path) == r.get("digest")
+    except OSError:
+        return False
 
 
 def _drop_unbegun(path: str) -> Optional[int]:
@@ -596,13 +662,15 @@ def settle(records: Sequence[dict], target: str) -> List[dict]:
     placement it would neither be kept for this run nor ever leave the store (fleet.placed_by)."""
     steps = group_steps(list(records))
     logged = records[0].get("target") or ""
+    prec = identity.precisions(list(records))
     out = list(records)
     for b in steps.begins:
         if b.get("op") not in PLACES_FILE or b["step"] in steps.done or not isinstance(b.get("dst"), str):
             continue
         rel = store_rel(b["dst"], logged)
         staged = [e["tmp_ino"] for e in steps.extra.get(b["step"], []) if e["type"] == "staged"]
-        rec = dict(b, tmp_ino=staged[-1]) if staged else b
+        rec = dict(b, tmp_ino=staged[-1]) if staged else dict(b)
+        rec["_p_dst"] = prec(b["dst"])      # unstable inode numbers: judged by content (_made_here)
         if rel is not None and not _made_here(rec, posixpath.join(target, rel)):
             out.append({"type": "unplaced", "step": b["step"], "dst": b["dst"]})
     return out
@@ -761,7 +829,10 @@ def _restore_from(stored: str, r: dict, on_bytes) -> bool:
     tmp = temp_name(os.path.dirname(src), os.path.basename(src), "restore")
     if os.path.lexists(tmp):
         os.unlink(tmp)
-    digest, _ = fsops.copy_and_hash(stored, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), tmp, on_bytes)
+    # The digest read decides (it must be the logged one): the stored copy's mtime may move while it is
+    # read (rclone shows "now" until it has uploaded a file we wrote seconds ago).
+    digest, _ = fsops.copy_and_hash(stored, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), tmp, on_bytes,
+                                    mtime_may_move=True)
     if digest != r["digest"]:
         os.unlink(tmp)
         return False
@@ -800,7 +871,7 @@ def find_log(target: str, run: Optional[str], newest: bool = False, host: Option
         return os.path.join(runs, names[-1])
     for n in reversed(names):
         rb = read_begun(rollback_log_of(os.path.join(runs, n)))
-        if rb is not None and rb[-1].get("type") == "close":
+        if rb is not None and rb[-1].get("type") == "close" and not rb[-1].get("incomplete"):
             continue
         return os.path.join(runs, n)
     if names:
@@ -830,7 +901,9 @@ def run_state(log_path: str) -> str:
     records, _, _ = read_log(log_path)
     rbr = read_begun(rollback_log_of(log_path))     # one that never wrote a record did nothing
     if rbr is not None:
-        return "rolled back" if rbr[-1].get("type") == "close" else "rollback interrupted"
+        if rbr[-1].get("type") != "close":
+            return "rollback interrupted"
+        return "rollback incomplete" if rbr[-1].get("incomplete") else "rolled back"
     last = records[-1]
     if last.get("type") == "close":
         return "complete" if last.get("state") == "complete" else "complete with problems"

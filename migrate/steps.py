@@ -12,7 +12,7 @@ that no other module names ops and that every op has its undo and its fields.
     mkdir         made a folder (the store's, a quarantine's)        remove it if empty
     link          hardlinked a source into the store                 remove that name (or move it back)
     rename        renamed a source into the store                    move it back
-    copy          copied, verified and published a source            remove the copy (the source is back)
+    copy          copied, verified and published a source            remove the copy (once the source is back)
     dedupe        hardlinked the stored copy of the same content     remove that name
     symlink       a symlink to the stored copy (no hardlinks)        remove the symlink
     yaml          rewrote extra_model_paths.yaml                     put the saved bytes back
@@ -54,7 +54,7 @@ class Op(str, Enum):
     DEDUPE = ("dedupe", 1, 1, 0, 0, 0, 0, 0, 0, 0, "remove {dst} (a hardlink of {stored})")
     SYMLINK = ("symlink", 1, 0, 0, 0, 0, 0, 0, 0, 0, "remove symlink {dst}")
     RENAME = ("rename", 1, 1, 1, 1, 0, 1, 1, 0, 0, "move {dst} back to {src}")
-    COPY = ("copy", 1, 1, 1, 0, 0, 0, 1, 1, 1, "remove the copy {dst} (the source is back at {src})")
+    COPY = ("copy", 1, 1, 1, 0, 0, 0, 1, 1, 1, "remove the copy {dst} once {src} holds the source again")
     YAML = ("yaml", 0, 0, 0, 0, 0, 0, 0, 0, 0, "restore {path} to its previous bytes")
     UNLINK = ("unlink", 0, 0, 0, 0, 1, 1, 1, 0, 0, "recreate {src} as a hardlink of {dst}")
     QUARANTINE = ("quarantine", 0, 0, 0, 0, 1, 1, 0, 0, 0, "move {src} back from quarantine")

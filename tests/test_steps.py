@@ -69,7 +69,8 @@ def test_the_log_format_and_the_classification():
     assert PLACES_FILE < PLACES and PLACES - PLACES_FILE == {Op.SYMLINK}       # a name, not a file
     assert not PLACES & REMOVES_SOURCE
     assert all(o.places for o in Op if o.stores_source or o.keeps_source_ino)
-    assert Op.COPY.describe_undo({"dst": "/t/a", "src": "/s/a"}) == "remove the copy /t/a (the source is back at /s/a)"
+    # never "the source is back at ..." before it is (issue 20): the undo removes the copy once it is
+    assert Op.COPY.describe_undo({"dst": "/t/a", "src": "/s/a"}) == "remove the copy /t/a once /s/a holds the source again"
     assert Op.MKDIR.describe_undo({}) == "remove folder None if empty"
 
 
