@@ -185,11 +185,13 @@ def gather(
         on_total(sum(r.size for s in scans for r in s.records if r.status is Status.MIGRATE)
                  + sum(r.size for r in (target_scan.records if target_scan else ())
                        if r.status is Status.MIGRATE and wanted(r)))
-    scans = [hash_records(s, cache, on_bytes) for s in scans]
-    if target_scan is not None:
-        target_scan = hash_records(target_scan, cache, on_bytes, only=wanted)
+    # Probed before anything is read: where mtimes move while a file is read (rclone), a file is
+    # recognised while it is hashed by device, inode and size (hashing.TimesMove).
     probes = tuple(fsops.probe_between(s.root, target) for s in scans)
-    target_fs = fsops.probe_fs(target)
+    target_fs, probes = weakest_facts(target, fsops.probe_fs(target), probes)
+    scans = [hash_records(s, cache, on_bytes, times_move=not p.fs.stable_mtime) for s, p in zip(scans, probes)]
+    if target_scan is not None:
+        target_scan = hash_records(target_scan, cache, on_bytes, only=wanted, times_move=not target_fs.stable_mtime)
     layers: Dict[str, str] = {}
     container_free = None
     for s, p in zip(scans, probes):
@@ -201,6 +203,29 @@ def gather(
                  yaml_path, yaml_before, fsops.free_space(target), tuple(findings), cat, cat_warning, hits,
                  started, world=world, target_fs=target_fs, layers=layers,
                  container_free=container_free, state_bytes=used, launch=launch)
+
+
+def weakest_facts(target: str, target_fs: FsFacts, probes: Sequence[Probe]) -> Tuple[FsFacts, Tuple[Probe, ...]]:
+    """The store's probe, and those of sources on the store's own filesystem, no stronger than the
+    weakest facts earlier probes of the store found (fsops.seen_facts; kept by each run): rclone's
+    inode numbers survive one probe's renames and not the next's, so one lucky probe proves nothing."""
+    from migrate.identity import weakest
+    seen = fsops.seen_facts(target)
+    if seen is None:
+        return target_fs, tuple(probes)
+    try:
+        dev = os.stat(fsops.nearest_existing(target)).st_dev
+    except OSError:
+        return target_fs, tuple(probes)
+    out = []
+    merged = weakest(seen, fsops.fs_doc(target_fs))
+    for p in probes:
+        try:
+            same = os.stat(p.source).st_dev == dev
+        except OSError:
+            same = False
+        out.append(p._replace(fs=fsops.weaken(p.fs, merged)) if same else p)
+    return fsops.weaken(target_fs, merged), tuple(out)
 
 
 def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult], target: str,
