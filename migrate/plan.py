@@ -299,10 +299,12 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
     lower = move and layer == LOWER
     if lower:
         link_back = False       # the file stays at its place
-    elif link_back and not probe.fs.symlink:
+    elif link_back and not (probe.fs.symlink and probe.fs.up_links):
+        # A link back leads out of its folder (`..`, or an absolute path): sshfs refuses those.
         if r.custom:
             return Action(ActionKind.SKIP, reason=f"custom-node folder on a filesystem without symlinks "
-                          f"({probe.fs.fstype}): no link could lead its nodes to the store, so it stays", **common)
+                          f"that lead out of their folder ({probe.fs.fstype}): no link could lead its nodes to "
+                          "the store, so it stays", **common)
         link_back = False
     # Inode numbers that are not stable (sshfs, mergerfs, rclone) cannot show that the store holds
     # the source's own file: its name is never just unlinked.
@@ -352,7 +354,8 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
         keep = stored[r.digest]
         keep_inode = slots.find(keep).inode  # type: ignore[union-attr]
         # A store without hardlinks gets a symlink; without symlinks either, a copy (the plan counts its bytes).
-        method = Method.HARDLINK if target_hardlinks else Method.SYMLINK if target_fs.symlink else Method.COPY
+        method = Method.HARDLINK if target_hardlinks else Method.SYMLINK if (
+            target_fs.symlink and target_fs.up_links) else Method.COPY
         rem = removal_for(keep_inode)
         slots.put(dst, _Slot(r.digest, keep_inode if method is Method.HARDLINK else None))
         why = reason or f"same content as {posixpath.relpath(keep, target)}"
