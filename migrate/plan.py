@@ -171,13 +171,13 @@ def build_plan(
     target_fs: FsFacts = UNPROBED,
     layers: Optional[Mapping[str, str]] = None,
     container_free: Optional[int] = None,
-    state_present: int = 0,
+    state_bytes: int = 0,
 ) -> Plan:
     """`target_fs`: what the store's filesystem does (fsops.probe_fs); `layers`: source path -> LOWER
     or UNKNOWN for files of overlay sources (facts.overlay_layers); `container_free`: free bytes of
     the overlay sources' upper layer (the container disk). The store's name rules and allocation
-    unit come with target_fs (storerules.py); `state_present`: how many of the run's own state
-    paths exist in the store already (storerules.STATE_PATHS: no block to reserve for them)."""
+    unit come with target_fs (storerules.py); `state_bytes`: the space our own state files in the
+    store take already (facts.state_bytes: not reserved again)."""
     target_hardlinks = target_hardlinks and target_fs.hardlink
     layers = layers or {}
     if yaml_path is not None and yaml_before is not None:
@@ -243,7 +243,7 @@ def build_plan(
     if container:
         warnings.append(f"the overlay's layers are not visible here: setting aside {container} bytes of sources "
                         "may copy them up onto the container disk first (counted against its free space)")
-    need, reserve = _space_needed(actions, target_scan, target, target_fs, state_present)
+    need, reserve = _space_needed(actions, target_scan, target, target_fs, state_bytes)
     return Plan(
         space_needed=need, reserve_bytes=reserve,
         name_changes=changes, names_after=after,
@@ -258,7 +258,7 @@ def build_plan(
 
 
 def _space_needed(actions: Sequence[Action], target_scan: Optional[ScanResult], target: str,
-                  fs: FsFacts, state_present: int = 0) -> Tuple[int, int]:
+                  fs: FsFacts, state_bytes: int = 0) -> Tuple[int, int]:
     """(the store space the run needs, the part of it reserved for the run's own files): each copy
     rounded up to the store's allocation unit, a block for each symlink and each new folder, and
     storerules.reserve (the lock, the log and a rollback's records, the catalogue)."""
@@ -282,7 +282,7 @@ def _space_needed(actions: Sequence[Action], target_scan: Optional[ScanResult], 
     steps = sum(1 for a in actions if a.method is not Method.NONE or a.removal is not Removal.NONE
                 or a.kind is ActionKind.RELINK)
     stored = len(target_scan.records) if target_scan else 0
-    reserve = storerules.reserve(block, steps, stored + len(dsts), state_present)
+    reserve = storerules.reserve(block, steps, stored + len(dsts), state_bytes, len(actions))
     return need + reserve, reserve
 
 

@@ -427,149 +427,198 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
     notes = [] if notes is None else notes
     r = u.rec
     op = u.op
-    if op == Op.MKDIR:
-        try:
-            os.rmdir(r["path"])
-        except (FileNotFoundError, NotADirectoryError):
-            pass        # gone, or a file of someone else's took its place: not ours to remove
-        except OSError as exc:
-            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                return "folder is not empty (files were added since); left in place"
-            raise
+    undo = UNDO.get(op)
+    return undo(u, r, on_bytes, twins, notes) if undo is not None else f"unknown step kind {op!r}"
+
+
+def _undo_mkdir(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Remove a folder the run made, if nothing was added to it since."""
+    try:
+        os.rmdir(r["path"])
+    except (FileNotFoundError, NotADirectoryError):
+        pass        # gone, or a file of someone else's took its place: not ours to remove
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return "folder is not empty (files were added since); left in place"
+        raise
+    return ""
+
+
+def _undo_link(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Remove a hardlink the run made (link: the source's, or moved back when the source is gone; dedupe: the stored copy's)."""
+    op = u.op
+    dst = r["dst"]
+    want = (r["dev"], r["ino"]) if op == Op.LINK else (r["stored_dev"], r["stored_ino"])
+    cur = _ino(dst)
+    if cur is None or _never_made(u):
         return ""
-    if op in (Op.LINK, Op.DEDUPE):
-        dst = r["dst"]
-        want = (r["dev"], r["ino"]) if op == Op.LINK else (r["stored_dev"], r["stored_ino"])
-        cur = _ino(dst)
-        if cur is None or _never_made(u):
-            return ""
-        stable = r.get("_p_dst", identity.EXACT).stable_inode
-        if stable and cur != want:
-            return "the target file was replaced since the run; left in place"
-        if op == Op.LINK and not (_as_logged(dst, r, "dst") if stable else _is_logged_file(dst, r, "dst", None)):
-            return "the target file was changed since the run; left in place"
-        if op == Op.LINK and _ino(r["src"]) is None:
-            fsops.rename_noreplace(dst, r["src"])
-            return ""
-        if os.lstat(dst).st_nlink < 2 and not _src_holds(r):
-            return f"another file now has the old name {r['src']}: this copy is the original's last; kept"
+    stable = r.get("_p_dst", identity.EXACT).stable_inode
+    if stable and cur != want:
+        return "the target file was replaced since the run; left in place"
+    if op == Op.LINK and not (_as_logged(dst, r, "dst") if stable else _is_logged_file(dst, r, "dst", None)):
+        return "the target file was changed since the run; left in place"
+    if op == Op.LINK and _ino(r["src"]) is None:
+        fsops.rename_noreplace(dst, r["src"])
+        return ""
+    if os.lstat(dst).st_nlink < 2 and not _src_holds(r):
+        return f"another file now has the old name {r['src']}: this copy is the original's last; kept"
+    os.unlink(dst)
+    return ""
+
+
+def _undo_symlink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Remove a symlink the run made to the stored copy, if it still says what the run wrote."""
+    dst = r["dst"]
+    if os.path.islink(dst) and os.readlink(dst) == r["to"]:
         os.unlink(dst)
+    return ""
+
+
+def _undo_rename(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Move a renamed source back, if the stored file is still the one the run moved."""
+    if _never_made(u):
         return ""
-    if op == Op.SYMLINK:
-        dst = r["dst"]
-        if os.path.islink(dst) and os.readlink(dst) == r["to"]:
-            os.unlink(dst)
+    cur = _ino(r["dst"])
+    if cur is None or _ino(r["src"]) is not None:
+        return "" if cur is None else "both names exist; left in place"
+    stable = r.get("_p_dst", identity.EXACT).stable_inode
+    if stable and cur != (r["dev"], r.get("dst_ino", r["ino"])):
+        return "the target file was replaced since the run; left in place"
+    if not (_as_logged(r["dst"], r, "dst") if stable else _is_logged_file(r["dst"], r, "dst", None)):
+        return "the target file was changed since the run; left in place"
+    os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+    fsops.rename_noreplace(r["dst"], r["src"])
+    return ""
+
+
+def _undo_copy(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Remove a copy the run made, once its bytes are proven the run's (the source restored first if it is gone)."""
+    tmp = r.get("tmp")
+    if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
+        os.unlink(tmp)
+    ino = r.get("dst_ino") or r.get("tmp_ino")
+    dst = r["dst"]
+    cur = _ino(dst)
+    if cur is None or ino is None or _never_made(u):
         return ""
-    if op == Op.RENAME:
-        if _never_made(u):
-            return ""
-        cur = _ino(r["dst"])
-        if cur is None or _ino(r["src"]) is not None:
-            return "" if cur is None else "both names exist; left in place"
-        stable = r.get("_p_dst", identity.EXACT).stable_inode
-        if stable and cur != (r["dev"], r.get("dst_ino", r["ino"])):
-            return "the target file was replaced since the run; left in place"
-        if not (_as_logged(r["dst"], r, "dst") if stable else _is_logged_file(r["dst"], r, "dst", None)):
-            return "the target file was changed since the run; left in place"
-        os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-        fsops.rename_noreplace(r["dst"], r["src"])
+    if r.get("_p_dst", identity.EXACT).stable_inode and cur[1] != ino:
+        return "the target file was replaced since the run; left in place"
+    # This undo deletes the copy: first prove it holds exactly the bytes the run copied.
+    if not _as_logged(dst, r, "dst") or hash_path(dst) != r["digest"]:
+        return "the target copy was changed since the run; left in place"
+    if _ino(r["src"]) is None:
+        # The source is gone for good (its quarantine was purged): copy back, verify, then remove.
+        if not _restore_from(dst, r, on_bytes):
+            return "could not restore the source from the target copy; both kept"
+    elif os.lstat(dst).st_nlink < 2 and not _src_holds(r):
+        return f"another file now has the old name {r['src']}: this copy may be the original's last; kept"
+    os.unlink(dst)
+    return ""
+
+
+def _undo_yaml(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Put extra_model_paths.yaml back (only the comfy-migrate section, if the user edited it since)."""
+    path = fsops.through_link(r["path"])
+    cur = fsops.read_file(path)
+    if r.get("before"):
+        before = fsops.read_file(r["before"])
+        if before is None or hash_bytes(before) != r["before_digest"]:
+            return "the saved previous YAML is missing or damaged; YAML left as it is"
+    else:
+        before = None
+    if cur == before:
         return ""
-    if op == Op.COPY:
-        tmp = r.get("tmp")
-        if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
-            os.unlink(tmp)
-        ino = r.get("dst_ino") or r.get("tmp_ino")
-        dst = r["dst"]
-        cur = _ino(dst)
-        if cur is None or ino is None or _never_made(u):
-            return ""
-        if r.get("_p_dst", identity.EXACT).stable_inode and cur[1] != ino:
-            return "the target file was replaced since the run; left in place"
-        # This undo deletes the copy: first prove it holds exactly the bytes the run copied.
-        if not _as_logged(dst, r, "dst") or hash_path(dst) != r["digest"]:
-            return "the target copy was changed since the run; left in place"
-        if _ino(r["src"]) is None:
-            # The source is gone for good (its quarantine was purged): copy back, verify, then remove.
-            if not _restore_from(dst, r, on_bytes):
-                return "could not restore the source from the target copy; both kept"
-        elif os.lstat(dst).st_nlink < 2 and not _src_holds(r):
-            return f"another file now has the old name {r['src']}: this copy may be the original's last; kept"
-        os.unlink(dst)
+    if cur is None:
+        return "extra_model_paths.yaml was deleted since the run; left so"
+    if hash_bytes(cur) != r["after_digest"]:
+        return _unmerge_yaml(path, cur, before, notes)
+    if before is None:
+        os.unlink(path)
+        fsops.fsync_dir(os.path.dirname(path))
+    else:
+        fsops.atomic_write(path, before, os.stat(path).st_mode & 0o7777)
+        if r.get("before_mtime_ns"):
+            os.utime(path, ns=(r["before_mtime_ns"], r["before_mtime_ns"]))
+    return ""
+
+
+def _undo_unlink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Recreate a source name the store held as its inode: a hardlink, else a verified copy."""
+    if _ino(r["src"]) is not None:
         return ""
-    if op == Op.YAML:
-        path = fsops.through_link(r["path"])
-        cur = fsops.read_file(path)
-        if r.get("before"):
-            before = fsops.read_file(r["before"])
-            if before is None or hash_bytes(before) != r["before_digest"]:
-                return "the saved previous YAML is missing or damaged; YAML left as it is"
-        else:
-            before = None
-        if cur == before:
-            return ""
-        if cur is None:
-            return "extra_model_paths.yaml was deleted since the run; left so"
-        if hash_bytes(cur) != r["after_digest"]:
-            return _unmerge_yaml(path, cur, before, notes)
-        if before is None:
-            os.unlink(path)
-            fsops.fsync_dir(os.path.dirname(path))
-        else:
-            fsops.atomic_write(path, before, os.stat(path).st_mode & 0o7777)
-            if r.get("before_mtime_ns"):
-                os.utime(path, ns=(r["before_mtime_ns"], r["before_mtime_ns"]))
-        return ""
-    if op == Op.UNLINK:
-        if _ino(r["src"]) is not None:
-            return ""
-        # The stored copy it trusted, else the run's own name for it (a dedupe link: another
-        # pod's rollback may have removed the copy it was made from).
-        names = _holders(r)
-        for stored in names:
-            if _ino(stored) == (r["dev"], r["ino"]) and _as_logged(stored, r, "dst"):
-                os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-                os.link(stored, r["src"])
-                return ""
-        if not _restore_twin(r, twins, on_bytes, names):
-            return "the stored copy changed; source not recreated"
-        return ""
-    if op == Op.QUARANTINE:
-        if _ino(r["src"]) is not None:
-            if _ino(r["src"]) == (r["dev"], r["ino"]) or not os.path.lexists(r["q"]):
-                return ""
-            return f"another file now has the old name; the original stays in quarantine at {r['q']}"
-        if _is_logged_file(r["q"], r, "src", (r["dev"], r["ino"])) or (
-                _ino(r["q"]) == (r["dev"], r["ino"]) and r.get("_p_src", identity.EXACT).stable_inode):
+    # The stored copy it trusted, else the run's own name for it (a dedupe link: another
+    # pod's rollback may have removed the copy it was made from).
+    names = _holders(r)
+    for stored in names:
+        if _ino(stored) == (r["dev"], r["ino"]) and _as_logged(stored, r, "dst"):
             os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-            fsops.rename_noreplace(r["q"], r["src"])
-            twins.setdefault((r["dev"], r["ino"]), []).append(r["src"])
+            os.link(stored, r["src"])
             return ""
-        # Purged: recreate it from the stored copy with the same digest, mode and mtime.
-        if not _restore_twin(r, twins, on_bytes, _holders(r)):
-            return "the quarantined file was purged and no stored copy has its content"
+    if not _restore_twin(r, twins, on_bytes, names):
+        return "the stored copy changed; source not recreated"
+    return ""
+
+
+def _undo_quarantine(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Move a source back from quarantine (recreated from a stored copy if it was purged)."""
+    if _ino(r["src"]) is not None:
+        if _ino(r["src"]) == (r["dev"], r["ino"]) or not os.path.lexists(r["q"]):
+            return ""
+        return f"another file now has the old name; the original stays in quarantine at {r['q']}"
+    if _is_logged_file(r["q"], r, "src", (r["dev"], r["ino"])) or (
+            _ino(r["q"]) == (r["dev"], r["ino"]) and r.get("_p_src", identity.EXACT).stable_inode):
+        os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+        fsops.rename_noreplace(r["q"], r["src"])
+        twins.setdefault((r["dev"], r["ino"]), []).append(r["src"])
         return ""
-    if op == Op.LINKBACK:
-        if os.path.islink(r["src"]) and os.readlink(r["src"]) == r["to"]:
-            os.unlink(r["src"])
-        return ""
-    if op == Op.RELINK:
-        tmp = r.get("tmp")
-        if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
-            os.unlink(tmp)
-        src = r["src"]
-        if not os.path.islink(src) or os.readlink(src) != r["to"]:
-            return "" if os.path.islink(src) and os.readlink(src) == r["old"] else \
-                "the symlink was changed since the run; left as it is"
-        back = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}restore")
-        if os.path.lexists(back):
-            os.unlink(back)
-        os.symlink(r["old"], back)
-        os.replace(back, src)
-        if isinstance(r.get("mtime_ns"), int):
-            os.utime(src, ns=(r["mtime_ns"], r["mtime_ns"]), follow_symlinks=False)
-        fsops.fsync_dir(os.path.dirname(src))
-        return ""
-    return f"unknown step kind {op!r}"
+    # Purged: recreate it from the stored copy with the same digest, mode and mtime.
+    if not _restore_twin(r, twins, on_bytes, _holders(r)):
+        return "the quarantined file was purged and no stored copy has its content"
+    return ""
+
+
+def _undo_linkback(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Remove a link-back symlink, if it still says what the run wrote."""
+    if os.path.islink(r["src"]) and os.readlink(r["src"]) == r["to"]:
+        os.unlink(r["src"])
+    return ""
+
+
+def _undo_relink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Point a re-pointed symlink of the sources where it pointed before the run."""
+    tmp = r.get("tmp")
+    if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
+        os.unlink(tmp)
+    src = r["src"]
+    if not os.path.islink(src) or os.readlink(src) != r["to"]:
+        return "" if os.path.islink(src) and os.readlink(src) == r["old"] else \
+            "the symlink was changed since the run; left as it is"
+    back = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}restore")
+    if os.path.lexists(back):
+        os.unlink(back)
+    os.symlink(r["old"], back)
+    os.replace(back, src)
+    if isinstance(r.get("mtime_ns"), int):
+        os.utime(src, ns=(r["mtime_ns"], r["mtime_ns"]), follow_symlinks=False)
+    fsops.fsync_dir(os.path.dirname(src))
+    return ""
+
+
+# The inverse of each step, by its op (steps.Op): each returns '' when done (or nothing was needed),
+# else why it was skipped; each checks the disk is as the log left it before it changes anything.
+UNDO: Dict[str, Callable[..., str]] = {
+    Op.MKDIR: _undo_mkdir,
+    Op.LINK: _undo_link,
+    Op.DEDUPE: _undo_link,
+    Op.SYMLINK: _undo_symlink,
+    Op.RENAME: _undo_rename,
+    Op.COPY: _undo_copy,
+    Op.YAML: _undo_yaml,
+    Op.UNLINK: _undo_unlink,
+    Op.QUARANTINE: _undo_quarantine,
+    Op.LINKBACK: _undo_linkback,
+    Op.RELINK: _undo_relink,
+}
 
 
 def _made_here(rec: dict, path: str) -> bool:

@@ -4,7 +4,9 @@ A run's log names each step by its `op` (the strings below are the log format: n
 Every question asked of a kind of step anywhere (does it put a name in the store? remove a
 source? keep the source's inode?) is a property here; code elsewhere asks the step, never a list
 of op names of its own. Adding a step (attach is next) means adding a member here and answering
-each property for it; the test in tests/test_steps.py then checks the sets derived from them.
+each property for it, then its forward action (execute._Runner), its inverse (rollback.UNDO, one
+function per op) and the fields its record carries (records.STEP_FIELDS); tests/test_steps.py checks
+that no other module names ops and that every op has its undo and its fields.
 
     op            what the run did                                   undo
     mkdir         made a folder (the store's, a quarantine's)        remove it if empty

@@ -134,3 +134,9 @@ def test_one_identity_rule_says_what_changed(tmp_path):
     assert identity.changes(st, other, coarse, identity.Dev.IGNORE) == ("size",)
     assert identity.changes(st, identity.observe(st, ctime=True)._replace(ctime_ns=1)) == ("ctime",)
     assert not matches(st, stamp(st)[:4] + (1,))     # the digest cache: a ctime that moved
+
+
+def test_every_step_a_run_logs_has_an_undo():
+    """A new step without its inverse would be skipped by every rollback ('unknown step kind')."""
+    from migrate.records import STEP_FIELDS
+    assert set(rollback.UNDO) == set(Op) - {Op.DROP_KEPT} == set(STEP_FIELDS)
