@@ -50,7 +50,7 @@ class Facts:
     target_fs: FsFacts = UNPROBED                    # what the store's filesystem does (fsops.probe_fs)
     layers: Optional[Dict[str, str]] = None          # overlay sources: path -> plan.LOWER / plan.UNKNOWN
     container_free: Optional[int] = None             # free space of the overlay sources' container disk
-    state_present: int = 0                           # the run's state paths the store has (storerules.STATE_PATHS)
+    state_bytes: int = 0                             # space our state files in the store take (state_bytes())
     launch: object = None                            # launch.Launch: how ComfyUI is started (None: unknown)
 
 
@@ -198,13 +198,11 @@ def gather(
         if p.fs.overlay is not None:
             layers.update(overlay_layers(s, p.fs.overlay))
             container_free = fsops.free_space(s.root)
-    from migrate.model import STATE_DIR
-    from migrate.storerules import STATE_PATHS
-    state_present = sum(1 for p in STATE_PATHS if os.path.lexists(os.path.join(target, STATE_DIR, p)))
+    used = state_bytes(target, [s.root for s in scans], yaml_path)
     return Facts(tuple(scans), target, target_scan, probes, target_fs.hardlink,
                  yaml_path, yaml_before, fsops.free_space(target), tuple(findings), cat, cat_warning, hits,
                  started, world=world, target_fs=target_fs, layers=layers,
-                 container_free=container_free, state_present=state_present, launch=launch)
+                 container_free=container_free, state_bytes=used, launch=launch)
 
 
 def weakest_facts(target: str, target_fs: FsFacts, probes: Sequence[Probe]) -> Tuple[FsFacts, Tuple[Probe, ...]]:
@@ -381,10 +379,34 @@ def make_plan(facts: Facts, policy: Policy) -> Plan:
                                facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes,
                                paths=path_facts(facts.yaml_path, facts.target, policy.base_path),
                                world=facts.world, target_fs=facts.target_fs, layers=facts.layers,
-                               container_free=facts.container_free, state_present=facts.state_present)
+                               container_free=facts.container_free, state_bytes=facts.state_bytes)
     plan = plan._replace(findings=facts.findings, resumed=interrupted_placements(facts), launch=facts.launch)
     yaml_real = os.path.realpath(facts.yaml_path) if facts.yaml_path else None
     return preflight.check(plan, preflight_facts(preflight.paths_to_check(plan, yaml_real)), yaml_real)
+
+
+def state_bytes(target: str, sources: Sequence[str], yaml_path: Optional[str]) -> int:
+    """The space our own files in the store take already, of those the plan's reserve counts
+    (storerules.reserve): the state folders, the lock, the rollback reserve, the catalogue, and
+    the log of this pod's interrupted run (which `run` continues). Old runs' logs do not count."""
+    from migrate.errors import BadLog
+    from migrate.execute import find_interrupted
+    from migrate.model import STATE_DIR
+    from migrate.storerules import STATE_PATHS
+    paths = [os.path.join(target, STATE_DIR, p) for p in STATE_PATHS]
+    try:
+        log = find_interrupted(target, list(sources), yaml_path)
+    except (OSError, BadLog):       # a damaged log is for run and rollback to refuse, not for this count
+        log = None
+    if log is not None:
+        paths.append(log)
+    total = 0
+    for p in paths:
+        try:
+            total += os.lstat(p).st_blocks * 512
+        except OSError:
+            continue
+    return total
 
 
 def interrupted_placements(facts: Facts):

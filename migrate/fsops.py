@@ -593,9 +593,8 @@ def reserve_bytes(steps: int, unit: int) -> int:
     """What a rollback writes in the store before it frees anything: the lock (and a stale lock's
     `lock.break`), its log (a few hundred bytes per undone step) and a little more; in whole
     allocation units, since each small file takes at least one (a 1 MiB exFAT cluster)."""
-    unit = max(4096, unit)
-    want = (32 << 10) + 1024 * max(0, steps)
-    return -(-want // unit) * unit + 3 * unit     # within the plan's storerules.reserve (which counts it)
+    from migrate.storerules import rollback_reserve
+    return rollback_reserve(steps, unit)     # within the plan's storerules.reserve (which counts it)
 
 
 def allocation_unit(path: str) -> int:
