@@ -50,6 +50,8 @@ class Facts:
     target_fs: FsFacts = UNPROBED                    # what the store's filesystem does (fsops.probe_fs)
     layers: Optional[Dict[str, str]] = None          # overlay sources: path -> plan.LOWER / plan.UNKNOWN
     container_free: Optional[int] = None             # free space of the overlay sources' container disk
+    state_bytes: int = 0                             # space our state files in the store take (state_bytes())
+    launch: object = None                            # launch.Launch: how ComfyUI is started (None: unknown)
 
 
 def _from_catalogue(scan: ScanResult, cat: store_catalogue.Catalogue) -> Tuple[ScanResult, int]:
@@ -136,10 +138,11 @@ def scan_roots(roots: Sequence[str]) -> List[ScanResult]:
 def gather(
     sources: Sequence[str], target: str, yaml_path: Optional[str], cache: Optional[DigestCache],
     on_total: Optional[Callable[[int], None]] = None, on_bytes: Optional[Callable[[int], None]] = None,
-    verdicts=None, include_suspect: bool = False, models_dir: Optional[str] = None,
+    verdicts=None, include_suspect: bool = False, models_dir: Optional[str] = None, launch=None,
 ) -> Facts:
     """verdicts: a sniff.VerdictCache (None: no cache). Broken or suspect files are held back
-    (status SUSPECT: never hashed, never moved) unless include_suspect."""
+    (status SUSPECT: never hashed, never moved) unless include_suspect. launch: how ComfyUI is
+    started (launch.Launch: its models folder, the other YAMLs it reads, its output folders)."""
     from migrate.sniff import check_sources
     started = time.time_ns()
     planning.check_roots([os.path.realpath(s) for s in sources], os.path.realpath(target))
@@ -171,7 +174,8 @@ def gather(
     taken = {os.path.relpath(planning.target_path(target, r), target) for s in scans for r in s.records
              if r.category and r.status is not Status.SYMLINK}
 
-    world, found_outside = gather_world(scans, target_scan, target, yaml_path, yaml_before, models_dir, cache)
+    world, found_outside = gather_world(scans, target_scan, target, yaml_path, yaml_before, models_dir, cache,
+                                        launch)
     taken |= {r.rel for r in (target_scan.records if target_scan else ()) if (r.category, r.name) in found_outside}
 
     def wanted(r) -> bool:
@@ -181,26 +185,52 @@ def gather(
         on_total(sum(r.size for s in scans for r in s.records if r.status is Status.MIGRATE)
                  + sum(r.size for r in (target_scan.records if target_scan else ())
                        if r.status is Status.MIGRATE and wanted(r)))
-    scans = [hash_records(s, cache, on_bytes) for s in scans]
-    if target_scan is not None:
-        target_scan = hash_records(target_scan, cache, on_bytes, only=wanted)
+    # Probed before anything is read: where mtimes move while a file is read (rclone), a file is
+    # recognised while it is hashed by device, inode and size (hashing.TimesMove).
     probes = tuple(fsops.probe_between(s.root, target) for s in scans)
-    target_fs = fsops.probe_fs(target)
+    target_fs, probes = weakest_facts(target, fsops.probe_fs(target), probes)
+    scans = [hash_records(s, cache, on_bytes, times_move=not p.fs.stable_mtime) for s, p in zip(scans, probes)]
+    if target_scan is not None:
+        target_scan = hash_records(target_scan, cache, on_bytes, only=wanted, times_move=not target_fs.stable_mtime)
     layers: Dict[str, str] = {}
     container_free = None
     for s, p in zip(scans, probes):
         if p.fs.overlay is not None:
             layers.update(overlay_layers(s, p.fs.overlay))
             container_free = fsops.free_space(s.root)
+    used = state_bytes(target, [s.root for s in scans], yaml_path)
     return Facts(tuple(scans), target, target_scan, probes, target_fs.hardlink,
                  yaml_path, yaml_before, fsops.free_space(target), tuple(findings), cat, cat_warning, hits,
                  started, world=world, target_fs=target_fs, layers=layers,
-                 container_free=container_free)
+                 container_free=container_free, state_bytes=used, launch=launch)
+
+
+def weakest_facts(target: str, target_fs: FsFacts, probes: Sequence[Probe]) -> Tuple[FsFacts, Tuple[Probe, ...]]:
+    """The store's probe, and those of sources on the store's own filesystem, no stronger than the
+    weakest facts earlier probes of the store found (fsops.seen_facts; kept by each run): rclone's
+    inode numbers survive one probe's renames and not the next's, so one lucky probe proves nothing."""
+    from migrate.identity import weakest
+    seen = fsops.seen_facts(target)
+    if seen is None:
+        return target_fs, tuple(probes)
+    try:
+        dev = os.stat(fsops.nearest_existing(target)).st_dev
+    except OSError:
+        return target_fs, tuple(probes)
+    out = []
+    merged = weakest(seen, fsops.fs_doc(target_fs))
+    for p in probes:
+        try:
+            same = os.stat(p.source).st_dev == dev
+        except OSError:
+            same = False
+        out.append(p._replace(fs=fsops.weaken(p.fs, merged)) if same else p)
+    return fsops.weaken(target_fs, merged), tuple(out)
 
 
 def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult], target: str,
                  yaml_path: Optional[str], yaml_before: Optional[str], models_dir: Optional[str],
-                 cache: Optional[DigestCache]) -> Tuple[Optional[planning.World], set]:
+                 cache: Optional[DigestCache], launch=None) -> Tuple[Optional[planning.World], set]:
     """What the plan's name resolver needs beyond the scans: real paths of the roots, ComfyUI's
     models folder, and the files the user's own YAML folders hold under the names of the sources
     and the store (stat only; read when a file of that name has the same size), plus the files
@@ -211,7 +241,14 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
     from migrate import comfy, names
     from migrate.hashing import hash_path, stamp
     as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path))
+    if launch is not None:
+        models_dir = launch.models
     models = os.path.realpath(models_dir or os.path.join(os.path.dirname(as_read), "models"))
+    # The YAML written is matched through symlinks (a --yaml that is one of --extra-model-paths-config's).
+    same = os.path.realpath(as_read)
+    yamls = tuple((as_read, yaml_before) if os.path.realpath(p) == same else (p, read_yaml(p))
+                  for p in (launch.yamls if launch else ()))
+    output = tuple(launch.output_folders()) if launch is not None else ()
     roots = [s.root for s in scans] + [target]
     # A symlinked folder of the store is listed under the store's name (through_links), so a path
     # behind it (a YAML folder, an absolute link text, a file run places there) means that name.
@@ -220,7 +257,8 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
     aliases = tuple((real_path(r), r) for r in roots) + tuple(
         (real, given) for real, given in (symlinked_folders(target_scan) if target_scan is not None else ())
         if not any(real == s or real.startswith(s.rstrip("/") + "/") for s in sources_real))
-    order = comfy.search_folders([(as_read, yaml_before)] if yaml_before is not None else [], models)
+    order = comfy.search_folders(planning._yamls(planning.World(yamls=yamls), as_read, yaml_before), models,
+                                 output=output)
     all_scans = list(scans) + ([target_scan] if target_scan is not None else [])
     sizes: dict = {}
     for s in all_scans:
@@ -273,7 +311,7 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
             probe(end, ())
     if cache is not None:
         cache.save()
-    return planning.World(models, aliases, outside, as_read), hits
+    return planning.World(models, aliases, outside, as_read, yamls, output), hits
 
 
 def canonical(cat: str) -> str:
@@ -345,10 +383,34 @@ def make_plan(facts: Facts, policy: Policy) -> Plan:
                                facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes,
                                paths=path_facts(facts.yaml_path, facts.target, policy.base_path),
                                world=facts.world, target_fs=facts.target_fs, layers=facts.layers,
-                               container_free=facts.container_free, name_max=name_max(facts.target))
-    plan = plan._replace(findings=facts.findings, resumed=interrupted_placements(facts))
+                               container_free=facts.container_free, state_bytes=facts.state_bytes)
+    plan = plan._replace(findings=facts.findings, resumed=interrupted_placements(facts), launch=facts.launch)
     yaml_real = os.path.realpath(facts.yaml_path) if facts.yaml_path else None
     return preflight.check(plan, preflight_facts(preflight.paths_to_check(plan, yaml_real)), yaml_real)
+
+
+def state_bytes(target: str, sources: Sequence[str], yaml_path: Optional[str]) -> int:
+    """The space our own files in the store take already, of those the plan's reserve counts
+    (storerules.reserve): the state folders, the lock, the rollback reserve, the catalogue, and
+    the log of this pod's interrupted run (which `run` continues). Old runs' logs do not count."""
+    from migrate.errors import BadLog
+    from migrate.execute import find_interrupted
+    from migrate.model import STATE_DIR
+    from migrate.storerules import STATE_PATHS
+    paths = [os.path.join(target, STATE_DIR, p) for p in STATE_PATHS]
+    try:
+        log = find_interrupted(target, list(sources), yaml_path)
+    except (OSError, BadLog):       # a damaged log is for run and rollback to refuse, not for this count
+        log = None
+    if log is not None:
+        paths.append(log)
+    total = 0
+    for p in paths:
+        try:
+            total += os.lstat(p).st_blocks * 512
+        except OSError:
+            continue
+    return total
 
 
 def interrupted_placements(facts: Facts):
@@ -357,6 +419,7 @@ def interrupted_placements(facts: Facts):
     from migrate.errors import BadLog
     from migrate.execute import find_interrupted
     from migrate.journal import group_steps, read_log
+    from migrate.steps import STORES_SOURCE
     try:
         log = find_interrupted(facts.target, [s.root for s in facts.sources], facts.yaml_path)
         if log is None:
@@ -366,16 +429,8 @@ def interrupted_placements(facts: Facts):
         return None
     steps = group_steps(records)
     placed = tuple(sorted(b["dst"] for b in steps.begins if b.get("dst") and b["step"] in steps.done
-                          and b.get("op") in ("link", "rename", "copy")))
+                          and b.get("op") in STORES_SOURCE))
     return (records[0].get("run", ""), placed)
-
-
-def name_max(path: str) -> int:
-    """The longest file name (bytes) the filesystem holding `path` (or its nearest folder) takes."""
-    try:
-        return os.statvfs(fsops.nearest_existing(path)).f_namemax or 255
-    except OSError:
-        return 255
 
 
 def path_fact(path: str) -> PathFact:
@@ -482,9 +537,10 @@ def loaded_models(order: dict) -> dict:
 WORKFLOW_LIMIT = 64 << 20      # bytes read of one workflow file (a huge one is reported, not read)
 
 
-def find_workflows(home: str) -> List[str]:
-    """The pod's saved workflows: <ComfyUI>/user/<user>/workflows/**/*.json, sorted."""
-    user = os.path.join(home, "user")
+def find_workflows(home: str, user: Optional[str] = None) -> List[str]:
+    """The pod's saved workflows: <ComfyUI>/user/<user>/workflows/**/*.json (`user`: ComfyUI's user
+    folder when it is started with another, launch.Launch.user), sorted."""
+    user = user or os.path.join(home, "user")
     out = []
     for u in sorted(os.listdir(user)) if os.path.isdir(user) else ():
         top = os.path.join(user, u, "workflows")
@@ -494,7 +550,7 @@ def find_workflows(home: str) -> List[str]:
     return sorted(out)
 
 
-def gather_workflows(home: str, order: dict):
+def gather_workflows(home: str, order: dict, user: Optional[str] = None):
     """(workflows with categories, what ComfyUI loads for each name now). Reads, never writes."""
     from migrate import workflows as wf
     before = loaded_models(order)
@@ -502,7 +558,7 @@ def gather_workflows(home: str, order: dict):
     for cat, name in before:
         names.setdefault(cat, set()).add(name)
     out = []
-    for path in find_workflows(home):
+    for path in find_workflows(home, user):
         try:
             data = fsops.read_file(path, WORKFLOW_LIMIT)
             text = (data or b"").decode("utf-8")

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import time
 from functools import lru_cache
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import xxhash
 
-from migrate.hashing import Key, aligned_buffer, open_regular, stat_key
-from migrate.model import PROBE_PREFIX, FsFacts, Probe
+from migrate.hashing import Key, TimesMove, aligned_buffer, matches, open_regular
+from migrate.model import PROBE_PREFIX, STATE_DIR, FsFacts, Probe
 
 COPY_CHUNK = 256 << 10     # 256 KiB writes stay on the page cache's fast path here
 FUSE_CHUNK = 4 << 20       # FUSE (MooseFS): every write is a round trip to the daemon; big ones cost fewer
@@ -70,6 +71,7 @@ def mount_entry(path: str) -> Tuple[str, str, str]:
     except OSError:
         return "/", "unknown", ""
     best = ("/", "unknown", "")
+    by_path = ("/", "unknown", "")      # btrfs: a subvolume's files show an anonymous device of their own
     for line in lines:
         left, _, right = line.partition(" - ")
         fields, rest = left.split(), right.split()
@@ -77,16 +79,18 @@ def mount_entry(path: str) -> Tuple[str, str, str]:
             continue
         major, _, minor = fields[2].partition(":")
         point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-        if (int(major), int(minor)) != (os.major(dev), os.minor(dev)):
-            continue
         if not (real == point or real.startswith(point.rstrip("/") + "/")):
             continue
         fstype, source = rest[0], rest[1].replace("\\043", "#")
         if fstype == "fuse" and "#" in source:
             fstype = "fuse." + source.split("#", 1)[0]
+        if len(point) >= len(by_path[0]) or by_path[1] == "unknown":
+            by_path = (point, fstype, rest[2])
+        if (int(major), int(minor)) != (os.major(dev), os.minor(dev)):
+            continue
         if len(point) >= len(best[0]) or best[1] == "unknown":
             best = (point, fstype, rest[2])
-    return best
+    return best if best[1] != "unknown" or by_path[1] != "btrfs" else by_path
 
 
 def _mtime_step(want: int, got: int) -> int:
@@ -105,7 +109,8 @@ def _errname(exc: OSError) -> str:
 
 def sweep_probes(where: str) -> None:
     """Remove scratch folders of earlier probes killed before they cleaned up: this host's whose
-    process is gone, any host's older than an hour (scans never count them either way)."""
+    process is gone, any host's older than an hour (scans never count them either way), and give
+    the folder the mtime the killed probe took from it (kept in the scratch folder's name)."""
     import shutil
     import socket
     try:
@@ -122,11 +127,24 @@ def sweep_probes(where: str) -> None:
         except (ValueError, OSError):
             continue
         if mine_dead or old:
+            # The folder's mtime from before that probe, in its name: given back when nothing changed
+            # the folder since the probe's last step (its mtime not past the scratch entry's m/ctime).
+            was = re.search(r"\.m([0-9]+)$", n)
+            try:
+                parent, own = os.stat(where), os.lstat(path)
+                back = was is not None and parent.st_mtime_ns <= max(own.st_mtime_ns, own.st_ctime_ns)
+            except OSError:
+                back = False
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 try:
                     os.unlink(path)
+                except OSError:
+                    pass
+            if back and was is not None:
+                try:
+                    os.utime(where, ns=(parent.st_atime_ns, int(was.group(1))))
                 except OSError:
                     pass
 
@@ -237,16 +255,17 @@ def probe_fs(folder: str) -> FsFacts:
     where = nearest_existing(folder)
     point, fstype, opts = mount_entry(where)
     overlay = overlay_upper(point, fstype, opts) if fstype in OVERLAY_TYPES else None
+    sweep_probes(where)      # first: it gives the folder back the time a killed probe took from it
     before = os.stat(where)
-    sweep_probes(where)
-    scratch = os.path.join(where, f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}")
+    scratch = os.path.join(where, f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+                                  f".m{before.st_mtime_ns}")
     refused: list = []
     try:
         os.mkdir(scratch, 0o700)
     except OSError as exc:
         _restore_dir_times(where, before)
-        return FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
-                       f"cannot create a scratch folder: {_errname(exc)}")
+        return by_type(FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
+                               f"cannot create a scratch folder: {_errname(exc)}", stable_mtime=False, up_links=False))
     try:
         a, b, c = (os.path.join(scratch, n) for n in ("a", "b", "c"))
         fd = os.open(a, TMP_FLAGS, 0o600)
@@ -255,8 +274,18 @@ def probe_fs(folder: str) -> FsFacts:
             os.utime(fd, ns=(_PROBE_NS, _PROBE_NS))
         finally:
             os.close(fd)
-        step = _mtime_step(_PROBE_NS, os.stat(a).st_mtime_ns)
-        ino = os.stat(a).st_ino
+        st_a = os.stat(a)
+        step = _mtime_step(_PROBE_NS, st_a.st_mtime_ns)
+        # rclone's VFS shows a file it has not uploaded yet with the mtime "now" while it is open,
+        # even for reading: a copy read back soon after it was written seems to change under us.
+        fd = os.open(a, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.read(fd, 16)
+            stable_mtime = os.fstat(fd).st_mtime_ns == st_a.st_mtime_ns
+        finally:
+            os.close(fd)
+        stable_mtime = stable_mtime and os.stat(a).st_mtime_ns == st_a.st_mtime_ns
+        ino = st_a.st_ino
         stable = True
         try:
             os.link(a, b)
@@ -273,14 +302,27 @@ def probe_fs(folder: str) -> FsFacts:
         except OSError as exc:
             symlink = False
             refused.append(f"symlink {_errname(exc)}")
-        try:
-            os.rename(a, b)
-            rename = True
+        up_links = symlink
+        if symlink:     # sshfs refuses readlink of a link whose text holds `..` (re-pointed links do)
+            d = os.path.join(scratch, "d")
+            try:
+                os.mkdir(d)
+                os.symlink("../a", os.path.join(d, "l"))
+                up_links = os.readlink(os.path.join(d, "l")) == "../a"
+            except OSError as exc:
+                up_links = False
+                refused.append(f"readlink of ../ {_errname(exc)}")
+        # Three renames: rclone's inode numbers survive some renames and not others.
+        rename = True
+        for _ in range(3):
+            try:
+                os.rename(a, b)
+            except OSError as exc:
+                rename = False
+                refused.append(f"rename {_errname(exc)}")
+                break
             stable = stable and os.stat(b).st_ino == ino
             a, b = b, a
-        except OSError as exc:
-            rename = False
-            refused.append(f"rename {_errname(exc)}")
         noreplace = False
         fn = _renameat2()
         if fn is not None:
@@ -293,14 +335,116 @@ def probe_fs(folder: str) -> FsFacts:
         fd = os.open(os.path.join(scratch, "Case"), TMP_FLAGS, 0o600)
         os.close(fd)
         case = not os.path.lexists(os.path.join(scratch, "cASE"))
+        forbidden, trailing, unit, name_max = _name_rules(scratch, where)
+        try:
+            block = max(os.statvfs(where).f_frsize, os.stat(a).st_blocks * 512)
+        except OSError:
+            block = 0
         return FsFacts(where, fstype, hardlink, symlink, rename, noreplace, step, stable, case, overlay,
-                       "refused: " + ", ".join(refused) if refused else "")
+                       "refused: " + ", ".join(refused) if refused else "", forbidden, trailing, unit,
+                       name_max, block, stable_mtime, up_links)
     except OSError as exc:
-        return FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
-                       f"probe failed: {_errname(exc)} ({exc.strerror})")
+        return by_type(FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
+                               f"probe failed: {_errname(exc)} ({exc.strerror})", stable_mtime=False, up_links=False))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         _restore_dir_times(where, before)
+
+
+SEEN_FILE = "fs-seen.json"      # in the store's state folder: the weakest facts any probe of it found
+
+
+def fs_doc(fs: FsFacts) -> dict:
+    """What later identity checks need of a probe (identity.precision_of reads it): a run header's
+    `fs` entry and the store's remembered facts."""
+    return {"type": fs.fstype, "mtime_step_ns": fs.mtime_step_ns, "stable_inode": fs.stable_inode,
+            "stable_mtime": fs.stable_mtime}
+
+
+def seen_facts(target: str) -> Optional[dict]:
+    """The weakest facts earlier probes of this store found (None: none remembered, or unreadable)."""
+    import json
+    try:
+        data = read_file(os.path.join(target, STATE_DIR, SEEN_FILE), 1 << 16)
+        doc = json.loads(data) if data else None
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def weaken(fs: FsFacts, doc: Optional[dict]) -> FsFacts:
+    """A probe's facts, no stronger than the remembered `doc`: a store whose facts flip between
+    probes (rclone's inode numbers across a rename) is judged by the worst ever seen."""
+    if not isinstance(doc, dict):
+        return fs
+    from migrate.identity import precision_of
+    p = precision_of(doc)
+    return fs._replace(mtime_step_ns=max(fs.mtime_step_ns, p.mtime_step_ns), stable_inode=fs.stable_inode and p.stable_inode,
+                       stable_mtime=fs.stable_mtime and p.stable_mtime)
+
+
+def remember_weakest(target: str, doc: dict) -> dict:
+    """Merge `doc` (fs_doc) into the store's remembered facts, written (atomically) only when it is
+    weaker in some fact (than what is kept; no record means every fact is strong) and the state
+    folder exists. Returns the merged record."""
+    import json
+    from migrate.identity import EXACT, precision_of, weakest
+    seen = seen_facts(target)
+    merged = weakest(seen, doc) if seen else dict(doc)
+    if seen is None and precision_of(merged) == EXACT:
+        return merged       # nothing weaker than a file with no record says: nothing to keep
+    if merged != seen and os.path.isdir(os.path.join(target, STATE_DIR)):
+        atomic_write(os.path.join(target, STATE_DIR, SEEN_FILE),
+                     (json.dumps(merged, sort_keys=True) + "\n").encode())
+    return merged
+def by_type(fs: FsFacts) -> FsFacts:
+    """A probe that could not try names: the name rules known for its filesystem type (kernel
+    exFAT, vfat, NTFS: storerules.KNOWN), the most cautious reading, and its block size."""
+    from migrate.storerules import known_rules
+    try:
+        block = os.statvfs(fs.path).f_frsize
+    except OSError:
+        block = 0
+    return fs._replace(block=block, **known_rules(fs.fstype))
+
+
+def _accepts(folder: str, name: str) -> bool:
+    """Whether the filesystem makes a file of exactly this name (listed back as given): exFAT
+    through FUSE answers ENOENT for `a:b`, the kernel's exFAT drops a trailing dot."""
+    p = os.path.join(folder, name)
+    try:
+        os.close(os.open(p, TMP_FLAGS, 0o600))
+    except (OSError, ValueError):
+        return False
+    try:
+        return name in os.listdir(folder)
+    except OSError:
+        return False
+    finally:
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
+
+
+def _name_rules(scratch: str, where: str) -> Tuple[str, str, str, int]:
+    """(characters refused in names, characters a name must not end with, the unit of the name limit,
+    the limit), tried in the probe's scratch folder (storerules.py applies them)."""
+    from migrate.storerules import BYTES, CONTROL, UTF16, WINDOWS_CHARS
+    forbidden = ""
+    if not _accepts(scratch, "a:b"):        # a Windows-family filesystem: try each character
+        forbidden = "".join(c for c in WINDOWS_CHARS if not _accepts(scratch, f"a{c}b"))
+        if not _accepts(scratch, "a\x01b"):
+            forbidden += CONTROL
+    trailing = "".join(c for c in ". " if not _accepts(scratch, f"t{c}"))
+    try:
+        limit = os.statvfs(where).f_namemax or 255
+    except OSError:
+        limit = 255
+    # 200 CJK characters are 600 bytes but 200 UTF-16 units; 256 ASCII characters are 256 of either.
+    if _accepts(scratch, "\u5b57" * 200) and not _accepts(scratch, "a" * 256):
+        return forbidden, trailing, UTF16, 255
+    return forbidden, trailing, BYTES, limit
 
 
 def probe_between(source_root: str, target: str) -> Probe:
@@ -312,8 +456,10 @@ def probe_between(source_root: str, target: str) -> Probe:
     fs = probe_fs(source_root)
     where = nearest_existing(target)
     tag = f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
-    src, dst = os.path.join(source_root, tag), os.path.join(where, tag)
+    sweep_probes(where)
     before_s, before_t = os.stat(source_root), os.stat(where)
+    src = os.path.join(source_root, f"{tag}.m{before_s.st_mtime_ns}")      # each folder's time in the name
+    dst = os.path.join(where, f"{tag}.m{before_t.st_mtime_ns}")            # (sweep_probes gives it back)
     try:
         try:
             os.close(os.open(src, TMP_FLAGS, 0o600))
@@ -453,13 +599,18 @@ def _copy_plain(sfd: int, dfd: int, h: "xxhash.xxh3_128", on_bytes: Optional[Cal
 
 def copy_and_hash(src: str, expect: Key, tmp: str, on_bytes: Optional[Callable[[int], None]] = None,
                   on_created: Optional[Callable[[os.stat_result], None]] = None,
-                  chunk: int = COPY_CHUNK) -> Tuple[str, os.stat_result]:
+                  chunk: int = COPY_CHUNK, mtime_may_move: bool = False) -> Tuple[str, os.stat_result]:
     """Copy src into a new file `tmp` (O_EXCL) while hashing, fsync it, keep mode and mtime.
     `chunk`: the read and write size (copy_chunk of the destination's filesystem).
+    `mtime_may_move`: src's mtime is not part of "still the same file" (rclone's VFS shows "now"
+    while a file it has not uploaded yet is open): for a caller that checks the digest it returns
+    against a logged one, which then decides.
 
     Returns (digest of the bytes read, stat of tmp). The source must still be the scanned file
     afterwards. On any error tmp is removed.
     """
+    if mtime_may_move:
+        expect = TimesMove(expect)      # hashing.matches: device, inode and size
     sfd = open_regular(src, expect)
     try:
         dfd = os.open(tmp, TMP_FLAGS, 0o600)
@@ -472,7 +623,7 @@ def copy_and_hash(src: str, expect: Key, tmp: str, on_bytes: Optional[Callable[[
             on_created(os.fstat(dfd))
         h = xxhash.xxh3_128()
         _copy_plain(sfd, dfd, h, on_bytes, src, tmp, chunk)
-        if stat_key(os.fstat(sfd)) != expect:
+        if not matches(os.fstat(sfd), expect):
             raise OSError(errno.ESTALE, "changed while it was copied", src)
         st = os.fstat(sfd)
         try:
@@ -518,6 +669,124 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
             pass
         raise
     fsync_dir(folder)
+
+
+# --- the reserve: room for a rollback on a full store -----------------------------------------------
+
+RESERVE = "reserve"     # <target>/.comfy-migrate/reserve
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def reserve_bytes(steps: int, unit: int) -> int:
+    """What a rollback writes in the store before it frees anything: the lock (and a stale lock's
+    `lock.break`), its log (a few hundred bytes per undone step) and a little more; in whole
+    allocation units, since each small file takes at least one (a 1 MiB exFAT cluster)."""
+    from migrate.storerules import rollback_reserve
+    return rollback_reserve(steps, unit)     # within the plan's storerules.reserve (which counts it)
+
+
+def allocation_unit(path: str) -> int:
+    try:
+        st = os.statvfs(nearest_existing(path))
+    except OSError:
+        return 4096
+    return max(st.f_frsize or 0, st.f_bsize or 0, 4096)
+
+
+def keep_reserve(state_dir: str, size: int) -> int:
+    """Make `<state_dir>/reserve` hold at least `size` bytes of real data (random: no filesystem
+    compresses, dedupes or leaves holes in it), taken while the store still has room, so that a
+    rollback finds room on a full store (release_reserve). Returns the bytes added. A full disk
+    raises, with what this call added given back."""
+    path = os.path.join(state_dir, RESERVE)
+    made = not os.path.lexists(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        have = os.fstat(fd).st_size
+        if have >= size:
+            return 0
+        try:
+            os.lseek(fd, have, os.SEEK_SET)
+            block = os.urandom(min(1 << 20, size - have))
+            n = have
+            while n < size:      # not through write_all: no test's fault counts these bytes
+                n += os.write(fd, block[:size - n])
+            os.fsync(fd)
+        except OSError as exc:
+            os.ftruncate(fd, have)
+            raise named(exc, "make the rollback reserve", path) from None
+    finally:
+        os.close(fd)
+    if made:
+        fsync_dir(state_dir)
+    return size - have
+
+
+def release_reserve(state_dir: str) -> int:
+    """Free the reserve (a rollback that met a full disk); returns the bytes freed (0: none left)."""
+    path = os.path.join(state_dir, RESERVE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return 0
+    try:
+        size = os.fstat(fd).st_size
+        os.ftruncate(fd, 0)         # freed at once, also where an unlinked file lingers (a trash)
+    finally:
+        os.close(fd)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fsync_dir(state_dir)
+    return size
+
+
+def sweep_temps(folder: str, held: bool = False) -> List[str]:
+    """Remove what atomic_write leaves when killed between its create and its rename,
+    `.<name>.cm-tmp-<pid>` (found by that pattern; a run's copies and re-pointed links carry a run
+    id instead, and the log removes those). `held`: the caller holds the store's lock, under which
+    every writer of this folder writes: each such file is a leftover. Otherwise one is a leftover
+    when its pid is gone on this host, or it is an hour old. Returns the paths removed."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        m = _ATOMIC_TEMP.match(n)
+        if not m:
+            continue
+        path = os.path.join(folder, n)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if not (held or not os.path.exists(f"/proc/{int(m.group(1))}") or st.st_mtime < time.time() - 3600):
+                continue
+            os.unlink(path)
+            out.append(path)
+        except OSError:
+            continue
+    return out
+
+
+def sweep_leftovers(state_dir: str, yaml_paths: Sequence[Optional[str]]) -> List[str]:
+    """Every leftover of ours an earlier command killed mid-way left, found by name (run and rollback
+    call this under the store's lock): atomic_write's temporaries beside the YAML (and the file behind
+    a symlinked YAML), in the state folder and its yaml/ (written under the lock only) and reports/
+    (written after it: by pid and age), and probe folders in the store."""
+    out: List[str] = []
+    for y in yaml_paths:
+        if y:
+            for d in dict.fromkeys((os.path.dirname(y), os.path.dirname(through_link(y)))):
+                out += sweep_temps(d)
+    out += sweep_temps(state_dir, held=True) + sweep_temps(os.path.join(state_dir, "yaml"), held=True)
+    out += sweep_temps(os.path.join(state_dir, "reports"))
+    return out
+
+
+_ATOMIC_TEMP = re.compile(r"^\..+\.cm-tmp-([0-9]+)$", re.S)
 
 
 def through_link(path: str) -> str:

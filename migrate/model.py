@@ -167,7 +167,15 @@ class FsFacts(namedtuple("FsFacts", [
     "overlay",                    # str | None = None: None: not an overlay; else its upper layer ('' when
                                   # this mount namespace cannot see it)
     "detail",                     # str = "": what was refused, with its errno name
-], defaults=(None, ""))):
+    "forbidden",                  # str = "": characters it refuses in names (exFAT, NTFS, vfat: '"*:<>?\\|' and controls)
+    "trailing",                   # str = "": characters a name must not end with (dropped or refused there)
+    "name_unit",                  # str = "bytes": what its name limit counts: bytes (UTF-8) or utf16 (code units)
+    "name_max",                   # int = 255: the longest name, in name_unit
+    "block",                      # int = 0: its allocation unit in bytes (0: unknown, sizes are counted as they are)
+    "stable_mtime",               # bool = True: a fresh file's mtime stays as set while it is read (rclone's
+                                  # VFS shows "now" until it has uploaded the file)
+    "up_links",                   # bool = True: a symlink whose text holds `..` reads back (sshfs refuses it)
+], defaults=(None, "", "", "", "bytes", 255, 0, True, True))):
     """What one filesystem does, tried with scratch files we create and remove (never predicted).
 
     Every later choice follows from it: the method of a move, the removal of a source, how a dedupe
@@ -179,12 +187,19 @@ class FsFacts(namedtuple("FsFacts", [
     def summary(self) -> str:
         yes = lambda b: "yes" if b else "no"     # noqa: E731
         step = self.mtime_step_ns
-        when = ("ns" if step <= 1 else f"{step // 1000} us" if step < 1_000_000 else
+        when = ("ns" if step <= 1 else f"{step} ns" if step < 1000 else f"{step // 1000} us" if step < 1_000_000 else
                 f"{step // 1_000_000} ms" if step < 1_000_000_000 else f"{step // 1_000_000_000} s")
         return (f"{self.fstype}: hardlinks {yes(self.hardlink)}, symlinks {yes(self.symlink)}, "
                 f"rename {yes(self.rename)}, RENAME_NOREPLACE {yes(self.noreplace)}, mtime to {when}, "
                 f"inode numbers {'stable' if self.stable_inode else 'NOT stable'}, "
+                + ("" if self.stable_mtime else "mtimes move while a file is read, ")
+                + ("" if self.up_links or not self.symlink else "links through .. unreadable, ") +
                 f"case-{'sensitive' if self.case_sensitive else 'insensitive'}"
+                + (f", names up to {self.name_max} {'UTF-16 units' if self.name_unit == 'utf16' else 'bytes'}"
+                   if self.name_unit != "bytes" or self.name_max != 255 else "")
+                + (", Windows names only" if self.forbidden else "")
+                + ("" if self.block <= 4096 else f", {self.block >> 20} MiB blocks" if self.block >= 1 << 20
+                   else f", {self.block >> 10} KiB blocks")
                 + ("" if self.overlay is None else ", overlay" + (" (upper layer visible)" if self.overlay
                                                                    else " (layers not visible)")))
 
@@ -319,7 +334,11 @@ class Plan(namedtuple("Plan", [
                                   # a symlinked store folder written through), shown with the plan
     "resumed",                    # (run id, tuple of store paths) | None = None: an interrupted run of
                                   # this pod that `run` continues, and the files it placed already
-], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, (), None))):
+    "launch",                     # launch.Launch | None = None: how ComfyUI is started (its options)
+    "space_needed",               # int = 0: store space the run takes: copies rounded up to the store's
+                                  # allocation unit, new folders, and reserve_bytes (storerules.py)
+    "reserve_bytes",              # int = 0: of it, for the run's own files (lock, log, a rollback's records)
+], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, (), None, None, 0, 0))):
     """What `run` will do, as a value: the dry run prints it, the run executes it."""
 
     __slots__ = ()
@@ -329,8 +348,13 @@ class Plan(namedtuple("Plan", [
         return sum(a.size for a in self.actions if a.method is Method.COPY)
 
     @property
+    def space_to_take(self) -> int:
+        """Bytes of store space the run needs: allocation, not bytes (at least the bytes copied)."""
+        return max(self.space_needed, self.bytes_to_copy)
+
+    @property
     def fits(self) -> bool:
-        return self.free_bytes is None or self.bytes_to_copy <= self.free_bytes
+        return self.free_bytes is None or self.space_to_take <= self.free_bytes
 
     @property
     def container_fits(self) -> bool:

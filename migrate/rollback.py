@@ -25,6 +25,7 @@ from migrate.hashing import hash_bytes, hash_path
 from migrate.journal import EmptyLog, Journal, group_steps, read_begun, read_log, rollback_log_of, run_logs
 from migrate.model import STATE_DIR, Problem
 from migrate.scan import TEMP_MARK, temp_name
+from migrate.steps import PLACES, PLACES_FILE, REMOVES_SOURCE, Op
 
 PATH_FIELDS = ("src", "dst", "tmp", "q", "stored", "path")
 
@@ -37,20 +38,8 @@ class Undo:
     finished: bool     # the forward step was confirmed done
 
     def describe(self) -> str:
-        r = self.rec
-        return {
-            "mkdir": f"remove folder {r.get('path')} if empty",
-            "link": f"remove {r.get('dst')} (a hardlink of {r.get('src')})",
-            "dedupe": f"remove {r.get('dst')} (a hardlink of {r.get('stored')})",
-            "symlink": f"remove symlink {r.get('dst')}",
-            "rename": f"move {r.get('dst')} back to {r.get('src')}",
-            "copy": f"remove the copy {r.get('dst')} (the source is back at {r.get('src')})",
-            "yaml": f"restore {r.get('path')} to its previous bytes",
-            "unlink": f"recreate {r.get('src')} as a hardlink of {r.get('dst')}",
-            "quarantine": f"move {r.get('src')} back from quarantine",
-            "linkback": f"remove symlink {r.get('src')}",
-            "relink": f"point symlink {r.get('src')} at {r.get('old')} again",
-        }.get(self.op, self.op)
+        op = Op.of({"op": self.op})
+        return op.describe_undo(self.rec) if op is not None else self.op
 
 
 def check_log(records: Sequence[dict], path: str) -> None:
@@ -64,7 +53,7 @@ def check_log(records: Sequence[dict], path: str) -> None:
             p = rec.get(f)
             if p is None or rec.get("type") in ("header", "resume"):
                 continue
-            if f == "path" and rec.get("op") == "yaml" and p == head.get("yaml"):
+            if f == "path" and rec.get("op") == Op.YAML and p == head.get("yaml"):
                 continue
             if not isinstance(p, str) or posixpath.normpath(p) != p or not any(
                     p.startswith(r.rstrip("/") + "/") for r in roots):
@@ -93,21 +82,31 @@ def check_log(records: Sequence[dict], path: str) -> None:
                          "the log was edited; restore the original")
 
 
-def precisions(head: dict) -> Callable[[str], identity.Precision]:
-    """path -> the precision of its filesystem, as the run's header recorded it per root (its probe);
-    a log of an earlier version has none: exact."""
-    fs = head.get("fs") if isinstance(head.get("fs"), dict) else {}
-    roots = sorted((r for r in fs if isinstance(r, str)), key=len, reverse=True)
+def store_facts(target: str, records: Sequence[dict]) -> Tuple[dict, Dict[str, dict]]:
+    """What the store's filesystem does now, no stronger than what it remembers (fsops.seen_facts),
+    and that record for each of the run's roots on the store's filesystem (plan_rollback's `seen`):
+    the store is probed again here, as every plan probes it, since one probe can be lucky."""
+    fresh = fsops.fs_doc(fsops.probe_fs(target))
+    merged = identity.weakest(fsops.seen_facts(target), fresh)
+    head = records[0]
+    try:
+        dev = os.stat(target).st_dev
+    except OSError:
+        return merged, {}
+    out: Dict[str, dict] = {}
+    for root in [head.get("target")] + list(head.get("sources") or []):
+        try:
+            if isinstance(root, str) and os.stat(root).st_dev == dev:
+                out[root] = merged
+        except OSError:
+            continue
+    return merged, out
 
-    def of(path: str) -> identity.Precision:
-        root = next((r for r in roots if isinstance(path, str) and path.startswith(r.rstrip("/") + "/")), None)
-        return identity.precision_of(fs.get(root)) if root else identity.EXACT
-    return of
 
-
-def plan_rollback(records: Sequence[dict]) -> List[Undo]:
+def plan_rollback(records: Sequence[dict], seen: Optional[Dict[str, dict]] = None) -> List[Undo]:
+    """`seen`: root -> filesystem facts weaker than the run recorded (see identity.precisions)."""
     steps = group_steps(list(records))
-    prec = precisions(records[0]) if records else (lambda p: identity.EXACT)
+    prec = identity.precisions(list(records), seen) if records else (lambda p: identity.EXACT)
     undos = []
     for b in reversed(steps.begins):
         rec = dict(b)
@@ -119,12 +118,15 @@ def plan_rollback(records: Sequence[dict]) -> List[Undo]:
                 rec["tmp_ino"] = extra["tmp_ino"]
         done = steps.done.get(b["step"])
         failed = any(e["type"] == "fail" for e in steps.extra.get(b["step"], []))
-        if failed and not done and b["op"] != "copy":
+        op = Op.of(b)
+        if failed and not done and not (op is not None and op.may_act_failed):
             continue    # a failed step changed nothing (each is one atomic call)
         if done:
             rec.update({k: v for k, v in done.items() if k not in ("type", "seq", "prev", "sum")})
         undos.append(Undo(b["op"], b["step"], rec, done is not None))
-    return undos
+    # The YAML goes back last, and only once every source it serves is back (see `stranded`): until
+    # then its section keeps each name loading from the store.
+    return [u for u in undos if u.op != Op.YAML] + [u for u in undos if u.op == Op.YAML]
 
 
 def _safe(root_of: Callable[[str], Optional[str]], path: str, links: Optional[Dict[str, str]] = None) -> None:
@@ -201,6 +203,8 @@ class RollbackReport:
     skipped: List[Problem] = field(default_factory=list)
     resumed: bool = False
     kept: List[Problem] = field(default_factory=list)    # stored files other runs rely on
+    stranded: List[Problem] = field(default_factory=list)    # sources not back, only in the store: the
+                                                             # YAML's section stays so their names load
 
 
 def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
@@ -224,10 +228,17 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
     links = run_links(records)
     rb_path = rollback_log_of(log_path)
     again = "`comfy-migrate rollback` again finishes the rollback"
+    state = os.path.dirname(os.path.dirname(log_path))      # <target>/.comfy-migrate
+
+    def room() -> bool:     # a full store: the reserve each run keeps there makes room for this log
+        return fsops.release_reserve(state) > 0
     done_before: set = set()
     if read_begun(rb_path) is not None:
-        j, rb_records, _ = Journal.reopen(rb_path, again)
-        done_before = {r["undo"] for r in rb_records if r.get("type") == "done"}
+        j, rb_records, _ = Journal.reopen(rb_path, again, room)
+        # A step skipped before is tried again (every undo is idempotent): a rollback closed as
+        # incomplete (a source not back, the YAML kept) is finished by running it again.
+        skipped_before = {r["undo"] for r in rb_records if r.get("type") == "skip"}
+        done_before = {r["undo"] for r in rb_records if r.get("type") == "done"} - skipped_before
         j.append({"type": "resume", "pid": os.getpid(), "host": socket.gethostname()})
         report = RollbackReport(head["run"], rb_path, resumed=True)
     else:
@@ -240,7 +251,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                      "log_tail": records[-1]["sum"],
                                      **({"unbegun_log_dropped": dropped} if dropped is not None else {})},
-                           again)
+                           again, room)
         report = RollbackReport(head["run"], rb_path)
 
     def drop_handed() -> None:
@@ -249,7 +260,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
             step = f"drop:{k['rel']}"
             if step in done_before:
                 continue
-            j.append({"type": "begin", "undo": step, "op": "drop-kept", "path": k["path"]})
+            j.append({"type": "begin", "undo": step, "op": Op.DROP_KEPT.value, "path": k["path"]})
             try:
                 _safe(root_of, k["path"], links)
                 note = _drop_kept(k, records)
@@ -267,8 +278,8 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
     # Kept files leave once this run's sources are back (every source removal undone: a continued
     # run has some before and some after its resume), before the store folders made since are
     # removed: those may hold nothing else.
-    last_removal = max((i for i, u in enumerate(undos) if u.op in ("unlink", "quarantine")), default=-1)
-    first_dir = next((i for i, u in enumerate(undos) if i > last_removal and u.op == "mkdir"
+    last_removal = max((i for i, u in enumerate(undos) if u.op in REMOVES_SOURCE), default=-1)
+    first_dir = next((i for i, u in enumerate(undos) if i > last_removal and u.op == Op.MKDIR
                       and u.rec["path"].startswith(in_store)), len(undos))
     try:
         for i, u in enumerate(undos):
@@ -276,10 +287,12 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                 drop_handed()
             if u.step in done_before:
                 continue
+            if u.op == Op.YAML and not report.stranded:
+                report.stranded = stranded(records)
             j.append({"type": "begin", "undo": u.step, "op": u.op})
             try:
                 for f in PATH_FIELDS:
-                    if isinstance(u.rec.get(f), str) and u.rec.get("op") != "yaml":
+                    if isinstance(u.rec.get(f), str) and u.rec.get("op") != Op.YAML:
                         _safe(root_of, u.rec[f], links)
                 users = users_of(u, relied, head["target"])
                 if users:
@@ -290,11 +303,15 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                                   "digest": u.rec.get("digest"), "size": u.rec.get("size")})
                         report.kept.append(Problem(u.rec["dst"], "kept in the store: run(s) "
                                                    f"{', '.join(users)} rely on it"))
+                elif u.op == Op.YAML and report.stranded:
+                    note = (f"{len(report.stranded)} model file(s) are not back in the pod (e.g. "
+                            f"{report.stranded[0].path}): the comfy-migrate section stays so their names "
+                            "keep loading from the store")
                 else:
                     said: List[str] = []
                     note = _undo(u, on_bytes, twins, said)
                     report.kept.extend(Problem(u.rec.get("path") or "", n) for n in said)
-                    if note and shared and u.op == "mkdir" and u.rec["path"].startswith(in_store):
+                    if note and shared and u.op == Op.MKDIR and u.rec["path"].startswith(in_store):
                         note = ""     # other runs' files live there
             except OSError as exc:
                 note = fsops.describe(exc)
@@ -321,13 +338,45 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
             j.append({"type": "swept", "folders": swept})
         for root in roots:      # scratch folders of a probe killed mid-way (a plan's, not in any log)
             fsops.sweep_probes(root)
+        fsops.sweep_leftovers(state, [head.get("yaml"), head.get("yaml_real")])     # before the folder times
         j.append({"type": "dirtimes", "restored": _restore_dir_times(records)})
+        if not report.stranded:
+            report.stranded = stranded(records)
         if before_close is not None:
             before_close()
-        j.append({"type": "close", "undone": report.undone, "skipped": len(report.skipped)})
+        j.append({"type": "close", "undone": report.undone, "skipped": len(report.skipped),
+                  **({"incomplete": len(report.stranded)} if report.stranded else {})})
     finally:
         j.close()
     return report
+
+
+def stranded(records: Sequence[dict]) -> List[Problem]:
+    """Sources the run took away that are not back at their names while the store still holds their
+    content (a copy back that failed): ComfyUI finds them only through the YAML's section. Steps
+    that never happened left their source in place, so they count only where the source is gone."""
+    out: List[Problem] = []
+    for r in records:
+        op = Op.of(r) if r.get("type") == "begin" else None
+        if op is None or not op.returns_source:
+            continue
+        src = r.get("src")
+        if not isinstance(src, str) or os.path.lexists(src):
+            continue
+        held = next((h for h in ([r.get("dst")] if op is Op.RENAME else _holders(r))
+                     if isinstance(h, str) and _holds(h, r)), None)
+        if held is not None and src not in {p.path for p in out}:
+            out.append(Problem(src, f"not back; its content is only in the store at {held}"))
+    return out
+
+
+def _holds(path: str, r: dict) -> bool:
+    """A regular file at `path` with the logged size and digest (read: only for a source not back)."""
+    try:
+        st = os.lstat(path)
+        return stat.S_ISREG(st.st_mode) and st.st_size == r.get("size") and hash_path(path) == r.get("digest")
+    except OSError:
+        return False
 
 
 def _drop_unbegun(path: str) -> Optional[int]:
@@ -378,162 +427,213 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
     notes = [] if notes is None else notes
     r = u.rec
     op = u.op
-    if op == "mkdir":
-        try:
-            os.rmdir(r["path"])
-        except (FileNotFoundError, NotADirectoryError):
-            pass        # gone, or a file of someone else's took its place: not ours to remove
-        except OSError as exc:
-            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                return "folder is not empty (files were added since); left in place"
-            raise
+    undo = UNDO.get(op)
+    return undo(u, r, on_bytes, twins, notes) if undo is not None else f"unknown step kind {op!r}"
+
+
+def _undo_mkdir(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Remove a folder the run made, if nothing was added to it since."""
+    try:
+        os.rmdir(r["path"])
+    except (FileNotFoundError, NotADirectoryError):
+        pass        # gone, or a file of someone else's took its place: not ours to remove
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return "folder is not empty (files were added since); left in place"
+        raise
+    return ""
+
+
+def _undo_link(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Remove a hardlink the run made (link: the source's, or moved back when the source is gone; dedupe: the stored copy's)."""
+    op = u.op
+    dst = r["dst"]
+    want = (r["dev"], r["ino"]) if op == Op.LINK else (r["stored_dev"], r["stored_ino"])
+    cur = _ino(dst)
+    if cur is None or _never_made(u):
         return ""
-    if op in ("link", "dedupe"):
-        dst = r["dst"]
-        want = (r["dev"], r["ino"]) if op == "link" else (r["stored_dev"], r["stored_ino"])
-        cur = _ino(dst)
-        if cur is None or _never_made(u):
-            return ""
-        stable = r.get("_p_dst", identity.EXACT).stable_inode
-        if stable and cur != want:
-            return "the target file was replaced since the run; left in place"
-        if op == "link" and not (_as_logged(dst, r, "dst") if stable else _is_logged_file(dst, r, "dst", None)):
-            return "the target file was changed since the run; left in place"
-        if op == "link" and _ino(r["src"]) is None:
-            fsops.rename_noreplace(dst, r["src"])
-            return ""
-        if os.lstat(dst).st_nlink < 2 and not _src_holds(r):
-            return f"another file now has the old name {r['src']}: this copy is the original's last; kept"
+    stable = r.get("_p_dst", identity.EXACT).stable_inode
+    if stable and cur != want:
+        return "the target file was replaced since the run; left in place"
+    if op == Op.LINK and not (_as_logged(dst, r, "dst") if stable else _is_logged_file(dst, r, "dst", None)):
+        return "the target file was changed since the run; left in place"
+    if op == Op.LINK and _ino(r["src"]) is None:
+        fsops.rename_noreplace(dst, r["src"])
+        return ""
+    if os.lstat(dst).st_nlink < 2 and not _src_holds(r):
+        return f"another file now has the old name {r['src']}: this copy is the original's last; kept"
+    os.unlink(dst)
+    return ""
+
+
+def _undo_symlink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Remove a symlink the run made to the stored copy, if it still says what the run wrote."""
+    dst = r["dst"]
+    if os.path.islink(dst) and os.readlink(dst) == r["to"]:
         os.unlink(dst)
+    return ""
+
+
+def _undo_rename(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Move a renamed source back, if the stored file is still the one the run moved."""
+    if _never_made(u):
         return ""
-    if op == "symlink":
-        dst = r["dst"]
-        if os.path.islink(dst) and os.readlink(dst) == r["to"]:
-            os.unlink(dst)
+    cur = _ino(r["dst"])
+    if cur is None or _ino(r["src"]) is not None:
+        return "" if cur is None else "both names exist; left in place"
+    stable = r.get("_p_dst", identity.EXACT).stable_inode
+    if stable and cur != (r["dev"], r.get("dst_ino", r["ino"])):
+        return "the target file was replaced since the run; left in place"
+    if not (_as_logged(r["dst"], r, "dst") if stable else _is_logged_file(r["dst"], r, "dst", None)):
+        return "the target file was changed since the run; left in place"
+    os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+    fsops.rename_noreplace(r["dst"], r["src"])
+    return ""
+
+
+def _undo_copy(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Remove a copy the run made, once its bytes are proven the run's (the source restored first if it is gone)."""
+    tmp = r.get("tmp")
+    if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
+        os.unlink(tmp)
+    ino = r.get("dst_ino") or r.get("tmp_ino")
+    dst = r["dst"]
+    cur = _ino(dst)
+    if cur is None or ino is None or _never_made(u):
         return ""
-    if op == "rename":
-        if _never_made(u):
-            return ""
-        cur = _ino(r["dst"])
-        if cur is None or _ino(r["src"]) is not None:
-            return "" if cur is None else "both names exist; left in place"
-        stable = r.get("_p_dst", identity.EXACT).stable_inode
-        if stable and cur != (r["dev"], r.get("dst_ino", r["ino"])):
-            return "the target file was replaced since the run; left in place"
-        if not (_as_logged(r["dst"], r, "dst") if stable else _is_logged_file(r["dst"], r, "dst", None)):
-            return "the target file was changed since the run; left in place"
-        os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-        fsops.rename_noreplace(r["dst"], r["src"])
+    if r.get("_p_dst", identity.EXACT).stable_inode and cur[1] != ino:
+        return "the target file was replaced since the run; left in place"
+    # This undo deletes the copy: first prove it holds exactly the bytes the run copied.
+    if not _as_logged(dst, r, "dst") or hash_path(dst) != r["digest"]:
+        return "the target copy was changed since the run; left in place"
+    if _ino(r["src"]) is None:
+        # The source is gone for good (its quarantine was purged): copy back, verify, then remove.
+        if not _restore_from(dst, r, on_bytes):
+            return "could not restore the source from the target copy; both kept"
+    elif os.lstat(dst).st_nlink < 2 and not _src_holds(r):
+        return f"another file now has the old name {r['src']}: this copy may be the original's last; kept"
+    os.unlink(dst)
+    return ""
+
+
+def _undo_yaml(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Put extra_model_paths.yaml back (only the comfy-migrate section, if the user edited it since)."""
+    path = fsops.through_link(r["path"])
+    cur = fsops.read_file(path)
+    if r.get("before"):
+        before = fsops.read_file(r["before"])
+        if before is None or hash_bytes(before) != r["before_digest"]:
+            return "the saved previous YAML is missing or damaged; YAML left as it is"
+    else:
+        before = None
+    if cur == before:
         return ""
-    if op == "copy":
-        tmp = r.get("tmp")
-        if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
-            os.unlink(tmp)
-        ino = r.get("dst_ino") or r.get("tmp_ino")
-        dst = r["dst"]
-        cur = _ino(dst)
-        if cur is None or ino is None or _never_made(u):
-            return ""
-        if r.get("_p_dst", identity.EXACT).stable_inode and cur[1] != ino:
-            return "the target file was replaced since the run; left in place"
-        # This undo deletes the copy: first prove it holds exactly the bytes the run copied.
-        if not _as_logged(dst, r, "dst") or hash_path(dst) != r["digest"]:
-            return "the target copy was changed since the run; left in place"
-        if _ino(r["src"]) is None:
-            # The source is gone for good (its quarantine was purged): copy back, verify, then remove.
-            if not _restore_from(dst, r, on_bytes):
-                return "could not restore the source from the target copy; both kept"
-        elif os.lstat(dst).st_nlink < 2 and not _src_holds(r):
-            return f"another file now has the old name {r['src']}: this copy may be the original's last; kept"
-        os.unlink(dst)
+    if cur is None:
+        return "extra_model_paths.yaml was deleted since the run; left so"
+    if hash_bytes(cur) != r["after_digest"]:
+        return _unmerge_yaml(path, cur, before, notes)
+    if before is None:
+        os.unlink(path)
+        fsops.fsync_dir(os.path.dirname(path))
+    else:
+        fsops.atomic_write(path, before, os.stat(path).st_mode & 0o7777)
+        if r.get("before_mtime_ns"):
+            os.utime(path, ns=(r["before_mtime_ns"], r["before_mtime_ns"]))
+    return ""
+
+
+def _undo_unlink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Recreate a source name the store held as its inode: a hardlink, else a verified copy."""
+    if _ino(r["src"]) is not None:
         return ""
-    if op == "yaml":
-        path = fsops.through_link(r["path"])
-        cur = fsops.read_file(path)
-        if r.get("before"):
-            before = fsops.read_file(r["before"])
-            if before is None or hash_bytes(before) != r["before_digest"]:
-                return "the saved previous YAML is missing or damaged; YAML left as it is"
-        else:
-            before = None
-        if cur == before:
-            return ""
-        if cur is None:
-            return "extra_model_paths.yaml was deleted since the run; left so"
-        if hash_bytes(cur) != r["after_digest"]:
-            return _unmerge_yaml(path, cur, before, notes)
-        if before is None:
-            os.unlink(path)
-            fsops.fsync_dir(os.path.dirname(path))
-        else:
-            fsops.atomic_write(path, before, os.stat(path).st_mode & 0o7777)
-            if r.get("before_mtime_ns"):
-                os.utime(path, ns=(r["before_mtime_ns"], r["before_mtime_ns"]))
-        return ""
-    if op == "unlink":
-        if _ino(r["src"]) is not None:
-            return ""
-        # The stored copy it trusted, else the run's own name for it (a dedupe link: another
-        # pod's rollback may have removed the copy it was made from).
-        names = _holders(r)
-        for stored in names:
-            if _ino(stored) == (r["dev"], r["ino"]) and _as_logged(stored, r, "dst"):
-                os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-                os.link(stored, r["src"])
-                return ""
-        if not _restore_twin(r, twins, on_bytes, names):
-            return "the stored copy changed; source not recreated"
-        return ""
-    if op == "quarantine":
-        if _ino(r["src"]) is not None:
-            if _ino(r["src"]) == (r["dev"], r["ino"]) or not os.path.lexists(r["q"]):
-                return ""
-            return f"another file now has the old name; the original stays in quarantine at {r['q']}"
-        if _is_logged_file(r["q"], r, "src", (r["dev"], r["ino"])) or (
-                _ino(r["q"]) == (r["dev"], r["ino"]) and r.get("_p_src", identity.EXACT).stable_inode):
+    # The stored copy it trusted, else the run's own name for it (a dedupe link: another
+    # pod's rollback may have removed the copy it was made from).
+    names = _holders(r)
+    for stored in names:
+        if _ino(stored) == (r["dev"], r["ino"]) and _as_logged(stored, r, "dst"):
             os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-            fsops.rename_noreplace(r["q"], r["src"])
-            twins.setdefault((r["dev"], r["ino"]), []).append(r["src"])
+            os.link(stored, r["src"])
             return ""
-        # Purged: recreate it from the stored copy with the same digest, mode and mtime.
-        if not _restore_twin(r, twins, on_bytes, _holders(r)):
-            return "the quarantined file was purged and no stored copy has its content"
-        return ""
-    if op == "linkback":
-        if os.path.islink(r["src"]) and os.readlink(r["src"]) == r["to"]:
-            os.unlink(r["src"])
-        return ""
-    if op == "relink":
-        tmp = r.get("tmp")
-        if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
-            os.unlink(tmp)
-        src = r["src"]
-        if not os.path.islink(src) or os.readlink(src) != r["to"]:
-            return "" if os.path.islink(src) and os.readlink(src) == r["old"] else \
-                "the symlink was changed since the run; left as it is"
-        back = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}restore")
-        if os.path.lexists(back):
-            os.unlink(back)
-        os.symlink(r["old"], back)
-        os.replace(back, src)
-        if isinstance(r.get("mtime_ns"), int):
-            os.utime(src, ns=(r["mtime_ns"], r["mtime_ns"]), follow_symlinks=False)
-        fsops.fsync_dir(os.path.dirname(src))
-        return ""
-    return f"unknown step kind {op!r}"
+    if not _restore_twin(r, twins, on_bytes, names):
+        return "the stored copy changed; source not recreated"
+    return ""
 
 
-PLACING = ("link", "rename", "copy", "dedupe")
+def _undo_quarantine(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Move a source back from quarantine (recreated from a stored copy if it was purged)."""
+    if _ino(r["src"]) is not None:
+        if _ino(r["src"]) == (r["dev"], r["ino"]) or not os.path.lexists(r["q"]):
+            return ""
+        return f"another file now has the old name; the original stays in quarantine at {r['q']}"
+    if _is_logged_file(r["q"], r, "src", (r["dev"], r["ino"])) or (
+            _ino(r["q"]) == (r["dev"], r["ino"]) and r.get("_p_src", identity.EXACT).stable_inode):
+        os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+        fsops.rename_noreplace(r["q"], r["src"])
+        twins.setdefault((r["dev"], r["ino"]), []).append(r["src"])
+        return ""
+    # Purged: recreate it from the stored copy with the same digest, mode and mtime.
+    if not _restore_twin(r, twins, on_bytes, _holders(r)):
+        return "the quarantined file was purged and no stored copy has its content"
+    return ""
+
+
+def _undo_linkback(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Remove a link-back symlink, if it still says what the run wrote."""
+    if os.path.islink(r["src"]) and os.readlink(r["src"]) == r["to"]:
+        os.unlink(r["src"])
+    return ""
+
+
+def _undo_relink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Point a re-pointed symlink of the sources where it pointed before the run."""
+    tmp = r.get("tmp")
+    if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
+        os.unlink(tmp)
+    src = r["src"]
+    if not os.path.islink(src) or os.readlink(src) != r["to"]:
+        return "" if os.path.islink(src) and os.readlink(src) == r["old"] else \
+            "the symlink was changed since the run; left as it is"
+    back = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}restore")
+    if os.path.lexists(back):
+        os.unlink(back)
+    os.symlink(r["old"], back)
+    os.replace(back, src)
+    if isinstance(r.get("mtime_ns"), int):
+        os.utime(src, ns=(r["mtime_ns"], r["mtime_ns"]), follow_symlinks=False)
+    fsops.fsync_dir(os.path.dirname(src))
+    return ""
+
+
+# The inverse of each step, by its op (steps.Op): each returns '' when done (or nothing was needed),
+# else why it was skipped; each checks the disk is as the log left it before it changes anything.
+UNDO: Dict[str, Callable[..., str]] = {
+    Op.MKDIR: _undo_mkdir,
+    Op.LINK: _undo_link,
+    Op.DEDUPE: _undo_link,
+    Op.SYMLINK: _undo_symlink,
+    Op.RENAME: _undo_rename,
+    Op.COPY: _undo_copy,
+    Op.YAML: _undo_yaml,
+    Op.UNLINK: _undo_unlink,
+    Op.QUARANTINE: _undo_quarantine,
+    Op.LINKBACK: _undo_linkback,
+    Op.RELINK: _undo_relink,
+}
 
 
 def _made_here(rec: dict, path: str) -> bool:
     """Does `path` hold the file this placement step puts there: the source's inode (link, rename),
     the stored copy's (dedupe), the staged temporary's (copy)? Compared by inode alone: another pod
-    mounting the same volume sees another st_dev."""
-    ino = {"link": rec.get("ino"), "rename": rec.get("ino"), "dedupe": rec.get("stored_ino")}.get(
-        rec["op"], rec.get("dst_ino") or rec.get("tmp_ino"))
+    mounting the same volume sees another st_dev. A symlink step's name holds its link text."""
+    op = Op(rec["op"])
+    if op is Op.SYMLINK:
+        try:
+            return os.path.islink(path) and os.readlink(path) == rec.get("to")
+        except OSError:
+            return False
+    ino = op.placed_ino(rec)
     cur = _ino(path)
-    if cur is not None and "_p_dst" in rec and not rec["_p_dst"].stable_inode and rec["op"] != "dedupe":
+    if cur is not None and "_p_dst" in rec and not rec["_p_dst"].stable_inode and op is not Op.DEDUPE:
         return rec.get("digest") is not None and _is_logged_file(path, rec, "dst", None)
     return ino is not None and cur is not None and cur[1] == ino
 
@@ -548,7 +648,7 @@ def _never_made(u: Undo) -> bool:
 def users_of(u: Undo, relied: Dict[str, List[str]], target: str) -> Optional[List[str]]:
     """The other runs relying on the stored file this undo would take out of the store (fleet.reliance),
     if the run put it there: a placement it only began, whose name holds another file, is not its own."""
-    if u.op not in PLACING or _never_made(u):
+    if u.op not in PLACES or _never_made(u):
         return None
     return relied.get(store_rel(u.rec.get("dst") or "", target) or "")
 
@@ -562,15 +662,50 @@ def settle(records: Sequence[dict], target: str) -> List[dict]:
     placement it would neither be kept for this run nor ever leave the store (fleet.placed_by)."""
     steps = group_steps(list(records))
     logged = records[0].get("target") or ""
+    prec = identity.precisions(list(records))
     out = list(records)
     for b in steps.begins:
-        if b.get("op") not in PLACING or b["step"] in steps.done or not isinstance(b.get("dst"), str):
+        if b.get("op") not in PLACES_FILE or b["step"] in steps.done or not isinstance(b.get("dst"), str):
             continue
         rel = store_rel(b["dst"], logged)
         staged = [e["tmp_ino"] for e in steps.extra.get(b["step"], []) if e["type"] == "staged"]
-        rec = dict(b, tmp_ino=staged[-1]) if staged else b
+        rec = dict(b, tmp_ino=staged[-1]) if staged else dict(b)
+        rec["_p_dst"] = prec(b["dst"])      # unstable inode numbers: judged by content (_made_here)
         if rel is not None and not _made_here(rec, posixpath.join(target, rel)):
             out.append({"type": "unplaced", "step": b["step"], "dst": b["dst"]})
+    return out
+
+
+def foresee(undos: Sequence[Undo]) -> Dict[int, str]:
+    """For the dry run, read-only and without reading a byte: step -> why its source could not be
+    recreated (no stored copy of its size is left and no other name of it comes back first), so the
+    dry run never promises what the rollback will then refuse ("the stored copy changed")."""
+    back: set = set()           # logged inodes a name of which this rollback gives back (in order)
+    out: Dict[int, str] = {}
+    for u in undos:
+        r = u.rec
+        if u.op not in REMOVES_SOURCE or "src" not in r or _ino(r["src"]) is not None:
+            continue
+        key = (r.get("dev"), r.get("ino"))
+        if u.op == Op.QUARANTINE and isinstance(r.get("q"), str) and os.path.lexists(r["q"]):
+            back.add(key)
+            continue
+        if key in back:
+            continue
+        left = []
+        for p in _holders(r):
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_size == r.get("size", st.st_size):
+                left.append(p)
+        if left:
+            back.add(key)
+        else:
+            gone = " and ".join(_holders(r)) or "its stored copy"
+            out[u.step] = (f"cannot recreate {r['src']}: " + ("the quarantined copy was purged and " if u.op ==
+                           Op.QUARANTINE else "") + f"no stored copy of it is left ({gone} missing or changed in size)")
     return out
 
 
@@ -584,7 +719,7 @@ def _drop_kept(k: dict, records: Sequence[dict]) -> str:
     if every source of this run that trusted it is back as logged, and it still holds its content."""
     path = k["path"]
     for r in records:
-        if r.get("type") == "begin" and r.get("op") in ("unlink", "quarantine") and (r.get("stored") or r.get("dst")) == path:
+        if r.get("type") == "begin" and r.get("op") in REMOVES_SOURCE and (r.get("stored") or r.get("dst")) == path:
             try:
                 if not _as_logged(r["src"], r):
                     return f"{r['src']} is not back as it was"
@@ -600,12 +735,13 @@ def _drop_kept(k: dict, records: Sequence[dict]) -> str:
 
 
 def _keep(u: Undo, on_bytes) -> str:
-    """Leave a stored file other runs rely on, and give this run's source its name back."""
+    """Leave a stored file other runs rely on, and give this run's source its name back (a dedupe's or a
+    symlink's source comes back through the undo of its own removal: it stored no bytes of its own)."""
     r = u.rec
-    if u.op == "dedupe" or _ino(r["src"]) is not None or _ino(r["dst"]) is None:
+    if not Op(u.op).stores_source or _ino(r["src"]) is not None or _ino(r["dst"]) is None:
         return ""
     os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-    if u.op == "link" and _ino(r["dst"]) == (r["dev"], r["ino"]) and _as_logged(r["dst"], r, "dst"):
+    if u.op == Op.LINK and _ino(r["dst"]) == (r["dev"], r["ino"]) and _as_logged(r["dst"], r, "dst"):
         os.link(r["dst"], r["src"])
         return ""
     if not _restore_from(r["dst"], r, on_bytes):
@@ -627,7 +763,7 @@ def left_folders(target: str, this_run: str) -> List[str]:
             continue
         logged = records[0].get("target") or ""
         for r in records:
-            if r.get("type") == "begin" and r.get("op") == "mkdir" and isinstance(r.get("path"), str):
+            if r.get("type") == "begin" and r.get("op") == Op.MKDIR and isinstance(r.get("path"), str):
                 rel = store_rel(r["path"], logged)
                 if rel:
                     out.append(posixpath.join(target, rel))
@@ -693,7 +829,10 @@ def _restore_from(stored: str, r: dict, on_bytes) -> bool:
     tmp = temp_name(os.path.dirname(src), os.path.basename(src), "restore")
     if os.path.lexists(tmp):
         os.unlink(tmp)
-    digest, _ = fsops.copy_and_hash(stored, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), tmp, on_bytes)
+    # The digest read decides (it must be the logged one): the stored copy's mtime may move while it is
+    # read (rclone shows "now" until it has uploaded a file we wrote seconds ago).
+    digest, _ = fsops.copy_and_hash(stored, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), tmp, on_bytes,
+                                    mtime_may_move=True)
     if digest != r["digest"]:
         os.unlink(tmp)
         return False
@@ -732,7 +871,7 @@ def find_log(target: str, run: Optional[str], newest: bool = False, host: Option
         return os.path.join(runs, names[-1])
     for n in reversed(names):
         rb = read_begun(rollback_log_of(os.path.join(runs, n)))
-        if rb is not None and rb[-1].get("type") == "close":
+        if rb is not None and rb[-1].get("type") == "close" and not rb[-1].get("incomplete"):
             continue
         return os.path.join(runs, n)
     if names:
@@ -749,8 +888,12 @@ def _host_of(log: str) -> Optional[str]:
 
 
 def load_run(log_path: str) -> List[dict]:
+    """A run's log, read and checked once for undoing: its hash chain (read_log), its paths
+    (check_log), the fields of its step records (records.check_steps)."""
+    from migrate.records import check_steps
     records, _, _ = read_log(log_path)
     check_log(records, log_path)
+    check_steps(records, log_path)
     return records
 
 
@@ -758,10 +901,14 @@ def run_state(log_path: str) -> str:
     records, _, _ = read_log(log_path)
     rbr = read_begun(rollback_log_of(log_path))     # one that never wrote a record did nothing
     if rbr is not None:
-        return "rolled back" if rbr[-1].get("type") == "close" else "rollback interrupted"
+        if rbr[-1].get("type") != "close":
+            return "rollback interrupted"
+        return "rollback incomplete" if rbr[-1].get("incomplete") else "rolled back"
     last = records[-1]
     if last.get("type") == "close":
         return "complete" if last.get("state") == "complete" else "complete with problems"
+    if last.get("type") == "stopped":
+        return "stopped: disk full (free space, then run or rollback)"
     return "interrupted"
 
 
@@ -781,12 +928,11 @@ def history(target: str) -> List[dict]:
             continue
         head = records[0]
         steps = group_steps(records)
-        placed = [b for b in steps.begins if b["op"] in ("link", "rename", "copy", "dedupe", "symlink")
-                  and b["step"] in steps.done]
+        placed = [b for b in steps.begins if b["op"] in PLACES and b["step"] in steps.done]
         # Sources set aside because the store held their content already: the run relies on those
         # stored files (it placed nothing for them, yet ComfyUI now loads them from the store).
         moved = {b.get("src") for b in placed}
-        relied = [b for b in steps.begins if b["op"] in ("unlink", "quarantine") and b["step"] in steps.done
+        relied = [b for b in steps.begins if b["op"] in REMOVES_SOURCE and b["step"] in steps.done
                   and b.get("src") not in moved]
         rows.append({"run": head["run"], "time": head.get("time", ""), "host": head.get("host", ""),
                      "files": len(placed) + len(relied), "bytes": sum(b.get("size", 0) for b in placed + relied),
@@ -843,7 +989,7 @@ def kept_records(target: str) -> List[dict]:
 def quarantined(records: List[dict]) -> List[dict]:
     """Done quarantine steps of a run: what purge may free."""
     steps = group_steps(records)
-    return [b for b in steps.begins if b["op"] == "quarantine" and b["step"] in steps.done]
+    return [b for b in steps.begins if b["op"] == Op.QUARANTINE and b["step"] in steps.done]
 
 
 def purge_check(rec: dict) -> str:

@@ -60,7 +60,8 @@ def model_bytes(rel: str, seed: str) -> bytes:
 
 
 KILL_SET = ("loras/style.safetensors", "loras/copy_of_style.safetensors", "loras/second_name.safetensors",
-            "insightface/glint.onnx", "extra_model_paths.yaml")
+            "insightface/glint.onnx", "extra_model_paths.yaml", "checkpoints/alias_of_style.safetensors")
+LINKS = {"checkpoints/alias_of_style.safetensors": "../loras/copy_of_style.safetensors"}   # in-tree symlinks
 
 
 def make_pod(comfy: str, only: Optional[Callable[[str], bool]] = None) -> None:
@@ -80,8 +81,19 @@ def make_pod(comfy: str, only: Optional[Callable[[str], bool]] = None) -> None:
     if only is None or only("loras/second_name.safetensors"):
         try:        # two names of one file come back as one file
             os.link(os.path.join(models, "loras/style.safetensors"), os.path.join(models, "loras/second_name.safetensors"))
-        except PermissionError:     # a pod on exFAT has no hardlinks: a plain duplicate there
-            shutil.copy2(os.path.join(models, "loras/style.safetensors"), os.path.join(models, "loras/second_name.safetensors"))
+        except OSError:     # a pod on exFAT (EPERM) or rclone (EIO) has no hardlinks: a plain duplicate there
+            a, b = os.path.join(models, "loras/style.safetensors"), os.path.join(models, "loras/second_name.safetensors")
+            shutil.copyfile(a, b)       # not copy2: rclone answers listxattr with EIO
+            st = os.stat(a)
+            os.chmod(b, stat.S_IMODE(st.st_mode))
+            os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+    for rel, to in LINKS.items():      # a name that is a symlink to another model: its file moves, it follows
+        if only is None or only(rel):
+            os.makedirs(os.path.join(models, os.path.dirname(rel)), exist_ok=True)
+            try:
+                os.symlink(to, os.path.join(models, rel))
+            except OSError:     # a pod on exFAT has no symlinks
+                pass
     if only is None or only("extra_model_paths.yaml"):
         y = os.path.join(comfy, "extra_model_paths.yaml")
         with open(y, "w") as f:
@@ -135,8 +147,13 @@ def store_leftovers(store: str) -> List[str]:
 
 class Scenario:
     def __init__(self, name: str, pod_parent: str, store: str, fs_name: str,
-                 build: Optional[Callable[[str, bool], None]] = None) -> None:
+                 build: Optional[Callable[[str, bool], None]] = None, settle: Optional[Callable[[], None]] = None,
+                 purge_trips: int = 0, random_kills: int = 0) -> None:
         self.name, self.pod_parent, self.store, self.fs_name = name, pod_parent, store, fs_name
+        # settle: wait until the volume holds what was written (rclone uploads a file seconds after
+        # it is closed): a pod's files are old, not written a moment before the run.
+        self.settle = settle or (lambda: None)
+        self.purge_trips, self.random_kills = purge_trips, random_kills
         self.build = build or (lambda comfy, small: make_pod(comfy, (lambda rel: rel in KILL_SET) if small else None))
         self.comfy = os.path.join(pod_parent, "ComfyUI")
         self.prefix: List[str] = []           # runs each CLI inside this (a container's namespaces)
@@ -146,13 +163,21 @@ class Scenario:
         """A fresh pod (small: the kill sweeps' few files, still with a duplicate, a hardlinked pair,
         a custom-node folder and the user's YAML) and no store."""
         for p in (self.comfy, self.store):
-            if os.path.lexists(p):
-                shutil.rmtree(p)
+            for attempt in range(100):     # rclone refuses (EIO) to remove a folder it still uploads to
+                try:
+                    if os.path.lexists(p):
+                        shutil.rmtree(p)
+                    break
+                except OSError:
+                    if attempt == 99:
+                        raise
+                    time.sleep(0.2)
         self.build(self.comfy, small)
         # Give every folder of the pod a time through the mount: a FUSE mount (MooseFS) may show
         # attributes cached from before the rebuild for a second, and the snapshot must see the truth.
         for dirpath, _, _ in sorted(os.walk(self.pod_parent), reverse=True):
             os.utime(dirpath, ns=(1_690_000_000_000_000_000, 1_690_000_000_000_000_000))
+        self.settle()
 
 
 class Runner:
@@ -165,21 +190,40 @@ class Runner:
                         COMFY_MIGRATE_CACHE=os.path.join(home, "digests.sqlite"), PYTHONPATH=ROOT)
         self.calls = 0
 
-    def cli(self, sc: Scenario, *args: str, crash: int = 0) -> Tuple[int, str]:
-        env = dict(self.env)
+    def cli(self, sc: Scenario, *args: str, crash: int = 0, env: Optional[Dict[str, str]] = None) -> Tuple[int, str]:
+        env = dict(self.env, **(env or {}))
         if crash:
             env["COMFY_MIGRATE_CRASH_AT"] = str(crash)
         cmd = [sys.executable, "-m", "migrate", *args]
         if args[0] in ("plan", "run"):
             cmd += ["--comfyui", sc.comfy, "--target", sc.store]
-        elif args[0] in ("rollback", "verify"):
-            cmd += ["--target", sc.store] + (["--comfyui", sc.comfy] if args[0] == "verify" else [])
+        elif args[0] in ("rollback", "verify", "purge"):
+            cmd += ["--target", sc.store] + (["--comfyui", sc.comfy] if args[0] in ("verify", "purge") else [])
         self.calls += 1
         p = subprocess.run(sc.prefix + cmd, env=env, capture_output=True, text=True, timeout=600)
         rc = p.returncode
         if sc.prefix and rc == 128 + signal.SIGKILL:      # killed under the container's shell
             rc = -signal.SIGKILL
         return rc, p.stdout + p.stderr
+
+
+def link_bytes(sc: Scenario) -> Dict[str, bytes]:
+    """What each in-tree symlink of the pod loads (followed): the bytes, for those that lead to a file."""
+    out = {}
+    for rel in LINKS:
+        p = os.path.join(sc.comfy, "models", rel)
+        if os.path.islink(p) and os.path.isfile(p):
+            with open(p, "rb") as f:
+                out[rel] = f.read()
+    return out
+
+
+def check_links(sc: Scenario, want: Dict[str, bytes], what: str) -> List[str]:
+    """Every in-tree symlink that loaded a model before still loads its bytes (issue 20: a kill
+    between a source's removal and the link's re-pointing left it dangling)."""
+    got = link_bytes(sc)
+    return [f"{what}: symlink {rel} " + ("dangles" if rel not in got else "loads other bytes")
+            for rel, data in want.items() if got.get(rel) != data]
 
 
 def check_back(sc: Scenario, before: Dict[str, tuple], what: str) -> List[str]:
@@ -191,6 +235,7 @@ def check_back(sc: Scenario, before: Dict[str, tuple], what: str) -> List[str]:
 def round_trip(r: Runner, sc: Scenario) -> Tuple[List[str], str]:
     sc.reset()
     before = snapshot(sc.pod_parent)
+    links = link_bytes(sc)
     errs: List[str] = []
     rc, out = r.cli(sc, "plan", "--format", "json")
     doc = json.loads(out[out.index("{"):]) if rc == 0 and "{" in out else {}
@@ -199,6 +244,7 @@ def round_trip(r: Runner, sc: Scenario) -> Tuple[List[str], str]:
     rc, out = r.cli(sc, "run", "--yes")
     if rc != 0:
         errs.append(f"run exit {rc}: {out[-400:]}")
+    errs += check_links(sc, links, "round trip, after the run")
     rc, out = r.cli(sc, "verify")
     if rc != 0:
         errs.append(f"verify exit {rc}: {out[-400:]}")
@@ -218,9 +264,70 @@ def round_trip(r: Runner, sc: Scenario) -> Tuple[List[str], str]:
     return errs, summary
 
 
-def kill_sweep(r: Runner, sc: Scenario, stride: int) -> Tuple[List[str], int]:
+def purge_trips(r: Runner, sc: Scenario) -> List[str]:
+    """run -> rollback, again and again, every other time with `purge --permanent` between them: every
+    source then comes back from the store's copy (read seconds after the run wrote it). Each ends
+    exactly as before, with nothing of ours left in the store."""
+    errs: List[str] = []
+    for i in range(sc.purge_trips):
+        sc.reset(small=True)
+        before = snapshot(sc.pod_parent)
+        rc, out = r.cli(sc, "run", "--yes")
+        if rc != 0:
+            errs.append(f"trip {i}: run exit {rc}: {out[-300:]}")
+        if i % 2 == 0:
+            rc, out = r.cli(sc, "purge", "--permanent", "--yes")
+            if rc != 0:
+                errs.append(f"trip {i}: purge exit {rc}: {out[-300:]}")
+        rc, out = r.cli(sc, "rollback", "--yes")
+        if rc != 0:
+            errs.append(f"trip {i}: rollback exit {rc}: {out[-400:]}")
+        errs += check_back(sc, before, f"trip {i} ({'purge, ' if i % 2 == 0 else ''}rollback)")
+        if errs:
+            break
+    return errs
+
+
+def random_kills(r: Runner, sc: Scenario, seed: int = 20) -> Tuple[List[str], int]:
+    """SIGKILL a run at a random moment (not at a record: inside a copy, a rename, the probe), then
+    roll back (every other time: continue the run first). Returns (errors, kills that landed)."""
+    import random
+    rnd = random.Random(seed)
+    errs: List[str] = []
+    landed = 0
+    sc.reset(small=True)
+    t0 = time.monotonic()
+    r.cli(sc, "run", "--yes")
+    took = time.monotonic() - t0
+    r.cli(sc, "rollback", "--yes")
+    for i in range(sc.random_kills):
+        sc.reset(small=True)
+        before = snapshot(sc.pod_parent)
+        env = dict(r.env)
+        cmd = [sys.executable, "-m", "migrate", "run", "--yes", "--comfyui", sc.comfy, "--target", sc.store]
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rnd.uniform(0.05, 0.9 * took))
+        p.send_signal(signal.SIGKILL)
+        rc = p.wait()
+        r.calls += 1
+        landed += rc == -signal.SIGKILL
+        if i % 2:
+            rc, out = r.cli(sc, "run", "--yes")
+            if rc != 0:
+                errs.append(f"random kill {i}, continued: exit {rc}: {out[-300:]}")
+        rc, out = r.cli(sc, "rollback", "--yes")
+        if rc != 0 and "rolled back already" not in out and "no run" not in out:
+            errs.append(f"random kill {i}, rollback: exit {rc}: {out[-300:]}")
+        errs += check_back(sc, before, f"random kill {i}")
+        if errs:
+            break
+    return errs, landed
+
+
+def kill_sweep(r: Runner, sc: Scenario, stride: int, ok: Tuple[int, ...] = (0,)) -> Tuple[List[str], int]:
     """SIGKILL after record N of a run (for every N until a run finishes), then recover; and after
-    record M of a rollback, then roll back again. Returns (errors, kills)."""
+    record M of a rollback, then roll back again. `ok`: the exit codes a finished run may give (1
+    where files stay on the pod by design). Returns (errors, kills)."""
     errs: List[str] = []
     kills = 0
     for phase in ("run", "rollback"):
@@ -228,23 +335,25 @@ def kill_sweep(r: Runner, sc: Scenario, stride: int) -> Tuple[List[str], int]:
         while True:
             sc.reset(small=True)
             before = snapshot(sc.pod_parent)
+            links = link_bytes(sc)
             if phase == "run":
                 rc, out = r.cli(sc, "run", "--yes", crash=n)
             else:
                 rc, out = r.cli(sc, "run", "--yes")
-                if rc != 0:
+                if rc not in ok:
                     errs.append(f"run before rollback kill {n}: exit {rc}")
                     break
                 rc, out = r.cli(sc, "rollback", "--yes", crash=n)
             if rc != -signal.SIGKILL:
-                if rc != 0:
+                if rc not in (ok if phase == "run" else (0,)):
                     errs.append(f"{phase} with kill at {n}: exit {rc}: {out[-300:]}")
                 break
             kills += 1
             if phase == "run" and n % 2:
                 rc, out = r.cli(sc, "run", "--yes")     # continue, verify, then undo
-                if rc != 0:
+                if rc not in ok:
                     errs.append(f"run killed at {n}, continued: exit {rc}: {out[-300:]}")
+                errs += check_links(sc, links, f"run killed at {n}, continued")
                 rc, out = r.cli(sc, "verify")
                 if rc != 0:
                     errs.append(f"run killed at {n}, continued, verify: exit {rc}: {out[-300:]}")
@@ -256,6 +365,258 @@ def kill_sweep(r: Runner, sc: Scenario, stride: int) -> Tuple[List[str], int]:
                 break
             n += stride
     return errs, kills
+
+
+# --- an exFAT store with 1 MiB clusters, filled to the brim (issue 20) ---------------------------------
+
+BRIM_STAYS = {      # rel -> why it stays on the pod: its name is one name with another there, or refused
+    "loras/Style.safetensors": "case-clash", "loras/style.safetensors": "case-clash",
+    "checkpoints/Folded.safetensors": "case-clash",
+    "loras/what?.safetensors": "name-refused", "loras/a|b.safetensors": "name-refused",
+    'vae/say "hi".pt': "name-refused",
+}
+
+
+def wrapped(rel: str, payload: bytes) -> bytes:
+    """payload inside a valid file of rel's format (as model_bytes), so the audit holds nothing back."""
+    if rel.endswith(".pt"):
+        return b"\x80\x02" + payload
+    raw = json.dumps({"w": {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]}}).encode()
+    return len(raw).to_bytes(8, "little") + raw + payload
+
+
+def brim_pod(comfy: str, small_files: int) -> None:
+    """MODELS (loras/style.safetensors among them), the names the exFAT store cannot keep apart or
+    cannot hold at all (BRIM_STAYS; the store already holds checkpoints/folded.safetensors with
+    other bytes), a CJK name (80 characters and an extension: 252 UTF-8 bytes, 92 UTF-16 units) and
+    `small_files` files of 3 KB: each takes a 1 MiB cluster in the store."""
+    make_pod(comfy)
+    models = os.path.join(comfy, "models")
+    extra = {rel: rel.encode() * 300 for rel in BRIM_STAYS if rel not in MODELS}
+    extra["loras/" + "\u5b57" * 80 + ".safetensors"] = b"cjk" * 1000
+    extra.update({f"embeddings/small{i:03}.safetensors": bytes([i % 251]) * 3000 for i in range(small_files)})
+    for rel, payload in sorted(extra.items()):
+        p = os.path.join(models, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(wrapped(rel, payload))
+
+
+FILL_HOOK = """
+import os
+_fill = os.environ.get("CM_VOLUMES_FILL")
+if _fill:
+    from migrate import fsops
+    _write_all = fsops.write_all
+
+    def write_all(fd, data):
+        # A copy's first chunk into the store: another writer takes every free byte first, and the
+        # filesystem itself answers the copy (ENOSPC).
+        if not os.path.exists(_fill) and ".cm-tmp-" in os.readlink(f"/proc/self/fd/{fd}") \\
+                and os.fstat(fd).st_dev == os.stat(os.path.dirname(_fill)).st_dev:
+            fill(_fill)
+        return _write_all(fd, data)
+
+    def fill(path):
+        with open(path, "ab", buffering=0) as f:
+            for size in (1 << 20, 1 << 16, 1 << 12, 1 << 9, 1):
+                try:
+                    while True:
+                        f.write(b"\\0" * size)
+                except OSError:
+                    pass
+    fsops.write_all = write_all
+"""
+
+
+def fill_up(path: str) -> None:
+    """Write zeros into `path` until its filesystem is full to the last byte."""
+    with open(path, "ab", buffering=0) as f:
+        for size in (1 << 20, 1 << 16, 1 << 12, 1 << 9, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                pass
+
+
+def full_store(r: "Runner", m: "Mounts", plain: str, work: str) -> Tuple[List[str], str]:
+    """A store on a small ext4 (no blocks reserved for root) that another writer fills to the brim as
+    the run's first copy starts (issue 20): the run stops with exit 4 and the message naming both
+    ways on, every name still loads as before (the YAML not switched); then, the disk still full to
+    the last byte, `rollback` works (exit 0) and the pod is back exactly. Again: stopped, space
+    freed, `run` continues the same run, verify, the disk filled again, one `rollback` undoes all."""
+    mnt = m.loop_image("ext4-full", 16, ["mkfs.ext4", "-q", "-F", "-m", "0"], ["mount"])
+    sc = Scenario("store ext4 filled to the brim", os.path.join(plain, "full"), os.path.join(mnt, "models"),
+                  "ext4 16 MiB")
+    os.makedirs(sc.pod_parent, exist_ok=True)
+    hook = os.path.join(work, "fill-hook")
+    os.makedirs(hook, exist_ok=True)
+    with open(os.path.join(hook, "sitecustomize.py"), "w") as f:
+        f.write(FILL_HOOK)
+    filler = os.path.join(mnt, "filler")
+    fill_env = {"PYTHONPATH": hook + os.pathsep + r.env.get("PYTHONPATH", ""), "CM_VOLUMES_FILL": filler}
+    errs: List[str] = []
+    states = []
+    for then in ("rollback", "run"):
+        sc.reset()
+        if os.path.exists(filler):
+            os.unlink(filler)
+        before = snapshot(sc.pod_parent)
+        links = link_bytes(sc)
+        yaml_before = open(os.path.join(sc.comfy, "extra_model_paths.yaml"), "rb").read()
+        rc, out = r.cli(sc, "run", "--yes", env=fill_env)
+        if rc != 4 or "free space, then `comfy-migrate run` (continues this run) or `comfy-migrate rollback` " \
+                      "(undoes it)" not in out or "Traceback" in out:
+            errs.append(f"{then}: the run on a disk that filled: exit {rc}, not 4 with its message: {out[-300:]}")
+        if not os.path.exists(filler):
+            errs.append(f"{then}: the filler never ran")
+        if open(os.path.join(sc.comfy, "extra_model_paths.yaml"), "rb").read() != yaml_before:
+            errs.append(f"{then}: the YAML was switched by a stopped run")
+        errs += [f"{then}: stopped run: pod differs: {d}" for d in diff(before, snapshot(sc.pod_parent))[:5]]
+        fill_up(filler)
+        if then == "run":
+            os.unlink(filler)
+            rc, out = r.cli(sc, "run", "--yes")
+            if rc != 0 or "(continued)" not in out:
+                errs.append(f"run after freeing space: exit {rc}, continued: {'(continued)' in out}: {out[-300:]}")
+            errs += check_links(sc, links, "run continued")
+            rc, out = r.cli(sc, "verify")
+            if rc != 0:
+                errs.append(f"verify after the continued run: exit {rc}: {out[-300:]}")
+            fill_up(filler)
+        states.append(os.statvfs(mnt).f_bavail)
+        rc, out = r.cli(sc, "rollback", "--yes")
+        if rc != 0:
+            errs.append(f"{then}: rollback on the full store: exit {rc}: {out[-300:]}")
+        rc, out = r.cli(sc, "rollback", "--yes")
+        if rc != 0 or "rolled back already" not in out:
+            errs.append(f"{then}: a second rollback: exit {rc}: {out[-300:]}")
+        os.unlink(filler)
+        errs += check_back(sc, before, f"{then}: after the rollback on the full store")
+        runs = os.path.join(sc.store, ".comfy-migrate", "runs")
+        logs = [n for n in os.listdir(runs) if not n.endswith(".rollback.jsonl")] if os.path.isdir(runs) else []
+        if len(logs) != 1:
+            errs.append(f"{then}: {len(logs)} run logs, not one (a second run instead of the first continued)")
+        shutil.rmtree(sc.store, ignore_errors=True)
+    return errs, (f"run exit 4 at the first copy, rollback on the full disk ({max(states) if states else '?'} "
+                  "blocks free) exit 0, or run continued then rollback: exact")
+
+
+def brim_scenarios(r: "Runner", m: "Mounts", plain: str, only: str, stride: int) -> List[Tuple[str, List[str], str]]:
+    """An exFAT store (`mkfs.exfat -c 1M`) holding a filler file that leaves it 48 MiB free: a pod
+    whose bytes fit but whose allocation does not is refused with exit 4 before the first byte; one
+    that just fits (the plan's allocation plus its reserve one cluster short of the free space, or
+    less) runs (exit 1: the case-clashing and refused names stay, every other name placed), verifies,
+    and rolls back exactly. Returns (name, errors, summary) per scenario."""
+    names = ("exFAT 1 MiB clusters, to the brim: allocation does not fit",
+             "exFAT 1 MiB clusters, to the brim: just fits",
+             "exFAT 1 MiB clusters, to the brim: kills")
+    if only and not any(only in n for n in names):
+        return []
+    mnt = m.loop_image("exfat-1m", 96, ["mkfs.exfat", "-c", "1M"], ["mount.exfat-fuse"])
+    store = os.path.join(mnt, "models")
+    sc = Scenario(names[0], os.path.join(plain, "brim"), store, "exFAT 1 MiB")
+    os.makedirs(sc.pod_parent, exist_ok=True)
+    out: List[Tuple[str, List[str], str]] = []
+
+    def fresh(small: int) -> None:
+        sc.build = lambda comfy, _small: brim_pod(comfy, small)
+        sc.reset()
+        os.makedirs(os.path.join(store, "checkpoints"))
+        with open(os.path.join(store, "checkpoints", "folded.safetensors"), "wb") as f:
+            f.write(model_bytes("checkpoints/folded.safetensors", "z"))
+        filler = os.path.join(mnt, "filler")
+        if not os.path.exists(filler):          # leave 48 MiB of the volume free
+            v = os.statvfs(mnt)
+            with open(filler, "wb") as f:
+                f.write(b"\0" * (v.f_bavail * v.f_frsize - (48 << 20)))
+
+    def plan_doc() -> dict:
+        rc, text = r.cli(sc, "plan", "--format", "json")
+        # (exit 4: a plan that does not fit, printed all the same)
+        return json.JSONDecoder().raw_decode(text[text.index("{"):])[0] if rc in (0, 4) else {"error": text[-300:]}
+
+    free = lambda: os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize     # noqa: E731
+
+    # What the pod needs without small files: each small file adds a cluster (and the log a little).
+    fresh(0)
+    base = plan_doc().get("totals", {})
+    room = (free() - base.get("store_space_needed", 1 << 40)) >> 20
+
+    # 1. the byte sum fits many times over, the allocation does not: exit 4, nothing changed
+    errs: List[str] = []
+    fresh(max(room, 0) + 8)
+    before = snapshot(sc.pod_parent)
+    doc = plan_doc()
+    t = dict(doc.get("totals", {}), store_free=free())
+    if not t.get("store_space_needed", 0) > t["store_free"] > 4 * t.get("copy_bytes", 1 << 40):
+        errs.append(f"plan: expected bytes to fit and allocation not: {t or doc}")
+    rc, text = r.cli(sc, "run", "--yes")
+    if rc != 4:
+        errs.append(f"run exit {rc}, not 4: {text[-300:]}")
+    errs += [f"refused run: pod differs: {d}" for d in diff(before, snapshot(sc.pod_parent))[:5]]
+    left = [p for p in store_leftovers(store) if p != "checkpoints/folded.safetensors"]
+    errs += [f"refused run: left in the store: {p}" for p in left[:5]]
+    out.append((names[0], errs, f"{t.get('copy_bytes')} bytes to copy need {t.get('store_space_needed')} of "
+                                f"{t.get('store_free')} free"))
+
+    # 2. just fits: the most small files whose allocation (and the reserve) still fits
+    errs = []
+    small = room
+    while small > 0:
+        fresh(small)
+        doc = plan_doc()
+        t = dict(doc.get("totals", {}), store_free=free())
+        if t.get("store_space_needed", 1 << 40) <= t["store_free"]:
+            break
+        small -= 1
+    before = snapshot(sc.pod_parent)
+    stays = {os.path.relpath(a["source"], os.path.join(sc.comfy, "models")): a["reason"] for a in doc.get("actions", [])
+             if a["action"] == "conflict"}
+    if set(stays) != set(BRIM_STAYS):
+        errs.append(f"plan: these stay {sorted(stays)}, expected {sorted(BRIM_STAYS)}")
+    margin = t.get("store_free", 0) - t.get("store_space_needed", 0)
+    rc, text = r.cli(sc, "run", "--yes", "--format", "json")
+    rep = json.JSONDecoder().raw_decode(text[text.index("{"):])[0] if "{" in text else {}
+    if rc != 1 or rep.get("problems") or sorted(s["why"] for s in rep.get("stayed", [])) != sorted(BRIM_STAYS.values()):
+        errs.append(f"run exit {rc} (1 expected: the stayed names only): {text[-400:]}")
+    lower = {n.lower(): n for n in os.listdir(os.path.join(store, "loras"))} if os.path.isdir(os.path.join(store, "loras")) else {}
+    if "style.safetensors" in lower:
+        errs.append(f"the store holds {lower['style.safetensors']}: loras/style.safetensors would load its bytes")
+    rc, text = r.cli(sc, "verify")
+    if rc != 0:
+        errs.append(f"verify exit {rc}: {text[-300:]}")
+    used = free()
+    rc, text = r.cli(sc, "rollback", "--yes")
+    if rc != 0:
+        errs.append(f"rollback exit {rc}: {text[-300:]}")
+    errs += [f"rollback: pod differs: {d}" for d in diff(before, snapshot(sc.pod_parent))[:5]]
+    left = [p for p in store_leftovers(store) if p != "checkpoints/folded.safetensors"]
+    errs += [f"rollback: left in the store: {p}" for p in left[:5]]
+    out.append((names[1], errs, f"{small} small files + {len(MODELS) + 1} models placed, {len(BRIM_STAYS)} names "
+                                f"stay; needs {t.get('store_space_needed')} of {t.get('store_free')} free (margin "
+                                f"{margin >> 20} MiB), {used >> 20} MiB free after the run"))
+
+    # 3. the full store, killed after every `stride`-th record of a run (continued, or rolled back)
+    # and of a rollback (rolled back again): each recovery exact, with the brim's names staying (the
+    # store holds no file of its own here: the folded name moves, so three files fewer fit).
+    sweep_small = max(small - 3, 0)
+
+    def sweep_pod(comfy: str, _small: bool) -> None:
+        brim_pod(comfy, sweep_small)
+    sc.build = sweep_pod
+    sc.reset()
+    doc = plan_doc()
+    need = doc.get("totals", {}).get("store_space_needed", 1 << 40)
+    room_left = free() - need
+    errs = [] if room_left >= 0 else [f"the sweep's pod does not fit: {need} > {free()}"]
+    kills = 0
+    if not errs:
+        errs, kills = kill_sweep(r, sc, stride, ok=(0, 1))
+    out.append((names[2], errs, f"{sweep_small} small files, {room_left >> 20} MiB margin; {kills} kills "
+                                f"recovered (a kill after every {stride} journal records)"))
+    return out
 
 
 # --- two containers with one host name (issue 20) ---------------------------------------------------
@@ -595,6 +956,77 @@ class Mounts:
         sh("mount", "-t", "overlay", "overlay", "-o",
            f"lowerdir={lower},upperdir={upper},workdir={os.path.join(os.path.dirname(upper), 'work')}", merged)
 
+    def rclone(self, name: str) -> Tuple[str, Callable[[], None]]:
+        """`rclone mount` of a local folder with --vfs-cache-mode writes (uploads 5 s after close):
+        its mount point and a function waiting until nothing written is still to be uploaded."""
+        back, mnt, cache = (os.path.join(self.work, f"{name}-{x}") for x in ("back", "mnt", "cache"))
+        for d in (back, mnt, cache):
+            os.makedirs(d)
+        sh("rclone", "mount", back, mnt, "--vfs-cache-mode", "writes", "--cache-dir", cache,
+           "--config", os.path.join(self.work, "rclone.conf"), "--daemon")
+        self.undo.append(["fusermount3", "-u", mnt])
+        for _ in range(100):
+            if os.path.ismount(mnt):
+                break
+            time.sleep(0.1)
+        meta = os.path.join(cache, "vfsMeta")
+
+        def settle() -> None:
+            for _ in range(300):
+                dirty = False
+                for dirpath, _, files in os.walk(meta):
+                    for f in files:
+                        try:
+                            with open(os.path.join(dirpath, f)) as fh:
+                                dirty = dirty or json.load(fh).get("Dirty") is True
+                        except (OSError, ValueError):
+                            dirty = True
+                if not dirty:
+                    return
+                time.sleep(0.2)
+        return mnt, settle
+
+    def sshfs(self, name: str) -> Optional[str]:
+        """sshfs over ssh to this machine (an sshd of our own on a free port, key login)."""
+        import socket
+        base = os.path.join(self.work, name)
+        back, mnt = os.path.join(base, "back"), os.path.join(base, "mnt")
+        os.makedirs(back)
+        os.makedirs(mnt)
+        key, host_key = os.path.join(base, "id"), os.path.join(base, "host")
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key)
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", host_key)
+        shutil.copy(key + ".pub", os.path.join(base, "authorized_keys"))
+        with socket.socket() as so:
+            so.bind(("127.0.0.1", 0))
+            port = so.getsockname()[1]
+        conf = os.path.join(base, "sshd_config")
+        with open(conf, "w") as f:
+            f.write(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPermitRootLogin yes\n"
+                    f"AuthorizedKeysFile {base}/authorized_keys\nStrictModes no\nPasswordAuthentication no\n"
+                    f"PidFile {base}/sshd.pid\nSubsystem sftp internal-sftp\nUsePAM no\n")
+        os.makedirs("/run/sshd", exist_ok=True)
+        sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", conf], stderr=subprocess.DEVNULL)
+        self.undo.append(["kill", str(sshd.pid)])
+        for _ in range(50):
+            r = sh("sshfs", "-o", f"port={port},IdentityFile={key},StrictHostKeyChecking=no,"
+                   "UserKnownHostsFile=/dev/null,BatchMode=yes", f"root@127.0.0.1:{back}", mnt, check=False)
+            if r.returncode == 0:
+                self.undo.append(["fusermount3", "-u", mnt])
+                return mnt
+            time.sleep(0.2)
+        print(f"volumes: sshfs did not mount ({r.stderr.strip()[-200:]}): sshfs skipped", file=sys.stderr)
+        return None
+
+    def mergerfs(self, name: str) -> str:
+        """mergerfs over two folders of this disk (inode numbers from path hashes)."""
+        a, b, mnt = (os.path.join(self.work, f"{name}-{x}") for x in ("a", "b", "mnt"))
+        for d in (a, b, mnt):
+            os.makedirs(d)
+        sh("mergerfs", "-o", "category.create=ff,cache.files=off", f"{a}:{b}", mnt)
+        self.undo.append(["fusermount3", "-u", mnt])
+        return mnt
+
     def close(self) -> None:
         for cmd in reversed(self.undo):
             if sh(*cmd, check=False).returncode != 0 and cmd[0] == "umount":
@@ -654,17 +1086,54 @@ def main() -> int:
                       Scenario("pod on exFAT -> store exFAT", f"{exfat}/pod", f"{exfat}/models2", "exFAT"),
                       Scenario("pod ext4 -> store ext4 -I 128", os.path.join(plain, "pod3"), f"{ext4s}/models", "ext4 -I 128"),
                       Scenario("pod on ext4 -I 128 -> same", f"{ext4s}/pod", f"{ext4s}/models2", "ext4 -I 128")]
-        for fuse in (False, True):
-            name = (f"container's own view: {'fuse-overlayfs' if fuse else 'overlay'} (upper layer hidden), "
+        for on_fuse in (False, True):
+            name = (f"container's own view: {'fuse-overlayfs' if on_fuse else 'overlay'} (upper layer hidden), "
                     f"image models -> store {'MooseFS' if mfs else 'ext4'}")
             if args.only and args.only not in name:
                 continue
-            if fuse:
+            if on_fuse:
                 apt_install("fuse-overlayfs")
-            scenarios.append(container_overlay(m, name, f"{mfs or plain}/models-{'fuse' if fuse else 'ovl'}", fuse))
+            scenarios.append(container_overlay(m, name, f"{mfs or plain}/models-{'fuse' if on_fuse else 'ovl'}", on_fuse))
+        # FUSE stores that change mtimes or inode numbers under us (issue 20): mounted only when asked for.
+        fuse = []
+
+        def wanted(fs: str) -> bool:
+            return not args.only or args.only in f"pod ext4 -> store {fs}" or args.only in f"pod on {fs} -> same"
+        if wanted("rclone"):
+            apt_install("rclone", "fuse3")
+            rcl, settle = m.rclone("rclone")
+            fuse.append(rcl)
+            scenarios += [Scenario("pod ext4 -> store rclone", os.path.join(plain, "pod4"), f"{rcl}/models", "rclone",
+                                   purge_trips=6, random_kills=12),
+                          Scenario("pod on rclone -> same", f"{rcl}/pod", f"{rcl}/models2", "rclone",
+                                   settle=settle, purge_trips=6, random_kills=12)]
+        if wanted("sshfs"):
+            apt_install("sshfs", "fuse3", "openssh-server", "openssh-client")
+            ssh = m.sshfs("sshfs")
+            if ssh:
+                fuse.append(ssh)
+                scenarios += [Scenario("pod ext4 -> store sshfs", os.path.join(plain, "pod5"), f"{ssh}/models", "sshfs",
+                                       purge_trips=2, random_kills=6),
+                              Scenario("pod on sshfs -> same", f"{ssh}/pod", f"{ssh}/models2", "sshfs",
+                                       purge_trips=2, random_kills=6)]
+        if wanted("mergerfs"):
+            apt_install("mergerfs", "fuse3")
+            mrg = m.mergerfs("mergerfs")
+            fuse.append(mrg)
+            scenarios += [Scenario("pod ext4 -> store mergerfs", os.path.join(plain, "pod6"), f"{mrg}/models",
+                                   "mergerfs", purge_trips=2, random_kills=6),
+                          Scenario("pod on mergerfs -> same", f"{mrg}/pod", f"{mrg}/models2", "mergerfs",
+                                   purge_trips=2, random_kills=6)]
         r = Runner(work)
+        for name, errs, summary in brim_scenarios(r, m, plain, args.only, args.stride or 3):
+            failed += bool(errs)
+            rows.append((name, "ok" if not errs else "FAILED", 0, 0.0, summary))
+            print(f"volumes: {name}: {'ok' if not errs else 'FAILED'}; {summary}", flush=True)
+            for e in errs[:8]:
+                print(f"    {e}", flush=True)
         extra = [("two PID namespaces, one host name -> store " + ("MooseFS" if mfs else "ext4"),
-                  lambda: lock_race(r, os.path.join(plain, "containers"), f"{mfs or plain}/models-lock"))]
+                  lambda: lock_race(r, os.path.join(plain, "containers"), f"{mfs or plain}/models-lock")),
+                 ("store ext4 filled to the brim", lambda: full_store(r, m, plain, work))]
         for name, scenario in extra:
             if args.only and args.only not in name:
                 continue
@@ -685,7 +1154,13 @@ def main() -> int:
             kills = 0
             if not errs:
                 errs, kills = kill_sweep(r, sc, args.stride or (3 if sc.pod_parent.startswith(
-                    (mfs or "//", exfat, ext4s)) else 1))
+                    (mfs or "//", exfat, ext4s, *fuse)) else 1))
+            if not errs and sc.purge_trips:
+                errs = purge_trips(r, sc)
+                summary += f"; {sc.purge_trips} run -> (purge ->) rollback trips"
+            if not errs and sc.random_kills:
+                errs, landed = random_kills(r, sc)
+                summary += f"; {sc.random_kills} random kills ({landed} landed)"
             if sc.fs_name == "overlay" and snapshot(lower) != image:
                 errs.append("the overlay's lower layer changed")
             if hasattr(sc, "image"):

@@ -13,6 +13,19 @@ from conftest import as_model, run_cli, run_leaving_conflicts, snapshot_tree
 from migrate.model import STATE_DIR
 
 
+def judged(comfyui) -> dict:
+    """version -> what ComfyUI's own code (tests/comfyui_oracle.py) loads for each name: 0.3.75, and
+    0.33.0 where its source is in ../shared/vendor/."""
+    from comfyui_oracle import VENDOR, VERSIONS, comfyui_loads
+    return {v: {k: d for k, (d, _) in comfyui_loads(comfyui, version=v).items()}
+            for v in VERSIONS if v == "0.3.75" or VENDOR.is_file()}
+
+
+def changed_names(before: dict, after: dict) -> dict:
+    """version -> the names whose bytes differ (or that are gone) between two judged() results."""
+    return {v: {k for k in before[v] if after[v].get(k) != before[v][k]} for v in before}
+
+
 # --- the smaller findings ------------------------------------------------------------------------------
 
 def test_a_bogus_base_path_is_a_bad_option(pod, cli_env):
@@ -150,16 +163,14 @@ def test_a_second_plan_does_not_count_link_backs_as_files_that_stay(pod, cli_env
 
 
 def test_a_flow_style_yaml_is_migrated_not_refused(pod, cli_env):
-    from comfyui_oracle import comfyui_loads
     pod.yaml.write_text('{"other_ui": {"base_path": "/opt/other",\n  "checkpoints": "models/Stable-diffusion"}}\n')
     before_yaml = pod.yaml.read_bytes()
-    before = comfyui_loads(pod.comfyui)
+    before = judged(pod.comfyui)
     proc = run_cli(["plan", *pod.args()], cli_env)
     assert "flow style" in proc.stdout and "+other_ui:" in proc.stdout, proc.stdout
     run_leaving_conflicts(pod.args("--yes"), cli_env)
-    after = comfyui_loads(pod.comfyui)                           # ComfyUI's own code reads what we wrote
-    changed = {k for k in before if after.get(k, (None,))[0] != before[k][0]}
-    assert changed == {("loras", "WanAnimate_relight_lora_fp16.safetensors")}, changed   # the one conflict
+    changed = changed_names(before, judged(pod.comfyui))        # ComfyUI's own code reads what we wrote
+    assert all(c == {("loras", "WanAnimate_relight_lora_fp16.safetensors")} for c in changed.values()), changed
     run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
     assert pod.yaml.read_bytes() == before_yaml
 
@@ -169,3 +180,169 @@ def test_a_section_that_cannot_follow_the_users_text_is_refused_without_a_foreig
     proc = run_cli(["plan", *pod.args()], cli_env, check=None)
     import re
     assert proc.returncode in (0, 3) and all(int(n) <= 4 for n in re.findall(r"line (\d+)", proc.stderr)), proc.stderr
+
+
+# --- every name keeps its model or the plan refuses ---------------------------------------------------
+
+def test_a_models_folder_that_is_another_installs_is_refused(pod, cli_env, tmp_path):
+    (pod.comfyui / "main.py").write_text("# ComfyUI\n")
+    other = tmp_path / "other" / "ComfyUI"
+    other.mkdir(parents=True)
+    (other / "main.py").write_text("# ComfyUI\n")
+    (other / "models").symlink_to(pod.models)
+    before = snapshot_tree(pod.root)
+    for cmd in (["plan"], ["run", "--yes"]):
+        proc = run_cli([*cmd, "--comfyui", other, "--target", pod.target], cli_env, check=3)
+        assert f"another ComfyUI install ({pod.comfyui})" in proc.stderr, proc.stderr
+    assert snapshot_tree(pod.root) == before
+
+
+def test_a_model_with_a_name_that_is_not_utf8_makes_run_exit_1_and_is_listed(pod, cli_env):
+    bad = os.path.join(os.fsencode(pod.models / "loras"), b"caf\xe9.safetensors")
+    with open(bad, "wb") as f:
+        f.write(as_model("x.safetensors", b"a lora with a latin-1 name" * 100))
+    (pod.models / "loose.safetensors").write_bytes(as_model("x.safetensors", b"directly under models" * 100))
+    proc = run_cli(["run", *pod.args("--yes", "--format", "json")], cli_env, check=1)
+    stayed = {s["why"] for s in json.loads(proc.stdout)["stayed"]}
+    assert stayed == {"conflict", "bad-name", "uncategorised"}, proc.stdout
+    assert os.path.exists(bad)
+    proc = run_cli(["run", *pod.args("--yes")], cli_env, check=1)         # nothing to do, and still said
+    assert "1 bad-name" in proc.stderr and "1 uncategorised" in proc.stderr, proc.stderr
+
+
+def test_a_yaml_comfyui_does_not_read_is_refused(pod, cli_env, tmp_path):
+    before = snapshot_tree(pod.root)
+    elsewhere = tmp_path / "elsewhere.yaml"
+    proc = run_cli(["run", *pod.args("--yaml", elsewhere, "--yes")], cli_env, check=3)
+    assert f"reads {pod.yaml}, not this file" in proc.stderr, proc.stderr
+    proc = run_cli(["plan", "--source", pod.models, "--target", pod.target, "--yaml", elsewhere], cli_env, check=3)
+    assert "holds no main.py" in proc.stderr, proc.stderr
+    assert snapshot_tree(pod.root) == before and not elsewhere.exists()
+    link = tmp_path / "link.yaml"                     # the same file through a symlink is the file ComfyUI reads
+    link.symlink_to(pod.yaml)
+    run_cli(["plan", *pod.args("--yaml", link)], cli_env)
+
+
+def test_rollback_finds_a_run_made_with_yaml_and_never_says_rolled_back_already(pod, cli_env, tmp_path):
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
+    other = tmp_path / "other" / "ComfyUI"           # another ComfyUI folder whose YAML serves these models
+    other.mkdir(parents=True)
+    (other / "main.py").write_text("")
+    other_yaml = other / "extra_model_paths.yaml"
+    run_leaving_conflicts(["--source", pod.models, "--target", pod.target, "--yaml", other_yaml, "--yes"], cli_env)
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env, check=6)
+    assert "rolled back already" in proc.stderr and f"--yaml {other_yaml}" in proc.stderr, proc.stderr
+    doc = json.loads(run_cli(["rollback", "--yaml", other_yaml, "--comfyui", pod.comfyui, "--target", pod.target,
+                              "--yes", "--format", "json"], cli_env).stdout)
+    assert doc["undone"] > 0 and not other_yaml.exists()
+
+
+@pytest.mark.parametrize("style", ["block", "flow"])
+def test_rollback_takes_out_its_section_after_a_tool_redumped_the_yaml(pod, cli_env, style):
+    import yaml
+    before = judged(pod.comfyui)
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    data = yaml.safe_load(pod.yaml.read_text())
+    data["added_later"] = {"base_path": "/opt/later", "loras": "loras"}       # and the user added a section
+    pod.yaml.write_text(yaml.safe_dump(data, default_flow_style=(style == "flow")))    # no marker comments left
+    assert "comfy-migrate" not in pod.yaml.read_text()
+    run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
+    left = yaml.safe_load(pod.yaml.read_text())
+    assert "comfy_migrate" not in left and set(left) == {"other_ui", "added_later"}, pod.yaml.read_text()
+    assert judged(pod.comfyui) == before                         # every name loads its old bytes again
+
+
+def test_rollback_that_cannot_take_out_its_section_says_so_naming_the_yaml(pod, cli_env):
+    import yaml
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    data = yaml.safe_load(pod.yaml.read_text())
+    # Re-dumped by a tool (no markers), and another section now refers to ours through an anchor:
+    # taking ours out would break the file, so it stays, and rollback says so naming the YAML.
+    ours = yaml.safe_dump({"comfy_migrate": data["comfy_migrate"]}).replace("comfy_migrate:", "comfy_migrate: &ours", 1)
+    pod.yaml.write_text(yaml.safe_dump({"other_ui": data["other_ui"]}) + ours + "copy_of_it: *ours\n")
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env, check=1)
+    assert str(pod.yaml) in proc.stderr and "comfy_migrate" in proc.stderr, proc.stderr
+
+
+def test_rollback_dry_run_does_not_promise_a_file_whose_stored_copy_is_gone(pod, cli_env):
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    run_cli(["purge", "--comfyui", pod.comfyui, "--target", pod.target, "--yes", "--permanent"], cli_env)
+    (pod.target / "vae" / "wan_2.1_vae.safetensors").unlink()        # the one copy left of the pod's vae
+    src = pod.models / "vae" / "wan_2.1_vae.safetensors"
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--dry-run"], cli_env, check=1)
+    line = next(x for x in proc.stdout.splitlines() if str(src) in x)
+    assert "cannot recreate" in line, proc.stdout
+    doc = json.loads(run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--dry-run",
+                              "--format", "json"], cli_env, check=1).stdout)
+    assert [s for s in doc["steps"] if s["cannot"]] and all(str(src) in s["what"] for s in doc["steps"] if s["cannot"])
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env, check=1)
+    assert str(src) in proc.stderr and not src.exists()              # the real rollback agrees
+
+
+def test_a_folder_symlink_inside_models_is_repointed_and_its_names_keep_loading(pod, cli_env):
+    wan = pod.models / "diffusion_models" / "wan_loras"
+    wan.mkdir()
+    (wan / "high.safetensors").write_bytes(as_model("x.safetensors", b"wan lora high" * 300))
+    (wan / "sub").mkdir()
+    (wan / "sub" / "low.safetensors").write_bytes(as_model("x.safetensors", b"wan lora low" * 300))
+    (pod.models / "loras" / "wan_linked").symlink_to("../diffusion_models/wan_loras")
+    before = judged(pod.comfyui)
+    assert all(("loras", "wan_linked/sub/low.safetensors") in b for b in before.values())
+    snap = snapshot_tree(pod.models)
+    doc = json.loads(run_cli(["plan", *pod.args("--format", "json")], cli_env).stdout)
+    assert [c["name"] for c in doc["name_changes"]] == ["WanAnimate_relight_lora_fp16.safetensors"], doc["name_changes"]
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    assert not (wan / "high.safetensors").exists()                  # moved to the store ...
+    changed = changed_names(before, judged(pod.comfyui))            # ... and every name loads what it did
+    assert all(c == {("loras", "WanAnimate_relight_lora_fp16.safetensors")} for c in changed.values()), changed
+    proc = run_cli(["verify", "--comfyui", pod.comfyui, "--target", pod.target], cli_env)
+    assert "all good" in proc.stdout
+    run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
+
+    def same(snapshot):        # a re-pointed symlink comes back with its text and mtime, as a new inode
+        return {k: v[:3] + v[4:] if v[0] == "symlink" else v for k, v in snapshot.items()}
+    assert same(snapshot_tree(pod.models)) == same(snap)
+
+
+def test_two_installs_whose_yamls_link_to_one_file_are_two_pods(pod, cli_env, tmp_path):
+    shared = tmp_path / "shared" / "extra_model_paths.yaml"
+    shared.parent.mkdir()
+    shared.write_bytes(pod.yaml.read_bytes())
+    pod.yaml.unlink()
+    pod.yaml.symlink_to(shared)
+    b = tmp_path / "b" / "ComfyUI"
+    (b / "models" / "loras").mkdir(parents=True)
+    (b / "models" / "loras" / "only_b.safetensors").write_bytes(as_model("x.safetensors", b"pod b's lora" * 200))
+    (b / "extra_model_paths.yaml").symlink_to(shared)
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    run_cli(["run", "--comfyui", b, "--target", pod.target, "--yes"], cli_env)
+    history = json.loads(run_cli(["history", "--target", pod.target, "--format", "json"], cli_env).stdout)
+    run_a, run_b = history[0]["run"], history[1]["run"]
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env, check=3)
+    assert f"rollback of run {run_b}" not in proc.stdout and run_b in proc.stderr, proc.stderr   # B's, named, not undone
+    states = {r["run"]: r["state"] for r in json.loads(
+        run_cli(["history", "--target", pod.target, "--format", "json"], cli_env).stdout)}
+    assert states[run_b] != "rolled back" and states[run_a] != "rolled back", states
+    run_cli(["verify", "--comfyui", b, "--target", pod.target], cli_env)                       # B still loads its lora
+    doc = json.loads(run_cli(["rollback", "--comfyui", b, "--target", pod.target, "--yes", "--format", "json"],
+                             cli_env).stdout)
+    assert doc["run"] == run_b
+    doc = json.loads(run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes",
+                              "--format", "json"], cli_env).stdout)
+    assert doc["run"] == run_a and not doc["skipped"]
+
+
+def test_one_pods_rollback_keeps_what_another_pods_conflicted_name_loads(pod, cli_env, tmp_path):
+    name = "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors"
+    b = tmp_path / "b" / "ComfyUI"
+    (b / "models" / "loras").mkdir(parents=True)
+    (b / "models" / "loras" / name).write_bytes(as_model(name, b"pod b's own bytes" * 300))
+    run_leaving_conflicts(pod.args("--yes"), cli_env)                  # A places loras/NAME
+    run_leaving_conflicts(["--comfyui", b, "--target", pod.target, "--yes"], cli_env)   # B: a conflict on it
+    run_cli(["verify", "--comfyui", b, "--target", pod.target], cli_env)  # B's NAME loads A's file, as its plan said
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
+    assert (pod.target / "loras" / name).exists() and (pod.models / "loras" / name).exists(), proc.stdout
+    run_cli(["verify", "--comfyui", b, "--target", pod.target], cli_env)  # and still does after A's rollback
+    run_cli(["rollback", "--comfyui", b, "--target", pod.target, "--yes"], cli_env)
+    assert not (pod.target / "loras" / name).exists()                   # B's rollback lets it go

@@ -251,6 +251,7 @@ def test_relative_with_the_yaml_outside_the_volume_warns_and_names_env(tmp_path,
     # between them breaks as soon as the volume is mounted elsewhere.
     vol = tmp_path / "workspace"
     comfyui = build_volume(vol)
+    (other_fs / "main.py").write_text("")          # ComfyUI's folder there: it reads this YAML (issue 23)
     out = run_cli(["plan", "--source", comfyui / "models", "--target", vol / "models", "--yaml",
                    other_fs / "extra_model_paths.yaml", "--base-path", "relative"], cli_env).stdout
     assert "different mounts" in out and "--base-path env:VAR" in out
