@@ -1,4 +1,9 @@
-"""The only module that changes the disk: probes, no-clobber publish, copy+hash, links, atomic writes.
+"""The disk's primitives: probes, no-clobber publish, copy+hash, links, atomic writes.
+
+Not yet the only module that changes the disk (issue 25): execute and rollback still call os.mkdir,
+os.unlink, os.symlink, os.utime and os.replace for their own steps, and journal, lock, hashing and
+the catalogue write their own state files. New code that changes a model file, a folder of the pod
+or the store, or the YAML belongs here.
 
 Every data write goes through `write_all` so faults can be injected in one place.
 """
