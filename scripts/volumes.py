@@ -8,9 +8,14 @@ Each scenario: plan, run, verify, a second run doing nothing, rollback giving th
 (paths, bytes, modes, link counts, mtimes as the pod's filesystem keeps them, the YAML) with no model,
 temporary, probe or lock left in the store; then SIGKILL after every journal record of a run (then
 continue + rollback, or rollback at once) and of a rollback (then rollback again), each checked the
+same way. FUSE stores that change mtimes or inode numbers under us (issue 20: an rclone mount of a
+local folder with --vfs-cache-mode writes, sshfs over ssh to this machine, mergerfs) add runs ->
+rollbacks with `purge --permanent` between every other pair (every source then comes back from the
+store's copy) and SIGKILLs at random moments (inside a copy, a rename, the probe), each checked the
 same way. Prints one row per scenario (the README's table is made from it).
 
-Needs root and /dev/fuse; installs exfat-fuse and exfatprogs with apt itself. Otherwise it prints
+Needs root and /dev/fuse; installs exfat-fuse and exfatprogs (and rclone, sshfs, mergerfs, openssh
+when their scenarios run) with apt itself. Otherwise it prints
 why and exits 0 (skipped). Usage: scripts/volumes [--only NAME] [--stride N] [--keep]
 """
 from __future__ import annotations
