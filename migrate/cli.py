@@ -312,8 +312,10 @@ def run_report_path(log_path: str) -> str:
     return os.path.join(reports, os.path.basename(log_path)[:-len(".jsonl")] + ".html")
 
 
-def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = "", announce: bool = True) -> str:
-    """The plan's HTML page (html_report), written atomically; returns the path written."""
+def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = "", announce: bool = True,
+                 done=None) -> str:
+    """The plan's HTML page (html_report), written atomically; returns the path written. done: after
+    a run, the numbers its terminal prints (html_report.render)."""
     from migrate import fsops, html_report
     if not path.lower().endswith((".html", ".htm")):     # never write over a file that is not a report
         raise BadInput(f"the report must be an .html file, not {path}", "name it e.g. plan.html")
@@ -321,7 +323,7 @@ def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = ""
     doc = report.plan_doc(plan)
     changes = {(c.get("category"), c.get("name")): c.get("reason", "") for c in doc.get("name_changes", ())}
     flows = workflow_report(home, plan.yaml_path, price, changes, plan.launch) if home else None
-    page = html_report.render(plan, flows, made=made, name_changes=doc.get("name_changes"))
+    page = html_report.render(plan, flows, made=made, name_changes=doc.get("name_changes"), done=done)
     path = os.path.abspath(path)
     try:
         fsops.atomic_write(path, page.encode("utf-8"), 0o644)
@@ -596,15 +598,20 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
         finally:
             lock.release()
         break
+    left = stayed_behind(plan, facts)
     try:     # the page of what ran, beside its log (the run is done: a failure here costs only the page)
         page = write_report(ui, plan, kw, price, run_report_path(rep.log_path), made=f"run {rep.run_id}",
-                            announce=False)
+                            announce=False, done={"run": rep.run_id, "placed": rep.placed,
+                                                  "copied_bytes": rep.copied_bytes, "removed": rep.removed,
+                                                  "stayed": len(left), "quarantine_bytes": rep.quarantine_bytes})
     except (MigrateError, OSError) as exc:
         ui.warn(str(exc))
         page = None
+    except Exception as exc:         # noqa: BLE001 (the run has migrated: a bad page never hides its undo line)
+        ui.warn(f"the run's report page was not written ({type(exc).__name__}); the run itself is done")
+        page = None
     deploy = report.deploy_doc(plan) if plan.yaml_after is not None and (rep.yaml_written or
                                                                             not plan.yaml_changes) else {}
-    left = stayed_behind(plan, facts)
     if fmt == "json":
         out(report.dumps({"run": rep.run_id, "log": rep.log_path, "resumed": rep.resumed,
                           "placed": rep.placed, "copied_bytes": rep.copied_bytes, "removed": rep.removed,

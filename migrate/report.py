@@ -270,6 +270,17 @@ def totals(plan: Plan) -> dict:
                       for k in ("conflict", "case-clash", "name-refused")}}
 
 
+def outcome(plan: Plan) -> dict:
+    """What the plan does, in the numbers the terminal and the HTML page both show: the files and
+    bytes that reach the store (conflicts do not), those that stay (conflicts), what goes to the
+    quarantine (still on the source disk until `comfy-migrate purge` frees it)."""
+    reach = [a for a in plan.actions if a.kind not in (ActionKind.SKIP, ActionKind.CONFLICT)]
+    stay = [a for a in plan.actions if a.kind is ActionKind.CONFLICT]
+    return {"reach_files": len(reach), "reach_bytes": sum(a.size for a in reach),
+            "conflict_files": len(stay), "conflict_bytes": sum(a.size for a in stay),
+            "quarantine_bytes": sum(a.size for a in plan.actions if a.removal is Removal.QUARANTINE)}
+
+
 SHORT = {ActionKind.MOVE: "move", ActionKind.LINK: "link", ActionKind.COPY: "copy",
          ActionKind.ALREADY_THERE: "there", ActionKind.SAME_CONTENT: "dedupe", ActionKind.CONFLICT: "CONFLICT",
          ActionKind.RELINK: "relink", ActionKind.SKIP: "skip"}
@@ -406,8 +417,8 @@ def summary_lines(plan: Plan, quiet: bool = False) -> list[str]:
         how = (f" (it needs {human(plan.space_to_take)} there in {human(block)} blocks, {human(plan.reserve_bytes)} "
                "of it for the lock, the log and a rollback)") if plan.space_needed else ""
         lines.append(f"target free space {human(plan.free_bytes)}: the plan {verdict}{how}")
-    if t["quarantine_bytes"]:
-        lines.append(f"{human(t['quarantine_bytes'])} of source copies go to quarantine "
+    if outcome(plan)["quarantine_bytes"]:
+        lines.append(f"{human(outcome(plan)['quarantine_bytes'])} of source copies go to quarantine "
                      "(freed by `comfy-migrate purge`)")
     if plan.container_bytes:
         verdict = "fits" if plan.container_fits else "DOES NOT FIT"
