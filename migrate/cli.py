@@ -85,7 +85,7 @@ def source_options(f):
                      envvar="COMFY_MIGRATE_SOURCE",
                      help="A models tree to migrate (repeatable). Default: <comfyui>/models.")(f)
     f = click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty,
-                     help="The ComfyUI folder. Default: $COMFYUI_DIR, /workspace/runpod-slim/ComfyUI, "
+                     help="The ComfyUI folder (the folder of its main.py). Default: $COMFYUI_DIR, /workspace/runpod-slim/ComfyUI, "
                           "/workspace/ComfyUI.")(f)
     return f
 
@@ -469,6 +469,8 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
     """What `run` shows before it asks: the totals, and the plan's warnings in one short line each
     (-v: in full; `plan` shows every file)."""
     if fmt == "table":
+        if plan.launch is not None and plan.launch.args:     # where the models are found depends on them
+            out(report.launch_line(plan) + "\n")
         if ui.verbosity >= 0:       # -q: what needs a look only
             out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
             for line in report.summary_lines(plan):
@@ -610,6 +612,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
                           "problems": [{"path": p.path, "message": p.message} for p in rep.problems],
                           "deploy": deploy, "report": page, "restart_comfyui": rep.yaml_written,
                           "comfyui_running": [r.pid for r in running],
+                          "comfyui": plan.launch.doc() if plan.launch is not None else None,
                           "findings": [report.finding_doc(f) for f in plan.findings],
                           "stayed": [{"path": p, "why": w} for p, w in left]}))
     else:
@@ -831,6 +834,18 @@ def newer_pod_runs(records, live, target: str):
     return sorted({rid for rid, _ in mine if rid > head["run"]} | {rid for rid in shared if rid > head["run"]})
 
 
+def sweep_probe_leftovers(target: str, comfyui) -> None:
+    """Scratch files and folders of a probe killed mid-way (a plan's or a run's, before any log):
+    in the store (or the folder it would be made in) and in this pod's models folder, found by
+    their name and removed, the folder's mtime put back (fsops.sweep_probes)."""
+    from migrate.facts import find_comfyui
+    folders = [fsops.nearest_existing(target)]
+    try:
+        folders.append(os.path.join(find_comfyui(comfyui), "models"))
+    except MigrateError:
+        pass
+    for f in folders:
+        fsops.sweep_probes(f)
 def format_option(f):
     return click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
                         envvar="COMFY_MIGRATE_FORMAT", help="Output format.")(f)
@@ -864,10 +879,12 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
     from migrate import catalogue as store_catalogue
     from migrate.fleet import droppable, reliance
     from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, foresee, kept_records, left_folders,
-                                  live_runs, load_run, plan_rollback, settle, users_of)
+                                  live_runs, load_run, plan_rollback, settle, store_facts, users_of)
     if fmt == "json" and not yes and not dry_run:
         raise NotConfirmed("rollback --format json never asks (no summary would be seen before the question)",
                            "pass --yes, or look first with `comfy-migrate rollback --dry-run --format json`")
+    if not dry_run:
+        sweep_probe_leftovers(resolve_target(target), comfyui)
     target = require_store(resolve_target(target), "no run to roll back in")
     try:
         log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=True, yaml=yaml_path)
@@ -898,7 +915,8 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
                        "roll back the newest first: " + ", then ".join(
                            f"comfy-migrate rollback {rid} --target {shlex.quote(report.show(target))}"
                            for rid in list(reversed(newer)) + [head["run"]]))
-    undos = plan_rollback(records)
+    fs_now, seen = store_facts(target, records)
+    undos = plan_rollback(records, seen)
     if dry_run or not yes:
         relied = reliance(live_runs(target), records[0]["run"])     # shown now, decided under the lock
         kept = [u for u in undos if users_of(u, relied, records[0]["target"])]
@@ -925,6 +943,10 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
             "(`--dry-run` lists every step)\n")
     confirm(f"Undo run {records[0]['run']}?", yes)
     with take_lock(ui, target, "comfy-migrate rollback", wait, room=True):
+        try:
+            fsops.remember_weakest(target, fs_now)
+        except OSError:
+            pass        # a belief for later plans; this rollback uses it already
         live = live_runs(target)
         relied = reliance(live, records[0]["run"])
         handed = droppable(kept_records(target), settle(records, target), live)
@@ -940,14 +962,22 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
     if fmt == "json":
         out(report.dumps({"run": rep.run_id, "log": rep.log_path, "resumed": rep.resumed, "undone": rep.undone,
                           "skipped": [{"path": p.path, "message": p.message} for p in rep.skipped],
-                          "kept": [{"path": p.path, "message": p.message} for p in rep.kept]}))
+                          "kept": [{"path": p.path, "message": p.message} for p in rep.kept],
+                          "not_back": [{"path": p.path, "message": p.message} for p in rep.stranded]}))
     else:
-        out(f"run {rep.run_id} rolled back: {rep.undone} steps undone, {len(rep.skipped)} skipped\n")
+        out(f"run {rep.run_id} {'partly ' if rep.stranded else ''}rolled back: {rep.undone} steps undone, "
+            f"{len(rep.skipped)} skipped\n")
         for p in rep.kept:
             out(f"  {report.show(p.path)}: {p.message}\n")
     for p in rep.skipped:
         ui.warn(f"{report.show(p.path)}: {p.message}")
-    if rep.skipped:
+    if rep.stranded:
+        for p in rep.stranded:
+            ui.warn(f"{report.show(p.path)}: {p.message}")
+        ui.warn(f"rollback not finished: {len(rep.stranded)} model file(s) are not back in the pod; the YAML's "
+                "comfy-migrate section stays, so their names keep loading from the store. Fix the cause above, "
+                f"then run `comfy-migrate rollback {rep.run_id} --target {shlex.quote(report.show(target))} --yes` again")
+    if rep.skipped or rep.stranded:
         sys.exit(ExitCode.PROBLEMS)
 
 
@@ -1092,7 +1122,7 @@ def trash_of(path: str) -> str:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="[RUN]", required=False)
-@click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty, help="The ComfyUI folder.")
+@click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty, help="The ComfyUI folder (the folder of its main.py).")
 @target_option
 @click.option("--comfyui-url", metavar="URL",
               help="Also ask a running ComfyUI (URL/object_info) whether its loaders list each name.")
@@ -1274,7 +1304,8 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
 @price_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")
-def workflows_cmd(comfyui, price_per_gb_month, fmt) -> None:
+@launch_option
+def workflows_cmd(comfyui, price_per_gb_month, fmt, comfyui_args) -> None:
     """Which models the pod's saved workflows load, which they need and the pod lacks, and which no
     workflow uses (with their monthly cost on a network volume). Reads only; never changes a workflow.
 
@@ -1284,11 +1315,12 @@ def workflows_cmd(comfyui, price_per_gb_month, fmt) -> None:
     """
     from migrate.facts import find_comfyui
     home = find_comfyui(comfyui)
-    doc = workflow_report(home, os.path.join(home, "extra_model_paths.yaml"), price_per_gb_month)
+    launch = shell.resolve_launch(home, comfyui_args)
+    doc = workflow_report(home, os.path.join(home, "extra_model_paths.yaml"), price_per_gb_month, launch=launch)
     if fmt == "json":
         out(report.dumps(doc))
     else:
-        out("\n".join(report.workflow_lines(doc, os.path.join(home, "user"))) + "\n")
+        out("\n".join(report.workflow_lines(doc, launch.user)) + "\n")
 
 
 # --- audit ---------------------------------------------------------------------------------------
@@ -1300,8 +1332,9 @@ def workflows_cmd(comfyui, price_per_gb_month, fmt) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")
 @click.option("--no-cache", is_flag=True, help="Read every model file's ends again, ignoring cached verdicts.")
+@launch_option
 @click.pass_obj
-def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache) -> None:
+def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
     """Check model files without changing anything: truncated or damaged safetensors, git-LFS
     pointers and HTML pages saved as models, empty files, unfinished downloads, names another file
     shadows, extensions ComfyUI does not list, dangling symlinks.
@@ -1325,7 +1358,8 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache) -> None:
             if comfyui:
                 raise
     shell.adopt_comfyui(home, ui)
-    roots = [check_dir(os.path.join(home, "models"), "models folder")] if home else []
+    launch = shell.resolve_launch(home, comfyui_args, ui)
+    roots = [check_dir(launch.models, "models folder")] if launch else []
     if target or os.path.isdir(DEFAULT_TARGET):
         roots.append(check_dir(resolve_target(target), "target"))
     if not roots:
@@ -1335,6 +1369,9 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache) -> None:
         yaml_path = os.path.join(home, "extra_model_paths.yaml")
         text = read_yaml(yaml_path)
         order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
+        if launch is not None:
+            from migrate.launch import search_order
+            order = search_order(launch, {p: read_yaml(p) for p in launch.yamls}, models_real=False)
     res = audit_trees(roots, order, open_verdicts(no_cache), open_cache(no_cache))
     ui.debug(f"{res.files} entries, {res.read} files read, the rest from the cache")
     if fmt == "json":

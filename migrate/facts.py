@@ -50,7 +50,7 @@ class Facts:
     target_fs: FsFacts = UNPROBED                    # what the store's filesystem does (fsops.probe_fs)
     layers: Optional[Dict[str, str]] = None          # overlay sources: path -> plan.LOWER / plan.UNKNOWN
     container_free: Optional[int] = None             # free space of the overlay sources' container disk
-    state_present: int = 0                           # the run's state paths the store has (storerules.STATE_PATHS)
+    state_bytes: int = 0                             # space our state files in the store take (state_bytes())
     launch: object = None                            # launch.Launch: how ComfyUI is started (None: unknown)
 
 
@@ -185,24 +185,47 @@ def gather(
         on_total(sum(r.size for s in scans for r in s.records if r.status is Status.MIGRATE)
                  + sum(r.size for r in (target_scan.records if target_scan else ())
                        if r.status is Status.MIGRATE and wanted(r)))
-    scans = [hash_records(s, cache, on_bytes) for s in scans]
-    if target_scan is not None:
-        target_scan = hash_records(target_scan, cache, on_bytes, only=wanted)
+    # Probed before anything is read: where mtimes move while a file is read (rclone), a file is
+    # recognised while it is hashed by device, inode and size (hashing.TimesMove).
     probes = tuple(fsops.probe_between(s.root, target) for s in scans)
-    target_fs = fsops.probe_fs(target)
+    target_fs, probes = weakest_facts(target, fsops.probe_fs(target), probes)
+    scans = [hash_records(s, cache, on_bytes, times_move=not p.fs.stable_mtime) for s, p in zip(scans, probes)]
+    if target_scan is not None:
+        target_scan = hash_records(target_scan, cache, on_bytes, only=wanted, times_move=not target_fs.stable_mtime)
     layers: Dict[str, str] = {}
     container_free = None
     for s, p in zip(scans, probes):
         if p.fs.overlay is not None:
             layers.update(overlay_layers(s, p.fs.overlay))
             container_free = fsops.free_space(s.root)
-    from migrate.model import STATE_DIR
-    from migrate.storerules import STATE_PATHS
-    state_present = sum(1 for p in STATE_PATHS if os.path.lexists(os.path.join(target, STATE_DIR, p)))
+    used = state_bytes(target, [s.root for s in scans], yaml_path)
     return Facts(tuple(scans), target, target_scan, probes, target_fs.hardlink,
                  yaml_path, yaml_before, fsops.free_space(target), tuple(findings), cat, cat_warning, hits,
                  started, world=world, target_fs=target_fs, layers=layers,
-                 container_free=container_free, state_present=state_present, launch=launch)
+                 container_free=container_free, state_bytes=used, launch=launch)
+
+
+def weakest_facts(target: str, target_fs: FsFacts, probes: Sequence[Probe]) -> Tuple[FsFacts, Tuple[Probe, ...]]:
+    """The store's probe, and those of sources on the store's own filesystem, no stronger than the
+    weakest facts earlier probes of the store found (fsops.seen_facts; kept by each run): rclone's
+    inode numbers survive one probe's renames and not the next's, so one lucky probe proves nothing."""
+    from migrate.identity import weakest
+    seen = fsops.seen_facts(target)
+    if seen is None:
+        return target_fs, tuple(probes)
+    try:
+        dev = os.stat(fsops.nearest_existing(target)).st_dev
+    except OSError:
+        return target_fs, tuple(probes)
+    out = []
+    merged = weakest(seen, fsops.fs_doc(target_fs))
+    for p in probes:
+        try:
+            same = os.stat(p.source).st_dev == dev
+        except OSError:
+            same = False
+        out.append(p._replace(fs=fsops.weaken(p.fs, merged)) if same else p)
+    return fsops.weaken(target_fs, merged), tuple(out)
 
 
 def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult], target: str,
@@ -221,7 +244,10 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
     if launch is not None:
         models_dir = launch.models
     models = os.path.realpath(models_dir or os.path.join(os.path.dirname(as_read), "models"))
-    yamls = tuple((p, yaml_before if p == as_read else read_yaml(p)) for p in (launch.yamls if launch else ()))
+    # The YAML written is matched through symlinks (a --yaml that is one of --extra-model-paths-config's).
+    same = os.path.realpath(as_read)
+    yamls = tuple((as_read, yaml_before) if os.path.realpath(p) == same else (p, read_yaml(p))
+                  for p in (launch.yamls if launch else ()))
     output = tuple(launch.output_folders()) if launch is not None else ()
     roots = [s.root for s in scans] + [target]
     # A symlinked folder of the store is listed under the store's name (through_links), so a path
@@ -353,10 +379,34 @@ def make_plan(facts: Facts, policy: Policy) -> Plan:
                                facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes,
                                paths=path_facts(facts.yaml_path, facts.target, policy.base_path),
                                world=facts.world, target_fs=facts.target_fs, layers=facts.layers,
-                               container_free=facts.container_free, state_present=facts.state_present)
+                               container_free=facts.container_free, state_bytes=facts.state_bytes)
     plan = plan._replace(findings=facts.findings, resumed=interrupted_placements(facts), launch=facts.launch)
     yaml_real = os.path.realpath(facts.yaml_path) if facts.yaml_path else None
     return preflight.check(plan, preflight_facts(preflight.paths_to_check(plan, yaml_real)), yaml_real)
+
+
+def state_bytes(target: str, sources: Sequence[str], yaml_path: Optional[str]) -> int:
+    """The space our own files in the store take already, of those the plan's reserve counts
+    (storerules.reserve): the state folders, the lock, the rollback reserve, the catalogue, and
+    the log of this pod's interrupted run (which `run` continues). Old runs' logs do not count."""
+    from migrate.errors import BadLog
+    from migrate.execute import find_interrupted
+    from migrate.model import STATE_DIR
+    from migrate.storerules import STATE_PATHS
+    paths = [os.path.join(target, STATE_DIR, p) for p in STATE_PATHS]
+    try:
+        log = find_interrupted(target, list(sources), yaml_path)
+    except (OSError, BadLog):       # a damaged log is for run and rollback to refuse, not for this count
+        log = None
+    if log is not None:
+        paths.append(log)
+    total = 0
+    for p in paths:
+        try:
+            total += os.lstat(p).st_blocks * 512
+        except OSError:
+            continue
+    return total
 
 
 def interrupted_placements(facts: Facts):

@@ -14,8 +14,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import xxhash
 
-from migrate.hashing import Key, aligned_buffer, matches, open_regular
-from migrate.model import PROBE_PREFIX, FsFacts, Probe
+from migrate.hashing import Key, TimesMove, aligned_buffer, matches, open_regular
+from migrate.model import PROBE_PREFIX, STATE_DIR, FsFacts, Probe
 
 COPY_CHUNK = 256 << 10     # 256 KiB writes stay on the page cache's fast path here
 FUSE_CHUNK = 4 << 20       # FUSE (MooseFS): every write is a round trip to the daemon; big ones cost fewer
@@ -71,6 +71,7 @@ def mount_entry(path: str) -> Tuple[str, str, str]:
     except OSError:
         return "/", "unknown", ""
     best = ("/", "unknown", "")
+    by_path = ("/", "unknown", "")      # btrfs: a subvolume's files show an anonymous device of their own
     for line in lines:
         left, _, right = line.partition(" - ")
         fields, rest = left.split(), right.split()
@@ -78,16 +79,18 @@ def mount_entry(path: str) -> Tuple[str, str, str]:
             continue
         major, _, minor = fields[2].partition(":")
         point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-        if (int(major), int(minor)) != (os.major(dev), os.minor(dev)):
-            continue
         if not (real == point or real.startswith(point.rstrip("/") + "/")):
             continue
         fstype, source = rest[0], rest[1].replace("\\043", "#")
         if fstype == "fuse" and "#" in source:
             fstype = "fuse." + source.split("#", 1)[0]
+        if len(point) >= len(by_path[0]) or by_path[1] == "unknown":
+            by_path = (point, fstype, rest[2])
+        if (int(major), int(minor)) != (os.major(dev), os.minor(dev)):
+            continue
         if len(point) >= len(best[0]) or best[1] == "unknown":
             best = (point, fstype, rest[2])
-    return best
+    return best if best[1] != "unknown" or by_path[1] != "btrfs" else by_path
 
 
 def _mtime_step(want: int, got: int) -> int:
@@ -168,8 +171,8 @@ def probe_fs(folder: str) -> FsFacts:
         os.mkdir(scratch, 0o700)
     except OSError as exc:
         _restore_dir_times(where, before)
-        return FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
-                       f"cannot create a scratch folder: {_errname(exc)}")
+        return by_type(FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
+                               f"cannot create a scratch folder: {_errname(exc)}", stable_mtime=False, up_links=False))
     try:
         a, b, c = (os.path.join(scratch, n) for n in ("a", "b", "c"))
         fd = os.open(a, TMP_FLAGS, 0o600)
@@ -178,8 +181,18 @@ def probe_fs(folder: str) -> FsFacts:
             os.utime(fd, ns=(_PROBE_NS, _PROBE_NS))
         finally:
             os.close(fd)
-        step = _mtime_step(_PROBE_NS, os.stat(a).st_mtime_ns)
-        ino = os.stat(a).st_ino
+        st_a = os.stat(a)
+        step = _mtime_step(_PROBE_NS, st_a.st_mtime_ns)
+        # rclone's VFS shows a file it has not uploaded yet with the mtime "now" while it is open,
+        # even for reading: a copy read back soon after it was written seems to change under us.
+        fd = os.open(a, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.read(fd, 16)
+            stable_mtime = os.fstat(fd).st_mtime_ns == st_a.st_mtime_ns
+        finally:
+            os.close(fd)
+        stable_mtime = stable_mtime and os.stat(a).st_mtime_ns == st_a.st_mtime_ns
+        ino = st_a.st_ino
         stable = True
         try:
             os.link(a, b)
@@ -196,14 +209,27 @@ def probe_fs(folder: str) -> FsFacts:
         except OSError as exc:
             symlink = False
             refused.append(f"symlink {_errname(exc)}")
-        try:
-            os.rename(a, b)
-            rename = True
+        up_links = symlink
+        if symlink:     # sshfs refuses readlink of a link whose text holds `..` (re-pointed links do)
+            d = os.path.join(scratch, "d")
+            try:
+                os.mkdir(d)
+                os.symlink("../a", os.path.join(d, "l"))
+                up_links = os.readlink(os.path.join(d, "l")) == "../a"
+            except OSError as exc:
+                up_links = False
+                refused.append(f"readlink of ../ {_errname(exc)}")
+        # Three renames: rclone's inode numbers survive some renames and not others.
+        rename = True
+        for _ in range(3):
+            try:
+                os.rename(a, b)
+            except OSError as exc:
+                rename = False
+                refused.append(f"rename {_errname(exc)}")
+                break
             stable = stable and os.stat(b).st_ino == ino
             a, b = b, a
-        except OSError as exc:
-            rename = False
-            refused.append(f"rename {_errname(exc)}")
         noreplace = False
         fn = _renameat2()
         if fn is not None:
@@ -223,13 +249,70 @@ def probe_fs(folder: str) -> FsFacts:
             block = 0
         return FsFacts(where, fstype, hardlink, symlink, rename, noreplace, step, stable, case, overlay,
                        "refused: " + ", ".join(refused) if refused else "", forbidden, trailing, unit,
-                       name_max, block)
+                       name_max, block, stable_mtime, up_links)
     except OSError as exc:
-        return FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
-                       f"probe failed: {_errname(exc)} ({exc.strerror})")
+        return by_type(FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
+                               f"probe failed: {_errname(exc)} ({exc.strerror})", stable_mtime=False, up_links=False))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         _restore_dir_times(where, before)
+
+
+SEEN_FILE = "fs-seen.json"      # in the store's state folder: the weakest facts any probe of it found
+
+
+def fs_doc(fs: FsFacts) -> dict:
+    """What later identity checks need of a probe (identity.precision_of reads it): a run header's
+    `fs` entry and the store's remembered facts."""
+    return {"type": fs.fstype, "mtime_step_ns": fs.mtime_step_ns, "stable_inode": fs.stable_inode,
+            "stable_mtime": fs.stable_mtime}
+
+
+def seen_facts(target: str) -> Optional[dict]:
+    """The weakest facts earlier probes of this store found (None: none remembered, or unreadable)."""
+    import json
+    try:
+        data = read_file(os.path.join(target, STATE_DIR, SEEN_FILE), 1 << 16)
+        doc = json.loads(data) if data else None
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def weaken(fs: FsFacts, doc: Optional[dict]) -> FsFacts:
+    """A probe's facts, no stronger than the remembered `doc`: a store whose facts flip between
+    probes (rclone's inode numbers across a rename) is judged by the worst ever seen."""
+    if not isinstance(doc, dict):
+        return fs
+    from migrate.identity import precision_of
+    p = precision_of(doc)
+    return fs._replace(mtime_step_ns=max(fs.mtime_step_ns, p.mtime_step_ns), stable_inode=fs.stable_inode and p.stable_inode,
+                       stable_mtime=fs.stable_mtime and p.stable_mtime)
+
+
+def remember_weakest(target: str, doc: dict) -> dict:
+    """Merge `doc` (fs_doc) into the store's remembered facts, written (atomically) only when it is
+    weaker in some fact (than what is kept; no record means every fact is strong) and the state
+    folder exists. Returns the merged record."""
+    import json
+    from migrate.identity import EXACT, precision_of, weakest
+    seen = seen_facts(target)
+    merged = weakest(seen, doc) if seen else dict(doc)
+    if seen is None and precision_of(merged) == EXACT:
+        return merged       # nothing weaker than a file with no record says: nothing to keep
+    if merged != seen and os.path.isdir(os.path.join(target, STATE_DIR)):
+        atomic_write(os.path.join(target, STATE_DIR, SEEN_FILE),
+                     (json.dumps(merged, sort_keys=True) + "\n").encode())
+    return merged
+def by_type(fs: FsFacts) -> FsFacts:
+    """A probe that could not try names: the name rules known for its filesystem type (kernel
+    exFAT, vfat, NTFS: storerules.KNOWN), the most cautious reading, and its block size."""
+    from migrate.storerules import known_rules
+    try:
+        block = os.statvfs(fs.path).f_frsize
+    except OSError:
+        block = 0
+    return fs._replace(block=block, **known_rules(fs.fstype))
 
 
 def _accepts(folder: str, name: str) -> bool:
@@ -423,13 +506,18 @@ def _copy_plain(sfd: int, dfd: int, h: "xxhash.xxh3_128", on_bytes: Optional[Cal
 
 def copy_and_hash(src: str, expect: Key, tmp: str, on_bytes: Optional[Callable[[int], None]] = None,
                   on_created: Optional[Callable[[os.stat_result], None]] = None,
-                  chunk: int = COPY_CHUNK) -> Tuple[str, os.stat_result]:
+                  chunk: int = COPY_CHUNK, mtime_may_move: bool = False) -> Tuple[str, os.stat_result]:
     """Copy src into a new file `tmp` (O_EXCL) while hashing, fsync it, keep mode and mtime.
     `chunk`: the read and write size (copy_chunk of the destination's filesystem).
+    `mtime_may_move`: src's mtime is not part of "still the same file" (rclone's VFS shows "now"
+    while a file it has not uploaded yet is open): for a caller that checks the digest it returns
+    against a logged one, which then decides.
 
     Returns (digest of the bytes read, stat of tmp). The source must still be the scanned file
     afterwards. On any error tmp is removed.
     """
+    if mtime_may_move:
+        expect = TimesMove(expect)      # hashing.matches: device, inode and size
     sfd = open_regular(src, expect)
     try:
         dfd = os.open(tmp, TMP_FLAGS, 0o600)
@@ -500,9 +588,8 @@ def reserve_bytes(steps: int, unit: int) -> int:
     """What a rollback writes in the store before it frees anything: the lock (and a stale lock's
     `lock.break`), its log (a few hundred bytes per undone step) and a little more; in whole
     allocation units, since each small file takes at least one (a 1 MiB exFAT cluster)."""
-    unit = max(4096, unit)
-    want = (32 << 10) + 1024 * max(0, steps)
-    return -(-want // unit) * unit + 3 * unit     # within the plan's storerules.reserve (which counts it)
+    from migrate.storerules import rollback_reserve
+    return rollback_reserve(steps, unit)     # within the plan's storerules.reserve (which counts it)
 
 
 def allocation_unit(path: str) -> int:

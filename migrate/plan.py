@@ -171,13 +171,13 @@ def build_plan(
     target_fs: FsFacts = UNPROBED,
     layers: Optional[Mapping[str, str]] = None,
     container_free: Optional[int] = None,
-    state_present: int = 0,
+    state_bytes: int = 0,
 ) -> Plan:
     """`target_fs`: what the store's filesystem does (fsops.probe_fs); `layers`: source path -> LOWER
     or UNKNOWN for files of overlay sources (facts.overlay_layers); `container_free`: free bytes of
     the overlay sources' upper layer (the container disk). The store's name rules and allocation
-    unit come with target_fs (storerules.py); `state_present`: how many of the run's own state
-    paths exist in the store already (storerules.STATE_PATHS: no block to reserve for them)."""
+    unit come with target_fs (storerules.py); `state_bytes`: the space our own state files in the
+    store take already (facts.state_bytes: not reserved again)."""
     target_hardlinks = target_hardlinks and target_fs.hardlink
     layers = layers or {}
     if yaml_path is not None and yaml_before is not None:
@@ -243,7 +243,7 @@ def build_plan(
     if container:
         warnings.append(f"the overlay's layers are not visible here: setting aside {container} bytes of sources "
                         "may copy them up onto the container disk first (counted against its free space)")
-    need, reserve = _space_needed(actions, target_scan, target, target_fs, state_present)
+    need, reserve = _space_needed(actions, target_scan, target, target_fs, state_bytes)
     return Plan(
         space_needed=need, reserve_bytes=reserve,
         name_changes=changes, names_after=after,
@@ -258,7 +258,7 @@ def build_plan(
 
 
 def _space_needed(actions: Sequence[Action], target_scan: Optional[ScanResult], target: str,
-                  fs: FsFacts, state_present: int = 0) -> Tuple[int, int]:
+                  fs: FsFacts, state_bytes: int = 0) -> Tuple[int, int]:
     """(the store space the run needs, the part of it reserved for the run's own files): each copy
     rounded up to the store's allocation unit, a block for each symlink and each new folder, and
     storerules.reserve (the lock, the log and a rollback's records, the catalogue)."""
@@ -282,7 +282,7 @@ def _space_needed(actions: Sequence[Action], target_scan: Optional[ScanResult], 
     steps = sum(1 for a in actions if a.method is not Method.NONE or a.removal is not Removal.NONE
                 or a.kind is ActionKind.RELINK)
     stored = len(target_scan.records) if target_scan else 0
-    reserve = storerules.reserve(block, steps, stored + len(dsts), state_present)
+    reserve = storerules.reserve(block, steps, stored + len(dsts), state_bytes, len(actions))
     return need + reserve, reserve
 
 
@@ -299,10 +299,12 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
     lower = move and layer == LOWER
     if lower:
         link_back = False       # the file stays at its place
-    elif link_back and not probe.fs.symlink:
+    elif link_back and not (probe.fs.symlink and probe.fs.up_links):
+        # A link back leads out of its folder (`..`, or an absolute path): sshfs refuses those.
         if r.custom:
             return Action(ActionKind.SKIP, reason=f"custom-node folder on a filesystem without symlinks "
-                          f"({probe.fs.fstype}): no link could lead its nodes to the store, so it stays", **common)
+                          f"that lead out of their folder ({probe.fs.fstype}): no link could lead its nodes to "
+                          "the store, so it stays", **common)
         link_back = False
     # Inode numbers that are not stable (sshfs, mergerfs, rclone) cannot show that the store holds
     # the source's own file: its name is never just unlinked.
@@ -352,7 +354,8 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
         keep = stored[r.digest]
         keep_inode = slots.find(keep).inode  # type: ignore[union-attr]
         # A store without hardlinks gets a symlink; without symlinks either, a copy (the plan counts its bytes).
-        method = Method.HARDLINK if target_hardlinks else Method.SYMLINK if target_fs.symlink else Method.COPY
+        method = Method.HARDLINK if target_hardlinks else Method.SYMLINK if (
+            target_fs.symlink and target_fs.up_links) else Method.COPY
         rem = removal_for(keep_inode)
         slots.put(dst, _Slot(r.digest, keep_inode if method is Method.HARDLINK else None))
         why = reason or f"same content as {posixpath.relpath(keep, target)}"
@@ -489,12 +492,12 @@ def _name_changes(actions: Sequence[Action], before: names.View, target: str, wo
 
     def why(cat: str, name: str, b: str, a: Optional[str]) -> str:
         act = by_source.get(b)
+        if act is not None and act.reason.startswith("renamed to "):
+            return _REASONS["renamed"]     # (also unlisted: its other spelling holds it on a case-insensitive store)
         if a is None:
             return _REASONS["gone"]
         if act is not None and act.kind is ActionKind.CONFLICT:
             return _REASONS["kept"]
-        if act is not None and act.reason.startswith("renamed to "):
-            return _REASONS["renamed"]
         if a.startswith(target.rstrip("/") + "/"):
             return _REASONS["store"]
         return _REASONS["other"]

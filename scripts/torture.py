@@ -222,18 +222,21 @@ def stored_digests(comfy_dir: str, target: str) -> set:
 
 # --- a trial's world -----------------------------------------------------------------------------------
 
+DELIBERATE = {"conflict", "bad-name", "uncategorised"}     # what the pods hold on purpose (make_pod above)
+
+
 def only_conflicts_stayed(out: str) -> bool:
-    """Whether a run's exit 1 says only that conflicts stayed where they are: its summary counts
-    nothing but conflicts, and no step failed (a failed step is a warning naming its path)."""
+    """Whether a run's exit 1 says only that the pods' deliberate files stayed where they are (a
+    conflict, a name that is not UTF-8, a model file directly under models/): its summary counts
+    nothing else, and no step failed (a failed step is a warning naming its path)."""
     m = re.search(r"^warning: (?:nothing to do, but )?(\d+) model file\(s\) stayed where they are, "
                   r"not in the store \(([^;]*); ", out, re.M)
     failed = re.search(r"^warning: /", out, re.M)
     if not m or failed:
         return False
-    # The pristine pod's deliberate ones: a conflict, a name that is not UTF-8, a file directly under
-    # models/ (exit 1 since issue 23 counts those too).
-    kinds = dict((k, int(n)) for n, k in (part.split(" ", 1) for part in m.group(2).split(", ")))
-    return set(kinds) <= {"conflict", "bad-name", "uncategorised"} and sum(kinds.values()) == int(m.group(1))
+    kinds = [part.split(" ", 1) for part in m.group(2).split(", ")]
+    return all(len(k) == 2 and k[1] in DELIBERATE for k in kinds) and \
+        sum(int(k[0]) for k in kinds) == int(m.group(1))
 
 
 def ran(code: int, out: str) -> int:

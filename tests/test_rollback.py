@@ -515,7 +515,19 @@ def _unknown_version(lines, records):
     return _reseal(records, 0), 1, "version"
 
 
-TAMPERS = {"edited-path": _edit_path, "removed-line": _remove_line, "swapped-lines": _swap_lines,
+def _missing_field(lines, records):
+    i = _middle_with(records, "ino")        # sealed again: only the undo's reading of the field finds it
+    records[i] = {k: v for k, v in records[i].items() if k != "ino"}
+    return _reseal(records, i), i + 1, "has no ino"
+
+
+def _wrong_type(lines, records):
+    i = _middle_with(records, "size")
+    records[i] = dict(records[i], size=str(records[i]["size"]))
+    return _reseal(records, i), i + 1, "size is str, not int"
+
+
+TAMPERS = {"missing-field": _missing_field, "wrong-type": _wrong_type, "edited-path": _edit_path, "removed-line": _remove_line, "swapped-lines": _swap_lines,
            "foreign-path": _foreign_path, "dotdot-path": _foreign_dotdot, "unknown-version": _unknown_version}
 
 

@@ -133,6 +133,11 @@ def test_with_rename_the_first_keeps_the_name_and_the_other_gets_one_that_does_n
     got = kinds(plan)
     assert got["loras/Style.safetensors"] == ("move", "", "loras/Style.safetensors")
     assert got["loras/style.safetensors"] == ("move", "", "loras/style.conflict-1.safetensors")
+    declared = plan_of(rec("loras/Style.safetensors", "d1"), rec("loras/style.safetensors", "d2"), probe=OTHER_FS,
+                       target_fs=EXFAT, policy=Policy(on_conflict=OnConflict.RENAME),
+                       yaml_path="/pod/ComfyUI/extra_model_paths.yaml", yaml_before="")
+    assert [(c.name, ".conflict-N" in c.reason) for c in declared.name_changes] == [("style.safetensors", True)]
+    assert any(w.startswith("renamed (conflict): ") for w in declared.warnings)
 
 
 def test_a_name_folding_onto_a_stored_file_is_a_conflict_and_its_name_change_is_declared():
@@ -370,3 +375,12 @@ def test_the_probe_finds_the_rules_of_exfat(exfat):
     assert not fs.case_sensitive and set(storerules.WINDOWS_CHARS) <= set(fs.forbidden) and "\x01" in fs.forbidden
     assert (fs.name_unit, fs.name_max, fs.block) == (UTF16, 255, 1 << 20)
     assert os.listdir(volume) == []
+
+
+def test_rules_known_by_type_are_the_cautious_ones():
+    for fstype in ("exfat", "vfat", "ntfs3"):
+        rules = storerules.known_rules(fstype)
+        fs = UNPROBED._replace(fstype=fstype, **rules)
+        assert not fs.case_sensitive and refusal("a?b.pt", fs) and refusal("b.", fs)
+        assert refusal("字" * 200 + ".pt", fs) is None
+    assert storerules.known_rules("ext4") == {} and storerules.known_rules("fuseblk") == {}

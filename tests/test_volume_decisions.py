@@ -39,6 +39,17 @@ def test_custom_node_folders_stay_where_their_filesystem_refuses_symlinks():
     assert kinds["loras/b.pt"] == (ActionKind.MOVE, False)
 
 
+def test_symlinks_that_cannot_lead_out_of_their_folder_are_not_planned():
+    """sshfs refuses a symlink whose text holds `..` (or is absolute): the probe says so (up_links),
+    so a custom-node folder on it stays, and a store like it gets a second copy, not a symlink."""
+    no_up = UNPROBED._replace(fstype="fuse.sshfs", up_links=False)
+    plan = plan_of(rec("insightface/models/a.onnx", "d1"), probe=OTHER_FS._replace(fs=no_up))
+    assert plan.actions[0].kind is ActionKind.SKIP and "lead out of their folder" in plan.actions[0].reason
+    a, b = rec("loras/a.pt", "d1", size=100), rec("loras/b.pt", "d1", size=100)
+    plan = plan_of(a, b, probe=OTHER_FS, target_fs=no_up._replace(hardlink=False))
+    assert [x[3] for x in brief(plan)] == ["copy", "copy"]
+
+
 def test_lower_layer_files_are_copied_and_stay_unknown_layers_are_counted_against_the_container_disk():
     a, b = rec("loras/a.pt", "d1", size=100), rec("loras/b.pt", "d2", size=50)
     plan = plan_of(a, b, probe=OTHER_FS, layers={a.path: LOWER, b.path: UNKNOWN}, container_free=10)
