@@ -671,8 +671,9 @@ def dir_times(plan: Plan) -> Dict[str, int]:
     for a in plan.actions:
         if a.method is Method.NONE and a.removal is Removal.NONE and a.kind is not ActionKind.RELINK:
             continue
-        dirs.add(os.path.dirname(a.source))
-        if a.dst:
+        if a.removal is not Removal.NONE or a.link_back or a.kind is ActionKind.RELINK:
+            dirs.add(os.path.dirname(a.source))     # (a source that stays leaves its folder alone: on an
+        if a.dst:                                   # overlay, setting its time would copy the folder up)
             dirs.add(fsops.nearest_existing(os.path.dirname(a.dst)))
     yaml_dirs = set()
     if plan.yaml_path is not None and plan.yaml_changes:

@@ -321,16 +321,20 @@ def canonical(cat: str) -> str:
 
 
 def overlay_layers(scan: ScanResult, upper: str) -> Dict[str, str]:
-    """path -> plan.LOWER for each file of an overlay source that only a read-only image layer holds
-    (its name is not in the upper layer), or -> plan.UNKNOWN for every file when the upper layer is
-    not visible from here (a container sees its own root's overlay, never the host's folders)."""
+    """path -> plan.LOWER for each file of an overlay source that a read-only image layer holds,
+    -> plan.UNKNOWN where that cannot be told; files of the writable layer are left out. Where the
+    upper layer is visible here (the host), a file whose name is not in it is LOWER; inside a
+    container (never seeing the host's folders) the kernel's file handle of each file says which
+    layer holds it (fsops.overlay_layer); without one (fuse-overlayfs, older kernels) UNKNOWN."""
     out: Dict[str, str] = {}
     point = fsops.mount_entry(scan.root)[0]
     for r in scan.records:
         if r.status is not Status.MIGRATE:
             continue
         if not upper:
-            out[r.path] = planning.UNKNOWN
+            layer = fsops.overlay_layer(r.path)
+            if layer != "upper":
+                out[r.path] = planning.LOWER if layer == "lower" else planning.UNKNOWN
             continue
         rel = os.path.relpath(os.path.realpath(r.path), point)
         try:

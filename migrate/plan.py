@@ -26,9 +26,12 @@ from migrate.model import (
 
 # The layer of an overlay source's file (facts.overlay_layers): only these two are ever given.
 LOWER = "lower"         # in a read-only image layer: renaming it copies the whole file onto the container disk
-UNKNOWN = "unknown"     # the overlay's layers are not visible here: it may be
+UNKNOWN = "unknown"     # the overlay's layers cannot be told apart here: it may be
 LOWER_STAYS = ("in a read-only image layer of the container disk: setting it aside would copy it "
                "up onto the container disk and removing it frees nothing; it stays (the store is searched first)")
+UNKNOWN_STAYS = ("on an overlay whose layers cannot be told apart from here (fuse-overlayfs, or a kernel "
+                 "without overlay file handles): it may be in a read-only image layer, where setting it aside "
+                 "would copy it up onto the container disk; it stays (the store is searched first)")
 
 
 def check_roots(sources: Sequence[str], target: str) -> None:
@@ -239,10 +242,18 @@ def build_plan(
                                        yaml_after if yaml_after is not None else yaml_before)
     if changes:
         warnings.append(f"{len(changes)} name(s) would load other bytes after the run (or nothing): see name changes")
+    # Files of an image layer (or of one that may be) are never set aside: nothing is copied up.
     container = sum(a.size for a in actions if a.removal is Removal.QUARANTINE and layers.get(a.source) == UNKNOWN)
     if container:
         warnings.append(f"the overlay's layers are not visible here: setting aside {container} bytes of sources "
                         "may copy them up onto the container disk first (counted against its free space)")
+    for layer, where in ((LOWER, "in a read-only image layer"),
+                         (UNKNOWN, "on an overlay whose layers cannot be told apart here")):
+        staying = [a for a in actions if a.kind is not ActionKind.SKIP and layers.get(a.source) == layer]
+        if staying and policy.mode is Mode.MOVE:
+            warnings.append(f"{len(staying)} source file(s) {where} stay in place (renaming one would copy it up "
+                            "onto the container disk): the store gets its bytes (a copy, or the copy already there) and "
+                            "the YAML makes ComfyUI load the store's; nothing on the container disk changes")
     need, reserve = _space_needed(actions, target_scan, target, target_fs, state_bytes)
     return Plan(
         space_needed=need, reserve_bytes=reserve,
@@ -296,7 +307,8 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
         return Action(ActionKind.SKIP, reason=r.detail or r.status.value, **common)
     move = policy.mode is Mode.MOVE
     link_back = move and (policy.link_back if policy.link_back is not None else r.custom)
-    lower = move and layer == LOWER
+    lower = move and layer in (LOWER, UNKNOWN)      # never renamed on the overlay: kept by the YAML only
+    stays = LOWER_STAYS if layer == LOWER else UNKNOWN_STAYS
     if lower:
         link_back = False       # the file stays at its place
     elif link_back and not (probe.fs.symlink and probe.fs.up_links):
@@ -340,7 +352,7 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
             rem = removal_for(slot.inode)
             return Action(ActionKind.ALREADY_THERE, dst=dst, stored=dst, removal=rem,
                           link_back=link_back and rem is not Removal.NONE,
-                          reason="identical content already at this name" + (f"; {LOWER_STAYS}" if lower else ""),
+                          reason="identical content already at this name" + (f"; {stays}" if lower else ""),
                           **common)
         if policy.on_conflict is OnConflict.SKIP:
             return Action(ActionKind.CONFLICT, dst=dst, reason="the target holds different content under "
@@ -363,7 +375,7 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
             why += " (the store takes neither hardlinks nor symlinks: a second copy)"
         return Action(ActionKind.SAME_CONTENT, dst=dst, stored=keep, method=method, removal=rem,
                       link_back=link_back and rem is not Removal.NONE,
-                      reason=why + (f"; {LOWER_STAYS}" if lower else ""), **common)
+                      reason=why + (f"; {stays}" if lower else ""), **common)
 
     if policy.mode is Mode.MOVE:
         kind = ActionKind.MOVE
@@ -383,7 +395,7 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
     slots.put(dst, _Slot(r.digest, inode))
     stored[r.digest] = dst  # type: ignore[index]
     if lower:
-        reason = f"{reason}; {LOWER_STAYS}" if reason else LOWER_STAYS
+        reason = f"{reason}; {stays}" if reason else stays
     return Action(kind, dst=dst, method=method, removal=rem, link_back=link_back, reason=reason, **common)
 
 
