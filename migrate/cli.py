@@ -1283,7 +1283,7 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
     """The workflows document (workflows.workflow_doc) of a ComfyUI folder, as its YAML resolves now
     (launch: how ComfyUI is started; its user folder holds the workflows)."""
     from migrate import comfy, workflows
-    from migrate.facts import gather_workflows, read_yaml
+    from migrate.facts import gather_workflows, model_identities, read_yaml
     text = read_yaml(yaml_path) if yaml_path else None
     if launch is not None:
         from migrate.launch import search_order
@@ -1296,7 +1296,7 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
         order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
         found, before = gather_workflows(home, order)
     sizes = {k: v[1] for k, v in before.items()}
-    return workflows.workflow_doc(found, before, changes or {}, sizes, price)
+    return workflows.workflow_doc(found, before, changes or {}, sizes, price, model_identities(before))
 
 
 @cli.command("workflows", context_settings=CONTEXT)

@@ -509,28 +509,55 @@ def confirm_beliefs(plan: Plan, caches: Sequence[Optional[DigestCache]] = ()) ->
     return stale
 
 
-def loaded_models(order: dict) -> dict:
+def loaded_models(order: dict, gguf: bool = False) -> dict:
     """(category, name) -> (the file ComfyUI loads for it, its size), for every name ComfyUI lists:
     the names below each category's folders (walked as ComfyUI walks them: recursively, following
     symlinked folders, skipping .git), each resolved by names.first_holder (ComfyUI's get_full_path:
-    the first folder in search order holding a regular file or a symlink to one). Reads folders only."""
+    the first folder in search order holding a regular file or a symlink to one). Reads folders only.
+    A folder reached again through a symlink loop (`loras/self -> .`) is walked once. gguf: also the
+    .gguf files ComfyUI-GGUF lists in diffusion_models and text_encoders."""
     from migrate import comfy
     from migrate.names import first_holder
+    from migrate.workflows import GGUF_CATEGORIES
     out: dict = {}
     for cat, folders in order.items():
         names = set()
         for folder in folders:
+            seen = set()
             for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+                try:
+                    st = os.stat(dirpath)
+                except OSError:
+                    dirnames[:] = []
+                    continue
+                if (st.st_dev, st.st_ino) in seen:
+                    dirnames[:] = []
+                    continue
+                seen.add((st.st_dev, st.st_ino))
                 dirnames[:] = [d for d in dirnames if d != ".git"]
                 rel_dir = os.path.relpath(dirpath, folder)
                 names.update(f if rel_dir == "." else f"{rel_dir}/{f}" for f in filenames)
-        for name in sorted(n for n in names if comfy.lists_extension(cat, n)):
+        for name in sorted(n for n in names if comfy.lists_extension(cat, n)
+                           or (gguf and cat in GGUF_CATEGORIES and n.lower().endswith(".gguf"))):
             path = first_holder(folders, name, os.path.isfile)
             if path is not None:
                 try:
                     out[(cat, name)] = (path, os.stat(path).st_size)
                 except OSError:
                     continue
+    return out
+
+
+def model_identities(before: dict) -> dict:
+    """(category, name) -> (device, inode) of the bytes ComfyUI loads, or None for a symlink (its
+    bytes are its target's): what the unused list counts once per inode."""
+    out = {}
+    for key, (path, _size) in before.items():
+        try:
+            st = os.lstat(path)
+            out[key] = None if stat.S_ISLNK(st.st_mode) else (st.st_dev, st.st_ino)
+        except OSError:
+            out[key] = None
     return out
 
 
@@ -553,7 +580,7 @@ def find_workflows(home: str, user: Optional[str] = None) -> List[str]:
 def gather_workflows(home: str, order: dict, user: Optional[str] = None):
     """(workflows with categories, what ComfyUI loads for each name now). Reads, never writes."""
     from migrate import workflows as wf
-    before = loaded_models(order)
+    before = loaded_models(order, gguf=True)
     names: dict = {}
     for cat, name in before:
         names.setdefault(cat, set()).add(name)
@@ -565,5 +592,8 @@ def gather_workflows(home: str, order: dict, user: Optional[str] = None):
         except (OSError, UnicodeDecodeError) as exc:
             out.append(wf.Workflow(path, "unreadable", (), f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
             continue
-        out.append(wf.assign_categories(wf.parse_workflow(path, text), names))
+        try:
+            out.append(wf.assign_categories(wf.parse_workflow(path, text), names))
+        except (RecursionError, MemoryError, ValueError, TypeError) as exc:     # one bad file never stops a run
+            out.append(wf.Workflow(path, "unreadable", (), f"cannot read: {type(exc).__name__}"))
     return out, before
