@@ -394,13 +394,14 @@ def _check_held(a: Action) -> None:
 
 def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None,
                  lock: Optional[TargetLock] = None,
-                 before_close: Optional[Callable[[str], None]] = None) -> RunReport:
+                 before_close: Optional[Callable[[str], None]] = None, kind: str = "run") -> RunReport:
     """Execute `plan` under the target's lock; returns the report (per-file problems are data).
 
     `lock`: the target's lock, already held by the caller (who made `plan` under it); otherwise
     it is taken here, failing at once if another run holds it. `before_close(run_id)`: called
     after the last step, before the closing record (the store's catalogue is rewritten there:
-    killed before it, the run is still open and its next run finishes it).
+    killed before it, the run is still open and its next run finishes it). `kind`: "attach" for
+    the YAML-only runs of `comfy-migrate attach` (logged in the header; a run's header has none).
     """
     if not plan.fits:
         raise NoSpace(f"the target has {human(plan.free_bytes or 0)} free but the plan copies {human(plan.bytes_to_copy)}",
@@ -425,6 +426,8 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sources": list(plan.sources),
                   "target": plan.target, "yaml": plan.yaml_path, "mode": plan.policy.mode.value,
                   "fs": fs_record(plan)}
+        if kind != "run":
+            header["kind"] = kind
         real_yaml = yaml_behind(plan)
         if real_yaml is not None:       # a symlinked YAML: the file written, whose folder's mtime changes
             header["yaml_real"] = real_yaml
@@ -459,6 +462,11 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
             for a in todo:
                 r.place(a)
             yaml_ok = True
+            for folder in plan.store_folders:       # every category the YAML lists: downloads land there
+                try:
+                    r.mkdirs(folder, plan.target)
+                except OSError as exc:      # ComfyUI skips a missing folder: said, and the run goes on
+                    report.problems.append(Problem(folder, f"cannot create the store folder ({fsops.describe(exc)})"))
             if plan.yaml_path is not None and plan.yaml_changes:
                 try:
                     r.write_yaml()
@@ -480,6 +488,10 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
             for a in (plan.actions if yaml_ok else ()):
                 if a.kind is ActionKind.RELINK:
                     r.relink(a)
+            stayed = [[a.source, a.size, a.mtime_ns, a.digest] for a in plan.actions
+                      if a.kind is ActionKind.CONFLICT and a.digest]
+            if stayed:      # conflicts left in place, as read: attach, which reads no file, compares by them
+                j.append({"type": "stayed", "files": stayed})
             if plan.names_after:
                 # What ComfyUI loads for each name it loaded before the run (verify checks it).
                 j.append({"type": "names", "names": [list(n) for n in plan.names_after]})

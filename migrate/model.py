@@ -208,7 +208,8 @@ class Policy(namedtuple("Policy", [
     "mode",                       # Mode = Mode.MOVE
     "on_conflict",                # OnConflict = OnConflict.SKIP
     "link_back",                  # bool | None = None: None, only for custom-node folders
-    "base_path",                  # str = "absolute": absolute | relative | env:VAR
+    "base_path",                  # str | None = "absolute": absolute | relative | env:VAR; None: the
+                                  # form the YAML's managed section has (comfy.kept_base_spec)
 ], defaults=(Mode.MOVE, OnConflict.SKIP, None, "absolute"))):
     """The user's choices that shape a plan."""
 
@@ -317,7 +318,8 @@ class Plan(namedtuple("Plan", [
     "container_free",             # int | None = None: its free space (not compared, like free_bytes)
     "notes",                      # tuple[str, ...] = (): what the preflight decided (a target to create,
                                   # a symlinked store folder written through), shown with the plan
-], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, ()))):
+    "store_folders",              # tuple[str, ...] = (): store folders the YAML lists that are not there yet
+], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, (), ()))):
     """What `run` will do, as a value: the dry run prints it, the run executes it."""
 
     __slots__ = ()
@@ -340,7 +342,7 @@ class Plan(namedtuple("Plan", [
 
     @property
     def has_work(self) -> bool:
-        return self.yaml_changes or any(
+        return self.yaml_changes or bool(self.store_folders) or any(
             a.method is not Method.NONE or a.removal is not Removal.NONE or a.kind is ActionKind.RELINK
             for a in self.actions
         )

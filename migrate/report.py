@@ -225,14 +225,14 @@ def name_change_doc(c) -> dict:
             "reason": c.reason}
 
 
-def name_change_lines(plan: Plan, limit: int = 8) -> list[str]:
+def name_change_lines(plan: Plan, limit: int = 8, when: str = "after the run") -> list[str]:
     """The name changes as one short block, grouped by reason: what a workflow would now load."""
     if not plan.name_changes:
         return []
     groups: dict[str, list] = {}
     for c in plan.name_changes:
         groups.setdefault(c.reason, []).append(c)
-    lines = [f"name changes: {len(plan.name_changes)} name(s) would load other bytes after the run (or nothing):"]
+    lines = [f"name changes: {len(plan.name_changes)} name(s) would load other bytes {when} (or nothing):"]
     for reason, cs in sorted(groups.items()):
         shown = ", ".join(show(f"{c.category}/{c.name}") for c in cs[:limit])
         more = f", and {len(cs) - limit} more (--format json lists them)" if len(cs) > limit else ""

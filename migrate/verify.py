@@ -17,7 +17,7 @@ from migrate import comfy, fsops
 from migrate.fleet import store_rel
 from migrate.hashing import hash_path
 from migrate.journal import group_steps
-from migrate.names import first_holder
+from migrate.names import NOT_BY_NAME, first_holder
 
 PLACING = ("link", "rename", "copy", "dedupe", "symlink")
 REMOVING = ("unlink", "quarantine")      # a source removed: its content is in the store under `dst`
@@ -179,6 +179,7 @@ def resolution(yaml_path: Optional[str], comfyui: Optional[str]) -> Resolution:
     models = os.path.realpath(os.path.join(comfyui, "models") if comfyui else
                               os.path.join(os.path.dirname(as_read), "models"))
     text = data.decode("utf-8") if data else ""
+    # No YAML (a container rebuilt from its image): ComfyUI still searches its own models folders.
     order = comfy.search_folders([(as_read, text)] if data else [], models)
     base = comfy.managed_base(text, as_read) if data else None
     return order, comfy.unset_variables(base[0], dict(os.environ)) if base else []
@@ -265,19 +266,58 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     as_before = [p for p in shadowed if _name_of(p, mounts[latest].base) in logged
                  and "/".join(_name_of(p, mounts[latest].base)) not in failed]
     shadowed = [p for p in shadowed if p not in as_before]
+    unattached = not_attached(runs, yamls[latest], resolved(latest)[0], mounts[latest].base, missing + changed)
     res = {"run": latest, "runs": [rid for rid, _ in runs], "per_run": per_run, "quick": quick,
            "checked": sum(per_run.values()), "missing": missing, "changed": changed, "shadowed": shadowed,
            "orphaned": find_orphans(mounts[latest].base, resolved(latest)[0]), "unset_variables": unset,
            "broken_link_backs": broken, "names_checked": names_checked, "names_changed": names_changed,
-           "shadowed_as_before": as_before,
+           "shadowed_as_before": as_before, "not_attached": unattached,
+           "attaches": [rid for rid, rec in runs if rec[0].get("kind") == "attach"],
            # Orphans are news, not failures: on a shared store they are mostly other pods' folders.
-           "ok": not (missing or changed or shadowed or unset or broken or names_changed)}
+           "ok": not (missing or changed or shadowed or unset or broken or names_changed or unattached)}
     if quick:
         res["size_only"] = size_only
     moved = next((mounts[rid].moved for rid, _ in reversed(runs) if mounts[rid].moved), None)
     if moved:
         res["moved"] = {"from": moved[0], "to": moved[1]}
     return res
+
+
+def not_attached(runs: Sequence[Run], yaml_path: Optional[str], order: Dict[str, List[str]], target: str,
+                 bad: Sequence[str] = ()) -> Optional[str]:
+    """Why ComfyUI, with this pod's YAML as it is now, does not search the store first for the names
+    the runs placed (None when it does): the YAML is gone (a container rebuilt from its image), has
+    no section leading to the store, or does not list the store's folder of such a name before
+    every other folder. A name a user's is_default folder holds, as before the run, is verify's
+    `shadowed_as_before`, not this: only the store's folder's absence or place counts."""
+    if not yaml_path:
+        return None
+    real = os.path.realpath(target)
+    if not os.path.exists(yaml_path):
+        return f"{yaml_path} does not exist (a container rebuilt from its image?)"
+    wanted: Dict[str, str] = {}
+    for rel in sorted(claims(runs)):
+        folder = rel.partition("/")[0]
+        cat, _ = comfy.category_of(folder)
+        if cat in NOT_BY_NAME or os.path.join(target, rel) in bad:
+            continue
+        wanted.setdefault(cat, folder)
+    for cat, folder in sorted(wanted.items()):
+        where = os.path.join(real, folder)
+        folders = [os.path.realpath(f) for f in order.get(cat, [])]
+        if where not in folders:
+            return f"{yaml_path} does not list the store's {folder} folder ({where}) for {cat}"
+        if folders.index(where) > 0 and not any(f.startswith(real.rstrip("/") + "/") for f in folders[:1]) \
+                and not _is_users(folders[0], order, yaml_path):
+            return f"{yaml_path} lists the store's {folder} folder after {folders[0]} for {cat}"
+    return None
+
+
+def _is_users(folder: str, order: Dict[str, List[str]], yaml_path: str) -> bool:
+    """A folder another section of the user's YAML lists (their is_default choice stands): anything
+    but ComfyUI's own models folders, which come first only when our section is not is_default."""
+    models = os.path.realpath(os.path.join(os.path.dirname(yaml_path), "models"))
+    return not (folder == models or folder.startswith(models + "/"))
 
 
 def _name_of(path: str, target: str) -> Tuple[str, str]:
@@ -492,12 +532,29 @@ def check_listed(names: Sequence[str], view: ServerView) -> Dict:
     return {"not_listed": not_listed, "checked": checked, "unchecked": unchecked}
 
 
+CLOCK_STEP = 1.0      # the granularity of a process start from /proc (btime is whole seconds)
+
+
+def start_note(view: ServerView, started: Optional[float], yaml_changed: Optional[float]) -> Optional[str]:
+    """'may be stale' where only times can tell and they cannot: the process start (whole seconds
+    of btime) falls within one step before the YAML's last change, and the server shows no search
+    folders to decide by."""
+    if view.folders is not None or started is None or yaml_changed is None:
+        return None
+    if started < yaml_changed < started + CLOCK_STEP:
+        return ("ComfyUI may be stale: it started within a second of the YAML's last change, and its start "
+                "time is known to the second only (it shows no /internal/folder_paths to decide by); "
+                "restart it if its lists lack a model")
+    return None
+
+
 def stale_server(names: Sequence[str], view: ServerView, order: Dict[str, List[str]], target: str,
                  listed: Dict, started: Optional[float], yaml_changed: Optional[float]) -> Optional[str]:
     """Why the server looks started before the YAML changed (it reads the YAML only at start-up),
     or None. Evidence, strongest first: its search folders (/internal/folder_paths) lack a store
     folder the YAML lists for a checked name; its process (found here) started before the YAML's
     last change; it lists none of the names checked (`listed`: check_listed's result)."""
+    searched = False        # its live folders showed a store folder the YAML lists: no clock needed
     if view.folders is not None:
         for rel in names:
             folder = rel.partition("/")[0]
@@ -507,7 +564,10 @@ def stale_server(names: Sequence[str], view: ServerView, order: Dict[str, List[s
                 continue
             if where not in {os.path.realpath(f) for f in view.folders[cat]}:
                 return f"it does not search {os.path.join(target, folder)}, which the YAML lists for {cat}"
-    if started is not None and yaml_changed is not None and started < yaml_changed:
+            searched = True
+    # /proc gives a start in whole seconds of btime plus clock ticks: up to 1 s early. Only a start
+    # a whole step before the change is known to be before it (start_note says "may be stale").
+    if not searched and started is not None and yaml_changed is not None and started + CLOCK_STEP <= yaml_changed:
         return "its process started before the YAML's last change"
     if listed["checked"] and len(listed["not_listed"]) == listed["checked"]:
         return f"it lists none of the {listed['checked']} names checked"
