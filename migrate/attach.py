@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from migrate import comfy, names, plan as planning
-from migrate.model import PathFacts, Plan, Policy, ScanResult, Status
+from migrate.model import Action, ActionKind, PathFacts, Plan, Policy, Removal, ScanResult, Status
 
 # A logged source: path -> (size, mtime_ns, digest), from the store's run logs.
 Logged = Dict[str, Tuple[int, int, str]]
@@ -40,6 +40,9 @@ class AttachFacts:
         store_dirs: the names of the folders at the store's top.
         paths: where the YAML and the store really are (facts.path_facts), for base_path.
         spec: the --base-path form to write (given, else the YAML's own: comfy.kept_base_spec).
+        link_backs: (path under this ComfyUI's models folder, stored file) of each link-back symlink
+            a live run made there (for custom nodes that open ComfyUI/models/<folder> directly)
+            which is gone now (a rebuilt container) while its stored file is there.
     """
 
     target: str
@@ -51,6 +54,7 @@ class AttachFacts:
     store_dirs: frozenset
     paths: PathFacts
     spec: str
+    link_backs: Tuple[Tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,8 +126,15 @@ def plan_attach(f: AttachFacts) -> Attach:
         warnings.append(f"{len(unknown)} name(s) of the image have a file of the same size in the store, searched "
                         "first; attach reads no file, so their bytes were not compared (`comfy-migrate verify` "
                         "re-hashes what the runs placed)")
-    plan = Plan(target=f.target, sources=(), yaml_path=f.yaml_path, yaml_before=f.yaml_before, yaml_after=after,
-                policy=Policy(base_path=f.spec), actions=(), probes=(), target_hardlinks=False,
+    root = f.models.root
+    actions = tuple(Action(ActionKind.SKIP, root=root, rel=os.path.relpath(src, root),
+                           category=comfy.category_of(os.path.relpath(src, root).split("/", 1)[0])[0], dst=dst,
+                           removal=Removal.RENAMED, link_back=True,
+                           reason="a link-back symlink a run made, gone with the container: made again")
+                    for src, dst in f.link_backs)
+    plan = Plan(target=f.target, sources=(root,) if actions else (), yaml_path=f.yaml_path,
+                yaml_before=f.yaml_before, yaml_after=after,
+                policy=Policy(base_path=f.spec), actions=actions, probes=(), target_hardlinks=False,
                 target_categories=tuple(sorted(folders)), warnings=tuple(warnings), base_path=base,
                 paths=f.paths, name_changes=tuple(changes), store_folders=made)
     return Attach(plan, tuple(unknown))
@@ -154,6 +165,34 @@ def logged_sources(target: str) -> Logged:
                     and isinstance(r.get("size"), int) and isinstance(r.get("mtime_ns"), int):
                 out[r["src"]] = (r["size"], r["mtime_ns"], r["digest"])
     return out
+
+
+def lost_link_backs(target: str, models_dir: str) -> Tuple[Tuple[str, str], ...]:
+    """The link-back symlinks live runs made in a models folder (custom-node folders: their nodes
+    open ComfyUI/models/<folder> directly), mapped to this ComfyUI's models folder (a worker's
+    own, or the rebuilt container's), that are gone while their stored file is in the store:
+    (where the link goes, the stored file). Read from the logs: no model file is read."""
+    from migrate.fleet import store_rel
+    from migrate.journal import group_steps
+    from migrate.rollback import live_runs
+    out: Dict[str, str] = {}
+    for _, records in live_runs(target):
+        head = records[0]
+        steps = group_steps(records)
+        for b in steps.begins:
+            if b.get("op") != "linkback" or b["step"] not in steps.done or not isinstance(b.get("src"), str):
+                continue
+            root = next((r for r in head.get("sources") or [] if isinstance(r, str)
+                         and b["src"].startswith(r.rstrip("/") + "/")), None)
+            rel = store_rel(posixpath.normpath(posixpath.join(posixpath.dirname(b["src"]), b.get("to") or "")),
+                            head.get("target") or "")
+            if root is None or rel is None:
+                continue
+            src = os.path.join(models_dir, os.path.relpath(b["src"], root))
+            stored = os.path.join(target, rel)
+            if not os.path.lexists(src) and os.path.isfile(stored):
+                out[src] = stored
+    return tuple(sorted(out.items()))
 
 
 def _candidates(models: ScanResult, store: ScanResult) -> Tuple[set, set]:
@@ -199,7 +238,12 @@ def gather_attach(home: str, target: str, base_path: Optional[str]) -> AttachFac
                                                for r in models.records))
     paths = path_facts(yaml_path, target, spec)
     yaml_real = os.path.join(os.path.realpath(home), "extra_model_paths.yaml")
-    return AttachFacts(target, yaml_path, yaml_real, yaml_before, models, store, top_folders(target), paths, spec)
+    dirs = top_folders(target)
+    # Runs leave link-backs in custom-node folders (ComfyUI's own categories are in the YAML): the
+    # logs are read only where the store has such a folder (a start script runs attach at every boot).
+    custom = any(comfy.category_of(d)[1] for d in dirs if not d.startswith("."))
+    return AttachFacts(target, yaml_path, yaml_real, yaml_before, models, store, dirs, paths, spec,
+                       lost_link_backs(target, models_dir) if custom else ())
 
 
 def problems_of(f: AttachFacts) -> Sequence[str]:

@@ -321,6 +321,9 @@ class _Runner:
         it keeps working when the volume holding both is mounted at another path."""
         assert a.dst is not None
         src = a.source
+        # attach recreates a link-back in a container rebuilt from its image: its folder may be gone
+        if not self.made_folder(os.path.dirname(src), a.root, a, "the folder of the link"):
+            return
         try:
             home = os.path.join(os.path.realpath(os.path.dirname(a.dst)), os.path.basename(a.dst))
             to = os.path.relpath(home, os.path.realpath(os.path.dirname(src)))

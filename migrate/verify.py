@@ -302,22 +302,16 @@ def not_attached(runs: Sequence[Run], yaml_path: Optional[str], order: Dict[str,
         if cat in NOT_BY_NAME or os.path.join(target, rel) in bad:
             continue
         wanted.setdefault(cat, folder)
+    models = os.path.realpath(os.path.join(os.path.dirname(yaml_path), "models"))
     for cat, folder in sorted(wanted.items()):
-        where = os.path.join(real, folder)
+        where = os.path.realpath(os.path.join(real, folder))
         folders = [os.path.realpath(f) for f in order.get(cat, [])]
         if where not in folders:
             return f"{yaml_path} does not list the store's {folder} folder ({where}) for {cat}"
-        if folders.index(where) > 0 and not any(f.startswith(real.rstrip("/") + "/") for f in folders[:1]) \
-                and not _is_users(folders[0], order, yaml_path):
-            return f"{yaml_path} lists the store's {folder} folder after {folders[0]} for {cat}"
+        ahead = [f for f in folders[:folders.index(where)] if f == models or f.startswith(models + "/")]
+        if ahead:       # ComfyUI's own folder first: our section is no longer is_default
+            return f"{yaml_path} lists the store's {folder} folder after ComfyUI's own {ahead[0]} for {cat}"
     return None
-
-
-def _is_users(folder: str, order: Dict[str, List[str]], yaml_path: str) -> bool:
-    """A folder another section of the user's YAML lists (their is_default choice stands): anything
-    but ComfyUI's own models folders, which come first only when our section is not is_default."""
-    models = os.path.realpath(os.path.join(os.path.dirname(yaml_path), "models"))
-    return not (folder == models or folder.startswith(models + "/"))
 
 
 def _name_of(path: str, target: str) -> Tuple[str, str]:
