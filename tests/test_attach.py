@@ -285,3 +285,64 @@ def test_attach_refuses_without_a_store(tmp_path, cli_env):
     r = run_cli(["attach", "--comfyui", comfyui, "--target", tmp_path / "nowhere", "--yes"], cli_env, check=3)
     assert "no store at" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (comfyui / "extra_model_paths.yaml").exists()
+
+
+# --- the README's start script and Dockerfile, as printed ----------------------------------------------
+
+def readme_blocks():
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("## After the migration", 1)[1].split("\n## ", 1)[0]
+    import re
+    script = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    docker = re.search(r"```dockerfile\n(.*?)```", section, re.S).group(1)
+    return script, docker
+
+
+def test_the_readme_start_script_and_dockerfile_work_as_printed(world, cli_env, tmp_path):
+    """The Dockerfile block, built by a small stand-in for `docker build` (COPY from a build context
+    laid out as the README says, RUN through a shell; the image's root is a folder here, so `/opt`
+    reads as <root>/opt), then its CMD started twice as a container would be at two boots: the first
+    attaches the (rebuilt) pod and starts ComfyUI, the second writes nothing and starts it again."""
+    script, docker = readme_blocks()
+    image, comfyui, store = world
+    run_cli(["run", "--comfyui", comfyui, "--target", store, "--yes"], cli_env)
+    rebuild(comfyui, image)
+    (comfyui / "main.py").write_text("import json, os, sys\n"
+                                     "open('started.json', 'w').write(json.dumps([os.getcwd(), sys.argv[1:]]))\n")
+    context = tmp_path / "context"
+    repo = Path(__file__).resolve().parent.parent
+    tracked = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True, check=True).stdout.split()
+    for rel in tracked:
+        (context / "comfy-migrate" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / rel, context / "comfy-migrate" / rel)
+    (context / "start.sh").write_text(script)
+    root = tmp_path / "image-root"
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
+    env = dict(cli_env, PATH=f"{root / 'venv' / 'bin'}{os.pathsep}{cli_env['PATH']}")
+    env.pop("PYTHONPATH", None)
+    at = lambda line: line.replace(" /opt/", f" {root}/opt/").replace('"/opt/', f'"{root}/opt/')
+    cmd = None
+    for line in docker.splitlines():
+        word, _, rest = line.partition(" ")
+        if word == "COPY":
+            src, dst = rest.split()
+            dst = Path(at(" " + dst).strip())
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if (context / src).is_dir() else shutil.copy2)(context / src, dst)
+        elif word == "RUN":
+            proc = subprocess.run(["bash", "-c", at(" " + rest)], env=env, capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        elif word == "CMD":
+            cmd = json.loads(at(" " + rest).strip())
+    assert cmd is not None
+    boot = dict(env, COMFYUI_DIR=str(comfyui), COMFY_MIGRATE_TARGET=str(store))
+    for first in (True, False):
+        before = snapshot_tree(store)
+        proc = subprocess.run(cmd, env=boot, capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert json.loads((comfyui / "started.json").read_text()) == [str(comfyui), ["--listen", "0.0.0.0", "--port", "8188"]]
+        assert (comfyui / "extra_model_paths.yaml").exists()
+        assert ("attached already" in proc.stderr) is not first
+        if not first:
+            assert snapshot_tree(store) == before
+    verify(comfyui, store, cli_env)
