@@ -100,11 +100,14 @@ def plan_attach(f: AttachFacts) -> Attach:
                                                         f.paths, f.store_dirs)
     view = _view(f)
     models_dir = os.path.realpath(f.models.root)
-    before_order = comfy.search_folders([(f.yaml_real, f.yaml_before)] if f.yaml_before is not None else [],
-                                        models_dir)
-    after_order = comfy.search_folders([(f.yaml_real, after)], models_dir)
-    loads_before = names.loads(before_order, view)
-    loads_after = names.loads(after_order, view)
+    if after == f.yaml_before:      # attached already (every boot): the same search order, no change
+        loads_before = loads_after = {}
+    else:
+        before_order = comfy.search_folders([(f.yaml_real, f.yaml_before)] if f.yaml_before is not None else [],
+                                            models_dir)
+        after_order = comfy.search_folders([(f.yaml_real, after)], models_dir)
+        loads_before = names.loads(before_order, view)
+        loads_after = names.loads(after_order, view)
     in_store = f.target.rstrip("/") + "/"
 
     def why(cat: str, name: str, b: str, a: Optional[str]) -> str:
@@ -203,7 +206,7 @@ def _candidates(models: ScanResult, store: ScanResult) -> Tuple[set, set]:
     for r in models.records:
         if r.status is not Status.MIGRATE or not r.category:
             continue
-        rel = posixpath.relpath(planning.target_path("/", r), "/")
+        rel = f"{r.folder if r.custom else r.category}/{r.name}"        # plan.target_path's, relative
         if sizes.get(rel) == r.size:
             mine.add(r.path)
             theirs.add(rel)
@@ -241,7 +244,10 @@ def gather_attach(home: str, target: str, base_path: Optional[str]) -> AttachFac
     dirs = top_folders(target)
     # Runs leave link-backs in custom-node folders (ComfyUI's own categories are in the YAML): the
     # logs are read only where the store has such a folder (a start script runs attach at every boot).
-    custom = any(comfy.category_of(d)[1] for d in dirs if not d.startswith("."))
+    # Exact by stat first: a link-back stands at the stored file's own name under models/ (a
+    # custom-node folder keeps its name in the store); logs are read only when one is missing.
+    custom = any(r.custom and r.status is Status.MIGRATE and not os.path.lexists(os.path.join(models_dir, r.rel))
+                 for r in store.records)
     return AttachFacts(target, yaml_path, yaml_real, yaml_before, models, store, dirs, paths, spec,
                        lost_link_backs(target, models_dir) if custom else ())
 
