@@ -6,6 +6,7 @@ shell.py. Start-up stays short by importing what a command needs inside that com
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -57,6 +58,22 @@ def nonempty(ctx, param, value):
     return value
 
 
+def base_path_spec(ctx, param, value):
+    """--base-path must be absolute, relative or env:NAME with a name ComfyUI can expand (exit 2 otherwise,
+    as for any bad option value); whether $NAME is set here is a fact of the pod, checked by the plan (3)."""
+    value = nonempty(ctx, param, value)
+    if value in (None, "absolute", "relative"):
+        return value
+    name = value[4:] if value.startswith("env:") else None
+    if name is None:
+        raise click.BadParameter(f"{value!r} is not absolute, relative or env:VAR")
+    if not name or not (name[0].isalpha() or name[0] == "_") or not name.replace("_", "").isalnum() \
+            or not name.isascii():
+        raise click.BadParameter(f"env:{name}: not a variable name ComfyUI can expand "
+                                 "(letters, digits and _, e.g. env:COMFY_VOLUME)")
+    return value
+
+
 def source_options(f):
     f = click.option("--source-is-models", is_flag=True,
                      help="Migrate each --source even if it does not look like a models folder (not named "
@@ -86,7 +103,7 @@ def plan_options(f):
                      help="Migrate files the audit finds broken or suspect too (default: they stay). Unfinished "
                           "downloads (.part, ...) and empty files are never migrated.")(f)
     f = click.option("--base-path", default=None, envvar="COMFY_MIGRATE_BASE_PATH",
-                     callback=nonempty,
+                     callback=base_path_spec,
                      help="base_path written to the YAML: absolute, relative (to the YAML's folder) "
                           "or env:VAR. Default: the form the YAML's comfy-migrate section has, else absolute.")(f)
     f = click.option("--link-back/--no-link-back", default=None,
@@ -136,7 +153,17 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
     already shown once."""
     from migrate.facts import gather, make_plan
     home, roots = resolve_sources(comfyui, sources, None if again else ui, source_is_models)
+    if home is not None and not sources:
+        from migrate.comfy import models_of_another_install
+        owner = models_of_another_install(home)
+        if owner is not None:
+            raise BadInput(f"{os.path.join(home, 'models')} is a symlink to {os.path.realpath(os.path.join(home, 'models'))}, "
+                           f"the models folder of another ComfyUI install ({owner}): migrating it would empty that "
+                           "install's models folder under it", f"migrate that install itself (--comfyui {owner}), "
+                           "and give this one its YAML: `comfy-migrate plan` for it then has nothing to move")
     target = resolve_target(target)
+    if yaml_path is not None and not again:
+        check_yaml_is_read(home, os.path.abspath(yaml_path))
     if yaml_path is None and home is not None:
         yaml_path = os.path.join(home, "extra_model_paths.yaml")
     yaml_path = os.path.abspath(yaml_path) if yaml_path else None
@@ -158,21 +185,46 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
     return facts, make_plan(facts, policy)
 
 
-def print_plan(plan, fmt: str, verbose: bool = False) -> None:
+def check_yaml_is_read(home, yaml_path: str) -> None:
+    """--yaml must name a file ComfyUI reads: the extra_model_paths.yaml next to its main.py (through
+    symlinks: the same file). Written elsewhere, the run would take every model out of the pod and
+    ComfyUI would find none of them. (A missing folder is the preflight's to name.)"""
+    if not os.path.isdir(os.path.dirname(yaml_path)):
+        return
+    folder = home if home is not None else os.path.dirname(yaml_path)
+    read = os.path.join(folder, "extra_model_paths.yaml")
+    if os.path.realpath(yaml_path) == os.path.realpath(read) and (
+            home is not None or os.path.isfile(os.path.join(folder, "main.py"))):
+        return
+    if home is None:
+        raise BadInput(f"--yaml {yaml_path}: ComfyUI reads the extra_model_paths.yaml next to its main.py, and "
+                       f"{os.path.dirname(yaml_path)} holds no main.py: a YAML written there would not be read, "
+                       "and the moved models would be lost to ComfyUI",
+                       "pass --comfyui DIR (the folder of main.py) instead of --yaml, or --yaml DIR/extra_model_paths.yaml")
+    raise BadInput(f"--yaml {yaml_path}: the ComfyUI in {home} reads {read}, not this file: written there, the "
+                   "moved models would be lost to ComfyUI", f"leave out --yaml (it defaults to {read})")
+
+
+def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> None:
+    """The plan for people (or JSON). quiet (-q): no line per file, the totals and what needs a look."""
     if fmt == "json":
         out(report.dumps(report.plan_doc(plan)))
         return
     out("\n".join(report.plan_header(plan)) + "\n\n")
     rows, notes = report.plan_rows(plan, verbose)
-    if rows:
+    if rows and not quiet:
         out(table(rows, report.PLAN_HEADERS) + "\n")
-    for n in notes:
+    for n in () if quiet else notes:
         out(f"  {n}\n")
-    out("\n" + table(report.summary_rows(plan), ["action", "files", "size"]) + "\n\n")
-    for line in report.summary_lines(plan):
+    out(("" if quiet else "\n") + table(report.summary_rows(plan), ["action", "files", "size"]) + "\n\n")
+    for line in report.summary_lines(plan, quiet):
         out(line + "\n")
     diff = report.yaml_diff(plan)
-    if diff:
+    if diff and quiet:
+        lines = diff.splitlines()[2:]
+        out(f"\n{report.show(plan.yaml_path)}: +{sum(1 for x in lines if x.startswith('+'))} "
+            f"-{sum(1 for x in lines if x.startswith('-'))} lines (the diff without -q)\n")
+    elif diff:
         out(f"\nextra_model_paths.yaml change:\n{diff}")
     elif plan.yaml_path:
         out(f"\n{report.show(plan.yaml_path)}: no change\n")
@@ -202,9 +254,23 @@ def plan_cmd(ui: Ui, report_path, **kw) -> None:
     fmt = kw.pop("fmt")
     price = kw.pop("price_per_gb_month")
     _, plan = build(ui, **kw)
-    print_plan(plan, fmt, ui.verbosity > 0)
+    print_plan(plan, fmt, ui.verbosity > 0, ui.verbosity < 0)
     if report_path is not None:
         write_report(ui, plan, kw, price, report_path)
+    exit_if_unfit(plan)
+
+
+def exit_if_unfit(plan) -> None:
+    """A plan that does not fit ends `plan` and `run --dry-run` with exit 4, as `run` would refuse it
+    (the plan is printed first: it says how much is missing)."""
+    if plan.fits and plan.container_fits:
+        return
+    where = "the target" if not plan.fits else "the container disk"
+    shell.err(f"comfy-migrate: error: the plan does not fit: {where} lacks "
+              + (report.human(plan.bytes_to_copy - (plan.free_bytes or 0)) if not plan.fits
+                 else report.human(plan.container_bytes - (plan.container_free or 0)))
+              + " (free space there, or migrate fewer sources; `run` would refuse it)")
+    sys.exit(ExitCode.NO_SPACE)
 
 
 def _html_path(value):
@@ -273,12 +339,28 @@ def _accept_verbosity_after_the_command() -> None:
                                        callback=_verbosity(-1), help="Less output on stderr."))
 
 
+def from_environment(exc: click.ClickException) -> None:
+    """A bad value read from a variable (COMFY_MIGRATE_FORMAT=yaml) names the variable, not an option
+    never typed."""
+    if not isinstance(exc, click.BadParameter) or exc.ctx is None or exc.param is None:
+        return
+    from click.core import ParameterSource
+    if exc.ctx.get_parameter_source(exc.param.name) is not ParameterSource.ENVIRONMENT:
+        return
+    var = exc.param.envvar if isinstance(exc.param.envvar, str) else \
+        next((v for v in exc.param.envvar or () if v in os.environ), None)
+    if var:
+        exc.message = f"{exc.message} (set in the environment: unset {var} or fix it)"
+        exc.param_hint = f"${var}"
+
+
 def main() -> None:
     try:
         cli.main(prog_name="comfy-migrate", standalone_mode=False)
     except click.exceptions.Abort:
         shell.fail(KeyboardInterrupt())
     except click.ClickException as exc:
+        from_environment(exc)
         exc.show()
         if wants_json():
             json_error(exc.format_message(), "see --help", ExitCode.USAGE)
@@ -316,6 +398,10 @@ def take_lock(ui: Ui, target: str, purpose: str, wait: float):
     from migrate.lock import TargetLock
 
     def on_wait(h: dict) -> None:
+        if not h.get("host"):       # garbage, or being written: taken over once it stays so a moment
+            ui.info(f"waiting for the target's lock: {os.path.join(state_dir(target), 'lock')} names no holder "
+                    "(being written, or corrupt: taken over in a few seconds)")
+            return
         ui.info(f"waiting for the target's lock: {h.get('purpose', 'a run')} of pid {h.get('pid', '?')} on host "
                 f"{h.get('host', '?')} holds it since {h.get('started', '?')} (up to {wait:.0f} s; --wait)")
 
@@ -350,9 +436,10 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
     """What `run` shows before it asks: the totals, and the plan's warnings in one short line each
     (-v: in full; `plan` shows every file)."""
     if fmt == "table":
-        out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
-        for line in report.summary_lines(plan):
-            out(line + "\n")
+        if ui.verbosity >= 0:       # -q: what needs a look only
+            out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
+            for line in report.summary_lines(plan):
+                out(line + "\n")
         for line in report.name_change_lines(plan):
             out(line + "\n")
         for w in report.warning_lines(plan):
@@ -415,11 +502,12 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
         take_lock(ui, resolve_target(kw["target"]), "comfy-migrate run (waiting to plan)", wait).release()
         facts, plan = build(ui, **kw)
     if dry_run:
-        print_plan(plan, fmt, ui.verbosity > 0)
+        print_plan(plan, fmt, ui.verbosity > 0, ui.verbosity < 0)
+        exit_if_unfit(plan)
         return
     if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
         clear_stale_lock(ui, plan.target)
-        nothing_to_do(ui, plan, facts, fmt)
+        nothing_to_do(ui, plan, facts, fmt, kw)
         return
     running = running_comfyui(kw["comfyui"], plan.yaml_path, while_running)
     show_summary(ui, plan, fmt)
@@ -454,7 +542,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
             for n in notes:
                 ui.info(f"note: {n}")
             if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
-                nothing_to_do(ui, plan, facts, fmt)
+                nothing_to_do(ui, plan, facts, fmt, kw)
                 return
             def catalogue(run_id: str) -> None:      # before the log closes: part of finishing the run
                 try:
@@ -464,9 +552,12 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
                         ui.debug(cat_warning)
                 except OSError as exc:
                     ui.warn(f"could not update the store's catalogue ({fsops.describe(exc)}); the next plan hashes instead")
-            with ui.progress("copying") as (on_total, on_bytes):
-                on_total(plan.bytes_to_copy)
-                rep = execute_plan(plan, sys.argv, on_bytes, lock=lock, before_close=catalogue)
+            try:
+                with ui.progress("copying") as (on_total, on_bytes):
+                    on_total(plan.bytes_to_copy)
+                    rep = execute_plan(plan, sys.argv, on_bytes, lock=lock, before_close=catalogue)
+            except KeyboardInterrupt:
+                raise run_interrupted(plan, kw) from None
         finally:
             lock.release()
         break
@@ -492,18 +583,21 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
         out(f"\nrun {rep.run_id}{' (continued)' if rep.resumed else ''}: placed {rep.placed} files, "
             f"copied {report.human(rep.copied_bytes)}, removed {rep.removed} source names\n")
         tgt = shlex.quote(report.show(plan.target))
+        quiet = ui.verbosity < 0      # -q: what was done, how to undo it, the restart
         if rep.quarantine_bytes:
             out(f"quarantine holds {report.human(rep.quarantine_bytes)}; free it with: "
                 f"comfy-migrate purge {rep.run_id} --target {tgt}\n")
-        out(f"audit log: {report.show(rep.log_path)}\nundo with: comfy-migrate rollback {rep.run_id} --target {tgt}\n")
-        if page:
+        if not quiet:
+            out(f"audit log: {report.show(rep.log_path)}\n")
+        out(f"undo with: comfy-migrate rollback {rep.run_id} --target {tgt}\n")
+        if page and not quiet:
             out(f"report: {report.show(page)}\n")
         first = plan.yaml_changes and BEGIN_MARK not in (plan.yaml_before or "")
-        if deploy and (first or ui.verbosity > 0):
+        if deploy and (first or ui.verbosity > 0) and not quiet:
             out("\nDockerfile (an image carrying ComfyUI, the models on the volume):\n")
             out("".join(f"  {report.show(line)}\n" for line in deploy["dockerfile"]))
             out("".join(f"  # {report.show(line)}\n" for line in deploy["notes"]))
-        if deploy:
+        if deploy and not quiet:
             out("check once ComfyUI runs:\n" + "".join(f"  {report.show(line)}\n" for line in deploy["check"]))
         if rep.yaml_written:
             out("\nrestart ComfyUI now: it reads extra_model_paths.yaml only at start-up"
@@ -512,7 +606,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
     for p in rep.problems:
         ui.warn(f"{report.show(p.path)}: {p.message}")
     if left and fmt == "table":
-        ui.warn(f"{stayed_summary(left)}; `comfy-migrate plan` says why for each")
+        ui.warn(f"{stayed_summary(left)}; `comfy-migrate plan{given(kw, plan.target)}` says why for each")
     if rep.problems or left:
         sys.exit(ExitCode.PROBLEMS)
 
@@ -524,7 +618,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
               help="The ComfyUI folder to point at the store. Default: $COMFYUI_DIR, "
                    "/workspace/runpod-slim/ComfyUI, /workspace/ComfyUI.")
 @target_option
-@click.option("--base-path", default=None, envvar="COMFY_MIGRATE_BASE_PATH", callback=nonempty,
+@click.option("--base-path", default=None, envvar="COMFY_MIGRATE_BASE_PATH", callback=base_path_spec,
               help="base_path written to the YAML: absolute, relative (to the YAML's folder) or env:VAR. "
                    "Default: the form the YAML's comfy-migrate section has, else absolute.")
 @click.option("--dry-run", is_flag=True, help="Print what would change (the YAML diff, folders, name changes) and stop.")
@@ -634,14 +728,19 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait) -> None:
 
 def stayed_behind(plan, facts) -> list:
     """(path, why) of each model file the run left where it is: a conflict, a file the audit held
-    back, an unreadable file or one that changed while scanned. Exit 1 says so (README: exit codes)."""
+    back, an unreadable file or one that changed while scanned, a name that is not UTF-8, a model
+    file in no category folder. Exit 1 says so (README: exit codes)."""
+    from migrate.comfy import MODEL_EXTENSIONS
     from migrate.model import ActionKind, Status
-    why = {Status.SUSPECT: "held-back", Status.UNREADABLE: "unreadable", Status.CHANGED: "changed"}
+    why = {Status.SUSPECT: "held-back", Status.UNREADABLE: "unreadable", Status.CHANGED: "changed",
+           Status.BAD_NAME: "bad-name"}
     left = {a.source: "conflict" for a in plan.actions if a.kind is ActionKind.CONFLICT}
     for s in facts.sources:
         for r in s.records:
             if r.status in why:
                 left.setdefault(r.path, why[r.status])
+            elif r.status is Status.UNCATEGORISED and os.path.splitext(r.rel)[1].lower() in MODEL_EXTENSIONS:
+                left.setdefault(r.path, "uncategorised")      # a model file directly under models/
         for p in s.problems:            # an unreadable file is a record and a problem: said once
             left.setdefault(p.path, "unreadable")
     return list(left.items())
@@ -655,14 +754,43 @@ def stayed_summary(left: list) -> str:
             + f"; e.g. {left[0][1]}: {report.show(left[0][0])})")
 
 
-def nothing_to_do(ui: Ui, plan, facts, fmt: str) -> None:
+def run_interrupted(plan, kw: dict):
+    """Ctrl-C during a run: whether it changed anything, and the two commands that finish or undo it."""
+    from migrate.errors import Interrupted
+    from migrate.execute import find_interrupted
+    log = find_interrupted(plan.target, plan.sources, plan.yaml_path)
+    if log is None:
+        return Interrupted("the run stopped before its first step; nothing was changed")
+    rid = os.path.basename(log)[:-len(".jsonl")]
+    return Interrupted(f"run {rid} stopped part-way (every step it took is in its log, nothing is lost)",
+                       f"`comfy-migrate run{given(kw, plan.target)}` continues it, "
+                       f"`comfy-migrate rollback {rid} --target {shlex.quote(report.show(plan.target))}` undoes it")
+
+
+def given(kw: dict, target: str | None = None) -> str:
+    """' --comfyui C --source S --yaml Y --target T' of what this command was given (target: as
+    resolved), so a printed command acts on this pod and store, never on the defaults under /workspace."""
+    parts = []
+    if kw.get("comfyui"):
+        parts += ["--comfyui", os.path.abspath(kw["comfyui"])]
+    for src in kw.get("sources") or ():
+        parts += ["--source", os.path.abspath(src)]
+    if kw.get("yaml_path"):
+        parts += ["--yaml", os.path.abspath(kw["yaml_path"])]
+    if target or kw.get("target"):
+        parts += ["--target", target or os.path.abspath(kw["target"])]
+    return "".join(" " + shlex.quote(report.show(p)) for p in parts)
+
+
+def nothing_to_do(ui: Ui, plan, facts, fmt: str, kw: dict | None = None) -> None:
     """The end of a run with nothing to do: said (JSON too), exit 1 if files stayed behind."""
     left = stayed_behind(plan, facts)
     if fmt == "json":
         out(report.dumps({"run": None, "nothing_to_do": True, "stayed": [{"path": p, "why": w} for p, w in left],
                           "findings": [report.finding_doc(f) for f in plan.findings]}))
     if left:
-        ui.warn(f"nothing to do, but {stayed_summary(left)}; `comfy-migrate plan` says why for each")
+        ui.warn(f"nothing to do, but {stayed_summary(left)}; `comfy-migrate plan{given(kw or {}, plan.target)}` "
+                "says why for each")
     else:
         ui.info("nothing to do: the target is up to date")
     for line in report.warning_lines(plan) + report.finding_lines(plan.findings, plan.sources):
@@ -705,9 +833,10 @@ def require_store(target: str, what: str = "no runs in") -> str:
     return target
 
 
-def pod_log(ui: Ui, target: str, comfyui, live: bool) -> str:
-    """The log of this pod's newest run (live: not rolled back). A pod is its ComfyUI folder's YAML
-    on the volume, not its host name (a redeploy gives a new one): verify.pod_runs decides."""
+def pod_log(ui: Ui, target: str, comfyui, live: bool, all_logs: bool = False, yaml: str | None = None):
+    """The log of this pod's newest run (live: not rolled back; all_logs: the logs of all its runs, oldest
+    first). A pod is its ComfyUI folder's YAML on the volume, not its host name (a redeploy gives a
+    new one): verify.pod_runs decides."""
     from migrate.facts import find_comfyui
     from migrate.journal import RUNS_DIR
     from migrate.model import STATE_DIR
@@ -719,7 +848,7 @@ def pod_log(ui: Ui, target: str, comfyui, live: bool) -> str:
         if comfyui:
             raise
         home = None
-    yaml_path = os.path.join(home, "extra_model_paths.yaml") if home else None
+    yaml_path = os.path.abspath(yaml) if yaml else os.path.join(home, "extra_model_paths.yaml") if home else None
     host = os.uname().nodename
     logs = os.path.join(target, STATE_DIR, RUNS_DIR)
     every = all_runs(target)
@@ -732,6 +861,8 @@ def pod_log(ui: Ui, target: str, comfyui, live: bool) -> str:
                      if every else f"no run to roll back in {logs}" if live else
                      f"no run yet in {logs}: nothing to check or purge",
                      "pass --comfyui DIR, or name the run (see `comfy-migrate history --target DIR`)")
+    if all_logs:       # purge: the logs of all this pod's runs, oldest first
+        return [os.path.join(logs, f"{rid}.jsonl") for rid, _ in mine]
     pick = mine[-1][0]
     if live:      # the newest not rolled back; a log that does not read is picked (and then refused)
         def rolled_back(rid: str) -> bool:
@@ -741,6 +872,16 @@ def pod_log(ui: Ui, target: str, comfyui, live: bool) -> str:
                 return False
         pick = next((rid for rid, _ in reversed(mine) if not rolled_back(rid)), "")
         if not pick:
+            # A run of this host that wrote another YAML (`run --yaml X`) is not this YAML's pod, but
+            # "rolled back already" would be untrue for it: name it and the option that picks it.
+            others = [(rid, rec[0].get("yaml")) for rid, rec in every if rec[0].get("host") == host
+                      and rec[0].get("yaml") and yaml_path and os.path.realpath(rec[0]["yaml"]) != os.path.realpath(yaml_path)
+                      and not rolled_back(rid)]
+            if others:
+                rid, other = others[-1]
+                raise BadLog(f"every run that wrote {yaml_path} is rolled back already, but run {rid} of this host "
+                             f"wrote {other} and is not", f"comfy-migrate rollback --yaml {shlex.quote(other)} "
+                             f"--target {shlex.quote(target)} (or name the run: comfy-migrate rollback {rid})")
             raise NothingToRollBack(f"every run of this pod in {target} is rolled back already")
     ui.debug(f"this pod's newest run: {pick} ({how})")
     return os.path.join(logs, f"{pick}.jsonl")
@@ -762,15 +903,24 @@ def newer_pod_runs(records, live, target: str):
     return [rid for rid, _ in mine if rid > head["run"]]
 
 
+def format_option(f):
+    return click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+                        envvar="COMFY_MIGRATE_FORMAT", help="Output format.")(f)
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="[RUN]", required=False)
 @target_option
 @comfyui_option
 @click.option("--dry-run", is_flag=True, help="Print what would be undone; change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yaml", "yaml_path", envvar="COMFY_MIGRATE_YAML", callback=nonempty,
+              help="The extra_model_paths.yaml the run wrote (`run --yaml FILE`): picks that pod's newest run. "
+                   "Default: <comfyui>/extra_model_paths.yaml.")
 @wait_option
+@format_option
 @click.pass_obj
-def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
+def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_path) -> None:
     """Undo a run (default: this pod's newest not rolled back) from its audit log.
 
     Files go back to their old places, links and folders the run made are removed, the YAML gets
@@ -787,11 +937,17 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
     from migrate.fleet import droppable, reliance
     from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, kept_records, left_folders, live_runs,
                                   load_run, plan_rollback, settle, users_of)
+    if fmt == "json" and not yes and not dry_run:
+        raise NotConfirmed("rollback --format json never asks (no summary would be seen before the question)",
+                           "pass --yes, or look first with `comfy-migrate rollback --dry-run --format json`")
     target = require_store(resolve_target(target), "no run to roll back in")
     try:
-        log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=True)
+        log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=True, yaml=yaml_path)
     except NothingToRollBack as exc:
-        ui.info(str(exc))
+        if fmt == "json":
+            out(report.dumps({"run": None, "nothing_to_roll_back": True, "message": str(exc)}))
+        else:
+            ui.info(str(exc))
         clear_stale_lock(ui, target)
         return
     records = load_run(log)
@@ -809,11 +965,17 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
         raise BadInput(f"run {head['run']} wrote the YAML's comfy-migrate section, and newer run(s) of this pod not "
                        f"rolled back build on it: {', '.join(newer)}",
                        "roll back the newest first: " + ", then ".join(
-                           f"comfy-migrate rollback {rid}" for rid in list(reversed(newer)) + [head["run"]]))
+                           f"comfy-migrate rollback {rid} --target {shlex.quote(report.show(target))}"
+                           for rid in list(reversed(newer)) + [head["run"]]))
     undos = plan_rollback(records)
     if dry_run or not yes:
         relied = reliance(live_runs(target), records[0]["run"])     # shown now, decided under the lock
         kept = [u for u in undos if users_of(u, relied, records[0]["target"])]
+        if dry_run and fmt == "json":
+            out(report.dumps({"run": records[0]["run"], "dry_run": True, "steps": [
+                {"op": u.op, "what": u.describe(), "kept_for": users_of(u, relied, records[0]["target"])}
+                for u in undos]}))
+            return
         if dry_run:
             out(f"rollback of run {records[0]['run']} ({len(undos)} steps, newest first):\n")
             for u in undos:
@@ -833,17 +995,34 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait) -> None:
                 store_catalogue.refresh(target, {}, {})
             except OSError as exc:
                 ui.warn(f"could not update the store's catalogue ({fsops.describe(exc)})")
-        with ui.progress("restoring") as (_, on_bytes):
+        with ui.progress("restoring") as (_, on_bytes), interrupted_rollback(records[0]["run"], target):
             rep = execute_rollback(log, records, undos, on_bytes, relied, shared=any(
                 rid != records[0]["run"] for rid, _ in live), handed=handed, before_close=catalogue,
                 left_folders=left_folders(target, records[0]["run"]))
-    out(f"run {rep.run_id} rolled back: {rep.undone} steps undone, {len(rep.skipped)} skipped\n")
-    for p in rep.kept:
-        out(f"  {report.show(p.path)}: {p.message}\n")
+    if fmt == "json":
+        out(report.dumps({"run": rep.run_id, "log": rep.log_path, "resumed": rep.resumed, "undone": rep.undone,
+                          "skipped": [{"path": p.path, "message": p.message} for p in rep.skipped],
+                          "kept": [{"path": p.path, "message": p.message} for p in rep.kept]}))
+    else:
+        out(f"run {rep.run_id} rolled back: {rep.undone} steps undone, {len(rep.skipped)} skipped\n")
+        for p in rep.kept:
+            out(f"  {report.show(p.path)}: {p.message}\n")
     for p in rep.skipped:
         ui.warn(f"{report.show(p.path)}: {p.message}")
     if rep.skipped:
         sys.exit(ExitCode.PROBLEMS)
+
+
+@contextlib.contextmanager
+def interrupted_rollback(rid: str, target: str):
+    """Ctrl-C during a rollback: the same command again finishes it."""
+    from migrate.errors import Interrupted
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"the rollback of run {rid} stopped part-way (its steps are logged)",
+                          f"`comfy-migrate rollback {rid} --target {shlex.quote(report.show(target))} --yes` "
+                          "again finishes it") from None
 
 
 @cli.command("history", context_settings=CONTEXT)
@@ -877,12 +1056,15 @@ def history_cmd(target, fmt) -> None:
 @click.option("--permanent", is_flag=True, help="Delete instead of moving to the trash.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
 @wait_option
+@format_option
 @click.pass_obj
-def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait) -> None:
-    """Empty a run's quarantine (default: this pod's newest run) into the trash.
+def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait, fmt) -> None:
+    """Empty the quarantine of a run (default: of every run of this pod) into the trash.
 
     Each quarantined file and the stored copy it was judged identical to are first re-hashed; a
-    file is freed only if both hold the logged content (else it is kept and reported). Rollback still works afterwards (it recreates files from the stored copies).
+    file is freed only if both hold the logged content (else it is kept and reported). Rollback
+    still works afterwards (it recreates files from the stored copies). The trash is on the
+    quarantine's own volume (its .Trash-UID folder) unless that is the home folder's: it is named.
 
     \b
     Example:
@@ -890,21 +1072,34 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait) -> None:
     """
     from migrate.rollback import find_log, load_run, purge_check, quarantined
     target = require_store(resolve_target(target))
-    log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=False)
-    records = load_run(log)
-    items = [q for q in quarantined(records) if os.path.lexists(q["q"])]
+    logs = [find_log(target, run_ref)] if run_ref else pod_log(ui, target, comfyui, live=False, all_logs=True)
+    per_run = []
+    for log in logs:
+        records = load_run(log)
+        items = [q for q in quarantined(records) if os.path.lexists(q["q"])]
+        if items:
+            per_run.append((records[0]["run"], items))
+    items = [q for _, qs in per_run for q in qs]
     total = sum(q["size"] for q in items)
     if not items:
-        out("the quarantine of this run is empty\n")
+        if fmt == "json":
+            out(report.dumps({"runs": [], "files": 0, "freed_bytes": 0, "kept": [], "permanent": permanent,
+                              "trash": []}))
+        else:
+            out(f"the quarantine of {'this run' if run_ref else 'every run of this pod'} is empty\n")
         return
-    confirm(f"{'Delete' if permanent else 'Trash'} {len(items)} quarantined files ({report.human(total)})?", yes)
-    freed, kept = 0, 0
+    if fmt == "table":
+        for rid, qs in per_run:
+            out(f"run {rid}: {len(qs)} quarantined file(s), {report.human(sum(q['size'] for q in qs))}\n")
+    confirm(f"{'Delete' if permanent else 'Trash'} {len(items)} quarantined files ({report.human(total)}) of "
+            f"{len(per_run)} run(s)?", yes)
+    freed, kept, trash = 0, [], set()
     with take_lock(ui, target, "comfy-migrate purge", wait):
         for q in items:
             why = purge_check(q)
             if why:
                 ui.warn(f"{report.show(q['q'])}: {why}; kept")
-                kept += 1
+                kept.append({"path": q["q"], "why": why})
                 continue
             try:
                 st = os.lstat(q["q"])
@@ -912,19 +1107,49 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait) -> None:
                     os.unlink(q["q"])
                 else:
                     from send2trash import send2trash
+                    where = trash_of(q["q"])
                     send2trash(q["q"])
+                    trash.add(where)
                 if st.st_nlink == 1:      # its last name: the bytes are freed (two names count once)
                     freed += q["size"]
             except Exception as exc:   # send2trash raises many kinds; the file simply stays
                 ui.warn(f"{report.show(q['q'])}: cannot use the trash ({exc}); kept "
                         "(use --permanent to delete instead)")
-                kept += 1
-    verb = "deleted" if permanent else "moved to the trash"
-    out(f"{report.human(freed)} {verb}; {kept} files kept\n")
-    if not permanent and freed:
-        out("note: the trash is on the same volume; empty it to free the space\n")
+                kept.append({"path": q["q"], "why": f"cannot use the trash ({exc})"})
+    if fmt == "json":
+        out(report.dumps({"runs": [rid for rid, _ in per_run], "files": len(items), "freed_bytes": freed,
+                          "kept": kept, "permanent": permanent, "trash": sorted(trash)}))
+    else:
+        verb = "deleted" if permanent else "moved to the trash"
+        out(f"{report.human(freed)} {verb}; {len(kept)} files kept\n")
+        for where in sorted(trash):
+            out(f"trash: {report.show(where)} (empty it to free the space: its files are still on that disk)\n")
     if kept:
         sys.exit(ExitCode.PROBLEMS)
+
+
+def trash_of(path: str) -> str:
+    """The trash folder send2trash moves `path` into (its rule on Linux): the home's, under
+    $XDG_DATA_HOME, for a file on the home folder's filesystem; else <mount>/.Trash/<uid> when that
+    is a sticky folder, otherwise <mount>/.Trash-<uid>."""
+    import stat as st_mod
+    home_data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    dev = os.lstat(path).st_dev
+    try:
+        if os.stat(os.path.expanduser("~")).st_dev == dev:
+            return os.path.join(home_data, "Trash")
+    except OSError:
+        pass
+    top = os.path.realpath(os.path.dirname(path))
+    while top != "/" and os.lstat(os.path.dirname(top)).st_dev == dev:
+        top = os.path.dirname(top)
+    shared = os.path.join(top, ".Trash")
+    try:
+        if os.path.isdir(shared) and not os.path.islink(shared) and os.stat(shared).st_mode & st_mod.S_ISVTX:
+            return os.path.join(shared, str(os.getuid()))
+    except OSError:
+        pass
+    return os.path.join(top, f".Trash-{os.getuid()}")
 
 
 @cli.command(context_settings=CONTEXT)

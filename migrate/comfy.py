@@ -400,6 +400,10 @@ def merge_section(old_text: str | None, section: str, where: str = "extra_model_
     """
     text = old_text or ""
     old_data = _parsed(old_text, where).data if old_text is not None else {}    # read, never changed
+    if old_text is not None and flow_style(old_text):
+        # A flow-style (JSON-like) top level takes no block section after it: its sections are
+        # written in block style, the same values (checked below), and ours then placed as usual.
+        text = block_style(old_text, old_data)
     lines = text.splitlines(keepends=True)
     begin = [i for i, ln in enumerate(lines) if ln.rstrip("\r\n") == BEGIN_MARK]
     end = [i for i, ln in enumerate(lines) if ln.rstrip("\r\n") == END_MARK]
@@ -434,7 +438,12 @@ def merge_section(old_text: str | None, section: str, where: str = "extra_model_
         # a section replaced where it stood keeps the bytes around it; a new one gets a blank line after
         placed = begin == [] or moved
         new = head + gap + section + ("\n" if tail.strip() and not tail.startswith("\n") and placed else "") + tail
-    result = _parsed(new, where).data       # ComfyUI's reading of what we write: the one other parse
+    try:
+        result = _parsed(new, where).data   # ComfyUI's reading of what we write: the one other parse
+    except BadInput:                        # its line number would be of our text, not the user's file
+        raise BadInput(f"{where}: adding the comfy_migrate section after its text would make the file "
+                       "unreadable (it ends its document: `...`, or the top level does not take another key)",
+                       "write the file's sections in block style (one `key: value` per line), then run again")
     if MANAGED_SECTION not in result:
         raise BadInput(f"{where}: the managed section did not survive merging", "report this as a bug")
     theirs = {k: v for k, v in old_data.items() if k != MANAGED_SECTION}
@@ -446,6 +455,27 @@ def merge_section(old_text: str | None, section: str, where: str = "extra_model_
                        f"{(late or [next(iter(theirs), '?')])[0]!r} without changing the file's meaning "
                        "(a flow-style top level?)", "write the file's sections in block style, then run again")
     return new
+
+
+def flow_style(text: str) -> bool:
+    """Is the YAML's top level a flow mapping (`{...}`, JSON-like)? Nothing can follow it as a block."""
+    for line in text.splitlines():
+        bare = line.strip()
+        if bare and not bare.startswith("#") and bare != "---":
+            return bare.startswith("{")
+    return False
+
+
+def block_style(text: str, data: dict) -> str:
+    """A flow-style YAML's sections in block style (same values), its leading comment lines kept."""
+    yaml, _ = _yaml()
+    head = []
+    for line in text.splitlines(keepends=True):
+        if line.strip() and not line.lstrip().startswith("#"):
+            break
+        head.append(line if line.endswith("\n") else line + "\n")
+    return "".join(head) + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True,
+                                         width=1 << 30)
 
 
 def managed_section(text: str, where: str = "extra_model_paths.yaml") -> tuple[str, str] | None:
@@ -520,6 +550,23 @@ def find_comfyui(given: str | None) -> str:
             return cand
     raise BadInput("no ComfyUI folder found (looked at $COMFYUI_DIR, " + ", ".join(DEFAULT_COMFYUI) + ")",
                    "pass --comfyui DIR or set COMFYUI_DIR")
+
+
+def models_of_another_install(home: str) -> str | None:
+    """The other ComfyUI folder (one holding main.py) whose models folder `home`'s models/ symlink
+    leads into, or None: migrating through the link would empty that install's models."""
+    models = os.path.join(home, "models")
+    if not os.path.islink(models):
+        return None
+    real, mine = os.path.realpath(models), os.path.realpath(home)
+    cur = os.path.dirname(real)
+    while True:
+        if cur != mine and os.path.isfile(os.path.join(cur, "main.py")):
+            return cur
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            return None
+        cur = parent
 
 
 def check_dir(path: str, what: str) -> str:

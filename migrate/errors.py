@@ -46,3 +46,8 @@ class BadLog(MigrateError):
 
 class NotConfirmed(MigrateError):
     exit_code = ExitCode.NOT_CONFIRMED
+
+
+class Interrupted(MigrateError):
+    """Ctrl-C while a run or rollback was changing things: the message says how to continue or undo."""
+    exit_code = ExitCode.INTERRUPTED

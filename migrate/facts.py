@@ -355,9 +355,28 @@ def make_plan(facts: Facts, policy: Policy) -> Plan:
                                world=facts.world, target_fs=facts.target_fs, layers=facts.layers,
                                container_free=facts.container_free, name_max=name_max(facts.target),
                                store_dirs=facts.store_dirs)
-    plan = plan._replace(findings=facts.findings)
+    plan = plan._replace(findings=facts.findings, resumed=interrupted_placements(facts))
     yaml_real = os.path.realpath(facts.yaml_path) if facts.yaml_path else None
     return preflight.check(plan, preflight_facts(preflight.paths_to_check(plan, yaml_real)), yaml_real)
+
+
+def interrupted_placements(facts: Facts):
+    """(run id, store paths it placed) of this pod's interrupted run, which `run` continues: those
+    files are in the store because of that run, not deduplication (None without one)."""
+    from migrate.errors import BadLog
+    from migrate.execute import find_interrupted
+    from migrate.journal import group_steps, read_log
+    try:
+        log = find_interrupted(facts.target, [s.root for s in facts.sources], facts.yaml_path)
+        if log is None:
+            return None
+        records = read_log(log)[0]
+    except (OSError, BadLog):
+        return None
+    steps = group_steps(records)
+    placed = tuple(sorted(b["dst"] for b in steps.begins if b.get("dst") and b["step"] in steps.done
+                          and b.get("op") in ("link", "rename", "copy")))
+    return (records[0].get("run", ""), placed)
 
 
 def name_max(path: str) -> int:

@@ -47,6 +47,12 @@ def _crash_point() -> Tuple[Optional[int], bool]:
     return (int(value), torn) if value.isdigit() else (None, False)
 
 
+def _ctrl_c_point() -> Optional[int]:
+    """Test hook: COMFY_MIGRATE_CRASH_AT=int:N sends this process SIGINT (Ctrl-C) right after record N."""
+    value = os.environ.get("COMFY_MIGRATE_CRASH_AT") or ""
+    return int(value[4:]) if value.startswith("int:") and value[4:].isdigit() else None
+
+
 class Journal:
     """An open log, positioned at its end."""
 
@@ -57,6 +63,7 @@ class Journal:
         self.seq = seq
         self.prev = prev
         self._crash_at, self._crash_torn = _crash_point()
+        self._ctrl_c_at = _ctrl_c_point()
 
     @classmethod
     def create(cls, path: str, header: dict, again: str = "") -> "Journal":
@@ -121,6 +128,8 @@ class Journal:
         self.prev = rec["sum"]
         if self._crash_at is not None and not self._crash_torn and self.seq >= self._crash_at:
             os.kill(os.getpid(), signal.SIGKILL)
+        if self._ctrl_c_at is not None and self.seq == self._ctrl_c_at:
+            os.kill(os.getpid(), signal.SIGINT)
         return rec
 
     def close(self) -> None:

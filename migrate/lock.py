@@ -2,13 +2,18 @@
 
 `flock` can be local to one mount on network filesystems, and stores without hardlinks (exFAT, rclone)
 refuse link(2), so the lock is a file created with O_CREAT|O_EXCL (atomic wherever a file can be
-created; fails if it exists) holding its holder's facts: host, boot id, pid and the pid's start time,
-start time. Its mtime is a heartbeat refreshed by a sleeping thread. A lock is stale when its pid is
-gone on this host (same boot; a zombie or a reused pid counts as gone), when its heartbeat is older
-than the lease, or when it is still empty a while after it was made (its maker was killed between
-creating and writing it); a live lock of another host is never broken. A second run waits for the
-lock (`--wait`), polling with a growing delay. A kill at any point leaves at most a stale lock,
-which the next command takes over.
+created; fails if it exists) holding its holder's facts: host, boot id, PID namespace, pid and the
+pid's start time, start time, its lease. Its mtime is a heartbeat (the lease renewed) refreshed by a
+sleeping thread. A lock is stale when its heartbeat is older than its lease, measured by the store's
+own clock (the mtime the store gives a file we create now, the clock that stamped the heartbeat) or
+by our own watch (the lock unchanged for a lease while we wait); when it is still empty a while after
+it was made (its maker was killed between creating and writing it); or when its pid is gone, judged
+only where that pid means the same process: the same kernel (boot id) and the same PID namespace.
+Two containers with one host name (`docker --network host`, compose `hostname:`) have separate PID
+namespaces, where pid 1 of one is not pid 1 of the other: there only the lease decides. A second
+run waits for the lock (`--wait`), polling with a growing delay. A kill at any point leaves at most
+a stale lock, which the next command takes over (at once in the holder's own PID namespace, after
+its lease elsewhere).
 """
 from __future__ import annotations
 
@@ -19,12 +24,12 @@ import random
 import socket
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from migrate.errors import Locked
 
-LEASE_SECONDS = 600
-HEARTBEAT_SECONDS = 30
+LEASE_SECONDS = 120.0      # a holder that has not renewed its lease for this long is dead (or stopped)
+HEARTBEAT_SECONDS = 10.0   # how often the holder renews it: many beats per lease, whole-second mtimes
 EMPTY_GRACE_SECONDS = 10     # a lock is written microseconds after it is created; whole-second mtimes
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
@@ -35,6 +40,29 @@ def boot_id() -> str:
             return f.read().strip()
     except OSError:
         return ""
+
+
+def pid_namespace() -> str:
+    """This process's PID namespace (`pid:[4026531836]`), or "" where it cannot be told: no /proc,
+    or a /proc of another namespace (`unshare --pid` without `--mount-proc`: /proc/self is not us),
+    where no pid read there means our process. Namespace ids are unique within one boot."""
+    try:
+        if os.readlink("/proc/self") != str(os.getpid()):
+            return ""
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def lease_seconds() -> float:
+    """The lease this process promises: LEASE_SECONDS, or COMFY_MIGRATE_LOCK_LEASE seconds (tests, and
+    a fleet that wants a dead pod's lock taken over sooner); the heartbeat is a tenth of it at most."""
+    raw = os.environ.get("COMFY_MIGRATE_LOCK_LEASE", "")
+    try:
+        value = float(raw) if raw else LEASE_SECONDS
+    except ValueError:
+        value = LEASE_SECONDS
+    return value if value >= 1 else LEASE_SECONDS
 
 
 def pid_start(pid: int) -> Optional[int]:
@@ -92,6 +120,19 @@ def create_excl(path: str, data: bytes) -> bool:
     return True
 
 
+def same_pid_space(info: dict) -> bool:
+    """Does the pid a holder recorded name a process we can look up? Only on this kernel (boot id)
+    and in this PID namespace: another container's pid 1 is not ours, whatever its host name."""
+    ns, boot = pid_namespace(), boot_id()
+    return bool(ns and boot) and info.get("pidns") == ns and info.get("boot_id") == boot
+
+
+def _lease_of(info: dict) -> float:
+    """The lease the holder promised (its own COMFY_MIGRATE_LOCK_LEASE), else ours."""
+    lease = info.get("lease")
+    return float(lease) if isinstance(lease, (int, float)) and lease > 0 else lease_seconds()
+
+
 class TargetLock:
     def __init__(self, state_dir: str, purpose: str) -> None:
         self.path = os.path.join(state_dir, "lock")
@@ -100,25 +141,88 @@ class TargetLock:
         self._stop = threading.Event()
         self._held = False
         self._thread: Optional[threading.Thread] = None
+        self._token = os.urandom(8).hex()
+        self._watch: Dict[tuple, float] = {}     # (content, mtime, inode) -> when we first saw it (monotonic)
+        self._swept = False
 
     def holder(self) -> dict:
-        return {"host": socket.gethostname(), "boot_id": boot_id(), "pid": os.getpid(),
-                "pid_start": pid_start(os.getpid()),
+        return {"host": socket.gethostname(), "boot_id": boot_id(), "pidns": pid_namespace(), "pid": os.getpid(),
+                "pid_start": pid_start(os.getpid()), "lease": lease_seconds(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "purpose": self.purpose}
 
+    def _store_now(self) -> Optional[float]:
+        """The store's clock now: the mtime it gives a file created now (then removed), the clock that
+        stamps the holder's heartbeats (a pod's own clock may differ from the volume's). None where
+        no file can be made (a full or read-only store): our clock and our own watch decide then."""
+        probe = f"{self.path}.clock-{self._token}"
+        try:
+            fd = os.open(probe, CREATE_FLAGS, 0o600)
+        except OSError:
+            return None
+        try:
+            now = os.fstat(fd).st_mtime
+        except OSError:
+            now = None
+        finally:
+            os.close(fd)
+            try:
+                os.unlink(probe)
+            except OSError:
+                pass
+        if now is not None and not self._swept:       # a contender killed between create and unlink
+            self._swept = True
+            folder = os.path.dirname(self.path)
+            try:
+                names = [n for n in os.listdir(folder) if n.startswith("lock.clock-")]
+            except OSError:
+                names = []
+            for n in names:
+                try:
+                    if os.lstat(os.path.join(folder, n)).st_mtime < now - 60:
+                        os.unlink(os.path.join(folder, n))
+                except OSError:
+                    pass
+        return now
+
+    def _age(self, raw: str, st: os.stat_result) -> float:
+        """How long the lock has gone without a heartbeat: by the store's clock, or as long as we have
+        watched it unchanged, whichever is longer (each alone is evidence the holder did not renew)."""
+        now = self._store_now()
+        by_clock = (now if now is not None else time.time()) - st.st_mtime
+        key = (raw, st.st_mtime_ns, st.st_ino)
+        watched = time.monotonic() - self._watch.setdefault(key, time.monotonic())
+        return max(by_clock, watched)
+
     def _stale(self, info: dict, age: float, raw: str = "x") -> Optional[str]:
-        if age > LEASE_SECONDS:
-            return f"its heartbeat is {age:.0f} s old"
+        lease = _lease_of(info)
+        if age > lease:
+            return f"its heartbeat is {age:.0f} s old (its lease: {lease:.0f} s)"
         if not raw.strip() and age > EMPTY_GRACE_SECONDS:
             return "it is empty (its maker was killed while creating it)"
-        if info.get("host") == socket.gethostname():
-            if info.get("boot_id") and info.get("boot_id") != boot_id():
-                return "its host has rebooted since"
+        if raw.strip() and not info.get("host") and age > EMPTY_GRACE_SECONDS:
+            # Ours is one JSON object naming its host, written at once: anything else is garbage
+            # (a torn copy, an editor's leftover), never a live holder worth the lease.
+            return f"{self.path} is not a lock comfy-migrate wrote (corrupt)"
+        if same_pid_space(info):
             pid = info.get("pid")
             start = info.get("pid_start")
             if isinstance(pid, int) and not _alive(pid, start if isinstance(start, int) else None):
                 return f"process {pid} is gone"
         return None
+
+    def _read(self) -> Optional[Tuple[str, os.stat_result, dict]]:
+        """The lock's text, its stat (of the same inode) and its facts ({} if it holds none); None if gone."""
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read().decode("utf-8", "replace")
+                st = os.fstat(f.fileno())
+        except FileNotFoundError:
+            return None
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            info = {}
+        return raw, st, info if isinstance(info, dict) else {}
 
     def acquire(self, wait: float = 0, on_wait: Optional[Callable[[dict], None]] = None) -> "TargetLock":
         """Take the lock; while another live run holds it, wait up to `wait` seconds (polling).
@@ -135,28 +239,20 @@ class TargetLock:
         while True:
             if create_excl(self.path, mine):
                 break
-            try:
-                with open(self.path) as f:
-                    raw = f.read()
-                age = time.time() - os.stat(self.path).st_mtime
-            except FileNotFoundError:
+            got = self._read()
+            if got is None:
                 continue
-            try:
-                info = json.loads(raw)
-            except ValueError:
-                info = {}
+            raw, st, info = got
+            age = self._age(raw, st)
             why = self._stale(info, age, raw)
             if why is not None:
-                if self._break(raw):
+                if self._break(raw, st):
                     self.took_over = dict(info, reason=why)
                 continue
             if time.monotonic() >= deadline:
-                raise Locked(
-                    f"the target is locked by {info.get('purpose', 'a run')} of pid {info.get('pid', '?')} "
-                    f"on host {info.get('host', '?')}, started {info.get('started', '?')}"
-                    + (f" (waited {wait:.0f} s)" if wait else ""),
-                    "wait for it to finish (--wait SECONDS); a lock whose holder died is taken over "
-                    "automatically")
+                raise Locked(self._held_by(info, raw, age, wait),
+                             "wait for it to finish (--wait SECONDS); a lock whose holder died is taken over "
+                             f"automatically once its lease ({_lease_of(info):.0f} s without a heartbeat) has run out")
             if raw != seen and on_wait is not None:
                 on_wait(info)
             seen = raw
@@ -168,12 +264,22 @@ class TargetLock:
         self._thread.start()
         return self
 
-    def _break(self, raw: str) -> bool:
-        """Remove a stale lock, if it is still the one we read. Returns whether we removed it.
+    def _held_by(self, info: dict, raw: str, age: float, wait: float) -> str:
+        waited = f" (waited {wait:.0f} s)" if wait else ""
+        if not info.get("host"):
+            return (f"the target's lock {self.path} holds no holder's facts (being written, or corrupt: "
+                    f"taken over {EMPTY_GRACE_SECONDS} s after its last change){waited}")
+        return (f"the target is locked by {info.get('purpose', 'a run')} of pid {info.get('pid', '?')} "
+                f"on host {info.get('host', '?')}, started {info.get('started', '?')}, heartbeat {age:.0f} s ago "
+                f"({self.path}){waited}")
+
+    def _break(self, raw: str, judged: Optional[os.stat_result] = None) -> bool:
+        """Remove a stale lock, if it is still the one we read (same text, same heartbeat, same inode:
+        a holder that renewed its lease meanwhile keeps it). Returns whether we removed it.
 
         Breakers first take `lock.break` (O_EXCL again), so two of them cannot both remove a lock
         and one of them remove the fresh lock the other's successor just made. A break lock left by
-        a killed breaker is removed once its holder is gone (same host), or after a minute.
+        a killed breaker is removed once its holder is gone (in our PID namespace), or after a minute.
         """
         brk = self.path + ".break"
         if not create_excl(brk, json.dumps(self.holder()).encode()):
@@ -183,7 +289,8 @@ class TargetLock:
                 age = time.time() - os.stat(brk).st_mtime
             except (OSError, ValueError):
                 return False
-            dead = (info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int)
+            info = info if isinstance(info, dict) else {}
+            dead = (same_pid_space(info) and isinstance(info.get("pid"), int)
                     and not _alive(info["pid"], info.get("pid_start")))
             if dead or age > 60 or (not info and age > EMPTY_GRACE_SECONDS):
                 try:
@@ -193,9 +300,11 @@ class TargetLock:
             time.sleep(0.02)
             return False
         try:
-            with open(self.path) as f:
-                if f.read() != raw:
-                    return False
+            got = self._read()
+            if got is None or got[0] != raw:
+                return False
+            if judged is not None and (got[1].st_mtime_ns, got[1].st_ino) != (judged.st_mtime_ns, judged.st_ino):
+                return False
             os.unlink(self.path)
             return True
         except FileNotFoundError:
@@ -210,24 +319,22 @@ class TargetLock:
         Returns why it was removed, or None."""
         self._token = os.urandom(8).hex()
         try:
-            with open(self.path) as f:
-                raw = f.read()
-            age = time.time() - os.stat(self.path).st_mtime
+            got = self._read()
         except OSError:
             return None
-        try:
-            info = json.loads(raw)
-        except ValueError:
-            info = {}
-        why = self._stale(info if isinstance(info, dict) else {}, age, raw)
-        return why if why is not None and self._break(raw) else None
+        if got is None:
+            return None
+        raw, st, info = got
+        why = self._stale(info, self._age(raw, st), raw)
+        return why if why is not None and self._break(raw, st) else None
 
     def _beat(self) -> None:
-        """Refresh the lease while the lock is ours. Once another run has taken it over (our lease
+        """Renew the lease while the lock is ours. Once another run has taken it over (our lease
         expired: this process was stopped longer than the lease), touching it would keep that run's
         lock alive on our behalf. The token is read and the mtime set through one open file, so
         a lock replaced in between is never touched (only our old inode)."""
-        while not self._stop.wait(HEARTBEAT_SECONDS):
+        every = min(HEARTBEAT_SECONDS, lease_seconds() / 10)
+        while not self._stop.wait(every):
             try:
                 with open(self.path) as f:
                     if json.loads(f.read() or "{}").get("token") != self._token:

@@ -318,8 +318,10 @@ class Plan(namedtuple("Plan", [
     "container_free",             # int | None = None: its free space (not compared, like free_bytes)
     "notes",                      # tuple[str, ...] = (): what the preflight decided (a target to create,
                                   # a symlinked store folder written through), shown with the plan
+    "resumed",                    # (run id, tuple of store paths) | None = None: an interrupted run of
+                                  # this pod that `run` continues, and the files it placed already
     "store_folders",              # tuple[str, ...] = (): store folders the YAML lists that are not there yet
-], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, (), ()))):
+], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, (), None, ()))):
     """What `run` will do, as a value: the dry run prints it, the run executes it."""
 
     __slots__ = ()

@@ -184,7 +184,7 @@ def build_plan(
         yaml_after=yaml_after, policy=policy, actions=tuple(actions), probes=tuple(probes),
         target_hardlinks=target_hardlinks, target_categories=tuple(sorted(target_folders)),
         warnings=tuple(warnings), free_bytes=free_bytes,
-        custom_folders=_custom_folders(actions, target, policy, yaml_after is not None), base_path=base,
+        custom_folders=_custom_folders(actions, target, policy, yaml_after is not None, before), base_path=base,
         paths=paths if base is not None else None, target_fs=target_fs, container_bytes=container,
         container_free=container_free if container else None, store_folders=made,
     )
@@ -200,7 +200,11 @@ def managed_yaml(yaml_path: str, yaml_before: Optional[str], target_folders: Map
     base = _base_path(spec, target, paths)
     after = comfy.merge_section(yaml_before, comfy.render_section(base, folders), yaml_path)
     _check_resolves(after, spec, target, paths)
-    warnings = _typo_warnings(yaml_before or "") + _portability_warnings(spec, paths)
+    warnings = _typo_warnings(yaml_before or "")
+    if yaml_before is not None and comfy.flow_style(yaml_before):
+        warnings.append(f"{yaml_path} is written in flow style (JSON-like): its sections are rewritten in "
+                        "block style, the same values, so that ours can follow (rollback restores the file)")
+    warnings += _portability_warnings(spec, paths)
     return after, base, missing_folders(folders, target, store_dirs), warnings
 
 
@@ -470,9 +474,14 @@ def _portability_warnings(spec: str, paths: PathFacts) -> List[str]:
     return []
 
 
-def _custom_folders(actions: Sequence[Action], target: str, policy: Policy, listed: bool
-                    ) -> Tuple[CustomFolder, ...]:
-    """Explain, per folder ComfyUI does not know, where its files go and what keeps its nodes working."""
+def _custom_folders(actions: Sequence[Action], target: str, policy: Policy, listed: bool,
+                    view: Optional[names.View] = None) -> Tuple[CustomFolder, ...]:
+    """Explain, per folder ComfyUI does not know, where its files go and what keeps its nodes working.
+    A symlink into the store (an earlier run's link back) is neither placed nor staying: its file is stored."""
+    def stored(a: Action) -> bool:
+        end = view.final(a.source) if view is not None and a.kind is ActionKind.SKIP else None
+        return end is not None and (end == target or end.startswith(target.rstrip("/") + "/"))
+
     groups: Dict[Tuple[str, str], List[Action]] = {}
     for a in actions:
         folder = a.rel.split("/", 1)[0]
@@ -481,7 +490,8 @@ def _custom_folders(actions: Sequence[Action], target: str, policy: Policy, list
     out = []
     for (root, name), acts in groups.items():
         placed = [a for a in acts if a.kind not in (ActionKind.SKIP, ActionKind.CONFLICT)]
-        stay = len(acts) - len(placed)
+        linked = sum(1 for a in acts if stored(a))
+        stay = len(acts) - len(placed) - linked
         back = any(a.link_back for a in placed)
         dst = posixpath.join(target, name)
         old = f"ComfyUI/models/{name}"
@@ -496,6 +506,8 @@ def _custom_folders(actions: Sequence[Action], target: str, policy: Policy, list
                          "(their new downloads land there: run again to move them)")
         elif placed:
             parts.append(f"no symlink left (--no-link-back): nodes that open {old} directly lose these files")
+        if linked:
+            parts.append(f"{linked} in the store already (a symlink to it at the old place)")
         if stay:
             parts.append(f"{stay} stay where they are (skipped or in conflict)")
         out.append(CustomFolder(name=name, source=posixpath.join(root, name), destination=dst,

@@ -207,6 +207,7 @@ def plan_doc(plan: Plan) -> dict:
         "container_disk": {"bytes": plan.container_bytes, "free": plan.container_free},
         "actions": [action_doc(a) for a in plan.actions],
         "totals": totals(plan),
+        "interrupted_run": ({"run": plan.resumed[0], "placed": list(plan.resumed[1])} if plan.resumed else None),
         "yaml": {"path": plan.yaml_path, "changes": plan.yaml_changes, "diff": yaml_diff(plan),
                  "base_path": plan.base_path, "base_path_mode": plan.policy.base_path},
         "custom_folders": [{"name": c.name, "source": c.source, "destination": c.destination, "files": c.files,
@@ -253,8 +254,10 @@ def totals(plan: Plan) -> dict:
         t["files"] += 1
         t["bytes"] += a.size
     # Another name of the very file the store keeps (a hardlink already, its removal an unlink) saves nothing.
+    # A file an interrupted run of this pod placed is that run's work (`run` continues it), not deduplication.
+    resumed = set(plan.resumed[1]) if plan.resumed else set()
     saved = sum(a.size for a in plan.actions if a.kind in (ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT)
-                and a.removal is not Removal.UNLINK)
+                and a.removal is not Removal.UNLINK and a.dst not in resumed)
     quarantined = sum(a.size for a in plan.actions if a.removal is Removal.QUARANTINE)
     return {"by_action": by_kind, "dedup_saves_bytes": saved, "copy_bytes": plan.bytes_to_copy,
             "quarantine_bytes": quarantined}
@@ -363,10 +366,18 @@ def summary_rows(plan: Plan) -> list[list]:
     return rows
 
 
-def summary_lines(plan: Plan) -> list[str]:
+def summary_lines(plan: Plan, quiet: bool = False) -> list[str]:
+    """The plan's totals in words; quiet (-q): without how each source reaches the store and the
+    custom-node folder notes."""
     t = totals(plan)
     lines = [f"deduplication saves {human(t['dedup_saves_bytes'])}; "
              f"{human(t['copy_bytes'])} must be copied"]
+    if plan.resumed:
+        done = set(plan.resumed[1])
+        there = [a for a in plan.actions if a.kind is ActionKind.ALREADY_THERE and a.dst in done]
+        lines.append(f"run {plan.resumed[0]} was interrupted: `run` continues it"
+                     + (f" ({len(there)} file(s), {human(sum(a.size for a in there))}, it placed already)"
+                        if there else "") + "; `comfy-migrate rollback` undoes it")
     if plan.free_bytes is not None:
         verdict = "fits" if plan.fits else "DOES NOT FIT"
         lines.append(f"target free space {human(plan.free_bytes)}: the plan {verdict}")
@@ -377,7 +388,7 @@ def summary_lines(plan: Plan) -> list[str]:
         verdict = "fits" if plan.container_fits else "DOES NOT FIT"
         lines.append(f"container disk: up to {human(plan.container_bytes)} copied up by setting overlay files aside, "
                      f"{human(plan.container_free or 0)} free: the plan {verdict}")
-    for p in plan.probes:
+    for p in () if quiet else plan.probes:
         how = "hardlink" if p.hardlink and p.fs.stable_inode and plan.target_fs.stable_inode else \
             "rename" if p.rename else "copy + verify"
         lines.append(f"{show(p.source)} -> target: {how}" + (f" ({p.detail})" if p.detail else "")
@@ -389,7 +400,7 @@ def summary_lines(plan: Plan) -> list[str]:
     if plan.base_path is not None and plan.policy.base_path != "absolute":
         lines.append(f"YAML base_path {show(plan.base_path)} (--base-path {plan.policy.base_path}) "
                      f"resolves here to {show(plan.target)}")
-    for c in plan.custom_folders:
+    for c in () if quiet else plan.custom_folders:
         lines.append(show(c.note))
     return lines
 

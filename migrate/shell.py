@@ -199,7 +199,8 @@ def report_duplicates(ui: Ui, scans, cache, fmt: str) -> None:
 def fail(exc: BaseException) -> NoReturn:
     """Exit for an error that reached the top: one line, a documented exit code, never a traceback."""
     if isinstance(exc, MigrateError):
-        err(f"comfy-migrate: error: {exc}" + (f" ({exc.hint})" if exc.hint else ""))
+        what = "interrupted" if exc.exit_code == ExitCode.INTERRUPTED else "error"
+        err(f"comfy-migrate: {what}: {exc}" + (f" ({exc.hint})" if exc.hint else ""))
         sys.exit(exc.exit_code)
     if isinstance(exc, KeyboardInterrupt):
         err("comfy-migrate: interrupted")

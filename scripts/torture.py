@@ -689,13 +689,13 @@ def t_lock_race(t: Trial) -> list:
 
 
 def t_lock_stale(t: Trial) -> list:
-    from migrate.lock import boot_id
+    from migrate.lock import boot_id, pid_namespace
     dead = subprocess.Popen(["true"])
     dead.wait()
     sd = os.path.join(t.target, STATE)
     os.makedirs(sd, exist_ok=True)
     with open(os.path.join(sd, "lock"), "w") as f:
-        json.dump({"host": socket.gethostname(), "boot_id": boot_id(), "pid": dead.pid,
+        json.dump({"host": socket.gethostname(), "boot_id": boot_id(), "pidns": pid_namespace(), "pid": dead.pid,
                    "started": "2020-01-01T00:00:00Z", "purpose": "comfy-migrate run"}, f)
     code, out = t.run()
     errs = []

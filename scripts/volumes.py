@@ -253,6 +253,165 @@ def kill_sweep(r: Runner, sc: Scenario, stride: int) -> Tuple[List[str], int]:
     return errs, kills
 
 
+# --- two containers with one host name (issue 20) ---------------------------------------------------
+
+_TRACED_CLI = """
+import os, runpy, sys
+from migrate import lock
+ns, trace = os.readlink('/proc/self/ns/pid'), os.environ['CM_LOCK_TRACE']
+real_acquire, real_release = lock.TargetLock.acquire, lock.TargetLock.release
+def note(line):
+    with open(trace, 'a') as f:
+        f.write(line + '\\n')
+def acquire(self, *a, **k):
+    got = real_acquire(self, *a, **k)
+    note(f'in {ns} {got.took_over is not None}')
+    return got
+def release(self):
+    if self._held:
+        note(f'out {ns}')
+    real_release(self)
+lock.TargetLock.acquire, lock.TargetLock.release = acquire, release
+sys.argv = ['comfy-migrate'] + sys.argv[1:]
+runpy.run_module('migrate', run_name='__main__')
+"""
+
+
+def in_container(r: Runner, sc: Scenario, trace: str, lease: int, *args: str, crash: int = 0) -> subprocess.Popen:
+    """`comfy-migrate ARGS` as a container with our host name sees it: a PID namespace of its own (the
+    CLI is its pid 2, `unshare --pid --fork --mount-proc`, no UTS namespace), writing a line to
+    `trace` each time it takes or gives back the store's lock (its pid namespace, whether it took over)."""
+    env = dict(r.env, CM_LOCK_TRACE=trace, COMFY_MIGRATE_LOCK_LEASE=str(lease))
+    if crash:
+        env["COMFY_MIGRATE_CRASH_AT"] = str(crash)
+    r.calls += 1
+    # (under a shell as the namespace's pid 1, as a container's init: pid 1 ignores its own SIGKILL)
+    return subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c",
+                             'code=$1; shift; "$0" -c "$code" "$@"; exit $?', sys.executable, _TRACED_CLI, *args,
+                             "--comfyui", sc.comfy, "--target", sc.store],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def one_holder_at_a_time(lines: List[str]) -> List[str]:
+    """The trace holds `in NS` / `out NS` pairs, or an `in` whose holder was SIGKILLed followed by
+    the `in ... True` of the one that took its lock over: never two holders at once."""
+    errs, holder = [], None
+    for ln in lines:
+        what, ns, *rest = ln.split()
+        if what == "in":
+            if holder is not None and rest != ["True"]:
+                errs.append(f"{ns} took the lock while {holder} held it: {lines}")
+            holder = ns
+        elif holder != ns:
+            errs.append(f"{ns} gave back a lock it did not hold: {lines}")
+        else:
+            holder = None
+    return errs
+
+
+def run_ids(store: str, comfy: str) -> List[str]:
+    from migrate.journal import read_log
+    runs = os.path.join(store, ".comfy-migrate", "runs")
+    out = []
+    for n in sorted(os.listdir(runs)):
+        if n.endswith(".jsonl") and not n.endswith(".rollback.jsonl"):
+            head = read_log(os.path.join(runs, n))[0][0]
+            if any(s.startswith(comfy) for s in head.get("sources", [])):
+                out.append(n[:-len(".jsonl")])
+    return out
+
+
+def lock_race(r: Runner, parent: str, store: str, lease: int = 10) -> Tuple[List[str], str]:
+    """Two pods in two containers with one host name (their own PID namespaces: each CLI is pid 2
+    there) and one store. They race `run --wait`: one holds the lock, the other waits. Then pod A's
+    run is SIGKILLed holding the lock (COMFY_MIGRATE_CRASH_AT): B is refused (exit 5) while A's
+    lease runs, and takes the lock over only once it ran out; A, restarted in a new container,
+    continues its run. Rolled back, both pods are exactly as before and the store holds nothing."""
+    a = Scenario("lock A", os.path.join(parent, "a"), store, "")
+    b = Scenario("lock B", os.path.join(parent, "b"), store, "")
+    errs: List[str] = []
+    trace = os.path.join(parent, "trace")
+    for sc in (a, b):
+        os.makedirs(sc.pod_parent, exist_ok=True)
+        sc.reset()
+        big = os.path.join(sc.comfy, "models", "checkpoints", f"big_{sc.name[-1]}.safetensors")
+        payload = os.urandom(48 << 20)   # a run that takes a while: a copy each other's would overlap
+        head = json.dumps({"w": {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]}}).encode()
+        with open(big, "wb") as f:
+            f.write(len(head).to_bytes(8, "little") + head + payload)
+        os.utime(os.path.dirname(big), ns=(1_690_000_000_000_000_000,) * 2)
+    if os.path.lexists(store):
+        shutil.rmtree(store)
+    before = {sc.name: snapshot(sc.pod_parent) for sc in (a, b)}
+
+    # 1. racing: never both holders; the second waits and then runs
+    procs = [in_container(r, sc, trace, lease, "run", "--yes", "--wait", "300") for sc in (a, b)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for sc, p, out in zip((a, b), procs, outs):
+        if p.returncode != 0:
+            errs.append(f"race: {sc.name} run exit {p.returncode}: {out[-300:]}")
+    waited = sum("waiting for the target's lock" in out for out in outs)
+    lines = open(trace).read().splitlines()
+    errs += one_holder_at_a_time(lines)
+    raced = len(lines) // 2
+    for sc in (a, b):
+        rc, out = r.cli(sc, "verify")
+        if rc != 0:
+            errs.append(f"race: {sc.name} verify exit {rc}: {out[-300:]}")
+    for sc in (b, a):
+        for run in reversed(run_ids(store, sc.comfy)):
+            rc, out = r.cli(sc, "rollback", run, "--yes")
+            if rc != 0:
+                errs.append(f"race: {sc.name} rollback {run} exit {rc}: {out[-300:]}")
+    for sc in (a, b):
+        errs += check_back(sc, before[sc.name], f"race, {sc.name} rolled back")
+    if errs:
+        return errs, ""
+
+    # 2. A killed holding the lock: B refused before A's lease ran out, takes over after it
+    os.unlink(trace)
+    p = in_container(r, a, trace, lease, "run", "--yes", crash=3)
+    out = p.communicate(timeout=600)[0]
+    died = time.monotonic()
+    if p.returncode != -signal.SIGKILL and p.returncode != 128 + signal.SIGKILL:
+        errs.append(f"A was not killed at record 3: exit {p.returncode}: {out[-300:]}")
+    p = in_container(r, b, trace, lease, "run", "--yes", "--wait", "0")
+    out = p.communicate(timeout=600)[0]
+    refused_after = time.monotonic() - died
+    if p.returncode != 5:
+        errs.append(f"B took A's lock {refused_after:.1f} s after A died, inside its {lease} s lease: exit "
+                    f"{p.returncode}: {out[-300:]}")
+    p = in_container(r, b, trace, lease, "run", "--yes", "--wait", str(lease * 6))
+    out = p.communicate(timeout=600)[0]
+    taken_after = time.monotonic() - died
+    if p.returncode != 0 or "took over a stale lock (its heartbeat is" not in out:
+        errs.append(f"B did not take over A's expired lock: exit {p.returncode}: {out[-300:]}")
+    elif taken_after < lease:
+        errs.append(f"B took over {taken_after:.1f} s after A died, before its {lease} s lease ran out")
+    p = in_container(r, a, trace, lease, "run", "--yes")     # A's container restarted: continues its run
+    out = p.communicate(timeout=600)[0]
+    if p.returncode != 0:
+        errs.append(f"A's run, continued in a new container: exit {p.returncode}: {out[-300:]}")
+    lines = open(trace).read().splitlines()
+    errs += one_holder_at_a_time(lines)
+    for sc in (a, b):
+        rc, out = r.cli(sc, "verify")
+        if rc != 0:
+            errs.append(f"after the take-over: {sc.name} verify exit {rc}: {out[-300:]}")
+    for sc in (b, a):
+        for run in reversed(run_ids(store, sc.comfy)):
+            rc, out = r.cli(sc, "rollback", run, "--yes")
+            if rc != 0 and "rolled back already" not in out:
+                errs.append(f"after the take-over: {sc.name} rollback {run} exit {rc}: {out[-300:]}")
+    for sc in (a, b):
+        errs += check_back(sc, before[sc.name], f"after the take-over, {sc.name} rolled back")
+    errs += [f"left in the store: {x}" for x in store_leftovers(store)[:5]]
+    return errs, (f"race: {raced} lock holds, one at a time, {waited} run(s) waited; A SIGKILLed holding it: B "
+                  f"refused (exit 5) {refused_after:.1f} s after, took over {taken_after:.1f} s after "
+                  f"(lease {lease} s); A continued in a new PID namespace; both rolled back exactly")
+
+
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=check, capture_output=True, text=True)
 
@@ -364,6 +523,19 @@ def main() -> int:
                       Scenario("pod ext4 -> store ext4 -I 128", os.path.join(plain, "pod3"), f"{ext4s}/models", "ext4 -I 128"),
                       Scenario("pod on ext4 -I 128 -> same", f"{ext4s}/pod", f"{ext4s}/models2", "ext4 -I 128")]
         r = Runner(work)
+        extra = [("two PID namespaces, one host name -> store " + ("MooseFS" if mfs else "ext4"),
+                  lambda: lock_race(r, os.path.join(plain, "containers"), f"{mfs or plain}/models-lock"))]
+        for name, scenario in extra:
+            if args.only and args.only not in name:
+                continue
+            t0 = time.monotonic()
+            errs, summary = scenario()
+            failed += bool(errs)
+            rows.append((name, "ok" if not errs else "FAILED", 0, time.monotonic() - t0, summary))
+            print(f"volumes: {name}: {'ok' if not errs else 'FAILED'}; {time.monotonic() - t0:.0f} s; {summary}",
+                  flush=True)
+            for e in errs[:8]:
+                print(f"    {e}", flush=True)
         for sc in scenarios:
             if args.only and args.only not in sc.name:
                 continue

@@ -8,6 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import past_racy_window, run_cli
@@ -66,6 +67,7 @@ def found_groups(found):
     return sorted(sorted(c.names for c in g.copies) for g in found.groups)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=entries)
 def test_groups_equal_those_of_hashing_everything(spec):

@@ -27,10 +27,10 @@ def test_the_table_documents_every_code_the_tool_has():
 
 
 def hold_lock(target, pid: int) -> None:
-    from migrate.lock import boot_id
+    from migrate.lock import boot_id, pid_namespace
     sd = target / STATE_DIR
     sd.mkdir(parents=True, exist_ok=True)
-    (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(), "pid": pid,
+    (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(), "pidns": pid_namespace(), "pid": pid,
                                          "started": "x", "purpose": "test"}))
 
 

@@ -286,8 +286,9 @@ def test_sigkill_of_one_pod_while_others_run(tmp_path, cli_env):
     check_fleet(target, [(c, m) for c, m, _, _ in pods], 3)
 
 
+@pytest.mark.slow
 def test_lock_wait_names_the_holder_then_gives_up_or_proceeds(tmp_path, cli_env):
-    from migrate.lock import boot_id
+    from migrate.lock import boot_id, pid_namespace
     import socket
     comfyui, env = make_pod(tmp_path / "pod", pod_models(0))
     env = dict(cli_env, **env)
@@ -296,7 +297,7 @@ def test_lock_wait_names_the_holder_then_gives_up_or_proceeds(tmp_path, cli_env)
     sd.mkdir(parents=True)
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
-        (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(),
+        (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(), "pidns": pid_namespace(),
                                              "pid": sleeper.pid, "started": "2026-01-01T00:00:00Z",
                                              "purpose": "comfy-migrate run"}))
         t0 = time.monotonic()
@@ -337,11 +338,12 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_a_file_another_pod_places_after_the_scan_makes_run_wait_and_plan_again(tmp_path, cli_env):
     # torture fleet-0040: pod 1 placed checkpoints/common between pod 0's scan of the store and
     # its preflight (before the lock): pod 0 refused (exit 3, "already exists in the store"). Now it
     # waits for the run holding the lock, plans again and finds the file already there.
-    from migrate.lock import boot_id
+    from migrate.lock import boot_id, pid_namespace
     import socket
     comfyui, env = make_pod(tmp_path / "pod", pod_models(0))
     env = dict(cli_env, **env)
@@ -352,7 +354,7 @@ def test_a_file_another_pod_places_after_the_scan_makes_run_wait_and_plan_again(
     rel = "checkpoints/common.safetensors"
     sleeper = subprocess.Popen(["sleep", "30"])
     try:
-        (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(),
+        (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(), "pidns": pid_namespace(),
                                              "pid": sleeper.pid, "started": "2026-01-01T00:00:00Z",
                                              "purpose": "comfy-migrate run"}))
         p = subprocess.Popen([sys.executable, "-c", _PLACED_AFTER_SCAN, str(comfyui / "models" / rel),
@@ -508,13 +510,13 @@ def test_plan_changes_tells_what_matters():
 def test_lock_excludes_racing_processes_and_one_takes_over_a_stale_lock(tmp_path):
     """Six processes race for a lock left by a dead process, each holding it briefly three times:
     no two ever hold it at once, and the stale lock is taken over exactly once."""
-    from migrate.lock import boot_id
+    from migrate.lock import boot_id, pid_namespace
     import socket
     sd = tmp_path / "state"
     sd.mkdir()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(), "pid": dead.pid,
+    (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(), "pidns": pid_namespace(), "pid": dead.pid,
                                          "started": "x", "purpose": "dead"}))
     trace = tmp_path / "trace"
     code = ("import os, sys, time\n"
@@ -753,6 +755,7 @@ def test_rollback_of_a_pod_killed_before_placing_leaves_another_pods_file_alone(
     assert resolve(cb, "vae", "big.safetensors").read_bytes() == models["vae/big.safetensors"]
 
 
+@pytest.mark.slow
 def test_a_lock_taken_after_a_long_wait_is_fresh_not_stale(tmp_path, monkeypatch):
     """A run that waited longer than the lease links its lock file into place: the lock must carry
     a fresh heartbeat at once. (Its mtime was the waiting file's creation time, so the next waiter
@@ -769,11 +772,14 @@ def test_a_lock_taken_after_a_long_wait_is_fresh_not_stale(tmp_path, monkeypatch
     waiter = threading.Thread(target=lambda: got.append(lock.TargetLock(sd, "second").acquire(wait=30)))
     waiter.start()
     time.sleep(1.6)                      # the waiter has waited longer than the lease
+    released = time.time()
     first.release()
     waiter.join(30)
     second, = got
     try:
-        assert time.time() - os.stat(second.path).st_mtime < 0.5
+        # Stamped when it was taken, after the release, not when the waiting began 1.6 s before
+        # (an upper bound on the age would be a timed assertion: a busy machine delays the stat).
+        assert os.stat(second.path).st_mtime >= released - 0.5
         assert second.took_over is None
         with pytest.raises(Locked):      # a third run sees a live lock, not a stale one
             lock.TargetLock(sd, "third").acquire(wait=0)
@@ -1021,3 +1027,81 @@ def test_placements_know_a_copy_by_the_mtime_the_store_kept():
     logged, by_ident, _ = store_catalogue.placements([log])
     cat = store_catalogue.reconcile([("c", (7, 20, 1_690_000_000_000_000_000), 9)], {}, by_ident, {}, logged)
     assert {k: e.digest for k, e in cat.items()} == {"c": "dc"}
+
+
+_NS_HOLDER = """
+import os, sys, time
+from migrate.errors import Locked
+from migrate.lock import TargetLock
+sd, trace, rounds, wait = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+me = f"{os.readlink('/proc/self/ns/pid')}:{os.getpid()}"
+for _ in range(rounds):
+    try:
+        lock = TargetLock(sd, "test").acquire(wait)
+    except Locked as exc:
+        with open(trace, "a") as f: f.write(f"locked {me} {exc}\\n")
+        sys.exit(5)
+    with open(trace, "a") as f: f.write(f"in {me} {lock.took_over}\\n")
+    if rounds == 1 and wait == 0 and os.environ.get("HOLD"):
+        time.sleep(3600)              # held until SIGKILLed
+    time.sleep(0.2)
+    with open(trace, "a") as f: f.write(f"out {me}\\n")
+    lock.release()
+"""
+
+
+def _in_pid_namespace(*args: str, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
+    """A process in a PID namespace of its own (its pid 1), with our host name (no UTS namespace):
+    a container started with `docker --network host` or compose's `hostname:`."""
+    return subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, "-c",
+                             _NS_HOLDER, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _pid_namespaces_available() -> bool:
+    try:
+        return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                              capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _pid_namespaces_available(), reason="needs `unshare --pid --mount-proc` (root, or a "
+                    "kernel allowing it): the volume suite (scripts/volumes) runs it as root")
+def test_two_pid_namespaces_with_one_host_name_never_hold_the_lock_at_once(tmp_path):
+    """Each holder is pid 1 of its own namespace: the other's pid 1 (itself, started later) is not
+    the holder, so the pid decides nothing there; only the holder's lease does. They race: never
+    both inside. A holder SIGKILLed keeps the store locked until its lease runs out, then is taken over."""
+    sd, trace = tmp_path / "state", tmp_path / "trace"
+    sd.mkdir()
+    env = dict(os.environ, COMFY_MIGRATE_LOCK_LEASE="60")
+    racers = [_in_pid_namespace(str(sd), str(trace), "4", "120", env=env) for _ in range(2)]
+    assert [p.wait(300) for p in racers] == [0, 0], [p.stderr.read() for p in racers]
+    lines = trace.read_text().splitlines()
+    assert len(lines) == 16 and len({ln.split()[1] for ln in lines}) == 2
+    for i in range(0, 16, 2):
+        assert lines[i].startswith("in ") and lines[i + 1] == "out " + lines[i].split()[1], lines
+    assert all(ln.endswith(" None") for ln in lines if ln.startswith("in "))     # nothing taken over
+
+    trace.unlink()
+    holder = _in_pid_namespace(str(sd), str(trace), "1", "0", env=dict(env, HOLD="1"))
+    try:
+        while not trace.exists():
+            assert holder.poll() is None, holder.stderr.read()
+            time.sleep(0.05)
+        other = _in_pid_namespace(str(sd), str(trace), "1", "0", env=env)
+        assert other.wait(60) == 5, other.stderr.read()              # alive: never taken over
+    finally:
+        holder.kill()                                                # SIGKILL: unshare kills its child
+        holder.wait()
+    other = _in_pid_namespace(str(sd), str(trace), "1", "0", env=env)
+    assert other.wait(60) == 5                                       # dead, but its lease (60 s) runs
+    lines = trace.read_text().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["in", "locked", "locked"], lines
+    assert "heartbeat" in lines[-1] and "pid 1 " in lines[-1]
+    old = time.time() - 61                                           # the lease ran out (as if 61 s later)
+    os.utime(sd / "lock", (old, old))
+    other = _in_pid_namespace(str(sd), str(trace), "1", "0", env=env)
+    assert other.wait(60) == 0, other.stderr.read()
+    last = trace.read_text().splitlines()[-2]
+    assert last.startswith("in ") and "'reason': 'its heartbeat is 6" in last, last
+    assert not (sd / "lock").exists() and not list(sd.glob("lock.*"))

@@ -85,14 +85,17 @@ def test_files_that_all_broke_while_run_waited_leave_exit_1_not_up_to_date(tmp_p
     p = subprocess.Popen([sys.executable, "-m", "migrate", "run", *args, "--yes", "--wait", "30"], env=cli_env,
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          cwd=cli_env["HOME"])
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not (store / STATE / "lock").exists():
-        time.sleep(0.05)
-    time.sleep(1.0)                                   # the run has made its plan and waits for the lock
+    # The run has made its plan and waits for the lock once it says so (a fixed sleep raced with a
+    # slow start on a busy machine: files cut before the scan are another case).
+    said = []
+    while not said or "waiting for the target's lock" not in said[-1]:
+        said.append(p.stderr.readline())
+        assert said[-1], "".join(said)                # the run ended without waiting
     for f in files:                                   # every file cut short meanwhile: broken now
         f.write_bytes(f.read_bytes()[:-500])
     (tmp_path / "go").touch()
     out, err = p.communicate(timeout=60)
+    err = "".join(said) + err
     holder.wait(10)
     assert p.returncode == 1, err
     assert "the target is up to date" not in err

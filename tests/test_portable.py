@@ -227,11 +227,13 @@ def test_env_base_path_is_refused_when_the_variable_does_not_lead_to_the_target(
 
 
 @pytest.mark.parametrize("spec", ["env:", "env:1ABC", "env:A-B", "sideways"])
-def test_bad_base_path_specs_are_one_line_exit_3(tmp_path, cli_env, spec):
+def test_bad_base_path_specs_are_bad_options_exit_2(tmp_path, cli_env, spec):
+    # Issue 23: a value no --base-path can have is a bad option (2), as --mode sideways is.
     vol = tmp_path / "workspace"
     comfyui = build_volume(vol)
-    proc = run_cli(["plan", "--comfyui", comfyui, "--target", vol / "models", "--base-path", spec], cli_env, check=3)
-    assert len(proc.stderr.strip().splitlines()) == 1 and "--base-path" in proc.stderr
+    proc = run_cli(["plan", "--comfyui", comfyui, "--target", vol / "models", "--base-path", spec], cli_env, check=2)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "--base-path" in errors[0] and "Traceback" not in proc.stderr
 
 
 def test_a_dollar_in_the_target_path_is_refused(tmp_path, cli_env):
@@ -249,6 +251,7 @@ def test_relative_with_the_yaml_outside_the_volume_warns_and_names_env(tmp_path,
     # between them breaks as soon as the volume is mounted elsewhere.
     vol = tmp_path / "workspace"
     comfyui = build_volume(vol)
+    (other_fs / "main.py").write_text("")          # ComfyUI's folder there: it reads this YAML (issue 23)
     out = run_cli(["plan", "--source", comfyui / "models", "--target", vol / "models", "--yaml",
                    other_fs / "extra_model_paths.yaml", "--base-path", "relative"], cli_env).stdout
     assert "different mounts" in out and "--base-path env:VAR" in out

@@ -575,10 +575,10 @@ def test_source_changed_after_plan_is_kept(pod, request, fs):
 # --- 9. the target lock -------------------------------------------------------------------------------
 
 def _write_lock(target: Path, pid: int) -> None:
-    from migrate.lock import boot_id
+    from migrate.lock import boot_id, pid_namespace
     sd = target / STATE_DIR
     sd.mkdir(parents=True, exist_ok=True)
-    (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(), "pid": pid,
+    (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(), "pidns": pid_namespace(), "pid": pid,
                                          "started": "x", "purpose": "test"}))
 
 
@@ -658,6 +658,24 @@ def test_every_step_acts_only_after_its_log_is_durable(pod, other_fs, monkeypatc
         monkeypatch.setattr(os, name, call)
     for name in ("mkdir", "rename", "link", "symlink", "unlink", "replace"):
         guard(name)
+    # Publishes and quarantines go through libc's renameat2 (RENAME_NOREPLACE), not os.rename:
+    # guard it too, or the copy's publish and every source's quarantine would go unchecked.
+    from migrate import fsops
+    real_renameat2 = fsops._renameat2()
+    assert real_renameat2 is not None, "this test needs renameat2 (Linux, glibc >= 2.28)"
+    renames = []
+
+    def renameat2(olddirfd, old, newdirfd, new, flags):
+        paths = [os.fsdecode(old), os.fsdecode(new)]
+        if any(f"/{STATE_DIR}/" not in p or f"/{STATE_DIR}/quarantine" in p for p in paths):
+            assert not state["dirty"], f"renameat2{tuple(paths)} before the log was fsynced"
+            state["acts"] += 1
+            renames.append(paths[1])
+        return real_renameat2(olddirfd, old, newdirfd, new, flags)
+    monkeypatch.setattr(fsops, "_renameat2", lambda: renameat2)
 
     rep = execute_plan(plan, ["test"])
     assert rep.ok and rep.copied_bytes and state["acts"] and state["unsynced"]
+    # The key cases were checked: a copy published into the target, a source set aside in quarantine.
+    assert any(f"/{STATE_DIR}/quarantine/" in p for p in renames), renames
+    assert any(str(target) in p and STATE_DIR not in p for p in renames), renames

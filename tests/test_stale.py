@@ -420,6 +420,7 @@ world_st = st.fixed_dictionaries({
 })
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(spec=world_st)

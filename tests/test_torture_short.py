@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_torture_short():
     kinds = ("crash-run-step,crash-rollback-step,sigkill-random,enospc,eio/eperm,changed-under,lock,trash,"
              "hostile,fleet,audit,stale")

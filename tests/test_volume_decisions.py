@@ -109,7 +109,7 @@ def test_the_lock_needs_no_hardlinks_and_takes_over_an_empty_old_lock_and_a_zomb
     if pid == 0:
         os._exit(0)
     time.sleep(0.2)
-    holder = {"host": socket.gethostname(), "boot_id": lockmod.boot_id(), "pid": pid, "token": "x"}
+    holder = {"host": socket.gethostname(), "boot_id": lockmod.boot_id(), "pidns": lockmod.pid_namespace(), "pid": pid, "token": "x"}
     (tmp_path / "lock").write_text(json.dumps(holder))
     taken = lockmod.TargetLock(str(tmp_path), "run").acquire(wait=0)
     assert taken.took_over["reason"] == f"process {pid} is gone"
