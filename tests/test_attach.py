@@ -298,6 +298,7 @@ def readme_blocks():
     return script, docker
 
 
+@pytest.mark.slow       # a pip install of this repository into a fresh venv (PyPI for its dependencies)
 def test_the_readme_start_script_and_dockerfile_work_as_printed(world, cli_env, tmp_path):
     """The Dockerfile block, built by a small stand-in for `docker build` (COPY from a build context
     laid out as the README says, RUN through a shell; the image's root is a folder here, so `/opt`
