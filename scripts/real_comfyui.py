@@ -210,6 +210,7 @@ def redeploy_cycle(cm, server: "Server", pristine: str, comfyui: str, store: str
     shutil.copytree(pristine, comfyui, symlinks=True, ignore=shutil.ignore_patterns("tests", "tests-unit"))
     os.unlink(yaml_path)                                            # horde's own section
     baked = next(m for m in real_pod.MODELS if m.startswith("checkpoints/") and m.endswith(".safetensors"))
+    os.makedirs(os.path.dirname(os.path.join(comfyui, "models", baked)), exist_ok=True)
     shutil.copy2(os.path.join(store, baked), os.path.join(comfyui, "models", baked))   # the image's own copy
     r = cm("verify")
     figures["redeploy_verify_exit"] = r.returncode
