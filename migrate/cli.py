@@ -644,7 +644,6 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait) -> None:
     """
     from migrate.attach import gather_attach, plan_attach
     from migrate.comfy import find_comfyui
-    from migrate.execute import execute_plan, find_interrupted
     if fmt == "json" and not yes and not dry_run:
         raise NotConfirmed("attach --format json never asks", "pass --yes, or look first with --dry-run")
     home = find_comfyui(comfyui)
@@ -691,6 +690,7 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait) -> None:
             out(report.dumps(dict(doc, run=None, nothing_to_do=False, yaml_written=False)))
         return
     confirm(f"Point {home} at {target}?", yes)
+    from migrate.execute import execute_plan, find_interrupted      # only with work to do: start-up
     with take_lock(ui, target, "comfy-migrate attach", wait) as lock:
         facts, got = planned()          # again under the lock: the store as it is now
         plan = got.plan
