@@ -33,6 +33,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tu
 from migrate import fsops
 from migrate.fleet import store_rel
 from migrate.model import STATE_DIR, Action, ActionKind, Method, ScanResult, Status
+from migrate.steps import PLACES, STORES_SOURCE, Op
 
 CATALOGUE_VERSION = 1
 NAME = "catalogue.jsonl"
@@ -196,15 +197,16 @@ def placements(runs: Iterable[Sequence[dict]]) -> Tuple[Logged, Dict[Ident, str]
                 if r.get("type") == "done" and r.get("dst_mtime_ns") is not None}
         for r in records:
             op = r.get("op")
-            if r.get("type") != "begin" or op not in ("link", "rename", "copy", "dedupe", "symlink"):
+            if r.get("type") != "begin" or op not in PLACES:
                 continue
             rel = store_rel(r.get("dst"), target)
             if rel is None:
                 continue
             names.add(rel)
-            ino = copied.get(r.get("step")) if op == "copy" else r.get("ino") if op in ("link", "rename") else None
+            # A dedupe's name is the stored copy's inode, logged with its source's mtime: no identity.
+            ino = Op(op).placed_ino(dict(r, dst_ino=copied.get(r.get("step")))) if op in STORES_SOURCE else None
             size, mtime_ns, digest = r.get("size"), r.get("mtime_ns"), r.get("digest")
-            if op == "copy" and r.get("step") in kept:
+            if op == Op.COPY and r.get("step") in kept:
                 mtime_ns = kept[r.get("step")]
             if type(ino) is int and type(size) is int and type(mtime_ns) is int and isinstance(digest, str) \
                     and isinstance(run, str):

@@ -97,7 +97,25 @@ def price_option(f):
                         help="What a GB-month of network volume costs (RunPod: 0.07), for the unused models' cost.")(f)
 
 
+def _launch_args(ctx, param, value):
+    """(the text, where it came from) of --comfyui-args, or None."""
+    if value is None:
+        return None
+    from click.core import ParameterSource
+    env = ctx.get_parameter_source(param.name) is ParameterSource.ENVIRONMENT
+    return value, ("$COMFY_MIGRATE_COMFYUI_ARGS" if env else "--comfyui-args")
+
+
+def launch_option(f):
+    return click.option("--comfyui-args", "comfyui_args", metavar="'OPTIONS'", envvar="COMFY_MIGRATE_COMFYUI_ARGS",
+                        callback=_launch_args,
+                        help="ComfyUI's own options as it is started (one quoted string, e.g. '--base-directory "
+                             "/workspace/data --extra-model-paths-config more.yaml'; relative paths from the ComfyUI "
+                             "folder). Default: those of the ComfyUI running from --comfyui, else none.")(f)
+
+
 def plan_options(f):
+    f = launch_option(f)
     f = price_option(f)
     f = click.option("--include-suspect", is_flag=True,
                      help="Migrate files the audit finds broken or suspect too (default: they stay). Unfinished "
@@ -148,29 +166,31 @@ def scan(ui: Ui, comfyui, sources, fmt, no_cache, duplicates, source_is_models) 
 # --- plan ----------------------------------------------------------------------------------------
 
 def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_back, base_path, no_cache,
-          include_suspect=False, cache=None, again: bool = False, source_is_models: bool = False):
+          include_suspect=False, cache=None, again: bool = False, source_is_models: bool = False,
+          comfyui_args=None):
     """Gather facts and make the plan. `again`: a re-plan (under the lock) whose warnings were
     already shown once."""
     from migrate.facts import gather, make_plan
-    home, roots = resolve_sources(comfyui, sources, None if again else ui, source_is_models)
+    home, roots, launch = shell.resolve_pod(comfyui, sources, None if again else ui, source_is_models, comfyui_args)
     if home is not None and not sources:
         from migrate.comfy import models_of_another_install
-        owner = models_of_another_install(home)
+        models = launch.models if launch is not None else os.path.join(home, "models")
+        owner = models_of_another_install(home, models)
         if owner is not None:
-            raise BadInput(f"{os.path.join(home, 'models')} is a symlink to {os.path.realpath(os.path.join(home, 'models'))}, "
+            raise BadInput(f"{models} is a symlink to {os.path.realpath(models)}, "
                            f"the models folder of another ComfyUI install ({owner}): migrating it would empty that "
                            "install's models folder under it", f"migrate that install itself (--comfyui {owner}), "
                            "and give this one its YAML: `comfy-migrate plan` for it then has nothing to move")
     target = resolve_target(target)
     if yaml_path is not None and not again:
-        check_yaml_is_read(home, os.path.abspath(yaml_path))
+        check_yaml_is_read(home, os.path.abspath(yaml_path), launch)
     if yaml_path is None and home is not None:
         yaml_path = os.path.join(home, "extra_model_paths.yaml")
     yaml_path = os.path.abspath(yaml_path) if yaml_path else None
     cache = cache if cache is not None else open_cache(no_cache)
     with ui.progress("hashing") as (on_total, on_bytes):
         facts = gather(roots, target, yaml_path, cache, on_total, on_bytes, open_verdicts(no_cache),
-                       include_suspect, os.path.join(home, "models") if home else None)
+                       include_suspect, launch.models if launch else None, launch)
     for s in (() if again else facts.sources):
         for p in s.problems:
             ui.warn(f"{report.show(p.path)}: {p.message}")
@@ -185,11 +205,14 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
     return facts, make_plan(facts, policy)
 
 
-def check_yaml_is_read(home, yaml_path: str) -> None:
+def check_yaml_is_read(home, yaml_path: str, launch=None) -> None:
     """--yaml must name a file ComfyUI reads: the extra_model_paths.yaml next to its main.py (through
-    symlinks: the same file). Written elsewhere, the run would take every model out of the pod and
-    ComfyUI would find none of them. (A missing folder is the preflight's to name.)"""
+    symlinks: the same file), or one its launch options load (--extra-model-paths-config). Written
+    elsewhere, the run would take every model out of the pod and ComfyUI would find none of them.
+    (A missing folder is the preflight's to name.)"""
     if not os.path.isdir(os.path.dirname(yaml_path)):
+        return
+    if launch is not None and os.path.realpath(yaml_path) in {os.path.realpath(p) for p in launch.configs}:
         return
     folder = home if home is not None else os.path.dirname(yaml_path)
     read = os.path.join(folder, "extra_model_paths.yaml")
@@ -202,7 +225,9 @@ def check_yaml_is_read(home, yaml_path: str) -> None:
                        "and the moved models would be lost to ComfyUI",
                        "pass --comfyui DIR (the folder of main.py) instead of --yaml, or --yaml DIR/extra_model_paths.yaml")
     raise BadInput(f"--yaml {yaml_path}: the ComfyUI in {home} reads {read}, not this file: written there, the "
-                   "moved models would be lost to ComfyUI", f"leave out --yaml (it defaults to {read})")
+                   "moved models would be lost to ComfyUI", f"leave out --yaml (it defaults to {read}); if ComfyUI is "
+                   f"started with --extra-model-paths-config {yaml_path}, pass --comfyui-args "
+                   f"{shlex.quote('--extra-model-paths-config ' + yaml_path)}")
 
 
 def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> None:
@@ -267,7 +292,7 @@ def exit_if_unfit(plan) -> None:
         return
     where = "the target" if not plan.fits else "the container disk"
     shell.err(f"comfy-migrate: error: the plan does not fit: {where} lacks "
-              + (report.human(plan.bytes_to_copy - (plan.free_bytes or 0)) if not plan.fits
+              + (report.human(plan.space_to_take - (plan.free_bytes or 0)) if not plan.fits
                  else report.human(plan.container_bytes - (plan.container_free or 0)))
               + " (free space there, or migrate fewer sources; `run` would refuse it)")
     sys.exit(ExitCode.NO_SPACE)
@@ -295,7 +320,7 @@ def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = ""
     home, _ = resolve_sources(kw.get("comfyui"), kw.get("sources") or (), insist=True)
     doc = report.plan_doc(plan)
     changes = {(c.get("category"), c.get("name")): c.get("reason", "") for c in doc.get("name_changes", ())}
-    flows = workflow_report(home, plan.yaml_path, price, changes) if home else None
+    flows = workflow_report(home, plan.yaml_path, price, changes, plan.launch) if home else None
     page = html_report.render(plan, flows, made=made, name_changes=doc.get("name_changes"))
     path = os.path.abspath(path)
     try:
@@ -392,7 +417,7 @@ def wait_option(f):
                         help="While another run holds the target's lock, wait this long (0: fail at once).")(f)
 
 
-def take_lock(ui: Ui, target: str, purpose: str, wait: float):
+def take_lock(ui: Ui, target: str, purpose: str, wait: float, room: bool = False):
     """The target's lock, waiting for another pod's run (and saying whose) up to `wait` seconds."""
     from migrate.execute import state_dir
     from migrate.lock import TargetLock
@@ -405,7 +430,15 @@ def take_lock(ui: Ui, target: str, purpose: str, wait: float):
         ui.info(f"waiting for the target's lock: {h.get('purpose', 'a run')} of pid {h.get('pid', '?')} on host "
                 f"{h.get('host', '?')} holds it since {h.get('started', '?')} (up to {wait:.0f} s; --wait)")
 
-    lock = TargetLock(state_dir(target), purpose).acquire(wait, on_wait)
+    try:
+        lock = TargetLock(state_dir(target), purpose).acquire(wait, on_wait)
+    except OSError as exc:
+        # A full store: a rollback may use the reserve each run keeps (fsops.keep_reserve) for its lock
+        # and log; `run` and `purge` may not (free space first), so that the rollback always can.
+        if not (room and exc.errno in fsops.FULL_ERRNOS and fsops.release_reserve(state_dir(target))):
+            raise
+        ui.debug("the store is full: released the rollback reserve")
+        lock = TargetLock(state_dir(target), purpose).acquire(wait, on_wait)
     if lock.took_over:
         ui.warn(f"took over a stale lock ({lock.took_over.get('reason')})")
     return lock
@@ -509,7 +542,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
         clear_stale_lock(ui, plan.target)
         nothing_to_do(ui, plan, facts, fmt, kw)
         return
-    running = running_comfyui(kw["comfyui"], plan.yaml_path, while_running)
+    running = running_comfyui(kw["comfyui"], plan.yaml_path, while_running, plan.launch)
     show_summary(ui, plan, fmt)
     # Ask before taking the lock: a question must not hold up the other pods.
     confirm(f"Migrate into {plan.target}?", yes)
@@ -727,14 +760,15 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait) -> None:
 
 
 def stayed_behind(plan, facts) -> list:
-    """(path, why) of each model file the run left where it is: a conflict, a file the audit held
-    back, an unreadable file or one that changed while scanned, a name that is not UTF-8, a model
+    """(path, why) of each model file the run left where it is: a conflict, a name the store cannot
+    hold or one that folds onto another there (storerules.stay_kind), a file the audit held back, an unreadable file or one that changed while scanned, a name that is not UTF-8, a model
     file in no category folder. Exit 1 says so (README: exit codes)."""
     from migrate.comfy import MODEL_EXTENSIONS
     from migrate.model import ActionKind, Status
     why = {Status.SUSPECT: "held-back", Status.UNREADABLE: "unreadable", Status.CHANGED: "changed",
            Status.BAD_NAME: "bad-name"}
-    left = {a.source: "conflict" for a in plan.actions if a.kind is ActionKind.CONFLICT}
+    from migrate.storerules import stay_kind
+    left = {a.source: stay_kind(a) for a in plan.actions if a.kind is ActionKind.CONFLICT}
     for s in facts.sources:
         for r in s.records:
             if r.status in why:
@@ -799,9 +833,10 @@ def nothing_to_do(ui: Ui, plan, facts, fmt: str, kw: dict | None = None) -> None
         sys.exit(ExitCode.PROBLEMS)
 
 
-def running_comfyui(comfyui, yaml_path, allowed: bool):
+def running_comfyui(comfyui, yaml_path, allowed: bool, launch=None):
     """The ComfyUI processes running from this pod's ComfyUI folder; refuses (exit 3) while one
-    runs unless `allowed`: it would keep serving the old folders until restarted."""
+    runs unless `allowed`: it would keep serving the old folders until restarted. The refusal says
+    which options to pass once it is stopped (then /proc no longer shows them)."""
     from migrate.facts import find_comfyui
     from migrate.running import find_running
     try:
@@ -810,9 +845,13 @@ def running_comfyui(comfyui, yaml_path, allowed: bool):
         home = os.path.dirname(yaml_path) if yaml_path else None
     running = find_running(home) if home else []
     if running and not allowed:
+        again = ""
+        if launch is not None and launch.args:
+            again = (f"; once it is stopped, pass its options: comfy-migrate run --comfyui {shlex.quote(home)} "
+                     f"--comfyui-args {shlex.quote(launch.shell_args())}")
         raise BadInput(f"ComfyUI is running from {home} ({'; '.join(r.describe() for r in running)}) and reads "
                        "extra_model_paths.yaml only at start-up",
-                       "stop it, run again, then start it; or pass --while-running and restart it afterwards")
+                       "stop it, run again, then start it" + again + "; or pass --while-running and restart it afterwards")
     return running
 
 
@@ -891,16 +930,22 @@ def newer_pod_runs(records, live, target: str):
     """The live runs of the same pod (its YAML) newer than this run, when this run wrote the YAML:
     their YAML changes were made on top of its section, and their names resolve through it."""
     from migrate.journal import group_steps
+    from migrate.steps import Op
     from migrate.verify import pod_runs
     head = records[0]
     steps = group_steps(records)
-    if not head.get("yaml") or not any(b["op"] == "yaml" and b["step"] in steps.done for b in steps.begins):
+    if not head.get("yaml") or not any(b["op"] == Op.YAML and b["step"] in steps.done for b in steps.begins):
         return []
     # This run is among the live ones, so pod_runs matches by the YAML (never its fallbacks).
     mine, _ = pod_runs(live, target, head["yaml"], "")
     if not any(rid == head["run"] for rid, _ in mine):
         return []
-    return [rid for rid, _ in mine if rid > head["run"]]
+    # Another install whose YAML is a symlink to the same file (another pod) resolves through this
+    # section as well: its newer runs count too.
+    real = os.path.realpath(head["yaml"])
+    shared = [rid for rid, rec in live if isinstance(rec[0].get("yaml"), str)
+              and os.path.realpath(rec[0]["yaml"]) == real]
+    return sorted({rid for rid, _ in mine if rid > head["run"]} | {rid for rid in shared if rid > head["run"]})
 
 
 def format_option(f):
@@ -935,8 +980,8 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
     """
     from migrate import catalogue as store_catalogue
     from migrate.fleet import droppable, reliance
-    from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, kept_records, left_folders, live_runs,
-                                  load_run, plan_rollback, settle, users_of)
+    from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, foresee, kept_records, left_folders,
+                                  live_runs, load_run, plan_rollback, settle, users_of)
     if fmt == "json" and not yes and not dry_run:
         raise NotConfirmed("rollback --format json never asks (no summary would be seen before the question)",
                            "pass --yes, or look first with `comfy-migrate rollback --dry-run --format json`")
@@ -950,6 +995,9 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
             ui.info(str(exc))
         clear_stale_lock(ui, target)
         return
+    except BadLog:      # no run to undo (e.g. one killed writing its first record): still no stale lock left
+        clear_stale_lock(ui, target)
+        raise
     records = load_run(log)
     home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(log))))   # <target>/.comfy-migrate/runs
     if os.path.realpath(records[0]["target"]) != os.path.realpath(home):
@@ -971,22 +1019,29 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
     if dry_run or not yes:
         relied = reliance(live_runs(target), records[0]["run"])     # shown now, decided under the lock
         kept = [u for u in undos if users_of(u, relied, records[0]["target"])]
+        doomed = foresee(undos) if dry_run else {}
         if dry_run and fmt == "json":
             out(report.dumps({"run": records[0]["run"], "dry_run": True, "steps": [
-                {"op": u.op, "what": u.describe(), "kept_for": users_of(u, relied, records[0]["target"])}
+                {"op": u.op, "what": doomed.get(u.step) or u.describe(), "cannot": bool(doomed.get(u.step)),
+                 "kept_for": users_of(u, relied, records[0]["target"])}
                 for u in undos]}))
-            return
-        if dry_run:
+        elif dry_run:
             out(f"rollback of run {records[0]['run']} ({len(undos)} steps, newest first):\n")
             for u in undos:
                 users = users_of(u, relied, records[0]["target"])
-                out(f"  {report.show(u.describe())}"
+                out(f"  {report.show(doomed[u.step]) if u.step in doomed else report.show(u.describe())}"
                     + (f" -> kept in the store instead: run(s) {', '.join(users)} rely on it" if users else "") + "\n")
+            if doomed:
+                shell.err(f"warning: {len(doomed)} source file(s) cannot be recreated: their stored copies are gone "
+                          "(the rollback would skip them and exit 1)")
+        if dry_run:
+            if doomed:
+                sys.exit(ExitCode.PROBLEMS)
             return
         out(f"rollback of run {records[0]['run']}: {report.rollback_summary(undos, len(kept))}\n"
             "(`--dry-run` lists every step)\n")
     confirm(f"Undo run {records[0]['run']}?", yes)
-    with take_lock(ui, target, "comfy-migrate rollback", wait):
+    with take_lock(ui, target, "comfy-migrate rollback", wait, room=True):
         live = live_runs(target)
         relied = reliance(live, records[0]["run"])
         handed = droppable(kept_records(target), settle(records, target), live)
@@ -1163,8 +1218,9 @@ def trash_of(path: str) -> str:
                    "stores; a rewrite that keeps both passes).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               envvar="COMFY_MIGRATE_FORMAT")
+@launch_option
 @click.pass_obj
-def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
+def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt, comfyui_args) -> None:
     """Re-hash every model this pod's runs took out of its sources; ComfyUI must find each there first.
 
     Covers every run of this pod not rolled back: the runs that wrote <comfyui>/extra_model_paths.yaml
@@ -1206,11 +1262,14 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
         for rid, records in runs:
             check_log(records, os.path.join(logs, f"{rid}.jsonl"))
         ui.debug(f"verifying {len(runs)} run(s) of this pod: {how}")
+    launch = verify_launch(ui, home, comfyui_args, runs)
     catalogue = store_catalogue.load(target)[0] if quick else None
     with ui.progress("verifying") as (_, on_bytes):
-        res = verify_pod(runs, home, target, kept_records(target), quick, catalogue, on_bytes)
+        res = verify_pod(runs, home, target, kept_records(target), quick, catalogue, on_bytes, launch)
+    if launch is not None:
+        res["launch"] = launch.doc()
     if comfyui_url:
-        res["comfyui"] = ask_comfyui(comfyui_url, runs, home, target)
+        res["comfyui"] = ask_comfyui(comfyui_url, runs, home, target, launch)
         res["not_listed_by_comfyui"] = res["comfyui"]["not_listed"]
         res["ok"] = res["ok"] and not res["not_listed_by_comfyui"] and not res["comfyui"]["stale"]
     if fmt == "json":
@@ -1219,6 +1278,8 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
         for rid in res["runs"]:
             out(f"attach {rid}: the YAML only, no file placed\n" if rid in res.get("attaches", ()) else
                 f"run {rid}: {res['per_run'][rid]} files checked\n")
+        if launch is not None and launch.args:
+            out(f"  names resolved as ComfyUI started with {report.show(launch.shell_args())} ({launch.origin})\n")
         if quick:
             out(f"  quick: sizes and mtimes compared with the log, no file read"
                 + (f" ({len(res['size_only'])} by size alone: no mtime of theirs is logged)" if res["size_only"] else "")
@@ -1237,7 +1298,8 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
                 f"{report.show(res['not_attached'])}; run `comfy-migrate attach` ("
                 + (f"--comfyui {shlex.quote(report.show(home))} " if home else "")
                 + f"--target {shlex.quote(report.show(target))}), then (re)start ComfyUI\n")
-        for kind in ("missing", "changed", "shadowed", "broken_link_backs", "names_changed", "not_listed_by_comfyui"):
+        for kind in ("missing", "changed", "shadowed", "broken_link_backs", "dangling_links", "names_changed",
+                     "not_listed_by_comfyui"):
             for p in res.get(kind, []):
                 out(f"  {kind}: {report.show(p)}\n")
         if res.get("comfyui"):
@@ -1258,7 +1320,25 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt) -> None:
         sys.exit(ExitCode.VERIFY_FAILED)
 
 
-def ask_comfyui(url: str, runs, home, target: str) -> dict:
+def verify_launch(ui: Ui, home, given, runs):
+    """How the pod's ComfyUI is started, for verify: --comfyui-args, else the running ComfyUI's
+    options, else those the newest run logged (it planned with them), else none."""
+    from migrate.launch import launch_of
+    from migrate.running import find_running
+    if home is None or given is not None or find_running(home):
+        return shell.resolve_launch(home, given, ui)
+    head = runs[-1][1][0]
+    logged = head.get("comfyui") if isinstance(head.get("comfyui"), dict) else {}
+    args = logged.get("args")
+    if isinstance(args, list) and args and all(isinstance(a, str) for a in args):
+        try:
+            return launch_of(home, args, f"as run {head.get('run')} logged them", lenient=True)
+        except MigrateError as exc:
+            ui.warn(f"the options run {head.get('run')} logged for ComfyUI no longer apply ({exc}): verified without them")
+    return shell.resolve_launch(home, None, ui)
+
+
+def ask_comfyui(url: str, runs, home, target: str, launch=None) -> dict:
     """verify --comfyui-url: does the running ComfyUI list every name the runs took out of the
     sources, and does it look started before the YAML changed?"""
     from urllib.parse import urlsplit
@@ -1269,11 +1349,16 @@ def ask_comfyui(url: str, runs, home, target: str) -> dict:
     try:
         view = read_server(url)
     except (OSError, ValueError) as exc:
-        raise BadInput(f"cannot read {url.rstrip('/')}/object_info: {exc}", "is ComfyUI running at that URL?")
+        raise BadInput(f"cannot read {url.rstrip('/')}/object_info: {exc}",
+                       "is ComfyUI running at that URL (its own port, not a proxy's page)?")
     names = sorted(claims(runs, kept_records(target)))
-    listed = check_listed(names, view)
     yaml_path = runs[-1][1][0].get("yaml")
-    order = resolution(yaml_path, home)[0] if yaml_path and os.path.exists(yaml_path) else {}
+    order = resolution(yaml_path, home, launch)[0] if yaml_path and os.path.exists(yaml_path) else {}
+    from migrate.facts import loaded_models
+    disk: dict = {}
+    for cat, name in loaded_models(order):      # what the pod's ComfyUI lists: finds its loaders by their choices
+        disk.setdefault(cat, []).append(name)
+    listed = check_listed(names, view, disk)
     started = changed = None
     if home and yaml_path and os.path.exists(yaml_path):
         try:
@@ -1290,13 +1375,22 @@ def ask_comfyui(url: str, runs, home, target: str) -> dict:
 
 # --- workflows -----------------------------------------------------------------------------------
 
-def workflow_report(home: str, yaml_path, price: float, changes=None) -> dict:
-    """The workflows document (workflows.workflow_doc) of a ComfyUI folder, as its YAML resolves now."""
+def workflow_report(home: str, yaml_path, price: float, changes=None, launch=None) -> dict:
+    """The workflows document (workflows.workflow_doc) of a ComfyUI folder, as its YAML resolves now
+    (launch: how ComfyUI is started; its user folder holds the workflows)."""
     from migrate import comfy, workflows
     from migrate.facts import gather_workflows, read_yaml
     text = read_yaml(yaml_path) if yaml_path else None
-    order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
-    found, before = gather_workflows(home, order)
+    if launch is not None:
+        from migrate.launch import search_order
+        as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path)) \
+            if yaml_path else None
+        order = search_order(launch, {p: read_yaml(p) for p in launch.yamls if p != as_read}, as_read, text,
+                             models_real=False)
+        found, before = gather_workflows(home, order, launch.user)
+    else:
+        order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
+        found, before = gather_workflows(home, order)
     sizes = {k: v[1] for k, v in before.items()}
     return workflows.workflow_doc(found, before, changes or {}, sizes, price)
 

@@ -42,8 +42,9 @@ FOLDER_CATEGORY = {folder: cat for cat, (folders, _) in CATEGORIES.items() for f
 BUILTIN_CATEGORIES = dict(CATEGORIES)      # the table above: ComfyUI as of late 2026
 
 # category -> the loader inputs of ComfyUI's /object_info that list its names (node, input), as
-# ComfyUI 0.3.75 has them; the first is the one a check by hand looks at. A node a version lacks is
-# skipped. vae_approx files show in VAELoader as the pair's family (`taesd` for taesd_encoder.* and
+# ComfyUI 0.3.75 and 0.33 have them; the first is the one a check by hand looks at. A node a version
+# lacks is skipped. verify --comfyui-url also finds every other input whose choices are file names of
+# a category (verify.find_loaders): this table only matters for a server that lists none of them. vae_approx files show in VAELoader as the pair's family (`taesd` for taesd_encoder.* and
 # taesd_decoder.*), diffusers folders (holding model_index.json) in DiffusersLoader; embeddings
 # are in no loader (GET /embeddings lists them, without extension).
 LOADERS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -67,6 +68,12 @@ LOADERS: dict[str, tuple[tuple[str, str], ...]] = {
     "configs": (("CheckpointLoader", "config_name"),),
     "vae_approx": (("VAELoader", "vae_name"),),
     "diffusers": (("DiffusersLoader", "model_path"),),
+    # ComfyUI 0.33's new folders (recorded from its /object_info: fixtures/comfyui-0.33.0)
+    "background_removal": (("LoadBackgroundRemovalModel", "bg_removal_name"),),
+    "frame_interpolation": (("FrameInterpolationModelLoader", "model_name"),),
+    "geometry_estimation": (("LoadMoGeModel", "model_name"), ("LoadDA3Model", "model_name")),
+    "optical_flow": (("OpticalFlowLoader", "model_name"),),
+    "detection": (("LoadMediaPipeFaceLandmarker", "model_name"),),
 }
 TAESD = re.compile(r"(taesd|taesdxl|taesd3|taef1)_(encoder|decoder)\.")    # VAELoader's test: startswith
 
@@ -226,11 +233,14 @@ def _parse_yaml(text: str, where: str) -> _Parsed:
 
 def search_folders(
     yaml_texts: Sequence[tuple[str, str]], models_dir: str | None, env: dict[str, str] | None = None,
+    output: Sequence[tuple[str, str]] = (),
 ) -> dict[str, list[str]]:
     """Each category's folders in ComfyUI's search order.
 
     yaml_texts: (yaml path, text) in the order ComfyUI loads them. models_dir: ComfyUI's own
-    models folder (its built-in folders are always searched). Pure apart from path arithmetic.
+    models folder (its built-in folders are always searched). output: (category key, folder) that
+    main.py adds after the YAMLs (launch.Launch.output_folders: `<output>/loras`, ...), each added
+    as a plain folder (last, unless listed already). Pure apart from path arithmetic.
     """
     env = dict(os.environ if env is None else env)
     order: dict[str, _Order] = {}
@@ -264,6 +274,9 @@ def search_folders(
                     else:
                         full = line
                     paths.add(posixpath.normpath(full), is_default)
+    for key, folder in output:
+        cat = canonical_key(key)
+        (order.get(cat) or order.setdefault(cat, _Order([]))).add(posixpath.normpath(folder), False)
     return {cat: o.folders() for cat, o in order.items()}
 
 
@@ -502,11 +515,49 @@ def remove_section(text: str, previous: str | None, where: str = "extra_model_pa
     had one. None when nothing of ComfyUI's would remain (no section at all: ComfyUI cannot start on
     an empty file). Raises BadInput where the result would not be a YAML ComfyUI reads."""
     got = managed_section(text, where)
+    if got is None:
+        unmarked = without_section(text, where)     # our markers gone: a tool re-dumped the file
+        if unmarked is not None:
+            text, got = unmarked, (unmarked, "")
     before = managed_section(previous, where) if previous is not None else None
     if before is not None:
         return merge_section(text, before[1], where)       # in our section's place
     rest = text if got is None else got[0]
     return rest if parse_yaml(rest, where) else None
+
+
+def without_section(text: str, where: str = "extra_model_paths.yaml") -> str | None:
+    """`text` without its top-level comfy_migrate section found by content, not by our marker
+    comments (a tool that re-dumped the YAML dropped them): the key's lines up to the next top-level
+    key (comments just above that key stay with it); a flow-style file is written in block style.
+    None when it has no such section; BadInput when the rest would not read as the same sections."""
+    parsed = _parsed(text, where)
+    if MANAGED_SECTION not in parsed.data:
+        return None
+    theirs = {k: v for k, v in parsed.data.items() if k != MANAGED_SECTION}
+    if flow_style(text):
+        rest = block_style(text, theirs) if theirs else ""
+    else:
+        lines = text.splitlines(keepends=True)
+        ours = [line for key, line in parsed.keys if key == MANAGED_SECTION]
+        if len(ours) != 1:
+            raise BadInput(f"{where}: its {MANAGED_SECTION} section cannot be told apart (written more than once)",
+                           f"remove the {MANAGED_SECTION} section by hand")
+        b = ours[0]
+        e = min((line for _, line in parsed.keys if line > b), default=len(lines))
+        while e - 1 > b and lines[e - 1].lstrip().startswith("#"):
+            e -= 1
+        while b > 0 and not lines[b - 1].strip():
+            b -= 1
+        rest = "".join(lines[:b] + lines[e:])
+    try:
+        left = _parsed(rest, where).data if rest.strip() else {}
+    except BadInput:
+        left = None
+    if left != theirs:
+        raise BadInput(f"{where}: its {MANAGED_SECTION} section (our marker comments are gone) cannot be taken "
+                       "out without changing the other sections", f"remove the {MANAGED_SECTION} section by hand")
+    return rest
 
 
 def _is_default(conf: object) -> bool:
@@ -552,11 +603,11 @@ def find_comfyui(given: str | None) -> str:
                    "pass --comfyui DIR or set COMFYUI_DIR")
 
 
-def models_of_another_install(home: str) -> str | None:
-    """The other ComfyUI folder (one holding main.py) whose models folder `home`'s models/ symlink
-    leads into, or None: migrating through the link would empty that install's models."""
-    models = os.path.join(home, "models")
-    if not os.path.islink(models):
+def models_of_another_install(home: str, models: str | None = None) -> str | None:
+    """The other ComfyUI folder (one holding main.py) whose models folder `home`'s models folder (a
+    symlink) leads into, or None: migrating through the link would empty that install's models."""
+    models = models or os.path.join(home, "models")
+    if not os.path.islink(models.rstrip("/")):
         return None
     real, mine = os.path.realpath(models), os.path.realpath(home)
     cur = os.path.dirname(real)

@@ -17,16 +17,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from migrate import __version__, fsops
+from migrate import __version__, fsops, identity
 from migrate.report import human
 from migrate.errors import BadInput, BadLog, NoSpace
-from migrate.hashing import confirm_digest, hash_bytes, stat_key
+from migrate.hashing import confirm_digest, hash_bytes
 from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_begun, read_log, rollback_log_of, run_logs
 from migrate.lock import TargetLock
 from migrate.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal
 from migrate.scan import TEMP_MARK, temp_name
+from migrate.steps import RETURNS_SOURCE, STAGES_TEMP, Op
 
 OnBytes = Callable[[int], None]
+
+FULL = (errno.ENOSPC, errno.EDQUOT)     # a full store or quota: the run stops (exit 4), its log stays open
+AGAIN = "free space, then `comfy-migrate run` (continues this run) or `comfy-migrate rollback` (undoes it)"
 
 
 def state_dir(target: str) -> str:
@@ -95,12 +99,16 @@ class _Runner:
         self.on_bytes = on_bytes
         self.failed: set = set()
         self.copied_instead: set = set()   # actions whose link/rename was refused and copied
+        self.stopped: Optional[OSError] = None    # the disk filled: no further step (see execute_plan)
+        self.renamed = False                       # a source left its place in phase A (a rename)
+        self.links: Dict[str, List[str]] = {}      # a moved file's store name -> in-tree symlinks to re-point
+        self.relinked: set = set()                 # symlinks re-pointed (or judged) by this process
         self.chunk = fsops.copy_chunk(plan.target_fs.fstype)     # big writes into a FUSE store
 
     # -- journalling helpers --
-    def begin(self, op: str, **fields) -> int:
+    def begin(self, op: Op, **fields) -> int:
         step = self.j.seq + 1     # a step is named by its begin record's sequence number
-        self.j.append(dict(fields, type="begin", step=step, op=op))
+        self.j.append(dict(fields, type="begin", step=step, op=op.value))
         return step
 
     def done(self, step: int, **fields) -> None:
@@ -121,6 +129,13 @@ class _Runner:
         self.report.problems.append(Problem(path, msg))
         if a is not None:
             self.failed.add(id(a))
+        self.note_full(exc)
+
+    def note_full(self, exc: BaseException) -> None:
+        """A full disk stops the run after this step: every later copy would fail the same way, and
+        a run left open is continued by `run` and undone whole by one `rollback`."""
+        if isinstance(exc, OSError) and exc.errno in FULL and self.stopped is None:
+            self.stopped = exc
 
     def mkdirs(self, path: str, root: str) -> None:
         """Create missing folders up to `path` below `root`, each journalled (rollback removes them)."""
@@ -130,7 +145,7 @@ class _Runner:
             missing.append(p)
             p = os.path.dirname(p)
         for d in reversed(missing):
-            s = self.begin("mkdir", path=d)
+            s = self.begin(Op.MKDIR, path=d)
             try:
                 os.mkdir(d)
             except FileExistsError:
@@ -151,6 +166,7 @@ class _Runner:
             self.report.problems.append(Problem(a.source, f"cannot create {what} {exc.filename or path}: "
                                                 f"{exc.strerror or exc}; the file stays where it is"))
             self.failed.add(id(a))
+            self.note_full(exc)
             return False
 
     # -- phase A: placement --
@@ -179,10 +195,10 @@ class _Runner:
             if not stat.S_ISREG(st.st_mode) or st.st_size != a.size:    # replaced since the plan
                 raise OSError(errno.ESTALE, "the stored copy changed since the plan; nothing linked", a.stored)
         except OSError as exc:
-            s = self.begin("dedupe", stored=a.stored, **facts)
+            s = self.begin(Op.DEDUPE, stored=a.stored, **facts)
             return self.fail(s, a, a.dst, exc)
         if a.method is Method.HARDLINK:
-            s = self.begin("dedupe", stored=a.stored, stored_ino=st.st_ino, stored_dev=st.st_dev, **facts)
+            s = self.begin(Op.DEDUPE, stored=a.stored, stored_ino=st.st_ino, stored_dev=st.st_dev, **facts)
             try:
                 fsops.link_noreplace(a.stored, a.dst)
             except OSError as exc:
@@ -194,7 +210,7 @@ class _Runner:
                 self.report.placed += 1
                 return
         to = os.path.relpath(a.stored, os.path.dirname(a.dst))
-        s = self.begin("symlink", to=to, **facts)
+        s = self.begin(Op.SYMLINK, to=to, **facts)
         try:
             os.symlink(to, a.dst)
         except OSError as exc:
@@ -206,12 +222,13 @@ class _Runner:
         """Place by hardlink or rename. Returns the errno name when the filesystem refused and a
         copy should be made instead (moves only); otherwise handles its own failure."""
         assert a.dst is not None
-        op = "link" if a.method is Method.HARDLINK else "rename"
-        s = self.begin(op, **facts)
+        op = Op.LINK if a.method is Method.HARDLINK else Op.RENAME
+        links = self.links.get(a.dst, []) if op is Op.RENAME else []
+        s = self.begin(op, **facts, **({"links": links} if links else {}))
         try:
-            if stat_key(os.lstat(a.source)) != (a.dev, a.ino, a.size, a.mtime_ns):
+            if identity.changes(os.lstat(a.source), seen(a)):
                 raise OSError(errno.ESTALE, "changed since it was scanned", a.source)
-            if op == "link":
+            if op is Op.LINK:
                 fsops.link_noreplace(a.source, a.dst)
             else:
                 fsops.rename_noreplace(a.source, a.dst)
@@ -224,15 +241,18 @@ class _Runner:
             return None
         self.done(s, **observed(a.dst))
         self.report.placed += 1
+        if op is Op.RENAME:
+            self.renamed = True
+            self.relink_all(links, a.dst)
         return None
 
     def _copy(self, a: Action, facts: dict) -> None:
         assert a.dst is not None
         src = a.source
         tmp = temp_name(os.path.dirname(a.dst), os.path.basename(a.dst), self.report.run_id)
-        s = self.begin("copy", tmp=tmp, **facts)
+        s = self.begin(Op.COPY, tmp=tmp, **facts)
         try:
-            digest, st = fsops.copy_and_hash(src, (a.dev, a.ino, a.size, a.mtime_ns), tmp, self.on_bytes,
+            digest, st = fsops.copy_and_hash(src, seen(a), tmp, self.on_bytes,
                                              chunk=self.chunk)
             if digest != a.digest:
                 os.unlink(tmp)
@@ -268,7 +288,7 @@ class _Runner:
             os.makedirs(os.path.dirname(pre), exist_ok=True)
             fsops.atomic_write(pre, current)
         after = plan.yaml_after.encode("utf-8")
-        s = self.begin("yaml", path=plan.yaml_path, before=pre if current is not None else None,
+        s = self.begin(Op.YAML, path=plan.yaml_path, before=pre if current is not None else None,
                        before_digest=hash_bytes(current) if current is not None else None,
                        after_digest=hash_bytes(after),
                        before_mtime_ns=os.stat(real).st_mtime_ns if current is not None else None)
@@ -282,12 +302,15 @@ class _Runner:
         src = a.source
         facts = dict(src=src, dst=a.dst, size=a.size, digest=a.digest, dev=a.dev, ino=a.ino, mode=a.mode,
                      mtime_ns=a.mtime_ns, stored=a.stored or a.dst)
-        expect = (a.dev, a.ino, a.size, a.mtime_ns)
+        links = [] if a.link_back else self.links.get(a.dst or "", [])
+        if links:       # re-pointed right after the removal; a continued run finishes them (finish_relinks)
+            facts["links"] = links
+        expect = seen(a)
         if a.removal is Removal.UNLINK:
-            s = self.begin("unlink", **facts)
+            s = self.begin(Op.UNLINK, **facts)
             try:
                 st, dst_st = os.lstat(src), os.lstat(a.stored or a.dst)
-                if stat_key(st) != expect or (dst_st.st_dev, dst_st.st_ino) != (a.dev, a.ino):
+                if identity.changes(st, expect) or identity.changes(dst_st, expect._replace(size=None, mtime_ns=None)):
                     raise OSError(errno.ESTALE, "source or target changed; source kept", src)
                 os.unlink(src)
                 fsops.fsync_dir(os.path.dirname(src))
@@ -298,9 +321,9 @@ class _Runner:
             q = os.path.join(a.root, STATE_DIR, "quarantine", self.report.run_id, a.rel)
             if not self.made_folder(os.path.dirname(q), a.root, a, "the quarantine folder"):
                 return
-            s = self.begin("quarantine", q=q, **facts)
+            s = self.begin(Op.QUARANTINE, q=q, **facts)
             try:
-                if stat_key(os.lstat(src)) != expect:
+                if identity.changes(os.lstat(src), expect):
                     raise OSError(errno.ESTALE, "changed since it was scanned; source kept", src)
                 if a.kind in (ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT) and not confirm_digest(src, a.digest):
                     # The store holds this content, the plan believed: only the bytes can say so.
@@ -315,6 +338,7 @@ class _Runner:
         self.report.removed += 1
         if a.link_back and a.dst:
             self.link_back(a)
+        self.relink_all(links, a.dst or "")
 
     def link_back(self, a: Action) -> None:
         """A symlink at the source's old place to its new home, relative between the real folders:
@@ -329,7 +353,7 @@ class _Runner:
             to = os.path.relpath(home, os.path.realpath(os.path.dirname(src)))
         except OSError:
             to = a.dst
-        s = self.begin("linkback", src=src, to=to)
+        s = self.begin(Op.LINKBACK, src=src, to=to)
         try:
             os.symlink(to, src)
         except OSError as exc:
@@ -339,23 +363,36 @@ class _Runner:
 
 
     def relink(self, a: Action) -> None:
+        assert a.dst is not None
+        self.relink_path(a.source, a.dst)
+
+    def relink_all(self, links: Sequence[str], dst: str) -> None:
+        """Re-point the in-tree symlinks of a file that just left its place: part of its removal."""
+        for link in links:
+            if self.stopped is None:
+                self.relink_path(link, dst)
+
+    def relink_path(self, src: str, dst: str) -> None:
         """Re-point a symlink of the sources whose file moved (it dangles now) at the file's new
         place: relative between the real folders, as a link back. Journalled with its old text and
         mtime: rollback puts both back. A link that still leads somewhere is not ours to change."""
-        assert a.dst is not None
-        src = a.source
+        if src in self.relinked:
+            return
+        self.relinked.add(src)
         try:
             st = os.lstat(src)
-            if not stat.S_ISLNK(st.st_mode) or os.path.exists(src) or not os.path.isfile(a.dst):
+            folder = os.path.isdir(dst)     # a symlinked folder whose model files all moved there
+            if not stat.S_ISLNK(st.st_mode) or (os.path.exists(src) and not folder) or not (
+                    folder or os.path.isfile(dst)):
                 return      # changed since the plan, or its file did not move (a step failed): it still works
             old = os.readlink(src)
-            home = os.path.join(os.path.realpath(os.path.dirname(a.dst)), os.path.basename(a.dst))
+            home = os.path.join(os.path.realpath(os.path.dirname(dst)), os.path.basename(dst))
             to = os.path.relpath(home, os.path.realpath(os.path.dirname(src)))
         except OSError as exc:
             self.report.problems.append(Problem(src, f"symlink not re-pointed: {exc.strerror or exc}"))
             return
         tmp = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}{self.report.run_id}")
-        s = self.begin("relink", src=src, dst=a.dst, tmp=tmp, old=old, to=to, mtime_ns=st.st_mtime_ns)
+        s = self.begin(Op.RELINK, src=src, dst=dst, tmp=tmp, old=old, to=to, mtime_ns=st.st_mtime_ns)
         try:
             os.symlink(to, tmp)
             os.replace(tmp, src)
@@ -365,6 +402,29 @@ class _Runner:
                 os.unlink(tmp)
             return self.fail(s, None, src, exc)
         self.done(s)
+
+    def finish_relinks(self, records: List[dict]) -> None:
+        """A continued run first completes the removals of the run it continues: a source that left
+        its place (unlink, quarantine, rename) takes its in-tree symlinks along (their re-pointing is
+        part of the removal, listed in its begin record), even when the kill came in between."""
+        steps = {r["step"] for r in records if r.get("type") == "done"}
+        relinked = {r.get("src") for r in records if r.get("type") == "begin" and r.get("op") == Op.RELINK
+                    and r["step"] in steps}
+        roots = tuple(s.rstrip("/") + "/" for s in records[0].get("sources") or [])
+        for r in records:
+            if r.get("type") != "begin" or r.get("op") not in RETURNS_SOURCE \
+                    or not isinstance(r.get("links"), list) or not isinstance(r.get("dst"), str):
+                continue
+            if os.path.lexists(r["src"]) and not os.path.islink(r["src"]):
+                continue        # the source is still at its place: the step never happened
+            self.relink_all([p for p in r["links"] if isinstance(p, str) and p.startswith(roots)
+                             and p not in relinked], r["dst"])
+
+
+def seen(a: Action) -> identity.Observed:
+    """What the scan observed of an action's source: the run compares the source with it before each
+    step (one host, one mount since the scan: the device number counts, mtimes exactly)."""
+    return identity.Observed(a.dev, a.ino, a.size, a.mtime_ns)
 
 
 def observed(path: str, fallback: Optional[os.stat_result] = None) -> dict:
@@ -407,7 +467,9 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
     the YAML-only runs of `comfy-migrate attach` (logged in the header; a run's header has none).
     """
     if not plan.fits:
-        raise NoSpace(f"the target has {human(plan.free_bytes or 0)} free but the plan copies {human(plan.bytes_to_copy)}",
+        raise NoSpace(f"the target has {human(plan.free_bytes or 0)} free but the plan needs {human(plan.space_to_take)} "
+                      f"there ({human(plan.bytes_to_copy)} copied, counted in the store's allocation unit, with "
+                      f"{human(plan.reserve_bytes)} for the lock, the log and a rollback)",
                       "free space on the target, or migrate fewer sources")
     if not plan.container_fits:
         raise NoSpace(f"the container disk has {plan.container_free} bytes free, but setting the overlay sources "
@@ -417,8 +479,16 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
     times = dir_times(plan)     # before our state folder changes the target's own mtime
     os.makedirs(sd, exist_ok=True)
     with (contextlib.nullcontext(lock) if lock is not None else TargetLock(sd, "comfy-migrate run")) as lock:
-        if plan.bytes_to_copy > fsops.free_space(plan.target):
+        if plan.space_to_take > fsops.free_space(plan.target):
             raise NoSpace("the target no longer has room for the plan's copies", "free space, then run again")
+        try:        # room a rollback finds on a store that fills up (it releases it: rollback.py)
+            fsops.keep_reserve(sd, fsops.reserve_bytes(len(plan.actions), fsops.allocation_unit(sd)))
+        except OSError as exc:
+            if exc.errno not in FULL:
+                raise
+            raise NoSpace(f"the target has no room left for the reserve a rollback needs on a full disk "
+                          f"({fsops.describe(exc)})", "free space on the target, then run again") from None
+        fsops.sweep_leftovers(sd, [plan.yaml_path])
         if plan.yaml_path is not None and plan.yaml_changes:
             cur = fsops.read_file(fsops.through_link(plan.yaml_path))
             if (cur.decode("utf-8", "surrogateescape") if cur is not None else None) != plan.yaml_before:
@@ -431,6 +501,9 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                   "fs": fs_record(plan)}
         if kind != "run":
             header["kind"] = kind
+        if plan.launch is not None:     # how ComfyUI is started: verify and rollback resolve names as it does
+            header["comfyui"] = {"main": plan.launch.comfyui, "args": list(plan.launch.args),
+                                 "from": plan.launch.origin}
         real_yaml = yaml_behind(plan)
         if real_yaml is not None:       # a symlinked YAML: the file written, whose folder's mtime changes
             header["yaml_real"] = real_yaml
@@ -460,17 +533,27 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
         if lock.took_over:
             report.lock_note = f"took over a stale lock ({lock.took_over.get('reason')})"
         r = _Runner(plan, j, report, on_bytes)
+        for a in plan.actions:
+            if a.kind is ActionKind.RELINK and a.dst:
+                r.links.setdefault(a.dst, []).append(a.source)
         try:
-            todo = [a for a in plan.actions if a.method is not Method.NONE]
+            if resume:
+                r.finish_relinks(records)
+            # Copies first: they are what needs room in the store. A disk that fills stops the run
+            # there, before any source has left its place (a rename) and before the YAML changes.
+            todo = sorted((a for a in plan.actions if a.method is not Method.NONE),
+                          key=lambda a: a.method is not Method.COPY)
             for a in todo:
+                if r.stopped is not None:
+                    break
                 r.place(a)
-            yaml_ok = True
-            for folder in plan.store_folders:       # every category the YAML lists: downloads land there
+            yaml_ok = r.stopped is None or r.renamed     # a renamed source is found through the YAML only
+            for folder in (plan.store_folders if yaml_ok else ()):     # every category the YAML lists
                 try:
                     r.mkdirs(folder, plan.target)
                 except OSError as exc:      # ComfyUI skips a missing folder: said, and the run goes on
                     report.problems.append(Problem(folder, f"cannot create the store folder ({fsops.describe(exc)})"))
-            if plan.yaml_path is not None and plan.yaml_changes:
+            if plan.yaml_path is not None and plan.yaml_changes and yaml_ok:
                 try:
                     r.write_yaml()
                 except OSError as exc:
@@ -479,7 +562,10 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                     report.problems.append(Problem(plan.yaml_path, f"cannot write the YAML ({fsops.describe(exc)}); "
                                                    "no source was removed"))
                     j.append({"type": "fail", "step": 0, "error": f"yaml: {exc.strerror}"})
+                    r.note_full(exc)
             for a in (plan.actions if yaml_ok else ()):
+                if r.stopped is not None:
+                    break
                 if id(a) in r.failed:
                     continue
                 if id(a) in r.copied_instead:
@@ -489,8 +575,10 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                 elif a.removal is Removal.RENAMED and a.link_back and a.dst:
                     r.link_back(a)
             for a in (plan.actions if yaml_ok else ()):
-                if a.kind is ActionKind.RELINK:
+                if a.kind is ActionKind.RELINK and r.stopped is None:
                     r.relink(a)
+            if r.stopped is not None:
+                stop(j, report, r.stopped, r.renamed)
             stayed = [[a.source, a.size, a.mtime_ns, a.digest] for a in plan.actions
                       if a.kind is ActionKind.CONFLICT and a.digest]
             if stayed:      # conflicts left in place, as read: attach, which reads no file, compares by them
@@ -506,6 +594,23 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
         finally:
             j.close()
     return report
+
+
+def stop(j: Journal, report: RunReport, exc: OSError, renamed: bool) -> None:
+    """End a run the disk stopped: a `stopped` record and no closing one, so the log stays open: `run`
+    continues this run (same id, same log) and one `rollback` undoes all of it. Until then ComfyUI
+    loads every name as before: a failed copy's source never moved, and the YAML is switched only
+    when a source already left its place by a rename (then the YAML is what finds it)."""
+    try:
+        j.append({"type": "stopped", "error": fsops.describe(exc), "placed": report.placed,
+                  "yaml_written": report.yaml_written})
+    except NoSpace:
+        pass        # not even that fits: the log ends with the failed step, which says the same
+    where = report.problems[-1].path if report.problems else (exc.filename or "the store")
+    names = ("every model name loads what it loaded before" if report.yaml_written or not renamed else
+             "a model renamed into the store before it is found again once the run is continued")
+    raise NoSpace(f"the disk filled up during run {report.run_id} ({exc.strerror or exc}, at {where}): "
+                  f"it stopped there; {names}", AGAIN)
 
 
 def fs_record(plan: Plan) -> Dict[str, dict]:
@@ -586,7 +691,7 @@ def _clean_temps(j: Journal, records: List[dict]) -> None:
     """Remove half-copied temporary files of the interrupted steps (journalled)."""
     done = {r["step"] for r in records if r.get("type") in ("done", "fail")}
     for r in records:
-        if r.get("type") == "begin" and r.get("op") in ("copy", "relink") and r["step"] not in done:
+        if r.get("type") == "begin" and r.get("op") in STAGES_TEMP and r["step"] not in done:
             if os.path.lexists(r["tmp"]):
                 j.append({"type": "cleanup", "path": r["tmp"], "of_step": r["step"]})
                 os.unlink(r["tmp"])

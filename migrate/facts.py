@@ -50,6 +50,8 @@ class Facts:
     target_fs: FsFacts = UNPROBED                    # what the store's filesystem does (fsops.probe_fs)
     layers: Optional[Dict[str, str]] = None          # overlay sources: path -> plan.LOWER / plan.UNKNOWN
     container_free: Optional[int] = None             # free space of the overlay sources' container disk
+    state_present: int = 0                           # the run's state paths the store has (storerules.STATE_PATHS)
+    launch: object = None                            # launch.Launch: how ComfyUI is started (None: unknown)
     store_dirs: Optional[frozenset] = None           # names of the folders at the store's top (None: no store yet)
 
 
@@ -137,10 +139,11 @@ def scan_roots(roots: Sequence[str]) -> List[ScanResult]:
 def gather(
     sources: Sequence[str], target: str, yaml_path: Optional[str], cache: Optional[DigestCache],
     on_total: Optional[Callable[[int], None]] = None, on_bytes: Optional[Callable[[int], None]] = None,
-    verdicts=None, include_suspect: bool = False, models_dir: Optional[str] = None,
+    verdicts=None, include_suspect: bool = False, models_dir: Optional[str] = None, launch=None,
 ) -> Facts:
     """verdicts: a sniff.VerdictCache (None: no cache). Broken or suspect files are held back
-    (status SUSPECT: never hashed, never moved) unless include_suspect."""
+    (status SUSPECT: never hashed, never moved) unless include_suspect. launch: how ComfyUI is
+    started (launch.Launch: its models folder, the other YAMLs it reads, its output folders)."""
     from migrate.sniff import check_sources
     started = time.time_ns()
     planning.check_roots([os.path.realpath(s) for s in sources], os.path.realpath(target))
@@ -172,7 +175,8 @@ def gather(
     taken = {os.path.relpath(planning.target_path(target, r), target) for s in scans for r in s.records
              if r.category and r.status is not Status.SYMLINK}
 
-    world, found_outside = gather_world(scans, target_scan, target, yaml_path, yaml_before, models_dir, cache)
+    world, found_outside = gather_world(scans, target_scan, target, yaml_path, yaml_before, models_dir, cache,
+                                        launch)
     taken |= {r.rel for r in (target_scan.records if target_scan else ()) if (r.category, r.name) in found_outside}
 
     def wanted(r) -> bool:
@@ -193,10 +197,14 @@ def gather(
         if p.fs.overlay is not None:
             layers.update(overlay_layers(s, p.fs.overlay))
             container_free = fsops.free_space(s.root)
+    from migrate.model import STATE_DIR
+    from migrate.storerules import STATE_PATHS
+    state_present = sum(1 for p in STATE_PATHS if os.path.lexists(os.path.join(target, STATE_DIR, p)))
     return Facts(tuple(scans), target, target_scan, probes, target_fs.hardlink,
                  yaml_path, yaml_before, fsops.free_space(target), tuple(findings), cat, cat_warning, hits,
                  started, world=world, target_fs=target_fs, layers=layers,
-                 container_free=container_free, store_dirs=top_folders(target))
+                 container_free=container_free, state_present=state_present, launch=launch,
+                 store_dirs=top_folders(target))
 
 
 def top_folders(target: str) -> frozenset:
@@ -210,7 +218,7 @@ def top_folders(target: str) -> frozenset:
 
 def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult], target: str,
                  yaml_path: Optional[str], yaml_before: Optional[str], models_dir: Optional[str],
-                 cache: Optional[DigestCache]) -> Tuple[Optional[planning.World], set]:
+                 cache: Optional[DigestCache], launch=None) -> Tuple[Optional[planning.World], set]:
     """What the plan's name resolver needs beyond the scans: real paths of the roots, ComfyUI's
     models folder, and the files the user's own YAML folders hold under the names of the sources
     and the store (stat only; read when a file of that name has the same size), plus the files
@@ -221,7 +229,11 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
     from migrate import comfy, names
     from migrate.hashing import hash_path, stamp
     as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path))
+    if launch is not None:
+        models_dir = launch.models
     models = os.path.realpath(models_dir or os.path.join(os.path.dirname(as_read), "models"))
+    yamls = tuple((p, yaml_before if p == as_read else read_yaml(p)) for p in (launch.yamls if launch else ()))
+    output = tuple(launch.output_folders()) if launch is not None else ()
     roots = [s.root for s in scans] + [target]
     # A symlinked folder of the store is listed under the store's name (through_links), so a path
     # behind it (a YAML folder, an absolute link text, a file run places there) means that name.
@@ -230,7 +242,8 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
     aliases = tuple((real_path(r), r) for r in roots) + tuple(
         (real, given) for real, given in (symlinked_folders(target_scan) if target_scan is not None else ())
         if not any(real == s or real.startswith(s.rstrip("/") + "/") for s in sources_real))
-    order = comfy.search_folders([(as_read, yaml_before)] if yaml_before is not None else [], models)
+    order = comfy.search_folders(planning._yamls(planning.World(yamls=yamls), as_read, yaml_before), models,
+                                 output=output)
     all_scans = list(scans) + ([target_scan] if target_scan is not None else [])
     sizes: dict = {}
     for s in all_scans:
@@ -283,7 +296,7 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
             probe(end, ())
     if cache is not None:
         cache.save()
-    return planning.World(models, aliases, outside, as_read), hits
+    return planning.World(models, aliases, outside, as_read, yamls, output), hits
 
 
 def canonical(cat: str) -> str:
@@ -353,9 +366,9 @@ def make_plan(facts: Facts, policy: Policy) -> Plan:
                                facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes,
                                paths=path_facts(facts.yaml_path, facts.target, policy.base_path),
                                world=facts.world, target_fs=facts.target_fs, layers=facts.layers,
-                               container_free=facts.container_free, name_max=name_max(facts.target),
+                               container_free=facts.container_free, state_present=facts.state_present,
                                store_dirs=facts.store_dirs)
-    plan = plan._replace(findings=facts.findings, resumed=interrupted_placements(facts))
+    plan = plan._replace(findings=facts.findings, resumed=interrupted_placements(facts), launch=facts.launch)
     yaml_real = os.path.realpath(facts.yaml_path) if facts.yaml_path else None
     return preflight.check(plan, preflight_facts(preflight.paths_to_check(plan, yaml_real)), yaml_real)
 
@@ -366,6 +379,7 @@ def interrupted_placements(facts: Facts):
     from migrate.errors import BadLog
     from migrate.execute import find_interrupted
     from migrate.journal import group_steps, read_log
+    from migrate.steps import STORES_SOURCE
     try:
         log = find_interrupted(facts.target, [s.root for s in facts.sources], facts.yaml_path)
         if log is None:
@@ -375,16 +389,8 @@ def interrupted_placements(facts: Facts):
         return None
     steps = group_steps(records)
     placed = tuple(sorted(b["dst"] for b in steps.begins if b.get("dst") and b["step"] in steps.done
-                          and b.get("op") in ("link", "rename", "copy")))
+                          and b.get("op") in STORES_SOURCE))
     return (records[0].get("run", ""), placed)
-
-
-def name_max(path: str) -> int:
-    """The longest file name (bytes) the filesystem holding `path` (or its nearest folder) takes."""
-    try:
-        return os.statvfs(fsops.nearest_existing(path)).f_namemax or 255
-    except OSError:
-        return 255
 
 
 def path_fact(path: str) -> PathFact:
@@ -491,9 +497,10 @@ def loaded_models(order: dict) -> dict:
 WORKFLOW_LIMIT = 64 << 20      # bytes read of one workflow file (a huge one is reported, not read)
 
 
-def find_workflows(home: str) -> List[str]:
-    """The pod's saved workflows: <ComfyUI>/user/<user>/workflows/**/*.json, sorted."""
-    user = os.path.join(home, "user")
+def find_workflows(home: str, user: Optional[str] = None) -> List[str]:
+    """The pod's saved workflows: <ComfyUI>/user/<user>/workflows/**/*.json (`user`: ComfyUI's user
+    folder when it is started with another, launch.Launch.user), sorted."""
+    user = user or os.path.join(home, "user")
     out = []
     for u in sorted(os.listdir(user)) if os.path.isdir(user) else ():
         top = os.path.join(user, u, "workflows")
@@ -503,7 +510,7 @@ def find_workflows(home: str) -> List[str]:
     return sorted(out)
 
 
-def gather_workflows(home: str, order: dict):
+def gather_workflows(home: str, order: dict, user: Optional[str] = None):
     """(workflows with categories, what ComfyUI loads for each name now). Reads, never writes."""
     from migrate import workflows as wf
     before = loaded_models(order)
@@ -511,7 +518,7 @@ def gather_workflows(home: str, order: dict):
     for cat, name in before:
         names.setdefault(cat, set()).add(name)
     out = []
-    for path in find_workflows(home):
+    for path in find_workflows(home, user):
         try:
             data = fsops.read_file(path, WORKFLOW_LIMIT)
             text = (data or b"").decode("utf-8")

@@ -14,6 +14,7 @@ import posixpath
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from migrate.model import Action, ActionKind, Plan
+from migrate.steps import PLACES_FILE, REMOVES_SOURCE, STORES_SOURCE, Op
 
 PLACED = (ActionKind.MOVE, ActionKind.LINK, ActionKind.COPY, ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT)
 
@@ -69,18 +70,18 @@ def relied_paths(records: Sequence[dict]) -> Set[str]:
     whatever happens to the other one: no reliance.
     """
     done = {r.get("step") for r in records if r.get("type") == "done"}
-    own_links = {r.get("dst") for r in records if r.get("type") == "begin" and r.get("op") == "dedupe"
+    own_links = {r.get("dst") for r in records if r.get("type") == "begin" and r.get("op") == Op.DEDUPE
                  and r.get("step") in done}
     out: Set[str] = set()
     for r in records:
         if r.get("type") != "begin":
             continue
         op = r.get("op")
-        if op in ("unlink", "quarantine"):
+        if op in REMOVES_SOURCE:
             p = r.get("stored") or r.get("dst")
             if isinstance(p, str) and r.get("dst") not in own_links:
                 out.add(p)
-        elif op == "symlink" and isinstance(r.get("dst"), str) and isinstance(r.get("to"), str):
+        elif op == Op.SYMLINK and isinstance(r.get("dst"), str) and isinstance(r.get("to"), str):
             out.add(posixpath.normpath(posixpath.join(posixpath.dirname(r["dst"]), r["to"])))
     return out
 
@@ -94,8 +95,8 @@ def placed_by(records: Sequence[dict]) -> Set[str]:
     failed = {r.get("step") for r in records if r.get("type") == "fail"}
     unplaced = {r.get("step") for r in records if r.get("type") == "unplaced"}
     return {r["dst"] for r in records if r.get("type") == "begin"
-            and r.get("op") in ("link", "rename", "copy", "dedupe") and isinstance(r.get("dst"), str)
-            and (r.get("step") not in failed or r.get("op") == "copy") and r.get("step") not in unplaced}
+            and r.get("op") in PLACES_FILE and isinstance(r.get("dst"), str)
+            and (r.get("step") not in failed or Op(r["op"]).may_act_failed) and r.get("step") not in unplaced}
 
 
 def store_rel(path: str, target: str) -> Optional[str]:
@@ -111,7 +112,10 @@ def reliance(runs: Iterable[Tuple[str, Sequence[dict]]], run_id: str) -> Dict[st
     runs: (run id, records) of every run in the target that is not rolled back. Paths are taken
     relative to each run's own logged target, whatever path that pod mounted the volume at.
     """
+    runs = list(runs)
     out: Dict[str, List[str]] = {}
+    mine = next((records for rid, records in runs if rid == run_id and records), None)
+    names = _placed_names(mine) if mine else {}
     for rid, records in runs:
         if rid == run_id or not records:
             continue
@@ -121,7 +125,36 @@ def reliance(runs: Iterable[Tuple[str, Sequence[dict]]], run_id: str) -> Dict[st
             rel = store_rel(p, target)
             if rel is not None:
                 out.setdefault(rel, []).append(rid)
+        # A name of that run that loads this file after it (its own file of that name stayed, a
+        # conflict: the store's is searched first): taking the file out would change what it loads.
+        loaded = _names_loaded(records) if names else set()
+        for rel in sorted(rel for rel, key in names.items() if key in loaded):
+            if rid not in out.get(rel, []):
+                out.setdefault(rel, []).append(rid)
     return out
+
+
+def _placed_names(records: Sequence[dict]) -> Dict[str, Tuple[str, str, str]]:
+    """Store-relative path -> (category, name, digest) of each file a run placed in the store."""
+    from migrate.comfy import category_of
+    target = records[0].get("target") or ""
+    done = {r.get("step") for r in records if r.get("type") == "done"}
+    out: Dict[str, Tuple[str, str, str]] = {}
+    for r in records:
+        if r.get("type") == "begin" and r.get("op") in STORES_SOURCE and r.get("step") in done \
+                and isinstance(r.get("dst"), str) and isinstance(r.get("digest"), str):
+            rel = store_rel(r["dst"], target)
+            if rel is not None and "/" in rel:
+                folder, name = rel.split("/", 1)
+                out[rel] = (category_of(folder)[0], name, r["digest"])
+    return out
+
+
+def _names_loaded(records: Sequence[dict]) -> Set[Tuple[str, str, str]]:
+    """(category, name, digest) ComfyUI loads after the run for each name it answers for (its `names` record)."""
+    rec = next((r for r in reversed(records) if r.get("type") == "names"), None)
+    return {(n[0], n[1], n[2]) for n in (rec or {}).get("names") or []
+            if isinstance(n, list) and len(n) == 4 and all(isinstance(x, str) for x in n[:3])}
 
 
 def placed_elsewhere(runs: Iterable[Tuple[str, Sequence[dict]]], run_id: str) -> Set[str]:

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import time
 from functools import lru_cache
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import xxhash
 
-from migrate.hashing import Key, aligned_buffer, open_regular, stat_key
+from migrate.hashing import Key, aligned_buffer, matches, open_regular
 from migrate.model import PROBE_PREFIX, FsFacts, Probe
 
 COPY_CHUNK = 256 << 10     # 256 KiB writes stay on the page cache's fast path here
@@ -200,14 +201,59 @@ def probe_fs(folder: str) -> FsFacts:
         fd = os.open(os.path.join(scratch, "Case"), TMP_FLAGS, 0o600)
         os.close(fd)
         case = not os.path.lexists(os.path.join(scratch, "cASE"))
+        forbidden, trailing, unit, name_max = _name_rules(scratch, where)
+        try:
+            block = max(os.statvfs(where).f_frsize, os.stat(a).st_blocks * 512)
+        except OSError:
+            block = 0
         return FsFacts(where, fstype, hardlink, symlink, rename, noreplace, step, stable, case, overlay,
-                       "refused: " + ", ".join(refused) if refused else "")
+                       "refused: " + ", ".join(refused) if refused else "", forbidden, trailing, unit,
+                       name_max, block)
     except OSError as exc:
         return FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
                        f"probe failed: {_errname(exc)} ({exc.strerror})")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         _restore_dir_times(where, before)
+
+
+def _accepts(folder: str, name: str) -> bool:
+    """Whether the filesystem makes a file of exactly this name (listed back as given): exFAT
+    through FUSE answers ENOENT for `a:b`, the kernel's exFAT drops a trailing dot."""
+    p = os.path.join(folder, name)
+    try:
+        os.close(os.open(p, TMP_FLAGS, 0o600))
+    except (OSError, ValueError):
+        return False
+    try:
+        return name in os.listdir(folder)
+    except OSError:
+        return False
+    finally:
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
+
+
+def _name_rules(scratch: str, where: str) -> Tuple[str, str, str, int]:
+    """(characters refused in names, characters a name must not end with, the unit of the name limit,
+    the limit), tried in the probe's scratch folder (storerules.py applies them)."""
+    from migrate.storerules import BYTES, CONTROL, UTF16, WINDOWS_CHARS
+    forbidden = ""
+    if not _accepts(scratch, "a:b"):        # a Windows-family filesystem: try each character
+        forbidden = "".join(c for c in WINDOWS_CHARS if not _accepts(scratch, f"a{c}b"))
+        if not _accepts(scratch, "a\x01b"):
+            forbidden += CONTROL
+    trailing = "".join(c for c in ". " if not _accepts(scratch, f"t{c}"))
+    try:
+        limit = os.statvfs(where).f_namemax or 255
+    except OSError:
+        limit = 255
+    # 200 CJK characters are 600 bytes but 200 UTF-16 units; 256 ASCII characters are 256 of either.
+    if _accepts(scratch, "\u5b57" * 200) and not _accepts(scratch, "a" * 256):
+        return forbidden, trailing, UTF16, 255
+    return forbidden, trailing, BYTES, limit
 
 
 def probe_between(source_root: str, target: str) -> Probe:
@@ -379,7 +425,7 @@ def copy_and_hash(src: str, expect: Key, tmp: str, on_bytes: Optional[Callable[[
             on_created(os.fstat(dfd))
         h = xxhash.xxh3_128()
         _copy_plain(sfd, dfd, h, on_bytes, src, tmp, chunk)
-        if stat_key(os.fstat(sfd)) != expect:
+        if not matches(os.fstat(sfd), expect):
             raise OSError(errno.ESTALE, "changed while it was copied", src)
         st = os.fstat(sfd)
         try:
@@ -425,6 +471,125 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
             pass
         raise
     fsync_dir(folder)
+
+
+# --- the reserve: room for a rollback on a full store -----------------------------------------------
+
+RESERVE = "reserve"     # <target>/.comfy-migrate/reserve
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def reserve_bytes(steps: int, unit: int) -> int:
+    """What a rollback writes in the store before it frees anything: the lock (and a stale lock's
+    `lock.break`), its log (a few hundred bytes per undone step) and a little more; in whole
+    allocation units, since each small file takes at least one (a 1 MiB exFAT cluster)."""
+    unit = max(4096, unit)
+    want = (32 << 10) + 1024 * max(0, steps)
+    return -(-want // unit) * unit + 3 * unit     # within the plan's storerules.reserve (which counts it)
+
+
+def allocation_unit(path: str) -> int:
+    try:
+        st = os.statvfs(nearest_existing(path))
+    except OSError:
+        return 4096
+    return max(st.f_frsize or 0, st.f_bsize or 0, 4096)
+
+
+def keep_reserve(state_dir: str, size: int) -> int:
+    """Make `<state_dir>/reserve` hold at least `size` bytes of real data (random: no filesystem
+    compresses, dedupes or leaves holes in it), taken while the store still has room, so that a
+    rollback finds room on a full store (release_reserve). Returns the bytes added. A full disk
+    raises, with what this call added given back."""
+    path = os.path.join(state_dir, RESERVE)
+    made = not os.path.lexists(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        have = os.fstat(fd).st_size
+        if have >= size:
+            return 0
+        try:
+            os.lseek(fd, have, os.SEEK_SET)
+            block = os.urandom(min(1 << 20, size - have))
+            n = have
+            while n < size:      # not through write_all: no test's fault counts these bytes
+                n += os.write(fd, block[:size - n])
+            os.fsync(fd)
+        except OSError as exc:
+            os.ftruncate(fd, have)
+            raise named(exc, "make the rollback reserve", path) from None
+    finally:
+        os.close(fd)
+    if made:
+        fsync_dir(state_dir)
+    return size - have
+
+
+def release_reserve(state_dir: str) -> int:
+    """Free the reserve (a rollback that met a full disk); returns the bytes freed (0: none left)."""
+    path = os.path.join(state_dir, RESERVE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return 0
+    try:
+        size = os.fstat(fd).st_size
+        os.ftruncate(fd, 0)         # freed at once, also where an unlinked file lingers (a trash)
+    finally:
+        os.close(fd)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fsync_dir(state_dir)
+    return size
+
+
+def sweep_temps(folder: str, held: bool = False) -> List[str]:
+    """Remove what atomic_write leaves when killed between its create and its rename,
+    `.<name>.cm-tmp-<pid>` (found by that pattern; a run's copies and re-pointed links carry a run
+    id instead, and the log removes those). `held`: the caller holds the store's lock, under which
+    every writer of this folder writes: each such file is a leftover. Otherwise one is a leftover
+    when its pid is gone on this host, or it is an hour old. Returns the paths removed."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        m = _ATOMIC_TEMP.match(n)
+        if not m:
+            continue
+        path = os.path.join(folder, n)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if not (held or not os.path.exists(f"/proc/{int(m.group(1))}") or st.st_mtime < time.time() - 3600):
+                continue
+            os.unlink(path)
+            out.append(path)
+        except OSError:
+            continue
+    return out
+
+
+def sweep_leftovers(state_dir: str, yaml_paths: Sequence[Optional[str]]) -> List[str]:
+    """Every leftover of ours an earlier command killed mid-way left, found by name (run and rollback
+    call this under the store's lock): atomic_write's temporaries beside the YAML (and the file behind
+    a symlinked YAML), in the state folder and its yaml/ (written under the lock only) and reports/
+    (written after it: by pid and age), and probe folders in the store."""
+    out: List[str] = []
+    for y in yaml_paths:
+        if y:
+            for d in dict.fromkeys((os.path.dirname(y), os.path.dirname(through_link(y)))):
+                out += sweep_temps(d)
+    out += sweep_temps(state_dir, held=True) + sweep_temps(os.path.join(state_dir, "yaml"), held=True)
+    out += sweep_temps(os.path.join(state_dir, "reports"))
+    return out
+
+
+_ATOMIC_TEMP = re.compile(r"^\..+\.cm-tmp-([0-9]+)$", re.S)
 
 
 def through_link(path: str) -> str:

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 
 import xxhash
 
+from migrate import identity
+
 BUFFER = 1 << 20              # 1 MiB: 128 KiB-4 MiB measure the same once aligned
 LARGE = 8 << 20               # files at least this big are hashed on worker threads, one task each
 SPLIT = 32 << 20              # files at least this big may be read by two threads at once
@@ -108,9 +110,9 @@ def stamp(st: os.stat_result) -> Stamp:
 
 
 def matches(st: os.stat_result, expect: Key | Stamp) -> bool:
-    """The file is the one `expect` describes (a Key, or a Stamp: then its ctime too)."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == expect[:4] and (
-        len(expect) < 5 or st.st_ctime_ns == expect[4])
+    """The file is the one `expect` describes (a Key, or a Stamp: then its ctime too): identity.changes,
+    exact, the device compared (a digest is bound to the file this host saw)."""
+    return not identity.changes(st, identity.Observed(*expect))
 
 
 def racy(s: Stamp, read_at_ns: int) -> bool:

@@ -13,7 +13,35 @@ from __future__ import annotations
 import os
 import stat
 from collections import namedtuple
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from enum import Enum
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:       # typing is not imported at run time (scan's start-up: hashing imports this)
+    from typing import Callable, Optional
+
+
+class Dev(Enum):
+    """The named policy for the device number (git's USE_STDEV), chosen by whoever compares.
+
+    COMPARE: the same host and mount since the observation (a scan, then the run it plans, in one
+        process): a file on another device is another file.
+    IGNORE: the observation may come from another pod or an earlier mount (a run's log, the store's
+        catalogue): a network or FUSE volume gets a new st_dev per mount, so the inode decides alone.
+    """
+    COMPARE = "compare"
+    IGNORE = "ignore"
+
+
+class Observed(namedtuple("Observed", ["dev", "ino", "size", "mtime_ns", "ctime_ns"], defaults=(None,))):
+    """What stat said of a file when it was looked at (git's stat_data). `ctime_ns` None: not kept
+    (a log records no ctime), so not compared; a digest cache keeps it (no user can set it back)."""
+
+    __slots__ = ()
+
+
+def observe(st: os.stat_result, ctime: bool = False) -> Observed:
+    return Observed(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns if ctime else None)
 
 
 class Precision(namedtuple("Precision", ["mtime_step_ns", "stable_inode"], defaults=(1, True))):
@@ -33,21 +61,49 @@ def precision_of(doc: Optional[Mapping]) -> Precision:
     return Precision(step if isinstance(step, int) and step > 0 else 1, doc.get("stable_inode", True) is not False)
 
 
+def precisions(head: Mapping) -> "Callable[[str], Precision]":
+    """path -> the precision of its filesystem, as a run's header recorded it per root (its probe);
+    a log of an earlier version has none: exact."""
+    fs = head.get("fs") if isinstance(head.get("fs"), Mapping) else {}
+    roots = sorted((r for r in fs if isinstance(r, str)), key=len, reverse=True)
+
+    def of(path: str) -> Precision:
+        root = next((r for r in roots if isinstance(path, str) and path.startswith(r.rstrip("/") + "/")), None)
+        return precision_of(fs.get(root)) if root else EXACT
+    return of
+
+
 def same_time(a: int, b: int, p: Precision = EXACT) -> bool:
     """Two mtimes are one within the filesystem's step (it may truncate or round)."""
     return a == b if p.mtime_step_ns <= 1 else abs(a - b) < p.mtime_step_ns
 
 
+def changes(st: os.stat_result, seen: Observed, p: Precision = EXACT, dev: Dev = Dev.COMPARE) -> tuple:
+    """What differs between a file's stat now and what was observed of it (git's match_stat_data):
+    a tuple of 'dev', 'inode', 'size', 'mtime', 'ctime' in that order, empty when stat data says it
+    is the same file. The inode counts only where the filesystem keeps inodes stable (`p`), the
+    device only under Dev.COMPARE, mtime within the filesystem's step, ctime only where it was kept.
+    Stat data cannot prove the bytes are the same (an in-place rewrite with its times put back):
+    where a byte is about to be freed, `same_bytes` reads them."""
+    out = []
+    if dev is Dev.COMPARE and seen.dev is not None and st.st_dev != seen.dev:
+        out.append("dev")
+    if p.stable_inode and seen.ino is not None and st.st_ino != seen.ino:
+        out.append("inode")
+    if seen.size is not None and st.st_size != seen.size:
+        out.append("size")
+    if seen.mtime_ns is not None and not same_time(st.st_mtime_ns, seen.mtime_ns, p):
+        out.append("mtime")
+    if seen.ctime_ns is not None and st.st_ctime_ns != seen.ctime_ns:
+        out.append("ctime")
+    return tuple(out)
+
+
 def differs(st: os.stat_result, size: int, mtime_ns: int, ino: Optional[int], p: Precision = EXACT) -> str:
     """'' when stat data says this is the logged file (inode only where inodes are stable), else what
-    differs: 'inode', 'size' or 'mtime'."""
-    if p.stable_inode and ino is not None and st.st_ino != ino:
-        return "inode"
-    if st.st_size != size:
-        return "size"
-    if not same_time(st.st_mtime_ns, mtime_ns, p):
-        return "mtime"
-    return ""
+    differs first: 'inode', 'size' or 'mtime' (`changes` of a logged record: the device not compared)."""
+    found = changes(st, Observed(None, ino, size, mtime_ns), p, Dev.IGNORE)
+    return found[0] if found else ""
 
 
 def same_file(path: str, size: int, mtime_ns: int, ino: Optional[int], digest: Optional[str],
@@ -58,9 +114,9 @@ def same_file(path: str, size: int, mtime_ns: int, ino: Optional[int], digest: O
         st = os.lstat(path)
     except FileNotFoundError:
         return False
-    if not stat.S_ISREG(st.st_mode) or differs(st, size, mtime_ns, ino, p):
+    if not stat.S_ISREG(st.st_mode) or changes(st, Observed(None, ino, size, mtime_ns), p, Dev.IGNORE):
         return False
-    if p.stable_inode or digest is None:
+    if p.stable_inode or digest is None:     # content is read only when stat cannot decide
         return True
     from migrate.hashing import hash_path
     return hash_path(path) == digest

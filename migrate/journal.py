@@ -12,7 +12,7 @@ import json
 import os
 import signal
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import xxhash
 
@@ -56,9 +56,11 @@ def _ctrl_c_point() -> Optional[int]:
 class Journal:
     """An open log, positioned at its end."""
 
-    def __init__(self, path: str, fd: int, seq: int, prev: str, again: str = "") -> None:
+    def __init__(self, path: str, fd: int, seq: int, prev: str, again: str = "",
+                 room: Optional[Callable[[], bool]] = None) -> None:
         self.path = path
-        self.again = again or "`comfy-migrate run` continues or `comfy-migrate rollback` undoes"
+        self.room = room        # called once when the disk is full: True if it freed room (the reserve)
+        self.again = again or "`comfy-migrate run` (continues this run) or `comfy-migrate rollback` (undoes it)"
         self._fd = fd
         self.seq = seq
         self.prev = prev
@@ -66,14 +68,21 @@ class Journal:
         self._ctrl_c_at = _ctrl_c_point()
 
     @classmethod
-    def create(cls, path: str, header: dict, again: str = "") -> "Journal":
+    def create(cls, path: str, header: dict, again: str = "", room: Optional[Callable[[], bool]] = None) -> "Journal":
         """A new log whose first record is `header`. If that record cannot be written (a full disk),
         the file is removed again: a log holding no complete record did nothing (journal before act),
         and leaving none behind keeps it from being mistaken for a damaged one.
-        `again`: what to do once the cause is fixed, said when a record cannot be written."""
+        `again`: what to do once the cause is fixed, said when a record cannot be written.
+        `room`: see __init__ (a rollback's log, which may use the store's reserve)."""
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o644)
-        j = cls(path, fd, 0, "", again)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as exc:
+            if not (exc.errno in (errno.ENOSPC, errno.EDQUOT) and room is not None and room()):
+                raise
+            fd = os.open(path, flags, 0o644)
+        j = cls(path, fd, 0, "", again, room)
         try:
             j.append(dict(header, type="header", v=LOG_VERSION))
         except BaseException:
@@ -91,7 +100,8 @@ class Journal:
         return j
 
     @classmethod
-    def reopen(cls, path: str, again: str = "") -> Tuple["Journal", List[dict], bool]:
+    def reopen(cls, path: str, again: str = "", room: Optional[Callable[[], bool]] = None
+               ) -> Tuple["Journal", List[dict], bool]:
         """Open an existing log to continue it; a torn final line is cut off first."""
         records, good_bytes, torn = read_log(path)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
@@ -99,7 +109,7 @@ class Journal:
             os.ftruncate(fd, good_bytes)
             os.fsync(fd)
         last = records[-1]
-        return cls(path, fd, last["seq"], last["sum"], again), records, torn
+        return cls(path, fd, last["seq"], last["sum"], again, room), records, torn
 
     def append(self, rec: dict, sync: bool = True) -> dict:
         self.seq += 1
@@ -113,7 +123,15 @@ class Journal:
         view = memoryview(line)
         try:
             while view:
-                n = os.write(self._fd, view)
+                try:
+                    n = os.write(self._fd, view)
+                except OSError as exc:
+                    # A full disk: the reserve (a rollback's) makes room once; the line goes on where
+                    # it stopped. A failed fsync is never retried (the kernel may have dropped pages).
+                    room, self.room = self.room, None
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT) and room is not None and room():
+                        continue
+                    raise
                 view = view[n:]
             if sync:
                 os.fsync(self._fd)

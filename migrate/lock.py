@@ -323,10 +323,31 @@ class TargetLock:
         except OSError:
             return None
         if got is None:
+            self._clear_break()
             return None
         raw, st, info = got
         why = self._stale(info, self._age(raw, st), raw)
         return why if why is not None and self._break(raw, st) else None
+
+    def _clear_break(self) -> None:
+        """With no lock: remove a `lock.break` a breaker killed after removing the stale lock left
+        (its holder gone in our PID namespace, or a minute old): nothing else would, as no lock is left to break."""
+        brk = self.path + ".break"
+        try:
+            with open(brk) as f:
+                info = json.loads(f.read() or "{}")
+            age = time.time() - os.stat(brk).st_mtime
+        except (OSError, ValueError):
+            return
+        if not isinstance(info, dict):
+            info = {}
+        dead = (same_pid_space(info) and isinstance(info.get("pid"), int)
+                and not _alive(info["pid"], info.get("pid_start")))
+        if dead or age > 60 or (not info and age > EMPTY_GRACE_SECONDS):
+            try:
+                os.unlink(brk)
+            except FileNotFoundError:
+                pass
 
     def _beat(self) -> None:
         """Renew the lease while the lock is ours. Once another run has taken it over (our lease

@@ -167,7 +167,12 @@ class FsFacts(namedtuple("FsFacts", [
     "overlay",                    # str | None = None: None: not an overlay; else its upper layer ('' when
                                   # this mount namespace cannot see it)
     "detail",                     # str = "": what was refused, with its errno name
-], defaults=(None, ""))):
+    "forbidden",                  # str = "": characters it refuses in names (exFAT, NTFS, vfat: '"*:<>?\\|' and controls)
+    "trailing",                   # str = "": characters a name must not end with (dropped or refused there)
+    "name_unit",                  # str = "bytes": what its name limit counts: bytes (UTF-8) or utf16 (code units)
+    "name_max",                   # int = 255: the longest name, in name_unit
+    "block",                      # int = 0: its allocation unit in bytes (0: unknown, sizes are counted as they are)
+], defaults=(None, "", "", "", "bytes", 255, 0))):
     """What one filesystem does, tried with scratch files we create and remove (never predicted).
 
     Every later choice follows from it: the method of a move, the removal of a source, how a dedupe
@@ -185,6 +190,11 @@ class FsFacts(namedtuple("FsFacts", [
                 f"rename {yes(self.rename)}, RENAME_NOREPLACE {yes(self.noreplace)}, mtime to {when}, "
                 f"inode numbers {'stable' if self.stable_inode else 'NOT stable'}, "
                 f"case-{'sensitive' if self.case_sensitive else 'insensitive'}"
+                + (f", names up to {self.name_max} {'UTF-16 units' if self.name_unit == 'utf16' else 'bytes'}"
+                   if self.name_unit != "bytes" or self.name_max != 255 else "")
+                + (", Windows names only" if self.forbidden else "")
+                + ("" if self.block <= 4096 else f", {self.block >> 20} MiB blocks" if self.block >= 1 << 20
+                   else f", {self.block >> 10} KiB blocks")
                 + ("" if self.overlay is None else ", overlay" + (" (upper layer visible)" if self.overlay
                                                                    else " (layers not visible)")))
 
@@ -320,8 +330,12 @@ class Plan(namedtuple("Plan", [
                                   # a symlinked store folder written through), shown with the plan
     "resumed",                    # (run id, tuple of store paths) | None = None: an interrupted run of
                                   # this pod that `run` continues, and the files it placed already
+    "launch",                     # launch.Launch | None = None: how ComfyUI is started (its options)
+    "space_needed",               # int = 0: store space the run takes: copies rounded up to the store's
+                                  # allocation unit, new folders, and reserve_bytes (storerules.py)
+    "reserve_bytes",              # int = 0: of it, for the run's own files (lock, log, a rollback's records)
     "store_folders",              # tuple[str, ...] = (): store folders the YAML lists that are not there yet
-], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, (), None, ()))):
+], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, (), None, None, 0, 0, ()))):
     """What `run` will do, as a value: the dry run prints it, the run executes it."""
 
     __slots__ = ()
@@ -331,8 +345,13 @@ class Plan(namedtuple("Plan", [
         return sum(a.size for a in self.actions if a.method is Method.COPY)
 
     @property
+    def space_to_take(self) -> int:
+        """Bytes of store space the run needs: allocation, not bytes (at least the bytes copied)."""
+        return max(self.space_needed, self.bytes_to_copy)
+
+    @property
     def fits(self) -> bool:
-        return self.free_bytes is None or self.bytes_to_copy <= self.free_bytes
+        return self.free_bytes is None or self.space_to_take <= self.free_bytes
 
     @property
     def container_fits(self) -> bool:

@@ -69,10 +69,16 @@ class View:
     of the store whose content the trees list under the store's name (facts.through_links): such
     a folder's link is not followed, a path behind it (a file run places there) stays in the store.
     The longest alias matching a path applies.
+
+    folded: roots on a case-insensitive filesystem (the store on exFAT): a name below one finds a
+    file of any spelling that folds onto it (storerules.fold), as the filesystem's lookup does.
     """
 
-    def __init__(self, tree: Mapping[str, Node], roots: Sequence[str], aliases: Sequence[Tuple[str, str]] = ()):
+    def __init__(self, tree: Mapping[str, Node], roots: Sequence[str], aliases: Sequence[Tuple[str, str]] = (),
+                 folded: Sequence[str] = ()):
         self.tree = dict(tree)
+        self.folded = tuple(r.rstrip("/") for r in folded)
+        self._fold_index: Optional[Dict[str, str]] = None
         self.roots = [r.rstrip("/") or "/" for r in roots]
         self.aliases = [(r.rstrip("/"), g.rstrip("/")) for r, g in aliases if r.rstrip("/") != g.rstrip("/")]
         self._by_real = sorted(self.aliases, key=lambda a: -len(a[0]))      # the longest match first
@@ -87,7 +93,7 @@ class View:
                 tree.pop(p, None)
             else:
                 tree[p] = n
-        return View(tree, self.roots, self.aliases)
+        return View(tree, self.roots, self.aliases, self.folded)
 
     def canon(self, p: str) -> str:
         p = posixpath.normpath(p)
@@ -121,7 +127,23 @@ class View:
     def node(self, p: str) -> Optional[Node]:
         f = self.final(p)
         n = self.tree.get(f) if f is not None else None
+        if n is None and f is not None and self.folded:
+            n = self.tree.get(self._spelled(f) or "")
         return n if n is not None and n.kind == "file" else None
+
+    def _spelled(self, p: str) -> Optional[str]:
+        """The path the trees hold for `p` below a case-insensitive root, in any spelling."""
+        from migrate.storerules import fold
+        root = next((r for r in self.folded if _under(p, r)), None)
+        if root is None:
+            return None
+        if self._fold_index is None:
+            self._fold_index = {}
+            for q in sorted(self.tree):
+                r = next((r for r in self.folded if _under(q, r)), None)
+                if r is not None:
+                    self._fold_index.setdefault(r + fold(q[len(r):]), q)
+        return self._fold_index.get(root + fold(p[len(root):]))
 
     def is_file(self, p: str) -> bool:
         return self.node(p) is not None
@@ -178,7 +200,8 @@ def loads(order: Mapping[str, Sequence[str]], view: View) -> Dict[Tuple[str, str
         for name in sorted(names):
             got = first_holder(folders, name, view.is_file)
             if got is not None:
-                out[(cat, name)] = view.final(got) or got
+                got = view.final(got) or got
+                out[(cat, name)] = got if got in view.tree or not view.folded else view._spelled(got) or got
     return out
 
 

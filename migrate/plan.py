@@ -16,7 +16,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from collections import namedtuple
 
-from migrate import comfy, names
+from migrate import comfy, names, storerules
+from migrate.storerules import CASE_CLASH, NAME_REFUSED, stay_kind
 from migrate.errors import BadInput
 from migrate.model import (
     UNPROBED, Action, ActionKind, CustomFolder, FileRecord, FsFacts, Method, Mode, OnConflict, PathFacts, Plan,
@@ -59,7 +60,10 @@ class World(namedtuple("World", [
     "outside",                    # dict[str, names.Node]: files at candidate names in folders of the
                                   # user's YAML outside the scanned roots, and link targets out there
     "yaml_real",                  # str | None: the YAML's path as ComfyUI reads it (real folder)
-], defaults=(None, (), None, None))):
+    "yamls",                      # tuple[(path, text), ...]: every other YAML ComfyUI reads, in its
+                                  # order (the written one by yaml_real: its text is the plan's)
+    "output",                     # tuple[(category, folder), ...]: the output folders main.py adds
+], defaults=(None, (), None, None, (), ()))):
     """What the resolver needs beyond the scans (gathered by facts.gather_world)."""
 
     __slots__ = ()
@@ -76,18 +80,15 @@ def _search_rank(r: FileRecord) -> Tuple:
     return (r.category or "", idx, r.rel)
 
 
-def _conflict_name(dst: str, taken, name_max: int = 255) -> str:
+def _conflict_name(dst: str, taken, fs: FsFacts = UNPROBED) -> str:
     """`<stem>.conflict-N<ext>`, the stem shortened (on a character boundary) so that the name fits
-    the store's filesystem (name_max bytes)."""
+    the store's filesystem (its limit, in its unit); `taken(path)`: whether the store has that name."""
     folder, base = posixpath.split(dst)
     stem, ext = posixpath.splitext(base)
     n = 1
     while True:
-        tail = f".conflict-{n}{ext}".encode("utf-8", "surrogateescape")
-        room = max(1, name_max - len(tail))
-        short = stem.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore") or stem[:1]
-        name = posixpath.join(folder, f"{short}.conflict-{n}{ext}")
-        if name not in taken:
+        name = posixpath.join(folder, storerules.shorten(stem, f".conflict-{n}{ext}", fs))
+        if not taken(name):
             return name
         n += 1
 
@@ -96,6 +97,63 @@ def _conflict_name(dst: str, taken, name_max: int = 255) -> str:
 class _Slot:
     digest: Optional[str]
     inode: Optional[Tuple[int, int]]    # (dev, ino) the name will have, when known
+    path: str = ""                      # the name as spelled (a case-insensitive store keys by its fold)
+
+
+class _Slots(dict):
+    """Target path -> what it holds (now or after the plan), keyed as the store finds names: on a
+    case-insensitive store `Style.pt` and `style.pt` are one name (storerules.fold)."""
+
+    def __init__(self, fs: FsFacts) -> None:
+        super().__init__()
+        self.key = storerules.key_of(fs)
+
+    def find(self, path: str) -> Optional[_Slot]:
+        return self.get(self.key(path))
+
+    def put(self, path: str, slot: _Slot) -> None:
+        slot.path = path
+        self[self.key(path)] = slot
+
+    def taken(self, path: str) -> bool:
+        return self.key(path) in self
+
+
+def _case_clashes(sources: Sequence[ScanResult], target_scan: Optional[ScanResult], target: str,
+                  fs: FsFacts) -> Dict[str, str]:
+    """On a case-insensitive store: source path -> another spelling it would be one name with there
+    (`loras/Style.pt` and `loras/style.pt`, or a folder `Style/` and `style/`), for each model file
+    whose path in the store, or a folder on the way, folds onto a differently spelled one (of
+    another source file or of the store). The category folder's own spelling does not count: the
+    names ComfyUI shows are relative to it. Empty where case counts."""
+    if fs.case_sensitive:
+        return {}
+    spellings: Dict[str, set] = {}
+
+    def prefixes(rel: str):
+        parts = rel.split("/")
+        parts[0] = storerules.fold(parts[0])
+        return ["/".join(parts[:i]) for i in range(2, len(parts) + 1)]
+
+    for r in (target_scan.records if target_scan else ()):
+        for p in prefixes(r.rel):
+            spellings.setdefault(storerules.fold(p), set()).add(p)
+    mine = []
+    for scan in sources:
+        for r in scan.records:
+            if r.status is Status.MIGRATE:
+                rel = posixpath.relpath(target_path(target, r), target)
+                mine.append((r.path, rel))
+                for p in prefixes(rel):
+                    spellings.setdefault(storerules.fold(p), set()).add(p)
+    out: Dict[str, str] = {}
+    for path, rel in mine:
+        for p in prefixes(rel):
+            others = sorted(spellings[storerules.fold(p)] - {p})
+            if others:
+                out[path] = others[0].split("/", 1)[1] + ("/" if p.count("/") != rel.count("/") else "")
+                break
+    return out
 
 
 def build_plan(
@@ -113,26 +171,28 @@ def build_plan(
     target_fs: FsFacts = UNPROBED,
     layers: Optional[Mapping[str, str]] = None,
     container_free: Optional[int] = None,
-    name_max: int = 255,
+    state_present: int = 0,
     store_dirs: Optional[frozenset] = None,
 ) -> Plan:
     """`target_fs`: what the store's filesystem does (fsops.probe_fs); `layers`: source path -> LOWER
     or UNKNOWN for files of overlay sources (facts.overlay_layers); `container_free`: free bytes of
-    the overlay sources' upper layer (the container disk); `name_max`: the longest name the store's
-    filesystem takes (a renamed conflict is fitted to it); `store_dirs`: the names of the folders at
-    the store's top (None: unknown, no folder is planned)."""
+    the overlay sources' upper layer (the container disk). The store's name rules and allocation
+    unit come with target_fs (storerules.py); `state_present`: how many of the run's own state
+    paths exist in the store already (storerules.STATE_PATHS: no block to reserve for them);
+    `store_dirs`: the names of the folders at the store's top (None: unknown, no folder is planned)."""
     target_hardlinks = target_hardlinks and target_fs.hardlink
     layers = layers or {}
     if yaml_path is not None and yaml_before is not None:
         comfy.parse_yaml(yaml_before, yaml_path)    # a broken YAML is refused even when nothing moves
     probe_of = {p.source: p for p in probes}
     warnings: List[str] = []
-    slots: Dict[str, _Slot] = {}            # target path -> what it holds (now or after the plan)
+    slots = _Slots(target_fs)               # target path -> what it holds (now or after the plan)
     stored: Dict[str, str] = {}             # digest -> the one stored copy's path
     target_folders: Dict[str, set] = {}
+    clashes = _case_clashes(sources, target_scan, target, target_fs)
     for r in (target_scan.records if target_scan else ()):
         path = posixpath.join(target, r.rel)
-        slots[path] = _Slot(r.digest if r.status.migrates else None, (r.dev, r.ino))
+        slots.put(path, _Slot(r.digest if r.status.migrates else None, (r.dev, r.ino)))
         if r.status.migrates and r.digest and r.digest not in stored:
             stored[r.digest] = path
         if r.category:
@@ -146,12 +206,14 @@ def build_plan(
                            "use --mode move or --mode copy")
         for r in sorted(scan.records, key=_search_rank):
             actions.append(_decide(r, target, policy, probe, target_hardlinks, slots, stored, target_folders,
-                                   target_fs, layers.get(r.path), name_max))
+                                   target_fs, layers.get(r.path), clashes.get(r.path)))
 
-    before = _tree(sources, target_scan, target, world)
+    before = _tree(sources, target_scan, target, world, target_fs)
     actions = _relinks(actions, before)
     for a in actions:
-        if a.kind is ActionKind.CONFLICT:
+        if a.kind is ActionKind.CONFLICT and stay_kind(a) != "conflict":
+            warnings.append(f"{stay_kind(a)}: {a.source}: {a.reason}")
+        elif a.kind is ActionKind.CONFLICT:
             warnings.append(f"conflict: {a.source}: the store holds other bytes under this name; left in "
                             "place and shadowed (--on-conflict rename stores it as .conflict-N)")
         elif a.kind is not ActionKind.SKIP and a.dst and a.reason.startswith("renamed to "):
@@ -178,7 +240,13 @@ def build_plan(
     if container:
         warnings.append(f"the overlay's layers are not visible here: setting aside {container} bytes of sources "
                         "may copy them up onto the container disk first (counted against its free space)")
+    need, reserve = _space_needed(actions, target_scan, target, target_fs, state_present)
+    # the category folders the YAML lists that no placement makes: a block each
+    tops = {posixpath.join(target, posixpath.relpath(a.dst, target).split("/", 1)[0])
+            for a in actions if a.dst and a.method is not Method.NONE}
+    need += target_fs.block * len(set(made) - tops)
     return Plan(
+        space_needed=need, reserve_bytes=reserve,
         name_changes=changes, names_after=after,
         target=target, sources=tuple(s.root for s in sources), yaml_path=yaml_path, yaml_before=yaml_before,
         yaml_after=yaml_after, policy=policy, actions=tuple(actions), probes=tuple(probes),
@@ -233,10 +301,39 @@ def missing_folders(folders: Mapping[str, Sequence[str]], target: str,
     return tuple(posixpath.join(target, f) for f in sorted(want - set(store_dirs)))
 
 
+def _space_needed(actions: Sequence[Action], target_scan: Optional[ScanResult], target: str,
+                  fs: FsFacts, state_present: int = 0) -> Tuple[int, int]:
+    """(the store space the run needs, the part of it reserved for the run's own files): each copy
+    rounded up to the store's allocation unit, a block for each symlink and each new folder, and
+    storerules.reserve (the lock, the log and a rollback's records, the catalogue)."""
+    block = fs.block
+    need = 0
+    dsts = []
+    for a in actions:
+        if a.method is Method.COPY:
+            need += storerules.allocation(a.size, block)
+        elif a.method is Method.SYMLINK:
+            need += block
+        if a.dst and a.method is not Method.NONE:
+            dsts.append(a.dst)
+    existing = {target} if target_scan is not None else set()
+    for r in (target_scan.records if target_scan else ()):
+        cur = posixpath.dirname(posixpath.join(target, r.rel))
+        while cur != target and cur not in existing:
+            existing.add(cur)
+            cur = posixpath.dirname(cur)
+    need += block * storerules.new_folders(dsts, existing, target)
+    steps = sum(1 for a in actions if a.method is not Method.NONE or a.removal is not Removal.NONE
+                or a.kind is ActionKind.RELINK)
+    stored = len(target_scan.records) if target_scan else 0
+    reserve = storerules.reserve(block, steps, stored + len(dsts), state_present)
+    return need + reserve, reserve
+
+
 def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_hardlinks: bool,
-            slots: Dict[str, _Slot], stored: Dict[str, str], target_folders: Dict[str, set],
+            slots: _Slots, stored: Dict[str, str], target_folders: Dict[str, set],
             target_fs: FsFacts = UNPROBED, layer: Optional[str] = None,
-            name_max: int = 255) -> Action:
+            clash: Optional[str] = None) -> Action:
     common = dict(root=r.root, rel=r.rel, category=r.category, size=r.size, digest=r.digest, dev=r.dev,
                   ino=r.ino, mode=r.mode, mtime_ns=r.mtime_ns)
     if r.status is not Status.MIGRATE:
@@ -261,7 +358,25 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
         return Removal.UNLINK if stable and slot_inode == (r.dev, r.ino) else Removal.QUARANTINE
 
     dst = target_path(target, r)
-    slot = slots.get(dst)
+    # The store's own name rules (storerules.py): a name it cannot hold stays on the pod.
+    refused = storerules.refused_path(posixpath.relpath(dst, target), target_fs)
+    if refused is not None:
+        return Action(ActionKind.CONFLICT, dst=dst, reason=f"{NAME_REFUSED}: {refused}; it stays where it is "
+                      "(rename it on the pod to move it)", **common)
+    # Two spellings that fold together are one name on a case-insensitive store: placing either
+    # makes the other name load its bytes there. Both stay (or, with --on-conflict rename, the
+    # first keeps the name and the others are renamed; a folder cannot be renamed: they stay).
+    if clash is not None and (policy.on_conflict is OnConflict.SKIP or clash.endswith("/")):
+        return Action(ActionKind.CONFLICT, dst=dst, reason=f"{CASE_CLASH} {clash!r} on the store's "
+                      f"case-insensitive filesystem ({target_fs.fstype}): both stay where they are"
+                      + (" (--on-conflict rename keeps both)" if not clash.endswith("/") else ""), **common)
+    slot = slots.find(dst)
+    if slot is not None and slot.path != dst:
+        if slot.path.split("/")[-r.rel.count("/"):] == dst.split("/")[-r.rel.count("/"):]:
+            dst = slot.path     # only the category folder is spelled otherwise there: the same name
+        else:                   # (only with --on-conflict rename: a clash is kept on the pod otherwise)
+            dst = _conflict_name(dst, slots.taken, target_fs)
+            slot = None
     if slot is not None:
         if slot.digest == r.digest:
             rem = removal_for(slot.inode)
@@ -272,18 +387,18 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
         if policy.on_conflict is OnConflict.SKIP:
             return Action(ActionKind.CONFLICT, dst=dst, reason="the target holds different content under "
                           "this name; left in place (--on-conflict rename keeps both)", **common)
-        dst = _conflict_name(dst, slots, name_max)
+        dst = _conflict_name(dst, slots.taken, target_fs)
     folder = posixpath.relpath(dst, target).split("/", 1)[0]
     target_folders.setdefault(r.category or folder, set()).add(folder)
     reason = "" if dst == target_path(target, r) else f"renamed to {posixpath.basename(dst)} (name conflict)"
 
     if r.digest in stored:
         keep = stored[r.digest]
-        keep_inode = slots[keep].inode
+        keep_inode = slots.find(keep).inode  # type: ignore[union-attr]
         # A store without hardlinks gets a symlink; without symlinks either, a copy (the plan counts its bytes).
         method = Method.HARDLINK if target_hardlinks else Method.SYMLINK if target_fs.symlink else Method.COPY
         rem = removal_for(keep_inode)
-        slots[dst] = _Slot(r.digest, keep_inode if method is Method.HARDLINK else None)
+        slots.put(dst, _Slot(r.digest, keep_inode if method is Method.HARDLINK else None))
         why = reason or f"same content as {posixpath.relpath(keep, target)}"
         if method is Method.COPY:
             why += " (the store takes neither hardlinks nor symlinks: a second copy)"
@@ -306,7 +421,7 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
     else:
         kind, method, rem = ActionKind.COPY, Method.COPY, Removal.NONE
     inode = (r.dev, r.ino) if method in (Method.HARDLINK, Method.RENAME) else None
-    slots[dst] = _Slot(r.digest, inode)
+    slots.put(dst, _Slot(r.digest, inode))
     stored[r.digest] = dst  # type: ignore[index]
     if lower:
         reason = f"{reason}; {LOWER_STAYS}" if reason else LOWER_STAYS
@@ -314,7 +429,7 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
 
 
 def _tree(sources: Sequence[ScanResult], target_scan: Optional[ScanResult], target: str,
-          world: Optional[World]) -> names.View:
+          world: Optional[World], target_fs: FsFacts = UNPROBED) -> names.View:
     """The scanned trees (and the files gathered outside them) as the resolver sees them today."""
     tree: Dict[str, names.Node] = dict((world.outside if world else None) or {})
     for scan in list(sources) + ([target_scan] if target_scan is not None else []):
@@ -324,10 +439,35 @@ def _tree(sources: Sequence[ScanResult], target_scan: Optional[ScanResult], targ
             elif r.status is not Status.SPECIAL:
                 tree[r.path] = names.Node("file", r.size, r.digest, None)
     roots = [s.root for s in sources] + [target]
-    return names.View(tree, roots, world.aliases if world else ())
+    return names.View(tree, roots, world.aliases if world else (),
+                      folded=() if target_fs.case_sensitive else (target,))
 
 
 _GONE = (Removal.UNLINK, Removal.QUARANTINE, Removal.RENAMED)
+
+
+def _folder_moved_to(folder: str, actions: Sequence[Action], moved: Dict[str, Action]) -> Optional[str]:
+    """The store folder every model file below `folder` (of the sources) moved into, keeping its path
+    below it, or None: nothing moved, one stays (a conflict, a file set aside by the audit), or they
+    went to several folders. Entries that never migrate (placeholders, unfinished downloads) do not count."""
+    prefix = folder.rstrip("/") + "/"
+    dest = None
+    for a in actions:
+        if not a.source.startswith(prefix):
+            continue
+        rest = a.source[len(prefix):]
+        b = moved.get(a.source)
+        if b is None:
+            if a.kind is ActionKind.SKIP and not a.digest:
+                continue        # not a model (a placeholder, a .part, a symlink): it stays, as before
+            return None
+        if b.dst is None or not b.dst.endswith("/" + rest):
+            return None
+        here = b.dst[:-len(rest) - 1]
+        if dest not in (None, here):
+            return None
+        dest = here
+    return dest
 
 
 def _relinks(actions: List[Action], view: names.View) -> List[Action]:
@@ -343,6 +483,13 @@ def _relinks(actions: List[Action], view: names.View) -> List[Action]:
         if node is not None and node.kind == "link":
             hop = view.canon(posixpath.join(posixpath.dirname(view.real(a.source)), node.to or ""))
             hop_node = view.tree.get(hop)
+            # A symlinked folder inside a category folder (a category folder that is a symlink keeps
+            # its category: scan.py): every model below it moved to one store folder.
+            folder = _folder_moved_to(hop, actions, moved) if hop_node is None and "/" in a.rel else None
+            if folder is not None:
+                out.append(a._replace(kind=ActionKind.RELINK, dst=folder, reason=f"symlink to the folder {node.to}: "
+                                      "its files moved; re-pointed to their folder in the store"))
+                continue
             end = view.final(a.source)
             to = moved.get(hop) or (moved.get(end or "") if hop_node is None or hop_node.kind != "link" else None)
             if to is not None:
@@ -378,8 +525,8 @@ def _name_changes(actions: Sequence[Action], before: names.View, target: str, wo
     after = before.replace(edits)
     where = world.yaml_real or yaml_path
     models = world.models_dir or posixpath.join(posixpath.dirname(where), "models")
-    order_before = comfy.search_folders([(where, yaml_before)] if yaml_before is not None else [], models)
-    order_after = comfy.search_folders([(where, yaml_after)] if yaml_after is not None else [], models)
+    order_before = comfy.search_folders(_yamls(world, where, yaml_before), models, output=world.output)
+    order_after = comfy.search_folders(_yamls(world, where, yaml_after), models, output=world.output)
     loads_before = names.loads(order_before, before)
     loads_after = names.loads(order_after, after)
     by_source = {a.source: a for a in actions}
@@ -413,6 +560,15 @@ def _name_changes(actions: Sequence[Action], before: names.View, target: str, wo
         if n is not None and (loads_before[key].startswith(sources) or a in edits or key in placed):
             logged.append((key[0], key[1], n.digest, n.size))
     return tuple(changes), tuple(logged)
+
+
+def _yamls(world: World, where: str, text: Optional[str]) -> List[Tuple[str, str]]:
+    """Every YAML ComfyUI reads, in order, the written one (`where`) with `text` (launch.yaml_texts)."""
+    paths = [p for p, _ in world.yamls]
+    out = [(p, text if p == where else t) for p, t in world.yamls]
+    if where not in paths:
+        out.append((where, text))
+    return [(p, t) for p, t in out if t is not None]
 
 
 def _placed_at(dst: str, view: names.View) -> str:

@@ -17,6 +17,7 @@ import posixpath
 from typing import Dict, List, Optional, Sequence
 
 from migrate.errors import BadInput
+from migrate.storerules import UTF16, length
 
 
 class StoreChanged(BadInput):
@@ -102,12 +103,15 @@ def check(plan: Plan, facts: Dict[str, PathFact], yaml_real: Optional[str]) -> P
             raise StoreChanged(f"{a.dst} already exists in the store ({'a folder' if f.is_dir else f.kind}) and "
                                f"{a.source} would be placed there",
                                f"plan again (another pod's run placing it?); or move or rename {a.dst}")
+        # (The plan kept on the pod every name the store's own filesystem refuses, in its own unit:
+        # storerules.py. This is for a folder behind a symlink, on another filesystem.)
         where = facts.get(_nearest(posixpath.dirname(a.dst), facts, target))
         limit = where.name_max if where is not None else 255
         name = posixpath.basename(a.dst)
-        if len(name.encode("utf-8", "surrogateescape")) > limit:
-            raise BadInput(f"the name {name!r} is {len(name.encode('utf-8', 'surrogateescape'))} bytes, longer than "
-                           f"the {limit} bytes the store's filesystem takes (for {a.source})",
+        unit = plan.target_fs.name_unit
+        if length(name, unit) > limit:
+            raise BadInput(f"the name {name!r} is {length(name, unit)} {'UTF-16 units' if unit == UTF16 else 'bytes'}, "
+                           f"longer than the {limit} the store's filesystem takes (for {a.source})",
                            "rename the file to a shorter name, then plan again")
     for folder in sorted({_nearest(d, facts, target) for d in needed_folders(plan)} | ({target} if t.is_dir else set())):
         f = facts.get(folder)

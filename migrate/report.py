@@ -217,6 +217,7 @@ def plan_doc(plan: Plan) -> dict:
         "findings": [finding_doc(f) for f in plan.findings],
         "name_changes": [name_change_doc(c) for c in plan.name_changes],
         "preflight": list(plan.notes),
+        "comfyui": plan.launch.doc() if plan.launch is not None else None,
     }
 
 
@@ -244,7 +245,9 @@ def name_change_lines(plan: Plan, limit: int = 8, when: str = "after the run") -
 def fs_doc(fs) -> dict:
     return {"type": fs.fstype, "hardlink": fs.hardlink, "symlink": fs.symlink, "rename": fs.rename,
             "rename_noreplace": fs.noreplace, "mtime_step_ns": fs.mtime_step_ns, "stable_inode": fs.stable_inode,
-            "case_sensitive": fs.case_sensitive, "overlay": fs.overlay is not None, "detail": fs.detail}
+            "case_sensitive": fs.case_sensitive, "overlay": fs.overlay is not None, "detail": fs.detail,
+            "forbidden_characters": fs.forbidden, "trailing_dropped": fs.trailing, "name_unit": fs.name_unit,
+            "name_max": fs.name_max, "block_bytes": fs.block}
 
 
 def totals(plan: Plan) -> dict:
@@ -259,8 +262,12 @@ def totals(plan: Plan) -> dict:
     saved = sum(a.size for a in plan.actions if a.kind in (ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT)
                 and a.removal is not Removal.UNLINK and a.dst not in resumed)
     quarantined = sum(a.size for a in plan.actions if a.removal is Removal.QUARANTINE)
+    from migrate.storerules import stay_kind
     return {"by_action": by_kind, "dedup_saves_bytes": saved, "copy_bytes": plan.bytes_to_copy,
-            "quarantine_bytes": quarantined}
+            "quarantine_bytes": quarantined, "store_space_needed": plan.space_to_take,
+            "store_reserve_bytes": plan.reserve_bytes,
+            "stays": {k: sum(1 for a in plan.actions if a.kind is ActionKind.CONFLICT and stay_kind(a) == k)
+                      for k in ("conflict", "case-clash", "name-refused")}}
 
 
 SHORT = {ActionKind.MOVE: "move", ActionKind.LINK: "link", ActionKind.COPY: "copy",
@@ -344,19 +351,27 @@ def plan_header(plan: Plan) -> list[str]:
     if len(plan.sources) > 1:
         lines += [f"  [{i}] {show(r)}" for i, r in enumerate(plan.sources, 1)]
     lines.append(f"store:  {show(plan.target)}   (mode {plan.policy.mode.value})")
+    if plan.launch is not None and (plan.launch.args or plan.launch.origin):
+        lines.append(f"ComfyUI: {show(plan.launch.comfyui)} started with {show(plan.launch.shell_args() or 'no options that place models')}"
+                     + (f" ({plan.launch.origin})" if plan.launch.origin else ""))
     lines += [f"note: {show(n)}" for n in plan.notes]
     return lines
 
 
 def warning_lines(plan: Plan) -> list[str]:
     """The plan's warnings, each kind once: conflicts as one line naming the files (short), then the rest."""
-    conflicts = [a for a in plan.actions if a.kind is ActionKind.CONFLICT]
+    from migrate.storerules import stay_kind
+    heads = {"conflict": "conflict(s): the store holds other content under the name",
+             "case-clash": "case clash(es): the store's filesystem folds case, so these names are one name "
+                           "there with another spelling",
+             "name-refused": "name(s) the store's filesystem cannot hold (its characters or length)"}
     lines = []
-    if conflicts:
-        names = ", ".join(middle(a.rel, 60) for a in conflicts[:4]) + (" ..." if len(conflicts) > 4 else "")
-        lines.append(f"{len(conflicts)} conflict(s): the store holds other content under the name; the pod's file "
-                     f"stays where it is: {names}")
-    lines += [w for w in plan.warnings if not w.startswith("conflict:")]
+    for kind, head in heads.items():
+        group = [a for a in plan.actions if a.kind is ActionKind.CONFLICT and stay_kind(a) == kind]
+        if group:
+            names = ", ".join(middle(a.rel, 60) for a in group[:4]) + (" ..." if len(group) > 4 else "")
+            lines.append(f"{len(group)} {head}; the pod's file stays where it is: {names}")
+    lines += [w for w in plan.warnings if not w.startswith(tuple(f"{k}:" for k in heads))]
     return lines
 
 
@@ -380,7 +395,10 @@ def summary_lines(plan: Plan, quiet: bool = False) -> list[str]:
                         if there else "") + "; `comfy-migrate rollback` undoes it")
     if plan.free_bytes is not None:
         verdict = "fits" if plan.fits else "DOES NOT FIT"
-        lines.append(f"target free space {human(plan.free_bytes)}: the plan {verdict}")
+        block = plan.target_fs.block
+        how = (f" (it needs {human(plan.space_to_take)} there in {human(block)} blocks, {human(plan.reserve_bytes)} "
+               "of it for the lock, the log and a rollback)") if plan.space_needed else ""
+        lines.append(f"target free space {human(plan.free_bytes)}: the plan {verdict}{how}")
     if t["quarantine_bytes"]:
         lines.append(f"{human(t['quarantine_bytes'])} of source copies go to quarantine "
                      "(freed by `comfy-migrate purge`)")
@@ -528,15 +546,15 @@ def workflow_lines(doc: dict, root: str = "") -> list[str]:
 
 def rollback_summary(undos: Sequence, kept: int) -> str:
     """What a rollback will do, in one line: counts per kind of step (rollback.Undo.op)."""
+    from migrate.steps import PLACES, RETURNS_SOURCE, Op
     n: dict[str, int] = {}
     for u in undos:
         n[u.op] = n.get(u.op, 0) + 1
-    back = n.get("quarantine", 0) + n.get("unlink", 0) + n.get("rename", 0)
+    back = sum(k for op, k in n.items() if op in RETURNS_SOURCE)
     parts = [f"{back} source file(s) back to their place" if back else "",
-             f"{n.get('link', 0) + n.get('copy', 0) + n.get('dedupe', 0) + n.get('symlink', 0) + n.get('rename', 0)}"
-             " name(s) taken out of the store",
-             f"{n['linkback']} link-back symlink(s) removed" if n.get("linkback") else "",
-             f"{n['mkdir']} folder(s) removed if empty" if n.get("mkdir") else "",
-             "the YAML restored" if n.get("yaml") else "",
+             f"{sum(k for op, k in n.items() if op in PLACES)} name(s) taken out of the store",
+             f"{n[Op.LINKBACK]} link-back symlink(s) removed" if n.get(Op.LINKBACK) else "",
+             f"{n[Op.MKDIR]} folder(s) removed if empty" if n.get(Op.MKDIR) else "",
+             "the YAML restored" if n.get(Op.YAML) else "",
              f"{kept} stored file(s) kept for other runs" if kept else ""]
     return "; ".join(p for p in parts if p and not p.startswith("0 "))

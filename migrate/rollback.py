@@ -25,6 +25,7 @@ from migrate.hashing import hash_bytes, hash_path
 from migrate.journal import EmptyLog, Journal, group_steps, read_begun, read_log, rollback_log_of, run_logs
 from migrate.model import STATE_DIR, Problem
 from migrate.scan import TEMP_MARK, temp_name
+from migrate.steps import PLACES, PLACES_FILE, REMOVES_SOURCE, Op
 
 PATH_FIELDS = ("src", "dst", "tmp", "q", "stored", "path")
 
@@ -37,20 +38,8 @@ class Undo:
     finished: bool     # the forward step was confirmed done
 
     def describe(self) -> str:
-        r = self.rec
-        return {
-            "mkdir": f"remove folder {r.get('path')} if empty",
-            "link": f"remove {r.get('dst')} (a hardlink of {r.get('src')})",
-            "dedupe": f"remove {r.get('dst')} (a hardlink of {r.get('stored')})",
-            "symlink": f"remove symlink {r.get('dst')}",
-            "rename": f"move {r.get('dst')} back to {r.get('src')}",
-            "copy": f"remove the copy {r.get('dst')} (the source is back at {r.get('src')})",
-            "yaml": f"restore {r.get('path')} to its previous bytes",
-            "unlink": f"recreate {r.get('src')} as a hardlink of {r.get('dst')}",
-            "quarantine": f"move {r.get('src')} back from quarantine",
-            "linkback": f"remove symlink {r.get('src')}",
-            "relink": f"point symlink {r.get('src')} at {r.get('old')} again",
-        }.get(self.op, self.op)
+        op = Op.of({"op": self.op})
+        return op.describe_undo(self.rec) if op is not None else self.op
 
 
 def check_log(records: Sequence[dict], path: str) -> None:
@@ -64,7 +53,7 @@ def check_log(records: Sequence[dict], path: str) -> None:
             p = rec.get(f)
             if p is None or rec.get("type") in ("header", "resume"):
                 continue
-            if f == "path" and rec.get("op") == "yaml" and p == head.get("yaml"):
+            if f == "path" and rec.get("op") == Op.YAML and p == head.get("yaml"):
                 continue
             if not isinstance(p, str) or posixpath.normpath(p) != p or not any(
                     p.startswith(r.rstrip("/") + "/") for r in roots):
@@ -93,21 +82,9 @@ def check_log(records: Sequence[dict], path: str) -> None:
                          "the log was edited; restore the original")
 
 
-def precisions(head: dict) -> Callable[[str], identity.Precision]:
-    """path -> the precision of its filesystem, as the run's header recorded it per root (its probe);
-    a log of an earlier version has none: exact."""
-    fs = head.get("fs") if isinstance(head.get("fs"), dict) else {}
-    roots = sorted((r for r in fs if isinstance(r, str)), key=len, reverse=True)
-
-    def of(path: str) -> identity.Precision:
-        root = next((r for r in roots if isinstance(path, str) and path.startswith(r.rstrip("/") + "/")), None)
-        return identity.precision_of(fs.get(root)) if root else identity.EXACT
-    return of
-
-
 def plan_rollback(records: Sequence[dict]) -> List[Undo]:
     steps = group_steps(list(records))
-    prec = precisions(records[0]) if records else (lambda p: identity.EXACT)
+    prec = identity.precisions(records[0]) if records else (lambda p: identity.EXACT)
     undos = []
     for b in reversed(steps.begins):
         rec = dict(b)
@@ -119,7 +96,8 @@ def plan_rollback(records: Sequence[dict]) -> List[Undo]:
                 rec["tmp_ino"] = extra["tmp_ino"]
         done = steps.done.get(b["step"])
         failed = any(e["type"] == "fail" for e in steps.extra.get(b["step"], []))
-        if failed and not done and b["op"] != "copy":
+        op = Op.of(b)
+        if failed and not done and not (op is not None and op.may_act_failed):
             continue    # a failed step changed nothing (each is one atomic call)
         if done:
             rec.update({k: v for k, v in done.items() if k not in ("type", "seq", "prev", "sum")})
@@ -224,9 +202,13 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
     links = run_links(records)
     rb_path = rollback_log_of(log_path)
     again = "`comfy-migrate rollback` again finishes the rollback"
+    state = os.path.dirname(os.path.dirname(log_path))      # <target>/.comfy-migrate
+
+    def room() -> bool:     # a full store: the reserve each run keeps there makes room for this log
+        return fsops.release_reserve(state) > 0
     done_before: set = set()
     if read_begun(rb_path) is not None:
-        j, rb_records, _ = Journal.reopen(rb_path, again)
+        j, rb_records, _ = Journal.reopen(rb_path, again, room)
         done_before = {r["undo"] for r in rb_records if r.get("type") == "done"}
         j.append({"type": "resume", "pid": os.getpid(), "host": socket.gethostname()})
         report = RollbackReport(head["run"], rb_path, resumed=True)
@@ -240,7 +222,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                      "log_tail": records[-1]["sum"],
                                      **({"unbegun_log_dropped": dropped} if dropped is not None else {})},
-                           again)
+                           again, room)
         report = RollbackReport(head["run"], rb_path)
 
     def drop_handed() -> None:
@@ -249,7 +231,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
             step = f"drop:{k['rel']}"
             if step in done_before:
                 continue
-            j.append({"type": "begin", "undo": step, "op": "drop-kept", "path": k["path"]})
+            j.append({"type": "begin", "undo": step, "op": Op.DROP_KEPT.value, "path": k["path"]})
             try:
                 _safe(root_of, k["path"], links)
                 note = _drop_kept(k, records)
@@ -267,8 +249,8 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
     # Kept files leave once this run's sources are back (every source removal undone: a continued
     # run has some before and some after its resume), before the store folders made since are
     # removed: those may hold nothing else.
-    last_removal = max((i for i, u in enumerate(undos) if u.op in ("unlink", "quarantine")), default=-1)
-    first_dir = next((i for i, u in enumerate(undos) if i > last_removal and u.op == "mkdir"
+    last_removal = max((i for i, u in enumerate(undos) if u.op in REMOVES_SOURCE), default=-1)
+    first_dir = next((i for i, u in enumerate(undos) if i > last_removal and u.op == Op.MKDIR
                       and u.rec["path"].startswith(in_store)), len(undos))
     try:
         for i, u in enumerate(undos):
@@ -279,7 +261,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
             j.append({"type": "begin", "undo": u.step, "op": u.op})
             try:
                 for f in PATH_FIELDS:
-                    if isinstance(u.rec.get(f), str) and u.rec.get("op") != "yaml":
+                    if isinstance(u.rec.get(f), str) and u.rec.get("op") != Op.YAML:
                         _safe(root_of, u.rec[f], links)
                 users = users_of(u, relied, head["target"])
                 if users:
@@ -294,7 +276,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                     said: List[str] = []
                     note = _undo(u, on_bytes, twins, said)
                     report.kept.extend(Problem(u.rec.get("path") or "", n) for n in said)
-                    if note and shared and u.op == "mkdir" and u.rec["path"].startswith(in_store):
+                    if note and shared and u.op == Op.MKDIR and u.rec["path"].startswith(in_store):
                         note = ""     # other runs' files live there
             except OSError as exc:
                 note = fsops.describe(exc)
@@ -321,6 +303,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
             j.append({"type": "swept", "folders": swept})
         for root in roots:      # scratch folders of a probe killed mid-way (a plan's, not in any log)
             fsops.sweep_probes(root)
+        fsops.sweep_leftovers(state, [head.get("yaml"), head.get("yaml_real")])     # before the folder times
         j.append({"type": "dirtimes", "restored": _restore_dir_times(records)})
         if before_close is not None:
             before_close()
@@ -378,7 +361,7 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
     notes = [] if notes is None else notes
     r = u.rec
     op = u.op
-    if op == "mkdir":
+    if op == Op.MKDIR:
         try:
             os.rmdir(r["path"])
         except (FileNotFoundError, NotADirectoryError):
@@ -388,30 +371,30 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
                 return "folder is not empty (files were added since); left in place"
             raise
         return ""
-    if op in ("link", "dedupe"):
+    if op in (Op.LINK, Op.DEDUPE):
         dst = r["dst"]
-        want = (r["dev"], r["ino"]) if op == "link" else (r["stored_dev"], r["stored_ino"])
+        want = (r["dev"], r["ino"]) if op == Op.LINK else (r["stored_dev"], r["stored_ino"])
         cur = _ino(dst)
         if cur is None or _never_made(u):
             return ""
         stable = r.get("_p_dst", identity.EXACT).stable_inode
         if stable and cur != want:
             return "the target file was replaced since the run; left in place"
-        if op == "link" and not (_as_logged(dst, r, "dst") if stable else _is_logged_file(dst, r, "dst", None)):
+        if op == Op.LINK and not (_as_logged(dst, r, "dst") if stable else _is_logged_file(dst, r, "dst", None)):
             return "the target file was changed since the run; left in place"
-        if op == "link" and _ino(r["src"]) is None:
+        if op == Op.LINK and _ino(r["src"]) is None:
             fsops.rename_noreplace(dst, r["src"])
             return ""
         if os.lstat(dst).st_nlink < 2 and not _src_holds(r):
             return f"another file now has the old name {r['src']}: this copy is the original's last; kept"
         os.unlink(dst)
         return ""
-    if op == "symlink":
+    if op == Op.SYMLINK:
         dst = r["dst"]
         if os.path.islink(dst) and os.readlink(dst) == r["to"]:
             os.unlink(dst)
         return ""
-    if op == "rename":
+    if op == Op.RENAME:
         if _never_made(u):
             return ""
         cur = _ino(r["dst"])
@@ -425,7 +408,7 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
         os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
         fsops.rename_noreplace(r["dst"], r["src"])
         return ""
-    if op == "copy":
+    if op == Op.COPY:
         tmp = r.get("tmp")
         if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
             os.unlink(tmp)
@@ -447,7 +430,7 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
             return f"another file now has the old name {r['src']}: this copy may be the original's last; kept"
         os.unlink(dst)
         return ""
-    if op == "yaml":
+    if op == Op.YAML:
         path = fsops.through_link(r["path"])
         cur = fsops.read_file(path)
         if r.get("before"):
@@ -470,7 +453,7 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
             if r.get("before_mtime_ns"):
                 os.utime(path, ns=(r["before_mtime_ns"], r["before_mtime_ns"]))
         return ""
-    if op == "unlink":
+    if op == Op.UNLINK:
         if _ino(r["src"]) is not None:
             return ""
         # The stored copy it trusted, else the run's own name for it (a dedupe link: another
@@ -484,7 +467,7 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
         if not _restore_twin(r, twins, on_bytes, names):
             return "the stored copy changed; source not recreated"
         return ""
-    if op == "quarantine":
+    if op == Op.QUARANTINE:
         if _ino(r["src"]) is not None:
             if _ino(r["src"]) == (r["dev"], r["ino"]) or not os.path.lexists(r["q"]):
                 return ""
@@ -499,11 +482,11 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
         if not _restore_twin(r, twins, on_bytes, _holders(r)):
             return "the quarantined file was purged and no stored copy has its content"
         return ""
-    if op == "linkback":
+    if op == Op.LINKBACK:
         if os.path.islink(r["src"]) and os.readlink(r["src"]) == r["to"]:
             os.unlink(r["src"])
         return ""
-    if op == "relink":
+    if op == Op.RELINK:
         tmp = r.get("tmp")
         if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
             os.unlink(tmp)
@@ -523,17 +506,19 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
     return f"unknown step kind {op!r}"
 
 
-PLACING = ("link", "rename", "copy", "dedupe")
-
-
 def _made_here(rec: dict, path: str) -> bool:
     """Does `path` hold the file this placement step puts there: the source's inode (link, rename),
     the stored copy's (dedupe), the staged temporary's (copy)? Compared by inode alone: another pod
-    mounting the same volume sees another st_dev."""
-    ino = {"link": rec.get("ino"), "rename": rec.get("ino"), "dedupe": rec.get("stored_ino")}.get(
-        rec["op"], rec.get("dst_ino") or rec.get("tmp_ino"))
+    mounting the same volume sees another st_dev. A symlink step's name holds its link text."""
+    op = Op(rec["op"])
+    if op is Op.SYMLINK:
+        try:
+            return os.path.islink(path) and os.readlink(path) == rec.get("to")
+        except OSError:
+            return False
+    ino = op.placed_ino(rec)
     cur = _ino(path)
-    if cur is not None and "_p_dst" in rec and not rec["_p_dst"].stable_inode and rec["op"] != "dedupe":
+    if cur is not None and "_p_dst" in rec and not rec["_p_dst"].stable_inode and op is not Op.DEDUPE:
         return rec.get("digest") is not None and _is_logged_file(path, rec, "dst", None)
     return ino is not None and cur is not None and cur[1] == ino
 
@@ -548,7 +533,7 @@ def _never_made(u: Undo) -> bool:
 def users_of(u: Undo, relied: Dict[str, List[str]], target: str) -> Optional[List[str]]:
     """The other runs relying on the stored file this undo would take out of the store (fleet.reliance),
     if the run put it there: a placement it only began, whose name holds another file, is not its own."""
-    if u.op not in PLACING or _never_made(u):
+    if u.op not in PLACES or _never_made(u):
         return None
     return relied.get(store_rel(u.rec.get("dst") or "", target) or "")
 
@@ -564,13 +549,46 @@ def settle(records: Sequence[dict], target: str) -> List[dict]:
     logged = records[0].get("target") or ""
     out = list(records)
     for b in steps.begins:
-        if b.get("op") not in PLACING or b["step"] in steps.done or not isinstance(b.get("dst"), str):
+        if b.get("op") not in PLACES_FILE or b["step"] in steps.done or not isinstance(b.get("dst"), str):
             continue
         rel = store_rel(b["dst"], logged)
         staged = [e["tmp_ino"] for e in steps.extra.get(b["step"], []) if e["type"] == "staged"]
         rec = dict(b, tmp_ino=staged[-1]) if staged else b
         if rel is not None and not _made_here(rec, posixpath.join(target, rel)):
             out.append({"type": "unplaced", "step": b["step"], "dst": b["dst"]})
+    return out
+
+
+def foresee(undos: Sequence[Undo]) -> Dict[int, str]:
+    """For the dry run, read-only and without reading a byte: step -> why its source could not be
+    recreated (no stored copy of its size is left and no other name of it comes back first), so the
+    dry run never promises what the rollback will then refuse ("the stored copy changed")."""
+    back: set = set()           # logged inodes a name of which this rollback gives back (in order)
+    out: Dict[int, str] = {}
+    for u in undos:
+        r = u.rec
+        if u.op not in REMOVES_SOURCE or "src" not in r or _ino(r["src"]) is not None:
+            continue
+        key = (r.get("dev"), r.get("ino"))
+        if u.op == Op.QUARANTINE and isinstance(r.get("q"), str) and os.path.lexists(r["q"]):
+            back.add(key)
+            continue
+        if key in back:
+            continue
+        left = []
+        for p in _holders(r):
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_size == r.get("size", st.st_size):
+                left.append(p)
+        if left:
+            back.add(key)
+        else:
+            gone = " and ".join(_holders(r)) or "its stored copy"
+            out[u.step] = (f"cannot recreate {r['src']}: " + ("the quarantined copy was purged and " if u.op ==
+                           Op.QUARANTINE else "") + f"no stored copy of it is left ({gone} missing or changed in size)")
     return out
 
 
@@ -584,7 +602,7 @@ def _drop_kept(k: dict, records: Sequence[dict]) -> str:
     if every source of this run that trusted it is back as logged, and it still holds its content."""
     path = k["path"]
     for r in records:
-        if r.get("type") == "begin" and r.get("op") in ("unlink", "quarantine") and (r.get("stored") or r.get("dst")) == path:
+        if r.get("type") == "begin" and r.get("op") in REMOVES_SOURCE and (r.get("stored") or r.get("dst")) == path:
             try:
                 if not _as_logged(r["src"], r):
                     return f"{r['src']} is not back as it was"
@@ -600,12 +618,13 @@ def _drop_kept(k: dict, records: Sequence[dict]) -> str:
 
 
 def _keep(u: Undo, on_bytes) -> str:
-    """Leave a stored file other runs rely on, and give this run's source its name back."""
+    """Leave a stored file other runs rely on, and give this run's source its name back (a dedupe's or a
+    symlink's source comes back through the undo of its own removal: it stored no bytes of its own)."""
     r = u.rec
-    if u.op == "dedupe" or _ino(r["src"]) is not None or _ino(r["dst"]) is None:
+    if not Op(u.op).stores_source or _ino(r["src"]) is not None or _ino(r["dst"]) is None:
         return ""
     os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-    if u.op == "link" and _ino(r["dst"]) == (r["dev"], r["ino"]) and _as_logged(r["dst"], r, "dst"):
+    if u.op == Op.LINK and _ino(r["dst"]) == (r["dev"], r["ino"]) and _as_logged(r["dst"], r, "dst"):
         os.link(r["dst"], r["src"])
         return ""
     if not _restore_from(r["dst"], r, on_bytes):
@@ -627,7 +646,7 @@ def left_folders(target: str, this_run: str) -> List[str]:
             continue
         logged = records[0].get("target") or ""
         for r in records:
-            if r.get("type") == "begin" and r.get("op") == "mkdir" and isinstance(r.get("path"), str):
+            if r.get("type") == "begin" and r.get("op") == Op.MKDIR and isinstance(r.get("path"), str):
                 rel = store_rel(r["path"], logged)
                 if rel:
                     out.append(posixpath.join(target, rel))
@@ -762,6 +781,8 @@ def run_state(log_path: str) -> str:
     last = records[-1]
     if last.get("type") == "close":
         return "complete" if last.get("state") == "complete" else "complete with problems"
+    if last.get("type") == "stopped":
+        return "stopped: disk full (free space, then run or rollback)"
     return "interrupted"
 
 
@@ -781,12 +802,11 @@ def history(target: str) -> List[dict]:
             continue
         head = records[0]
         steps = group_steps(records)
-        placed = [b for b in steps.begins if b["op"] in ("link", "rename", "copy", "dedupe", "symlink")
-                  and b["step"] in steps.done]
+        placed = [b for b in steps.begins if b["op"] in PLACES and b["step"] in steps.done]
         # Sources set aside because the store held their content already: the run relies on those
         # stored files (it placed nothing for them, yet ComfyUI now loads them from the store).
         moved = {b.get("src") for b in placed}
-        relied = [b for b in steps.begins if b["op"] in ("unlink", "quarantine") and b["step"] in steps.done
+        relied = [b for b in steps.begins if b["op"] in REMOVES_SOURCE and b["step"] in steps.done
                   and b.get("src") not in moved]
         rows.append({"run": head["run"], "time": head.get("time", ""), "host": head.get("host", ""),
                      "files": len(placed) + len(relied), "bytes": sum(b.get("size", 0) for b in placed + relied),
@@ -843,7 +863,7 @@ def kept_records(target: str) -> List[dict]:
 def quarantined(records: List[dict]) -> List[dict]:
     """Done quarantine steps of a run: what purge may free."""
     steps = group_steps(records)
-    return [b for b in steps.begins if b["op"] == "quarantine" and b["step"] in steps.done]
+    return [b for b in steps.begins if b["op"] == Op.QUARANTINE and b["step"] in steps.done]
 
 
 def purge_check(rec: dict) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 DEFAULT_PORT = 8188
 
@@ -24,12 +24,18 @@ class Running:
         port: the port from its `--port` (ComfyUI's default 8188 without one).
         started: when it started (seconds since the epoch), None where /proc does not say.
         cmdline: its command line, joined with spaces.
+        args: ComfyUI's own options (those after main.py).
+        cwd: its working folder (relative options are taken from it), None where /proc does not say.
+        main: the real folder of its main.py.
     """
 
     pid: int
     port: int
     started: Optional[float]
     cmdline: str
+    args: Tuple[str, ...] = ()
+    cwd: Optional[str] = None
+    main: str = ""
 
     def describe(self) -> str:
         return f"pid {self.pid}, port {self.port}"
@@ -56,14 +62,47 @@ def _started(proc: str, pid: int) -> Optional[float]:
         return None
 
 
-def find_running(comfyui: str, proc: str = "/proc") -> List[Running]:
-    """Every process running <comfyui>/main.py (by path, or as `main.py` from that folder), oldest pid first."""
-    want = os.path.realpath(comfyui)
-    out: List[Running] = []
+# Python's own options that take the next argument (`-X utf8`, `-W ignore`, `--check-hash-based-pycs m`).
+_PY_WITH_VALUE = frozenset("XW")
+
+
+def script_index(args: List[str]) -> Optional[int]:
+    """The index of the script a Python command line runs (`python3 -X utf8 -u main.py` -> 4), None
+    for `-c`/`-m`; a command line whose first word is not a Python: the first of its next two
+    words named main.py (a launcher such as `uv run main.py`)."""
+    if not args:
+        return None
+    if not os.path.basename(args[0]).startswith(("python", "pypy")):
+        return next((i for i in (1, 2) if i < len(args) and os.path.basename(args[i]) == "main.py"), None)
+    i = 1
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            i += 1
+            break
+        if not a.startswith("-") or a == "-":
+            break
+        if a.startswith("--"):
+            i += 2 if a == "--check-hash-based-pycs" else 1
+            continue
+        cluster = a[1:]
+        for j, ch in enumerate(cluster):
+            if ch in "cm":
+                return None                 # python -c CODE / -m MODULE: no script
+            if ch in _PY_WITH_VALUE:
+                if j == len(cluster) - 1:
+                    i += 1                  # `-X utf8`: the value is the next word
+                break                       # `-Xutf8`: the rest of the cluster is the value
+        i += 1
+    return i if i < len(args) else None
+
+
+def _processes(proc: str):
+    """(pid, argv) of every process but this one."""
     try:
         pids = sorted(int(n) for n in os.listdir(proc) if n.isdigit())
     except OSError:
-        return out
+        return
     for pid in pids:
         if pid == os.getpid():
             continue
@@ -72,19 +111,29 @@ def find_running(comfyui: str, proc: str = "/proc") -> List[Running]:
                 args = [a.decode("utf-8", "surrogateescape") for a in f.read().split(b"\0") if a]
         except OSError:
             continue
-        scripts = [a for a in args[:3] if os.path.basename(a) == "main.py"]
-        if not scripts:
+        yield pid, args
+
+
+def find_running(comfyui: Optional[str], proc: str = "/proc") -> List[Running]:
+    """Every process running <comfyui>/main.py (by path, or as `main.py` from that folder), oldest
+    pid first; comfyui None: every process running a main.py (any folder)."""
+    want = os.path.realpath(comfyui) if comfyui is not None else None
+    out: List[Running] = []
+    for pid, args in _processes(proc):
+        i = script_index(args)
+        if i is None or os.path.basename(args[i]) != "main.py":
             continue
         try:
-            cwd = os.readlink(os.path.join(proc, str(pid), "cwd"))
+            cwd: Optional[str] = os.readlink(os.path.join(proc, str(pid), "cwd"))
         except OSError:
             cwd = None
-        for s in scripts:
-            if not os.path.isabs(s):
-                if cwd is None:
-                    continue
-                s = os.path.join(cwd, s)
-            if os.path.dirname(os.path.realpath(s)) == want:
-                out.append(Running(pid, _port(args), _started(proc, pid), " ".join(args)))
-                break
+        s = args[i]
+        if not os.path.isabs(s):
+            if cwd is None:
+                continue
+            s = os.path.join(cwd, s)
+        main = os.path.dirname(os.path.realpath(s))
+        if want is None or main == want:
+            out.append(Running(pid, _port(args[i + 1:]), _started(proc, pid), " ".join(args),
+                               tuple(args[i + 1:]), cwd, main))
     return out

@@ -89,11 +89,72 @@ def adopt_comfyui(home: str | None, ui: Ui | None = None) -> None:
         ui.debug(f"no folder_paths.py in {home}: using comfy-migrate's built-in category table")
 
 
+def resolve_launch(home: str | None, given: tuple[str, str] | None, ui: Ui | None = None):
+    """How the ComfyUI of `home` (the folder of its main.py) is started (launch.Launch), or None
+    without a ComfyUI folder. Its options: `given` ((text, where it came from): --comfyui-args or
+    its variable), else those of the ComfyUI running from `home` (/proc), else none. A folder
+    without main.py that a running ComfyUI uses as its --base-directory (or models folder) is refused,
+    naming the folder of that ComfyUI's main.py: it reads the YAML next to main.py, not one here."""
+    from migrate import launch as launching
+    from migrate.running import find_running
+    if home is None:
+        if given is not None:
+            raise BadInput(f"{given[1]} needs the ComfyUI folder (the folder of main.py)", "pass --comfyui DIR")
+        return None
+    running = find_running(home)
+    if not running and not os.path.isfile(os.path.join(home, "main.py")):
+        for r in find_running(None):
+            try:
+                other = launching.launch_of(r.main, r.args, "", r.cwd, lenient=True)
+            except MigrateError:
+                continue
+            real = os.path.realpath(home)
+            if real in (os.path.realpath(other.base), os.path.realpath(other.models)) \
+                    or os.path.realpath(os.path.join(home, "models")) == os.path.realpath(other.models):
+                raise BadInput(f"{home} is the base or models folder of the ComfyUI running from {r.main} "
+                               f"({r.describe()}: {shlex_join(r.args)}), which reads {r.main}/extra_model_paths.yaml, "
+                               "not one here", f"pass --comfyui {r.main} (its options are read from the process)")
+    if given is not None and given[0].strip():
+        got = launching.launch_of(home, launching.split(given[0], given[1]), given[1])
+        for r in running:
+            try:
+                now = launching.launch_of(home, r.args, "", r.cwd, lenient=True)
+            except MigrateError:
+                continue
+            if now.args != got.args and ui is not None:
+                ui.warn(f"the ComfyUI running from {home} ({r.describe()}) was started with "
+                        f"{now.shell_args() or 'no options that place models'}, not {got.shell_args() or 'none'} "
+                        f"({given[1]}): planned for {given[1]}")
+        return got
+    if running:
+        r = running[0]
+        return launching.launch_of(home, r.args, f"read from the running ComfyUI, pid {r.pid}", r.cwd, lenient=True)
+    return launching.plain(home)
+
+
+def shlex_join(args) -> str:
+    import shlex
+    return shlex.join(args)
+
+
+def resolve_pod(comfyui: str | None, sources: tuple[str, ...], ui: Ui | None = None, insist: bool = False,
+                given: tuple[str, str] | None = None):
+    """(the ComfyUI folder or None, the models trees, launch.Launch or None): resolve_sources, with
+    ComfyUI's launch options (resolve_launch) deciding its models folder."""
+    from migrate.comfy import find_comfyui
+    home = find_comfyui(comfyui) if (comfyui or not sources) else None
+    launch = resolve_launch(home, given, ui)
+    home, roots = resolve_sources(comfyui, sources, ui, insist, launch.models if launch else None)
+    return home, roots, launch
+
+
 def resolve_sources(comfyui: str | None, sources: tuple[str, ...],
-                    ui: Ui | None = None, insist: bool = False) -> tuple[str | None, list[str]]:
+                    ui: Ui | None = None, insist: bool = False,
+                    models: str | None = None) -> tuple[str | None, list[str]]:
     """(the ComfyUI folder or None, the models trees); the ComfyUI's own categories are adopted.
     A --source must look like a models folder (named models, or holding a ComfyUI category folder)
-    unless `insist` (--source-is-models): an unset variable must not migrate the home folder."""
+    unless `insist` (--source-is-models): an unset variable must not migrate the home folder.
+    models: ComfyUI's models folder (default <comfyui>/models; launch.Launch.models)."""
     from migrate.comfy import check_dir, find_comfyui
     if sources:
         home = find_comfyui(comfyui) if comfyui else None
@@ -107,7 +168,7 @@ def resolve_sources(comfyui: str | None, sources: tuple[str, ...],
         return home, roots
     home = find_comfyui(comfyui)
     adopt_comfyui(home, ui)
-    models = os.path.join(home, "models")
+    models = models or os.path.join(home, "models")
     if not os.path.isdir(models) and _looks_like_models(home):
         raise BadInput(f"{home} is ComfyUI's models folder itself, not the ComfyUI folder",
                        f"pass --comfyui {os.path.dirname(home)} (or --source {home})")
@@ -209,7 +270,8 @@ def fail(exc: BaseException) -> NoReturn:
         # Unexpected at this level (per-file errors are reported as data).
         from migrate.fsops import describe
         code = ExitCode.NO_SPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.PROBLEMS
-        err(f"comfy-migrate: error: {describe(exc)} (nothing was lost: `comfy-migrate run` "
-            "continues, `comfy-migrate rollback` undoes)")
+        err(f"comfy-migrate: error: {describe(exc)} (nothing was lost: "
+            + ("free space, then " if code == ExitCode.NO_SPACE else "")
+            + "`comfy-migrate run` (continues this run) or `comfy-migrate rollback` (undoes it))")
         sys.exit(code)
     raise exc

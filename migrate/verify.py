@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import stat
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from migrate import comfy, fsops
+from migrate import comfy, fsops, identity
 from migrate.fleet import store_rel
 from migrate.hashing import hash_path
 from migrate.journal import group_steps
+from migrate.model import STATE_DIR
 from migrate.names import NOT_BY_NAME, first_holder
+from migrate.steps import OWN_MTIME, PLACES, REMOVES_SOURCE, RETURNS_SOURCE, Op
 
-PLACING = ("link", "rename", "copy", "dedupe", "symlink")
-REMOVING = ("unlink", "quarantine")      # a source removed: its content is in the store under `dst`
-# The store file is the logged one (a link or rename keeps the source's inode; `unlink` removes a
-# source only when the store holds its inode) or a copy that keeps its mtime: the logged mtime is its.
-OWN_MTIME = ("link", "rename", "copy", "unlink")
 
 Run = Tuple[str, List[dict]]             # (run id, records), as rollback.live_runs gives them
 
@@ -36,7 +34,7 @@ class Claim:
         rel: the name relative to the store, e.g. `loras/wan/x.safetensors`.
         digest: the content's xxh3-128, as logged.
         size: its size in bytes, as logged.
-        mtime_ns: the store file's mtime where the log knows it (see OWN_MTIME); None for a
+        mtime_ns: the store file's mtime where the log knows it (see steps.Op.own_mtime); None for a
             dedupe, a symlink, a source quarantined beside content already stored, a kept file.
         run: the run whose record this is.
         op: the logged step (`link`, ..., `unlink`, `quarantine`), or `keep` (a rollback's).
@@ -100,10 +98,15 @@ def pod_runs(runs: Sequence[Run], target: str, yaml_path: Optional[str], host: s
     def mapped(rec: List[dict], p: str) -> str:
         return mount_of(rec[0], target).here(p)
 
+    def install(p: str) -> str:
+        # The YAML's folder resolved (a ComfyUI folder reached through a symlink is one pod), not the
+        # file: two installs whose YAMLs are symlinks to one file are two pods (issue 23).
+        return os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
+
     if yaml_path:
-        want = os.path.realpath(yaml_path)
+        want = install(yaml_path)
         mine = [(rid, rec) for rid, rec in runs if isinstance(rec[0].get("yaml"), str)
-                and os.path.realpath(mapped(rec, rec[0]["yaml"])) == want]
+                and install(mapped(rec, rec[0]["yaml"])) == want]
         if mine:
             return mine, f"the runs that wrote {yaml_path}"
     mine = [(rid, rec) for rid, rec in runs if by_sources and rec[0].get("sources")
@@ -142,7 +145,7 @@ def claims(runs: Sequence[Run], kept: Sequence[dict] = ()) -> Dict[str, Claim]:
         steps = group_steps(records)
         for b in steps.begins:
             op = b.get("op")
-            if op not in PLACING + REMOVING or b["step"] not in steps.done or not isinstance(b.get("digest"), str):
+            if op not in PLACES | REMOVES_SOURCE or b["step"] not in steps.done or not isinstance(b.get("digest"), str):
                 continue
             rel = store_rel(b.get("dst") or b.get("stored"), target)
             if rel is None:
@@ -152,7 +155,7 @@ def claims(runs: Sequence[Run], kept: Sequence[dict] = ()) -> Dict[str, Claim]:
             seen = steps.done[b["step"]].get("dst_mtime_ns", b.get("mtime_ns"))
             add(Claim(rel, b["digest"], b.get("size"), seen if op in OWN_MTIME else None, rid, op))
             stored = b.get("stored")
-            if op == "symlink" and isinstance(b.get("to"), str):
+            if op == Op.SYMLINK and isinstance(b.get("to"), str):
                 stored = posixpath.normpath(posixpath.join(posixpath.dirname(b["dst"]), b["to"]))
             same = store_rel(stored, target) if isinstance(stored, str) else None
             if same is not None and same != rel:
@@ -169,25 +172,35 @@ def claims(runs: Sequence[Run], kept: Sequence[dict] = ()) -> Dict[str, Claim]:
 Resolution = Tuple[Dict[str, List[str]], List[str]]      # (ComfyUI's search order, unset $VARS of base_path)
 
 
-def resolution(yaml_path: Optional[str], comfyui: Optional[str]) -> Resolution:
-    """ComfyUI's search order from a YAML as it reads it now, and the base_path variables unset here."""
+def resolution(yaml_path: Optional[str], comfyui: Optional[str], launch=None) -> Resolution:
+    """ComfyUI's search order from a YAML as it reads it now, and the base_path variables unset here.
+    launch: how ComfyUI is started (launch.Launch: its models folder, its other YAMLs, output folders)."""
     if not yaml_path:
         return {}, []
     data = fsops.read_file(fsops.through_link(yaml_path))
     # ComfyUI reads <realpath of its folder>/extra_model_paths.yaml: resolve from the real folder.
     as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path))
-    models = os.path.realpath(os.path.join(comfyui, "models") if comfyui else
-                              os.path.join(os.path.dirname(as_read), "models"))
     text = data.decode("utf-8") if data else ""
-    # No YAML (a container rebuilt from its image): ComfyUI still searches its own models folders.
-    order = comfy.search_folders([(as_read, text)] if data else [], models)
+    # No YAML (a container rebuilt from its image): ComfyUI's own models folders are still searched.
+    if launch is not None:
+        from migrate.launch import search_order
+        texts = {}
+        for p in launch.yamls:
+            if p != as_read:
+                raw = fsops.read_file(p) if os.path.isfile(p) else None
+                texts[p] = raw.decode("utf-8", "replace") if raw is not None else None
+        order = search_order(launch, texts, as_read, text if data else None)
+    else:
+        models = os.path.realpath(os.path.join(comfyui, "models") if comfyui else
+                                  os.path.join(os.path.dirname(as_read), "models"))
+        order = comfy.search_folders([(as_read, text)] if data else [], models)
     base = comfy.managed_base(text, as_read) if data else None
     return order, comfy.unset_variables(base[0], dict(os.environ)) if base else []
 
 
 def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str] = None, kept: Sequence[dict] = (),
                quick: bool = False, catalogue: Optional[Mapping] = None,
-               on_bytes: Optional[Callable[[int], None]] = None) -> Dict:
+               on_bytes: Optional[Callable[[int], None]] = None, launch=None) -> Dict:
     """Check every name of `claims(runs, kept)` once: its store file holds the logged content
     (re-hashed; `quick`: its size and mtime compared, no byte read) and ComfyUI, with the YAML of
     the run that logged it, loads that file for the name. Also each run's link-back symlinks.
@@ -210,7 +223,7 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
 
     def resolved(rid: str) -> Resolution:
         if yamls[rid] not in cache:
-            cache[yamls[rid]] = resolution(yamls[rid], comfyui)
+            cache[yamls[rid]] = resolution(yamls[rid], comfyui, launch)
         return cache[yamls[rid]]
 
     per_run = {rid: 0 for rid, _ in runs}
@@ -220,12 +233,14 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     size_only: List[str] = []
     real_target = os.path.realpath(target)
     digests: Dict[str, str] = {}        # real path -> digest read here (each file read once)
+    logged = {rid: (rec[0].get("target") or "", identity.precisions(rec[0])) for rid, rec in runs}
     for rel, c in sorted(claims(runs, kept).items()):
         path = os.path.join(mounts[c.run].base, rel)
         per_run[c.run] += 1
         try:
             if quick:
-                state = _compare_stat(path, c, real_target, catalogue or {})
+                root, prec = logged[c.run]
+                state = _compare_stat(path, c, real_target, catalogue or {}, prec(posixpath.join(root, rel)))
                 if state == "size only":
                     size_only.append(path)
             else:
@@ -252,10 +267,11 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     for rid, records in runs:
         steps = group_steps(records)
         for b in steps.begins:
-            if b["op"] == "linkback" and b["step"] in steps.done:
+            if b["op"] == Op.LINKBACK and b["step"] in steps.done:
                 src = mounts[rid].here(b["src"])
                 if not os.path.exists(src) and src not in broken:      # gone, or a symlink leading nowhere
                     broken.append(src)
+    dangling = dangling_links(runs, mounts)
     unset = sorted({v for rid, _ in runs for v in resolved(rid)[1]})
     latest = runs[-1][0]
     names_changed, names_checked = check_names(runs, resolved(latest)[0], quick, digests, on_bytes)
@@ -270,11 +286,12 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     res = {"run": latest, "runs": [rid for rid, _ in runs], "per_run": per_run, "quick": quick,
            "checked": sum(per_run.values()), "missing": missing, "changed": changed, "shadowed": shadowed,
            "orphaned": find_orphans(mounts[latest].base, resolved(latest)[0]), "unset_variables": unset,
-           "broken_link_backs": broken, "names_checked": names_checked, "names_changed": names_changed,
+           "broken_link_backs": broken, "dangling_links": dangling,
+           "names_checked": names_checked, "names_changed": names_changed,
            "shadowed_as_before": as_before, "not_attached": unattached,
            "attaches": [rid for rid, rec in runs if rec[0].get("kind") == "attach"],
            # Orphans are news, not failures: on a shared store they are mostly other pods' folders.
-           "ok": not (missing or changed or shadowed or unset or broken or names_changed or unattached)}
+           "ok": not (missing or changed or shadowed or unset or broken or dangling or names_changed or unattached)}
     if quick:
         res["size_only"] = size_only
     moved = next((mounts[rid].moved for rid, _ in reversed(runs) if mounts[rid].moved), None)
@@ -312,6 +329,37 @@ def not_attached(runs: Sequence[Run], yaml_path: Optional[str], order: Dict[str,
         if ahead:       # ComfyUI's own folder first: our section is no longer is_default
             return f"{yaml_path} lists the store's {folder} folder after ComfyUI's own {ahead[0]} for {cat}"
     return None
+
+
+def dangling_links(runs: Sequence[Run], mounts: Mapping[str, "Mount"]) -> List[str]:
+    """Symlinks in the runs' source folders that lead nowhere because a run took their file away:
+    each a name ComfyUI no longer loads. The file's removal re-points them (execute.py's relink), so
+    one left dangling means that step was lost (a kill between the two, before issue 20). A symlink
+    that dangled before the run, or leads to a file the runs never touched, is not ours."""
+    removed = set()
+    sources = set()
+    for rid, records in runs:
+        steps = group_steps(records)
+        sources.update(mounts[rid].here(s) for s in records[0].get("sources") or [])
+        for b in steps.begins:
+            if b["op"] in RETURNS_SOURCE and b["step"] in steps.done and isinstance(b.get("src"), str):
+                src = mounts[rid].here(b["src"])
+                removed.add(os.path.join(os.path.realpath(os.path.dirname(src)), os.path.basename(src)))
+    out: List[str] = []
+    for root in sorted(sources):
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not (dirpath == root and d == STATE_DIR))
+            for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+                path = os.path.join(dirpath, name)
+                try:
+                    if not os.path.islink(path) or os.path.exists(path):
+                        continue
+                    to = os.path.normpath(os.path.join(os.path.realpath(dirpath), os.readlink(path)))
+                except OSError:
+                    continue
+                if to in removed:
+                    out.append(path)
+    return out
 
 
 def _name_of(path: str, target: str) -> Tuple[str, str]:
@@ -360,8 +408,11 @@ def check_names(runs: Sequence[Run], order: Dict[str, List[str]], quick: bool, d
     return bad, len(want)
 
 
-def _compare_stat(path: str, c: Claim, real_target: str, catalogue: Mapping) -> str:
-    """'same', 'changed' or 'size only' (no mtime known to compare) for a stored file, by stat alone."""
+def _compare_stat(path: str, c: Claim, real_target: str, catalogue: Mapping,
+                  p: identity.Precision = identity.EXACT) -> str:
+    """'same', 'changed' or 'size only' (no mtime known to compare) for a stored file, by stat alone,
+    at the precision the run's probe measured for the store's filesystem (`p`): a copy on MooseFS
+    reads back its mtime in whole seconds, not the nanoseconds the run may have seen at its publish."""
     st = os.stat(path)      # followed, as ComfyUI opens it
     if not stat.S_ISREG(st.st_mode):
         raise FileNotFoundError(path)
@@ -374,7 +425,8 @@ def _compare_stat(path: str, c: Claim, real_target: str, catalogue: Mapping) -> 
             want = entry.mtime_ns
     if want is None:
         return "size only"
-    return "same" if st.st_mtime_ns == want else "changed"
+    return "changed" if identity.changes(st, identity.Observed(None, None, c.size, want), p, identity.Dev.IGNORE) \
+        else "same"
 
 
 def loaded_path(order: Dict[str, List[str]], category: str, name: str) -> Optional[str]:
@@ -446,6 +498,13 @@ def parse_server(object_info: object, embeddings: object = None, folders: object
     return ServerView(choices, emb, fold, len(info))
 
 
+def looks_like_object_info(info: object) -> bool:
+    """ComfyUI's /object_info: a non-empty mapping of node types, each a mapping with an `input`
+    mapping. `{}`, `[]`, another JSON or a web page is not (verify then says so: exit 3)."""
+    return isinstance(info, dict) and bool(info) and all(
+        isinstance(v, dict) and isinstance(v.get("input"), dict) for v in info.values())
+
+
 def read_server(url: str, timeout: float = 30.0) -> ServerView:
     """Ask a running ComfyUI: /object_info (must answer), /embeddings and /internal/folder_paths
     (older or newer servers may lack them). Raises OSError or ValueError for /object_info."""
@@ -458,6 +517,10 @@ def read_server(url: str, timeout: float = 30.0) -> ServerView:
             return json.loads(resp.read().decode("utf-8"))
 
     info = get("/object_info")
+    if not looks_like_object_info(info):
+        kind = type(info).__name__ if not isinstance(info, (dict, list)) or info else f"an empty {type(info).__name__}"
+        raise ValueError(f"the answer is not ComfyUI's node list ({kind}"
+                         + (f", keys such as {sorted(info)[:3]}" if isinstance(info, dict) and info else "") + ")")
     extra = []
     for route in ("/embeddings", "/internal/folder_paths"):
         try:
@@ -467,63 +530,116 @@ def read_server(url: str, timeout: float = 30.0) -> ServerView:
     return parse_server(info, *extra)
 
 
-def listed_as(rel: str, names: Sequence[str]) -> Optional[Tuple[str, Optional[str]]]:
-    """How ComfyUI lists a store name (`loras/style/ink.safetensors`): (category, the name its
-    lists show), with None as the name for a file its lists never show by itself (a diffusers
-    folder's other files, a lone vae_approx half); None for a name no list of ComfyUI's shows
-    (custom-node folders, classifiers, an extension it does not list). `names`: every name being
-    checked (a vae_approx pair shows only when both halves are there)."""
+def _pair_family(cat: str, name: str, names: Sequence[str]) -> Optional[str]:
+    """A vae_approx half's family (`taef2` for taef2_encoder.safetensors) when the other half is among
+    `names` (store names, or category names): VAELoader shows an image TAE pair by its family."""
+    m = re.match(r"(.+?)_(encoder|decoder)\.", name)
+    if cat != "vae_approx" or not m:
+        return None
+    other = f"{m.group(1)}_{'decoder' if m.group(2) == 'encoder' else 'encoder'}."
+    return m.group(1) if any(n.rpartition("/")[2].startswith(other) for n in names) else None
+
+
+def listed_as(rel: str, names: Sequence[str]) -> Optional[Tuple[str, List[str]]]:
+    """How a ComfyUI may list a store name (`loras/style/ink.safetensors`): (category, the names its
+    lists may show it under: the name itself; an embedding without extension; a diffusers folder by
+    the folder of its model_index.json (its other files: none); a vae_approx half also by its pair's
+    family). None for a name outside any category or with an extension ComfyUI does not list.
+    `names`: every name being checked (a vae_approx pair shows only when both halves are there)."""
     folder, _, name = rel.partition("/")
     cat, custom = comfy.category_of(folder)
-    if custom or not name or not comfy.lists_extension(cat, name):
+    if not name or not comfy.lists_extension(cat, name):
         return None
     if cat == "embeddings":
-        return cat, posixpath.splitext(name)[0]
-    if cat == "vae_approx":
-        m = comfy.TAESD.match(name)
-        if not m:
-            return cat, None
-        other = "decoder" if m.group(2) == "encoder" else "encoder"
-        pair = any(comfy.category_of(n.partition("/")[0])[0] == "vae_approx" and
-                   n.partition("/")[2].startswith(f"{m.group(1)}_{other}.") for n in names)
-        return cat, m.group(1) if pair else None
+        return cat, [posixpath.splitext(name)[0]]
     if cat == "diffusers":
-        if posixpath.basename(name) != "model_index.json":
-            return cat, None
-        return cat, posixpath.dirname(name) or "."
-    if cat not in comfy.LOADERS:
-        return None
-    return cat, name
+        return cat, ([posixpath.dirname(name) or "."] if posixpath.basename(name) == "model_index.json" else [])
+    if cat == "vae_approx":
+        family = _pair_family(cat, name, [n.partition("/")[2] for n in names if n.partition("/")[0] == folder])
+        return cat, [name] + ([family] if family else [])
+    return cat, [name]
 
 
-def check_listed(names: Sequence[str], view: ServerView) -> Dict:
+def find_loaders(view: ServerView, shown: Mapping[str, set]) -> Dict[str, List[Tuple[str, str]]]:
+    """category -> the loader inputs of this server that list it: those comfy.LOADERS names (ComfyUI's
+    own, 0.3.75 and 0.33) that it has, and every other input whose choices are file names of the
+    category (`shown`: category -> the names ComfyUI lists for it, as listed_as shows them): at
+    least one, and at least half of its choices that name a file of any category. So 0.33's new
+    loaders, a custom node's, and those of versions to come count without a table of them."""
+    out: Dict[str, List[Tuple[str, str]]] = {}
+    for cat, pairs in comfy.LOADERS.items():
+        for k in pairs:
+            if k in view.choices:
+                out.setdefault(cat, []).append(k)
+    known = {k for pairs in comfy.LOADERS.values() for k in pairs}
+    every = set().union(*shown.values()) if shown else set()
+    for k, choices in view.choices.items():
+        if k in known:
+            continue
+        got = set(choices)
+        files = len(got & every)
+        for cat, names in shown.items():
+            n = len(got & names)
+            if n and 2 * n >= files:
+                out.setdefault(cat, []).append(k)
+    return out
+
+
+def check_listed(names: Sequence[str], view: ServerView, disk: Optional[Mapping[str, Sequence[str]]] = None) -> Dict:
     """Which store names a ComfyUI does not list where its loaders (or /embeddings) show that category.
 
+    disk: category -> every name ComfyUI lists for it on the disk now (the pod's search order), so
+    that a loader is found by its choices even when it lists none of the names checked.
     Returns {"not_listed": [store names], "checked": n, "unchecked": [store names no list of this
-    server shows: custom-node folders, classifiers, categories without a loader here]}.
+    server shows: a category no loader of it lists (classifiers, most custom-node folders), a
+    vae_approx file it shows under no name (a lone half; a family or file its VAELoader does not
+    offer: taef2, taehv before 0.33)], "loaders": {category: ["Node.input", ...]}}.
     """
+    forms: Dict[str, Tuple[str, List[str]]] = {}
+    shown: Dict[str, set] = {}
+    for cat, listed in (disk or {}).items():
+        if comfy.category_of(cat)[0] != cat:
+            continue
+        every = [f"{cat}/{m}" for m in listed]
+        for rel in every:
+            how = listed_as(rel, every)
+            if how is not None:
+                shown.setdefault(cat, set()).update(how[1])
+    for rel in names:
+        how = listed_as(rel, names)
+        if how is not None:
+            forms[rel] = how
+            shown.setdefault(how[0], set()).update(how[1])
+    shown.pop("embeddings", None)
+    loaders = find_loaders(view, shown)
     not_listed: List[str] = []
     unchecked: List[str] = []
     checked = 0
     for rel in sorted(names):
-        how = listed_as(rel, names)
-        if how is None or how[1] is None:
-            if how is None:
-                unchecked.append(rel)
+        how = forms.get(rel)
+        if how is None:
+            unchecked.append(rel)
             continue
-        cat, shown = how
+        cat, shows = how
+        if not shows:
+            continue            # a diffusers folder's other files: shown by the folder's name
         if cat == "embeddings":
             pool = view.embeddings
         else:
-            lists = [view.choices[k] for k in comfy.LOADERS[cat] if k in view.choices]
+            lists = [view.choices[k] for k in loaders.get(cat, ())]
             pool = [n for ls in lists for n in ls] if lists else None
         if pool is None:
             unchecked.append(rel)
             continue
-        checked += 1
-        if shown not in pool:
+        if not any(f in pool for f in shows):
+            name = rel.partition("/")[2]
+            if cat == "vae_approx" and not (comfy.TAESD.match(name) and len(shows) > 1):
+                unchecked.append(rel)   # shown under no name by this ComfyUI (see the docstring)
+                continue
             not_listed.append(rel)
-    return {"not_listed": not_listed, "checked": checked, "unchecked": unchecked}
+        checked += 1
+    return {"not_listed": not_listed, "checked": checked, "unchecked": unchecked,
+            "loaders": {cat: [f"{n}.{i}" for n, i in ks] for cat, ks in sorted(loaders.items())}}
 
 
 CLOCK_STEP = 1.0      # the granularity of a process start from /proc (btime is whole seconds)

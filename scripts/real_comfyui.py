@@ -11,7 +11,16 @@ the redeploy cycle (redeploy_cycle: ComfyUI wiped to the pristine copy, verify e
 start, every name and /view_metadata as before, rollback of the attach); rolls the migration back
 on that rebuilt container, starts it and records once more: the lists must be those from before.
 
+Issue 23: `--comfyui-version 0.33.0` runs the same checks against ComfyUI 0.33.0 (its source from
+../shared/vendor/, a venv borrowing 0.3.75's torch, as shared/docs/real-comfyui.md says; the pod then
+has models in 0.33's new folders and its new vae_approx files); `--launch base-directory` starts
+ComfyUI with `--base-directory <pod>/data` (the models there), `--launch extra-config` with
+`--extra-model-paths-config <pod>/more_paths.yaml` (a folder of models of its own): comfy-migrate is
+given no option (it reads them from the running server), its refusal must print them, and every
+check holds as for a plain launch (launch_layout, launch_checks).
+
 Usage: scripts/real-comfyui [--cache DIR] [--python PY] [--record DIR] [--keep]
+                            [--comfyui-version 0.3.75|0.33.0] [--launch plain|base-directory|extra-config]
   --cache DIR   where the wheel, ComfyUI and its venv are kept (default: $TMPDIR/comfy-migrate-real-comfyui)
   --python PY   a Python that already has ComfyUI's requirements (skips building the venv)
   --record DIR  write the trimmed recordings there (the fast suite's fixtures/comfyui-0.3.75)
@@ -91,6 +100,74 @@ def setup(cache: str, python: str | None) -> tuple[str, str]:
     return comfyui, py
 
 
+VENDOR_033 = os.path.join(os.path.dirname(ROOT), "shared", "vendor", "comfyui-0.33.0.tar.xz")
+
+
+def setup_033(cache: str, python_075: str) -> tuple[str, str]:
+    """(ComfyUI 0.33.0 folder, its Python), made once under `cache`: the vendored source with 0.3.75's
+    llama tokenizer copied in (absent from the tarball), a venv whose site-packages borrow the 0.3.75
+    venv's torch through a .pth file, plus 0.33's requirements (about 900 MB)."""
+    import tarfile
+    comfyui = os.path.join(cache, "ComfyUI-0.33.0")
+    if not os.path.isfile(os.path.join(comfyui, "main.py")):
+        if not os.path.isfile(VENDOR_033):
+            raise SystemExit(f"ComfyUI 0.33.0's source is not at {VENDOR_033}")
+        tmp = comfyui + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        with tarfile.open(VENDOR_033) as t:
+            t.extractall(tmp)
+        os.replace(os.path.join(tmp, os.listdir(tmp)[0]), comfyui)
+        shutil.rmtree(tmp)
+        tok = os.path.join("comfy", "text_encoders", "llama_tokenizer", "tokenizer.json")
+        shutil.copyfile(os.path.join(cache, "ComfyUI-0.3.75", tok), os.path.join(comfyui, tok))
+    venv = os.path.join(cache, "venv33")
+    py = os.path.join(venv, "bin", "python")
+    if not os.path.exists(os.path.join(venv, ".ready")):
+        log("building ComfyUI 0.33's venv (0.3.75's torch borrowed; its requirements: ~900 MB)")
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        borrowed = subprocess.run([python_075, "-c", "import site; print(site.getsitepackages()[0])"],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        own = subprocess.run([py, "-c", "import site; print(site.getsitepackages()[0])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        with open(os.path.join(own, "borrow_075.pth"), "w") as f:
+            f.write(borrowed + "\n")
+        subprocess.run([py, "-m", "pip", "install", "-q", "-r", os.path.join(comfyui, "requirements.txt"), "requests",
+                        "safetensors", "spandrel"], check=True, env=clean_pip_env())
+        open(os.path.join(venv, ".ready"), "w").close()
+    return comfyui, py
+
+
+def launch_layout(kind: str, ws: str, comfyui: str) -> tuple[str, list]:
+    """(the models folder the pod's models go into, ComfyUI's options) of a launch variant."""
+    if kind == "base-directory":
+        data = os.path.join(ws, "data")
+        os.makedirs(os.path.join(data, "models"))
+        return os.path.join(data, "models"), ["--base-directory", data]
+    if kind == "extra-config":
+        more = os.path.join(ws, "more")
+        os.makedirs(os.path.join(more, "loras"))
+        real_pod.by_hand(os.path.join(more, "loras", "more_lora.safetensors"), "more/loras/more_lora.safetensors", 40)
+        config = os.path.join(ws, "more_paths.yaml")
+        with open(config, "w") as f:
+            f.write(f"more:\n  base_path: {more}\n  loras: loras\n")
+        return os.path.join(comfyui, "models"), ["--extra-model-paths-config", config]
+    return os.path.join(comfyui, "models"), []
+
+
+def launch_checks(cm, kind: str, server_args: list, refusal, checks: dict, figures: dict) -> None:
+    """With launch options: the refusal while ComfyUI runs names them, and the plan (read from the
+    running server) uses them."""
+    if kind == "plain":
+        return
+    checks["run's refusal gives ComfyUI's options to pass once it is stopped"] = (
+        "--comfyui-args" in refusal.stderr and server_args[-1] in refusal.stderr)
+    r = cm("plan", "--format", "json")
+    doc = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
+    figures["plan_comfyui"] = doc.get("comfyui")
+    checks["plan reads ComfyUI's options from the running server"] = (
+        (doc.get("comfyui") or {}).get("args") == server_args and "running ComfyUI" in (doc.get("comfyui") or {}).get("from", ""))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -98,8 +175,9 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, python: str, comfyui: str, port: int, logdir: str) -> None:
+    def __init__(self, python: str, comfyui: str, port: int, logdir: str, args: tuple = ()) -> None:
         self.python, self.comfyui, self.port, self.logdir = python, comfyui, port, logdir
+        self.args = list(args)       # ComfyUI's own options of a launch variant
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -112,7 +190,7 @@ class Server:
         logf = open(os.path.join(self.logdir, f"comfyui-{self.starts}.log"), "wb")
         t0 = time.monotonic()
         self.proc = subprocess.Popen([self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port",
-                                      str(self.port), "--disable-auto-launch"], cwd=self.comfyui,
+                                      str(self.port), "--disable-auto-launch", *self.args], cwd=self.comfyui,
                                      stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
         while time.monotonic() - t0 < 300:
             if self.proc.poll() is not None:
@@ -150,8 +228,8 @@ def record(url: str) -> dict:
 
 
 def pod_names() -> set:
-    names = {m.split("/", 1)[1] for m in real_pod.MODELS}
-    return names | {"taesd", "taesdxl", "taef1", "sd15"}
+    names = {m.split("/", 1)[1] for m in real_pod.MODELS + real_pod.NEW_IN_033}
+    return names | {"taesd", "taesdxl", "taef1", "taef2", "sd15", "more_lora.safetensors"}
 
 
 def trim(rec: dict, root: str) -> dict:
@@ -268,16 +346,25 @@ def main() -> int:
     ap.add_argument("--python")
     ap.add_argument("--record")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--comfyui-version", choices=["0.3.75", "0.33.0"], default="0.3.75")
+    ap.add_argument("--launch", choices=["plain", "base-directory", "extra-config"], default="plain")
     a = ap.parse_args()
     pristine, python = setup(os.path.abspath(a.cache), a.python)
+    if a.comfyui_version == "0.33.0":
+        pristine, python = setup_033(os.path.abspath(a.cache), python)
     work = tempfile.mkdtemp(prefix="real-comfyui-")
     root = os.path.realpath(work)
     ws = os.path.join(root, "workspace")
     comfyui = os.path.join(ws, "runpod-slim", "ComfyUI")
     store = os.path.join(ws, "models")
     shutil.copytree(pristine, comfyui, symlinks=True, ignore=shutil.ignore_patterns("tests", "tests-unit"))
-    os.unlink(os.path.join(comfyui, "extra_model_paths.yaml"))      # horde's own section
-    subprocess.run([python, os.path.join(ROOT, "fixtures", "real_pod.py"), os.path.join(comfyui, "models")], check=True)
+    if os.path.exists(os.path.join(comfyui, "extra_model_paths.yaml")):
+        os.unlink(os.path.join(comfyui, "extra_model_paths.yaml"))      # horde's own section
+    models_dir, server_args = launch_layout(a.launch, ws, comfyui)
+    new = a.comfyui_version != "0.3.75"
+    subprocess.run([python, os.path.join(ROOT, "fixtures", "real_pod.py"), models_dir] + (["--new"] if new else []),
+                   check=True)
+    pod_models = real_pod.MODELS + (real_pod.NEW_IN_033 if new else [])
     env = dict(os.environ, HOME=os.path.join(root, "home"), XDG_CACHE_HOME=os.path.join(root, "cache"),
                COMFYUI_DIR=comfyui, COMFY_MIGRATE_TARGET=store, PYTHONPATH=ROOT)
     env.pop("COMFY_MIGRATE_SOURCE", None)
@@ -287,8 +374,9 @@ def main() -> int:
         log(f"comfy-migrate {' '.join(args)}: exit {r.returncode}")
         return r
 
-    server = Server(python, comfyui, free_port(), root)
-    figures: dict = {"comfyui": comfy.read_version(comfyui), "pod_models": len(real_pod.MODELS)}
+    server = Server(python, comfyui, free_port(), root, server_args)
+    figures: dict = {"comfyui": comfy.read_version(comfyui), "pod_models": len(pod_models), "launch": a.launch,
+                     "server_args": [x.replace(root, POD) for x in server_args]}
     checks: dict = {}
     recs: dict = {}
     try:
@@ -299,6 +387,7 @@ def main() -> int:
         figures["run_while_running_exit"] = r.returncode
         checks["run refuses while ComfyUI runs (exit 3, one line)"] = (
             r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1 and "running" in r.stderr)
+        launch_checks(cm, a.launch, server_args, r, checks, figures)
         r = cm("run", "--yes", "--while-running", "--format", "json")
         figures["run_exit"] = r.returncode
         doc = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
@@ -315,7 +404,8 @@ def main() -> int:
         r = cm("verify", "--comfyui-url", server.url, "--format", "json")
         figures["verify_after_restart_exit"] = r.returncode
         vdoc = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
-        figures["verify_after_restart"] = {k: vdoc.get("comfyui", {}).get(k) for k in ("checked", "not_listed", "unchecked")}
+        figures["verify_after_restart"] = {k: vdoc.get("comfyui", {}).get(k) for k in ("checked", "not_listed", "unchecked",
+                                                                                        "loaders")}
         checks["verify after the restart: exit 0"] = r.returncode == 0
         if shutil.which("jq") and check_line:
             sh = subprocess.run(["bash", "-c", check_line], capture_output=True, text=True)
@@ -323,7 +413,7 @@ def main() -> int:
             checks["the printed curl | jq line lists names"] = sh.returncode == 0 and sh.stdout.strip().startswith("[")
         # Which file each name loads, as ComfyUI itself resolves it: the store's.
         loads, wrong = 0, []
-        for rel in real_pod.MODELS:
+        for rel in pod_models:
             folder, _, name = rel.partition("/")
             cat, custom = comfy.category_of(folder)
             if custom or not name.endswith(".safetensors") or cat == "diffusers":
@@ -338,6 +428,13 @@ def main() -> int:
                 wrong.append(rel)
         figures["view_metadata_ok"] = loads
         checks["every safetensors name loads its own file (/view_metadata)"] = not wrong
+        if a.launch == "extra-config":
+            try:
+                meta = get(server.url, "/view_metadata/loras?filename=more_lora.safetensors")
+            except (OSError, ValueError):
+                meta = {}
+            checks["the --extra-model-paths-config folder's model still loads its own file"] = (
+                meta.get("model") == "more/loras/more_lora.safetensors")
         server.stop()
         redeploy_cycle(cm, server, pristine, comfyui, store, figures, checks, recs)
         r = cm("rollback", "--yes")

@@ -367,6 +367,15 @@ class Trial:
                 bad.append(f"{rel!r} resolves to other content")
         if bad:
             errs.append(f"{len(bad)} names do not resolve in the target: " + "; ".join(bad[:3]))
+        for rel, (to, digest) in G.get("links", {}).items():
+            link = os.path.join(self.models, rel)
+            digest = changed.get(to, digest)
+            if digest is None:
+                continue        # its file was deleted before the run
+            if not os.path.isfile(link):
+                errs.append(f"in-tree symlink {rel!r} dangles after the run")
+            elif digest_file(link) != digest:
+                errs.append(f"in-tree symlink {rel!r} loads other bytes after the run")
         inodes = {}
         for rel, path, st in walk(self.target, skip_state=True):
             if stat.S_ISREG(st.st_mode):
@@ -384,6 +393,19 @@ def trial_names():
     for r in res.records:
         if r.status is Status.MIGRATE:
             out.append((r.rel, r.category, r.name, digest_file(r.path)))
+    return out
+
+
+def trial_links() -> dict:
+    """source rel -> (its file's rel, digest) of each in-tree symlink of the pristine pod that leads to a file (e.g.
+    upscale_models/alias.pth -> ../loras/model_001.safetensors): after a run it must still load those
+    bytes (issue 20: a kill between its file's removal and its re-pointing left it dangling)."""
+    models = os.path.join(G["pristine"], "ComfyUI", "models")
+    out = {}
+    for rel, path, st in walk(models, skip_state=True):
+        if stat.S_ISLNK(st.st_mode) and os.path.isfile(path) and \
+                os.path.realpath(path).startswith(os.path.realpath(models) + "/"):
+            out[rel] = (os.path.relpath(os.path.realpath(path), os.path.realpath(models)), digest_file(path))
     return out
 
 
@@ -869,6 +891,11 @@ class Fleet:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "wb") as f:
                     f.write(data)
+            # An in-tree symlink to one of its models: it must load those bytes after every command.
+            to = sorted(files)[rng.randrange(len(files))]
+            links = {"upscale_models/alias.pth": files[to]}
+            os.makedirs(os.path.join(comfyui, "models", "upscale_models"), exist_ok=True)
+            os.symlink(os.path.join("..", to), os.path.join(comfyui, "models", "upscale_models", "alias.pth"))
             with open(os.path.join(comfyui, YAML_NAME), "w") as f:
                 f.write(f"# pod {i}\n" + USER_YAML)
             home = os.path.join(root, "home")
@@ -877,7 +904,7 @@ class Fleet:
                        XDG_CACHE_HOME=os.path.join(home, ".cache"), XDG_DATA_HOME=os.path.join(home, ".local/share"),
                        COMFY_MIGRATE_CACHE=os.path.join(home, "digests.sqlite"), COMFYUI_DIR=comfyui,
                        COMFY_MIGRATE_TARGET=self.target)
-            self.pods.append(dict(i=i, comfy=comfyui, env=env, files=files, host=f"pod-{i}",
+            self.pods.append(dict(i=i, comfy=comfyui, env=env, files=files, links=links, host=f"pod-{i}",
                                   snap=snapshot(comfyui, os.path.join(root, "none"))))
         self.digests = {xxhash.xxh3_128(d).hexdigest() for p in self.pods for d in p["files"].values()}
         self.notes: list = []
@@ -923,6 +950,10 @@ class Fleet:
             found = next((os.path.join(f, name) for f in order.get(cat, []) if os.path.isfile(os.path.join(f, name))), None)
             if found is None or not os.path.realpath(found).startswith(tgt) or open(found, "rb").read() != data:
                 bad.append(f"{rel} ({'not found' if found is None else found})")
+        for rel, data in pod["links"].items():
+            link = os.path.join(pod["comfy"], "models", rel)
+            if not os.path.isfile(link) or open(link, "rb").read() != data:
+                bad.append(f"in-tree symlink {rel} " + ("dangles" if not os.path.isfile(link) else "loads other bytes"))
         return [f"pod{pod['i']}: {len(bad)} files neither in place nor found in the store: {'; '.join(bad[:3])}"] if bad else []
 
     def check_store(self, catalogue: bool) -> list:
@@ -1621,6 +1652,7 @@ def main() -> int:
         G["where"] = {v[1]: k[1] for k, v in G["snap"].items() if isinstance(v, tuple) and v[0] == "file"}
         G["target_digests"] = {v[1] for k, v in G["snap"].items() if k[0] == "target" and v[0] == "file"}
         G["names"] = trial_names()
+        G["links"] = trial_links()
         G["copy_mib"] = sum(v[4] for k, v in G["snap"].items() if k[0] == "comfy" and v[0] == "file") // (1 << 20) + 1
         G["mount"] = can_mount()
         G["ext4"] = G["mount"] and can_mount_ext4()

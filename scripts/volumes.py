@@ -60,7 +60,8 @@ def model_bytes(rel: str, seed: str) -> bytes:
 
 
 KILL_SET = ("loras/style.safetensors", "loras/copy_of_style.safetensors", "loras/second_name.safetensors",
-            "insightface/glint.onnx", "extra_model_paths.yaml")
+            "insightface/glint.onnx", "extra_model_paths.yaml", "checkpoints/alias_of_style.safetensors")
+LINKS = {"checkpoints/alias_of_style.safetensors": "../loras/copy_of_style.safetensors"}   # in-tree symlinks
 
 
 def make_pod(comfy: str, only: Optional[Callable[[str], bool]] = None) -> None:
@@ -82,6 +83,13 @@ def make_pod(comfy: str, only: Optional[Callable[[str], bool]] = None) -> None:
             os.link(os.path.join(models, "loras/style.safetensors"), os.path.join(models, "loras/second_name.safetensors"))
         except PermissionError:     # a pod on exFAT has no hardlinks: a plain duplicate there
             shutil.copy2(os.path.join(models, "loras/style.safetensors"), os.path.join(models, "loras/second_name.safetensors"))
+    for rel, to in LINKS.items():      # a name that is a symlink to another model: its file moves, it follows
+        if only is None or only(rel):
+            os.makedirs(os.path.join(models, os.path.dirname(rel)), exist_ok=True)
+            try:
+                os.symlink(to, os.path.join(models, rel))
+            except OSError:     # a pod on exFAT has no symlinks
+                pass
     if only is None or only("extra_model_paths.yaml"):
         y = os.path.join(comfy, "extra_model_paths.yaml")
         with open(y, "w") as f:
@@ -177,6 +185,25 @@ class Runner:
         return p.returncode, p.stdout + p.stderr
 
 
+def link_bytes(sc: Scenario) -> Dict[str, bytes]:
+    """What each in-tree symlink of the pod loads (followed): the bytes, for those that lead to a file."""
+    out = {}
+    for rel in LINKS:
+        p = os.path.join(sc.comfy, "models", rel)
+        if os.path.islink(p) and os.path.isfile(p):
+            with open(p, "rb") as f:
+                out[rel] = f.read()
+    return out
+
+
+def check_links(sc: Scenario, want: Dict[str, bytes], what: str) -> List[str]:
+    """Every in-tree symlink that loaded a model before still loads its bytes (issue 20: a kill
+    between a source's removal and the link's re-pointing left it dangling)."""
+    got = link_bytes(sc)
+    return [f"{what}: symlink {rel} " + ("dangles" if rel not in got else "loads other bytes")
+            for rel, data in want.items() if got.get(rel) != data]
+
+
 def check_back(sc: Scenario, before: Dict[str, tuple], what: str) -> List[str]:
     errs = [f"{what}: pod differs: {d}" for d in diff(before, snapshot(sc.pod_parent))[:5]]
     errs += [f"{what}: left in the store: {p}" for p in store_leftovers(sc.store)[:5]]
@@ -186,6 +213,7 @@ def check_back(sc: Scenario, before: Dict[str, tuple], what: str) -> List[str]:
 def round_trip(r: Runner, sc: Scenario) -> Tuple[List[str], str]:
     sc.reset()
     before = snapshot(sc.pod_parent)
+    links = link_bytes(sc)
     errs: List[str] = []
     rc, out = r.cli(sc, "plan", "--format", "json")
     doc = json.loads(out[out.index("{"):]) if rc == 0 and "{" in out else {}
@@ -194,6 +222,7 @@ def round_trip(r: Runner, sc: Scenario) -> Tuple[List[str], str]:
     rc, out = r.cli(sc, "run", "--yes")
     if rc != 0:
         errs.append(f"run exit {rc}: {out[-400:]}")
+    errs += check_links(sc, links, "round trip, after the run")
     rc, out = r.cli(sc, "verify")
     if rc != 0:
         errs.append(f"verify exit {rc}: {out[-400:]}")
@@ -223,6 +252,7 @@ def kill_sweep(r: Runner, sc: Scenario, stride: int) -> Tuple[List[str], int]:
         while True:
             sc.reset(small=True)
             before = snapshot(sc.pod_parent)
+            links = link_bytes(sc)
             if phase == "run":
                 rc, out = r.cli(sc, "run", "--yes", crash=n)
             else:
@@ -240,6 +270,7 @@ def kill_sweep(r: Runner, sc: Scenario, stride: int) -> Tuple[List[str], int]:
                 rc, out = r.cli(sc, "run", "--yes")     # continue, verify, then undo
                 if rc != 0:
                     errs.append(f"run killed at {n}, continued: exit {rc}: {out[-300:]}")
+                errs += check_links(sc, links, f"run killed at {n}, continued")
                 rc, out = r.cli(sc, "verify")
                 if rc != 0:
                     errs.append(f"run killed at {n}, continued, verify: exit {rc}: {out[-300:]}")
@@ -251,6 +282,137 @@ def kill_sweep(r: Runner, sc: Scenario, stride: int) -> Tuple[List[str], int]:
                 break
             n += stride
     return errs, kills
+
+
+# --- an exFAT store with 1 MiB clusters, filled to the brim (issue 20) ---------------------------------
+
+BRIM_STAYS = {      # rel -> why it stays on the pod: its name is one name with another there, or refused
+    "loras/Style.safetensors": "case-clash", "loras/style.safetensors": "case-clash",
+    "checkpoints/Folded.safetensors": "case-clash",
+    "loras/what?.safetensors": "name-refused", "loras/a|b.safetensors": "name-refused",
+    'vae/say "hi".pt': "name-refused",
+}
+
+
+def wrapped(rel: str, payload: bytes) -> bytes:
+    """payload inside a valid file of rel's format (as model_bytes), so the audit holds nothing back."""
+    if rel.endswith(".pt"):
+        return b"\x80\x02" + payload
+    raw = json.dumps({"w": {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]}}).encode()
+    return len(raw).to_bytes(8, "little") + raw + payload
+
+
+def brim_pod(comfy: str, small_files: int) -> None:
+    """MODELS (loras/style.safetensors among them), the names the exFAT store cannot keep apart or
+    cannot hold at all (BRIM_STAYS; the store already holds checkpoints/folded.safetensors with
+    other bytes), a CJK name (80 characters and an extension: 252 UTF-8 bytes, 92 UTF-16 units) and
+    `small_files` files of 3 KB: each takes a 1 MiB cluster in the store."""
+    make_pod(comfy)
+    models = os.path.join(comfy, "models")
+    extra = {rel: rel.encode() * 300 for rel in BRIM_STAYS if rel not in MODELS}
+    extra["loras/" + "\u5b57" * 80 + ".safetensors"] = b"cjk" * 1000
+    extra.update({f"embeddings/small{i:03}.safetensors": bytes([i % 251]) * 3000 for i in range(small_files)})
+    for rel, payload in sorted(extra.items()):
+        p = os.path.join(models, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        with open(p, "wb") as f:
+            f.write(wrapped(rel, payload))
+
+
+def brim_scenarios(r: "Runner", m: "Mounts", plain: str, only: str) -> List[Tuple[str, List[str], str]]:
+    """An exFAT store (`mkfs.exfat -c 1M`) holding a filler file that leaves it 48 MiB free: a pod
+    whose bytes fit but whose allocation does not is refused with exit 4 before the first byte; one
+    that just fits (the plan's allocation plus its reserve one cluster short of the free space, or
+    less) runs (exit 1: the case-clashing and refused names stay, every other name placed), verifies,
+    and rolls back exactly. Returns (name, errors, summary) per scenario."""
+    names = ("exFAT 1 MiB clusters, to the brim: allocation does not fit",
+             "exFAT 1 MiB clusters, to the brim: just fits")
+    if only and not any(only in n for n in names):
+        return []
+    mnt = m.loop_image("exfat-1m", 96, ["mkfs.exfat", "-c", "1M"], ["mount.exfat-fuse"])
+    store = os.path.join(mnt, "models")
+    sc = Scenario(names[0], os.path.join(plain, "brim"), store, "exFAT 1 MiB")
+    os.makedirs(sc.pod_parent, exist_ok=True)
+    out: List[Tuple[str, List[str], str]] = []
+
+    def fresh(small: int) -> None:
+        sc.build = lambda comfy, _small: brim_pod(comfy, small)
+        sc.reset()
+        os.makedirs(os.path.join(store, "checkpoints"))
+        with open(os.path.join(store, "checkpoints", "folded.safetensors"), "wb") as f:
+            f.write(model_bytes("checkpoints/folded.safetensors", "z"))
+        filler = os.path.join(mnt, "filler")
+        if not os.path.exists(filler):          # leave 48 MiB of the volume free
+            v = os.statvfs(mnt)
+            with open(filler, "wb") as f:
+                f.write(b"\0" * (v.f_bavail * v.f_frsize - (48 << 20)))
+
+    def plan_doc() -> dict:
+        rc, text = r.cli(sc, "plan", "--format", "json")
+        # (exit 4: a plan that does not fit, printed all the same)
+        return json.JSONDecoder().raw_decode(text[text.index("{"):])[0] if rc in (0, 4) else {"error": text[-300:]}
+
+    free = lambda: os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize     # noqa: E731
+
+    # What the pod needs without small files: each small file adds a cluster (and the log a little).
+    fresh(0)
+    base = plan_doc().get("totals", {})
+    room = (free() - base.get("store_space_needed", 1 << 40)) >> 20
+
+    # 1. the byte sum fits many times over, the allocation does not: exit 4, nothing changed
+    errs: List[str] = []
+    fresh(max(room, 0) + 8)
+    before = snapshot(sc.pod_parent)
+    doc = plan_doc()
+    t = dict(doc.get("totals", {}), store_free=free())
+    if not t.get("store_space_needed", 0) > t["store_free"] > 4 * t.get("copy_bytes", 1 << 40):
+        errs.append(f"plan: expected bytes to fit and allocation not: {t or doc}")
+    rc, text = r.cli(sc, "run", "--yes")
+    if rc != 4:
+        errs.append(f"run exit {rc}, not 4: {text[-300:]}")
+    errs += [f"refused run: pod differs: {d}" for d in diff(before, snapshot(sc.pod_parent))[:5]]
+    left = [p for p in store_leftovers(store) if p != "checkpoints/folded.safetensors"]
+    errs += [f"refused run: left in the store: {p}" for p in left[:5]]
+    out.append((names[0], errs, f"{t.get('copy_bytes')} bytes to copy need {t.get('store_space_needed')} of "
+                                f"{t.get('store_free')} free"))
+
+    # 2. just fits: the most small files whose allocation (and the reserve) still fits
+    errs = []
+    small = room
+    while small > 0:
+        fresh(small)
+        doc = plan_doc()
+        t = dict(doc.get("totals", {}), store_free=free())
+        if t.get("store_space_needed", 1 << 40) <= t["store_free"]:
+            break
+        small -= 1
+    before = snapshot(sc.pod_parent)
+    stays = {os.path.relpath(a["source"], os.path.join(sc.comfy, "models")): a["reason"] for a in doc.get("actions", [])
+             if a["action"] == "conflict"}
+    if set(stays) != set(BRIM_STAYS):
+        errs.append(f"plan: these stay {sorted(stays)}, expected {sorted(BRIM_STAYS)}")
+    margin = t.get("store_free", 0) - t.get("store_space_needed", 0)
+    rc, text = r.cli(sc, "run", "--yes", "--format", "json")
+    rep = json.JSONDecoder().raw_decode(text[text.index("{"):])[0] if "{" in text else {}
+    if rc != 1 or rep.get("problems") or sorted(s["why"] for s in rep.get("stayed", [])) != sorted(BRIM_STAYS.values()):
+        errs.append(f"run exit {rc} (1 expected: the stayed names only): {text[-400:]}")
+    lower = {n.lower(): n for n in os.listdir(os.path.join(store, "loras"))} if os.path.isdir(os.path.join(store, "loras")) else {}
+    if "style.safetensors" in lower:
+        errs.append(f"the store holds {lower['style.safetensors']}: loras/style.safetensors would load its bytes")
+    rc, text = r.cli(sc, "verify")
+    if rc != 0:
+        errs.append(f"verify exit {rc}: {text[-300:]}")
+    used = free()
+    rc, text = r.cli(sc, "rollback", "--yes")
+    if rc != 0:
+        errs.append(f"rollback exit {rc}: {text[-300:]}")
+    errs += [f"rollback: pod differs: {d}" for d in diff(before, snapshot(sc.pod_parent))[:5]]
+    left = [p for p in store_leftovers(store) if p != "checkpoints/folded.safetensors"]
+    errs += [f"rollback: left in the store: {p}" for p in left[:5]]
+    out.append((names[1], errs, f"{small} small files + {len(MODELS) + 1} models placed, {len(BRIM_STAYS)} names "
+                                f"stay; needs {t.get('store_space_needed')} of {t.get('store_free')} free (margin "
+                                f"{margin >> 20} MiB), {used >> 20} MiB free after the run"))
+    return out
 
 
 # --- two containers with one host name (issue 20) ---------------------------------------------------
@@ -523,6 +685,10 @@ def main() -> int:
                       Scenario("pod ext4 -> store ext4 -I 128", os.path.join(plain, "pod3"), f"{ext4s}/models", "ext4 -I 128"),
                       Scenario("pod on ext4 -I 128 -> same", f"{ext4s}/pod", f"{ext4s}/models2", "ext4 -I 128")]
         r = Runner(work)
+        for name, errs, summary in brim_scenarios(r, m, plain, args.only):
+            failed += bool(errs)
+            rows.append((name, "ok" if not errs else "FAILED", 0, 0.0, summary))
+            print(f"volumes: {name}: {'ok' if not errs else 'FAILED'}; {summary}", flush=True)
         extra = [("two PID namespaces, one host name -> store " + ("MooseFS" if mfs else "ext4"),
                   lambda: lock_race(r, os.path.join(plain, "containers"), f"{mfs or plain}/models-lock"))]
         for name, scenario in extra:

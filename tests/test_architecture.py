@@ -68,6 +68,7 @@ def test_every_readme_option_exists():
         for p in cmd.params:
             known.update(o for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", []))
     known.update({"--help", "--version", "--link-back/--no-link-back", "--extra-model-paths-config"})
+    known.update({"--base-directory", "--models-directory", "--output-directory"})      # ComfyUI's own
     known.update({"--fast", "--durations"})    # scripts/test, pytest
     known.update({"--trials", "--seed", "--only", "--size", "--files", "--runs", "--quick",
                   "--moosefs-mib"})   # scripts/torture, bench

@@ -250,7 +250,7 @@ def test_a_worker_mounting_the_volume_elsewhere(world, cli_env):
 
     cli("attach", "--comfyui", worker, "--target", wstore, "--yes")
     assert f"base_path: {wstore}\n" in (worker / "extra_model_paths.yaml").read_text()
-    after = comfyui_loads(worker, prefix)
+    after = comfyui_loads(worker, prefix=prefix)
     assert same_bytes(after, before)
     assert all(p.startswith(str(wstore) + "/") for k, (_, p) in after.items() if k in before)
     assert_downloads_land_in(worker, wstore, prefix, real_store=store)

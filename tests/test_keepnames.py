@@ -225,3 +225,117 @@ def test_rollback_finds_a_run_made_with_yaml_and_never_says_rolled_back_already(
     doc = json.loads(run_cli(["rollback", "--yaml", other_yaml, "--comfyui", pod.comfyui, "--target", pod.target,
                               "--yes", "--format", "json"], cli_env).stdout)
     assert doc["undone"] > 0 and not other_yaml.exists()
+
+
+@pytest.mark.parametrize("style", ["block", "flow"])
+def test_rollback_takes_out_its_section_after_a_tool_redumped_the_yaml(pod, cli_env, style):
+    import yaml
+    from comfyui_oracle import comfyui_loads
+    before = comfyui_loads(pod.comfyui)
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    data = yaml.safe_load(pod.yaml.read_text())
+    data["added_later"] = {"base_path": "/opt/later", "loras": "loras"}       # and the user added a section
+    pod.yaml.write_text(yaml.safe_dump(data, default_flow_style=(style == "flow")))    # no marker comments left
+    assert "comfy-migrate" not in pod.yaml.read_text()
+    run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
+    left = yaml.safe_load(pod.yaml.read_text())
+    assert "comfy_migrate" not in left and set(left) == {"other_ui", "added_later"}, pod.yaml.read_text()
+    assert comfyui_loads(pod.comfyui) == before or {k: v[0] for k, v in comfyui_loads(pod.comfyui).items()} == \
+        {k: v[0] for k, v in before.items()}
+
+
+def test_rollback_that_cannot_take_out_its_section_says_so_naming_the_yaml(pod, cli_env):
+    import yaml
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    data = yaml.safe_load(pod.yaml.read_text())
+    # Re-dumped by a tool (no markers), and another section now refers to ours through an anchor:
+    # taking ours out would break the file, so it stays, and rollback says so naming the YAML.
+    ours = yaml.safe_dump({"comfy_migrate": data["comfy_migrate"]}).replace("comfy_migrate:", "comfy_migrate: &ours", 1)
+    pod.yaml.write_text(yaml.safe_dump({"other_ui": data["other_ui"]}) + ours + "copy_of_it: *ours\n")
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env, check=1)
+    assert str(pod.yaml) in proc.stderr and "comfy_migrate" in proc.stderr, proc.stderr
+
+
+def test_rollback_dry_run_does_not_promise_a_file_whose_stored_copy_is_gone(pod, cli_env):
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    run_cli(["purge", "--comfyui", pod.comfyui, "--target", pod.target, "--yes", "--permanent"], cli_env)
+    (pod.target / "vae" / "wan_2.1_vae.safetensors").unlink()        # the one copy left of the pod's vae
+    src = pod.models / "vae" / "wan_2.1_vae.safetensors"
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--dry-run"], cli_env, check=1)
+    line = next(x for x in proc.stdout.splitlines() if str(src) in x)
+    assert "cannot recreate" in line, proc.stdout
+    doc = json.loads(run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--dry-run",
+                              "--format", "json"], cli_env, check=1).stdout)
+    assert [s for s in doc["steps"] if s["cannot"]] and all(str(src) in s["what"] for s in doc["steps"] if s["cannot"])
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env, check=1)
+    assert str(src) in proc.stderr and not src.exists()              # the real rollback agrees
+
+
+def test_a_folder_symlink_inside_models_is_repointed_and_its_names_keep_loading(pod, cli_env):
+    from comfyui_oracle import comfyui_loads
+    wan = pod.models / "diffusion_models" / "wan_loras"
+    wan.mkdir()
+    (wan / "high.safetensors").write_bytes(as_model("x.safetensors", b"wan lora high" * 300))
+    (wan / "sub").mkdir()
+    (wan / "sub" / "low.safetensors").write_bytes(as_model("x.safetensors", b"wan lora low" * 300))
+    (pod.models / "loras" / "wan_linked").symlink_to("../diffusion_models/wan_loras")
+    before = comfyui_loads(pod.comfyui)
+    assert ("loras", "wan_linked/sub/low.safetensors") in before
+    snap = snapshot_tree(pod.models)
+    doc = json.loads(run_cli(["plan", *pod.args("--format", "json")], cli_env).stdout)
+    assert [c["name"] for c in doc["name_changes"]] == ["WanAnimate_relight_lora_fp16.safetensors"], doc["name_changes"]
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    assert not (wan / "high.safetensors").exists()                  # moved to the store ...
+    after = comfyui_loads(pod.comfyui)                              # ... and every name loads what it did
+    changed = {k for k in before if after.get(k, (None,))[0] != before[k][0]}
+    assert changed == {("loras", "WanAnimate_relight_lora_fp16.safetensors")}, changed
+    proc = run_cli(["verify", "--comfyui", pod.comfyui, "--target", pod.target], cli_env)
+    assert "all good" in proc.stdout
+    run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
+
+    def same(snapshot):        # a re-pointed symlink comes back with its text and mtime, as a new inode
+        return {k: v[:3] + v[4:] if v[0] == "symlink" else v for k, v in snapshot.items()}
+    assert same(snapshot_tree(pod.models)) == same(snap)
+
+
+def test_two_installs_whose_yamls_link_to_one_file_are_two_pods(pod, cli_env, tmp_path):
+    shared = tmp_path / "shared" / "extra_model_paths.yaml"
+    shared.parent.mkdir()
+    shared.write_bytes(pod.yaml.read_bytes())
+    pod.yaml.unlink()
+    pod.yaml.symlink_to(shared)
+    b = tmp_path / "b" / "ComfyUI"
+    (b / "models" / "loras").mkdir(parents=True)
+    (b / "models" / "loras" / "only_b.safetensors").write_bytes(as_model("x.safetensors", b"pod b's lora" * 200))
+    (b / "extra_model_paths.yaml").symlink_to(shared)
+    run_leaving_conflicts(pod.args("--yes"), cli_env)
+    run_cli(["run", "--comfyui", b, "--target", pod.target, "--yes"], cli_env)
+    history = json.loads(run_cli(["history", "--target", pod.target, "--format", "json"], cli_env).stdout)
+    run_a, run_b = history[0]["run"], history[1]["run"]
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env, check=3)
+    assert f"rollback of run {run_b}" not in proc.stdout and run_b in proc.stderr, proc.stderr   # B's, named, not undone
+    states = {r["run"]: r["state"] for r in json.loads(
+        run_cli(["history", "--target", pod.target, "--format", "json"], cli_env).stdout)}
+    assert states[run_b] != "rolled back" and states[run_a] != "rolled back", states
+    run_cli(["verify", "--comfyui", b, "--target", pod.target], cli_env)                       # B still loads its lora
+    doc = json.loads(run_cli(["rollback", "--comfyui", b, "--target", pod.target, "--yes", "--format", "json"],
+                             cli_env).stdout)
+    assert doc["run"] == run_b
+    doc = json.loads(run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes",
+                              "--format", "json"], cli_env).stdout)
+    assert doc["run"] == run_a and not doc["skipped"]
+
+
+def test_one_pods_rollback_keeps_what_another_pods_conflicted_name_loads(pod, cli_env, tmp_path):
+    name = "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors"
+    b = tmp_path / "b" / "ComfyUI"
+    (b / "models" / "loras").mkdir(parents=True)
+    (b / "models" / "loras" / name).write_bytes(as_model(name, b"pod b's own bytes" * 300))
+    run_leaving_conflicts(pod.args("--yes"), cli_env)                  # A places loras/NAME
+    run_leaving_conflicts(["--comfyui", b, "--target", pod.target, "--yes"], cli_env)   # B: a conflict on it
+    run_cli(["verify", "--comfyui", b, "--target", pod.target], cli_env)  # B's NAME loads A's file, as its plan said
+    proc = run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
+    assert (pod.target / "loras" / name).exists() and (pod.models / "loras" / name).exists(), proc.stdout
+    run_cli(["verify", "--comfyui", b, "--target", pod.target], cli_env)  # and still does after A's rollback
+    run_cli(["rollback", "--comfyui", b, "--target", pod.target, "--yes"], cli_env)
+    assert not (pod.target / "loras" / name).exists()                   # B's rollback lets it go

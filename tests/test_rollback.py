@@ -761,19 +761,42 @@ def _one_error_line(res) -> None:
     assert len([line for line in res.stderr.splitlines() if "error" in line]) == 1, res.stderr
 
 
+FILL_HOOK = """
+import os
+_fill = os.environ.get("CM_TEST_FILL")
+if _fill:
+    from migrate import fsops
+    _write_all = fsops.write_all
+
+    def write_all(fd, data):
+        # A copy's first chunk into the store: another writer takes every free byte first. A real
+        # full tmpfs answers the copy (ENOSPC), not an injected error.
+        if not os.path.exists(_fill) and ".cm-tmp-" in os.readlink(f"/proc/self/fd/{fd}") \\
+                and os.fstat(fd).st_dev == os.stat(os.path.dirname(_fill)).st_dev:
+            with open(_fill, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\\0" * 4096)
+                        f.flush()
+                except OSError:
+                    pass
+        return _write_all(fd, data)
+    fsops.write_all = write_all
+"""
+
+
 @pytest.mark.parametrize("then", ["rollback", "run"])
 @pytest.mark.parametrize("room", ["none", "lock"])
-def test_a_disk_that_fills_during_the_run_and_stays_full_for_the_rollback(tmp_path, cli_env, then, room):
-    """The store is a 1 MiB tmpfs; three 250 KB models fit, but another writer fills the disk as soon
-    as the run makes store/loras (the QA engineer's case). Whatever the run got done, every model name
-    still loads its bytes. A rollback while the disk is still full (`room`: not a page free, or one,
-    which the lock file takes: then the rollback's log finds none) fails cleanly: exit 4, one line, and
-    leaves no log behind that blocks the next one. Space freed, `rollback --dry-run` and `rollback`
-    exit 0 (or `run` finishes the run first, then rollback) and the pod is back exactly: paths, bytes,
-    modes, mtimes (folders too), the YAML. Before: the rollback on the full disk left a 0-byte
-    <run>.rollback.jsonl, history said "bad log", rollback then exited 6, `run` started a new run."""
+def test_a_disk_that_fills_during_the_run(tmp_path, cli_env, then, room):
+    """The store is a 1 MiB tmpfs; three 250 KB models fit, but another writer fills the disk as the
+    run's first copy starts (issue 20). The run stops: exit 4, one line naming both ways on; every
+    model name still loads its bytes (the YAML and the sources as they were). Then, the disk still
+    full (`room`: not a page free, or one), `rollback` works (exit 0, was exit 4 on writing the lock)
+    and the pod is back exactly: paths, bytes, modes, mtimes (folders too), the YAML. Or space freed,
+    `run` continues the SAME run (one log, "(continued)", was a second run), and after the disk
+    filled up again one `rollback` undoes all of it. The rollback takes its room from the reserve
+    each run keeps in the store's state folder."""
     import subprocess
-    import threading
     from migrate import comfy
     store = tmp_path / "store"
     store.mkdir()
@@ -790,6 +813,12 @@ def test_a_disk_that_fills_during_the_run_and_stays_full_for_the_rollback(tmp_pa
             os.utime(d, ns=(BASE_NS, BASE_NS))
         args = ["--comfyui", str(comfyui), "--target", str(store)]
         before = _tree(comfyui, store)
+        hook = tmp_path / "hook"
+        hook.mkdir()
+        (hook / "sitecustomize.py").write_text(FILL_HOOK)
+        filler = store / "filler"
+        fill_env = dict(cli_env, PYTHONPATH=os.pathsep.join(filter(None, (str(hook), cli_env.get("PYTHONPATH")))),
+                        CM_TEST_FILL=str(filler))
 
         def loads_its_bytes() -> None:       # ComfyUI's search order under the YAML now on disk
             yaml_path = comfyui / "extra_model_paths.yaml"
@@ -800,44 +829,207 @@ def test_a_disk_that_fills_during_the_run_and_stays_full_for_the_rollback(tmp_pa
                 first = next(p for p in found if os.path.isfile(p))
                 assert Path(first).read_bytes() == data, (rel, first)
 
-        def filler() -> None:
-            deadline = time.monotonic() + 60
-            while not (store / "loras").exists() and time.monotonic() < deadline:
-                time.sleep(0.0002)
-            _fill(store / "filler")
-        writer = threading.Thread(target=filler)
-        writer.start()
-        first = run_cli(["run", *args, "--yes"], cli_env, check=None)
-        writer.join()
-        assert first.returncode in (0, 1, 4), first.stderr
-        if first.returncode == 4:
-            _one_error_line(first)
-        loads_its_bytes()
-        _fill(store / "filler")      # a failed copy's temporary was removed: full again
-        if room == "lock":
-            os.truncate(store / "filler", os.path.getsize(store / "filler") - 4096)
+        def full() -> None:
+            _fill(filler)
+            if room == "lock":
+                os.truncate(filler, os.path.getsize(filler) - 4096)
 
-        full = rollback(cli_env, store, *args[:2], "--yes", check=4)
-        _one_error_line(full)
-        assert "No space left" in full.stderr, full.stderr
-        assert "bad log" not in " ".join(_states(cli_env, store))
+        first = run_cli(["run", *args, "--yes"], fill_env, check=4)
+        _one_error_line(first)
+        assert "No space left" in first.stderr, first.stderr
+        assert "free space, then `comfy-migrate run` (continues this run) or `comfy-migrate rollback` (undoes it)" \
+            in first.stderr, first.stderr
+        assert filler.exists(), "the filler never ran"
+        assert not (comfyui / "extra_model_paths.yaml").exists(), "the YAML was switched by a stopped run"
         loads_its_bytes()
+        assert [s.split(":")[0] for s in _states(cli_env, store)] == ["stopped"], first.stderr
+        full()       # a failed copy's temporary was removed: full again
 
-        os.unlink(store / "filler")
         if then == "run":
+            os.unlink(filler)
             again = run_cli(["run", *args, "--yes"], cli_env)
-            if first.returncode == 4:      # stopped mid-way: the same run is finished, not a second one
-                assert "(continued)" in again.stdout, again.stdout
+            assert "(continued)" in again.stdout, again.stdout
+            assert len(_states(cli_env, store)) == 1
             loads_its_bytes()
-        while any(s != "rolled back" for s in _states(cli_env, store)):    # newest first
-            dry = rollback(cli_env, store, *args[:2], "--dry-run")
-            assert "rollback of run" in dry.stdout
-            rollback(cli_env, store, *args[:2], "--yes")
+            full()
+        res = rollback(cli_env, store, *args[:2], "--yes")
+        assert "rolled back" in res.stdout and "Traceback" not in res.stderr, res.stderr
+        assert _states(cli_env, store) == ["rolled back"]
+        assert not (store / STATE / "lock").exists()
+        loads_its_bytes()
+        os.unlink(filler)
         after = _tree(comfyui, store)
         # The store's own mtime is the one left out: our state folder, made there by the first lock
         # (before the run's first record), stays, logs and all.
         before[str(store)], after[str(store)] = before[str(store)][:2], after[str(store)][:2]
         assert after == before, "\n".join(f"{p}: {before.get(p)} -> {after.get(p)}"
                                           for p in sorted(set(before) | set(after)) if before.get(p) != after.get(p))
+    finally:
+        subprocess.run(["umount", "-l", str(store)])
+
+
+# --- issue 20: an in-tree symlink's re-pointing is part of its file's removal -----------------------------
+
+def _removal_of(log: Path, rel: str) -> Tuple[dict, dict]:
+    """(begin, done) records of the step that took ComfyUI/models/<rel> from its place."""
+    recs = read_records(log)
+    begin = next(r for r in recs if r["type"] == "begin" and r.get("op") in ("unlink", "quarantine", "rename")
+                 and r.get("src", "").endswith("/models/" + rel))
+    done = next(r for r in recs if r["type"] == "done" and r.get("step") == begin["step"])
+    return begin, done
+
+
+@pytest.mark.parametrize("then", ["run", "rollback"])
+def test_kill_between_a_removal_and_its_symlink_re_pointing(tmp_path, cli_env, then):
+    """my_nodes/alias.safetensors -> ../loras/style.safetensors; the run sets style aside and is
+    SIGKILLed right after that step's record, before the link is re-pointed (issue 20). `run` again
+    continues the run and re-points the link (it loads style's bytes, from the store), verify says
+    all good, and the rollback gives the pod back exactly; or `rollback` at once does. Before: the
+    continued run exited 0, verify said "all good", and the link dangled (ComfyUI loads nothing)."""
+    twin = Small(tmp_path / "twin")
+    run(cli_env, twin)
+    begin, done = _removal_of(twin.run_log(), "loras/style.safetensors")
+    assert begin.get("links") == [str(twin.models / "my_nodes" / "alias.safetensors")], begin
+
+    pod = Small(tmp_path / "pod")
+    alias = pod.models / "my_nodes" / "alias.safetensors"
+    data = alias.read_bytes()
+    before = pod.snap()
+    run(crash_env(cli_env, done["seq"]), pod, check=KILLED)
+    assert not os.path.exists(alias), "the kill should come between the removal and the re-pointing"
+    if then == "run":
+        res = run(cli_env, pod)
+        assert "(continued)" in res.stdout, res.stdout
+        assert alias.is_symlink() and alias.read_bytes() == data
+        assert os.path.realpath(alias).startswith(os.path.realpath(pod.target) + "/")
+        assert "all good" in run_cli(["verify", *pod.args()], cli_env).stdout
+    rollback(cli_env, pod.target, "--yes")
+    assert_same(before, pod.snap(), f"after a kill at record {done['seq']}, then {then}")
+
+
+def test_verify_finds_an_in_tree_symlink_left_dangling(tmp_path, cli_env):
+    """A symlink of the pod whose file a run moved must lead to it: one that dangles (here put back
+    to its old text by hand, as a kill between the two steps left it before issue 20) fails verify
+    (exit 8) and names it. Before: "all good"."""
+    pod = Small(tmp_path / "pod")
+    run(cli_env, pod)
+    alias = pod.models / "my_nodes" / "alias.safetensors"
+    assert alias.is_file()
+    alias.unlink()
+    os.symlink("../loras/style.safetensors", alias)
+    res = run_cli(["verify", *pod.args()], cli_env, check=8)
+    assert "dangling_links" in res.stdout and str(alias) in res.stdout, res.stdout
+
+
+# --- issue 20: every leftover of ours is removed by the next command ------------------------------------
+
+KILL_HOOK = """
+import os, signal
+_mark = os.environ.get("CM_TEST_KILL_IN_WRITE")
+if _mark:
+    from migrate import fsops
+    _write_all = fsops.write_all
+
+    def write_all(fd, data):
+        # SIGKILL in the middle of writing a file whose name holds the mark: half of it on the disk
+        if _mark in os.path.basename(os.readlink(f"/proc/self/fd/{fd}")):
+            view = memoryview(data)
+            os.write(fd, view[:max(1, len(view) // 2)])
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _write_all(fd, data)
+    fsops.write_all = write_all
+"""
+
+
+@pytest.mark.parametrize("then", ["run", "rollback"])
+def test_a_kill_while_the_yaml_is_written_leaves_nothing_behind(tmp_path, cli_env, then):
+    """SIGKILL halfway through writing extra_model_paths.yaml's temporary (issue 20): the next
+    command, `run` (continuing the run) or `rollback`, removes `.extra_model_paths.yaml.cm-tmp-<pid>`
+    (and the rollback gives the pod back exactly, the folder's mtime included). Before: it stayed
+    forever."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_HOOK)
+    pod = Small(tmp_path / "pod")
+    before = pod.snap()
+    hooked = os.pathsep.join(filter(None, (str(hook), cli_env.get("PYTHONPATH"))))
+    run(dict(cli_env, PYTHONPATH=hooked, CM_TEST_KILL_IN_WRITE=".extra_model_paths.yaml.cm-tmp-"), pod, check=KILLED)
+    left = list(pod.comfyui.glob(".extra_model_paths.yaml.cm-tmp-*"))
+    assert len(left) == 1 and left[0].stat().st_size > 0, left
+    if then == "run":
+        res = run(cli_env, pod)
+        assert "(continued)" in res.stdout, res.stdout
+        assert not list(pod.comfyui.glob(".*.cm-tmp-*"))
+    rollback(cli_env, pod.target, "--yes")
+    assert not list(pod.comfyui.glob(".*.cm-tmp-*"))
+    assert_same(before, pod.snap(), f"after a kill in the YAML's write, then {then}")
+
+
+def test_a_rollback_with_no_run_to_undo_leaves_no_stale_lock(tmp_path, cli_env):
+    """The pod's only run is killed inside its first record: it did nothing, and its lock is stale.
+    `rollback` has nothing to undo (exit 6, "no run to roll back") and removes the stale lock
+    (issue 20). Before: the lock stayed."""
+    pod = Small(tmp_path / "pod")
+    run(crash_env(cli_env, "torn:1"), pod, check=KILLED)
+    lock = pod.target / STATE / "lock"
+    assert lock.exists()
+    res = rollback(cli_env, pod.target, "--yes", check=6)
+    assert "no run to roll back" in res.stderr, res.stderr
+    assert not lock.exists(), "a rollback with nothing to do left the stale lock"
+
+
+RO_HOOK = """
+import errno, os
+_store = os.environ.get("CM_TEST_RO_AT_COPY")
+if _store:
+    from migrate import fsops
+    _write_all, _write, _dev = fsops.write_all, os.write, os.stat(_store).st_dev
+
+    def write(fd, data):
+        if os.fstat(fd).st_dev == _dev:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return _write(fd, data)
+
+    def write_all(fd, data):
+        # A copy's first chunk into the store: from now on the store answers every write with
+        # EROFS, the log's included (a volume that turned read-only). A tmpfs cannot be remounted
+        # read-only while files on it are open for writing, so the kernel's answer is played here.
+        if ".cm-tmp-" in os.readlink(f"/proc/self/fd/{fd}") and os.fstat(fd).st_dev == _dev:
+            os.write = write
+        return _write_all(fd, data)
+    fsops.write_all = write_all
+"""
+
+
+def test_a_store_turning_read_only_mid_run_then_run_continues_the_same_run(tmp_path, cli_env):
+    """The store (another filesystem) answers every write with EROFS from the run's first copy on,
+    its log's included (issue 20): the run stops with one line naming both ways on, the YAML as it
+    was; writable again, `run` continues the SAME run ("(continued)", one log) and one `rollback`
+    gives the pod back exactly."""
+    import subprocess
+    store = tmp_path / "store"
+    store.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(store)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        pod = Small(tmp_path / "pod", store)
+        before = pod.snap()
+        hook = tmp_path / "hook"
+        hook.mkdir()
+        (hook / "sitecustomize.py").write_text(RO_HOOK)
+        hooked = os.pathsep.join(filter(None, (str(hook), cli_env.get("PYTHONPATH"))))
+        first = run(dict(cli_env, PYTHONPATH=hooked, CM_TEST_RO_AT_COPY=str(store)), pod, check=None)
+        assert "Read-only file system" in first.stderr, first.stderr
+        assert first.returncode not in (0, 1), first.stderr
+        _one_error_line(first)
+        assert "`comfy-migrate run` (continues this run) or `comfy-migrate rollback` (undoes it)" in first.stderr, \
+            first.stderr
+        assert pod.yaml.read_bytes() == before["yaml"]
+        again = run(cli_env, pod)
+        assert "(continued)" in again.stdout, again.stdout
+        assert len(_states(cli_env, store)) == 1
+        rollback(cli_env, store, "--yes")
+        assert_same(before, pod.snap(), "after a read-only store stopped the run, run, rollback")
     finally:
         subprocess.run(["umount", "-l", str(store)])

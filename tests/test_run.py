@@ -460,8 +460,14 @@ def _fill_target_after(monkeypatch, target: Path, limit: int, per_file: bool) ->
     return failures
 
 
-def test_disk_full_on_one_copy(pod, other_fs, monkeypatch):
-    """The target runs out of room while copying the biggest file: that file fails, others go on."""
+def test_disk_full_on_one_copy_stops_the_run_and_run_continues_it(pod, other_fs, monkeypatch):
+    """The target runs out of room while copying the biggest file (issue 20): the run stops there
+    with exit 4 and the message naming both ways on; its log stays open (a `stopped` record, no
+    `close`), the YAML and every source are as they were (ComfyUI loads every name from the pod as
+    before), no temporary is left. With room again, the next run continues the SAME run (same id,
+    one log) and closes it. Before: that file failed, the others went on, the YAML was switched,
+    the log closed with exit 1, and the next `run` started a second run."""
+    from migrate.errors import NoSpace
     from migrate.execute import execute_plan
     target = copy_target(pod, other_fs / "models")
     sizes = {rel: os.path.getsize(p) for rel, p in files_under(str(pod.models)).items()}
@@ -470,30 +476,41 @@ def test_disk_full_on_one_copy(pod, other_fs, monkeypatch):
     before = {rel: xxh(pod.models / rel) for rel in sizes}
     expected = original_models(pod.comfyui)
     skip = conflicts(target, expected)
+    yaml_before = yaml_of(pod.comfyui).read_bytes()
+    loads = {key: resolve(pod.comfyui, key) for key in expected}
+    loads = {key: xxh(p) for key, p in loads.items() if p is not None}
+    assert len(loads) > 10
     plan = _plan(pod.comfyui, target)
     failures = _fill_target_after(monkeypatch, target, ranked[len(big)] + 1, per_file=True)
 
-    rep = execute_plan(plan, ["test"])
+    with pytest.raises(NoSpace) as stopped:
+        execute_plan(plan, ["test"])
 
     assert failures
-    assert not rep.ok
-    assert sorted(p.path for p in rep.problems) == sorted(str(pod.models / rel) for rel in big)
-    assert all("space" in p.message.lower() for p in rep.problems), rep.problems
-    for rel in big:
+    assert stopped.value.exit_code == 4
+    assert "free space, then `comfy-migrate run` (continues this run) or `comfy-migrate rollback` (undoes it)" \
+        == stopped.value.hint, stopped.value.hint
+    assert any(rel in str(stopped.value) for rel in big), str(stopped.value)
+    for rel, digest in before.items():          # every source where it was, with its bytes
         assert (pod.models / rel).is_file() and not (pod.models / rel).is_symlink()
-        assert xxh(pod.models / rel) == before[rel]
-        assert not list((pod.models / STATE_DIR).glob(f"quarantine/*/{rel}"))
-    for rel, digest in before.items():          # every source byte is still somewhere in the sources
-        assert any(xxh(p) == digest for p in [pod.models / rel, *(pod.models / STATE_DIR).glob(f"quarantine/*/{rel}")]
-                   if os.path.isfile(p))
+        assert xxh(pod.models / rel) == digest
+    assert not (pod.models / STATE_DIR).exists(), "a source was set aside before the stop"
+    assert yaml_of(pod.comfyui).read_bytes() == yaml_before
     assert not temps(pod.root, target)
-    # the YAML was switched; a failed name still resolves (in the source), the others in the target
-    big_keys = {(comfy.category_of(rel.split("/")[0])[0], rel.split("/", 1)[1]) for rel in big}
-    for key in big_keys:
+    for key, digest in loads.items():           # ComfyUI loads what it loaded before
         p = resolve(pod.comfyui, key)
-        assert p is not None and not inside(p, target) and xxh(p) == expected[key], key
-    assert_resolves_in_target(pod.comfyui, target, expected, skip | big_keys)
-    check_logs_allow_problems(target)
+        assert p is not None and xxh(p) == digest, key
+    [log] = run_logs(target)
+    records = read_log(str(log))[0]
+    assert records[-1]["type"] == "stopped" and not any(r["type"] == "close" for r in records)
+
+    monkeypatch.undo()      # room again: run continues the same run
+    rep = execute_plan(_plan(pod.comfyui, target), ["test"])
+    assert rep.resumed and rep.run_id == records[0]["run"], rep
+    assert [str(p) for p in run_logs(target)] == [str(log)]
+    assert read_log(str(log))[0][-1]["type"] == "close"
+    assert not temps(pod.root, target)
+    assert_resolves_in_target(pod.comfyui, target, expected, skip)
 
 
 def _run_until_full(pod, target: Path, monkeypatch, limit: int):
@@ -501,9 +518,10 @@ def _run_until_full(pod, target: Path, monkeypatch, limit: int):
     from migrate.execute import execute_plan
     plan = _plan(pod.comfyui, target)
     _fill_target_after(monkeypatch, target, limit, per_file=False)
+    from migrate.errors import NoSpace
     try:
         return execute_plan(plan, ["test"]), None
-    except OSError as exc:
+    except (OSError, NoSpace) as exc:
         return None, exc
 
 
@@ -527,18 +545,17 @@ def test_disk_full_stays_full_keeps_every_source(pod, other_fs, monkeypatch):
     assert not temps(pod.root, *[p for p in target.iterdir() if p.name != STATE_DIR])
 
 
-def test_disk_full_stays_full_reports_and_leaves_no_temp(pod, other_fs, monkeypatch):
+def test_disk_full_stays_full_stops_with_exit_4_and_leaves_no_temp(pod, other_fs, monkeypatch):
+    """A target that fills for good stops the run (exit 4, both ways on named), leaving no temporary
+    and its log open for `run` to continue. Before: the failures were reported and the log closed."""
+    from migrate.errors import NoSpace
     target = copy_target(pod, other_fs / "models")
     rep, exc = _run_until_full(pod, target, monkeypatch, 1 << 20)
     assert not temps(pod.root, target), temps(pod.root, target)
-    assert exc is None, f"execute_plan raised {exc!r} instead of reporting"
-    assert rep is not None and not rep.ok
-
-
-def check_logs_allow_problems(target: Path) -> None:
+    assert isinstance(exc, NoSpace) and exc.exit_code == 4, f"execute_plan gave {rep or exc!r}"
+    assert "`comfy-migrate run` (continues this run)" in exc.hint, exc.hint
     [log] = run_logs(target)
-    records = read_log(str(log))[0]
-    assert records[-1]["type"] == "close" and records[-1]["state"] == "problems"
+    assert read_log(str(log))[0][-1]["type"] != "close"
 
 
 # --- 8. a source changed between plan and run ----------------------------------------------------------

@@ -287,3 +287,33 @@ def test_claims_keep_a_logged_mtime_when_a_newer_run_found_the_file_already_ther
           *step(2, "quarantine", "/s/loras/a.safetensors", "da", stored="/s/loras/a.safetensors", mtime_ns=99)]
     c = claims([("r1", r1), ("r2", r2)])["loras/a.safetensors"]
     assert (c.run, c.op, c.mtime_ns) == ("r2", "quarantine", 7)
+
+
+def test_quick_compares_mtimes_at_the_precision_the_run_probed(pod, cli_env):
+    """A store whose filesystem keeps whole seconds (MooseFS: a copy shows its source's nanoseconds
+    right after the publish, whole seconds once the server has it) is healthy: `--quick` compares at
+    the step the run's probe logged for it, as rollback does (it compared nanoseconds exactly and
+    called every such file changed). A change beyond the step is still one."""
+    from migrate.journal import _canonical, _sum
+    run_id = migrate(pod, cli_env)
+    log = pod.target / STATE_DIR / "runs" / f"{run_id}.jsonl"
+    records = records_of(pod.target, run_id)
+    head = dict(records[0])
+    head["fs"] = dict(head["fs"], **{str(pod.target): dict(head["fs"][str(pod.target)], mtime_step_ns=10 ** 9)})
+    records[0] = head
+    for i, rec in enumerate(records):            # sealed again, as the writer would have
+        rec = dict(rec, **({"prev": records[i - 1]["sum"]} if i else {}))
+        rec.pop("sum")
+        rec["sum"] = _sum(rec)
+        records[i] = rec
+    log.write_bytes(b"".join(_canonical(r) + b"\n" for r in records))
+    timed = [c for c in claims([(run_id, records)]).values() if c.mtime_ns is not None]
+    assert timed
+    for c in timed:                              # what the store shows once the server has the file
+        whole = c.mtime_ns - c.mtime_ns % 10 ** 9
+        os.utime(pod.target / c.rel, ns=(whole, whole), follow_symlinks=False)
+    assert [c.mtime_ns % 10 ** 9 for c in timed].count(0) < len(timed)     # some were not whole seconds
+    assert verify_json(pod, cli_env, "--quick")["ok"]
+    later = pod.target / timed[0].rel
+    os.utime(later, ns=(timed[0].mtime_ns + 5 * 10 ** 9,) * 2, follow_symlinks=False)
+    assert verify_json(pod, cli_env, "--quick", check=8)["changed"] == [str(later)]

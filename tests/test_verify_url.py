@@ -173,7 +173,8 @@ def test_embeddings_vae_approx_and_diffusers_are_matched_as_comfyui_shows_them()
     assert got["not_listed"] == []
     # A server without /embeddings cannot say: unchecked, not missing.
     got = check_listed(["embeddings/EasyNegative.safetensors"], parse_server(rec["object_info"], None, None))
-    assert got == {"not_listed": [], "checked": 0, "unchecked": ["embeddings/EasyNegative.safetensors"]}
+    assert {k: got[k] for k in ("not_listed", "checked", "unchecked")} == {
+        "not_listed": [], "checked": 0, "unchecked": ["embeddings/EasyNegative.safetensors"]}
 
 
 @pytest.mark.skipif(shutil.which("jq") is None, reason="no jq here")
@@ -184,6 +185,111 @@ def test_the_printed_check_line_reads_both_forms(node, name, want):
     out = subprocess.run(["jq", "-c", report.choices_jq(node, name)], input=json.dumps(info),
                          capture_output=True, text=True, check=True)
     assert want in json.loads(out.stdout)
+
+
+# --- issue 23: a URL that does not answer like ComfyUI; loaders found by their choices ----------------
+
+class Answering:
+    """A server answering every route with the same body (JSON or a web page)."""
+
+    def __init__(self, body: bytes, kind: str = "application/json") -> None:
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = HTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.srv.server_port}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+@pytest.mark.parametrize("body, kind", [
+    (b"{}", "application/json"), (b"[]", "application/json"), (b'{"status": "ok", "version": 3}', "application/json"),
+    (b'{"UNETLoader": "x"}', "application/json"), (b"<html><body>RunPod proxy</body></html>", "text/html"),
+])
+def test_a_url_that_does_not_answer_like_comfyui_is_an_error(real_pod_migrated, body, kind):
+    """`{}`, `[]`, other JSON or a web page once gave "all good": now exit 3, one line."""
+    _, env = real_pod_migrated
+    with Answering(body, kind) as s:
+        r = run_cli(["verify", "--comfyui-url", s.url], env, check=3)
+    assert len(r.stderr.strip().splitlines()) == 1 and "object_info" in r.stderr, r.stderr
+    assert "all good" not in r.stdout
+
+
+def test_loaders_are_found_by_their_choices_not_by_a_table():
+    """A loader no table knows (a custom node's, a newer ComfyUI's) counts when its choices are file
+    names of a category; a choice list mostly of another category's names does not."""
+    view = parse_server({
+        "MyBgRemoval": {"input": {"required": {"model": [["birefnet.safetensors", "other.safetensors"], {}]}}},
+        "Mixed": {"input": {"required": {"pick": [["a.safetensors", "b.safetensors", "c.safetensors",
+                                                   "birefnet.safetensors"], {}]}}},
+        "Plain": {"input": {"required": {"mode": [["fast", "slow"], {}]}}},
+    })
+    disk = {"background_removal": ["birefnet.safetensors", "other.safetensors"],
+            "loras": ["a.safetensors", "b.safetensors", "c.safetensors"]}
+    got = check_listed(["background_removal/birefnet.safetensors", "background_removal/gone.safetensors"], view, disk)
+    assert got["loaders"]["background_removal"] == ["MyBgRemoval.model"]
+    assert got["loaders"]["loras"] == ["Mixed.pick"]
+    assert got["checked"] == 2 and got["not_listed"] == ["background_removal/gone.safetensors"]
+
+
+REC_033 = ROOT / "fixtures" / "comfyui-0.33.0"
+
+
+def recording_033(name: str, root: Path) -> dict:
+    return json.loads((REC_033 / f"{name}.json").read_text().replace("{POD}", str(root)))
+
+
+@pytest.fixture
+def real_pod_033(tmp_path, cli_env):
+    """The pod of the real check against ComfyUI 0.33.0 (its new folders and vae_approx files), migrated
+    with ComfyUI 0.33's own folder_paths.py installed (its categories: the five new folders)."""
+    from comfyui_oracle import oracle_dir
+    root = tmp_path / "real"
+    comfyui = root / "workspace" / "runpod-slim" / "ComfyUI"
+    real_pod.build(str(comfyui / "models"), new=True)
+    shutil.copyfile(oracle_dir("0.33.0") / "folder_paths.py", comfyui / "folder_paths.py")
+    shutil.copyfile(oracle_dir("0.33.0") / "comfyui_version.py", comfyui / "comfyui_version.py")
+    target = root / "workspace" / "models"
+    env = dict(cli_env, COMFYUI_DIR=str(comfyui), COMFY_MIGRATE_TARGET=str(target))
+    run_cli(["run", "--yes"], env)
+    return root, env
+
+
+def test_comfyui_033_lists_its_new_folders_and_vae_approx_files(real_pod_033):
+    """0.33's loaders of its five new folders and its VAELoader's taef2 (a pair, by its family) and
+    taehv.safetensors (by its file name) are checked, not counted "not in any list" or skipped."""
+    root, env = real_pod_033
+    with Served(recording_033("after", root)) as s:
+        doc = verify(env, s.url, 0)
+    c = doc["comfyui"]
+    assert c["not_listed"] == [] and c["stale"] is None
+    assert sorted(c["unchecked"]) == ["classifiers/aesthetic", "ultralytics/bbox/face_yolov8m.safetensors",
+                                      "vae_approx/taesdxl_decoder.safetensors"]      # no list shows these
+    assert c["checked"] == 27 + 1 + 7    # the 0.3.75 pod's 27, detection, 0.33's 7
+    assert c["loaders"]["optical_flow"] == ["OpticalFlowLoader.model_name"]
+    assert set(c["loaders"]["geometry_estimation"]) == {"LoadMoGeModel.model_name", "LoadDA3Model.model_name"}
+
+
+def test_comfyui_033_stale_names_its_new_folders_too(real_pod_033):
+    root, env = real_pod_033
+    with Served(recording_033("stale", root)) as s:
+        doc = verify(env, s.url, 8)
+    assert "background_removal/birefnet.safetensors" in doc["not_listed_by_comfyui"]
+    assert "vae_approx/taehv.safetensors" not in doc["not_listed_by_comfyui"]      # shown under no name: unchecked
+    assert doc["comfyui"]["stale"]
 
 
 # --- issue 21: the server's live search folders outrank any clock; a clock of whole seconds ---------
