@@ -178,12 +178,13 @@ def lost_link_backs(target: str, models_dir: str) -> Tuple[Tuple[str, str], ...]
     from migrate.fleet import store_rel
     from migrate.journal import group_steps
     from migrate.rollback import live_runs
+    from migrate.steps import Op
     out: Dict[str, str] = {}
     for _, records in live_runs(target):
         head = records[0]
         steps = group_steps(records)
         for b in steps.begins:
-            if b.get("op") != "linkback" or b["step"] not in steps.done or not isinstance(b.get("src"), str):
+            if b.get("op") != Op.LINKBACK or b["step"] not in steps.done or not isinstance(b.get("src"), str):
                 continue
             root = next((r for r in head.get("sources") or [] if isinstance(r, str)
                          and b["src"].startswith(r.rstrip("/") + "/")), None)
