@@ -469,6 +469,8 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
     """What `run` shows before it asks: the totals, and the plan's warnings in one short line each
     (-v: in full; `plan` shows every file)."""
     if fmt == "table":
+        if plan.launch is not None and plan.launch.args:     # where the models are found depends on them
+            out(report.launch_line(plan) + "\n")
         if ui.verbosity >= 0:       # -q: what needs a look only
             out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
             for line in report.summary_lines(plan):
@@ -610,6 +612,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
                           "problems": [{"path": p.path, "message": p.message} for p in rep.problems],
                           "deploy": deploy, "report": page, "restart_comfyui": rep.yaml_written,
                           "comfyui_running": [r.pid for r in running],
+                          "comfyui": plan.launch.doc() if plan.launch is not None else None,
                           "findings": [report.finding_doc(f) for f in plan.findings],
                           "stayed": [{"path": p, "why": w} for p, w in left]}))
     else:
@@ -1400,7 +1403,8 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
 @price_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")
-def workflows_cmd(comfyui, price_per_gb_month, fmt) -> None:
+@launch_option
+def workflows_cmd(comfyui, price_per_gb_month, fmt, comfyui_args) -> None:
     """Which models the pod's saved workflows load, which they need and the pod lacks, and which no
     workflow uses (with their monthly cost on a network volume). Reads only; never changes a workflow.
 
@@ -1410,11 +1414,12 @@ def workflows_cmd(comfyui, price_per_gb_month, fmt) -> None:
     """
     from migrate.facts import find_comfyui
     home = find_comfyui(comfyui)
-    doc = workflow_report(home, os.path.join(home, "extra_model_paths.yaml"), price_per_gb_month)
+    launch = shell.resolve_launch(home, comfyui_args)
+    doc = workflow_report(home, os.path.join(home, "extra_model_paths.yaml"), price_per_gb_month, launch=launch)
     if fmt == "json":
         out(report.dumps(doc))
     else:
-        out("\n".join(report.workflow_lines(doc, os.path.join(home, "user"))) + "\n")
+        out("\n".join(report.workflow_lines(doc, launch.user)) + "\n")
 
 
 # --- audit ---------------------------------------------------------------------------------------
@@ -1426,8 +1431,9 @@ def workflows_cmd(comfyui, price_per_gb_month, fmt) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")
 @click.option("--no-cache", is_flag=True, help="Read every model file's ends again, ignoring cached verdicts.")
+@launch_option
 @click.pass_obj
-def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache) -> None:
+def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
     """Check model files without changing anything: truncated or damaged safetensors, git-LFS
     pointers and HTML pages saved as models, empty files, unfinished downloads, names another file
     shadows, extensions ComfyUI does not list, dangling symlinks.
@@ -1451,7 +1457,8 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache) -> None:
             if comfyui:
                 raise
     shell.adopt_comfyui(home, ui)
-    roots = [check_dir(os.path.join(home, "models"), "models folder")] if home else []
+    launch = shell.resolve_launch(home, comfyui_args, ui)
+    roots = [check_dir(launch.models, "models folder")] if launch else []
     if target or os.path.isdir(DEFAULT_TARGET):
         roots.append(check_dir(resolve_target(target), "target"))
     if not roots:
@@ -1461,6 +1468,9 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache) -> None:
         yaml_path = os.path.join(home, "extra_model_paths.yaml")
         text = read_yaml(yaml_path)
         order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
+        if launch is not None:
+            from migrate.launch import search_order
+            order = search_order(launch, {p: read_yaml(p) for p in launch.yamls}, models_real=False)
     res = audit_trees(roots, order, open_verdicts(no_cache), open_cache(no_cache))
     ui.debug(f"{res.files} entries, {res.read} files read, the rest from the cache")
     if fmt == "json":

@@ -232,7 +232,10 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
     if launch is not None:
         models_dir = launch.models
     models = os.path.realpath(models_dir or os.path.join(os.path.dirname(as_read), "models"))
-    yamls = tuple((p, yaml_before if p == as_read else read_yaml(p)) for p in (launch.yamls if launch else ()))
+    # The YAML written is matched through symlinks (a --yaml that is one of --extra-model-paths-config's).
+    same = os.path.realpath(as_read)
+    yamls = tuple((as_read, yaml_before) if os.path.realpath(p) == same else (p, read_yaml(p))
+                  for p in (launch.yamls if launch else ()))
     output = tuple(launch.output_folders()) if launch is not None else ()
     roots = [s.root for s in scans] + [target]
     # A symlinked folder of the store is listed under the store's name (through_links), so a path

@@ -106,7 +106,8 @@ def _errname(exc: OSError) -> str:
 
 def sweep_probes(where: str) -> None:
     """Remove scratch folders of earlier probes killed before they cleaned up: this host's whose
-    process is gone, any host's older than an hour (scans never count them either way)."""
+    process is gone, any host's older than an hour (scans never count them either way), and give
+    the folder the mtime the killed probe took from it (kept in the scratch folder's name)."""
     import shutil
     import socket
     try:
@@ -123,11 +124,24 @@ def sweep_probes(where: str) -> None:
         except (ValueError, OSError):
             continue
         if mine_dead or old:
+            # The folder's mtime from before that probe, in its name: given back when nothing changed
+            # the folder since the probe's last step (its mtime not past the scratch entry's m/ctime).
+            was = re.search(r"\.m([0-9]+)$", n)
+            try:
+                parent, own = os.stat(where), os.lstat(path)
+                back = was is not None and parent.st_mtime_ns <= max(own.st_mtime_ns, own.st_ctime_ns)
+            except OSError:
+                back = False
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 try:
                     os.unlink(path)
+                except OSError:
+                    pass
+            if back and was is not None:
+                try:
+                    os.utime(where, ns=(parent.st_atime_ns, int(was.group(1))))
                 except OSError:
                     pass
 
@@ -145,16 +159,17 @@ def probe_fs(folder: str) -> FsFacts:
     if fstype == "overlay":
         upper = next((o[len("upperdir="):] for o in opts.split(",") if o.startswith("upperdir=")), "")
         overlay = upper if upper and os.path.isdir(upper) else ""
+    sweep_probes(where)      # first: it gives the folder back the time a killed probe took from it
     before = os.stat(where)
-    sweep_probes(where)
-    scratch = os.path.join(where, f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}")
+    scratch = os.path.join(where, f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+                                  f".m{before.st_mtime_ns}")
     refused: list = []
     try:
         os.mkdir(scratch, 0o700)
     except OSError as exc:
         _restore_dir_times(where, before)
-        return FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
-                       f"cannot create a scratch folder: {_errname(exc)}")
+        return by_type(FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
+                               f"cannot create a scratch folder: {_errname(exc)}"))
     try:
         a, b, c = (os.path.join(scratch, n) for n in ("a", "b", "c"))
         fd = os.open(a, TMP_FLAGS, 0o600)
@@ -210,11 +225,22 @@ def probe_fs(folder: str) -> FsFacts:
                        "refused: " + ", ".join(refused) if refused else "", forbidden, trailing, unit,
                        name_max, block)
     except OSError as exc:
-        return FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
-                       f"probe failed: {_errname(exc)} ({exc.strerror})")
+        return by_type(FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
+                               f"probe failed: {_errname(exc)} ({exc.strerror})"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         _restore_dir_times(where, before)
+
+
+def by_type(fs: FsFacts) -> FsFacts:
+    """A probe that could not try names: the name rules known for its filesystem type (kernel
+    exFAT, vfat, NTFS: storerules.KNOWN), the most cautious reading, and its block size."""
+    from migrate.storerules import known_rules
+    try:
+        block = os.statvfs(fs.path).f_frsize
+    except OSError:
+        block = 0
+    return fs._replace(block=block, **known_rules(fs.fstype))
 
 
 def _accepts(folder: str, name: str) -> bool:
@@ -265,8 +291,10 @@ def probe_between(source_root: str, target: str) -> Probe:
     fs = probe_fs(source_root)
     where = nearest_existing(target)
     tag = f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
-    src, dst = os.path.join(source_root, tag), os.path.join(where, tag)
+    sweep_probes(where)
     before_s, before_t = os.stat(source_root), os.stat(where)
+    src = os.path.join(source_root, f"{tag}.m{before_s.st_mtime_ns}")      # each folder's time in the name
+    dst = os.path.join(where, f"{tag}.m{before_t.st_mtime_ns}")            # (sweep_probes gives it back)
     try:
         try:
             os.close(os.open(src, TMP_FLAGS, 0o600))

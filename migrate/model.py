@@ -184,7 +184,7 @@ class FsFacts(namedtuple("FsFacts", [
     def summary(self) -> str:
         yes = lambda b: "yes" if b else "no"     # noqa: E731
         step = self.mtime_step_ns
-        when = ("ns" if step <= 1 else f"{step // 1000} us" if step < 1_000_000 else
+        when = ("ns" if step <= 1 else f"{step} ns" if step < 1000 else f"{step // 1000} us" if step < 1_000_000 else
                 f"{step // 1_000_000} ms" if step < 1_000_000_000 else f"{step // 1_000_000_000} s")
         return (f"{self.fstype}: hardlinks {yes(self.hardlink)}, symlinks {yes(self.symlink)}, "
                 f"rename {yes(self.rename)}, RENAME_NOREPLACE {yes(self.noreplace)}, mtime to {when}, "

@@ -533,12 +533,12 @@ def _name_changes(actions: Sequence[Action], before: names.View, target: str, wo
 
     def why(cat: str, name: str, b: str, a: Optional[str]) -> str:
         act = by_source.get(b)
+        if act is not None and act.reason.startswith("renamed to "):
+            return _REASONS["renamed"]     # (also unlisted: its other spelling holds it on a case-insensitive store)
         if a is None:
             return _REASONS["gone"]
         if act is not None and act.kind is ActionKind.CONFLICT:
             return _REASONS["kept"]
-        if act is not None and act.reason.startswith("renamed to "):
-            return _REASONS["renamed"]
         if a.startswith(target.rstrip("/") + "/"):
             return _REASONS["store"]
         return _REASONS["other"]

@@ -352,10 +352,16 @@ def plan_header(plan: Plan) -> list[str]:
         lines += [f"  [{i}] {show(r)}" for i, r in enumerate(plan.sources, 1)]
     lines.append(f"store:  {show(plan.target)}   (mode {plan.policy.mode.value})")
     if plan.launch is not None and (plan.launch.args or plan.launch.origin):
-        lines.append(f"ComfyUI: {show(plan.launch.comfyui)} started with {show(plan.launch.shell_args() or 'no options that place models')}"
-                     + (f" ({plan.launch.origin})" if plan.launch.origin else ""))
+        lines.append(launch_line(plan))
     lines += [f"note: {show(n)}" for n in plan.notes]
     return lines
+
+
+def launch_line(plan: Plan) -> str:
+    """How ComfyUI is started, as the plan resolved names (launch.Launch)."""
+    launch = plan.launch
+    return (f"ComfyUI: {show(launch.comfyui)} started with {show(launch.shell_args() or 'no options that place models')}"
+            + (f" ({launch.origin})" if launch.origin else ""))
 
 
 def warning_lines(plan: Plan) -> list[str]:
@@ -392,7 +398,8 @@ def summary_lines(plan: Plan, quiet: bool = False) -> list[str]:
         there = [a for a in plan.actions if a.kind is ActionKind.ALREADY_THERE and a.dst in done]
         lines.append(f"run {plan.resumed[0]} was interrupted: `run` continues it"
                      + (f" ({len(there)} file(s), {human(sum(a.size for a in there))}, it placed already)"
-                        if there else "") + "; `comfy-migrate rollback` undoes it")
+                        if there else "") + f"; `comfy-migrate rollback {plan.resumed[0]} --target "
+                     f"{shlex.quote(show(plan.target))}` undoes it")
     if plan.free_bytes is not None:
         verdict = "fits" if plan.fits else "DOES NOT FIT"
         block = plan.target_fs.block

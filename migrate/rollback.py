@@ -768,8 +768,12 @@ def _host_of(log: str) -> Optional[str]:
 
 
 def load_run(log_path: str) -> List[dict]:
+    """A run's log, read and checked once for undoing: its hash chain (read_log), its paths
+    (check_log), the fields of its step records (records.check_steps)."""
+    from migrate.records import check_steps
     records, _, _ = read_log(log_path)
     check_log(records, log_path)
+    check_steps(records, log_path)
     return records
 
 

@@ -186,7 +186,9 @@ def resolution(yaml_path: Optional[str], comfyui: Optional[str], launch=None) ->
         from migrate.launch import search_order
         texts = {}
         for p in launch.yamls:
-            if p != as_read:
+            if os.path.realpath(p) == os.path.realpath(as_read):
+                as_read = p         # the same file under ComfyUI's spelling
+            else:
                 raw = fsops.read_file(p) if os.path.isfile(p) else None
                 texts[p] = raw.decode("utf-8", "replace") if raw is not None else None
         order = search_order(launch, texts, as_read, text if data else None)

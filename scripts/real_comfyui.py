@@ -142,6 +142,7 @@ def launch_layout(kind: str, ws: str, comfyui: str) -> tuple[str, list]:
     if kind == "base-directory":
         data = os.path.join(ws, "data")
         os.makedirs(os.path.join(data, "models"))
+        os.makedirs(os.path.join(data, "custom_nodes"))     # ComfyUI lists it at start-up: it must exist
         return os.path.join(data, "models"), ["--base-directory", data]
     if kind == "extra-config":
         more = os.path.join(ws, "more")

@@ -171,8 +171,8 @@ class Runner:
                         COMFY_MIGRATE_CACHE=os.path.join(home, "digests.sqlite"), PYTHONPATH=ROOT)
         self.calls = 0
 
-    def cli(self, sc: Scenario, *args: str, crash: int = 0) -> Tuple[int, str]:
-        env = dict(self.env)
+    def cli(self, sc: Scenario, *args: str, crash: int = 0, env: Optional[Dict[str, str]] = None) -> Tuple[int, str]:
+        env = dict(self.env, **(env or {}))
         if crash:
             env["COMFY_MIGRATE_CRASH_AT"] = str(crash)
         cmd = [sys.executable, "-m", "migrate", *args]
@@ -317,6 +317,107 @@ def brim_pod(comfy: str, small_files: int) -> None:
         os.makedirs(os.path.dirname(p), exist_ok=True)
         with open(p, "wb") as f:
             f.write(wrapped(rel, payload))
+
+
+FILL_HOOK = """
+import os
+_fill = os.environ.get("CM_VOLUMES_FILL")
+if _fill:
+    from migrate import fsops
+    _write_all = fsops.write_all
+
+    def write_all(fd, data):
+        # A copy's first chunk into the store: another writer takes every free byte first, and the
+        # filesystem itself answers the copy (ENOSPC).
+        if not os.path.exists(_fill) and ".cm-tmp-" in os.readlink(f"/proc/self/fd/{fd}") \\
+                and os.fstat(fd).st_dev == os.stat(os.path.dirname(_fill)).st_dev:
+            fill(_fill)
+        return _write_all(fd, data)
+
+    def fill(path):
+        with open(path, "ab", buffering=0) as f:
+            for size in (1 << 20, 1 << 16, 1 << 12, 1 << 9, 1):
+                try:
+                    while True:
+                        f.write(b"\\0" * size)
+                except OSError:
+                    pass
+    fsops.write_all = write_all
+"""
+
+
+def fill_up(path: str) -> None:
+    """Write zeros into `path` until its filesystem is full to the last byte."""
+    with open(path, "ab", buffering=0) as f:
+        for size in (1 << 20, 1 << 16, 1 << 12, 1 << 9, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                pass
+
+
+def full_store(r: "Runner", m: "Mounts", plain: str, work: str) -> Tuple[List[str], str]:
+    """A store on a small ext4 (no blocks reserved for root) that another writer fills to the brim as
+    the run's first copy starts (issue 20): the run stops with exit 4 and the message naming both
+    ways on, every name still loads as before (the YAML not switched); then, the disk still full to
+    the last byte, `rollback` works (exit 0) and the pod is back exactly. Again: stopped, space
+    freed, `run` continues the same run, verify, the disk filled again, one `rollback` undoes all."""
+    mnt = m.loop_image("ext4-full", 16, ["mkfs.ext4", "-q", "-F", "-m", "0"], ["mount"])
+    sc = Scenario("store ext4 filled to the brim", os.path.join(plain, "full"), os.path.join(mnt, "models"),
+                  "ext4 16 MiB")
+    os.makedirs(sc.pod_parent, exist_ok=True)
+    hook = os.path.join(work, "fill-hook")
+    os.makedirs(hook, exist_ok=True)
+    with open(os.path.join(hook, "sitecustomize.py"), "w") as f:
+        f.write(FILL_HOOK)
+    filler = os.path.join(mnt, "filler")
+    fill_env = {"PYTHONPATH": hook + os.pathsep + r.env.get("PYTHONPATH", ""), "CM_VOLUMES_FILL": filler}
+    errs: List[str] = []
+    states = []
+    for then in ("rollback", "run"):
+        sc.reset()
+        if os.path.exists(filler):
+            os.unlink(filler)
+        before = snapshot(sc.pod_parent)
+        links = link_bytes(sc)
+        yaml_before = open(os.path.join(sc.comfy, "extra_model_paths.yaml"), "rb").read()
+        rc, out = r.cli(sc, "run", "--yes", env=fill_env)
+        if rc != 4 or "free space, then `comfy-migrate run` (continues this run) or `comfy-migrate rollback` " \
+                      "(undoes it)" not in out or "Traceback" in out:
+            errs.append(f"{then}: the run on a disk that filled: exit {rc}, not 4 with its message: {out[-300:]}")
+        if not os.path.exists(filler):
+            errs.append(f"{then}: the filler never ran")
+        if open(os.path.join(sc.comfy, "extra_model_paths.yaml"), "rb").read() != yaml_before:
+            errs.append(f"{then}: the YAML was switched by a stopped run")
+        errs += [f"{then}: stopped run: pod differs: {d}" for d in diff(before, snapshot(sc.pod_parent))[:5]]
+        fill_up(filler)
+        if then == "run":
+            os.unlink(filler)
+            rc, out = r.cli(sc, "run", "--yes")
+            if rc != 0 or "(continued)" not in out:
+                errs.append(f"run after freeing space: exit {rc}, continued: {'(continued)' in out}: {out[-300:]}")
+            errs += check_links(sc, links, "run continued")
+            rc, out = r.cli(sc, "verify")
+            if rc != 0:
+                errs.append(f"verify after the continued run: exit {rc}: {out[-300:]}")
+            fill_up(filler)
+        states.append(os.statvfs(mnt).f_bavail)
+        rc, out = r.cli(sc, "rollback", "--yes")
+        if rc != 0:
+            errs.append(f"{then}: rollback on the full store: exit {rc}: {out[-300:]}")
+        rc, out = r.cli(sc, "rollback", "--yes")
+        if rc != 0 or "rolled back already" not in out:
+            errs.append(f"{then}: a second rollback: exit {rc}: {out[-300:]}")
+        os.unlink(filler)
+        errs += check_back(sc, before, f"{then}: after the rollback on the full store")
+        runs = os.path.join(sc.store, ".comfy-migrate", "runs")
+        logs = [n for n in os.listdir(runs) if not n.endswith(".rollback.jsonl")] if os.path.isdir(runs) else []
+        if len(logs) != 1:
+            errs.append(f"{then}: {len(logs)} run logs, not one (a second run instead of the first continued)")
+        shutil.rmtree(sc.store, ignore_errors=True)
+    return errs, (f"run exit 4 at the first copy, rollback on the full disk ({max(states) if states else '?'} "
+                  "blocks free) exit 0, or run continued then rollback: exact")
 
 
 def brim_scenarios(r: "Runner", m: "Mounts", plain: str, only: str) -> List[Tuple[str, List[str], str]]:
@@ -690,7 +791,8 @@ def main() -> int:
             rows.append((name, "ok" if not errs else "FAILED", 0, 0.0, summary))
             print(f"volumes: {name}: {'ok' if not errs else 'FAILED'}; {summary}", flush=True)
         extra = [("two PID namespaces, one host name -> store " + ("MooseFS" if mfs else "ext4"),
-                  lambda: lock_race(r, os.path.join(plain, "containers"), f"{mfs or plain}/models-lock"))]
+                  lambda: lock_race(r, os.path.join(plain, "containers"), f"{mfs or plain}/models-lock")),
+                 ("store ext4 filled to the brim", lambda: full_store(r, m, plain, work))]
         for name, scenario in extra:
             if args.only and args.only not in name:
                 continue

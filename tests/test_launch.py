@@ -70,7 +70,7 @@ class LaunchPod:
                 continue
             if rel.endswith("__pycache__") or "/__pycache__/" in rel:
                 continue
-            keep = kind != "symlink" and not rel.endswith("extra_model_paths.yaml")
+            keep = kind != "symlink" and not rel.endswith(".yaml")      # a YAML is rewritten atomically
             out[rel] = (kind, mode, mtime if kind != "dir" else None, ino if keep else None, content)
         return out
 
@@ -202,7 +202,9 @@ def test_the_variable_gives_the_options(tmp_path, cli_env):
     assert doc["comfyui"]["from"] == "$COMFY_MIGRATE_COMFYUI_ARGS"
     assert doc["sources"] == [str(pod.data / "models")]
     table = run_cli(["plan", *pod.args()], env).stdout
-    assert f"ComfyUI: {pod.comfyui} started with --base-directory {pod.data} ($COMFY_MIGRATE_COMFYUI_ARGS)" in table
+    line = f"ComfyUI: {pod.comfyui} started with --base-directory {pod.data} ($COMFY_MIGRATE_COMFYUI_ARGS)"
+    assert line in table
+    assert line in run_cli(["run", *pod.args("--yes")], env).stdout.splitlines()
 
 
 @pytest.mark.parametrize("args, code, words", [
@@ -324,3 +326,44 @@ def test_the_running_servers_options_are_planned_with(tmp_path, cli_env, start, 
     store = {("loras", "from_extra.safetensors"): pod.store / "loras/from_extra.safetensors"}
     for key in declared:        # ComfyUI's own code: the name loads something else, the store's file, after it
         assert before[key][1] != str(store[key])
+
+
+def test_audit_and_workflows_read_the_launchs_folders(tmp_path, cli_env):
+    """With --base-directory B, ComfyUI's models are B/models and its saved workflows B/user/..."""
+    pod = LaunchPod(tmp_path, "0.33.0")
+    pod.fill(pod.data / "models")
+    flow = pod.data / "user/default/workflows/w.json"
+    flow.parent.mkdir(parents=True)
+    flow.write_text(json.dumps({"nodes": [{"type": "CheckpointLoaderSimple", "widgets_values": ["sd15.safetensors"]}]}))
+    launch = ["--comfyui-args", f"--base-directory {pod.data}"]
+    doc = json.loads(run_cli(["audit", "--comfyui", str(pod.comfyui), "--target", str(pod.store), "--format", "json",
+                              *launch], cli_env).stdout)
+    assert str(pod.data / "models") in doc["roots"]
+    doc = json.loads(run_cli(["workflows", "--comfyui", str(pod.comfyui), "--format", "json", *launch], cli_env).stdout)
+    assert len(doc["workflows"]) == 1 and doc["workflows"][0]["path"] == str(flow)
+
+
+def test_the_yaml_written_may_be_an_extra_config(tmp_path, cli_env, version):
+    """`--yaml X` where ComfyUI is started with `--extra-model-paths-config X`: ComfyUI reads X, so the
+    store's section may go there; names are judged with both YAMLs, X with its new text."""
+    pod = LaunchPod(tmp_path, version)
+    pod.fill(pod.comfyui / "models")
+    main_yaml = pod.comfyui / "extra_model_paths.yaml"
+    put(pod.root / "mine/vae/pod_vae.safetensors", b"m" * 80)       # the user's own is_default folder wins today
+    main_yaml.write_text(f"mine:\n  base_path: {pod.root / 'mine'}\n  is_default: true\n  vae: vae\n")
+    launch = ["--extra-model-paths-config", str(pod.config)]
+    before = comfyui_loads(pod.comfyui, launch, version)
+    assert before[("vae", "pod_vae.safetensors")][1].startswith(str(pod.root / "mine"))
+    args = pod.args("--yaml", str(pod.config), "--comfyui-args", " ".join(launch))
+    doc = json.loads(run_cli(["plan", *args, "--format", "json"], cli_env).stdout)
+    declared = {(c["category"], c["name"]) for c in doc["name_changes"]}
+    assert ("loras", "from_extra.safetensors") in declared
+    snap = pod.snap()
+    r = run_cli(["run", *args, "--yes", "--format", "json"], cli_env, check=None)
+    assert r.returncode in (0, 1) and json.loads(r.stdout)["yaml_written"]
+    assert "comfy_migrate" in pod.config.read_text() and "comfy_migrate" not in main_yaml.read_text()
+    after = comfyui_loads(pod.comfyui, launch, version)
+    for key, (digest, path) in before.items():
+        assert (after.get(key, (None,))[0] == digest) is (key not in declared), (key, path, after.get(key))
+    run_cli(["rollback", *pod.args("--yes")], cli_env)
+    assert comfyui_loads(pod.comfyui, launch, version) == before and pod.snap() == snap

@@ -515,7 +515,19 @@ def _unknown_version(lines, records):
     return _reseal(records, 0), 1, "version"
 
 
-TAMPERS = {"edited-path": _edit_path, "removed-line": _remove_line, "swapped-lines": _swap_lines,
+def _missing_field(lines, records):
+    i = _middle_with(records, "ino")        # sealed again: only the undo's reading of the field finds it
+    records[i] = {k: v for k, v in records[i].items() if k != "ino"}
+    return _reseal(records, i), i + 1, "has no ino"
+
+
+def _wrong_type(lines, records):
+    i = _middle_with(records, "size")
+    records[i] = dict(records[i], size=str(records[i]["size"]))
+    return _reseal(records, i), i + 1, "size is str, not int"
+
+
+TAMPERS = {"missing-field": _missing_field, "wrong-type": _wrong_type, "edited-path": _edit_path, "removed-line": _remove_line, "swapped-lines": _swap_lines,
            "foreign-path": _foreign_path, "dotdot-path": _foreign_dotdot, "unknown-version": _unknown_version}
 
 
@@ -773,11 +785,10 @@ if _fill:
         # full tmpfs answers the copy (ENOSPC), not an injected error.
         if not os.path.exists(_fill) and ".cm-tmp-" in os.readlink(f"/proc/self/fd/{fd}") \\
                 and os.fstat(fd).st_dev == os.stat(os.path.dirname(_fill)).st_dev:
-            with open(_fill, "wb") as f:
+            with open(_fill, "wb", buffering=0) as f:
                 try:
                     while True:
                         f.write(b"\\0" * 4096)
-                        f.flush()
                 except OSError:
                     pass
         return _write_all(fd, data)
@@ -931,8 +942,8 @@ if _mark:
     _write_all = fsops.write_all
 
     def write_all(fd, data):
-        # SIGKILL in the middle of writing a file whose name holds the mark: half of it on the disk
-        if _mark in os.path.basename(os.readlink(f"/proc/self/fd/{fd}")):
+        # SIGKILL in the middle of writing a file whose path holds the mark: half of it on the disk
+        if _mark in os.readlink(f"/proc/self/fd/{fd}"):
             view = memoryview(data)
             os.write(fd, view[:max(1, len(view) // 2)])
             os.kill(os.getpid(), signal.SIGKILL)
@@ -1033,3 +1044,29 @@ def test_a_store_turning_read_only_mid_run_then_run_continues_the_same_run(tmp_p
         assert_same(before, pod.snap(), "after a read-only store stopped the run, run, rollback")
     finally:
         subprocess.run(["umount", "-l", str(store)])
+
+
+def test_a_probe_killed_mid_way_leaves_nothing_the_next_plan_does_not_undo(tmp_path, cli_env):
+    """`plan` SIGKILLed inside a filesystem probe (issue 20) leaves its scratch folder and the probed
+    folder's mtime changed; the next `plan` removes the folder and gives the folder its mtime back
+    (kept in the scratch folder's name). Before: the folder went, its changed mtime stayed."""
+    from migrate.model import PROBE_PREFIX
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_HOOK)
+    pod = Small(tmp_path / "pod")
+    before = pod.snap()
+    roots = (pod.comfyui, pod.target)
+    times = {str(d): os.stat(d).st_mtime_ns for root in roots for d, _, _ in os.walk(root)}
+    hooked = os.pathsep.join(filter(None, (str(hook), cli_env.get("PYTHONPATH"))))
+    run_cli(["plan", *pod.args()], dict(cli_env, PYTHONPATH=hooked, CM_TEST_KILL_IN_WRITE="/" + PROBE_PREFIX),
+            check=KILLED)
+    left = [os.path.join(d, n) for root in roots for d, dirs, files in os.walk(root) for n in dirs + files
+            if n.startswith(PROBE_PREFIX)]
+    assert left, "the kill should come inside a probe"
+    assert any(os.stat(os.path.dirname(p)).st_mtime_ns != times[os.path.dirname(p)] for p in left)
+    run_cli(["plan", *pod.args()], cli_env)
+    assert not [n for root in roots for _, dirs, files in os.walk(root) for n in dirs + files
+                if n.startswith(PROBE_PREFIX)]
+    assert {str(d): os.stat(d).st_mtime_ns for root in roots for d, _, _ in os.walk(root)} == times
+    assert_same(before, pod.snap(), "after a plan killed in its probe, then a plan")

@@ -133,6 +133,11 @@ def test_with_rename_the_first_keeps_the_name_and_the_other_gets_one_that_does_n
     got = kinds(plan)
     assert got["loras/Style.safetensors"] == ("move", "", "loras/Style.safetensors")
     assert got["loras/style.safetensors"] == ("move", "", "loras/style.conflict-1.safetensors")
+    declared = plan_of(rec("loras/Style.safetensors", "d1"), rec("loras/style.safetensors", "d2"), probe=OTHER_FS,
+                       target_fs=EXFAT, policy=Policy(on_conflict=OnConflict.RENAME),
+                       yaml_path="/pod/ComfyUI/extra_model_paths.yaml", yaml_before="")
+    assert [(c.name, ".conflict-N" in c.reason) for c in declared.name_changes] == [("style.safetensors", True)]
+    assert any(w.startswith("renamed (conflict): ") for w in declared.warnings)
 
 
 def test_a_name_folding_onto_a_stored_file_is_a_conflict_and_its_name_change_is_declared():
@@ -353,3 +358,29 @@ def test_a_112_character_cjk_name_moves_within_an_exfat_volume(tmp_path, cli_env
     run_cli(["verify", *args], cli_env)
     run_cli(["rollback", "--target", str(target), "--yes"], cli_env)
     assert pod_state(volume / "pod") == before
+
+
+def test_the_probe_finds_the_rules_of_a_posix_filesystem(tmp_path):
+    from migrate.fsops import probe_fs
+    fs = probe_fs(str(tmp_path))
+    assert (fs.forbidden, fs.trailing, fs.name_unit) == ("", "", "bytes")
+    assert fs.name_max == os.statvfs(tmp_path).f_namemax and fs.block >= os.statvfs(tmp_path).f_frsize
+    assert os.listdir(tmp_path) == []          # its scratch names are gone
+
+
+def test_the_probe_finds_the_rules_of_exfat(exfat):
+    from migrate.fsops import probe_fs
+    volume = exfat(16)
+    fs = probe_fs(str(volume))
+    assert not fs.case_sensitive and set(storerules.WINDOWS_CHARS) <= set(fs.forbidden) and "\x01" in fs.forbidden
+    assert (fs.name_unit, fs.name_max, fs.block) == (UTF16, 255, 1 << 20)
+    assert os.listdir(volume) == []
+
+
+def test_rules_known_by_type_are_the_cautious_ones():
+    for fstype in ("exfat", "vfat", "ntfs3"):
+        rules = storerules.known_rules(fstype)
+        fs = UNPROBED._replace(fstype=fstype, **rules)
+        assert not fs.case_sensitive and refusal("a?b.pt", fs) and refusal("b.", fs)
+        assert refusal("字" * 200 + ".pt", fs) is None
+    assert storerules.known_rules("ext4") == {} and storerules.known_rules("fuseblk") == {}
