@@ -287,7 +287,8 @@ def redeploy_cycle(cm, server: "Server", pristine: str, comfyui: str, store: str
     yaml_path = os.path.join(comfyui, "extra_model_paths.yaml")
     shutil.rmtree(comfyui)
     shutil.copytree(pristine, comfyui, symlinks=True, ignore=shutil.ignore_patterns("tests", "tests-unit"))
-    os.unlink(yaml_path)                                            # horde's own section
+    if os.path.exists(yaml_path):
+        os.unlink(yaml_path)                                        # horde's own section
     baked = next(m for m in real_pod.MODELS if m.startswith("checkpoints/") and m.endswith(".safetensors"))
     os.makedirs(os.path.dirname(os.path.join(comfyui, "models", baked)), exist_ok=True)
     shutil.copy2(os.path.join(store, baked), os.path.join(comfyui, "models", baked))   # the image's own copy
@@ -437,7 +438,8 @@ def main() -> int:
             checks["the --extra-model-paths-config folder's model still loads its own file"] = (
                 meta.get("model") == "more/loras/more_lora.safetensors")
         server.stop()
-        redeploy_cycle(cm, server, pristine, comfyui, store, figures, checks, recs)
+        if a.launch == "plain":      # issue 21: the container rebuilt from its image, then attach
+            redeploy_cycle(cm, server, pristine, comfyui, store, figures, checks, recs)
         r = cm("rollback", "--yes")
         figures["rollback_exit"] = r.returncode
         server.start()
