@@ -453,7 +453,9 @@ def deploy_doc(plan: Plan) -> dict:
     docker.append(f"COPY extra_model_paths.yaml {plan.yaml_path}" if plain else
                   f"COPY {json.dumps(['extra_model_paths.yaml', plan.yaml_path])}")
     docker.append(f"RUN mkdir -p {shlex.quote(plan.target)}")
-    notes = [f"take {plan.yaml_path} into the image's build context for the COPY"]
+    notes = [f"take {plan.yaml_path} into the image's build context for the COPY",
+             "or, instead of the COPY, run `comfy-migrate attach --yes` at every start, before ComfyUI (README: "
+             "After the migration): it writes the YAML from the store, and nothing once written"]
     if plan.policy.base_path == "absolute":
         notes.append(f"base_path is absolute: mount the volume so that the store is at {plan.target} "
                      "(--base-path relative or env:VAR follow the volume to another mount path)")
