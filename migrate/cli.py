@@ -641,6 +641,8 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
                    if running else "") + "\n")
     for p in rep.problems:
         ui.warn(f"{report.show(p.path)}: {p.message}")
+    for n in rep.notes:
+        ui.warn(report.show(n))
     if left and fmt == "table":
         ui.warn(f"{stayed_summary(left)}; `comfy-migrate plan{given(kw, plan.target)}` says why for each")
     if rep.problems or left:
@@ -758,6 +760,8 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait) -> None:
                 f"({', '.join(r.describe() for r in running)})\n")
     for p in (rep.problems if rep else []):
         ui.warn(f"{report.show(p.path)}: {p.message}")
+    for n in (rep.notes if rep else []):
+        ui.warn(report.show(n))
     if rep is not None and rep.problems:
         sys.exit(ExitCode.PROBLEMS)
 

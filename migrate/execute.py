@@ -59,6 +59,7 @@ class RunReport:
     yaml_written: bool = False
     problems: List[Problem] = field(default_factory=list)
     lock_note: str = ""
+    notes: List[str] = field(default_factory=list)     # said, not failures (a store folder not made)
 
     @property
     def ok(self) -> bool:
@@ -551,8 +552,9 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
             for folder in (plan.store_folders if yaml_ok else ()):     # every category the YAML lists
                 try:
                     r.mkdirs(folder, plan.target)
-                except OSError as exc:      # ComfyUI skips a missing folder: said, and the run goes on
-                    report.problems.append(Problem(folder, f"cannot create the store folder ({fsops.describe(exc)})"))
+                except OSError as exc:      # ComfyUI skips a missing folder: said, no failure (no model is in it)
+                    report.notes.append(f"cannot make the store folder {folder} ({fsops.describe(exc)}): a download "
+                                        "of that category lands elsewhere until `comfy-migrate attach` makes it")
             if plan.yaml_path is not None and plan.yaml_changes and yaml_ok:
                 try:
                     r.write_yaml()

@@ -241,10 +241,8 @@ def build_plan(
         warnings.append(f"the overlay's layers are not visible here: setting aside {container} bytes of sources "
                         "may copy them up onto the container disk first (counted against its free space)")
     need, reserve = _space_needed(actions, target_scan, target, target_fs, state_present)
-    # the category folders the YAML lists that no placement makes: a block each
-    tops = {posixpath.join(target, posixpath.relpath(a.dst, target).split("/", 1)[0])
-            for a in actions if a.dst and a.method is not Method.NONE}
-    need += target_fs.block * len(set(made) - tops)
+    # (The empty category folders the YAML lists, store_folders, are not counted: no model goes in
+    # them, and one the disk has no room for is said, not a failure: ComfyUI skips a missing folder.)
     return Plan(
         space_needed=need, reserve_bytes=reserve,
         name_changes=changes, names_after=after,
