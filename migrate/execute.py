@@ -550,6 +550,13 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                 r.place(a)
             yaml_ok = r.stopped is None or r.renamed     # a renamed source is found through the YAML only
             for folder in (plan.store_folders if yaml_ok else ()):     # every category the YAML lists
+                # Never from the room the run keeps for its log and a rollback (plan.reserve_bytes):
+                # where a folder takes a block (exFAT: 1 MiB), a nearly full store gets fewer.
+                block = plan.target_fs.block
+                if block and not os.path.isdir(folder) and fsops.free_space(plan.target) - plan.reserve_bytes < 2 * block:
+                    report.notes.append(f"store folder {folder} not made: the store is nearly full (its free space "
+                                        "is kept for the run's log and a rollback); `comfy-migrate attach` makes it later")
+                    continue
                 try:
                     r.mkdirs(folder, plan.target)
                 except OSError as exc:      # ComfyUI skips a missing folder: said, no failure (no model is in it)
