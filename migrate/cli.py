@@ -85,7 +85,7 @@ def source_options(f):
                      envvar="COMFY_MIGRATE_SOURCE",
                      help="A models tree to migrate (repeatable). Default: <comfyui>/models.")(f)
     f = click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty,
-                     help="The ComfyUI folder. Default: $COMFYUI_DIR, /workspace/runpod-slim/ComfyUI, "
+                     help="The ComfyUI folder (the folder of its main.py). Default: $COMFYUI_DIR, /workspace/runpod-slim/ComfyUI, "
                           "/workspace/ComfyUI.")(f)
     return f
 
@@ -955,6 +955,18 @@ def newer_pod_runs(records, live, target: str):
     return sorted({rid for rid, _ in mine if rid > head["run"]} | {rid for rid in shared if rid > head["run"]})
 
 
+def sweep_probe_leftovers(target: str, comfyui) -> None:
+    """Scratch files and folders of a probe killed mid-way (a plan's or a run's, before any log):
+    in the store (or the folder it would be made in) and in this pod's models folder, found by
+    their name and removed, the folder's mtime put back (fsops.sweep_probes)."""
+    from migrate.facts import find_comfyui
+    folders = [fsops.nearest_existing(target)]
+    try:
+        folders.append(os.path.join(find_comfyui(comfyui), "models"))
+    except MigrateError:
+        pass
+    for f in folders:
+        fsops.sweep_probes(f)
 def format_option(f):
     return click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
                         envvar="COMFY_MIGRATE_FORMAT", help="Output format.")(f)
@@ -988,10 +1000,12 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
     from migrate import catalogue as store_catalogue
     from migrate.fleet import droppable, reliance
     from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, foresee, kept_records, left_folders,
-                                  live_runs, load_run, plan_rollback, settle, users_of)
+                                  live_runs, load_run, plan_rollback, settle, store_facts, users_of)
     if fmt == "json" and not yes and not dry_run:
         raise NotConfirmed("rollback --format json never asks (no summary would be seen before the question)",
                            "pass --yes, or look first with `comfy-migrate rollback --dry-run --format json`")
+    if not dry_run:
+        sweep_probe_leftovers(resolve_target(target), comfyui)
     target = require_store(resolve_target(target), "no run to roll back in")
     try:
         log = find_log(target, run_ref) if run_ref else pod_log(ui, target, comfyui, live=True, yaml=yaml_path)
@@ -1022,7 +1036,8 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
                        "roll back the newest first: " + ", then ".join(
                            f"comfy-migrate rollback {rid} --target {shlex.quote(report.show(target))}"
                            for rid in list(reversed(newer)) + [head["run"]]))
-    undos = plan_rollback(records)
+    fs_now, seen = store_facts(target, records)
+    undos = plan_rollback(records, seen)
     if dry_run or not yes:
         relied = reliance(live_runs(target), records[0]["run"])     # shown now, decided under the lock
         kept = [u for u in undos if users_of(u, relied, records[0]["target"])]
@@ -1049,6 +1064,10 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
             "(`--dry-run` lists every step)\n")
     confirm(f"Undo run {records[0]['run']}?", yes)
     with take_lock(ui, target, "comfy-migrate rollback", wait, room=True):
+        try:
+            fsops.remember_weakest(target, fs_now)
+        except OSError:
+            pass        # a belief for later plans; this rollback uses it already
         live = live_runs(target)
         relied = reliance(live, records[0]["run"])
         handed = droppable(kept_records(target), settle(records, target), live)
@@ -1064,14 +1083,22 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
     if fmt == "json":
         out(report.dumps({"run": rep.run_id, "log": rep.log_path, "resumed": rep.resumed, "undone": rep.undone,
                           "skipped": [{"path": p.path, "message": p.message} for p in rep.skipped],
-                          "kept": [{"path": p.path, "message": p.message} for p in rep.kept]}))
+                          "kept": [{"path": p.path, "message": p.message} for p in rep.kept],
+                          "not_back": [{"path": p.path, "message": p.message} for p in rep.stranded]}))
     else:
-        out(f"run {rep.run_id} rolled back: {rep.undone} steps undone, {len(rep.skipped)} skipped\n")
+        out(f"run {rep.run_id} {'partly ' if rep.stranded else ''}rolled back: {rep.undone} steps undone, "
+            f"{len(rep.skipped)} skipped\n")
         for p in rep.kept:
             out(f"  {report.show(p.path)}: {p.message}\n")
     for p in rep.skipped:
         ui.warn(f"{report.show(p.path)}: {p.message}")
-    if rep.skipped:
+    if rep.stranded:
+        for p in rep.stranded:
+            ui.warn(f"{report.show(p.path)}: {p.message}")
+        ui.warn(f"rollback not finished: {len(rep.stranded)} model file(s) are not back in the pod; the YAML's "
+                "comfy-migrate section stays, so their names keep loading from the store. Fix the cause above, "
+                f"then run `comfy-migrate rollback {rep.run_id} --target {shlex.quote(report.show(target))} --yes` again")
+    if rep.skipped or rep.stranded:
         sys.exit(ExitCode.PROBLEMS)
 
 
@@ -1216,7 +1243,7 @@ def trash_of(path: str) -> str:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="[RUN]", required=False)
-@click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty, help="The ComfyUI folder.")
+@click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty, help="The ComfyUI folder (the folder of its main.py).")
 @target_option
 @click.option("--comfyui-url", metavar="URL",
               help="Also ask a running ComfyUI (URL/object_info) whether its loaders list each name.")
@@ -1386,7 +1413,7 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
     """The workflows document (workflows.workflow_doc) of a ComfyUI folder, as its YAML resolves now
     (launch: how ComfyUI is started; its user folder holds the workflows)."""
     from migrate import comfy, workflows
-    from migrate.facts import gather_workflows, read_yaml
+    from migrate.facts import gather_workflows, model_identities, read_yaml
     text = read_yaml(yaml_path) if yaml_path else None
     if launch is not None:
         from migrate.launch import search_order
@@ -1399,7 +1426,7 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
         order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
         found, before = gather_workflows(home, order)
     sizes = {k: v[1] for k, v in before.items()}
-    return workflows.workflow_doc(found, before, changes or {}, sizes, price)
+    return workflows.workflow_doc(found, before, changes or {}, sizes, price, model_identities(before))
 
 
 @cli.command("workflows", context_settings=CONTEXT)

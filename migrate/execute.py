@@ -106,6 +106,17 @@ class _Runner:
         self.relinked: set = set()                 # symlinks re-pointed (or judged) by this process
         self.chunk = fsops.copy_chunk(plan.target_fs.fstype)     # big writes into a FUSE store
 
+    # -- link texts: relative (the volume may be mounted elsewhere), unless the filesystem cannot read
+    # back a link through `..` (sshfs, FsFacts.up_links): then the absolute path --
+    def up_links(self, path: str) -> bool:
+        probe = next((p for p in self.plan.probes if path.startswith(p.source.rstrip("/") + "/")), None)
+        return probe.fs.up_links if probe is not None else True
+
+    @staticmethod
+    def link_text(home: str, folder: str, up_links: bool) -> str:
+        rel = os.path.relpath(home, folder)
+        return rel if up_links or ".." not in rel.split("/") else home
+
     # -- journalling helpers --
     def begin(self, op: Op, **fields) -> int:
         step = self.j.seq + 1     # a step is named by its begin record's sequence number
@@ -210,7 +221,7 @@ class _Runner:
                 self.done(s)
                 self.report.placed += 1
                 return
-        to = os.path.relpath(a.stored, os.path.dirname(a.dst))
+        to = self.link_text(a.stored, os.path.dirname(a.dst), self.plan.target_fs.up_links)
         s = self.begin(Op.SYMLINK, to=to, **facts)
         try:
             os.symlink(to, a.dst)
@@ -351,7 +362,7 @@ class _Runner:
             return
         try:
             home = os.path.join(os.path.realpath(os.path.dirname(a.dst)), os.path.basename(a.dst))
-            to = os.path.relpath(home, os.path.realpath(os.path.dirname(src)))
+            to = self.link_text(home, os.path.realpath(os.path.dirname(src)), self.up_links(src))
         except OSError:
             to = a.dst
         s = self.begin(Op.LINKBACK, src=src, to=to)
@@ -388,7 +399,7 @@ class _Runner:
                 return      # changed since the plan, or its file did not move (a step failed): it still works
             old = os.readlink(src)
             home = os.path.join(os.path.realpath(os.path.dirname(dst)), os.path.basename(dst))
-            to = os.path.relpath(home, os.path.realpath(os.path.dirname(src)))
+            to = self.link_text(home, os.path.realpath(os.path.dirname(src)), self.up_links(src))
         except OSError as exc:
             self.report.problems.append(Problem(src, f"symlink not re-pointed: {exc.strerror or exc}"))
             return
@@ -500,6 +511,7 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sources": list(plan.sources),
                   "target": plan.target, "yaml": plan.yaml_path, "mode": plan.policy.mode.value,
                   "fs": fs_record(plan)}
+        remember_facts(plan)
         if kind != "run":
             header["kind"] = kind
         if plan.launch is not None:     # how ComfyUI is started: verify and rollback resolve names as it does
@@ -625,11 +637,31 @@ def stop(j: Journal, report: RunReport, exc: OSError, renamed: bool) -> None:
 def fs_record(plan: Plan) -> Dict[str, dict]:
     """Per root, what its probe found that later checks depend on (identity.precision_of reads it):
     rollback compares each file with what the run observed at the precision its filesystem keeps."""
-    def doc(fs) -> dict:
-        return {"type": fs.fstype, "mtime_step_ns": fs.mtime_step_ns, "stable_inode": fs.stable_inode}
+    doc = fsops.fs_doc
     out = {p.source: doc(p.fs) for p in plan.probes}
     out[plan.target] = doc(plan.target_fs)
     return out
+
+
+def remember_facts(plan: Plan) -> None:
+    """Keep the weakest facts probes of the store's filesystem found (its own probe, and a source's
+    on the same filesystem) in its state folder: every later plan and rollback starts from them."""
+    try:
+        dev = os.stat(plan.target).st_dev
+    except OSError:
+        return
+    docs = [fsops.fs_doc(plan.target_fs)]
+    for p in plan.probes:
+        try:
+            if os.stat(p.source).st_dev == dev:
+                docs.append(fsops.fs_doc(p.fs))
+        except OSError:
+            continue
+    for d in docs:
+        try:
+            fsops.remember_weakest(plan.target, d)
+        except OSError:
+            pass        # a belief kept for later plans: the run's own header records this run's facts
 
 
 def links_on_way(plan: Plan) -> Dict[str, str]:
@@ -663,8 +695,9 @@ def dir_times(plan: Plan) -> Dict[str, int]:
     for a in plan.actions:
         if a.method is Method.NONE and a.removal is Removal.NONE and a.kind is not ActionKind.RELINK:
             continue
-        dirs.add(os.path.dirname(a.source))
-        if a.dst:
+        if a.removal is not Removal.NONE or a.link_back or a.kind is ActionKind.RELINK:
+            dirs.add(os.path.dirname(a.source))     # (a source that stays leaves its folder alone: on an
+        if a.dst:                                   # overlay, setting its time would copy the folder up)
             dirs.add(fsops.nearest_existing(os.path.dirname(a.dst)))
     yaml_dirs = set()
     if plan.yaml_path is not None and plan.yaml_changes:

@@ -50,7 +50,7 @@ class Facts:
     target_fs: FsFacts = UNPROBED                    # what the store's filesystem does (fsops.probe_fs)
     layers: Optional[Dict[str, str]] = None          # overlay sources: path -> plan.LOWER / plan.UNKNOWN
     container_free: Optional[int] = None             # free space of the overlay sources' container disk
-    state_present: int = 0                           # the run's state paths the store has (storerules.STATE_PATHS)
+    state_bytes: int = 0                             # space our state files in the store take (state_bytes())
     launch: object = None                            # launch.Launch: how ComfyUI is started (None: unknown)
     store_dirs: Optional[frozenset] = None           # names of the folders at the store's top (None: no store yet)
 
@@ -186,24 +186,24 @@ def gather(
         on_total(sum(r.size for s in scans for r in s.records if r.status is Status.MIGRATE)
                  + sum(r.size for r in (target_scan.records if target_scan else ())
                        if r.status is Status.MIGRATE and wanted(r)))
-    scans = [hash_records(s, cache, on_bytes) for s in scans]
-    if target_scan is not None:
-        target_scan = hash_records(target_scan, cache, on_bytes, only=wanted)
+    # Probed before anything is read: where mtimes move while a file is read (rclone), a file is
+    # recognised while it is hashed by device, inode and size (hashing.TimesMove).
     probes = tuple(fsops.probe_between(s.root, target) for s in scans)
-    target_fs = fsops.probe_fs(target)
+    target_fs, probes = weakest_facts(target, fsops.probe_fs(target), probes)
+    scans = [hash_records(s, cache, on_bytes, times_move=not p.fs.stable_mtime) for s, p in zip(scans, probes)]
+    if target_scan is not None:
+        target_scan = hash_records(target_scan, cache, on_bytes, only=wanted, times_move=not target_fs.stable_mtime)
     layers: Dict[str, str] = {}
     container_free = None
     for s, p in zip(scans, probes):
         if p.fs.overlay is not None:
             layers.update(overlay_layers(s, p.fs.overlay))
             container_free = fsops.free_space(s.root)
-    from migrate.model import STATE_DIR
-    from migrate.storerules import STATE_PATHS
-    state_present = sum(1 for p in STATE_PATHS if os.path.lexists(os.path.join(target, STATE_DIR, p)))
+    used = state_bytes(target, [s.root for s in scans], yaml_path)
     return Facts(tuple(scans), target, target_scan, probes, target_fs.hardlink,
                  yaml_path, yaml_before, fsops.free_space(target), tuple(findings), cat, cat_warning, hits,
                  started, world=world, target_fs=target_fs, layers=layers,
-                 container_free=container_free, state_present=state_present, launch=launch,
+                 container_free=container_free, state_bytes=used, launch=launch,
                  store_dirs=top_folders(target))
 
 
@@ -214,6 +214,29 @@ def top_folders(target: str) -> frozenset:
             return frozenset(e.name for e in it if e.is_dir())
     except OSError:
         return frozenset()
+
+
+def weakest_facts(target: str, target_fs: FsFacts, probes: Sequence[Probe]) -> Tuple[FsFacts, Tuple[Probe, ...]]:
+    """The store's probe, and those of sources on the store's own filesystem, no stronger than the
+    weakest facts earlier probes of the store found (fsops.seen_facts; kept by each run): rclone's
+    inode numbers survive one probe's renames and not the next's, so one lucky probe proves nothing."""
+    from migrate.identity import weakest
+    seen = fsops.seen_facts(target)
+    if seen is None:
+        return target_fs, tuple(probes)
+    try:
+        dev = os.stat(fsops.nearest_existing(target)).st_dev
+    except OSError:
+        return target_fs, tuple(probes)
+    out = []
+    merged = weakest(seen, fsops.fs_doc(target_fs))
+    for p in probes:
+        try:
+            same = os.stat(p.source).st_dev == dev
+        except OSError:
+            same = False
+        out.append(p._replace(fs=fsops.weaken(p.fs, merged)) if same else p)
+    return fsops.weaken(target_fs, merged), tuple(out)
 
 
 def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult], target: str,
@@ -309,16 +332,20 @@ def canonical(cat: str) -> str:
 
 
 def overlay_layers(scan: ScanResult, upper: str) -> Dict[str, str]:
-    """path -> plan.LOWER for each file of an overlay source that only a read-only image layer holds
-    (its name is not in the upper layer), or -> plan.UNKNOWN for every file when the upper layer is
-    not visible from here (a container sees its own root's overlay, never the host's folders)."""
+    """path -> plan.LOWER for each file of an overlay source that a read-only image layer holds,
+    -> plan.UNKNOWN where that cannot be told; files of the writable layer are left out. Where the
+    upper layer is visible here (the host), a file whose name is not in it is LOWER; inside a
+    container (never seeing the host's folders) the kernel's file handle of each file says which
+    layer holds it (fsops.overlay_layer); without one (fuse-overlayfs, older kernels) UNKNOWN."""
     out: Dict[str, str] = {}
     point = fsops.mount_entry(scan.root)[0]
     for r in scan.records:
         if r.status is not Status.MIGRATE:
             continue
         if not upper:
-            out[r.path] = planning.UNKNOWN
+            layer = fsops.overlay_layer(r.path)
+            if layer != "upper":
+                out[r.path] = planning.LOWER if layer == "lower" else planning.UNKNOWN
             continue
         rel = os.path.relpath(os.path.realpath(r.path), point)
         try:
@@ -369,11 +396,35 @@ def make_plan(facts: Facts, policy: Policy) -> Plan:
                                facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes,
                                paths=path_facts(facts.yaml_path, facts.target, policy.base_path),
                                world=facts.world, target_fs=facts.target_fs, layers=facts.layers,
-                               container_free=facts.container_free, state_present=facts.state_present,
+                               container_free=facts.container_free, state_bytes=facts.state_bytes,
                                store_dirs=facts.store_dirs)
     plan = plan._replace(findings=facts.findings, resumed=interrupted_placements(facts), launch=facts.launch)
     yaml_real = os.path.realpath(facts.yaml_path) if facts.yaml_path else None
     return preflight.check(plan, preflight_facts(preflight.paths_to_check(plan, yaml_real)), yaml_real)
+
+
+def state_bytes(target: str, sources: Sequence[str], yaml_path: Optional[str]) -> int:
+    """The space our own files in the store take already, of those the plan's reserve counts
+    (storerules.reserve): the state folders, the lock, the rollback reserve, the catalogue, and
+    the log of this pod's interrupted run (which `run` continues). Old runs' logs do not count."""
+    from migrate.errors import BadLog
+    from migrate.execute import find_interrupted
+    from migrate.model import STATE_DIR
+    from migrate.storerules import STATE_PATHS
+    paths = [os.path.join(target, STATE_DIR, p) for p in STATE_PATHS]
+    try:
+        log = find_interrupted(target, list(sources), yaml_path)
+    except (OSError, BadLog):       # a damaged log is for run and rollback to refuse, not for this count
+        log = None
+    if log is not None:
+        paths.append(log)
+    total = 0
+    for p in paths:
+        try:
+            total += os.lstat(p).st_blocks * 512
+        except OSError:
+            continue
+    return total
 
 
 def interrupted_placements(facts: Facts):
@@ -472,28 +523,55 @@ def confirm_beliefs(plan: Plan, caches: Sequence[Optional[DigestCache]] = ()) ->
     return stale
 
 
-def loaded_models(order: dict) -> dict:
+def loaded_models(order: dict, gguf: bool = False) -> dict:
     """(category, name) -> (the file ComfyUI loads for it, its size), for every name ComfyUI lists:
     the names below each category's folders (walked as ComfyUI walks them: recursively, following
     symlinked folders, skipping .git), each resolved by names.first_holder (ComfyUI's get_full_path:
-    the first folder in search order holding a regular file or a symlink to one). Reads folders only."""
+    the first folder in search order holding a regular file or a symlink to one). Reads folders only.
+    A folder reached again through a symlink loop (`loras/self -> .`) is walked once. gguf: also the
+    .gguf files ComfyUI-GGUF lists in diffusion_models and text_encoders."""
     from migrate import comfy
     from migrate.names import first_holder
+    from migrate.workflows import GGUF_CATEGORIES
     out: dict = {}
     for cat, folders in order.items():
         names = set()
         for folder in folders:
+            seen = set()
             for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+                try:
+                    st = os.stat(dirpath)
+                except OSError:
+                    dirnames[:] = []
+                    continue
+                if (st.st_dev, st.st_ino) in seen:
+                    dirnames[:] = []
+                    continue
+                seen.add((st.st_dev, st.st_ino))
                 dirnames[:] = [d for d in dirnames if d != ".git"]
                 rel_dir = os.path.relpath(dirpath, folder)
                 names.update(f if rel_dir == "." else f"{rel_dir}/{f}" for f in filenames)
-        for name in sorted(n for n in names if comfy.lists_extension(cat, n)):
+        for name in sorted(n for n in names if comfy.lists_extension(cat, n)
+                           or (gguf and cat in GGUF_CATEGORIES and n.lower().endswith(".gguf"))):
             path = first_holder(folders, name, os.path.isfile)
             if path is not None:
                 try:
                     out[(cat, name)] = (path, os.stat(path).st_size)
                 except OSError:
                     continue
+    return out
+
+
+def model_identities(before: dict) -> dict:
+    """(category, name) -> (device, inode) of the bytes ComfyUI loads, or None for a symlink (its
+    bytes are its target's): what the unused list counts once per inode."""
+    out = {}
+    for key, (path, _size) in before.items():
+        try:
+            st = os.lstat(path)
+            out[key] = None if stat.S_ISLNK(st.st_mode) else (st.st_dev, st.st_ino)
+        except OSError:
+            out[key] = None
     return out
 
 
@@ -516,7 +594,7 @@ def find_workflows(home: str, user: Optional[str] = None) -> List[str]:
 def gather_workflows(home: str, order: dict, user: Optional[str] = None):
     """(workflows with categories, what ComfyUI loads for each name now). Reads, never writes."""
     from migrate import workflows as wf
-    before = loaded_models(order)
+    before = loaded_models(order, gguf=True)
     names: dict = {}
     for cat, name in before:
         names.setdefault(cat, set()).add(name)
@@ -528,5 +606,8 @@ def gather_workflows(home: str, order: dict, user: Optional[str] = None):
         except (OSError, UnicodeDecodeError) as exc:
             out.append(wf.Workflow(path, "unreadable", (), f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
             continue
-        out.append(wf.assign_categories(wf.parse_workflow(path, text), names))
+        try:
+            out.append(wf.assign_categories(wf.parse_workflow(path, text), names))
+        except (RecursionError, MemoryError, ValueError, TypeError) as exc:     # one bad file never stops a run
+            out.append(wf.Workflow(path, "unreadable", (), f"cannot read: {type(exc).__name__}"))
     return out, before

@@ -1,4 +1,9 @@
-"""The only module that changes the disk: probes, no-clobber publish, copy+hash, links, atomic writes.
+"""The disk's primitives: probes, no-clobber publish, copy+hash, links, atomic writes.
+
+Not yet the only module that changes the disk (issue 25): execute and rollback still call os.mkdir,
+os.unlink, os.symlink, os.utime and os.replace for their own steps, and journal, lock, hashing and
+the catalogue write their own state files. New code that changes a model file, a folder of the pod
+or the store, or the YAML belongs here.
 
 Every data write goes through `write_all` so faults can be injected in one place.
 """
@@ -14,8 +19,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import xxhash
 
-from migrate.hashing import Key, aligned_buffer, matches, open_regular
-from migrate.model import PROBE_PREFIX, FsFacts, Probe
+from migrate.hashing import Key, TimesMove, aligned_buffer, matches, open_regular
+from migrate.model import PROBE_PREFIX, STATE_DIR, FsFacts, Probe
 
 COPY_CHUNK = 256 << 10     # 256 KiB writes stay on the page cache's fast path here
 FUSE_CHUNK = 4 << 20       # FUSE (MooseFS): every write is a round trip to the daemon; big ones cost fewer
@@ -71,6 +76,7 @@ def mount_entry(path: str) -> Tuple[str, str, str]:
     except OSError:
         return "/", "unknown", ""
     best = ("/", "unknown", "")
+    by_path = ("/", "unknown", "")      # btrfs: a subvolume's files show an anonymous device of their own
     for line in lines:
         left, _, right = line.partition(" - ")
         fields, rest = left.split(), right.split()
@@ -78,16 +84,18 @@ def mount_entry(path: str) -> Tuple[str, str, str]:
             continue
         major, _, minor = fields[2].partition(":")
         point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-        if (int(major), int(minor)) != (os.major(dev), os.minor(dev)):
-            continue
         if not (real == point or real.startswith(point.rstrip("/") + "/")):
             continue
         fstype, source = rest[0], rest[1].replace("\\043", "#")
         if fstype == "fuse" and "#" in source:
             fstype = "fuse." + source.split("#", 1)[0]
+        if len(point) >= len(by_path[0]) or by_path[1] == "unknown":
+            by_path = (point, fstype, rest[2])
+        if (int(major), int(minor)) != (os.major(dev), os.minor(dev)):
+            continue
         if len(point) >= len(best[0]) or best[1] == "unknown":
             best = (point, fstype, rest[2])
-    return best
+    return best if best[1] != "unknown" or by_path[1] != "btrfs" else by_path
 
 
 def _mtime_step(want: int, got: int) -> int:
@@ -146,6 +154,102 @@ def sweep_probes(where: str) -> None:
                     pass
 
 
+OVERLAY_TYPES = ("overlay", "fuse.fuse-overlayfs")     # the kernel's, and rootless Podman's (FUSE)
+
+
+def overlay_upper(point: str, fstype: str, opts: str) -> str:
+    """The upper (writable) layer of the overlay mounted at `point`, as this mount namespace sees it,
+    or "" where it is not visible: a container never sees the host's folders (and a folder of that
+    name here, or a mount hiding it, is not that layer: the merged root reports the upper root's
+    inode number, which must match). The kernel's overlay names it in its mount options;
+    fuse-overlayfs only on its own command line, visible from its PID namespace only."""
+    upper = ""
+    if fstype == "overlay":
+        upper = next((o[len("upperdir="):] for o in opts.split(",") if o.startswith("upperdir=")), "")
+    else:
+        upper = _fuse_overlayfs_upper(point)
+    try:
+        if upper and os.path.isdir(upper) and os.stat(upper).st_ino == os.stat(point).st_ino:
+            return upper
+    except OSError:
+        pass
+    return ""
+
+
+def _fuse_overlayfs_upper(point: str) -> str:
+    """upperdir= of the fuse-overlayfs process serving `point` (its command line), or ""."""
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return ""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() != "fuse-overlayfs":
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = [os.fsdecode(a) for a in f.read().split(b"\0") if a]
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        opts = ",".join(args[i + 1] for i, a in enumerate(args[:-1]) if a == "-o")
+        positional = [a for i, a in enumerate(args[1:], 1) if not a.startswith("-") and args[i - 1] != "-o"]
+        if positional and os.path.realpath(os.path.join(cwd, positional[-1])) == os.path.realpath(point):
+            upper = next((o[len("upperdir="):] for o in opts.split(",") if o.startswith("upperdir=")), "")
+            return os.path.join(cwd, upper) if upper else ""
+    return ""
+
+
+AT_HANDLE_FID = 0x200                 # Linux 6.5+: a handle to tell files apart, not to reopen them
+OVL_FH_MAGIC = 0xfb
+OVL_FH_FLAG_PATH_UPPER = 1 << 2
+
+
+_HANDLE_FN: list = []
+
+
+def _name_to_handle_at():
+    """libc's name_to_handle_at (None where missing), loaded once."""
+    if not _HANDLE_FN:
+        import ctypes
+        try:
+            _HANDLE_FN.append(getattr(ctypes.CDLL(None, use_errno=True), "name_to_handle_at", None))
+        except OSError:
+            _HANDLE_FN.append(None)
+    return _HANDLE_FN[0]
+
+
+def overlay_layer(path: str) -> Optional[str]:
+    """"upper" or "lower" for a file of a kernel overlay, told by the file handle the kernel makes for
+    it (name_to_handle_at; overlayfs encodes whether the real inode is in the upper layer), seen from
+    inside the container as from the host. A file copied up from an image layer is encoded by its
+    image origin: "lower" (it stays; nothing is copied up for it either). None where the kernel
+    cannot say: no handles for this overlay (before Linux 6.6 without nfs_export=on), fuse-overlayfs."""
+    import ctypes
+    import struct
+    fn = _name_to_handle_at()
+    if fn is None:
+        return None
+    for flags in (AT_HANDLE_FID, 0):
+        buf = ctypes.create_string_buffer(8 + 128)
+        struct.pack_into("I", buf, 0, 128)
+        mount_id = ctypes.c_int()
+        if fn(AT_FDCWD, os.fsencode(path), buf, ctypes.byref(mount_id), flags) == 0:
+            break
+        if ctypes.get_errno() != errno.EINVAL:     # EINVAL: a kernel that knows no AT_HANDLE_FID
+            return None
+    else:
+        return None
+    size, kind = struct.unpack_from("Ii", buf, 0)
+    fh = buf.raw[8:8 + size]
+    # struct ovl_fb {version, magic, len, flags, type, uuid, fid}: at 0 (OVL_FILEID_V0, type 0xfb),
+    # after 3 bytes of padding (OVL_FILEID_V1, type 0xf8)
+    at = {0xfb: 0, 0xf8: 3}.get(kind)
+    if at is None or len(fh) < at + 5 or fh[at + 1] != OVL_FH_MAGIC:
+        return None
+    return "upper" if fh[at + 3] & OVL_FH_FLAG_PATH_UPPER else "lower"
+
+
 def probe_fs(folder: str) -> FsFacts:
     """Try what the filesystem holding `folder` does, in a scratch folder made and removed here
     (named so that scans skip it and the next probe sweeps it if this one is killed), and give the
@@ -155,10 +259,7 @@ def probe_fs(folder: str) -> FsFacts:
     import socket
     where = nearest_existing(folder)
     point, fstype, opts = mount_entry(where)
-    overlay = None
-    if fstype == "overlay":
-        upper = next((o[len("upperdir="):] for o in opts.split(",") if o.startswith("upperdir=")), "")
-        overlay = upper if upper and os.path.isdir(upper) else ""
+    overlay = overlay_upper(point, fstype, opts) if fstype in OVERLAY_TYPES else None
     sweep_probes(where)      # first: it gives the folder back the time a killed probe took from it
     before = os.stat(where)
     scratch = os.path.join(where, f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
@@ -169,7 +270,7 @@ def probe_fs(folder: str) -> FsFacts:
     except OSError as exc:
         _restore_dir_times(where, before)
         return by_type(FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
-                               f"cannot create a scratch folder: {_errname(exc)}"))
+                               f"cannot create a scratch folder: {_errname(exc)}", stable_mtime=False, up_links=False))
     try:
         a, b, c = (os.path.join(scratch, n) for n in ("a", "b", "c"))
         fd = os.open(a, TMP_FLAGS, 0o600)
@@ -178,8 +279,18 @@ def probe_fs(folder: str) -> FsFacts:
             os.utime(fd, ns=(_PROBE_NS, _PROBE_NS))
         finally:
             os.close(fd)
-        step = _mtime_step(_PROBE_NS, os.stat(a).st_mtime_ns)
-        ino = os.stat(a).st_ino
+        st_a = os.stat(a)
+        step = _mtime_step(_PROBE_NS, st_a.st_mtime_ns)
+        # rclone's VFS shows a file it has not uploaded yet with the mtime "now" while it is open,
+        # even for reading: a copy read back soon after it was written seems to change under us.
+        fd = os.open(a, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.read(fd, 16)
+            stable_mtime = os.fstat(fd).st_mtime_ns == st_a.st_mtime_ns
+        finally:
+            os.close(fd)
+        stable_mtime = stable_mtime and os.stat(a).st_mtime_ns == st_a.st_mtime_ns
+        ino = st_a.st_ino
         stable = True
         try:
             os.link(a, b)
@@ -196,14 +307,27 @@ def probe_fs(folder: str) -> FsFacts:
         except OSError as exc:
             symlink = False
             refused.append(f"symlink {_errname(exc)}")
-        try:
-            os.rename(a, b)
-            rename = True
+        up_links = symlink
+        if symlink:     # sshfs refuses readlink of a link whose text holds `..` (re-pointed links do)
+            d = os.path.join(scratch, "d")
+            try:
+                os.mkdir(d)
+                os.symlink("../a", os.path.join(d, "l"))
+                up_links = os.readlink(os.path.join(d, "l")) == "../a"
+            except OSError as exc:
+                up_links = False
+                refused.append(f"readlink of ../ {_errname(exc)}")
+        # Three renames: rclone's inode numbers survive some renames and not others.
+        rename = True
+        for _ in range(3):
+            try:
+                os.rename(a, b)
+            except OSError as exc:
+                rename = False
+                refused.append(f"rename {_errname(exc)}")
+                break
             stable = stable and os.stat(b).st_ino == ino
             a, b = b, a
-        except OSError as exc:
-            rename = False
-            refused.append(f"rename {_errname(exc)}")
         noreplace = False
         fn = _renameat2()
         if fn is not None:
@@ -223,15 +347,61 @@ def probe_fs(folder: str) -> FsFacts:
             block = 0
         return FsFacts(where, fstype, hardlink, symlink, rename, noreplace, step, stable, case, overlay,
                        "refused: " + ", ".join(refused) if refused else "", forbidden, trailing, unit,
-                       name_max, block)
+                       name_max, block, stable_mtime, up_links)
     except OSError as exc:
         return by_type(FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
-                               f"probe failed: {_errname(exc)} ({exc.strerror})"))
+                               f"probe failed: {_errname(exc)} ({exc.strerror})", stable_mtime=False, up_links=False))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         _restore_dir_times(where, before)
 
 
+SEEN_FILE = "fs-seen.json"      # in the store's state folder: the weakest facts any probe of it found
+
+
+def fs_doc(fs: FsFacts) -> dict:
+    """What later identity checks need of a probe (identity.precision_of reads it): a run header's
+    `fs` entry and the store's remembered facts."""
+    return {"type": fs.fstype, "mtime_step_ns": fs.mtime_step_ns, "stable_inode": fs.stable_inode,
+            "stable_mtime": fs.stable_mtime}
+
+
+def seen_facts(target: str) -> Optional[dict]:
+    """The weakest facts earlier probes of this store found (None: none remembered, or unreadable)."""
+    import json
+    try:
+        data = read_file(os.path.join(target, STATE_DIR, SEEN_FILE), 1 << 16)
+        doc = json.loads(data) if data else None
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def weaken(fs: FsFacts, doc: Optional[dict]) -> FsFacts:
+    """A probe's facts, no stronger than the remembered `doc`: a store whose facts flip between
+    probes (rclone's inode numbers across a rename) is judged by the worst ever seen."""
+    if not isinstance(doc, dict):
+        return fs
+    from migrate.identity import precision_of
+    p = precision_of(doc)
+    return fs._replace(mtime_step_ns=max(fs.mtime_step_ns, p.mtime_step_ns), stable_inode=fs.stable_inode and p.stable_inode,
+                       stable_mtime=fs.stable_mtime and p.stable_mtime)
+
+
+def remember_weakest(target: str, doc: dict) -> dict:
+    """Merge `doc` (fs_doc) into the store's remembered facts, written (atomically) only when it is
+    weaker in some fact (than what is kept; no record means every fact is strong) and the state
+    folder exists. Returns the merged record."""
+    import json
+    from migrate.identity import EXACT, precision_of, weakest
+    seen = seen_facts(target)
+    merged = weakest(seen, doc) if seen else dict(doc)
+    if seen is None and precision_of(merged) == EXACT:
+        return merged       # nothing weaker than a file with no record says: nothing to keep
+    if merged != seen and os.path.isdir(os.path.join(target, STATE_DIR)):
+        atomic_write(os.path.join(target, STATE_DIR, SEEN_FILE),
+                     (json.dumps(merged, sort_keys=True) + "\n").encode())
+    return merged
 def by_type(fs: FsFacts) -> FsFacts:
     """A probe that could not try names: the name rules known for its filesystem type (kernel
     exFAT, vfat, NTFS: storerules.KNOWN), the most cautious reading, and its block size."""
@@ -434,13 +604,18 @@ def _copy_plain(sfd: int, dfd: int, h: "xxhash.xxh3_128", on_bytes: Optional[Cal
 
 def copy_and_hash(src: str, expect: Key, tmp: str, on_bytes: Optional[Callable[[int], None]] = None,
                   on_created: Optional[Callable[[os.stat_result], None]] = None,
-                  chunk: int = COPY_CHUNK) -> Tuple[str, os.stat_result]:
+                  chunk: int = COPY_CHUNK, mtime_may_move: bool = False) -> Tuple[str, os.stat_result]:
     """Copy src into a new file `tmp` (O_EXCL) while hashing, fsync it, keep mode and mtime.
     `chunk`: the read and write size (copy_chunk of the destination's filesystem).
+    `mtime_may_move`: src's mtime is not part of "still the same file" (rclone's VFS shows "now"
+    while a file it has not uploaded yet is open): for a caller that checks the digest it returns
+    against a logged one, which then decides.
 
     Returns (digest of the bytes read, stat of tmp). The source must still be the scanned file
     afterwards. On any error tmp is removed.
     """
+    if mtime_may_move:
+        expect = TimesMove(expect)      # hashing.matches: device, inode and size
     sfd = open_regular(src, expect)
     try:
         dfd = os.open(tmp, TMP_FLAGS, 0o600)
@@ -511,9 +686,8 @@ def reserve_bytes(steps: int, unit: int) -> int:
     """What a rollback writes in the store before it frees anything: the lock (and a stale lock's
     `lock.break`), its log (a few hundred bytes per undone step) and a little more; in whole
     allocation units, since each small file takes at least one (a 1 MiB exFAT cluster)."""
-    unit = max(4096, unit)
-    want = (32 << 10) + 1024 * max(0, steps)
-    return -(-want // unit) * unit + 3 * unit     # within the plan's storerules.reserve (which counts it)
+    from migrate.storerules import rollback_reserve
+    return rollback_reserve(steps, unit)     # within the plan's storerules.reserve (which counts it)
 
 
 def allocation_unit(path: str) -> int:

@@ -109,9 +109,21 @@ def stamp(st: os.stat_result) -> Stamp:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+class TimesMove(tuple):
+    """A Key or Stamp of a file on a filesystem whose times move while a file is read (rclone's VFS
+    shows "now" until it has uploaded a file: the probe's FsFacts.stable_mtime): "still the same
+    file" is device, inode and size there, and the digest read decides (it is cached under the
+    Key or Stamp itself)."""
+
+    __slots__ = ()
+
+
 def matches(st: os.stat_result, expect: Key | Stamp) -> bool:
     """The file is the one `expect` describes (a Key, or a Stamp: then its ctime too): identity.changes,
-    exact, the device compared (a digest is bound to the file this host saw)."""
+    exact, the device compared (a digest is bound to the file this host saw). A TimesMove: device,
+    inode and size only."""
+    if isinstance(expect, TimesMove):
+        return not identity.changes(st, identity.Observed(*expect[:4]), identity.Precision(stable_mtime=False))
     return not identity.changes(st, identity.Observed(*expect))
 
 

@@ -219,7 +219,7 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
                 s.append(f'<p class="bad">unreadable: {esc(w["error"])}</p>')
                 continue
             s.append(_table(["", "category", "model", "note"], [
-                [f'<span class="tag {STATUS[m["status"]][0]}">{STATUS[m["status"]][1]}</span>', esc(m["category"]),
+                [f'<span class="tag {STATUS[m["status"]][0]}">{STATUS[m["status"]][1]}</span>', esc(m["category"] or "?"),
                  f'<span class="path">{esc(m["name"])}</span>', esc(m["note"])] for m in w["models"]],
                 narrow_hide=(1,)))
         if workflows["missing"]:
@@ -228,8 +228,11 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
             s.append(f'<p>{len(workflows["unused"])} model(s) no workflow names: '
                      f'{esc(report.human(workflows["unused_bytes"]))}, about '
                      f'${workflows["unused_cost_per_month"]:.2f} a month at ${workflows["price_per_gb_month"]}/GB-month.</p>')
+            if workflows.get("unused_rule"):
+                s.append(f'<p>How this list was made: {esc(workflows["unused_rule"])}.</p>')
             s.append("<details><summary>list them</summary>" + _table(["size", "$/month", "category", "name"], [
-                [esc(report.human(u["size"])), f'{u["cost_per_month"]:.2f}', esc(u["category"]),
+                [esc(report.human(u["size"])) + ("" if u.get("frees", u["size"]) == u["size"] else " (shared, frees 0)"),
+                 f'{u["cost_per_month"]:.2f}', esc(u["category"]),
                  f'<span class="path">{esc(u["name"])}</span>'] for u in workflows["unused"]], num=(0, 1)) + "</details>")
 
     s.append("<h2>extra_model_paths.yaml</h2>")

@@ -6,7 +6,11 @@ probe measured for its filesystem (fsops.probe_fs): MooseFS, exFAT, ntfs-3g, s3f
 with `-I 128` keep coarser mtimes than the nanoseconds a source on ext4 had, and the copy reads back
 rounded. Where inode numbers are not stable (sshfs, mergerfs, rclone: numbers per path, or changed
 by a rename) the inode says nothing, and the file is recognised by size + mtime + digest: content is
-read only when stat cannot decide (git's ie_modified -> ce_modified_check_fs).
+read only when stat cannot decide (git's ie_modified -> ce_modified_check_fs). Where the mtime moves
+under us (rclone's VFS shows "now" while a file it has not uploaded yet is open, even for reading)
+the mtime says nothing either, and the same holds. A store whose probes disagree (rclone's inode
+numbers survive one rename and not the next) is judged by the weakest facts any probe saw
+(`weakest`; the store keeps them in its state folder: see fsops.remember_weakest).
 """
 from __future__ import annotations
 
@@ -44,8 +48,9 @@ def observe(st: os.stat_result, ctime: bool = False) -> Observed:
     return Observed(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns if ctime else None)
 
 
-class Precision(namedtuple("Precision", ["mtime_step_ns", "stable_inode"], defaults=(1, True))):
-    """What a filesystem's stat data can tell: its mtime step and whether inode numbers identify a file."""
+class Precision(namedtuple("Precision", ["mtime_step_ns", "stable_inode", "stable_mtime"], defaults=(1, True, True))):
+    """What a filesystem's stat data can tell: its mtime step, whether inode numbers identify a file,
+    and whether a file's mtime stays as set while it is read (False: the mtime says nothing)."""
 
     __slots__ = ()
 
@@ -58,13 +63,39 @@ def precision_of(doc: Optional[Mapping]) -> Precision:
     if not isinstance(doc, Mapping):
         return EXACT
     step = doc.get("mtime_step_ns", 1)
-    return Precision(step if isinstance(step, int) and step > 0 else 1, doc.get("stable_inode", True) is not False)
+    return Precision(step if isinstance(step, int) and step > 0 else 1, doc.get("stable_inode", True) is not False,
+                     doc.get("stable_mtime", True) is not False)
 
 
-def precisions(head: Mapping) -> "Callable[[str], Precision]":
-    """path -> the precision of its filesystem, as a run's header recorded it per root (its probe);
-    a log of an earlier version has none: exact."""
-    fs = head.get("fs") if isinstance(head.get("fs"), Mapping) else {}
+def weakest(*docs: Optional[Mapping]) -> dict:
+    """One filesystem record (a run header's `fs` entry, FsFacts.as_record) holding the weakest of
+    what every given record says: the coarsest mtime step, inodes or mtimes stable only if every
+    probe found them so. A store whose facts flip between probes is judged by the worst seen."""
+    out: dict = {}
+    for d in docs:
+        if not isinstance(d, Mapping):
+            continue
+        p = precision_of(d)
+        if not out:
+            out = dict(d)
+        out["mtime_step_ns"] = max(out.get("mtime_step_ns", 1) if isinstance(out.get("mtime_step_ns"), int) else 1,
+                                   p.mtime_step_ns)
+        out["stable_inode"] = out.get("stable_inode", True) is not False and p.stable_inode
+        out["stable_mtime"] = out.get("stable_mtime", True) is not False and p.stable_mtime
+    return out
+
+
+def precisions(head, seen: "Optional[Mapping]" = None) -> "Callable[[str], Precision]":
+    """path -> the precision of its filesystem: the weakest of what the run's header and every resume
+    record of a continued run recorded for its root (each its own probe), and of `seen` (root ->
+    the facts the store remembers and a probe at rollback time found: see fsops.remember_weakest).
+    `head`: the header record, or all the run's records. A log of an earlier version has none: exact."""
+    heads = [r for r in head if r.get("type") in ("header", "resume")] if isinstance(head, list) else [head]
+    fs: dict = {}
+    for h in heads + [{"fs": seen or {}}]:
+        for root, doc in (h.get("fs") if isinstance(h.get("fs"), Mapping) else {}).items():
+            if isinstance(root, str) and isinstance(doc, Mapping):
+                fs[root] = weakest(fs.get(root), doc)
     roots = sorted((r for r in fs if isinstance(r, str)), key=len, reverse=True)
 
     def of(path: str) -> Precision:
@@ -82,7 +113,8 @@ def changes(st: os.stat_result, seen: Observed, p: Precision = EXACT, dev: Dev =
     """What differs between a file's stat now and what was observed of it (git's match_stat_data):
     a tuple of 'dev', 'inode', 'size', 'mtime', 'ctime' in that order, empty when stat data says it
     is the same file. The inode counts only where the filesystem keeps inodes stable (`p`), the
-    device only under Dev.COMPARE, mtime within the filesystem's step, ctime only where it was kept.
+    device only under Dev.COMPARE, mtime within the filesystem's step (and only where it stays put
+    while a file is read: not on rclone, see `Precision`), ctime only where it was kept.
     Stat data cannot prove the bytes are the same (an in-place rewrite with its times put back):
     where a byte is about to be freed, `same_bytes` reads them."""
     out = []
@@ -92,7 +124,7 @@ def changes(st: os.stat_result, seen: Observed, p: Precision = EXACT, dev: Dev =
         out.append("inode")
     if seen.size is not None and st.st_size != seen.size:
         out.append("size")
-    if seen.mtime_ns is not None and not same_time(st.st_mtime_ns, seen.mtime_ns, p):
+    if p.stable_mtime and seen.mtime_ns is not None and not same_time(st.st_mtime_ns, seen.mtime_ns, p):
         out.append("mtime")
     if seen.ctime_ns is not None and st.st_ctime_ns != seen.ctime_ns:
         out.append("ctime")
@@ -108,15 +140,15 @@ def differs(st: os.stat_result, size: int, mtime_ns: int, ino: Optional[int], p:
 
 def same_file(path: str, size: int, mtime_ns: int, ino: Optional[int], digest: Optional[str],
               p: Precision = EXACT) -> bool:
-    """Is `path` (not followed) still the logged file? Stat first; where inodes are not stable a
-    matching stat is confirmed by the digest (another file of the same size and second is possible)."""
+    """Is `path` (not followed) still the logged file? Stat first; where inodes or mtimes are not
+    stable a matching stat is confirmed by the digest (another file of the same size is possible)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return False
     if not stat.S_ISREG(st.st_mode) or changes(st, Observed(None, ino, size, mtime_ns), p, Dev.IGNORE):
         return False
-    if p.stable_inode or digest is None:     # content is read only when stat cannot decide
+    if (p.stable_inode and p.stable_mtime) or digest is None:     # content is read only when stat cannot decide
         return True
     from migrate.hashing import hash_path
     return hash_path(path) == digest

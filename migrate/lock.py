@@ -120,6 +120,12 @@ def create_excl(path: str, data: bytes) -> bool:
     return True
 
 
+def _holder_gone(info: dict) -> bool:
+    """The lock's holder is a process of this kernel and PID namespace that is gone."""
+    pid, start = info.get("pid"), info.get("pid_start")
+    return same_pid_space(info) and isinstance(pid, int) and not _alive(pid, start if isinstance(start, int) else None)
+
+
 def same_pid_space(info: dict) -> bool:
     """Does the pid a holder recorded name a process we can look up? Only on this kernel (boot id)
     and in this PID namespace: another container's pid 1 is not ours, whatever its host name."""
@@ -203,11 +209,8 @@ class TargetLock:
             # Ours is one JSON object naming its host, written at once: anything else is garbage
             # (a torn copy, an editor's leftover), never a live holder worth the lease.
             return f"{self.path} is not a lock comfy-migrate wrote (corrupt)"
-        if same_pid_space(info):
-            pid = info.get("pid")
-            start = info.get("pid_start")
-            if isinstance(pid, int) and not _alive(pid, start if isinstance(start, int) else None):
-                return f"process {pid} is gone"
+        if _holder_gone(info):
+            return f"process {info['pid']} is gone"
         return None
 
     def _read(self) -> Optional[Tuple[str, os.stat_result, dict]]:
@@ -246,8 +249,10 @@ class TargetLock:
             age = self._age(raw, st)
             why = self._stale(info, age, raw)
             if why is not None:
-                if self._break(raw, st):
+                if self._break(raw, st, _holder_gone(info)):
                     self.took_over = dict(info, reason=why)
+                else:
+                    time.sleep(0.05)    # not a busy loop while the lock will not go
                 continue
             if time.monotonic() >= deadline:
                 raise Locked(self._held_by(info, raw, age, wait),
@@ -273,9 +278,12 @@ class TargetLock:
                 f"on host {info.get('host', '?')}, started {info.get('started', '?')}, heartbeat {age:.0f} s ago "
                 f"({self.path}){waited}")
 
-    def _break(self, raw: str, judged: Optional[os.stat_result] = None) -> bool:
+    def _break(self, raw: str, judged: Optional[os.stat_result] = None, holder_gone: bool = False) -> bool:
         """Remove a stale lock, if it is still the one we read (same text, same heartbeat, same inode:
         a holder that renewed its lease meanwhile keeps it). Returns whether we removed it.
+        `holder_gone`: its process is dead (our PID namespace), so it renews nothing, and the heartbeat
+        is not compared: rclone shows a file it has not uploaded yet with the mtime "now" while it is
+        open, so two reads of a dead holder's fresh lock never show one heartbeat (a run hung here).
 
         Breakers first take `lock.break` (O_EXCL again), so two of them cannot both remove a lock
         and one of them remove the fresh lock the other's successor just made. A break lock left by
@@ -303,7 +311,8 @@ class TargetLock:
             got = self._read()
             if got is None or got[0] != raw:
                 return False
-            if judged is not None and (got[1].st_mtime_ns, got[1].st_ino) != (judged.st_mtime_ns, judged.st_ino):
+            if judged is not None and (got[1].st_ino != judged.st_ino or (
+                    not holder_gone and got[1].st_mtime_ns != judged.st_mtime_ns)):
                 return False
             os.unlink(self.path)
             return True
@@ -327,7 +336,7 @@ class TargetLock:
             return None
         raw, st, info = got
         why = self._stale(info, self._age(raw, st), raw)
-        return why if why is not None and self._break(raw, st) else None
+        return why if why is not None and self._break(raw, st, _holder_gone(info)) else None
 
     def _clear_break(self) -> None:
         """With no lock: remove a `lock.break` a breaker killed after removing the stale lock left

@@ -172,7 +172,10 @@ class FsFacts(namedtuple("FsFacts", [
     "name_unit",                  # str = "bytes": what its name limit counts: bytes (UTF-8) or utf16 (code units)
     "name_max",                   # int = 255: the longest name, in name_unit
     "block",                      # int = 0: its allocation unit in bytes (0: unknown, sizes are counted as they are)
-], defaults=(None, "", "", "", "bytes", 255, 0))):
+    "stable_mtime",               # bool = True: a fresh file's mtime stays as set while it is read (rclone's
+                                  # VFS shows "now" until it has uploaded the file)
+    "up_links",                   # bool = True: a symlink whose text holds `..` reads back (sshfs refuses it)
+], defaults=(None, "", "", "", "bytes", 255, 0, True, True))):
     """What one filesystem does, tried with scratch files we create and remove (never predicted).
 
     Every later choice follows from it: the method of a move, the removal of a source, how a dedupe
@@ -189,6 +192,8 @@ class FsFacts(namedtuple("FsFacts", [
         return (f"{self.fstype}: hardlinks {yes(self.hardlink)}, symlinks {yes(self.symlink)}, "
                 f"rename {yes(self.rename)}, RENAME_NOREPLACE {yes(self.noreplace)}, mtime to {when}, "
                 f"inode numbers {'stable' if self.stable_inode else 'NOT stable'}, "
+                + ("" if self.stable_mtime else "mtimes move while a file is read, ")
+                + ("" if self.up_links or not self.symlink else "links through .. unreadable, ") +
                 f"case-{'sensitive' if self.case_sensitive else 'insensitive'}"
                 + (f", names up to {self.name_max} {'UTF-16 units' if self.name_unit == 'utf16' else 'bytes'}"
                    if self.name_unit != "bytes" or self.name_max != 255 else "")

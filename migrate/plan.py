@@ -26,9 +26,12 @@ from migrate.model import (
 
 # The layer of an overlay source's file (facts.overlay_layers): only these two are ever given.
 LOWER = "lower"         # in a read-only image layer: renaming it copies the whole file onto the container disk
-UNKNOWN = "unknown"     # the overlay's layers are not visible here: it may be
+UNKNOWN = "unknown"     # the overlay's layers cannot be told apart here: it may be
 LOWER_STAYS = ("in a read-only image layer of the container disk: setting it aside would copy it "
                "up onto the container disk and removing it frees nothing; it stays (the store is searched first)")
+UNKNOWN_STAYS = ("on an overlay whose layers cannot be told apart from here (fuse-overlayfs, or a kernel "
+                 "without overlay file handles): it may be in a read-only image layer, where setting it aside "
+                 "would copy it up onto the container disk; it stays (the store is searched first)")
 
 
 def check_roots(sources: Sequence[str], target: str) -> None:
@@ -171,15 +174,15 @@ def build_plan(
     target_fs: FsFacts = UNPROBED,
     layers: Optional[Mapping[str, str]] = None,
     container_free: Optional[int] = None,
-    state_present: int = 0,
+    state_bytes: int = 0,
     store_dirs: Optional[frozenset] = None,
 ) -> Plan:
     """`target_fs`: what the store's filesystem does (fsops.probe_fs); `layers`: source path -> LOWER
     or UNKNOWN for files of overlay sources (facts.overlay_layers); `container_free`: free bytes of
     the overlay sources' upper layer (the container disk). The store's name rules and allocation
-    unit come with target_fs (storerules.py); `state_present`: how many of the run's own state
-    paths exist in the store already (storerules.STATE_PATHS: no block to reserve for them);
-    `store_dirs`: the names of the folders at the store's top (None: unknown, no folder is planned)."""
+    unit come with target_fs (storerules.py); `state_bytes`: the space our own state files in the
+    store take already (facts.state_bytes: not reserved again); `store_dirs`: the names of the
+    folders at the store's top (None: unknown, no folder is planned)."""
     target_hardlinks = target_hardlinks and target_fs.hardlink
     layers = layers or {}
     if yaml_path is not None and yaml_before is not None:
@@ -236,13 +239,21 @@ def build_plan(
                                        yaml_after if yaml_after is not None else yaml_before)
     if changes:
         warnings.append(f"{len(changes)} name(s) would load other bytes after the run (or nothing): see name changes")
+    # Files of an image layer (or of one that may be) are never set aside: nothing is copied up.
     container = sum(a.size for a in actions if a.removal is Removal.QUARANTINE and layers.get(a.source) == UNKNOWN)
     if container:
         warnings.append(f"the overlay's layers are not visible here: setting aside {container} bytes of sources "
                         "may copy them up onto the container disk first (counted against its free space)")
-    need, reserve = _space_needed(actions, target_scan, target, target_fs, state_present)
+    for layer, where in ((LOWER, "in a read-only image layer"),
+                         (UNKNOWN, "on an overlay whose layers cannot be told apart here")):
+        staying = [a for a in actions if a.kind is not ActionKind.SKIP and layers.get(a.source) == layer]
+        if staying and policy.mode is Mode.MOVE:
+            warnings.append(f"{len(staying)} source file(s) {where} stay in place (renaming one would copy it up "
+                            "onto the container disk): the store gets its bytes (a copy, or the copy already there) and "
+                            "the YAML makes ComfyUI load the store's; nothing on the container disk changes")
+    need, reserve = _space_needed(actions, target_scan, target, target_fs, state_bytes)
     # (The empty category folders the YAML lists, store_folders, are not counted: no model goes in
-    # them, and one the disk has no room for is said, not a failure: ComfyUI skips a missing folder.)
+    # them; execute makes them only beside the room kept for the log and a rollback.)
     return Plan(
         space_needed=need, reserve_bytes=reserve,
         name_changes=changes, names_after=after,
@@ -300,7 +311,7 @@ def missing_folders(folders: Mapping[str, Sequence[str]], target: str,
 
 
 def _space_needed(actions: Sequence[Action], target_scan: Optional[ScanResult], target: str,
-                  fs: FsFacts, state_present: int = 0) -> Tuple[int, int]:
+                  fs: FsFacts, state_bytes: int = 0) -> Tuple[int, int]:
     """(the store space the run needs, the part of it reserved for the run's own files): each copy
     rounded up to the store's allocation unit, a block for each symlink and each new folder, and
     storerules.reserve (the lock, the log and a rollback's records, the catalogue)."""
@@ -324,7 +335,7 @@ def _space_needed(actions: Sequence[Action], target_scan: Optional[ScanResult], 
     steps = sum(1 for a in actions if a.method is not Method.NONE or a.removal is not Removal.NONE
                 or a.kind is ActionKind.RELINK)
     stored = len(target_scan.records) if target_scan else 0
-    reserve = storerules.reserve(block, steps, stored + len(dsts), state_present)
+    reserve = storerules.reserve(block, steps, stored + len(dsts), state_bytes, len(actions))
     return need + reserve, reserve
 
 
@@ -338,13 +349,16 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
         return Action(ActionKind.SKIP, reason=r.detail or r.status.value, **common)
     move = policy.mode is Mode.MOVE
     link_back = move and (policy.link_back if policy.link_back is not None else r.custom)
-    lower = move and layer == LOWER
+    lower = move and layer in (LOWER, UNKNOWN)      # never renamed on the overlay: kept by the YAML only
+    stays = LOWER_STAYS if layer == LOWER else UNKNOWN_STAYS
     if lower:
         link_back = False       # the file stays at its place
-    elif link_back and not probe.fs.symlink:
+    elif link_back and not (probe.fs.symlink and probe.fs.up_links):
+        # A link back leads out of its folder (`..`, or an absolute path): sshfs refuses those.
         if r.custom:
             return Action(ActionKind.SKIP, reason=f"custom-node folder on a filesystem without symlinks "
-                          f"({probe.fs.fstype}): no link could lead its nodes to the store, so it stays", **common)
+                          f"that lead out of their folder ({probe.fs.fstype}): no link could lead its nodes to "
+                          "the store, so it stays", **common)
         link_back = False
     # Inode numbers that are not stable (sshfs, mergerfs, rclone) cannot show that the store holds
     # the source's own file: its name is never just unlinked.
@@ -380,7 +394,7 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
             rem = removal_for(slot.inode)
             return Action(ActionKind.ALREADY_THERE, dst=dst, stored=dst, removal=rem,
                           link_back=link_back and rem is not Removal.NONE,
-                          reason="identical content already at this name" + (f"; {LOWER_STAYS}" if lower else ""),
+                          reason="identical content already at this name" + (f"; {stays}" if lower else ""),
                           **common)
         if policy.on_conflict is OnConflict.SKIP:
             return Action(ActionKind.CONFLICT, dst=dst, reason="the target holds different content under "
@@ -394,7 +408,8 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
         keep = stored[r.digest]
         keep_inode = slots.find(keep).inode  # type: ignore[union-attr]
         # A store without hardlinks gets a symlink; without symlinks either, a copy (the plan counts its bytes).
-        method = Method.HARDLINK if target_hardlinks else Method.SYMLINK if target_fs.symlink else Method.COPY
+        method = Method.HARDLINK if target_hardlinks else Method.SYMLINK if (
+            target_fs.symlink and target_fs.up_links) else Method.COPY
         rem = removal_for(keep_inode)
         slots.put(dst, _Slot(r.digest, keep_inode if method is Method.HARDLINK else None))
         why = reason or f"same content as {posixpath.relpath(keep, target)}"
@@ -402,7 +417,7 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
             why += " (the store takes neither hardlinks nor symlinks: a second copy)"
         return Action(ActionKind.SAME_CONTENT, dst=dst, stored=keep, method=method, removal=rem,
                       link_back=link_back and rem is not Removal.NONE,
-                      reason=why + (f"; {LOWER_STAYS}" if lower else ""), **common)
+                      reason=why + (f"; {stays}" if lower else ""), **common)
 
     if policy.mode is Mode.MOVE:
         kind = ActionKind.MOVE
@@ -422,7 +437,7 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
     slots.put(dst, _Slot(r.digest, inode))
     stored[r.digest] = dst  # type: ignore[index]
     if lower:
-        reason = f"{reason}; {LOWER_STAYS}" if reason else LOWER_STAYS
+        reason = f"{reason}; {stays}" if reason else stays
     return Action(kind, dst=dst, method=method, removal=rem, link_back=link_back, reason=reason, **common)
 
 

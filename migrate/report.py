@@ -533,7 +533,7 @@ def workflow_lines(doc: dict, root: str = "") -> list[str]:
             continue
         lines.append(f"{show(where)}: {len(w['models'])} model(s)" + ("" if w["models"] else " (none it names)"))
         for m in w["models"]:
-            lines.append(f"  {mark[m['status']]} {m['category']}/{show(m['name'])}"
+            lines.append(f"  {mark[m['status']]} {m['category'] or '?'}/{show(m['name'])}"
                          + ("" if m["status"] == "ok" else f": {show(m['note'])}"))
     if not doc["workflows"]:
         lines.append("no saved workflows (ComfyUI saves them under user/<user>/workflows/)")
@@ -541,14 +541,16 @@ def workflow_lines(doc: dict, root: str = "") -> list[str]:
     if unused:
         lines.append(f"\n{len(unused)} model(s) no workflow names: {human(doc['unused_bytes'])}, "
                      f"${doc['unused_cost_per_month']:.2f}/month at ${doc['price_per_gb_month']}/GB-month")
+        lines.append("  (listed only when no workflow names it; each file's bytes counted once; see the report)")
         for u in unused[:10]:
-            lines.append(f"  {human(u['size']):>9}  {u['category']}/{show(u['name'])}")
+            shared = "" if u.get("frees", u["size"]) == u["size"] else " (shares its bytes: frees nothing)"
+            lines.append(f"  {human(u['size']):>9}  {u['category']}/{show(u['name'])}{shared}")
         if len(unused) > 10:
             lines.append(f"  ... and {len(unused) - 10} more (--format json lists them all)")
     missing = doc["missing"]
     if missing:
         lines.append(f"\n{len(missing)} model(s) a workflow needs that this pod lacks: "
-                     + ", ".join(f"{m['category']}/{show(m['name'])}" for m in missing[:5])
+                     + ", ".join(f"{m['category'] or '?'}/{show(m['name'])}" for m in missing[:5])
                      + (" ..." if len(missing) > 5 else ""))
     return lines
 

@@ -82,9 +82,31 @@ def check_log(records: Sequence[dict], path: str) -> None:
                          "the log was edited; restore the original")
 
 
-def plan_rollback(records: Sequence[dict]) -> List[Undo]:
+def store_facts(target: str, records: Sequence[dict]) -> Tuple[dict, Dict[str, dict]]:
+    """What the store's filesystem does now, no stronger than what it remembers (fsops.seen_facts),
+    and that record for each of the run's roots on the store's filesystem (plan_rollback's `seen`):
+    the store is probed again here, as every plan probes it, since one probe can be lucky."""
+    fresh = fsops.fs_doc(fsops.probe_fs(target))
+    merged = identity.weakest(fsops.seen_facts(target), fresh)
+    head = records[0]
+    try:
+        dev = os.stat(target).st_dev
+    except OSError:
+        return merged, {}
+    out: Dict[str, dict] = {}
+    for root in [head.get("target")] + list(head.get("sources") or []):
+        try:
+            if isinstance(root, str) and os.stat(root).st_dev == dev:
+                out[root] = merged
+        except OSError:
+            continue
+    return merged, out
+
+
+def plan_rollback(records: Sequence[dict], seen: Optional[Dict[str, dict]] = None) -> List[Undo]:
+    """`seen`: root -> filesystem facts weaker than the run recorded (see identity.precisions)."""
     steps = group_steps(list(records))
-    prec = identity.precisions(records[0]) if records else (lambda p: identity.EXACT)
+    prec = identity.precisions(list(records), seen) if records else (lambda p: identity.EXACT)
     undos = []
     for b in reversed(steps.begins):
         rec = dict(b)
@@ -102,7 +124,9 @@ def plan_rollback(records: Sequence[dict]) -> List[Undo]:
         if done:
             rec.update({k: v for k, v in done.items() if k not in ("type", "seq", "prev", "sum")})
         undos.append(Undo(b["op"], b["step"], rec, done is not None))
-    return undos
+    # The YAML goes back last, and only once every source it serves is back (see `stranded`): until
+    # then its section keeps each name loading from the store.
+    return [u for u in undos if u.op != Op.YAML] + [u for u in undos if u.op == Op.YAML]
 
 
 def _safe(root_of: Callable[[str], Optional[str]], path: str, links: Optional[Dict[str, str]] = None) -> None:
@@ -179,6 +203,8 @@ class RollbackReport:
     skipped: List[Problem] = field(default_factory=list)
     resumed: bool = False
     kept: List[Problem] = field(default_factory=list)    # stored files other runs rely on
+    stranded: List[Problem] = field(default_factory=list)    # sources not back, only in the store: the
+                                                             # YAML's section stays so their names load
 
 
 def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
@@ -209,7 +235,10 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
     done_before: set = set()
     if read_begun(rb_path) is not None:
         j, rb_records, _ = Journal.reopen(rb_path, again, room)
-        done_before = {r["undo"] for r in rb_records if r.get("type") == "done"}
+        # A step skipped before is tried again (every undo is idempotent): a rollback closed as
+        # incomplete (a source not back, the YAML kept) is finished by running it again.
+        skipped_before = {r["undo"] for r in rb_records if r.get("type") == "skip"}
+        done_before = {r["undo"] for r in rb_records if r.get("type") == "done"} - skipped_before
         j.append({"type": "resume", "pid": os.getpid(), "host": socket.gethostname()})
         report = RollbackReport(head["run"], rb_path, resumed=True)
     else:
@@ -258,6 +287,8 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                 drop_handed()
             if u.step in done_before:
                 continue
+            if u.op == Op.YAML and not report.stranded:
+                report.stranded = stranded(records)
             j.append({"type": "begin", "undo": u.step, "op": u.op})
             try:
                 for f in PATH_FIELDS:
@@ -272,6 +303,10 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                                   "digest": u.rec.get("digest"), "size": u.rec.get("size")})
                         report.kept.append(Problem(u.rec["dst"], "kept in the store: run(s) "
                                                    f"{', '.join(users)} rely on it"))
+                elif u.op == Op.YAML and report.stranded:
+                    note = (f"{len(report.stranded)} model file(s) are not back in the pod (e.g. "
+                            f"{report.stranded[0].path}): the comfy-migrate section stays so their names "
+                            "keep loading from the store")
                 else:
                     said: List[str] = []
                     note = _undo(u, on_bytes, twins, said)
@@ -305,12 +340,43 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
             fsops.sweep_probes(root)
         fsops.sweep_leftovers(state, [head.get("yaml"), head.get("yaml_real")])     # before the folder times
         j.append({"type": "dirtimes", "restored": _restore_dir_times(records)})
+        if not report.stranded:
+            report.stranded = stranded(records)
         if before_close is not None:
             before_close()
-        j.append({"type": "close", "undone": report.undone, "skipped": len(report.skipped)})
+        j.append({"type": "close", "undone": report.undone, "skipped": len(report.skipped),
+                  **({"incomplete": len(report.stranded)} if report.stranded else {})})
     finally:
         j.close()
     return report
+
+
+def stranded(records: Sequence[dict]) -> List[Problem]:
+    """Sources the run took away that are not back at their names while the store still holds their
+    content (a copy back that failed): ComfyUI finds them only through the YAML's section. Steps
+    that never happened left their source in place, so they count only where the source is gone."""
+    out: List[Problem] = []
+    for r in records:
+        op = Op.of(r) if r.get("type") == "begin" else None
+        if op is None or not op.returns_source:
+            continue
+        src = r.get("src")
+        if not isinstance(src, str) or os.path.lexists(src):
+            continue
+        held = next((h for h in ([r.get("dst")] if op is Op.RENAME else _holders(r))
+                     if isinstance(h, str) and _holds(h, r)), None)
+        if held is not None and src not in {p.path for p in out}:
+            out.append(Problem(src, f"not back; its content is only in the store at {held}"))
+    return out
+
+
+def _holds(path: str, r: dict) -> bool:
+    """A regular file at `path` with the logged size and digest (read: only for a source not back)."""
+    try:
+        st = os.lstat(path)
+        return stat.S_ISREG(st.st_mode) and st.st_size == r.get("size") and hash_path(path) == r.get("digest")
+    except OSError:
+        return False
 
 
 def _drop_unbegun(path: str) -> Optional[int]:
@@ -361,149 +427,198 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
     notes = [] if notes is None else notes
     r = u.rec
     op = u.op
-    if op == Op.MKDIR:
-        try:
-            os.rmdir(r["path"])
-        except (FileNotFoundError, NotADirectoryError):
-            pass        # gone, or a file of someone else's took its place: not ours to remove
-        except OSError as exc:
-            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                return "folder is not empty (files were added since); left in place"
-            raise
+    undo = UNDO.get(op)
+    return undo(u, r, on_bytes, twins, notes) if undo is not None else f"unknown step kind {op!r}"
+
+
+def _undo_mkdir(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Remove a folder the run made, if nothing was added to it since."""
+    try:
+        os.rmdir(r["path"])
+    except (FileNotFoundError, NotADirectoryError):
+        pass        # gone, or a file of someone else's took its place: not ours to remove
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return "folder is not empty (files were added since); left in place"
+        raise
+    return ""
+
+
+def _undo_link(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Remove a hardlink the run made (link: the source's, or moved back when the source is gone; dedupe: the stored copy's)."""
+    op = u.op
+    dst = r["dst"]
+    want = (r["dev"], r["ino"]) if op == Op.LINK else (r["stored_dev"], r["stored_ino"])
+    cur = _ino(dst)
+    if cur is None or _never_made(u):
         return ""
-    if op in (Op.LINK, Op.DEDUPE):
-        dst = r["dst"]
-        want = (r["dev"], r["ino"]) if op == Op.LINK else (r["stored_dev"], r["stored_ino"])
-        cur = _ino(dst)
-        if cur is None or _never_made(u):
-            return ""
-        stable = r.get("_p_dst", identity.EXACT).stable_inode
-        if stable and cur != want:
-            return "the target file was replaced since the run; left in place"
-        if op == Op.LINK and not (_as_logged(dst, r, "dst") if stable else _is_logged_file(dst, r, "dst", None)):
-            return "the target file was changed since the run; left in place"
-        if op == Op.LINK and _ino(r["src"]) is None:
-            fsops.rename_noreplace(dst, r["src"])
-            return ""
-        if os.lstat(dst).st_nlink < 2 and not _src_holds(r):
-            return f"another file now has the old name {r['src']}: this copy is the original's last; kept"
+    stable = r.get("_p_dst", identity.EXACT).stable_inode
+    if stable and cur != want:
+        return "the target file was replaced since the run; left in place"
+    if op == Op.LINK and not (_as_logged(dst, r, "dst") if stable else _is_logged_file(dst, r, "dst", None)):
+        return "the target file was changed since the run; left in place"
+    if op == Op.LINK and _ino(r["src"]) is None:
+        fsops.rename_noreplace(dst, r["src"])
+        return ""
+    if os.lstat(dst).st_nlink < 2 and not _src_holds(r):
+        return f"another file now has the old name {r['src']}: this copy is the original's last; kept"
+    os.unlink(dst)
+    return ""
+
+
+def _undo_symlink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Remove a symlink the run made to the stored copy, if it still says what the run wrote."""
+    dst = r["dst"]
+    if os.path.islink(dst) and os.readlink(dst) == r["to"]:
         os.unlink(dst)
+    return ""
+
+
+def _undo_rename(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Move a renamed source back, if the stored file is still the one the run moved."""
+    if _never_made(u):
         return ""
-    if op == Op.SYMLINK:
-        dst = r["dst"]
-        if os.path.islink(dst) and os.readlink(dst) == r["to"]:
-            os.unlink(dst)
+    cur = _ino(r["dst"])
+    if cur is None or _ino(r["src"]) is not None:
+        return "" if cur is None else "both names exist; left in place"
+    stable = r.get("_p_dst", identity.EXACT).stable_inode
+    if stable and cur != (r["dev"], r.get("dst_ino", r["ino"])):
+        return "the target file was replaced since the run; left in place"
+    if not (_as_logged(r["dst"], r, "dst") if stable else _is_logged_file(r["dst"], r, "dst", None)):
+        return "the target file was changed since the run; left in place"
+    os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+    fsops.rename_noreplace(r["dst"], r["src"])
+    return ""
+
+
+def _undo_copy(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Remove a copy the run made, once its bytes are proven the run's (the source restored first if it is gone)."""
+    tmp = r.get("tmp")
+    if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
+        os.unlink(tmp)
+    ino = r.get("dst_ino") or r.get("tmp_ino")
+    dst = r["dst"]
+    cur = _ino(dst)
+    if cur is None or ino is None or _never_made(u):
         return ""
-    if op == Op.RENAME:
-        if _never_made(u):
-            return ""
-        cur = _ino(r["dst"])
-        if cur is None or _ino(r["src"]) is not None:
-            return "" if cur is None else "both names exist; left in place"
-        stable = r.get("_p_dst", identity.EXACT).stable_inode
-        if stable and cur != (r["dev"], r.get("dst_ino", r["ino"])):
-            return "the target file was replaced since the run; left in place"
-        if not (_as_logged(r["dst"], r, "dst") if stable else _is_logged_file(r["dst"], r, "dst", None)):
-            return "the target file was changed since the run; left in place"
-        os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-        fsops.rename_noreplace(r["dst"], r["src"])
+    if r.get("_p_dst", identity.EXACT).stable_inode and cur[1] != ino:
+        return "the target file was replaced since the run; left in place"
+    # This undo deletes the copy: first prove it holds exactly the bytes the run copied.
+    if not _as_logged(dst, r, "dst") or hash_path(dst) != r["digest"]:
+        return "the target copy was changed since the run; left in place"
+    if _ino(r["src"]) is None:
+        # The source is gone for good (its quarantine was purged): copy back, verify, then remove.
+        if not _restore_from(dst, r, on_bytes):
+            return "could not restore the source from the target copy; both kept"
+    elif os.lstat(dst).st_nlink < 2 and not _src_holds(r):
+        return f"another file now has the old name {r['src']}: this copy may be the original's last; kept"
+    os.unlink(dst)
+    return ""
+
+
+def _undo_yaml(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Put extra_model_paths.yaml back (only the comfy-migrate section, if the user edited it since)."""
+    path = fsops.through_link(r["path"])
+    cur = fsops.read_file(path)
+    if r.get("before"):
+        before = fsops.read_file(r["before"])
+        if before is None or hash_bytes(before) != r["before_digest"]:
+            return "the saved previous YAML is missing or damaged; YAML left as it is"
+    else:
+        before = None
+    if cur == before:
         return ""
-    if op == Op.COPY:
-        tmp = r.get("tmp")
-        if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
-            os.unlink(tmp)
-        ino = r.get("dst_ino") or r.get("tmp_ino")
-        dst = r["dst"]
-        cur = _ino(dst)
-        if cur is None or ino is None or _never_made(u):
-            return ""
-        if r.get("_p_dst", identity.EXACT).stable_inode and cur[1] != ino:
-            return "the target file was replaced since the run; left in place"
-        # This undo deletes the copy: first prove it holds exactly the bytes the run copied.
-        if not _as_logged(dst, r, "dst") or hash_path(dst) != r["digest"]:
-            return "the target copy was changed since the run; left in place"
-        if _ino(r["src"]) is None:
-            # The source is gone for good (its quarantine was purged): copy back, verify, then remove.
-            if not _restore_from(dst, r, on_bytes):
-                return "could not restore the source from the target copy; both kept"
-        elif os.lstat(dst).st_nlink < 2 and not _src_holds(r):
-            return f"another file now has the old name {r['src']}: this copy may be the original's last; kept"
-        os.unlink(dst)
+    if cur is None:
+        return "extra_model_paths.yaml was deleted since the run; left so"
+    if hash_bytes(cur) != r["after_digest"]:
+        return _unmerge_yaml(path, cur, before, notes)
+    if before is None:
+        os.unlink(path)
+        fsops.fsync_dir(os.path.dirname(path))
+    else:
+        fsops.atomic_write(path, before, os.stat(path).st_mode & 0o7777)
+        if r.get("before_mtime_ns"):
+            os.utime(path, ns=(r["before_mtime_ns"], r["before_mtime_ns"]))
+    return ""
+
+
+def _undo_unlink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Recreate a source name the store held as its inode: a hardlink, else a verified copy."""
+    if _ino(r["src"]) is not None:
         return ""
-    if op == Op.YAML:
-        path = fsops.through_link(r["path"])
-        cur = fsops.read_file(path)
-        if r.get("before"):
-            before = fsops.read_file(r["before"])
-            if before is None or hash_bytes(before) != r["before_digest"]:
-                return "the saved previous YAML is missing or damaged; YAML left as it is"
-        else:
-            before = None
-        if cur == before:
-            return ""
-        if cur is None:
-            return "extra_model_paths.yaml was deleted since the run; left so"
-        if hash_bytes(cur) != r["after_digest"]:
-            return _unmerge_yaml(path, cur, before, notes)
-        if before is None:
-            os.unlink(path)
-            fsops.fsync_dir(os.path.dirname(path))
-        else:
-            fsops.atomic_write(path, before, os.stat(path).st_mode & 0o7777)
-            if r.get("before_mtime_ns"):
-                os.utime(path, ns=(r["before_mtime_ns"], r["before_mtime_ns"]))
-        return ""
-    if op == Op.UNLINK:
-        if _ino(r["src"]) is not None:
-            return ""
-        # The stored copy it trusted, else the run's own name for it (a dedupe link: another
-        # pod's rollback may have removed the copy it was made from).
-        names = _holders(r)
-        for stored in names:
-            if _ino(stored) == (r["dev"], r["ino"]) and _as_logged(stored, r, "dst"):
-                os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-                os.link(stored, r["src"])
-                return ""
-        if not _restore_twin(r, twins, on_bytes, names):
-            return "the stored copy changed; source not recreated"
-        return ""
-    if op == Op.QUARANTINE:
-        if _ino(r["src"]) is not None:
-            if _ino(r["src"]) == (r["dev"], r["ino"]) or not os.path.lexists(r["q"]):
-                return ""
-            return f"another file now has the old name; the original stays in quarantine at {r['q']}"
-        if _is_logged_file(r["q"], r, "src", (r["dev"], r["ino"])) or (
-                _ino(r["q"]) == (r["dev"], r["ino"]) and r.get("_p_src", identity.EXACT).stable_inode):
+    # The stored copy it trusted, else the run's own name for it (a dedupe link: another
+    # pod's rollback may have removed the copy it was made from).
+    names = _holders(r)
+    for stored in names:
+        if _ino(stored) == (r["dev"], r["ino"]) and _as_logged(stored, r, "dst"):
             os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-            fsops.rename_noreplace(r["q"], r["src"])
-            twins.setdefault((r["dev"], r["ino"]), []).append(r["src"])
+            os.link(stored, r["src"])
             return ""
-        # Purged: recreate it from the stored copy with the same digest, mode and mtime.
-        if not _restore_twin(r, twins, on_bytes, _holders(r)):
-            return "the quarantined file was purged and no stored copy has its content"
+    if not _restore_twin(r, twins, on_bytes, names):
+        return "the stored copy changed; source not recreated"
+    return ""
+
+
+def _undo_quarantine(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Move a source back from quarantine (recreated from a stored copy if it was purged)."""
+    if _ino(r["src"]) is not None:
+        if _ino(r["src"]) == (r["dev"], r["ino"]) or not os.path.lexists(r["q"]):
+            return ""
+        return f"another file now has the old name; the original stays in quarantine at {r['q']}"
+    if _is_logged_file(r["q"], r, "src", (r["dev"], r["ino"])) or (
+            _ino(r["q"]) == (r["dev"], r["ino"]) and r.get("_p_src", identity.EXACT).stable_inode):
+        os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+        fsops.rename_noreplace(r["q"], r["src"])
+        twins.setdefault((r["dev"], r["ino"]), []).append(r["src"])
         return ""
-    if op == Op.LINKBACK:
-        if os.path.islink(r["src"]) and os.readlink(r["src"]) == r["to"]:
-            os.unlink(r["src"])
-        return ""
-    if op == Op.RELINK:
-        tmp = r.get("tmp")
-        if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
-            os.unlink(tmp)
-        src = r["src"]
-        if not os.path.islink(src) or os.readlink(src) != r["to"]:
-            return "" if os.path.islink(src) and os.readlink(src) == r["old"] else \
-                "the symlink was changed since the run; left as it is"
-        back = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}restore")
-        if os.path.lexists(back):
-            os.unlink(back)
-        os.symlink(r["old"], back)
-        os.replace(back, src)
-        if isinstance(r.get("mtime_ns"), int):
-            os.utime(src, ns=(r["mtime_ns"], r["mtime_ns"]), follow_symlinks=False)
-        fsops.fsync_dir(os.path.dirname(src))
-        return ""
-    return f"unknown step kind {op!r}"
+    # Purged: recreate it from the stored copy with the same digest, mode and mtime.
+    if not _restore_twin(r, twins, on_bytes, _holders(r)):
+        return "the quarantined file was purged and no stored copy has its content"
+    return ""
+
+
+def _undo_linkback(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Remove a link-back symlink, if it still says what the run wrote."""
+    if os.path.islink(r["src"]) and os.readlink(r["src"]) == r["to"]:
+        os.unlink(r["src"])
+    return ""
+
+
+def _undo_relink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+    """Point a re-pointed symlink of the sources where it pointed before the run."""
+    tmp = r.get("tmp")
+    if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
+        os.unlink(tmp)
+    src = r["src"]
+    if not os.path.islink(src) or os.readlink(src) != r["to"]:
+        return "" if os.path.islink(src) and os.readlink(src) == r["old"] else \
+            "the symlink was changed since the run; left as it is"
+    back = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}restore")
+    if os.path.lexists(back):
+        os.unlink(back)
+    os.symlink(r["old"], back)
+    os.replace(back, src)
+    if isinstance(r.get("mtime_ns"), int):
+        os.utime(src, ns=(r["mtime_ns"], r["mtime_ns"]), follow_symlinks=False)
+    fsops.fsync_dir(os.path.dirname(src))
+    return ""
+
+
+# The inverse of each step, by its op (steps.Op): each returns '' when done (or nothing was needed),
+# else why it was skipped; each checks the disk is as the log left it before it changes anything.
+UNDO: Dict[str, Callable[..., str]] = {
+    Op.MKDIR: _undo_mkdir,
+    Op.LINK: _undo_link,
+    Op.DEDUPE: _undo_link,
+    Op.SYMLINK: _undo_symlink,
+    Op.RENAME: _undo_rename,
+    Op.COPY: _undo_copy,
+    Op.YAML: _undo_yaml,
+    Op.UNLINK: _undo_unlink,
+    Op.QUARANTINE: _undo_quarantine,
+    Op.LINKBACK: _undo_linkback,
+    Op.RELINK: _undo_relink,
+}
 
 
 def _made_here(rec: dict, path: str) -> bool:
@@ -547,13 +662,15 @@ def settle(records: Sequence[dict], target: str) -> List[dict]:
     placement it would neither be kept for this run nor ever leave the store (fleet.placed_by)."""
     steps = group_steps(list(records))
     logged = records[0].get("target") or ""
+    prec = identity.precisions(list(records))
     out = list(records)
     for b in steps.begins:
         if b.get("op") not in PLACES_FILE or b["step"] in steps.done or not isinstance(b.get("dst"), str):
             continue
         rel = store_rel(b["dst"], logged)
         staged = [e["tmp_ino"] for e in steps.extra.get(b["step"], []) if e["type"] == "staged"]
-        rec = dict(b, tmp_ino=staged[-1]) if staged else b
+        rec = dict(b, tmp_ino=staged[-1]) if staged else dict(b)
+        rec["_p_dst"] = prec(b["dst"])      # unstable inode numbers: judged by content (_made_here)
         if rel is not None and not _made_here(rec, posixpath.join(target, rel)):
             out.append({"type": "unplaced", "step": b["step"], "dst": b["dst"]})
     return out
@@ -712,7 +829,10 @@ def _restore_from(stored: str, r: dict, on_bytes) -> bool:
     tmp = temp_name(os.path.dirname(src), os.path.basename(src), "restore")
     if os.path.lexists(tmp):
         os.unlink(tmp)
-    digest, _ = fsops.copy_and_hash(stored, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), tmp, on_bytes)
+    # The digest read decides (it must be the logged one): the stored copy's mtime may move while it is
+    # read (rclone shows "now" until it has uploaded a file we wrote seconds ago).
+    digest, _ = fsops.copy_and_hash(stored, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), tmp, on_bytes,
+                                    mtime_may_move=True)
     if digest != r["digest"]:
         os.unlink(tmp)
         return False
@@ -751,7 +871,7 @@ def find_log(target: str, run: Optional[str], newest: bool = False, host: Option
         return os.path.join(runs, names[-1])
     for n in reversed(names):
         rb = read_begun(rollback_log_of(os.path.join(runs, n)))
-        if rb is not None and rb[-1].get("type") == "close":
+        if rb is not None and rb[-1].get("type") == "close" and not rb[-1].get("incomplete"):
             continue
         return os.path.join(runs, n)
     if names:
@@ -781,7 +901,9 @@ def run_state(log_path: str) -> str:
     records, _, _ = read_log(log_path)
     rbr = read_begun(rollback_log_of(log_path))     # one that never wrote a record did nothing
     if rbr is not None:
-        return "rolled back" if rbr[-1].get("type") == "close" else "rollback interrupted"
+        if rbr[-1].get("type") != "close":
+            return "rollback interrupted"
+        return "rollback incomplete" if rbr[-1].get("incomplete") else "rolled back"
     last = records[-1]
     if last.get("type") == "close":
         return "complete" if last.get("state") == "complete" else "complete with problems"

@@ -12,7 +12,7 @@ from operator import attrgetter
 from stat import S_IMODE, S_ISDIR, S_ISLNK, S_ISREG
 
 from migrate import comfy
-from migrate.hashing import DigestCache, hash_many, note_read
+from migrate.hashing import DigestCache, TimesMove, hash_many, note_read
 from migrate.model import PROBE_PREFIX, STATE_DIR, FileRecord, Problem, ScanResult, Status
 
 TEMP_MARK = ".cm-tmp-"     # our temporary files: .<name>.cm-tmp-<run id>
@@ -212,11 +212,12 @@ def _with(r: FileRecord, status: Status, digest: str | None, detail: str) -> Fil
 
 def hash_records(
     result: ScanResult, cache: DigestCache | None, on_bytes: Callable[[int], None] | None = None,
-    only: Callable[[FileRecord], bool] | None = None,
+    only: Callable[[FileRecord], bool] | None = None, times_move: bool = False,
 ) -> ScanResult:
     """Fill in digests of files to migrate, from the cache where the whole stamp matches (hashing.DigestCache).
 
     `only` limits hashing to the records it accepts (the others keep digest None).
+    `times_move`: the filesystem's mtimes move while a file is read (hashing.TimesMove).
     """
     records = list(result.records)
     jobs, where = [], []
@@ -232,7 +233,7 @@ def hash_records(
             if on_bytes:
                 on_bytes(r.size)
         else:
-            jobs.append((r.path, key))
+            jobs.append((r.path, TimesMove(key) if times_move else key))
             where.append(i)
     problems = list(result.problems)
     hashed_bytes = 0

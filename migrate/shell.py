@@ -188,9 +188,35 @@ def _looks_like_models(path: str) -> bool:
 def resolve_target(target: str | None) -> str:
     from migrate.facts import DEFAULT_TARGET
     path = os.path.abspath(target or DEFAULT_TARGET)
+    check_reachable(path)
     if os.path.lexists(path) and not os.path.isdir(path):
         raise BadInput(f"the target {path} is not a folder", "pass --target DIR")
     return path
+
+
+def check_reachable(path: str) -> None:
+    """A FUSE volume whose daemon died (or a network mount that dropped) answers every call with
+    ENOTCONN (or EIO): that looks like a missing folder to os.path.exists. Say which mount point."""
+    import errno
+    cur, dead, why = path, None, ""
+    while True:
+        try:
+            os.lstat(cur)
+            break
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTCONN, errno.EIO, errno.ESTALE, errno.EHOSTDOWN):
+                break
+            dead, why = cur, exc.strerror     # the highest such folder is the mount point
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            break
+        cur = parent
+    if dead is not None:
+        raise BadInput(f"the volume mounted at {dead} does not answer ({why}): its mount dropped (a FUSE "
+                       f"daemon died or the network went away), so {path} cannot be reached",
+                       f"remount it (`umount -l {dead}`, then mount it again), then run the command again")
 
 
 def open_cache(no_cache: bool) -> DigestCache | None:

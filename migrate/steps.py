@@ -4,13 +4,15 @@ A run's log names each step by its `op` (the strings below are the log format: n
 Every question asked of a kind of step anywhere (does it put a name in the store? remove a
 source? keep the source's inode?) is a property here; code elsewhere asks the step, never a list
 of op names of its own. Adding a step (attach is next) means adding a member here and answering
-each property for it; the test in tests/test_steps.py then checks the sets derived from them.
+each property for it, then its forward action (execute._Runner), its inverse (rollback.UNDO, one
+function per op) and the fields its record carries (records.STEP_FIELDS); tests/test_steps.py checks
+that no other module names ops and that every op has its undo and its fields.
 
     op            what the run did                                   undo
     mkdir         made a folder (the store's, a quarantine's)        remove it if empty
     link          hardlinked a source into the store                 remove that name (or move it back)
     rename        renamed a source into the store                    move it back
-    copy          copied, verified and published a source            remove the copy (the source is back)
+    copy          copied, verified and published a source            remove the copy (once the source is back)
     dedupe        hardlinked the stored copy of the same content     remove that name
     symlink       a symlink to the stored copy (no hardlinks)        remove the symlink
     yaml          rewrote extra_model_paths.yaml                     put the saved bytes back
@@ -52,7 +54,7 @@ class Op(str, Enum):
     DEDUPE = ("dedupe", 1, 1, 0, 0, 0, 0, 0, 0, 0, "remove {dst} (a hardlink of {stored})")
     SYMLINK = ("symlink", 1, 0, 0, 0, 0, 0, 0, 0, 0, "remove symlink {dst}")
     RENAME = ("rename", 1, 1, 1, 1, 0, 1, 1, 0, 0, "move {dst} back to {src}")
-    COPY = ("copy", 1, 1, 1, 0, 0, 0, 1, 1, 1, "remove the copy {dst} (the source is back at {src})")
+    COPY = ("copy", 1, 1, 1, 0, 0, 0, 1, 1, 1, "remove the copy {dst} once {src} holds the source again")
     YAML = ("yaml", 0, 0, 0, 0, 0, 0, 0, 0, 0, "restore {path} to its previous bytes")
     UNLINK = ("unlink", 0, 0, 0, 0, 1, 1, 1, 0, 0, "recreate {src} as a hardlink of {dst}")
     QUARANTINE = ("quarantine", 0, 0, 0, 0, 1, 1, 0, 0, 0, "move {src} back from quarantine")

@@ -123,26 +123,37 @@ def allocation(size: int, block: int) -> int:
 
 # The run's own small files in the store, measured on exFAT with 1 MiB clusters: the state folder
 # and its runs/, yaml/ (with the YAML's pre-image) and reports/ (with the run's page) folders, the
-# lock and a spare; each takes a block at least (STATE_PATHS: those found made already).
+# lock and a spare; each takes a block at least. STATE_PATHS: the ones of them (and the rollback
+# reserve, the catalogue) whose space a store that has them already spent: facts.state_bytes.
 STATE_FILES = 8
-STATE_PATHS = ("", "runs", "yaml", "reports", "lock")
+STATE_PATHS = ("", "runs", "yaml", "reports", "lock", "reserve", "catalogue.jsonl")
 # Measured on the demo pod: its 16 steps wrote a 30.5 KB log (1.9 KB a step, headers included) and
 # its rollback 12.8 KB; a catalogue line is ~230 bytes. Doubled: paths can be ten times as long.
 LOG_BYTES_PER_STEP = 4096       # a step's begin and done records, with a few paths each
 CATALOGUE_BYTES_PER_FILE = 512  # one line per stored file
 
 
-def reserve(block: int, steps: int, stored_files: int, present: int = 0) -> int:
-    """Store space the run needs beyond the files it places: its log (begin and done records of
-    each step, and as much again for a rollback's records), the catalogue rewritten beside the old
-    one, and the small state files, less the `present` ones that exist already (the plan made
-    under the run's lock finds its state folder and lock made: their blocks are no longer free).
+def rollback_reserve(actions: int, block: int) -> int:
+    """The file `run` keeps in the store (`.comfy-migrate/reserve`, fsops.keep_reserve) so that a
+    rollback finds room for its lock and log on a store that has filled up: 32 KiB and 1 KiB per
+    action, in whole blocks, and three blocks more."""
+    unit = max(4096, block)
+    return allocation((32 << 10) + 1024 * max(0, actions), unit) + 3 * unit
+
+
+def reserve(block: int, steps: int, stored_files: int, present: int = 0, actions: int = 0) -> int:
+    """Store space the run needs beyond the files it places, at its peak: its log (begin and done
+    records of each step), the rollback reserve (rollback_reserve: a rollback's lock and log), the
+    catalogue rewritten beside the old one and the small state files; less the `present` bytes
+    our state files there take already (facts.state_bytes: a continued run's log, the reserve and
+    catalogue an earlier run left, the lock and folders the plan made under the lock finds).
     0 where the block size is unknown."""
     if block <= 0:
         return 0
     log = allocation(LOG_BYTES_PER_STEP * (steps + 16), block)
     catalogue = allocation(CATALOGUE_BYTES_PER_FILE * (stored_files + 1), block)
-    return 2 * log + 2 * catalogue + (STATE_FILES - min(present, STATE_FILES)) * block
+    peak = log + rollback_reserve(actions, block) + 2 * catalogue + STATE_FILES * block
+    return max(0, peak - present)
 
 
 def new_folders(dsts: Iterable[str], existing: Iterable[str], target: str) -> int:

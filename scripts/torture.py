@@ -222,13 +222,21 @@ def stored_digests(comfy_dir: str, target: str) -> set:
 
 # --- a trial's world -----------------------------------------------------------------------------------
 
+DELIBERATE = {"conflict", "bad-name", "uncategorised"}     # what the pods hold on purpose (make_pod above)
+
+
 def only_conflicts_stayed(out: str) -> bool:
-    """Whether a run's exit 1 says only that conflicts stayed where they are: its summary counts
-    nothing but conflicts, and no step failed (a failed step is a warning naming its path)."""
+    """Whether a run's exit 1 says only that the pods' deliberate files stayed where they are (a
+    conflict, a name that is not UTF-8, a model file directly under models/): its summary counts
+    nothing else, and no step failed (a failed step is a warning naming its path)."""
     m = re.search(r"^warning: (?:nothing to do, but )?(\d+) model file\(s\) stayed where they are, "
-                  r"not in the store \((\d+) conflict; ", out, re.M)
+                  r"not in the store \(([^;]*); ", out, re.M)
     failed = re.search(r"^warning: /", out, re.M)
-    return bool(m) and m.group(1) == m.group(2) and not failed
+    if not m or failed:
+        return False
+    kinds = [part.split(" ", 1) for part in m.group(2).split(", ")]
+    return all(len(k) == 2 and k[1] in DELIBERATE for k in kinds) and \
+        sum(int(k[0]) for k in kinds) == int(m.group(1))
 
 
 def ran(code: int, out: str) -> int:
@@ -1263,6 +1271,8 @@ def t_obstacle(t: Trial, rng: random.Random, how: str, when: str) -> list:
 def same_size_model(rng: random.Random, old: bytes) -> bytes:
     """Another valid model of exactly old's size: its header, other tensor bytes."""
     n = int.from_bytes(old[:8], "little") + 8
+    if not 8 < n < len(old):        # not a safetensors file (a .pt, .bin, ...): keep its first bytes (magic)
+        n = min(2, len(old))
     return old[:n] + (rng.randbytes(len(old) - n) if hasattr(rng, "randbytes")
                       else bytes(rng.getrandbits(8) for _ in range(len(old) - n)))
 

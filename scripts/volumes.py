@@ -81,8 +81,12 @@ def make_pod(comfy: str, only: Optional[Callable[[str], bool]] = None) -> None:
     if only is None or only("loras/second_name.safetensors"):
         try:        # two names of one file come back as one file
             os.link(os.path.join(models, "loras/style.safetensors"), os.path.join(models, "loras/second_name.safetensors"))
-        except PermissionError:     # a pod on exFAT has no hardlinks: a plain duplicate there
-            shutil.copy2(os.path.join(models, "loras/style.safetensors"), os.path.join(models, "loras/second_name.safetensors"))
+        except OSError:     # a pod on exFAT (EPERM) or rclone (EIO) has no hardlinks: a plain duplicate there
+            a, b = os.path.join(models, "loras/style.safetensors"), os.path.join(models, "loras/second_name.safetensors")
+            shutil.copyfile(a, b)       # not copy2: rclone answers listxattr with EIO
+            st = os.stat(a)
+            os.chmod(b, stat.S_IMODE(st.st_mode))
+            os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
     for rel, to in LINKS.items():      # a name that is a symlink to another model: its file moves, it follows
         if only is None or only(rel):
             os.makedirs(os.path.join(models, os.path.dirname(rel)), exist_ok=True)
@@ -143,22 +147,37 @@ def store_leftovers(store: str) -> List[str]:
 
 class Scenario:
     def __init__(self, name: str, pod_parent: str, store: str, fs_name: str,
-                 build: Optional[Callable[[str, bool], None]] = None) -> None:
+                 build: Optional[Callable[[str, bool], None]] = None, settle: Optional[Callable[[], None]] = None,
+                 purge_trips: int = 0, random_kills: int = 0) -> None:
         self.name, self.pod_parent, self.store, self.fs_name = name, pod_parent, store, fs_name
+        # settle: wait until the volume holds what was written (rclone uploads a file seconds after
+        # it is closed): a pod's files are old, not written a moment before the run.
+        self.settle = settle or (lambda: None)
+        self.purge_trips, self.random_kills = purge_trips, random_kills
         self.build = build or (lambda comfy, small: make_pod(comfy, (lambda rel: rel in KILL_SET) if small else None))
         self.comfy = os.path.join(pod_parent, "ComfyUI")
+        self.prefix: List[str] = []           # runs each CLI inside this (a container's namespaces)
+        self.check: Callable[[], List[str]] = lambda: []     # more to hold after each rollback
 
     def reset(self, small: bool = False) -> None:
         """A fresh pod (small: the kill sweeps' few files, still with a duplicate, a hardlinked pair,
         a custom-node folder and the user's YAML) and no store."""
         for p in (self.comfy, self.store):
-            if os.path.lexists(p):
-                shutil.rmtree(p)
+            for attempt in range(100):     # rclone refuses (EIO) to remove a folder it still uploads to
+                try:
+                    if os.path.lexists(p):
+                        shutil.rmtree(p)
+                    break
+                except OSError:
+                    if attempt == 99:
+                        raise
+                    time.sleep(0.2)
         self.build(self.comfy, small)
         # Give every folder of the pod a time through the mount: a FUSE mount (MooseFS) may show
         # attributes cached from before the rebuild for a second, and the snapshot must see the truth.
         for dirpath, _, _ in sorted(os.walk(self.pod_parent), reverse=True):
             os.utime(dirpath, ns=(1_690_000_000_000_000_000, 1_690_000_000_000_000_000))
+        self.settle()
 
 
 class Runner:
@@ -178,11 +197,14 @@ class Runner:
         cmd = [sys.executable, "-m", "migrate", *args]
         if args[0] in ("plan", "run"):
             cmd += ["--comfyui", sc.comfy, "--target", sc.store]
-        elif args[0] in ("rollback", "verify"):
-            cmd += ["--target", sc.store] + (["--comfyui", sc.comfy] if args[0] == "verify" else [])
+        elif args[0] in ("rollback", "verify", "purge"):
+            cmd += ["--target", sc.store] + (["--comfyui", sc.comfy] if args[0] in ("verify", "purge") else [])
         self.calls += 1
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        return p.returncode, p.stdout + p.stderr
+        p = subprocess.run(sc.prefix + cmd, env=env, capture_output=True, text=True, timeout=600)
+        rc = p.returncode
+        if sc.prefix and rc == 128 + signal.SIGKILL:      # killed under the container's shell
+            rc = -signal.SIGKILL
+        return rc, p.stdout + p.stderr
 
 
 def link_bytes(sc: Scenario) -> Dict[str, bytes]:
@@ -207,7 +229,7 @@ def check_links(sc: Scenario, want: Dict[str, bytes], what: str) -> List[str]:
 def check_back(sc: Scenario, before: Dict[str, tuple], what: str) -> List[str]:
     errs = [f"{what}: pod differs: {d}" for d in diff(before, snapshot(sc.pod_parent))[:5]]
     errs += [f"{what}: left in the store: {p}" for p in store_leftovers(sc.store)[:5]]
-    return errs
+    return errs + [f"{what}: {e}" for e in sc.check()]
 
 
 def round_trip(r: Runner, sc: Scenario) -> Tuple[List[str], str]:
@@ -242,9 +264,70 @@ def round_trip(r: Runner, sc: Scenario) -> Tuple[List[str], str]:
     return errs, summary
 
 
-def kill_sweep(r: Runner, sc: Scenario, stride: int) -> Tuple[List[str], int]:
+def purge_trips(r: Runner, sc: Scenario) -> List[str]:
+    """run -> rollback, again and again, every other time with `purge --permanent` between them: every
+    source then comes back from the store's copy (read seconds after the run wrote it). Each ends
+    exactly as before, with nothing of ours left in the store."""
+    errs: List[str] = []
+    for i in range(sc.purge_trips):
+        sc.reset(small=True)
+        before = snapshot(sc.pod_parent)
+        rc, out = r.cli(sc, "run", "--yes")
+        if rc != 0:
+            errs.append(f"trip {i}: run exit {rc}: {out[-300:]}")
+        if i % 2 == 0:
+            rc, out = r.cli(sc, "purge", "--permanent", "--yes")
+            if rc != 0:
+                errs.append(f"trip {i}: purge exit {rc}: {out[-300:]}")
+        rc, out = r.cli(sc, "rollback", "--yes")
+        if rc != 0:
+            errs.append(f"trip {i}: rollback exit {rc}: {out[-400:]}")
+        errs += check_back(sc, before, f"trip {i} ({'purge, ' if i % 2 == 0 else ''}rollback)")
+        if errs:
+            break
+    return errs
+
+
+def random_kills(r: Runner, sc: Scenario, seed: int = 20) -> Tuple[List[str], int]:
+    """SIGKILL a run at a random moment (not at a record: inside a copy, a rename, the probe), then
+    roll back (every other time: continue the run first). Returns (errors, kills that landed)."""
+    import random
+    rnd = random.Random(seed)
+    errs: List[str] = []
+    landed = 0
+    sc.reset(small=True)
+    t0 = time.monotonic()
+    r.cli(sc, "run", "--yes")
+    took = time.monotonic() - t0
+    r.cli(sc, "rollback", "--yes")
+    for i in range(sc.random_kills):
+        sc.reset(small=True)
+        before = snapshot(sc.pod_parent)
+        env = dict(r.env)
+        cmd = [sys.executable, "-m", "migrate", "run", "--yes", "--comfyui", sc.comfy, "--target", sc.store]
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rnd.uniform(0.05, 0.9 * took))
+        p.send_signal(signal.SIGKILL)
+        rc = p.wait()
+        r.calls += 1
+        landed += rc == -signal.SIGKILL
+        if i % 2:
+            rc, out = r.cli(sc, "run", "--yes")
+            if rc != 0:
+                errs.append(f"random kill {i}, continued: exit {rc}: {out[-300:]}")
+        rc, out = r.cli(sc, "rollback", "--yes")
+        if rc != 0 and "rolled back already" not in out and "no run" not in out:
+            errs.append(f"random kill {i}, rollback: exit {rc}: {out[-300:]}")
+        errs += check_back(sc, before, f"random kill {i}")
+        if errs:
+            break
+    return errs, landed
+
+
+def kill_sweep(r: Runner, sc: Scenario, stride: int, ok: Tuple[int, ...] = (0,)) -> Tuple[List[str], int]:
     """SIGKILL after record N of a run (for every N until a run finishes), then recover; and after
-    record M of a rollback, then roll back again. Returns (errors, kills)."""
+    record M of a rollback, then roll back again. `ok`: the exit codes a finished run may give (1
+    where files stay on the pod by design). Returns (errors, kills)."""
     errs: List[str] = []
     kills = 0
     for phase in ("run", "rollback"):
@@ -257,18 +340,18 @@ def kill_sweep(r: Runner, sc: Scenario, stride: int) -> Tuple[List[str], int]:
                 rc, out = r.cli(sc, "run", "--yes", crash=n)
             else:
                 rc, out = r.cli(sc, "run", "--yes")
-                if rc != 0:
+                if rc not in ok:
                     errs.append(f"run before rollback kill {n}: exit {rc}")
                     break
                 rc, out = r.cli(sc, "rollback", "--yes", crash=n)
             if rc != -signal.SIGKILL:
-                if rc != 0:
+                if rc not in (ok if phase == "run" else (0,)):
                     errs.append(f"{phase} with kill at {n}: exit {rc}: {out[-300:]}")
                 break
             kills += 1
             if phase == "run" and n % 2:
                 rc, out = r.cli(sc, "run", "--yes")     # continue, verify, then undo
-                if rc != 0:
+                if rc not in ok:
                     errs.append(f"run killed at {n}, continued: exit {rc}: {out[-300:]}")
                 errs += check_links(sc, links, f"run killed at {n}, continued")
                 rc, out = r.cli(sc, "verify")
@@ -420,14 +503,15 @@ def full_store(r: "Runner", m: "Mounts", plain: str, work: str) -> Tuple[List[st
                   "blocks free) exit 0, or run continued then rollback: exact")
 
 
-def brim_scenarios(r: "Runner", m: "Mounts", plain: str, only: str) -> List[Tuple[str, List[str], str]]:
+def brim_scenarios(r: "Runner", m: "Mounts", plain: str, only: str, stride: int) -> List[Tuple[str, List[str], str]]:
     """An exFAT store (`mkfs.exfat -c 1M`) holding a filler file that leaves it 48 MiB free: a pod
     whose bytes fit but whose allocation does not is refused with exit 4 before the first byte; one
     that just fits (the plan's allocation plus its reserve one cluster short of the free space, or
     less) runs (exit 1: the case-clashing and refused names stay, every other name placed), verifies,
     and rolls back exactly. Returns (name, errors, summary) per scenario."""
     names = ("exFAT 1 MiB clusters, to the brim: allocation does not fit",
-             "exFAT 1 MiB clusters, to the brim: just fits")
+             "exFAT 1 MiB clusters, to the brim: just fits",
+             "exFAT 1 MiB clusters, to the brim: kills")
     if only and not any(only in n for n in names):
         return []
     mnt = m.loop_image("exfat-1m", 96, ["mkfs.exfat", "-c", "1M"], ["mount.exfat-fuse"])
@@ -513,6 +597,25 @@ def brim_scenarios(r: "Runner", m: "Mounts", plain: str, only: str) -> List[Tupl
     out.append((names[1], errs, f"{small} small files + {len(MODELS) + 1} models placed, {len(BRIM_STAYS)} names "
                                 f"stay; needs {t.get('store_space_needed')} of {t.get('store_free')} free (margin "
                                 f"{margin >> 20} MiB), {used >> 20} MiB free after the run"))
+
+    # 3. the full store, killed after every `stride`-th record of a run (continued, or rolled back)
+    # and of a rollback (rolled back again): each recovery exact, with the brim's names staying (the
+    # store holds no file of its own here: the folded name moves, so three files fewer fit).
+    sweep_small = max(small - 3, 0)
+
+    def sweep_pod(comfy: str, _small: bool) -> None:
+        brim_pod(comfy, sweep_small)
+    sc.build = sweep_pod
+    sc.reset()
+    doc = plan_doc()
+    need = doc.get("totals", {}).get("store_space_needed", 1 << 40)
+    room_left = free() - need
+    errs = [] if room_left >= 0 else [f"the sweep's pod does not fit: {need} > {free()}"]
+    kills = 0
+    if not errs:
+        errs, kills = kill_sweep(r, sc, stride, ok=(0, 1))
+    out.append((names[2], errs, f"{sweep_small} small files, {room_left >> 20} MiB margin; {kills} kills "
+                                f"recovered (a kill after every {stride} journal records)"))
     return out
 
 
@@ -675,6 +778,133 @@ def lock_race(r: Runner, parent: str, store: str, lease: int = 10) -> Tuple[List
                   f"(lease {lease} s); A continued in a new PID namespace; both rolled back exactly")
 
 
+# --- the container's own view of its overlay disk (issue 20) -----------------------------------------
+
+def upper_usage(upper: str) -> Tuple[int, int]:
+    """(bytes of the regular files, bytes allocated to everything) in an overlay's upper layer: what
+    the container's own disk holds."""
+    files = 0
+    for dirpath, dirnames, filenames in os.walk(upper):
+        for n in filenames:
+            st = os.lstat(os.path.join(dirpath, n))
+            if stat.S_ISREG(st.st_mode):
+                files += st.st_size
+    return files, int(sh("du", "-s", "-B1", upper).stdout.split()[0])
+
+
+DOWNLOADED = "loras/downloaded.safetensors"     # the image holds MODELS; the pod downloaded this one more
+
+
+def container_overlay(m: "Mounts", name: str, store: str, fuse: bool) -> Scenario:
+    """An overlay as a container sees its own disk: ComfyUI and its models (a hardlinked pair among
+    them) baked into the image (the lower layer), one model the pod downloaded (the upper layer).
+    Each CLI runs in a mount namespace where a private tmpfs hides the host's folder holding the
+    upper layer (its `upperdir=` path does not exist there, as in a container) and in a PID
+    namespace of its own (a container sees only the merged tree; fuse-overlayfs's process is not
+    visible either). The kernel's overlay, or fuse-overlayfs (rootless Podman) with `fuse`. After
+    every rollback the container disk (upper layer) must hold no more file bytes than the fresh pod,
+    and the image's hardlinked pair must still be one file."""
+    base = os.path.join(m.work, "fuse-overlayfs" if fuse else "container-overlay")
+    lower, merged = os.path.join(base, "image"), os.path.join(base, "merged")
+    host = os.path.join(base, "host")            # the host's folder of the container's layer
+    upper, work = os.path.join(host, "upper"), os.path.join(host, "work")
+    for d in (lower, merged, upper, work):
+        os.makedirs(d)
+    sh("mount", "--bind", base, base)          # a peer group of its own: the container sees our remounts
+    sh("mount", "--make-shared", base)
+    m.undo.append(["umount", base])
+    make_pod(os.path.join(lower, "ComfyUI"))
+
+    def mount() -> None:
+        if fuse:
+            sh("fuse-overlayfs", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", merged)
+        else:
+            sh("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", merged)
+
+    def build(comfy: str, small: bool) -> None:
+        if os.path.lexists(comfy):
+            shutil.rmtree(comfy)
+        sh("fusermount3", "-u", merged) if fuse else sh("umount", merged)
+        for d in (upper, work):
+            for _ in range(100):     # fuse-overlayfs may still be emptying its work folder as it exits
+                shutil.rmtree(d, ignore_errors=True)
+                if not os.path.lexists(d):
+                    break
+                time.sleep(0.05)
+            os.makedirs(d)
+        mount()
+        with open(os.path.join(comfy, "models", DOWNLOADED), "wb") as f:
+            f.write(model_bytes(DOWNLOADED, "g"))
+        os.utime(os.path.join(comfy, "models", DOWNLOADED), ns=(1_690_000_000_123_456_789,) * 2)
+
+    mount()
+    m.undo.append(["fusermount3", "-u", merged] if fuse else ["umount", merged])
+    sc = Scenario(name, merged, store, "fuse-overlayfs" if fuse else "overlay", build)
+    # The container: one mount namespace (mounts made here still reach it: slave propagation) where a
+    # private tmpfs hides the host's folder of the layers, and one PID namespace, kept by a sleeping
+    # init for the whole scenario; every CLI call enters both, as commands run in one container do.
+    init = subprocess.Popen(["unshare", "--mount", "--propagation", "slave", "--pid", "--fork", "--mount-proc",
+                             "--kill-child", "sh", "-c",
+                             'mount -t tmpfs -o size=1m cm-hidden-layers "$0" && exec sleep infinity', host],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    m.undo.append(["kill", "-KILL", str(init.pid)])       # --kill-child: its init goes with it
+    inside = ""
+    while not inside:
+        if init.poll() is not None:
+            raise RuntimeError(f"the container did not start: {init.stderr.read()!r}")   # type: ignore[union-attr]
+        time.sleep(0.05)
+        try:
+            with open(f"/proc/{init.pid}/task/{init.pid}/children") as f:
+                child = f.read().split()
+            if child and os.readlink(f"/proc/{child[0]}/exe").endswith("sleep"):
+                inside = child[0]
+        except OSError:
+            pass
+    sc.prefix = ["nsenter", "--target", inside, "--mount", "--pid", "--"]
+    baseline: Dict[str, Tuple[int, int]] = {}
+    real_reset = sc.reset
+
+    def reset(small: bool = False) -> None:
+        real_reset(small)
+        baseline["fresh"] = upper_usage(upper)
+
+    def check() -> List[str]:
+        files, alloc = upper_usage(upper)
+        errs = []
+        # The image's extra_model_paths.yaml, once rewritten, lives in the upper layer even with its
+        # bytes given back (no container can bring the image's copy back): its size is the only growth.
+        with open(os.path.join(lower, "ComfyUI", "extra_model_paths.yaml"), "rb") as f:
+            yaml_bytes = len(f.read())
+        if files > baseline["fresh"][0] + yaml_bytes:
+            errs.append(f"the container disk holds {files - baseline['fresh'][0]} more file bytes than before "
+                        f"({baseline['fresh'][0]} -> {files}; the YAML: {yaml_bytes})")
+        pair = [os.lstat(os.path.join(sc.comfy, "models", p)) for p in UPPER]
+        if (pair[0].st_dev, pair[0].st_ino) != (pair[1].st_dev, pair[1].st_ino) or pair[0].st_nlink != 2:
+            errs.append("the image's hardlinked pair is no longer one file")
+        baseline["last"] = (files, alloc)
+        return errs
+
+    sc.reset, sc.check = reset, check         # type: ignore[method-assign]
+    sc.image = snapshot(lower)                # type: ignore[attr-defined]
+    sc.lower = lower                          # type: ignore[attr-defined]
+    sc.usage = baseline                       # type: ignore[attr-defined]
+    return sc
+
+
+def container_summary(r: Runner, sc: Scenario) -> str:
+    """What the plan decided, from inside the container: how many image-layer files stay."""
+    sc.reset()
+    rc, out = r.cli(sc, "plan", "--format", "json")
+    doc = json.loads(out[out.index("{"):]) if rc == 0 and "{" in out else {}
+    acts = [a for a in doc.get("actions", []) if a["action"] != "skip"]
+    stay = sum("image layer" in a.get("reason", "") or "cannot be told apart" in a.get("reason", "") for a in acts)
+    fresh = sc.usage["fresh"]                 # type: ignore[attr-defined]
+    last = sc.usage.get("last", fresh)        # type: ignore[attr-defined]
+    return (f"{stay} of {len(acts)} model files stay in the image layer (copied to the store, kept by the YAML), "
+            f"{len(acts) - stay} set aside; container disk (upper) after the last rollback: {last[0]} file bytes "
+            f"/ {last[1]} allocated (a fresh pod: {fresh[0]} / {fresh[1]})")
+
+
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=check, capture_output=True, text=True)
 
@@ -725,6 +955,77 @@ class Mounts:
     def mount_overlay(self, lower: str, upper: str, merged: str) -> None:
         sh("mount", "-t", "overlay", "overlay", "-o",
            f"lowerdir={lower},upperdir={upper},workdir={os.path.join(os.path.dirname(upper), 'work')}", merged)
+
+    def rclone(self, name: str) -> Tuple[str, Callable[[], None]]:
+        """`rclone mount` of a local folder with --vfs-cache-mode writes (uploads 5 s after close):
+        its mount point and a function waiting until nothing written is still to be uploaded."""
+        back, mnt, cache = (os.path.join(self.work, f"{name}-{x}") for x in ("back", "mnt", "cache"))
+        for d in (back, mnt, cache):
+            os.makedirs(d)
+        sh("rclone", "mount", back, mnt, "--vfs-cache-mode", "writes", "--cache-dir", cache,
+           "--config", os.path.join(self.work, "rclone.conf"), "--daemon")
+        self.undo.append(["fusermount3", "-u", mnt])
+        for _ in range(100):
+            if os.path.ismount(mnt):
+                break
+            time.sleep(0.1)
+        meta = os.path.join(cache, "vfsMeta")
+
+        def settle() -> None:
+            for _ in range(300):
+                dirty = False
+                for dirpath, _, files in os.walk(meta):
+                    for f in files:
+                        try:
+                            with open(os.path.join(dirpath, f)) as fh:
+                                dirty = dirty or json.load(fh).get("Dirty") is True
+                        except (OSError, ValueError):
+                            dirty = True
+                if not dirty:
+                    return
+                time.sleep(0.2)
+        return mnt, settle
+
+    def sshfs(self, name: str) -> Optional[str]:
+        """sshfs over ssh to this machine (an sshd of our own on a free port, key login)."""
+        import socket
+        base = os.path.join(self.work, name)
+        back, mnt = os.path.join(base, "back"), os.path.join(base, "mnt")
+        os.makedirs(back)
+        os.makedirs(mnt)
+        key, host_key = os.path.join(base, "id"), os.path.join(base, "host")
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key)
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", host_key)
+        shutil.copy(key + ".pub", os.path.join(base, "authorized_keys"))
+        with socket.socket() as so:
+            so.bind(("127.0.0.1", 0))
+            port = so.getsockname()[1]
+        conf = os.path.join(base, "sshd_config")
+        with open(conf, "w") as f:
+            f.write(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPermitRootLogin yes\n"
+                    f"AuthorizedKeysFile {base}/authorized_keys\nStrictModes no\nPasswordAuthentication no\n"
+                    f"PidFile {base}/sshd.pid\nSubsystem sftp internal-sftp\nUsePAM no\n")
+        os.makedirs("/run/sshd", exist_ok=True)
+        sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", conf], stderr=subprocess.DEVNULL)
+        self.undo.append(["kill", str(sshd.pid)])
+        for _ in range(50):
+            r = sh("sshfs", "-o", f"port={port},IdentityFile={key},StrictHostKeyChecking=no,"
+                   "UserKnownHostsFile=/dev/null,BatchMode=yes", f"root@127.0.0.1:{back}", mnt, check=False)
+            if r.returncode == 0:
+                self.undo.append(["fusermount3", "-u", mnt])
+                return mnt
+            time.sleep(0.2)
+        print(f"volumes: sshfs did not mount ({r.stderr.strip()[-200:]}): sshfs skipped", file=sys.stderr)
+        return None
+
+    def mergerfs(self, name: str) -> str:
+        """mergerfs over two folders of this disk (inode numbers from path hashes)."""
+        a, b, mnt = (os.path.join(self.work, f"{name}-{x}") for x in ("a", "b", "mnt"))
+        for d in (a, b, mnt):
+            os.makedirs(d)
+        sh("mergerfs", "-o", "category.create=ff,cache.files=off", f"{a}:{b}", mnt)
+        self.undo.append(["fusermount3", "-u", mnt])
+        return mnt
 
     def close(self) -> None:
         for cmd in reversed(self.undo):
@@ -785,11 +1086,51 @@ def main() -> int:
                       Scenario("pod on exFAT -> store exFAT", f"{exfat}/pod", f"{exfat}/models2", "exFAT"),
                       Scenario("pod ext4 -> store ext4 -I 128", os.path.join(plain, "pod3"), f"{ext4s}/models", "ext4 -I 128"),
                       Scenario("pod on ext4 -I 128 -> same", f"{ext4s}/pod", f"{ext4s}/models2", "ext4 -I 128")]
+        for on_fuse in (False, True):
+            name = (f"container's own view: {'fuse-overlayfs' if on_fuse else 'overlay'} (upper layer hidden), "
+                    f"image models -> store {'MooseFS' if mfs else 'ext4'}")
+            if args.only and args.only not in name:
+                continue
+            if on_fuse:
+                apt_install("fuse-overlayfs")
+            scenarios.append(container_overlay(m, name, f"{mfs or plain}/models-{'fuse' if on_fuse else 'ovl'}", on_fuse))
+        # FUSE stores that change mtimes or inode numbers under us (issue 20): mounted only when asked for.
+        fuse = []
+
+        def wanted(fs: str) -> bool:
+            return not args.only or args.only in f"pod ext4 -> store {fs}" or args.only in f"pod on {fs} -> same"
+        if wanted("rclone"):
+            apt_install("rclone", "fuse3")
+            rcl, settle = m.rclone("rclone")
+            fuse.append(rcl)
+            scenarios += [Scenario("pod ext4 -> store rclone", os.path.join(plain, "pod4"), f"{rcl}/models", "rclone",
+                                   purge_trips=6, random_kills=12),
+                          Scenario("pod on rclone -> same", f"{rcl}/pod", f"{rcl}/models2", "rclone",
+                                   settle=settle, purge_trips=6, random_kills=12)]
+        if wanted("sshfs"):
+            apt_install("sshfs", "fuse3", "openssh-server", "openssh-client")
+            ssh = m.sshfs("sshfs")
+            if ssh:
+                fuse.append(ssh)
+                scenarios += [Scenario("pod ext4 -> store sshfs", os.path.join(plain, "pod5"), f"{ssh}/models", "sshfs",
+                                       purge_trips=2, random_kills=6),
+                              Scenario("pod on sshfs -> same", f"{ssh}/pod", f"{ssh}/models2", "sshfs",
+                                       purge_trips=2, random_kills=6)]
+        if wanted("mergerfs"):
+            apt_install("mergerfs", "fuse3")
+            mrg = m.mergerfs("mergerfs")
+            fuse.append(mrg)
+            scenarios += [Scenario("pod ext4 -> store mergerfs", os.path.join(plain, "pod6"), f"{mrg}/models",
+                                   "mergerfs", purge_trips=2, random_kills=6),
+                          Scenario("pod on mergerfs -> same", f"{mrg}/pod", f"{mrg}/models2", "mergerfs",
+                                   purge_trips=2, random_kills=6)]
         r = Runner(work)
-        for name, errs, summary in brim_scenarios(r, m, plain, args.only):
+        for name, errs, summary in brim_scenarios(r, m, plain, args.only, args.stride or 3):
             failed += bool(errs)
             rows.append((name, "ok" if not errs else "FAILED", 0, 0.0, summary))
             print(f"volumes: {name}: {'ok' if not errs else 'FAILED'}; {summary}", flush=True)
+            for e in errs[:8]:
+                print(f"    {e}", flush=True)
         extra = [("two PID namespaces, one host name -> store " + ("MooseFS" if mfs else "ext4"),
                   lambda: lock_race(r, os.path.join(plain, "containers"), f"{mfs or plain}/models-lock")),
                  ("store ext4 filled to the brim", lambda: full_store(r, m, plain, work))]
@@ -813,9 +1154,19 @@ def main() -> int:
             kills = 0
             if not errs:
                 errs, kills = kill_sweep(r, sc, args.stride or (3 if sc.pod_parent.startswith(
-                    (mfs or "//", exfat, ext4s)) else 1))
+                    (mfs or "//", exfat, ext4s, *fuse)) else 1))
+            if not errs and sc.purge_trips:
+                errs = purge_trips(r, sc)
+                summary += f"; {sc.purge_trips} run -> (purge ->) rollback trips"
+            if not errs and sc.random_kills:
+                errs, landed = random_kills(r, sc)
+                summary += f"; {sc.random_kills} random kills ({landed} landed)"
             if sc.fs_name == "overlay" and snapshot(lower) != image:
                 errs.append("the overlay's lower layer changed")
+            if hasattr(sc, "image"):
+                if snapshot(sc.lower) != sc.image:           # type: ignore[attr-defined]
+                    errs.append("the image (lower layer) changed")
+                summary = container_summary(r, sc) + "; " + summary
             failed += bool(errs)
             rows.append((sc.name, "ok" if not errs else "FAILED", kills, time.monotonic() - t0, summary))
             print(f"volumes: {sc.name}: {'ok' if not errs else 'FAILED'}; {kills} kills recovered; "

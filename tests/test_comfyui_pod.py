@@ -190,7 +190,9 @@ def test_an_older_run_is_not_rolled_back_under_a_newer_one(pod, cli_env):
     second = migrate(pod, cli_env)
     after = snapshot(pod.comfyui, pod.target, pod.yaml)
     r = run_cli(["rollback", first, "--target", pod.target, "--yes"], cli_env, check=3)
-    assert second in r.stderr and f"comfy-migrate rollback {second}, then comfy-migrate rollback {first}" in r.stderr
+    # Each printed command carries the --target given (issue 23: pasted, it acts on this store).
+    assert second in r.stderr and (f"comfy-migrate rollback {second} --target {pod.target}, then comfy-migrate "
+                                   f"rollback {first} --target {pod.target}") in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert snapshot(pod.comfyui, pod.target, pod.yaml) == after
     run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)     # the second

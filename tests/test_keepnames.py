@@ -13,6 +13,19 @@ from conftest import as_model, run_cli, run_leaving_conflicts, snapshot_tree
 from migrate.model import STATE_DIR
 
 
+def judged(comfyui) -> dict:
+    """version -> what ComfyUI's own code (tests/comfyui_oracle.py) loads for each name: 0.3.75, and
+    0.33.0 where its source is in ../shared/vendor/."""
+    from comfyui_oracle import VENDOR, VERSIONS, comfyui_loads
+    return {v: {k: d for k, (d, _) in comfyui_loads(comfyui, version=v).items()}
+            for v in VERSIONS if v == "0.3.75" or VENDOR.is_file()}
+
+
+def changed_names(before: dict, after: dict) -> dict:
+    """version -> the names whose bytes differ (or that are gone) between two judged() results."""
+    return {v: {k for k in before[v] if after[v].get(k) != before[v][k]} for v in before}
+
+
 # --- the smaller findings ------------------------------------------------------------------------------
 
 def test_a_bogus_base_path_is_a_bad_option(pod, cli_env):
@@ -150,16 +163,14 @@ def test_a_second_plan_does_not_count_link_backs_as_files_that_stay(pod, cli_env
 
 
 def test_a_flow_style_yaml_is_migrated_not_refused(pod, cli_env):
-    from comfyui_oracle import comfyui_loads
     pod.yaml.write_text('{"other_ui": {"base_path": "/opt/other",\n  "checkpoints": "models/Stable-diffusion"}}\n')
     before_yaml = pod.yaml.read_bytes()
-    before = comfyui_loads(pod.comfyui)
+    before = judged(pod.comfyui)
     proc = run_cli(["plan", *pod.args()], cli_env)
     assert "flow style" in proc.stdout and "+other_ui:" in proc.stdout, proc.stdout
     run_leaving_conflicts(pod.args("--yes"), cli_env)
-    after = comfyui_loads(pod.comfyui)                           # ComfyUI's own code reads what we wrote
-    changed = {k for k in before if after.get(k, (None,))[0] != before[k][0]}
-    assert changed == {("loras", "WanAnimate_relight_lora_fp16.safetensors")}, changed   # the one conflict
+    changed = changed_names(before, judged(pod.comfyui))        # ComfyUI's own code reads what we wrote
+    assert all(c == {("loras", "WanAnimate_relight_lora_fp16.safetensors")} for c in changed.values()), changed
     run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
     assert pod.yaml.read_bytes() == before_yaml
 
@@ -230,8 +241,7 @@ def test_rollback_finds_a_run_made_with_yaml_and_never_says_rolled_back_already(
 @pytest.mark.parametrize("style", ["block", "flow"])
 def test_rollback_takes_out_its_section_after_a_tool_redumped_the_yaml(pod, cli_env, style):
     import yaml
-    from comfyui_oracle import comfyui_loads
-    before = comfyui_loads(pod.comfyui)
+    before = judged(pod.comfyui)
     run_leaving_conflicts(pod.args("--yes"), cli_env)
     data = yaml.safe_load(pod.yaml.read_text())
     data["added_later"] = {"base_path": "/opt/later", "loras": "loras"}       # and the user added a section
@@ -240,8 +250,7 @@ def test_rollback_takes_out_its_section_after_a_tool_redumped_the_yaml(pod, cli_
     run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)
     left = yaml.safe_load(pod.yaml.read_text())
     assert "comfy_migrate" not in left and set(left) == {"other_ui", "added_later"}, pod.yaml.read_text()
-    assert comfyui_loads(pod.comfyui) == before or {k: v[0] for k, v in comfyui_loads(pod.comfyui).items()} == \
-        {k: v[0] for k, v in before.items()}
+    assert judged(pod.comfyui) == before                         # every name loads its old bytes again
 
 
 def test_rollback_that_cannot_take_out_its_section_says_so_naming_the_yaml(pod, cli_env):
@@ -272,23 +281,21 @@ def test_rollback_dry_run_does_not_promise_a_file_whose_stored_copy_is_gone(pod,
 
 
 def test_a_folder_symlink_inside_models_is_repointed_and_its_names_keep_loading(pod, cli_env):
-    from comfyui_oracle import comfyui_loads
     wan = pod.models / "diffusion_models" / "wan_loras"
     wan.mkdir()
     (wan / "high.safetensors").write_bytes(as_model("x.safetensors", b"wan lora high" * 300))
     (wan / "sub").mkdir()
     (wan / "sub" / "low.safetensors").write_bytes(as_model("x.safetensors", b"wan lora low" * 300))
     (pod.models / "loras" / "wan_linked").symlink_to("../diffusion_models/wan_loras")
-    before = comfyui_loads(pod.comfyui)
-    assert ("loras", "wan_linked/sub/low.safetensors") in before
+    before = judged(pod.comfyui)
+    assert all(("loras", "wan_linked/sub/low.safetensors") in b for b in before.values())
     snap = snapshot_tree(pod.models)
     doc = json.loads(run_cli(["plan", *pod.args("--format", "json")], cli_env).stdout)
     assert [c["name"] for c in doc["name_changes"]] == ["WanAnimate_relight_lora_fp16.safetensors"], doc["name_changes"]
     run_leaving_conflicts(pod.args("--yes"), cli_env)
     assert not (wan / "high.safetensors").exists()                  # moved to the store ...
-    after = comfyui_loads(pod.comfyui)                              # ... and every name loads what it did
-    changed = {k for k in before if after.get(k, (None,))[0] != before[k][0]}
-    assert changed == {("loras", "WanAnimate_relight_lora_fp16.safetensors")}, changed
+    changed = changed_names(before, judged(pod.comfyui))            # ... and every name loads what it did
+    assert all(c == {("loras", "WanAnimate_relight_lora_fp16.safetensors")} for c in changed.values()), changed
     proc = run_cli(["verify", "--comfyui", pod.comfyui, "--target", pod.target], cli_env)
     assert "all good" in proc.stdout
     run_cli(["rollback", "--comfyui", pod.comfyui, "--target", pod.target, "--yes"], cli_env)

@@ -367,3 +367,37 @@ def test_the_yaml_written_may_be_an_extra_config(tmp_path, cli_env, version):
         assert (after.get(key, (None,))[0] == digest) is (key not in declared), (key, path, after.get(key))
     run_cli(["rollback", *pod.args("--yes")], cli_env)
     assert comfyui_loads(pod.comfyui, launch, version) == before and pod.snap() == snap
+
+
+ARGVS = [
+    ["--listen", "--base-directory", "B", "--cpu"],
+    ["--listen=0.0.0.0", "--port", "8190", "--base-dir", "B", "--output-directory=O"],
+    ["--extra-model-paths-config", "a.yaml", "b.yaml", "--preview-method", "auto", "--extra-model-paths-config", "c.yaml"],
+    ["--extra-model-paths-config=a.yaml", "--verbose", "--base-directory", "B"],
+    ["--cuda-device", "0", "--fast", "--extra-model-paths", "a.yaml", "--disable-auto-launch"],
+    ["--user-directory", "{tmp}", "--enable-cors-header", "--output-directory", "O"],
+]
+
+
+@pytest.mark.parametrize("argv", ARGVS)
+def test_options_parse_as_comfyuis_own_parser_parses_them(tmp_path, version, argv):
+    """The installed ComfyUI's option list, read with ast, gives what its own cli_args.py gives."""
+    from migrate.launch import launch_of
+    pod = LaunchPod(tmp_path, version)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    for name in ("a.yaml", "b.yaml", "c.yaml"):
+        (pod.comfyui / name).write_text("x:\n  loras: l\n")
+    code = ("import json, os, sys\nsys.path.insert(0, sys.argv[1])\nsys.argv = ['main.py'] + sys.argv[2:]\n"
+            "import comfy.options\ncomfy.options.enable_args_parsing()\nfrom comfy.cli_args import args\n"
+            "print(json.dumps([args.base_directory, args.output_directory, args.user_directory,"
+            " args.extra_model_paths_config]))\n")
+    theirs = json.loads(subprocess.run([sys.executable, "-c", code, str(oracle_dir(version)), *argv], cwd=pod.comfyui,
+                                       capture_output=True, text=True, check=True).stdout)
+    ours = launch_of(str(pod.comfyui), argv, "test")
+    absolute = lambda p: os.path.normpath(os.path.join(pod.comfyui, p))      # noqa: E731
+    assert (ours.base != os.path.realpath(pod.comfyui)) == bool(theirs[0])
+    if theirs[0]:
+        assert ours.base == absolute(theirs[0])
+    assert ours.output == (absolute(theirs[1]) if theirs[1] else os.path.join(ours.base, "output"))
+    assert ours.user == (absolute(theirs[2]) if theirs[2] else os.path.join(ours.base, "user"))
+    assert list(ours.configs) == [absolute(c) for group in theirs[3] or [] for c in group]

@@ -69,7 +69,8 @@ def test_the_log_format_and_the_classification():
     assert PLACES_FILE < PLACES and PLACES - PLACES_FILE == {Op.SYMLINK}       # a name, not a file
     assert not PLACES & REMOVES_SOURCE
     assert all(o.places for o in Op if o.stores_source or o.keeps_source_ino)
-    assert Op.COPY.describe_undo({"dst": "/t/a", "src": "/s/a"}) == "remove the copy /t/a (the source is back at /s/a)"
+    # never "the source is back at ..." before it is (issue 20): the undo removes the copy once it is
+    assert Op.COPY.describe_undo({"dst": "/t/a", "src": "/s/a"}) == "remove the copy /t/a once /s/a holds the source again"
     assert Op.MKDIR.describe_undo({}) == "remove folder None if empty"
 
 
@@ -133,3 +134,9 @@ def test_one_identity_rule_says_what_changed(tmp_path):
     assert identity.changes(st, other, coarse, identity.Dev.IGNORE) == ("size",)
     assert identity.changes(st, identity.observe(st, ctime=True)._replace(ctime_ns=1)) == ("ctime",)
     assert not matches(st, stamp(st)[:4] + (1,))     # the digest cache: a ctime that moved
+
+
+def test_every_step_a_run_logs_has_an_undo():
+    """A new step without its inverse would be skipped by every rollback ('unknown step kind')."""
+    from migrate.records import STEP_FIELDS
+    assert set(rollback.UNDO) == set(Op) - {Op.DROP_KEPT} == set(STEP_FIELDS)
