@@ -227,14 +227,14 @@ def name_change_doc(c) -> dict:
             "reason": c.reason}
 
 
-def name_change_lines(plan: Plan, limit: int = 8) -> list[str]:
+def name_change_lines(plan: Plan, limit: int = 8, when: str = "after the run") -> list[str]:
     """The name changes as one short block, grouped by reason: what a workflow would now load."""
     if not plan.name_changes:
         return []
     groups: dict[str, list] = {}
     for c in plan.name_changes:
         groups.setdefault(c.reason, []).append(c)
-    lines = [f"name changes: {len(plan.name_changes)} name(s) would load other bytes after the run (or nothing):"]
+    lines = [f"name changes: {len(plan.name_changes)} name(s) would load other bytes {when} (or nothing):"]
     for reason, cs in sorted(groups.items()):
         shown = ", ".join(show(f"{c.category}/{c.name}") for c in cs[:limit])
         more = f", and {len(cs) - limit} more (--format json lists them)" if len(cs) > limit else ""
@@ -464,7 +464,9 @@ def deploy_doc(plan: Plan) -> dict:
     docker.append(f"COPY extra_model_paths.yaml {plan.yaml_path}" if plain else
                   f"COPY {json.dumps(['extra_model_paths.yaml', plan.yaml_path])}")
     docker.append(f"RUN mkdir -p {shlex.quote(plan.target)}")
-    notes = [f"take {plan.yaml_path} into the image's build context for the COPY"]
+    notes = [f"take {plan.yaml_path} into the image's build context for the COPY",
+             "or, instead of the COPY, run `comfy-migrate attach --yes` at every start, before ComfyUI (README: "
+             "After the migration): it writes the YAML from the store, and nothing once written"]
     if plan.policy.base_path == "absolute":
         notes.append(f"base_path is absolute: mount the volume so that the store is at {plan.target} "
                      "(--base-path relative or env:VAR follow the volume to another mount path)")
