@@ -1,4 +1,9 @@
-"""The only module that changes the disk: probes, no-clobber publish, copy+hash, links, atomic writes.
+"""The disk's primitives: probes, no-clobber publish, copy+hash, links, atomic writes.
+
+Not yet the only module that changes the disk (issue 25): execute and rollback still call os.mkdir,
+os.unlink, os.symlink, os.utime and os.replace for their own steps, and journal, lock, hashing and
+the catalogue write their own state files. New code that changes a model file, a folder of the pod
+or the store, or the YAML belongs here.
 
 Every data write goes through `write_all` so faults can be injected in one place.
 """
@@ -149,6 +154,102 @@ def sweep_probes(where: str) -> None:
                     pass
 
 
+OVERLAY_TYPES = ("overlay", "fuse.fuse-overlayfs")     # the kernel's, and rootless Podman's (FUSE)
+
+
+def overlay_upper(point: str, fstype: str, opts: str) -> str:
+    """The upper (writable) layer of the overlay mounted at `point`, as this mount namespace sees it,
+    or "" where it is not visible: a container never sees the host's folders (and a folder of that
+    name here, or a mount hiding it, is not that layer: the merged root reports the upper root's
+    inode number, which must match). The kernel's overlay names it in its mount options;
+    fuse-overlayfs only on its own command line, visible from its PID namespace only."""
+    upper = ""
+    if fstype == "overlay":
+        upper = next((o[len("upperdir="):] for o in opts.split(",") if o.startswith("upperdir=")), "")
+    else:
+        upper = _fuse_overlayfs_upper(point)
+    try:
+        if upper and os.path.isdir(upper) and os.stat(upper).st_ino == os.stat(point).st_ino:
+            return upper
+    except OSError:
+        pass
+    return ""
+
+
+def _fuse_overlayfs_upper(point: str) -> str:
+    """upperdir= of the fuse-overlayfs process serving `point` (its command line), or ""."""
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return ""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() != "fuse-overlayfs":
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = [os.fsdecode(a) for a in f.read().split(b"\0") if a]
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        opts = ",".join(args[i + 1] for i, a in enumerate(args[:-1]) if a == "-o")
+        positional = [a for i, a in enumerate(args[1:], 1) if not a.startswith("-") and args[i - 1] != "-o"]
+        if positional and os.path.realpath(os.path.join(cwd, positional[-1])) == os.path.realpath(point):
+            upper = next((o[len("upperdir="):] for o in opts.split(",") if o.startswith("upperdir=")), "")
+            return os.path.join(cwd, upper) if upper else ""
+    return ""
+
+
+AT_HANDLE_FID = 0x200                 # Linux 6.5+: a handle to tell files apart, not to reopen them
+OVL_FH_MAGIC = 0xfb
+OVL_FH_FLAG_PATH_UPPER = 1 << 2
+
+
+_HANDLE_FN: list = []
+
+
+def _name_to_handle_at():
+    """libc's name_to_handle_at (None where missing), loaded once."""
+    if not _HANDLE_FN:
+        import ctypes
+        try:
+            _HANDLE_FN.append(getattr(ctypes.CDLL(None, use_errno=True), "name_to_handle_at", None))
+        except OSError:
+            _HANDLE_FN.append(None)
+    return _HANDLE_FN[0]
+
+
+def overlay_layer(path: str) -> Optional[str]:
+    """"upper" or "lower" for a file of a kernel overlay, told by the file handle the kernel makes for
+    it (name_to_handle_at; overlayfs encodes whether the real inode is in the upper layer), seen from
+    inside the container as from the host. A file copied up from an image layer is encoded by its
+    image origin: "lower" (it stays; nothing is copied up for it either). None where the kernel
+    cannot say: no handles for this overlay (before Linux 6.6 without nfs_export=on), fuse-overlayfs."""
+    import ctypes
+    import struct
+    fn = _name_to_handle_at()
+    if fn is None:
+        return None
+    for flags in (AT_HANDLE_FID, 0):
+        buf = ctypes.create_string_buffer(8 + 128)
+        struct.pack_into("I", buf, 0, 128)
+        mount_id = ctypes.c_int()
+        if fn(AT_FDCWD, os.fsencode(path), buf, ctypes.byref(mount_id), flags) == 0:
+            break
+        if ctypes.get_errno() != errno.EINVAL:     # EINVAL: a kernel that knows no AT_HANDLE_FID
+            return None
+    else:
+        return None
+    size, kind = struct.unpack_from("Ii", buf, 0)
+    fh = buf.raw[8:8 + size]
+    # struct ovl_fb {version, magic, len, flags, type, uuid, fid}: at 0 (OVL_FILEID_V0, type 0xfb),
+    # after 3 bytes of padding (OVL_FILEID_V1, type 0xf8)
+    at = {0xfb: 0, 0xf8: 3}.get(kind)
+    if at is None or len(fh) < at + 5 or fh[at + 1] != OVL_FH_MAGIC:
+        return None
+    return "upper" if fh[at + 3] & OVL_FH_FLAG_PATH_UPPER else "lower"
+
+
 def probe_fs(folder: str) -> FsFacts:
     """Try what the filesystem holding `folder` does, in a scratch folder made and removed here
     (named so that scans skip it and the next probe sweeps it if this one is killed), and give the
@@ -158,10 +259,7 @@ def probe_fs(folder: str) -> FsFacts:
     import socket
     where = nearest_existing(folder)
     point, fstype, opts = mount_entry(where)
-    overlay = None
-    if fstype == "overlay":
-        upper = next((o[len("upperdir="):] for o in opts.split(",") if o.startswith("upperdir=")), "")
-        overlay = upper if upper and os.path.isdir(upper) else ""
+    overlay = overlay_upper(point, fstype, opts) if fstype in OVERLAY_TYPES else None
     sweep_probes(where)      # first: it gives the folder back the time a killed probe took from it
     before = os.stat(where)
     scratch = os.path.join(where, f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"

@@ -167,6 +167,8 @@ class Scenario:
         self.attr_cache_s = attr_cache_s
         self.build = build or (lambda comfy, small: make_pod(comfy, (lambda rel: rel in KILL_SET) if small else None))
         self.comfy = os.path.join(pod_parent, "ComfyUI")
+        self.prefix: List[str] = []           # runs each CLI inside this (a container's namespaces)
+        self.check: Callable[[], List[str]] = lambda: []     # more to hold after each rollback
 
     def reset(self, small: bool = False) -> None:
         """A fresh pod (small: the kill sweeps' few files, still with a duplicate, a hardlinked pair,
@@ -212,8 +214,11 @@ class Runner:
         elif args[0] in ("rollback", "verify", "purge"):
             cmd += ["--target", sc.store] + (["--comfyui", sc.comfy] if args[0] in ("verify", "purge") else [])
         self.calls += 1
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        return p.returncode, p.stdout + p.stderr
+        p = subprocess.run(sc.prefix + cmd, env=env, capture_output=True, text=True, timeout=600)
+        rc = p.returncode
+        if sc.prefix and rc == 128 + signal.SIGKILL:      # killed under the container's shell
+            rc = -signal.SIGKILL
+        return rc, p.stdout + p.stderr
 
 
 def link_bytes(sc: Scenario) -> Dict[str, bytes]:
@@ -239,7 +244,7 @@ def check_back(sc: Scenario, before: Dict[str, tuple], what: str) -> List[str]:
     time.sleep(sc.attr_cache_s)
     errs = [f"{what}: pod differs: {d}" for d in diff(before, snapshot(sc.pod_parent))[:5]]
     errs += [f"{what}: left in the store: {p}" for p in store_leftovers(sc.store)[:5]]
-    return errs
+    return errs + [f"{what}: {e}" for e in sc.check()]
 
 
 def round_trip(r: Runner, sc: Scenario) -> Tuple[List[str], str]:
@@ -788,6 +793,133 @@ def lock_race(r: Runner, parent: str, store: str, lease: int = 10) -> Tuple[List
                   f"(lease {lease} s); A continued in a new PID namespace; both rolled back exactly")
 
 
+# --- the container's own view of its overlay disk (issue 20) -----------------------------------------
+
+def upper_usage(upper: str) -> Tuple[int, int]:
+    """(bytes of the regular files, bytes allocated to everything) in an overlay's upper layer: what
+    the container's own disk holds."""
+    files = 0
+    for dirpath, dirnames, filenames in os.walk(upper):
+        for n in filenames:
+            st = os.lstat(os.path.join(dirpath, n))
+            if stat.S_ISREG(st.st_mode):
+                files += st.st_size
+    return files, int(sh("du", "-s", "-B1", upper).stdout.split()[0])
+
+
+DOWNLOADED = "loras/downloaded.safetensors"     # the image holds MODELS; the pod downloaded this one more
+
+
+def container_overlay(m: "Mounts", name: str, store: str, fuse: bool) -> Scenario:
+    """An overlay as a container sees its own disk: ComfyUI and its models (a hardlinked pair among
+    them) baked into the image (the lower layer), one model the pod downloaded (the upper layer).
+    Each CLI runs in a mount namespace where a private tmpfs hides the host's folder holding the
+    upper layer (its `upperdir=` path does not exist there, as in a container) and in a PID
+    namespace of its own (a container sees only the merged tree; fuse-overlayfs's process is not
+    visible either). The kernel's overlay, or fuse-overlayfs (rootless Podman) with `fuse`. After
+    every rollback the container disk (upper layer) must hold no more file bytes than the fresh pod,
+    and the image's hardlinked pair must still be one file."""
+    base = os.path.join(m.work, "fuse-overlayfs" if fuse else "container-overlay")
+    lower, merged = os.path.join(base, "image"), os.path.join(base, "merged")
+    host = os.path.join(base, "host")            # the host's folder of the container's layer
+    upper, work = os.path.join(host, "upper"), os.path.join(host, "work")
+    for d in (lower, merged, upper, work):
+        os.makedirs(d)
+    sh("mount", "--bind", base, base)          # a peer group of its own: the container sees our remounts
+    sh("mount", "--make-shared", base)
+    m.undo.append(["umount", base])
+    make_pod(os.path.join(lower, "ComfyUI"))
+
+    def mount() -> None:
+        if fuse:
+            sh("fuse-overlayfs", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", merged)
+        else:
+            sh("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", merged)
+
+    def build(comfy: str, small: bool) -> None:
+        if os.path.lexists(comfy):
+            shutil.rmtree(comfy)
+        sh("fusermount3", "-u", merged) if fuse else sh("umount", merged)
+        for d in (upper, work):
+            for _ in range(100):     # fuse-overlayfs may still be emptying its work folder as it exits
+                shutil.rmtree(d, ignore_errors=True)
+                if not os.path.lexists(d):
+                    break
+                time.sleep(0.05)
+            os.makedirs(d)
+        mount()
+        with open(os.path.join(comfy, "models", DOWNLOADED), "wb") as f:
+            f.write(model_bytes(DOWNLOADED, "g"))
+        os.utime(os.path.join(comfy, "models", DOWNLOADED), ns=(1_690_000_000_123_456_789,) * 2)
+
+    mount()
+    m.undo.append(["fusermount3", "-u", merged] if fuse else ["umount", merged])
+    sc = Scenario(name, merged, store, "fuse-overlayfs" if fuse else "overlay", build)
+    # The container: one mount namespace (mounts made here still reach it: slave propagation) where a
+    # private tmpfs hides the host's folder of the layers, and one PID namespace, kept by a sleeping
+    # init for the whole scenario; every CLI call enters both, as commands run in one container do.
+    init = subprocess.Popen(["unshare", "--mount", "--propagation", "slave", "--pid", "--fork", "--mount-proc",
+                             "--kill-child", "sh", "-c",
+                             'mount -t tmpfs -o size=1m cm-hidden-layers "$0" && exec sleep infinity', host],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    m.undo.append(["kill", "-KILL", str(init.pid)])       # --kill-child: its init goes with it
+    inside = ""
+    while not inside:
+        if init.poll() is not None:
+            raise RuntimeError(f"the container did not start: {init.stderr.read()!r}")   # type: ignore[union-attr]
+        time.sleep(0.05)
+        try:
+            with open(f"/proc/{init.pid}/task/{init.pid}/children") as f:
+                child = f.read().split()
+            if child and os.readlink(f"/proc/{child[0]}/exe").endswith("sleep"):
+                inside = child[0]
+        except OSError:
+            pass
+    sc.prefix = ["nsenter", "--target", inside, "--mount", "--pid", "--"]
+    baseline: Dict[str, Tuple[int, int]] = {}
+    real_reset = sc.reset
+
+    def reset(small: bool = False) -> None:
+        real_reset(small)
+        baseline["fresh"] = upper_usage(upper)
+
+    def check() -> List[str]:
+        files, alloc = upper_usage(upper)
+        errs = []
+        # The image's extra_model_paths.yaml, once rewritten, lives in the upper layer even with its
+        # bytes given back (no container can bring the image's copy back): its size is the only growth.
+        with open(os.path.join(lower, "ComfyUI", "extra_model_paths.yaml"), "rb") as f:
+            yaml_bytes = len(f.read())
+        if files > baseline["fresh"][0] + yaml_bytes:
+            errs.append(f"the container disk holds {files - baseline['fresh'][0]} more file bytes than before "
+                        f"({baseline['fresh'][0]} -> {files}; the YAML: {yaml_bytes})")
+        pair = [os.lstat(os.path.join(sc.comfy, "models", p)) for p in UPPER]
+        if (pair[0].st_dev, pair[0].st_ino) != (pair[1].st_dev, pair[1].st_ino) or pair[0].st_nlink != 2:
+            errs.append("the image's hardlinked pair is no longer one file")
+        baseline["last"] = (files, alloc)
+        return errs
+
+    sc.reset, sc.check = reset, check         # type: ignore[method-assign]
+    sc.image = snapshot(lower)                # type: ignore[attr-defined]
+    sc.lower = lower                          # type: ignore[attr-defined]
+    sc.usage = baseline                       # type: ignore[attr-defined]
+    return sc
+
+
+def container_summary(r: Runner, sc: Scenario) -> str:
+    """What the plan decided, from inside the container: how many image-layer files stay."""
+    sc.reset()
+    rc, out = r.cli(sc, "plan", "--format", "json")
+    doc = json.loads(out[out.index("{"):]) if rc == 0 and "{" in out else {}
+    acts = [a for a in doc.get("actions", []) if a["action"] != "skip"]
+    stay = sum("image layer" in a.get("reason", "") or "cannot be told apart" in a.get("reason", "") for a in acts)
+    fresh = sc.usage["fresh"]                 # type: ignore[attr-defined]
+    last = sc.usage.get("last", fresh)        # type: ignore[attr-defined]
+    return (f"{stay} of {len(acts)} model files stay in the image layer (copied to the store, kept by the YAML), "
+            f"{len(acts) - stay} set aside; container disk (upper) after the last rollback: {last[0]} file bytes "
+            f"/ {last[1]} allocated (a fresh pod: {fresh[0]} / {fresh[1]})")
+
+
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=check, capture_output=True, text=True)
 
@@ -969,6 +1101,14 @@ def main() -> int:
                       Scenario("pod on exFAT -> store exFAT", f"{exfat}/pod", f"{exfat}/models2", "exFAT"),
                       Scenario("pod ext4 -> store ext4 -I 128", os.path.join(plain, "pod3"), f"{ext4s}/models", "ext4 -I 128"),
                       Scenario("pod on ext4 -I 128 -> same", f"{ext4s}/pod", f"{ext4s}/models2", "ext4 -I 128")]
+        for on_fuse in (False, True):
+            name = (f"container's own view: {'fuse-overlayfs' if on_fuse else 'overlay'} (upper layer hidden), "
+                    f"image models -> store {'MooseFS' if mfs else 'ext4'}")
+            if args.only and args.only not in name:
+                continue
+            if on_fuse:
+                apt_install("fuse-overlayfs")
+            scenarios.append(container_overlay(m, name, f"{mfs or plain}/models-{'fuse' if on_fuse else 'ovl'}", on_fuse))
         # FUSE stores that change mtimes or inode numbers under us (issue 20): mounted only when asked for.
         fuse = []
 
@@ -1038,6 +1178,10 @@ def main() -> int:
                 summary += f"; {sc.random_kills} random kills ({landed} landed)"
             if sc.fs_name == "overlay" and snapshot(lower) != image:
                 errs.append("the overlay's lower layer changed")
+            if hasattr(sc, "image"):
+                if snapshot(sc.lower) != sc.image:           # type: ignore[attr-defined]
+                    errs.append("the image (lower layer) changed")
+                summary = container_summary(r, sc) + "; " + summary
             failed += bool(errs)
             rows.append((sc.name, "ok" if not errs else "FAILED", kills, time.monotonic() - t0, summary))
             print(f"volumes: {sc.name}: {'ok' if not errs else 'FAILED'}; {kills} kills recovered; "

@@ -50,14 +50,21 @@ def test_symlinks_that_cannot_lead_out_of_their_folder_are_not_planned():
     assert [x[3] for x in brief(plan)] == ["copy", "copy"]
 
 
-def test_lower_layer_files_are_copied_and_stay_unknown_layers_are_counted_against_the_container_disk():
-    a, b = rec("loras/a.pt", "d1", size=100), rec("loras/b.pt", "d2", size=50)
-    plan = plan_of(a, b, probe=OTHER_FS, layers={a.path: LOWER, b.path: UNKNOWN}, container_free=10)
-    low, unk = plan.actions
-    assert (low.method, low.removal) == (Method.COPY, Removal.NONE) and "image layer" in low.reason
-    assert (unk.method, unk.removal) == (Method.COPY, Removal.QUARANTINE)
-    assert plan.container_bytes == 50 and not plan.container_fits
-    assert plan_of(a, b, probe=OTHER_FS).container_bytes == 0
+def test_files_of_an_image_layer_or_of_a_layer_not_known_are_copied_and_stay():
+    """Renaming a file of an overlay's image layer copies it up onto the container disk (issue 20:
+    after rollback the disk held every such model twice): never renamed, linked or set aside, even
+    within the overlay; where the layer cannot be told (fuse-overlayfs), likewise. The plan says so."""
+    a, b, c = rec("loras/a.pt", "d1", size=100), rec("loras/b.pt", "d2", size=50), rec("loras/c.pt", "d3", size=7)
+    plan = plan_of(a, b, c, probe=SAME_FS, layers={a.path: LOWER, b.path: UNKNOWN}, container_free=10)
+    low, unk, upper = plan.actions
+    assert (low.method, low.removal, low.link_back) == (Method.COPY, Removal.NONE, False)
+    assert "image layer" in low.reason
+    assert (unk.method, unk.removal, unk.link_back) == (Method.COPY, Removal.NONE, False)
+    assert "cannot be told apart" in unk.reason
+    assert upper.removal is not Removal.NONE          # the writable layer's own file moves as anywhere
+    assert plan.container_bytes == 0 and plan.container_fits
+    assert any("1 source file(s) in a read-only image layer stay" in w for w in plan.warnings)
+    assert any("1 source file(s) on an overlay whose layers cannot be told apart" in w for w in plan.warnings)
     assert TGT and SRC
 
 
