@@ -52,6 +52,7 @@ class Facts:
     container_free: Optional[int] = None             # free space of the overlay sources' container disk
     state_bytes: int = 0                             # space our state files in the store take (state_bytes())
     launch: object = None                            # launch.Launch: how ComfyUI is started (None: unknown)
+    store_dirs: Optional[frozenset] = None           # names of the folders at the store's top (None: no store yet)
 
 
 def _from_catalogue(scan: ScanResult, cat: store_catalogue.Catalogue) -> Tuple[ScanResult, int]:
@@ -202,7 +203,17 @@ def gather(
     return Facts(tuple(scans), target, target_scan, probes, target_fs.hardlink,
                  yaml_path, yaml_before, fsops.free_space(target), tuple(findings), cat, cat_warning, hits,
                  started, world=world, target_fs=target_fs, layers=layers,
-                 container_free=container_free, state_bytes=used, launch=launch)
+                 container_free=container_free, state_bytes=used, launch=launch,
+                 store_dirs=top_folders(target))
+
+
+def top_folders(target: str) -> frozenset:
+    """The names of the folders (or symlinks to folders) at the store's top; empty where it is missing."""
+    try:
+        with os.scandir(target) as it:
+            return frozenset(e.name for e in it if e.is_dir())
+    except OSError:
+        return frozenset()
 
 
 def weakest_facts(target: str, target_fs: FsFacts, probes: Sequence[Probe]) -> Tuple[FsFacts, Tuple[Probe, ...]]:
@@ -378,12 +389,15 @@ def path_facts(yaml_path: Optional[str], target: str, base_path: str) -> Optiona
 
 def make_plan(facts: Facts, policy: Policy) -> Plan:
     """The plan, checked by the preflight against every path run will touch (see preflight.py)."""
-    from migrate import preflight
+    from migrate import comfy, preflight
+    if policy.base_path is None:        # no --base-path: the form the YAML has (a portable one stays so)
+        policy = policy._replace(base_path=comfy.kept_base_spec(facts.yaml_before, facts.yaml_path or ""))
     plan = planning.build_plan(facts.sources, facts.target_scan, facts.target, policy, facts.probes,
                                facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes,
                                paths=path_facts(facts.yaml_path, facts.target, policy.base_path),
                                world=facts.world, target_fs=facts.target_fs, layers=facts.layers,
-                               container_free=facts.container_free, state_bytes=facts.state_bytes)
+                               container_free=facts.container_free, state_bytes=facts.state_bytes,
+                               store_dirs=facts.store_dirs)
     plan = plan._replace(findings=facts.findings, resumed=interrupted_placements(facts), launch=facts.launch)
     yaml_real = os.path.realpath(facts.yaml_path) if facts.yaml_path else None
     return preflight.check(plan, preflight_facts(preflight.paths_to_check(plan, yaml_real)), yaml_real)

@@ -227,14 +227,14 @@ def name_change_doc(c) -> dict:
             "reason": c.reason}
 
 
-def name_change_lines(plan: Plan, limit: int = 8) -> list[str]:
+def name_change_lines(plan: Plan, limit: int = 8, when: str = "after the run") -> list[str]:
     """The name changes as one short block, grouped by reason: what a workflow would now load."""
     if not plan.name_changes:
         return []
     groups: dict[str, list] = {}
     for c in plan.name_changes:
         groups.setdefault(c.reason, []).append(c)
-    lines = [f"name changes: {len(plan.name_changes)} name(s) would load other bytes after the run (or nothing):"]
+    lines = [f"name changes: {len(plan.name_changes)} name(s) would load other bytes {when} (or nothing):"]
     for reason, cs in sorted(groups.items()):
         shown = ", ".join(show(f"{c.category}/{c.name}") for c in cs[:limit])
         more = f", and {len(cs) - limit} more (--format json lists them)" if len(cs) > limit else ""
@@ -268,6 +268,17 @@ def totals(plan: Plan) -> dict:
             "store_reserve_bytes": plan.reserve_bytes,
             "stays": {k: sum(1 for a in plan.actions if a.kind is ActionKind.CONFLICT and stay_kind(a) == k)
                       for k in ("conflict", "case-clash", "name-refused")}}
+
+
+def outcome(plan: Plan) -> dict:
+    """What the plan does, in the numbers the terminal and the HTML page both show: the files and
+    bytes that reach the store (conflicts do not), those that stay (conflicts), what goes to the
+    quarantine (still on the source disk until `comfy-migrate purge` frees it)."""
+    reach = [a for a in plan.actions if a.kind not in (ActionKind.SKIP, ActionKind.CONFLICT)]
+    stay = [a for a in plan.actions if a.kind is ActionKind.CONFLICT]
+    return {"reach_files": len(reach), "reach_bytes": sum(a.size for a in reach),
+            "conflict_files": len(stay), "conflict_bytes": sum(a.size for a in stay),
+            "quarantine_bytes": sum(a.size for a in plan.actions if a.removal is Removal.QUARANTINE)}
 
 
 SHORT = {ActionKind.MOVE: "move", ActionKind.LINK: "link", ActionKind.COPY: "copy",
@@ -406,8 +417,8 @@ def summary_lines(plan: Plan, quiet: bool = False) -> list[str]:
         how = (f" (it needs {human(plan.space_to_take)} there in {human(block)} blocks, {human(plan.reserve_bytes)} "
                "of it for the lock, the log and a rollback)") if plan.space_needed else ""
         lines.append(f"target free space {human(plan.free_bytes)}: the plan {verdict}{how}")
-    if t["quarantine_bytes"]:
-        lines.append(f"{human(t['quarantine_bytes'])} of source copies go to quarantine "
+    if outcome(plan)["quarantine_bytes"]:
+        lines.append(f"{human(outcome(plan)['quarantine_bytes'])} of source copies go to quarantine "
                      "(freed by `comfy-migrate purge`)")
     if plan.container_bytes:
         verdict = "fits" if plan.container_fits else "DOES NOT FIT"
@@ -453,7 +464,9 @@ def deploy_doc(plan: Plan) -> dict:
     docker.append(f"COPY extra_model_paths.yaml {plan.yaml_path}" if plain else
                   f"COPY {json.dumps(['extra_model_paths.yaml', plan.yaml_path])}")
     docker.append(f"RUN mkdir -p {shlex.quote(plan.target)}")
-    notes = [f"take {plan.yaml_path} into the image's build context for the COPY"]
+    notes = [f"take {plan.yaml_path} into the image's build context for the COPY",
+             "or, instead of the COPY, run `comfy-migrate attach --yes` at every start, before ComfyUI (README: "
+             "After the migration): it writes the YAML from the store, and nothing once written"]
     if plan.policy.base_path == "absolute":
         notes.append(f"base_path is absolute: mount the volume so that the store is at {plan.target} "
                      "(--base-path relative or env:VAR follow the volume to another mount path)")
