@@ -26,8 +26,11 @@ CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 @click.version_option(__version__, prog_name="comfy-migrate")
 @click.option("-q", "--quiet", count=True, help="Less output on stderr.")
 @click.option("-v", "--verbose", count=True, help="More output on stderr.")
+@click.option("--hashes", type=click.Choice(["all", "xxh3"]), default="all", envvar="COMFY_MIGRATE_HASHES",
+              show_default=True, help="Digests computed when a file's bytes are read: xxh3, SHA-256 and BLAKE3 "
+              "in the same read, or xxh3 alone (fastest; SHA-256/BLAKE3 then come with a later read).")
 @click.pass_context
-def cli(ctx: click.Context, quiet: int, verbose: int) -> None:
+def cli(ctx: click.Context, quiet: int, verbose: int, hashes: str) -> None:
     """Move ComfyUI's models into one shared store without duplicates, point
     extra_model_paths.yaml at it, and undo it all from the audit log.
 
@@ -39,6 +42,9 @@ def cli(ctx: click.Context, quiet: int, verbose: int) -> None:
       comfy-migrate rollback             # everything back as it was
     """
     ctx.obj = Ui(verbose - quiet)
+    if hashes != "all":
+        from migrate.hashing import set_hashes
+        set_hashes(hashes)
 
 
 # --- shared options ------------------------------------------------------------------------------
