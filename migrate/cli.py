@@ -677,8 +677,9 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")
 @wait_option
+@launch_option
 @click.pass_obj
-def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait) -> None:
+def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait, comfyui_args) -> None:
     """Point this ComfyUI at an existing store; moves no file, reads none.
 
     For a container rebuilt from its image (a redeploy), a second ComfyUI install, a ComfyUI
@@ -704,9 +705,13 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait) -> None:
         raise BadInput(f"no store at {target}: attach points ComfyUI at a store that exists",
                        "pass the store's folder as --target, or migrate first with `comfy-migrate run`")
 
+    launch = shell.resolve_launch(home, comfyui_args, ui)
+
     def planned():
-        facts = gather_attach(home, target, base_path)
-        return facts, plan_attach(facts)
+        import dataclasses
+        facts = gather_attach(home, target, base_path, launch)
+        got = plan_attach(facts)
+        return facts, dataclasses.replace(got, plan=got.plan._replace(launch=launch))     # logged, as by run
 
     facts, got = planned()
     plan = got.plan
