@@ -51,6 +51,8 @@ class Entry(NamedTuple):
     digest: str
     run: Optional[str] = None           # the run that placed it (None: found in the store)
     ctime_ns: Optional[int] = None      # as walked when the entry was written (None: never trusted)
+    sha256: Optional[str] = None        # of the content `digest` names, when a read computed it (hashing.Hasher)
+    blake3: Optional[str] = None        # likewise; both used only as far as `digest` is (`lookup`)
 
     @property
     def ident(self) -> Ident:
@@ -82,8 +84,11 @@ def parse(data: Optional[bytes]) -> Tuple[Catalogue, str]:
                     and type(mtime_ns) is int and type(ino) is int):
                 raise ValueError(f"a malformed entry for {rel!r}")
             ctime_ns = e.get("ctime_ns")
+            sha, b3 = e.get("sha256"), e.get("blake3")
+            if not (isinstance(sha, str) and len(sha) == 64 and isinstance(b3, str) and len(b3) == 64):
+                sha = b3 = None
             out[rel] = Entry(rel, size, mtime_ns, ino, digest, e.get("run"),
-                             ctime_ns if type(ctime_ns) is int else None)
+                             ctime_ns if type(ctime_ns) is int else None, sha, b3)
         if len(out) != head.get("entries"):
             raise ValueError("entry count differs from the header")
         return out, ""
@@ -95,16 +100,36 @@ def render(cat: Catalogue) -> bytes:
     lines = [json.dumps({"catalogue": CATALOGUE_VERSION, "entries": len(cat)}, sort_keys=True)]
     for rel in sorted(cat):
         e = cat[rel]
-        lines.append(json.dumps({"rel": e.rel, "size": e.size, "mtime_ns": e.mtime_ns, "ino": e.ino,
-                                 "ctime_ns": e.ctime_ns, "digest": e.digest, "run": e.run},
-                                sort_keys=True, ensure_ascii=True))
+        row = {"rel": e.rel, "size": e.size, "mtime_ns": e.mtime_ns, "ino": e.ino,
+               "ctime_ns": e.ctime_ns, "digest": e.digest, "run": e.run}
+        if e.sha256 and e.blake3:
+            row.update(sha256=e.sha256, blake3=e.blake3)
+        lines.append(json.dumps(row, sort_keys=True, ensure_ascii=True))
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
 def lookup(cat: Catalogue, rel: str, ident: Ident, ctime_ns: int) -> Optional[str]:
-    """The recorded digest of `rel` if the file is still the one recorded (ctime too), else None."""
+    """The recorded digest of `rel` if the file is still the one recorded (ctime too), else None.
+    Its SHA-256 and BLAKE3, when recorded, become known with it (hashing.extras)."""
     e = cat.get(rel)
-    return e.digest if e is not None and e.ident == ident and e.ctime_ns == ctime_ns else None
+    if e is not None and e.ident == ident and e.ctime_ns == ctime_ns:
+        if e.sha256 and e.blake3:
+            from migrate.hashing import remember_extras
+            remember_extras(e.digest, e.sha256, e.blake3)
+        return e.digest
+    return None
+
+
+def with_hashes(cat: Catalogue, old: Catalogue) -> Catalogue:
+    """Each entry with the SHA-256 and BLAKE3 of its content: from a read in this process, else from
+    an old entry naming the same xxh3 digest (they describe the content, not the file)."""
+    from migrate.hashing import extras
+    known = {e.digest: (e.sha256, e.blake3) for e in old.values() if e.sha256 and e.blake3}
+    out: Catalogue = {}
+    for rel, e in cat.items():
+        more = extras(e.digest) or known.get(e.digest)
+        out[rel] = e._replace(sha256=more[0], blake3=more[1]) if more else e
+    return out
 
 
 Known = Dict[Tuple[str, int, int], Tuple[str, Optional[str]]]     # (rel, size, mtime_ns) -> (digest, run)
@@ -285,5 +310,6 @@ def refresh(target: str, known_by_rel: Known, known_by_ident: Dict[Ident, str]) 
         read = hash_stored(target, [w for w in walked if w[0] not in cat and w[0] in names])
         if read:
             cat = reconcile(walked, {**known_by_rel, **read}, by_ident, old, logged)
+    cat = with_hashes(cat, old)
     save(target, cat)
     return cat, warning

@@ -26,8 +26,11 @@ CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 @click.version_option(__version__, prog_name="comfy-migrate")
 @click.option("-q", "--quiet", count=True, help="Less output on stderr.")
 @click.option("-v", "--verbose", count=True, help="More output on stderr.")
+@click.option("--hashes", type=click.Choice(["all", "xxh3"]), default="all", envvar="COMFY_MIGRATE_HASHES",
+              show_default=True, help="Digests computed when a file's bytes are read: xxh3, SHA-256 and BLAKE3 "
+              "in the same read, or xxh3 alone (fastest; SHA-256/BLAKE3 then come with a later read).")
 @click.pass_context
-def cli(ctx: click.Context, quiet: int, verbose: int) -> None:
+def cli(ctx: click.Context, quiet: int, verbose: int, hashes: str) -> None:
     """Move ComfyUI's models into one shared store without duplicates, point
     extra_model_paths.yaml at it, and undo it all from the audit log.
 
@@ -39,6 +42,9 @@ def cli(ctx: click.Context, quiet: int, verbose: int) -> None:
       comfy-migrate rollback             # everything back as it was
     """
     ctx.obj = Ui(verbose - quiet)
+    if hashes != "all":
+        from migrate.hashing import set_hashes
+        set_hashes(hashes)
 
 
 # --- shared options ------------------------------------------------------------------------------
@@ -671,8 +677,9 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")
 @wait_option
+@launch_option
 @click.pass_obj
-def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait) -> None:
+def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait, comfyui_args) -> None:
     """Point this ComfyUI at an existing store; moves no file, reads none.
 
     For a container rebuilt from its image (a redeploy), a second ComfyUI install, a ComfyUI
@@ -698,9 +705,13 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait) -> None:
         raise BadInput(f"no store at {target}: attach points ComfyUI at a store that exists",
                        "pass the store's folder as --target, or migrate first with `comfy-migrate run`")
 
+    launch = shell.resolve_launch(home, comfyui_args, ui)
+
     def planned():
-        facts = gather_attach(home, target, base_path)
-        return facts, plan_attach(facts)
+        import dataclasses
+        facts = gather_attach(home, target, base_path, launch)
+        got = plan_attach(facts)
+        return facts, dataclasses.replace(got, plan=got.plan._replace(launch=launch))     # logged, as by run
 
     facts, got = planned()
     plan = got.plan
