@@ -248,7 +248,7 @@ def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> No
     for n in () if quiet else notes:
         out(f"  {n}\n")
     out(("" if quiet else "\n") + table(report.summary_rows(plan), ["action", "files", "size"]) + "\n\n")
-    for line in report.summary_lines(plan, quiet):
+    for line in report.summary_lines(plan, quiet, verbose):
         out(line + "\n")
     diff = report.yaml_diff(plan)
     if diff and quiet:
@@ -481,7 +481,7 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
             out(report.launch_line(plan) + "\n")
         if ui.verbosity >= 0:       # -q: what needs a look only
             out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
-            for line in report.summary_lines(plan):
+            for line in report.summary_lines(plan, verbose=ui.verbosity > 0):
                 out(line + "\n")
         for line in report.name_change_lines(plan):
             out(line + "\n")
