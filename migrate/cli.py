@@ -1564,7 +1564,9 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
     res = audit_trees(roots, order, open_verdicts(no_cache), open_cache(no_cache))
     ui.debug(f"{res.files} entries, {res.read} files read, the rest from the cache")
     if fmt == "json":
-        out(report.dumps(report.audit_doc(res.roots, res.findings, dict(res.summaries), res.files)))
+        doc = report.audit_doc(res.roots, res.findings, dict(res.summaries), res.files)
+        doc["verified_upstream"] = list(res.verified)
+        out(report.dumps(doc))
     else:
         out(f"audit of {', '.join(map(report.show, res.roots))}: {res.files} entries\n")
         if res.findings:
@@ -1574,6 +1576,10 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
                 out(f"{kind}: {fix}\n")
         counts = {s: sum(1 for f in res.findings if f.severity == s) for s in ("broken", "suspect", "notice")}
         out(", ".join(f"{n} {s}" for s, n in counts.items()) + "\n")
+        if res.verified:
+            out(f"{len(res.verified)} model(s) verified upstream: the SHA-256 their sidecar names matches their bytes\n")
+            for p in res.verified:
+                ui.debug(f"  verified upstream: {report.show(p)}")
     if any(f.blocks for f in res.findings):
         sys.exit(ExitCode.PROBLEMS)
 

@@ -246,3 +246,31 @@ def test_catalogue_names_every_name_of_the_same_bytes(pod, cli_env):
     for r in rows:
         if r["xxh3"]:
             assert set(r["names"]) == groups[r["xxh3"]]
+
+
+def test_audit_takes_sidecars_as_witnesses(pod, cli_env):
+    from conftest import as_model, run_cli
+    loras = pod.models / "loras"
+    good = loras / "good.safetensors"
+    good.write_bytes(as_model("good.safetensors", payload(2 * MiB + 1)))
+    sha_good = hashlib.sha256(good.read_bytes()).hexdigest()
+    (loras / "good.sha256").write_text(f"{sha_good.upper()}  good.safetensors\n")
+    swapped = loras / "swapped.safetensors"
+    swapped.write_bytes(as_model("swapped.safetensors", payload(MiB) + b"x"))
+    other = hashlib.sha256(b"the file the page described").hexdigest()
+    (loras / "swapped.civitai.info").write_text(json.dumps(
+        {"files": [{"name": "swapped.safetensors", "hashes": {"SHA256": other.upper(), "AutoV2": other[:10]}},
+                   {"name": "swapped-pruned.safetensors", "hashes": {"SHA256": sha_good}}]}))
+    lm = loras / "lm.safetensors"
+    lm.write_bytes(as_model("lm.safetensors", payload(5)))
+    (loras / "lm.metadata.json").write_text(json.dumps({"sha256": hashlib.sha256(lm.read_bytes()).hexdigest()}))
+    proc = run_cli(["audit", *pod.args("--format", "json")], cli_env, check=None)
+    doc = json.loads(proc.stdout)
+    mism = [f for f in doc["findings"] if f["kind"] == "sidecar-mismatch"]
+    assert [f["path"] for f in mism] == [str(swapped)], mism
+    assert "the download differs from the file its metadata describes" in mism[0]["message"]
+    assert not any(f["kind"] == "sidecar-mismatch" and f["path"] in (str(good), str(lm)) for f in doc["findings"])
+    assert sorted(doc["verified_upstream"]) == sorted([str(good), str(lm)])
+    assert proc.returncode == 1
+    text = run_cli(["audit", *pod.args()], cli_env, check=None).stdout
+    assert "2 model(s) verified upstream" in text and "sidecar-mismatch" in text
