@@ -55,6 +55,10 @@ class AttachFacts:
     paths: PathFacts
     spec: str
     link_backs: Tuple[Tuple[str, str], ...] = ()
+    yamls: Tuple[Tuple[str, Optional[str]], ...] = ()     # every YAML ComfyUI reads, in order (launch.Launch)
+    output: Tuple[Tuple[str, str], ...] = ()              # the output folders main.py adds (launch.Launch)
+    outside: Tuple[ScanResult, ...] = ()                  # those YAMLs' and output folders outside models/
+                                                          # and the store, scanned (stat only)
 
 
 @dataclass(frozen=True)
@@ -81,13 +85,13 @@ def store_folders(store: ScanResult, store_dirs: frozenset) -> Dict[str, set]:
 
 def _view(f: AttachFacts) -> names.View:
     tree: Dict[str, names.Node] = {}
-    for scan in (f.models, f.store):
+    for scan in (f.models, f.store) + tuple(f.outside):
         for r in scan.records:
             if r.status is Status.SYMLINK:
                 tree[r.path] = names.Node("link", 0, None, r.link_target)
             elif r.status is not Status.SPECIAL:
                 tree[r.path] = names.Node("file", r.size, r.digest, None)
-    roots = [f.models.root, f.target]
+    roots = [f.models.root, f.target] + [s.root for s in f.outside]
     aliases = [(os.path.realpath(r), r) for r in roots]
     return names.View(tree, roots, aliases)
 
@@ -103,9 +107,10 @@ def plan_attach(f: AttachFacts) -> Attach:
     if after == f.yaml_before:      # attached already (every boot): the same search order, no change
         loads_before = loads_after = {}
     else:
-        before_order = comfy.search_folders([(f.yaml_real, f.yaml_before)] if f.yaml_before is not None else [],
-                                            models_dir)
-        after_order = comfy.search_folders([(f.yaml_real, after)], models_dir)
+        world = planning.World(yamls=f.yamls)      # as ComfyUI is started: its other YAMLs, output folders
+        before_order = comfy.search_folders(planning._yamls(world, f.yaml_real, f.yaml_before), models_dir,
+                                            output=f.output)
+        after_order = comfy.search_folders(planning._yamls(world, f.yaml_real, after), models_dir, output=f.output)
         loads_before = names.loads(before_order, view)
         loads_after = names.loads(after_order, view)
     in_store = f.target.rstrip("/") + "/"
@@ -214,7 +219,7 @@ def _candidates(models: ScanResult, store: ScanResult) -> Tuple[set, set]:
     return mine, theirs
 
 
-def gather_attach(home: str, target: str, base_path: Optional[str]) -> AttachFacts:
+def gather_attach(home: str, target: str, base_path: Optional[str], launch=None) -> AttachFacts:
     """Read what attach needs (stat only; a model's digest comes from the store's catalogue or its
     runs' logs, only for a name the image and the store hold at the same size)."""
     from migrate import catalogue as store_catalogue
@@ -223,7 +228,7 @@ def gather_attach(home: str, target: str, base_path: Optional[str]) -> AttachFac
     yaml_path = os.path.join(home, "extra_model_paths.yaml")
     yaml_before = read_yaml(yaml_path)
     spec = base_path or comfy.kept_base_spec(yaml_before, yaml_path)
-    models_dir = os.path.join(home, "models")
+    models_dir = launch.models if launch is not None else os.path.join(home, "models")
     models = scan_tree(models_dir) if os.path.isdir(models_dir) else ScanResult(models_dir, ())
     store = scan_tree(target)
     mine, theirs = _candidates(models, store)
@@ -249,8 +254,24 @@ def gather_attach(home: str, target: str, base_path: Optional[str]) -> AttachFac
     # custom-node folder keeps its name in the store); logs are read only when one is missing.
     custom = any(r.custom and r.status is Status.MIGRATE and not os.path.lexists(os.path.join(models_dir, r.rel))
                  for r in store.records)
+    yamls = tuple((yaml_real, yaml_before) if os.path.realpath(p) == os.path.realpath(yaml_real) else (p, read_yaml(p))
+                  for p in (launch.yamls if launch is not None else ()))
+    outside = []
+    if launch is not None:      # the folders ComfyUI also searches: their names count as the pod's
+        order = comfy.search_folders(planning._yamls(planning.World(yamls=yamls), yaml_real, yaml_before),
+                                     os.path.realpath(models_dir), output=launch.output_folders())
+        inside = [os.path.realpath(models_dir), os.path.realpath(target)]
+        seen = set()
+        for folder in sorted({f for fs in order.values() for f in fs}):
+            real = os.path.realpath(folder)
+            if real in seen or not os.path.isdir(real) or any(real == r or real.startswith(r.rstrip("/") + "/")
+                                                                for r in inside + sorted(seen)):
+                continue
+            seen.add(real)
+            outside.append(scan_tree(folder))
     return AttachFacts(target, yaml_path, yaml_real, yaml_before, models, store, dirs, paths, spec,
-                       lost_link_backs(target, models_dir) if custom else ())
+                       lost_link_backs(target, models_dir) if custom else (), yamls,
+                       tuple(launch.output_folders()) if launch is not None else (), tuple(outside))
 
 
 def problems_of(f: AttachFacts) -> Sequence[str]:

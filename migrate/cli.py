@@ -26,8 +26,11 @@ CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 @click.version_option(__version__, prog_name="comfy-migrate")
 @click.option("-q", "--quiet", count=True, help="Less output on stderr.")
 @click.option("-v", "--verbose", count=True, help="More output on stderr.")
+@click.option("--hashes", type=click.Choice(["all", "xxh3"]), default="all", envvar="COMFY_MIGRATE_HASHES",
+              show_default=True, help="Digests computed when a file's bytes are read: xxh3, SHA-256 and BLAKE3 "
+              "in the same read, or xxh3 alone (fastest; SHA-256/BLAKE3 then come with a later read).")
 @click.pass_context
-def cli(ctx: click.Context, quiet: int, verbose: int) -> None:
+def cli(ctx: click.Context, quiet: int, verbose: int, hashes: str) -> None:
     """Move ComfyUI's models into one shared store without duplicates, point
     extra_model_paths.yaml at it, and undo it all from the audit log.
 
@@ -39,6 +42,9 @@ def cli(ctx: click.Context, quiet: int, verbose: int) -> None:
       comfy-migrate rollback             # everything back as it was
     """
     ctx.obj = Ui(verbose - quiet)
+    if hashes != "all":
+        from migrate.hashing import set_hashes
+        set_hashes(hashes)
 
 
 # --- shared options ------------------------------------------------------------------------------
@@ -242,7 +248,7 @@ def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> No
     for n in () if quiet else notes:
         out(f"  {n}\n")
     out(("" if quiet else "\n") + table(report.summary_rows(plan), ["action", "files", "size"]) + "\n\n")
-    for line in report.summary_lines(plan, quiet):
+    for line in report.summary_lines(plan, quiet, verbose):
         out(line + "\n")
     diff = report.yaml_diff(plan)
     if diff and quiet:
@@ -475,7 +481,7 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
             out(report.launch_line(plan) + "\n")
         if ui.verbosity >= 0:       # -q: what needs a look only
             out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
-            for line in report.summary_lines(plan):
+            for line in report.summary_lines(plan, verbose=ui.verbosity > 0):
                 out(line + "\n")
         for line in report.name_change_lines(plan):
             out(line + "\n")
@@ -671,8 +677,9 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")
 @wait_option
+@launch_option
 @click.pass_obj
-def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait) -> None:
+def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait, comfyui_args) -> None:
     """Point this ComfyUI at an existing store; moves no file, reads none.
 
     For a container rebuilt from its image (a redeploy), a second ComfyUI install, a ComfyUI
@@ -698,9 +705,13 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait) -> None:
         raise BadInput(f"no store at {target}: attach points ComfyUI at a store that exists",
                        "pass the store's folder as --target, or migrate first with `comfy-migrate run`")
 
+    launch = shell.resolve_launch(home, comfyui_args, ui)
+
     def planned():
-        facts = gather_attach(home, target, base_path)
-        return facts, plan_attach(facts)
+        import dataclasses
+        facts = gather_attach(home, target, base_path, launch)
+        got = plan_attach(facts)
+        return facts, dataclasses.replace(got, plan=got.plan._replace(launch=launch))     # logged, as by run
 
     facts, got = planned()
     plan = got.plan
@@ -1145,6 +1156,47 @@ def history_cmd(target, fmt) -> None:
         out("no runs yet\n")
 
 
+@cli.command("catalogue", context_settings=CONTEXT)
+@target_option
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True,
+              help="Output format.")
+def catalogue_cmd(target, fmt) -> None:
+    """Every stored model with the hashes other tools look it up by.
+
+    Per stored file: its category, every name that loads the same bytes, size, xxh3, SHA-256,
+    BLAKE3 (as ComfyUI writes it, blake3:<hex>), AutoV2 (A1111/Civitai's short hash) and the
+    hashes a safetensors header names (modelspec.hash_sha256, sshs_model_hash). Reads no model's
+    bytes: hashes come from the store's catalogue, as far as it still vouches for each file.
+
+    \b
+    Example:
+      comfy-migrate catalogue --target /workspace/models > models.json
+      comfy-migrate catalogue --format csv > models.csv
+    """
+    from migrate import catalogue as store_catalogue
+    rows, warning = store_catalogue.export(require_store(resolve_target(target)))
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    if fmt == "json":
+        out(report.dumps(rows))
+    else:
+        import csv
+        import io
+        buf = io.StringIO()
+        cols = ["category", "name", "names", "size", "xxh3", "sha256", "blake3", "autov2", *store_catalogue.HEADER_HASHES,
+                "path"]
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({**{k: ("" if v is None else v) for k, v in r.items()}, "names": ";".join(r["names"])})
+        out(buf.getvalue())
+    unknown, partial = store_catalogue.lacking(rows)
+    if unknown or partial:
+        click.echo(f"{unknown + partial} of {len(rows)} stored file(s) lack SHA-256/BLAKE3 ({unknown} not in the "
+                   f"catalogue as they are now, {partial} hashed before this version): they get them the next time "
+                   "a run reads their bytes", err=True)
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="[RUN]", required=False)
 @target_option
@@ -1512,7 +1564,9 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
     res = audit_trees(roots, order, open_verdicts(no_cache), open_cache(no_cache))
     ui.debug(f"{res.files} entries, {res.read} files read, the rest from the cache")
     if fmt == "json":
-        out(report.dumps(report.audit_doc(res.roots, res.findings, dict(res.summaries), res.files)))
+        doc = report.audit_doc(res.roots, res.findings, dict(res.summaries), res.files)
+        doc["verified_upstream"] = list(res.verified)
+        out(report.dumps(doc))
     else:
         out(f"audit of {', '.join(map(report.show, res.roots))}: {res.files} entries\n")
         if res.findings:
@@ -1522,6 +1576,10 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
                 out(f"{kind}: {fix}\n")
         counts = {s: sum(1 for f in res.findings if f.severity == s) for s in ("broken", "suspect", "notice")}
         out(", ".join(f"{n} {s}" for s, n in counts.items()) + "\n")
+        if res.verified:
+            out(f"{len(res.verified)} model(s) verified upstream: the SHA-256 their sidecar names matches their bytes\n")
+            for p in res.verified:
+                ui.debug(f"  verified upstream: {report.show(p)}")
     if any(f.blocks for f in res.findings):
         sys.exit(ExitCode.PROBLEMS)
 

@@ -64,7 +64,7 @@ def test_the_readme_is_short_and_its_links_exist():
 def test_every_readme_option_exists():
     readme = docs()
     known = set()
-    for cmd in cli.cli.commands.values():
+    for cmd in [cli.cli, *cli.cli.commands.values()]:     # the group's own (global) options too
         for p in cmd.params:
             known.update(o for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", []))
     known.update({"--help", "--version", "--link-back/--no-link-back", "--extra-model-paths-config"})
