@@ -1156,6 +1156,47 @@ def history_cmd(target, fmt) -> None:
         out("no runs yet\n")
 
 
+@cli.command("catalogue", context_settings=CONTEXT)
+@target_option
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True,
+              help="Output format.")
+def catalogue_cmd(target, fmt) -> None:
+    """Every stored model with the hashes other tools look it up by.
+
+    Per stored file: its category, every name that loads the same bytes, size, xxh3, SHA-256,
+    BLAKE3 (as ComfyUI writes it, blake3:<hex>), AutoV2 (A1111/Civitai's short hash) and the
+    hashes a safetensors header names (modelspec.hash_sha256, sshs_model_hash). Reads no model's
+    bytes: hashes come from the store's catalogue, as far as it still vouches for each file.
+
+    \b
+    Example:
+      comfy-migrate catalogue --target /workspace/models > models.json
+      comfy-migrate catalogue --format csv > models.csv
+    """
+    from migrate import catalogue as store_catalogue
+    rows, warning = store_catalogue.export(require_store(resolve_target(target)))
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    if fmt == "json":
+        out(report.dumps(rows))
+    else:
+        import csv
+        import io
+        buf = io.StringIO()
+        cols = ["category", "name", "names", "size", "xxh3", "sha256", "blake3", "autov2", *store_catalogue.HEADER_HASHES,
+                "path"]
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({**{k: ("" if v is None else v) for k, v in r.items()}, "names": ";".join(r["names"])})
+        out(buf.getvalue())
+    unknown, partial = store_catalogue.lacking(rows)
+    if unknown or partial:
+        click.echo(f"{unknown + partial} of {len(rows)} stored file(s) lack SHA-256/BLAKE3 ({unknown} not in the "
+                   f"catalogue as they are now, {partial} hashed before this version): they get them the next time "
+                   "a run reads their bytes", err=True)
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="[RUN]", required=False)
 @target_option
@@ -1523,7 +1564,9 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
     res = audit_trees(roots, order, open_verdicts(no_cache), open_cache(no_cache))
     ui.debug(f"{res.files} entries, {res.read} files read, the rest from the cache")
     if fmt == "json":
-        out(report.dumps(report.audit_doc(res.roots, res.findings, dict(res.summaries), res.files)))
+        doc = report.audit_doc(res.roots, res.findings, dict(res.summaries), res.files)
+        doc["verified_upstream"] = list(res.verified)
+        out(report.dumps(doc))
     else:
         out(f"audit of {', '.join(map(report.show, res.roots))}: {res.files} entries\n")
         if res.findings:
@@ -1533,6 +1576,10 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
                 out(f"{kind}: {fix}\n")
         counts = {s: sum(1 for f in res.findings if f.severity == s) for s in ("broken", "suspect", "notice")}
         out(", ".join(f"{n} {s}" for s, n in counts.items()) + "\n")
+        if res.verified:
+            out(f"{len(res.verified)} model(s) verified upstream: the SHA-256 their sidecar names matches their bytes\n")
+            for p in res.verified:
+                ui.debug(f"  verified upstream: {report.show(p)}")
     if any(f.blocks for f in res.findings):
         sys.exit(ExitCode.PROBLEMS)
 
