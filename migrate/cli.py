@@ -251,7 +251,7 @@ def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> No
     out("\n".join(report.plan_header(plan)) + "\n\n")
     rows, notes = report.plan_rows(plan, verbose)
     if rows and not quiet:
-        out(table(rows, report.PLAN_HEADERS) + "\n")
+        out(table(rows, report.PLAN_HEADERS, names=(1, 3)) + "\n")
     for n in () if quiet else notes:
         out(f"  {n}\n")
     out(("" if quiet else "\n") + table(report.summary_rows(plan), ["action", "files", "size"]) + "\n\n")
@@ -1577,7 +1577,7 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
     else:
         out(f"audit of {', '.join(map(report.show, res.roots))}: {res.files} entries\n")
         if res.findings:
-            out(table(report.audit_rows(res.findings), report.AUDIT_HEADERS) + "\n\n")
+            out(table(report.audit_rows(res.findings), report.AUDIT_HEADERS, names=(2,)) + "\n\n")
             fixes = sorted({(f.kind, f.fix) for f in res.findings if f.fix})
             for kind, fix in fixes:
                 out(f"{kind}: {fix}\n")

@@ -548,7 +548,8 @@ def workflow_lines(doc: dict, root: str = "") -> list[str]:
             continue
         lines.append(f"{show(where)}: {len(w['models'])} model(s)" + ("" if w["models"] else " (none it names)"))
         for m in w["models"]:
-            lines.append(f"  {mark[m['status']]} {m['category'] or '?'}/{show(m['name'])}"
+            ref = f"{m['category'] or '?'}/{m['name']}"
+            lines.append(f"  {mark[m['status']]} {middle(ref, 100)}"
                          + ("" if m["status"] == "ok" else f": {show(m['note'])}"))
     if not doc["workflows"]:
         lines.append("no saved workflows (ComfyUI saves them under user/<user>/workflows/)")
@@ -559,7 +560,7 @@ def workflow_lines(doc: dict, root: str = "") -> list[str]:
         lines.append("  (listed only when no workflow names it; each file's bytes counted once; see the report)")
         for u in unused[:10]:
             shared = "" if u.get("frees", u["size"]) == u["size"] else " (shares its bytes: frees nothing)"
-            lines.append(f"  {human(u['size']):>9}  {u['category']}/{show(u['name'])}{shared}")
+            lines.append(f"  {human(u['size']):>9}  {middle(u['category'] + '/' + u['name'], 100)}{shared}")
         if len(unused) > 10:
             lines.append(f"  ... and {len(unused) - 10} more (--format json lists them all)")
     missing = doc["missing"]
