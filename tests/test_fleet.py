@@ -1050,23 +1050,31 @@ for _ in range(rounds):
 """
 
 
+def _unshare_pid() -> Optional[List[str]]:
+    """`unshare` making a PID namespace: as root, else inside a user namespace (unprivileged)."""
+    for extra in ([], ["--user", "--map-root-user"]):
+        cmd = ["unshare", *extra, "--pid", "--fork", "--mount-proc", "--kill-child"]
+        try:
+            if subprocess.run(cmd + ["true"], capture_output=True).returncode == 0:
+                return cmd
+        except OSError:
+            return None
+    return None
+
+
+UNSHARE_PID = _unshare_pid()
+
+
 def _in_pid_namespace(*args: str, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
     """A process in a PID namespace of its own (its pid 1), with our host name (no UTS namespace):
     a container started with `docker --network host` or compose's `hostname:`."""
-    return subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, "-c",
-                             _NS_HOLDER, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert UNSHARE_PID is not None
+    return subprocess.Popen([*UNSHARE_PID, sys.executable, "-c", _NS_HOLDER, *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _pid_namespaces_available() -> bool:
-    try:
-        return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
-                              capture_output=True).returncode == 0
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _pid_namespaces_available(), reason="needs `unshare --pid --mount-proc` (root, or a "
-                    "kernel allowing it): the volume suite (scripts/volumes) runs it as root")
+@pytest.mark.skipif(UNSHARE_PID is None, reason="`unshare --pid --mount-proc` is refused here (not root, and no "
+                    "user namespaces): the volume suite (scripts/volumes) runs the same as root")
 def test_two_pid_namespaces_with_one_host_name_never_hold_the_lock_at_once(tmp_path):
     """Each holder is pid 1 of its own namespace: the other's pid 1 (itself, started later) is not
     the holder, so the pid decides nothing there; only the holder's lease does. They race: never
