@@ -51,6 +51,8 @@ class Entry(NamedTuple):
     digest: str
     run: Optional[str] = None           # the run that placed it (None: found in the store)
     ctime_ns: Optional[int] = None      # as walked when the entry was written (None: never trusted)
+    sha256: Optional[str] = None        # of the content `digest` names, when a read computed it (hashing.Hasher)
+    blake3: Optional[str] = None        # likewise; both used only as far as `digest` is (`lookup`)
 
     @property
     def ident(self) -> Ident:
@@ -82,8 +84,11 @@ def parse(data: Optional[bytes]) -> Tuple[Catalogue, str]:
                     and type(mtime_ns) is int and type(ino) is int):
                 raise ValueError(f"a malformed entry for {rel!r}")
             ctime_ns = e.get("ctime_ns")
+            sha, b3 = e.get("sha256"), e.get("blake3")
+            if not (isinstance(sha, str) and len(sha) == 64 and isinstance(b3, str) and len(b3) == 64):
+                sha = b3 = None
             out[rel] = Entry(rel, size, mtime_ns, ino, digest, e.get("run"),
-                             ctime_ns if type(ctime_ns) is int else None)
+                             ctime_ns if type(ctime_ns) is int else None, sha, b3)
         if len(out) != head.get("entries"):
             raise ValueError("entry count differs from the header")
         return out, ""
@@ -95,16 +100,36 @@ def render(cat: Catalogue) -> bytes:
     lines = [json.dumps({"catalogue": CATALOGUE_VERSION, "entries": len(cat)}, sort_keys=True)]
     for rel in sorted(cat):
         e = cat[rel]
-        lines.append(json.dumps({"rel": e.rel, "size": e.size, "mtime_ns": e.mtime_ns, "ino": e.ino,
-                                 "ctime_ns": e.ctime_ns, "digest": e.digest, "run": e.run},
-                                sort_keys=True, ensure_ascii=True))
+        row = {"rel": e.rel, "size": e.size, "mtime_ns": e.mtime_ns, "ino": e.ino,
+               "ctime_ns": e.ctime_ns, "digest": e.digest, "run": e.run}
+        if e.sha256 and e.blake3:
+            row.update(sha256=e.sha256, blake3=e.blake3)
+        lines.append(json.dumps(row, sort_keys=True, ensure_ascii=True))
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
 def lookup(cat: Catalogue, rel: str, ident: Ident, ctime_ns: int) -> Optional[str]:
-    """The recorded digest of `rel` if the file is still the one recorded (ctime too), else None."""
+    """The recorded digest of `rel` if the file is still the one recorded (ctime too), else None.
+    Its SHA-256 and BLAKE3, when recorded, become known with it (hashing.extras)."""
     e = cat.get(rel)
-    return e.digest if e is not None and e.ident == ident and e.ctime_ns == ctime_ns else None
+    if e is not None and e.ident == ident and e.ctime_ns == ctime_ns:
+        if e.sha256 and e.blake3:
+            from migrate.hashing import remember_extras
+            remember_extras(e.digest, e.sha256, e.blake3)
+        return e.digest
+    return None
+
+
+def with_hashes(cat: Catalogue, old: Catalogue) -> Catalogue:
+    """Each entry with the SHA-256 and BLAKE3 of its content: from a read in this process, else from
+    an old entry naming the same xxh3 digest (they describe the content, not the file)."""
+    from migrate.hashing import extras
+    known = {e.digest: (e.sha256, e.blake3) for e in old.values() if e.sha256 and e.blake3}
+    out: Catalogue = {}
+    for rel, e in cat.items():
+        more = extras(e.digest) or known.get(e.digest)
+        out[rel] = e._replace(sha256=more[0], blake3=more[1]) if more else e
+    return out
 
 
 Known = Dict[Tuple[str, int, int], Tuple[str, Optional[str]]]     # (rel, size, mtime_ns) -> (digest, run)
@@ -285,5 +310,96 @@ def refresh(target: str, known_by_rel: Known, known_by_ident: Dict[Ident, str]) 
         read = hash_stored(target, [w for w in walked if w[0] not in cat and w[0] in names])
         if read:
             cat = reconcile(walked, {**known_by_rel, **read}, by_ident, old, logged)
+    cat = with_hashes(cat, old)
     save(target, cat)
     return cat, warning
+
+
+# --- the catalogue other tools read (`comfy-migrate catalogue`) -------------------------------------
+
+HEADER_HASHES = ("modelspec.hash_sha256", "sshs_model_hash")     # in a safetensors header's __metadata__
+MAX_HEADER = 100 << 20                                           # safetensors' own limit
+
+
+def autov2(sha256: Optional[str]) -> Optional[str]:
+    """A1111/Forge's short hash: the first 10 hex digits of SHA-256, upper case as they show it."""
+    return sha256[:10].upper() if sha256 else None
+
+
+def header_hashes(head: Optional[dict]) -> Dict[str, str]:
+    """`modelspec.hash_sha256` / `sshs_model_hash` from a parsed safetensors header, when present."""
+    meta = head.get("__metadata__") if isinstance(head, dict) else None
+    if not isinstance(meta, dict):
+        return {}
+    return {k: meta[k] for k in HEADER_HASHES if isinstance(meta.get(k), str) and meta[k]}
+
+
+def export_rows(walked: Sequence[Walked], cat: Catalogue, headers: Dict[str, Dict[str, str]]) -> List[dict]:
+    """One row per stored model file (pure): its category, every name that loads the same bytes
+    from the store (`category/name`: hardlinks and same-content copies), size, and its hashes where
+    the catalogue vouches for them (the file still has the recorded inode, size, mtime and ctime)."""
+    from migrate.comfy import category_of
+    digests: Dict[str, Optional[str]] = {}
+    for rel, ident, ctime_ns in walked:
+        digests[rel] = lookup(cat, rel, ident, ctime_ns)
+    by_digest: Dict[str, List[str]] = {}
+    for rel, d in digests.items():
+        if d:
+            by_digest.setdefault(d, []).append(rel)
+
+    def named(rel: str) -> Tuple[str, str]:
+        folder, _, name = rel.partition("/")
+        return category_of(folder)[0], name
+
+    rows = []
+    for rel, ident, _ in sorted(walked):
+        d = digests[rel]
+        e = cat.get(rel) if d else None
+        sha = e.sha256 if e is not None else None
+        b3 = e.blake3 if e is not None else None
+        category, name = named(rel)
+        names = sorted({"/".join(named(r)) for r in by_digest.get(d, [rel])} if d else {f"{category}/{name}"})
+        row = {"path": rel, "category": category, "name": name, "names": names, "size": ident[1],
+               "xxh3": d, "sha256": sha, "blake3": f"blake3:{b3}" if b3 else None, "autov2": autov2(sha)}
+        row.update({k: headers.get(rel, {}).get(k) for k in HEADER_HASHES})
+        rows.append(row)
+    return rows
+
+
+def read_header(path: str) -> Optional[dict]:
+    """A safetensors file's parsed JSON header (None when it is not one); reads only the header."""
+    import struct
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        first = os.pread(fd, 8, 0)
+        if len(first) < 8:
+            return None
+        n = struct.unpack("<Q", first)[0]
+        if not 2 <= n <= MAX_HEADER:
+            return None
+        raw = os.pread(fd, n, 8)
+        doc = json.loads(raw.decode("utf-8")) if len(raw) == n else None
+        return doc if isinstance(doc, dict) else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def export(target: str) -> Tuple[List[dict], str]:
+    """`comfy-migrate catalogue`'s rows for the store at target, and the catalogue's warning. Reads
+    no model's bytes but safetensors headers: a file the catalogue does not vouch for has no hashes
+    in its row (`lacking` counts them)."""
+    cat, warning = load(target)
+    walked = walk_store(target)
+    headers = {rel: header_hashes(read_header(os.path.join(target, rel)))
+               for rel, _, _ in walked if rel.lower().endswith(".safetensors")}
+    return export_rows(walked, cat, headers), warning
+
+
+def lacking(rows: Sequence[dict]) -> Tuple[int, int]:
+    """(rows without any digest, rows with xxh3 but no SHA-256/BLAKE3)."""
+    return (sum(1 for r in rows if not r["xxh3"]), sum(1 for r in rows if r["xxh3"] and not r["sha256"]))

@@ -26,8 +26,11 @@ CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 @click.version_option(__version__, prog_name="comfy-migrate")
 @click.option("-q", "--quiet", count=True, help="Less output on stderr.")
 @click.option("-v", "--verbose", count=True, help="More output on stderr.")
+@click.option("--hashes", type=click.Choice(["all", "xxh3"]), default="all", envvar="COMFY_MIGRATE_HASHES",
+              show_default=True, help="Digests computed when a file's bytes are read: xxh3, SHA-256 and BLAKE3 "
+              "in the same read, or xxh3 alone (fastest; SHA-256/BLAKE3 then come with a later read).")
 @click.pass_context
-def cli(ctx: click.Context, quiet: int, verbose: int) -> None:
+def cli(ctx: click.Context, quiet: int, verbose: int, hashes: str) -> None:
     """Move ComfyUI's models into one shared store without duplicates, point
     extra_model_paths.yaml at it, and undo it all from the audit log.
 
@@ -39,6 +42,9 @@ def cli(ctx: click.Context, quiet: int, verbose: int) -> None:
       comfy-migrate rollback             # everything back as it was
     """
     ctx.obj = Ui(verbose - quiet)
+    if hashes != "all":
+        from migrate.hashing import set_hashes
+        set_hashes(hashes)
 
 
 # --- shared options ------------------------------------------------------------------------------
@@ -120,10 +126,10 @@ def plan_options(f):
     f = click.option("--include-suspect", is_flag=True,
                      help="Migrate files the audit finds broken or suspect too (default: they stay). Unfinished "
                           "downloads (.part, ...) and empty files are never migrated.")(f)
-    f = click.option("--base-path", default="absolute", envvar="COMFY_MIGRATE_BASE_PATH", show_default=True,
+    f = click.option("--base-path", default=None, envvar="COMFY_MIGRATE_BASE_PATH",
                      callback=base_path_spec,
                      help="base_path written to the YAML: absolute, relative (to the YAML's folder) "
-                          "or env:VAR.")(f)
+                          "or env:VAR. Default: the form the YAML's comfy-migrate section has, else absolute.")(f)
     f = click.option("--link-back/--no-link-back", default=None,
                      help="Leave a symlink at each moved file's old place. Default: only in folders "
                           "ComfyUI does not know (custom nodes read them directly).")(f)
@@ -200,6 +206,13 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
         ts = facts.target_scan
         ui.debug(f"store: {len(ts.records)} entries, {facts.catalogue_hits} digests from its catalogue, "
                  f"{ts.cached_files} from the cache, {ts.hashed_files} files read ({ts.hashed_bytes} bytes)")
+    if not again:
+        from migrate.hashing import extras, hashes_on
+        known = {r.digest for sc in [*facts.sources, facts.target_scan] if sc is not None for r in sc.records if r.digest}
+        lack = sum(1 for d in known if extras(d) is None)
+        if lack and hashes_on():
+            ui.debug(f"{lack} of {len(known)} distinct contents have xxh3 only (read before SHA-256/BLAKE3 were "
+                     "computed, or with --hashes xxh3): they get them the next time their bytes are read")
     policy = Policy(mode=Mode(mode), on_conflict=OnConflict(on_conflict), link_back=link_back,
                     base_path=base_path)
     return facts, make_plan(facts, policy)
@@ -238,11 +251,11 @@ def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> No
     out("\n".join(report.plan_header(plan)) + "\n\n")
     rows, notes = report.plan_rows(plan, verbose)
     if rows and not quiet:
-        out(table(rows, report.PLAN_HEADERS) + "\n")
+        out(table(rows, report.PLAN_HEADERS, names=(1, 3)) + "\n")
     for n in () if quiet else notes:
         out(f"  {n}\n")
     out(("" if quiet else "\n") + table(report.summary_rows(plan), ["action", "files", "size"]) + "\n\n")
-    for line in report.summary_lines(plan, quiet):
+    for line in report.summary_lines(plan, quiet, verbose):
         out(line + "\n")
     diff = report.yaml_diff(plan)
     if diff and quiet:
@@ -312,8 +325,10 @@ def run_report_path(log_path: str) -> str:
     return os.path.join(reports, os.path.basename(log_path)[:-len(".jsonl")] + ".html")
 
 
-def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = "", announce: bool = True) -> str:
-    """The plan's HTML page (html_report), written atomically; returns the path written."""
+def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = "", announce: bool = True,
+                 done=None) -> str:
+    """The plan's HTML page (html_report), written atomically; returns the path written. done: after
+    a run, the numbers its terminal prints (html_report.render)."""
     from migrate import fsops, html_report
     if not path.lower().endswith((".html", ".htm")):     # never write over a file that is not a report
         raise BadInput(f"the report must be an .html file, not {path}", "name it e.g. plan.html")
@@ -321,7 +336,7 @@ def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = ""
     doc = report.plan_doc(plan)
     changes = {(c.get("category"), c.get("name")): c.get("reason", "") for c in doc.get("name_changes", ())}
     flows = workflow_report(home, plan.yaml_path, price, changes, plan.launch) if home else None
-    page = html_report.render(plan, flows, made=made, name_changes=doc.get("name_changes"))
+    page = html_report.render(plan, flows, made=made, name_changes=doc.get("name_changes"), done=done)
     path = os.path.abspath(path)
     try:
         fsops.atomic_write(path, page.encode("utf-8"), 0o644)
@@ -473,7 +488,7 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
             out(report.launch_line(plan) + "\n")
         if ui.verbosity >= 0:       # -q: what needs a look only
             out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
-            for line in report.summary_lines(plan):
+            for line in report.summary_lines(plan, verbose=ui.verbosity > 0):
                 out(line + "\n")
         for line in report.name_change_lines(plan):
             out(line + "\n")
@@ -596,15 +611,20 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
         finally:
             lock.release()
         break
+    left = stayed_behind(plan, facts)
     try:     # the page of what ran, beside its log (the run is done: a failure here costs only the page)
         page = write_report(ui, plan, kw, price, run_report_path(rep.log_path), made=f"run {rep.run_id}",
-                            announce=False)
+                            announce=False, done={"run": rep.run_id, "placed": rep.placed,
+                                                  "copied_bytes": rep.copied_bytes, "removed": rep.removed,
+                                                  "stayed": len(left), "quarantine_bytes": rep.quarantine_bytes})
     except (MigrateError, OSError) as exc:
         ui.warn(str(exc))
         page = None
+    except Exception as exc:         # noqa: BLE001 (the run has migrated: a bad page never hides its undo line)
+        ui.warn(f"the run's report page was not written ({type(exc).__name__}); the run itself is done")
+        page = None
     deploy = report.deploy_doc(plan) if plan.yaml_after is not None and (rep.yaml_written or
                                                                             not plan.yaml_changes) else {}
-    left = stayed_behind(plan, facts)
     if fmt == "json":
         out(report.dumps({"run": rep.run_id, "log": rep.log_path, "resumed": rep.resumed,
                           "placed": rep.placed, "copied_bytes": rep.copied_bytes, "removed": rep.removed,
@@ -641,9 +661,133 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
                    if running else "") + "\n")
     for p in rep.problems:
         ui.warn(f"{report.show(p.path)}: {p.message}")
+    for n in rep.notes:
+        ui.warn(report.show(n))
     if left and fmt == "table":
         ui.warn(f"{stayed_summary(left)}; `comfy-migrate plan{given(kw, plan.target)}` says why for each")
     if rep.problems or left:
+        sys.exit(ExitCode.PROBLEMS)
+
+
+# --- attach --------------------------------------------------------------------------------------
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--comfyui", envvar="COMFYUI_DIR", callback=nonempty,
+              help="The ComfyUI folder to point at the store. Default: $COMFYUI_DIR, "
+                   "/workspace/runpod-slim/ComfyUI, /workspace/ComfyUI.")
+@target_option
+@click.option("--base-path", default=None, envvar="COMFY_MIGRATE_BASE_PATH", callback=base_path_spec,
+              help="base_path written to the YAML: absolute, relative (to the YAML's folder) or env:VAR. "
+                   "Default: the form the YAML's comfy-migrate section has, else absolute.")
+@click.option("--dry-run", is_flag=True, help="Print what would change (the YAML diff, folders, name changes) and stop.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")
+@wait_option
+@launch_option
+@click.pass_obj
+def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait, comfyui_args) -> None:
+    """Point this ComfyUI at an existing store; moves no file, reads none.
+
+    For a container rebuilt from its image (a redeploy), a second ComfyUI install, a ComfyUI
+    update or a worker mounting the volume elsewhere: writes the comfy-migrate section of
+    <comfyui>/extra_model_paths.yaml from what the store holds and this ComfyUI's own categories
+    (the store first for each, plus download_model_base), makes the store's missing category
+    folders, and leaves the image's own model files where they are. A start script can call it at
+    every boot: on an attached pod it writes nothing. Journalled like a run: `rollback` undoes it.
+
+    \b
+    Example:
+      comfy-migrate attach --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models --yes
+      comfy-migrate attach --comfyui /ComfyUI --target /runpod-volume/models --yes     # a worker
+    """
+    from migrate.attach import gather_attach, plan_attach
+    from migrate.comfy import find_comfyui
+    if fmt == "json" and not yes and not dry_run:
+        raise NotConfirmed("attach --format json never asks", "pass --yes, or look first with --dry-run")
+    home = find_comfyui(comfyui)
+    shell.adopt_comfyui(home, ui)
+    target = resolve_target(target)
+    if not os.path.isdir(target):
+        raise BadInput(f"no store at {target}: attach points ComfyUI at a store that exists",
+                       "pass the store's folder as --target, or migrate first with `comfy-migrate run`")
+
+    launch = shell.resolve_launch(home, comfyui_args, ui)
+
+    def planned():
+        import dataclasses
+        facts = gather_attach(home, target, base_path, launch)
+        got = plan_attach(facts)
+        return facts, dataclasses.replace(got, plan=got.plan._replace(launch=launch))     # logged, as by run
+
+    facts, got = planned()
+    plan = got.plan
+    for p in (p for s in (facts.models, facts.store) for p in s.problems):
+        ui.warn(f"{report.show(p.path)}: {p.message}")
+    doc = {"comfyui": home, "target": target, "yaml": plan.yaml_path, "base_path": plan.base_path,
+           "base_path_mode": plan.policy.base_path, "store_folders": list(plan.store_folders),
+           "name_changes": [report.name_change_doc(c) for c in plan.name_changes],
+           "not_compared": [report.name_change_doc(c) for c in got.not_compared],
+           "warnings": list(plan.warnings), "dry_run": dry_run}
+    if not plan.has_work:
+        if fmt == "json":
+            out(report.dumps(dict(doc, run=None, nothing_to_do=True, yaml_written=False)))
+        else:
+            ui.info(f"attached already: {report.show(plan.yaml_path)} searches {report.show(target)} first; "
+                    "nothing written")
+        return
+    if fmt == "table":
+        out(f"attach {report.show(home)} to the store {report.show(target)} (no model file is moved or read)\n")
+        diff = report.yaml_diff(plan)
+        if diff:
+            out(f"\nextra_model_paths.yaml change:\n{diff}")
+        if plan.store_folders:
+            out(f"\nstore folders to make ({len(plan.store_folders)}): "
+                + ", ".join(report.show(os.path.basename(d)) for d in plan.store_folders) + "\n")
+        for line in report.name_change_lines(plan, when="after attach"):
+            out(line + "\n")
+        for w in plan.warnings:
+            ui.warn(w)
+    if dry_run:
+        if fmt == "json":
+            out(report.dumps(dict(doc, run=None, nothing_to_do=False, yaml_written=False)))
+        return
+    confirm(f"Point {home} at {target}?", yes)
+    from migrate.execute import execute_plan, find_interrupted      # only with work to do: start-up
+    with take_lock(ui, target, "comfy-migrate attach", wait) as lock:
+        facts, got = planned()          # again under the lock: the store as it is now
+        plan = got.plan
+        if find_interrupted(target, plan.sources, plan.yaml_path) is not None:
+            raise BadInput(f"an interrupted run of {plan.yaml_path} is pending in {target}",
+                           "finish it with `comfy-migrate run` (same options), or roll it back first")
+        rep = None
+        if plan.has_work:
+            rep = execute_plan(plan, sys.argv, lock=lock, kind="attach")
+    running = []
+    try:
+        from migrate.running import find_running
+        running = find_running(home)
+    except OSError:
+        pass
+    if fmt == "json":
+        out(report.dumps(dict(doc, run=rep.run_id if rep else None, nothing_to_do=rep is None,
+                              log=rep.log_path if rep else None, yaml_written=bool(rep and rep.yaml_written),
+                              store_folders=list(plan.store_folders),
+                              problems=[{"path": p.path, "message": p.message} for p in (rep.problems if rep else [])],
+                              restart_comfyui=bool(rep and rep.yaml_written and running))))
+    elif rep is not None:
+        tgt = shlex.quote(report.show(target))
+        out(f"\nattach {rep.run_id}: {'YAML written' if rep.yaml_written else 'YAML unchanged'}, "
+            f"{len(plan.store_folders)} store folder(s) made\n"
+            f"undo with: comfy-migrate rollback {rep.run_id} --target {tgt}\n")
+        if rep.yaml_written and running:
+            out(f"restart ComfyUI now: it reads extra_model_paths.yaml only at start-up "
+                f"({', '.join(r.describe() for r in running)})\n")
+    for p in (rep.problems if rep else []):
+        ui.warn(f"{report.show(p.path)}: {p.message}")
+    for n in (rep.notes if rep else []):
+        ui.warn(report.show(n))
+    if rep is not None and rep.problems:
         sys.exit(ExitCode.PROBLEMS)
 
 
@@ -779,9 +923,11 @@ def pod_log(ui: Ui, target: str, comfyui, live: bool, all_logs: bool = False, ya
     host = os.uname().nodename
     logs = os.path.join(target, STATE_DIR, RUNS_DIR)
     every = all_runs(target)
-    mine, how = pod_runs(every, target, yaml_path, host, by_sources=False)
+    # As verify finds them (issue 21): after a redeploy the host name is new, the YAML path and the
+    # sources are this pod's still.
+    mine, how = pod_runs(every, target, yaml_path, host)
     if not mine:
-        raise BadLog((f"no run of this pod in {logs}: none wrote {yaml_path} or ran on this host ({host})"
+        raise BadLog((f"no run of this pod in {logs}: none wrote {yaml_path}, has its sources here or ran on this host ({host})"
                       if yaml_path else f"no run of this host ({host}) in {logs}; the runs there are other pods'")
                      if every else f"no run to roll back in {logs}" if live else
                      f"no run yet in {logs}: nothing to check or purge",
@@ -1017,6 +1163,47 @@ def history_cmd(target, fmt) -> None:
         out("no runs yet\n")
 
 
+@cli.command("catalogue", context_settings=CONTEXT)
+@target_option
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True,
+              help="Output format.")
+def catalogue_cmd(target, fmt) -> None:
+    """Every stored model with the hashes other tools look it up by.
+
+    Per stored file: its category, every name that loads the same bytes, size, xxh3, SHA-256,
+    BLAKE3 (as ComfyUI writes it, blake3:<hex>), AutoV2 (A1111/Civitai's short hash) and the
+    hashes a safetensors header names (modelspec.hash_sha256, sshs_model_hash). Reads no model's
+    bytes: hashes come from the store's catalogue, as far as it still vouches for each file.
+
+    \b
+    Example:
+      comfy-migrate catalogue --target /workspace/models > models.json
+      comfy-migrate catalogue --format csv > models.csv
+    """
+    from migrate import catalogue as store_catalogue
+    rows, warning = store_catalogue.export(require_store(resolve_target(target)))
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    if fmt == "json":
+        out(report.dumps(rows))
+    else:
+        import csv
+        import io
+        buf = io.StringIO()
+        cols = ["category", "name", "names", "size", "xxh3", "sha256", "blake3", "autov2", *store_catalogue.HEADER_HASHES,
+                "path"]
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({**{k: ("" if v is None else v) for k, v in r.items()}, "names": ";".join(r["names"])})
+        out(buf.getvalue())
+    unknown, partial = store_catalogue.lacking(rows)
+    if unknown or partial:
+        click.echo(f"{unknown + partial} of {len(rows)} stored file(s) lack SHA-256/BLAKE3 ({unknown} not in the "
+                   f"catalogue as they are now, {partial} hashed before this version): they get them the next time "
+                   "a run reads their bytes", err=True)
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="[RUN]", required=False)
 @target_option
@@ -1189,7 +1376,8 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt, comfyui_ar
         out(report.dumps(res))
     else:
         for rid in res["runs"]:
-            out(f"run {rid}: {res['per_run'][rid]} files checked\n")
+            out(f"attach {rid}: the YAML only, no file placed\n" if rid in res.get("attaches", ()) else
+                f"run {rid}: {res['per_run'][rid]} files checked\n")
         if launch is not None and launch.args:
             out(f"  names resolved as ComfyUI started with {report.show(launch.shell_args())} ({launch.origin})\n")
         if quick:
@@ -1205,6 +1393,11 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt, comfyui_ar
         if res.get("names_checked"):
             out(f"  {res['names_checked']} model names checked: each loads the bytes the run recorded"
                 + (f", but for {len(res['names_changed'])}" if res["names_changed"] else "") + "\n")
+        if res.get("not_attached"):
+            out(f"  ComfyUI does not search the store first for the names this pod's runs placed: "
+                f"{report.show(res['not_attached'])}; run `comfy-migrate attach` ("
+                + (f"--comfyui {shlex.quote(report.show(home))} " if home else "")
+                + f"--target {shlex.quote(report.show(target))}), then (re)start ComfyUI\n")
         for kind in ("missing", "changed", "shadowed", "broken_link_backs", "dangling_links", "names_changed",
                      "not_listed_by_comfyui"):
             for p in res.get(kind, []):
@@ -1217,7 +1410,9 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt, comfyui_ar
                 + "\n")
             if c["stale"]:
                 out(f"  ComfyUI was started before the YAML changed: restart it ({c['stale']})\n")
-        if res["orphaned"]:
+            elif c.get("note"):
+                out(f"  note: {c['note']}\n")
+        if res["orphaned"] and not res.get("not_attached"):
             out(f"  note: {len(res['orphaned'])} file(s) in the target this pod's YAML does not list (other pods' "
                 f"folders, or leftovers), e.g. {report.show(res['orphaned'][0])}; --format json lists them\n")
         out("all good\n" if res["ok"] else "problems found\n")
@@ -1250,7 +1445,7 @@ def ask_comfyui(url: str, runs, home, target: str, launch=None) -> dict:
 
     from migrate.rollback import kept_records
     from migrate.running import find_running
-    from migrate.verify import check_listed, claims, read_server, resolution, stale_server
+    from migrate.verify import check_listed, claims, read_server, resolution, stale_server, start_note
     try:
         view = read_server(url)
     except (OSError, ValueError) as exc:
@@ -1274,7 +1469,8 @@ def ask_comfyui(url: str, runs, home, target: str, launch=None) -> dict:
         started = max((p.started for p in procs if p.started is not None), default=None)
         changed = os.stat(yaml_path).st_ctime
     stale = stale_server(names, view, order, target, listed, started, changed)
-    return dict(listed, url=url, nodes=view.nodes, stale=stale)
+    note = None if stale else start_note(view, started, changed)
+    return dict(listed, url=url, nodes=view.nodes, stale=stale, note=note)
 
 
 # --- workflows -----------------------------------------------------------------------------------
@@ -1283,7 +1479,7 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
     """The workflows document (workflows.workflow_doc) of a ComfyUI folder, as its YAML resolves now
     (launch: how ComfyUI is started; its user folder holds the workflows)."""
     from migrate import comfy, workflows
-    from migrate.facts import gather_workflows, read_yaml
+    from migrate.facts import gather_workflows, model_identities, read_yaml
     text = read_yaml(yaml_path) if yaml_path else None
     if launch is not None:
         from migrate.launch import search_order
@@ -1296,7 +1492,7 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
         order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
         found, before = gather_workflows(home, order)
     sizes = {k: v[1] for k, v in before.items()}
-    return workflows.workflow_doc(found, before, changes or {}, sizes, price)
+    return workflows.workflow_doc(found, before, changes or {}, sizes, price, model_identities(before))
 
 
 @cli.command("workflows", context_settings=CONTEXT)
@@ -1375,16 +1571,22 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
     res = audit_trees(roots, order, open_verdicts(no_cache), open_cache(no_cache))
     ui.debug(f"{res.files} entries, {res.read} files read, the rest from the cache")
     if fmt == "json":
-        out(report.dumps(report.audit_doc(res.roots, res.findings, dict(res.summaries), res.files)))
+        doc = report.audit_doc(res.roots, res.findings, dict(res.summaries), res.files)
+        doc["verified_upstream"] = list(res.verified)
+        out(report.dumps(doc))
     else:
         out(f"audit of {', '.join(map(report.show, res.roots))}: {res.files} entries\n")
         if res.findings:
-            out(table(report.audit_rows(res.findings), report.AUDIT_HEADERS) + "\n\n")
+            out(table(report.audit_rows(res.findings), report.AUDIT_HEADERS, names=(2,)) + "\n\n")
             fixes = sorted({(f.kind, f.fix) for f in res.findings if f.fix})
             for kind, fix in fixes:
                 out(f"{kind}: {fix}\n")
         counts = {s: sum(1 for f in res.findings if f.severity == s) for s in ("broken", "suspect", "notice")}
         out(", ".join(f"{n} {s}" for s, n in counts.items()) + "\n")
+        if res.verified:
+            out(f"{len(res.verified)} model(s) verified upstream: the SHA-256 their sidecar names matches their bytes\n")
+            for p in res.verified:
+                ui.debug(f"  verified upstream: {report.show(p)}")
     if any(f.blocks for f in res.findings):
         sys.exit(ExitCode.PROBLEMS)
 

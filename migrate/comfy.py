@@ -77,6 +77,12 @@ LOADERS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 TAESD = re.compile(r"(taesd|taesdxl|taesd3|taef1)_(encoder|decoder)\.")    # VAELoader's test: startswith
 
+# ComfyUI-Manager's key: it saves every download whose save_path is its own (insightface,
+# ultralytics/bbox, sams, ...) under folder_names_and_paths["download_model_base"][0][0], else under
+# ComfyUI/models (get_model_dir in its manager_server.py). ComfyUI registers it like a category; no
+# loader lists it, so name resolution leaves it out.
+DOWNLOAD_BASE = "download_model_base"
+
 INCOMPLETE_SUFFIXES = (".part", ".tmp", ".crdownload", ".aria2", ".incomplete", ".download")
 MANAGED_SECTION = "comfy_migrate"
 BEGIN_MARK = "# >>> comfy-migrate: managed section, written by `comfy-migrate run`; `comfy-migrate rollback` restores the previous file"
@@ -255,6 +261,8 @@ def search_folders(
             is_default = bool(conf.pop("is_default")) if "is_default" in conf else False
             for key, value in conf.items():
                 cat = canonical_key(str(key))
+                if cat == DOWNLOAD_BASE:
+                    continue        # where ComfyUI-Manager saves downloads, no category of models
                 paths = order.get(cat) or order.setdefault(cat, _Order([]))
                 for line in str(value).split("\n"):
                     if not line:
@@ -343,6 +351,22 @@ def managed_base(text: str, yaml_path: str, env: dict[str, str] | None = None) -
         return None
     raw = str(conf["base_path"])
     return raw, resolve_base(raw, yaml_path, env)
+
+
+def kept_base_spec(text: str | None, yaml_path: str) -> str:
+    """The --base-path form (absolute, relative, env:VAR) of the base_path our managed section has in
+    `text`: a later run or attach without --base-path keeps it, so a YAML made portable stays so
+    (a volume mounted elsewhere, a worker). "absolute" where there is no such section."""
+    if text is None:
+        return "absolute"
+    conf = parse_yaml(text, yaml_path).get(MANAGED_SECTION)
+    raw = str(conf.get("base_path") or "") if isinstance(conf, dict) else ""
+    m = re.match(r"\$(?:\{(\w+)\}|(\w+))(?:/|$)", raw, re.ASCII)
+    if m:
+        return "env:" + (m.group(1) or m.group(2))
+    if raw and not raw.startswith(("/", "~", "$")):
+        return "relative"
+    return "absolute"
 
 
 def render_section(base_path: str, folders: dict[str, list[str]]) -> str:

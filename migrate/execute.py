@@ -59,6 +59,7 @@ class RunReport:
     yaml_written: bool = False
     problems: List[Problem] = field(default_factory=list)
     lock_note: str = ""
+    notes: List[str] = field(default_factory=list)     # said, not failures (a store folder not made)
 
     @property
     def ok(self) -> bool:
@@ -356,6 +357,9 @@ class _Runner:
         it keeps working when the volume holding both is mounted at another path."""
         assert a.dst is not None
         src = a.source
+        # attach recreates a link-back in a container rebuilt from its image: its folder may be gone
+        if not self.made_folder(os.path.dirname(src), a.root, a, "the folder of the link"):
+            return
         try:
             home = os.path.join(os.path.realpath(os.path.dirname(a.dst)), os.path.basename(a.dst))
             to = self.link_text(home, os.path.realpath(os.path.dirname(src)), self.up_links(src))
@@ -465,13 +469,14 @@ def _check_held(a: Action) -> None:
 
 def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None,
                  lock: Optional[TargetLock] = None,
-                 before_close: Optional[Callable[[str], None]] = None) -> RunReport:
+                 before_close: Optional[Callable[[str], None]] = None, kind: str = "run") -> RunReport:
     """Execute `plan` under the target's lock; returns the report (per-file problems are data).
 
     `lock`: the target's lock, already held by the caller (who made `plan` under it); otherwise
     it is taken here, failing at once if another run holds it. `before_close(run_id)`: called
     after the last step, before the closing record (the store's catalogue is rewritten there:
-    killed before it, the run is still open and its next run finishes it).
+    killed before it, the run is still open and its next run finishes it). `kind`: "attach" for
+    the YAML-only runs of `comfy-migrate attach` (logged in the header; a run's header has none).
     """
     if not plan.fits:
         raise NoSpace(f"the target has {human(plan.free_bytes or 0)} free but the plan needs {human(plan.space_to_take)} "
@@ -507,6 +512,8 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                   "target": plan.target, "yaml": plan.yaml_path, "mode": plan.policy.mode.value,
                   "fs": fs_record(plan)}
         remember_facts(plan)
+        if kind != "run":
+            header["kind"] = kind
         if plan.launch is not None:     # how ComfyUI is started: verify and rollback resolve names as it does
             header["comfyui"] = {"main": plan.launch.comfyui, "args": list(plan.launch.args),
                                  "from": plan.launch.origin}
@@ -554,6 +561,19 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                     break
                 r.place(a)
             yaml_ok = r.stopped is None or r.renamed     # a renamed source is found through the YAML only
+            for folder in (plan.store_folders if yaml_ok else ()):     # every category the YAML lists
+                # Never from the room the run keeps for its log and a rollback (plan.reserve_bytes):
+                # where a folder takes a block (exFAT: 1 MiB), a nearly full store gets fewer.
+                block = plan.target_fs.block
+                if block and not os.path.isdir(folder) and fsops.free_space(plan.target) - plan.reserve_bytes < 2 * block:
+                    report.notes.append(f"store folder {folder} not made: the store is nearly full (its free space "
+                                        "is kept for the run's log and a rollback); `comfy-migrate attach` makes it later")
+                    continue
+                try:
+                    r.mkdirs(folder, plan.target)
+                except OSError as exc:      # ComfyUI skips a missing folder: said, no failure (no model is in it)
+                    report.notes.append(f"cannot make the store folder {folder} ({fsops.describe(exc)}): a download "
+                                        "of that category lands elsewhere until `comfy-migrate attach` makes it")
             if plan.yaml_path is not None and plan.yaml_changes and yaml_ok:
                 try:
                     r.write_yaml()
@@ -580,6 +600,10 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                     r.relink(a)
             if r.stopped is not None:
                 stop(j, report, r.stopped, r.renamed)
+            stayed = [[a.source, a.size, a.mtime_ns, a.digest] for a in plan.actions
+                      if a.kind is ActionKind.CONFLICT and a.digest]
+            if stayed:      # conflicts left in place, as read: attach, which reads no file, compares by them
+                j.append({"type": "stayed", "files": stayed})
             if plan.names_after:
                 # What ComfyUI loads for each name it loaded before the run (verify checks it).
                 j.append({"type": "names", "names": [list(n) for n in plan.names_after]})

@@ -52,6 +52,7 @@ class Facts:
     container_free: Optional[int] = None             # free space of the overlay sources' container disk
     state_bytes: int = 0                             # space our state files in the store take (state_bytes())
     launch: object = None                            # launch.Launch: how ComfyUI is started (None: unknown)
+    store_dirs: Optional[frozenset] = None           # names of the folders at the store's top (None: no store yet)
 
 
 def _from_catalogue(scan: ScanResult, cat: store_catalogue.Catalogue) -> Tuple[ScanResult, int]:
@@ -202,7 +203,17 @@ def gather(
     return Facts(tuple(scans), target, target_scan, probes, target_fs.hardlink,
                  yaml_path, yaml_before, fsops.free_space(target), tuple(findings), cat, cat_warning, hits,
                  started, world=world, target_fs=target_fs, layers=layers,
-                 container_free=container_free, state_bytes=used, launch=launch)
+                 container_free=container_free, state_bytes=used, launch=launch,
+                 store_dirs=top_folders(target))
+
+
+def top_folders(target: str) -> frozenset:
+    """The names of the folders (or symlinks to folders) at the store's top; empty where it is missing."""
+    try:
+        with os.scandir(target) as it:
+            return frozenset(e.name for e in it if e.is_dir())
+    except OSError:
+        return frozenset()
 
 
 def weakest_facts(target: str, target_fs: FsFacts, probes: Sequence[Probe]) -> Tuple[FsFacts, Tuple[Probe, ...]]:
@@ -378,12 +389,15 @@ def path_facts(yaml_path: Optional[str], target: str, base_path: str) -> Optiona
 
 def make_plan(facts: Facts, policy: Policy) -> Plan:
     """The plan, checked by the preflight against every path run will touch (see preflight.py)."""
-    from migrate import preflight
+    from migrate import comfy, preflight
+    if policy.base_path is None:        # no --base-path: the form the YAML has (a portable one stays so)
+        policy = policy._replace(base_path=comfy.kept_base_spec(facts.yaml_before, facts.yaml_path or ""))
     plan = planning.build_plan(facts.sources, facts.target_scan, facts.target, policy, facts.probes,
                                facts.target_hardlinks, facts.yaml_path, facts.yaml_before, facts.free_bytes,
                                paths=path_facts(facts.yaml_path, facts.target, policy.base_path),
                                world=facts.world, target_fs=facts.target_fs, layers=facts.layers,
-                               container_free=facts.container_free, state_bytes=facts.state_bytes)
+                               container_free=facts.container_free, state_bytes=facts.state_bytes,
+                               store_dirs=facts.store_dirs)
     plan = plan._replace(findings=facts.findings, resumed=interrupted_placements(facts), launch=facts.launch)
     yaml_real = os.path.realpath(facts.yaml_path) if facts.yaml_path else None
     return preflight.check(plan, preflight_facts(preflight.paths_to_check(plan, yaml_real)), yaml_real)
@@ -509,28 +523,55 @@ def confirm_beliefs(plan: Plan, caches: Sequence[Optional[DigestCache]] = ()) ->
     return stale
 
 
-def loaded_models(order: dict) -> dict:
+def loaded_models(order: dict, gguf: bool = False) -> dict:
     """(category, name) -> (the file ComfyUI loads for it, its size), for every name ComfyUI lists:
     the names below each category's folders (walked as ComfyUI walks them: recursively, following
     symlinked folders, skipping .git), each resolved by names.first_holder (ComfyUI's get_full_path:
-    the first folder in search order holding a regular file or a symlink to one). Reads folders only."""
+    the first folder in search order holding a regular file or a symlink to one). Reads folders only.
+    A folder reached again through a symlink loop (`loras/self -> .`) is walked once. gguf: also the
+    .gguf files ComfyUI-GGUF lists in diffusion_models and text_encoders."""
     from migrate import comfy
     from migrate.names import first_holder
+    from migrate.workflows import GGUF_CATEGORIES
     out: dict = {}
     for cat, folders in order.items():
         names = set()
         for folder in folders:
+            seen = set()
             for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+                try:
+                    st = os.stat(dirpath)
+                except OSError:
+                    dirnames[:] = []
+                    continue
+                if (st.st_dev, st.st_ino) in seen:
+                    dirnames[:] = []
+                    continue
+                seen.add((st.st_dev, st.st_ino))
                 dirnames[:] = [d for d in dirnames if d != ".git"]
                 rel_dir = os.path.relpath(dirpath, folder)
                 names.update(f if rel_dir == "." else f"{rel_dir}/{f}" for f in filenames)
-        for name in sorted(n for n in names if comfy.lists_extension(cat, n)):
+        for name in sorted(n for n in names if comfy.lists_extension(cat, n)
+                           or (gguf and cat in GGUF_CATEGORIES and n.lower().endswith(".gguf"))):
             path = first_holder(folders, name, os.path.isfile)
             if path is not None:
                 try:
                     out[(cat, name)] = (path, os.stat(path).st_size)
                 except OSError:
                     continue
+    return out
+
+
+def model_identities(before: dict) -> dict:
+    """(category, name) -> (device, inode) of the bytes ComfyUI loads, or None for a symlink (its
+    bytes are its target's): what the unused list counts once per inode."""
+    out = {}
+    for key, (path, _size) in before.items():
+        try:
+            st = os.lstat(path)
+            out[key] = None if stat.S_ISLNK(st.st_mode) else (st.st_dev, st.st_ino)
+        except OSError:
+            out[key] = None
     return out
 
 
@@ -553,7 +594,7 @@ def find_workflows(home: str, user: Optional[str] = None) -> List[str]:
 def gather_workflows(home: str, order: dict, user: Optional[str] = None):
     """(workflows with categories, what ComfyUI loads for each name now). Reads, never writes."""
     from migrate import workflows as wf
-    before = loaded_models(order)
+    before = loaded_models(order, gguf=True)
     names: dict = {}
     for cat, name in before:
         names.setdefault(cat, set()).add(name)
@@ -565,5 +606,8 @@ def gather_workflows(home: str, order: dict, user: Optional[str] = None):
         except (OSError, UnicodeDecodeError) as exc:
             out.append(wf.Workflow(path, "unreadable", (), f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
             continue
-        out.append(wf.assign_categories(wf.parse_workflow(path, text), names))
+        try:
+            out.append(wf.assign_categories(wf.parse_workflow(path, text), names))
+        except (RecursionError, MemoryError, ValueError, TypeError) as exc:     # one bad file never stops a run
+            out.append(wf.Workflow(path, "unreadable", (), f"cannot read: {type(exc).__name__}"))
     return out, before

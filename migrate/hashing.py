@@ -35,6 +35,9 @@ ALIGN = 64                    # 32 suffices on the machines measured; a cache li
 PROGRESS = 32 << 20           # report progress in steps of at least this many bytes
 OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
+EXTRA_MIN = 64 << 10          # chunks at least this big: SHA-256 on a pool thread while xxh3 and BLAKE3 run here
+HASHES = ("xxh3", "sha256", "blake3")
+
 OnBytes = Callable[[int], None]
 Key = tuple[int, int, int, int]     # (device, inode, size, mtime_ns): "is it still the file we saw"
 Stamp = tuple[int, int, int, int, int]   # Key + ctime_ns: what a digest read from the bytes is bound to
@@ -49,6 +52,105 @@ class ChangedError(OSError):
 
 class _Stopped(Exception):
     """The caller was interrupted; workers leave at the next chunk."""
+
+
+# --- the hashes other tools speak: SHA-256 and BLAKE3, computed in the same read as xxh3 -----------
+#
+# xxh3-128 stays the store's identity for content (dedupe, journal, catalogue keys). SHA-256 (what
+# Civitai, Hugging Face's LFS oid, comfy-cli and the sidecars of model managers name) and BLAKE3
+# (ComfyUI's assets database, `blake3:<hex>`) are facts about that content: they are remembered per
+# xxh3 digest (`extras`), so they follow the xxh3 digest wherever it is trusted (digest cache,
+# catalogue) and never need a read of their own. Both bindings release the GIL on large updates:
+# SHA-256 (the slowest, ~2 GB/s with the CPU's SHA extensions) runs on a pool thread while this thread
+# runs xxh3 and BLAKE3 over the same chunk (the buffer is reused only after both are done).
+
+_extras_on = os.environ.get("COMFY_MIGRATE_HASHES", "all").strip().lower() not in ("xxh3", "xxh3-only")
+_EXTRAS: dict[str, tuple[str, str]] = {}        # xxh3 hex -> (sha256 hex, blake3 hex)
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def set_hashes(which: str) -> None:
+    """'all' (xxh3, SHA-256 and BLAKE3 in each read) or 'xxh3' (today's speed: xxh3 only)."""
+    global _extras_on
+    _extras_on = which != "xxh3"
+
+
+def hashes_on() -> bool:
+    return _extras_on
+
+
+def extras(digest: str | None) -> tuple[str, str] | None:
+    """(sha256 hex, blake3 hex) of the content whose xxh3 digest is `digest`, if a read computed them."""
+    return _EXTRAS.get(digest) if digest else None
+
+
+def remember_extras(digest: str, sha256: str, blake3_hex: str) -> None:
+    if len(sha256) == 64 and len(blake3_hex) == 64:
+        _EXTRAS[digest] = (sha256, blake3_hex)
+
+
+def _executor():
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+                _pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
+                                           thread_name_prefix="sha256")
+    return _pool
+
+
+class Hasher:
+    """xxh3-128, and (unless `set_hashes('xxh3')`) SHA-256 and BLAKE3, over the same bytes.
+
+    hexdigest() is the xxh3 hex (what every caller keys on); it also records the other two
+    (`extras`)."""
+
+    __slots__ = ("x", "s", "b")
+
+    def __init__(self, extra: bool | None = None) -> None:
+        self.x = xxhash.xxh3_128()
+        if extra if extra is not None else _extras_on:
+            import hashlib      # here: not every command reads a file's bytes (start-up)
+            import blake3
+            self.s, self.b = hashlib.sha256(), blake3.blake3()
+        else:
+            self.s = self.b = None
+
+    def update(self, data) -> None:
+        if self.s is None:
+            self.x.update(data)
+        elif len(data) >= EXTRA_MIN and (os.cpu_count() or 1) >= 2:
+            job = _executor().submit(self.s.update, data)
+            try:
+                self.b.update(data)
+                self.x.update(data)
+            finally:
+                job.result()            # the caller may reuse the buffer only after this
+        else:
+            self.s.update(data)
+            self.b.update(data)
+            self.x.update(data)
+
+    def hexdigest(self) -> str:
+        digest = self.x.hexdigest()
+        if self.s is not None:
+            remember_extras(digest, self.s.hexdigest(), self.b.hexdigest())
+        return digest
+
+    def all(self) -> tuple[str, str | None, str | None]:
+        digest = self.hexdigest()
+        return (digest,) + (extras(digest) or (None, None)) if self.s is not None else (digest, None, None)
+
+
+def one_shot(data) -> str:
+    """xxh3 hex of a buffer (and its other hashes, when on)."""
+    if not _extras_on:
+        return xxhash.xxh3_128_hexdigest(data)
+    h = Hasher(True)
+    h.update(data)
+    return h.hexdigest()
 
 
 def aligned_buffer(size: int = BUFFER) -> mmap.mmap:
@@ -201,7 +303,7 @@ class _Progress:
                     self.on_bytes(n)
 
 
-def _read_stream(fd: int, view: memoryview, h: "xxhash.xxh3_128", progress: _Progress,
+def _read_stream(fd: int, view: memoryview, h: Hasher, progress: _Progress,
                  stop: threading.Event | None = None) -> None:
     while True:
         if stop is not None and stop.is_set():
@@ -215,7 +317,7 @@ def _read_stream(fd: int, view: memoryview, h: "xxhash.xxh3_128", progress: _Pro
 
 def hash_fd(fd: int, buf: Buffer, on_bytes: OnBytes | None = None) -> str:
     """Digest of what is left to read from fd (sequentially, through buf)."""
-    h = xxhash.xxh3_128()
+    h = Hasher()
     progress = _Progress(on_bytes)
     _read_stream(fd, _aligned_view(buf), h, progress)
     progress.flush()
@@ -279,7 +381,7 @@ class _Split:
                 self.reading -= 1
                 self.cond.notify_all()
 
-    def run(self, h: "xxhash.xxh3_128", own: memoryview, progress: _Progress) -> None:
+    def run(self, h: Hasher, own: memoryview, progress: _Progress) -> None:
         """The owner's part: hash every chunk in order, then the tail to EOF.
 
         While a helper reads the next chunk, the owner reads one further ahead itself, so both
@@ -343,13 +445,13 @@ class _Split:
 def _hash_open(fd: int, st: os.stat_result, path: str, view: memoryview, progress: _Progress,
                split_into: Callable[[_Split], None] | None, stop: threading.Event | None) -> str:
     """Digest of an open file: one-shot if it fits the buffer, else streamed or split."""
-    h = xxhash.xxh3_128()
+    h = Hasher()
     if st.st_size < len(view):
         n = os.readv(fd, [view])
         m = os.readv(fd, [view[n:]]) if 0 < n < len(view) else 0    # 0: EOF, as expected
         if n < len(view) and not m:
             progress.add(n)
-            return xxhash.xxh3_128_hexdigest(view[:n])
+            return one_shot(view[:n])
         h.update(view[:n + m])         # it grew: stream the rest (the caller's check reports it)
         progress.add(n + m)
     elif split_into is not None and st.st_size >= SPLIT and len(view) == BUFFER:
@@ -425,6 +527,9 @@ def hash_bytes(data: bytes) -> str:
 # (Version 1's `digests` table, keyed without ctime, is ignored: its entries cannot be trusted.)
 DIGESTS_TABLE = ("CREATE TABLE IF NOT EXISTS digests2 (dev INTEGER, ino INTEGER, size INTEGER,"
                  " mtime_ns INTEGER, ctime_ns INTEGER, read_ns INTEGER, digest TEXT, PRIMARY KEY (dev, ino))")
+# SHA-256 and BLAKE3 of content by its xxh3 digest (see Hasher): read with the digests2 rows, trusted
+# exactly as far as a digests2 row naming that xxh3 digest is trusted (DigestCache.get_all).
+HASHES_TABLE = "CREATE TABLE IF NOT EXISTS hashes3 (digest TEXT PRIMARY KEY, sha256 TEXT, blake3 TEXT)"
 _U64 = 1 << 64
 
 
@@ -463,6 +568,14 @@ class DigestCache:
                     self._discard()
             except sqlite3.Error:
                 self._discard()
+            if self._known:
+                try:
+                    self._extras = {d: (a, b) for d, a, b in load_rows(path, "SELECT digest, sha256, blake3 FROM hashes3")
+                                    if isinstance(a, str) and isinstance(b, str)}
+                except sqlite3.Error:
+                    pass            # a cache from before hashes3: xxh3 only, the others come with the next read
+
+    _extras: dict[str, tuple[str, str]] = {}
 
     def _discard(self) -> None:
         self._known = {}
@@ -474,8 +587,22 @@ class DigestCache:
     def get(self, s: Stamp) -> str | None:
         hit = self._new.get(s[:2]) or self._known.get(s[:2])
         if hit and hit[:3] == s[2:5] and not racy(s, hit[3]):
+            more = self._extras.get(hit[4])
+            if more is not None and hit[4] not in _EXTRAS:
+                remember_extras(hit[4], *more)
             return hit[4]
         return None
+
+    def get_all(self, s: Stamp) -> tuple[str, str | None, str | None] | None:
+        """(xxh3, sha256, blake3) of the file with stamp s under get's trust rule (None: not trusted);
+        sha256 and blake3 are None for an entry read before they were computed."""
+        digest = self.get(s)
+        return None if digest is None else (digest,) + (extras(digest) or (None, None))
+
+    def lacking(self) -> int:
+        """Entries (known or new) whose content has no SHA-256/BLAKE3 yet."""
+        rows = {**self._known, **self._new}
+        return sum(1 for r in rows.values() if extras(r[4]) is None and r[4] not in self._extras)
 
     def put(self, s: Stamp, digest: str, read_ns: int) -> None:
         """Remember a digest read from the bytes of the file with stamp s, a read begun at read_ns."""
@@ -484,8 +611,11 @@ class DigestCache:
     def save(self) -> None:
         if not self.path or not self._new:
             return
+        more = [(h,) + extras(h) for (_, _, _, _, h) in self._new.values() if extras(h) is not None]
         if save_rows(self.path, (DIGESTS_TABLE,), "INSERT OR REPLACE INTO digests2 VALUES (?, ?, ?, ?, ?, ?, ?)",
                      [(to_sql(d), to_sql(i), s, m, c, t, h) for (d, i), (s, m, c, t, h) in self._new.items()]):
+            if more:
+                save_rows(self.path, (HASHES_TABLE,), "INSERT OR REPLACE INTO hashes3 VALUES (?, ?, ?)", more)
             self._known.update(self._new)
             self._new.clear()
 
@@ -537,7 +667,6 @@ def _hash_small(jobs: Sequence[tuple[str, Key | Stamp]], indices: Sequence[int],
     The read that would confirm EOF is skipped: a file that grew after the first fstat has
     another size or mtime at the second one.
     """
-    one_shot = xxhash.xxh3_128_hexdigest
     limit = len(view)
     for i in indices:
         if stop.is_set():
@@ -558,7 +687,8 @@ def _hash_small(jobs: Sequence[tuple[str, Key | Stamp]], indices: Sequence[int],
             if n == key[2] and n < limit:
                 digest = one_shot(view[:n])
             else:
-                h = xxhash.xxh3_128(view[:n])
+                h = Hasher()
+                h.update(view[:n])
                 if n:
                     _read_stream(fd, view, h, progress, stop)
                 digest = h.hexdigest()

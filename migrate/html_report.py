@@ -63,6 +63,16 @@ def src_rel(plan: Plan, path: str) -> str:
     return path
 
 
+def _side(plan: Plan, side: Mapping | None) -> str:
+    """One side of a name change, so that before and after read differently: where the file is
+    (the pod's source or the store), its path there and the start of its digest."""
+    if not side or not side.get("path"):
+        return ""
+    path, target = side["path"], plan.target
+    where = f"store: {_rel(path, target)}" if path.startswith(target.rstrip("/") + "/") else f"pod: {src_rel(plan, path)}"
+    return where + (f" (xxh3 {side['digest'][:12]})" if side.get("digest") else "")
+
+
 def src_name(plan: Plan, a: Action) -> str:
     return src_rel(plan, a.source)
 
@@ -76,7 +86,7 @@ def category_bytes(plan: Plan) -> list[tuple[str, int, int, int]]:
         if a.kind is ActionKind.SKIP and a.size == 0:
             continue
         r[0] += a.size
-        leaves = a.removal in (Removal.UNLINK, Removal.QUARANTINE, Removal.RENAMED)
+        leaves = a.removal in (Removal.UNLINK, Removal.RENAMED)     # the quarantine stays until `purge`
         if not leaves:
             r[1] += a.size
         if a.kind in (ActionKind.MOVE, ActionKind.COPY, ActionKind.LINK):
@@ -130,21 +140,35 @@ STATUS = {"ok": ("ok", "loads"), "changes": ("warn", "changes"), "missing": ("ba
 
 
 def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-migrate plan",
-           made: str = "", name_changes: Sequence[Mapping] | None = ()) -> str:
+           made: str = "", name_changes: Sequence[Mapping] | None = (), done: Mapping | None = None) -> str:
     """The whole page. workflows: workflows.workflow_doc (None: no ComfyUI folder to read them from).
-    name_changes: the plan's name changes as JSON documents (category, name, before, after, reason)."""
+    name_changes: the plan's name changes as JSON documents (category, name, before, after, reason).
+    done: after a run, the numbers its terminal printed (run, placed, copied_bytes, removed, stayed,
+    quarantine_bytes); None: the plan's own (report.outcome)."""
     t = report.totals(plan)
-    kinds = t["by_action"]
-    moving = sum(v["bytes"] for k, v in kinds.items() if k != "skip")
+    o = report.outcome(plan)
     target = plan.target
-    cards = [
-        (report.human(moving), "of models reach the store"),
-        (report.human(t["dedup_saves_bytes"]), "saved by deduplication"),
-        (report.human(t["copy_bytes"]), "to copy"),
-        (str(sum(v["files"] for k, v in kinds.items() if k != "skip")), "model files"),
-        (str(kinds.get("conflict", {}).get("files", 0)), "conflicts"),
-        (str(sum(1 for f in plan.findings if f.blocks)), "files held back by the audit"),
-    ]
+    if done is None:         # the plan: what a run would do
+        cards = [
+            (report.human(o["reach_bytes"]), f"reach the store ({o['reach_files']} model files)"),
+            (report.human(t["dedup_saves_bytes"]), "saved by deduplication"),
+            (report.human(t["copy_bytes"]), "to copy"),
+            (str(o["conflict_files"]), f"conflicts: stay where they are ({report.human(o['conflict_bytes'])})"),
+            (str(sum(1 for f in plan.findings if f.blocks)), "files held back by the audit"),
+        ]
+        if o["quarantine_bytes"]:
+            cards.append((report.human(o["quarantine_bytes"]),
+                          "go to quarantine: still on the source disk until `comfy-migrate purge` frees them"))
+    else:                    # the run: the numbers its terminal printed
+        cards = [
+            (str(done["placed"]), "files placed in the store"),
+            (report.human(done["copied_bytes"]), "copied"),
+            (str(done["removed"]), "source names removed"),
+            (str(done["stayed"]), "model files stayed where they are (conflicts, held back)"),
+            (report.human(done["quarantine_bytes"]),
+             f"in quarantine: `comfy-migrate purge {done['run']}` frees it" if done["quarantine_bytes"]
+             else "in quarantine"),
+        ]
     if plan.free_bytes is not None:
         cards.append((report.human(plan.free_bytes), "free in the store: " + ("fits" if plan.fits else "DOES NOT FIT")))
     s = [f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -160,7 +184,7 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
 
     s.append("<h2>Where the bytes go</h2>")
     s.append('<p class="legend"><span><i class="b0"></i>container disk before</span>'
-             '<span><i class="b1"></i>container disk after</span><span><i class="b2"></i>newly in the store</span></p>')
+             '<span><i class="b1"></i>container disk after (the quarantine until <code>purge</code>)</span><span><i class="b2"></i>newly in the store</span></p>')
     s.append(chart(category_bytes(plan)))
 
     s.append("<h2>Names whose model changes</h2>")
@@ -168,9 +192,9 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
     if name_changes:
         s.append(_table(["category", "name", "before", "after", "why"], [
             [esc(c.get("category")), f'<span class="path">{esc(c.get("name"))}</span>',
-             f'<span class="path">{esc(src_rel(plan, _rel((c.get("before") or {}).get("path"), target)))}</span>',
-             f'<span class="path">{esc(_rel((c.get("after") or {}).get("path"), target)) or "<i>no longer loads</i>"}</span>',
-             esc(c.get("reason", ""))] for c in name_changes], narrow_hide=(2,)))
+             f'<span class="path">{esc(_side(plan, c.get("before")))}</span>',
+             f'<span class="path">{esc(_side(plan, c.get("after")))}</span>' if c.get("after")
+             else "<i>no longer loads</i>", esc(c.get("reason", ""))] for c in name_changes], narrow_hide=()))
     elif name_changes is not None:
         s.append('<p class="ok">None: after a restart every model name loads the bytes it loads now.</p>')
     if conflicts:
@@ -219,7 +243,7 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
                 s.append(f'<p class="bad">unreadable: {esc(w["error"])}</p>')
                 continue
             s.append(_table(["", "category", "model", "note"], [
-                [f'<span class="tag {STATUS[m["status"]][0]}">{STATUS[m["status"]][1]}</span>', esc(m["category"]),
+                [f'<span class="tag {STATUS[m["status"]][0]}">{STATUS[m["status"]][1]}</span>', esc(m["category"] or "?"),
                  f'<span class="path">{esc(m["name"])}</span>', esc(m["note"])] for m in w["models"]],
                 narrow_hide=(1,)))
         if workflows["missing"]:
@@ -228,8 +252,11 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
             s.append(f'<p>{len(workflows["unused"])} model(s) no workflow names: '
                      f'{esc(report.human(workflows["unused_bytes"]))}, about '
                      f'${workflows["unused_cost_per_month"]:.2f} a month at ${workflows["price_per_gb_month"]}/GB-month.</p>')
+            if workflows.get("unused_rule"):
+                s.append(f'<p>How this list was made: {esc(workflows["unused_rule"])}.</p>')
             s.append("<details><summary>list them</summary>" + _table(["size", "$/month", "category", "name"], [
-                [esc(report.human(u["size"])), f'{u["cost_per_month"]:.2f}', esc(u["category"]),
+                [esc(report.human(u["size"])) + ("" if u.get("frees", u["size"]) == u["size"] else " (shared, frees 0)"),
+                 f'{u["cost_per_month"]:.2f}', esc(u["category"]),
                  f'<span class="path">{esc(u["name"])}</span>'] for u in workflows["unused"]], num=(0, 1)) + "</details>")
 
     s.append("<h2>extra_model_paths.yaml</h2>")

@@ -223,7 +223,8 @@ class Policy(namedtuple("Policy", [
     "mode",                       # Mode = Mode.MOVE
     "on_conflict",                # OnConflict = OnConflict.SKIP
     "link_back",                  # bool | None = None: None, only for custom-node folders
-    "base_path",                  # str = "absolute": absolute | relative | env:VAR
+    "base_path",                  # str | None = "absolute": absolute | relative | env:VAR; None: the
+                                  # form the YAML's managed section has (comfy.kept_base_spec)
 ], defaults=(Mode.MOVE, OnConflict.SKIP, None, "absolute"))):
     """The user's choices that shape a plan."""
 
@@ -338,7 +339,8 @@ class Plan(namedtuple("Plan", [
     "space_needed",               # int = 0: store space the run takes: copies rounded up to the store's
                                   # allocation unit, new folders, and reserve_bytes (storerules.py)
     "reserve_bytes",              # int = 0: of it, for the run's own files (lock, log, a rollback's records)
-], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, (), None, None, 0, 0))):
+    "store_folders",              # tuple[str, ...] = (): store folders the YAML lists that are not there yet
+], defaults=((), None, (), None, None, (), (), (), UNPROBED, 0, None, (), None, None, 0, 0, ()))):
     """What `run` will do, as a value: the dry run prints it, the run executes it."""
 
     __slots__ = ()
@@ -366,7 +368,7 @@ class Plan(namedtuple("Plan", [
 
     @property
     def has_work(self) -> bool:
-        return self.yaml_changes or any(
+        return self.yaml_changes or bool(self.store_folders) or any(
             a.method is not Method.NONE or a.removal is not Removal.NONE or a.kind is ActionKind.RELINK
             for a in self.actions
         )

@@ -175,12 +175,14 @@ def build_plan(
     layers: Optional[Mapping[str, str]] = None,
     container_free: Optional[int] = None,
     state_bytes: int = 0,
+    store_dirs: Optional[frozenset] = None,
 ) -> Plan:
     """`target_fs`: what the store's filesystem does (fsops.probe_fs); `layers`: source path -> LOWER
     or UNKNOWN for files of overlay sources (facts.overlay_layers); `container_free`: free bytes of
     the overlay sources' upper layer (the container disk). The store's name rules and allocation
     unit come with target_fs (storerules.py); `state_bytes`: the space our own state files in the
-    store take already (facts.state_bytes: not reserved again)."""
+    store take already (facts.state_bytes: not reserved again); `store_dirs`: the names of the
+    folders at the store's top (None: unknown, no folder is planned)."""
     target_hardlinks = target_hardlinks and target_fs.hardlink
     layers = layers or {}
     if yaml_path is not None and yaml_before is not None:
@@ -221,18 +223,13 @@ def build_plan(
             warnings.append(f"renamed (conflict): {a.source} is stored as {posixpath.basename(a.dst)}: its "
                             "name loads the store's other file (a name change)")
     yaml_after = base = None
+    made: Tuple[str, ...] = ()
     if yaml_path is not None:
-        folders = {cat: sorted(fs, key=lambda f: (f != cat, f)) for cat, fs in target_folders.items()}
-        if folders:
+        if target_folders:
             paths = paths or PathFacts(posixpath.dirname(yaml_path), target, "/", "/")
-            base = _base_path(policy.base_path, target, paths)
-            yaml_after = comfy.merge_section(yaml_before, comfy.render_section(base, folders), yaml_path)
-            _check_resolves(yaml_after, policy.base_path, target, paths)
-            warnings.extend(_typo_warnings(yaml_before or ""))
-            if yaml_before is not None and comfy.flow_style(yaml_before):
-                warnings.append(f"{yaml_path} is written in flow style (JSON-like): its sections are rewritten in "
-                                "block style, the same values, so that ours can follow (rollback restores the file)")
-            warnings.extend(_portability_warnings(policy.base_path, paths))
+            yaml_after, base, made, said = managed_yaml(yaml_path, yaml_before, target_folders, target,
+                                                        policy.base_path or "absolute", paths, store_dirs)
+            warnings.extend(said)
     elif any(a.method is not Method.NONE for a in actions):
         warnings.append("no extra_model_paths.yaml given (--comfyui or --yaml): ComfyUI will not see the target")
     changes: Tuple[names.NameChange, ...] = ()
@@ -255,6 +252,8 @@ def build_plan(
                             "onto the container disk): the store gets its bytes (a copy, or the copy already there) and "
                             "the YAML makes ComfyUI load the store's; nothing on the container disk changes")
     need, reserve = _space_needed(actions, target_scan, target, target_fs, state_bytes)
+    # (The empty category folders the YAML lists, store_folders, are not counted: no model goes in
+    # them; execute makes them only beside the room kept for the log and a rollback.)
     return Plan(
         space_needed=need, reserve_bytes=reserve,
         name_changes=changes, names_after=after,
@@ -264,8 +263,51 @@ def build_plan(
         warnings=tuple(warnings), free_bytes=free_bytes,
         custom_folders=_custom_folders(actions, target, policy, yaml_after is not None, before), base_path=base,
         paths=paths if base is not None else None, target_fs=target_fs, container_bytes=container,
-        container_free=container_free if container else None,
+        container_free=container_free if container else None, store_folders=made,
     )
+
+
+def managed_yaml(yaml_path: str, yaml_before: Optional[str], target_folders: Mapping[str, set], target: str,
+                 spec: str, paths: PathFacts, store_dirs: Optional[frozenset]
+                 ) -> Tuple[str, str, Tuple[str, ...], List[str]]:
+    """The YAML with our managed section for a store holding `target_folders` (category -> its
+    folders there), as run and attach write it: (the new text, its base_path, the store folders to
+    make, warnings). Refuses (BadInput) a YAML whose base_path ComfyUI would not resolve to the target."""
+    folders = section_folders(target_folders)
+    base = _base_path(spec, target, paths)
+    after = comfy.merge_section(yaml_before, comfy.render_section(base, folders), yaml_path)
+    _check_resolves(after, spec, target, paths)
+    warnings = _typo_warnings(yaml_before or "")
+    if yaml_before is not None and comfy.flow_style(yaml_before):
+        warnings.append(f"{yaml_path} is written in flow style (JSON-like): its sections are rewritten in "
+                        "block style, the same values, so that ours can follow (rollback restores the file)")
+    warnings += _portability_warnings(spec, paths)
+    return after, base, missing_folders(folders, target, store_dirs), warnings
+
+
+def section_folders(target_folders: Mapping[str, set]) -> Dict[str, List[str]]:
+    """The managed section's folders (names relative to the store): every model category of the
+    installed ComfyUI (comfy.CATEGORIES: its folder_paths.py) at its own name in the store, written
+    to be searched first, so that what ComfyUI's downloader or ComfyUI-Manager saves later
+    (`folder_names_and_paths[category][0][0]`) lands on the volume; every other folder the store
+    holds for a category (custom-node folders: `insightface: insightface`) after it; and
+    `download_model_base: .`, the store itself (ComfyUI-Manager's base for its own save paths)."""
+    folders = {cat: set(fs) for cat, fs in target_folders.items()}
+    for cat in comfy.CATEGORIES:
+        folders.setdefault(cat, set()).add(cat)
+    out = {cat: sorted(fs, key=lambda f: (f != cat, f)) for cat, fs in folders.items()}
+    out[comfy.DOWNLOAD_BASE] = ["."]
+    return out
+
+
+def missing_folders(folders: Mapping[str, Sequence[str]], target: str,
+                    store_dirs: Optional[frozenset]) -> Tuple[str, ...]:
+    """The store folders a section lists that are not there yet (run and attach make them,
+    journalled): ComfyUI skips a missing folder, and a download into one would fail."""
+    if store_dirs is None:
+        return ()
+    want = {f.split("/", 1)[0] for fs in folders.values() for f in fs if f not in (".", "")}
+    return tuple(posixpath.join(target, f) for f in sorted(want - set(store_dirs)))
 
 
 def _space_needed(actions: Sequence[Action], target_scan: Optional[ScanResult], target: str,

@@ -227,14 +227,14 @@ def name_change_doc(c) -> dict:
             "reason": c.reason}
 
 
-def name_change_lines(plan: Plan, limit: int = 8) -> list[str]:
+def name_change_lines(plan: Plan, limit: int = 8, when: str = "after the run") -> list[str]:
     """The name changes as one short block, grouped by reason: what a workflow would now load."""
     if not plan.name_changes:
         return []
     groups: dict[str, list] = {}
     for c in plan.name_changes:
         groups.setdefault(c.reason, []).append(c)
-    lines = [f"name changes: {len(plan.name_changes)} name(s) would load other bytes after the run (or nothing):"]
+    lines = [f"name changes: {len(plan.name_changes)} name(s) would load other bytes {when} (or nothing):"]
     for reason, cs in sorted(groups.items()):
         shown = ", ".join(show(f"{c.category}/{c.name}") for c in cs[:limit])
         more = f", and {len(cs) - limit} more (--format json lists them)" if len(cs) > limit else ""
@@ -268,6 +268,17 @@ def totals(plan: Plan) -> dict:
             "store_reserve_bytes": plan.reserve_bytes,
             "stays": {k: sum(1 for a in plan.actions if a.kind is ActionKind.CONFLICT and stay_kind(a) == k)
                       for k in ("conflict", "case-clash", "name-refused")}}
+
+
+def outcome(plan: Plan) -> dict:
+    """What the plan does, in the numbers the terminal and the HTML page both show: the files and
+    bytes that reach the store (conflicts do not), those that stay (conflicts), what goes to the
+    quarantine (still on the source disk until `comfy-migrate purge` frees it)."""
+    reach = [a for a in plan.actions if a.kind not in (ActionKind.SKIP, ActionKind.CONFLICT)]
+    stay = [a for a in plan.actions if a.kind is ActionKind.CONFLICT]
+    return {"reach_files": len(reach), "reach_bytes": sum(a.size for a in reach),
+            "conflict_files": len(stay), "conflict_bytes": sum(a.size for a in stay),
+            "quarantine_bytes": sum(a.size for a in plan.actions if a.removal is Removal.QUARANTINE)}
 
 
 SHORT = {ActionKind.MOVE: "move", ActionKind.LINK: "link", ActionKind.COPY: "copy",
@@ -387,9 +398,10 @@ def summary_rows(plan: Plan) -> list[list]:
     return rows
 
 
-def summary_lines(plan: Plan, quiet: bool = False) -> list[str]:
+def summary_lines(plan: Plan, quiet: bool = False, verbose: bool = False) -> list[str]:
     """The plan's totals in words; quiet (-q): without how each source reaches the store and the
-    custom-node folder notes."""
+    custom-node folder notes; verbose (-v): with what each filesystem allows and each custom-node
+    folder's whole note (else a short summary: they are in --format json and the report)."""
     t = totals(plan)
     lines = [f"deduplication saves {human(t['dedup_saves_bytes'])}; "
              f"{human(t['copy_bytes'])} must be copied"]
@@ -406,8 +418,8 @@ def summary_lines(plan: Plan, quiet: bool = False) -> list[str]:
         how = (f" (it needs {human(plan.space_to_take)} there in {human(block)} blocks, {human(plan.reserve_bytes)} "
                "of it for the lock, the log and a rollback)") if plan.space_needed else ""
         lines.append(f"target free space {human(plan.free_bytes)}: the plan {verdict}{how}")
-    if t["quarantine_bytes"]:
-        lines.append(f"{human(t['quarantine_bytes'])} of source copies go to quarantine "
+    if outcome(plan)["quarantine_bytes"]:
+        lines.append(f"{human(outcome(plan)['quarantine_bytes'])} of source copies go to quarantine "
                      "(freed by `comfy-migrate purge`)")
     if plan.container_bytes:
         verdict = "fits" if plan.container_fits else "DOES NOT FIT"
@@ -416,8 +428,9 @@ def summary_lines(plan: Plan, quiet: bool = False) -> list[str]:
     for p in () if quiet else plan.probes:
         how = "hardlink" if p.hardlink and p.fs.stable_inode and plan.target_fs.stable_inode else \
             "rename" if p.rename else "copy + verify"
-        lines.append(f"{show(p.source)} -> target: {how}" + (f" ({p.detail})" if p.detail else "")
-                     + f"; source {show(p.fs.summary)}; store {show(plan.target_fs.summary)}")
+        facts = f"source {show(p.fs.summary)}; store {show(plan.target_fs.summary)}" if verbose else \
+            f"{show(p.fs.fstype)} -> {show(plan.target_fs.fstype)} (-v: what each allows)"
+        lines.append(f"{show(p.source)} -> target: {how}" + (f" ({p.detail})" if p.detail else "") + f"; {facts}")
     extra = sum(a.size for a in plan.actions if a.kind is ActionKind.SAME_CONTENT and a.method is Method.COPY)
     if extra:
         lines.append(f"the store takes neither hardlinks nor symlinks: {human(extra)} of same-content names "
@@ -426,7 +439,9 @@ def summary_lines(plan: Plan, quiet: bool = False) -> list[str]:
         lines.append(f"YAML base_path {show(plan.base_path)} (--base-path {plan.policy.base_path}) "
                      f"resolves here to {show(plan.target)}")
     for c in () if quiet else plan.custom_folders:
-        lines.append(show(c.note))
+        parts = show(c.note).split("; ")
+        lines.append("; ".join(parts) if verbose or len(parts) <= 2 else
+                     "; ".join(parts[:2]).replace(show(plan.target), middle(plan.target, 40)) + " (-v: in full)")
     return lines
 
 
@@ -453,7 +468,9 @@ def deploy_doc(plan: Plan) -> dict:
     docker.append(f"COPY extra_model_paths.yaml {plan.yaml_path}" if plain else
                   f"COPY {json.dumps(['extra_model_paths.yaml', plan.yaml_path])}")
     docker.append(f"RUN mkdir -p {shlex.quote(plan.target)}")
-    notes = [f"take {plan.yaml_path} into the image's build context for the COPY"]
+    notes = [f"take {plan.yaml_path} into the image's build context for the COPY",
+             "or, instead of the COPY, run `comfy-migrate attach --yes` at every start, before ComfyUI (README: "
+             "After the migration): it writes the YAML from the store, and nothing once written"]
     if plan.policy.base_path == "absolute":
         notes.append(f"base_path is absolute: mount the volume so that the store is at {plan.target} "
                      "(--base-path relative or env:VAR follow the volume to another mount path)")
@@ -531,7 +548,8 @@ def workflow_lines(doc: dict, root: str = "") -> list[str]:
             continue
         lines.append(f"{show(where)}: {len(w['models'])} model(s)" + ("" if w["models"] else " (none it names)"))
         for m in w["models"]:
-            lines.append(f"  {mark[m['status']]} {m['category']}/{show(m['name'])}"
+            ref = f"{m['category'] or '?'}/{m['name']}"
+            lines.append(f"  {mark[m['status']]} {middle(ref, 100)}"
                          + ("" if m["status"] == "ok" else f": {show(m['note'])}"))
     if not doc["workflows"]:
         lines.append("no saved workflows (ComfyUI saves them under user/<user>/workflows/)")
@@ -539,14 +557,16 @@ def workflow_lines(doc: dict, root: str = "") -> list[str]:
     if unused:
         lines.append(f"\n{len(unused)} model(s) no workflow names: {human(doc['unused_bytes'])}, "
                      f"${doc['unused_cost_per_month']:.2f}/month at ${doc['price_per_gb_month']}/GB-month")
+        lines.append("  (listed only when no workflow names it; each file's bytes counted once; see the report)")
         for u in unused[:10]:
-            lines.append(f"  {human(u['size']):>9}  {u['category']}/{show(u['name'])}")
+            shared = "" if u.get("frees", u["size"]) == u["size"] else " (shares its bytes: frees nothing)"
+            lines.append(f"  {human(u['size']):>9}  {middle(u['category'] + '/' + u['name'], 100)}{shared}")
         if len(unused) > 10:
             lines.append(f"  ... and {len(unused) - 10} more (--format json lists them all)")
     missing = doc["missing"]
     if missing:
         lines.append(f"\n{len(missing)} model(s) a workflow needs that this pod lacks: "
-                     + ", ".join(f"{m['category']}/{show(m['name'])}" for m in missing[:5])
+                     + ", ".join(f"{m['category'] or '?'}/{show(m['name'])}" for m in missing[:5])
                      + (" ..." if len(missing) > 5 else ""))
     return lines
 

@@ -19,7 +19,7 @@ from migrate.fleet import store_rel
 from migrate.hashing import hash_path
 from migrate.journal import group_steps
 from migrate.model import STATE_DIR
-from migrate.names import first_holder
+from migrate.names import NOT_BY_NAME, first_holder
 from migrate.steps import OWN_MTIME, PLACES, REMOVES_SOURCE, RETURNS_SOURCE, Op
 
 
@@ -181,6 +181,7 @@ def resolution(yaml_path: Optional[str], comfyui: Optional[str], launch=None) ->
     # ComfyUI reads <realpath of its folder>/extra_model_paths.yaml: resolve from the real folder.
     as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path))
     text = data.decode("utf-8") if data else ""
+    # No YAML (a container rebuilt from its image): ComfyUI's own models folders are still searched.
     if launch is not None:
         from migrate.launch import search_order
         texts = {}
@@ -283,20 +284,53 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     as_before = [p for p in shadowed if _name_of(p, mounts[latest].base) in logged
                  and "/".join(_name_of(p, mounts[latest].base)) not in failed]
     shadowed = [p for p in shadowed if p not in as_before]
+    unattached = not_attached(runs, yamls[latest], resolved(latest)[0], mounts[latest].base, missing + changed)
     res = {"run": latest, "runs": [rid for rid, _ in runs], "per_run": per_run, "quick": quick,
            "checked": sum(per_run.values()), "missing": missing, "changed": changed, "shadowed": shadowed,
            "orphaned": find_orphans(mounts[latest].base, resolved(latest)[0]), "unset_variables": unset,
            "broken_link_backs": broken, "dangling_links": dangling,
            "names_checked": names_checked, "names_changed": names_changed,
-           "shadowed_as_before": as_before,
+           "shadowed_as_before": as_before, "not_attached": unattached,
+           "attaches": [rid for rid, rec in runs if rec[0].get("kind") == "attach"],
            # Orphans are news, not failures: on a shared store they are mostly other pods' folders.
-           "ok": not (missing or changed or shadowed or unset or broken or dangling or names_changed)}
+           "ok": not (missing or changed or shadowed or unset or broken or dangling or names_changed or unattached)}
     if quick:
         res["size_only"] = size_only
     moved = next((mounts[rid].moved for rid, _ in reversed(runs) if mounts[rid].moved), None)
     if moved:
         res["moved"] = {"from": moved[0], "to": moved[1]}
     return res
+
+
+def not_attached(runs: Sequence[Run], yaml_path: Optional[str], order: Dict[str, List[str]], target: str,
+                 bad: Sequence[str] = ()) -> Optional[str]:
+    """Why ComfyUI, with this pod's YAML as it is now, does not search the store first for the names
+    the runs placed (None when it does): the YAML is gone (a container rebuilt from its image), has
+    no section leading to the store, or does not list the store's folder of such a name before
+    every other folder. A name a user's is_default folder holds, as before the run, is verify's
+    `shadowed_as_before`, not this: only the store's folder's absence or place counts."""
+    if not yaml_path:
+        return None
+    real = os.path.realpath(target)
+    if not os.path.exists(yaml_path):
+        return f"{yaml_path} does not exist (a container rebuilt from its image?)"
+    wanted: Dict[str, str] = {}
+    for rel in sorted(claims(runs)):
+        folder = rel.partition("/")[0]
+        cat, _ = comfy.category_of(folder)
+        if cat in NOT_BY_NAME or os.path.join(target, rel) in bad:
+            continue
+        wanted.setdefault(cat, folder)
+    models = os.path.realpath(os.path.join(os.path.dirname(yaml_path), "models"))
+    for cat, folder in sorted(wanted.items()):
+        where = os.path.realpath(os.path.join(real, folder))
+        folders = [os.path.realpath(f) for f in order.get(cat, [])]
+        if where not in folders:
+            return f"{yaml_path} does not list the store's {folder} folder ({where}) for {cat}"
+        ahead = [f for f in folders[:folders.index(where)] if f == models or f.startswith(models + "/")]
+        if ahead:       # ComfyUI's own folder first: our section is no longer is_default
+            return f"{yaml_path} lists the store's {folder} folder after ComfyUI's own {ahead[0]} for {cat}"
+    return None
 
 
 def dangling_links(runs: Sequence[Run], mounts: Mapping[str, "Mount"]) -> List[str]:
@@ -610,12 +644,29 @@ def check_listed(names: Sequence[str], view: ServerView, disk: Optional[Mapping[
             "loaders": {cat: [f"{n}.{i}" for n, i in ks] for cat, ks in sorted(loaders.items())}}
 
 
+CLOCK_STEP = 1.0      # the granularity of a process start from /proc (btime is whole seconds)
+
+
+def start_note(view: ServerView, started: Optional[float], yaml_changed: Optional[float]) -> Optional[str]:
+    """'may be stale' where only times can tell and they cannot: the process start (whole seconds
+    of btime) falls within one step before the YAML's last change, and the server shows no search
+    folders to decide by."""
+    if view.folders is not None or started is None or yaml_changed is None:
+        return None
+    if started < yaml_changed < started + CLOCK_STEP:
+        return ("ComfyUI may be stale: it started within a second of the YAML's last change, and its start "
+                "time is known to the second only (it shows no /internal/folder_paths to decide by); "
+                "restart it if its lists lack a model")
+    return None
+
+
 def stale_server(names: Sequence[str], view: ServerView, order: Dict[str, List[str]], target: str,
                  listed: Dict, started: Optional[float], yaml_changed: Optional[float]) -> Optional[str]:
     """Why the server looks started before the YAML changed (it reads the YAML only at start-up),
     or None. Evidence, strongest first: its search folders (/internal/folder_paths) lack a store
     folder the YAML lists for a checked name; its process (found here) started before the YAML's
     last change; it lists none of the names checked (`listed`: check_listed's result)."""
+    searched = False        # its live folders showed a store folder the YAML lists: no clock needed
     if view.folders is not None:
         for rel in names:
             folder = rel.partition("/")[0]
@@ -625,7 +676,10 @@ def stale_server(names: Sequence[str], view: ServerView, order: Dict[str, List[s
                 continue
             if where not in {os.path.realpath(f) for f in view.folders[cat]}:
                 return f"it does not search {os.path.join(target, folder)}, which the YAML lists for {cat}"
-    if started is not None and yaml_changed is not None and started < yaml_changed:
+            searched = True
+    # /proc gives a start in whole seconds of btime plus clock ticks: up to 1 s early. Only a start
+    # a whole step before the change is known to be before it (start_note says "may be stale").
+    if not searched and started is not None and yaml_changed is not None and started + CLOCK_STEP <= yaml_changed:
         return "its process started before the YAML's last change"
     if listed["checked"] and len(listed["not_listed"]) == listed["checked"]:
         return f"it lists none of the {listed['checked']} names checked"

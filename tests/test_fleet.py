@@ -225,9 +225,16 @@ def test_rollback_of_one_pod_keeps_what_others_rely_on(tmp_path, cli_env):
     assert placer is not None
     (comfyui_a, models_a, env_a, mount_a), = [p for p in pods if str(p[0] / "models") in placer["sources"]]
     assert placer["target"] == str(mount_a)
-    # A bare `rollback` on this machine finds no run of its own: it never undoes another pod's run.
-    proc = run_cli(["rollback", "--target", mount_a, "--yes"], env_a, check=6)
-    assert "no run of this host" in proc.stderr
+    # A bare `rollback` (no ComfyUI folder) finds runs as `verify` does (issue 21: a redeploy changes
+    # the host name): by the YAML, else by sources all on this machine, never by the host name. Here
+    # every pod's sources are on this one machine, so it names the newest of them; with --comfyui,
+    # the pod's own (its YAML).
+    newest = max(p.name[:-len(".jsonl")] for p in (target / STATE_DIR / "runs").glob("*.jsonl")
+                 if not p.name.endswith(".rollback.jsonl"))
+    proc = run_cli(["rollback", "--target", mount_a, "--dry-run"], env_a)
+    assert f"rollback of run {newest}" in proc.stdout
+    proc = run_cli(["rollback", "--comfyui", comfyui_a, "--target", mount_a, "--dry-run"], env_a)
+    assert f"rollback of run {placer['run']}" in proc.stdout
     before = {k: v for k, v in store_files(target).items()}
     proc = run_cli(["rollback", placer["run"], "--target", mount_a, "--dry-run"], env_a)
     assert "common.safetensors (a hardlink of" in proc.stdout and "kept in the store instead" in proc.stdout
@@ -617,9 +624,10 @@ def test_verify_and_purge_default_to_this_hosts_newest_run(tmp_path, cli_env):
              for g in (target / STATE_DIR / "runs").glob("*.jsonl")}
     run_a, run_b = heads[True], heads[False]
     assert run_b > run_a                                          # the other pod's run is the newest
-    # Each pod's YAML lists only its own categories: the other pod's folder is a note, not a failure.
+    # Each pod's YAML lists every category of its ComfyUI (issue 21): the other pod's folder is one
+    # of them, no orphan; never a failure.
     out_a = run_cli(["verify", "--comfyui", ca, "--target", target], ea).stdout
-    assert f"run {run_a}:" in out_a and "this pod's YAML does not list" in out_a and "all good" in out_a
+    assert f"run {run_a}:" in out_a and "this pod's YAML does not list" not in out_a and "all good" in out_a
     assert f"run {run_b}:" in run_cli(["verify", run_b, "--comfyui", cb, "--target", target], ea).stdout
     quarantine = ca / "models" / STATE_DIR / "quarantine" / run_a
     assert [p for p in quarantine.rglob("*") if p.is_file()]      # the source copy set aside
@@ -876,9 +884,13 @@ def _catalogue_describes_the_store(target: Path) -> None:
         for rel, st in store_files(target).items()}
 
 
-def _record_seq(cli_env, env: Dict[str, str], comfyui: Path, scratch: Path, pick) -> int:
+def _record_seq(cli_env, env: Dict[str, str], comfyui: Path, scratch: Path, pick, like: Optional[Path] = None) -> int:
     """The seq of the journal record `pick(records)` names, read from a complete run of an
-    identical pod into a scratch store (a crash point for COMFY_MIGRATE_CRASH_AT)."""
+    identical pod into a scratch store (a crash point for COMFY_MIGRATE_CRASH_AT). `like`: a store
+    whose top folders the scratch store gets first (a run makes only the category folders missing)."""
+    for d in (sorted(p.name for p in like.iterdir() if p.is_dir() and not p.name.startswith("."))
+              if like is not None and like.is_dir() else []):
+        (scratch / d).mkdir(parents=True, exist_ok=True)
     run_cli(["run", "--comfyui", comfyui, "--target", scratch, "--yes"], dict(cli_env, **env))
     log, = (scratch / STATE_DIR / "runs").glob("*.jsonl")
     return pick(read_log(str(log))[0])
@@ -928,7 +940,8 @@ def test_catalogue_lists_what_a_run_killed_before_closing_its_log_placed(tmp_pat
     env_b = dict(cli_env, **eb)
     if then == "rollback":
         run_cli(["run", "--comfyui", cb, "--target", target, "--yes"], env_b)
-    _killed_run(cli_env, ea, ca, target, _record_seq(cli_env, ec, cc, tmp_path / "scratch", lambda rs: rs[-2]["seq"]))
+    _killed_run(cli_env, ea, ca, target, _record_seq(cli_env, ec, cc, tmp_path / "scratch", lambda rs: rs[-2]["seq"],
+                                                     like=target))
     if then == "run":
         run_cli(["run", "--comfyui", cb, "--target", target, "--yes"], env_b)
         assert set(store_files(target)) == {"loras/a.safetensors", "vae/b.safetensors"}
@@ -980,7 +993,7 @@ def test_catalogue_reads_a_placed_name_replaced_since_but_never_a_file_put_in_by
     run_cli(["run", "--comfyui", ca, "--target", target, "--yes"], dict(cli_env, **ea))
     edited = as_model("loras/a.safetensors", blob("edited", 9 << 10))
     (target / "loras" / "a.safetensors").write_bytes(edited)
-    (target / "checkpoints").mkdir()
+    (target / "checkpoints").mkdir(exist_ok=True)      # the run made every category's folder
     (target / "checkpoints" / "mine.safetensors").write_bytes(as_model("checkpoints/mine.safetensors", blob("x", 7 << 10)))
     run_cli(["run", "--comfyui", cb, "--target", target, "--yes"], dict(cli_env, **eb))
     cat, _ = store_catalogue.load(str(target))

@@ -78,3 +78,40 @@ def test_report_renders_in_headless_chromium(pod, cli_env, tmp_path, width):
                     f"--screenshot={shot}", out.as_uri()], capture_output=True, timeout=120)
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(png[16:20], "big") == width
+
+
+def test_run_page_shows_the_numbers_the_terminal_printed(pod, cli_env):
+    proc = run_leaving_conflicts(pod.args("--yes"), cli_env)
+    m = re.search(r"\nrun (\S+): placed (\d+) files, copied (\S+ \S+), removed (\d+) source names", proc.stdout)
+    assert m, proc.stdout
+    run_id, placed, copied, removed = m.groups()
+    stayed = re.search(r"(\d+) model file\(s\) stayed where they are", proc.stderr).group(1)
+    page = open(re.search(r"report: (\S+\.html)", proc.stdout).group(1)).read()
+    cards = dict((k, v) for v, k in re.findall(r"<div class=card><b>([^<]*)</b><span>([^<]*)</span>", page))
+    assert cards["files placed in the store"] == placed and cards["copied"] == copied
+    assert cards["source names removed"] == removed
+    assert cards["model files stayed where they are (conflicts, held back)"] == stayed
+    q = re.search(r"quarantine holds (\S+ \S+); free it with: comfy-migrate purge", proc.stdout)
+    assert q, proc.stdout                        # the demo pod moves: its source copies go to quarantine
+    assert cards[f"in quarantine: `comfy-migrate purge {run_id}` frees it"] == q.group(1)
+
+
+def test_plan_page_counts_no_conflict_as_reaching_the_store_and_names_the_quarantine(pod, cli_env, tmp_path):
+    out = tmp_path / "plan.html"
+    plan = json.loads(run_cli(["plan", *pod.args("--report", out, "--format", "json")], cli_env).stdout)
+    page = out.read_text()
+    acts = plan["actions"]
+    reach = [a for a in acts if a["action"] not in ("skip", "conflict")]
+    conflicts = [a for a in acts if a["action"] == "conflict"]
+    assert conflicts
+    assert f"reach the store ({len(reach)} model files)" in page
+    assert f"<b>{len(conflicts)}</b><span>conflicts: stay where they are" in page
+    assert plan["totals"]["quarantine_bytes"] and "until `comfy-migrate purge` frees them" in page
+    # the name-change table: each row's before and after read differently
+    compared = 0
+    for row in re.findall(r"<tr>(.*?)</tr>", page.split("Names whose model changes", 1)[1].split("<h2>", 1)[0]):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        if len(cells) == 5:
+            assert cells[2] != cells[3], row
+            compared += 1
+    assert compared == len(plan["name_changes"]) > 0

@@ -401,3 +401,24 @@ def test_options_parse_as_comfyuis_own_parser_parses_them(tmp_path, version, arg
     assert ours.output == (absolute(theirs[1]) if theirs[1] else os.path.join(ours.base, "output"))
     assert ours.user == (absolute(theirs[2]) if theirs[2] else os.path.join(ours.base, "user"))
     assert list(ours.configs) == [absolute(c) for group in theirs[3] or [] for c in group]
+
+
+def test_attach_sees_the_launch(tmp_path, cli_env, version):
+    """attach on a ComfyUI started with --base-directory and --extra-model-paths-config: it declares
+    the name the extra config served that the store now wins (as ComfyUI's code judges it), attaches,
+    and every other name loads what it loaded before (the store's files first)."""
+    pod = LaunchPod(tmp_path, version)
+    pod.fill(pod.data / "models")
+    launch = ["--base-directory", str(pod.data), "--extra-model-paths-config", str(pod.config)]
+    args = ["--comfyui", str(pod.comfyui), "--target", str(pod.store), "--comfyui-args", " ".join(launch)]
+    before = comfyui_loads(pod.comfyui, launch, version)
+    doc = json.loads(run_cli(["attach", *args, "--dry-run", "--format", "json"], cli_env).stdout)
+    declared = {(c["category"], c["name"]) for c in doc["name_changes"] + doc["not_compared"]}
+    assert ("loras", "from_extra.safetensors") in declared
+    run_cli(["attach", *args, "--yes"], cli_env, check=None)
+    after = comfyui_loads(pod.comfyui, launch, version)
+    for key, (digest, path) in before.items():
+        if key not in declared:
+            assert after.get(key, (None,))[0] == digest, (key, path, after.get(key))
+    assert after[("loras", "from_extra.safetensors")][1] == str(pod.store / "loras/from_extra.safetensors")
+    assert not (pod.data / "extra_model_paths.yaml").exists()

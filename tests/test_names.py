@@ -83,6 +83,7 @@ REASON = {"skip": "conflict: left in place", "rename": "conflict: stored under a
 
 
 @pytest.mark.parametrize("on_conflict", ["skip", "rename"])
+@pytest.mark.slow
 def test_every_name_keeps_its_bytes_but_the_declared_ones(names_pod, cli_env, on_conflict):
     pod = names_pod
     before = comfyui_loads(pod.comfyui)
@@ -304,6 +305,7 @@ class LinkedStorePod:
 
 
 @pytest.mark.parametrize("how", sorted(STORE_LINKS))
+@pytest.mark.slow
 def test_a_symlinked_store_folder_keeps_every_name(tmp_path, cli_env, how):
     pod = LinkedStorePod(tmp_path, how)
     before = comfyui_loads(pod.comfyui)

@@ -237,8 +237,11 @@ def test_yaml_after_adds_the_managed_section_for_every_target_category():
     assert plan.yaml_after.startswith(USER_YAML)
     data = yaml.safe_load(plan.yaml_after)
     assert data["other_ui"] == yaml.safe_load(USER_YAML)["other_ui"]
-    assert data["comfy_migrate"] == {"base_path": TGT, "is_default": True, "diffusion_models": "diffusion_models",
-                                     "insightface": "insightface", "loras": "loras", "vae": "vae"}
+    # every category of the installed ComfyUI (issue 21: later downloads land in the store), the
+    # store's custom-node folder, and ComfyUI-Manager's download base
+    want = {cat: cat for cat in comfy.CATEGORIES}
+    want.update({"base_path": TGT, "is_default": True, "insightface": "insightface", "download_model_base": "."})
+    assert data["comfy_migrate"] == want
 
 
 def test_yaml_base_path_choices():

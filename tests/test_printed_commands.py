@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import make_pod, run_cli, run_leaving_conflicts, snapshot_tree
 
 
@@ -20,6 +22,7 @@ def shell(line: str, env: dict, stdin: str = "") -> subprocess.CompletedProcess:
                           input=stdin, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_printed_purge_and_rollback_lines_run_as_printed(tmp_path, cli_env):
     root = tmp_path / "my volume's pods"            # a space and a quote: the line must be quoted
     comfyui, target = make_pod.build(str(root))

@@ -140,6 +140,7 @@ def _without_state(snap: dict) -> dict:
 
 @pytest.mark.parametrize("fs, killed_at", [("same-fs", None), ("cross-fs", None), ("same-fs", 9),
                                             ("cross-fs", 3), ("cross-fs", 14)])
+@pytest.mark.slow
 def test_rollback_restores_folder_mtimes(request, tmp_path, cli_env, fs, killed_at):
     """Also when the run was killed after journal record N and continued by a second `run`."""
     from conftest import snapshot_tree

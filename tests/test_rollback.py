@@ -218,6 +218,7 @@ def _demo_pod(tmp_path: Path, target_dir: Optional[Path]):
 
 @pytest.mark.parametrize("fs", ["same-fs", "cross-fs"])
 @pytest.mark.parametrize("purge", [False, True], ids=["", "purged"])
+@pytest.mark.slow
 def test_run_then_rollback_restores_everything(request, tmp_path, cli_env, fs, purge):
     target_dir = request.getfixturevalue("shm_dir") / "models" if fs == "cross-fs" else None
     comfyui, target = _demo_pod(tmp_path, target_dir)
@@ -798,6 +799,7 @@ if _fill:
 
 @pytest.mark.parametrize("then", ["rollback", "run"])
 @pytest.mark.parametrize("room", ["none", "lock"])
+@pytest.mark.slow
 def test_a_disk_that_fills_during_the_run(tmp_path, cli_env, then, room):
     """The store is a 1 MiB tmpfs; three 250 KB models fit, but another writer fills the disk as the
     run's first copy starts (issue 20). The run stops: exit 4, one line naming both ways on; every

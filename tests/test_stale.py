@@ -177,6 +177,7 @@ def store_at(request, tmp_path) -> Optional[Path]:
     return None if request.param == "same-fs" else request.getfixturevalue("other_fs") / "store"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("purge", [True, False], ids=["purged", "not-purged"])
 @pytest.mark.parametrize("warm_with", ["plan", "scan"])
 def test_rewrite_in_place_with_times_kept_loses_nothing(tmp_path, cli_env, purge, warm_with, store_at):

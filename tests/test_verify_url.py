@@ -290,3 +290,46 @@ def test_comfyui_033_stale_names_its_new_folders_too(real_pod_033):
     assert "background_removal/birefnet.safetensors" in doc["not_listed_by_comfyui"]
     assert "vae_approx/taehv.safetensors" not in doc["not_listed_by_comfyui"]      # shown under no name: unchecked
     assert doc["comfyui"]["stale"]
+
+
+# --- issue 21: the server's live search folders outrank any clock; a clock of whole seconds ---------
+
+def test_live_search_folders_outrank_the_clock(real_pod_migrated):
+    """A ComfyUI whose process start /proc puts before the YAML's last change, but whose live search
+    folders (/internal/folder_paths) hold every store folder the YAML lists, is not stale (it was
+    "restart it", exit 8: a start script that attaches then starts ComfyUI met it at every boot)."""
+    import time
+    from migrate.running import find_running
+    root, env = real_pod_migrated
+    comfyui = Path(env["COMFYUI_DIR"])
+    with Served(recording("after", root)) as s:
+        (comfyui / "main.py").write_text("import time\ntime.sleep(60)\n")
+        proc = subprocess.Popen([sys.executable, "main.py", "--port", s.url.rsplit(":", 1)[1]], cwd=str(comfyui))
+        try:
+            deadline = time.monotonic() + 10
+            while not find_running(str(comfyui)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.2)     # the YAML's last change is now over a second after the start
+            yaml = comfyui / "extra_model_paths.yaml"
+            yaml.write_bytes(yaml.read_bytes())
+            doc = verify(env, s.url, 0)
+            assert doc["comfyui"]["stale"] is None and doc["ok"]
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_start_within_the_clocks_step_may_be_stale_not_stale():
+    """/proc gives a process start in whole seconds of btime (up to 1 s early): a server started just
+    after the YAML changed must not be called stale by the clock alone; it "may be stale"."""
+    from migrate.verify import ServerView, start_note, stale_server
+    view = ServerView({}, None, None, 0)
+    listed = {"checked": 0, "not_listed": []}
+    changed = 1_000_000.4
+    for started in (1_000_000.0, 999_999.5):      # started just after the change, read up to 1 s early
+        assert stale_server([], view, {}, "/store", listed, started, changed) is None
+        assert "may be stale" in start_note(view, started, changed)
+    assert stale_server([], view, {}, "/store", listed, 999_999.3, changed) is not None   # a whole step before
+    assert start_note(view, 1_000_000.5, changed) is None                                  # after it
+    with_folders = ServerView({}, None, {"loras": ["/store/loras"]}, 0)
+    assert start_note(with_folders, 1_000_000.0, changed) is None     # its folders decide, not the clock

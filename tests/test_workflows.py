@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from conftest import FIXTURES, run_cli, snapshot_tree
 
@@ -44,9 +45,9 @@ def test_api_format_inputs_and_a_custom_node_matched_by_the_pods_names():
     assert ("audio_encoders", "wav2vec2_large_english_fp16.safetensors") in got
     assert ("loras", "wan2.2_s2v_lightx2v_4steps_lora.safetensors") in got                       # missing on the pod
     assert not any(n == "speech.wav" for _, n in got)
-    # a custom node's value that names no model of the pod is not a reference
+    # a custom node's value with a model extension the pod lacks is still a reference: missing, folder unknown
     alone = names(wf.assign_categories(w, {}))
-    assert not any("Animate" in n for _, n in alone)
+    assert (None, "Wan2_2-Animate-14B_fp8_e4m3fn_scaled_KJ.safetensors") in alone
 
 
 def test_loader_categories_follow_the_pod_and_the_extension():
@@ -77,7 +78,7 @@ def test_report_marks_ok_changes_missing_and_prices_the_unused():
     assert status == {"a.safetensors": "ok", "b.safetensors": "changes", "gone.safetensors": "missing"}
     assert "https://x/gone" in doc["workflows"][0]["models"][2]["note"]
     assert doc["missing"] == [{"category": "loras", "name": "gone.safetensors"}]
-    assert doc["unused"] == [{"category": "vae", "name": "unused.safetensors", "size": 2 * 10 ** 9,
+    assert doc["unused"] == [{"category": "vae", "name": "unused.safetensors", "size": 2 * 10 ** 9, "frees": 2 * 10 ** 9,
                               "cost_per_month": 0.14}]
     assert doc["unused_cost_per_month"] == 0.14
 
@@ -97,3 +98,195 @@ def test_workflows_command_on_the_demo_pod_reads_and_never_changes_them(pod, cli
     assert snapshot_tree(user) == before
     bad = run_cli(["workflows", "--comfyui", pod.comfyui, "--price-per-gb-month", "-1"], cli_env, check=None)
     assert bad.returncode == 2
+
+
+# --- ComfyUI's official templates (fixtures/workflows/templates, MIT, see its README) -------------------------------
+# What each template needs, written by hand from the templates' notes and model lists (not from our reader).
+TEMPLATES = FIXTURES / "workflows" / "templates"
+NEEDS = {
+    "utility_birefnet_remove_background": {("background_removal", "birefnet.safetensors")},
+    "utility_moge3_geometry_estimation": {("geometry_estimation", "moge_3_vitg_fp16.safetensors")},
+    "utility_depth_anything3_image_depth_estimation": {("geometry_estimation", "depth_anything_3_mono_large.safetensors")},
+    "video_kandinsky5_t2v": {("text_encoders", "clip_l.safetensors"), ("text_encoders", "qwen_2.5_vl_7b_fp8_scaled.safetensors"),
+                             ("vae", "hunyuan_video_vae_bf16.safetensors"),
+                             ("diffusion_models", "kandinsky5lite_t2v_sft_5s.safetensors")},
+    "utility_video_segment_sam3": {("checkpoints", "sam3.1_multiplex_fp16.safetensors")},
+    "image_boogu_image_0_1_turbo_t2i": {("vae", "ae.safetensors"), ("diffusion_models", "boogu_image_turbo_fp8_scaled.safetensors"),
+                                        ("text_encoders", "qwen3vl_8b_fp8_scaled.safetensors")},
+    "utility_video_frame_interpolation": {("frame_interpolation", "film_net_fp16.safetensors")},
+    "flux_dev_checkpoint_example": {("vae", "ae.safetensors"), ("text_encoders", "clip_l.safetensors"),
+                                    ("text_encoders", "t5xxl_fp16.safetensors"), ("diffusion_models", "flux1-dev.safetensors")},
+    "flux1_krea_dev": {("vae", "ae.safetensors"), ("text_encoders", "clip_l.safetensors"), ("text_encoders", "t5xxl_fp16.safetensors"),
+                       ("diffusion_models", "flux1-krea-dev_fp8_scaled.safetensors")},
+    "image_z_image_turbo": {("vae", "ae.safetensors"), ("text_encoders", "qwen_3_4b.safetensors"),
+                            ("diffusion_models", "z_image_turbo_bf16.safetensors")},
+    "image_netayume_lumina_t2i": {("checkpoints", "NetaYumev35_pretrained_all_in_one.safetensors")},
+    "3d_hunyuan3d-v2.1": {("checkpoints", "hunyuan_3d_v2.1.safetensors")},
+    "image_pixeldit_t2i": {("text_encoders", "gemma_2_2b_it_elm_bf16.safetensors"),
+                           ("diffusion_models", "pixeldit_1300m_1024px_bf16.safetensors")},
+    "flux_fill_inpaint_example": {("vae", "ae.safetensors"), ("text_encoders", "clip_l.safetensors"),
+                                  ("text_encoders", "t5xxl_fp16.safetensors"), ("diffusion_models", "flux1-fill-dev.safetensors")},
+    "llm_qwen3_text_gen": {("text_encoders", "qwen_3_4b.safetensors")},
+    "sd3.5_simple_example": {("checkpoints", "sd3.5_large_fp8_scaled.safetensors")},
+    "utility-gan_upscaler": {("upscale_models", "RealESRGAN_x4plus.safetensors")},
+    "flux_schnell_full_text_to_image": {("vae", "ae.safetensors"), ("text_encoders", "clip_l.safetensors"),
+                                        ("text_encoders", "t5xxl_fp16.safetensors"),
+                                        ("diffusion_models", "flux1-schnell.safetensors")},
+    "hidream_i1_fast": {("vae", "ae.safetensors"), ("text_encoders", "clip_g_hidream.safetensors"),
+                        ("text_encoders", "clip_l_hidream.safetensors"),
+                        ("text_encoders", "llama_3.1_8b_instruct_fp8_scaled.safetensors"),
+                        ("text_encoders", "t5xxl_fp8_e4m3fn_scaled.safetensors"),
+                        ("diffusion_models", "hidream_i1_fast_fp8.safetensors")},
+    "video_humo": {("diffusion_models", "humo_17B_fp8_e4m3fn.safetensors"),
+                   ("loras", "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors"),
+                   ("text_encoders", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"), ("vae", "wan_2.1_vae.safetensors"),
+                   ("audio_encoders", "whisper_large_v3_fp16.safetensors")},
+    "image_qwen_image_controlnet_patch": {("loras", "Qwen-Image-Lightning-4steps-V1.0.safetensors"),
+                                          ("text_encoders", "qwen_2.5_vl_7b_fp8_scaled.safetensors"),
+                                          ("model_patches", "qwen_image_canny_diffsynth_controlnet.safetensors"),
+                                          ("diffusion_models", "qwen_image_fp8_e4m3fn.safetensors"),
+                                          ("vae", "qwen_image_vae.safetensors")},
+    "utility_sam3d_body": {("geometry_estimation", "moge_2_vitl_normal_fp16.safetensors"),
+                           ("diffusion_models", "rt_detr_v4-x-hgnet_fp32.safetensors"),
+                           ("detection", "sam_3d_body_dinov3_bf16.safetensors"),
+                           ("checkpoints", "sam3.1_multiplex_fp16.safetensors")},
+}
+
+
+def test_the_sample_is_the_fixture_folder():
+    assert {p.stem for p in TEMPLATES.glob("*.json")} == set(NEEDS)
+    assert sum(len(v) for v in NEEDS.values()) == 58
+
+
+def _template_pod(tmp_path, present: bool):
+    comfyui = tmp_path / "ComfyUI"
+    (comfyui / "models").mkdir(parents=True)
+    flows = comfyui / "user" / "default" / "workflows"
+    flows.mkdir(parents=True)
+    for p in sorted(TEMPLATES.glob("*.json")):
+        (flows / p.name).write_bytes(p.read_bytes())
+    extras = {("loras", "an_unused_lora.safetensors"), ("vae", "old_vae.safetensors")}
+    for cat, name in (set().union(*NEEDS.values()) if present else set()) | extras:
+        f = comfyui / "models" / cat / name
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x" * 100)
+    (comfyui / "models" / "diffusers").mkdir()
+    (comfyui / "models" / "diffusers" / "put_diffusers_models_here").write_bytes(b"")
+    return comfyui, extras
+
+
+def test_official_templates_no_miss_no_false_hit_no_needed_model_unused(tmp_path, cli_env):
+    for present in (True, False):
+        comfyui, extras = _template_pod(tmp_path / str(present), present)
+        doc = json.loads(run_cli(["workflows", "--comfyui", comfyui, "--format", "json"], cli_env).stdout)
+        got = {w["path"].rsplit("/", 1)[1][:-5]: {(m["category"], m["name"]) for m in w["models"]}
+               for w in doc["workflows"]}
+        assert got == NEEDS                                     # no miss, no false hit, one row per model
+        for w in doc["workflows"]:
+            assert len(w["models"]) == len(NEEDS[w["path"].rsplit("/", 1)[1][:-5]]) and not w["error"]
+            assert {m["status"] for m in w["models"]} == ({"ok"} if present else {"missing"})
+        assert {(u["category"], u["name"]) for u in doc["unused"]} == extras     # placeholders never listed
+        assert doc["unused_bytes"] == 200 and "only when no saved workflow names it" in doc["unused_rule"]
+
+
+# --- subgraphs, node packs, hostile files ----------------------------------------------------------------------------
+
+def _node(kind, *values, **props):
+    return {"id": 1, "type": kind, "widgets_values": list(values), "properties": props}
+
+
+def test_nested_subgraphs_and_a_promoted_widget_give_one_row_per_model():
+    inner = {"id": "bbbb", "nodes": [_node("LoraLoaderModelOnly", "deep/style.safetensors", 1.0)]}
+    outer = {"id": "aaaa", "nodes": [_node("UNETLoader", "flux1-dev.safetensors", "default"), _node("bbbb")],
+             "definitions": {"subgraphs": [inner]}}
+    doc = {"nodes": [_node("aaaa", "flux1-dev.safetensors", proxyWidgets=[["3", "unet_name"]])],
+           "definitions": {"subgraphs": [outer]}}
+    got = wf.assign_categories(wf.parse_workflow("x.json", json.dumps(doc)), {})
+    assert names(got) == [("diffusion_models", "flux1-dev.safetensors"), ("loras", "deep/style.safetensors")]
+
+
+def test_rgthree_power_lora_loader_ui_and_api():
+    ui = {"nodes": [_node("Power Lora Loader (rgthree)", {}, {"type": "PowerLoraLoaderHeaderWidget"},
+                          {"on": True, "lora": "wan\\fast.safetensors", "strength": 1},
+                          {"on": False, "lora": "detail.safetensors", "strength": 0.5}, {}, "")]}
+    assert names(wf.assign_categories(wf.parse_workflow("u.json", json.dumps(ui)), {})) == [
+        ("loras", "wan/fast.safetensors"), ("loras", "detail.safetensors")]
+    api = {"1": {"class_type": "Power Lora Loader (rgthree)",
+                 "inputs": {"PowerLoraLoaderHeaderWidget": {"type": "PowerLoraLoaderHeaderWidget"},
+                            "lora_1": {"on": True, "lora": "a.safetensors", "strength": 1}, "model": ["2", 0]}}}
+    assert names(wf.assign_categories(wf.parse_workflow("a.json", json.dumps(api)), {})) == [("loras", "a.safetensors")]
+
+
+def test_gguf_loaders_and_an_unknown_node_naming_a_model():
+    doc = {"nodes": [_node("UnetLoaderGGUF", "wan2.2-Q4_K_M.gguf"),
+                     _node("DualCLIPLoaderGGUF", "t5-Q8.gguf", "clip_l.safetensors", "flux"),
+                     _node("SomePackLoader", "mystery.safetensors", "not a model.txt", "https://x/y.safetensors"),
+                     _node("OtherPack", "on_the_pod.pth")]}
+    got = wf.assign_categories(wf.parse_workflow("g.json", json.dumps(doc)), {"upscale_models": {"on_the_pod.pth"}})
+    assert names(got) == [("diffusion_models", "wan2.2-Q4_K_M.gguf"), ("text_encoders", "t5-Q8.gguf"),
+                          ("text_encoders", "clip_l.safetensors"), ("upscale_models", "on_the_pod.pth"),
+                          (None, "mystery.safetensors")]
+
+
+def test_a_10000_deep_json_and_a_huge_subgraph_nesting_are_one_line_each():
+    deep = wf.parse_workflow("deep.json", "[" * 10_000 + "]" * 10_000)
+    assert deep.format == "unreadable" and "deep" in deep.error
+    deep_obj = wf.parse_workflow("deep2.json", '{"nodes": [], "x": ' + '{"a": ' * 10_000 + "1" + "}" * 10_001)
+    assert deep_obj.format in ("ui", "unreadable")
+    sub = {"id": "s0", "nodes": [_node("LoraLoader", "last.safetensors")]}
+    for i in range(1, 200):
+        sub = {"id": f"s{i}", "nodes": [_node(f"s{i - 1}")], "definitions": {"subgraphs": [sub]}}
+    nested = wf.parse_workflow("n.json", json.dumps({"nodes": [_node("s199")], "definitions": {"subgraphs": [sub]}}))
+    assert nested.format == "ui" and "nested deeper" in nested.error
+
+
+def _hostile_pod(tmp_path):
+    comfyui = tmp_path / "ComfyUI"
+    loras = comfyui / "models" / "loras"
+    loras.mkdir(parents=True)
+    (loras / "used.safetensors").write_bytes(b"u" * 1000)
+    os.link(loras / "used.safetensors", loras / "hardlink_of_used.safetensors")
+    (loras / "alone.safetensors").write_bytes(b"a" * 300)
+    os.symlink("alone.safetensors", loras / "link_to_alone.safetensors")
+    os.symlink(".", loras / "self")                                  # a symlink loop
+    (comfyui / "models" / "unet").mkdir()
+    (comfyui / "models" / "unet" / "spare-Q4.gguf").write_bytes(b"g" * 50)
+    flows = comfyui / "user" / "default" / "workflows"
+    flows.mkdir(parents=True)
+    (flows / "ok.json").write_text(json.dumps({"nodes": [_node("LoraLoader", "used.safetensors", 1, 1)]}))
+    (flows / "deep.json").write_text("[" * 10_000 + "]" * 10_000)
+    (flows / "locked.json").write_text("{}")
+    os.chmod(flows / "locked.json", 0)
+    return comfyui
+
+
+def test_workflows_command_on_a_hostile_pod_ends_with_one_line_per_bad_file(tmp_path, cli_env):
+    comfyui = _hostile_pod(tmp_path)
+    proc = run_cli(["workflows", "--comfyui", comfyui, "--format", "json"], cli_env, timeout=120)
+    assert "Traceback" not in proc.stderr
+    doc = json.loads(proc.stdout)
+    errors = {w["path"].rsplit("/", 1)[1]: w["error"] for w in doc["workflows"]}
+    assert "deep" in errors["deep.json"] and not errors["ok.json"]
+    if os.geteuid() != 0:
+        assert "cannot read" in errors["locked.json"]
+    unused = {u["name"]: u["frees"] for u in doc["unused"]}
+    # a hardlink of a used model and a symlink free nothing; the .gguf is listed; the loop is walked once
+    assert unused["hardlink_of_used.safetensors"] == 0 and "used.safetensors" not in unused
+    assert not any(n.startswith("self/") for n in unused)
+    assert unused["link_to_alone.safetensors"] == 0 and unused["alone.safetensors"] == 300
+    assert unused["spare-Q4.gguf"] == 50
+    assert doc["unused_bytes"] == 350
+    text = run_cli(["workflows", "--comfyui", comfyui], cli_env, timeout=120).stdout
+    assert "deep.json: unreadable (JSON nested too deep to read)" in text
+
+
+def test_plan_prints_the_probe_facts_and_custom_folder_notes_short_unless_verbose(pod, cli_env):
+    short = run_cli(["plan", *pod.args()], cli_env).stdout
+    full = run_cli(["plan", *pod.args(), "-v"], cli_env).stdout
+    probe = next(line for line in short.splitlines() if " -> target: " in line)
+    assert "hardlinks yes" not in probe and "(-v: what each allows)" in probe
+    assert len(probe) - len(str(pod.models)) < 80                     # fits 120 columns on /workspace/... paths
+    assert "hardlinks yes" in next(line for line in full.splitlines() if " -> target: " in line)
+    notes = [line for line in short.splitlines() if line.startswith("custom-node folder ")]
+    assert notes and all(line.endswith("(-v: in full)") and len(line) < 120 + len(str(pod.target)) for line in notes)
+    assert any("keeps nodes" in line for line in full.splitlines() if line.startswith("custom-node folder "))

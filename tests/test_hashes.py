@@ -1,0 +1,285 @@
+"""SHA-256 and BLAKE3 computed in the same read as xxh3 (issue 24): each equals what `sha256sum`, the
+`blake3` package (and `b3sum`, where installed) say, on every path that reads a file's bytes (hash_path,
+hash_many's small and large paths, copy_and_hash); the digest cache carries all three under the same
+trust rule; `--hashes xxh3` computes xxh3 alone."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import blake3
+import pytest
+import xxhash
+
+from migrate import fsops, hashing
+from migrate.hashing import DigestCache, hash_many, hash_path, stamp, stat_key
+
+MiB = 1 << 20
+SIZES = {"0B": 0, "1B": 1, "1MiB+1": MiB + 1, "9MiB+7": 9 * MiB + 7, "40MiB+3": 40 * MiB + 3}
+
+
+def payload(size: int) -> bytes:
+    block = hashlib.sha256(b"seed").digest() * 2048          # 64 KiB
+    return (block * (size // len(block) + 1))[:size]
+
+
+def sha256sum(path: Path) -> str:
+    return subprocess.run(["sha256sum", str(path)], check=True, capture_output=True, text=True).stdout.split()[0]
+
+
+def b3(path: Path) -> str:
+    h = blake3.blake3()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(MiB), b""):
+            h.update(chunk)
+    if shutil.which("b3sum"):
+        assert subprocess.run(["b3sum", "--no-names", str(path)], check=True, capture_output=True,
+                              text=True).stdout.strip() == h.hexdigest()
+    return h.hexdigest()
+
+
+def expected(path: Path) -> tuple:
+    data_x = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(MiB), b""):
+            data_x.update(chunk)
+    return (data_x.hexdigest(), sha256sum(path), b3(path))
+
+
+@pytest.fixture(autouse=True)
+def _all_hashes():
+    hashing.set_hashes("all")
+    hashing._EXTRAS.clear()
+    yield
+    hashing.set_hashes("all")
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_every_read_gives_sha256sum_and_blake3_digests(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(payload(SIZES[name]))
+    want = expected(path)
+    assert hash_path(str(path), stat_key(os.lstat(path))) == want[0]
+    assert hashing.extras(want[0]) == want[1:]
+    hashing._EXTRAS.clear()
+    [(digest, err)] = hash_many([(str(path), stamp(os.lstat(path)))])
+    assert err is None and digest == want[0] and hashing.extras(digest) == want[1:]
+    hashing._EXTRAS.clear()
+    st = os.lstat(path)
+    digest, _ = fsops.copy_and_hash(str(path), stat_key(st), str(tmp_path / "copy"))
+    assert digest == want[0] and hashing.extras(digest) == want[1:]
+
+
+def test_hash_many_mixes_small_and_large_files(tmp_path):
+    paths = []
+    for i, size in enumerate([5, MiB + 1, 9 * MiB + 7, 40 * MiB + 3, 0]):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(payload(size) + bytes([i]))
+        paths.append(p)
+    got = hash_many([(str(p), stamp(os.lstat(p))) for p in paths])
+    for p, (digest, err) in zip(paths, got):
+        want = expected(p)
+        assert err is None and digest == want[0] and hashing.extras(digest) == want[1:]
+
+
+@pytest.mark.slow
+def test_a_4_gib_sparse_file(tmp_path):
+    path = tmp_path / "sparse"
+    with open(path, "wb") as f:
+        f.seek(4 << 30)
+        f.write(b"end")
+    want = expected(path)
+    assert hash_path(str(path), stat_key(os.lstat(path))) == want[0]
+    assert hashing.extras(want[0]) == want[1:]
+
+
+def test_xxh3_only_computes_no_other_hash(tmp_path):
+    path = tmp_path / "m"
+    path.write_bytes(payload(MiB + 1))
+    hashing.set_hashes("xxh3")
+    digest = hash_path(str(path))
+    assert digest == expected(path)[0] and hashing.extras(digest) is None
+
+
+def _old(tmp_path: Path, name: str, data: bytes) -> Path:
+    p = tmp_path / name
+    p.write_bytes(data)
+    past = time.time_ns() - 10 * 10**9
+    os.utime(p, ns=(past, past))
+    return p
+
+
+def test_cache_entries_carry_all_three_under_the_same_trust_rule(tmp_path):
+    cache_path = str(tmp_path / "c.sqlite")
+    p = _old(tmp_path, "m", payload(MiB + 1))
+    time.sleep(0.3)     # ctime (set by utime) out of the racy window
+    s = stamp(os.lstat(p))
+    cache = DigestCache(cache_path)
+    read_at = time.time_ns()
+    digest = hash_path(str(p), s)
+    cache.put(s, digest, read_at)
+    cache.save()
+    hashing._EXTRAS.clear()
+    again = DigestCache(cache_path)
+    assert again.get_all(s) == expected(p)
+    # distrusted by the same rules: another ctime, size or mtime -> nothing, not even SHA-256
+    hashing._EXTRAS.clear()
+    assert DigestCache(cache_path).get_all(s[:4] + (s[4] + 1,)) is None
+    assert hashing.extras(digest) is None
+    assert DigestCache(cache_path).get_all(s[:3] + (s[3] + 1, s[4])) is None
+    # racily clean: read in the same tick as the file's ctime
+    fresh = DigestCache(str(tmp_path / "r.sqlite"))
+    fresh.put(s, digest, s[4])
+    fresh.save()
+    assert DigestCache(str(tmp_path / "r.sqlite")).get_all(s) is None
+
+
+def test_an_entry_read_before_has_xxh3_only_until_its_bytes_are_read_again(tmp_path):
+    cache_path = str(tmp_path / "c.sqlite")
+    p = _old(tmp_path, "m", payload(MiB + 1))
+    time.sleep(0.3)
+    s = stamp(os.lstat(p))
+    hashing.set_hashes("xxh3")
+    cache = DigestCache(cache_path)
+    cache.put(s, hash_path(str(p), s), time.time_ns())
+    cache.save()
+    hashing.set_hashes("all")
+    old = DigestCache(cache_path)
+    assert old.get_all(s) == (expected(p)[0], None, None) and old.lacking() == 1
+    with sqlite3.connect(cache_path) as con:
+        assert con.execute("SELECT count(*) FROM digests2").fetchone() == (1,)
+    # the next read of its bytes fills them in, and the cache keeps them
+    cache = DigestCache(cache_path)
+    cache.put(s, hash_path(str(p), s), time.time_ns())
+    cache.save()
+    hashing._EXTRAS.clear()
+    assert DigestCache(cache_path).get_all(s) == expected(p)
+
+
+def test_a_run_stores_sha256_and_blake3_in_the_catalogue_and_the_cache(pod, cli_env):
+    from conftest import run_cli
+    run_cli(["run", *pod.args("--yes")], cli_env, check=1)
+    lines = [json.loads(x) for x in (pod.target / ".comfy-migrate" / "catalogue.jsonl").read_text().splitlines()]
+    entries = lines[1:]
+    assert entries
+    with_hashes = [e for e in entries if "sha256" in e]
+    # every file the run read (placed by it, or hashed as stored) has its hashes in the same read
+    assert len(with_hashes) == len(entries), [e["rel"] for e in entries if "sha256" not in e]
+    for e in with_hashes:
+        path = pod.target / e["rel"]
+        assert (e["digest"], e["sha256"], e["blake3"]) == expected(path)
+    with sqlite3.connect(cli_env["COMFY_MIGRATE_CACHE"]) as con:
+        rows = dict((d, (a, b)) for d, a, b in con.execute("SELECT digest, sha256, blake3 FROM hashes3"))
+    assert {e["digest"] for e in with_hashes} <= set(rows)
+
+
+def test_hashes_xxh3_keeps_them_out(pod, cli_env):
+    from conftest import run_cli
+    run_cli(["--hashes", "xxh3", "run", *pod.args("--yes")], cli_env, check=1)
+    entries = (pod.target / ".comfy-migrate" / "catalogue.jsonl").read_text().splitlines()[1:]
+    assert entries and not any("sha256" in x for x in entries)
+
+
+def _safetensors_with_meta(meta: dict, payload: bytes) -> bytes:
+    raw = json.dumps({"__metadata__": meta,
+                      "w": {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]}}).encode()
+    return len(raw).to_bytes(8, "little") + raw + payload
+
+
+def test_catalogue_command_lists_every_stored_file_with_the_ecosystems_hashes(pod, cli_env):
+    import csv
+    import io
+    from conftest import past_racy_window, run_cli
+    lora = pod.models / "loras" / "meta_lora.safetensors"
+    lora.write_bytes(_safetensors_with_meta({"modelspec.hash_sha256": "0x" + "ab" * 32, "sshs_model_hash": "cd" * 32},
+                                            payload(3 * MiB + 5)))
+    past_racy_window()
+    run_cli(["run", *pod.args("--yes")], cli_env, check=1)
+    proc = run_cli(["catalogue", "--target", str(pod.target)], cli_env)
+    rows = json.loads(proc.stdout)
+    stored = sorted(str(p.relative_to(pod.target)) for p in pod.target.rglob("*")
+                    if p.is_file() and ".comfy-migrate" not in p.parts)
+    assert {r["path"] for r in rows} >= {s for s in stored if "/" in s and "put_" not in s}
+    by_path = {r["path"]: r for r in rows}
+    r = by_path["loras/meta_lora.safetensors"]
+    x, sha, b3_ = expected(pod.target / r["path"])
+    assert (r["category"], r["name"], r["size"]) == ("loras", "meta_lora.safetensors", lora.stat().st_size if lora.exists()
+                                                     else (pod.target / r["path"]).stat().st_size)
+    assert (r["xxh3"], r["sha256"], r["blake3"], r["autov2"]) == (x, sha, "blake3:" + b3_, sha[:10].upper())
+    assert r["modelspec.hash_sha256"] == "0x" + "ab" * 32 and r["sshs_model_hash"] == "cd" * 32
+    hashed = [r for r in rows if r["xxh3"]]
+    assert len(hashed) >= len(rows) - 3
+    for r in hashed:
+        assert (r["xxh3"], r["sha256"], r["blake3"]) == (lambda e: (e[0], e[1], "blake3:" + e[2]))(
+            expected(pod.target / r["path"]))
+        assert r["autov2"] == r["sha256"][:10].upper()
+    assert len(hashed) == len(rows) and "lack SHA-256/BLAKE3" not in proc.stderr
+    proc = run_cli(["catalogue", "--target", str(pod.target), "--format", "csv"], cli_env)
+    got = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert [g["path"] for g in got] == [r["path"] for r in rows]
+    assert got[0].keys() >= {"category", "name", "names", "size", "xxh3", "sha256", "blake3", "autov2",
+                             "modelspec.hash_sha256", "sshs_model_hash"}
+    # a new name linked by hand changes the file's ctime: the catalogue no longer vouches for it (the
+    # digest cache's rule), so neither name shows hashes it cannot stand behind
+    os.link(pod.target / "loras" / "meta_lora.safetensors", pod.target / "loras" / "again.safetensors")
+    proc = run_cli(["catalogue", "--target", str(pod.target)], cli_env)
+    assert "2 of" in proc.stderr and "lack SHA-256/BLAKE3 (2 not in the catalogue" in proc.stderr
+    rows = {r["path"]: r for r in json.loads(proc.stdout)}
+    assert rows["loras/again.safetensors"]["xxh3"] is None and rows["loras/meta_lora.safetensors"]["sha256"] is None
+    assert rows["loras/meta_lora.safetensors"]["sshs_model_hash"] == "cd" * 32
+
+
+def test_catalogue_names_every_name_of_the_same_bytes(pod, cli_env):
+    from conftest import run_cli
+    run_cli(["run", *pod.args("--yes")], cli_env, check=1)
+    rows = json.loads(run_cli(["catalogue", "--target", str(pod.target)], cli_env).stdout)
+    groups = {}
+    for r in rows:
+        if r["xxh3"]:
+            groups.setdefault(r["xxh3"], set()).add(f"{r['category']}/{r['name']}")
+    for r in rows:
+        if r["xxh3"]:
+            assert set(r["names"]) == groups[r["xxh3"]]
+
+
+def test_audit_takes_sidecars_as_witnesses(pod, cli_env):
+    from conftest import as_model, run_cli
+    loras = pod.models / "loras"
+    good = loras / "good.safetensors"
+    good.write_bytes(as_model("good.safetensors", payload(2 * MiB + 1)))
+    sha_good = hashlib.sha256(good.read_bytes()).hexdigest()
+    (loras / "good.sha256").write_text(f"{sha_good.upper()}  good.safetensors\n")
+    swapped = loras / "swapped.safetensors"
+    swapped.write_bytes(as_model("swapped.safetensors", payload(MiB) + b"x"))
+    other = hashlib.sha256(b"the file the page described").hexdigest()
+    (loras / "swapped.civitai.info").write_text(json.dumps(
+        {"files": [{"name": "swapped.safetensors", "hashes": {"SHA256": other.upper(), "AutoV2": other[:10]}},
+                   {"name": "swapped-pruned.safetensors", "hashes": {"SHA256": sha_good}}]}))
+    lm = loras / "lm.safetensors"
+    lm.write_bytes(as_model("lm.safetensors", payload(5)))
+    (loras / "lm.metadata.json").write_text(json.dumps({"sha256": hashlib.sha256(lm.read_bytes()).hexdigest()}))
+    proc = run_cli(["audit", *pod.args("--format", "json")], cli_env, check=None)
+    doc = json.loads(proc.stdout)
+    mism = [f for f in doc["findings"] if f["kind"] == "sidecar-mismatch"]
+    assert [f["path"] for f in mism] == [str(swapped)], mism
+    assert "the download differs from the file its metadata describes" in mism[0]["message"]
+    assert not any(f["kind"] == "sidecar-mismatch" and f["path"] in (str(good), str(lm)) for f in doc["findings"])
+    assert sorted(doc["verified_upstream"]) == sorted([str(good), str(lm)])
+    assert proc.returncode == 1
+    text = run_cli(["audit", *pod.args()], cli_env, check=None).stdout
+    assert "2 model(s) verified upstream" in text and "sidecar-mismatch" in text
+
+
+def test_plan_says_how_many_contents_lack_sha256_and_blake3(pod, cli_env):
+    from conftest import past_racy_window, run_cli
+    past_racy_window()
+    run_cli(["--hashes", "xxh3", "plan", *pod.args()], cli_env, check=None)
+    proc = run_cli(["-v", "plan", *pod.args()], cli_env, check=None)
+    assert "distinct contents have xxh3 only" in proc.stderr, proc.stderr
+    run_cli(["plan", "--no-cache", *pod.args()], cli_env, check=None)
