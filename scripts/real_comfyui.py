@@ -333,13 +333,11 @@ def redeploy_cycle(cm, server: "Server", pristine: str, comfyui: str, store: str
             wrong.append(rel)
     figures["redeploy_view_metadata_ok"] = loads
     checks["after attach every safetensors name loads its own file (/view_metadata)"] = not wrong
-    folders = recs["redeployed"].get("folder_paths")
-    if folders is None:         # ComfyUI 0.33 has no /internal/folder_paths: nothing to read the order from
-        figures["folder_paths_route"] = False
-    else:
-        checks["the store is every model category's first folder (downloads land there)"] = bool(folders) and all(
-            v and v[0].startswith(store.rstrip("/") + "/") for k, v in folders.items()
-            if k not in ("custom_nodes", "download_model_base"))
+    folders = recs["redeployed"].get("folder_paths") or {}
+    # custom_nodes and (0.33) datasets live beside models/, not in it: not model categories
+    checks["the store is every model category's first folder (downloads land there)"] = bool(folders) and all(
+        v and v[0].startswith(store.rstrip("/") + "/") for k, v in folders.items()
+        if k not in ("custom_nodes", "download_model_base", "datasets"))
     server.stop()
     r = cm("rollback", "--yes")
     checks["rollback of the attach leaves no YAML"] = r.returncode == 0 and not os.path.exists(yaml_path)
