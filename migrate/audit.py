@@ -436,3 +436,74 @@ def _unlisted(cat: str, name: str, path: str) -> Optional[Finding]:
     listed = ", ".join(sorted(e for e in exts if e)) or "only files without an extension"
     return _finding("unlisted-extension", "suspect" if model_like else "notice",
                     f"ComfyUI does not list {ext or 'extension-less'} files in {cat} (it lists {listed})", path)
+
+
+# --- sidecars as witnesses: the SHA-256 a model manager or downloader wrote beside the model ---------
+
+SIDECAR_SUFFIXES = (".sha256", ".civitai.info", ".metadata.json")
+SIDECAR_MAX = 16 << 20
+FIXES["sidecar-mismatch"] = ("download it again from where its sidecar says it came from; if you replaced the "
+                             "file on purpose, delete or refresh the stale sidecar")
+
+
+def sidecar_names(base: str) -> List[str]:
+    """Names a sidecar of the model file `base` may have: `<stem><suffix>` (Civitai Helper, Lora
+    Manager) or `<base><suffix>` (`model.safetensors.sha256`)."""
+    stem = base.rsplit(".", 1)[0] if "." in base else base
+    out: List[str] = []
+    for suffix in SIDECAR_SUFFIXES:
+        for n in (stem + suffix, base + suffix):
+            if n not in out and n != base:
+                out.append(n)
+    return out
+
+
+def _hex64(v: object) -> Optional[str]:
+    if isinstance(v, str):
+        v = v.strip().lower()
+        if v.startswith("0x"):
+            v = v[2:]
+        if len(v) == 64 and all(c in "0123456789abcdef" for c in v):
+            return v
+    return None
+
+
+def sidecar_sha256(sidecar: str, model_base: str, data: bytes) -> List[str]:
+    """The SHA-256 digests (lower-case hex) a sidecar names for the model `model_base` (pure); [] when
+    it names none. `.sha256`: its first word (sha256sum's line, or the bare hex); `.civitai.info`:
+    `files[].hashes.SHA256`, the entry of the model's own name if there is one, else every entry's;
+    `.metadata.json`: its `sha256`."""
+    try:
+        if sidecar.endswith(".sha256"):
+            words = data.decode("utf-8", "replace").split()
+            got = _hex64(words[0].lstrip("\\")) if words else None
+            return [got] if got else []
+        doc = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return []
+    if not isinstance(doc, dict):
+        return []
+    if sidecar.endswith(".metadata.json"):
+        got = _hex64(doc.get("sha256"))
+        return [got] if got else []
+    files = [f for f in doc.get("files") or [] if isinstance(f, dict)] if isinstance(doc.get("files"), list) else []
+    own = [f for f in files if f.get("name") == model_base]
+    out = []
+    for f in own or files:
+        hashes = f.get("hashes")
+        got = _hex64(hashes.get("SHA256")) if isinstance(hashes, dict) else None
+        if got and got not in out:
+            out.append(got)
+    return out
+
+
+def sidecar_finding(path: str, witnesses: Sequence[Tuple[str, List[str]]], sha256: str) -> Optional[Finding]:
+    """A mismatch between the model's bytes (their SHA-256) and what its sidecars name (pure); None
+    when every sidecar that names a digest names this one."""
+    for sidecar, named in witnesses:
+        if named and sha256 not in named:
+            return Finding(path, "sidecar-mismatch", "suspect",
+                           f"the download differs from the file its metadata describes: {posixpath.basename(sidecar)} "
+                           f"names SHA-256 {named[0][:12]}..., the bytes have {sha256[:12]}... (a damaged or swapped "
+                           "model that header checks cannot see)", FIXES["sidecar-mismatch"])
+    return None

@@ -313,3 +313,93 @@ def refresh(target: str, known_by_rel: Known, known_by_ident: Dict[Ident, str]) 
     cat = with_hashes(cat, old)
     save(target, cat)
     return cat, warning
+
+
+# --- the catalogue other tools read (`comfy-migrate catalogue`) -------------------------------------
+
+HEADER_HASHES = ("modelspec.hash_sha256", "sshs_model_hash")     # in a safetensors header's __metadata__
+MAX_HEADER = 100 << 20                                           # safetensors' own limit
+
+
+def autov2(sha256: Optional[str]) -> Optional[str]:
+    """A1111/Forge's short hash: the first 10 hex digits of SHA-256, upper case as they show it."""
+    return sha256[:10].upper() if sha256 else None
+
+
+def header_hashes(head: Optional[dict]) -> Dict[str, str]:
+    """`modelspec.hash_sha256` / `sshs_model_hash` from a parsed safetensors header, when present."""
+    meta = head.get("__metadata__") if isinstance(head, dict) else None
+    if not isinstance(meta, dict):
+        return {}
+    return {k: meta[k] for k in HEADER_HASHES if isinstance(meta.get(k), str) and meta[k]}
+
+
+def export_rows(walked: Sequence[Walked], cat: Catalogue, headers: Dict[str, Dict[str, str]]) -> List[dict]:
+    """One row per stored model file (pure): its category, every name that loads the same bytes
+    from the store (`category/name`: hardlinks and same-content copies), size, and its hashes where
+    the catalogue vouches for them (the file still has the recorded inode, size, mtime and ctime)."""
+    from migrate.comfy import category_of
+    digests: Dict[str, Optional[str]] = {}
+    for rel, ident, ctime_ns in walked:
+        digests[rel] = lookup(cat, rel, ident, ctime_ns)
+    by_digest: Dict[str, List[str]] = {}
+    for rel, d in digests.items():
+        if d:
+            by_digest.setdefault(d, []).append(rel)
+
+    def named(rel: str) -> Tuple[str, str]:
+        folder, _, name = rel.partition("/")
+        return category_of(folder)[0], name
+
+    rows = []
+    for rel, ident, _ in sorted(walked):
+        d = digests[rel]
+        e = cat.get(rel) if d else None
+        sha = e.sha256 if e is not None else None
+        b3 = e.blake3 if e is not None else None
+        category, name = named(rel)
+        names = sorted({"/".join(named(r)) for r in by_digest.get(d, [rel])} if d else {f"{category}/{name}"})
+        row = {"path": rel, "category": category, "name": name, "names": names, "size": ident[1],
+               "xxh3": d, "sha256": sha, "blake3": f"blake3:{b3}" if b3 else None, "autov2": autov2(sha)}
+        row.update({k: headers.get(rel, {}).get(k) for k in HEADER_HASHES})
+        rows.append(row)
+    return rows
+
+
+def read_header(path: str) -> Optional[dict]:
+    """A safetensors file's parsed JSON header (None when it is not one); reads only the header."""
+    import struct
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        first = os.pread(fd, 8, 0)
+        if len(first) < 8:
+            return None
+        n = struct.unpack("<Q", first)[0]
+        if not 2 <= n <= MAX_HEADER:
+            return None
+        raw = os.pread(fd, n, 8)
+        doc = json.loads(raw.decode("utf-8")) if len(raw) == n else None
+        return doc if isinstance(doc, dict) else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def export(target: str) -> Tuple[List[dict], str]:
+    """`comfy-migrate catalogue`'s rows for the store at target, and the catalogue's warning. Reads
+    no model's bytes but safetensors headers: a file the catalogue does not vouch for has no hashes
+    in its row (`lacking` counts them)."""
+    cat, warning = load(target)
+    walked = walk_store(target)
+    headers = {rel: header_hashes(read_header(os.path.join(target, rel)))
+               for rel, _, _ in walked if rel.lower().endswith(".safetensors")}
+    return export_rows(walked, cat, headers), warning
+
+
+def lacking(rows: Sequence[dict]) -> Tuple[int, int]:
+    """(rows without any digest, rows with xxh3 but no SHA-256/BLAKE3)."""
+    return (sum(1 for r in rows if not r["xxh3"]), sum(1 for r in rows if r["xxh3"] and not r["sha256"]))

@@ -244,11 +244,11 @@ def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> No
     out("\n".join(report.plan_header(plan)) + "\n\n")
     rows, notes = report.plan_rows(plan, verbose)
     if rows and not quiet:
-        out(table(rows, report.PLAN_HEADERS) + "\n")
+        out(table(rows, report.PLAN_HEADERS, names=(1, 3)) + "\n")
     for n in () if quiet else notes:
         out(f"  {n}\n")
     out(("" if quiet else "\n") + table(report.summary_rows(plan), ["action", "files", "size"]) + "\n\n")
-    for line in report.summary_lines(plan, quiet):
+    for line in report.summary_lines(plan, quiet, verbose):
         out(line + "\n")
     diff = report.yaml_diff(plan)
     if diff and quiet:
@@ -481,7 +481,7 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
             out(report.launch_line(plan) + "\n")
         if ui.verbosity >= 0:       # -q: what needs a look only
             out(table(report.summary_rows(plan), ["action", "files", "size"]) + "\n")
-            for line in report.summary_lines(plan):
+            for line in report.summary_lines(plan, verbose=ui.verbosity > 0):
                 out(line + "\n")
         for line in report.name_change_lines(plan):
             out(line + "\n")
@@ -1156,6 +1156,47 @@ def history_cmd(target, fmt) -> None:
         out("no runs yet\n")
 
 
+@cli.command("catalogue", context_settings=CONTEXT)
+@target_option
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True,
+              help="Output format.")
+def catalogue_cmd(target, fmt) -> None:
+    """Every stored model with the hashes other tools look it up by.
+
+    Per stored file: its category, every name that loads the same bytes, size, xxh3, SHA-256,
+    BLAKE3 (as ComfyUI writes it, blake3:<hex>), AutoV2 (A1111/Civitai's short hash) and the
+    hashes a safetensors header names (modelspec.hash_sha256, sshs_model_hash). Reads no model's
+    bytes: hashes come from the store's catalogue, as far as it still vouches for each file.
+
+    \b
+    Example:
+      comfy-migrate catalogue --target /workspace/models > models.json
+      comfy-migrate catalogue --format csv > models.csv
+    """
+    from migrate import catalogue as store_catalogue
+    rows, warning = store_catalogue.export(require_store(resolve_target(target)))
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+    if fmt == "json":
+        out(report.dumps(rows))
+    else:
+        import csv
+        import io
+        buf = io.StringIO()
+        cols = ["category", "name", "names", "size", "xxh3", "sha256", "blake3", "autov2", *store_catalogue.HEADER_HASHES,
+                "path"]
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({**{k: ("" if v is None else v) for k, v in r.items()}, "names": ";".join(r["names"])})
+        out(buf.getvalue())
+    unknown, partial = store_catalogue.lacking(rows)
+    if unknown or partial:
+        click.echo(f"{unknown + partial} of {len(rows)} stored file(s) lack SHA-256/BLAKE3 ({unknown} not in the "
+                   f"catalogue as they are now, {partial} hashed before this version): they get them the next time "
+                   "a run reads their bytes", err=True)
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_ref", metavar="[RUN]", required=False)
 @target_option
@@ -1523,16 +1564,22 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
     res = audit_trees(roots, order, open_verdicts(no_cache), open_cache(no_cache))
     ui.debug(f"{res.files} entries, {res.read} files read, the rest from the cache")
     if fmt == "json":
-        out(report.dumps(report.audit_doc(res.roots, res.findings, dict(res.summaries), res.files)))
+        doc = report.audit_doc(res.roots, res.findings, dict(res.summaries), res.files)
+        doc["verified_upstream"] = list(res.verified)
+        out(report.dumps(doc))
     else:
         out(f"audit of {', '.join(map(report.show, res.roots))}: {res.files} entries\n")
         if res.findings:
-            out(table(report.audit_rows(res.findings), report.AUDIT_HEADERS) + "\n\n")
+            out(table(report.audit_rows(res.findings), report.AUDIT_HEADERS, names=(2,)) + "\n\n")
             fixes = sorted({(f.kind, f.fix) for f in res.findings if f.fix})
             for kind, fix in fixes:
                 out(f"{kind}: {fix}\n")
         counts = {s: sum(1 for f in res.findings if f.severity == s) for s in ("broken", "suspect", "notice")}
         out(", ".join(f"{n} {s}" for s, n in counts.items()) + "\n")
+        if res.verified:
+            out(f"{len(res.verified)} model(s) verified upstream: the SHA-256 their sidecar names matches their bytes\n")
+            for p in res.verified:
+                ui.debug(f"  verified upstream: {report.show(p)}")
     if any(f.blocks for f in res.findings):
         sys.exit(ExitCode.PROBLEMS)
 

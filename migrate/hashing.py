@@ -16,7 +16,6 @@ Measured on our 2-core AMD VMs (scripts/bench, docs/bench-latest.md):
 from __future__ import annotations
 
 import errno
-import hashlib
 import mmap
 import os
 import stat
@@ -113,6 +112,7 @@ class Hasher:
     def __init__(self, extra: bool | None = None) -> None:
         self.x = xxhash.xxh3_128()
         if extra if extra is not None else _extras_on:
+            import hashlib      # here: not every command reads a file's bytes (start-up)
             import blake3
             self.s, self.b = hashlib.sha256(), blake3.blake3()
         else:

@@ -398,9 +398,10 @@ def summary_rows(plan: Plan) -> list[list]:
     return rows
 
 
-def summary_lines(plan: Plan, quiet: bool = False) -> list[str]:
+def summary_lines(plan: Plan, quiet: bool = False, verbose: bool = False) -> list[str]:
     """The plan's totals in words; quiet (-q): without how each source reaches the store and the
-    custom-node folder notes."""
+    custom-node folder notes; verbose (-v): with what each filesystem allows and each custom-node
+    folder's whole note (else a short summary: they are in --format json and the report)."""
     t = totals(plan)
     lines = [f"deduplication saves {human(t['dedup_saves_bytes'])}; "
              f"{human(t['copy_bytes'])} must be copied"]
@@ -427,8 +428,9 @@ def summary_lines(plan: Plan, quiet: bool = False) -> list[str]:
     for p in () if quiet else plan.probes:
         how = "hardlink" if p.hardlink and p.fs.stable_inode and plan.target_fs.stable_inode else \
             "rename" if p.rename else "copy + verify"
-        lines.append(f"{show(p.source)} -> target: {how}" + (f" ({p.detail})" if p.detail else "")
-                     + f"; source {show(p.fs.summary)}; store {show(plan.target_fs.summary)}")
+        facts = f"source {show(p.fs.summary)}; store {show(plan.target_fs.summary)}" if verbose else \
+            f"{show(p.fs.fstype)} -> {show(plan.target_fs.fstype)} (-v: what each allows)"
+        lines.append(f"{show(p.source)} -> target: {how}" + (f" ({p.detail})" if p.detail else "") + f"; {facts}")
     extra = sum(a.size for a in plan.actions if a.kind is ActionKind.SAME_CONTENT and a.method is Method.COPY)
     if extra:
         lines.append(f"the store takes neither hardlinks nor symlinks: {human(extra)} of same-content names "
@@ -437,7 +439,9 @@ def summary_lines(plan: Plan, quiet: bool = False) -> list[str]:
         lines.append(f"YAML base_path {show(plan.base_path)} (--base-path {plan.policy.base_path}) "
                      f"resolves here to {show(plan.target)}")
     for c in () if quiet else plan.custom_folders:
-        lines.append(show(c.note))
+        parts = show(c.note).split("; ")
+        lines.append("; ".join(parts) if verbose or len(parts) <= 2 else
+                     "; ".join(parts[:2]).replace(show(plan.target), middle(plan.target, 40)) + " (-v: in full)")
     return lines
 
 
@@ -544,7 +548,8 @@ def workflow_lines(doc: dict, root: str = "") -> list[str]:
             continue
         lines.append(f"{show(where)}: {len(w['models'])} model(s)" + ("" if w["models"] else " (none it names)"))
         for m in w["models"]:
-            lines.append(f"  {mark[m['status']]} {m['category'] or '?'}/{show(m['name'])}"
+            ref = f"{m['category'] or '?'}/{m['name']}"
+            lines.append(f"  {mark[m['status']]} {middle(ref, 100)}"
                          + ("" if m["status"] == "ok" else f": {show(m['note'])}"))
     if not doc["workflows"]:
         lines.append("no saved workflows (ComfyUI saves them under user/<user>/workflows/)")
@@ -555,7 +560,7 @@ def workflow_lines(doc: dict, root: str = "") -> list[str]:
         lines.append("  (listed only when no workflow names it; each file's bytes counted once; see the report)")
         for u in unused[:10]:
             shared = "" if u.get("frees", u["size"]) == u["size"] else " (shares its bytes: frees nothing)"
-            lines.append(f"  {human(u['size']):>9}  {u['category']}/{show(u['name'])}{shared}")
+            lines.append(f"  {human(u['size']):>9}  {middle(u['category'] + '/' + u['name'], 100)}{shared}")
         if len(unused) > 10:
             lines.append(f"  ... and {len(unused) - 10} more (--format json lists them all)")
     missing = doc["missing"]

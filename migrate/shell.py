@@ -30,6 +30,7 @@ def err(msg: str) -> None:
 class Ui:
     def __init__(self, verbosity: int) -> None:
         self.verbosity = verbosity
+        _UI.append(self)
 
     def info(self, msg: str) -> None:
         if self.verbosity >= 0:
@@ -62,8 +63,26 @@ class Ui:
             bar.close()
 
 
-def table(rows, headers) -> str:
+TABLE_WIDTH = 120      # columns a table fits, unless -v (Ui.verbosity > 0) asks for every cell whole
+_UI: list = []         # this process's Ui (its verbosity can change as the command's own -v is read)
+
+
+def table(rows, headers, names: tuple = ()) -> str:
+    """A plain table; wider than TABLE_WIDTH (not under -v), the widest of its `names` columns (names
+    and paths: both ends matter) has its cells shortened in the middle until it fits or is down to 16."""
     from tabulate import tabulate
+    rows = [["" if v is None else str(v) for v in r] for r in rows]
+    if rows and names and not (_UI and _UI[-1].verbosity > 0):
+        for _ in range(len(headers)):
+            # tabulate pads each header by 2 (its MIN_PADDING)
+            widths = [max([len(str(h)) + 2] + [len(r[i]) for r in rows if i < len(r)]) for i, h in enumerate(headers)]
+            excess = sum(widths) + 2 * (len(widths) - 1) - TABLE_WIDTH
+            col = max(names, key=lambda i: widths[i])
+            room = max(16, widths[col] - excess)
+            if excess <= 0 or room >= widths[col]:
+                break
+            rows = [[report.middle(v, room) if i == col and len(v) > room else v for i, v in enumerate(r)]
+                    for r in rows]
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
 
 
@@ -249,7 +268,7 @@ def scan(ui: Ui, comfyui: str | None, sources: tuple[str, ...], fmt: str, no_cac
     else:
         for res in results:
             out(f"{report.show(res.root)}\n")
-            out(table(report.scan_rows(res), report.SCAN_HEADERS) + "\n")
+            out(table(report.scan_rows(res), report.SCAN_HEADERS, names=(0,)) + "\n")
             odd = [r for r in res.records if not r.status.migrates]
             for r in odd:
                 out(f"  not migrated: {report.show(r.rel)}: {r.detail or r.status.value}\n")

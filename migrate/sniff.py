@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from migrate import audit, comfy
-from migrate.hashing import (DIGESTS_TABLE, OPEN_FLAGS, ChangedError, DigestCache, Stamp, from_sql, hash_bytes,
+from migrate.hashing import (DIGESTS_TABLE, OPEN_FLAGS, ChangedError, DigestCache, Stamp, from_sql, one_shot,
                              load_rows, matches, note_read, racy, save_rows, to_sql)
 from migrate.model import Finding, ScanResult, Status
 
@@ -125,7 +125,7 @@ def check_scan(scan: ScanResult, verdicts: Optional[VerdictCache],
             if verdicts is not None:
                 verdicts.put(key, v, read_at)
             if len(head) == r.size:      # the whole file was read: its digest is known too
-                digest = hash_bytes(head)
+                digest = one_shot(head)      # xxh3, and SHA-256/BLAKE3 when on (hashing.Hasher)
                 note_read(key, digest, read_at)
                 if digests is not None and digests.get(key) is None:
                     digests.put(key, digest, read_at)
@@ -155,6 +155,7 @@ class AuditResult:
     summaries: Mapping[str, Mapping[str, object]]     # path -> format, tensors, dtypes, metadata
     files: int            # entries looked at
     read: int             # files whose ends were read (the rest came from the cache)
+    verified: Tuple[str, ...] = ()      # models whose sidecar's SHA-256 matches their bytes
 
 
 def _same_content(a: str, b: str, digests: Optional[DigestCache]) -> Optional[bool]:
@@ -183,6 +184,75 @@ def _same_content(a: str, b: str, digests: Optional[DigestCache]) -> Optional[bo
     return got[0] == got[1]
 
 
+def sidecar_witnesses(scan: ScanResult, digests: Optional[DigestCache]) -> Tuple[List[Finding], List[str]]:
+    """Models whose sidecar (`<name>.sha256`, `.civitai.info`, `.metadata.json`) names a SHA-256,
+    compared with their bytes: mismatches, and the paths verified upstream. The model's SHA-256 comes
+    from the digest cache where it vouches for the file, else from a read of its bytes (computing all
+    three hashes, cached); sidecars are read only when present."""
+    from migrate.hashing import Hasher, extras, hash_path, stamp
+    findings: List[Finding] = []
+    verified: List[str] = []
+    for r in scan.records:
+        if r.status is not Status.MIGRATE:
+            continue
+        folder = os.path.dirname(r.path)
+        witnesses = []
+        for name in audit.sidecar_names(os.path.basename(r.path)):
+            side = os.path.join(folder, name)
+            try:
+                fd = os.open(side, OPEN_FLAGS)
+            except OSError:
+                continue
+            try:
+                st = os.fstat(fd)
+                data = os.read(fd, audit.SIDECAR_MAX) if stat.S_ISREG(st.st_mode) else b""
+            except OSError:
+                data = b""
+            finally:
+                os.close(fd)
+            named = audit.sidecar_sha256(name, os.path.basename(r.path), data)
+            if named:
+                witnesses.append((side, named))
+        if not witnesses:
+            continue
+        s = r.stamp
+        got = digests.get_all(s) if digests is not None else None
+        sha = got[1] if got is not None else None
+        if sha is None:
+            try:
+                at = time.time_ns()
+                h = Hasher(True)
+                fd = os.open(r.path, OPEN_FLAGS)
+                try:
+                    st = os.fstat(fd)
+                    if stamp(st) != s:
+                        continue
+                    while True:
+                        chunk = os.read(fd, 1 << 20)
+                        if not chunk:
+                            break
+                        h.update(chunk)
+                    if stamp(os.fstat(fd)) != s:
+                        continue
+                finally:
+                    os.close(fd)
+                digest = h.hexdigest()
+                note_read(s, digest, at)
+                if digests is not None:
+                    digests.put(s, digest, at)
+                sha = (extras(digest) or (None,))[0]
+            except OSError:
+                continue
+        if sha is None:
+            continue
+        f = audit.sidecar_finding(r.path, witnesses, sha)
+        if f is not None:
+            findings.append(f)
+        else:
+            verified.append(r.path)
+    return findings, verified
+
+
 def same_file(a: str, b: str) -> bool:
     if os.path.realpath(a) == os.path.realpath(b):
         return True
@@ -200,8 +270,12 @@ def audit_trees(roots: Sequence[str], order: Mapping[str, List[str]], verdicts: 
     findings: List[Finding] = []
     summaries: Dict[str, Mapping[str, object]] = {}
     files = read = 0
+    verified: List[str] = []
     for root in roots:
         scan = scan_tree(root)
+        wrong, right = sidecar_witnesses(scan, digests)
+        findings.extend(wrong)
+        verified.extend(right)
         found, n = check_scan(scan, verdicts, digests)
         read += n
         files += len(scan.records)
@@ -221,4 +295,4 @@ def audit_trees(roots: Sequence[str], order: Mapping[str, List[str]], verdicts: 
     if digests is not None:
         digests.save()
     findings.sort(key=lambda f: (f.path, f.kind))
-    return AuditResult(tuple(roots), tuple(findings), summaries, files, read)
+    return AuditResult(tuple(roots), tuple(findings), summaries, files, read, tuple(sorted(verified)))

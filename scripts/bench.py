@@ -310,6 +310,25 @@ def attach_rows(cm: str, top: str, n: int, env: Dict[str, str]) -> List[Row]:
         Cmd("python -c pass", [py, "-c", "pass"], note="the interpreter's start-up")])]
 
 
+def hashes_row(cm: str, d: "Data", have: Dict[str, bool], notes: Dict[str, str]) -> "Row":
+    """The tree of large files hashed with xxh3, SHA-256 and BLAKE3 in one read (the default), against
+    the tools that compute one of them: openssl (SHA-256 with the CPU's SHA extensions), sha256sum
+    (coreutils: without them here), b3sum where installed, xxhsum -H2."""
+    bigf = lambda: d.big_files
+    b3sum = shutil.which("b3sum")
+    return Row("hash a tree of large files: xxh3 + SHA-256 + BLAKE3", [
+        Cmd("comfy-migrate scan --no-cache", [cm, "scan", "--no-cache", "--format", "json", "--source", d.big],
+            warm_files=bigf),
+        Cmd("openssl dgst -sha256", ["openssl", "dgst", "-sha256", *d.big_files] if shutil.which("openssl") else None,
+            warm_files=bigf, note="SHA-256 alone"),
+        Cmd("sha256sum", ["sha256sum", *d.big_files], warm_files=bigf, note="SHA-256 alone"),
+        Cmd("b3sum", [b3sum, *d.big_files] if b3sum else None, warm_files=bigf,
+            note="BLAKE3 alone" if b3sum else "not installed"),
+        Cmd("xxhsum -H2", ["xxhsum", "-q", "-H2", *d.big_files] if have["xxhsum"] else None,
+            warm_files=bigf, note=notes.get("xxhsum", "")),
+    ])
+
+
 def tree_files(root: str) -> List[str]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -429,6 +448,8 @@ def main() -> int:
     ap.add_argument("--attach-files", type=int, default=2000,
                     help="files in the store of the attach row (default 2,000; 0 leaves it out)")
     ap.add_argument("--only-attach", action="store_true", help="build nothing else, run only the attach row")
+    ap.add_argument("--only-hashes", action="store_true",
+                    help="build only the large files, run only the xxh3 + SHA-256 + BLAKE3 row")
     args = ap.parse_args()
     runs = max(1, args.runs)
     import stat
@@ -481,11 +502,17 @@ def main() -> int:
         t0 = time.perf_counter()
         d = build_data(top, args.size, args.files)
         log(f"built in {time.perf_counter() - t0:.1f} s")
-        scan = [cm, "scan", "--no-cache", "--format", "json"]
+        # xxh3 alone: these rows compare with xxhsum -H2 (the hashes row below has all three)
+        scan = [cm, "--hashes", "xxh3", "scan", "--no-cache", "--format", "json"]
 
         # 1. hash a tree of large files
         bigf = lambda: d.big_files
-        rows.append(Row("hash a tree of large files", [
+        rows.append(hashes_row(cm, d, have, notes))
+        if args.only_hashes:
+            measure(rows[-1], runs, env, top)
+            print(render(rows, extra)[0])
+            return 0
+        rows.append(Row("hash a tree of large files (--hashes xxh3)", [
             Cmd("comfy-migrate scan --no-cache", scan + ["--source", d.big], warm_files=bigf),
             Cmd("xxhsum -H2", ["xxhsum", "-q", "-H2", *d.big_files] if have["xxhsum"] else None,
                 warm_files=bigf, note=notes.get("xxhsum", "")),

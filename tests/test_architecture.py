@@ -74,7 +74,7 @@ def test_every_readme_option_exists():
                   "--moosefs-mib"})   # scripts/torture, bench
     known.add("--remove-source-files")     # rsync's, in the bench table
     known.update({"--cache", "--python", "--record", "--keep", "--comfyui-version", "--launch"})    # scripts/real-comfyui
-    known.update({"--listen", "--port", "--attach-files", "--only-attach"})   # ComfyUI's main.py (start.sh), bench
+    known.update({"--listen", "--port", "--attach-files", "--only-attach", "--only-hashes"})   # ComfyUI's main.py (start.sh), bench
     for opt in set(re.findall(r"(?<![\w-])--[a-z][a-z-]*(?:/--[a-z-]+)?", readme)):
         assert opt in known, f"README mentions {opt}, which no command has"
 

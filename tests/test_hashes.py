@@ -184,3 +184,93 @@ def test_hashes_xxh3_keeps_them_out(pod, cli_env):
     run_cli(["--hashes", "xxh3", "run", *pod.args("--yes")], cli_env, check=1)
     entries = (pod.target / ".comfy-migrate" / "catalogue.jsonl").read_text().splitlines()[1:]
     assert entries and not any("sha256" in x for x in entries)
+
+
+def _safetensors_with_meta(meta: dict, payload: bytes) -> bytes:
+    raw = json.dumps({"__metadata__": meta,
+                      "w": {"dtype": "U8", "shape": [len(payload)], "data_offsets": [0, len(payload)]}}).encode()
+    return len(raw).to_bytes(8, "little") + raw + payload
+
+
+def test_catalogue_command_lists_every_stored_file_with_the_ecosystems_hashes(pod, cli_env):
+    import csv
+    import io
+    from conftest import past_racy_window, run_cli
+    lora = pod.models / "loras" / "meta_lora.safetensors"
+    lora.write_bytes(_safetensors_with_meta({"modelspec.hash_sha256": "0x" + "ab" * 32, "sshs_model_hash": "cd" * 32},
+                                            payload(3 * MiB + 5)))
+    past_racy_window()
+    run_cli(["run", *pod.args("--yes")], cli_env, check=1)
+    proc = run_cli(["catalogue", "--target", str(pod.target)], cli_env)
+    rows = json.loads(proc.stdout)
+    stored = sorted(str(p.relative_to(pod.target)) for p in pod.target.rglob("*")
+                    if p.is_file() and ".comfy-migrate" not in p.parts)
+    assert {r["path"] for r in rows} >= {s for s in stored if "/" in s and "put_" not in s}
+    by_path = {r["path"]: r for r in rows}
+    r = by_path["loras/meta_lora.safetensors"]
+    x, sha, b3_ = expected(pod.target / r["path"])
+    assert (r["category"], r["name"], r["size"]) == ("loras", "meta_lora.safetensors", lora.stat().st_size if lora.exists()
+                                                     else (pod.target / r["path"]).stat().st_size)
+    assert (r["xxh3"], r["sha256"], r["blake3"], r["autov2"]) == (x, sha, "blake3:" + b3_, sha[:10].upper())
+    assert r["modelspec.hash_sha256"] == "0x" + "ab" * 32 and r["sshs_model_hash"] == "cd" * 32
+    hashed = [r for r in rows if r["xxh3"]]
+    assert len(hashed) >= len(rows) - 3
+    for r in hashed:
+        assert (r["xxh3"], r["sha256"], r["blake3"]) == (lambda e: (e[0], e[1], "blake3:" + e[2]))(
+            expected(pod.target / r["path"]))
+        assert r["autov2"] == r["sha256"][:10].upper()
+    assert len(hashed) == len(rows) and "lack SHA-256/BLAKE3" not in proc.stderr
+    proc = run_cli(["catalogue", "--target", str(pod.target), "--format", "csv"], cli_env)
+    got = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert [g["path"] for g in got] == [r["path"] for r in rows]
+    assert got[0].keys() >= {"category", "name", "names", "size", "xxh3", "sha256", "blake3", "autov2",
+                             "modelspec.hash_sha256", "sshs_model_hash"}
+    # a new name linked by hand changes the file's ctime: the catalogue no longer vouches for it (the
+    # digest cache's rule), so neither name shows hashes it cannot stand behind
+    os.link(pod.target / "loras" / "meta_lora.safetensors", pod.target / "loras" / "again.safetensors")
+    proc = run_cli(["catalogue", "--target", str(pod.target)], cli_env)
+    assert "2 of" in proc.stderr and "lack SHA-256/BLAKE3 (2 not in the catalogue" in proc.stderr
+    rows = {r["path"]: r for r in json.loads(proc.stdout)}
+    assert rows["loras/again.safetensors"]["xxh3"] is None and rows["loras/meta_lora.safetensors"]["sha256"] is None
+    assert rows["loras/meta_lora.safetensors"]["sshs_model_hash"] == "cd" * 32
+
+
+def test_catalogue_names_every_name_of_the_same_bytes(pod, cli_env):
+    from conftest import run_cli
+    run_cli(["run", *pod.args("--yes")], cli_env, check=1)
+    rows = json.loads(run_cli(["catalogue", "--target", str(pod.target)], cli_env).stdout)
+    groups = {}
+    for r in rows:
+        if r["xxh3"]:
+            groups.setdefault(r["xxh3"], set()).add(f"{r['category']}/{r['name']}")
+    for r in rows:
+        if r["xxh3"]:
+            assert set(r["names"]) == groups[r["xxh3"]]
+
+
+def test_audit_takes_sidecars_as_witnesses(pod, cli_env):
+    from conftest import as_model, run_cli
+    loras = pod.models / "loras"
+    good = loras / "good.safetensors"
+    good.write_bytes(as_model("good.safetensors", payload(2 * MiB + 1)))
+    sha_good = hashlib.sha256(good.read_bytes()).hexdigest()
+    (loras / "good.sha256").write_text(f"{sha_good.upper()}  good.safetensors\n")
+    swapped = loras / "swapped.safetensors"
+    swapped.write_bytes(as_model("swapped.safetensors", payload(MiB) + b"x"))
+    other = hashlib.sha256(b"the file the page described").hexdigest()
+    (loras / "swapped.civitai.info").write_text(json.dumps(
+        {"files": [{"name": "swapped.safetensors", "hashes": {"SHA256": other.upper(), "AutoV2": other[:10]}},
+                   {"name": "swapped-pruned.safetensors", "hashes": {"SHA256": sha_good}}]}))
+    lm = loras / "lm.safetensors"
+    lm.write_bytes(as_model("lm.safetensors", payload(5)))
+    (loras / "lm.metadata.json").write_text(json.dumps({"sha256": hashlib.sha256(lm.read_bytes()).hexdigest()}))
+    proc = run_cli(["audit", *pod.args("--format", "json")], cli_env, check=None)
+    doc = json.loads(proc.stdout)
+    mism = [f for f in doc["findings"] if f["kind"] == "sidecar-mismatch"]
+    assert [f["path"] for f in mism] == [str(swapped)], mism
+    assert "the download differs from the file its metadata describes" in mism[0]["message"]
+    assert not any(f["kind"] == "sidecar-mismatch" and f["path"] in (str(good), str(lm)) for f in doc["findings"])
+    assert sorted(doc["verified_upstream"]) == sorted([str(good), str(lm)])
+    assert proc.returncode == 1
+    text = run_cli(["audit", *pod.args()], cli_env, check=None).stdout
+    assert "2 model(s) verified upstream" in text and "sidecar-mismatch" in text

@@ -278,3 +278,15 @@ def test_workflows_command_on_a_hostile_pod_ends_with_one_line_per_bad_file(tmp_
     assert doc["unused_bytes"] == 350
     text = run_cli(["workflows", "--comfyui", comfyui], cli_env, timeout=120).stdout
     assert "deep.json: unreadable (JSON nested too deep to read)" in text
+
+
+def test_plan_prints_the_probe_facts_and_custom_folder_notes_short_unless_verbose(pod, cli_env):
+    short = run_cli(["plan", *pod.args()], cli_env).stdout
+    full = run_cli(["plan", *pod.args(), "-v"], cli_env).stdout
+    probe = next(line for line in short.splitlines() if " -> target: " in line)
+    assert "hardlinks yes" not in probe and "(-v: what each allows)" in probe
+    assert len(probe) - len(str(pod.models)) < 80                     # fits 120 columns on /workspace/... paths
+    assert "hardlinks yes" in next(line for line in full.splitlines() if " -> target: " in line)
+    notes = [line for line in short.splitlines() if line.startswith("custom-node folder ")]
+    assert notes and all(line.endswith("(-v: in full)") and len(line) < 120 + len(str(pod.target)) for line in notes)
+    assert any("keeps nodes" in line for line in full.splitlines() if line.startswith("custom-node folder "))
