@@ -206,6 +206,13 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
         ts = facts.target_scan
         ui.debug(f"store: {len(ts.records)} entries, {facts.catalogue_hits} digests from its catalogue, "
                  f"{ts.cached_files} from the cache, {ts.hashed_files} files read ({ts.hashed_bytes} bytes)")
+    if not again:
+        from migrate.hashing import extras, hashes_on
+        known = {r.digest for sc in [*facts.sources, facts.target_scan] if sc is not None for r in sc.records if r.digest}
+        lack = sum(1 for d in known if extras(d) is None)
+        if lack and hashes_on():
+            ui.debug(f"{lack} of {len(known)} distinct contents have xxh3 only (read before SHA-256/BLAKE3 were "
+                     "computed, or with --hashes xxh3): they get them the next time their bytes are read")
     policy = Policy(mode=Mode(mode), on_conflict=OnConflict(on_conflict), link_back=link_back,
                     base_path=base_path)
     return facts, make_plan(facts, policy)

@@ -274,3 +274,12 @@ def test_audit_takes_sidecars_as_witnesses(pod, cli_env):
     assert proc.returncode == 1
     text = run_cli(["audit", *pod.args()], cli_env, check=None).stdout
     assert "2 model(s) verified upstream" in text and "sidecar-mismatch" in text
+
+
+def test_plan_says_how_many_contents_lack_sha256_and_blake3(pod, cli_env):
+    from conftest import past_racy_window, run_cli
+    past_racy_window()
+    run_cli(["--hashes", "xxh3", "plan", *pod.args()], cli_env, check=None)
+    proc = run_cli(["-v", "plan", *pod.args()], cli_env, check=None)
+    assert "distinct contents have xxh3 only" in proc.stderr, proc.stderr
+    run_cli(["plan", "--no-cache", *pod.args()], cli_env, check=None)
