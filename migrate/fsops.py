@@ -111,6 +111,19 @@ def _errname(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, str(exc.errno))
 
 
+def _pid_namespace_id() -> str:
+    from migrate.lock import pid_namespace
+    return "".join(c for c in pid_namespace() if c.isdigit())
+
+
+def probe_owner() -> str:
+    """`host-pid` + `n` + the PID namespace's number, in a probe's scratch name: another container
+    with our host name (its own PID namespace) has other pids, so sweep_probes looks a pid up
+    only from the same namespace (else only an hour-old scratch is swept, never a live probe's)."""
+    import socket
+    return f"{socket.gethostname()}-{os.getpid()}n{_pid_namespace_id()}"
+
+
 def sweep_probes(where: str) -> None:
     """Remove scratch folders of earlier probes killed before they cleaned up: this host's whose
     process is gone, any host's older than an hour (scans never count them either way), and give
@@ -126,7 +139,9 @@ def sweep_probes(where: str) -> None:
         path = os.path.join(where, n)
         try:
             h, pid = n[len(PROBE_PREFIX):].rsplit("-", 2)[:2]
-            mine_dead = h == host and not os.path.exists(f"/proc/{int(pid)}")
+            pid, marked, ns = pid.partition("n")       # a probe's PID namespace (probe_owner)
+            mine_dead = (h == host and (not marked or ns == _pid_namespace_id())
+                         and not os.path.exists(f"/proc/{int(pid)}"))
             old = os.lstat(path).st_mtime < time.time() - 3600
         except (ValueError, OSError):
             continue
@@ -255,13 +270,12 @@ def probe_fs(folder: str) -> FsFacts:
     folder its mtime back: hardlink, symlink, rename, RENAME_NOREPLACE, the mtime precision kept,
     whether a file keeps its inode number by two names and across a rename, case sensitivity."""
     import shutil
-    import socket
     where = nearest_existing(folder)
     point, fstype, opts = mount_entry(where)
     overlay = overlay_upper(point, fstype, opts) if fstype in OVERLAY_TYPES else None
     sweep_probes(where)      # first: it gives the folder back the time a killed probe took from it
     before = os.stat(where)
-    scratch = os.path.join(where, f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+    scratch = os.path.join(where, f"{PROBE_PREFIX}{probe_owner()}-{os.urandom(3).hex()}"
                                   f".m{before.st_mtime_ns}")
     refused: list = []
     try:
@@ -456,10 +470,9 @@ def probe_between(source_root: str, target: str) -> Probe:
     Tried with a scratch file made in the source root and linked (else renamed) into the target's
     nearest existing folder, both removed again, folder times put back; the source's own
     filesystem is probed on the way (Probe.fs)."""
-    import socket
     fs = probe_fs(source_root)
     where = nearest_existing(target)
-    tag = f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+    tag = f"{PROBE_PREFIX}{probe_owner()}-{os.urandom(3).hex()}"
     sweep_probes(where)
     before_s, before_t = os.stat(source_root), os.stat(where)
     src = os.path.join(source_root, f"{tag}.m{before_s.st_mtime_ns}")      # each folder's time in the name

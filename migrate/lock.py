@@ -45,7 +45,9 @@ def boot_id() -> str:
 def pid_namespace() -> str:
     """This process's PID namespace (`pid:[4026531836]`), or "" where it cannot be told: no /proc,
     or a /proc of another namespace (`unshare --pid` without `--mount-proc`: /proc/self is not us),
-    where no pid read there means our process. Namespace ids are unique within one boot."""
+    where no pid read there means our process. A live namespace's id is unique within one boot; a
+    dead one's may be given to a new namespace: a holder recording it is then dead with its whole
+    namespace, and its pid, looked up in the new one, is found gone (rightly)."""
     try:
         if os.readlink("/proc/self") != str(os.getpid()):
             return ""

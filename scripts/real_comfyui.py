@@ -334,9 +334,10 @@ def redeploy_cycle(cm, server: "Server", pristine: str, comfyui: str, store: str
     figures["redeploy_view_metadata_ok"] = loads
     checks["after attach every safetensors name loads its own file (/view_metadata)"] = not wrong
     folders = recs["redeployed"].get("folder_paths") or {}
+    # custom_nodes and (0.33) datasets live beside models/, not in it: not model categories
     checks["the store is every model category's first folder (downloads land there)"] = bool(folders) and all(
         v and v[0].startswith(store.rstrip("/") + "/") for k, v in folders.items()
-        if k not in ("custom_nodes", "download_model_base"))
+        if k not in ("custom_nodes", "download_model_base", "datasets"))
     server.stop()
     r = cm("rollback", "--yes")
     checks["rollback of the attach leaves no YAML"] = r.returncode == 0 and not os.path.exists(yaml_path)

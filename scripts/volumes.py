@@ -658,18 +658,38 @@ runpy.run_module('migrate', run_name='__main__')
 """
 
 
-def in_container(r: Runner, sc: Scenario, trace: str, lease: int, *args: str, crash: int = 0) -> subprocess.Popen:
-    """`comfy-migrate ARGS` as a container with our host name sees it: a PID namespace of its own (the
-    CLI is its pid 2, `unshare --pid --fork --mount-proc`, no UTS namespace), writing a line to
-    `trace` each time it takes or gives back the store's lock (its pid namespace, whether it took over)."""
+def start_container(m: "Mounts", setup: str = "") -> str:
+    """A container with our host name: a mount and a PID namespace of their own (no UTS namespace),
+    kept by a sleeping init until the suite ends; `setup` is run in it first. Returns the init's
+    pid here, for nsenter. (A namespace lives while a process of it does: a run killed in it leaves
+    it, as a container's init outlives a command killed in the container.)"""
+    init = subprocess.Popen(["unshare", "--mount", "--propagation", "slave", "--pid", "--fork", "--mount-proc",
+                             "--kill-child", "sh", "-c", (setup + " && " if setup else "") + "exec sleep infinity"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    m.undo.append(["kill", "-KILL", str(init.pid)])       # --kill-child: its init goes with it
+    while True:
+        if init.poll() is not None:
+            raise RuntimeError(f"the container did not start: {init.stderr.read()!r}")   # type: ignore[union-attr]
+        time.sleep(0.05)
+        try:
+            with open(f"/proc/{init.pid}/task/{init.pid}/children") as f:
+                child = f.read().split()
+            if child and os.readlink(f"/proc/{child[0]}/exe").endswith("sleep"):
+                return child[0]
+        except OSError:
+            pass
+
+
+def in_container(r: Runner, sc: Scenario, container: str, trace: str, lease: int, *args: str,
+                 crash: int = 0) -> subprocess.Popen:
+    """`comfy-migrate ARGS` run in `container` (start_container), writing a line to `trace` each time
+    it takes or gives back the store's lock (its pid namespace, whether it took over)."""
     env = dict(r.env, CM_LOCK_TRACE=trace, COMFY_MIGRATE_LOCK_LEASE=str(lease))
     if crash:
         env["COMFY_MIGRATE_CRASH_AT"] = str(crash)
     r.calls += 1
-    # (under a shell as the namespace's pid 1, as a container's init: pid 1 ignores its own SIGKILL)
-    return subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c",
-                             'code=$1; shift; "$0" -c "$code" "$@"; exit $?', sys.executable, _TRACED_CLI, *args,
-                             "--comfyui", sc.comfy, "--target", sc.store],
+    return subprocess.Popen(["nsenter", "--target", container, "--mount", "--pid", "--", sys.executable, "-c",
+                             _TRACED_CLI, *args, "--comfyui", sc.comfy, "--target", sc.store],
                             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -703,7 +723,7 @@ def run_ids(store: str, comfy: str) -> List[str]:
     return out
 
 
-def lock_race(r: Runner, parent: str, store: str, lease: int = 10) -> Tuple[List[str], str]:
+def lock_race(r: Runner, m: "Mounts", parent: str, store: str, lease: int = 10) -> Tuple[List[str], str]:
     """Two pods in two containers with one host name (their own PID namespaces: each CLI is pid 2
     there) and one store. They race `run --wait`: one holds the lock, the other waits. Then pod A's
     run is SIGKILLed holding the lock (COMFY_MIGRATE_CRASH_AT): B is refused (exit 5) while A's
@@ -727,7 +747,8 @@ def lock_race(r: Runner, parent: str, store: str, lease: int = 10) -> Tuple[List
     before = {sc.name: snapshot(sc.pod_parent) for sc in (a, b)}
 
     # 1. racing: never both holders; the second waits and then runs
-    procs = [in_container(r, sc, trace, lease, "run", "--yes", "--wait", "300") for sc in (a, b)]
+    box = {"A": start_container(m), "B": start_container(m)}
+    procs = [in_container(r, sc, box[sc.name[-1]], trace, lease, "run", "--yes", "--wait", "300") for sc in (a, b)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for sc, p, out in zip((a, b), procs, outs):
         if p.returncode != 0:
@@ -752,25 +773,25 @@ def lock_race(r: Runner, parent: str, store: str, lease: int = 10) -> Tuple[List
 
     # 2. A killed holding the lock: B refused before A's lease ran out, takes over after it
     os.unlink(trace)
-    p = in_container(r, a, trace, lease, "run", "--yes", crash=3)
+    p = in_container(r, a, box["A"], trace, lease, "run", "--yes", crash=3)
     out = p.communicate(timeout=600)[0]
     died = time.monotonic()
     if p.returncode != -signal.SIGKILL and p.returncode != 128 + signal.SIGKILL:
         errs.append(f"A was not killed at record 3: exit {p.returncode}: {out[-300:]}")
-    p = in_container(r, b, trace, lease, "run", "--yes", "--wait", "0")
+    p = in_container(r, b, box["B"], trace, lease, "run", "--yes", "--wait", "0")
     out = p.communicate(timeout=600)[0]
     refused_after = time.monotonic() - died
     if p.returncode != 5:
         errs.append(f"B took A's lock {refused_after:.1f} s after A died, inside its {lease} s lease: exit "
                     f"{p.returncode}: {out[-300:]}")
-    p = in_container(r, b, trace, lease, "run", "--yes", "--wait", str(lease * 6))
+    p = in_container(r, b, box["B"], trace, lease, "run", "--yes", "--wait", str(lease * 6))
     out = p.communicate(timeout=600)[0]
     taken_after = time.monotonic() - died
     if p.returncode != 0 or "took over a stale lock (its heartbeat is" not in out:
         errs.append(f"B did not take over A's expired lock: exit {p.returncode}: {out[-300:]}")
     elif taken_after < lease:
         errs.append(f"B took over {taken_after:.1f} s after A died, before its {lease} s lease ran out")
-    p = in_container(r, a, trace, lease, "run", "--yes")     # A's container restarted: continues its run
+    p = in_container(r, a, start_container(m), trace, lease, "run", "--yes")   # A's container, restarted: continues
     out = p.communicate(timeout=600)[0]
     if p.returncode != 0:
         errs.append(f"A's run, continued in a new container: exit {p.returncode}: {out[-300:]}")
@@ -856,25 +877,9 @@ def container_overlay(m: "Mounts", name: str, store: str, fuse: bool) -> Scenari
     m.undo.append(["fusermount3", "-u", merged] if fuse else ["umount", merged])
     sc = Scenario(name, merged, store, "fuse-overlayfs" if fuse else "overlay", build)
     # The container: one mount namespace (mounts made here still reach it: slave propagation) where a
-    # private tmpfs hides the host's folder of the layers, and one PID namespace, kept by a sleeping
-    # init for the whole scenario; every CLI call enters both, as commands run in one container do.
-    init = subprocess.Popen(["unshare", "--mount", "--propagation", "slave", "--pid", "--fork", "--mount-proc",
-                             "--kill-child", "sh", "-c",
-                             'mount -t tmpfs -o size=1m cm-hidden-layers "$0" && exec sleep infinity', host],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    m.undo.append(["kill", "-KILL", str(init.pid)])       # --kill-child: its init goes with it
-    inside = ""
-    while not inside:
-        if init.poll() is not None:
-            raise RuntimeError(f"the container did not start: {init.stderr.read()!r}")   # type: ignore[union-attr]
-        time.sleep(0.05)
-        try:
-            with open(f"/proc/{init.pid}/task/{init.pid}/children") as f:
-                child = f.read().split()
-            if child and os.readlink(f"/proc/{child[0]}/exe").endswith("sleep"):
-                inside = child[0]
-        except OSError:
-            pass
+    # private tmpfs hides the host's folder of the layers, and one PID namespace, for the whole
+    # scenario; every CLI call enters both, as commands run in one container do.
+    inside = start_container(m, f"mount -t tmpfs -o size=1m cm-hidden-layers {host}")
     sc.prefix = ["nsenter", "--target", inside, "--mount", "--pid", "--"]
     baseline: Dict[str, Tuple[int, int]] = {}
     real_reset = sc.reset
@@ -1147,7 +1152,7 @@ def main() -> int:
             for e in errs[:8]:
                 print(f"    {e}", flush=True)
         extra = [("two PID namespaces, one host name -> store " + ("MooseFS" if mfs else "ext4"),
-                  lambda: lock_race(r, os.path.join(plain, "containers"), f"{mfs or plain}/models-lock")),
+                  lambda: lock_race(r, m, os.path.join(plain, "containers"), f"{mfs or plain}/models-lock")),
                  ("store ext4 filled to the brim", lambda: full_store(r, m, plain, work))]
         for name, scenario in extra:
             if args.only and args.only not in name:

@@ -1063,27 +1063,45 @@ for _ in range(rounds):
 """
 
 
-def _in_pid_namespace(*args: str, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
+def _unshare_pid() -> Optional[List[str]]:
+    """`unshare` making a PID namespace: as root, else inside a user namespace (unprivileged)."""
+    for extra in ([], ["--user", "--map-root-user"]):
+        cmd = ["unshare", *extra, "--pid", "--fork", "--mount-proc", "--kill-child"]
+        try:
+            if subprocess.run(cmd + ["true"], capture_output=True).returncode == 0:
+                return cmd
+        except OSError:
+            return None
+    return None
+
+
+UNSHARE_PID = _unshare_pid()
+
+
+def _in_pid_namespace(*args: str, env: Optional[Dict[str, str]] = None, keep: bool = False) -> subprocess.Popen:
     """A process in a PID namespace of its own (its pid 1), with our host name (no UTS namespace):
-    a container started with `docker --network host` or compose's `hostname:`."""
-    return subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, "-c",
-                             _NS_HOLDER, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    a container started with `docker --network host` or compose's `hostname:`. keep: under a shell
+    as pid 1 that outlives it, as a container's init does (a namespace lives while a process of it
+    does; a dead one's number may be given to the next namespace made)."""
+    assert UNSHARE_PID is not None
+    run = [sys.executable, "-c", _NS_HOLDER, *args]
+    if keep:
+        run = ["sh", "-c", 'code=$1; shift; "$0" -c "$code" "$@"; exec sleep 3600', *run[:1], *run[2:]]
+    return subprocess.Popen([*UNSHARE_PID, *run], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _pid_namespaces_available() -> bool:
-    try:
-        return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
-                              capture_output=True).returncode == 0
-    except OSError:
-        return False
+def _children(pid: int) -> List[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(x) for x in f.read().split()]
 
 
-@pytest.mark.skipif(not _pid_namespaces_available(), reason="needs `unshare --pid --mount-proc` (root, or a "
-                    "kernel allowing it): the volume suite (scripts/volumes) runs it as root")
+@pytest.mark.skipif(UNSHARE_PID is None, reason="`unshare --pid --mount-proc` is refused here (not root, and no "
+                    "user namespaces): the volume suite (scripts/volumes) runs the same as root")
 def test_two_pid_namespaces_with_one_host_name_never_hold_the_lock_at_once(tmp_path):
-    """Each holder is pid 1 of its own namespace: the other's pid 1 (itself, started later) is not
-    the holder, so the pid decides nothing there; only the holder's lease does. They race: never
-    both inside. A holder SIGKILLed keeps the store locked until its lease runs out, then is taken over."""
+    """Each holder is pid 1 (or 2) of its own namespace: the other's pid 1 (itself, started later) is
+    not the holder, so the pid decides nothing there; only the holder's lease does. They race: never
+    both inside. A holder SIGKILLed (its container, the namespace, still there) keeps the store locked
+    until its lease runs out, then is taken over."""
     sd, trace = tmp_path / "state", tmp_path / "trace"
     sd.mkdir()
     env = dict(os.environ, COMFY_MIGRATE_LOCK_LEASE="60")
@@ -1096,21 +1114,26 @@ def test_two_pid_namespaces_with_one_host_name_never_hold_the_lock_at_once(tmp_p
     assert all(ln.endswith(" None") for ln in lines if ln.startswith("in "))     # nothing taken over
 
     trace.unlink()
-    holder = _in_pid_namespace(str(sd), str(trace), "1", "0", env=dict(env, HOLD="1"))
+    container = _in_pid_namespace(str(sd), str(trace), "1", "0", env=dict(env, HOLD="1"), keep=True)
     try:
         while not trace.exists():
-            assert holder.poll() is None, holder.stderr.read()
+            assert container.poll() is None, container.stderr.read()
             time.sleep(0.05)
         other = _in_pid_namespace(str(sd), str(trace), "1", "0", env=env)
         assert other.wait(60) == 5, other.stderr.read()              # alive: never taken over
+        init, = _children(container.pid)
+        holder, = _children(init)
+        os.kill(holder, signal.SIGKILL)                              # the run dies, its container lives on
+        while _children(init) == [holder]:
+            time.sleep(0.05)
+        other = _in_pid_namespace(str(sd), str(trace), "1", "0", env=env)
+        assert other.wait(60) == 5                                   # dead, but its lease (60 s) runs
     finally:
-        holder.kill()                                                # SIGKILL: unshare kills its child
-        holder.wait()
-    other = _in_pid_namespace(str(sd), str(trace), "1", "0", env=env)
-    assert other.wait(60) == 5                                       # dead, but its lease (60 s) runs
+        container.kill()                                             # SIGKILL: unshare kills its child
+        container.wait()
     lines = trace.read_text().splitlines()
     assert [ln.split()[0] for ln in lines] == ["in", "locked", "locked"], lines
-    assert "heartbeat" in lines[-1] and "pid 1 " in lines[-1]
+    assert "heartbeat" in lines[-1] and "pid 2 " in lines[-1]
     old = time.time() - 61                                           # the lease ran out (as if 61 s later)
     os.utime(sd / "lock", (old, old))
     other = _in_pid_namespace(str(sd), str(trace), "1", "0", env=env)

@@ -159,3 +159,19 @@ def test_an_oserror_on_a_descriptor_names_its_path_and_operation(tmp_path, monke
         fsops.copy_and_hash(str(src), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), tmp)
     assert fsops.describe(info.value) == f"write {tmp}: Transport endpoint is not connected"
     assert not os.path.exists(tmp)
+
+
+def test_a_probe_of_another_container_with_our_host_name_is_not_swept_by_its_pid(tmp_path):
+    """Two containers with one host name probe one store: the other's pid means nothing here (its
+    PID namespace is not ours), so its live scratch folder is left alone; ours, of a dead pid, goes."""
+    from migrate import fsops
+    from migrate.model import PROBE_PREFIX
+    owner = fsops.probe_owner()
+    host, ns = owner.rsplit("-", 1)[0], owner.rsplit("n", 1)[1]
+    assert ns, "no PID namespace number here"
+    theirs = tmp_path / f"{PROBE_PREFIX}{host}-999999999n{int(ns) + 1}-abcdef"
+    mine = tmp_path / f"{PROBE_PREFIX}{host}-999999999n{ns}-abcdef"
+    theirs.mkdir()
+    mine.mkdir()
+    fsops.sweep_probes(str(tmp_path))
+    assert theirs.exists() and not mine.exists()
