@@ -336,7 +336,9 @@ def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = ""
     doc = report.plan_doc(plan)
     changes = {(c.get("category"), c.get("name")): c.get("reason", "") for c in doc.get("name_changes", ())}
     flows = workflow_report(home, plan.yaml_path, price, changes, plan.launch) if home else None
-    page = html_report.render(plan, flows, made=made, name_changes=doc.get("name_changes"), done=done)
+    from migrate.hashing import extras
+    sha256 = {a.digest: extras(a.digest)[0] for a in plan.actions if extras(a.digest)}
+    page = html_report.render(plan, flows, made=made, name_changes=doc.get("name_changes"), done=done, sha256=sha256)
     path = os.path.abspath(path)
     try:
         fsops.atomic_write(path, page.encode("utf-8"), 0o644)
