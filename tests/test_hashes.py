@@ -319,3 +319,20 @@ def test_verify_gives_files_stored_before_sha256_their_hashes_in_the_digest_cach
         assert (a["xxh3"], a["sha256"], a["blake3"], a["autov2"]) == (want[0], want[1], "blake3:" + want[2],
                                                                         want[1][:10].upper())
     assert verified >= 3, verified
+
+
+def test_audit_records_sha256_of_a_small_file_the_cache_knew_by_xxh3_only(pod, cli_env):
+    """audit reads a small model whole for its content checks (where no cached verdict spares the read):
+    SHA-256/BLAKE3 of that read go into the digest cache even when the cache already held the file's
+    xxh3 (from a read with --hashes xxh3)."""
+    from conftest import past_racy_window, run_cli
+    tiny = pod.models / "loras" / "tiny.safetensors"
+    tiny.write_bytes(_safetensors_with_meta({}, payload(3000)))
+    past_racy_window()
+    s = stamp(os.lstat(tiny))
+    run_cli(["--hashes", "xxh3", "scan", "--comfyui", str(pod.comfyui)], cli_env)
+    want = expected(tiny)
+    assert DigestCache(cli_env["COMFY_MIGRATE_CACHE"]).get_all(s) == (want[0], None, None)
+    run_cli(["audit", *pod.args()], cli_env, check=None)
+    hashing._EXTRAS.clear()
+    assert DigestCache(cli_env["COMFY_MIGRATE_CACHE"]).get_all(s) == want
