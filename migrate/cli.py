@@ -268,10 +268,11 @@ def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> No
         out("\n" + report.fit("", plan.yaml_path, ": no change", verbose) + "\n")
     if plan.name_changes:
         out("\n" + "".join(line + "\n" for line in report.name_change_lines(plan)))
+    paths = (plan.yaml_path, plan.target, *plan.sources)
     for w in report.warning_lines(plan):
-        out(f"warning: {w if verbose else report.middle(w, report.WIDTH - 9)}\n")
+        out("warning: " + "\n".join(report.wrap(w, paths, verbose, len("warning: "))) + "\n")
     for line in report.finding_lines(plan.findings, plan.sources):
-        out(f"audit: {line if verbose else report.middle(line, report.WIDTH - 7)}\n")
+        out("audit: " + "\n".join(report.wrap(line, paths, verbose, len("audit: "))) + "\n")
 
 
 def fit_lines(text: str) -> str:
@@ -500,7 +501,8 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
         for line in report.name_change_lines(plan):
             out(line + "\n")
         for w in report.warning_lines(plan):
-            ui.warn(w if ui.verbosity > 0 else report.middle(w, report.WIDTH - 9))
+            ui.warn("\n".join(report.wrap(w, (plan.yaml_path, plan.target, *plan.sources), ui.verbosity > 0,
+                                           len("warning: "))))
         findings = report.finding_lines(plan.findings, plan.sources)
         if findings and ui.verbosity > 0:
             for line in findings:

@@ -312,6 +312,21 @@ def fit(head: str, path: str, tail: str = "", verbose: bool = False) -> str:
     return head + (show(path) if verbose else middle(path, max(24, WIDTH - len(head) - len(tail)))) + tail
 
 
+def wrap(text: str, paths=(), verbose: bool = False, lead: int = 0) -> list[str]:
+    """Prose (a warning, an audit finding) in lines of WIDTH columns after `lead` characters: each of
+    `paths` in it shortened in the middle, then the words wrapped, none cut, onto lines indented by 2
+    (-v: the one whole line)."""
+    text = show(text)
+    if verbose or lead + len(text) <= WIDTH:
+        return [text]
+    for path in sorted((p for p in paths if p), key=len, reverse=True):
+        text = text.replace(show(path), middle(path, 60))
+    import textwrap
+    lines = textwrap.wrap(" " * lead + text, WIDTH, subsequent_indent="  ", break_long_words=False,
+                          break_on_hyphens=False)
+    return [lines[0][lead:]] + lines[1:]
+
+
 def _how(a: Action) -> str:
     """A few words: how the bytes reach the store (copies are always verified) and what the source becomes."""
     method = {Method.HARDLINK: "link", Method.RENAME: "rename", Method.COPY: "copy", Method.SYMLINK: "symlink",

@@ -272,8 +272,11 @@ def scan(ui: Ui, comfyui: str | None, sources: tuple[str, ...], fmt: str, no_cac
             odd = [r for r in res.records if not r.status.migrates]
             for r in odd:
                 why = r.detail or r.status.value
-                out(f"  not migrated: {report.show(r.rel)}: {report.show(why)}\n" if ui.verbosity > 0 else
-                    f"  not migrated: {report.middle(r.rel, 50)}: {report.middle(why, report.WIDTH - 70)}\n")
+                line = f"  not migrated: {report.show(r.rel)}: {report.show(why)}"
+                if ui.verbosity <= 0 and len(line) > report.WIDTH:    # -v: whole; else without "(left as it is)"
+                    head = f"  not migrated: {report.middle(r.rel, 50)}: "
+                    line = head + report.middle(why.split(" (")[0], report.WIDTH - len(head))
+                out(line + "\n")
             out("\n")
     for res in results:
         for p in res.problems:
