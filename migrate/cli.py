@@ -1202,7 +1202,7 @@ def history_cmd(target, fmt) -> None:
         out(table([[r["run"], r["time"], r["host"],
                     f"{r['files']}" + (f" ({r['relied']} already stored)" if r["relied"] else ""),
                     report.human(r["bytes"]), r["state"]]
-                   for r in rows], ["run", "time", "host", "files", "size", "state"]) + "\n")
+                   for r in rows], ["run", "time", "host", "files", "size", "state"], names=(2,)) + "\n")
     else:
         out("no runs yet\n")
 
