@@ -336,7 +336,9 @@ def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = ""
     doc = report.plan_doc(plan)
     changes = {(c.get("category"), c.get("name")): c.get("reason", "") for c in doc.get("name_changes", ())}
     flows = workflow_report(home, plan.yaml_path, price, changes, plan.launch) if home else None
-    page = html_report.render(plan, flows, made=made, name_changes=doc.get("name_changes"), done=done)
+    from migrate.hashing import extras
+    sha256 = {a.digest: extras(a.digest)[0] for a in plan.actions if extras(a.digest)}
+    page = html_report.render(plan, flows, made=made, name_changes=doc.get("name_changes"), done=done, sha256=sha256)
     path = os.path.abspath(path)
     try:
         fsops.atomic_write(path, page.encode("utf-8"), 0o644)
@@ -1173,7 +1175,8 @@ def catalogue_cmd(target, fmt) -> None:
     Per stored file: its category, every name that loads the same bytes, size, xxh3, SHA-256,
     BLAKE3 (as ComfyUI writes it, blake3:<hex>), AutoV2 (A1111/Civitai's short hash) and the
     hashes a safetensors header names (modelspec.hash_sha256, sshs_model_hash). Reads no model's
-    bytes: hashes come from the store's catalogue, as far as it still vouches for each file.
+    bytes: hashes come from the store's catalogue, as far as it still vouches for each file, else
+    from this user's digest cache (e.g. a `verify` read a file stored before SHA-256 was computed).
 
     \b
     Example:
@@ -1181,7 +1184,7 @@ def catalogue_cmd(target, fmt) -> None:
       comfy-migrate catalogue --format csv > models.csv
     """
     from migrate import catalogue as store_catalogue
-    rows, warning = store_catalogue.export(require_store(resolve_target(target)))
+    rows, warning = store_catalogue.export(require_store(resolve_target(target)), open_cache(False))
     if warning:
         click.echo(f"warning: {warning}", err=True)
     if fmt == "json":
@@ -1201,7 +1204,7 @@ def catalogue_cmd(target, fmt) -> None:
     if unknown or partial:
         click.echo(f"{unknown + partial} of {len(rows)} stored file(s) lack SHA-256/BLAKE3 ({unknown} not in the "
                    f"catalogue as they are now, {partial} hashed before this version): they get them the next time "
-                   "a run reads their bytes", err=True)
+                   "their bytes are read (a run, `verify`, `audit`)", err=True)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -1364,8 +1367,11 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt, comfyui_ar
         ui.debug(f"verifying {len(runs)} run(s) of this pod: {how}")
     launch = verify_launch(ui, home, comfyui_args, runs)
     catalogue = store_catalogue.load(target)[0] if quick else None
+    digests = None if quick else open_cache(False)      # records what it reads (SHA-256 for older files)
     with ui.progress("verifying") as (_, on_bytes):
-        res = verify_pod(runs, home, target, kept_records(target), quick, catalogue, on_bytes, launch)
+        res = verify_pod(runs, home, target, kept_records(target), quick, catalogue, on_bytes, launch, digests)
+    if digests is not None:
+        digests.save()
     if launch is not None:
         res["launch"] = launch.doc()
     if comfyui_url:
@@ -1475,9 +1481,10 @@ def ask_comfyui(url: str, runs, home, target: str, launch=None) -> dict:
 
 # --- workflows -----------------------------------------------------------------------------------
 
-def workflow_report(home: str, yaml_path, price: float, changes=None, launch=None) -> dict:
+def workflow_report(home: str, yaml_path, price: float, changes=None, launch=None, loaded=None) -> dict:
     """The workflows document (workflows.workflow_doc) of a ComfyUI folder, as its YAML resolves now
-    (launch: how ComfyUI is started; its user folder holds the workflows)."""
+    (launch: how ComfyUI is started; its user folder holds the workflows; loaded: a dict given gets
+    (category, name) -> (path, size) of every model ComfyUI loads now)."""
     from migrate import comfy, workflows
     from migrate.facts import gather_workflows, model_identities, read_yaml
     text = read_yaml(yaml_path) if yaml_path else None
@@ -1492,7 +1499,43 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
         order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
         found, before = gather_workflows(home, order)
     sizes = {k: v[1] for k, v in before.items()}
+    if loaded is not None:
+        loaded.update(before)
     return workflows.workflow_doc(found, before, changes or {}, sizes, price, model_identities(before))
+
+
+def workflows_check(home: str, launch, path: str, fmt: str) -> None:
+    """`workflows --check FILE`: each model of a manifest made on another pod, as this pod has it."""
+    from migrate import workflows
+    from migrate.facts import DEFAULT_TARGET
+    try:
+        with open(path, "rb") as f:
+            text = f.read(64 << 20).decode("utf-8")
+        manifest = workflows.parse_manifest(text)
+    except OSError as exc:
+        raise BadInput(f"cannot read the manifest {path}: {exc.strerror}", "pass the file `workflows --manifest` wrote")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path} is not a workflows manifest: {str(exc)[:120]}",
+                       "pass the file `comfy-migrate workflows --manifest FILE` wrote on the other pod")
+    loaded: dict = {}
+    workflow_report(home, os.path.join(home, "extra_model_paths.yaml"), 0.0, launch=launch, loaded=loaded)
+    wanted = {(m["category"], m["name"]): m for w in manifest["workflows"] for m in w["models"]}
+    here = {k: loaded[k][1] for k in wanted if k in loaded}
+    sha = shell.model_sha256({k: loaded[k][0] for k, m in wanted.items()
+                              if k in here and m.get("sha256") and m.get("size") == here[k]}, open_cache(False),
+                             os.path.abspath(os.environ.get("COMFY_MIGRATE_TARGET") or DEFAULT_TARGET))
+    rows = workflows.check_manifest(manifest, here, sha)
+    if fmt == "json":
+        out(report.dumps({"manifest": path, "workflows": rows}))
+    else:
+        for w in rows:
+            out(f"{w['path']}:\n")
+            for m in w["models"]:
+                out(f"  {m['category'] or '?'}/{m['name']}: {workflows.VERDICTS[m['verdict']]}\n")
+        counts = Counter(m["verdict"] for w in rows for m in w["models"])
+        out(", ".join(f"{counts[v]} {v}" for v in workflows.VERDICTS) + "\n")
+    if any(m["verdict"] != "same" for w in rows for m in w["models"]):
+        sys.exit(ExitCode.PROBLEMS)
 
 
 @cli.command("workflows", context_settings=CONTEXT)
@@ -1501,18 +1544,51 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               envvar="COMFY_MIGRATE_FORMAT", show_default=True, help="Output format.")
 @launch_option
-def workflows_cmd(comfyui, price_per_gb_month, fmt, comfyui_args) -> None:
+@click.option("--manifest", "manifest", type=click.Path(dir_okay=False), default=None,
+              help="Write FILE (JSON): per saved workflow, each model's category, name, size and SHA-256.")
+@click.option("--check", "check", type=click.Path(dir_okay=False), default=None,
+              help="Check a manifest made on another pod: per model, same bytes / other bytes / missing.")
+def workflows_cmd(comfyui, price_per_gb_month, fmt, comfyui_args, manifest, check) -> None:
     """Which models the pod's saved workflows load, which they need and the pod lacks, and which no
     workflow uses (with their monthly cost on a network volume). Reads only; never changes a workflow.
+
+    --manifest FILE writes what the workflows need, by SHA-256 (from the digest cache or the store's
+    catalogue where they vouch for the file, else read once); --check FILE, on another pod, says per
+    model whether it is present with the same bytes, present with other bytes, or missing.
+    Exit code 1 when --check finds a model that is not the same; 3 when FILE is not a manifest.
 
     \b
     Example:
       comfy-migrate workflows --comfyui /workspace/runpod-slim/ComfyUI
+      comfy-migrate workflows --manifest needs.json       (on pod A)
+      comfy-migrate workflows --check needs.json          (on pod B)
     """
-    from migrate.facts import find_comfyui
+    from migrate.facts import DEFAULT_TARGET, find_comfyui
     home = find_comfyui(comfyui)
     launch = shell.resolve_launch(home, comfyui_args)
-    doc = workflow_report(home, os.path.join(home, "extra_model_paths.yaml"), price_per_gb_month, launch=launch)
+    if manifest and check:
+        raise click.UsageError("--manifest and --check: give one of them")
+    if check:
+        return workflows_check(home, launch, check, fmt)
+    loaded: dict = {}
+    doc = workflow_report(home, os.path.join(home, "extra_model_paths.yaml"), price_per_gb_month, launch=launch,
+                          loaded=loaded)
+    if manifest:
+        from migrate import workflows
+        keys = {(m["category"], m["name"]) for w in doc["workflows"] for m in w["models"]}
+        sha = shell.model_sha256({k: loaded[k][0] for k in keys if k in loaded}, open_cache(False),
+                                 os.path.abspath(os.environ.get("COMFY_MIGRATE_TARGET") or DEFAULT_TARGET))
+        made = workflows.manifest_doc(doc, sha)
+        for w in made["workflows"]:
+            w["path"] = os.path.relpath(w["path"], getattr(launch, "user", None) or os.path.join(home, "user"))
+        try:
+            with open(manifest, "w", encoding="utf-8") as f:
+                f.write(report.dumps(made))
+        except OSError as exc:
+            raise BadInput(f"cannot write the manifest {manifest}: {exc.strerror}", "choose another --manifest path")
+        n = sum(len(w["models"]) for w in made["workflows"])
+        out(f"manifest of {len(made['workflows'])} workflow(s), {n} model(s) written to {manifest}\n")
+        return
     if fmt == "json":
         out(report.dumps(doc))
     else:

@@ -44,6 +44,11 @@ p,li{overflow-wrap:anywhere}
 """
 
 
+def autov2(sha256: str) -> str:
+    """A1111/Forge's short hash (catalogue.autov2): the first 10 hex digits of SHA-256, upper case."""
+    return sha256[:10].upper()
+
+
 def esc(text: object) -> str:
     return html.escape(report.show(str(text)), quote=True)
 
@@ -140,14 +145,18 @@ STATUS = {"ok": ("ok", "loads"), "changes": ("warn", "changes"), "missing": ("ba
 
 
 def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-migrate plan",
-           made: str = "", name_changes: Sequence[Mapping] | None = (), done: Mapping | None = None) -> str:
+           made: str = "", name_changes: Sequence[Mapping] | None = (), done: Mapping | None = None,
+           sha256: Mapping[str, str] | None = None) -> str:
     """The whole page. workflows: workflows.workflow_doc (None: no ComfyUI folder to read them from).
+    sha256: xxh3 digest -> SHA-256 of that content, where a read computed it: each model's AutoV2 (the
+    first 10 hex digits, upper case, what A1111/Forge and Civitai show) stands beside it.
     name_changes: the plan's name changes as JSON documents (category, name, before, after, reason).
     done: after a run, the numbers its terminal printed (run, placed, copied_bytes, removed, stayed,
     quarantine_bytes); None: the plan's own (report.outcome)."""
     t = report.totals(plan)
     o = report.outcome(plan)
     target = plan.target
+    sha256 = sha256 or {}
     if done is None:         # the plan: what a run would do
         cards = [
             (report.human(o["reach_bytes"]), f"reach the store ({o['reach_files']} model files)"),
@@ -210,7 +219,9 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
         rows = []
         for stored, acts in dups:
             names = "<br>".join(f'<span class="path">{esc(src_name(plan, a))}</span>' for a in acts)
-            rows.append([f'<span class="path">{esc(_rel(stored, target))}</span>', names,
+            short = next((autov2(sha256[a.digest]) for a in acts if a.digest in sha256), None)
+            rows.append([f'<span class="path">{esc(_rel(stored, target))}</span>'
+                         + (f" <code>AutoV2 {esc(short)}</code>" if short else ""), names,
                          esc(report.human(sum(a.size for a in acts)))])
         s.append(_table(["kept once in the store", "names that share it", "saved"], rows, num=(2,)))
     else:
@@ -264,9 +275,10 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
     s.append(_diff(diff) if diff else f"<p>{esc(plan.yaml_path or 'no YAML given')}: no change.</p>")
 
     s.append(f"<h2>Every step ({len(plan.actions)})</h2><details><summary>show the table</summary>")
-    s.append(_table(["action", "file", "in the store", "size", "note"], [
+    s.append(_table(["action", "file", "in the store", "size", "AutoV2", "note"], [
         [esc(a.kind.value), f'<span class="path">{esc(a.rel)}</span>',
-         f'<span class="path">{esc(_rel(a.dst, target))}</span>', esc(report.human(a.size)), esc(a.reason)]
-        for a in plan.actions], num=(3,), narrow_hide=(2,)))
+         f'<span class="path">{esc(_rel(a.dst, target))}</span>', esc(report.human(a.size)),
+         f"<code>{esc(autov2(sha256.get(a.digest)))}</code>" if a.digest in sha256 else "", esc(a.reason)]
+        for a in plan.actions], num=(3,), narrow_hide=(2, 4)))
     s.append("</details></main></body></html>\n")
     return "".join(s)

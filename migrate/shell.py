@@ -320,3 +320,38 @@ def fail(exc: BaseException) -> NoReturn:
             + "`comfy-migrate run` (continues this run) or `comfy-migrate rollback` (undoes it))")
         sys.exit(code)
     raise exc
+
+
+# --- workflows --manifest / --check --------------------------------------------------------------
+
+def model_sha256(paths: dict, cache: DigestCache | None, target: str | None = None) -> dict:
+    """key -> SHA-256 of the file at each path (symlinks followed, as ComfyUI loads them): from the
+    digest cache or the store's catalogue where they still vouch for the file, else read once (xxh3,
+    SHA-256 and BLAKE3 in that one read, all cached). A file that cannot be read maps to None."""
+    import time
+    from migrate import catalogue, hashing
+    hashing.set_hashes("all")
+    cat = catalogue.load(target)[0] if target and os.path.isdir(target) else {}
+    out = {}
+    for key, path in paths.items():
+        try:
+            real = os.path.realpath(path)
+            st = os.stat(real)
+            s = hashing.stamp(st)
+            got = cache.get_all(s) if cache is not None else None
+            if (got is None or got[1] is None) and target and real.startswith(target.rstrip("/") + "/"):
+                d = catalogue.lookup(cat, os.path.relpath(real, target), (st.st_ino, st.st_size, st.st_mtime_ns),
+                                     st.st_ctime_ns)
+                got = (d,) + (hashing.extras(d) or (None, None)) if d else None
+            if got is None or got[1] is None:
+                at = time.time_ns()
+                digest = hashing.hash_path(real, s)
+                if cache is not None:
+                    cache.put(s, digest, at)
+                got = (digest,) + (hashing.extras(digest) or (None, None))
+            out[key] = got[1]
+        except OSError:
+            out[key] = None
+    if cache is not None:
+        cache.save()
+    return out

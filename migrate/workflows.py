@@ -279,3 +279,60 @@ def workflow_doc(workflows: Sequence[Workflow], before: Mapping[tuple[str, str],
         "unused_rule": UNUSED_RULE,
         "price_per_gb_month": price_per_gb_month,
     }
+
+
+# --- manifests: the models a pod's workflows need, by SHA-256, checked on another pod -------------
+
+MANIFEST_VERSION = 1
+VERDICTS = {"same": "present with the same bytes", "other": "present with other bytes", "missing": "missing",
+            "unknown": "present; the manifest has no SHA-256 for it (missing on the pod it was made on)"}
+
+
+def manifest_doc(doc: dict, sha256: Mapping[tuple[str, str], str | None]) -> dict:
+    """The manifest of a workflows document (workflow_doc): per saved workflow, each model's category,
+    name, size and SHA-256 (None where this pod lacks it). sha256: (category, name) -> hex."""
+    return {"manifest": MANIFEST_VERSION, "workflows": [
+        {"path": w["path"], "models": [{"category": m["category"], "name": m["name"], "size": m["size"],
+                                        "sha256": sha256.get((m["category"], m["name"]))} for m in w["models"]]}
+        for w in doc["workflows"]]}
+
+
+def parse_manifest(text: str) -> dict:
+    """A manifest written by `manifest_doc` (as JSON); raises ValueError naming what is wrong."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not JSON ({str(exc)[:60]})") from None
+    if not isinstance(doc, dict) or doc.get("manifest") != MANIFEST_VERSION or not isinstance(doc.get("workflows"), list):
+        raise ValueError(f"not a comfy-migrate workflows manifest (version {MANIFEST_VERSION})")
+    for w in doc["workflows"]:
+        models = w.get("models") if isinstance(w, dict) else None
+        if not isinstance(w, dict) or not isinstance(w.get("path"), str) or not isinstance(models, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("category"), (str, type(None)))
+                and (m.get("sha256") is None or (isinstance(m["sha256"], str) and len(m["sha256"]) == 64))
+                and (m.get("size") is None or isinstance(m["size"], int)) for m in models):
+            raise ValueError("a workflow entry lacks its path or has a model without category, name or a valid size/sha256")
+    return doc
+
+
+def check_manifest(manifest: dict, here: Mapping[tuple[str, str], int],
+                   sha256: Mapping[tuple[str, str], str | None]) -> list[dict]:
+    """Per workflow of a manifest, each model's verdict on this pod: same / other / missing / unknown.
+    here: (category, name) -> size of what this pod loads for it; sha256: its SHA-256 (read only where
+    the sizes agree: other sizes are other bytes)."""
+    rows = []
+    for w in manifest["workflows"]:
+        models = []
+        for m in w["models"]:
+            key = (m["category"], m["name"])
+            if key not in here:
+                verdict = "missing"
+            elif m.get("sha256") is None:
+                verdict = "unknown"
+            elif here[key] == m.get("size") and sha256.get(key) == m["sha256"]:
+                verdict = "same"
+            else:
+                verdict = "other"
+            models.append(dict(m, verdict=verdict, size_here=here.get(key), sha256_here=sha256.get(key)))
+        rows.append({"path": w["path"], "models": models})
+    return rows

@@ -115,3 +115,17 @@ def test_plan_page_counts_no_conflict_as_reaching_the_store_and_names_the_quaran
             assert cells[2] != cells[3], row
             compared += 1
     assert compared == len(plan["name_changes"]) > 0
+
+
+def test_plan_page_shows_the_autov2_of_each_model_whose_sha256_is_known(pod, cli_env, tmp_path):
+    import hashlib
+    out = tmp_path / "plan.html"
+    run_cli(["plan", *pod.args("--report", out)], cli_env)
+    page = out.read_text()
+    doc = json.loads(run_cli(["plan", *pod.args("--format", "json")], cli_env).stdout)
+    read = [a for a in doc["actions"] if a["digest"] and os.path.isfile(a["source"])]
+    assert len(read) >= 5
+    want = {hashlib.sha256(open(a["source"], "rb").read()).hexdigest()[:10].upper() for a in read}
+    shown = set(re.findall(r"<code>([0-9A-F]{10})</code>", page))
+    assert want <= shown and shown <= want          # each read model's AutoV2 beside it, none invented
+    assert "<th>AutoV2</th>" in page or ">AutoV2<" in page

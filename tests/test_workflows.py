@@ -290,3 +290,61 @@ def test_plan_prints_the_probe_facts_and_custom_folder_notes_short_unless_verbos
     notes = [line for line in short.splitlines() if line.startswith("custom-node folder ")]
     assert notes and all(line.endswith("(-v: in full)") and len(line) < 120 + len(str(pod.target)) for line in notes)
     assert any("keeps nodes" in line for line in full.splitlines() if line.startswith("custom-node folder "))
+
+
+# --- manifests: what the workflows need, by SHA-256, checked on another pod (issue 24) --------------------------------
+
+def _manifest_pod(root, files: dict, with_workflow: bool):
+    comfyui = root / "ComfyUI"
+    (comfyui / "models").mkdir(parents=True)
+    for rel, data in files.items():
+        (comfyui / "models" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (comfyui / "models" / rel).write_bytes(data)
+    if with_workflow:
+        flows = comfyui / "user" / "default" / "workflows"
+        flows.mkdir(parents=True)
+        (flows / "flux.json").write_text(json.dumps({"nodes": [
+            _node("UNETLoader", "flux1-dev.safetensors", "default"), _node("VAELoader", "ae.safetensors"),
+            _node("LoraLoader", "style/ink.safetensors", 1, 1)]}))
+    return comfyui
+
+
+def test_manifest_on_pod_a_checked_on_pod_b_with_one_model_swapped_and_one_missing(tmp_path, cli_env):
+    import hashlib
+    files = {"diffusion_models/flux1-dev.safetensors": b"U" * 70_000, "vae/ae.safetensors": b"V" * 3000,
+             "loras/style/ink.safetensors": b"L" * 5000}
+    pod_a = _manifest_pod(tmp_path / "a", files, with_workflow=True)
+    manifest = tmp_path / "needs.json"
+    run_cli(["workflows", "--comfyui", pod_a, "--manifest", manifest], cli_env)
+    doc = json.loads(manifest.read_text())
+    models = {m["name"]: m for w in doc["workflows"] for m in w["models"]}
+    assert doc["workflows"][0]["path"] == "default/workflows/flux.json"
+    assert models["ae.safetensors"] == {"category": "vae", "name": "ae.safetensors", "size": 3000,
+                                        "sha256": hashlib.sha256(b"V" * 3000).hexdigest()}
+    assert models["flux1-dev.safetensors"]["sha256"] == hashlib.sha256(b"U" * 70_000).hexdigest()
+    # made again: the same SHA-256s, now from the digest cache
+    run_cli(["workflows", "--comfyui", pod_a, "--manifest", tmp_path / "again.json"], cli_env)
+    assert json.loads((tmp_path / "again.json").read_text()) == doc
+
+    # pod B (no workflows of its own): the UNet has other bytes of the same size, the LoRA is missing
+    pod_b = _manifest_pod(tmp_path / "b", {"diffusion_models/flux1-dev.safetensors": b"u" * 70_000,
+                                           "vae/ae.safetensors": b"V" * 3000}, with_workflow=False)
+    before = snapshot_tree(pod_b)
+    proc = run_cli(["workflows", "--comfyui", pod_b, "--check", manifest, "--format", "json"], cli_env, check=1)
+    verdicts = {m["name"]: m["verdict"] for w in json.loads(proc.stdout)["workflows"] for m in w["models"]}
+    assert verdicts == {"flux1-dev.safetensors": "other", "ae.safetensors": "same", "style/ink.safetensors": "missing"}
+    text = run_cli(["workflows", "--comfyui", pod_b, "--check", manifest], cli_env, check=1).stdout
+    assert "vae/ae.safetensors: present with the same bytes" in text
+    assert "diffusion_models/flux1-dev.safetensors: present with other bytes" in text
+    assert "loras/style/ink.safetensors: missing" in text
+    assert snapshot_tree(pod_b) == before
+    # pod A itself: all the same, exit 0
+    run_cli(["workflows", "--comfyui", pod_a, "--check", manifest], cli_env)
+
+    # a garbled or foreign manifest: one clear line, exit 3 (bad input)
+    for bad in ('{"manifest": 1, "workflows": [', '{"nodes": []}',
+                '{"manifest": 1, "workflows": [{"path": "x", "models": [{"name": 3}]}]}'):
+        (tmp_path / "bad.json").write_text(bad)
+        proc = run_cli(["workflows", "--comfyui", pod_b, "--check", tmp_path / "bad.json"], cli_env, check=3)
+        assert "Traceback" not in proc.stderr and "is not a workflows manifest" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) <= 2
