@@ -334,14 +334,18 @@ def header_hashes(head: Optional[dict]) -> Dict[str, str]:
     return {k: meta[k] for k in HEADER_HASHES if isinstance(meta.get(k), str) and meta[k]}
 
 
-def export_rows(walked: Sequence[Walked], cat: Catalogue, headers: Dict[str, Dict[str, str]]) -> List[dict]:
+def export_rows(walked: Sequence[Walked], cat: Catalogue, headers: Dict[str, Dict[str, str]],
+                cached: Optional[Dict[str, Tuple[str, Optional[str], Optional[str]]]] = None) -> List[dict]:
     """One row per stored model file (pure): its category, every name that loads the same bytes
     from the store (`category/name`: hardlinks and same-content copies), size, and its hashes where
-    the catalogue vouches for them (the file still has the recorded inode, size, mtime and ctime)."""
+    the catalogue vouches for them (the file still has the recorded inode, size, mtime and ctime),
+    else where this user's digest cache does (`cached`: rel -> (xxh3, sha256, blake3), e.g. from a
+    `verify` that read a file stored before SHA-256 was computed)."""
     from migrate.comfy import category_of
+    cached = cached or {}
     digests: Dict[str, Optional[str]] = {}
     for rel, ident, ctime_ns in walked:
-        digests[rel] = lookup(cat, rel, ident, ctime_ns)
+        digests[rel] = lookup(cat, rel, ident, ctime_ns) or (cached[rel][0] if rel in cached else None)
     by_digest: Dict[str, List[str]] = {}
     for rel, d in digests.items():
         if d:
@@ -355,8 +359,10 @@ def export_rows(walked: Sequence[Walked], cat: Catalogue, headers: Dict[str, Dic
     for rel, ident, _ in sorted(walked):
         d = digests[rel]
         e = cat.get(rel) if d else None
-        sha = e.sha256 if e is not None else None
-        b3 = e.blake3 if e is not None else None
+        sha = e.sha256 if e is not None and e.digest == d else None
+        b3 = e.blake3 if e is not None and e.digest == d else None
+        if sha is None and rel in cached and cached[rel][0] == d and cached[rel][1]:
+            sha, b3 = cached[rel][1], cached[rel][2]
         category, name = named(rel)
         names = sorted({"/".join(named(r)) for r in by_digest.get(d, [rel])} if d else {f"{category}/{name}"})
         row = {"path": rel, "category": category, "name": name, "names": names, "size": ident[1],
@@ -389,15 +395,29 @@ def read_header(path: str) -> Optional[dict]:
         os.close(fd)
 
 
-def export(target: str) -> Tuple[List[dict], str]:
+def export(target: str, cache=None) -> Tuple[List[dict], str]:
     """`comfy-migrate catalogue`'s rows for the store at target, and the catalogue's warning. Reads
-    no model's bytes but safetensors headers: a file the catalogue does not vouch for has no hashes
-    in its row (`lacking` counts them)."""
+    no model's bytes but safetensors headers: a file neither the catalogue nor the user's digest
+    cache (`cache`, a hashing.DigestCache, consulted by stat data) vouches for has no hashes in its
+    row (`lacking` counts them)."""
     cat, warning = load(target)
     walked = walk_store(target)
     headers = {rel: header_hashes(read_header(os.path.join(target, rel)))
                for rel, _, _ in walked if rel.lower().endswith(".safetensors")}
-    return export_rows(walked, cat, headers), warning
+    cached: Dict[str, Tuple[str, Optional[str], Optional[str]]] = {}
+    if cache is not None:
+        from migrate.hashing import stamp
+        for rel, ident, ctime_ns in walked:
+            e = cat.get(rel)
+            if e is not None and e.sha256 and lookup(cat, rel, ident, ctime_ns):
+                continue
+            try:
+                got = cache.get_all(stamp(os.lstat(os.path.join(target, rel))))
+            except OSError:
+                continue
+            if got is not None:
+                cached[rel] = got
+    return export_rows(walked, cat, headers, cached), warning
 
 
 def lacking(rows: Sequence[dict]) -> Tuple[int, int]:

@@ -1217,7 +1217,8 @@ def catalogue_cmd(target, fmt) -> None:
     Per stored file: its category, every name that loads the same bytes, size, xxh3, SHA-256,
     BLAKE3 (as ComfyUI writes it, blake3:<hex>), AutoV2 (A1111/Civitai's short hash) and the
     hashes a safetensors header names (modelspec.hash_sha256, sshs_model_hash). Reads no model's
-    bytes: hashes come from the store's catalogue, as far as it still vouches for each file.
+    bytes: hashes come from the store's catalogue, as far as it still vouches for each file, else
+    from this user's digest cache (e.g. a `verify` read a file stored before SHA-256 was computed).
 
     \b
     Example:
@@ -1225,7 +1226,7 @@ def catalogue_cmd(target, fmt) -> None:
       comfy-migrate catalogue --format csv > models.csv
     """
     from migrate import catalogue as store_catalogue
-    rows, warning = store_catalogue.export(require_store(resolve_target(target)))
+    rows, warning = store_catalogue.export(require_store(resolve_target(target)), open_cache(False))
     if warning:
         click.echo(f"warning: {warning}", err=True)
     if fmt == "json":
@@ -1245,7 +1246,7 @@ def catalogue_cmd(target, fmt) -> None:
     if unknown or partial:
         click.echo(f"{unknown + partial} of {len(rows)} stored file(s) lack SHA-256/BLAKE3 ({unknown} not in the "
                    f"catalogue as they are now, {partial} hashed before this version): they get them the next time "
-                   "a run reads their bytes", err=True)
+                   "their bytes are read (a run, `verify`, `audit`)", err=True)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -1408,8 +1409,11 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt, comfyui_ar
         ui.debug(f"verifying {len(runs)} run(s) of this pod: {how}")
     launch = verify_launch(ui, home, comfyui_args, runs)
     catalogue = store_catalogue.load(target)[0] if quick else None
+    digests = None if quick else open_cache(False)      # records what it reads (SHA-256 for older files)
     with ui.progress("verifying") as (_, on_bytes):
-        res = verify_pod(runs, home, target, kept_records(target), quick, catalogue, on_bytes, launch)
+        res = verify_pod(runs, home, target, kept_records(target), quick, catalogue, on_bytes, launch, digests)
+    if digests is not None:
+        digests.save()
     if launch is not None:
         res["launch"] = launch.doc()
     if comfyui_url:

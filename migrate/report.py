@@ -275,7 +275,7 @@ def totals(plan: Plan) -> dict:
             "quarantine_bytes": quarantined, "store_space_needed": plan.space_to_take,
             "store_reserve_bytes": plan.reserve_bytes,
             "stays": {k: sum(1 for a in plan.actions if a.kind is ActionKind.CONFLICT and stay_kind(a) == k)
-                      for k in ("conflict", "case-clash", "name-refused")}}
+                      for k in ("conflict", "case-clash", "name-refused", "hidden-hardlink")}}
 
 
 def outcome(plan: Plan) -> dict:
@@ -413,7 +413,9 @@ def warning_lines(plan: Plan) -> list[str]:
     heads = {"conflict": "conflict(s): the store holds other content under the name",
              "case-clash": "case clash(es): the store's filesystem folds case, so these names are one name "
                            "there with another spelling",
-             "name-refused": "name(s) the store's filesystem cannot hold (its characters or length)"}
+             "name-refused": "name(s) the store's filesystem cannot hold (its characters or length)",
+             "hidden-hardlink": "hardlinked file(s) whose other names cannot be found (their filesystem shows "
+                                "them with other inode numbers: a rollback could not make them one file again)"}
     lines = []
     for kind, head in heads.items():
         group = [a for a in plan.actions if a.kind is ActionKind.CONFLICT and stay_kind(a) == kind]

@@ -116,6 +116,7 @@ def check_scan(scan: ScanResult, verdicts: Optional[VerdictCache],
         v = verdicts.get(key) if verdicts is not None else None
         if v is None:
             read_at = time.time_ns()
+            known = digests.get_all(key) if digests is not None else None     # before this read adds to it
             try:
                 head, tail = read_ends(r.path, r.rel, key)
             except OSError:
@@ -127,8 +128,8 @@ def check_scan(scan: ScanResult, verdicts: Optional[VerdictCache],
             if len(head) == r.size:      # the whole file was read: its digest is known too
                 digest = one_shot(head)      # xxh3, and SHA-256/BLAKE3 when on (hashing.Hasher)
                 note_read(key, digest, read_at)
-                if digests is not None and digests.get(key) is None:
-                    digests.put(key, digest, read_at)
+                if digests is not None and (known is None or known[0] != digest or known[1] is None):
+                    digests.put(key, digest, read_at)       # also an xxh3-only entry gaining SHA-256/BLAKE3
         out[r.path] = v
     if verdicts is not None:
         verdicts.save()

@@ -11,12 +11,13 @@ import os
 import posixpath
 import re
 import stat
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from migrate import comfy, fsops, identity
 from migrate.fleet import store_rel
-from migrate.hashing import hash_path
+from migrate.hashing import ChangedError, hash_path, stamp
 from migrate.journal import group_steps
 from migrate.model import STATE_DIR
 from migrate.names import NOT_BY_NAME, first_holder
@@ -47,6 +48,22 @@ class Claim:
     run: str
     op: str
 
+
+
+def read_digest(real: str, cache=None, on_bytes: Optional[Callable[[int], None]] = None) -> str:
+    """The xxh3 digest of the file at `real`, read from its bytes (never from a cache: verify trusts
+    no earlier read). SHA-256 and BLAKE3 come in the same read; the digests are recorded in the user's
+    digest cache (`cache`, a hashing.DigestCache) under its trust rule, so files stored before those
+    hashes existed get them here (catalogue, workflows --manifest and audit then find them there)."""
+    s = stamp(os.stat(real))
+    at = time.time_ns()
+    try:
+        digest = hash_path(real, s, on_bytes=on_bytes)
+    except ChangedError:        # changed between the stat and the open: read as it is now, not cached
+        return hash_path(real, on_bytes=on_bytes)
+    if cache is not None:
+        cache.put(s, digest, at)
+    return digest
 
 def remount(old: str, new: str) -> Tuple[str, str]:
     """(old prefix, new prefix) when the target of a run is now reached at another path: the volume
@@ -202,7 +219,7 @@ def resolution(yaml_path: Optional[str], comfyui: Optional[str], launch=None) ->
 
 def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str] = None, kept: Sequence[dict] = (),
                quick: bool = False, catalogue: Optional[Mapping] = None,
-               on_bytes: Optional[Callable[[int], None]] = None, launch=None) -> Dict:
+               on_bytes: Optional[Callable[[int], None]] = None, launch=None, digest_cache=None) -> Dict:
     """Check every name of `claims(runs, kept)` once: its store file holds the logged content
     (re-hashed; `quick`: its size and mtime compared, no byte read) and ComfyUI, with the YAML of
     the run that logged it, loads that file for the name. Also each run's link-back symlinks.
@@ -211,6 +228,8 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     newest run left it); paths logged under another mount path are read under this one.
     catalogue: the store's (catalogue.load), for `quick`: the size and mtime of a stored file whose
     mtime no log holds (a dedupe's, a file already there), while it lists the logged digest.
+    digest_cache: the user's digest cache (hashing.DigestCache): each file read is recorded there (with SHA-256
+    and BLAKE3), never trusted; the caller saves it.
     """
     newest = runs[-1][1][0]
     target = target or newest["target"]
@@ -247,7 +266,7 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
                     size_only.append(path)
             else:
                 real = os.path.realpath(path)
-                digests[real] = hash_path(real, on_bytes=on_bytes)
+                digests[real] = read_digest(real, digest_cache, on_bytes)
                 state = "same" if digests[real] == c.digest else "changed"
         except OSError:
             state = "missing"
@@ -276,7 +295,7 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     dangling = dangling_links(runs, mounts)
     unset = sorted({v for rid, _ in runs for v in resolved(rid)[1]})
     latest = runs[-1][0]
-    names_changed, names_checked = check_names(runs, resolved(latest)[0], quick, digests, on_bytes)
+    names_changed, names_checked = check_names(runs, resolved(latest)[0], quick, digests, on_bytes, digest_cache)
     # A stored file whose name a run logged is judged by that name's bytes (checked above): a user's
     # is_default folder holding the name wins, as it did before the run, and that is no failure.
     logged = logged_names(runs)
@@ -383,7 +402,7 @@ def logged_names(runs: Sequence[Run]) -> Dict[Tuple[str, str], Tuple[Optional[st
 
 
 def check_names(runs: Sequence[Run], order: Dict[str, List[str]], quick: bool, digests: Dict[str, str],
-                on_bytes: Optional[Callable[[int], None]] = None) -> Tuple[List[str], int]:
+                on_bytes: Optional[Callable[[int], None]] = None, cache=None) -> Tuple[List[str], int]:
     """Each name the runs logged loads the logged bytes now, under ComfyUI's rules with the pod's
     YAML (re-hashed, once a file; `quick`: its size). Returns (the names that do not, how many checked)."""
     bad: List[str] = []
@@ -401,7 +420,7 @@ def check_names(runs: Sequence[Run], order: Dict[str, List[str]], quick: bool, d
                 same = os.stat(real).st_size == size
             else:
                 if real not in digests:
-                    digests[real] = hash_path(real, on_bytes=on_bytes)
+                    digests[real] = read_digest(real, cache, on_bytes)
                 same = digests[real] == digest
         except OSError:
             same = False

@@ -283,3 +283,56 @@ def test_plan_says_how_many_contents_lack_sha256_and_blake3(pod, cli_env):
     proc = run_cli(["-v", "plan", *pod.args()], cli_env, check=None)
     assert "distinct contents have xxh3 only" in proc.stderr, proc.stderr
     run_cli(["plan", "--no-cache", *pod.args()], cli_env, check=None)
+
+
+def test_verify_gives_files_stored_before_sha256_their_hashes_in_the_digest_cache(pod, cli_env):
+    """A store made with --hashes xxh3 (files "read before this change"): `verify` reads their bytes and
+    records SHA-256/BLAKE3 in the user's digest cache; `catalogue` (which reads no model's bytes) then
+    finds them there."""
+    from conftest import run_cli
+    env = {**cli_env, "COMFY_MIGRATE_HASHES": "xxh3"}
+    run_cli(["run", *pod.args("--yes")], env, check=1)
+    before = json.loads(run_cli(["catalogue", "--target", str(pod.target)], cli_env).stdout)
+    placed = [r for r in before if r["xxh3"]]
+    assert placed and not any(r["sha256"] for r in before)
+    with sqlite3.connect(cli_env["COMFY_MIGRATE_CACHE"]) as con:
+        assert not con.execute("SELECT name FROM sqlite_master WHERE name = 'hashes3'").fetchall()
+    time.sleep(0.3)                                  # past the racily clean window of the files' ctimes
+    run_cli(["verify", *pod.args()], cli_env)
+    # the cache now holds each verified file's three hashes, bound to its stat data
+    cache = DigestCache(cli_env["COMFY_MIGRATE_CACHE"])
+    hashing._EXTRAS.clear()
+    with sqlite3.connect(cli_env["COMFY_MIGRATE_CACHE"]) as con:
+        rows = dict((d, (a, b)) for d, a, b in con.execute("SELECT digest, sha256, blake3 FROM hashes3"))
+    after = {r["path"]: r for r in json.loads(run_cli(["catalogue", "--target", str(pod.target)], cli_env).stdout)}
+    verified = 0
+    for r in placed:
+        path = pod.target / r["path"]
+        want = expected(path)
+        got = cache.get_all(stamp(os.lstat(path)))
+        if got is None or got[1] is None:
+            continue                                 # a stored file no run of this pod claims: verify does not read it
+        verified += 1
+        assert got == want and rows[want[0]] == want[1:]
+        # catalogue reads no model's bytes: its SHA-256 can only come from the cache's entry
+        a = after[r["path"]]
+        assert (a["xxh3"], a["sha256"], a["blake3"], a["autov2"]) == (want[0], want[1], "blake3:" + want[2],
+                                                                        want[1][:10].upper())
+    assert verified >= 3, verified
+
+
+def test_audit_records_sha256_of_a_small_file_the_cache_knew_by_xxh3_only(pod, cli_env):
+    """audit reads a small model whole for its content checks (where no cached verdict spares the read):
+    SHA-256/BLAKE3 of that read go into the digest cache even when the cache already held the file's
+    xxh3 (from a read with --hashes xxh3)."""
+    from conftest import past_racy_window, run_cli
+    tiny = pod.models / "loras" / "tiny.safetensors"
+    tiny.write_bytes(_safetensors_with_meta({}, payload(3000)))
+    past_racy_window()
+    s = stamp(os.lstat(tiny))
+    run_cli(["--hashes", "xxh3", "scan", "--comfyui", str(pod.comfyui)], cli_env)
+    want = expected(tiny)
+    assert DigestCache(cli_env["COMFY_MIGRATE_CACHE"]).get_all(s) == (want[0], None, None)
+    run_cli(["audit", *pod.args()], cli_env, check=None)
+    hashing._EXTRAS.clear()
+    assert DigestCache(cli_env["COMFY_MIGRATE_CACHE"]).get_all(s) == want
