@@ -263,15 +263,21 @@ def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> No
         out(f"\n{report.show(plan.yaml_path)}: +{sum(1 for x in lines if x.startswith('+'))} "
             f"-{sum(1 for x in lines if x.startswith('-'))} lines (the diff without -q)\n")
     elif diff:
-        out(f"\nextra_model_paths.yaml change:\n{diff}")
+        out(f"\nextra_model_paths.yaml change:\n{diff if verbose else fit_lines(diff)}")
     elif plan.yaml_path:
-        out(f"\n{report.show(plan.yaml_path)}: no change\n")
+        out("\n" + report.fit("", plan.yaml_path, ": no change", verbose) + "\n")
     if plan.name_changes:
         out("\n" + "".join(line + "\n" for line in report.name_change_lines(plan)))
+    paths = (plan.yaml_path, plan.target, *plan.sources)
     for w in report.warning_lines(plan):
-        out(f"warning: {w}\n")
+        out("warning: " + "\n".join(report.wrap(w, paths, verbose, len("warning: "))) + "\n")
     for line in report.finding_lines(plan.findings, plan.sources):
-        out(f"audit: {line}\n")
+        out("audit: " + "\n".join(report.wrap(line, paths, verbose, len("audit: "))) + "\n")
+
+
+def fit_lines(text: str) -> str:
+    """Each line of a YAML diff shortened in the middle to report.WIDTH columns (-v: whole)."""
+    return "".join(report.middle(line, report.WIDTH) + "\n" for line in text.splitlines())
 
 
 @cli.command("plan", context_settings=CONTEXT)
@@ -495,7 +501,8 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
         for line in report.name_change_lines(plan):
             out(line + "\n")
         for w in report.warning_lines(plan):
-            ui.warn(w if ui.verbosity > 0 else report.middle(w, 160))
+            ui.warn("\n".join(report.wrap(w, (plan.yaml_path, plan.target, *plan.sources), ui.verbosity > 0,
+                                           len("warning: "))))
         findings = report.finding_lines(plan.findings, plan.sources)
         if findings and ui.verbosity > 0:
             for line in findings:
@@ -654,7 +661,7 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
         if deploy and (first or ui.verbosity > 0) and not quiet:
             out("\nDockerfile (an image carrying ComfyUI, the models on the volume):\n")
             out("".join(f"  {report.show(line)}\n" for line in deploy["dockerfile"]))
-            out("".join(f"  # {report.show(line)}\n" for line in deploy["notes"]))
+            out("".join(f"{line}\n" for note in deploy["notes"] for line in deploy_note(note, plan, ui.verbosity > 0)))
         if deploy and not quiet:
             out("check once ComfyUI runs:\n" + "".join(f"  {report.show(line)}\n" for line in deploy["check"]))
         if rep.yaml_written:
@@ -666,7 +673,8 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
     for n in rep.notes:
         ui.warn(report.show(n))
     if left and fmt == "table":
-        ui.warn(f"{stayed_summary(left)}; `comfy-migrate plan{given(kw, plan.target)}` says why for each")
+        ui.warn(f"{stayed_summary(left, len('warning: '))};")      # the command on a line of its own: whole
+        shell.err(f"  `comfy-migrate plan{given(kw, plan.target)}` says why for each")
     if rep.problems or left:
         sys.exit(ExitCode.PROBLEMS)
 
@@ -739,13 +747,18 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait, comfyui_
                     "nothing written")
         return
     if fmt == "table":
-        out(f"attach {report.show(home)} to the store {report.show(target)} (no model file is moved or read)\n")
+        verbose = ui.verbosity > 0
+        room = (report.WIDTH - 54) // 2        # the two paths share what the words leave
+        out(f"attach {report.show(home) if verbose else report.middle(home, room)} to the store "
+            f"{report.show(target) if verbose else report.middle(target, room)} (no model file is moved or read)\n")
         diff = report.yaml_diff(plan)
         if diff:
-            out(f"\nextra_model_paths.yaml change:\n{diff}")
+            out(f"\nextra_model_paths.yaml change:\n{diff if verbose else fit_lines(diff)}")
         if plan.store_folders:
-            out(f"\nstore folders to make ({len(plan.store_folders)}): "
-                + ", ".join(report.show(os.path.basename(d)) for d in plan.store_folders) + "\n")
+            import textwrap
+            out("\n" + "\n".join(textwrap.wrap(f"store folders to make ({len(plan.store_folders)}): " + ", ".join(
+                report.show(os.path.basename(d)) for d in plan.store_folders), report.WIDTH, subsequent_indent="  ",
+                break_long_words=False, break_on_hyphens=False)) + "\n")
         for line in report.name_change_lines(plan, when="after attach"):
             out(line + "\n")
         for w in plan.warnings:
@@ -793,6 +806,34 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait, comfyui_
         sys.exit(ExitCode.PROBLEMS)
 
 
+def deploy_note(note: str, plan, verbose: bool) -> list:
+    """A Dockerfile note as comment lines of report.WIDTH columns, its paths shortened in the middle
+    (-v: whole; the COPY line above names the YAML whole)."""
+    import textwrap
+    note = report.show(note)
+    if not verbose:
+        for path in (plan.yaml_path, plan.target):
+            if path:
+                note = note.replace(report.show(path), report.middle(path, 60))
+    return textwrap.wrap(note, report.WIDTH, initial_indent="  # ", subsequent_indent="  #   ",
+                         break_long_words=False, break_on_hyphens=False)
+
+
+def undo_line(u, verbose: bool) -> str:
+    """A rollback step in words, each path shortened in the middle so the line fits report.WIDTH
+    columns (-v: whole)."""
+    import re
+    from migrate.steps import Op
+    text = report.show(u.describe())
+    op = Op.of({"op": u.op})
+    if verbose or len(text) <= report.WIDTH - 2 or op is None:
+        return text
+    fields = re.findall(r"{(\w+)}", op.undo_text)
+    room = (report.WIDTH - 2 - len(re.sub(r"{\w+}", "", op.undo_text))) // max(1, len(fields))
+    return op.describe_undo({k: report.middle(v, max(24, room)) if k in fields and isinstance(v, str) else v
+                             for k, v in u.rec.items()})
+
+
 def stayed_behind(plan, facts) -> list:
     """(path, why) of each model file the run left where it is: a conflict, a name the store cannot
     hold or one that folds onto another there (storerules.stay_kind), a file the audit held back, an unreadable file or one that changed while scanned, a name that is not UTF-8, a model
@@ -814,12 +855,13 @@ def stayed_behind(plan, facts) -> list:
     return list(left.items())
 
 
-def stayed_summary(left: list) -> str:
-    """'3 model file(s) stayed where they are, not in the store (2 conflict, 1 suspect; e.g. conflict: PATH)'."""
+def stayed_summary(left: list, lead: int = 0) -> str:
+    """'3 model file(s) stayed where they are, not in the store (2 conflict, 1 suspect; e.g. conflict: PATH)',
+    PATH shortened in the middle so that, after `lead` characters, the line fits report.WIDTH columns."""
     kinds = Counter(why for _, why in left)
-    return (f"{len(left)} model file(s) stayed where they are, not in the store ("
-            + ", ".join(f"{n} {why}" for why, n in sorted(kinds.items()))
-            + f"; e.g. {left[0][1]}: {report.show(left[0][0])})")
+    head = (f"{len(left)} model file(s) stayed where they are, not in the store ("
+            + ", ".join(f"{n} {why}" for why, n in sorted(kinds.items())) + f"; e.g. {left[0][1]}: ")
+    return head + report.middle(left[0][0], max(24, report.WIDTH - lead - len(head) - 2)) + ")"
 
 
 def run_interrupted(plan, kw: dict):
@@ -857,8 +899,8 @@ def nothing_to_do(ui: Ui, plan, facts, fmt: str, kw: dict | None = None) -> None
         out(report.dumps({"run": None, "nothing_to_do": True, "stayed": [{"path": p, "why": w} for p, w in left],
                           "findings": [report.finding_doc(f) for f in plan.findings]}))
     if left:
-        ui.warn(f"nothing to do, but {stayed_summary(left)}; `comfy-migrate plan{given(kw or {}, plan.target)}` "
-                "says why for each")
+        ui.warn(f"nothing to do, but {stayed_summary(left, len('warning: nothing to do, but '))};")
+        shell.err(f"  `comfy-migrate plan{given(kw or {}, plan.target)}` says why for each")
     else:
         ui.info("nothing to do: the target is up to date")
     for line in report.warning_lines(plan) + report.finding_lines(plan.findings, plan.sources):
@@ -1078,7 +1120,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
             out(f"rollback of run {records[0]['run']} ({len(undos)} steps, newest first):\n")
             for u in undos:
                 users = users_of(u, relied, records[0]["target"])
-                out(f"  {report.show(doomed[u.step]) if u.step in doomed else report.show(u.describe())}"
+                out(f"  {report.show(doomed[u.step]) if u.step in doomed else undo_line(u, ui.verbosity > 0)}"
                     + (f" -> kept in the store instead: run(s) {', '.join(users)} rely on it" if users else "") + "\n")
             if doomed:
                 shell.err(f"warning: {len(doomed)} source file(s) cannot be recreated: their stored copies are gone "
@@ -1160,7 +1202,7 @@ def history_cmd(target, fmt) -> None:
         out(table([[r["run"], r["time"], r["host"],
                     f"{r['files']}" + (f" ({r['relied']} already stored)" if r["relied"] else ""),
                     report.human(r["bytes"]), r["state"]]
-                   for r in rows], ["run", "time", "host", "files", "size", "state"]) + "\n")
+                   for r in rows], ["run", "time", "host", "files", "size", "state"], names=(2,)) + "\n")
     else:
         out("no runs yet\n")
 
@@ -1281,7 +1323,7 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait, fmt) -> None:
         verb = "deleted" if permanent else "moved to the trash"
         out(f"{report.human(freed)} {verb}; {len(kept)} files kept\n")
         for where in sorted(trash):
-            out(f"trash: {report.show(where)} (empty it to free the space: its files are still on that disk)\n")
+            out(f"trash: {report.show(where)}\n  (empty it to free the space: its files are still on that disk)\n")
     if kept:
         sys.exit(ExitCode.PROBLEMS)
 
@@ -1651,7 +1693,9 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
         doc["verified_upstream"] = list(res.verified)
         out(report.dumps(doc))
     else:
-        out(f"audit of {', '.join(map(report.show, res.roots))}: {res.files} entries\n")
+        room = (report.WIDTH - 30) // max(1, len(res.roots))     # the roots share what the words leave (-v: whole)
+        out(f"audit of {', '.join(report.show(r) if ui.verbosity > 0 else report.middle(r, room) for r in res.roots)}: "
+            f"{res.files} entries\n")
         if res.findings:
             out(table(report.audit_rows(res.findings), report.AUDIT_HEADERS, names=(2,)) + "\n\n")
             fixes = sorted({(f.kind, f.fix) for f in res.findings if f.fix})

@@ -304,11 +304,11 @@ def probe_fs(folder: str) -> FsFacts:
             os.close(fd)
         stable_mtime = stable_mtime and os.stat(a).st_mtime_ns == st_a.st_mtime_ns
         ino = st_a.st_ino
-        stable = True
+        stable = link_inode = True
         try:
             os.link(a, b)
             hardlink = True
-            stable = os.stat(b).st_ino == ino == os.stat(a).st_ino
+            link_inode = stable = os.stat(b).st_ino == ino == os.stat(a).st_ino
             os.unlink(b)
         except OSError as exc:
             hardlink = False
@@ -360,7 +360,7 @@ def probe_fs(folder: str) -> FsFacts:
             block = 0
         return FsFacts(where, fstype, hardlink, symlink, rename, noreplace, step, stable, case, overlay,
                        "refused: " + ", ".join(refused) if refused else "", forbidden, trailing, unit,
-                       name_max, block, stable_mtime, up_links)
+                       name_max, block, stable_mtime, up_links, link_inode)
     except OSError as exc:
         return by_type(FsFacts(where, fstype, False, False, False, False, 2_000_000_000, False, True, overlay,
                                f"probe failed: {_errname(exc)} ({exc.strerror})", stable_mtime=False, up_links=False))

@@ -175,7 +175,9 @@ class FsFacts(namedtuple("FsFacts", [
     "stable_mtime",               # bool = True: a fresh file's mtime stays as set while it is read (rclone's
                                   # VFS shows "now" until it has uploaded the file)
     "up_links",                   # bool = True: a symlink whose text holds `..` reads back (sshfs refuses it)
-], defaults=(None, "", "", "", "bytes", 255, 0, True, True))):
+    "link_inode",                 # bool = True: two hardlinked names show one inode number (mergerfs with
+                                  # path-hash inodes shows two, while st_nlink says 2)
+], defaults=(None, "", "", "", "bytes", 255, 0, True, True, True))):
     """What one filesystem does, tried with scratch files we create and remove (never predicted).
 
     Every later choice follows from it: the method of a move, the removal of a source, how a dedupe
@@ -193,7 +195,8 @@ class FsFacts(namedtuple("FsFacts", [
                 f"rename {yes(self.rename)}, RENAME_NOREPLACE {yes(self.noreplace)}, mtime to {when}, "
                 f"inode numbers {'stable' if self.stable_inode else 'NOT stable'}, "
                 + ("" if self.stable_mtime else "mtimes move while a file is read, ")
-                + ("" if self.up_links or not self.symlink else "links through .. unreadable, ") +
+                + ("" if self.up_links or not self.symlink else "links through .. unreadable, ")
+                + ("" if self.link_inode or not self.hardlink else "hardlinked names show other inode numbers, ") +
                 f"case-{'sensitive' if self.case_sensitive else 'insensitive'}"
                 + (f", names up to {self.name_max} {'UTF-16 units' if self.name_unit == 'utf16' else 'bytes'}"
                    if self.name_unit != "bytes" or self.name_max != 255 else "")

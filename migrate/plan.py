@@ -17,7 +17,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from collections import namedtuple
 
 from migrate import comfy, names, storerules
-from migrate.storerules import CASE_CLASH, NAME_REFUSED, stay_kind
+from migrate.storerules import CASE_CLASH, HIDDEN_LINK, NAME_REFUSED, stay_kind
 from migrate.errors import BadInput
 from migrate.model import (
     UNPROBED, Action, ActionKind, CustomFolder, FileRecord, FsFacts, Method, Mode, OnConflict, PathFacts, Plan,
@@ -201,6 +201,12 @@ def build_plan(
         if r.category:
             target_folders.setdefault(r.category, set()).add(r.folder)
 
+    # The names of each file the scans found (by device and inode): a file with more names than that
+    # has names the scan cannot see.
+    names_found: Dict[Tuple[int, int], int] = {}
+    for scan in sources:
+        for r in scan.records:
+            names_found[(r.dev, r.ino)] = names_found.get((r.dev, r.ino), 0) + 1
     actions: List[Action] = []
     for scan in sources:
         probe = probe_of.get(scan.root, Probe(scan.root, False, False))
@@ -208,6 +214,10 @@ def build_plan(
             raise BadInput(f"--mode link: {scan.root} and {target} cannot share hardlinks ({probe.detail})",
                            "use --mode move or --mode copy")
         for r in sorted(scan.records, key=_search_rank):
+            if (policy.mode is Mode.MOVE and r.status is Status.MIGRATE and not probe.fs.link_inode
+                    and r.nlink > names_found[(r.dev, r.ino)]):
+                actions.append(_hidden_link(r, probe.fs))
+                continue
             actions.append(_decide(r, target, policy, probe, target_hardlinks, slots, stored, target_folders,
                                    target_fs, layers.get(r.path), clashes.get(r.path)))
 
@@ -337,6 +347,17 @@ def _space_needed(actions: Sequence[Action], target_scan: Optional[ScanResult], 
     stored = len(target_scan.records) if target_scan else 0
     reserve = storerules.reserve(block, steps, stored + len(dsts), state_bytes, len(actions))
     return need + reserve, reserve
+
+
+def _hidden_link(r: FileRecord, fs: FsFacts) -> Action:
+    """A model file with more names than the scans found, on a filesystem that shows hardlinked
+    names with other inode numbers (mergerfs): which other names are its own cannot be known, so
+    moving it would end as separate files after a rollback (the link lost). It stays."""
+    return Action(ActionKind.CONFLICT, root=r.root, rel=r.rel, category=r.category, size=r.size, digest=r.digest,
+                  dev=r.dev, ino=r.ino, mode=r.mode, mtime_ns=r.mtime_ns,
+                  reason=f"{HIDDEN_LINK}s ({r.nlink - 1}) cannot be found: {fs.fstype} shows hardlinked names "
+                  "with other inode numbers, so a rollback could not make them one file again; it stays where "
+                  "it is (make it a single file on the pod, e.g. copy it over its other names, to move it)")
 
 
 def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_hardlinks: bool,

@@ -238,7 +238,15 @@ def name_change_lines(plan: Plan, limit: int = 8, when: str = "after the run") -
     for reason, cs in sorted(groups.items()):
         shown = ", ".join(show(f"{c.category}/{c.name}") for c in cs[:limit])
         more = f", and {len(cs) - limit} more (--format json lists them)" if len(cs) > limit else ""
-        lines.append(f"  {reason}: {shown}{more}")
+        line = f"  {reason}: {shown}{more}"
+        if len(line) <= WIDTH:
+            lines.append(line)
+        else:       # the names on lines of their own, each shortened in the middle if need be
+            import textwrap
+            lines.append(f"  {reason}:")
+            lines += textwrap.wrap(", ".join(middle(f"{c.category}/{c.name}", 100) for c in cs[:limit]) + more,
+                                   WIDTH, initial_indent="    ", subsequent_indent="    ",
+                                   break_long_words=False, break_on_hyphens=False)
     return lines
 
 
@@ -267,7 +275,7 @@ def totals(plan: Plan) -> dict:
             "quarantine_bytes": quarantined, "store_space_needed": plan.space_to_take,
             "store_reserve_bytes": plan.reserve_bytes,
             "stays": {k: sum(1 for a in plan.actions if a.kind is ActionKind.CONFLICT and stay_kind(a) == k)
-                      for k in ("conflict", "case-clash", "name-refused")}}
+                      for k in ("conflict", "case-clash", "name-refused", "hidden-hardlink")}}
 
 
 def outcome(plan: Plan) -> dict:
@@ -293,6 +301,30 @@ def middle(text: str, width: int) -> str:
         return text
     keep = width - 1
     return text[:keep - keep // 2] + "\u2026" + text[len(text) - keep // 2:]
+
+
+WIDTH = 120     # columns a printed line fits unless -v (issue 22)
+
+
+def fit(head: str, path: str, tail: str = "", verbose: bool = False) -> str:
+    """head + path + tail in WIDTH columns: the path shortened in the middle (both ends matter), never to
+    under 24 characters; whole under -v. Not for a command to paste (that stays whole)."""
+    return head + (show(path) if verbose else middle(path, max(24, WIDTH - len(head) - len(tail)))) + tail
+
+
+def wrap(text: str, paths=(), verbose: bool = False, lead: int = 0) -> list[str]:
+    """Prose (a warning, an audit finding) in lines of WIDTH columns after `lead` characters: each of
+    `paths` in it shortened in the middle, then the words wrapped, none cut, onto lines indented by 2
+    (-v: the one whole line)."""
+    text = show(text)
+    if verbose or lead + len(text) <= WIDTH:
+        return [text]
+    for path in sorted((p for p in paths if p), key=len, reverse=True):
+        text = text.replace(show(path), middle(path, 60))
+    import textwrap
+    lines = textwrap.wrap(" " * lead + text, WIDTH, subsequent_indent="  ", break_long_words=False,
+                          break_on_hyphens=False)
+    return [lines[0][lead:]] + lines[1:]
 
 
 def _how(a: Action) -> str:
@@ -381,7 +413,9 @@ def warning_lines(plan: Plan) -> list[str]:
     heads = {"conflict": "conflict(s): the store holds other content under the name",
              "case-clash": "case clash(es): the store's filesystem folds case, so these names are one name "
                            "there with another spelling",
-             "name-refused": "name(s) the store's filesystem cannot hold (its characters or length)"}
+             "name-refused": "name(s) the store's filesystem cannot hold (its characters or length)",
+             "hidden-hardlink": "hardlinked file(s) whose other names cannot be found (their filesystem shows "
+                                "them with other inode numbers: a rollback could not make them one file again)"}
     lines = []
     for kind, head in heads.items():
         group = [a for a in plan.actions if a.kind is ActionKind.CONFLICT and stay_kind(a) == kind]
@@ -415,8 +449,10 @@ def summary_lines(plan: Plan, quiet: bool = False, verbose: bool = False) -> lis
     if plan.free_bytes is not None:
         verdict = "fits" if plan.fits else "DOES NOT FIT"
         block = plan.target_fs.block
-        how = (f" (it needs {human(plan.space_to_take)} there in {human(block)} blocks, {human(plan.reserve_bytes)} "
-               "of it for the lock, the log and a rollback)") if plan.space_needed else ""
+        how = ((f" (it needs {human(plan.space_to_take)} there in {human(block)} blocks, {human(plan.reserve_bytes)} "
+                "of it for the lock, the log and a rollback)") if verbose else
+               f" (it needs {human(plan.space_to_take)}, {human(plan.reserve_bytes)} for the lock, log and rollback; "
+               "-v: more)") if plan.space_needed else ""
         lines.append(f"target free space {human(plan.free_bytes)}: the plan {verdict}{how}")
     if outcome(plan)["quarantine_bytes"]:
         lines.append(f"{human(outcome(plan)['quarantine_bytes'])} of source copies go to quarantine "
@@ -430,7 +466,8 @@ def summary_lines(plan: Plan, quiet: bool = False, verbose: bool = False) -> lis
             "rename" if p.rename else "copy + verify"
         facts = f"source {show(p.fs.summary)}; store {show(plan.target_fs.summary)}" if verbose else \
             f"{show(p.fs.fstype)} -> {show(plan.target_fs.fstype)} (-v: what each allows)"
-        lines.append(f"{show(p.source)} -> target: {how}" + (f" ({p.detail})" if p.detail else "") + f"; {facts}")
+        lines.append(fit("", p.source, f" -> target: {how}" + (f" ({p.detail})" if p.detail else "") + f"; {facts}",
+                         verbose))
     extra = sum(a.size for a in plan.actions if a.kind is ActionKind.SAME_CONTENT and a.method is Method.COPY)
     if extra:
         lines.append(f"the store takes neither hardlinks nor symlinks: {human(extra)} of same-content names "
@@ -441,7 +478,8 @@ def summary_lines(plan: Plan, quiet: bool = False, verbose: bool = False) -> lis
     for c in () if quiet else plan.custom_folders:
         parts = show(c.note).split("; ")
         lines.append("; ".join(parts) if verbose or len(parts) <= 2 else
-                     "; ".join(parts[:2]).replace(show(plan.target), middle(plan.target, 40)) + " (-v: in full)")
+                     middle("; ".join(parts[:2]).replace(show(plan.target), middle(plan.target, 40)), WIDTH - 14)
+                     + " (-v: in full)")
     return lines
 
 

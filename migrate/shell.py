@@ -271,7 +271,12 @@ def scan(ui: Ui, comfyui: str | None, sources: tuple[str, ...], fmt: str, no_cac
             out(table(report.scan_rows(res), report.SCAN_HEADERS, names=(0,)) + "\n")
             odd = [r for r in res.records if not r.status.migrates]
             for r in odd:
-                out(f"  not migrated: {report.show(r.rel)}: {r.detail or r.status.value}\n")
+                why = r.detail or r.status.value
+                line = f"  not migrated: {report.show(r.rel)}: {report.show(why)}"
+                if ui.verbosity <= 0 and len(line) > report.WIDTH:    # -v: whole; else without "(left as it is)"
+                    head = f"  not migrated: {report.middle(r.rel, 50)}: "
+                    line = head + report.middle(why.split(" (")[0], report.WIDTH - len(head))
+                out(line + "\n")
             out("\n")
     for res in results:
         for p in res.problems:
@@ -290,7 +295,7 @@ def report_duplicates(ui: Ui, scans, cache, fmt: str) -> None:
         out(report.dumps_lines(report.duplicates_doc(found), ("groups", "problems")))
     else:
         if found.groups:
-            out(table(report.duplicate_rows(found), report.DUPLICATE_HEADERS) + "\n\n")
+            out(table(report.duplicate_rows(found), report.DUPLICATE_HEADERS, names=(3,)) + "\n\n")
         out(report.duplicate_summary(found) + "\n")
     for p in [p for s in scans for p in s.problems] + list(found.problems):
         ui.warn(f"{report.show(p.path)}: {p.message}")

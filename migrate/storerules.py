@@ -27,14 +27,18 @@ BYTES = "bytes"
 # The reasons of the plan's CONFLICT actions made by these rules (stay_kind tells them apart).
 NAME_REFUSED = "the store cannot hold this name"
 CASE_CLASH = "one name with"
+HIDDEN_LINK = "a hardlinked file whose other name"
 
 
 def stay_kind(a: Action) -> str:
     """Why a CONFLICT action stays on the pod: conflict (the store holds other bytes under its
     name), case-clash (its name folds onto another spelling on a case-insensitive store) or
-    name-refused (the store's filesystem cannot hold its name)."""
+    name-refused (the store's filesystem cannot hold its name) or hidden-hardlink (a hardlinked file
+    whose other names the scan cannot see: its source filesystem shows them with other inode numbers)."""
     if a.reason.startswith(NAME_REFUSED):
         return "name-refused"
+    if a.reason.startswith(HIDDEN_LINK):
+        return "hidden-hardlink"
     if a.reason.startswith(CASE_CLASH):
         return "case-clash"
     return "conflict"

@@ -2,6 +2,8 @@
 long names: cells are shortened in the middle, both ends of a name kept (issue 22)."""
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 from conftest import run_cli
@@ -44,3 +46,65 @@ def test_tables_and_model_lists_fit_120_columns_unless_verbose(tmp_path, cli_env
     assert "distill_07.safetensors" in plan                    # the end of a long name is kept
     full = run_cli(["plan", *both, "-v"], cli_env).stdout
     assert f"{LONG}07.safetensors" in full                      # -v: every cell whole
+
+
+# A command to paste is printed whole (shortened it would be wrong): the one thing a line may be wider for.
+# It stands on its own line, after a label ("undo with: ") to the line's end, or in backticks; the rest must fit.
+PASTE = re.compile(r"(?:^\s*|: |`)((?:comfy-migrate|curl|COPY|RUN|ENV) (?:[^`\n])*)`?")
+# A file to open or empty ("report: PATH", "trash: PATH") is named whole, alone after its label.
+FILE = re.compile(r"^[a-z ]{1,30}: (/.*)$")
+
+
+def wide_lines(proc) -> list[str]:
+    wide = []
+    for line in (proc.stdout + proc.stderr).splitlines():
+        command = PASTE.search(line)
+        if command:
+            assert "\u2026" not in command.group(1), line       # whole: it can be copied as printed
+            if len(line) - len(command.group(1)) <= WIDTH:
+                continue
+        whole = FILE.match(line)
+        if whole and os.path.exists(whole.group(1)):
+            continue
+        if len(line) > WIDTH:
+            wide.append(line)
+    return wide
+
+
+def test_every_command_fits_120_columns_on_a_long_name_pod(tmp_path, cli_env):
+    comfyui, target = long_pod(tmp_path)
+    both = ["--comfyui", str(comfyui), "--target", str(target)]
+    store = ["--target", str(target)]
+    calls = [
+        ["scan", "--comfyui", str(comfyui)],
+        ["scan", "--comfyui", str(comfyui), "--duplicates"],
+        ["plan", *both],
+        ["audit", *both],
+        ["workflows", "--comfyui", str(comfyui)],
+        ["run", *both, "--dry-run"],
+        ["run", *both, "--yes"],
+        ["history", *store],
+        ["catalogue", *store],
+        ["verify", *both],
+        ["verify", *both, "--quick"],
+        ["plan", *both],
+        ["purge", *store, "--comfyui", str(comfyui), "--yes"],
+        ["rollback", *both, "--dry-run"],
+        ["rollback", *both, "--dry-run", "-v"],
+        ["rollback", *both, "--yes"],
+        ["attach", *both, "--dry-run"],
+        ["attach", *both, "--yes"],
+        ["history", *store],
+    ]
+    found = {}
+    for args in calls:
+        proc = run_cli(args, cli_env, check=None, timeout=300)
+        assert "Traceback" not in proc.stderr, (args, proc.stderr)
+        if "-v" in args:                                         # -v: every path whole, however wide
+            assert f"{comfyui}/models/vae/some_author/{LONG}04.safetensors" in proc.stdout
+            continue
+        if args[0] == "catalogue":                              # data for a program (JSON, CSV): stderr only
+            proc.stdout = ""
+        if lines := wide_lines(proc):
+            found[" ".join(args[:1] + [a for a in args if a.startswith("--") and a not in both + store])] = lines
+    assert not found, "\n".join(f"{k}:\n" + "\n".join(f"  [{len(x)}] {x}" for x in v) for k, v in found.items())

@@ -311,7 +311,7 @@ def test_case_pairs_and_refused_names_stay_on_the_pod_and_every_name_loads_its_o
     assert "case-insensitive" in how["loras/style.safetensors"][1]
     assert how["loras/what?.safetensors"][0] == "conflict" and "'?'" in how["loras/what?.safetensors"][1]
     assert how["loras/" + "字" * 70 + ".safetensors"][0] == "move"
-    assert doc["totals"]["stays"] == {"conflict": 0, "case-clash": 2, "name-refused": 1}
+    assert doc["totals"]["stays"] == {"conflict": 0, "case-clash": 2, "name-refused": 1, "hidden-hardlink": 0}
     assert doc["target_filesystem"]["name_unit"] == "utf16" and doc["target_filesystem"]["block_bytes"] == 1 << 20
     assert doc["name_changes"] == []
     p = run_cli(["run", *args, "--yes", "--format", "json"], cli_env, check=1)
