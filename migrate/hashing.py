@@ -101,6 +101,18 @@ def _executor():
     return _pool
 
 
+def _forget_pool_after_fork() -> None:
+    # A forked child has none of its parent's threads: a pool made before the fork would take the
+    # child's work and never run it (the torture harness forks CLI children after in-process runs).
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 class Hasher:
     """xxh3-128, and (unless `set_hashes('xxh3')`) SHA-256 and BLAKE3, over the same bytes.
 

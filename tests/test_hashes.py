@@ -336,3 +336,27 @@ def test_audit_records_sha256_of_a_small_file_the_cache_knew_by_xxh3_only(pod, c
     run_cli(["audit", *pod.args()], cli_env, check=None)
     hashing._EXTRAS.clear()
     assert DigestCache(cli_env["COMFY_MIGRATE_CACHE"]).get_all(s) == want
+
+
+def test_a_forked_child_hashes_with_a_pool_of_its_own(tmp_path):
+    """A pool made before os.fork() has no threads in the child: the child's SHA-256 must not wait on
+    it forever (torture's CLI children are forked after in-process runs; its enospc family hung)."""
+    from migrate import hashing
+    f = tmp_path / "m.safetensors"
+    f.write_bytes(os.urandom(3 << 20))
+    want = hashlib.sha256(f.read_bytes()).hexdigest()
+    hashing.set_hashes("all")
+    d = hashing.hash_path(str(f))                 # makes the pool in this process
+    assert hashing.extras(d)[0] == want
+    hashing._EXTRAS.clear()
+    pid = os.fork()
+    if pid == 0:                                  # the child: exit 0 only if it hashed in time
+        import signal
+        signal.alarm(20)
+        try:
+            d2 = hashing.hash_path(str(f))
+            os._exit(0 if hashing.extras(d2)[0] == want else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
