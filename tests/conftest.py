@@ -24,6 +24,13 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import pytest
 
+from hypothesis import settings as _hyp_settings
+
+# No test may judge by time (house rule): Hypothesis's default 200 ms per example is a timed
+# assertion that failed under load (tests/test_store_names.py, 257 ms on a shared 2-core machine).
+_hyp_settings.register_profile("comfy-migrate", deadline=None)
+_hyp_settings.load_profile("comfy-migrate")
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 
