@@ -317,11 +317,17 @@ def test_lock_wait_names_the_holder_then_gives_up_or_proceeds(tmp_path, cli_env)
         p = subprocess.Popen([sys.executable, "-m", "migrate", "run", "--comfyui", str(comfyui), "--target",
                               str(target), "--yes", "--wait", "30"], env=env, stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.0)
+        # Unlock once it says it waits (a fixed sleep raced the run's start under load: flaky).
+        head = []
+        while True:
+            line = p.stderr.readline()
+            head.append(line)
+            if not line or "waiting for the target's lock" in line:
+                break
+        assert "waiting for the target's lock" in "".join(head), "".join(head)
         (sd / "lock").unlink()
         out, err = p.communicate(timeout=60)
-        assert p.returncode == 0, err
-        assert "waiting for the target's lock" in err
+        assert p.returncode == 0, "".join(head) + err
     finally:
         sleeper.kill()
         sleeper.wait()
