@@ -477,8 +477,13 @@ def summary_lines(plan: Plan, quiet: bool = False, verbose: bool = False) -> lis
                      f"resolves here to {show(plan.target)}")
     for c in () if quiet else plan.custom_folders:
         parts = show(c.note).split("; ")
-        lines.append("; ".join(parts) if verbose or len(parts) <= 2 else
-                     middle("; ".join(parts[:2]).replace(show(plan.target), middle(plan.target, 40)), WIDTH - 14)
+        if verbose or len(parts) <= 2:
+            lines.append("; ".join(parts))
+            continue
+        # The folder's name and "ComfyUI does not know it" stay whole; the path after them is shortened.
+        rest = parts[1].replace(show(plan.target), middle(plan.target, 40))
+        room = WIDTH - 14 - len(parts[0]) - 2
+        lines.append((f"{parts[0]}; {middle(rest, room)}" if room >= 30 else middle(f"{parts[0]}; {rest}", WIDTH - 14))
                      + " (-v: in full)")
     return lines
 

@@ -100,7 +100,7 @@ def test_every_name_keeps_its_bytes_but_the_declared_ones(names_pod, cli_env, on
     relinks = sorted(a["source"].split("/models/", 1)[1] for a in doc["actions"] if a["action"] == "relink")
     assert relinks == ["checkpoints/sd15_link.safetensors", "diffusion_models/x.safetensors",
                        "loras/abs_link.safetensors"]
-    table = run_cli(["plan", *pod.args("--on-conflict", on_conflict)], cli_env).stdout
+    table = run_cli(["plan", *pod.args("--on-conflict", on_conflict), "-v"], cli_env).stdout   # whole lines
     assert "name changes: 2 name(s) would load other bytes" in table
     warned = [ln for ln in table.splitlines() if ln.startswith("warning:") and "conflict" in ln]
     assert len(warned) == 1 and len(warned[0]) < 250, warned
