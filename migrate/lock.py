@@ -299,14 +299,7 @@ class TargetLock:
                 age = time.time() - os.stat(brk).st_mtime
             except (OSError, ValueError):
                 return False
-            info = info if isinstance(info, dict) else {}
-            dead = (same_pid_space(info) and isinstance(info.get("pid"), int)
-                    and not _alive(info["pid"], info.get("pid_start")))
-            if dead or age > 60 or (not info and age > EMPTY_GRACE_SECONDS):
-                try:
-                    os.unlink(brk)
-                except FileNotFoundError:
-                    pass
+            _drop_dead_break(brk, info, age)
             time.sleep(0.02)
             return False
         try:
@@ -350,15 +343,7 @@ class TargetLock:
             age = time.time() - os.stat(brk).st_mtime
         except (OSError, ValueError):
             return
-        if not isinstance(info, dict):
-            info = {}
-        dead = (same_pid_space(info) and isinstance(info.get("pid"), int)
-                and not _alive(info["pid"], info.get("pid_start")))
-        if dead or age > 60 or (not info and age > EMPTY_GRACE_SECONDS):
-            try:
-                os.unlink(brk)
-            except FileNotFoundError:
-                pass
+        _drop_dead_break(brk, info, age)
 
     def _beat(self) -> None:
         """Renew the lease while the lock is ours. Once another run has taken it over (our lease
@@ -393,3 +378,16 @@ class TargetLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _drop_dead_break(brk: str, info: object, age: float) -> None:
+    """Remove `lock.break` left by a breaker that was killed: its process is gone (our PID namespace),
+    it is over a minute old, or it is empty past the grace time."""
+    info = info if isinstance(info, dict) else {}
+    dead = (same_pid_space(info) and isinstance(info.get("pid"), int)
+            and not _alive(info["pid"], info.get("pid_start")))
+    if dead or age > 60 or (not info and age > EMPTY_GRACE_SECONDS):
+        try:
+            os.unlink(brk)
+        except FileNotFoundError:
+            pass
