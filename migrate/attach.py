@@ -154,24 +154,25 @@ def logged_sources(target: str) -> Logged:
     """Every source file the store's runs logged (placed, or removed as already stored), with its
     size, mtime and digest: a file of the image at that path with that size and mtime is taken to
     hold that digest (a belief, used only to say which names change, never to free a byte)."""
-    from migrate.journal import read_log, run_logs
     from migrate.errors import BadLog
+    from migrate.journal import load_log, run_logs
+    from migrate.records import Stayed, Step
     out: Logged = {}
     for _, path in run_logs(target):
         try:
-            records = read_log(path)[0]
+            records = load_log(path)
         except BadLog:
             continue
         for r in records:
-            if r.get("type") == "stayed":       # conflicts the run left in place, with their digests
-                for item in r.get("files") or []:
+            if isinstance(r, Stayed):       # conflicts the run left in place, with their digests
+                for item in r.files:
                     if isinstance(item, list) and len(item) == 4 and isinstance(item[0], str) \
                             and isinstance(item[1], int) and isinstance(item[2], int) and isinstance(item[3], str):
                         out[item[0]] = (item[1], item[2], item[3])
                 continue
-            if r.get("type") == "begin" and isinstance(r.get("src"), str) and isinstance(r.get("digest"), str) \
-                    and isinstance(r.get("size"), int) and isinstance(r.get("mtime_ns"), int):
-                out[r["src"]] = (r["size"], r["mtime_ns"], r["digest"])
+            if isinstance(r, Step) and isinstance(r.src, str) and isinstance(r.digest, str) \
+                    and isinstance(r.size, int) and isinstance(r.mtime_ns, int):
+                out[r.src] = (r.size, r.mtime_ns, r.digest)
     return out
 
 
@@ -181,7 +182,7 @@ def lost_link_backs(target: str, models_dir: str) -> Tuple[Tuple[str, str], ...]
     own, or the rebuilt container's), that are gone while their stored file is in the store:
     (where the link goes, the stored file). Read from the logs: no model file is read."""
     from migrate.fleet import store_rel
-    from migrate.journal import group_steps
+    from migrate.records import group_steps
     from migrate.rollback import live_runs
     from migrate.steps import Op
     out: Dict[str, str] = {}
@@ -189,15 +190,14 @@ def lost_link_backs(target: str, models_dir: str) -> Tuple[Tuple[str, str], ...]
         head = records[0]
         steps = group_steps(records)
         for b in steps.begins:
-            if b.get("op") != Op.LINKBACK or b["step"] not in steps.done or not isinstance(b.get("src"), str):
+            if b.op is not Op.LINKBACK or b.step not in steps.done or not isinstance(b.src, str):
                 continue
-            root = next((r for r in head.get("sources") or [] if isinstance(r, str)
-                         and b["src"].startswith(r.rstrip("/") + "/")), None)
-            rel = store_rel(posixpath.normpath(posixpath.join(posixpath.dirname(b["src"]), b.get("to") or "")),
-                            head.get("target") or "")
+            root = next((r for r in head.sources if isinstance(r, str)
+                         and b.src.startswith(r.rstrip("/") + "/")), None)
+            rel = store_rel(posixpath.normpath(posixpath.join(posixpath.dirname(b.src), b.to or "")), head.target)
             if root is None or rel is None:
                 continue
-            src = os.path.join(models_dir, os.path.relpath(b["src"], root))
+            src = os.path.join(models_dir, os.path.relpath(b.src, root))
             stored = os.path.join(target, rel)
             if not os.path.lexists(src) and os.path.isfile(stored):
                 out[src] = stored

@@ -33,6 +33,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tu
 from migrate import fsops
 from migrate.fleet import store_rel
 from migrate.model import STATE_DIR, Action, ActionKind, Method, ScanResult, Status
+from migrate.records import Header, Record, group_steps
 from migrate.steps import PLACES, STORES_SOURCE, Op
 
 CATALOGUE_VERSION = 1
@@ -197,7 +198,7 @@ def known_from(target: str, target_scan: Optional[ScanResult], actions: Iterable
     return by_rel, by_ident
 
 
-def placements(runs: Iterable[Sequence[dict]]) -> Tuple[Logged, Dict[Ident, str], Set[str]]:
+def placements(runs: Iterable[Sequence[Record]]) -> Tuple[Logged, Dict[Ident, str], Set[str]]:
     """What run logs say of the files they put in the store (pure): (rel, identity) -> (digest, run),
     identity -> digest (for hardlinks of them, e.g. dedupe links), and every name they placed.
 
@@ -213,26 +214,25 @@ def placements(runs: Iterable[Sequence[dict]]) -> Tuple[Logged, Dict[Ident, str]
         if not records:
             continue
         head = records[0]
-        target, run = head.get("target") or "", head.get("run")
-        copied = {r.get("step"): r.get("tmp_ino") for r in records if r.get("type") == "staged"}
-        copied.update({r.get("step"): r.get("dst_ino") for r in records
-                       if r.get("type") == "done" and r.get("dst_ino") is not None})
-        # A copy's mtime as the store keeps it (MooseFS: to the second), observed after its publish.
-        kept = {r.get("step"): r.get("dst_mtime_ns") for r in records
-                if r.get("type") == "done" and r.get("dst_mtime_ns") is not None}
-        for r in records:
-            op = r.get("op")
-            if r.get("type") != "begin" or op not in PLACES:
+        if not isinstance(head, Header):
+            continue
+        target, run = head.target, head.run
+        steps = group_steps(records)
+        for r in steps.begins:
+            op = r.op
+            if op not in PLACES:
                 continue
-            rel = store_rel(r.get("dst"), target)
+            rel = store_rel(r.dst, target)
             if rel is None:
                 continue
             names.add(rel)
             # A dedupe's name is the stored copy's inode, logged with its source's mtime: no identity.
-            ino = Op(op).placed_ino(dict(r, dst_ino=copied.get(r.get("step")))) if op in STORES_SOURCE else None
-            size, mtime_ns, digest = r.get("size"), r.get("mtime_ns"), r.get("digest")
-            if op == Op.COPY and r.get("step") in kept:
-                mtime_ns = kept[r.get("step")]
+            ino = steps.placed_ino(r) if op in STORES_SOURCE else None
+            size, mtime_ns, digest = r.size, r.mtime_ns, r.digest
+            done = steps.done.get(r.step)
+            if op is Op.COPY and done is not None and done.dst_mtime_ns is not None:
+                # A copy's mtime as the store keeps it (MooseFS: to the second), observed after its publish.
+                mtime_ns = done.dst_mtime_ns
             if type(ino) is int and type(size) is int and type(mtime_ns) is int and isinstance(digest, str) \
                     and isinstance(run, str):
                 logged[(rel, (ino, size, mtime_ns))] = (digest, run)
@@ -266,14 +266,14 @@ def walk_store(target: str) -> List[Walked]:
     return out
 
 
-def run_logs(target: str) -> List[List[dict]]:
+def run_logs(target: str) -> List[List[Record]]:
     """The records of every readable run log in the target (rollback logs and damaged logs left out)."""
     from migrate.errors import BadLog
-    from migrate.journal import read_log, run_logs as log_paths
+    from migrate.journal import load_log, run_logs as log_paths
     out = []
     for _, path in log_paths(target):
         try:
-            out.append(read_log(path)[0])
+            out.append(load_log(path))
         except BadLog:
             continue
     return out

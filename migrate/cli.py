@@ -823,15 +823,14 @@ def undo_line(u, verbose: bool) -> str:
     """A rollback step in words, each path shortened in the middle so the line fits report.WIDTH
     columns (-v: whole)."""
     import re
-    from migrate.steps import Op
     text = report.show(u.describe())
-    op = Op.of({"op": u.op})
+    op = u.rec.known
     if verbose or len(text) <= report.WIDTH - 2 or op is None:
         return text
     fields = re.findall(r"{(\w+)}", op.undo_text)
     room = (report.WIDTH - 2 - len(re.sub(r"{\w+}", "", op.undo_text))) // max(1, len(fields))
     return op.describe_undo({k: report.middle(v, max(24, room)) if k in fields and isinstance(v, str) else v
-                             for k, v in u.rec.items()})
+                             for k, v in u.rec.to_json().items()})
 
 
 def stayed_behind(plan, facts) -> list:
@@ -989,8 +988,8 @@ def pod_log(ui: Ui, target: str, comfyui, live: bool, all_logs: bool = False, ya
         if not pick:
             # A run of this host that wrote another YAML (`run --yaml X`) is not this YAML's pod, but
             # "rolled back already" would be untrue for it: name it and the option that picks it.
-            others = [(rid, rec[0].get("yaml")) for rid, rec in every if rec[0].get("host") == host
-                      and rec[0].get("yaml") and yaml_path and os.path.realpath(rec[0]["yaml"]) != os.path.realpath(yaml_path)
+            others = [(rid, rec[0].yaml) for rid, rec in every if rec[0].host == host
+                      and rec[0].yaml and yaml_path and os.path.realpath(rec[0].yaml) != os.path.realpath(yaml_path)
                       and not rolled_back(rid)]
             if others:
                 rid, other = others[-1]
@@ -1005,23 +1004,22 @@ def pod_log(ui: Ui, target: str, comfyui, live: bool, all_logs: bool = False, ya
 def newer_pod_runs(records, live, target: str):
     """The live runs of the same pod (its YAML) newer than this run, when this run wrote the YAML:
     their YAML changes were made on top of its section, and their names resolve through it."""
-    from migrate.journal import group_steps
+    from migrate.records import group_steps
     from migrate.steps import Op
     from migrate.verify import pod_runs
     head = records[0]
     steps = group_steps(records)
-    if not head.get("yaml") or not any(b["op"] == Op.YAML and b["step"] in steps.done for b in steps.begins):
+    if not head.yaml or not any(b.op is Op.YAML and b.step in steps.done for b in steps.begins):
         return []
     # This run is among the live ones, so pod_runs matches by the YAML (never its fallbacks).
-    mine, _ = pod_runs(live, target, head["yaml"], "")
-    if not any(rid == head["run"] for rid, _ in mine):
+    mine, _ = pod_runs(live, target, head.yaml, "")
+    if not any(rid == head.run for rid, _ in mine):
         return []
     # Another install whose YAML is a symlink to the same file (another pod) resolves through this
     # section as well: its newer runs count too.
-    real = os.path.realpath(head["yaml"])
-    shared = [rid for rid, rec in live if isinstance(rec[0].get("yaml"), str)
-              and os.path.realpath(rec[0]["yaml"]) == real]
-    return sorted({rid for rid, _ in mine if rid > head["run"]} | {rid for rid in shared if rid > head["run"]})
+    real = os.path.realpath(head.yaml)
+    shared = [rid for rid, rec in live if isinstance(rec[0].yaml, str) and os.path.realpath(rec[0].yaml) == real]
+    return sorted({rid for rid, _ in mine if rid > head.run} | {rid for rid in shared if rid > head.run})
 
 
 def sweep_probe_leftovers(target: str, comfyui) -> None:
@@ -1089,37 +1087,37 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
         clear_stale_lock(ui, target)
         raise
     records = load_run(log)
-    home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(log))))   # <target>/.comfy-migrate/runs
-    if os.path.realpath(records[0]["target"]) != os.path.realpath(home):
-        raise BadInput(f"run {records[0]['run']} was made with the target at {records[0]['target']}, its log is "
-                       f"now in {home} (the volume is mounted elsewhere): the log's paths do not apply here",
-                       f"roll back where the volume is mounted as it was ({records[0]['target']})")
     head = records[0]
-    if head.get("host") != os.uname().nodename and not all(os.path.isdir(d) for d in head.get("sources") or []):
-        raise BadInput(f"run {head['run']} was made on host {head.get('host')} and its sources are not here",
+    home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(log))))   # <target>/.comfy-migrate/runs
+    if os.path.realpath(head.target) != os.path.realpath(home):
+        raise BadInput(f"run {head.run} was made with the target at {head.target}, its log is "
+                       f"now in {home} (the volume is mounted elsewhere): the log's paths do not apply here",
+                       f"roll back where the volume is mounted as it was ({head.target})")
+    if head.host != os.uname().nodename and not all(os.path.isdir(d) for d in head.sources):
+        raise BadInput(f"run {head.run} was made on host {head.host} and its sources are not here",
                        "roll it back on that pod (its sources and YAML live there)")
     newer = newer_pod_runs(records, live_runs(target), target)
     if newer:
-        raise BadInput(f"run {head['run']} wrote the YAML's comfy-migrate section, and newer run(s) of this pod not "
+        raise BadInput(f"run {head.run} wrote the YAML's comfy-migrate section, and newer run(s) of this pod not "
                        f"rolled back build on it: {', '.join(newer)}",
                        "roll back the newest first: " + ", then ".join(
                            f"comfy-migrate rollback {rid} --target {shlex.quote(report.show(target))}"
-                           for rid in list(reversed(newer)) + [head["run"]]))
+                           for rid in list(reversed(newer)) + [head.run]))
     fs_now, seen = store_facts(target, records)
     undos = plan_rollback(records, seen)
     if dry_run or not yes:
-        relied = reliance(live_runs(target), records[0]["run"])     # shown now, decided under the lock
-        kept = [u for u in undos if users_of(u, relied, records[0]["target"])]
+        relied = reliance(live_runs(target), head.run)     # shown now, decided under the lock
+        kept = [u for u in undos if users_of(u, relied, head.target)]
         doomed = foresee(undos) if dry_run else {}
         if dry_run and fmt == "json":
-            out(report.dumps({"run": records[0]["run"], "dry_run": True, "steps": [
+            out(report.dumps({"run": head.run, "dry_run": True, "steps": [
                 {"op": u.op, "what": doomed.get(u.step) or u.describe(), "cannot": bool(doomed.get(u.step)),
-                 "kept_for": users_of(u, relied, records[0]["target"])}
+                 "kept_for": users_of(u, relied, head.target)}
                 for u in undos]}))
         elif dry_run:
-            out(f"rollback of run {records[0]['run']} ({len(undos)} steps, newest first):\n")
+            out(f"rollback of run {head.run} ({len(undos)} steps, newest first):\n")
             for u in undos:
-                users = users_of(u, relied, records[0]["target"])
+                users = users_of(u, relied, head.target)
                 out(f"  {report.show(doomed[u.step]) if u.step in doomed else undo_line(u, ui.verbosity > 0)}"
                     + (f" -> kept in the store instead: run(s) {', '.join(users)} rely on it" if users else "") + "\n")
             if doomed:
@@ -1129,26 +1127,26 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
             if doomed:
                 sys.exit(ExitCode.PROBLEMS)
             return
-        out(f"rollback of run {records[0]['run']}: {report.rollback_summary(undos, len(kept))}\n"
+        out(f"rollback of run {head.run}: {report.rollback_summary(undos, len(kept))}\n"
             "(`--dry-run` lists every step)\n")
-    confirm(f"Undo run {records[0]['run']}?", yes)
+    confirm(f"Undo run {head.run}?", yes)
     with take_lock(ui, target, "comfy-migrate rollback", wait, room=True):
         try:
             fsops.remember_weakest(target, fs_now)
         except OSError:
             pass        # a belief for later plans; this rollback uses it already
         live = live_runs(target)
-        relied = reliance(live, records[0]["run"])
+        relied = reliance(live, head.run)
         handed = droppable(kept_records(target), settle(records, target), live)
         def catalogue() -> None:
             try:
                 store_catalogue.refresh(target, {}, {})
             except OSError as exc:
                 ui.warn(f"could not update the store's catalogue ({fsops.describe(exc)})")
-        with ui.progress("restoring") as (_, on_bytes), interrupted_rollback(records[0]["run"], target):
+        with ui.progress("restoring") as (_, on_bytes), interrupted_rollback(head.run, target):
             rep = execute_rollback(log, records, undos, on_bytes, relied, shared=any(
-                rid != records[0]["run"] for rid, _ in live), handed=handed, before_close=catalogue,
-                left_folders=left_folders(target, records[0]["run"]))
+                rid != head.run for rid, _ in live), handed=handed, before_close=catalogue,
+                left_folders=left_folders(target, head.run))
     if fmt == "json":
         out(report.dumps({"run": rep.run_id, "log": rep.log_path, "resumed": rep.resumed, "undone": rep.undone,
                           "skipped": [{"path": p.path, "message": p.message} for p in rep.skipped],
@@ -1276,11 +1274,11 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait, fmt) -> None:
     per_run = []
     for log in logs:
         records = load_run(log)
-        items = [q for q in quarantined(records) if os.path.lexists(q["q"])]
+        items = [q for q in quarantined(records) if os.path.lexists(q.q)]
         if items:
-            per_run.append((records[0]["run"], items))
+            per_run.append((records[0].run, items))
     items = [q for _, qs in per_run for q in qs]
-    total = sum(q["size"] for q in items)
+    total = sum(q.size for q in items)
     if not items:
         if fmt == "json":
             out(report.dumps({"runs": [], "files": 0, "freed_bytes": 0, "kept": [], "permanent": permanent,
@@ -1290,7 +1288,7 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait, fmt) -> None:
         return
     if fmt == "table":
         for rid, qs in per_run:
-            out(f"run {rid}: {len(qs)} quarantined file(s), {report.human(sum(q['size'] for q in qs))}\n")
+            out(f"run {rid}: {len(qs)} quarantined file(s), {report.human(sum(q.size for q in qs))}\n")
     confirm(f"{'Delete' if permanent else 'Trash'} {len(items)} quarantined files ({report.human(total)}) of "
             f"{len(per_run)} run(s)?", yes)
     freed, kept, trash = 0, [], set()
@@ -1298,24 +1296,24 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait, fmt) -> None:
         for q in items:
             why = purge_check(q)
             if why:
-                ui.warn(f"{report.show(q['q'])}: {why}; kept")
-                kept.append({"path": q["q"], "why": why})
+                ui.warn(f"{report.show(q.q)}: {why}; kept")
+                kept.append({"path": q.q, "why": why})
                 continue
             try:
-                st = os.lstat(q["q"])
+                st = os.lstat(q.q)
                 if permanent:
-                    os.unlink(q["q"])
+                    os.unlink(q.q)
                 else:
                     from send2trash import send2trash
-                    where = trash_of(q["q"])
-                    send2trash(q["q"])
+                    where = trash_of(q.q)
+                    send2trash(q.q)
                     trash.add(where)
                 if st.st_nlink == 1:      # its last name: the bytes are freed (two names count once)
-                    freed += q["size"]
+                    freed += q.size
             except Exception as exc:   # send2trash raises many kinds; the file simply stays
-                ui.warn(f"{report.show(q['q'])}: cannot use the trash ({exc}); kept "
+                ui.warn(f"{report.show(q.q)}: cannot use the trash ({exc}); kept "
                         "(use --permanent to delete instead)")
-                kept.append({"path": q["q"], "why": f"cannot use the trash ({exc})"})
+                kept.append({"path": q.q, "why": f"cannot use the trash ({exc})"})
     if fmt == "json":
         out(report.dumps({"runs": [rid for rid, _ in per_run], "files": len(items), "freed_bytes": freed,
                           "kept": kept, "permanent": permanent, "trash": sorted(trash)}))
@@ -1394,7 +1392,7 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt, comfyui_ar
     shell.adopt_comfyui(home, ui)
     if run_ref:
         records = load_run(find_log(target, run_ref))
-        runs = [(records[0]["run"], records)]
+        runs = [(records[0].run, records)]
     else:
         host = os.uname().nodename
         yaml_path = os.path.join(home, "extra_model_paths.yaml") if home else None
@@ -1476,13 +1474,13 @@ def verify_launch(ui: Ui, home, given, runs):
     if home is None or given is not None or find_running(home):
         return shell.resolve_launch(home, given, ui)
     head = runs[-1][1][0]
-    logged = head.get("comfyui") if isinstance(head.get("comfyui"), dict) else {}
+    logged = head.comfyui or {}
     args = logged.get("args")
     if isinstance(args, list) and args and all(isinstance(a, str) for a in args):
         try:
-            return launch_of(home, args, f"as run {head.get('run')} logged them", lenient=True)
+            return launch_of(home, args, f"as run {head.run} logged them", lenient=True)
         except MigrateError as exc:
-            ui.warn(f"the options run {head.get('run')} logged for ComfyUI no longer apply ({exc}): verified without them")
+            ui.warn(f"the options run {head.run} logged for ComfyUI no longer apply ({exc}): verified without them")
     return shell.resolve_launch(home, None, ui)
 
 
@@ -1500,7 +1498,7 @@ def ask_comfyui(url: str, runs, home, target: str, launch=None) -> dict:
         raise BadInput(f"cannot read {url.rstrip('/')}/object_info: {exc}",
                        "is ComfyUI running at that URL (its own port, not a proxy's page)?")
     names = sorted(claims(runs, kept_records(target)))
-    yaml_path = runs[-1][1][0].get("yaml")
+    yaml_path = runs[-1][1][0].yaml
     order = resolution(yaml_path, home, launch)[0] if yaml_path and os.path.exists(yaml_path) else {}
     from migrate.facts import loaded_models
     disk: dict = {}

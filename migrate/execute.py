@@ -21,7 +21,9 @@ from migrate import __version__, fsops, identity
 from migrate.report import human
 from migrate.errors import BadInput, BadLog, NoSpace
 from migrate.hashing import confirm_digest, hash_bytes
-from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_begun, read_log, rollback_log_of, run_logs
+from migrate.journal import RUNS_DIR, EmptyLog, Journal, load_log, read_begun, rollback_log_of, run_logs
+from migrate.records import (group_steps, Cleanup, Close, DirTimes, Done, Fail, Header, Links, Names, Record, Resume, Staged,
+                             Stayed, Step, Stopped)
 from migrate.lock import TargetLock
 from migrate.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal
 from migrate.scan import TEMP_MARK, temp_name
@@ -80,13 +82,15 @@ def find_interrupted(target: str, sources: Optional[Sequence[str]] = None, yaml:
         except BadLog:
             continue
         try:
-            records, _, _ = read_log(path)
+            records = load_log(path)
         except EmptyLog:
             continue        # died writing its header (or another pod is writing it): nothing done
-        if sources is not None and (records[0].get("host") != socket.gethostname() or not (
-                set(records[0].get("sources") or []) & set(sources) or (yaml is not None and records[0].get("yaml") == yaml))):
+        head = records[0]
+        assert isinstance(head, Header)
+        if sources is not None and (head.host != socket.gethostname() or not (
+                set(head.sources) & set(sources) or (yaml is not None and head.yaml == yaml))):
             continue
-        if records[-1].get("type") != "close":
+        if not isinstance(records[-1], Close):
             return path
         return None
     return None
@@ -120,16 +124,17 @@ class _Runner:
     # -- journalling helpers --
     def begin(self, op: Op, **fields) -> int:
         step = self.j.seq + 1     # a step is named by its begin record's sequence number
-        self.j.append(dict(fields, type="begin", step=step, op=op.value))
+        self.j.append(Step(step=step, op=op, **fields))
         return step
 
-    def done(self, step: int, **fields) -> None:
+    def done(self, step: int, st: Optional[os.stat_result] = None) -> None:
+        """The step finished; `st`: a placement's destination as published (see `observed`)."""
         # Not fsynced on its own: the next record (a begin, written ahead of its step, or the
         # close) is, and an append-only file's fsync makes every earlier line durable with it. A
         # power cut before then loses at most this line: the same state as a crash between the
         # step and its record, which a continued run and rollback already handle (they look at the
         # disk). On a network volume every fsync is a round trip: this halves the log's.
-        self.j.append(dict(fields, type="done", step=step), sync=False)
+        self.j.append(Done(step, *((st.st_ino, st.st_dev, st.st_mtime_ns) if st is not None else ())), sync=False)
         self.report.steps_done += 1
 
     def fail(self, step: int, a: Optional[Action], path: str, exc: BaseException) -> None:
@@ -137,7 +142,7 @@ class _Runner:
         other = getattr(exc, "filename", None)
         if getattr(exc, "op", None) or (other and other != path):     # said where and in which operation
             msg = fsops.describe(exc)     # type: ignore[arg-type]
-        self.j.append({"type": "fail", "step": step, "error": msg})
+        self.j.append(Fail(step, msg))
         self.report.problems.append(Problem(path, msg))
         if a is not None:
             self.failed.add(id(a))
@@ -162,10 +167,10 @@ class _Runner:
                 os.mkdir(d)
             except FileExistsError:
                 if not os.path.isdir(d):        # a file took the name since the plan
-                    self.j.append({"type": "fail", "step": s, "error": "a file is in the way"})
+                    self.j.append(Fail(s, "a file is in the way"))
                     raise OSError(errno.ENOTDIR, "a file is where a folder is needed", d) from None
             except OSError as exc:
-                self.j.append({"type": "fail", "step": s, "error": exc.strerror or str(exc)})
+                self.j.append(Fail(s, exc.strerror or str(exc)))
                 raise
             self.done(s)
 
@@ -186,7 +191,7 @@ class _Runner:
         assert a.dst is not None
         if not self.made_folder(os.path.dirname(a.dst), self.plan.target, a, "the store folder"):
             return
-        facts = dict(src=a.source, dst=a.dst, size=a.size, digest=a.digest, dev=a.dev, ino=a.ino, mode=a.mode,
+        facts = dict(src=a.source, dst=a.dst, size=a.size, digest=a.digest, src_dev=a.dev, src_ino=a.ino, mode=a.mode,
                      mtime_ns=a.mtime_ns, kind=a.kind.value)
         if a.kind is ActionKind.SAME_CONTENT and a.method is not Method.COPY:
             self._dedupe(a, facts)
@@ -216,7 +221,7 @@ class _Runner:
             except OSError as exc:
                 if exc.errno not in fsops.FALLBACK_ERRNOS:
                     return self.fail(s, a, a.dst, exc)
-                self.j.append({"type": "fail", "step": s, "error": f"{exc.strerror}; a symlink instead"})
+                self.j.append(Fail(s, f"{exc.strerror}; a symlink instead"))
             else:
                 self.done(s)
                 self.report.placed += 1
@@ -236,7 +241,7 @@ class _Runner:
         assert a.dst is not None
         op = Op.LINK if a.method is Method.HARDLINK else Op.RENAME
         links = self.links.get(a.dst, []) if op is Op.RENAME else []
-        s = self.begin(op, **facts, **({"links": links} if links else {}))
+        s = self.begin(op, **facts, links=tuple(links))
         try:
             if identity.changes(os.lstat(a.source), seen(a)):
                 raise OSError(errno.ESTALE, "changed since it was scanned", a.source)
@@ -247,11 +252,11 @@ class _Runner:
         except OSError as exc:
             if a.kind is ActionKind.MOVE and exc.errno in fsops.FALLBACK_ERRNOS and exc.errno != errno.EACCES:
                 name = errno.errorcode.get(exc.errno, str(exc.errno))
-                self.j.append({"type": "fail", "step": s, "error": f"{exc.strerror}; copying instead"})
+                self.j.append(Fail(s, f"{exc.strerror}; copying instead"))
                 return name
             self.fail(s, a, a.source, exc)
             return None
-        self.done(s, **observed(a.dst))
+        self.done(s, observed(a.dst))
         self.report.placed += 1
         if op is Op.RENAME:
             self.renamed = True
@@ -269,7 +274,7 @@ class _Runner:
             if digest != a.digest:
                 os.unlink(tmp)
                 raise OSError(errno.EIO, f"copy digest {digest} differs from the scanned {a.digest}", src)
-            self.j.append({"type": "staged", "step": s, "tmp_ino": st.st_ino, "tmp_dev": st.st_dev})
+            self.j.append(Staged(s, st.st_ino, st.st_dev))
             fsops.rename_noreplace(tmp, a.dst)
             fsops.fsync_dir(os.path.dirname(a.dst))
         except BaseException as exc:
@@ -281,7 +286,7 @@ class _Runner:
             if not isinstance(exc, OSError):
                 raise
             return self.fail(s, a, src, exc)
-        self.done(s, dst_dev=st.st_dev, **observed(a.dst, st))
+        self.done(s, observed(a.dst, st))
         self.report.copied_bytes += a.size
         self.report.placed += 1
 
@@ -312,11 +317,10 @@ class _Runner:
     # -- phase C: sources --
     def remove_source(self, a: Action) -> None:
         src = a.source
-        facts = dict(src=src, dst=a.dst, size=a.size, digest=a.digest, dev=a.dev, ino=a.ino, mode=a.mode,
-                     mtime_ns=a.mtime_ns, stored=a.stored or a.dst)
         links = [] if a.link_back else self.links.get(a.dst or "", [])
-        if links:       # re-pointed right after the removal; a continued run finishes them (finish_relinks)
-            facts["links"] = links
+        # links: re-pointed right after the removal; a continued run finishes them (finish_relinks)
+        facts = dict(src=src, dst=a.dst, size=a.size, digest=a.digest, src_dev=a.dev, src_ino=a.ino, mode=a.mode,
+                     mtime_ns=a.mtime_ns, stored=a.stored or a.dst, links=tuple(links))
         expect = seen(a)
         if a.removal is Removal.UNLINK:
             s = self.begin(Op.UNLINK, **facts)
@@ -415,22 +419,21 @@ class _Runner:
             return self.fail(s, None, src, exc)
         self.done(s)
 
-    def finish_relinks(self, records: List[dict]) -> None:
+    def finish_relinks(self, records: List[Record]) -> None:
         """A continued run first completes the removals of the run it continues: a source that left
         its place (unlink, quarantine, rename) takes its in-tree symlinks along (their re-pointing is
         part of the removal, listed in its begin record), even when the kill came in between."""
-        steps = {r["step"] for r in records if r.get("type") == "done"}
-        relinked = {r.get("src") for r in records if r.get("type") == "begin" and r.get("op") == Op.RELINK
-                    and r["step"] in steps}
-        roots = tuple(s.rstrip("/") + "/" for s in records[0].get("sources") or [])
-        for r in records:
-            if r.get("type") != "begin" or r.get("op") not in RETURNS_SOURCE \
-                    or not isinstance(r.get("links"), list) or not isinstance(r.get("dst"), str):
+        steps = group_steps(records)
+        relinked = {b.src for b in steps.begins if b.op is Op.RELINK and b.step in steps.done}
+        head = records[0]
+        roots = tuple(s.rstrip("/") + "/" for s in (head.sources if isinstance(head, Header) else ()))
+        for b in steps.begins:
+            if b.op not in RETURNS_SOURCE or not b.links or b.dst is None or b.src is None:
                 continue
-            if os.path.lexists(r["src"]) and not os.path.islink(r["src"]):
+            if os.path.lexists(b.src) and not os.path.islink(b.src):
                 continue        # the source is still at its place: the step never happened
-            self.relink_all([p for p in r["links"] if isinstance(p, str) and p.startswith(roots)
-                             and p not in relinked], r["dst"])
+            self.relink_all([p for p in b.links if isinstance(p, str) and p.startswith(roots)
+                             and p not in relinked], b.dst)
 
 
 def seen(a: Action) -> identity.Observed:
@@ -439,17 +442,14 @@ def seen(a: Action) -> identity.Observed:
     return identity.Observed(a.dev, a.ino, a.size, a.mtime_ns)
 
 
-def observed(path: str, fallback: Optional[os.stat_result] = None) -> dict:
+def observed(path: str, fallback: Optional[os.stat_result] = None) -> Optional[os.stat_result]:
     """The destination's own stat right after its publish, logged with the step's done record: what
     rollback and verify compare with (identity), not the source's facts (a filesystem with coarser
     times keeps a copy's mtime rounded)."""
     try:
-        st = os.lstat(path)
+        return os.lstat(path)
     except OSError:
-        if fallback is None:
-            return {}
-        st = fallback
-    return {"dst_ino": st.st_ino, "dst_mtime_ns": st.st_mtime_ns}
+        return fallback
 
 
 
@@ -507,42 +507,42 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                 raise BadInput(f"{plan.yaml_path} changed since the plan was made; nothing was changed",
                                "run again to plan with the new file")
         resume = find_interrupted(plan.target, plan.sources, plan.yaml_path)
-        header = {"tool": __version__, "argv": argv, "host": socket.gethostname(), "pid": os.getpid(),
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "sources": list(plan.sources),
-                  "target": plan.target, "yaml": plan.yaml_path, "mode": plan.policy.mode.value,
-                  "fs": fs_record(plan)}
+        header = dict(tool=__version__, argv=tuple(argv), host=socket.gethostname(), pid=os.getpid(),
+                      time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), sources=tuple(plan.sources),
+                      target=plan.target, yaml=plan.yaml_path, mode=plan.policy.mode.value, fs=fs_record(plan),
+                      kind=None if kind == "run" else kind,
+                      # how ComfyUI is started: verify and rollback resolve names as it does
+                      comfyui=None if plan.launch is None else {"main": plan.launch.comfyui,
+                                                                "args": list(plan.launch.args),
+                                                                "from": plan.launch.origin},
+                      # a symlinked YAML: the file written, whose folder's mtime changes
+                      yaml_real=yaml_behind(plan))
         remember_facts(plan)
-        if kind != "run":
-            header["kind"] = kind
-        if plan.launch is not None:     # how ComfyUI is started: verify and rollback resolve names as it does
-            header["comfyui"] = {"main": plan.launch.comfyui, "args": list(plan.launch.args),
-                                 "from": plan.launch.origin}
-        real_yaml = yaml_behind(plan)
-        if real_yaml is not None:       # a symlinked YAML: the file written, whose folder's mtime changes
-            header["yaml_real"] = real_yaml
         if resume:
-            head = read_log(resume)[0][0]
-            if sorted(head.get("sources") or []) != sorted(plan.sources) or head.get("yaml") != plan.yaml_path:
-                raise BadInput(f"an interrupted run ({head.get('run')}) of other sources or another YAML is "
+            records = load_log(resume)
+            head = records[0]
+            assert isinstance(head, Header)
+            if sorted(head.sources) != sorted(plan.sources) or head.yaml != plan.yaml_path:
+                raise BadInput(f"an interrupted run ({head.run}) of other sources or another YAML is "
                                "pending in this target",
-                               f"finish it by running with its options, or `comfy-migrate rollback {head.get('run')}`")
+                               f"finish it by running with its options, or `comfy-migrate rollback {head.run}`")
             j, records, torn = Journal.reopen(resume)
-            run_id = records[0]["run"]
+            run_id = head.run
             report = RunReport(run_id, resume, resumed=True)
-            j.append(dict(header, type="resume", torn_tail_dropped=torn))
-            known = {d for r in records if r.get("type") == "dirtimes" for d in r.get("dirs", {})}
+            j.append(Resume(**header, torn_tail_dropped=torn))
+            known = {d for r in records if isinstance(r, DirTimes) for d in r.dirs}
             if set(times) - known:     # folders this continued run touches first: their times now
-                j.append({"type": "dirtimes", "dirs": {d: t for d, t in times.items() if d not in known}})
+                j.append(DirTimes({d: t for d, t in times.items() if d not in known}))
             _clean_temps(j, records)
         else:
             run_id = new_run_id()
             path = os.path.join(sd, RUNS_DIR, f"{run_id}.jsonl")
-            j = Journal.create(path, dict(header, run=run_id))
-            j.append({"type": "dirtimes", "dirs": times})
+            j = Journal.create(path, Header(run=run_id, **header))
+            j.append(DirTimes(times))
             report = RunReport(run_id, path)
         links = links_on_way(plan)
         if links:       # rollback accepts these symlinked store folders, and no other (preflight.py)
-            j.append({"type": "links", "dirs": links})
+            j.append(Links(links))
         if lock.took_over:
             report.lock_note = f"took over a stale lock ({lock.took_over.get('reason')})"
         r = _Runner(plan, j, report, on_bytes)
@@ -582,7 +582,7 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                     yaml_ok = False
                     report.problems.append(Problem(plan.yaml_path, f"cannot write the YAML ({fsops.describe(exc)}); "
                                                    "no source was removed"))
-                    j.append({"type": "fail", "step": 0, "error": f"yaml: {exc.strerror}"})
+                    j.append(Fail(0, f"yaml: {exc.strerror}"))
                     r.note_full(exc)
             for a in (plan.actions if yaml_ok else ()):
                 if r.stopped is not None:
@@ -600,18 +600,17 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                     r.relink(a)
             if r.stopped is not None:
                 stop(j, report, r.stopped, r.renamed)
-            stayed = [[a.source, a.size, a.mtime_ns, a.digest] for a in plan.actions
-                      if a.kind is ActionKind.CONFLICT and a.digest]
+            stayed = tuple([a.source, a.size, a.mtime_ns, a.digest] for a in plan.actions
+                           if a.kind is ActionKind.CONFLICT and a.digest)
             if stayed:      # conflicts left in place, as read: attach, which reads no file, compares by them
-                j.append({"type": "stayed", "files": stayed})
+                j.append(Stayed(stayed))
             if plan.names_after:
                 # What ComfyUI loads for each name it loaded before the run (verify checks it).
-                j.append({"type": "names", "names": [list(n) for n in plan.names_after]})
+                j.append(Names(tuple(list(n) for n in plan.names_after)))
             if before_close is not None:
                 before_close(run_id)
-            j.append({"type": "close", "state": "complete" if report.ok else "problems",
-                      "placed": report.placed, "copied_bytes": report.copied_bytes, "removed": report.removed,
-                      "quarantine_bytes": report.quarantine_bytes, "problems": len(report.problems)})
+            j.append(Close("complete" if report.ok else "problems", report.placed, report.copied_bytes,
+                           report.removed, report.quarantine_bytes, len(report.problems)))
         finally:
             j.close()
     return report
@@ -623,8 +622,7 @@ def stop(j: Journal, report: RunReport, exc: OSError, renamed: bool) -> None:
     loads every name as before: a failed copy's source never moved, and the YAML is switched only
     when a source already left its place by a rename (then the YAML is what finds it)."""
     try:
-        j.append({"type": "stopped", "error": fsops.describe(exc), "placed": report.placed,
-                  "yaml_written": report.yaml_written})
+        j.append(Stopped(fsops.describe(exc), report.placed, report.yaml_written))
     except NoSpace:
         pass        # not even that fits: the log ends with the failed step, which says the same
     where = report.problems[-1].path if report.problems else (exc.filename or "the store")
@@ -729,11 +727,11 @@ def yaml_behind(plan: Plan) -> Optional[str]:
     return real if real != plan.yaml_path else None
 
 
-def _clean_temps(j: Journal, records: List[dict]) -> None:
+def _clean_temps(j: Journal, records: List[Record]) -> None:
     """Remove half-copied temporary files of the interrupted steps (journalled)."""
-    done = {r["step"] for r in records if r.get("type") in ("done", "fail")}
-    for r in records:
-        if r.get("type") == "begin" and r.get("op") in STAGES_TEMP and r["step"] not in done:
-            if os.path.lexists(r["tmp"]):
-                j.append({"type": "cleanup", "path": r["tmp"], "of_step": r["step"]})
-                os.unlink(r["tmp"])
+    steps = group_steps(records)
+    for b in steps.begins:
+        if b.op in STAGES_TEMP and b.step not in steps.done and b.step not in steps.failed:
+            if b.tmp is not None and os.path.lexists(b.tmp):
+                j.append(Cleanup(b.tmp, b.step))
+                os.unlink(b.tmp)

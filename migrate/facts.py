@@ -432,19 +432,19 @@ def interrupted_placements(facts: Facts):
     files are in the store because of that run, not deduplication (None without one)."""
     from migrate.errors import BadLog
     from migrate.execute import find_interrupted
-    from migrate.journal import group_steps, read_log
+    from migrate.journal import load_log
+    from migrate.records import group_steps
     from migrate.steps import STORES_SOURCE
     try:
         log = find_interrupted(facts.target, [s.root for s in facts.sources], facts.yaml_path)
         if log is None:
             return None
-        records = read_log(log)[0]
+        records = load_log(log)
     except (OSError, BadLog):
         return None
     steps = group_steps(records)
-    placed = tuple(sorted(b["dst"] for b in steps.begins if b.get("dst") and b["step"] in steps.done
-                          and b.get("op") in STORES_SOURCE))
-    return (records[0].get("run", ""), placed)
+    placed = tuple(sorted(b.dst for b in steps.begins if b.dst and b.step in steps.done and b.op in STORES_SOURCE))
+    return (getattr(records[0], "run", ""), placed)
 
 
 def path_fact(path: str) -> PathFact:

@@ -14,6 +14,7 @@ import posixpath
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from migrate.model import Action, ActionKind, Plan
+from migrate.records import Header, Keep, Names, Record, group_steps, last
 from migrate.steps import PLACES_FILE, REMOVES_SOURCE, STORES_SOURCE, Op
 
 PLACED = (ActionKind.MOVE, ActionKind.LINK, ActionKind.COPY, ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT)
@@ -61,7 +62,7 @@ def plan_changes(confirmed: Plan, fresh: Plan) -> Tuple[List[str], List[str]]:
     return matters, notes
 
 
-def relied_paths(records: Sequence[dict]) -> Set[str]:
+def relied_paths(records: Sequence[Record]) -> Set[str]:
     """Stored paths a run relies on without having placed them itself.
 
     Its removed or quarantined sources whose content it trusted to a stored copy (`stored`), and
@@ -69,34 +70,28 @@ def relied_paths(records: Sequence[dict]) -> Set[str]:
     the run made its own hardlink of the stored copy (a done dedupe), that name keeps the content
     whatever happens to the other one: no reliance.
     """
-    done = {r.get("step") for r in records if r.get("type") == "done"}
-    own_links = {r.get("dst") for r in records if r.get("type") == "begin" and r.get("op") == Op.DEDUPE
-                 and r.get("step") in done}
+    steps = group_steps(records)
+    own_links = {b.dst for b in steps.begins if b.op is Op.DEDUPE and b.step in steps.done}
     out: Set[str] = set()
-    for r in records:
-        if r.get("type") != "begin":
-            continue
-        op = r.get("op")
-        if op in REMOVES_SOURCE:
-            p = r.get("stored") or r.get("dst")
-            if isinstance(p, str) and r.get("dst") not in own_links:
+    for b in steps.begins:
+        if b.op in REMOVES_SOURCE:
+            p = b.home
+            if isinstance(p, str) and b.dst not in own_links:
                 out.add(p)
-        elif op == Op.SYMLINK and isinstance(r.get("dst"), str) and isinstance(r.get("to"), str):
-            out.add(posixpath.normpath(posixpath.join(posixpath.dirname(r["dst"]), r["to"])))
+        elif b.op is Op.SYMLINK and isinstance(b.dst, str) and isinstance(b.to, str):
+            out.add(posixpath.normpath(posixpath.join(posixpath.dirname(b.dst), b.to)))
     return out
 
 
-def placed_by(records: Sequence[dict]) -> Set[str]:
+def placed_by(records: Sequence[Record]) -> Set[str]:
     """Target paths this run itself put there (its own names, not reliance on others'). A step
     logged as failed put nothing there (one atomic call; a copy may have, when its last fsync failed),
     nor did one marked `unplaced` (rollback.settle: begun, never finished, and the name does not hold
     the file it would have put there; e.g. the pod was killed before the call and another pod's file
     took the name, which this run, continued, then trusted: reliance, not its own file)."""
-    failed = {r.get("step") for r in records if r.get("type") == "fail"}
-    unplaced = {r.get("step") for r in records if r.get("type") == "unplaced"}
-    return {r["dst"] for r in records if r.get("type") == "begin"
-            and r.get("op") in PLACES_FILE and isinstance(r.get("dst"), str)
-            and (r.get("step") not in failed or Op(r["op"]).may_act_failed) and r.get("step") not in unplaced}
+    steps = group_steps(records)
+    return {b.dst for b in steps.begins if b.op in PLACES_FILE and isinstance(b.dst, str)
+            and (b.step not in steps.failed or b.op.may_act_failed) and b.step not in steps.unplaced}
 
 
 def store_rel(path: str, target: str) -> Optional[str]:
@@ -106,7 +101,12 @@ def store_rel(path: str, target: str) -> Optional[str]:
     return path[len(root):] if isinstance(path, str) and path.startswith(root) else None
 
 
-def reliance(runs: Iterable[Tuple[str, Sequence[dict]]], run_id: str) -> Dict[str, List[str]]:
+def _target(records: Sequence[Record]) -> str:
+    """The store's path as the run logged it (its header's)."""
+    return records[0].target if records and isinstance(records[0], Header) else ""
+
+
+def reliance(runs: Iterable[Tuple[str, Sequence[Record]]], run_id: str) -> Dict[str, List[str]]:
     """Store-relative path -> the other runs (not rolled back) relying on it, for the rollback of run_id.
 
     runs: (run id, records) of every run in the target that is not rolled back. Paths are taken
@@ -119,7 +119,7 @@ def reliance(runs: Iterable[Tuple[str, Sequence[dict]]], run_id: str) -> Dict[st
     for rid, records in runs:
         if rid == run_id or not records:
             continue
-        target = records[0].get("target") or ""
+        target = _target(records)
         own = placed_by(records)
         for p in sorted(relied_paths(records) - own):
             rel = store_rel(p, target)
@@ -134,30 +134,29 @@ def reliance(runs: Iterable[Tuple[str, Sequence[dict]]], run_id: str) -> Dict[st
     return out
 
 
-def _placed_names(records: Sequence[dict]) -> Dict[str, Tuple[str, str, str]]:
+def _placed_names(records: Sequence[Record]) -> Dict[str, Tuple[str, str, str]]:
     """Store-relative path -> (category, name, digest) of each file a run placed in the store."""
     from migrate.comfy import category_of
-    target = records[0].get("target") or ""
-    done = {r.get("step") for r in records if r.get("type") == "done"}
+    target = _target(records)
+    steps = group_steps(records)
     out: Dict[str, Tuple[str, str, str]] = {}
-    for r in records:
-        if r.get("type") == "begin" and r.get("op") in STORES_SOURCE and r.get("step") in done \
-                and isinstance(r.get("dst"), str) and isinstance(r.get("digest"), str):
-            rel = store_rel(r["dst"], target)
+    for b in steps.begins:
+        if b.op in STORES_SOURCE and b.step in steps.done and isinstance(b.dst, str) and isinstance(b.digest, str):
+            rel = store_rel(b.dst, target)
             if rel is not None and "/" in rel:
                 folder, name = rel.split("/", 1)
-                out[rel] = (category_of(folder)[0], name, r["digest"])
+                out[rel] = (category_of(folder)[0], name, b.digest)
     return out
 
 
-def _names_loaded(records: Sequence[dict]) -> Set[Tuple[str, str, str]]:
+def _names_loaded(records: Sequence[Record]) -> Set[Tuple[str, str, str]]:
     """(category, name, digest) ComfyUI loads after the run for each name it answers for (its `names` record)."""
-    rec = next((r for r in reversed(records) if r.get("type") == "names"), None)
-    return {(n[0], n[1], n[2]) for n in (rec or {}).get("names") or []
+    rec = last(records, Names)
+    return {(n[0], n[1], n[2]) for n in (rec.names if rec is not None else ())
             if isinstance(n, list) and len(n) == 4 and all(isinstance(x, str) for x in n[:3])}
 
 
-def placed_elsewhere(runs: Iterable[Tuple[str, Sequence[dict]]], run_id: str) -> Set[str]:
+def placed_elsewhere(runs: Iterable[Tuple[str, Sequence[Record]]], run_id: str) -> Set[str]:
     """Store-relative names another run (not rolled back) put there itself: never a kept file to
     drop, even if a keep record names the same path (it was dropped and placed anew since, e.g.
     as that run's dedupe link, whose source was removed trusting it)."""
@@ -165,18 +164,20 @@ def placed_elsewhere(runs: Iterable[Tuple[str, Sequence[dict]]], run_id: str) ->
     for rid, records in runs:
         if rid == run_id or not records:
             continue
-        target = records[0].get("target") or ""
+        target = _target(records)
         out |= {rel for rel in (store_rel(p, target) for p in placed_by(records)) if rel is not None}
     return out
 
 
-def droppable(kept: Iterable[dict], records: Sequence[dict], runs: Iterable[Tuple[str, Sequence[dict]]]) -> List[dict]:
+def droppable(kept: Iterable[Keep], records: Sequence[Record], runs: Iterable[Tuple[str, Sequence[Record]]]) -> List[Keep]:
     """Keep records whose file the rollback of this run takes out of the store: kept for it, or
     relied on by it (a later run of the pod that placed it, not named in the record), and neither
     relied on nor placed by any other run still live. One per stored name."""
     runs = list(runs)
-    run_id, target = records[0]["run"], records[0].get("target") or ""
+    head = records[0]
+    assert isinstance(head, Header)
+    run_id, target = head.run, head.target
     mine = {store_rel(p, target) for p in relied_paths(records) - placed_by(records)}
     blocked = set(reliance(runs, run_id)) | placed_elsewhere(runs, run_id)
-    return list({k["rel"]: k for k in kept if isinstance(k.get("rel"), str) and k["rel"] not in blocked
-                 and (run_id in k.get("for", []) or k["rel"] in mine)}.values())
+    return list({k.rel: k for k in kept if isinstance(k.rel, str) and k.rel not in blocked
+                 and (run_id in k.users or k.rel in mine)}.values())

@@ -85,15 +85,15 @@ def weakest(*docs: Optional[Mapping]) -> dict:
     return out
 
 
-def precisions(head, seen: "Optional[Mapping]" = None) -> "Callable[[str], Precision]":
+def precisions(heads, seen: "Optional[Mapping]" = None) -> "Callable[[str], Precision]":
     """path -> the precision of its filesystem: the weakest of what the run's header and every resume
-    record of a continued run recorded for its root (each its own probe), and of `seen` (root ->
-    the facts the store remembers and a probe at rollback time found: see fsops.remember_weakest).
-    `head`: the header record, or all the run's records. A log of an earlier version has none: exact."""
-    heads = [r for r in head if r.get("type") in ("header", "resume")] if isinstance(head, list) else [head]
+    record of a continued run recorded for its root (each its own probe: their `fs`), and of `seen`
+    (root -> the facts the store remembers and a probe at rollback time found: see
+    fsops.remember_weakest). `heads`: the run's records (records.Header, records.Resume; others have
+    no `fs`). A log of an earlier version has none: exact."""
     fs: dict = {}
-    for h in heads + [{"fs": seen or {}}]:
-        for root, doc in (h.get("fs") if isinstance(h.get("fs"), Mapping) else {}).items():
+    for doc_of in [getattr(h, "fs", None) for h in heads] + [seen or {}]:
+        for root, doc in (doc_of if isinstance(doc_of, Mapping) else {}).items():
             if isinstance(root, str) and isinstance(doc, Mapping):
                 fs[root] = weakest(fs.get(root), doc)
     roots = sorted((r for r in fs if isinstance(r, str)), key=len, reverse=True)
@@ -131,24 +131,33 @@ def changes(st: os.stat_result, seen: Observed, p: Precision = EXACT, dev: Dev =
     return tuple(out)
 
 
-def differs(st: os.stat_result, size: int, mtime_ns: int, ino: Optional[int], p: Precision = EXACT) -> str:
-    """'' when stat data says this is the logged file (inode only where inodes are stable), else what
-    differs first: 'inode', 'size' or 'mtime' (`changes` of a logged record: the device not compared)."""
-    found = changes(st, Observed(None, ino, size, mtime_ns), p, Dev.IGNORE)
-    return found[0] if found else ""
-
-
-def same_file(path: str, size: int, mtime_ns: int, ino: Optional[int], digest: Optional[str],
-              p: Precision = EXACT) -> bool:
-    """Is `path` (not followed) still the logged file? Stat first; where inodes or mtimes are not
-    stable a matching stat is confirmed by the digest (another file of the same size is possible)."""
+def same_file(path: str, seen: Observed, p: Precision = EXACT, digest: Optional[str] = None,
+              dev: Dev = Dev.IGNORE) -> bool:
+    """Is `path` (not followed) still the observed regular file? Stat first (`changes`: a logged
+    observation leaves the device out, Dev.IGNORE; an unknown inode or size in `seen` is not compared);
+    where inodes or mtimes are not stable a matching stat is confirmed by the digest (another file of
+    the same size is possible). Content is read only when stat cannot decide (git's ie_modified)."""
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):     # a file where a folder was: not there either
         return False
-    if not stat.S_ISREG(st.st_mode) or changes(st, Observed(None, ino, size, mtime_ns), p, Dev.IGNORE):
+    if not stat.S_ISREG(st.st_mode) or changes(st, seen, p, dev):
         return False
     if (p.stable_inode and p.stable_mtime) or digest is None:     # content is read only when stat cannot decide
         return True
     from migrate.hashing import hash_path
     return hash_path(path) == digest
+
+
+def same_bytes(path: str, digest: Optional[str], size: Optional[int] = None) -> bool:
+    """Does the regular file at `path` (not followed) hold exactly these bytes? Read now, whatever
+    its stat says: where a byte is about to be freed (purge, the undo of a copy) or another file
+    took a name (a source not back as logged), only the content decides. False when nothing is
+    there; OSError when the file is there but cannot be read."""
+    from migrate.hashing import hash_path
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return digest is not None and stat.S_ISREG(st.st_mode) and (size is None or st.st_size == size) \
+        and hash_path(path) == digest

@@ -11,13 +11,14 @@ import errno
 import json
 import os
 import signal
-from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
 import xxhash
 
+from migrate import records as rec_types
 from migrate.errors import BadLog, MigrateError, NoSpace
 from migrate.model import STATE_DIR
+from migrate.records import Record
 
 LOG_VERSION = 1
 RUNS_DIR = "runs"
@@ -68,7 +69,7 @@ class Journal:
         self._ctrl_c_at = _ctrl_c_point()
 
     @classmethod
-    def create(cls, path: str, header: dict, again: str = "", room: Optional[Callable[[], bool]] = None) -> "Journal":
+    def create(cls, path: str, header: Record, again: str = "", room: Optional[Callable[[], bool]] = None) -> "Journal":
         """A new log whose first record is `header`. If that record cannot be written (a full disk),
         the file is removed again: a log holding no complete record did nothing (journal before act),
         and leaving none behind keeps it from being mistaken for a damaged one.
@@ -84,7 +85,7 @@ class Journal:
             fd = os.open(path, flags, 0o644)
         j = cls(path, fd, 0, "", again, room)
         try:
-            j.append(dict(header, type="header", v=LOG_VERSION))
+            j.append(dict(header.to_json(), v=LOG_VERSION))
         except BaseException:
             j.close()
             try:
@@ -101,19 +102,21 @@ class Journal:
 
     @classmethod
     def reopen(cls, path: str, again: str = "", room: Optional[Callable[[], bool]] = None
-               ) -> Tuple["Journal", List[dict], bool]:
-        """Open an existing log to continue it; a torn final line is cut off first."""
-        records, good_bytes, torn = read_log(path)
+               ) -> Tuple["Journal", List[Record], bool]:
+        """Open an existing log to continue it; a torn final line is cut off first. Returns it, its
+        records (typed: records.load) and whether a torn line was cut off."""
+        raw, good_bytes, torn = read_log(path)
+        records = rec_types.load(raw, path)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0))
         if torn:
             os.ftruncate(fd, good_bytes)
             os.fsync(fd)
-        last = records[-1]
-        return cls(path, fd, last["seq"], last["sum"], again, room), records, torn
+        return cls(path, fd, raw[-1]["seq"], raw[-1]["sum"], again, room), records, torn
 
-    def append(self, rec: dict, sync: bool = True) -> dict:
+    def append(self, rec: "Record | dict", sync: bool = True) -> dict:
+        """Append one record (a records.Record, or its JSON), chained and, with `sync`, fsynced."""
         self.seq += 1
-        rec = dict(rec, seq=self.seq, prev=self.prev)
+        rec = dict(rec.to_json() if isinstance(rec, Record) else rec, seq=self.seq, prev=self.prev)
         rec["sum"] = _sum(rec)
         line = _canonical(rec) + b"\n"
         if self._crash_torn and self.seq == self._crash_at:
@@ -207,7 +210,12 @@ def read_log(path: str) -> Tuple[List[dict], int, bool]:
     return records, len(data) - len(lines[-1]), torn
 
 
-def read_begun(path: str) -> Optional[List[dict]]:
+def load_log(path: str) -> List[Record]:
+    """A log's records, its hash chain checked (read_log) and each record typed (records.load)."""
+    return rec_types.load(read_log(path)[0], path)
+
+
+def read_begun(path: str) -> Optional[List[Record]]:
     """The records of a log that may not be there: None when it is missing or holds no complete
     record (its writer was killed, or refused by a full disk, before its first record reached the
     disk; that first record precedes every step, so such a log did nothing). A rollback log like
@@ -216,32 +224,10 @@ def read_begun(path: str) -> Optional[List[dict]]:
     if not os.path.lexists(path):
         return None
     try:
-        return read_log(path)[0]
+        return load_log(path)
     except EmptyLog:
         return None
 
 
 def rollback_log_of(run_log: str) -> str:
     return run_log[:-len(".jsonl")] + ".rollback.jsonl"
-
-
-@dataclass(frozen=True)
-class Steps:
-    """A log's step records grouped: begin record, its done record (if any) and extra records."""
-
-    begins: Tuple[dict, ...]
-    done: dict      # step number -> done record
-    extra: dict     # step number -> list of other step records (staged, fail)
-
-
-def group_steps(records: List[dict]) -> Steps:
-    begins, done, extra = [], {}, {}
-    for r in records:
-        t = r.get("type")
-        if t == "begin":
-            begins.append(r)
-        elif t == "done":
-            done[r["step"]] = r
-        elif t in ("staged", "fail"):
-            extra.setdefault(r["step"], []).append(r)
-    return Steps(tuple(begins), done, extra)

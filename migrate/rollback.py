@@ -21,80 +21,138 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from migrate import __version__, fsops, identity
 from migrate.errors import BadLog
 from migrate.fleet import store_rel
-from migrate.hashing import hash_bytes, hash_path
-from migrate.journal import EmptyLog, Journal, group_steps, read_begun, read_log, rollback_log_of, run_logs
+from migrate.hashing import hash_bytes
+from migrate.identity import Observed, Precision
+from migrate.journal import EmptyLog, Journal, load_log, read_begun, read_log, rollback_log_of, run_logs
 from migrate.model import STATE_DIR, Problem
+from migrate.records import (DirTimes, Done, Header, Keep, Links, Record, RbClose, RbHeader, RbResume, Restored, Resume, Other,
+                             Skip, Staged, Step, Stopped, Swept, UndoBegin, UndoDone, Unplaced, Close, group_steps, heads)
 from migrate.scan import TEMP_MARK, temp_name
 from migrate.steps import PLACES, PLACES_FILE, REMOVES_SOURCE, Op
 
 PATH_FIELDS = ("src", "dst", "tmp", "q", "stored", "path")
+Twins = Dict[Tuple[Optional[int], Optional[int]], List[str]]
 
 
 @dataclass(frozen=True)
 class Undo:
-    op: str            # the forward op being undone
-    step: int
-    rec: dict          # the begin record, merged with its done/staged records
-    finished: bool     # the forward step was confirmed done
+    """The undo of one step: its begin record, its done and staged records (None where the log has
+    none), and the precision of the filesystems its source and its stored name are on."""
+
+    rec: Step
+    done: Optional[Done] = None
+    staged: Optional[Staged] = None
+    p_src: Precision = identity.EXACT     # the source's filesystem (its name, its quarantine name)
+    p_dst: Precision = identity.EXACT     # the store's
+
+    @property
+    def op(self):
+        """The forward op being undone (steps.Op; the logged text for an op this version does not know)."""
+        return self.rec.op
+
+    @property
+    def step(self) -> int:
+        return self.rec.step
+
+    @property
+    def finished(self) -> bool:
+        """The forward step was confirmed done."""
+        return self.done is not None
+
+    @property
+    def source(self) -> Observed:
+        """The source as the run observed it (its inode, size and mtime as scanned)."""
+        return self.rec.source
+
+    @property
+    def placed_ino(self) -> Optional[int]:
+        """The inode of the file this step put at its `dst` (records.Steps.placed_ino)."""
+        op = self.rec.known
+        if op is None or not op.places_file:
+            return None
+        if op.keeps_source_ino:
+            return self.rec.src_ino
+        if op is Op.DEDUPE:
+            return self.rec.stored_ino
+        return (self.done.dst_ino if self.done else None) or (self.staged.tmp_ino if self.staged else None)
+
+    @property
+    def placed(self) -> Observed:
+        """The file at `dst` as the run left it: the inode it put there, the source's size, and the
+        destination's own mtime observed after its publish where logged (a copy on MooseFS keeps whole
+        seconds of the source's nanoseconds), else the source's."""
+        mtime = self.done.dst_mtime_ns if self.done is not None and self.done.dst_mtime_ns is not None \
+            else self.rec.mtime_ns
+        return Observed(None, self.placed_ino, self.rec.size, mtime)
 
     def describe(self) -> str:
-        op = Op.of({"op": self.op})
-        return op.describe_undo(self.rec) if op is not None else self.op
+        op = self.rec.known
+        return op.describe_undo(self.rec.to_json()) if op is not None else str(self.op)
 
 
-def check_log(records: Sequence[dict], path: str) -> None:
+def _field(rec: Record, name: str):
+    """A record's field by its name in the log (a record of a kind this version does not know: its JSON)."""
+    return rec.raw.get(name) if isinstance(rec, Other) else getattr(rec, name, None)
+
+
+def check_log(records: Sequence[Record], path: str) -> None:
     """Refuse a log whose paths fall outside the roots its header names."""
     head = records[0]
-    roots = [head.get("target")] + list(head.get("sources") or [])
+    assert isinstance(head, Header)
+    roots = [head.target] + list(head.sources)
     if not all(isinstance(r, str) and posixpath.isabs(r) for r in roots):
         raise BadLog(f"{path}: line 1: the header's roots are not absolute paths", "restore the original log")
+    yaml_dirs: set = set()
     for i, rec in enumerate(records, 1):
-        for f in PATH_FIELDS:
-            p = rec.get(f)
-            if p is None or rec.get("type") in ("header", "resume"):
+        if isinstance(rec, (Header, Resume)):
+            # The YAML's folder, and the folder of the file behind it when it is a symlink (written
+            # through the link), as the header (or a continued run's resume record) names them.
+            yaml_dirs |= {posixpath.dirname(p) for p in (rec.yaml, rec.yaml_real)
+                          if isinstance(p, str) and posixpath.isabs(p)}
+            continue
+        for f in PATH_FIELDS:       # every record's paths, also of kinds this version does not know
+            p = _field(rec, f)
+            if p is None:
                 continue
-            if f == "path" and rec.get("op") == Op.YAML and p == head.get("yaml"):
+            if f == "path" and isinstance(rec, Step) and rec.op is Op.YAML and p == head.yaml:
                 continue
             if not isinstance(p, str) or posixpath.normpath(p) != p or not any(
                     p.startswith(r.rstrip("/") + "/") for r in roots):
                 raise BadLog(f"{path}: line {i}: {f} {p!r} is outside the run's source and target folders",
                              "the log was edited; restore the original")
-        if rec.get("type") == "links":
-            tgt = head["target"].rstrip("/") + "/"
-            for d, to in (rec.get("dirs") or {}).items():
+        if isinstance(rec, Links):
+            tgt = head.target.rstrip("/") + "/"
+            for d, to in rec.dirs.items():
                 if not isinstance(d, str) or posixpath.normpath(d) != d or not d.startswith(tgt) or not isinstance(to, str):
                     raise BadLog(f"{path}: line {i}: symlinked folder {d!r} is outside the run's target",
                                  "the log was edited; restore the original")
-        if rec.get("type") == "dirtimes":
-            # The YAML's folder, and the folder of the file behind it when it is a symlink (written
-            # through the link), as the header (or a continued run's resume record) names them.
-            yaml_dirs = {posixpath.dirname(h[k]) for h in records[:i] if h.get("type") in ("header", "resume")
-                         for k in ("yaml", "yaml_real") if isinstance(h.get(k), str) and posixpath.isabs(h[k])}
-            for d, ns in (rec.get("dirs") or {}).items():
+        if isinstance(rec, DirTimes):
+            for d, ns in rec.dirs.items():
                 if posixpath.normpath(d) != d or not isinstance(ns, int) or not (d in yaml_dirs or any(
                         d == r or d.startswith(r.rstrip("/") + "/") for r in roots)):
                     raise BadLog(f"{path}: line {i}: folder {d!r} is outside the run's source and target "
                                  "folders", "the log was edited; restore the original")
-        before = rec.get("before")
+        before = _field(rec, "before")
         if before is not None and not (isinstance(before, str) and posixpath.normpath(before) == before and
-                                       before.startswith(posixpath.join(head["target"], STATE_DIR) + "/")):
+                                       before.startswith(posixpath.join(head.target, STATE_DIR) + "/")):
             raise BadLog(f"{path}: line {i}: YAML pre-image {before!r} is outside the state folder",
                          "the log was edited; restore the original")
 
 
-def store_facts(target: str, records: Sequence[dict]) -> Tuple[dict, Dict[str, dict]]:
+def store_facts(target: str, records: Sequence[Record]) -> Tuple[dict, Dict[str, dict]]:
     """What the store's filesystem does now, no stronger than what it remembers (fsops.seen_facts),
     and that record for each of the run's roots on the store's filesystem (plan_rollback's `seen`):
     the store is probed again here, as every plan probes it, since one probe can be lucky."""
     fresh = fsops.fs_doc(fsops.probe_fs(target))
     merged = identity.weakest(fsops.seen_facts(target), fresh)
     head = records[0]
+    assert isinstance(head, Header)
     try:
         dev = os.stat(target).st_dev
     except OSError:
         return merged, {}
     out: Dict[str, dict] = {}
-    for root in [head.get("target")] + list(head.get("sources") or []):
+    for root in [head.target] + list(head.sources):
         try:
             if isinstance(root, str) and os.stat(root).st_dev == dev:
                 out[root] = merged
@@ -103,27 +161,16 @@ def store_facts(target: str, records: Sequence[dict]) -> Tuple[dict, Dict[str, d
     return merged, out
 
 
-def plan_rollback(records: Sequence[dict], seen: Optional[Dict[str, dict]] = None) -> List[Undo]:
+def plan_rollback(records: Sequence[Record], seen: Optional[Dict[str, dict]] = None) -> List[Undo]:
     """`seen`: root -> filesystem facts weaker than the run recorded (see identity.precisions)."""
-    steps = group_steps(list(records))
-    prec = identity.precisions(list(records), seen) if records else (lambda p: identity.EXACT)
+    steps = group_steps(records)
+    prec = identity.precisions(heads(records), seen)
     undos = []
     for b in reversed(steps.begins):
-        rec = dict(b)
-        for side, f in (("_p_src", "src"), ("_p_dst", "dst"), ("_p_src", "q")):
-            if isinstance(b.get(f), str) and side not in rec:
-                rec[side] = prec(b[f])
-        for extra in steps.extra.get(b["step"], []):
-            if extra["type"] == "staged":
-                rec["tmp_ino"] = extra["tmp_ino"]
-        done = steps.done.get(b["step"])
-        failed = any(e["type"] == "fail" for e in steps.extra.get(b["step"], []))
-        op = Op.of(b)
-        if failed and not done and not (op is not None and op.may_act_failed):
+        done = steps.done.get(b.step)
+        if b.step in steps.failed and not done and not (b.known is not None and b.known.may_act_failed):
             continue    # a failed step changed nothing (each is one atomic call)
-        if done:
-            rec.update({k: v for k, v in done.items() if k not in ("type", "seq", "prev", "sum")})
-        undos.append(Undo(b["op"], b["step"], rec, done is not None))
+        undos.append(Undo(b, done, steps.staged.get(b.step), prec(b.src or b.q or ""), prec(b.dst or "")))
     # The YAML goes back last, and only once every source it serves is back (see `stranded`): until
     # then its section keeps each name loading from the store.
     return [u for u in undos if u.op != Op.YAML] + [u for u in undos if u.op == Op.YAML]
@@ -146,53 +193,43 @@ def _safe(root_of: Callable[[str], Optional[str]], path: str, links: Optional[Di
             return      # nothing of the run's is below a missing folder, or below a file
 
 
-def run_links(records: Sequence[dict]) -> Dict[str, str]:
+def run_links(records: Sequence[Record]) -> Dict[str, str]:
     """The symlinked folders the run journalled before its first step (and a continued run's first)."""
     out: Dict[str, str] = {}
     for rec in records:
-        if rec.get("type") == "links":
-            for d, to in (rec.get("dirs") or {}).items():
+        if isinstance(rec, Links):
+            for d, to in rec.dirs.items():
                 out.setdefault(d, to)
     return out
 
 
-def _as_logged(path: str, r: dict, side: str = "src") -> bool:
+def _as_logged(path: str, seen: Observed, p: Precision = identity.EXACT) -> bool:
     """Size and mtime still those the run observed (an in-place rewrite keeps the inode, not these), at
-    the precision of the path's filesystem: on the store's side ('dst') the destination's own stat
-    logged after its publish (a copy on MooseFS keeps whole seconds of the source's nanoseconds)."""
-    st = os.lstat(path)
-    want = r.get("dst_mtime_ns", r["mtime_ns"]) if side == "dst" else r["mtime_ns"]
-    return not identity.differs(st, r["size"], want, None, r.get("_p_" + side, identity.EXACT))
+    the precision of the path's filesystem (the inode is another question: `_is_logged_file`)."""
+    return not identity.changes(os.lstat(path), seen._replace(dev=None, ino=None), p, identity.Dev.IGNORE)
 
 
-def _is_logged_file(path: str, r: dict, side: str, dev_ino: Optional[Tuple[int, int]]) -> bool:
+def _is_logged_file(path: str, seen: Observed, p: Precision, digest: Optional[str]) -> bool:
     """`path` is the file the run logged: its inode where the filesystem keeps inodes stable, else
     size + mtime + digest (identity.same_file), and in both cases size and mtime at its precision."""
-    p = r.get("_p_" + side, identity.EXACT)
-    if p.stable_inode:
-        return dev_ino is not None and _ino(path) == dev_ino and _as_logged(path, r, side)
-    want = r.get("dst_mtime_ns", r["mtime_ns"]) if side == "dst" else r["mtime_ns"]
-    return identity.same_file(path, r["size"], want, None, r.get("digest"), p)
+    return identity.same_file(path, seen, p, digest)
 
 
-def _src_holds(r: dict) -> bool:
+def _src_holds(u: Undo) -> bool:
     """The old name holds the logged content again: the logged file itself, or a regular file with
     the logged digest (re-hashed: only reached when another file took the name)."""
+    r = u.rec
+    assert r.src is not None
+    return _is_logged_file(r.src, u.source, u.p_src, r.digest) or identity.same_bytes(r.src, r.digest, r.size)
+
+
+def _there(path: Optional[str]) -> bool:
+    """Something is at `path` (not followed); a file where a folder was: not there."""
     try:
-        st = os.lstat(r["src"])
+        os.lstat(path or "")
+        return True
     except (FileNotFoundError, NotADirectoryError):
         return False
-    if _is_logged_file(r["src"], r, "src", (r["dev"], r["ino"])):
-        return True
-    return stat.S_ISREG(st.st_mode) and st.st_size == r["size"] and hash_path(r["src"]) == r["digest"]
-
-
-def _ino(path: str) -> Optional[Tuple[int, int]]:
-    try:
-        st = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):     # a file where a folder was: not there either
-        return None
-    return st.st_dev, st.st_ino
 
 
 @dataclass
@@ -207,10 +244,10 @@ class RollbackReport:
                                                              # YAML's section stays so their names load
 
 
-def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
+def execute_rollback(log_path: str, records: List[Record], undos: List[Undo],
                      on_bytes: Optional[Callable[[int], None]] = None,
                      relied: Optional[Dict[str, List[str]]] = None, shared: bool = False,
-                     handed: Sequence[dict] = (), before_close: Optional[Callable[[], None]] = None,
+                     handed: Sequence[Keep] = (), before_close: Optional[Callable[[], None]] = None,
                      left_folders: Sequence[str] = ()) -> RollbackReport:
     """Apply `undos` (journalled). `relied`: store-relative path -> other runs relying on it (fleet.reliance);
     such a file stays in the store (its source name is recreated) instead of being removed.
@@ -220,7 +257,8 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
     `before_close`: called before the closing record (execute_plan's)."""
     relied = relied or {}
     head = records[0]
-    roots = [head["target"]] + list(head["sources"])
+    assert isinstance(head, Header)
+    roots = [head.target] + list(head.sources)
 
     def root_of(p: str) -> Optional[str]:
         return next((r for r in roots if p.startswith(r.rstrip("/") + "/")), None)
@@ -237,50 +275,50 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
         j, rb_records, _ = Journal.reopen(rb_path, again, room)
         # A step skipped before is tried again (every undo is idempotent): a rollback closed as
         # incomplete (a source not back, the YAML kept) is finished by running it again.
-        skipped_before = {r["undo"] for r in rb_records if r.get("type") == "skip"}
-        done_before = {r["undo"] for r in rb_records if r.get("type") == "done"} - skipped_before
-        j.append({"type": "resume", "pid": os.getpid(), "host": socket.gethostname()})
-        report = RollbackReport(head["run"], rb_path, resumed=True)
+        skipped_before = {r.undo for r in rb_records if isinstance(r, Skip)}
+        done_before = {r.undo for r in rb_records if isinstance(r, UndoDone)} - skipped_before
+        j.append(RbResume(os.getpid(), socket.gethostname()))
+        report = RollbackReport(head.run, rb_path, resumed=True)
     else:
         # None, or one holding no complete record: an earlier rollback killed (or refused by a full
         # disk) before its first record reached the disk, so before its first undo. It did nothing;
         # we hold the lock, so no rollback is writing it now: it goes, and this one starts afresh.
         dropped = _drop_unbegun(rb_path)
-        j = Journal.create(rb_path, {"run": head["run"], "rollback_of": os.path.basename(log_path),
-                                     "tool": __version__, "host": socket.gethostname(),
-                                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                     "log_tail": records[-1]["sum"],
-                                     **({"unbegun_log_dropped": dropped} if dropped is not None else {})},
+        log_tail = read_log(log_path)[0][-1]["sum"]     # the run log as it was undone (its chain's end)
+        j = Journal.create(rb_path, RbHeader(run=head.run, rollback_of=os.path.basename(log_path), tool=__version__,
+                                             host=socket.gethostname(),
+                                             time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                             log_tail=log_tail, unbegun_log_dropped=dropped),
                            again, room)
-        report = RollbackReport(head["run"], rb_path)
+        report = RollbackReport(head.run, rb_path)
 
     def drop_handed() -> None:
         for k in handed:
-            k = dict(k, path=posixpath.join(head["target"], k["rel"]))    # where this pod mounts the store
-            step = f"drop:{k['rel']}"
+            path = posixpath.join(head.target, k.rel or "")    # where this pod mounts the store
+            step = f"drop:{k.rel}"
             if step in done_before:
                 continue
-            j.append({"type": "begin", "undo": step, "op": Op.DROP_KEPT.value, "path": k["path"]})
+            j.append(UndoBegin(step, Op.DROP_KEPT.value, path))
             try:
-                _safe(root_of, k["path"], links)
-                note = _drop_kept(k, records)
+                _safe(root_of, path, links)
+                note = _drop_kept(k, path, records)
             except OSError as exc:
                 note = fsops.describe(exc)
             if note:
-                report.kept.append(Problem(k["path"], f"left in the store: {note}"))
-                j.append({"type": "skip", "undo": step, "why": note})
-            j.append({"type": "done", "undo": step})
+                report.kept.append(Problem(path, f"left in the store: {note}"))
+                j.append(Skip(step, note))
+            j.append(UndoDone(step))
 
     # Source names that were one inode before the run come back as one inode: logged (dev, ino) ->
     # the names of it restored by this rollback (see _restore_twin).
-    twins: Dict[Tuple[int, int], List[str]] = {}
-    in_store = head["target"].rstrip("/") + "/"
+    twins: Twins = {}
+    in_store = head.target.rstrip("/") + "/"
     # Kept files leave once this run's sources are back (every source removal undone: a continued
     # run has some before and some after its resume), before the store folders made since are
     # removed: those may hold nothing else.
     last_removal = max((i for i, u in enumerate(undos) if u.op in REMOVES_SOURCE), default=-1)
     first_dir = next((i for i, u in enumerate(undos) if i > last_removal and u.op == Op.MKDIR
-                      and u.rec["path"].startswith(in_store)), len(undos))
+                      and (u.rec.path or "").startswith(in_store)), len(undos))
     try:
         for i, u in enumerate(undos):
             if i == first_dir:
@@ -289,19 +327,19 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                 continue
             if u.op == Op.YAML and not report.stranded:
                 report.stranded = stranded(records)
-            j.append({"type": "begin", "undo": u.step, "op": u.op})
+            j.append(UndoBegin(u.step, str(u.op)))
             try:
                 for f in PATH_FIELDS:
-                    if isinstance(u.rec.get(f), str) and u.rec.get("op") != Op.YAML:
-                        _safe(root_of, u.rec[f], links)
-                users = users_of(u, relied, head["target"])
+                    if isinstance(getattr(u.rec, f), str) and u.op != Op.YAML:
+                        _safe(root_of, getattr(u.rec, f), links)
+                users = users_of(u, relied, head.target)
                 if users:
                     note = _keep(u, on_bytes)
                     if not note:
-                        j.append({"type": "keep", "undo": u.step, "path": u.rec["dst"], "for": users,
-                                  "rel": store_rel(u.rec["dst"], head["target"]),
-                                  "digest": u.rec.get("digest"), "size": u.rec.get("size")})
-                        report.kept.append(Problem(u.rec["dst"], "kept in the store: run(s) "
+                        dst = u.rec.dst or ""
+                        j.append(Keep(u.step, dst, tuple(users), store_rel(dst, head.target), u.rec.digest,
+                                      u.rec.size))
+                        report.kept.append(Problem(dst, "kept in the store: run(s) "
                                                    f"{', '.join(users)} rely on it"))
                 elif u.op == Op.YAML and report.stranded:
                     note = (f"{len(report.stranded)} model file(s) are not back in the pod (e.g. "
@@ -310,18 +348,18 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
                 else:
                     said: List[str] = []
                     note = _undo(u, on_bytes, twins, said)
-                    report.kept.extend(Problem(u.rec.get("path") or "", n) for n in said)
-                    if note and shared and u.op == Op.MKDIR and u.rec["path"].startswith(in_store):
+                    report.kept.extend(Problem(u.rec.path or "", n) for n in said)
+                    if note and shared and u.op == Op.MKDIR and (u.rec.path or "").startswith(in_store):
                         note = ""     # other runs' files live there
             except OSError as exc:
                 note = fsops.describe(exc)
             if note:
-                report.skipped.append(Problem(u.rec.get("src") or u.rec.get("dst") or u.rec.get("path", ""),
+                report.skipped.append(Problem(u.rec.src or u.rec.dst or u.rec.path or "",
                                               f"not undone ({u.describe()}): {note}"))
-                j.append({"type": "skip", "undo": u.step, "why": note})
+                j.append(Skip(u.step, note))
             else:
                 report.undone += 1
-            j.append({"type": "done", "undo": u.step})
+            j.append(UndoDone(u.step))
         if first_dir == len(undos):
             drop_handed()
         # Store folders that rolled-back runs made but could not remove then (another pod's files
@@ -335,46 +373,44 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
             except OSError:
                 continue
         if swept:
-            j.append({"type": "swept", "folders": swept})
+            j.append(Swept(tuple(swept)))
         for root in roots:      # scratch folders of a probe killed mid-way (a plan's, not in any log)
             fsops.sweep_probes(root)
-        fsops.sweep_leftovers(state, [head.get("yaml"), head.get("yaml_real")])     # before the folder times
-        j.append({"type": "dirtimes", "restored": _restore_dir_times(records)})
+        fsops.sweep_leftovers(state, [head.yaml, head.yaml_real])     # before the folder times
+        j.append(Restored(_restore_dir_times(records)))
         if not report.stranded:
             report.stranded = stranded(records)
         if before_close is not None:
             before_close()
-        j.append({"type": "close", "undone": report.undone, "skipped": len(report.skipped),
-                  **({"incomplete": len(report.stranded)} if report.stranded else {})})
+        j.append(RbClose(report.undone, len(report.skipped), len(report.stranded) or None))
     finally:
         j.close()
     return report
 
 
-def stranded(records: Sequence[dict]) -> List[Problem]:
+def stranded(records: Sequence[Record]) -> List[Problem]:
     """Sources the run took away that are not back at their names while the store still holds their
     content (a copy back that failed): ComfyUI finds them only through the YAML's section. Steps
     that never happened left their source in place, so they count only where the source is gone."""
     out: List[Problem] = []
     for r in records:
-        op = Op.of(r) if r.get("type") == "begin" else None
+        op = r.known if isinstance(r, Step) else None
         if op is None or not op.returns_source:
             continue
-        src = r.get("src")
+        src = r.src
         if not isinstance(src, str) or os.path.lexists(src):
             continue
-        held = next((h for h in ([r.get("dst")] if op is Op.RENAME else _holders(r))
+        held = next((h for h in ([r.dst] if op is Op.RENAME else _holders(r))
                      if isinstance(h, str) and _holds(h, r)), None)
         if held is not None and src not in {p.path for p in out}:
             out.append(Problem(src, f"not back; its content is only in the store at {held}"))
     return out
 
 
-def _holds(path: str, r: dict) -> bool:
+def _holds(path: str, r: Step) -> bool:
     """A regular file at `path` with the logged size and digest (read: only for a source not back)."""
     try:
-        st = os.lstat(path)
-        return stat.S_ISREG(st.st_mode) and st.st_size == r.get("size") and hash_path(path) == r.get("digest")
+        return identity.same_bytes(path, r.digest, r.size)
     except OSError:
         return False
 
@@ -418,8 +454,7 @@ def _unmerge_yaml(path: str, cur: bytes, before: Optional[bytes], notes: List[st
     return ""
 
 
-def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] = None,
-          notes: Optional[List[str]] = None) -> str:
+def _undo(u: Undo, on_bytes, twins: Optional[Twins] = None, notes: Optional[List[str]] = None) -> str:
     """Apply one inverse step. Returns '' when done (or nothing was needed), else why it was skipped.
     `twins`: names restored so far per logged source inode (hardlinks come back as hardlinks).
     `notes`: what a step did other than as logged (a YAML edited since: only our section removed)."""
@@ -431,10 +466,10 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
     return undo(u, r, on_bytes, twins, notes) if undo is not None else f"unknown step kind {op!r}"
 
 
-def _undo_mkdir(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+def _undo_mkdir(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> str:
     """Remove a folder the run made, if nothing was added to it since."""
     try:
-        os.rmdir(r["path"])
+        os.rmdir(r.path or "")
     except (FileNotFoundError, NotADirectoryError):
         pass        # gone, or a file of someone else's took its place: not ours to remove
     except OSError as exc:
@@ -444,85 +479,96 @@ def _undo_mkdir(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[st
     return ""
 
 
-def _undo_link(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+def _holds_ino(path: Optional[str], ino: Optional[int]) -> bool:
+    """`path` (not followed) is the logged inode `ino` (a logged observation: the device is not
+    compared, identity.Dev.IGNORE). False when nothing is there or no inode was logged."""
+    try:
+        st = os.lstat(path or "")
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return ino is not None and not identity.changes(st, Observed(None, ino, None, None), identity.EXACT,
+                                                    identity.Dev.IGNORE)
+
+
+def _undo_link(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> str:
     """Remove a hardlink the run made (link: the source's, or moved back when the source is gone; dedupe: the stored copy's)."""
     op = u.op
-    dst = r["dst"]
-    want = (r["dev"], r["ino"]) if op == Op.LINK else (r["stored_dev"], r["stored_ino"])
-    cur = _ino(dst)
-    if cur is None or _never_made(u):
+    dst = r.dst or ""
+    if not _there(dst) or _never_made(u):
         return ""
-    stable = r.get("_p_dst", identity.EXACT).stable_inode
-    if stable and cur != want:
+    stable = u.p_dst.stable_inode
+    if stable and not _holds_ino(dst, r.src_ino if op == Op.LINK else r.stored_ino):
         return "the target file was replaced since the run; left in place"
-    if op == Op.LINK and not (_as_logged(dst, r, "dst") if stable else _is_logged_file(dst, r, "dst", None)):
+    if op == Op.LINK and not (_as_logged(dst, u.placed, u.p_dst) if stable else
+                              _is_logged_file(dst, u.placed, u.p_dst, r.digest)):
         return "the target file was changed since the run; left in place"
-    if op == Op.LINK and _ino(r["src"]) is None:
-        fsops.rename_noreplace(dst, r["src"])
+    if op == Op.LINK and not _there(r.src):
+        fsops.rename_noreplace(dst, r.src)
         return ""
-    if os.lstat(dst).st_nlink < 2 and not _src_holds(r):
-        return f"another file now has the old name {r['src']}: this copy is the original's last; kept"
+    if os.lstat(dst).st_nlink < 2 and not _src_holds(u):
+        return f"another file now has the old name {r.src}: this copy is the original's last; kept"
     os.unlink(dst)
     return ""
 
 
-def _undo_symlink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+def _undo_symlink(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> str:
     """Remove a symlink the run made to the stored copy, if it still says what the run wrote."""
-    dst = r["dst"]
-    if os.path.islink(dst) and os.readlink(dst) == r["to"]:
+    dst = r.dst or ""
+    if os.path.islink(dst) and os.readlink(dst) == r.to:
         os.unlink(dst)
     return ""
 
 
-def _undo_rename(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+def _undo_rename(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> str:
     """Move a renamed source back, if the stored file is still the one the run moved."""
     if _never_made(u):
         return ""
-    cur = _ino(r["dst"])
-    if cur is None or _ino(r["src"]) is not None:
-        return "" if cur is None else "both names exist; left in place"
-    stable = r.get("_p_dst", identity.EXACT).stable_inode
-    if stable and cur != (r["dev"], r.get("dst_ino", r["ino"])):
+    dst, src = r.dst or "", r.src or ""
+    if not _there(dst) or _there(src):
+        return "" if not _there(dst) else "both names exist; left in place"
+    stable = u.p_dst.stable_inode
+    # its inode as observed after the rename (where logged), else the source's
+    if stable and not _holds_ino(dst, u.done.dst_ino if u.done is not None and u.done.dst_ino is not None
+                                 else r.src_ino):
         return "the target file was replaced since the run; left in place"
-    if not (_as_logged(r["dst"], r, "dst") if stable else _is_logged_file(r["dst"], r, "dst", None)):
+    if not (_as_logged(dst, u.placed, u.p_dst) if stable else _is_logged_file(dst, u.placed, u.p_dst, r.digest)):
         return "the target file was changed since the run; left in place"
-    os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-    fsops.rename_noreplace(r["dst"], r["src"])
+    os.makedirs(os.path.dirname(src), exist_ok=True)
+    fsops.rename_noreplace(dst, src)
     return ""
 
 
-def _undo_copy(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+def _undo_copy(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> str:
     """Remove a copy the run made, once its bytes are proven the run's (the source restored first if it is gone)."""
-    tmp = r.get("tmp")
+    tmp = r.tmp
     if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
         os.unlink(tmp)
-    ino = r.get("dst_ino") or r.get("tmp_ino")
-    dst = r["dst"]
-    cur = _ino(dst)
-    if cur is None or ino is None or _never_made(u):
+    ino = u.placed_ino
+    dst = r.dst or ""
+    if not _there(dst) or ino is None or _never_made(u):
         return ""
-    if r.get("_p_dst", identity.EXACT).stable_inode and cur[1] != ino:
+    if u.p_dst.stable_inode and not _holds_ino(dst, ino):
         return "the target file was replaced since the run; left in place"
     # This undo deletes the copy: first prove it holds exactly the bytes the run copied.
-    if not _as_logged(dst, r, "dst") or hash_path(dst) != r["digest"]:
+    if not _as_logged(dst, u.placed, u.p_dst) or not identity.same_bytes(dst, r.digest):
         return "the target copy was changed since the run; left in place"
-    if _ino(r["src"]) is None:
+    if not _there(r.src):
         # The source is gone for good (its quarantine was purged): copy back, verify, then remove.
         if not _restore_from(dst, r, on_bytes):
             return "could not restore the source from the target copy; both kept"
-    elif os.lstat(dst).st_nlink < 2 and not _src_holds(r):
-        return f"another file now has the old name {r['src']}: this copy may be the original's last; kept"
+    elif os.lstat(dst).st_nlink < 2 and not _src_holds(u):
+        return f"another file now has the old name {r.src}: this copy may be the original's last; kept"
     os.unlink(dst)
     return ""
 
 
-def _undo_yaml(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+def _undo_yaml(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> str:
     """Put extra_model_paths.yaml back (only the comfy-migrate section, if the user edited it since)."""
-    path = fsops.through_link(r["path"])
+    path = fsops.through_link(r.path or "")
     cur = fsops.read_file(path)
-    if r.get("before"):
-        before = fsops.read_file(r["before"])
-        if before is None or hash_bytes(before) != r["before_digest"]:
+    if r.before:
+        before = fsops.read_file(r.before)
+        if before is None or hash_bytes(before) != r.before_digest:
             return "the saved previous YAML is missing or damaged; YAML left as it is"
     else:
         before = None
@@ -530,76 +576,80 @@ def _undo_yaml(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str
         return ""
     if cur is None:
         return "extra_model_paths.yaml was deleted since the run; left so"
-    if hash_bytes(cur) != r["after_digest"]:
+    if hash_bytes(cur) != r.after_digest:
         return _unmerge_yaml(path, cur, before, notes)
     if before is None:
         os.unlink(path)
         fsops.fsync_dir(os.path.dirname(path))
     else:
         fsops.atomic_write(path, before, os.stat(path).st_mode & 0o7777)
-        if r.get("before_mtime_ns"):
-            os.utime(path, ns=(r["before_mtime_ns"], r["before_mtime_ns"]))
+        if r.before_mtime_ns:
+            os.utime(path, ns=(r.before_mtime_ns, r.before_mtime_ns))
     return ""
 
 
-def _undo_unlink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+def _undo_unlink(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> str:
     """Recreate a source name the store held as its inode: a hardlink, else a verified copy."""
-    if _ino(r["src"]) is not None:
+    src = r.src or ""
+    if _there(src):
         return ""
     # The stored copy it trusted, else the run's own name for it (a dedupe link: another
     # pod's rollback may have removed the copy it was made from).
     names = _holders(r)
     for stored in names:
-        if _ino(stored) == (r["dev"], r["ino"]) and _as_logged(stored, r, "dst"):
-            os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-            os.link(stored, r["src"])
+        if _holds_ino(stored, r.src_ino) and _as_logged(stored, u.placed, u.p_dst):
+            os.makedirs(os.path.dirname(src), exist_ok=True)
+            os.link(stored, src)
             return ""
-    if not _restore_twin(r, twins, on_bytes, names):
+    if not _restore_twin(u, twins, on_bytes, names):
         return "the stored copy changed; source not recreated"
     return ""
 
 
-def _undo_quarantine(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+def _undo_quarantine(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> str:
     """Move a source back from quarantine (recreated from a stored copy if it was purged)."""
-    if _ino(r["src"]) is not None:
-        if _ino(r["src"]) == (r["dev"], r["ino"]) or not os.path.lexists(r["q"]):
+    src, q = r.src or "", r.q or ""
+    if _there(src):
+        if _holds_ino(src, r.src_ino) or not os.path.lexists(q):
             return ""
-        return f"another file now has the old name; the original stays in quarantine at {r['q']}"
-    if _is_logged_file(r["q"], r, "src", (r["dev"], r["ino"])) or (
-            _ino(r["q"]) == (r["dev"], r["ino"]) and r.get("_p_src", identity.EXACT).stable_inode):
-        os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-        fsops.rename_noreplace(r["q"], r["src"])
-        twins.setdefault((r["dev"], r["ino"]), []).append(r["src"])
+        return f"another file now has the old name; the original stays in quarantine at {q}"
+    # the logged file: its inode where inodes are stable (its times may have moved in quarantine),
+    # else size + mtime + digest
+    if _holds_ino(q, r.src_ino) if u.p_src.stable_inode else _is_logged_file(q, u.source, u.p_src, r.digest):
+        os.makedirs(os.path.dirname(src), exist_ok=True)
+        fsops.rename_noreplace(q, src)
+        twins.setdefault((r.src_dev, r.src_ino), []).append(src)
         return ""
     # Purged: recreate it from the stored copy with the same digest, mode and mtime.
-    if not _restore_twin(r, twins, on_bytes, _holders(r)):
+    if not _restore_twin(u, twins, on_bytes, _holders(r)):
         return "the quarantined file was purged and no stored copy has its content"
     return ""
 
 
-def _undo_linkback(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+def _undo_linkback(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> str:
     """Remove a link-back symlink, if it still says what the run wrote."""
-    if os.path.islink(r["src"]) and os.readlink(r["src"]) == r["to"]:
-        os.unlink(r["src"])
+    src = r.src or ""
+    if os.path.islink(src) and os.readlink(src) == r.to:
+        os.unlink(src)
     return ""
 
 
-def _undo_relink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
+def _undo_relink(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> str:
     """Point a re-pointed symlink of the sources where it pointed before the run."""
-    tmp = r.get("tmp")
+    tmp = r.tmp
     if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
         os.unlink(tmp)
-    src = r["src"]
-    if not os.path.islink(src) or os.readlink(src) != r["to"]:
-        return "" if os.path.islink(src) and os.readlink(src) == r["old"] else \
+    src = r.src or ""
+    if not os.path.islink(src) or os.readlink(src) != r.to:
+        return "" if os.path.islink(src) and os.readlink(src) == r.old else \
             "the symlink was changed since the run; left as it is"
     back = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}restore")
     if os.path.lexists(back):
         os.unlink(back)
-    os.symlink(r["old"], back)
+    os.symlink(r.old or "", back)
     os.replace(back, src)
-    if isinstance(r.get("mtime_ns"), int):
-        os.utime(src, ns=(r["mtime_ns"], r["mtime_ns"]), follow_symlinks=False)
+    if isinstance(r.mtime_ns, int):
+        os.utime(src, ns=(r.mtime_ns, r.mtime_ns), follow_symlinks=False)
     fsops.fsync_dir(os.path.dirname(src))
     return ""
 
@@ -621,28 +671,27 @@ UNDO: Dict[str, Callable[..., str]] = {
 }
 
 
-def _made_here(rec: dict, path: str) -> bool:
+def _made_here(u: Undo, path: str) -> bool:
     """Does `path` hold the file this placement step puts there: the source's inode (link, rename),
     the stored copy's (dedupe), the staged temporary's (copy)? Compared by inode alone: another pod
-    mounting the same volume sees another st_dev. A symlink step's name holds its link text."""
-    op = Op(rec["op"])
+    mounting the same volume sees another st_dev (identity.Dev.IGNORE); where the store's inodes are
+    not stable, by size + mtime + digest. A symlink step's name holds its link text."""
+    op = u.rec.known
     if op is Op.SYMLINK:
         try:
-            return os.path.islink(path) and os.readlink(path) == rec.get("to")
+            return os.path.islink(path) and os.readlink(path) == u.rec.to
         except OSError:
             return False
-    ino = op.placed_ino(rec)
-    cur = _ino(path)
-    if cur is not None and "_p_dst" in rec and not rec["_p_dst"].stable_inode and op is not Op.DEDUPE:
-        return rec.get("digest") is not None and _is_logged_file(path, rec, "dst", None)
-    return ino is not None and cur is not None and cur[1] == ino
+    if _there(path) and not u.p_dst.stable_inode and op is not Op.DEDUPE:
+        return u.rec.digest is not None and _is_logged_file(path, u.placed, u.p_dst, u.rec.digest)
+    return _holds_ino(path, u.placed_ino)
 
 
 def _never_made(u: Undo) -> bool:
     """A placement begun but never finished whose name does not hold the file it would have put
     there never happened (link, rename and a copy's publish are single calls that never clobber):
     the name is empty or another pod's file now, and there is nothing to undo."""
-    return not u.finished and not _made_here(u.rec, u.rec["dst"])
+    return not u.finished and not _made_here(u, u.rec.dst or "")
 
 
 def users_of(u: Undo, relied: Dict[str, List[str]], target: str) -> Optional[List[str]]:
@@ -650,29 +699,29 @@ def users_of(u: Undo, relied: Dict[str, List[str]], target: str) -> Optional[Lis
     if the run put it there: a placement it only began, whose name holds another file, is not its own."""
     if u.op not in PLACES or _never_made(u):
         return None
-    return relied.get(store_rel(u.rec.get("dst") or "", target) or "")
+    return relied.get(store_rel(u.rec.dst or "", target) or "")
 
 
-def settle(records: Sequence[dict], target: str) -> List[dict]:
+def settle(records: Sequence[Record], target: str) -> List[Record]:
     """The records, plus an `unplaced` record (in memory only) for each placement the run began but
     never finished whose name, where this pod mounts the store (`target`), does not hold the file the
     step would have put there. Link, rename and a copy's publish are single calls that never
     clobber, so such a step never happened: the pod was killed before it, and the file there now is
     another run's, which this run, continued, may have trusted with its source. Counted as its own
     placement it would neither be kept for this run nor ever leave the store (fleet.placed_by)."""
-    steps = group_steps(list(records))
-    logged = records[0].get("target") or ""
-    prec = identity.precisions(list(records))
+    steps = group_steps(records)
+    head = records[0]
+    logged = head.target if isinstance(head, Header) else ""
+    prec = identity.precisions(heads(records))
     out = list(records)
     for b in steps.begins:
-        if b.get("op") not in PLACES_FILE or b["step"] in steps.done or not isinstance(b.get("dst"), str):
+        if b.op not in PLACES_FILE or b.step in steps.done or not isinstance(b.dst, str):
             continue
-        rel = store_rel(b["dst"], logged)
-        staged = [e["tmp_ino"] for e in steps.extra.get(b["step"], []) if e["type"] == "staged"]
-        rec = dict(b, tmp_ino=staged[-1]) if staged else dict(b)
-        rec["_p_dst"] = prec(b["dst"])      # unstable inode numbers: judged by content (_made_here)
-        if rel is not None and not _made_here(rec, posixpath.join(target, rel)):
-            out.append({"type": "unplaced", "step": b["step"], "dst": b["dst"]})
+        rel = store_rel(b.dst, logged)
+        # unstable inode numbers: judged by content (_made_here)
+        u = Undo(b, None, steps.staged.get(b.step), prec(b.src or ""), prec(b.dst))
+        if rel is not None and not _made_here(u, posixpath.join(target, rel)):
+            out.append(Unplaced(b.step, b.dst))
     return out
 
 
@@ -684,10 +733,10 @@ def foresee(undos: Sequence[Undo]) -> Dict[int, str]:
     out: Dict[int, str] = {}
     for u in undos:
         r = u.rec
-        if u.op not in REMOVES_SOURCE or "src" not in r or _ino(r["src"]) is not None:
+        if u.op not in REMOVES_SOURCE or r.src is None or _there(r.src):
             continue
-        key = (r.get("dev"), r.get("ino"))
-        if u.op == Op.QUARANTINE and isinstance(r.get("q"), str) and os.path.lexists(r["q"]):
+        key = (r.src_dev, r.src_ino)
+        if u.op == Op.QUARANTINE and isinstance(r.q, str) and os.path.lexists(r.q):
             back.add(key)
             continue
         if key in back:
@@ -698,36 +747,36 @@ def foresee(undos: Sequence[Undo]) -> Dict[int, str]:
                 st = os.stat(p)
             except OSError:
                 continue
-            if stat.S_ISREG(st.st_mode) and st.st_size == r.get("size", st.st_size):
+            if stat.S_ISREG(st.st_mode) and st.st_size == (st.st_size if r.size is None else r.size):
                 left.append(p)
         if left:
             back.add(key)
         else:
             gone = " and ".join(_holders(r)) or "its stored copy"
-            out[u.step] = (f"cannot recreate {r['src']}: " + ("the quarantined copy was purged and " if u.op ==
+            out[u.step] = (f"cannot recreate {r.src}: " + ("the quarantined copy was purged and " if u.op ==
                            Op.QUARANTINE else "") + f"no stored copy of it is left ({gone} missing or changed in size)")
     return out
 
 
-def _holders(r: dict) -> List[str]:
+def _holders(r: Step) -> List[str]:
     """Stored names that may hold a removed source's content: the copy it trusted, then its own name."""
-    return list(dict.fromkeys(p for p in (r.get("stored"), r.get("dst")) if isinstance(p, str)))
+    return list(dict.fromkeys(p for p in (r.stored, r.dst) if isinstance(p, str)))
 
 
-def _drop_kept(k: dict, records: Sequence[dict]) -> str:
-    """Remove a file an earlier rollback kept for this run, now that no run relies on it: only
-    if every source of this run that trusted it is back as logged, and it still holds its content."""
-    path = k["path"]
-    for r in records:
-        if r.get("type") == "begin" and r.get("op") in REMOVES_SOURCE and (r.get("stored") or r.get("dst")) == path:
+def _drop_kept(k: Keep, path: str, records: Sequence[Record]) -> str:
+    """Remove a file an earlier rollback kept for this run (`path`: where this pod mounts it), now that
+    no run relies on it: only if every source of this run that trusted it is back as logged, and it
+    still holds its content."""
+    for r in group_steps(records).begins:
+        if r.op in REMOVES_SOURCE and r.home == path:
             try:
-                if not _as_logged(r["src"], r):
-                    return f"{r['src']} is not back as it was"
+                if not _as_logged(r.src or "", r.source):
+                    return f"{r.src} is not back as it was"
             except FileNotFoundError:
-                return f"{r['src']} is not back"
-    if _ino(path) is None:
+                return f"{r.src} is not back"
+    if not _there(path):
         return ""
-    if not k.get("digest") or os.lstat(path).st_size != k.get("size") or hash_path(path) != k["digest"]:
+    if not identity.same_bytes(path, k.digest, k.size):
         return "it was changed since it was kept"
     os.unlink(path)
     fsops.fsync_dir(os.path.dirname(path))
@@ -738,13 +787,14 @@ def _keep(u: Undo, on_bytes) -> str:
     """Leave a stored file other runs rely on, and give this run's source its name back (a dedupe's or a
     symlink's source comes back through the undo of its own removal: it stored no bytes of its own)."""
     r = u.rec
-    if not Op(u.op).stores_source or _ino(r["src"]) is not None or _ino(r["dst"]) is None:
+    src, dst = r.src or "", r.dst or ""
+    if r.known is None or not r.known.stores_source or _there(src) or not _there(dst):
         return ""
-    os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-    if u.op == Op.LINK and _ino(r["dst"]) == (r["dev"], r["ino"]) and _as_logged(r["dst"], r, "dst"):
-        os.link(r["dst"], r["src"])
+    os.makedirs(os.path.dirname(src), exist_ok=True)
+    if u.op == Op.LINK and _holds_ino(dst, r.src_ino) and _as_logged(dst, u.placed, u.p_dst):
+        os.link(dst, src)
         return ""
-    if not _restore_from(r["dst"], r, on_bytes):
+    if not _restore_from(dst, r, on_bytes):
         return "other runs rely on the stored file, and it no longer holds this source's content; left in place"
     return ""
 
@@ -756,30 +806,33 @@ def left_folders(target: str, this_run: str) -> List[str]:
     for n, path in run_logs(target):
         rid = n[:-len(".jsonl")]
         try:
-            records = read_log(path)[0]
+            records = load_log(path)
             if rid != this_run and run_state(path) != "rolled back":
                 continue
         except BadLog:
             continue
-        logged = records[0].get("target") or ""
-        for r in records:
-            if r.get("type") == "begin" and r.get("op") == Op.MKDIR and isinstance(r.get("path"), str):
-                rel = store_rel(r["path"], logged)
+        head = records[0]
+        logged = head.target if isinstance(head, Header) else ""
+        for r in group_steps(records).begins:
+            if r.op is Op.MKDIR and isinstance(r.path, str):
+                rel = store_rel(r.path, logged)
                 if rel:
                     out.append(posixpath.join(target, rel))
     return out
 
 
-def _restore_dir_times(records: Sequence[dict]) -> int:
+def _restore_dir_times(records: Sequence[Record]) -> int:
     """Give each folder the run changed its mtime from before the run (a folder's first record wins:
     a continued run only adds the folders it touches first). Last, so no undo changes them again;
     folders only, never through a symlink planted since. Returns how many were set."""
     first: dict = {}
     for rec in records:
-        if rec.get("type") == "dirtimes":
-            for d, ns in rec.get("dirs", {}).items():
+        if isinstance(rec, DirTimes):
+            for d, ns in rec.dirs.items():
                 first.setdefault(d, ns)
-    roots = {records[0]["target"], *records[0]["sources"]}     # given by the user: may be symlinks
+    head = records[0]
+    assert isinstance(head, Header)
+    roots = {head.target, *head.sources}     # given by the user: may be symlinks
     links = run_links(records)      # store folders that were symlinks before the run (preflight.py)
     n = 0
     for d, ns in sorted(first.items(), reverse=True):
@@ -797,47 +850,48 @@ def _restore_dir_times(records: Sequence[dict]) -> int:
     return n
 
 
-def _restore_twin(r: dict, twins: Dict[Tuple[int, int], List[str]], on_bytes, stored: Sequence[str]) -> bool:
+def _restore_twin(u: Undo, twins: Twins, on_bytes, stored: Sequence[str]) -> bool:
     """Recreate a removed source whose file is gone: as a hardlink of a name of the same logged inode
     this rollback already gave back (two source names of one file come back as one file, not as
     two copies), else as a verified copy of a stored file with its content."""
-    key = (r["dev"], r["ino"])
+    r = u.rec
+    src = r.src or ""
+    key = (r.src_dev, r.src_ino)
     for twin in twins.get(key, []):
         try:
             st = os.lstat(twin)
         except FileNotFoundError:
             continue
-        if stat.S_ISREG(st.st_mode) and _as_logged(twin, r):
-            os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-            os.link(twin, r["src"])
-            fsops.fsync_dir(os.path.dirname(r["src"]))
+        if stat.S_ISREG(st.st_mode) and _as_logged(twin, u.source, u.p_src):
+            os.makedirs(os.path.dirname(src), exist_ok=True)
+            os.link(twin, src)
+            fsops.fsync_dir(os.path.dirname(src))
             return True
     if any(_restore_from(p, r, on_bytes) for p in stored):
-        twins.setdefault(key, []).append(r["src"])
+        twins.setdefault(key, []).append(src)
         return True
     return False
 
 
-def _restore_from(stored: str, r: dict, on_bytes) -> bool:
-    """Recreate r['src'] from a stored copy: copy to a temp, verify the digest, set mode/mtime, publish."""
+def _restore_from(stored: str, r: Step, on_bytes) -> bool:
+    """Recreate r.src from a stored copy: copy to a temp, verify the digest, set mode/mtime, publish."""
     try:
         st = os.stat(stored, follow_symlinks=False)
     except FileNotFoundError:
         return False
-    src = r["src"]
+    src = r.src or ""
     os.makedirs(os.path.dirname(src), exist_ok=True)
     tmp = temp_name(os.path.dirname(src), os.path.basename(src), "restore")
     if os.path.lexists(tmp):
         os.unlink(tmp)
     # The digest read decides (it must be the logged one): the stored copy's mtime may move while it is
     # read (rclone shows "now" until it has uploaded a file we wrote seconds ago).
-    digest, _ = fsops.copy_and_hash(stored, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), tmp, on_bytes,
-                                    mtime_may_move=True)
-    if digest != r["digest"]:
+    digest, _ = fsops.copy_and_hash(stored, identity.observe(st), tmp, on_bytes, mtime_may_move=True)
+    if digest != r.digest:
         os.unlink(tmp)
         return False
-    os.chmod(tmp, r["mode"])
-    os.utime(tmp, ns=(r["mtime_ns"], r["mtime_ns"]))
+    os.chmod(tmp, r.mode if r.mode is not None else 0o644)
+    os.utime(tmp, ns=(r.mtime_ns, r.mtime_ns))
     fsops.rename_noreplace(tmp, src)
     fsops.fsync_dir(os.path.dirname(src))
     return True
@@ -871,7 +925,7 @@ def find_log(target: str, run: Optional[str], newest: bool = False, host: Option
         return os.path.join(runs, names[-1])
     for n in reversed(names):
         rb = read_begun(rollback_log_of(os.path.join(runs, n)))
-        if rb is not None and rb[-1].get("type") == "close" and not rb[-1].get("incomplete"):
+        if rb is not None and isinstance(rb[-1], RbClose) and not rb[-1].incomplete:
             continue
         return os.path.join(runs, n)
     if names:
@@ -879,35 +933,42 @@ def find_log(target: str, run: Optional[str], newest: bool = False, host: Option
     raise BadLog(f"no run to roll back in {runs}", "check --target (see `comfy-migrate history`)")
 
 
-def _host_of(log: str) -> Optional[str]:
+def _first(log: str) -> Optional[Header]:
+    """A run log's header, read alone (no chain: a damaged log still names its host and YAML)."""
     try:
         with open(log, "rb") as f:
-            return json.loads(f.readline()).get("host")
-    except (OSError, ValueError):
+            head = Header.from_json(json.loads(f.readline()))
+    except (OSError, ValueError, AttributeError, TypeError):
         return None
+    return head if isinstance(head, Header) else None
 
 
-def load_run(log_path: str) -> List[dict]:
-    """A run's log, read and checked once for undoing: its hash chain (read_log), its paths
-    (check_log), the fields of its step records (records.check_steps)."""
-    from migrate.records import check_steps
-    records, _, _ = read_log(log_path)
+def _host_of(log: str) -> Optional[str]:
+    head = _first(log)
+    return head.host if head is not None else None
+
+
+def load_run(log_path: str) -> List[Record]:
+    """A run's log, read and checked once for undoing: its hash chain (read_log), its records typed
+    (records.load: each step record holds the fields its undo reads), its paths (check_log)."""
+    from migrate.records import load
+    raw, _, _ = read_log(log_path)
+    records = load(raw, log_path)
     check_log(records, log_path)
-    check_steps(records, log_path)
     return records
 
 
-def run_state(log_path: str) -> str:
-    records, _, _ = read_log(log_path)
+def run_state(log_path: str, records: Optional[Sequence[Record]] = None) -> str:
+    records = load_log(log_path) if records is None else records
     rbr = read_begun(rollback_log_of(log_path))     # one that never wrote a record did nothing
     if rbr is not None:
-        if rbr[-1].get("type") != "close":
+        if not isinstance(rbr[-1], RbClose):
             return "rollback interrupted"
-        return "rollback incomplete" if rbr[-1].get("incomplete") else "rolled back"
-    last = records[-1]
-    if last.get("type") == "close":
-        return "complete" if last.get("state") == "complete" else "complete with problems"
-    if last.get("type") == "stopped":
+        return "rollback incomplete" if rbr[-1].incomplete else "rolled back"
+    end = records[-1]
+    if isinstance(end, Close):
+        return "complete" if end.state == "complete" else "complete with problems"
+    if isinstance(end, Stopped):
         return "stopped: disk full (free space, then run or rollback)"
     return "interrupted"
 
@@ -916,8 +977,8 @@ def history(target: str) -> List[dict]:
     rows = []
     for n, path in run_logs(target):
         try:
-            records, _, _ = read_log(path)
-            state = run_state(path)
+            records = load_log(path)
+            state = run_state(path, records)
         except EmptyLog as exc:      # killed (or refused by a full disk) before its first record: did nothing
             rows.append({"run": n[:-6], "time": "", "host": "", "files": 0, "bytes": 0, "placed": 0, "relied": 0,
                          "state": f"nothing done: {exc}"})
@@ -927,81 +988,79 @@ def history(target: str) -> List[dict]:
                          "state": f"bad log: {exc}"})
             continue
         head = records[0]
+        assert isinstance(head, Header)
         steps = group_steps(records)
-        placed = [b for b in steps.begins if b["op"] in PLACES and b["step"] in steps.done]
+        placed = [b for b in steps.begins if b.op in PLACES and b.step in steps.done]
         # Sources set aside because the store held their content already: the run relies on those
         # stored files (it placed nothing for them, yet ComfyUI now loads them from the store).
-        moved = {b.get("src") for b in placed}
-        relied = [b for b in steps.begins if b["op"] in REMOVES_SOURCE and b["step"] in steps.done
-                  and b.get("src") not in moved]
-        rows.append({"run": head["run"], "time": head.get("time", ""), "host": head.get("host", ""),
-                     "files": len(placed) + len(relied), "bytes": sum(b.get("size", 0) for b in placed + relied),
+        moved = {b.src for b in placed}
+        relied = [b for b in steps.begins if b.op in REMOVES_SOURCE and b.step in steps.done
+                  and b.src not in moved]
+        rows.append({"run": head.run, "time": head.time, "host": head.host,
+                     "files": len(placed) + len(relied), "bytes": sum(b.size or 0 for b in placed + relied),
                      "placed": len(placed), "relied": len(relied), "state": state})
     return rows
 
 
-def live_runs(target: str) -> List[Tuple[str, List[dict]]]:
+def live_runs(target: str) -> List[Tuple[str, List[Record]]]:
     """(run id, records) of every run in the target not rolled back, settled (see `settle`)
     (unreadable logs are skipped: their runs cannot be undone anyway, and history shows them)."""
     out = []
     for n, path in run_logs(target):
         try:
-            if run_state(path) == "rolled back":
+            records = load_log(path)
+            if run_state(path, records) == "rolled back":
                 continue
-            out.append((n[:-6], settle(read_log(path)[0], target)))
+            out.append((n[:-6], settle(records, target)))
         except BadLog:
             continue
     return out
 
 
-def all_runs(target: str) -> List[Tuple[str, List[dict]]]:
+def all_runs(target: str) -> List[Tuple[str, List[Record]]]:
     """(run id, records) of every run in the target, rolled back or not. A log that does not read
     cleanly counts by its first line alone (its run is still chosen by its YAML or host, and then
     refused by load_run with the line named); one without even that is skipped."""
-    out = []
+    out: List[Tuple[str, List[Record]]] = []
     for n, path in run_logs(target):
         try:
-            out.append((n[:-6], read_log(path)[0]))
+            out.append((n[:-6], load_log(path)))
         except BadLog:
-            try:
-                with open(path, "rb") as f:
-                    head = json.loads(f.readline())
-            except (OSError, ValueError):
-                continue
-            if isinstance(head, dict):
+            head = _first(path)
+            if head is not None:
                 out.append((n[:-6], [head]))
     return out
 
 
-def kept_records(target: str) -> List[dict]:
+def kept_records(target: str) -> List[Keep]:
     """Every `keep` record of every rollback log in the target: files kept for other runs."""
     runs = os.path.join(target, STATE_DIR, "runs")
-    out: List[dict] = []
+    out: List[Keep] = []
     for n in sorted(os.listdir(runs) if os.path.isdir(runs) else []):
         if n.endswith(".rollback.jsonl"):
             try:
-                out.extend(r for r in read_log(os.path.join(runs, n))[0] if r.get("type") == "keep")
+                out.extend(r for r in load_log(os.path.join(runs, n)) if isinstance(r, Keep))
             except BadLog:
                 continue
     return out
 
 
-def quarantined(records: List[dict]) -> List[dict]:
+def quarantined(records: Sequence[Record]) -> List[Step]:
     """Done quarantine steps of a run: what purge may free."""
     steps = group_steps(records)
-    return [b for b in steps.begins if b["op"] == Op.QUARANTINE and b["step"] in steps.done]
+    return [b for b in steps.begins if b.op is Op.QUARANTINE and b.step in steps.done]
 
 
-def purge_check(rec: dict) -> str:
+def purge_check(rec: Step) -> str:
     """Why a quarantined file may not be freed ('' if it may): both it and the stored copy it was
     judged identical to are read now and must have the digest the log holds. A log, a cache or the
     catalogue is a belief; only the bytes of both files decide (purge frees the last copy)."""
-    stored = rec.get("stored") or rec.get("dst")
-    for what, path in (("the quarantined file", rec["q"]), ("its stored copy", stored)):
+    for what, path in (("the quarantined file", rec.q), ("its stored copy", rec.home)):
         try:
-            digest = hash_path(path)
+            os.lstat(path or "")        # gone: said as unreadable (same_bytes says False)
+            same = identity.same_bytes(path or "", rec.digest)
         except OSError as exc:
             return f"{what} cannot be read ({fsops.describe(exc)})"
-        if digest != rec["digest"]:
+        if not same:
             return f"{what} does not hold the logged content"
     return ""

@@ -18,13 +18,13 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from migrate import comfy, fsops, identity
 from migrate.fleet import store_rel
 from migrate.hashing import ChangedError, hash_path, stamp
-from migrate.journal import group_steps
+from migrate.records import Header, Keep, Names, Record, group_steps, last
 from migrate.model import STATE_DIR
 from migrate.names import NOT_BY_NAME, first_holder
 from migrate.steps import OWN_MTIME, PLACES, REMOVES_SOURCE, RETURNS_SOURCE, Op
 
 
-Run = Tuple[str, List[dict]]             # (run id, records), as rollback.live_runs gives them
+Run = Tuple[str, List[Record]]           # (run id, records), as rollback.live_runs gives them
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,9 @@ class Mount:
         return p
 
 
-def mount_of(head: dict, target: str) -> Mount:
+def mount_of(head: Header, target: str) -> Mount:
     """How a run's logged paths read now that its target is at `target`."""
-    logged = head.get("target") or target
+    logged = head.target or target
     if os.path.realpath(target) == os.path.realpath(logged):
         return Mount(logged, None)      # the same folder under another spelling: keep the logged one
     return Mount(target, remount(logged, target))
@@ -112,7 +112,7 @@ def pod_runs(runs: Sequence[Run], target: str, yaml_path: Optional[str], host: s
     so); else those of this host name, the last resort, as RunPod gives a pod a new host name on
     every deploy while its volume stays.
     """
-    def mapped(rec: List[dict], p: str) -> str:
+    def mapped(rec: List[Record], p: str) -> str:
         return mount_of(rec[0], target).here(p)
 
     def install(p: str) -> str:
@@ -122,18 +122,18 @@ def pod_runs(runs: Sequence[Run], target: str, yaml_path: Optional[str], host: s
 
     if yaml_path:
         want = install(yaml_path)
-        mine = [(rid, rec) for rid, rec in runs if isinstance(rec[0].get("yaml"), str)
-                and install(mapped(rec, rec[0]["yaml"])) == want]
+        mine = [(rid, rec) for rid, rec in runs if isinstance(rec[0].yaml, str)
+                and install(mapped(rec, rec[0].yaml)) == want]
         if mine:
             return mine, f"the runs that wrote {yaml_path}"
-    mine = [(rid, rec) for rid, rec in runs if by_sources and rec[0].get("sources")
-            and all(isinstance(s, str) and os.path.isdir(mapped(rec, s)) for s in rec[0]["sources"])]
+    mine = [(rid, rec) for rid, rec in runs if by_sources and rec[0].sources
+            and all(isinstance(s, str) and os.path.isdir(mapped(rec, s)) for s in rec[0].sources)]
     if mine:
         return mine, "the runs whose sources are all on this machine"
-    return [(rid, rec) for rid, rec in runs if rec[0].get("host") == host], f"the runs of host {host}"
+    return [(rid, rec) for rid, rec in runs if rec[0].host == host], f"the runs of host {host}"
 
 
-def claims(runs: Sequence[Run], kept: Sequence[dict] = ()) -> Dict[str, Claim]:
+def claims(runs: Sequence[Run], kept: Sequence[Keep] = ()) -> Dict[str, Claim]:
     """Every store name the runs (oldest first) took out of their sources -> the newest record of it.
 
     Done placements, done source removals (their content was in the store under `dst`: placed by
@@ -154,26 +154,27 @@ def claims(runs: Sequence[Run], kept: Sequence[dict] = ()) -> Dict[str, Claim]:
         out[c.rel] = c
 
     for k in kept:
-        users = [r for r in k.get("for") or [] if r in order]
-        if users and isinstance(k.get("rel"), str) and isinstance(k.get("digest"), str):
-            add(Claim(k["rel"], k["digest"], k.get("size"), None, max(users, key=order.index), "keep"))
+        users = [r for r in k.users if r in order]
+        if users and isinstance(k.rel, str) and isinstance(k.digest, str):
+            add(Claim(k.rel, k.digest, k.size, None, max(users, key=order.index), "keep"))
     for rid, records in runs:
-        target = records[0].get("target") or ""
+        target = records[0].target
         steps = group_steps(records)
         for b in steps.begins:
-            op = b.get("op")
-            if op not in PLACES | REMOVES_SOURCE or b["step"] not in steps.done or not isinstance(b.get("digest"), str):
+            op = b.op
+            if op not in PLACES | REMOVES_SOURCE or b.step not in steps.done or not isinstance(b.digest, str):
                 continue
-            rel = store_rel(b.get("dst") or b.get("stored"), target)
+            rel = store_rel(b.dst or b.stored, target)
             if rel is None:
                 continue
             # the store file's own mtime as the run observed it after the publish (logs since issue 14;
             # a copy on MooseFS keeps whole seconds of its source's nanoseconds), else the source's
-            seen = steps.done[b["step"]].get("dst_mtime_ns", b.get("mtime_ns"))
-            add(Claim(rel, b["digest"], b.get("size"), seen if op in OWN_MTIME else None, rid, op))
-            stored = b.get("stored")
-            if op == Op.SYMLINK and isinstance(b.get("to"), str):
-                stored = posixpath.normpath(posixpath.join(posixpath.dirname(b["dst"]), b["to"]))
+            d = steps.done[b.step].dst_mtime_ns
+            seen = b.mtime_ns if d is None else d
+            add(Claim(rel, b.digest, b.size, seen if op in OWN_MTIME else None, rid, str(op)))
+            stored = b.stored
+            if op is Op.SYMLINK and isinstance(b.to, str) and isinstance(b.dst, str):
+                stored = posixpath.normpath(posixpath.join(posixpath.dirname(b.dst), b.to))
             same = store_rel(stored, target) if isinstance(stored, str) else None
             if same is not None and same != rel:
                 same_file[rel] = same
@@ -217,7 +218,7 @@ def resolution(yaml_path: Optional[str], comfyui: Optional[str], launch=None) ->
     return order, comfy.unset_variables(base[0], dict(os.environ)) if base else []
 
 
-def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str] = None, kept: Sequence[dict] = (),
+def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str] = None, kept: Sequence[Keep] = (),
                quick: bool = False, catalogue: Optional[Mapping] = None,
                on_bytes: Optional[Callable[[int], None]] = None, launch=None, digest_cache=None) -> Dict:
     """Check every name of `claims(runs, kept)` once: its store file holds the logged content
@@ -232,11 +233,11 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     and BLAKE3), never trusted; the caller saves it.
     """
     newest = runs[-1][1][0]
-    target = target or newest["target"]
+    target = target or newest.target
     mounts = {rid: mount_of(rec[0], target) for rid, rec in runs}
     yamls: Dict[str, Optional[str]] = {}
     for rid, rec in runs:
-        y, m = rec[0].get("yaml"), mounts[rid]
+        y, m = rec[0].yaml, mounts[rid]
         if y and m.moved and os.path.exists(m.here(y)):
             y = m.here(y)
         yamls[rid] = y
@@ -254,7 +255,7 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     size_only: List[str] = []
     real_target = os.path.realpath(target)
     digests: Dict[str, str] = {}        # real path -> digest read here (each file read once)
-    logged = {rid: (rec[0].get("target") or "", identity.precisions(rec[0])) for rid, rec in runs}
+    logged = {rid: (rec[0].target, identity.precisions(rec[:1])) for rid, rec in runs}
     for rel, c in sorted(claims(runs, kept).items()):
         path = os.path.join(mounts[c.run].base, rel)
         per_run[c.run] += 1
@@ -288,8 +289,8 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
     for rid, records in runs:
         steps = group_steps(records)
         for b in steps.begins:
-            if b["op"] == Op.LINKBACK and b["step"] in steps.done:
-                src = mounts[rid].here(b["src"])
+            if b.op is Op.LINKBACK and b.step in steps.done and isinstance(b.src, str):
+                src = mounts[rid].here(b.src)
                 if not os.path.exists(src) and src not in broken:      # gone, or a symlink leading nowhere
                     broken.append(src)
     dangling = dangling_links(runs, mounts)
@@ -310,7 +311,7 @@ def verify_pod(runs: Sequence[Run], comfyui: Optional[str], target: Optional[str
            "broken_link_backs": broken, "dangling_links": dangling,
            "names_checked": names_checked, "names_changed": names_changed,
            "shadowed_as_before": as_before, "not_attached": unattached,
-           "attaches": [rid for rid, rec in runs if rec[0].get("kind") == "attach"],
+           "attaches": [rid for rid, rec in runs if rec[0].kind == "attach"],
            # Orphans are news, not failures: on a shared store they are mostly other pods' folders.
            "ok": not (missing or changed or shadowed or unset or broken or dangling or names_changed or unattached)}
     if quick:
@@ -361,10 +362,10 @@ def dangling_links(runs: Sequence[Run], mounts: Mapping[str, "Mount"]) -> List[s
     sources = set()
     for rid, records in runs:
         steps = group_steps(records)
-        sources.update(mounts[rid].here(s) for s in records[0].get("sources") or [])
+        sources.update(mounts[rid].here(s) for s in records[0].sources)
         for b in steps.begins:
-            if b["op"] in RETURNS_SOURCE and b["step"] in steps.done and isinstance(b.get("src"), str):
-                src = mounts[rid].here(b["src"])
+            if b.op in RETURNS_SOURCE and b.step in steps.done and isinstance(b.src, str):
+                src = mounts[rid].here(b.src)
                 removed.add(os.path.join(os.path.realpath(os.path.dirname(src)), os.path.basename(src)))
     out: List[str] = []
     for root in sorted(sources):
@@ -393,8 +394,8 @@ def logged_names(runs: Sequence[Run]) -> Dict[Tuple[str, str], Tuple[Optional[st
     record (what every name ComfyUI loaded before it loads after it), a newer run's record first."""
     out: Dict[Tuple[str, str], Tuple[Optional[str], Optional[int]]] = {}
     for _, records in runs:
-        rec = next((r for r in reversed(records) if r.get("type") == "names"), None)
-        for item in (rec or {}).get("names") or []:
+        rec = last(records, Names)
+        for item in (rec.names if rec is not None else ()):
             if isinstance(item, list) and len(item) == 4 and all(isinstance(x, str) for x in item[:2]):
                 out[(item[0], item[1])] = (item[2] if isinstance(item[2], str) else None,
                                            item[3] if isinstance(item[3], int) else None)

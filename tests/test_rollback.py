@@ -517,9 +517,9 @@ def _unknown_version(lines, records):
 
 
 def _missing_field(lines, records):
-    i = _middle_with(records, "ino")        # sealed again: only the undo's reading of the field finds it
-    records[i] = {k: v for k, v in records[i].items() if k != "ino"}
-    return _reseal(records, i), i + 1, "has no ino"
+    i = _middle_with(records, "src_ino")    # sealed again: only the undo's reading of the field finds it
+    records[i] = {k: v for k, v in records[i].items() if k != "src_ino"}
+    return _reseal(records, i), i + 1, "has no src_ino"
 
 
 def _wrong_type(lines, records):
