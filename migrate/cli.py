@@ -1536,14 +1536,14 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
             if yaml_path else None
         order = search_order(launch, {p: read_yaml(p) for p in launch.yamls if p != as_read}, as_read, text,
                              models_real=False)
-        found, before = gather_workflows(home, order, launch.user)
+        found, before, sources = gather_workflows(home, order, launch.user, launch)
     else:
         order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
-        found, before = gather_workflows(home, order)
+        found, before, sources = gather_workflows(home, order)
     sizes = {k: v[1] for k, v in before.items()}
     if loaded is not None:
         loaded.update(before)
-    return workflows.workflow_doc(found, before, changes or {}, sizes, price, model_identities(before))
+    return workflows.workflow_doc(found, before, changes or {}, sizes, price, model_identities(before), sources)
 
 
 def workflows_check(home: str, launch, path: str, fmt: str) -> None:

@@ -94,7 +94,7 @@ def test_workflows_command_on_the_demo_pod_reads_and_never_changes_them(pod, cli
     assert "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors" in unused
     assert "wan_2.1_vae.safetensors" not in unused
     text = run_cli(["workflows", "--comfyui", pod.comfyui, "--price-per-gb-month", "0.1"], cli_env).stdout
-    assert "MISSING loras/wan2.2_s2v_lightx2v_4steps_lora.safetensors" in text and "$0.1/GB-month" in text
+    assert "MISSING -          loras/wan2.2_s2v_lightx2v_4steps_lora.safetensors" in text and "$0.1/GB-month" in text
     assert snapshot_tree(user) == before
     bad = run_cli(["workflows", "--comfyui", pod.comfyui, "--price-per-gb-month", "-1"], cli_env, check=None)
     assert bad.returncode == 2
@@ -186,7 +186,7 @@ def test_official_templates_no_miss_no_false_hit_no_needed_model_unused(tmp_path
             assert len(w["models"]) == len(NEEDS[w["path"].rsplit("/", 1)[1][:-5]]) and not w["error"]
             assert {m["status"] for m in w["models"]} == ({"ok"} if present else {"missing"})
         assert {(u["category"], u["name"]) for u in doc["unused"]} == extras     # placeholders never listed
-        assert doc["unused_bytes"] == 200 and "only when no saved workflow names it" in doc["unused_rule"]
+        assert doc["unused_bytes"] == 200 and "only when nothing names it" in doc["unused_rule"]
 
 
 # --- subgraphs, node packs, hostile files ----------------------------------------------------------------------------
@@ -348,3 +348,75 @@ def test_manifest_on_pod_a_checked_on_pod_b_with_one_model_swapped_and_one_missi
         proc = run_cli(["workflows", "--comfyui", pod_b, "--check", tmp_path / "bad.json"], cli_env, check=3)
         assert "Traceback" not in proc.stderr and "is not a workflows manifest" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) <= 2
+
+
+# --- every place a model can be named: users, custom-node examples, ComfyUI's templates (ComfyUI 0.33's rules) -------
+
+def _lora_flow(*loras):
+    return json.dumps({"nodes": [_node("LoraLoader", name, 1, 1) for name in loras]})
+
+
+def _named_pod(tmp_path, layout: str):
+    """A pod whose models are named by two users' workflows, by custom-node packs' example workflows and by
+    ComfyUI's installed templates (layout "split": the JSON package of comfyui-workflow-templates >= 0.3,
+    "legacy": the templates folder inside the package below 0.3, "none": no package)."""
+    comfyui = tmp_path / "ComfyUI"
+    models = comfyui / "models"
+    for rel in ("loras/mine.safetensors", "loras/alice.safetensors", "loras/pack_demo.safetensors",
+                "loras/other_example.safetensors", "loras/hidden_pack.safetensors", "loras/nested_example.safetensors",
+                "loras/truly_unused.safetensors", "diffusion_models/flux1-dev.safetensors", "vae/ae.safetensors"):
+        (models / rel).parent.mkdir(parents=True, exist_ok=True)
+        (models / rel).write_bytes(b"m" * 100)
+    for user, name in (("default", "mine"), ("alice", "alice")):
+        (comfyui / "user" / user / "workflows").mkdir(parents=True)
+        (comfyui / "user" / user / "workflows" / f"{name}.json").write_text(_lora_flow(f"{name}.safetensors"))
+    nodes = comfyui / "custom_nodes"
+    for rel, lora in (("ComfyUI-Pack/example_workflows/demo.json", "pack_demo"),
+                      ("OtherPack/examples/ex.json", "other_example"),
+                      (".hidden-pack/example_workflows/h.json", "hidden_pack"),       # glob's * skips it
+                      ("ComfyUI-Pack/example_workflows/deeper/n.json", "nested_example")):  # one level only
+        (nodes / rel).parent.mkdir(parents=True, exist_ok=True)
+        (nodes / rel).write_text(_lora_flow(f"{lora}.safetensors"))
+    site = comfyui / ".venv" / "lib" / "python3.12" / "site-packages"
+    site.mkdir(parents=True)
+    (comfyui / ".venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    if layout != "none":
+        version, folder = ("0.11.41", site / "comfyui_workflow_templates_json" / "templates") if layout == "split" \
+            else ("0.1.95", site / "comfyui_workflow_templates" / "templates")
+        (site / f"comfyui_workflow_templates-{version}.dist-info").mkdir()
+        (site / f"comfyui_workflow_templates-{version}.dist-info" / "METADATA").write_text(
+            f"Metadata-Version: 2.4\nName: comfyui-workflow-templates\nVersion: {version}\n\n")
+        folder.mkdir(parents=True)
+        (folder / "flux_dev_checkpoint_example.json").write_bytes(
+            (TEMPLATES / "flux_dev_checkpoint_example.json").read_bytes())
+        (folder / "index.json").write_text("[]")                     # the menu's index, not a workflow
+    return comfyui
+
+
+def test_unused_reads_every_user_custom_node_examples_and_comfyuis_templates(tmp_path, cli_env):
+    for layout in ("split", "legacy", "none"):
+        comfyui = _named_pod(tmp_path / layout, layout)
+        doc = json.loads(run_cli(["workflows", "--comfyui", comfyui, "--format", "json"], cli_env).stdout)
+        assert [w["path"].split("/user/")[1] for w in doc["workflows"]] == ["alice/workflows/alice.json",
+                                                                              "default/workflows/mine.json"]
+        templated = {u["name"]: u["by"].rsplit("/", 1)[1] for u in doc["templated"]}
+        unused = {u["name"] for u in doc["unused"]}
+        from_templates = {"flux1-dev.safetensors": "flux_dev_checkpoint_example.json",
+                          "ae.safetensors": "flux_dev_checkpoint_example.json"} if layout != "none" else {}
+        assert templated == {"pack_demo.safetensors": "demo.json", "other_example.safetensors": "ex.json",
+                             **from_templates}
+        assert unused == {"truly_unused.safetensors", "hidden_pack.safetensors", "nested_example.safetensors",
+                          *({"flux1-dev.safetensors", "ae.safetensors"} - set(from_templates))}
+        assert doc["unused_bytes"] == 100 * len(unused)
+        counts = {s["kind"]: s["workflows"] for s in doc["sources"]}
+        assert counts == {"user": 2, "custom_nodes": 2, "templates": 0 if layout == "none" else 1}
+        text = run_cli(["workflows", "--comfyui", comfyui], cli_env).stdout
+        assert "how the unused list was made" in text and "saved workflows: 2 (" in text
+        assert "custom-node example workflows: 2 (" in text
+        if layout == "none":
+            assert "ComfyUI's templates: none (not found: no comfyui-workflow-templates in " in text
+        else:
+            version = "0.11.41" if layout == "split" else "0.1.95"
+            assert f"ComfyUI's templates: 1 (comfyui-workflow-templates {version} in " in text
+        assert "2 model(s) named only by a template" in text or len(templated) == 4
+        assert all(len(line) <= 120 for line in text.splitlines())
