@@ -341,7 +341,7 @@ def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = ""
     home, _ = resolve_sources(kw.get("comfyui"), kw.get("sources") or (), insist=True)
     doc = report.plan_doc(plan)
     changes = {(c.get("category"), c.get("name")): c.get("reason", "") for c in doc.get("name_changes", ())}
-    flows = workflow_report(home, plan.yaml_path, price, changes, plan.launch) if home else None
+    flows = workflow_report(home, plan.yaml_path, price, changes, plan.launch, target=plan.target) if home else None
     from migrate.hashing import extras
     sha256 = {a.digest: extras(a.digest)[0] for a in plan.actions if extras(a.digest)}
     page = html_report.render(plan, flows, made=made, name_changes=doc.get("name_changes"), done=done, sha256=sha256)
@@ -1523,10 +1523,13 @@ def ask_comfyui(url: str, runs, home, target: str, launch=None) -> dict:
 
 # --- workflows -----------------------------------------------------------------------------------
 
-def workflow_report(home: str, yaml_path, price: float, changes=None, launch=None, loaded=None) -> dict:
+def workflow_report(home: str, yaml_path, price: float, changes=None, launch=None, loaded=None,
+                    target: str | None = None) -> dict:
     """The workflows document (workflows.workflow_doc) of a ComfyUI folder, as its YAML resolves now
     (launch: how ComfyUI is started; its user folder holds the workflows; loaded: a dict given gets
-    (category, name) -> (path, size) of every model ComfyUI loads now)."""
+    (category, name) -> (path, size) of every model ComfyUI loads now). Each model a saved workflow
+    names carries its SHA-256 and AutoV2 where the digest cache or the store's catalogue (target) knows
+    them already, else None: a report never reads a model to hash it."""
     from migrate import comfy, workflows
     from migrate.facts import gather_workflows, model_identities, read_yaml
     text = read_yaml(yaml_path) if yaml_path else None
@@ -1543,7 +1546,18 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
     sizes = {k: v[1] for k, v in before.items()}
     if loaded is not None:
         loaded.update(before)
-    return workflows.workflow_doc(found, before, changes or {}, sizes, price, model_identities(before), sources)
+    doc = workflows.workflow_doc(found, before, changes or {}, sizes, price, model_identities(before), sources)
+    keys = {(m["category"], m["name"]) for w in doc["workflows"] for m in w["models"]}
+    if target is None:
+        from migrate.facts import DEFAULT_TARGET
+        target = os.path.abspath(os.environ.get("COMFY_MIGRATE_TARGET") or DEFAULT_TARGET)
+    sha = shell.model_sha256({k: before[k][0] for k in sorted(keys, key=str) if k in before}, open_cache(False),
+                             target, read=False)
+    for w in doc["workflows"]:
+        for m in w["models"]:
+            known = sha.get((m["category"], m["name"]))
+            m["sha256"], m["autov2"] = known, known[:10].upper() if known else None
+    return doc
 
 
 def workflows_check(home: str, launch, path: str, fmt: str) -> None:

@@ -253,22 +253,40 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
             if w["error"]:
                 s.append(f'<p class="bad">unreadable: {esc(w["error"])}</p>')
                 continue
-            s.append(_table(["", "category", "model", "note"], [
+            s.append(_table(["", "category", "model", "AutoV2", "note"], [
                 [f'<span class="tag {STATUS[m["status"]][0]}">{STATUS[m["status"]][1]}</span>', esc(m["category"] or "?"),
-                 f'<span class="path">{esc(m["name"])}</span>', esc(m["note"])] for m in w["models"]],
+                 f'<span class="path">{esc(m["name"])}</span>',
+                 f'<code>{esc(m["autov2"])}</code>' if m.get("autov2") else "-", esc(m["note"])] for m in w["models"]],
                 narrow_hide=(1,)))
         if workflows["missing"]:
             s.append(f'<p class="bad">{len(workflows["missing"])} model(s) a workflow needs that this pod lacks.</p>')
+        if any(w["models"] for w in workflows["workflows"]):
+            s.append('<p class="sub">AutoV2: the first 10 hex digits of the model\'s SHA-256 (what A1111, Forge and '
+                     'Civitai show), where a read already computed it; - where none has yet.</p>')
         if workflows["unused"]:
-            s.append(f'<p>{len(workflows["unused"])} model(s) no workflow names: '
+            s.append(f'<p>{len(workflows["unused"])} model(s) nothing names: '
                      f'{esc(report.human(workflows["unused_bytes"]))}, about '
                      f'${workflows["unused_cost_per_month"]:.2f} a month at ${workflows["price_per_gb_month"]}/GB-month.</p>')
-            if workflows.get("unused_rule"):
-                s.append(f'<p>How this list was made: {esc(workflows["unused_rule"])}.</p>')
             s.append("<details><summary>list them</summary>" + _table(["size", "$/month", "category", "name"], [
                 [esc(report.human(u["size"])) + ("" if u.get("frees", u["size"]) == u["size"] else " (shared, frees 0)"),
                  f'{u["cost_per_month"]:.2f}', esc(u["category"]),
                  f'<span class="path">{esc(u["name"])}</span>'] for u in workflows["unused"]], num=(0, 1)) + "</details>")
+        if workflows.get("templated"):
+            s.append(f'<p>{len(workflows["templated"])} model(s) named only by a template or a custom-node example '
+                     "workflow: not unused (a template loads them).</p>")
+            s.append("<details><summary>list them</summary>" + _table(["size", "category", "name", "named by"], [
+                [esc(report.human(t["size"])), esc(t["category"]), f'<span class="path">{esc(t["name"])}</span>',
+                 f'<span class="path">{esc("/".join(t["by"].split("/")[-3:]))}</span>'] for t in workflows["templated"]],
+                num=(0,), narrow_hide=(1,)) + "</details>")
+        if workflows.get("sources") or workflows.get("unused_rule"):
+            s.append("<h3>How the unused list was made</h3><ul>")
+            for src in workflows.get("sources", ()):
+                bad = f', {len(src["unreadable"])} unreadable' if src.get("unreadable") else ""
+                s.append(f'<li>{esc(src["label"])}: <b>{src["workflows"]}</b>{esc(bad)} '
+                         f'<span class="path">({esc(src["where"])})</span></li>')
+            s.append("</ul>")
+            if workflows.get("unused_rule"):
+                s.append(f'<p class="sub">{esc(workflows["unused_rule"])}.</p>')
 
     s.append("<h2>extra_model_paths.yaml</h2>")
     diff = report.yaml_diff(plan)

@@ -420,3 +420,25 @@ def test_unused_reads_every_user_custom_node_examples_and_comfyuis_templates(tmp
             assert f"ComfyUI's templates: 1 (comfyui-workflow-templates {version} in " in text
         assert "2 model(s) named only by a template" in text or len(templated) == 4
         assert all(len(line) <= 120 for line in text.splitlines())
+
+
+def test_workflow_tables_show_the_autov2_known_already_and_never_hash_to_get_it(tmp_path, cli_env):
+    import hashlib
+    files = {"diffusion_models/flux1-dev.safetensors": b"U" * 70_000, "vae/ae.safetensors": b"V" * 3000}
+    comfyui = _manifest_pod(tmp_path, files, with_workflow=True)
+    cache = cli_env["COMFY_MIGRATE_CACHE"]
+    text = run_cli(["workflows", "--comfyui", comfyui], cli_env).stdout
+    assert "  ok      -          vae/ae.safetensors" in text and "AutoV2" in text
+    assert not os.path.exists(cache)                       # no silent hashing pass to fill the column
+    run_cli(["workflows", "--comfyui", comfyui, "--manifest", tmp_path / "m.json"], cli_env)   # reads and caches
+    short = hashlib.sha256(b"V" * 3000).hexdigest()[:10].upper()
+    text = run_cli(["workflows", "--comfyui", comfyui], cli_env).stdout
+    assert f"  ok      {short} vae/ae.safetensors" in text
+    assert "MISSING -          loras/style/ink.safetensors" in text
+    doc = json.loads(run_cli(["workflows", "--comfyui", comfyui, "--format", "json"], cli_env).stdout)
+    got = {m["name"]: m["autov2"] for m in doc["workflows"][0]["models"]}
+    assert got == {"ae.safetensors": short, "style/ink.safetensors": None,
+                   "flux1-dev.safetensors": hashlib.sha256(b"U" * 70_000).hexdigest()[:10].upper()}
+    page = tmp_path / "plan.html"
+    run_cli(["plan", "--comfyui", comfyui, "--target", tmp_path / "target", "--report", page], cli_env)
+    assert f"<code>{short}</code>" in page.read_text().split("<h2>Workflows</h2>", 1)[1]
