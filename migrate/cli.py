@@ -1159,6 +1159,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
             f"{len(rep.skipped)} skipped\n")
         for p in rep.kept:
             out(f"  {report.show(p.path)}: {p.message}\n")
+    mark_page_rolled_back(ui, log, rep)
     for p in rep.skipped:
         ui.warn(f"{report.show(p.path)}: {p.message}")
     if rep.stranded:
@@ -1169,6 +1170,25 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
                 f"then run `comfy-migrate rollback {rep.run_id} --target {shlex.quote(report.show(target))} --yes` again")
     if rep.skipped or rep.stranded:
         sys.exit(ExitCode.PROBLEMS)
+
+
+def mark_page_rolled_back(ui: Ui, log: str, rep) -> None:
+    """The run's page beside its log (if it has one) says it was rolled back: a page that still
+    read 'what it did' would tell a user the store holds what it no longer holds."""
+    from migrate import fsops, html_report
+    path = os.path.join(os.path.dirname(os.path.dirname(log)), "reports",
+                        os.path.basename(log)[:-len(".jsonl")] + ".html")
+    try:
+        with open(path, encoding="utf-8") as f:
+            page = f.read()
+        what = (f"{'partly: ' if rep.stranded else ''}{rep.undone} steps undone, {len(rep.skipped)} skipped, "
+                f"{len(rep.stranded)} model file(s) not back")
+        fsops.atomic_write(path, html_report.rolled_back(page, rep.run_id, what).encode("utf-8"), 0o644)
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        ui.warn(f"the run's page {report.show(path)} still reads as the run's result: "
+                f"{fsops.describe(exc) if isinstance(exc, OSError) else 'not UTF-8'}")
 
 
 @contextlib.contextmanager

@@ -144,7 +144,31 @@ def _diff(text: str) -> str:
 STATUS = {"ok": ("ok", "loads"), "changes": ("warn", "changes"), "missing": ("bad", "missing")}
 
 
-def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-migrate plan",
+def heading(done: Mapping | None) -> tuple[str, str]:
+    """(the page's <title>, its <h1>): what the page is. A plan (done None) is a dry run that changed
+    nothing; a run's page says what the run did (rolled_back marks it once a rollback undid it)."""
+    if done is None:
+        return "comfy-migrate dry run: the plan", "Dry run: the plan (nothing has changed yet)"
+    return f"comfy-migrate run {done['run']}: the result", f"Run {done['run']}: what it did"
+
+
+ROLLED_BACK = '<p class="bad rolled"><b>Rolled back</b>'
+
+
+def rolled_back(page: str, run_id: str, summary: str) -> str:
+    """A run's page once a rollback undid the run: its title and heading say so and a banner names what
+    the rollback did; the rest stays as the run left it (what it had done). Marked once."""
+    if ROLLED_BACK in page:
+        return page
+    old_title, old_h1 = heading({"run": run_id})
+    title = f"comfy-migrate run {run_id}: rolled back"
+    h1 = f"Run {run_id}: rolled back (below: what it had done)"
+    banner = f"{ROLLED_BACK}: {esc(summary)}. The numbers below are what the run did before it was undone.</p>"
+    page = page.replace(f"<title>{esc(old_title)}</title>", f"<title>{esc(title)}</title>", 1)
+    return page.replace(f"<h1>{esc(old_h1)}</h1>", f"<h1>{esc(h1)}</h1>{banner}", 1)
+
+
+def render(plan: Plan, workflows: Mapping | None = None, title: str | None = None,
            made: str = "", name_changes: Sequence[Mapping] | None = (), done: Mapping | None = None,
            sha256: Mapping[str, str] | None = None) -> str:
     """The whole page. workflows: workflows.workflow_doc (None: no ComfyUI folder to read them from).
@@ -153,6 +177,9 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
     name_changes: the plan's name changes as JSON documents (category, name, before, after, reason).
     done: after a run, the numbers its terminal printed (run, placed, copied_bytes, removed, stayed,
     quarantine_bytes); None: the plan's own (report.outcome)."""
+    page_title, h1 = heading(done)
+    if title is not None:
+        page_title = h1 = title
     t = report.totals(plan)
     o = report.outcome(plan)
     target = plan.target
@@ -181,9 +208,9 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
     if plan.free_bytes is not None:
         cards.append((report.human(plan.free_bytes), "free in the store: " + ("fits" if plan.fits else "DOES NOT FIT")))
     s = [f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-         f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(title)}</title>'
+         f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(page_title)}</title>'
          f"<style>{CSS}</style></head><body><main>"]
-    s.append(f"<h1>{esc(title)}</h1>")
+    s.append(f"<h1>{esc(h1)}</h1>")
     s.append(f'<p class="sub">{esc(", ".join(plan.sources))} &rarr; <b>{esc(target)}</b> '
              f"(mode {esc(plan.policy.mode.value)}){' &middot; ' + esc(made) if made else ''}</p>")
     s.append('<div class="cards">' + "".join(f"<div class=card><b>{esc(v)}</b><span>{esc(k)}</span></div>"
