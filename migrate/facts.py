@@ -5,6 +5,7 @@ created and removed in the target's nearest existing folder, whose times are put
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -698,11 +699,13 @@ def _read_workflow(path: str, names: dict, source: str):
     from migrate import workflows as wf
     try:
         data = fsops.read_file(path, WORKFLOW_LIMIT)
-        text = (data or b"").decode("utf-8")
+        text = (data or b"").decode("utf-8-sig")     # a browser's JSON reader drops a UTF-8 BOM too
     except UnicodeDecodeError as exc:
-        return wf.Workflow(path, "unreadable", (), f"not UTF-8 text (byte {exc.start})", source)
+        return wf.Workflow(path, "unreadable", (), f"not UTF-8 text (a bad byte at offset {exc.start})", source)
     except OSError as exc:
-        return wf.Workflow(path, "unreadable", (), f"cannot read: {fsops.describe(exc)}", source)
+        why = f"larger than {WORKFLOW_LIMIT >> 20} MiB: not read" if exc.errno == errno.EFBIG else \
+            f"cannot read: {exc.strerror or exc}"
+        return wf.Workflow(path, "unreadable", (), why, source)
     try:
         return wf.assign_categories(wf.parse_workflow(path, text), names)._replace(source=source)
     except (RecursionError, MemoryError, ValueError, TypeError) as exc:     # one bad file never stops a run

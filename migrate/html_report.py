@@ -277,9 +277,11 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str | None = Non
             s.append("<p>No saved workflows (ComfyUI saves them under <code>user/&lt;user&gt;/workflows/</code>).</p>")
         for w in workflows["workflows"]:
             s.append(f'<h3 class="path">{esc(w["path"].split("/user/", 1)[-1])}</h3>')
-            if w["error"]:
+            if w["format"] == "unreadable":
                 s.append(f'<p class="bad">unreadable: {esc(w["error"])}</p>')
                 continue
+            if w["error"]:
+                s.append(f'<p class="warn">read in part: {esc(w["error"])}</p>')
             s.append(_table(["", "category", "model", "AutoV2", "note"], [
                 [f'<span class="tag {STATUS[m["status"]][0]}">{STATUS[m["status"]][1]}</span>', esc(m["category"] or "?"),
                  f'<span class="path">{esc(m["name"])}</span>',

@@ -587,10 +587,11 @@ def workflow_lines(doc: dict, root: str = "") -> list[str]:
     lines = []
     for w in doc["workflows"]:
         where = posixpath.relpath(w["path"], root) if root else w["path"]
-        if w["error"]:
-            lines.append(fit("", where, f": unreadable ({w['error'][:60]})"))
+        if w["format"] == "unreadable":
+            lines.append(fit("", where, f": unreadable ({w['error'][:70]})"))
             continue
-        lines.append(fit("", where, f": {len(w['models'])} model(s)" + ("" if w["models"] else " (none it names)")))
+        lines.append(fit("", where, f": {len(w['models'])} model(s)" + ("" if w["models"] else " (none it names)")
+                         + (f"; read in part ({w['error'][:70]})" if w["error"] else "")))
         for m in w["models"]:
             ref = f"{m['category'] or '?'}/{m['name']}"
             lines.append(f"  {mark[m['status']]} {m.get('autov2') or '-':<10} {middle(ref, 96)}"

@@ -442,3 +442,44 @@ def test_workflow_tables_show_the_autov2_known_already_and_never_hash_to_get_it(
     page = tmp_path / "plan.html"
     run_cli(["plan", "--comfyui", comfyui, "--target", tmp_path / "target", "--report", page], cli_env)
     assert f"<code>{short}</code>" in page.read_text().split("<h2>Workflows</h2>", 1)[1]
+
+
+def test_hostile_workflow_files_are_one_line_each_in_workflows_and_the_report(tmp_path, cli_env):
+    comfyui = tmp_path / "ComfyUI"
+    (comfyui / "models" / "loras").mkdir(parents=True)
+    (comfyui / "models" / "loras" / "a.safetensors").write_bytes(b"a" * 10)
+    flows = comfyui / "user" / "default" / "workflows"
+    flows.mkdir(parents=True)
+    (comfyui / "user" / "empty" / "workflows").mkdir(parents=True)              # an empty workflows folder
+    (flows / "folder.json").mkdir()                                              # a workflow that is a folder
+    (flows / "zero.json").write_bytes(b"")
+    (flows / "latin1.json").write_bytes(b'{"nodes": [{"type": "LoraLoader", "widgets_values": ["caf\xe9.safetensors"]}]}')
+    (flows / "bom.json").write_bytes(b"\xef\xbb\xbf" + _lora_flow("a.safetensors").encode())
+    (flows / "passwd.json").write_text(_lora_flow("../../etc/passwd", "../../../etc/passwd.safetensors"))
+    os.mkfifo(flows / "fifo.json")                                               # never opened for a blocking read
+    (flows / "huge.json").write_text(json.dumps({"nodes": [
+        {"type": "LoraLoader", "widgets_values": ["b.safetensors", 1, 1], "properties": {"pad": "x" * 400}}] * 110_000}))
+    assert (flows / "huge.json").stat().st_size > 50 << 20
+    with open(flows / "too_big.json", "wb") as f:
+        f.truncate(65 << 20)
+    before = snapshot_tree(comfyui)
+    proc = run_cli(["workflows", "--comfyui", comfyui], cli_env, timeout=120)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    line = {ln.split(":", 1)[0].rsplit("/", 1)[-1]: ln for ln in proc.stdout.splitlines() if ln.startswith("default/")}
+    assert line["zero.json"].endswith("unreadable (not JSON: Expecting value: line 1 column 1 (char 0))")
+    assert line["latin1.json"].endswith("unreadable (not UTF-8 text (a bad byte at offset 57))")
+    assert line["bom.json"].endswith(": 1 model(s)")
+    assert line["passwd.json"].endswith(": 1 model(s)")               # the name without a model extension is no model
+    assert "MISSING -          loras/../../../etc/passwd.safetensors: no file of this name" in proc.stdout
+    assert line["fifo.json"].endswith("unreadable (cannot read: not a regular file)")
+    assert line["huge.json"].endswith("1 model(s); read in part (more than 100000 nodes: the rest were not read)")
+    assert line["too_big.json"].endswith("unreadable (larger than 64 MiB: not read)")
+    assert "folder.json" not in line and "saved workflows: 7 (" in proc.stdout
+    assert all(len(ln) <= 120 for ln in proc.stdout.splitlines())
+    page = tmp_path / "plan.html"
+    proc = run_cli(["plan", "--comfyui", comfyui, "--target", tmp_path / "target", "--report", page], cli_env,
+                   timeout=120)
+    assert "Traceback" not in proc.stderr
+    text = page.read_text()
+    assert "unreadable: not UTF-8 text" in text and "read in part: more than 100000 nodes" in text
+    assert snapshot_tree(comfyui) == before
