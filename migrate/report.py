@@ -593,9 +593,16 @@ def workflow_lines(doc: dict, root: str = "") -> list[str]:
         lines.append(fit("", where, f": {len(w['models'])} model(s)" + ("" if w["models"] else " (none it names)")
                          + (f"; read in part ({w['error'][:70]})" if w["error"] else "")))
         for m in w["models"]:
-            ref = f"{m['category'] or '?'}/{m['name']}"
-            lines.append(f"  {mark[m['status']]} {m.get('autov2') or '-':<10} {middle(ref, 96)}"
-                         + ("" if m["status"] == "ok" else f": {show(m['note'])}"))
+            head = f"  {mark[m['status']]} {m.get('autov2') or '-':<10} "
+            ref = show(f"{m['category'] or '?'}/{m['name']}")
+            note = "" if m["status"] == "ok" else show(
+                f"no file of this name; download: {m['url']}" if m["status"] == "missing" and m.get("url")
+                else "no file of this name" if m["status"] == "missing" else m["note"])
+            room = WIDTH - len(head)
+            if note:        # the name first (both ends), then the note in what is left (--format json: whole)
+                ref = middle(ref, max(40, room - len(note) - 2))
+                note = ": " + middle(note, max(20, room - len(ref) - 2))
+            lines.append(head + middle(ref, room) + note)
     if not doc["workflows"]:
         lines.append("no saved workflows (ComfyUI saves them under user/<user>/workflows/)")
     elif any(w["models"] for w in doc["workflows"]):
