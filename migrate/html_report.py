@@ -305,7 +305,7 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str | None = Non
                      "workflow: not unused (a template loads them).</p>")
             s.append("<details><summary>list them</summary>" + _table(["size", "category", "name", "named by"], [
                 [esc(report.human(t["size"])), esc(t["category"]), f'<span class="path">{esc(t["name"])}</span>',
-                 f'<span class="path">{esc("/".join(t["by"].split("/")[-3:]))}</span>'] for t in workflows["templated"]],
+                 f'<span class="path">{esc(report.template_name(t))}</span>'] for t in workflows["templated"]],
                 num=(0,), narrow_hide=(1,)) + "</details>")
         if workflows.get("sources") or workflows.get("unused_rule"):
             s.append("<h3>How the unused list was made</h3><ul>")

@@ -579,6 +579,13 @@ def finding_lines(findings: Sequence[Finding], roots: Sequence[str] = ()) -> lis
             for f in findings]
 
 
+def template_name(t: dict) -> str:
+    """Which template names a model, short: ComfyUI's by its file name, a pack's example with its pack."""
+    if t.get("source") == "templates":
+        return "template " + posixpath.basename(t["by"])
+    return "/".join(t["by"].split("/")[-3:])
+
+
 def workflow_lines(doc: dict, root: str = "") -> list[str]:
     """The workflows report as text: per saved workflow its models (ok / changes / missing, with the
     AutoV2 where the SHA-256 is known already), then the models nothing names and what they cost a
@@ -624,7 +631,7 @@ def workflow_lines(doc: dict, root: str = "") -> list[str]:
         lines.append(f"\n{len(templated)} model(s) named only by a template (not unused: a template loads them):")
         for t in templated[:5]:
             head = f"  {human(t['size']):>9}  {middle(t['category'] + '/' + t['name'], 60)} by "
-            lines.append(fit(head, "/".join(t["by"].split("/")[-3:])))
+            lines.append(fit(head, template_name(t)))
         if len(templated) > 5:
             lines.append(f"  ... and {len(templated) - 5} more (--format json lists them all)")
     if doc.get("sources"):

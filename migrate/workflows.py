@@ -263,7 +263,7 @@ def workflow_doc(workflows: Sequence[Workflow], before: Mapping[tuple[str, str],
         if wf.source != "user":
             for r in wf.refs:
                 for n in (r.name, posixpath.basename(r.name)):
-                    by_template.setdefault(n, wf.path)
+                    by_template.setdefault(n, (wf.path, wf.source))
             continue
         models = []
         for r in wf.refs:
@@ -317,7 +317,7 @@ def workflow_doc(workflows: Sequence[Workflow], before: Mapping[tuple[str, str],
         "unused_cost_per_month": round(total / 1e9 * price_per_gb_month, 2),
         "unused_rule": UNUSED_RULE,
         "price_per_gb_month": price_per_gb_month,
-        "templated": [{"category": k[0], "name": k[1], "size": n, "by": by} for k, n, by in templated],
+        "templated": [{"category": k[0], "name": k[1], "size": n, "by": by[0], "source": by[1]} for k, n, by in templated],
         "sources": read,
     }
 
