@@ -10,15 +10,9 @@ import shlex
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
-from migrate.model import PLAN_FORMAT, Action, ActionKind, Finding, Method, Plan, Removal, ScanResult, Status
+from migrate.core.model import PLAN_FORMAT, Action, ActionKind, Finding, Method, Plan, Removal, ScanResult, Status, human
 
 
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def show(path: str) -> str:
@@ -270,7 +264,7 @@ def totals(plan: Plan) -> dict:
     saved = sum(a.size for a in plan.actions if a.kind in (ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT)
                 and a.removal is not Removal.UNLINK and a.dst not in resumed)
     quarantined = sum(a.size for a in plan.actions if a.removal is Removal.QUARANTINE)
-    from migrate.storerules import stay_kind
+    from migrate.core.storerules import stay_kind
     return {"by_action": by_kind, "dedup_saves_bytes": saved, "copy_bytes": plan.bytes_to_copy,
             "quarantine_bytes": quarantined, "store_space_needed": plan.space_to_take,
             "store_reserve_bytes": plan.reserve_bytes,
@@ -409,7 +403,7 @@ def launch_line(plan: Plan) -> str:
 
 def warning_lines(plan: Plan) -> list[str]:
     """The plan's warnings, each kind once: conflicts as one line naming the files (short), then the rest."""
-    from migrate.storerules import stay_kind
+    from migrate.core.storerules import stay_kind
     heads = {"conflict": "conflict(s): the store holds other content under the name",
              "case-clash": "case clash(es): the store's filesystem folds case, so these names are one name "
                            "there with another spelling",
@@ -525,7 +519,7 @@ def deploy_doc(plan: Plan) -> dict:
                      f"holds the store on that machine (here {p.env_value}; e.g. /runpod-volume elsewhere)")
     cats = {c for c in plan.target_categories}
     cats.update(a.category for a in plan.actions if a.dst and a.category)
-    from migrate.comfy import LOADERS
+    from migrate.core.comfy import LOADERS
     cat = next((c for c in LOADERS if c in cats and c not in ("vae_approx", "diffusers")), "diffusion_models")
     node, name = LOADERS[cat][0]
     check = [f"curl -s {COMFYUI_URL}/object_info | jq '{choices_jq(node, name)}'",
@@ -579,44 +573,83 @@ def finding_lines(findings: Sequence[Finding], roots: Sequence[str] = ()) -> lis
             for f in findings]
 
 
+def template_name(t: dict) -> str:
+    """Which template names a model, short: ComfyUI's by its file name, a pack's example with its pack."""
+    if t.get("source") == "templates":
+        return "template " + posixpath.basename(t["by"])
+    return "/".join(t["by"].split("/")[-3:])
+
+
 def workflow_lines(doc: dict, root: str = "") -> list[str]:
-    """The workflows report as text: per workflow its models (ok / changes / missing), then the
-    models no workflow names and what they cost a month on a network volume."""
+    """The workflows report as text: per saved workflow its models (ok / changes / missing, with the
+    AutoV2 where the SHA-256 is known already), then the models nothing names and what they cost a
+    month on a network volume, the models only a template names, and how that list was made."""
     mark = {"ok": "ok     ", "changes": "CHANGES", "missing": "MISSING"}
     lines = []
     for w in doc["workflows"]:
         where = posixpath.relpath(w["path"], root) if root else w["path"]
-        if w["error"]:
-            lines.append(f"{show(where)}: unreadable ({w['error']})")
+        if w["format"] == "unreadable":
+            lines.append(fit("", where, f": unreadable ({w['error'][:70]})"))
             continue
-        lines.append(f"{show(where)}: {len(w['models'])} model(s)" + ("" if w["models"] else " (none it names)"))
+        lines.append(fit("", where, f": {len(w['models'])} model(s)" + ("" if w["models"] else " (none it names)")
+                         + (f"; read in part ({w['error'][:70]})" if w["error"] else "")))
         for m in w["models"]:
-            ref = f"{m['category'] or '?'}/{m['name']}"
-            lines.append(f"  {mark[m['status']]} {middle(ref, 100)}"
-                         + ("" if m["status"] == "ok" else f": {show(m['note'])}"))
+            head = f"  {mark[m['status']]} {m.get('autov2') or '-':<10} "
+            ref = show(f"{m['category'] or '?'}/{m['name']}")
+            note = "" if m["status"] == "ok" else show(
+                f"no file of this name; download: {m['url']}" if m["status"] == "missing" and m.get("url")
+                else "no file of this name" if m["status"] == "missing" else m["note"])
+            room = WIDTH - len(head)
+            if note:        # the name first (both ends), then the note in what is left (--format json: whole)
+                ref = middle(ref, max(40, room - len(note) - 2))
+                note = ": " + middle(note, max(20, room - len(ref) - 2))
+            lines.append(head + middle(ref, room) + note)
     if not doc["workflows"]:
         lines.append("no saved workflows (ComfyUI saves them under user/<user>/workflows/)")
+    elif any(w["models"] for w in doc["workflows"]):
+        lines.append("  (the column after the status is the AutoV2, the first 10 hex digits of SHA-256; "
+                     "- where not read yet)")
     unused = doc["unused"]
     if unused:
-        lines.append(f"\n{len(unused)} model(s) no workflow names: {human(doc['unused_bytes'])}, "
+        lines.append(f"\n{len(unused)} model(s) nothing names: {human(doc['unused_bytes'])}, "
                      f"${doc['unused_cost_per_month']:.2f}/month at ${doc['price_per_gb_month']}/GB-month")
-        lines.append("  (listed only when no workflow names it; each file's bytes counted once; see the report)")
+        lines.append("  (listed only when no workflow, template or custom-node example names it; each file's bytes "
+                     "counted once)")
         for u in unused[:10]:
             shared = "" if u.get("frees", u["size"]) == u["size"] else " (shares its bytes: frees nothing)"
             lines.append(f"  {human(u['size']):>9}  {middle(u['category'] + '/' + u['name'], 100)}{shared}")
         if len(unused) > 10:
             lines.append(f"  ... and {len(unused) - 10} more (--format json lists them all)")
+    templated = doc.get("templated") or []
+    if templated:
+        lines.append(f"\n{len(templated)} model(s) named only by a template (not unused: a template loads them):")
+        for t in templated[:5]:
+            head = f"  {human(t['size']):>9}  {middle(t['category'] + '/' + t['name'], 60)} by "
+            lines.append(fit(head, template_name(t)))
+        if len(templated) > 5:
+            lines.append(f"  ... and {len(templated) - 5} more (--format json lists them all)")
+    if doc.get("sources"):
+        lines.append("\nhow the unused list was made: every workflow read, by where it was found")
+        for s in doc["sources"]:
+            bad = f", {len(s['unreadable'])} unreadable" if s.get("unreadable") else ""
+            count = f"{s['workflows']}{bad}" if s["workflows"] or s["kind"] != "templates" else "none"
+            lines.append(fit(f"  {s['label']}: {count} (", s["where"], ")"))
     missing = doc["missing"]
     if missing:
-        lines.append(f"\n{len(missing)} model(s) a workflow needs that this pod lacks: "
-                     + ", ".join(f"{m['category'] or '?'}/{show(m['name'])}" for m in missing[:5])
-                     + (" ..." if len(missing) > 5 else ""))
+        line = f"{len(missing)} model(s) a workflow needs that this pod lacks:"
+        for i, m in enumerate(missing):
+            ref = f" {m['category'] or '?'}/{middle(m['name'], 60)}" + ("," if i < len(missing) - 1 else "")
+            if len(line) + len(ref) > WIDTH - 4:
+                line += " ..."
+                break
+            line += ref
+        lines.append("\n" + line)
     return lines
 
 
 def rollback_summary(undos: Sequence, kept: int) -> str:
     """What a rollback will do, in one line: counts per kind of step (rollback.Undo.op)."""
-    from migrate.steps import PLACES, RETURNS_SOURCE, Op
+    from migrate.core.steps import PLACES, RETURNS_SOURCE, Op
     n: dict[str, int] = {}
     for u in undos:
         n[u.op] = n.get(u.op, 0) + 1

@@ -18,17 +18,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from migrate import __version__, fsops, identity
-from migrate.errors import BadLog
-from migrate.fleet import store_rel
-from migrate.hashing import hash_bytes
-from migrate.identity import Observed, Precision
-from migrate.journal import EmptyLog, Journal, load_log, read_begun, read_log, rollback_log_of, run_logs
-from migrate.model import STATE_DIR, Problem
-from migrate.records import (DirTimes, Done, Header, Keep, Links, Record, RbClose, RbHeader, RbResume, Restored, Resume, Other,
-                             Skip, Staged, Step, Stopped, Swept, UndoBegin, UndoDone, Unplaced, Close, group_steps, heads)
-from migrate.scan import TEMP_MARK, temp_name
-from migrate.steps import PLACES, PLACES_FILE, REMOVES_SOURCE, Op
+from migrate import __version__
+from migrate.disk import fsops, identity
+from migrate.core.errors import BadLog
+from migrate.core.fleet import store_rel
+from migrate.disk.hashing import hash_bytes
+from migrate.disk.identity import Observed, Precision
+from migrate.disk.journal import EmptyLog, Journal, load_log, read_begun, read_log, rollback_log_of, run_logs
+from migrate.core.model import STATE_DIR, Problem
+from migrate.core.records import (DirTimes, Done, Header, Keep, Links, Record, RbClose, RbHeader, RbResume, Restored,
+                                  Resume, Other, Skip, Staged, Step, Stopped, Swept, UndoBegin, UndoDone, Unplaced,
+                                  Close, group_steps, heads)
+from migrate.disk.scan import TEMP_MARK, temp_name
+from migrate.core.steps import PLACES, PLACES_FILE, REMOVES_SOURCE, Op
 
 PATH_FIELDS = ("src", "dst", "tmp", "q", "stored", "path")
 Twins = Dict[Tuple[Optional[int], Optional[int]], List[str]]
@@ -62,7 +64,8 @@ class Undo:
     @property
     def source(self) -> Observed:
         """The source as the run observed it (its inode, size and mtime as scanned)."""
-        return self.rec.source
+        r = self.rec
+        return Observed(r.src_dev, r.src_ino, r.size, r.mtime_ns)
 
     @property
     def placed_ino(self) -> Optional[int]:
@@ -431,8 +434,8 @@ def _unmerge_yaml(path: str, cur: bytes, before: Optional[bytes], notes: List[st
     """Undo a run's YAML change in a file the user edited since: only our marked section goes (the
     previous one, if the YAML had one, comes back); every other byte stays. Written atomically, or
     not at all ('' when done, else why not)."""
-    from migrate import comfy
-    from migrate.errors import BadInput
+    from migrate.core import comfy
+    from migrate.core.errors import BadInput
     try:
         text = cur.decode("utf-8")
         new = comfy.remove_section(text, before.decode("utf-8") if before is not None else None, path)
@@ -951,7 +954,7 @@ def _host_of(log: str) -> Optional[str]:
 def load_run(log_path: str) -> List[Record]:
     """A run's log, read and checked once for undoing: its hash chain (read_log), its records typed
     (records.load: each step record holds the fields its undo reads), its paths (check_log)."""
-    from migrate.records import load
+    from migrate.core.records import load
     raw, _, _ = read_log(log_path)
     records = load(raw, log_path)
     check_log(records, log_path)

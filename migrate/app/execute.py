@@ -17,17 +17,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from migrate import __version__, fsops, identity
-from migrate.report import human
-from migrate.errors import BadInput, BadLog, NoSpace
-from migrate.hashing import confirm_digest, hash_bytes
-from migrate.journal import RUNS_DIR, EmptyLog, Journal, load_log, read_begun, rollback_log_of, run_logs
-from migrate.records import (group_steps, Cleanup, Close, DirTimes, Done, Fail, Header, Links, Names, Record, Resume, Staged,
-                             Stayed, Step, Stopped)
-from migrate.lock import TargetLock
-from migrate.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal
-from migrate.scan import TEMP_MARK, temp_name
-from migrate.steps import RETURNS_SOURCE, STAGES_TEMP, Op
+from migrate import __version__
+from migrate.disk import fsops, identity
+from migrate.core.errors import BadInput, NoSpace
+from migrate.disk.hashing import confirm_digest, hash_bytes
+from migrate.disk.journal import RUNS_DIR, Journal, find_interrupted, load_log
+from migrate.core.records import (group_steps, Cleanup, Close, DirTimes, Done, Fail, Header, Links, Names, Record,
+                                  Resume, Staged, Stayed, Step, Stopped)
+from migrate.disk.lock import TargetLock
+from migrate.core.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal, human
+from migrate.disk.scan import TEMP_MARK, temp_name
+from migrate.core.steps import RETURNS_SOURCE, STAGES_TEMP, Op
 
 OnBytes = Callable[[int], None]
 
@@ -66,34 +66,6 @@ class RunReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def find_interrupted(target: str, sources: Optional[Sequence[str]] = None, yaml: Optional[str] = None) -> Optional[str]:
-    """The newest run log with no closing record and no rollback: a run to continue.
-
-    With `sources`, only a run of this host sharing a source or the YAML counts: on a shared store
-    another pod's interrupted run is that pod's to continue (or roll back) and does not block
-    this one (pods often have the same paths: /workspace/ComfyUI on each container).
-    """
-    for _, path in reversed(run_logs(target)):
-        try:
-            if read_begun(rollback_log_of(path)) is not None:
-                continue    # rolled back, or being rolled back (a rollback that wrote no record did nothing)
-        except BadLog:
-            continue
-        try:
-            records = load_log(path)
-        except EmptyLog:
-            continue        # died writing its header (or another pod is writing it): nothing done
-        head = records[0]
-        assert isinstance(head, Header)
-        if sources is not None and (head.host != socket.gethostname() or not (
-                set(head.sources) & set(sources) or (yaml is not None and head.yaml == yaml))):
-            continue
-        if not isinstance(records[-1], Close):
-            return path
-        return None
-    return None
 
 
 class _Runner:
@@ -665,7 +637,7 @@ def remember_facts(plan: Plan) -> None:
 def links_on_way(plan: Plan) -> Dict[str, str]:
     """Every symlink to a folder on the way from the target to a destination, with its text, as it
     is before the first step: the store folders this run writes through (see preflight.py)."""
-    from migrate.preflight import needed_folders
+    from migrate.core.preflight import needed_folders
     out: Dict[str, str] = {}
     for folder in needed_folders(plan):
         cur = plan.target

@@ -21,9 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from migrate import identity
-from migrate.errors import BadLog
-from migrate.steps import Op
+from migrate.core.errors import BadLog
+from migrate.core.steps import Op
 
 NUM = (int,)
 TEXT = (str,)
@@ -281,11 +280,6 @@ class Step(Record):
     def known(self) -> Optional[Op]:
         """Its op, or None for an op this version does not know."""
         return self.op if isinstance(self.op, Op) else None
-
-    @property
-    def source(self) -> identity.Observed:
-        """The source as the scan observed it (what the run compared it with before acting)."""
-        return identity.Observed(self.src_dev, self.src_ino, self.size, self.mtime_ns)
 
     @property
     def home(self) -> Optional[str]:

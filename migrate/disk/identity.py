@@ -145,7 +145,7 @@ def same_file(path: str, seen: Observed, p: Precision = EXACT, digest: Optional[
         return False
     if (p.stable_inode and p.stable_mtime) or digest is None:     # content is read only when stat cannot decide
         return True
-    from migrate.hashing import hash_path
+    from migrate.disk.hashing import hash_path
     return hash_path(path) == digest
 
 
@@ -154,7 +154,7 @@ def same_bytes(path: str, digest: Optional[str], size: Optional[int] = None) -> 
     its stat says: where a byte is about to be freed (purge, the undo of a copy) or another file
     took a name (a source not back as logged), only the content decides. False when nothing is
     there; OSError when the file is there but cannot be read."""
-    from migrate.hashing import hash_path
+    from migrate.disk.hashing import hash_path
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):

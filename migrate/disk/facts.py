@@ -5,18 +5,20 @@ created and removed in the target's nearest existing folder, whose times are put
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from migrate import catalogue as store_catalogue, fsops, plan as planning
-from migrate.comfy import DEFAULT_COMFYUI, check_dir, find_comfyui  # noqa: F401 (they lived here)
-from migrate.errors import BadInput
-from migrate.hashing import DigestCache
-from migrate.model import UNPROBED, Finding, FsFacts, PathFact, PathFacts, Plan, Policy, Probe, ScanResult, Status
-from migrate.scan import hash_records, scan_tree
+from migrate.disk import catalogue as store_catalogue, fsops
+from migrate.core import plan as planning
+from migrate.core.comfy import DEFAULT_COMFYUI, check_dir, find_comfyui  # noqa: F401 (they lived here)
+from migrate.core.errors import BadInput
+from migrate.disk.hashing import DigestCache
+from migrate.core.model import UNPROBED, Finding, FsFacts, PathFact, PathFacts, Plan, Policy, Probe, ScanResult, Status
+from migrate.disk.scan import hash_records, scan_tree
 
 DEFAULT_TARGET = "/workspace/models"
 
@@ -91,8 +93,8 @@ def through_links(scan: ScanResult) -> ScanResult:
     """The store's scan with what its symlinked folders hold (symlinked_folders), under the
     store's names: run writes through such a folder (preflight.py), so the plan must know what is
     already behind it. One level: a symlinked folder behind a symlinked folder is not entered."""
-    from migrate.comfy import category_of as comfy_category
-    from migrate.scan import classify
+    from migrate.core.comfy import category_of as comfy_category
+    from migrate.disk.scan import classify
     extra = []
     problems = list(scan.problems)
     by_path = {r.path: r for r in scan.records}
@@ -144,7 +146,7 @@ def gather(
     """verdicts: a sniff.VerdictCache (None: no cache). Broken or suspect files are held back
     (status SUSPECT: never hashed, never moved) unless include_suspect. launch: how ComfyUI is
     started (launch.Launch: its models folder, the other YAMLs it reads, its output folders)."""
-    from migrate.sniff import check_sources
+    from migrate.disk.sniff import check_sources
     started = time.time_ns()
     planning.check_roots([os.path.realpath(s) for s in sources], os.path.realpath(target))
     check_writable(target)
@@ -220,7 +222,7 @@ def weakest_facts(target: str, target_fs: FsFacts, probes: Sequence[Probe]) -> T
     """The store's probe, and those of sources on the store's own filesystem, no stronger than the
     weakest facts earlier probes of the store found (fsops.seen_facts; kept by each run): rclone's
     inode numbers survive one probe's renames and not the next's, so one lucky probe proves nothing."""
-    from migrate.identity import weakest
+    from migrate.disk.identity import weakest
     seen = fsops.seen_facts(target)
     if seen is None:
         return target_fs, tuple(probes)
@@ -249,8 +251,8 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
     (a stored file of such a name is read: the plan gives its digest)."""
     if yaml_path is None:
         return None, set()
-    from migrate import comfy, names
-    from migrate.hashing import hash_path, stamp
+    from migrate.core import comfy, names
+    from migrate.disk.hashing import hash_path, stamp
     as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path))
     if launch is not None:
         models_dir = launch.models
@@ -326,7 +328,7 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
 
 
 def canonical(cat: str) -> str:
-    from migrate.comfy import canonical_key
+    from migrate.core.comfy import canonical_key
     return canonical_key(cat)
 
 
@@ -389,7 +391,7 @@ def path_facts(yaml_path: Optional[str], target: str, base_path: str) -> Optiona
 
 def make_plan(facts: Facts, policy: Policy) -> Plan:
     """The plan, checked by the preflight against every path run will touch (see preflight.py)."""
-    from migrate import comfy, preflight
+    from migrate.core import comfy, preflight
     if policy.base_path is None:        # no --base-path: the form the YAML has (a portable one stays so)
         policy = policy._replace(base_path=comfy.kept_base_spec(facts.yaml_before, facts.yaml_path or ""))
     plan = planning.build_plan(facts.sources, facts.target_scan, facts.target, policy, facts.probes,
@@ -407,10 +409,10 @@ def state_bytes(target: str, sources: Sequence[str], yaml_path: Optional[str]) -
     """The space our own files in the store take already, of those the plan's reserve counts
     (storerules.reserve): the state folders, the lock, the rollback reserve, the catalogue, and
     the log of this pod's interrupted run (which `run` continues). Old runs' logs do not count."""
-    from migrate.errors import BadLog
-    from migrate.execute import find_interrupted
-    from migrate.model import STATE_DIR
-    from migrate.storerules import STATE_PATHS
+    from migrate.core.errors import BadLog
+    from migrate.disk.journal import find_interrupted
+    from migrate.core.model import STATE_DIR
+    from migrate.core.storerules import STATE_PATHS
     paths = [os.path.join(target, STATE_DIR, p) for p in STATE_PATHS]
     try:
         log = find_interrupted(target, list(sources), yaml_path)
@@ -430,11 +432,11 @@ def state_bytes(target: str, sources: Sequence[str], yaml_path: Optional[str]) -
 def interrupted_placements(facts: Facts):
     """(run id, store paths it placed) of this pod's interrupted run, which `run` continues: those
     files are in the store because of that run, not deduplication (None without one)."""
-    from migrate.errors import BadLog
-    from migrate.execute import find_interrupted
-    from migrate.journal import load_log
-    from migrate.records import group_steps
-    from migrate.steps import STORES_SOURCE
+    from migrate.core.errors import BadLog
+    from migrate.disk.journal import find_interrupted
+    from migrate.disk.journal import load_log
+    from migrate.core.records import group_steps
+    from migrate.core.steps import STORES_SOURCE
     try:
         log = find_interrupted(facts.target, [s.root for s in facts.sources], facts.yaml_path)
         if log is None:
@@ -492,8 +494,8 @@ def confirm_beliefs(plan: Plan, caches: Sequence[Optional[DigestCache]] = ()) ->
     or whose stored copy's, differ (or that changed meanwhile). Every digest read here goes into
     `caches` (the re-plan's memo, so planning again sees the truth, and the digest cache, so the
     next plan does)."""
-    from migrate.hashing import digest_now
-    from migrate.model import ActionKind, Removal
+    from migrate.disk.hashing import digest_now
+    from migrate.core.model import ActionKind, Removal
 
     def remember(s, got: str, at: int) -> None:
         for cache in caches:
@@ -530,9 +532,9 @@ def loaded_models(order: dict, gguf: bool = False) -> dict:
     the first folder in search order holding a regular file or a symlink to one). Reads folders only.
     A folder reached again through a symlink loop (`loras/self -> .`) is walked once. gguf: also the
     .gguf files ComfyUI-GGUF lists in diffusion_models and text_encoders."""
-    from migrate import comfy
-    from migrate.names import first_holder
-    from migrate.workflows import GGUF_CATEGORIES
+    from migrate.core import comfy
+    from migrate.core.names import first_holder
+    from migrate.core.workflows import GGUF_CATEGORIES
     out: dict = {}
     for cat, folders in order.items():
         names = set()
@@ -576,14 +578,18 @@ def model_identities(before: dict) -> dict:
 
 
 WORKFLOW_LIMIT = 64 << 20      # bytes read of one workflow file (a huge one is reported, not read)
+# The folders of a custom-node pack ComfyUI 0.33 serves as templates (app/custom_node_manager.py:
+# `<custom_nodes folder>/*/<name>/*.json`, one level, as glob lists them: no hidden pack).
+NODE_EXAMPLE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
+TEMPLATES_DIST = "comfyui_workflow_templates"
 
 
 def find_workflows(home: str, user: Optional[str] = None) -> List[str]:
     """The pod's saved workflows: <ComfyUI>/user/<user>/workflows/**/*.json (`user`: ComfyUI's user
-    folder when it is started with another, launch.Launch.user), sorted."""
+    folder when it is started with another, launch.Launch.user), every user, sorted."""
     user = user or os.path.join(home, "user")
     out = []
-    for u in sorted(os.listdir(user)) if os.path.isdir(user) else ():
+    for u in _listdir(user):
         top = os.path.join(user, u, "workflows")
         for dirpath, dirnames, filenames in os.walk(top):
             dirnames.sort()
@@ -591,23 +597,136 @@ def find_workflows(home: str, user: Optional[str] = None) -> List[str]:
     return sorted(out)
 
 
-def gather_workflows(home: str, order: dict, user: Optional[str] = None):
-    """(workflows with categories, what ComfyUI loads for each name now). Reads, never writes."""
-    from migrate import workflows as wf
+def _listdir(folder: str) -> List[str]:
+    try:
+        return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    except OSError:
+        return []
+
+
+def _json_files(folder: str) -> List[str]:
+    """The `*.json` names in one folder, as glob lists them (no hidden name; a folder named x.json too:
+    it is then reported unreadable, as ComfyUI would fail to serve it)."""
+    return [os.path.join(folder, f) for f in _listdir(folder) if f.lower().endswith(".json") and not f.startswith(".")]
+
+
+def custom_node_folders(home: str, order: dict, launch=None) -> List[str]:
+    """ComfyUI's custom_nodes folders: <base>/custom_nodes first, then any a YAML adds (`custom_nodes:`)."""
+    base = launch.base if launch is not None else home
+    return list(dict.fromkeys([os.path.join(base, "custom_nodes")] + list(order.get("custom_nodes", ()))))
+
+
+def find_node_examples(folders: Sequence[str]) -> List[str]:
+    """The example workflows custom-node packs ship, as ComfyUI 0.33 lists them for its Templates
+    menu: <custom_nodes>/<pack>/{example_workflows,example,examples,workflow,workflows}/*.json."""
+    out = []
+    for top in folders:
+        for pack in _listdir(top):
+            if pack.startswith("."):
+                continue
+            for sub in NODE_EXAMPLE_FOLDERS:
+                out.extend(_json_files(os.path.join(top, pack, sub)))
+    return out
+
+
+def python_prefixes(home: str, proc: str = "/proc") -> List[str]:
+    """The Python environments ComfyUI may run in: the running ComfyUI's own (the Python its command
+    line names, or its VIRTUAL_ENV), then each venv (a folder with pyvenv.cfg) in the ComfyUI folder
+    or beside it (`.venv`, `venv`, `.venv-cu128`, ...). Reads only."""
+    from migrate.disk.running import find_running
+    out = []
+    for r in find_running(home, proc):
+        try:
+            with open(os.path.join(proc, str(r.pid), "cmdline"), "rb") as f:
+                argv0 = f.read().split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            if "/" in argv0:
+                out.append(os.path.dirname(os.path.dirname(os.path.join(r.cwd or "/", argv0))))
+            with open(os.path.join(proc, str(r.pid), "environ"), "rb") as f:
+                env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
+            if env.get(b"VIRTUAL_ENV"):
+                out.append(env[b"VIRTUAL_ENV"].decode("utf-8", "surrogateescape"))
+        except OSError:
+            continue
+    for parent in (home, os.path.dirname(os.path.abspath(home))):
+        out.extend(os.path.join(parent, d) for d in _listdir(parent)
+                   if os.path.isfile(os.path.join(parent, d, "pyvenv.cfg")))
+    return list(dict.fromkeys(os.path.normpath(p) for p in out))
+
+
+def _dist_version(site: str, dist: str) -> Optional[str]:
+    for d in _listdir(site):
+        if d.lower().startswith(dist + "-") and d.endswith(".dist-info"):
+            try:
+                with open(os.path.join(site, d, "METADATA"), encoding="utf-8", errors="replace") as f:
+                    for line in f:
+                        if line.startswith("Version:"):
+                            return line.split(":", 1)[1].strip()
+                        if not line.strip():
+                            break
+            except OSError:
+                pass
+            return d[len(dist) + 1:-len(".dist-info")]
+    return None
+
+
+def _legacy_templates(version: Optional[str]) -> bool:
+    """ComfyUI 0.33 serves comfyui_workflow_templates/templates/ below 0.3.0 (or an unreadable
+    version), else the JSON package's templates (server.py, frontend_management.py)."""
+    try:
+        return tuple(int(x) for x in version.split(".")[:2]) < (0, 3)
+    except (AttributeError, ValueError):
+        return True
+
+
+def find_templates(prefixes: Sequence[str]) -> Tuple[List[str], str]:
+    """ComfyUI's own templates (PyPI comfyui-workflow-templates) in the first environment that has the
+    package: (the template files, a note naming the package version and folder, or where we looked)."""
+    import glob
+    for prefix in prefixes:
+        for site in sorted(glob.glob(os.path.join(glob.escape(prefix), "lib*", "python3*", "site-packages"))):
+            version = _dist_version(site, TEMPLATES_DIST)
+            legacy = os.path.join(site, TEMPLATES_DIST, "templates")
+            split = os.path.join(site, TEMPLATES_DIST + "_json", "templates")
+            if version is None and not os.path.isdir(legacy) and not os.path.isdir(split):
+                continue
+            folder = legacy if _legacy_templates(version) or not os.path.isdir(split) else split
+            files = [p for p in _json_files(folder) if not os.path.basename(p).lower().startswith("index.")]
+            return files, f"comfyui-workflow-templates {version or '(version unknown)'} in {folder}"
+    return [], "not found: no comfyui-workflow-templates in " + (
+        ", ".join(prefixes) if prefixes else "a venv in or beside the ComfyUI folder, nor a running ComfyUI's Python")
+
+
+def _read_workflow(path: str, names: dict, source: str):
+    from migrate.core import workflows as wf
+    try:
+        data = fsops.read_file(path, WORKFLOW_LIMIT)
+        text = (data or b"").decode("utf-8-sig")     # a browser's JSON reader drops a UTF-8 BOM too
+    except UnicodeDecodeError as exc:
+        return wf.Workflow(path, "unreadable", (), f"not UTF-8 text (a bad byte at offset {exc.start})", source)
+    except OSError as exc:
+        why = f"larger than {WORKFLOW_LIMIT >> 20} MiB: not read" if exc.errno == errno.EFBIG else \
+            f"cannot read: {exc.strerror or exc}"
+        return wf.Workflow(path, "unreadable", (), why, source)
+    try:
+        return wf.assign_categories(wf.parse_workflow(path, text), names)._replace(source=source)
+    except (RecursionError, MemoryError, ValueError, TypeError) as exc:     # one bad file never stops a run
+        return wf.Workflow(path, "unreadable", (), f"cannot read: {type(exc).__name__}", source)
+
+
+def gather_workflows(home: str, order: dict, user: Optional[str] = None, launch=None, proc: str = "/proc"):
+    """(workflows with categories, what ComfyUI loads for each name now, the sources read). Every place a
+    model can be named: the saved workflows of every user, the example workflows custom-node packs
+    ship, ComfyUI's own templates. Reads, never writes."""
+    from migrate.core import workflows as wf
     before = loaded_models(order, gguf=True)
     names: dict = {}
     for cat, name in before:
         names.setdefault(cat, set()).add(name)
-    out = []
-    for path in find_workflows(home, user):
-        try:
-            data = fsops.read_file(path, WORKFLOW_LIMIT)
-            text = (data or b"").decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            out.append(wf.Workflow(path, "unreadable", (), f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
-            continue
-        try:
-            out.append(wf.assign_categories(wf.parse_workflow(path, text), names))
-        except (RecursionError, MemoryError, ValueError, TypeError) as exc:     # one bad file never stops a run
-            out.append(wf.Workflow(path, "unreadable", (), f"cannot read: {type(exc).__name__}"))
-    return out, before
+    user = user or os.path.join(home, "user")
+    nodes = custom_node_folders(home, order, launch)
+    templates, note = find_templates(python_prefixes(home, proc))
+    sources = [wf.Source("user", "saved workflows", os.path.join(user, "*", "workflows"), find_workflows(home, user)),
+               wf.Source("custom_nodes", "custom-node example workflows", ", ".join(nodes), find_node_examples(nodes)),
+               wf.Source("templates", "ComfyUI's templates", note, templates)]
+    out = [_read_workflow(path, names, s.kind) for s in sources for path in s.files]
+    return out, before, sources
