@@ -59,6 +59,25 @@ def as_model(rel: str, payload: bytes) -> bytes:
     return payload
 
 
+def typed(dicts: Sequence[dict]) -> list:
+    """Journal records as the readers get them (migrate.core.records), from their JSON, without the
+    checks a log gets when it is loaded: pure tests write only the fields the code under test reads."""
+    from migrate.core import records
+    from migrate.core.steps import Op
+    out = []
+    for d in dicts:
+        cls = records.RUN_KINDS.get(d["type"]) or records.ROLLBACK_KINDS[d["type"]]
+        kw = {}
+        for name, (key, _, _) in cls.JSON.items():
+            k = key if key in d else next((o for o, n in cls.OLD.items() if n == name and o in d), None)
+            if k is not None:
+                kw[name] = tuple(d[k]) if isinstance(d[k], list) else d[k]
+        if cls is records.Step:
+            kw["op"] = Op(kw["op"])
+        out.append(cls(**kw))
+    return out
+
+
 def past_racy_window() -> None:
     """Wait until files made just now are no longer "racily clean" (hashing.racy): a digest read
     in the same clock tick as a file's last change is never trusted later, so a test that wants a

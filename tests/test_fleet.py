@@ -21,13 +21,14 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 import xxhash
-from conftest import as_model, run_cli
+from conftest import as_model, run_cli, typed
 
 from migrate.disk import catalogue as store_catalogue
 from migrate.core import comfy
 from migrate.disk.journal import read_log
 from migrate.core.model import STATE_DIR
 from migrate.app.rollback import check_log
+from migrate.core.records import load
 
 Models = Dict[str, bytes]      # rel under models/ -> content
 
@@ -161,7 +162,7 @@ def check_fleet(target: Path, pods: List[Tuple[Path, Models]], runs_expected: in
     assert len(logs) == runs_expected, [p.name for p in logs]
     for log in logs:
         records, _, torn = read_log(str(log))
-        check_log(records, str(log))
+        check_log(load(records, str(log)), str(log))
         assert records[-1]["type"] == "close" and records[-1]["state"] == "complete", (log, records[-1])
     # The catalogue equals a fresh hash of the store.
     cat, warning = store_catalogue.load(str(target))
@@ -569,11 +570,12 @@ def test_reliance_from_logs():
          # its own placement, then its own source removed: not reliance on another run
          {"type": "begin", "step": 10, "op": "link", "src": "/b/m/vae/v", "dst": "/t/vae/v"},
          {"type": "begin", "step": 12, "op": "unlink", "src": "/b/m/vae/v", "dst": "/t/vae/v", "stored": "/t/vae/v"}]
+    c = [dict(r, **{k: r[k].replace("/t/", "/mnt/t/") for k in ("dst", "stored") if k in r}) for r in b]
+    c[0] = {"type": "header", "run": "C", "target": "/mnt/t"}
+    b, c = typed(b), typed(c)
     assert relied_paths(b) == {"/t/loras/x", "/t/loras/w", "/t/vae/v"}
     assert reliance([("A", []), ("B", b)], "A") == {"loras/x": ["B"], "loras/w": ["B"]}
     # Pod C mounts the volume elsewhere: the same stored file, by its place in the store.
-    c = [dict(r, **{k: r[k].replace("/t/", "/mnt/t/") for k in ("dst", "stored") if k in r}) for r in b]
-    c[0] = {"type": "header", "run": "C", "target": "/mnt/t"}
     assert reliance([("B", b), ("C", c)], "A") == {"loras/x": ["B", "C"], "loras/w": ["B", "C"]}
     assert reliance([("B", b)], "B") == {}
     # A link step logged as failed put nothing there: the run's removal trusting that name is reliance.
@@ -582,9 +584,10 @@ def test_reliance_from_logs():
          {"type": "begin", "step": 2, "op": "link", "src": "/d/m/vae/v", "dst": "/t/vae/v"},
          {"type": "fail", "step": 2, "error": "File exists"},
          {"type": "begin", "step": 4, "op": "quarantine", "src": "/d/m/vae/v", "dst": "/t/vae/v", "stored": "/t/vae/v"}]
+    d = typed(d)
     assert placed_by(d) == set() and reliance([("D", d)], "A") == {"vae/v": ["D"]}
     # Nor did one begun but never made (no fail record: the pod was killed; rollback.settle marks it).
-    e = [d[0], d[1], {"type": "unplaced", "step": 2}, d[3]]
+    e = [d[0], d[1], typed([{"type": "unplaced", "step": 2}])[0], d[3]]
     assert placed_by(e) == set() and reliance([("E", e)], "A") == {"vae/v": ["E"]}
     assert placed_by([d[0], d[1], d[3]]) == {"/t/vae/v"}
 

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 from migrate.app import rollback
-from migrate.disk.journal import Journal, read_log
+from migrate.disk.journal import Journal, load_log
 from migrate.core.model import STATE_DIR
 from migrate.core.steps import PLACES, PLACES_FILE, REMOVES_SOURCE, Op
 
@@ -81,7 +81,7 @@ def _log(path: Path, header: dict, records: list) -> list:
     for r in records:
         j.append(r)
     j.close()
-    return read_log(str(path))[0]
+    return load_log(str(path))
 
 
 def test_a_symlink_another_run_relies_on_stays_in_the_store(tmp_path):

@@ -16,9 +16,10 @@ from typing import Dict, List
 
 import pytest
 
-from conftest import as_model, run_cli, run_leaving_conflicts
+from conftest import as_model, run_cli, run_leaving_conflicts, typed
 from migrate.disk.journal import read_log
 from migrate.core.model import STATE_DIR
+from migrate.core.records import load
 from migrate.app.verify import claims, pod_runs
 
 VAE = "vae/wan_2.1_vae.safetensors"                              # the demo store already holds it
@@ -132,7 +133,7 @@ def test_healthy_pod_with_two_runs_passes(pod, cli_env):
             "broken_link_backs", "ok"} <= set(doc)
     # Every name either run took out of the sources is checked: placed, and already there.
     assert doc["per_run"][second] == 1 and doc["checked"] == doc["per_run"][first] + 1
-    assert doc["checked"] == len(claims([(h, records_of(pod.target, h)) for h in (first, second)]))
+    assert doc["checked"] == len(claims([(h, load(records_of(pod.target, h), h)) for h in (first, second)]))
 
 
 # --- (4) a run id narrows it ------------------------------------------------------------------------
@@ -181,7 +182,7 @@ def test_quick_passes_healthy_fails_on_size_and_reads_no_file(pod, cli_env):
     # ... and reads, in all, less than the store holds, where a re-hash reads all of it.
     if not os.path.exists("/proc/self/io"):
         pytest.skip("no /proc/self/io to count the bytes a process reads")
-    checked = claims([(h, records_of(pod.target, h)) for h in (first, second)])
+    checked = claims([(h, load(records_of(pod.target, h), h)) for h in (first, second)])
     total = sum(c.size for c in checked.values())
     corrupt_same_size(stored)                  # undone: the full verify passes again
     os.utime(stored, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -222,7 +223,7 @@ def test_verify_finds_the_pods_runs_after_the_host_name_changed(pod, cli_env):
 
 
 def head(run: str, host: str, yaml: str, sources: List[str], target: str = "/store") -> List[dict]:
-    return [{"type": "header", "run": run, "host": host, "yaml": yaml, "sources": sources, "target": target}]
+    return typed([{"type": "header", "run": run, "host": host, "yaml": yaml, "sources": sources, "target": target}])
 
 
 def test_pod_runs_are_chosen_by_yaml_not_host(tmp_path):
@@ -270,7 +271,7 @@ def test_claims_cover_placed_already_there_and_kept_names_newest_record_wins():
           *step(2, "unlink", "/mnt/s/loras/a.safetensors", "da", mtime_ns=9)]
     kept = [{"type": "keep", "rel": "checkpoints/k.safetensors", "digest": "dk", "size": 3, "for": ["r1", "other"]},
             {"type": "keep", "rel": "checkpoints/not_ours.safetensors", "digest": "dn", "size": 3, "for": ["other"]}]
-    got = claims([("r1", r1), ("r2", r2)], kept)
+    got = claims([("r1", typed(r1)), ("r2", typed(r2))], typed(kept))
     assert sorted(got) == ["checkpoints/k.safetensors", "loras/a.safetensors", "loras/b.safetensors",
                            "loras/sub/c.safetensors", "vae/there.safetensors"]
     a, there, k = got["loras/a.safetensors"], got["vae/there.safetensors"], got["checkpoints/k.safetensors"]
@@ -285,7 +286,7 @@ def test_claims_keep_a_logged_mtime_when_a_newer_run_found_the_file_already_ther
     r1 = [{"type": "header", "run": "r1", "target": "/s"}, *step(2, "copy", "/s/loras/a.safetensors", "da", mtime_ns=7)]
     r2 = [{"type": "header", "run": "r2", "target": "/s"},
           *step(2, "quarantine", "/s/loras/a.safetensors", "da", stored="/s/loras/a.safetensors", mtime_ns=99)]
-    c = claims([("r1", r1), ("r2", r2)])["loras/a.safetensors"]
+    c = claims([("r1", typed(r1)), ("r2", typed(r2))])["loras/a.safetensors"]
     assert (c.run, c.op, c.mtime_ns) == ("r2", "quarantine", 7)
 
 
@@ -307,7 +308,7 @@ def test_quick_compares_mtimes_at_the_precision_the_run_probed(pod, cli_env):
         rec["sum"] = _sum(rec)
         records[i] = rec
     log.write_bytes(b"".join(_canonical(r) + b"\n" for r in records))
-    timed = [c for c in claims([(run_id, records)]).values() if c.mtime_ns is not None]
+    timed = [c for c in claims([(run_id, load(records, str(log)))]).values() if c.mtime_ns is not None]
     assert timed
     for c in timed:                              # what the store shows once the server has the file
         whole = c.mtime_ns - c.mtime_ns % 10 ** 9

@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from migrate.core import comfy, names, plan as planning
 from migrate.core.model import Action, ActionKind, PathFacts, Plan, Policy, Removal, ScanResult, Status
+from migrate.disk import identity
 
 # A logged source: path -> (size, mtime_ns, digest), from the store's run logs.
 Logged = Dict[str, Tuple[int, int, str]]
@@ -240,8 +241,11 @@ def gather_attach(home: str, target: str, base_path: Optional[str], launch=None)
         logged = logged_sources(target)
 
         def known(r) -> Optional[str]:
+            # the image's file is another inode on another device than the logged one: size and mtime
             got = logged.get(r.path)
-            return got[2] if got is not None and got[:2] == (r.size, r.mtime_ns) else None
+            return got[2] if got is not None and identity.same(
+                identity.Observed(None, None, r.size, r.mtime_ns), identity.Observed(None, None, got[0], got[1])) \
+                else None
 
         models = models._replace(records=tuple(r._replace(digest=known(r)) if r.path in mine else r
                                                for r in models.records))

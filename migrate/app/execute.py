@@ -434,7 +434,9 @@ def _check_held(a: Action) -> None:
         st = os.stat(a.dst or "")     # followed: a dedupe's name may be a symlink to the stored copy
     except OSError:
         st = None
-    if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != a.size:
+    # The plan knows only its size (the scan's record of it is another pod's mount, or none): the
+    # source's own bytes are compared with the plan's digest before it goes (remove_source).
+    if st is None or not stat.S_ISREG(st.st_mode) or identity.changes(st, identity.Observed(None, None, a.size, None)):
         raise OSError(errno.ESTALE, "its copy in the target is missing or changed since the plan; source kept",
                       a.source)
 

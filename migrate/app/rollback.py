@@ -28,7 +28,7 @@ from migrate.disk.journal import EmptyLog, Journal, load_log, read_begun, read_l
 from migrate.core.model import STATE_DIR, Problem
 from migrate.core.records import (DirTimes, Done, Header, Keep, Links, Record, RbClose, RbHeader, RbResume, Restored,
                                   Resume, Other, Skip, Staged, Step, Stopped, Swept, UndoBegin, UndoDone, Unplaced,
-                                  Close, group_steps, heads)
+                                  Close, group_steps, heads, placed_ino)
 from migrate.disk.scan import TEMP_MARK, temp_name
 from migrate.core.steps import PLACES, PLACES_FILE, REMOVES_SOURCE, Op
 
@@ -69,15 +69,8 @@ class Undo:
 
     @property
     def placed_ino(self) -> Optional[int]:
-        """The inode of the file this step put at its `dst` (records.Steps.placed_ino)."""
-        op = self.rec.known
-        if op is None or not op.places_file:
-            return None
-        if op.keeps_source_ino:
-            return self.rec.src_ino
-        if op is Op.DEDUPE:
-            return self.rec.stored_ino
-        return (self.done.dst_ino if self.done else None) or (self.staged.tmp_ino if self.staged else None)
+        """The inode of the file this step put at its `dst` (records.placed_ino)."""
+        return placed_ino(self.rec, self.done, self.staged)
 
     @property
     def placed(self) -> Observed:

@@ -567,19 +567,23 @@ class Steps:
     unplaced: frozenset
 
     def placed_ino(self, b: Step) -> Optional[int]:
-        """The inode number of the file step `b` put at its `dst` (one answer for what the log spells
-        `src_ino`, `stored_ino`, `dst_ino` or `tmp_ino`): the source's (link, rename), the stored
-        copy's (dedupe), the copy's as observed after its publish, else as staged (copy). None for a
-        step that places no file."""
-        op = b.known
-        if op is None or not op.places_file:
-            return None
-        if op.keeps_source_ino:
-            return b.src_ino
-        if op is Op.DEDUPE:
-            return b.stored_ino
-        d, s = self.done.get(b.step), self.staged.get(b.step)
-        return (d.dst_ino if d is not None else None) or (s.tmp_ino if s is not None else None)
+        """The inode number of the file step `b` put at its `dst` (see `placed_ino`)."""
+        return placed_ino(b, self.done.get(b.step), self.staged.get(b.step))
+
+
+def placed_ino(b: Step, done: Optional[Done], staged: Optional[Staged]) -> Optional[int]:
+    """The inode number of the file a step put at its `dst`, one answer for what the log spells
+    `src_ino`, `stored_ino`, `dst_ino` or `tmp_ino`: the source's (link, rename), the stored copy's
+    (dedupe), the copy's as observed after its publish, else as staged (copy). None for a step that
+    places no file (a symlink is a name, not a file)."""
+    op = b.known
+    if op is None or not op.places_file:
+        return None
+    if op.keeps_source_ino:
+        return b.src_ino
+    if op is Op.DEDUPE:
+        return b.stored_ino
+    return (done.dst_ino if done is not None else None) or (staged.tmp_ino if staged is not None else None)
 
 
 def group_steps(records: Sequence[Record]) -> Steps:

@@ -88,19 +88,6 @@ class Op(str, Enum):
         """The undo of this step, in words, with the paths of its record (None where one is missing)."""
         return self.undo_text.format_map(_Fields(rec))
 
-    def placed_ino(self, rec: dict) -> "int | None":
-        """The inode number of the file this step put at its `dst`, by one name for what the log
-        spells `ino`, `stored_ino`, `dst_ino` or `tmp_ino` (a step record merged with its done and
-        staged records): the source's (link, rename), the stored copy's (dedupe), the copy's as
-        observed after its publish, else as staged (copy). None for a step that places no file."""
-        if not self.places_file:
-            return None
-        if self.keeps_source_ino:
-            return rec.get("ino")
-        if self is Op.DEDUPE:
-            return rec.get("stored_ino")
-        return rec.get("dst_ino") or rec.get("tmp_ino")
-
     @classmethod
     def of(cls, rec: dict) -> "Op | None":
         """The op of a log record (None for a record without one, or of a kind this version does not know)."""

@@ -39,7 +39,14 @@ from migrate.core.steps import PLACES, STORES_SOURCE, Op
 CATALOGUE_VERSION = 1
 NAME = "catalogue.jsonl"
 
-Ident = Tuple[int, int, int]            # (inode, size, mtime_ns): the file as last seen
+Ident = Tuple[int, int, int]            # (inode, size, mtime_ns): the file as last seen (ident_of)
+
+
+def ident_of(st: os.stat_result) -> Ident:
+    """A stored file's identity as the catalogue keys it: identity.Observed without the device (the
+    store is shared by pods, each mounting it with its own: identity.Dev.IGNORE) nor the ctime (kept
+    beside it: `lookup`). Two equal Idents are the same file by identity.compare at exact precision."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class Entry(NamedTuple):
@@ -112,8 +119,12 @@ def render(cat: Catalogue) -> bytes:
 def lookup(cat: Catalogue, rel: str, ident: Ident, ctime_ns: int) -> Optional[str]:
     """The recorded digest of `rel` if the file is still the one recorded (ctime too), else None.
     Its SHA-256 and BLAKE3, when recorded, become known with it (hashing.extras)."""
+    from migrate.disk import identity
     e = cat.get(rel)
-    if e is not None and e.ident == ident and e.ctime_ns == ctime_ns:
+    # The store is shared by pods, each mounting it with its own device number: identity.Dev.IGNORE.
+    if e is not None and e.ctime_ns is not None and identity.same(
+            identity.Observed(None, *ident, ctime_ns), identity.Observed(None, *e.ident, e.ctime_ns),
+            dev=identity.Dev.IGNORE):
         if e.sha256 and e.blake3:
             from migrate.disk.hashing import remember_extras
             remember_extras(e.digest, e.sha256, e.blake3)
@@ -262,7 +273,7 @@ def walk_store(target: str) -> List[Walked]:
     out = []
     for rel, st in walk(target, lambda exc: None):
         if classify(rel, st)[0].migrates:
-            out.append((rel, (st.st_ino, st.st_size, st.st_mtime_ns), st.st_ctime_ns))
+            out.append((rel, ident_of(st), st.st_ctime_ns))
     return out
 
 
@@ -281,13 +292,14 @@ def run_logs(target: str) -> List[List[Record]]:
 
 def hash_stored(target: str, files: Iterable[Walked]) -> Known:
     """Digests of stored files, read now, each only while it is still the file walked."""
+    from migrate.disk import identity
     from migrate.disk.hashing import hash_path, stat_key
     out: Known = {}
     for rel, ident, _ in files:
         path = os.path.join(target, rel)
         try:
             st = os.lstat(path)
-            if (st.st_ino, st.st_size, st.st_mtime_ns) == ident:
+            if not identity.changes(st, identity.Observed(None, *ident), dev=identity.Dev.IGNORE):
                 out[(rel, ident[1], ident[2])] = (hash_path(path, stat_key(st)), None)
         except OSError:
             continue

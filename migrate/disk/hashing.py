@@ -39,8 +39,9 @@ EXTRA_MIN = 64 << 10          # chunks at least this big: SHA-256 on a pool thre
 HASHES = ("xxh3", "sha256", "blake3")
 
 OnBytes = Callable[[int], None]
-Key = tuple[int, int, int, int]     # (device, inode, size, mtime_ns): "is it still the file we saw"
-Stamp = tuple[int, int, int, int, int]   # Key + ctime_ns: what a digest read from the bytes is bound to
+# "Is it still the file we saw" is identity.Observed, compared by identity.changes (one rule):
+Key = identity.Observed     # device, inode, size, mtime_ns (ctime_ns None: not compared)
+Stamp = identity.Observed   # ... and ctime_ns: what a digest read from the bytes is bound to (git's stat_data)
 FINE_SLACK_NS = 100_000_000         # a timestamp tick (coarse kernel clock, 100 ns filesystems) and then some
 COARSE_SLACK_NS = 2_000_000_000     # whole-second (MooseFS, ext4 -I 128) and 2-second (FAT, exFAT) times
 Buffer = bytearray | mmap.mmap | memoryview
@@ -216,11 +217,11 @@ def open_regular(path: str, expect: Key | Stamp | None = None) -> int:
 
 
 def stat_key(st: os.stat_result) -> Key:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return identity.observe(st)
 
 
 def stamp(st: os.stat_result) -> Stamp:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return identity.observe(st, ctime=True)
 
 
 class TimesMove(tuple):
@@ -597,8 +598,12 @@ class DigestCache:
             pass
 
     def get(self, s: Stamp) -> str | None:
+        """The digest read from the bytes of the file with stamp `s`, if the entry for its device and
+        inode still describes it (identity.same: size, mtime and ctime exactly) and was not read racily."""
+        now = identity.Observed(*s)
         hit = self._new.get(s[:2]) or self._known.get(s[:2])
-        if hit and hit[:3] == s[2:5] and not racy(s, hit[3]):
+        if hit and hit[2] is not None and identity.same(now, now._replace(size=hit[0], mtime_ns=hit[1], ctime_ns=hit[2])) \
+                and not racy(s, hit[3]):
             more = self._extras.get(hit[4])
             if more is not None and hit[4] not in _EXTRAS:
                 remember_extras(hit[4], *more)

@@ -109,26 +109,37 @@ def same_time(a: int, b: int, p: Precision = EXACT) -> bool:
     return a == b if p.mtime_step_ns <= 1 else abs(a - b) < p.mtime_step_ns
 
 
-def changes(st: os.stat_result, seen: Observed, p: Precision = EXACT, dev: Dev = Dev.COMPARE) -> tuple:
-    """What differs between a file's stat now and what was observed of it (git's match_stat_data):
-    a tuple of 'dev', 'inode', 'size', 'mtime', 'ctime' in that order, empty when stat data says it
-    is the same file. The inode counts only where the filesystem keeps inodes stable (`p`), the
-    device only under Dev.COMPARE, mtime within the filesystem's step (and only where it stays put
-    while a file is read: not on rclone, see `Precision`), ctime only where it was kept.
-    Stat data cannot prove the bytes are the same (an in-place rewrite with its times put back):
-    where a byte is about to be freed, `same_bytes` reads them."""
+def compare(now: Observed, seen: Observed, p: Precision = EXACT, dev: Dev = Dev.COMPARE) -> tuple:
+    """THE rule (git's match_stat_data): what differs between a file as observed now and as observed
+    before, a tuple of 'dev', 'inode', 'size', 'mtime', 'ctime' in that order, empty when stat data
+    says it is the same file. The inode counts only where the filesystem keeps inodes stable (`p`),
+    the device only under Dev.COMPARE, mtime within the filesystem's step (and only where it stays put
+    while a file is read: not on rclone, see `Precision`), ctime only where it was kept; a fact `seen`
+    does not hold (None) is not compared. Stat data cannot prove the bytes are the same (an in-place
+    rewrite with its times put back): where a byte is about to be freed, `same_bytes` reads them."""
     out = []
-    if dev is Dev.COMPARE and seen.dev is not None and st.st_dev != seen.dev:
+    if dev is Dev.COMPARE and seen.dev is not None and now.dev != seen.dev:
         out.append("dev")
-    if p.stable_inode and seen.ino is not None and st.st_ino != seen.ino:
+    if p.stable_inode and seen.ino is not None and now.ino != seen.ino:
         out.append("inode")
-    if seen.size is not None and st.st_size != seen.size:
+    if seen.size is not None and now.size != seen.size:
         out.append("size")
-    if p.stable_mtime and seen.mtime_ns is not None and not same_time(st.st_mtime_ns, seen.mtime_ns, p):
+    if p.stable_mtime and seen.mtime_ns is not None and (now.mtime_ns is None
+                                                         or not same_time(now.mtime_ns, seen.mtime_ns, p)):
         out.append("mtime")
-    if seen.ctime_ns is not None and st.st_ctime_ns != seen.ctime_ns:
+    if seen.ctime_ns is not None and now.ctime_ns != seen.ctime_ns:
         out.append("ctime")
     return tuple(out)
+
+
+def changes(st: os.stat_result, seen: Observed, p: Precision = EXACT, dev: Dev = Dev.COMPARE) -> tuple:
+    """What differs between a file's stat now and what was observed of it (`compare`)."""
+    return compare(observe(st, ctime=True), seen, p, dev)
+
+
+def same(now: Observed, seen: Observed, p: Precision = EXACT, dev: Dev = Dev.COMPARE) -> bool:
+    """Two observations are of the same file, unchanged (`compare` finds nothing)."""
+    return not compare(now, seen, p, dev)
 
 
 def same_file(path: str, seen: Observed, p: Precision = EXACT, digest: Optional[str] = None,

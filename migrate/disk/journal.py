@@ -70,7 +70,7 @@ class Journal:
         self._ctrl_c_at = _ctrl_c_point()
 
     @classmethod
-    def create(cls, path: str, header: Record, again: str = "", room: Optional[Callable[[], bool]] = None) -> "Journal":
+    def create(cls, path: str, header: "Record | dict", again: str = "", room: Optional[Callable[[], bool]] = None) -> "Journal":
         """A new log whose first record is `header`. If that record cannot be written (a full disk),
         the file is removed again: a log holding no complete record did nothing (journal before act),
         and leaving none behind keeps it from being mistaken for a damaged one.
@@ -86,7 +86,7 @@ class Journal:
             fd = os.open(path, flags, 0o644)
         j = cls(path, fd, 0, "", again, room)
         try:
-            j.append(dict(header.to_json(), v=LOG_VERSION))
+            j.append(dict(header.to_json() if isinstance(header, Record) else dict(header, type="header"), v=LOG_VERSION))
         except BaseException:
             j.close()
             try:

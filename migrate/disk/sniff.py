@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from migrate.core import audit, comfy
+from migrate.disk import identity
 from migrate.disk.hashing import (DIGESTS_TABLE, OPEN_FLAGS, ChangedError, DigestCache, Stamp, from_sql, one_shot,
                              load_rows, matches, note_read, racy, save_rows, to_sql)
 from migrate.core.model import Finding, ScanResult, Status
@@ -226,14 +227,14 @@ def sidecar_witnesses(scan: ScanResult, digests: Optional[DigestCache]) -> Tuple
                 fd = os.open(r.path, OPEN_FLAGS)
                 try:
                     st = os.fstat(fd)
-                    if stamp(st) != s:
+                    if identity.changes(st, identity.Observed(*s)):
                         continue
                     while True:
                         chunk = os.read(fd, 1 << 20)
                         if not chunk:
                             break
                         h.update(chunk)
-                    if stamp(os.fstat(fd)) != s:
+                    if identity.changes(os.fstat(fd), identity.Observed(*s)):
                         continue
                 finally:
                     os.close(fd)
