@@ -1024,7 +1024,7 @@ def test_placements_give_a_digest_only_where_the_logged_identity_matches():
     other = [{"type": "header", "run": "r2", "target": "/elsewhere/models"},     # another mount of the volume
              {"type": "begin", "step": 2, "op": "rename", "dst": "/elsewhere/models/m", "ino": 20, "size": 3,
               "mtime_ns": 3, "digest": "dm"}]
-    logged, by_ident, names = store_catalogue.placements([log, other])
+    logged, by_ident, names = store_catalogue.placements([typed(log), typed(other)])
     assert names == {"a", "c", "d", "e", "m"}
     walked = [("a", (1, 10, 100), 9),        # linked: the source's identity
               ("c", (7, 20, 200), 9),        # copied: the staged inode, the source's size and mtime
@@ -1047,7 +1047,7 @@ def test_placements_know_a_copy_by_the_mtime_the_store_kept():
             "mtime_ns": 1_690_000_000_123_456_789, "digest": "dc"},
            {"type": "staged", "step": 2, "tmp_ino": 7},
            {"type": "done", "step": 2, "dst_ino": 7, "dst_mtime_ns": 1_690_000_000_000_000_000}]
-    logged, by_ident, _ = store_catalogue.placements([log])
+    logged, by_ident, _ = store_catalogue.placements([typed(log)])
     cat = store_catalogue.reconcile([("c", (7, 20, 1_690_000_000_000_000_000), 9)], {}, by_ident, {}, logged)
     assert {k: e.digest for k, e in cat.items()} == {"c": "dc"}
 
