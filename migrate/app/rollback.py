@@ -64,8 +64,7 @@ class Undo:
     @property
     def source(self) -> Observed:
         """The source as the run observed it (its inode, size and mtime as scanned)."""
-        r = self.rec
-        return Observed(r.src_dev, r.src_ino, r.size, r.mtime_ns)
+        return _source(self.rec)
 
     @property
     def placed_ino(self) -> Optional[int]:
@@ -89,6 +88,11 @@ class Undo:
 def _field(rec: Record, name: str):
     """A record's field by its name in the log (a record of a kind this version does not know: its JSON)."""
     return rec.raw.get(name) if isinstance(rec, Other) else getattr(rec, name, None)
+
+
+def _source(r: Step) -> Observed:
+    """A step's source as the run observed it (the device and inode logged as `src_dev`, `src_ino`)."""
+    return Observed(r.src_dev, r.src_ino, r.size, r.mtime_ns)
 
 
 def check_log(records: Sequence[Record], path: str) -> None:
@@ -766,7 +770,7 @@ def _drop_kept(k: Keep, path: str, records: Sequence[Record]) -> str:
     for r in group_steps(records).begins:
         if r.op in REMOVES_SOURCE and r.home == path:
             try:
-                if not _as_logged(r.src or "", r.source):
+                if not _as_logged(r.src or "", _source(r)):
                     return f"{r.src} is not back as it was"
             except FileNotFoundError:
                 return f"{r.src} is not back"
