@@ -441,7 +441,7 @@ def test_workflow_tables_show_the_autov2_known_already_and_never_hash_to_get_it(
                    "flux1-dev.safetensors": hashlib.sha256(b"U" * 70_000).hexdigest()[:10].upper()}
     page = tmp_path / "plan.html"
     run_cli(["plan", "--comfyui", comfyui, "--target", tmp_path / "target", "--report", page], cli_env)
-    assert f"<code>{short}</code>" in page.read_text().split("<h2>Workflows</h2>", 1)[1]
+    assert f'<code class="h">{short}</code>' in page.read_text().split("<h2>Workflows</h2>", 1)[1]
 
 
 def test_hostile_workflow_files_are_one_line_each_in_workflows_and_the_report(tmp_path, cli_env):
@@ -483,3 +483,4 @@ def test_hostile_workflow_files_are_one_line_each_in_workflows_and_the_report(tm
     text = page.read_text()
     assert "unreadable: not UTF-8 text" in text and "read in part: more than 100000 nodes" in text
     assert snapshot_tree(comfyui) == before
+    (flows / "huge.json").unlink()            # 50 MB the kept tmp folders need not hold (a shared machine's disk)
