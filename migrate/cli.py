@@ -1188,7 +1188,8 @@ def mark_page_rolled_back(ui: Ui, log: str, rep) -> None:
         with open(path, encoding="utf-8") as f:
             page = f.read()
         what = (f"{'partly: ' if rep.stranded else ''}{rep.undone} steps undone, {len(rep.skipped)} skipped, "
-                f"{len(rep.stranded)} model file(s) not back")
+                f"{len(rep.stranded)} model file(s) not back"
+                + ("" if rep.stranded or rep.skipped else "; nothing of it is left to purge"))
         fsops.atomic_write(path, html_report.rolled_back(page, rep.run_id, what).encode("utf-8"), 0o644)
     except FileNotFoundError:
         return
