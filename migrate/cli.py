@@ -344,7 +344,7 @@ def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = ""
     home, _ = resolve_sources(kw.get("comfyui"), kw.get("sources") or (), insist=True)
     doc = report.plan_doc(plan)
     changes = {(c.get("category"), c.get("name")): c.get("reason", "") for c in doc.get("name_changes", ())}
-    flows = workflow_report(home, plan.yaml_path, price, changes, plan.launch) if home else None
+    flows = workflow_report(home, plan.yaml_path, price, changes, plan.launch, target=plan.target) if home else None
     from migrate.disk.hashing import extras
     sha256 = {a.digest: extras(a.digest)[0] for a in plan.actions if extras(a.digest)}
     page = html_report.render(plan, flows, made=made, name_changes=doc.get("name_changes"), done=done, sha256=sha256)
@@ -1164,6 +1164,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
             f"{len(rep.skipped)} skipped\n")
         for p in rep.kept:
             out(f"  {report.show(p.path)}: {p.message}\n")
+    mark_page_rolled_back(ui, log, rep)
     for p in rep.skipped:
         ui.warn(f"{report.show(p.path)}: {p.message}")
     if rep.stranded:
@@ -1174,6 +1175,26 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
                 f"then run `comfy-migrate rollback {rep.run_id} --target {shlex.quote(report.show(target))} --yes` again")
     if rep.skipped or rep.stranded:
         sys.exit(ExitCode.PROBLEMS)
+
+
+def mark_page_rolled_back(ui: Ui, log: str, rep) -> None:
+    """The run's page beside its log (if it has one) says it was rolled back: a page that still
+    read 'what it did' would tell a user the store holds what it no longer holds."""
+    from migrate.disk import fsops
+    from migrate.views import html_report
+    path = os.path.join(os.path.dirname(os.path.dirname(log)), "reports",
+                        os.path.basename(log)[:-len(".jsonl")] + ".html")
+    try:
+        with open(path, encoding="utf-8") as f:
+            page = f.read()
+        what = (f"{'partly: ' if rep.stranded else ''}{rep.undone} steps undone, {len(rep.skipped)} skipped, "
+                f"{len(rep.stranded)} model file(s) not back")
+        fsops.atomic_write(path, html_report.rolled_back(page, rep.run_id, what).encode("utf-8"), 0o644)
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        ui.warn(f"the run's page {report.show(path)} still reads as the run's result: "
+                f"{fsops.describe(exc) if isinstance(exc, OSError) else 'not UTF-8'}")
 
 
 @contextlib.contextmanager
@@ -1527,10 +1548,13 @@ def ask_comfyui(url: str, runs, home, target: str, launch=None) -> dict:
 
 # --- workflows -----------------------------------------------------------------------------------
 
-def workflow_report(home: str, yaml_path, price: float, changes=None, launch=None, loaded=None) -> dict:
+def workflow_report(home: str, yaml_path, price: float, changes=None, launch=None, loaded=None,
+                    target: str | None = None) -> dict:
     """The workflows document (workflows.workflow_doc) of a ComfyUI folder, as its YAML resolves now
     (launch: how ComfyUI is started; its user folder holds the workflows; loaded: a dict given gets
-    (category, name) -> (path, size) of every model ComfyUI loads now)."""
+    (category, name) -> (path, size) of every model ComfyUI loads now). Each model a saved workflow
+    names carries its SHA-256 and AutoV2 where the digest cache or the store's catalogue (target) knows
+    them already, else None: a report never reads a model to hash it."""
     from migrate.core import comfy, workflows
     from migrate.disk.facts import gather_workflows, model_identities, read_yaml
     text = read_yaml(yaml_path) if yaml_path else None
@@ -1540,14 +1564,25 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
             if yaml_path else None
         order = search_order(launch, {p: read_yaml(p) for p in launch.yamls if p != as_read}, as_read, text,
                              models_real=False)
-        found, before = gather_workflows(home, order, launch.user)
+        found, before, sources = gather_workflows(home, order, launch.user, launch)
     else:
         order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
-        found, before = gather_workflows(home, order)
+        found, before, sources = gather_workflows(home, order)
     sizes = {k: v[1] for k, v in before.items()}
     if loaded is not None:
         loaded.update(before)
-    return workflows.workflow_doc(found, before, changes or {}, sizes, price, model_identities(before))
+    doc = workflows.workflow_doc(found, before, changes or {}, sizes, price, model_identities(before), sources)
+    keys = {(m["category"], m["name"]) for w in doc["workflows"] for m in w["models"]}
+    if target is None:
+        from migrate.disk.facts import DEFAULT_TARGET
+        target = os.path.abspath(os.environ.get("COMFY_MIGRATE_TARGET") or DEFAULT_TARGET)
+    sha = shell.model_sha256({k: before[k][0] for k in sorted(keys, key=str) if k in before}, open_cache(False),
+                             target, read=False)
+    for w in doc["workflows"]:
+        for m in w["models"]:
+            known = sha.get((m["category"], m["name"]))
+            m["sha256"], m["autov2"] = known, known[:10].upper() if known else None
+    return doc
 
 
 def workflows_check(home: str, launch, path: str, fmt: str) -> None:
