@@ -329,7 +329,7 @@ def _html_path(value):
 def run_report_path(log_path: str) -> str:
     """<target>/.comfy-migrate/reports/<run>.html: next to the runs folder (which holds logs only)."""
     reports = os.path.join(os.path.dirname(os.path.dirname(log_path)), "reports")
-    os.makedirs(reports, exist_ok=True)
+    fsops.make_folders(reports)
     return os.path.join(reports, os.path.basename(log_path)[:-len(".jsonl")] + ".html")
 
 
@@ -1331,11 +1331,10 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait, fmt) -> None:
             try:
                 st = os.lstat(q["q"])
                 if permanent:
-                    os.unlink(q["q"])
+                    fsops.remove(q["q"])
                 else:
-                    from send2trash import send2trash
                     where = trash_of(q["q"])
-                    send2trash(q["q"])
+                    fsops.trash(q["q"])
                     trash.add(where)
                 if st.st_nlink == 1:      # its last name: the bytes are freed (two names count once)
                     freed += q["size"]
@@ -1665,8 +1664,7 @@ def workflows_cmd(comfyui, price_per_gb_month, fmt, comfyui_args, manifest, chec
         for w in made["workflows"]:
             w["path"] = os.path.relpath(w["path"], getattr(launch, "user", None) or os.path.join(home, "user"))
         try:
-            with open(manifest, "w", encoding="utf-8") as f:
-                f.write(report.dumps(made))
+            fsops.write_file(manifest, report.dumps(made).encode("utf-8"))
         except OSError as exc:
             raise BadInput(f"cannot write the manifest {manifest}: {exc.strerror}", "choose another --manifest path")
         n = sum(len(w["models"]) for w in made["workflows"])
