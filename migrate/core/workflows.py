@@ -67,7 +67,7 @@ class Workflow(namedtuple("Workflow", [
 
 # Where a model can be named, in the order they are read: a model none of them names is unused.
 SOURCES = {"user": "saved workflows", "custom_nodes": "custom-node example workflows",
-           "templates": "ComfyUI's templates"}
+           "templates": "ComfyUI's templates", "blueprints": "subgraph blueprints"}
 
 
 class Source(namedtuple("Source", [
@@ -229,10 +229,11 @@ def assign_categories(wf: Workflow, names: Mapping[str, Iterable[str]]) -> Workf
 
 UNUSED_RULE = ("a model is listed as unused only when nothing names it, in any folder, by its name or its file name: "
                "not a saved workflow of any user, not an example workflow a custom-node pack ships, not one of "
-               "ComfyUI's own templates (loader widgets, subgraphs and their promoted widgets, custom nodes' values, "
-               "the models lists the frontend saves); a model only a template or a pack's example names is listed "
-               "apart as named by a template, never as unused; placeholders (put_*_here) are never listed; each "
-               "file's bytes are counted once (a hardlink or symlink of another model costs nothing)")
+               "ComfyUI's own templates, not a subgraph blueprint (loader widgets, subgraphs and their promoted "
+               "widgets, custom nodes' values, the models lists the frontend saves); a model only a template, a "
+               "pack's example or a blueprint names is listed apart as named by a template, never as unused; "
+               "placeholders (put_*_here) are never listed; each file's bytes are counted once (a hardlink or "
+               "symlink of another model costs nothing)")
 
 
 def _placeholder(name: str) -> bool:

@@ -629,6 +629,22 @@ def find_node_examples(folders: Sequence[str]) -> List[str]:
     return out
 
 
+def find_blueprints(home: str, user: str, node_folders: Sequence[str], comfyui: Optional[str] = None) -> List[str]:
+    """Subgraph blueprints, which the node library offers as nodes (ComfyUI 0.33 app/subgraph_manager.py
+    and its frontend): each user's `<user>/<name>/subgraphs/**/*.json` (saved with 'publish subgraph'),
+    `<custom_nodes>/*/subgraphs/*.json` and ComfyUI's own `<ComfyUI>/blueprints/*.json`."""
+    out = []
+    for u in _listdir(user):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(user, u, "subgraphs")):
+            dirnames.sort()
+            out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(".json"))
+    for top in node_folders:
+        for pack in _listdir(top):
+            if not pack.startswith("."):
+                out.extend(_json_files(os.path.join(top, pack, "subgraphs")))
+    return out + _json_files(os.path.join(os.path.realpath(comfyui or home), "blueprints"))
+
+
 def python_prefixes(home: str, proc: str = "/proc") -> List[str]:
     """The Python environments ComfyUI may run in: the running ComfyUI's own (the Python its command
     line names, or its VIRTUAL_ENV), then each venv (a folder with pyvenv.cfg) in the ComfyUI folder
@@ -727,6 +743,10 @@ def gather_workflows(home: str, order: dict, user: Optional[str] = None, launch=
     templates, note = find_templates(python_prefixes(home, proc))
     sources = [wf.Source("user", "saved workflows", os.path.join(user, "*", "workflows"), find_workflows(home, user)),
                wf.Source("custom_nodes", "custom-node example workflows", ", ".join(nodes), find_node_examples(nodes)),
-               wf.Source("templates", "ComfyUI's templates", note, templates)]
+               wf.Source("templates", "ComfyUI's templates", note, templates),
+               wf.Source("blueprints", "subgraph blueprints",
+                         f"{os.path.join(user, '*', 'subgraphs')}, <custom_nodes>/*/subgraphs, "
+                         f"{os.path.join(os.path.realpath(launch.comfyui if launch else home), 'blueprints')}",
+                         find_blueprints(home, user, nodes, launch.comfyui if launch else None))]
     out = [_read_workflow(path, names, s.kind) for s in sources for path in s.files]
     return out, before, sources
