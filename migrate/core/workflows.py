@@ -40,6 +40,7 @@ LOADERS.update({
 GGUF_CATEGORIES = ("diffusion_models", "text_encoders")     # where ComfyUI-GGUF lists .gguf files
 MODEL_EXTS = comfy.MODEL_EXTENSIONS | {".gguf"}           # a value with one of these names a model file
 _EXTS = MODEL_EXTS | {".yaml"}
+NOT_A_WORKFLOW = "neither a UI workflow"   # the start of the error of JSON that is neither format
 MAX_NESTING = 32        # subgraphs inside subgraphs (the frontend nests a few); deeper is reported
 MAX_NODES = 100_000     # nodes read from one workflow (a real one has hundreds)
 
@@ -187,7 +188,7 @@ def parse_workflow(path: str, text: str) -> Workflow:
                     if _looks_like_model(s):
                         refs.append(ModelRef(kind, _norm(s), INPUTS.get(k) if kind not in LOADERS else None))
     else:
-        return Workflow(path, "unreadable", (), "neither a UI workflow (nodes) nor an API prompt (class_type)")
+        return Workflow(path, "unreadable", (), NOT_A_WORKFLOW + " (nodes) nor an API prompt (class_type)")
     return Workflow(path, fmt, tuple(dict.fromkeys(refs)), error)
 
 

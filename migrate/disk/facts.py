@@ -705,8 +705,11 @@ def find_templates(prefixes: Sequence[str]) -> Tuple[List[str], str]:
             split = os.path.join(site, TEMPLATES_DIST + "_json", "templates")
             if version is None and not os.path.isdir(legacy) and not os.path.isdir(split):
                 continue
-            folder = legacy if _legacy_templates(version) or not os.path.isdir(split) else split
-            files = [p for p in _json_files(folder) if not os.path.basename(p).lower().startswith("index.")]
+            if version is None:         # no meta package to say which: the folder that is there
+                folder = split if os.path.isdir(split) else legacy
+            else:
+                folder = legacy if _legacy_templates(version) else split
+            files = _json_files(folder)
             return files, f"comfyui-workflow-templates {version or '(version unknown)'} in {folder}"
     return [], "not found: no comfyui-workflow-templates in " + (
         ", ".join(prefixes) if prefixes else "a venv in or beside the ComfyUI folder, nor a running ComfyUI's Python")
@@ -748,5 +751,12 @@ def gather_workflows(home: str, order: dict, user: Optional[str] = None, launch=
                          f"{os.path.join(user, '*', 'subgraphs')}, <custom_nodes>/*/subgraphs, "
                          f"{os.path.join(os.path.realpath(launch.comfyui if launch else home), 'blueprints')}",
                          find_blueprints(home, user, nodes, launch.comfyui if launch else None))]
-    out = [_read_workflow(path, names, s.kind) for s in sources for path in s.files]
-    return out, before, sources
+    out, read = [], []
+    for s in sources:
+        flows = [_read_workflow(path, names, s.kind) for path in s.files]
+        # Beside templates lie JSON files that are no workflow (the menu's index*.json, fuse_options.json):
+        # ComfyUI lists them as no template either. A saved workflow of that shape is reported, not dropped.
+        flows = [w for w in flows if s.kind == "user" or not w.error.startswith(wf.NOT_A_WORKFLOW)]
+        out += flows
+        read.append(s._replace(files=[w.path for w in flows]))
+    return out, before, read
