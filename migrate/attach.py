@@ -182,7 +182,7 @@ def lost_link_backs(target: str, models_dir: str) -> Tuple[Tuple[str, str], ...]
     (where the link goes, the stored file). Read from the logs: no model file is read."""
     from migrate.fleet import store_rel
     from migrate.journal import group_steps
-    from migrate.rollback import live_runs
+    from migrate.runlog import live_runs
     from migrate.steps import Op
     out: Dict[str, str] = {}
     for _, records in live_runs(target):

@@ -19,11 +19,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from migrate import __version__, fsops, identity
 from migrate.report import human
-from migrate.errors import BadInput, BadLog, NoSpace
+from migrate.errors import BadInput, NoSpace
 from migrate.hashing import confirm_digest, hash_bytes
-from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_begun, read_log, rollback_log_of, run_logs
+from migrate.journal import RUNS_DIR, Journal, read_log
 from migrate.lock import TargetLock
 from migrate.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal
+from migrate.runlog import find_interrupted
 from migrate.scan import TEMP_MARK, temp_name
 from migrate.steps import RETURNS_SOURCE, STAGES_TEMP, Op
 
@@ -64,32 +65,6 @@ class RunReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def find_interrupted(target: str, sources: Optional[Sequence[str]] = None, yaml: Optional[str] = None) -> Optional[str]:
-    """The newest run log with no closing record and no rollback: a run to continue.
-
-    With `sources`, only a run of this host sharing a source or the YAML counts: on a shared store
-    another pod's interrupted run is that pod's to continue (or roll back) and does not block
-    this one (pods often have the same paths: /workspace/ComfyUI on each container).
-    """
-    for _, path in reversed(run_logs(target)):
-        try:
-            if read_begun(rollback_log_of(path)) is not None:
-                continue    # rolled back, or being rolled back (a rollback that wrote no record did nothing)
-        except BadLog:
-            continue
-        try:
-            records, _, _ = read_log(path)
-        except EmptyLog:
-            continue        # died writing its header (or another pod is writing it): nothing done
-        if sources is not None and (records[0].get("host") != socket.gethostname() or not (
-                set(records[0].get("sources") or []) & set(sources) or (yaml is not None and records[0].get("yaml") == yaml))):
-            continue
-        if records[-1].get("type") != "close":
-            return path
-        return None
-    return None
 
 
 class _Runner:
@@ -373,7 +348,6 @@ class _Runner:
         self.done(s)
 
 
-
     def relink(self, a: Action) -> None:
         assert a.dst is not None
         self.relink_path(a.source, a.dst)
@@ -450,8 +424,6 @@ def observed(path: str, fallback: Optional[os.stat_result] = None) -> dict:
             return {}
         st = fallback
     return {"dst_ino": st.st_ino, "dst_mtime_ns": st.st_mtime_ns}
-
-
 
 
 def _check_held(a: Action) -> None:

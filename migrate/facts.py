@@ -408,7 +408,7 @@ def state_bytes(target: str, sources: Sequence[str], yaml_path: Optional[str]) -
     (storerules.reserve): the state folders, the lock, the rollback reserve, the catalogue, and
     the log of this pod's interrupted run (which `run` continues). Old runs' logs do not count."""
     from migrate.errors import BadLog
-    from migrate.execute import find_interrupted
+    from migrate.runlog import find_interrupted
     from migrate.model import STATE_DIR
     from migrate.storerules import STATE_PATHS
     paths = [os.path.join(target, STATE_DIR, p) for p in STATE_PATHS]
@@ -431,7 +431,7 @@ def interrupted_placements(facts: Facts):
     """(run id, store paths it placed) of this pod's interrupted run, which `run` continues: those
     files are in the store because of that run, not deduplication (None without one)."""
     from migrate.errors import BadLog
-    from migrate.execute import find_interrupted
+    from migrate.runlog import find_interrupted
     from migrate.journal import group_steps, read_log
     from migrate.steps import STORES_SOURCE
     try:

@@ -966,7 +966,7 @@ class Fleet:
 
     def check_store(self, catalogue: bool) -> list:
         from migrate import catalogue as store_catalogue
-        from migrate.rollback import check_log
+        from migrate.runlog import check_log
         errs = []
         have = set()
         for _, path, st in walk(self.dir, skip_state=False):

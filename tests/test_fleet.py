@@ -26,7 +26,7 @@ from conftest import as_model, run_cli
 from migrate import catalogue as store_catalogue, comfy
 from migrate.journal import read_log
 from migrate.model import STATE_DIR
-from migrate.rollback import check_log
+from migrate.runlog import check_log
 
 Models = Dict[str, bytes]      # rel under models/ -> content
 
