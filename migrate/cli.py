@@ -506,7 +506,7 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait, comfyui_
       comfy-migrate attach --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models --yes
       comfy-migrate attach --comfyui /ComfyUI --target /runpod-volume/models --yes     # a worker
     """
-    from migrate.app.attach import AttachRequest, attach as attach_pod
+    from migrate.app.attach_cmd import AttachRequest, attach as attach_pod
     if fmt == "json" and not yes and not dry_run:
         raise NotConfirmed("attach --format json never asks", "pass --yes, or look first with --dry-run")
     req = AttachRequest(comfyui, target, base_path, dry_run, yes, wait, comfyui_args, tuple(sys.argv))
@@ -641,7 +641,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
       comfy-migrate rollback --target /workspace/models --dry-run
       comfy-migrate rollback 20261127T101500Z-3fa9c1 --target /workspace/models --yes
     """
-    from migrate.app.rollback import RollbackRequest, rollback as undo_run
+    from migrate.app.rollback_cmd import RollbackRequest, rollback as undo_run
     if fmt == "json" and not yes and not dry_run:
         raise NotConfirmed("rollback --format json never asks (no summary would be seen before the question)",
                            "pass --yes, or look first with `comfy-migrate rollback --dry-run --format json`")
@@ -816,7 +816,7 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt, comfyui_ar
       comfy-migrate verify --quick                  # sizes and mtimes only: no file is read
       comfy-migrate verify --comfyui-url http://127.0.0.1:8188
     """
-    from migrate.app.verify import VerifyRequest, verify as verify_runs
+    from migrate.app.verify_cmd import VerifyRequest, verify as verify_runs
     got = verify_runs(VerifyRequest(run_ref, comfyui, target, comfyui_url, quick, comfyui_args), Asking(ui))
     res, home, launch = got.doc, got.home, got.launch
     if fmt == "json":

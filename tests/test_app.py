@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from conftest import make_pod, run_cli, snapshot_tree
-from migrate.app.attach import AttachRequest, attach
+from migrate.app.attach_cmd import AttachRequest, attach
 from migrate.app.common import Quiet
 from migrate.app.migrate import MigrateRequest, migrate
 from migrate.app.purge import PurgeRequest, purge
-from migrate.app.rollback import RollbackRequest, rollback
-from migrate.app.verify import VerifyRequest, verify
+from migrate.app.rollback_cmd import RollbackRequest, rollback
+from migrate.app.verify_cmd import VerifyRequest, verify
 from migrate.errors import ExitCode, NotConfirmed
 
 
