@@ -13,10 +13,11 @@ from collections import Counter
 
 import click
 
-from migrate import __version__, report, shell
-from migrate.errors import BadInput, ExitCode, MigrateError, NotConfirmed
-from migrate.model import Mode, OnConflict
-from migrate.shell import Ui, open_cache, open_verdicts, out, resolve_target, table
+from migrate import __version__, shell
+from migrate.views import report
+from migrate.core.errors import BadInput, ExitCode, MigrateError, NotConfirmed
+from migrate.core.model import Mode, OnConflict
+from migrate.shell import Ui, open_cache, open_verdicts, out, resolve_sources, resolve_target, table
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 
@@ -42,7 +43,7 @@ def cli(ctx: click.Context, quiet: int, verbose: int, hashes: str) -> None:
     """
     ctx.obj = Ui(verbose - quiet)
     if hashes != "all":
-        from migrate.hashing import set_hashes
+        from migrate.disk.hashing import set_hashes
         set_hashes(hashes)
 
 
@@ -223,13 +224,13 @@ def plan_cmd(ui: Ui, report_path, **kw) -> None:
       comfy-migrate plan --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models
       comfy-migrate plan --report plan.html        # a page to read at a glance (or on a phone)
     """
-    from migrate.app.migrate import plan_pod, write_report
+    from migrate.app.migrate import plan_pod
     fmt = kw.pop("fmt")
     req = plan_request(kw)
     _, plan = plan_pod(req, ui)
     print_plan(plan, fmt, ui.verbosity > 0, ui.verbosity < 0)
     if report_path is not None:
-        write_report(ui, plan, req, report_path)
+        write_report(ui, plan, kw, req.price, report_path)
     exit_if_unfit(plan)
 
 
@@ -258,6 +259,38 @@ def _html_path(value):
     if value is not None and not value.lower().endswith((".html", ".htm")):
         raise click.BadParameter(f"must be an .html file, not {value!r} (e.g. plan.html)")
     return value
+
+
+def run_report_path(log_path: str) -> str:
+    """<target>/.comfy-migrate/reports/<run>.html: next to the runs folder (which holds logs only)."""
+    reports = os.path.join(os.path.dirname(os.path.dirname(log_path)), "reports")
+    os.makedirs(reports, exist_ok=True)
+    return os.path.join(reports, os.path.basename(log_path)[:-len(".jsonl")] + ".html")
+
+
+def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = "", announce: bool = True,
+                 done=None) -> str:
+    """The plan's HTML page (html_report), written atomically; returns the path written. done: after
+    a run, the numbers its terminal prints (html_report.render)."""
+    from migrate.disk import fsops
+    from migrate.views import html_report
+    if not path.lower().endswith((".html", ".htm")):     # never write over a file that is not a report
+        raise BadInput(f"the report must be an .html file, not {path}", "name it e.g. plan.html")
+    home, _ = resolve_sources(kw.get("comfyui"), kw.get("sources") or (), insist=True)
+    doc = report.plan_doc(plan)
+    changes = {(c.get("category"), c.get("name")): c.get("reason", "") for c in doc.get("name_changes", ())}
+    flows = workflow_report(home, plan.yaml_path, price, changes, plan.launch, target=plan.target) if home else None
+    from migrate.disk.hashing import extras
+    sha256 = {a.digest: extras(a.digest)[0] for a in plan.actions if extras(a.digest)}
+    page = html_report.render(plan, flows, made=made, name_changes=doc.get("name_changes"), done=done, sha256=sha256)
+    path = os.path.abspath(path)
+    try:
+        fsops.atomic_write(path, page.encode("utf-8"), 0o644)
+    except OSError as exc:
+        raise BadInput(f"cannot write the report {path}: {exc.strerror}", "choose another --report path")
+    if announce:
+        ui.info(f"report: {report.show(path)}")
+    return path
 
 
 def wants_json(argv=None) -> bool:
@@ -386,7 +419,7 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
             for line in findings:
                 ui.warn(line)
         elif findings:
-            from migrate.model import ActionKind
+            from migrate.core.model import ActionKind
             placed = {a.source for a in plan.actions if a.kind not in (ActionKind.SKIP, ActionKind.CONFLICT)}
             held = len({f.path for f in plan.findings if f.blocks and f.path not in placed})
             moved = len({f.path for f in plan.findings if f.path in placed})
@@ -418,6 +451,8 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
     Example:
       comfy-migrate run --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models --yes
     """
+    import dataclasses
+
     from migrate.app.migrate import migrate
     fmt = kw.pop("fmt")
     if fmt == "json" and not yes and not dry_run:
@@ -425,6 +460,8 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
                            "pass --yes, or look first with `comfy-migrate plan --format json`")
     req = plan_request(kw, dry_run=dry_run, yes=yes, while_running=while_running, wait=wait, argv=tuple(sys.argv))
     got = migrate(req, Asking(ui, lambda plan: show_summary(ui, plan, fmt)))
+    if got.state == "done":
+        got = dataclasses.replace(got, page=run_page(ui, got, kw, req.price))
     if got.state == "dry_run":
         print_plan(got.plan, fmt, ui.verbosity > 0, ui.verbosity < 0)
         exit_if_unfit(got.plan)
@@ -435,12 +472,29 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
     sys.exit(got.exit_code)
 
 
+def run_page(ui: Ui, got, kw: dict, price: float):
+    """The page of what ran, beside its log (the run is done: a failure here costs only the page)."""
+    rep = got.report
+    try:
+        return write_report(ui, got.plan, kw, price, run_report_path(rep.log_path), made=f"run {rep.run_id}",
+                            announce=False, done={"run": rep.run_id, "placed": rep.placed,
+                                                  "copied_bytes": rep.copied_bytes, "removed": rep.removed,
+                                                  "stayed": len(got.stayed), "quarantine_bytes": rep.quarantine_bytes})
+    except (MigrateError, OSError) as exc:
+        ui.warn(str(exc))
+    except Exception as exc:         # noqa: BLE001 (the run has migrated: a bad page never hides its undo line)
+        ui.warn(f"the run's report page was not written ({type(exc).__name__}); the run itself is done")
+    return None
+
+
 def show_run(ui: Ui, got, fmt: str, req) -> None:
     """What `run` prints once it ran (app.migrate.MigrateOutcome)."""
-    from migrate.comfy import BEGIN_MARK
-    rep, plan, left, page, deploy, running = got.report, got.plan, got.stayed, got.page, got.deploy, got.running
+    from migrate.core.comfy import BEGIN_MARK
+    from migrate.views import outcome
+    rep, plan, left, page, running = got.report, got.plan, got.stayed, got.page, got.running
+    deploy = outcome.deploy(got)
     if fmt == "json":
-        out(report.dumps(got.doc))
+        out(report.dumps(outcome.doc(got)))
     else:
         out(f"\nrun {rep.run_id}{' (continued)' if rep.resumed else ''}: placed {rep.placed} files, "
             f"copied {report.human(rep.copied_bytes)}, removed {rep.removed} source names\n")
@@ -507,12 +561,13 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait, comfyui_
       comfy-migrate attach --comfyui /ComfyUI --target /runpod-volume/models --yes     # a worker
     """
     from migrate.app.attach_cmd import AttachRequest, attach as attach_pod
+    from migrate.views import outcome
     if fmt == "json" and not yes and not dry_run:
         raise NotConfirmed("attach --format json never asks", "pass --yes, or look first with --dry-run")
     req = AttachRequest(comfyui, target, base_path, dry_run, yes, wait, comfyui_args, tuple(sys.argv))
     got = attach_pod(req, Asking(ui, lambda shown: show_attach(ui, shown) if fmt == "table" else None))
     if fmt == "json":
-        out(report.dumps(got.doc))
+        out(report.dumps(outcome.doc(got)))
     elif got.state == "attached":
         ui.info(f"attached already: {report.show(got.plan.yaml_path)} searches {report.show(got.target)} first; "
                 "nothing written")
@@ -534,7 +589,7 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait, comfyui_
 def show_attach(ui: Ui, got) -> None:
     """What attach shows before it asks (and all a dry run shows): the YAML diff, the folders, the names."""
     import textwrap
-    home, target, plan = got.home, got.target, got.plan
+    home, target, plan = got.home, got.target, got.shown
     verbose = ui.verbosity > 0
     room = (report.WIDTH - 54) // 2        # the two paths share what the words leave
     out(f"attach {report.show(home) if verbose else report.middle(home, room)} to the store "
@@ -569,7 +624,7 @@ def undo_line(u, verbose: bool) -> str:
     """A rollback step in words, each path shortened in the middle so the line fits report.WIDTH
     columns (-v: whole)."""
     import re
-    from migrate.steps import Op
+    from migrate.core.steps import Op
     text = report.show(u.describe())
     op = Op.of({"op": u.op})
     if verbose or len(text) <= report.WIDTH - 2 or op is None:
@@ -591,9 +646,10 @@ def stayed_summary(left: list, lead: int = 0) -> str:
 
 def nothing_to_do(ui: Ui, got, fmt: str, req) -> None:
     """The end of a run with nothing to do: said (JSON too), with the files that stayed behind."""
+    from migrate.views import outcome
     left, plan = got.stayed, got.plan
     if fmt == "json":
-        out(report.dumps(got.doc))
+        out(report.dumps(outcome.doc(got)))
     if left:
         ui.warn(f"nothing to do, but {stayed_summary(left, len('warning: nothing to do, but '))};")
         shell.err(f"  `comfy-migrate plan{req.given(plan.target)}` says why for each")
@@ -642,6 +698,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
       comfy-migrate rollback 20261127T101500Z-3fa9c1 --target /workspace/models --yes
     """
     from migrate.app.rollback_cmd import RollbackRequest, rollback as undo_run
+    from migrate.views import outcome
     if fmt == "json" and not yes and not dry_run:
         raise NotConfirmed("rollback --format json never asks (no summary would be seen before the question)",
                            "pass --yes, or look first with `comfy-migrate rollback --dry-run --format json`")
@@ -650,13 +707,13 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
         f"rollback of run {shown.plan.run_id}: {report.rollback_summary(shown.plan.undos, shown.kept)}\n"
         "(`--dry-run` lists every step)\n")))
     if fmt == "json":
-        out(report.dumps(got.doc))
+        out(report.dumps(outcome.doc(got)))
     elif got.state == "nothing":
         ui.info(got.message)
     elif got.state == "dry_run":
         out(f"rollback of run {got.plan.run_id} ({len(got.plan.undos)} steps, newest first):\n")
         for u in got.plan.undos:
-            users = got.kept_for.get(u.step)
+            users = got.users.get(u.step)
             out(f"  {report.show(got.doomed[u.step]) if u.step in got.doomed else undo_line(u, ui.verbosity > 0)}"
                 + (f" -> kept in the store instead: run(s) {', '.join(users)} rely on it" if users else "") + "\n")
     else:
@@ -670,6 +727,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
                   "(the rollback would skip them and exit 1)")
     if got.state == "done":
         rep = got.report
+        mark_page_rolled_back(ui, got.plan.log, rep)
         for p in rep.skipped:
             ui.warn(f"{report.show(p.path)}: {p.message}")
         if rep.stranded:
@@ -680,6 +738,26 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
                     f"then run `comfy-migrate rollback {rep.run_id} --target {shlex.quote(report.show(got.target))} "
                     "--yes` again")
     sys.exit(got.exit_code)
+
+
+def mark_page_rolled_back(ui: Ui, log: str, rep) -> None:
+    """The run's page beside its log (if it has one) says it was rolled back: a page that still
+    read 'what it did' would tell a user the store holds what it no longer holds."""
+    from migrate.disk import fsops
+    from migrate.views import html_report
+    path = os.path.join(os.path.dirname(os.path.dirname(log)), "reports",
+                        os.path.basename(log)[:-len(".jsonl")] + ".html")
+    try:
+        with open(path, encoding="utf-8") as f:
+            page = f.read()
+        what = (f"{'partly: ' if rep.stranded else ''}{rep.undone} steps undone, {len(rep.skipped)} skipped, "
+                f"{len(rep.stranded)} model file(s) not back")
+        fsops.atomic_write(path, html_report.rolled_back(page, rep.run_id, what).encode("utf-8"), 0o644)
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        ui.warn(f"the run's page {report.show(path)} still reads as the run's result: "
+                f"{fsops.describe(exc) if isinstance(exc, OSError) else 'not UTF-8'}")
 
 
 @cli.command("history", context_settings=CONTEXT)
@@ -694,7 +772,7 @@ def history_cmd(target, fmt) -> None:
       comfy-migrate history --target /workspace/models
     """
     from migrate.app.common import require_store
-    from migrate.runlog import history
+    from migrate.disk.runlog import history
     rows = history(require_store(resolve_target(target)))
     if fmt == "json":
         out(report.dumps(rows))
@@ -725,7 +803,7 @@ def catalogue_cmd(target, fmt) -> None:
       comfy-migrate catalogue --target /workspace/models > models.json
       comfy-migrate catalogue --format csv > models.csv
     """
-    from migrate import catalogue as store_catalogue
+    from migrate.disk import catalogue as store_catalogue
     from migrate.app.common import require_store
     rows, warning = store_catalogue.export(require_store(resolve_target(target)), open_cache(False))
     if warning:
@@ -772,13 +850,14 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait, fmt) -> None:
       comfy-migrate purge --target /workspace/models --yes
     """
     from migrate.app.purge import PurgeRequest, purge as free_quarantine
+    from migrate.views import outcome
 
     def show(shown) -> None:
         for rid, qs in shown.per_run if fmt == "table" else ():
             out(f"run {rid}: {len(qs)} quarantined file(s), {report.human(sum(q['size'] for q in qs))}\n")
     got = free_quarantine(PurgeRequest(run_ref, target, comfyui, permanent, yes, wait), Asking(ui, show))
     if fmt == "json":
-        out(report.dumps(got.doc))
+        out(report.dumps(outcome.doc(got)))
     elif got.state == "empty":
         out(f"the quarantine of {'this run' if run_ref else 'every run of this pod'} is empty\n")
     else:
@@ -818,7 +897,7 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt, comfyui_ar
     """
     from migrate.app.verify_cmd import VerifyRequest, verify as verify_runs
     got = verify_runs(VerifyRequest(run_ref, comfyui, target, comfyui_url, quick, comfyui_args), Asking(ui))
-    res, home, launch = got.doc, got.home, got.launch
+    res, home, launch = got.result, got.home, got.launch
     if fmt == "json":
         out(report.dumps(res))
     else:
@@ -868,12 +947,47 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt, comfyui_ar
 
 # --- workflows -----------------------------------------------------------------------------------
 
+def workflow_report(home: str, yaml_path, price: float, changes=None, launch=None, loaded=None,
+                    target: str | None = None) -> dict:
+    """The workflows document (workflows.workflow_doc) of a ComfyUI folder, as its YAML resolves now
+    (launch: how ComfyUI is started; its user folder holds the workflows; loaded: a dict given gets
+    (category, name) -> (path, size) of every model ComfyUI loads now). Each model a saved workflow
+    names carries its SHA-256 and AutoV2 where the digest cache or the store's catalogue (target) knows
+    them already, else None: a report never reads a model to hash it."""
+    from migrate.core import comfy, workflows
+    from migrate.disk.facts import gather_workflows, model_identities, read_yaml
+    text = read_yaml(yaml_path) if yaml_path else None
+    if launch is not None:
+        from migrate.disk.launch import search_order
+        as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path)) \
+            if yaml_path else None
+        order = search_order(launch, {p: read_yaml(p) for p in launch.yamls if p != as_read}, as_read, text,
+                             models_real=False)
+        found, before, sources = gather_workflows(home, order, launch.user, launch)
+    else:
+        order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
+        found, before, sources = gather_workflows(home, order)
+    sizes = {k: v[1] for k, v in before.items()}
+    if loaded is not None:
+        loaded.update(before)
+    doc = workflows.workflow_doc(found, before, changes or {}, sizes, price, model_identities(before), sources)
+    keys = {(m["category"], m["name"]) for w in doc["workflows"] for m in w["models"]}
+    if target is None:
+        from migrate.disk.facts import DEFAULT_TARGET
+        target = os.path.abspath(os.environ.get("COMFY_MIGRATE_TARGET") or DEFAULT_TARGET)
+    sha = shell.model_sha256({k: before[k][0] for k in sorted(keys, key=str) if k in before}, open_cache(False),
+                             target, read=False)
+    for w in doc["workflows"]:
+        for m in w["models"]:
+            known = sha.get((m["category"], m["name"]))
+            m["sha256"], m["autov2"] = known, known[:10].upper() if known else None
+    return doc
+
 
 def workflows_check(home: str, launch, path: str, fmt: str) -> None:
     """`workflows --check FILE`: each model of a manifest made on another pod, as this pod has it."""
-    from migrate import workflows
-    from migrate.app.migrate import workflow_report
-    from migrate.facts import DEFAULT_TARGET
+    from migrate.core import workflows
+    from migrate.disk.facts import DEFAULT_TARGET
     try:
         with open(path, "rb") as f:
             text = f.read(64 << 20).decode("utf-8")
@@ -929,8 +1043,7 @@ def workflows_cmd(comfyui, price_per_gb_month, fmt, comfyui_args, manifest, chec
       comfy-migrate workflows --manifest needs.json       (on pod A)
       comfy-migrate workflows --check needs.json          (on pod B)
     """
-    from migrate.app.migrate import workflow_report
-    from migrate.facts import DEFAULT_TARGET, find_comfyui
+    from migrate.disk.facts import DEFAULT_TARGET, find_comfyui
     home = find_comfyui(comfyui)
     launch = shell.resolve_launch(home, comfyui_args)
     if manifest and check:
@@ -941,7 +1054,7 @@ def workflows_cmd(comfyui, price_per_gb_month, fmt, comfyui_args, manifest, chec
     doc = workflow_report(home, os.path.join(home, "extra_model_paths.yaml"), price_per_gb_month, launch=launch,
                           loaded=loaded)
     if manifest:
-        from migrate import workflows
+        from migrate.core import workflows
         keys = {(m["category"], m["name"]) for w in doc["workflows"] for m in w["models"]}
         sha = shell.model_sha256({k: loaded[k][0] for k in keys if k in loaded}, open_cache(False),
                                  os.path.abspath(os.environ.get("COMFY_MIGRATE_TARGET") or DEFAULT_TARGET))
@@ -986,9 +1099,9 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
       comfy-migrate audit --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models
       comfy-migrate audit --target /workspace/models --format json
     """
-    from migrate import comfy
-    from migrate.facts import DEFAULT_TARGET, check_dir, find_comfyui, read_yaml
-    from migrate.sniff import audit_trees
+    from migrate.core import comfy
+    from migrate.disk.facts import DEFAULT_TARGET, check_dir, find_comfyui, read_yaml
+    from migrate.disk.sniff import audit_trees
     home = None
     if comfyui or not target:
         try:
@@ -1009,7 +1122,7 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
         text = read_yaml(yaml_path)
         order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
         if launch is not None:
-            from migrate.launch import search_order
+            from migrate.disk.launch import search_order
             order = search_order(launch, {p: read_yaml(p) for p in launch.yamls}, models_real=False)
     res = audit_trees(roots, order, open_verdicts(no_cache), open_cache(no_cache))
     ui.debug(f"{res.files} entries, {res.read} files read, the rest from the cache")

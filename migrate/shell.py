@@ -12,12 +12,12 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 
-from migrate import report
+from migrate.views import report
 from migrate.app.pod import (adopt_comfyui, check_reachable, open_cache, open_verdicts, resolve_launch,  # noqa: F401
                              resolve_pod, resolve_sources, resolve_target)
-from migrate.errors import ExitCode, MigrateError
-from migrate.hashing import DigestCache
-from migrate.model import Status
+from migrate.core.errors import ExitCode, MigrateError
+from migrate.disk.hashing import DigestCache
+from migrate.core.model import Status
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:       # typing is not imported at run time: ~5-8 ms of scan's start-up
@@ -100,7 +100,7 @@ def out(text: str) -> None:
 def scan(ui: Ui, comfyui: str | None, sources: tuple[str, ...], fmt: str, no_cache: bool,
          duplicates: bool, source_is_models: bool = False) -> None:
     """`comfy-migrate scan` (its options are documented on the click command in cli.py)."""
-    from migrate.scan import hash_records, scan_tree
+    from migrate.disk.scan import hash_records, scan_tree
     _, roots = resolve_sources(comfyui, sources, ui, source_is_models)
     cache = open_cache(no_cache)
     scans = [scan_tree(r) for r in roots]
@@ -136,7 +136,7 @@ def scan(ui: Ui, comfyui: str | None, sources: tuple[str, ...], fmt: str, no_cac
 
 
 def report_duplicates(ui: Ui, scans, cache, fmt: str) -> None:
-    from migrate.dupes import find_duplicates
+    from migrate.disk.dupes import find_duplicates
     with ui.progress("hashing") as (_, on_bytes):
         found = find_duplicates(scans, cache, on_bytes)
     if fmt == "json":
@@ -166,7 +166,7 @@ def fail(exc: BaseException) -> NoReturn:
         sys.exit(ExitCode.INTERRUPTED)
     if isinstance(exc, OSError):
         # Unexpected at this level (per-file errors are reported as data).
-        from migrate.fsops import describe
+        from migrate.disk.fsops import describe
         code = ExitCode.NO_SPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.PROBLEMS
         err(f"comfy-migrate: error: {describe(exc)} (nothing was lost: "
             + ("free space, then " if code == ExitCode.NO_SPACE else "")
@@ -182,7 +182,7 @@ def model_sha256(paths: dict, cache: DigestCache | None, target: str | None = No
     digest cache or the store's catalogue where they still vouch for the file, else read once (xxh3,
     SHA-256 and BLAKE3 in that one read, all cached). A file that cannot be read maps to None."""
     import time
-    from migrate import catalogue, hashing
+    from migrate.disk import catalogue, hashing
     hashing.set_hashes("all")
     cat = catalogue.load(target)[0] if target and os.path.isdir(target) else {}
     out = {}

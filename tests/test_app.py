@@ -1,12 +1,11 @@
 """The application layer without Click (issue 25): `migrate`, `rollback`, `verify`, `purge` and `attach`
-called in-process on real pods in tmp_path return an Outcome whose exit code and JSON document are
-what the CLI prints for the same pod (the CLI run as a subprocess on a twin pod built alike: paths
-and run ids differ, nothing else)."""
+called in-process on real pods in tmp_path return an Outcome whose exit code and JSON document
+(views.outcome.doc) are what the CLI prints for the same pod (the CLI run as a subprocess on a twin
+pod built alike: paths and run ids differ, nothing else; the HTML page of a run is the shell's)."""
 from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,8 @@ from migrate.app.migrate import MigrateRequest, migrate
 from migrate.app.purge import PurgeRequest, purge
 from migrate.app.rollback_cmd import RollbackRequest, rollback
 from migrate.app.verify_cmd import VerifyRequest, verify
-from migrate.errors import ExitCode, NotConfirmed
+from migrate.core.errors import ExitCode, NotConfirmed
+from migrate.views.outcome import doc
 
 
 def build_pod(root: Path):
@@ -68,42 +68,44 @@ def test_migrate_verify_rollback_in_process_as_the_cli_says(twins, cli_env, tmp_
 
     dry = migrate(MigrateRequest(comfyui=a_home, target=a_store, dry_run=True), Quiet())
     cli_dry = cli_json(["run", "--comfyui", a_home, "--target", a_store, "--dry-run"], cli_env, 0)
-    assert (dry.state, dry.exit_code, dry.doc) == ("dry_run", 0, cli_dry)      # the same pod: the same plan
+    assert (dry.state, dry.exit_code, doc(dry)) == ("dry_run", 0, cli_dry)      # the same pod: the same plan
     assert snapshot_tree(a_root) == before
 
     io = Quiet()
     ran = migrate(MigrateRequest(comfyui=a_home, target=a_store, yes=True), io)
     cli_ran = cli_json(["run", "--comfyui", b_home, "--target", b_store, "--yes"], cli_env, ExitCode.PROBLEMS)
     assert ran.state == "done" and ran.exit_code == ExitCode.PROBLEMS      # the demo pod's conflict stays
-    assert [s["why"] for s in ran.doc["stayed"]] == ["conflict"] and ran.doc["placed"] > 0
-    assert same(ran.doc, a_root, run_ids(a_store)) == same(cli_ran, b_root, run_ids(b_store))
+    assert [s["why"] for s in doc(ran)["stayed"]] == ["conflict"] and doc(ran)["placed"] > 0
+    assert ran.page is None and os.path.isfile(cli_ran.pop("report"))      # the page is the shell's to write
+    assert same(dict(doc(ran), report=None), a_root, run_ids(a_store)) == same(dict(cli_ran, report=None), b_root,
+                                                                               run_ids(b_store))
     assert not [m for level, m in io.said if level == "warning"], io.said
 
     again = migrate(MigrateRequest(comfyui=a_home, target=a_store, yes=True), Quiet())
     cli_again = cli_json(["run", "--comfyui", b_home, "--target", b_store, "--yes"], cli_env, ExitCode.PROBLEMS)
     assert again.state == "nothing_to_do" and again.exit_code == ExitCode.PROBLEMS
-    assert same(again.doc, a_root, run_ids(a_store)) == same(cli_again, b_root, run_ids(b_store))
+    assert same(doc(again), a_root, run_ids(a_store)) == same(cli_again, b_root, run_ids(b_store))
 
     checked = verify(VerifyRequest(comfyui=a_home, target=a_store), Quiet())
     cli_checked = cli_json(["verify", "--comfyui", b_home, "--target", b_store], cli_env, 0)
-    assert checked.exit_code == 0 and checked.doc["ok"]
-    assert same(checked.doc, a_root, run_ids(a_store)) == same(cli_checked, b_root, run_ids(b_store))
+    assert checked.exit_code == 0 and doc(checked)["ok"]
+    assert same(doc(checked), a_root, run_ids(a_store)) == same(cli_checked, b_root, run_ids(b_store))
 
     preview = rollback(RollbackRequest(target=a_store, comfyui=a_home, dry_run=True), Quiet())
     cli_preview = cli_json(["rollback", "--target", a_store, "--comfyui", a_home, "--dry-run"], cli_env, 0)
-    assert (preview.state, preview.exit_code, preview.doc) == ("dry_run", 0, cli_preview)
-    assert len(preview.plan.undos) == len(preview.doc["steps"]) > 0
+    assert (preview.state, preview.exit_code, doc(preview)) == ("dry_run", 0, cli_preview)
+    assert len(preview.plan.undos) == len(doc(preview)["steps"]) > 0
 
     undone = rollback(RollbackRequest(target=a_store, comfyui=a_home, yes=True), Quiet())
     cli_undone = cli_json(["rollback", "--target", b_store, "--comfyui", b_home, "--yes"], cli_env, 0)
     assert undone.state == "done" and undone.exit_code == 0 and undone.report.undone > 0
-    assert same(undone.doc, a_root, run_ids(a_store)) == same(cli_undone, b_root, run_ids(b_store))
+    assert same(doc(undone), a_root, run_ids(a_store)) == same(cli_undone, b_root, run_ids(b_store))
     assert contents(snapshot_tree(a_root)) == contents(before)       # every name and byte back
 
     done = rollback(RollbackRequest(target=a_store, comfyui=a_home, yes=True), Quiet())
     cli_done = cli_json(["rollback", "--target", b_store, "--comfyui", b_home, "--yes"], cli_env, 0)
     assert done.state == "nothing" and done.exit_code == 0
-    assert same(done.doc, a_root, run_ids(a_store)) == same(cli_done, b_root, run_ids(b_store))
+    assert same(doc(done), a_root, run_ids(a_store)) == same(cli_done, b_root, run_ids(b_store))
 
 
 def test_purge_and_attach_in_process_as_the_cli_says(twins, cli_env, tmp_path):
@@ -115,13 +117,13 @@ def test_purge_and_attach_in_process_as_the_cli_says(twins, cli_env, tmp_path):
     io = Quiet()
     freed = purge(PurgeRequest(target=a_store, comfyui=a_home, permanent=True, yes=True), io)
     cli_freed = cli_json(["purge", "--target", b_store, "--comfyui", b_home, "--permanent", "--yes"], cli_env, 0)
-    assert freed.state == "done" and freed.exit_code == 0 and freed.doc["files"] > 0 and freed.freed > 0
-    assert same(freed.doc, a_root, run_ids(a_store)) == same(cli_freed, b_root, run_ids(b_store))
+    assert freed.state == "done" and freed.exit_code == 0 and doc(freed)["files"] > 0 and freed.freed > 0
+    assert same(doc(freed), a_root, run_ids(a_store)) == same(cli_freed, b_root, run_ids(b_store))
     assert not any(f for _, _, f in os.walk(os.path.join(a_store, ".comfy-migrate", "quarantine")))
 
     empty = purge(PurgeRequest(target=a_store, comfyui=a_home, permanent=True, yes=True), Quiet())
     cli_empty = cli_json(["purge", "--target", b_store, "--comfyui", b_home, "--permanent", "--yes"], cli_env, 0)
-    assert (empty.state, empty.exit_code) == ("empty", 0) and empty.doc == cli_empty
+    assert (empty.state, empty.exit_code) == ("empty", 0) and doc(empty) == cli_empty
 
     # A second ComfyUI (a rebuilt container) pointed at the store: attach writes its YAML section.
     for root in (a_root, b_root):
@@ -129,10 +131,10 @@ def test_purge_and_attach_in_process_as_the_cli_says(twins, cli_env, tmp_path):
         Path(root, "second", "main.py").write_text("")
     got = attach(AttachRequest(comfyui=os.path.join(a_root, "second"), target=a_store, yes=True), Quiet())
     cli_got = cli_json(["attach", "--comfyui", os.path.join(b_root, "second"), "--target", b_store, "--yes"], cli_env, 0)
-    assert got.state == "done" and got.exit_code == 0 and got.doc["yaml_written"]
-    assert same(got.doc, a_root, run_ids(a_store)) == same(cli_got, b_root, run_ids(b_store))
+    assert got.state == "done" and got.exit_code == 0 and doc(got)["yaml_written"]
+    assert same(doc(got), a_root, run_ids(a_store)) == same(cli_got, b_root, run_ids(b_store))
     still = attach(AttachRequest(comfyui=os.path.join(a_root, "second"), target=a_store, yes=True), Quiet())
-    assert (still.state, still.exit_code, still.doc["nothing_to_do"]) == ("attached", 0, True)
+    assert (still.state, still.exit_code, doc(still)["nothing_to_do"]) == ("attached", 0, True)
 
 
 def test_a_request_without_yes_asks_through_the_io_and_a_no_changes_nothing(twins, tmp_path):
@@ -149,12 +151,3 @@ def test_a_request_without_yes_asks_through_the_io_and_a_no_changes_nothing(twin
         migrate(MigrateRequest(comfyui=a_home, target=a_store), io)
     assert ("asked", f"Migrate into {a_store}?") in io.said
     assert snapshot_tree(tmp_path / "app") == before
-
-
-def test_the_app_layer_imports_no_shell():
-    """migrate/app/ is below the shell: no click, tqdm or tabulate, no cli or shell module."""
-    folder = Path(__file__).resolve().parent.parent / "migrate" / "app"
-    for path in sorted(folder.glob("*.py")):
-        src = path.read_text()
-        assert not re.search(r"^\s*(?:from|import) (click|tqdm|tabulate)\b", src, re.M), path.name
-        assert not re.search(r"^\s*from migrate(?:\.| import )(?:cli|shell)\b", src, re.M), path.name

@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
-from migrate import report
-from migrate.app.common import Io, Outcome, problems_doc, take_lock
-from migrate.errors import BadInput, ExitCode
+from migrate.app.common import Io, Outcome, take_lock
+from migrate.core.errors import BadInput, ExitCode
+from migrate.core.model import show
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,20 @@ class AttachRequest:
 @dataclass(frozen=True)
 class AttachOutcome(Outcome):
     """state: 'attached' (already: nothing written), 'dry_run' or 'done' (report: execute.RunReport, or
-    None when the plan made under the lock had nothing left to do). plan: attach's Plan (shown by
-    the shell: the YAML diff, the store folders, the name changes); running: ComfyUI processes to restart."""
+    None when the plan made under the lock had nothing left to do). shown: attach's Plan as shown
+    before asking (the YAML diff, the store folders, the name changes); plan: the one that ran;
+    not_compared: name changes it could not compare; running: ComfyUI processes to restart."""
     state: str = "done"
     home: str = ""
     target: str = ""
+    shown: object = None
     plan: object = None
+    not_compared: tuple = ()
+    dry_run: bool = False
     report: object = None
     running: list = field(default_factory=list)
+
+    command = "attach"
 
 
 def attach(req: AttachRequest, io: Io) -> AttachOutcome:
@@ -44,8 +50,8 @@ def attach(req: AttachRequest, io: Io) -> AttachOutcome:
     import dataclasses
 
     from migrate.app.pod import adopt_comfyui, resolve_launch, resolve_target
-    from migrate.attach import gather_attach, plan_attach
-    from migrate.comfy import find_comfyui
+    from migrate.app.attach import gather_attach, plan_attach
+    from migrate.core.comfy import find_comfyui
     home = find_comfyui(req.comfyui)
     adopt_comfyui(home, io)
     target = resolve_target(req.target)
@@ -62,24 +68,18 @@ def attach(req: AttachRequest, io: Io) -> AttachOutcome:
     facts, got = planned()
     plan = got.plan
     for p in (p for s in (facts.models, facts.store) for p in s.problems):
-        io.warn(f"{report.show(p.path)}: {p.message}")
-    doc = {"comfyui": home, "target": target, "yaml": plan.yaml_path, "base_path": plan.base_path,
-           "base_path_mode": plan.policy.base_path, "store_folders": list(plan.store_folders),
-           "name_changes": [report.name_change_doc(c) for c in plan.name_changes],
-           "not_compared": [report.name_change_doc(c) for c in got.not_compared],
-           "warnings": list(plan.warnings), "dry_run": req.dry_run}
+        io.warn(f"{show(p.path)}: {p.message}")
+    first = AttachOutcome(ExitCode.OK, "attached" if not plan.has_work else "dry_run", home, target, plan, plan,
+                          tuple(got.not_compared), req.dry_run)
     if not plan.has_work:
-        return AttachOutcome(ExitCode.OK, dict(doc, run=None, nothing_to_do=True, yaml_written=False), "attached",
-                             home, target, plan)
-    shown = AttachOutcome(ExitCode.OK, dict(doc, run=None, nothing_to_do=False, yaml_written=False), "dry_run",
-                          home, target, plan)
-    io.show(shown)
+        return first
+    io.show(first)
     if req.dry_run:
-        return shown
+        return first
     if not req.yes:
         io.confirm(f"Point {home} at {target}?")
-    from migrate.execute import execute_plan      # only with work to do: start-up
-    from migrate.runlog import find_interrupted
+    from migrate.app.execute import execute_plan      # only with work to do: start-up
+    from migrate.disk.runlog import find_interrupted
     with take_lock(io, target, "comfy-migrate attach", req.wait) as lock:
         facts, got = planned()          # again under the lock: the store as it is now
         plan = got.plan
@@ -91,13 +91,9 @@ def attach(req: AttachRequest, io: Io) -> AttachOutcome:
             rep = execute_plan(plan, list(req.argv), lock=lock, kind="attach")
     running = []
     try:
-        from migrate.running import find_running
+        from migrate.disk.running import find_running
         running = find_running(home)
     except OSError:
         pass
-    doc = dict(doc, run=rep.run_id if rep else None, nothing_to_do=rep is None,
-               log=rep.log_path if rep else None, yaml_written=bool(rep and rep.yaml_written),
-               store_folders=list(plan.store_folders), problems=problems_doc(rep.problems if rep else []),
-               restart_comfyui=bool(rep and rep.yaml_written and running))
     code = ExitCode.PROBLEMS if rep is not None and rep.problems else ExitCode.OK
-    return AttachOutcome(code, doc, "done", home, target, plan, rep, running)
+    return AttachOutcome(code, "done", home, target, first.shown, plan, first.not_compared, req.dry_run, rep, running)

@@ -2,20 +2,22 @@
 Outcome it returns, the target's lock, and which pod's run a command means.
 
 An application function (`migrate`, `attach`, `rollback`, `verify`, `purge`) takes one request value
-(what the user asked) and an Io, and returns an Outcome: its exit code, its `--format json`
-document and the values its text output shows. It never prints and never exits; errors a user can
-cause are raised as MigrateError (each with its exit code), as the shell reports them.
+(what the user asked) and an Io, and returns an Outcome: its exit code and the values its output
+shows (views/outcome.py renders its `--format json` document). It never prints and never exits;
+errors a user can cause are raised as MigrateError (each with its exit code), as the shell reports them.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterator, List, Optional, Protocol, Tuple
 
-from migrate import fsops, report
-from migrate.errors import BadLog, MigrateError
+from migrate.disk import fsops
+
+from migrate.core.errors import BadLog, MigrateError
+from migrate.core.model import show
 
 class Io(Protocol):
     """What an application function needs of the shell (cli.py passes its Ui; a library caller Quiet).
@@ -71,20 +73,22 @@ class Quiet:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a command did. exit_code: its documented exit code (errors.ExitCode); doc: the document
-    `--format json` prints; the subclasses add what the text output shows."""
+    """What a command did: its documented exit code (errors.ExitCode) and, in each command's subclass,
+    the values its output shows. views/outcome.py makes the document `--format json` prints of it
+    (`command` says which); the shell prints the text."""
     exit_code: int
-    doc: dict = field(default_factory=dict)
+
+    command = ""
 
 
 def state_dir(target: str) -> str:
-    from migrate.model import STATE_DIR
+    from migrate.core.model import STATE_DIR
     return os.path.join(target, STATE_DIR)
 
 
 def take_lock(io: Io, target: str, purpose: str, wait: float, room: bool = False):
     """The target's lock, waiting for another pod's run (and saying whose) up to `wait` seconds."""
-    from migrate.lock import TargetLock
+    from migrate.disk.lock import TargetLock
 
     def on_wait(h: dict) -> None:
         if not h.get("host"):       # garbage, or being written: taken over once it stays so a moment
@@ -110,7 +114,7 @@ def take_lock(io: Io, target: str, purpose: str, wait: float, room: bool = False
 
 def clear_stale_lock(io: Io, target: str) -> None:
     """Nothing to do under the lock: still remove one a killed run or rollback left behind."""
-    from migrate.lock import TargetLock
+    from migrate.disk.lock import TargetLock
     if os.path.isdir(state_dir(target)):
         why = TargetLock(state_dir(target), "cleanup").clear_stale()
         if why:
@@ -119,7 +123,7 @@ def clear_stale_lock(io: Io, target: str) -> None:
 
 def require_store(target: str, what: str = "no runs in") -> str:
     """Read-only commands on a folder no run ever used say so (exit 6) rather than 'no runs yet'."""
-    from migrate.model import STATE_DIR
+    from migrate.core.model import STATE_DIR
     if not os.path.isdir(os.path.join(target, STATE_DIR)):
         raise BadLog(f"{what} {target} (it has no {STATE_DIR} folder): is --target right?",
                      "pass the store's folder as --target (default: $COMFY_MIGRATE_TARGET, else /workspace/models)")
@@ -131,11 +135,11 @@ def pod_log(io: Io, target: str, comfyui: Optional[str], live: bool, all_logs: b
     """The log of this pod's newest run (live: not rolled back; all_logs: the logs of all its runs, oldest
     first). A pod is its ComfyUI folder's YAML on the volume, not its host name (a redeploy gives a
     new one): verify.pod_runs decides."""
-    from migrate.facts import find_comfyui
-    from migrate.journal import RUNS_DIR
-    from migrate.model import STATE_DIR
-    from migrate.runlog import NothingToRollBack, all_runs, run_state
-    from migrate.verify import pod_runs
+    from migrate.disk.facts import find_comfyui
+    from migrate.disk.journal import RUNS_DIR
+    from migrate.core.model import STATE_DIR
+    from migrate.disk.runlog import NothingToRollBack, all_runs, run_state
+    from migrate.app.verify import pod_runs
     try:
         home = find_comfyui(comfyui)
     except MigrateError:
@@ -193,8 +197,4 @@ def given(comfyui: Optional[str], sources, yaml_path: Optional[str], target: Opt
         parts += ["--yaml", os.path.abspath(yaml_path)]
     if target:
         parts += ["--target", target]
-    return "".join(" " + shlex.quote(report.show(p)) for p in parts)
-
-
-def problems_doc(problems) -> list:
-    return [{"path": p.path, "message": p.message} for p in problems]
+    return "".join(" " + shlex.quote(show(p)) for p in parts)

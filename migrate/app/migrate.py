@@ -4,8 +4,8 @@ in, an Outcome out.
 The run's shape: plan (outside the lock: the question must not hold up other pods), show the
 summary, ask, then take the lock and plan again against the store as it is now (no byte read twice:
 the digests just gathered are the cache); a plan that changed in a way that matters is shown and
-asked again; then execute it, refresh the store's catalogue before the log closes, and write the
-run's HTML page beside its log.
+asked again; then execute it and refresh the store's catalogue before the log closes. The
+shell writes the run's HTML page beside its log (a view).
 """
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import shlex
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from migrate import fsops, report
-from migrate.app.common import Io, Outcome, clear_stale_lock, given, problems_doc, take_lock
-from migrate.errors import BadInput, ExitCode, MigrateError
+from migrate.disk import fsops
+from migrate.app.common import Io, Outcome, clear_stale_lock, given, take_lock
+from migrate.core.errors import BadInput, ExitCode, MigrateError
+from migrate.core.model import show
 
 
 @dataclass(frozen=True)
@@ -59,28 +60,29 @@ class MigrateRequest(PlanRequest):
 class MigrateOutcome(Outcome):
     """state: 'dry_run' (plan: exactly what a run executes; exit 4 when it does not fit),
     'nothing_to_do', or 'done' (report: execute.RunReport). stayed: (path, why) of each model file
-    left where it is (exit 1 says so); page: the run's HTML report; running: ComfyUI processes that
-    still read the old YAML; deploy: report.deploy_doc."""
+    left where it is (exit 1 says so); running: ComfyUI processes that still read the old YAML;
+    page: the run's HTML report, once the shell wrote it."""
     state: str = "done"
     plan: object = None
     facts: object = None
     report: object = None
     stayed: List[Tuple[str, str]] = field(default_factory=list)
-    page: Optional[str] = None
-    deploy: dict = field(default_factory=dict)
     running: list = field(default_factory=list)
+    page: Optional[str] = None
+
+    command = "migrate"
 
 
 def plan_pod(req: PlanRequest, io: Io, cache=None, again: bool = False):
     """(facts, plan): gather the facts and make the plan. `again`: a re-plan (under the lock) whose
     warnings were already shown once."""
     from migrate.app import pod
-    from migrate.facts import gather, make_plan
-    from migrate.model import Mode, OnConflict, Policy
+    from migrate.disk.facts import gather, make_plan
+    from migrate.core.model import Mode, OnConflict, Policy
     home, roots, launch = pod.resolve_pod(req.comfyui, req.sources, None if again else io,
                                                  req.source_is_models, req.comfyui_args)
     if home is not None and not req.sources:
-        from migrate.comfy import models_of_another_install
+        from migrate.core.comfy import models_of_another_install
         models = launch.models if launch is not None else os.path.join(home, "models")
         owner = models_of_another_install(home, models)
         if owner is not None:
@@ -101,7 +103,7 @@ def plan_pod(req: PlanRequest, io: Io, cache=None, again: bool = False):
                        req.include_suspect, launch.models if launch else None, launch)
     for s in (() if again else facts.sources):
         for p in s.problems:
-            io.warn(f"{report.show(p.path)}: {p.message}")
+            io.warn(f"{show(p.path)}: {p.message}")
     if facts.catalogue_warning and not again:
         io.warn(facts.catalogue_warning)
     if facts.target_scan is not None:
@@ -109,7 +111,7 @@ def plan_pod(req: PlanRequest, io: Io, cache=None, again: bool = False):
         io.debug(f"store: {len(ts.records)} entries, {facts.catalogue_hits} digests from its catalogue, "
                  f"{ts.cached_files} from the cache, {ts.hashed_files} files read ({ts.hashed_bytes} bytes)")
     if not again:
-        from migrate.hashing import extras, hashes_on
+        from migrate.disk.hashing import extras, hashes_on
         known = {r.digest for sc in [*facts.sources, facts.target_scan] if sc is not None for r in sc.records if r.digest}
         lack = sum(1 for d in known if extras(d) is None)
         if lack and hashes_on():
@@ -152,8 +154,8 @@ def unfit_code(plan) -> int:
 
 def migrate(req: MigrateRequest, io: Io) -> MigrateOutcome:
     """Execute the plan of `req`'s pod (`comfy-migrate run`); see the module's docstring."""
-    from migrate.preflight import StoreChanged
-    from migrate.runlog import find_interrupted
+    from migrate.core.preflight import StoreChanged
+    from migrate.disk.runlog import find_interrupted
     try:
         facts, plan = plan_pod(req, io)
     except StoreChanged:
@@ -165,7 +167,7 @@ def migrate(req: MigrateRequest, io: Io) -> MigrateOutcome:
         take_lock(io, resolve_target(req.target), "comfy-migrate run (waiting to plan)", req.wait).release()
         facts, plan = plan_pod(req, io)
     if req.dry_run:
-        return MigrateOutcome(unfit_code(plan), report.plan_doc(plan), "dry_run", plan, facts)
+        return MigrateOutcome(unfit_code(plan), "dry_run", plan, facts)
     if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
         clear_stale_lock(io, plan.target)
         return nothing_to_do(plan, facts)
@@ -178,17 +180,19 @@ def migrate(req: MigrateRequest, io: Io) -> MigrateOutcome:
     if got[0] is None:
         return nothing_to_do(got[1], got[2])
     rep, plan, facts = got
-    return _done(req, io, rep, plan, facts, running)
+    left = stayed_behind(plan, facts)
+    return MigrateOutcome(ExitCode.PROBLEMS if rep.problems or left else ExitCode.OK, "done", plan, facts, rep, left,
+                          running)
 
 
 def _run_locked(req: MigrateRequest, io: Io, facts, plan):
     """Under the lock: plan again, ask again if that plan differs in a way that matters, execute.
     (RunReport, plan, facts), or (None, plan, facts) when there is nothing to do after all."""
-    from migrate import catalogue as store_catalogue
-    from migrate.execute import execute_plan
-    from migrate.facts import confirm_beliefs
-    from migrate.fleet import plan_changes
-    from migrate.runlog import find_interrupted
+    from migrate.disk import catalogue as store_catalogue
+    from migrate.app.execute import execute_plan
+    from migrate.disk.facts import confirm_beliefs
+    from migrate.core.fleet import plan_changes
+    from migrate.disk.runlog import find_interrupted
     from migrate.app.pod import open_cache
     confirmed = plan
     while True:
@@ -200,7 +204,7 @@ def _run_locked(req: MigrateRequest, io: Io, facts, plan):
             stale = confirm_beliefs(plan, (memo, open_cache(req.no_cache)))
             if stale:
                 for p in stale:
-                    io.warn(f"{report.show(p)}: its bytes are not those its cached digest says (rewritten with "
+                    io.warn(f"{show(p)}: its bytes are not those its cached digest says (rewritten with "
                             "its times kept, or a reused inode); planned again with what it holds now")
                 facts, plan = plan_pod(req, io, cache=memo, again=True)
             matters, notes = plan_changes(confirmed, plan)
@@ -209,13 +213,13 @@ def _run_locked(req: MigrateRequest, io: Io, facts, plan):
                 io.warn("the pod or the store changed since the plan (another pod's run, or files changed "
                         "meanwhile); the plan is now different:")
                 for m in matters:
-                    io.warn(f"  {report.show(m)}")
+                    io.warn(f"  {show(m)}")
                 io.show(plan)
                 io.confirm(f"Migrate into {plan.target} with this new plan?")
                 confirmed = plan
                 continue
             for m in matters:
-                io.warn(f"changed since the plan: {report.show(m)}")
+                io.warn(f"changed since the plan: {show(m)}")
             for n in notes:
                 io.info(f"note: {n}")
             if not plan.has_work and find_interrupted(plan.target, plan.sources, plan.yaml_path) is None:
@@ -240,46 +244,15 @@ def _run_locked(req: MigrateRequest, io: Io, facts, plan):
         return rep, plan, facts
 
 
-def _done(req: MigrateRequest, io: Io, rep, plan, facts, running) -> MigrateOutcome:
-    """The outcome of a run that executed: its page written beside its log, its JSON document."""
-    left = stayed_behind(plan, facts)
-    try:     # the page of what ran, beside its log (the run is done: a failure here costs only the page)
-        page = write_report(io, plan, req, run_report_path(rep.log_path), made=f"run {rep.run_id}",
-                            announce=False, done={"run": rep.run_id, "placed": rep.placed,
-                                                  "copied_bytes": rep.copied_bytes, "removed": rep.removed,
-                                                  "stayed": len(left), "quarantine_bytes": rep.quarantine_bytes})
-    except (MigrateError, OSError) as exc:
-        io.warn(str(exc))
-        page = None
-    except Exception as exc:         # noqa: BLE001 (the run has migrated: a bad page never hides its undo line)
-        io.warn(f"the run's report page was not written ({type(exc).__name__}); the run itself is done")
-        page = None
-    deploy = report.deploy_doc(plan) if plan.yaml_after is not None and (rep.yaml_written or
-                                                                            not plan.yaml_changes) else {}
-    doc = {"run": rep.run_id, "log": rep.log_path, "resumed": rep.resumed,
-           "placed": rep.placed, "copied_bytes": rep.copied_bytes, "removed": rep.removed,
-           "quarantine_bytes": rep.quarantine_bytes, "yaml_written": rep.yaml_written,
-           "problems": problems_doc(rep.problems),
-           "deploy": deploy, "report": page, "restart_comfyui": rep.yaml_written,
-           "comfyui_running": [r.pid for r in running],
-           "comfyui": plan.launch.doc() if plan.launch is not None else None,
-           "findings": [report.finding_doc(f) for f in plan.findings],
-           "stayed": [{"path": p, "why": w} for p, w in left]}
-    code = ExitCode.PROBLEMS if rep.problems or left else ExitCode.OK
-    return MigrateOutcome(code, doc, "done", plan, facts, rep, left, page, deploy, running)
-
-
 def nothing_to_do(plan, facts) -> MigrateOutcome:
     """A run with nothing to do: exit 1 if files stayed behind."""
     left = stayed_behind(plan, facts)
-    doc = {"run": None, "nothing_to_do": True, "stayed": [{"path": p, "why": w} for p, w in left],
-           "findings": [report.finding_doc(f) for f in plan.findings]}
-    return MigrateOutcome(ExitCode.PROBLEMS if left else ExitCode.OK, doc, "nothing_to_do", plan, facts, stayed=left)
+    return MigrateOutcome(ExitCode.PROBLEMS if left else ExitCode.OK, "nothing_to_do", plan, facts, stayed=left)
 
 
 def memo_cache(facts):
     """The digests just gathered, as a cache for the re-plan under the lock (no byte read twice)."""
-    from migrate.hashing import DigestCache
+    from migrate.disk.hashing import DigestCache
     memo = DigestCache(None)
     for scan in facts.sources + ((facts.target_scan,) if facts.target_scan is not None else ()):
         for r in scan.records:
@@ -292,11 +265,11 @@ def stayed_behind(plan, facts) -> list:
     """(path, why) of each model file the run left where it is: a conflict, a name the store cannot
     hold or one that folds onto another there (storerules.stay_kind), a file the audit held back, an unreadable file or one that changed while scanned, a name that is not UTF-8, a model
     file in no category folder. Exit 1 says so (README: exit codes)."""
-    from migrate.comfy import MODEL_EXTENSIONS
-    from migrate.model import ActionKind, Status
+    from migrate.core.comfy import MODEL_EXTENSIONS
+    from migrate.core.model import ActionKind, Status
     why = {Status.SUSPECT: "held-back", Status.UNREADABLE: "unreadable", Status.CHANGED: "changed",
            Status.BAD_NAME: "bad-name"}
-    from migrate.storerules import stay_kind
+    from migrate.core.storerules import stay_kind
     left = {a.source: stay_kind(a) for a in plan.actions if a.kind is ActionKind.CONFLICT}
     for s in facts.sources:
         for r in s.records:
@@ -311,23 +284,23 @@ def stayed_behind(plan, facts) -> list:
 
 def run_interrupted(plan, req: PlanRequest):
     """Ctrl-C during a run: whether it changed anything, and the two commands that finish or undo it."""
-    from migrate.errors import Interrupted
-    from migrate.runlog import find_interrupted
+    from migrate.core.errors import Interrupted
+    from migrate.disk.runlog import find_interrupted
     log = find_interrupted(plan.target, plan.sources, plan.yaml_path)
     if log is None:
         return Interrupted("the run stopped before its first step; nothing was changed")
     rid = os.path.basename(log)[:-len(".jsonl")]
     return Interrupted(f"run {rid} stopped part-way (every step it took is in its log, nothing is lost)",
                        f"`comfy-migrate run{req.given(plan.target)}` continues it, "
-                       f"`comfy-migrate rollback {rid} --target {shlex.quote(report.show(plan.target))}` undoes it")
+                       f"`comfy-migrate rollback {rid} --target {shlex.quote(show(plan.target))}` undoes it")
 
 
 def running_comfyui(comfyui, yaml_path, allowed: bool, launch=None):
     """The ComfyUI processes running from this pod's ComfyUI folder; refuses (exit 3) while one
     runs unless `allowed`: it would keep serving the old folders until restarted. The refusal says
     which options to pass once it is stopped (then /proc no longer shows them)."""
-    from migrate.facts import find_comfyui
-    from migrate.running import find_running
+    from migrate.disk.facts import find_comfyui
+    from migrate.disk.running import find_running
     try:
         home = find_comfyui(comfyui)
     except MigrateError:
@@ -342,60 +315,3 @@ def running_comfyui(comfyui, yaml_path, allowed: bool, launch=None):
                        "extra_model_paths.yaml only at start-up",
                        "stop it, run again, then start it" + again + "; or pass --while-running and restart it afterwards")
     return running
-
-
-# --- the HTML page of a plan or a run ------------------------------------------------------------
-
-def run_report_path(log_path: str) -> str:
-    """<target>/.comfy-migrate/reports/<run>.html: next to the runs folder (which holds logs only)."""
-    reports = os.path.join(os.path.dirname(os.path.dirname(log_path)), "reports")
-    os.makedirs(reports, exist_ok=True)
-    return os.path.join(reports, os.path.basename(log_path)[:-len(".jsonl")] + ".html")
-
-
-def write_report(io: Io, plan, req: PlanRequest, path: str, made: str = "", announce: bool = True,
-                 done=None) -> str:
-    """The plan's HTML page (html_report), written atomically; returns the path written. done: after
-    a run, the numbers its terminal prints (html_report.render)."""
-    from migrate import html_report
-    from migrate.app.pod import resolve_sources
-    if not path.lower().endswith((".html", ".htm")):     # never write over a file that is not a report
-        raise BadInput(f"the report must be an .html file, not {path}", "name it e.g. plan.html")
-    home, _ = resolve_sources(req.comfyui, req.sources or (), insist=True)
-    doc = report.plan_doc(plan)
-    changes = {(c.get("category"), c.get("name")): c.get("reason", "") for c in doc.get("name_changes", ())}
-    flows = workflow_report(home, plan.yaml_path, req.price, changes, plan.launch) if home else None
-    from migrate.hashing import extras
-    sha256 = {a.digest: extras(a.digest)[0] for a in plan.actions if extras(a.digest)}
-    page = html_report.render(plan, flows, made=made, name_changes=doc.get("name_changes"), done=done, sha256=sha256)
-    path = os.path.abspath(path)
-    try:
-        fsops.atomic_write(path, page.encode("utf-8"), 0o644)
-    except OSError as exc:
-        raise BadInput(f"cannot write the report {path}: {exc.strerror}", "choose another --report path")
-    if announce:
-        io.info(f"report: {report.show(path)}")
-    return path
-
-
-def workflow_report(home: str, yaml_path, price: float, changes=None, launch=None, loaded=None) -> dict:
-    """The workflows document (workflows.workflow_doc) of a ComfyUI folder, as its YAML resolves now
-    (launch: how ComfyUI is started; its user folder holds the workflows; loaded: a dict given gets
-    (category, name) -> (path, size) of every model ComfyUI loads now)."""
-    from migrate import comfy, workflows
-    from migrate.facts import gather_workflows, model_identities, read_yaml
-    text = read_yaml(yaml_path) if yaml_path else None
-    if launch is not None:
-        from migrate.launch import search_order
-        as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path)) \
-            if yaml_path else None
-        order = search_order(launch, {p: read_yaml(p) for p in launch.yamls if p != as_read}, as_read, text,
-                             models_real=False)
-        found, before = gather_workflows(home, order, launch.user)
-    else:
-        order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
-        found, before = gather_workflows(home, order)
-    sizes = {k: v[1] for k, v in before.items()}
-    if loaded is not None:
-        loaded.update(before)
-    return workflows.workflow_doc(found, before, changes or {}, sizes, price, model_identities(before))

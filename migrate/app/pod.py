@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 
-from migrate.errors import BadInput, MigrateError
-from migrate.hashing import DigestCache, default_cache_path
+from migrate.core.errors import BadInput, MigrateError
+from migrate.disk.hashing import DigestCache, default_cache_path
 
 
 def adopt_comfyui(home: str | None, ui=None) -> None:
     """Use the categories of the ComfyUI installed at `home` (its folder_paths.py), saying which
     table applies; without one, or unreadable, the built-in table (and say so)."""
-    from migrate import comfy
+    from migrate.core import comfy
     table, note = comfy.installed_categories(home) if home else (None, "")
     comfy.use_categories(table)
     if ui is None or not home:
@@ -34,8 +34,8 @@ def resolve_launch(home: str | None, given: tuple[str, str] | None, ui=None):
     its variable), else those of the ComfyUI running from `home` (/proc), else none. A folder
     without main.py that a running ComfyUI uses as its --base-directory (or models folder) is refused,
     naming the folder of that ComfyUI's main.py: it reads the YAML next to main.py, not one here."""
-    from migrate import launch as launching
-    from migrate.running import find_running
+    from migrate.disk import launch as launching
+    from migrate.disk.running import find_running
     if home is None:
         if given is not None:
             raise BadInput(f"{given[1]} needs the ComfyUI folder (the folder of main.py)", "pass --comfyui DIR")
@@ -80,7 +80,7 @@ def resolve_pod(comfyui: str | None, sources: tuple[str, ...], ui=None, insist: 
                 given: tuple[str, str] | None = None):
     """(the ComfyUI folder or None, the models trees, launch.Launch or None): resolve_sources, with
     ComfyUI's launch options (resolve_launch) deciding its models folder."""
-    from migrate.comfy import find_comfyui
+    from migrate.core.comfy import find_comfyui
     home = find_comfyui(comfyui) if (comfyui or not sources) else None
     launch = resolve_launch(home, given, ui)
     home, roots = resolve_sources(comfyui, sources, ui, insist, launch.models if launch else None)
@@ -94,7 +94,7 @@ def resolve_sources(comfyui: str | None, sources: tuple[str, ...],
     A --source must look like a models folder (named models, or holding a ComfyUI category folder)
     unless `insist` (--source-is-models): an unset variable must not migrate the home folder.
     models: ComfyUI's models folder (default <comfyui>/models; launch.Launch.models)."""
-    from migrate.comfy import check_dir, find_comfyui
+    from migrate.core.comfy import check_dir, find_comfyui
     if sources:
         home = find_comfyui(comfyui) if comfyui else None
         adopt_comfyui(home, ui)
@@ -116,7 +116,7 @@ def resolve_sources(comfyui: str | None, sources: tuple[str, ...],
 
 def _looks_like_models(path: str) -> bool:
     """A folder named models, or holding ComfyUI category folders: --comfyui given one level too deep."""
-    from migrate.comfy import FOLDER_CATEGORY
+    from migrate.core.comfy import FOLDER_CATEGORY
     try:
         names = set(os.listdir(path))
     except OSError:
@@ -125,7 +125,7 @@ def _looks_like_models(path: str) -> bool:
 
 
 def resolve_target(target: str | None) -> str:
-    from migrate.facts import DEFAULT_TARGET
+    from migrate.disk.facts import DEFAULT_TARGET
     path = os.path.abspath(target or DEFAULT_TARGET)
     check_reachable(path)
     if os.path.lexists(path) and not os.path.isdir(path):
@@ -163,5 +163,5 @@ def open_cache(no_cache: bool) -> DigestCache | None:
 
 
 def open_verdicts(no_cache: bool):
-    from migrate.sniff import VerdictCache
+    from migrate.disk.sniff import VerdictCache
     return None if no_cache else VerdictCache(default_cache_path())

@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from migrate import report
 from migrate.app.common import Io, Outcome, pod_log, require_store, take_lock
-from migrate.errors import ExitCode
+from migrate.core.errors import ExitCode
+from migrate.core.model import human, show
 
 
 @dataclass(frozen=True)
@@ -40,21 +40,25 @@ class PurgePreview:
 
 @dataclass(frozen=True)
 class PurgeOutcome(Outcome):
-    """state: 'empty' (nothing quarantined) or 'done'; freed: bytes freed; kept: {path, why} of each file
-    kept; trash: the trash folders used (emptying them frees the space)."""
+    """state: 'empty' (nothing quarantined) or 'done'; per_run: (run id, its quarantined files) purged;
+    freed: bytes freed; kept: {path, why} of each file kept; trash: the trash folders used (emptying
+    them frees the space)."""
     state: str = "done"
+    per_run: List[Tuple[str, List[dict]]] = field(default_factory=list)
     permanent: bool = False
     freed: int = 0
     kept: List[dict] = field(default_factory=list)
     trash: List[str] = field(default_factory=list)
+
+    command = "purge"
 
 
 def purge(req: PurgeRequest, io: Io) -> PurgeOutcome:
     """Free the quarantine (`comfy-migrate purge`): list it, ask, then under the lock re-hash each file
     and its stored copy and trash (or delete) those that still match."""
     from migrate.app.pod import resolve_target
-    from migrate.rollback import purge_check
-    from migrate.runlog import find_log, load_run, quarantined
+    from migrate.app.rollback import purge_check
+    from migrate.disk.runlog import find_log, load_run, quarantined
     target = require_store(resolve_target(req.target))
     logs = [find_log(target, req.run_ref)] if req.run_ref else \
         pod_log(io, target, req.comfyui, live=False, all_logs=True)
@@ -66,19 +70,18 @@ def purge(req: PurgeRequest, io: Io) -> PurgeOutcome:
             per_run.append((records[0]["run"], items))
     items = [q for _, qs in per_run for q in qs]
     if not items:
-        return PurgeOutcome(ExitCode.OK, {"runs": [], "files": 0, "freed_bytes": 0, "kept": [],
-                                          "permanent": req.permanent, "trash": []}, "empty", req.permanent)
+        return PurgeOutcome(ExitCode.OK, "empty", [], req.permanent)
     shown = PurgePreview(per_run)
     io.show(shown)
     if not req.yes:
         io.confirm(f"{'Delete' if req.permanent else 'Trash'} {len(items)} quarantined files "
-                   f"({report.human(shown.size)}) of {len(per_run)} run(s)?")
+                   f"({human(shown.size)}) of {len(per_run)} run(s)?")
     freed, kept, trash = 0, [], set()
     with take_lock(io, target, "comfy-migrate purge", req.wait):
         for q in items:
             why = purge_check(q)
             if why:
-                io.warn(f"{report.show(q['q'])}: {why}; kept")
+                io.warn(f"{show(q['q'])}: {why}; kept")
                 kept.append({"path": q["q"], "why": why})
                 continue
             try:
@@ -93,12 +96,10 @@ def purge(req: PurgeRequest, io: Io) -> PurgeOutcome:
                 if st.st_nlink == 1:      # its last name: the bytes are freed (two names count once)
                     freed += q["size"]
             except Exception as exc:   # send2trash raises many kinds; the file simply stays
-                io.warn(f"{report.show(q['q'])}: cannot use the trash ({exc}); kept "
+                io.warn(f"{show(q['q'])}: cannot use the trash ({exc}); kept "
                         "(use --permanent to delete instead)")
                 kept.append({"path": q["q"], "why": f"cannot use the trash ({exc})"})
-    doc = {"runs": [rid for rid, _ in per_run], "files": len(items), "freed_bytes": freed,
-           "kept": kept, "permanent": req.permanent, "trash": sorted(trash)}
-    return PurgeOutcome(ExitCode.PROBLEMS if kept else ExitCode.OK, doc, "done", req.permanent, freed, kept,
+    return PurgeOutcome(ExitCode.PROBLEMS if kept else ExitCode.OK, "done", per_run, req.permanent, freed, kept,
                         sorted(trash))
 
 

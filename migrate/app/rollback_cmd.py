@@ -13,9 +13,11 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from migrate import fsops, report
-from migrate.app.common import Io, Outcome, clear_stale_lock, pod_log, problems_doc, require_store, take_lock
-from migrate.errors import BadInput, BadLog, ExitCode, MigrateError
+from migrate.disk import fsops
+
+from migrate.app.common import Io, Outcome, clear_stale_lock, pod_log, require_store, take_lock
+from migrate.core.errors import BadInput, BadLog, ExitCode, MigrateError
+from migrate.core.model import show
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class RollbackPlan:
     def execute(self, on_bytes: Optional[Callable[[int], None]] = None,
                 before_close: Optional[Callable[[], None]] = None):
         """Undo it, journalled in <run>.rollback.jsonl: rollback.RollbackReport."""
-        from migrate.rollback import execute_rollback
+        from migrate.app.rollback import execute_rollback
         return execute_rollback(self.log, self.records, self.undos, on_bytes, self.relied, shared=self.shared,
                                 handed=self.handed, before_close=before_close, left_folders=self.left_folders)
 
@@ -60,15 +62,17 @@ class RollbackPlan:
 @dataclass(frozen=True)
 class RollbackOutcome(Outcome):
     """state: 'nothing' (every run of this pod is rolled back already: message), 'dry_run' (plan's
-    undos; doomed: step -> why its source cannot be recreated; kept_for: step -> the runs relying on
-    the stored file it would remove) or 'done' (report: rollback.RollbackReport)."""
+    undos; doomed: step -> why its source cannot be recreated; users: step -> the runs relying on the
+    stored file it would remove, fleet.reliance) or 'done' (report: rollback.RollbackReport)."""
     state: str = "done"
     message: str = ""
     target: str = ""
     plan: Optional[RollbackPlan] = None
     doomed: Dict[int, str] = field(default_factory=dict)
-    kept_for: Dict[int, List[str]] = field(default_factory=dict)
+    users: Dict[int, Optional[List[str]]] = field(default_factory=dict)
     report: object = None
+
+    command = "rollback"
 
 
 @dataclass(frozen=True)
@@ -82,9 +86,9 @@ def rollback(req: RollbackRequest, io: Io) -> RollbackOutcome:
     """Undo a run (`comfy-migrate rollback`): find its log, check it still applies here, show what
     would be undone (dry run: only that), ask, and undo it under the target's lock."""
     from migrate.app.pod import resolve_target
-    from migrate.fleet import reliance
-    from migrate.rollback import foresee, plan_rollback, settled, store_facts, users_of
-    from migrate.runlog import NothingToRollBack, find_log, live_runs, load_run
+    from migrate.core.fleet import reliance
+    from migrate.app.rollback import foresee, plan_rollback, settled, store_facts, users_of
+    from migrate.disk.runlog import NothingToRollBack, find_log, live_runs, load_run
     if not req.dry_run:
         sweep_probe_leftovers(resolve_target(req.target), req.comfyui)
     target = require_store(resolve_target(req.target), "no run to roll back in")
@@ -93,8 +97,7 @@ def rollback(req: RollbackRequest, io: Io) -> RollbackOutcome:
             pod_log(io, target, req.comfyui, live=True, yaml=req.yaml_path)
     except NothingToRollBack as exc:
         clear_stale_lock(io, target)
-        return RollbackOutcome(ExitCode.OK, {"run": None, "nothing_to_roll_back": True, "message": str(exc)},
-                               "nothing", str(exc), target)
+        return RollbackOutcome(ExitCode.OK, "nothing", str(exc), target)
     except BadLog:      # no run to undo (e.g. one killed writing its first record): still no stale lock left
         clear_stale_lock(io, target)
         raise
@@ -105,15 +108,12 @@ def rollback(req: RollbackRequest, io: Io) -> RollbackOutcome:
     rid = plan.run_id
     if req.dry_run or not req.yes:
         relied = reliance(settled(live_runs(target), target), rid)     # shown now, decided under the lock
-        kept_for = {u.step: users for u in plan.undos for users in [users_of(u, relied, records[0]["target"])] if users}
+        users = {u.step: users_of(u, relied, records[0]["target"]) for u in plan.undos}
         if req.dry_run:
             doomed = foresee(plan.undos)
-            doc = {"run": rid, "dry_run": True, "steps": [
-                {"op": u.op, "what": doomed.get(u.step) or u.describe(), "cannot": bool(doomed.get(u.step)),
-                 "kept_for": users_of(u, relied, records[0]["target"])} for u in plan.undos]}
-            return RollbackOutcome(ExitCode.PROBLEMS if doomed else ExitCode.OK, doc, "dry_run", "", target, plan,
-                                   doomed, kept_for)
-        io.show(RollbackPreview(plan, len(kept_for)))
+            return RollbackOutcome(ExitCode.PROBLEMS if doomed else ExitCode.OK, "dry_run", "", target, plan, doomed,
+                                   users)
+        io.show(RollbackPreview(plan, sum(1 for v in users.values() if v)))
         io.confirm(f"Undo run {rid}?")
     with take_lock(io, target, "comfy-migrate rollback", req.wait, room=True):
         try:
@@ -123,25 +123,23 @@ def rollback(req: RollbackRequest, io: Io) -> RollbackOutcome:
         plan = under_lock(plan, target)
 
         def catalogue() -> None:
-            from migrate import catalogue as store_catalogue
+            from migrate.disk import catalogue as store_catalogue
             try:
                 store_catalogue.refresh(target, {}, {})
             except OSError as exc:
                 io.warn(f"could not update the store's catalogue ({fsops.describe(exc)})")
         with io.progress("restoring") as (_, on_bytes), interrupted_rollback(rid, target):
             rep = plan.execute(on_bytes, before_close=catalogue)
-    doc = {"run": rep.run_id, "log": rep.log_path, "resumed": rep.resumed, "undone": rep.undone,
-           "skipped": problems_doc(rep.skipped), "kept": problems_doc(rep.kept), "not_back": problems_doc(rep.stranded)}
     code = ExitCode.PROBLEMS if rep.skipped or rep.stranded else ExitCode.OK
-    return RollbackOutcome(code, doc, "done", "", target, plan, report=rep)
+    return RollbackOutcome(code, "done", "", target, plan, report=rep)
 
 
 def under_lock(plan: RollbackPlan, target: str) -> RollbackPlan:
     """The plan with what other runs rely on decided now, under the lock (the live runs as they are)."""
     import dataclasses
-    from migrate.fleet import droppable, reliance
-    from migrate.rollback import settle, settled
-    from migrate.runlog import kept_records, left_folders, live_runs
+    from migrate.core.fleet import droppable, reliance
+    from migrate.app.rollback import settle, settled
+    from migrate.disk.runlog import kept_records, left_folders, live_runs
     live = settled(live_runs(target), target)
     return dataclasses.replace(plan, relied=reliance(live, plan.run_id),
                                shared=any(rid != plan.run_id for rid, _ in live),
@@ -161,22 +159,22 @@ def check_applies(records: List[dict], log: str, target: str) -> None:
     if head.get("host") != os.uname().nodename and not all(os.path.isdir(d) for d in head.get("sources") or []):
         raise BadInput(f"run {head['run']} was made on host {head.get('host')} and its sources are not here",
                        "roll it back on that pod (its sources and YAML live there)")
-    from migrate.runlog import live_runs
+    from migrate.disk.runlog import live_runs
     newer = newer_pod_runs(records, live_runs(target), target)
     if newer:
         raise BadInput(f"run {head['run']} wrote the YAML's comfy-migrate section, and newer run(s) of this pod not "
                        f"rolled back build on it: {', '.join(newer)}",
                        "roll back the newest first: " + ", then ".join(
-                           f"comfy-migrate rollback {rid} --target {shlex.quote(report.show(target))}"
+                           f"comfy-migrate rollback {rid} --target {shlex.quote(show(target))}"
                            for rid in list(reversed(newer)) + [head["run"]]))
 
 
 def newer_pod_runs(records, live, target: str):
     """The live runs of the same pod (its YAML) newer than this run, when this run wrote the YAML:
     their YAML changes were made on top of its section, and their names resolve through it."""
-    from migrate.journal import group_steps
-    from migrate.steps import Op
-    from migrate.verify import pod_runs
+    from migrate.disk.journal import group_steps
+    from migrate.core.steps import Op
+    from migrate.app.verify import pod_runs
     head = records[0]
     steps = group_steps(records)
     if not head.get("yaml") or not any(b["op"] == Op.YAML and b["step"] in steps.done for b in steps.begins):
@@ -197,7 +195,7 @@ def sweep_probe_leftovers(target: str, comfyui) -> None:
     """Scratch files and folders of a probe killed mid-way (a plan's or a run's, before any log):
     in the store (or the folder it would be made in) and in this pod's models folder, found by
     their name and removed, the folder's mtime put back (fsops.sweep_probes)."""
-    from migrate.facts import find_comfyui
+    from migrate.disk.facts import find_comfyui
     folders = [fsops.nearest_existing(target)]
     try:
         folders.append(os.path.join(find_comfyui(comfyui), "models"))
@@ -210,10 +208,10 @@ def sweep_probe_leftovers(target: str, comfyui) -> None:
 @contextlib.contextmanager
 def interrupted_rollback(rid: str, target: str):
     """Ctrl-C during a rollback: the same command again finishes it."""
-    from migrate.errors import Interrupted
+    from migrate.core.errors import Interrupted
     try:
         yield
     except KeyboardInterrupt:
         raise Interrupted(f"the rollback of run {rid} stopped part-way (its steps are logged)",
-                          f"`comfy-migrate rollback {rid} --target {shlex.quote(report.show(target))} --yes` "
+                          f"`comfy-migrate rollback {rid} --target {shlex.quote(show(target))} --yes` "
                           "again finishes it") from None

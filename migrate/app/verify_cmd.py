@@ -3,11 +3,11 @@ check ComfyUI finds each in the store first; a request in, an Outcome out (exit 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from migrate.app.common import Io, Outcome, require_store
-from migrate.errors import BadInput, BadLog, ExitCode, MigrateError
+from migrate.core.errors import BadInput, BadLog, ExitCode, MigrateError
 
 
 @dataclass(frozen=True)
@@ -24,25 +24,28 @@ class VerifyRequest:
 
 @dataclass(frozen=True)
 class VerifyOutcome(Outcome):
-    """doc: verify.verify_pod's result (plus launch, comfyui); home: the ComfyUI folder, or None;
-    launch: how it is started (launch.Launch), or None."""
+    """result: verify.verify_pod's document (plus launch, comfyui: what ComfyUI at the URL lists);
+    home: the ComfyUI folder, or None; launch: how it is started (launch.Launch), or None."""
+    result: dict = field(default_factory=dict)
     home: Optional[str] = None
     target: str = ""
     launch: object = None
 
+    command = "verify"
+
 
 def verify(req: VerifyRequest, io: Io) -> VerifyOutcome:
     """Check a pod against its runs' logs (`comfy-migrate verify`)."""
-    from migrate import catalogue as store_catalogue
+    from migrate.disk import catalogue as store_catalogue
     from migrate.app.pod import adopt_comfyui, open_cache, resolve_target
-    from migrate.journal import RUNS_DIR
-    from migrate.model import STATE_DIR
-    from migrate.runlog import check_log, find_log, kept_records, live_runs, load_run
-    from migrate.verify import pod_runs, verify_pod
+    from migrate.disk.journal import RUNS_DIR
+    from migrate.core.model import STATE_DIR
+    from migrate.disk.runlog import check_log, find_log, kept_records, live_runs, load_run
+    from migrate.app.verify import pod_runs, verify_pod
     target = require_store(resolve_target(req.target))
     home = None
     try:
-        from migrate.facts import find_comfyui
+        from migrate.disk.facts import find_comfyui
         home = find_comfyui(req.comfyui)
     except MigrateError:
         pass
@@ -82,8 +85,8 @@ def verify_launch(io: Io, home, given, runs):
     """How the pod's ComfyUI is started, for verify: --comfyui-args, else the running ComfyUI's
     options, else those the newest run logged (it planned with them), else none."""
     from migrate.app.pod import resolve_launch
-    from migrate.launch import launch_of
-    from migrate.running import find_running
+    from migrate.disk.launch import launch_of
+    from migrate.disk.running import find_running
     if home is None or given is not None or find_running(home):
         return resolve_launch(home, given, io)
     head = runs[-1][1][0]
@@ -102,9 +105,9 @@ def ask_comfyui(url: str, runs, home, target: str, launch=None) -> dict:
     sources, and does it look started before the YAML changed?"""
     from urllib.parse import urlsplit
 
-    from migrate.runlog import kept_records
-    from migrate.running import find_running
-    from migrate.verify import check_listed, claims, read_server, resolution, stale_server, start_note
+    from migrate.disk.runlog import kept_records
+    from migrate.disk.running import find_running
+    from migrate.app.verify import check_listed, claims, read_server, resolution, stale_server, start_note
     try:
         view = read_server(url)
     except (OSError, ValueError) as exc:
@@ -113,7 +116,7 @@ def ask_comfyui(url: str, runs, home, target: str, launch=None) -> dict:
     names = sorted(claims(runs, kept_records(target)))
     yaml_path = runs[-1][1][0].get("yaml")
     order = resolution(yaml_path, home, launch)[0] if yaml_path and os.path.exists(yaml_path) else {}
-    from migrate.facts import loaded_models
+    from migrate.disk.facts import loaded_models
     disk: dict = {}
     for cat, name in loaded_models(order):      # what the pod's ComfyUI lists: finds its loaders by their choices
         disk.setdefault(cat, []).append(name)

@@ -16,8 +16,8 @@ from typing import Callable, List, Optional, Tuple
 
 import xxhash
 
-from migrate.errors import BadLog, MigrateError, NoSpace
-from migrate.model import STATE_DIR
+from migrate.core.errors import BadLog, MigrateError, NoSpace
+from migrate.core.model import STATE_DIR
 
 LOG_VERSION = 1
 RUNS_DIR = "runs"
@@ -245,3 +245,5 @@ def group_steps(records: List[dict]) -> Steps:
         elif t in ("staged", "fail"):
             extra.setdefault(r["step"], []).append(r)
     return Steps(tuple(begins), done, extra)
+
+

@@ -17,16 +17,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from migrate import __version__, fsops, identity
-from migrate.report import human
-from migrate.errors import BadInput, NoSpace
-from migrate.hashing import confirm_digest, hash_bytes
-from migrate.journal import RUNS_DIR, Journal, read_log
-from migrate.lock import TargetLock
-from migrate.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal
-from migrate.runlog import find_interrupted
-from migrate.scan import TEMP_MARK, temp_name
-from migrate.steps import RETURNS_SOURCE, STAGES_TEMP, Op
+from migrate import __version__
+from migrate.disk import fsops, identity
+from migrate.core.errors import BadInput, BadLog, NoSpace
+from migrate.disk.hashing import confirm_digest, hash_bytes
+from migrate.disk.journal import RUNS_DIR, Journal, read_log
+from migrate.disk.lock import TargetLock
+from migrate.disk.runlog import find_interrupted
+from migrate.core.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal, human
+from migrate.disk.scan import TEMP_MARK, temp_name
+from migrate.core.steps import RETURNS_SOURCE, STAGES_TEMP, Op
 
 OnBytes = Callable[[int], None]
 
@@ -639,7 +639,7 @@ def remember_facts(plan: Plan) -> None:
 def links_on_way(plan: Plan) -> Dict[str, str]:
     """Every symlink to a folder on the way from the target to a destination, with its text, as it
     is before the first step: the store folders this run writes through (see preflight.py)."""
-    from migrate.preflight import needed_folders
+    from migrate.core.preflight import needed_folders
     out: Dict[str, str] = {}
     for folder in needed_folders(plan):
         cur = plan.target

@@ -13,11 +13,11 @@ import posixpath
 import socket
 from typing import List, Optional, Sequence, Tuple
 
-from migrate.errors import BadLog
-from migrate.fleet import store_rel
-from migrate.journal import EmptyLog, group_steps, read_begun, read_log, rollback_log_of, run_logs
-from migrate.model import STATE_DIR
-from migrate.steps import PLACES, REMOVES_SOURCE, Op
+from migrate.core.errors import BadLog
+from migrate.core.fleet import store_rel
+from migrate.disk.journal import EmptyLog, group_steps, read_begun, read_log, rollback_log_of, run_logs
+from migrate.core.model import STATE_DIR
+from migrate.core.steps import PLACES, REMOVES_SOURCE, Op
 
 PATH_FIELDS = ("src", "dst", "tmp", "q", "stored", "path")
 
@@ -69,7 +69,7 @@ def _host_of(log: str) -> Optional[str]:
 def load_run(log_path: str) -> List[dict]:
     """A run's log, read and checked once for undoing: its hash chain (read_log), its paths
     (check_log), the fields of its step records (records.check_steps)."""
-    from migrate.records import check_steps
+    from migrate.core.records import check_steps
     records, _, _ = read_log(log_path)
     check_log(records, log_path)
     check_steps(records, log_path)

@@ -17,14 +17,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from migrate import __version__, fsops, identity
-from migrate.fleet import store_rel
-from migrate.hashing import hash_bytes, hash_path
-from migrate.journal import Journal, group_steps, read_begun, rollback_log_of
-from migrate.model import Problem
-from migrate.runlog import PATH_FIELDS
-from migrate.scan import TEMP_MARK, temp_name
-from migrate.steps import PLACES, PLACES_FILE, REMOVES_SOURCE, Op
+from migrate import __version__
+from migrate.disk import fsops, identity
+from migrate.core.fleet import store_rel
+from migrate.disk.hashing import hash_bytes, hash_path
+from migrate.disk.journal import Journal, group_steps, read_begun, rollback_log_of
+from migrate.core.model import Problem
+from migrate.disk.runlog import PATH_FIELDS
+from migrate.disk.scan import TEMP_MARK, temp_name
+from migrate.core.steps import PLACES, PLACES_FILE, REMOVES_SOURCE, Op
 
 
 @dataclass(frozen=True)
@@ -352,8 +353,8 @@ def _unmerge_yaml(path: str, cur: bytes, before: Optional[bytes], notes: List[st
     """Undo a run's YAML change in a file the user edited since: only our marked section goes (the
     previous one, if the YAML had one, comes back); every other byte stays. Written atomically, or
     not at all ('' when done, else why not)."""
-    from migrate import comfy
-    from migrate.errors import BadInput
+    from migrate.core import comfy
+    from migrate.core.errors import BadInput
     try:
         text = cur.decode("utf-8")
         new = comfy.remove_section(text, before.decode("utf-8") if before is not None else None, path)
