@@ -177,13 +177,15 @@ def fail(exc: BaseException) -> NoReturn:
 
 # --- workflows --manifest / --check --------------------------------------------------------------
 
-def model_sha256(paths: dict, cache: DigestCache | None, target: str | None = None) -> dict:
+def model_sha256(paths: dict, cache: DigestCache | None, target: str | None = None, read: bool = True) -> dict:
     """key -> SHA-256 of the file at each path (symlinks followed, as ComfyUI loads them): from the
     digest cache or the store's catalogue where they still vouch for the file, else read once (xxh3,
-    SHA-256 and BLAKE3 in that one read, all cached). A file that cannot be read maps to None."""
+    SHA-256 and BLAKE3 in that one read, all cached). A file that cannot be read maps to None; so does
+    one neither vouches for when read is False (a listing never starts a silent hashing pass)."""
     import time
     from migrate.disk import catalogue, hashing
-    hashing.set_hashes("all")
+    if read:
+        hashing.set_hashes("all")
     cat = catalogue.load(target)[0] if target and os.path.isdir(target) else {}
     out = {}
     for key, path in paths.items():
@@ -196,6 +198,9 @@ def model_sha256(paths: dict, cache: DigestCache | None, target: str | None = No
                 d = catalogue.lookup(cat, os.path.relpath(real, target), (st.st_ino, st.st_size, st.st_mtime_ns),
                                      st.st_ctime_ns)
                 got = (d,) + (hashing.extras(d) or (None, None)) if d else None
+            if (got is None or got[1] is None) and not read:
+                out[key] = None
+                continue
             if got is None or got[1] is None:
                 at = time.time_ns()
                 digest = hashing.hash_path(real, s)
@@ -205,6 +210,6 @@ def model_sha256(paths: dict, cache: DigestCache | None, target: str | None = No
             out[key] = got[1]
         except OSError:
             out[key] = None
-    if cache is not None:
+    if cache is not None and read:
         cache.save()
     return out
