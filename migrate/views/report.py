@@ -14,8 +14,6 @@ from migrate.core.model import (PLAN_FORMAT, Action, ActionKind, Finding, Method
                                 human, show)
 
 
-
-
 def dumps(doc) -> str:
     return json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=True) + "\n"
 
