@@ -14,6 +14,7 @@ from collections import Counter
 import click
 
 from migrate import __version__, shell
+from migrate.disk import fsops
 from migrate.views import report
 from migrate.core.errors import BadInput, ExitCode, MigrateError, NotConfirmed
 from migrate.core.model import Mode, OnConflict
@@ -264,7 +265,7 @@ def _html_path(value):
 def run_report_path(log_path: str) -> str:
     """<target>/.comfy-migrate/reports/<run>.html: next to the runs folder (which holds logs only)."""
     reports = os.path.join(os.path.dirname(os.path.dirname(log_path)), "reports")
-    os.makedirs(reports, exist_ok=True)
+    fsops.make_folders(reports)
     return os.path.join(reports, os.path.basename(log_path)[:-len(".jsonl")] + ".html")
 
 
@@ -751,7 +752,8 @@ def mark_page_rolled_back(ui: Ui, log: str, rep) -> None:
         with open(path, encoding="utf-8") as f:
             page = f.read()
         what = (f"{'partly: ' if rep.stranded else ''}{rep.undone} steps undone, {len(rep.skipped)} skipped, "
-                f"{len(rep.stranded)} model file(s) not back")
+                f"{len(rep.stranded)} model file(s) not back"
+                + ("" if rep.stranded or rep.skipped else "; nothing of it is left to purge"))
         fsops.atomic_write(path, html_report.rolled_back(page, rep.run_id, what).encode("utf-8"), 0o644)
     except FileNotFoundError:
         return
@@ -1062,8 +1064,7 @@ def workflows_cmd(comfyui, price_per_gb_month, fmt, comfyui_args, manifest, chec
         for w in made["workflows"]:
             w["path"] = os.path.relpath(w["path"], getattr(launch, "user", None) or os.path.join(home, "user"))
         try:
-            with open(manifest, "w", encoding="utf-8") as f:
-                f.write(report.dumps(made))
+            fsops.write_file(manifest, report.dumps(made).encode("utf-8"))
         except OSError as exc:
             raise BadInput(f"cannot write the manifest {manifest}: {exc.strerror}", "choose another --manifest path")
         n = sum(len(w["models"]) for w in made["workflows"])

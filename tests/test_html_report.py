@@ -148,7 +148,8 @@ def test_each_page_says_what_it_is_a_dry_run_plan_a_run_result_or_a_rolled_back_
     page = open(doc["report"]).read()
     title, h1 = _heads(page)
     assert title == f"comfy-migrate run {doc['run']}: rolled back" and "rolled back" in h1
-    assert re.search(r"<b>Rolled back</b>: \d+ steps undone, 0 skipped, 0 model file\(s\) not back", page)
+    assert re.search(r"<b>Rolled back</b>: \d+ steps undone, 0 skipped, 0 model file\(s\) not back; nothing of it "
+                     r"is left to purge", page)
     assert "what it did" not in h1 and page.count("Rolled back</b>") == 1
 
 

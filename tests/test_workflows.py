@@ -484,3 +484,34 @@ def test_hostile_workflow_files_are_one_line_each_in_workflows_and_the_report(tm
     assert "unreadable: not UTF-8 text" in text and "read in part: more than 100000 nodes" in text
     assert snapshot_tree(comfyui) == before
     (flows / "huge.json").unlink()            # 50 MB the kept tmp folders need not hold (a shared machine's disk)
+
+
+def test_templates_found_in_the_python_env_of_the_running_comfyui(tmp_path, cli_env):
+    import subprocess
+    import sys
+    import time
+    comfyui = _named_pod(tmp_path, "none")
+    (comfyui / "main.py").write_text("import time\ntime.sleep(120)\n")
+    env = tmp_path / "elsewhere" / "env"                       # not in or beside the ComfyUI folder
+    (env / "bin").mkdir(parents=True)
+    os.symlink(sys.executable, env / "bin" / "python3")
+    folder = env / "lib" / "python3.12" / "site-packages" / "comfyui_workflow_templates_json" / "templates"
+    folder.mkdir(parents=True)
+    (folder / "flux_dev_checkpoint_example.json").write_bytes((TEMPLATES / "flux_dev_checkpoint_example.json").read_bytes())
+    (folder.parent.parent / "comfyui_workflow_templates-0.11.41.dist-info").mkdir()
+    (folder.parent.parent / "comfyui_workflow_templates-0.11.41.dist-info" / "METADATA").write_text("Version: 0.11.41\n")
+    doc = json.loads(run_cli(["workflows", "--comfyui", comfyui, "--format", "json"], cli_env).stdout)
+    assert {s["kind"]: s["workflows"] for s in doc["sources"]}["templates"] == 0
+    proc = subprocess.Popen([str(env / "bin" / "python3"), str(comfyui / "main.py")], cwd=str(comfyui))
+    try:
+        for _ in range(100):                                   # until /proc shows its command line
+            if (open(f"/proc/{proc.pid}/cmdline", "rb").read().count(b"main.py")):
+                break
+            time.sleep(0.05)
+        doc = json.loads(run_cli(["workflows", "--comfyui", comfyui, "--format", "json"], cli_env).stdout)
+    finally:
+        proc.kill()
+        proc.wait()
+    templates = next(s for s in doc["sources"] if s["kind"] == "templates")
+    assert templates["workflows"] == 1 and str(env) in templates["where"]
+    assert {u["name"] for u in doc["templated"]} >= {"flux1-dev.safetensors", "ae.safetensors"}

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
+from migrate.disk import fsops
 from migrate.app.common import Io, Outcome, pod_log, require_store, take_lock
 from migrate.core.errors import ExitCode
 from migrate.core.model import human, show
@@ -87,11 +88,10 @@ def purge(req: PurgeRequest, io: Io) -> PurgeOutcome:
             try:
                 st = os.lstat(q["q"])
                 if req.permanent:
-                    os.unlink(q["q"])
+                    fsops.remove(q["q"])
                 else:
-                    from send2trash import send2trash
                     where = trash_of(q["q"])
-                    send2trash(q["q"])
+                    fsops.trash(q["q"])
                     trash.add(where)
                 if st.st_nlink == 1:      # its last name: the bytes are freed (two names count once)
                     freed += q["size"]

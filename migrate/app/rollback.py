@@ -288,7 +288,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
         for d in sorted(set(left_folders), key=lambda p: (-p.count("/"), p)):
             try:
                 _safe(root_of, d + "/x")
-                os.rmdir(d)
+                fsops.remove_folder(d)
                 swept.append(d)
             except OSError:
                 continue
@@ -344,8 +344,7 @@ def _drop_unbegun(path: str) -> Optional[int]:
         size = os.lstat(path).st_size
     except FileNotFoundError:
         return None
-    os.unlink(path)
-    fsops.fsync_dir(os.path.dirname(path))
+    fsops.remove_durably(path)
     return size
 
 
@@ -362,8 +361,7 @@ def _unmerge_yaml(path: str, cur: bytes, before: Optional[bytes], notes: List[st
         return f"extra_model_paths.yaml was edited since the run and cannot be undone in part ({exc}); left as it is"
     if new is None:
         if before is None:
-            os.unlink(path)
-            fsops.fsync_dir(os.path.dirname(path))
+            fsops.remove_durably(path)
             notes.append("edited since the run, but nothing of it but comments was left without the comfy-migrate "
                          "section: removed, as before the run (an empty YAML stops ComfyUI)")
             return ""
@@ -392,7 +390,7 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
 def _undo_mkdir(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
     """Remove a folder the run made, if nothing was added to it since."""
     try:
-        os.rmdir(r["path"])
+        fsops.remove_folder(r["path"])
     except (FileNotFoundError, NotADirectoryError):
         pass        # gone, or a file of someone else's took its place: not ours to remove
     except OSError as exc:
@@ -420,7 +418,7 @@ def _undo_link(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str
         return ""
     if os.lstat(dst).st_nlink < 2 and not _src_holds(r):
         return f"another file now has the old name {r['src']}: this copy is the original's last; kept"
-    os.unlink(dst)
+    fsops.remove(dst)
     return ""
 
 
@@ -428,7 +426,7 @@ def _undo_symlink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[
     """Remove a symlink the run made to the stored copy, if it still says what the run wrote."""
     dst = r["dst"]
     if os.path.islink(dst) and os.readlink(dst) == r["to"]:
-        os.unlink(dst)
+        fsops.remove(dst)
     return ""
 
 
@@ -444,7 +442,7 @@ def _undo_rename(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[s
         return "the target file was replaced since the run; left in place"
     if not (_as_logged(r["dst"], r, "dst") if stable else _is_logged_file(r["dst"], r, "dst", None)):
         return "the target file was changed since the run; left in place"
-    os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+    fsops.make_folders(os.path.dirname(r["src"]))
     fsops.rename_noreplace(r["dst"], r["src"])
     return ""
 
@@ -453,7 +451,7 @@ def _undo_copy(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str
     """Remove a copy the run made, once its bytes are proven the run's (the source restored first if it is gone)."""
     tmp = r.get("tmp")
     if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
-        os.unlink(tmp)
+        fsops.remove(tmp)
     ino = r.get("dst_ino") or r.get("tmp_ino")
     dst = r["dst"]
     cur = _ino(dst)
@@ -470,7 +468,7 @@ def _undo_copy(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str
             return "could not restore the source from the target copy; both kept"
     elif os.lstat(dst).st_nlink < 2 and not _src_holds(r):
         return f"another file now has the old name {r['src']}: this copy may be the original's last; kept"
-    os.unlink(dst)
+    fsops.remove(dst)
     return ""
 
 
@@ -491,12 +489,11 @@ def _undo_yaml(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str
     if hash_bytes(cur) != r["after_digest"]:
         return _unmerge_yaml(path, cur, before, notes)
     if before is None:
-        os.unlink(path)
-        fsops.fsync_dir(os.path.dirname(path))
+        fsops.remove_durably(path)
     else:
         fsops.atomic_write(path, before, os.stat(path).st_mode & 0o7777)
         if r.get("before_mtime_ns"):
-            os.utime(path, ns=(r["before_mtime_ns"], r["before_mtime_ns"]))
+            fsops.set_mtime(path, r["before_mtime_ns"])
     return ""
 
 
@@ -509,8 +506,8 @@ def _undo_unlink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[s
     names = _holders(r)
     for stored in names:
         if _ino(stored) == (r["dev"], r["ino"]) and _as_logged(stored, r, "dst"):
-            os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-            os.link(stored, r["src"])
+            fsops.make_folders(os.path.dirname(r["src"]))
+            fsops.hardlink(stored, r["src"])
             return ""
     if not _restore_twin(r, twins, on_bytes, names):
         return "the stored copy changed; source not recreated"
@@ -525,7 +522,7 @@ def _undo_quarantine(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], Li
         return f"another file now has the old name; the original stays in quarantine at {r['q']}"
     if _is_logged_file(r["q"], r, "src", (r["dev"], r["ino"])) or (
             _ino(r["q"]) == (r["dev"], r["ino"]) and r.get("_p_src", identity.EXACT).stable_inode):
-        os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+        fsops.make_folders(os.path.dirname(r["src"]))
         fsops.rename_noreplace(r["q"], r["src"])
         twins.setdefault((r["dev"], r["ino"]), []).append(r["src"])
         return ""
@@ -538,7 +535,7 @@ def _undo_quarantine(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], Li
 def _undo_linkback(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
     """Remove a link-back symlink, if it still says what the run wrote."""
     if os.path.islink(r["src"]) and os.readlink(r["src"]) == r["to"]:
-        os.unlink(r["src"])
+        fsops.remove(r["src"])
     return ""
 
 
@@ -546,19 +543,15 @@ def _undo_relink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[s
     """Point a re-pointed symlink of the sources where it pointed before the run."""
     tmp = r.get("tmp")
     if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
-        os.unlink(tmp)
+        fsops.remove(tmp)
     src = r["src"]
     if not os.path.islink(src) or os.readlink(src) != r["to"]:
         return "" if os.path.islink(src) and os.readlink(src) == r["old"] else \
             "the symlink was changed since the run; left as it is"
     back = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}restore")
     if os.path.lexists(back):
-        os.unlink(back)
-    os.symlink(r["old"], back)
-    os.replace(back, src)
-    if isinstance(r.get("mtime_ns"), int):
-        os.utime(src, ns=(r["mtime_ns"], r["mtime_ns"]), follow_symlinks=False)
-    fsops.fsync_dir(os.path.dirname(src))
+        fsops.remove(back)
+    fsops.repoint_symlink(src, r["old"], back, r["mtime_ns"] if isinstance(r.get("mtime_ns"), int) else None)
     return ""
 
 
@@ -692,8 +685,7 @@ def _drop_kept(k: dict, records: Sequence[dict]) -> str:
         return ""
     if not k.get("digest") or os.lstat(path).st_size != k.get("size") or hash_path(path) != k["digest"]:
         return "it was changed since it was kept"
-    os.unlink(path)
-    fsops.fsync_dir(os.path.dirname(path))
+    fsops.remove_durably(path)
     return ""
 
 
@@ -703,9 +695,9 @@ def _keep(u: Undo, on_bytes) -> str:
     r = u.rec
     if not Op(u.op).stores_source or _ino(r["src"]) is not None or _ino(r["dst"]) is None:
         return ""
-    os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+    fsops.make_folders(os.path.dirname(r["src"]))
     if u.op == Op.LINK and _ino(r["dst"]) == (r["dev"], r["ino"]) and _as_logged(r["dst"], r, "dst"):
-        os.link(r["dst"], r["src"])
+        fsops.hardlink(r["dst"], r["src"])
         return ""
     if not _restore_from(r["dst"], r, on_bytes):
         return "other runs rely on the stored file, and it no longer holds this source's content; left in place"
@@ -732,7 +724,7 @@ def _restore_dir_times(records: Sequence[dict]) -> int:
                 continue
             # Always set, even when stat shows the value already: a FUSE mount (MooseFS) may show its
             # cached attributes while the server holds another time.
-            os.utime(d, ns=(st.st_atime_ns, ns), follow_symlinks=follow)
+            fsops.set_times(d, st.st_atime_ns, ns, follow_symlinks=follow)
             n += st.st_mtime_ns != ns
         except OSError:
             continue
@@ -750,8 +742,8 @@ def _restore_twin(r: dict, twins: Dict[Tuple[int, int], List[str]], on_bytes, st
         except FileNotFoundError:
             continue
         if stat.S_ISREG(st.st_mode) and _as_logged(twin, r):
-            os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-            os.link(twin, r["src"])
+            fsops.make_folders(os.path.dirname(r["src"]))
+            fsops.hardlink(twin, r["src"])
             fsops.fsync_dir(os.path.dirname(r["src"]))
             return True
     if any(_restore_from(p, r, on_bytes) for p in stored):
@@ -767,19 +759,19 @@ def _restore_from(stored: str, r: dict, on_bytes) -> bool:
     except FileNotFoundError:
         return False
     src = r["src"]
-    os.makedirs(os.path.dirname(src), exist_ok=True)
+    fsops.make_folders(os.path.dirname(src))
     tmp = temp_name(os.path.dirname(src), os.path.basename(src), "restore")
     if os.path.lexists(tmp):
-        os.unlink(tmp)
+        fsops.remove(tmp)
     # The digest read decides (it must be the logged one): the stored copy's mtime may move while it is
     # read (rclone shows "now" until it has uploaded a file we wrote seconds ago).
     digest, _ = fsops.copy_and_hash(stored, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), tmp, on_bytes,
                                     mtime_may_move=True)
     if digest != r["digest"]:
-        os.unlink(tmp)
+        fsops.remove(tmp)
         return False
-    os.chmod(tmp, r["mode"])
-    os.utime(tmp, ns=(r["mtime_ns"], r["mtime_ns"]))
+    fsops.set_mode(tmp, r["mode"])
+    fsops.set_mtime(tmp, r["mtime_ns"])
     fsops.rename_noreplace(tmp, src)
     fsops.fsync_dir(os.path.dirname(src))
     return True

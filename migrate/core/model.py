@@ -299,7 +299,9 @@ class Action(namedtuple("Action", [
     "ino",                        # int = 0
     "mode",                       # int = 0
     "mtime_ns",                   # int = 0
-], defaults=(0, None, None, Method.NONE, None, Removal.NONE, False, "", 0, 0, 0, 0))):
+    "fallbacks",                  # tuple[Method, ...] = (): tried in order after `method`, each on the
+                                  # errnos that say the filesystem refuses the one before (fsops.FALLS_BACK_ON)
+], defaults=(0, None, None, Method.NONE, None, Removal.NONE, False, "", 0, 0, 0, 0, ()))):
     """One step of a plan for one source entry (or a target-only entry)."""
 
     __slots__ = ()
@@ -307,6 +309,11 @@ class Action(namedtuple("Action", [
     @property
     def source(self) -> str:
         return self.root.rstrip("/") + "/" + self.rel
+
+    @property
+    def methods(self) -> tuple:
+        """Every way the plan allows to place it, in the order they are tried (dvc's _try_links)."""
+        return (self.method,) + tuple(self.fallbacks) if self.method is not Method.NONE else ()
 
 
 class Plan(namedtuple("Plan", [
