@@ -626,8 +626,8 @@ def workflow_lines(doc: dict, root: str = "") -> list[str]:
     if unused:
         lines.append(f"\n{len(unused)} model(s) nothing names: {human(doc['unused_bytes'])}, "
                      f"${doc['unused_cost_per_month']:.2f}/month at ${doc['price_per_gb_month']}/GB-month")
-        lines.append("  (listed only when no workflow, template or custom-node example names it; each file's bytes "
-                     "counted once)")
+        lines.append("  (listed only when no workflow, template, custom-node example or blueprint names it; each "
+                     "file's bytes counted once)")
         for u in unused[:10]:
             shared = "" if u.get("frees", u["size"]) == u["size"] else " (shares its bytes: frees nothing)"
             lines.append(f"  {human(u['size']):>9}  {middle(u['category'] + '/' + u['name'], 100)}{shared}")
