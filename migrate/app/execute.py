@@ -21,8 +21,9 @@ from migrate import __version__
 from migrate.disk import fsops, identity
 from migrate.core.errors import BadInput, BadLog, NoSpace
 from migrate.disk.hashing import confirm_digest, hash_bytes
-from migrate.disk.journal import RUNS_DIR, EmptyLog, Journal, find_interrupted, read_begun, read_log, rollback_log_of, run_logs
+from migrate.disk.journal import RUNS_DIR, Journal, read_log
 from migrate.disk.lock import TargetLock
+from migrate.disk.runlog import find_interrupted
 from migrate.core.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal, human
 from migrate.disk.scan import TEMP_MARK, temp_name
 from migrate.core.steps import RETURNS_SOURCE, STAGES_TEMP, Op
@@ -389,7 +390,6 @@ class _Runner:
         self.done(s)
 
 
-
     def relink(self, a: Action) -> None:
         assert a.dst is not None
         self.relink_path(a.source, a.dst)
@@ -462,8 +462,6 @@ def observed(path: str, fallback: Optional[os.stat_result] = None) -> dict:
             return {}
         st = fallback
     return {"dst_ino": st.st_ino, "dst_mtime_ns": st.st_mtime_ns}
-
-
 
 
 def _check_held(a: Action) -> None:

@@ -405,3 +405,12 @@ def human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def show(path: str) -> str:
+    """A path (or a message naming one) made safe for a terminal: newlines and undecodable bytes escaped.
+
+    isprintable() is False for surrogates too (undecodable bytes), so it alone decides.
+    """
+    return path.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace") \
+        .replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") if not path.isprintable() else path

@@ -410,7 +410,7 @@ def state_bytes(target: str, sources: Sequence[str], yaml_path: Optional[str]) -
     (storerules.reserve): the state folders, the lock, the rollback reserve, the catalogue, and
     the log of this pod's interrupted run (which `run` continues). Old runs' logs do not count."""
     from migrate.core.errors import BadLog
-    from migrate.disk.journal import find_interrupted
+    from migrate.disk.runlog import find_interrupted
     from migrate.core.model import STATE_DIR
     from migrate.core.storerules import STATE_PATHS
     paths = [os.path.join(target, STATE_DIR, p) for p in STATE_PATHS]
@@ -433,7 +433,7 @@ def interrupted_placements(facts: Facts):
     """(run id, store paths it placed) of this pod's interrupted run, which `run` continues: those
     files are in the store because of that run, not deduplication (None without one)."""
     from migrate.core.errors import BadLog
-    from migrate.disk.journal import find_interrupted
+    from migrate.disk.runlog import find_interrupted
     from migrate.disk.journal import group_steps, read_log
     from migrate.core.steps import STORES_SOURCE
     try:

@@ -10,18 +10,8 @@ import shlex
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
-from migrate.core.model import PLAN_FORMAT, Action, ActionKind, Finding, Method, Plan, Removal, ScanResult, Status, human
-
-
-
-
-def show(path: str) -> str:
-    """A path made safe for a terminal: newlines and undecodable bytes escaped.
-
-    isprintable() is False for surrogates too (undecodable bytes), so it alone decides.
-    """
-    return path.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace") \
-        .replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") if not path.isprintable() else path
+from migrate.core.model import (PLAN_FORMAT, Action, ActionKind, Finding, Method, Plan, Removal, ScanResult, Status,  # noqa: F401
+                                human, show)
 
 
 def dumps(doc) -> str:
