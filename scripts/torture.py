@@ -967,7 +967,7 @@ class Fleet:
 
     def check_store(self, catalogue: bool) -> list:
         from migrate.disk import catalogue as store_catalogue
-        from migrate.app.rollback import check_log
+        from migrate.disk.runlog import check_log
         errs = []
         have = set()
         for _, path, st in walk(self.dir, skip_state=False):

@@ -364,7 +364,8 @@ def _named_pod(tmp_path, layout: str):
     models = comfyui / "models"
     for rel in ("loras/mine.safetensors", "loras/alice.safetensors", "loras/pack_demo.safetensors",
                 "loras/other_example.safetensors", "loras/hidden_pack.safetensors", "loras/nested_example.safetensors",
-                "loras/truly_unused.safetensors", "diffusion_models/flux1-dev.safetensors", "vae/ae.safetensors"):
+                "loras/truly_unused.safetensors", "diffusion_models/flux1-dev.safetensors", "vae/ae.safetensors",
+                "loras/my_blueprint.safetensors", "loras/pack_blueprint.safetensors", "loras/core_blueprint.safetensors"):
         (models / rel).parent.mkdir(parents=True, exist_ok=True)
         (models / rel).write_bytes(b"m" * 100)
     for user, name in (("default", "mine"), ("alice", "alice")):
@@ -377,16 +378,24 @@ def _named_pod(tmp_path, layout: str):
                       ("ComfyUI-Pack/example_workflows/deeper/n.json", "nested_example")):  # one level only
         (nodes / rel).parent.mkdir(parents=True, exist_ok=True)
         (nodes / rel).write_text(_lora_flow(f"{lora}.safetensors"))
+    # subgraph blueprints (the node library's): a user's published one, a pack's, ComfyUI's own
+    for rel, lora in (("user/alice/subgraphs/mine.json", "my_blueprint"),
+                      ("custom_nodes/ComfyUI-Pack/subgraphs/bp.json", "pack_blueprint"),
+                      ("blueprints/Core Blueprint.json", "core_blueprint")):
+        (comfyui / rel).parent.mkdir(parents=True, exist_ok=True)
+        (comfyui / rel).write_text(_lora_flow(f"{lora}.safetensors"))
     site = comfyui / ".venv" / "lib" / "python3.12" / "site-packages"
     site.mkdir(parents=True)
     (comfyui / ".venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
     if layout != "none":
-        version, folder = ("0.11.41", site / "comfyui_workflow_templates_json" / "templates") if layout == "split" \
-            else ("0.1.95", site / "comfyui_workflow_templates" / "templates")
-        (site / f"comfyui_workflow_templates-{version}.dist-info").mkdir()
-        (site / f"comfyui_workflow_templates-{version}.dist-info" / "METADATA").write_text(
-            f"Metadata-Version: 2.4\nName: comfyui-workflow-templates\nVersion: {version}\n\n")
+        version, folder = ("0.1.95", site / "comfyui_workflow_templates" / "templates") if layout == "legacy" \
+            else ("0.11.41", site / "comfyui_workflow_templates_json" / "templates")
+        if layout != "bare":                     # "bare": the JSON package without the meta package's version
+            (site / f"comfyui_workflow_templates-{version}.dist-info").mkdir()
+            (site / f"comfyui_workflow_templates-{version}.dist-info" / "METADATA").write_text(
+                f"Metadata-Version: 2.4\nName: comfyui-workflow-templates\nVersion: {version}\n\n")
         folder.mkdir(parents=True)
+        (folder / "fuse_options.json").write_text('{"keys": ["title"]}')     # beside them, no workflow
         (folder / "flux_dev_checkpoint_example.json").write_bytes(
             (TEMPLATES / "flux_dev_checkpoint_example.json").read_bytes())
         (folder / "index.json").write_text("[]")                     # the menu's index, not a workflow
@@ -394,7 +403,7 @@ def _named_pod(tmp_path, layout: str):
 
 
 def test_unused_reads_every_user_custom_node_examples_and_comfyuis_templates(tmp_path, cli_env):
-    for layout in ("split", "legacy", "none"):
+    for layout in ("split", "legacy", "bare", "none"):
         comfyui = _named_pod(tmp_path / layout, layout)
         doc = json.loads(run_cli(["workflows", "--comfyui", comfyui, "--format", "json"], cli_env).stdout)
         assert [w["path"].split("/user/")[1] for w in doc["workflows"]] == ["alice/workflows/alice.json",
@@ -404,21 +413,25 @@ def test_unused_reads_every_user_custom_node_examples_and_comfyuis_templates(tmp
         from_templates = {"flux1-dev.safetensors": "flux_dev_checkpoint_example.json",
                           "ae.safetensors": "flux_dev_checkpoint_example.json"} if layout != "none" else {}
         assert templated == {"pack_demo.safetensors": "demo.json", "other_example.safetensors": "ex.json",
-                             **from_templates}
+                             "my_blueprint.safetensors": "mine.json", "pack_blueprint.safetensors": "bp.json",
+                             "core_blueprint.safetensors": "Core Blueprint.json", **from_templates}
         assert unused == {"truly_unused.safetensors", "hidden_pack.safetensors", "nested_example.safetensors",
                           *({"flux1-dev.safetensors", "ae.safetensors"} - set(from_templates))}
         assert doc["unused_bytes"] == 100 * len(unused)
         counts = {s["kind"]: s["workflows"] for s in doc["sources"]}
-        assert counts == {"user": 2, "custom_nodes": 2, "templates": 0 if layout == "none" else 1}
+        assert not any(s["unreadable"] for s in doc["sources"])     # an index or options file is no template
+        assert counts == {"user": 2, "custom_nodes": 2, "templates": 0 if layout == "none" else 1, "blueprints": 3}
         text = run_cli(["workflows", "--comfyui", comfyui], cli_env).stdout
         assert "how the unused list was made" in text and "saved workflows: 2 (" in text
         assert "custom-node example workflows: 2 (" in text
         if layout == "none":
             assert "ComfyUI's templates: none (not found: no comfyui-workflow-templates in " in text
         else:
-            version = "0.11.41" if layout == "split" else "0.1.95"
-            assert f"ComfyUI's templates: 1 (comfyui-workflow-templates {version} in " in text
-        assert "2 model(s) named only by a template" in text or len(templated) == 4
+            version = {"split": "0.11.41", "legacy": "0.1.95", "bare": "(version unknown)"}[layout]
+            assert "ComfyUI's templates: 1 (comfyui-workflow-templates " in text
+            where = next(s["where"] for s in doc["sources"] if s["kind"] == "templates")
+            assert where.startswith(f"comfyui-workflow-templates {version} in {comfyui}/.venv/lib/python3.12/")
+        assert f"{len(templated)} model(s) named only by a template" in text and "subgraph blueprints: 3 (" in text
         assert all(len(line) <= 120 for line in text.splitlines())
 
 
@@ -441,7 +454,7 @@ def test_workflow_tables_show_the_autov2_known_already_and_never_hash_to_get_it(
                    "flux1-dev.safetensors": hashlib.sha256(b"U" * 70_000).hexdigest()[:10].upper()}
     page = tmp_path / "plan.html"
     run_cli(["plan", "--comfyui", comfyui, "--target", tmp_path / "target", "--report", page], cli_env)
-    assert f"<code>{short}</code>" in page.read_text().split("<h2>Workflows</h2>", 1)[1]
+    assert f'<code class="h">{short}</code>' in page.read_text().split("<h2>Workflows</h2>", 1)[1]
 
 
 def test_hostile_workflow_files_are_one_line_each_in_workflows_and_the_report(tmp_path, cli_env):
@@ -483,3 +496,35 @@ def test_hostile_workflow_files_are_one_line_each_in_workflows_and_the_report(tm
     text = page.read_text()
     assert "unreadable: not UTF-8 text" in text and "read in part: more than 100000 nodes" in text
     assert snapshot_tree(comfyui) == before
+    (flows / "huge.json").unlink()            # 50 MB the kept tmp folders need not hold (a shared machine's disk)
+
+
+def test_templates_found_in_the_python_env_of_the_running_comfyui(tmp_path, cli_env):
+    import subprocess
+    import sys
+    import time
+    comfyui = _named_pod(tmp_path, "none")
+    (comfyui / "main.py").write_text("import time\ntime.sleep(120)\n")
+    env = tmp_path / "elsewhere" / "env"                       # not in or beside the ComfyUI folder
+    (env / "bin").mkdir(parents=True)
+    os.symlink(sys.executable, env / "bin" / "python3")
+    folder = env / "lib" / "python3.12" / "site-packages" / "comfyui_workflow_templates_json" / "templates"
+    folder.mkdir(parents=True)
+    (folder / "flux_dev_checkpoint_example.json").write_bytes((TEMPLATES / "flux_dev_checkpoint_example.json").read_bytes())
+    (folder.parent.parent / "comfyui_workflow_templates-0.11.41.dist-info").mkdir()
+    (folder.parent.parent / "comfyui_workflow_templates-0.11.41.dist-info" / "METADATA").write_text("Version: 0.11.41\n")
+    doc = json.loads(run_cli(["workflows", "--comfyui", comfyui, "--format", "json"], cli_env).stdout)
+    assert {s["kind"]: s["workflows"] for s in doc["sources"]}["templates"] == 0
+    proc = subprocess.Popen([str(env / "bin" / "python3"), str(comfyui / "main.py")], cwd=str(comfyui))
+    try:
+        for _ in range(100):                                   # until /proc shows its command line
+            if (open(f"/proc/{proc.pid}/cmdline", "rb").read().count(b"main.py")):
+                break
+            time.sleep(0.05)
+        doc = json.loads(run_cli(["workflows", "--comfyui", comfyui, "--format", "json"], cli_env).stdout)
+    finally:
+        proc.kill()
+        proc.wait()
+    templates = next(s for s in doc["sources"] if s["kind"] == "templates")
+    assert templates["workflows"] == 1 and str(env) in templates["where"]
+    assert {u["name"] for u in doc["templated"]} >= {"flux1-dev.safetensors", "ae.safetensors"}

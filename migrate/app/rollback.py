@@ -9,7 +9,6 @@ Applying it again after an interruption is safe: every undo is idempotent.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import posixpath
 import socket
@@ -20,19 +19,18 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from migrate import __version__
 from migrate.disk import fsops, identity
-from migrate.core.errors import BadLog
 from migrate.core.fleet import store_rel
 from migrate.disk.hashing import hash_bytes
 from migrate.disk.identity import Observed, Precision
-from migrate.disk.journal import EmptyLog, Journal, load_log, read_begun, read_log, rollback_log_of, run_logs
-from migrate.core.model import STATE_DIR, Problem
+from migrate.disk.journal import Journal, read_begun, read_log, rollback_log_of
+from migrate.core.model import Problem
 from migrate.core.records import (DirTimes, Done, Header, Keep, Links, Record, RbClose, RbHeader, RbResume, Restored,
-                                  Resume, Other, Skip, Staged, Step, Stopped, Swept, UndoBegin, UndoDone, Unplaced,
-                                  Close, group_steps, heads, placed_ino)
+                                  Skip, Staged, Step, Swept, UndoBegin, UndoDone, Unplaced, group_steps, heads,
+                                  placed_ino)
+from migrate.disk.runlog import PATH_FIELDS
 from migrate.disk.scan import TEMP_MARK, temp_name
 from migrate.core.steps import PLACES, PLACES_FILE, REMOVES_SOURCE, Op
 
-PATH_FIELDS = ("src", "dst", "tmp", "q", "stored", "path")
 Twins = Dict[Tuple[Optional[int], Optional[int]], List[str]]
 
 
@@ -85,58 +83,9 @@ class Undo:
         return op.describe_undo(self.rec.to_json()) if op is not None else str(self.op)
 
 
-def _field(rec: Record, name: str):
-    """A record's field by its name in the log (a record of a kind this version does not know: its JSON)."""
-    return rec.raw.get(name) if isinstance(rec, Other) else getattr(rec, name, None)
-
-
 def _source(r: Step) -> Observed:
     """A step's source as the run observed it (the device and inode logged as `src_dev`, `src_ino`)."""
     return Observed(r.src_dev, r.src_ino, r.size, r.mtime_ns)
-
-
-def check_log(records: Sequence[Record], path: str) -> None:
-    """Refuse a log whose paths fall outside the roots its header names."""
-    head = records[0]
-    assert isinstance(head, Header)
-    roots = [head.target] + list(head.sources)
-    if not all(isinstance(r, str) and posixpath.isabs(r) for r in roots):
-        raise BadLog(f"{path}: line 1: the header's roots are not absolute paths", "restore the original log")
-    yaml_dirs: set = set()
-    for i, rec in enumerate(records, 1):
-        if isinstance(rec, (Header, Resume)):
-            # The YAML's folder, and the folder of the file behind it when it is a symlink (written
-            # through the link), as the header (or a continued run's resume record) names them.
-            yaml_dirs |= {posixpath.dirname(p) for p in (rec.yaml, rec.yaml_real)
-                          if isinstance(p, str) and posixpath.isabs(p)}
-            continue
-        for f in PATH_FIELDS:       # every record's paths, also of kinds this version does not know
-            p = _field(rec, f)
-            if p is None:
-                continue
-            if f == "path" and isinstance(rec, Step) and rec.op is Op.YAML and p == head.yaml:
-                continue
-            if not isinstance(p, str) or posixpath.normpath(p) != p or not any(
-                    p.startswith(r.rstrip("/") + "/") for r in roots):
-                raise BadLog(f"{path}: line {i}: {f} {p!r} is outside the run's source and target folders",
-                             "the log was edited; restore the original")
-        if isinstance(rec, Links):
-            tgt = head.target.rstrip("/") + "/"
-            for d, to in rec.dirs.items():
-                if not isinstance(d, str) or posixpath.normpath(d) != d or not d.startswith(tgt) or not isinstance(to, str):
-                    raise BadLog(f"{path}: line {i}: symlinked folder {d!r} is outside the run's target",
-                                 "the log was edited; restore the original")
-        if isinstance(rec, DirTimes):
-            for d, ns in rec.dirs.items():
-                if posixpath.normpath(d) != d or not isinstance(ns, int) or not (d in yaml_dirs or any(
-                        d == r or d.startswith(r.rstrip("/") + "/") for r in roots)):
-                    raise BadLog(f"{path}: line {i}: folder {d!r} is outside the run's source and target "
-                                 "folders", "the log was edited; restore the original")
-        before = _field(rec, "before")
-        if before is not None and not (isinstance(before, str) and posixpath.normpath(before) == before and
-                                       before.startswith(posixpath.join(head.target, STATE_DIR) + "/")):
-            raise BadLog(f"{path}: line {i}: YAML pre-image {before!r} is outside the state folder",
-                         "the log was edited; restore the original")
 
 
 def store_facts(target: str, records: Sequence[Record]) -> Tuple[dict, Dict[str, dict]]:
@@ -368,7 +317,7 @@ def execute_rollback(log_path: str, records: List[Record], undos: List[Undo],
         for d in sorted(set(left_folders), key=lambda p: (-p.count("/"), p)):
             try:
                 _safe(root_of, d + "/x")
-                os.rmdir(d)
+                fsops.remove_folder(d)
                 swept.append(d)
             except OSError:
                 continue
@@ -422,8 +371,7 @@ def _drop_unbegun(path: str) -> Optional[int]:
         size = os.lstat(path).st_size
     except FileNotFoundError:
         return None
-    os.unlink(path)
-    fsops.fsync_dir(os.path.dirname(path))
+    fsops.remove_durably(path)
     return size
 
 
@@ -440,8 +388,7 @@ def _unmerge_yaml(path: str, cur: bytes, before: Optional[bytes], notes: List[st
         return f"extra_model_paths.yaml was edited since the run and cannot be undone in part ({exc}); left as it is"
     if new is None:
         if before is None:
-            os.unlink(path)
-            fsops.fsync_dir(os.path.dirname(path))
+            fsops.remove_durably(path)
             notes.append("edited since the run, but nothing of it but comments was left without the comfy-migrate "
                          "section: removed, as before the run (an empty YAML stops ComfyUI)")
             return ""
@@ -469,7 +416,7 @@ def _undo(u: Undo, on_bytes, twins: Optional[Twins] = None, notes: Optional[List
 def _undo_mkdir(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> str:
     """Remove a folder the run made, if nothing was added to it since."""
     try:
-        os.rmdir(r.path or "")
+        fsops.remove_folder(r.path or "")
     except (FileNotFoundError, NotADirectoryError):
         pass        # gone, or a file of someone else's took its place: not ours to remove
     except OSError as exc:
@@ -507,7 +454,7 @@ def _undo_link(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> st
         return ""
     if os.lstat(dst).st_nlink < 2 and not _src_holds(u):
         return f"another file now has the old name {r.src}: this copy is the original's last; kept"
-    os.unlink(dst)
+    fsops.remove(dst)
     return ""
 
 
@@ -515,7 +462,7 @@ def _undo_symlink(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) ->
     """Remove a symlink the run made to the stored copy, if it still says what the run wrote."""
     dst = r.dst or ""
     if os.path.islink(dst) and os.readlink(dst) == r.to:
-        os.unlink(dst)
+        fsops.remove(dst)
     return ""
 
 
@@ -533,7 +480,7 @@ def _undo_rename(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> 
         return "the target file was replaced since the run; left in place"
     if not (_as_logged(dst, u.placed, u.p_dst) if stable else _is_logged_file(dst, u.placed, u.p_dst, r.digest)):
         return "the target file was changed since the run; left in place"
-    os.makedirs(os.path.dirname(src), exist_ok=True)
+    fsops.make_folders(os.path.dirname(src))
     fsops.rename_noreplace(dst, src)
     return ""
 
@@ -542,7 +489,7 @@ def _undo_copy(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> st
     """Remove a copy the run made, once its bytes are proven the run's (the source restored first if it is gone)."""
     tmp = r.tmp
     if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
-        os.unlink(tmp)
+        fsops.remove(tmp)
     ino = u.placed_ino
     dst = r.dst or ""
     if not _there(dst) or ino is None or _never_made(u):
@@ -558,7 +505,7 @@ def _undo_copy(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> st
             return "could not restore the source from the target copy; both kept"
     elif os.lstat(dst).st_nlink < 2 and not _src_holds(u):
         return f"another file now has the old name {r.src}: this copy may be the original's last; kept"
-    os.unlink(dst)
+    fsops.remove(dst)
     return ""
 
 
@@ -579,12 +526,11 @@ def _undo_yaml(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> st
     if hash_bytes(cur) != r.after_digest:
         return _unmerge_yaml(path, cur, before, notes)
     if before is None:
-        os.unlink(path)
-        fsops.fsync_dir(os.path.dirname(path))
+        fsops.remove_durably(path)
     else:
         fsops.atomic_write(path, before, os.stat(path).st_mode & 0o7777)
         if r.before_mtime_ns:
-            os.utime(path, ns=(r.before_mtime_ns, r.before_mtime_ns))
+            fsops.set_mtime(path, r.before_mtime_ns)
     return ""
 
 
@@ -598,8 +544,8 @@ def _undo_unlink(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> 
     names = _holders(r)
     for stored in names:
         if _holds_ino(stored, r.src_ino) and _as_logged(stored, u.placed, u.p_dst):
-            os.makedirs(os.path.dirname(src), exist_ok=True)
-            os.link(stored, src)
+            fsops.make_folders(os.path.dirname(src))
+            fsops.hardlink(stored, src)
             return ""
     if not _restore_twin(u, twins, on_bytes, names):
         return "the stored copy changed; source not recreated"
@@ -616,7 +562,7 @@ def _undo_quarantine(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str])
     # the logged file: its inode where inodes are stable (its times may have moved in quarantine),
     # else size + mtime + digest
     if _holds_ino(q, r.src_ino) if u.p_src.stable_inode else _is_logged_file(q, u.source, u.p_src, r.digest):
-        os.makedirs(os.path.dirname(src), exist_ok=True)
+        fsops.make_folders(os.path.dirname(src))
         fsops.rename_noreplace(q, src)
         twins.setdefault((r.src_dev, r.src_ino), []).append(src)
         return ""
@@ -630,7 +576,7 @@ def _undo_linkback(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -
     """Remove a link-back symlink, if it still says what the run wrote."""
     src = r.src or ""
     if os.path.islink(src) and os.readlink(src) == r.to:
-        os.unlink(src)
+        fsops.remove(src)
     return ""
 
 
@@ -638,19 +584,15 @@ def _undo_relink(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> 
     """Point a re-pointed symlink of the sources where it pointed before the run."""
     tmp = r.tmp
     if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
-        os.unlink(tmp)
+        fsops.remove(tmp)
     src = r.src or ""
     if not os.path.islink(src) or os.readlink(src) != r.to:
         return "" if os.path.islink(src) and os.readlink(src) == r.old else \
             "the symlink was changed since the run; left as it is"
     back = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}restore")
     if os.path.lexists(back):
-        os.unlink(back)
-    os.symlink(r.old or "", back)
-    os.replace(back, src)
-    if isinstance(r.mtime_ns, int):
-        os.utime(src, ns=(r.mtime_ns, r.mtime_ns), follow_symlinks=False)
-    fsops.fsync_dir(os.path.dirname(src))
+        fsops.remove(back)
+    fsops.repoint_symlink(src, r.old or "", back, r.mtime_ns if isinstance(r.mtime_ns, int) else None)
     return ""
 
 
@@ -725,6 +667,11 @@ def settle(records: Sequence[Record], target: str) -> List[Record]:
     return out
 
 
+def settled(runs: Sequence[Tuple[str, List[Record]]], target: str) -> List[Tuple[str, List[Record]]]:
+    """runlog.live_runs' runs, each settled (see `settle`): what fleet.reliance and droppable read."""
+    return [(rid, settle(records, target)) for rid, records in runs]
+
+
 def foresee(undos: Sequence[Undo]) -> Dict[int, str]:
     """For the dry run, read-only and without reading a byte: step -> why its source could not be
     recreated (no stored copy of its size is left and no other name of it comes back first), so the
@@ -778,8 +725,7 @@ def _drop_kept(k: Keep, path: str, records: Sequence[Record]) -> str:
         return ""
     if not identity.same_bytes(path, k.digest, k.size):
         return "it was changed since it was kept"
-    os.unlink(path)
-    fsops.fsync_dir(os.path.dirname(path))
+    fsops.remove_durably(path)
     return ""
 
 
@@ -790,35 +736,13 @@ def _keep(u: Undo, on_bytes) -> str:
     src, dst = r.src or "", r.dst or ""
     if r.known is None or not r.known.stores_source or _there(src) or not _there(dst):
         return ""
-    os.makedirs(os.path.dirname(src), exist_ok=True)
+    fsops.make_folders(os.path.dirname(src))
     if u.op == Op.LINK and _holds_ino(dst, r.src_ino) and _as_logged(dst, u.placed, u.p_dst):
-        os.link(dst, src)
+        fsops.hardlink(dst, src)
         return ""
     if not _restore_from(dst, r, on_bytes):
         return "other runs rely on the stored file, and it no longer holds this source's content; left in place"
     return ""
-
-
-def left_folders(target: str, this_run: str) -> List[str]:
-    """Folders in the store that runs now rolled back (and this one) made: the candidates for
-    removal once empty (a folder a live run made stays theirs). Paths as this pod mounts the store."""
-    out = []
-    for n, path in run_logs(target):
-        rid = n[:-len(".jsonl")]
-        try:
-            records = load_log(path)
-            if rid != this_run and run_state(path) != "rolled back":
-                continue
-        except BadLog:
-            continue
-        head = records[0]
-        logged = head.target if isinstance(head, Header) else ""
-        for r in group_steps(records).begins:
-            if r.op is Op.MKDIR and isinstance(r.path, str):
-                rel = store_rel(r.path, logged)
-                if rel:
-                    out.append(posixpath.join(target, rel))
-    return out
 
 
 def _restore_dir_times(records: Sequence[Record]) -> int:
@@ -843,7 +767,7 @@ def _restore_dir_times(records: Sequence[Record]) -> int:
                 continue
             # Always set, even when stat shows the value already: a FUSE mount (MooseFS) may show its
             # cached attributes while the server holds another time.
-            os.utime(d, ns=(st.st_atime_ns, ns), follow_symlinks=follow)
+            fsops.set_times(d, st.st_atime_ns, ns, follow_symlinks=follow)
             n += st.st_mtime_ns != ns
         except OSError:
             continue
@@ -863,8 +787,8 @@ def _restore_twin(u: Undo, twins: Twins, on_bytes, stored: Sequence[str]) -> boo
         except FileNotFoundError:
             continue
         if stat.S_ISREG(st.st_mode) and _as_logged(twin, u.source, u.p_src):
-            os.makedirs(os.path.dirname(src), exist_ok=True)
-            os.link(twin, src)
+            fsops.make_folders(os.path.dirname(src))
+            fsops.hardlink(twin, src)
             fsops.fsync_dir(os.path.dirname(src))
             return True
     if any(_restore_from(p, r, on_bytes) for p in stored):
@@ -880,175 +804,21 @@ def _restore_from(stored: str, r: Step, on_bytes) -> bool:
     except FileNotFoundError:
         return False
     src = r.src or ""
-    os.makedirs(os.path.dirname(src), exist_ok=True)
+    fsops.make_folders(os.path.dirname(src))
     tmp = temp_name(os.path.dirname(src), os.path.basename(src), "restore")
     if os.path.lexists(tmp):
-        os.unlink(tmp)
+        fsops.remove(tmp)
     # The digest read decides (it must be the logged one): the stored copy's mtime may move while it is
     # read (rclone shows "now" until it has uploaded a file we wrote seconds ago).
     digest, _ = fsops.copy_and_hash(stored, identity.observe(st), tmp, on_bytes, mtime_may_move=True)
     if digest != r.digest:
-        os.unlink(tmp)
+        fsops.remove(tmp)
         return False
-    os.chmod(tmp, r.mode if r.mode is not None else 0o644)
-    os.utime(tmp, ns=(r.mtime_ns, r.mtime_ns))
+    fsops.set_mode(tmp, r.mode if r.mode is not None else 0o644)
+    fsops.set_mtime(tmp, r.mtime_ns)
     fsops.rename_noreplace(tmp, src)
     fsops.fsync_dir(os.path.dirname(src))
     return True
-
-
-class NothingToRollBack(Exception):
-    """Every run in the target is rolled back already (not an error: a re-run after success)."""
-
-
-def find_log(target: str, run: Optional[str], newest: bool = False, host: Optional[str] = None) -> str:
-    """A run id or log path -> the run's log; default: the newest run not rolled back
-    (with newest=True: the newest run whatever its state). With `host`, the default is chosen
-    among that host's runs only: on a store shared by pods, a bare `rollback` must not undo
-    another pod's run."""
-    runs = os.path.join(target, STATE_DIR, "runs")
-    if run and (os.sep in run or run.endswith(".jsonl")):
-        return os.path.abspath(run)
-    if run:
-        path = os.path.join(runs, f"{run}.jsonl")
-        if not os.path.exists(path):
-            raise BadLog(f"no run {run} in {runs}", "see `comfy-migrate history --target DIR`")
-        return path
-    names = [n for n, _ in run_logs(target)]
-    if host is not None and names:
-        mine = [n for n in names if _host_of(os.path.join(runs, n)) == host]
-        if not mine:
-            raise BadLog(f"no run of this host ({host}) in {runs}; the runs there are other pods'",
-                         "name the run to undo (see `comfy-migrate history --target DIR`)")
-        names = mine
-    if newest and names:
-        return os.path.join(runs, names[-1])
-    for n in reversed(names):
-        rb = read_begun(rollback_log_of(os.path.join(runs, n)))
-        if rb is not None and isinstance(rb[-1], RbClose) and not rb[-1].incomplete:
-            continue
-        return os.path.join(runs, n)
-    if names:
-        raise NothingToRollBack(f"every run in {target} is rolled back already")
-    raise BadLog(f"no run to roll back in {runs}", "check --target (see `comfy-migrate history`)")
-
-
-def _first(log: str) -> Optional[Header]:
-    """A run log's header, read alone (no chain: a damaged log still names its host and YAML)."""
-    try:
-        with open(log, "rb") as f:
-            head = Header.from_json(json.loads(f.readline()))
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None
-    return head if isinstance(head, Header) else None
-
-
-def _host_of(log: str) -> Optional[str]:
-    head = _first(log)
-    return head.host if head is not None else None
-
-
-def load_run(log_path: str) -> List[Record]:
-    """A run's log, read and checked once for undoing: its hash chain (read_log), its records typed
-    (records.load: each step record holds the fields its undo reads), its paths (check_log)."""
-    from migrate.core.records import load
-    raw, _, _ = read_log(log_path)
-    records = load(raw, log_path)
-    check_log(records, log_path)
-    return records
-
-
-def run_state(log_path: str, records: Optional[Sequence[Record]] = None) -> str:
-    records = load_log(log_path) if records is None else records
-    rbr = read_begun(rollback_log_of(log_path))     # one that never wrote a record did nothing
-    if rbr is not None:
-        if not isinstance(rbr[-1], RbClose):
-            return "rollback interrupted"
-        return "rollback incomplete" if rbr[-1].incomplete else "rolled back"
-    end = records[-1]
-    if isinstance(end, Close):
-        return "complete" if end.state == "complete" else "complete with problems"
-    if isinstance(end, Stopped):
-        return "stopped: disk full (free space, then run or rollback)"
-    return "interrupted"
-
-
-def history(target: str) -> List[dict]:
-    rows = []
-    for n, path in run_logs(target):
-        try:
-            records = load_log(path)
-            state = run_state(path, records)
-        except EmptyLog as exc:      # killed (or refused by a full disk) before its first record: did nothing
-            rows.append({"run": n[:-6], "time": "", "host": "", "files": 0, "bytes": 0, "placed": 0, "relied": 0,
-                         "state": f"nothing done: {exc}"})
-            continue
-        except BadLog as exc:
-            rows.append({"run": n[:-6], "time": "", "host": "", "files": 0, "bytes": 0, "placed": 0, "relied": 0,
-                         "state": f"bad log: {exc}"})
-            continue
-        head = records[0]
-        assert isinstance(head, Header)
-        steps = group_steps(records)
-        placed = [b for b in steps.begins if b.op in PLACES and b.step in steps.done]
-        # Sources set aside because the store held their content already: the run relies on those
-        # stored files (it placed nothing for them, yet ComfyUI now loads them from the store).
-        moved = {b.src for b in placed}
-        relied = [b for b in steps.begins if b.op in REMOVES_SOURCE and b.step in steps.done
-                  and b.src not in moved]
-        rows.append({"run": head.run, "time": head.time, "host": head.host,
-                     "files": len(placed) + len(relied), "bytes": sum(b.size or 0 for b in placed + relied),
-                     "placed": len(placed), "relied": len(relied), "state": state})
-    return rows
-
-
-def live_runs(target: str) -> List[Tuple[str, List[Record]]]:
-    """(run id, records) of every run in the target not rolled back, settled (see `settle`)
-    (unreadable logs are skipped: their runs cannot be undone anyway, and history shows them)."""
-    out = []
-    for n, path in run_logs(target):
-        try:
-            records = load_log(path)
-            if run_state(path, records) == "rolled back":
-                continue
-            out.append((n[:-6], settle(records, target)))
-        except BadLog:
-            continue
-    return out
-
-
-def all_runs(target: str) -> List[Tuple[str, List[Record]]]:
-    """(run id, records) of every run in the target, rolled back or not. A log that does not read
-    cleanly counts by its first line alone (its run is still chosen by its YAML or host, and then
-    refused by load_run with the line named); one without even that is skipped."""
-    out: List[Tuple[str, List[Record]]] = []
-    for n, path in run_logs(target):
-        try:
-            out.append((n[:-6], load_log(path)))
-        except BadLog:
-            head = _first(path)
-            if head is not None:
-                out.append((n[:-6], [head]))
-    return out
-
-
-def kept_records(target: str) -> List[Keep]:
-    """Every `keep` record of every rollback log in the target: files kept for other runs."""
-    runs = os.path.join(target, STATE_DIR, "runs")
-    out: List[Keep] = []
-    for n in sorted(os.listdir(runs) if os.path.isdir(runs) else []):
-        if n.endswith(".rollback.jsonl"):
-            try:
-                out.extend(r for r in load_log(os.path.join(runs, n)) if isinstance(r, Keep))
-            except BadLog:
-                continue
-    return out
-
-
-def quarantined(records: Sequence[Record]) -> List[Step]:
-    """Done quarantine steps of a run: what purge may free."""
-    steps = group_steps(records)
-    return [b for b in steps.begins if b.op is Op.QUARANTINE and b.step in steps.done]
 
 
 def purge_check(rec: Step) -> str:

@@ -212,7 +212,9 @@ class Step(Record):
         to: a symlink's text. old: a relinked symlink's text before. q: the quarantine name.
         path: a folder made (mkdir) or the YAML. before, before_digest, after_digest, before_mtime_ns:
         the YAML's saved pre-image and digests. links: in-tree symlinks re-pointed with a removal.
-        fallback: the errno a link or rename was refused with (then copied).
+        method: the plan's method this step tries; methods: the plan's ordered list of them (where
+        more than one: each is tried where the one before was refused), fallback: the errno the
+        method before was refused with.
     """
 
     TYPE: ClassVar[str] = "begin"
@@ -222,7 +224,8 @@ class Step(Record):
         src_ino=_opt(NUM), mode=_opt(NUM), mtime_ns=_opt(NUM), digest=_opt(TEXT_OR_NONE), kind=_opt(TEXT),
         tmp=_opt(TEXT), stored=_opt(TEXT_OR_NONE), stored_dev=_opt(NUM), stored_ino=_opt(NUM), to=_opt(TEXT),
         old=_opt(TEXT), q=_opt(TEXT), path=_opt(TEXT), before=_opt(TEXT_OR_NONE), before_digest=_opt(TEXT_OR_NONE),
-        after_digest=_opt(TEXT), before_mtime_ns=_opt(NUM_OR_NONE), links=_opt(LIST), fallback=_opt(TEXT)))
+        after_digest=_opt(TEXT), before_mtime_ns=_opt(NUM_OR_NONE), links=_opt(LIST), method=_opt(TEXT),
+        methods=_opt(LIST), fallback=_opt(TEXT)))
     step: int = 0
     op: Union[Op, str] = ""
     src: Optional[str] = None
@@ -247,6 +250,8 @@ class Step(Record):
     after_digest: Optional[str] = None
     before_mtime_ns: Optional[int] = None
     links: Tuple[str, ...] = ()
+    method: Optional[str] = None
+    methods: Tuple[str, ...] = ()
     fallback: Optional[str] = None
     seq: int = 0
 
@@ -269,8 +274,9 @@ class Step(Record):
 
     def to_json(self) -> dict:
         out = super().to_json()
-        if not self.links:
-            out.pop("links", None)
+        for empty in ("links", "methods"):
+            if not getattr(self, empty):
+                out.pop(empty, None)
         out["op"] = str(self.op)
         for key in STEP_FIELDS.get(self.op, ()):        # type: ignore[call-overload]
             out.setdefault(key, None)       # a required field holding null (a file without a digest)

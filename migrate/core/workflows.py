@@ -40,6 +40,7 @@ LOADERS.update({
 GGUF_CATEGORIES = ("diffusion_models", "text_encoders")     # where ComfyUI-GGUF lists .gguf files
 MODEL_EXTS = comfy.MODEL_EXTENSIONS | {".gguf"}           # a value with one of these names a model file
 _EXTS = MODEL_EXTS | {".yaml"}
+NOT_A_WORKFLOW = "neither a UI workflow"   # the start of the error of JSON that is neither format
 MAX_NESTING = 32        # subgraphs inside subgraphs (the frontend nests a few); deeper is reported
 MAX_NODES = 100_000     # nodes read from one workflow (a real one has hundreds)
 
@@ -67,7 +68,7 @@ class Workflow(namedtuple("Workflow", [
 
 # Where a model can be named, in the order they are read: a model none of them names is unused.
 SOURCES = {"user": "saved workflows", "custom_nodes": "custom-node example workflows",
-           "templates": "ComfyUI's templates"}
+           "templates": "ComfyUI's templates", "blueprints": "subgraph blueprints"}
 
 
 class Source(namedtuple("Source", [
@@ -187,7 +188,7 @@ def parse_workflow(path: str, text: str) -> Workflow:
                     if _looks_like_model(s):
                         refs.append(ModelRef(kind, _norm(s), INPUTS.get(k) if kind not in LOADERS else None))
     else:
-        return Workflow(path, "unreadable", (), "neither a UI workflow (nodes) nor an API prompt (class_type)")
+        return Workflow(path, "unreadable", (), NOT_A_WORKFLOW + " (nodes) nor an API prompt (class_type)")
     return Workflow(path, fmt, tuple(dict.fromkeys(refs)), error)
 
 
@@ -229,10 +230,11 @@ def assign_categories(wf: Workflow, names: Mapping[str, Iterable[str]]) -> Workf
 
 UNUSED_RULE = ("a model is listed as unused only when nothing names it, in any folder, by its name or its file name: "
                "not a saved workflow of any user, not an example workflow a custom-node pack ships, not one of "
-               "ComfyUI's own templates (loader widgets, subgraphs and their promoted widgets, custom nodes' values, "
-               "the models lists the frontend saves); a model only a template or a pack's example names is listed "
-               "apart as named by a template, never as unused; placeholders (put_*_here) are never listed; each "
-               "file's bytes are counted once (a hardlink or symlink of another model costs nothing)")
+               "ComfyUI's own templates, not a subgraph blueprint (loader widgets, subgraphs and their promoted "
+               "widgets, custom nodes' values, the models lists the frontend saves); a model only a template, a "
+               "pack's example or a blueprint names is listed apart as named by a template, never as unused; "
+               "placeholders (put_*_here) are never listed; each file's bytes are counted once (a hardlink or "
+               "symlink of another model costs nothing)")
 
 
 def _placeholder(name: str) -> bool:

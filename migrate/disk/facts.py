@@ -410,7 +410,7 @@ def state_bytes(target: str, sources: Sequence[str], yaml_path: Optional[str]) -
     (storerules.reserve): the state folders, the lock, the rollback reserve, the catalogue, and
     the log of this pod's interrupted run (which `run` continues). Old runs' logs do not count."""
     from migrate.core.errors import BadLog
-    from migrate.disk.journal import find_interrupted
+    from migrate.disk.runlog import find_interrupted
     from migrate.core.model import STATE_DIR
     from migrate.core.storerules import STATE_PATHS
     paths = [os.path.join(target, STATE_DIR, p) for p in STATE_PATHS]
@@ -433,7 +433,7 @@ def interrupted_placements(facts: Facts):
     """(run id, store paths it placed) of this pod's interrupted run, which `run` continues: those
     files are in the store because of that run, not deduplication (None without one)."""
     from migrate.core.errors import BadLog
-    from migrate.disk.journal import find_interrupted
+    from migrate.disk.runlog import find_interrupted
     from migrate.disk.journal import load_log
     from migrate.core.records import group_steps
     from migrate.core.steps import STORES_SOURCE
@@ -629,6 +629,22 @@ def find_node_examples(folders: Sequence[str]) -> List[str]:
     return out
 
 
+def find_blueprints(home: str, user: str, node_folders: Sequence[str], comfyui: Optional[str] = None) -> List[str]:
+    """Subgraph blueprints, which the node library offers as nodes (ComfyUI 0.33 app/subgraph_manager.py
+    and its frontend): each user's `<user>/<name>/subgraphs/**/*.json` (saved with 'publish subgraph'),
+    `<custom_nodes>/*/subgraphs/*.json` and ComfyUI's own `<ComfyUI>/blueprints/*.json`."""
+    out = []
+    for u in _listdir(user):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(user, u, "subgraphs")):
+            dirnames.sort()
+            out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(".json"))
+    for top in node_folders:
+        for pack in _listdir(top):
+            if not pack.startswith("."):
+                out.extend(_json_files(os.path.join(top, pack, "subgraphs")))
+    return out + _json_files(os.path.join(os.path.realpath(comfyui or home), "blueprints"))
+
+
 def python_prefixes(home: str, proc: str = "/proc") -> List[str]:
     """The Python environments ComfyUI may run in: the running ComfyUI's own (the Python its command
     line names, or its VIRTUAL_ENV), then each venv (a folder with pyvenv.cfg) in the ComfyUI folder
@@ -689,8 +705,11 @@ def find_templates(prefixes: Sequence[str]) -> Tuple[List[str], str]:
             split = os.path.join(site, TEMPLATES_DIST + "_json", "templates")
             if version is None and not os.path.isdir(legacy) and not os.path.isdir(split):
                 continue
-            folder = legacy if _legacy_templates(version) or not os.path.isdir(split) else split
-            files = [p for p in _json_files(folder) if not os.path.basename(p).lower().startswith("index.")]
+            if version is None:         # no meta package to say which: the folder that is there
+                folder = split if os.path.isdir(split) else legacy
+            else:
+                folder = legacy if _legacy_templates(version) else split
+            files = _json_files(folder)
             return files, f"comfyui-workflow-templates {version or '(version unknown)'} in {folder}"
     return [], "not found: no comfyui-workflow-templates in " + (
         ", ".join(prefixes) if prefixes else "a venv in or beside the ComfyUI folder, nor a running ComfyUI's Python")
@@ -727,6 +746,17 @@ def gather_workflows(home: str, order: dict, user: Optional[str] = None, launch=
     templates, note = find_templates(python_prefixes(home, proc))
     sources = [wf.Source("user", "saved workflows", os.path.join(user, "*", "workflows"), find_workflows(home, user)),
                wf.Source("custom_nodes", "custom-node example workflows", ", ".join(nodes), find_node_examples(nodes)),
-               wf.Source("templates", "ComfyUI's templates", note, templates)]
-    out = [_read_workflow(path, names, s.kind) for s in sources for path in s.files]
-    return out, before, sources
+               wf.Source("templates", "ComfyUI's templates", note, templates),
+               wf.Source("blueprints", "subgraph blueprints",
+                         f"{os.path.join(user, '*', 'subgraphs')}, <custom_nodes>/*/subgraphs, "
+                         f"{os.path.join(os.path.realpath(launch.comfyui if launch else home), 'blueprints')}",
+                         find_blueprints(home, user, nodes, launch.comfyui if launch else None))]
+    out, read = [], []
+    for s in sources:
+        flows = [_read_workflow(path, names, s.kind) for path in s.files]
+        # Beside templates lie JSON files that are no workflow (the menu's index*.json, fuse_options.json):
+        # ComfyUI lists them as no template either. A saved workflow of that shape is reported, not dropped.
+        flows = [w for w in flows if s.kind == "user" or not w.error.startswith(wf.NOT_A_WORKFLOW)]
+        out += flows
+        read.append(s._replace(files=[w.path for w in flows]))
+    return out, before, read

@@ -11,15 +11,14 @@ import errno
 import json
 import os
 import signal
-import socket
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import xxhash
 
 from migrate.core import records as rec_types
 from migrate.core.errors import BadLog, MigrateError, NoSpace
 from migrate.core.model import STATE_DIR
-from migrate.core.records import Close, Header, Record
+from migrate.core.records import Record
 
 LOG_VERSION = 1
 RUNS_DIR = "runs"
@@ -234,29 +233,3 @@ def rollback_log_of(run_log: str) -> str:
     return run_log[:-len(".jsonl")] + ".rollback.jsonl"
 
 
-def find_interrupted(target: str, sources: Optional[Sequence[str]] = None, yaml: Optional[str] = None) -> Optional[str]:
-    """The newest run log with no closing record and no rollback: a run to continue.
-
-    With `sources`, only a run of this host sharing a source or the YAML counts: on a shared store
-    another pod's interrupted run is that pod's to continue (or roll back) and does not block
-    this one (pods often have the same paths: /workspace/ComfyUI on each container).
-    """
-    for _, path in reversed(run_logs(target)):
-        try:
-            if read_begun(rollback_log_of(path)) is not None:
-                continue    # rolled back, or being rolled back (a rollback that wrote no record did nothing)
-        except BadLog:
-            continue
-        try:
-            records = load_log(path)
-        except EmptyLog:
-            continue        # died writing its header (or another pod is writing it): nothing done
-        head = records[0]
-        assert isinstance(head, Header)
-        if sources is not None and (head.host != socket.gethostname() or not (
-                set(head.sources) & set(sources) or (yaml is not None and head.yaml == yaml))):
-            continue
-        if not isinstance(records[-1], Close):
-            return path
-        return None
-    return None

@@ -39,7 +39,13 @@ details summary{cursor:pointer;color:var(--muted)}
 .chart .bar i{display:block;height:9px;border-radius:2px}.chart small{color:var(--muted);font-size:.75em;white-space:nowrap}
 .b0{background:var(--before)}.b1{background:var(--after)}.b2{background:var(--store)}
 p,li{overflow-wrap:anywhere}
-@media (max-width:600px){body{font-size:14px}th,td{padding:4px 5px}.hide-narrow{display:none}}
+code.h{white-space:nowrap}
+@media (max-width:600px){body{font-size:14px}.hide-narrow{display:none}
+.wrap table,.wrap tbody,.wrap tr,.wrap td{display:block}.wrap thead{display:none}
+.wrap tr{border-bottom:1px solid var(--line);padding:6px 0}.wrap td{border:0;padding:1px 4px;text-align:left}
+.wrap td.num{text-align:left}.wrap td:empty{display:none}
+.wrap td[data-label]::before{content:attr(data-label) ": ";color:var(--muted);font-size:.85em}
+pre{white-space:pre-wrap;overflow-wrap:anywhere}}
 @media print{details{display:block}}
 """
 
@@ -116,9 +122,11 @@ def chart(rows: Sequence[tuple[str, int, int, int]]) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], num: Sequence[int] = (), narrow_hide: Sequence[int] = ()) -> str:
+    """A table that reads as rows of labelled lines on a phone (CSS only: each cell names its column)."""
     def cell(tag: str, i: int, v: str) -> str:
         cls = " ".join(c for c in ("num" if i in num else "", "hide-narrow" if i in narrow_hide else "") if c)
-        return f'<{tag}{f" class={chr(34)}{cls}{chr(34)}" if cls else ""}>{v}</{tag}>'
+        label = f' data-label="{esc(headers[i])}"' if tag == "td" and i < len(headers) and headers[i] else ""
+        return f'<{tag}{f" class={chr(34)}{cls}{chr(34)}" if cls else ""}{label}>{v}</{tag}>'
     head = "".join(cell("th", i, esc(h)) for i, h in enumerate(headers))
     body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
     return f'<div class="wrap"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
@@ -248,7 +256,7 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str | None = Non
             names = "<br>".join(f'<span class="path">{esc(src_name(plan, a))}</span>' for a in acts)
             short = next((autov2(sha256[a.digest]) for a in acts if a.digest in sha256), None)
             rows.append([f'<span class="path">{esc(_rel(stored, target))}</span>'
-                         + (f" <code>AutoV2 {esc(short)}</code>" if short else ""), names,
+                         + (f' <code class="h">AutoV2 {esc(short)}</code>' if short else ""), names,
                          esc(report.human(sum(a.size for a in acts)))])
         s.append(_table(["kept once in the store", "names that share it", "saved"], rows, num=(2,)))
     else:
@@ -285,7 +293,7 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str | None = Non
             s.append(_table(["", "category", "model", "AutoV2", "note"], [
                 [f'<span class="tag {STATUS[m["status"]][0]}">{STATUS[m["status"]][1]}</span>', esc(m["category"] or "?"),
                  f'<span class="path">{esc(m["name"])}</span>',
-                 f'<code>{esc(m["autov2"])}</code>' if m.get("autov2") else "-", esc(m["note"])] for m in w["models"]],
+                 f'<code class="h">{esc(m["autov2"])}</code>' if m.get("autov2") else "-", esc(m["note"])] for m in w["models"]],
                 narrow_hide=(1,)))
         if workflows["missing"]:
             s.append(f'<p class="bad">{len(workflows["missing"])} model(s) a workflow needs that this pod lacks.</p>')
@@ -301,8 +309,8 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str | None = Non
                  f'{u["cost_per_month"]:.2f}', esc(u["category"]),
                  f'<span class="path">{esc(u["name"])}</span>'] for u in workflows["unused"]], num=(0, 1)) + "</details>")
         if workflows.get("templated"):
-            s.append(f'<p>{len(workflows["templated"])} model(s) named only by a template or a custom-node example '
-                     "workflow: not unused (a template loads them).</p>")
+            s.append(f'<p>{len(workflows["templated"])} model(s) named only by a template, a custom-node example '
+                     "workflow or a subgraph blueprint: not unused (they load them).</p>")
             s.append("<details><summary>list them</summary>" + _table(["size", "category", "name", "named by"], [
                 [esc(report.human(t["size"])), esc(t["category"]), f'<span class="path">{esc(t["name"])}</span>',
                  f'<span class="path">{esc(report.template_name(t))}</span>'] for t in workflows["templated"]],
@@ -324,8 +332,8 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str | None = Non
     s.append(f"<h2>Every step ({len(plan.actions)})</h2><details><summary>show the table</summary>")
     s.append(_table(["action", "file", "in the store", "size", "AutoV2", "note"], [
         [esc(a.kind.value), f'<span class="path">{esc(a.rel)}</span>',
-         f'<span class="path">{esc(_rel(a.dst, target))}</span>', esc(report.human(a.size)),
-         f"<code>{esc(autov2(sha256.get(a.digest)))}</code>" if a.digest in sha256 else "", esc(a.reason)]
+         f'<span class="path">{esc(_rel(a.dst, target))}</span>' if a.dst else "", esc(report.human(a.size)),
+         f'<code class="h">{esc(autov2(sha256.get(a.digest)))}</code>' if a.digest in sha256 else "", esc(a.reason)]
         for a in plan.actions], num=(3,), narrow_hide=(2, 4)))
     s.append("</details></main></body></html>\n")
     return "".join(s)
