@@ -855,7 +855,7 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait, fmt) -> None:
 
     def show(shown) -> None:
         for rid, qs in shown.per_run if fmt == "table" else ():
-            out(f"run {rid}: {len(qs)} quarantined file(s), {report.human(sum(q['size'] for q in qs))}\n")
+            out(f"run {rid}: {len(qs)} quarantined file(s), {report.human(sum(q.size for q in qs))}\n")
     got = free_quarantine(PurgeRequest(run_ref, target, comfyui, permanent, yes, wait), Asking(ui, show))
     if fmt == "json":
         out(report.dumps(outcome.doc(got)))

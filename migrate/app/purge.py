@@ -82,7 +82,7 @@ def purge(req: PurgeRequest, io: Io) -> PurgeOutcome:
         for q in items:
             why = purge_check(q)
             if why:
-                io.warn(f"{show(q['q'])}: {why}; kept")
+                io.warn(f"{show(q.q)}: {why}; kept")
                 kept.append({"path": q.q, "why": why})
                 continue
             try:
@@ -96,7 +96,7 @@ def purge(req: PurgeRequest, io: Io) -> PurgeOutcome:
                 if st.st_nlink == 1:      # its last name: the bytes are freed (two names count once)
                     freed += q.size
             except Exception as exc:   # send2trash raises many kinds; the file simply stays
-                io.warn(f"{show(q['q'])}: cannot use the trash ({exc}); kept "
+                io.warn(f"{show(q.q)}: cannot use the trash ({exc}); kept "
                         "(use --permanent to delete instead)")
                 kept.append({"path": q.q, "why": f"cannot use the trash ({exc})"})
     return PurgeOutcome(ExitCode.PROBLEMS if kept else ExitCode.OK, "done", per_run, req.permanent, freed, kept,
