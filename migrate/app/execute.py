@@ -219,7 +219,8 @@ class _Runner:
         assert a.stored is not None and a.dst is not None
         try:
             st = os.lstat(a.stored)
-            if not stat.S_ISREG(st.st_mode) or st.st_size != a.size:    # replaced since the plan
+            # replaced since the plan (it knows the stored copy by its size: identity.changes)
+            if not stat.S_ISREG(st.st_mode) or identity.changes(st, identity.Observed(None, None, a.size, None)):
                 raise OSError(errno.ESTALE, "the stored copy changed since the plan; nothing linked", a.stored)
         except OSError as exc:
             s = self.begin(Op.DEDUPE, stored=a.stored, **facts)

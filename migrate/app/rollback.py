@@ -694,7 +694,7 @@ def foresee(undos: Sequence[Undo]) -> Dict[int, str]:
                 st = os.stat(p)
             except OSError:
                 continue
-            if stat.S_ISREG(st.st_mode) and st.st_size == (st.st_size if r.size is None else r.size):
+            if stat.S_ISREG(st.st_mode) and not identity.changes(st, Observed(None, None, r.size, None)):
                 left.append(p)
         if left:
             back.add(key)

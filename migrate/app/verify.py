@@ -419,7 +419,7 @@ def check_names(runs: Sequence[Run], order: Dict[str, List[str]], quick: bool, d
         real = os.path.realpath(got)
         try:
             if quick or digest is None:
-                same = os.stat(real).st_size == size
+                same = size is not None and not identity.changes(os.stat(real), identity.Observed(None, None, size, None))
             else:
                 if real not in digests:
                     digests[real] = read_digest(real, cache, on_bytes)
@@ -439,7 +439,7 @@ def _compare_stat(path: str, c: Claim, real_target: str, catalogue: Mapping,
     st = os.stat(path)      # followed, as ComfyUI opens it
     if not stat.S_ISREG(st.st_mode):
         raise FileNotFoundError(path)
-    if st.st_size != c.size:
+    if c.size is None or identity.changes(st, identity.Observed(None, None, c.size, None)):
         return "changed"
     want = c.mtime_ns
     if want is None:

@@ -13,8 +13,8 @@ listed are free (later versions add some).
 One name per meaning for a file's facts: a step record's `src_dev`/`src_ino` (with `size`, `mtime_ns`)
 are its source's as scanned (logs of earlier versions spell them `dev`/`ino`: read as well), a
 dedupe's `stored_dev`/`stored_ino` the stored copy's, a done record's `dst_*` the published file's own
-stat, a staged record's `tmp_*` the verified copy's before its publish. `Step.placed` is the one
-answer to "which file did this step put at its `dst`" (steps.Op.placed_ino asked it of a dict).
+stat, a staged record's `tmp_*` the verified copy's before its publish. `placed_ino` is the one
+answer to "which inode did this step put at its `dst`".
 """
 from __future__ import annotations
 
