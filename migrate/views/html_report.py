@@ -309,8 +309,8 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str | None = Non
                  f'{u["cost_per_month"]:.2f}', esc(u["category"]),
                  f'<span class="path">{esc(u["name"])}</span>'] for u in workflows["unused"]], num=(0, 1)) + "</details>")
         if workflows.get("templated"):
-            s.append(f'<p>{len(workflows["templated"])} model(s) named only by a template or a custom-node example '
-                     "workflow: not unused (a template loads them).</p>")
+            s.append(f'<p>{len(workflows["templated"])} model(s) named only by a template, a custom-node example '
+                     "workflow or a subgraph blueprint: not unused (they load them).</p>")
             s.append("<details><summary>list them</summary>" + _table(["size", "category", "name", "named by"], [
                 [esc(report.human(t["size"])), esc(t["category"]), f'<span class="path">{esc(t["name"])}</span>',
                  f'<span class="path">{esc(report.template_name(t))}</span>'] for t in workflows["templated"]],
