@@ -7,7 +7,6 @@ shell.py. Start-up stays short by importing what a command needs inside that com
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from collections import Counter
 
@@ -175,6 +174,7 @@ def scan(ui: Ui, comfyui, sources, fmt, no_cache, duplicates, source_is_models) 
 
 def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> None:
     """The plan for people (or JSON). quiet (-q): no line per file, the totals and what needs a look."""
+    from migrate.views.outcome import fit_lines
     if fmt == "json":
         out(report.dumps(report.plan_doc(plan)))
         return
@@ -203,11 +203,6 @@ def print_plan(plan, fmt: str, verbose: bool = False, quiet: bool = False) -> No
         out("warning: " + "\n".join(report.wrap(w, paths, verbose, len("warning: "))) + "\n")
     for line in report.finding_lines(plan.findings, plan.sources):
         out("audit: " + "\n".join(report.wrap(line, paths, verbose, len("audit: "))) + "\n")
-
-
-def fit_lines(text: str) -> str:
-    """Each line of a YAML diff shortened in the middle to report.WIDTH columns (-v: whole)."""
-    return "".join(report.middle(line, report.WIDTH) + "\n" for line in text.splitlines())
 
 
 @cli.command("plan", context_settings=CONTEXT)
@@ -394,6 +389,17 @@ class Asking:
         confirm(question, False)
 
 
+def emit(ui: Ui, said) -> None:
+    """Print what a view says (views.outcome.Lines: (channel, text)), in order."""
+    for channel, text in said:
+        if channel == "out":
+            out(text)
+        elif channel in ("warn", "info", "debug"):
+            getattr(ui, channel)(text)
+        else:
+            shell.err(text)
+
+
 def wait_option(f):
     return click.option("--wait", type=click.FloatRange(min=0, max=7 * 86400), default=900, show_default=True,
                         metavar="SECONDS", callback=_a_number,
@@ -455,21 +461,20 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
     import dataclasses
 
     from migrate.app.migrate import migrate
+    from migrate.views import outcome
     fmt = kw.pop("fmt")
     if fmt == "json" and not yes and not dry_run:
         raise NotConfirmed("run --format json never asks (no summary would be seen before the question)",
                            "pass --yes, or look first with `comfy-migrate plan --format json`")
     req = plan_request(kw, dry_run=dry_run, yes=yes, while_running=while_running, wait=wait, argv=tuple(sys.argv))
     got = migrate(req, Asking(ui, lambda plan: show_summary(ui, plan, fmt)))
-    if got.state == "done":
-        got = dataclasses.replace(got, page=run_page(ui, got, kw, req.price))
     if got.state == "dry_run":
         print_plan(got.plan, fmt, ui.verbosity > 0, ui.verbosity < 0)
         exit_if_unfit(got.plan)
-    elif got.state == "nothing_to_do":
-        nothing_to_do(ui, got, fmt, req)
     else:
-        show_run(ui, got, fmt, req)
+        if got.state == "done":
+            got = dataclasses.replace(got, page=run_page(ui, got, kw, req.price))
+        emit(ui, outcome.lines(got, fmt, ui.verbosity, again=req.given(got.plan.target)))
     sys.exit(got.exit_code)
 
 
@@ -486,47 +491,6 @@ def run_page(ui: Ui, got, kw: dict, price: float):
     except Exception as exc:         # noqa: BLE001 (the run has migrated: a bad page never hides its undo line)
         ui.warn(f"the run's report page was not written ({type(exc).__name__}); the run itself is done")
     return None
-
-
-def show_run(ui: Ui, got, fmt: str, req) -> None:
-    """What `run` prints once it ran (app.migrate.MigrateOutcome)."""
-    from migrate.core.comfy import BEGIN_MARK
-    from migrate.views import outcome
-    rep, plan, left, page, running = got.report, got.plan, got.stayed, got.page, got.running
-    deploy = outcome.deploy(got)
-    if fmt == "json":
-        out(report.dumps(outcome.doc(got)))
-    else:
-        out(f"\nrun {rep.run_id}{' (continued)' if rep.resumed else ''}: placed {rep.placed} files, "
-            f"copied {report.human(rep.copied_bytes)}, removed {rep.removed} source names\n")
-        tgt = shlex.quote(report.show(plan.target))
-        quiet = ui.verbosity < 0      # -q: what was done, how to undo it, the restart
-        if rep.quarantine_bytes:
-            out(f"quarantine holds {report.human(rep.quarantine_bytes)}; free it with: "
-                f"comfy-migrate purge {rep.run_id} --target {tgt}\n")
-        if not quiet:
-            out(f"audit log: {report.show(rep.log_path)}\n")
-        out(f"undo with: comfy-migrate rollback {rep.run_id} --target {tgt}\n")
-        if page and not quiet:
-            out(f"report: {report.show(page)}\n")
-        first = plan.yaml_changes and BEGIN_MARK not in (plan.yaml_before or "")
-        if deploy and (first or ui.verbosity > 0) and not quiet:
-            out("\nDockerfile (an image carrying ComfyUI, the models on the volume):\n")
-            out("".join(f"  {report.show(line)}\n" for line in deploy["dockerfile"]))
-            out("".join(f"{line}\n" for note in deploy["notes"] for line in deploy_note(note, plan, ui.verbosity > 0)))
-        if deploy and not quiet:
-            out("check once ComfyUI runs:\n" + "".join(f"  {report.show(line)}\n" for line in deploy["check"]))
-        if rep.yaml_written:
-            out("\nrestart ComfyUI now: it reads extra_model_paths.yaml only at start-up"
-                + (f" (still running with the old folders: {', '.join(r.describe() for r in running)})"
-                   if running else "") + "\n")
-    for p in rep.problems:
-        ui.warn(f"{report.show(p.path)}: {p.message}")
-    for n in rep.notes:
-        ui.warn(report.show(n))
-    if left and fmt == "table":
-        ui.warn(f"{stayed_summary(left, len('warning: '))};")      # the command on a line of its own: whole
-        shell.err(f"  `comfy-migrate plan{req.given(plan.target)}` says why for each")
 
 
 # --- attach --------------------------------------------------------------------------------------
@@ -566,97 +530,10 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait, comfyui_
     if fmt == "json" and not yes and not dry_run:
         raise NotConfirmed("attach --format json never asks", "pass --yes, or look first with --dry-run")
     req = AttachRequest(comfyui, target, base_path, dry_run, yes, wait, comfyui_args, tuple(sys.argv))
-    got = attach_pod(req, Asking(ui, lambda shown: show_attach(ui, shown) if fmt == "table" else None))
-    if fmt == "json":
-        out(report.dumps(outcome.doc(got)))
-    elif got.state == "attached":
-        ui.info(f"attached already: {report.show(got.plan.yaml_path)} searches {report.show(got.target)} first; "
-                "nothing written")
-    elif got.state == "done" and got.report is not None:
-        rep = got.report
-        out(f"\nattach {rep.run_id}: {'YAML written' if rep.yaml_written else 'YAML unchanged'}, "
-            f"{len(got.plan.store_folders)} store folder(s) made\n"
-            f"undo with: comfy-migrate rollback {rep.run_id} --target {shlex.quote(report.show(got.target))}\n")
-        if rep.yaml_written and got.running:
-            out(f"restart ComfyUI now: it reads extra_model_paths.yaml only at start-up "
-                f"({', '.join(r.describe() for r in got.running)})\n")
-    for p in (got.report.problems if got.report else []):
-        ui.warn(f"{report.show(p.path)}: {p.message}")
-    for n in (got.report.notes if got.report else []):
-        ui.warn(report.show(n))
+    got = attach_pod(req, Asking(ui, lambda shown: emit(ui, outcome.attach_preview(shown, ui.verbosity))
+                                 if fmt == "table" else None))
+    emit(ui, outcome.lines(got, fmt, ui.verbosity))
     sys.exit(got.exit_code)
-
-
-def show_attach(ui: Ui, got) -> None:
-    """What attach shows before it asks (and all a dry run shows): the YAML diff, the folders, the names."""
-    import textwrap
-    home, target, plan = got.home, got.target, got.shown
-    verbose = ui.verbosity > 0
-    room = (report.WIDTH - 54) // 2        # the two paths share what the words leave
-    out(f"attach {report.show(home) if verbose else report.middle(home, room)} to the store "
-        f"{report.show(target) if verbose else report.middle(target, room)} (no model file is moved or read)\n")
-    diff = report.yaml_diff(plan)
-    if diff:
-        out(f"\nextra_model_paths.yaml change:\n{diff if verbose else fit_lines(diff)}")
-    if plan.store_folders:
-        out("\n" + "\n".join(textwrap.wrap(f"store folders to make ({len(plan.store_folders)}): " + ", ".join(
-            report.show(os.path.basename(d)) for d in plan.store_folders), report.WIDTH, subsequent_indent="  ",
-            break_long_words=False, break_on_hyphens=False)) + "\n")
-    for line in report.name_change_lines(plan, when="after attach"):
-        out(line + "\n")
-    for w in plan.warnings:
-        ui.warn(w)
-
-
-def deploy_note(note: str, plan, verbose: bool) -> list:
-    """A Dockerfile note as comment lines of report.WIDTH columns, its paths shortened in the middle
-    (-v: whole; the COPY line above names the YAML whole)."""
-    import textwrap
-    note = report.show(note)
-    if not verbose:
-        for path in (plan.yaml_path, plan.target):
-            if path:
-                note = note.replace(report.show(path), report.middle(path, 60))
-    return textwrap.wrap(note, report.WIDTH, initial_indent="  # ", subsequent_indent="  #   ",
-                         break_long_words=False, break_on_hyphens=False)
-
-
-def undo_line(u, verbose: bool) -> str:
-    """A rollback step in words, each path shortened in the middle so the line fits report.WIDTH
-    columns (-v: whole)."""
-    import re
-    text = report.show(u.describe())
-    op = u.rec.known
-    if verbose or len(text) <= report.WIDTH - 2 or op is None:
-        return text
-    fields = re.findall(r"{(\w+)}", op.undo_text)
-    room = (report.WIDTH - 2 - len(re.sub(r"{\w+}", "", op.undo_text))) // max(1, len(fields))
-    return op.describe_undo({k: report.middle(v, max(24, room)) if k in fields and isinstance(v, str) else v
-                             for k, v in u.rec.to_json().items()})
-
-
-def stayed_summary(left: list, lead: int = 0) -> str:
-    """'3 model file(s) stayed where they are, not in the store (2 conflict, 1 suspect; e.g. conflict: PATH)',
-    PATH shortened in the middle so that, after `lead` characters, the line fits report.WIDTH columns."""
-    kinds = Counter(why for _, why in left)
-    head = (f"{len(left)} model file(s) stayed where they are, not in the store ("
-            + ", ".join(f"{n} {why}" for why, n in sorted(kinds.items())) + f"; e.g. {left[0][1]}: ")
-    return head + report.middle(left[0][0], max(24, report.WIDTH - lead - len(head) - 2)) + ")"
-
-
-def nothing_to_do(ui: Ui, got, fmt: str, req) -> None:
-    """The end of a run with nothing to do: said (JSON too), with the files that stayed behind."""
-    from migrate.views import outcome
-    left, plan = got.stayed, got.plan
-    if fmt == "json":
-        out(report.dumps(outcome.doc(got)))
-    if left:
-        ui.warn(f"nothing to do, but {stayed_summary(left, len('warning: nothing to do, but '))};")
-        shell.err(f"  `comfy-migrate plan{req.given(plan.target)}` says why for each")
-    else:
-        ui.info("nothing to do: the target is up to date")
-    for line in report.warning_lines(plan) + report.finding_lines(plan.findings, plan.sources):
-        ui.debug(f"note: {line}")      # what `plan` said already; -v repeats it
 
 
 # --- rollback, history, purge, verify --------------------------------------------------------------
@@ -703,40 +580,10 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
         raise NotConfirmed("rollback --format json never asks (no summary would be seen before the question)",
                            "pass --yes, or look first with `comfy-migrate rollback --dry-run --format json`")
     req = RollbackRequest(run_ref, target, comfyui, yaml_path, dry_run, yes, wait)
-    got = undo_run(req, Asking(ui, lambda shown: out(
-        f"rollback of run {shown.plan.run_id}: {report.rollback_summary(shown.plan.undos, shown.kept)}\n"
-        "(`--dry-run` lists every step)\n")))
-    if fmt == "json":
-        out(report.dumps(outcome.doc(got)))
-    elif got.state == "nothing":
-        ui.info(got.message)
-    elif got.state == "dry_run":
-        out(f"rollback of run {got.plan.run_id} ({len(got.plan.undos)} steps, newest first):\n")
-        for u in got.plan.undos:
-            users = got.users.get(u.step)
-            out(f"  {report.show(got.doomed[u.step]) if u.step in got.doomed else undo_line(u, ui.verbosity > 0)}"
-                + (f" -> kept in the store instead: run(s) {', '.join(users)} rely on it" if users else "") + "\n")
-    else:
-        rep = got.report
-        out(f"run {rep.run_id} {'partly ' if rep.stranded else ''}rolled back: {rep.undone} steps undone, "
-            f"{len(rep.skipped)} skipped\n")
-        for p in rep.kept:
-            out(f"  {report.show(p.path)}: {p.message}\n")
-    if got.state == "dry_run" and got.doomed and fmt == "table":
-        shell.err(f"warning: {len(got.doomed)} source file(s) cannot be recreated: their stored copies are gone "
-                  "(the rollback would skip them and exit 1)")
+    got = undo_run(req, Asking(ui, lambda shown: emit(ui, outcome.rollback_preview(shown))))
     if got.state == "done":
-        rep = got.report
-        mark_page_rolled_back(ui, got.plan.log, rep)
-        for p in rep.skipped:
-            ui.warn(f"{report.show(p.path)}: {p.message}")
-        if rep.stranded:
-            for p in rep.stranded:
-                ui.warn(f"{report.show(p.path)}: {p.message}")
-            ui.warn(f"rollback not finished: {len(rep.stranded)} model file(s) are not back in the pod; the YAML's "
-                    "comfy-migrate section stays, so their names keep loading from the store. Fix the cause above, "
-                    f"then run `comfy-migrate rollback {rep.run_id} --target {shlex.quote(report.show(got.target))} "
-                    "--yes` again")
+        mark_page_rolled_back(ui, got.plan.log, got.report)
+    emit(ui, outcome.lines(got, fmt, ui.verbosity))
     sys.exit(got.exit_code)
 
 
@@ -853,19 +700,9 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait, fmt) -> None:
     from migrate.app.purge import PurgeRequest, purge as free_quarantine
     from migrate.views import outcome
 
-    def show(shown) -> None:
-        for rid, qs in shown.per_run if fmt == "table" else ():
-            out(f"run {rid}: {len(qs)} quarantined file(s), {report.human(sum(q.size for q in qs))}\n")
-    got = free_quarantine(PurgeRequest(run_ref, target, comfyui, permanent, yes, wait), Asking(ui, show))
-    if fmt == "json":
-        out(report.dumps(outcome.doc(got)))
-    elif got.state == "empty":
-        out(f"the quarantine of {'this run' if run_ref else 'every run of this pod'} is empty\n")
-    else:
-        verb = "deleted" if permanent else "moved to the trash"
-        out(f"{report.human(got.freed)} {verb}; {len(got.kept)} files kept\n")
-        for where in got.trash:
-            out(f"trash: {report.show(where)}\n  (empty it to free the space: its files are still on that disk)\n")
+    got = free_quarantine(PurgeRequest(run_ref, target, comfyui, permanent, yes, wait),
+                          Asking(ui, lambda shown: emit(ui, outcome.purge_preview(shown, fmt))))
+    emit(ui, outcome.lines(got, fmt, ui.verbosity, run_ref=run_ref))
     sys.exit(got.exit_code)
 
 
@@ -897,52 +734,9 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt, comfyui_ar
       comfy-migrate verify --comfyui-url http://127.0.0.1:8188
     """
     from migrate.app.verify_cmd import VerifyRequest, verify as verify_runs
+    from migrate.views import outcome
     got = verify_runs(VerifyRequest(run_ref, comfyui, target, comfyui_url, quick, comfyui_args), Asking(ui))
-    res, home, launch = got.result, got.home, got.launch
-    if fmt == "json":
-        out(report.dumps(res))
-    else:
-        for rid in res["runs"]:
-            out(f"attach {rid}: the YAML only, no file placed\n" if rid in res.get("attaches", ()) else
-                f"run {rid}: {res['per_run'][rid]} files checked\n")
-        if launch is not None and launch.args:
-            out(f"  names resolved as ComfyUI started with {report.show(launch.shell_args())} ({launch.origin})\n")
-        if quick:
-            out(f"  quick: sizes and mtimes compared with the log, no file read"
-                + (f" ({len(res['size_only'])} by size alone: no mtime of theirs is logged)" if res["size_only"] else "")
-                + "; run without --quick to re-hash\n")
-        if res.get("moved"):
-            out(f"  the target moved with its volume: paths logged under {res['moved']['from']} are read under "
-                f"{res['moved']['to']}\n")
-        for name in res["unset_variables"]:
-            out(f"  unset: the YAML's base_path uses ${name}, which is not set here; ComfyUI started "
-                f"without it finds none of these models (export {name}=...)\n")
-        if res.get("names_checked"):
-            out(f"  {res['names_checked']} model names checked: each loads the bytes the run recorded"
-                + (f", but for {len(res['names_changed'])}" if res["names_changed"] else "") + "\n")
-        if res.get("not_attached"):
-            out(f"  ComfyUI does not search the store first for the names this pod's runs placed: "
-                f"{report.show(res['not_attached'])}; run `comfy-migrate attach` ("
-                + (f"--comfyui {shlex.quote(report.show(home))} " if home else "")
-                + f"--target {shlex.quote(report.show(got.target))}), then (re)start ComfyUI\n")
-        for kind in ("missing", "changed", "shadowed", "broken_link_backs", "dangling_links", "names_changed",
-                     "not_listed_by_comfyui"):
-            for p in res.get(kind, []):
-                out(f"  {kind}: {report.show(p)}\n")
-        if res.get("comfyui"):
-            c = res["comfyui"]
-            out(f"  ComfyUI at {comfyui_url}: {c['nodes']} node types; {c['checked'] - len(c['not_listed'])} of "
-                f"{c['checked']} names listed" + (f" ({len(c['unchecked'])} not in any list of its: custom-node "
-                                                   "folders, files it shows under no name)" if c["unchecked"] else "")
-                + "\n")
-            if c["stale"]:
-                out(f"  ComfyUI was started before the YAML changed: restart it ({c['stale']})\n")
-            elif c.get("note"):
-                out(f"  note: {c['note']}\n")
-        if res["orphaned"] and not res.get("not_attached"):
-            out(f"  note: {len(res['orphaned'])} file(s) in the target this pod's YAML does not list (other pods' "
-                f"folders, or leftovers), e.g. {report.show(res['orphaned'][0])}; --format json lists them\n")
-        out("all good\n" if res["ok"] else "problems found\n")
+    emit(ui, outcome.lines(got, fmt, ui.verbosity, url=comfyui_url, quick=quick))
     sys.exit(got.exit_code)
 
 

@@ -967,6 +967,7 @@ class Fleet:
 
     def check_store(self, catalogue: bool) -> list:
         from migrate.disk import catalogue as store_catalogue
+        from migrate.core.records import load
         from migrate.disk.runlog import check_log
         errs = []
         have = set()
@@ -990,7 +991,7 @@ class Fleet:
                 records = read_log(os.path.join(runs, n))[0]       # chain and checksums
                 open_runs += records[-1].get("type") != "close" and not n.endswith(".rollback.jsonl")
                 if not n.endswith(".rollback.jsonl"):
-                    check_log(records, os.path.join(runs, n))     # and a run's paths inside its folders
+                    check_log(load(records, os.path.join(runs, n)), os.path.join(runs, n))     # and a run's paths
             except MigrateError as exc:
                 errs.append(f"log {n} invalid: {exc}")
         if catalogue:
@@ -1374,9 +1375,10 @@ def t_stale(t: Trial, kind: str, rng: random.Random, warm: str, when: str, purge
         change_and_record()
     else:
         def pre():     # in the forked `run`: the change lands while it would wait for the lock, or
-            import migrate.cli            # after its plan under the lock, before its first step
+            import migrate.app.migrate    # after its plan under the lock, before its first step
             import migrate.app.execute
-            module, name = (migrate.cli, "take_lock") if when == "lock-wait" else (migrate.app.execute, "execute_plan")
+            module, name = ((migrate.app.migrate, "take_lock") if when == "lock-wait"
+                            else (migrate.app.execute, "execute_plan"))
             real = getattr(module, name)
 
             def changed_first(*a, **kw):

@@ -18,7 +18,7 @@ from migrate.app.purge import PurgeRequest, purge
 from migrate.app.rollback_cmd import RollbackRequest, rollback
 from migrate.app.verify_cmd import VerifyRequest, verify
 from migrate.core.errors import ExitCode, NotConfirmed
-from migrate.views.outcome import doc
+from migrate.views.outcome import doc, lines
 
 
 def build_pod(root: Path):
@@ -49,6 +49,11 @@ def same(doc: dict, root: str, runs: list) -> str:
 def contents(snap: dict) -> dict:
     """Each entry's kind, mode and bytes, outside the store's state folder (the run's logs stay)."""
     return {k: (v[0], v[1], v[5]) for k, v in snap.items() if ".comfy-migrate" not in k}
+
+
+def stdout(said) -> str:
+    """What a command prints on stdout of the lines a view says (views.outcome.lines)."""
+    return "".join(text for channel, text in said if channel == "out")
 
 
 def run_ids(target: str) -> list:
@@ -87,6 +92,8 @@ def test_migrate_verify_rollback_in_process_as_the_cli_says(twins, cli_env, tmp_
     assert same(doc(again), a_root, run_ids(a_store)) == same(cli_again, b_root, run_ids(b_store))
 
     checked = verify(VerifyRequest(comfyui=a_home, target=a_store), Quiet())
+    said = run_cli(["verify", "--comfyui", a_home, "--target", a_store], cli_env).stdout      # the text, same pod
+    assert stdout(lines(checked, "table")) == said and said.endswith("all good\n")
     cli_checked = cli_json(["verify", "--comfyui", b_home, "--target", b_store], cli_env, 0)
     assert checked.exit_code == 0 and doc(checked)["ok"]
     assert same(doc(checked), a_root, run_ids(a_store)) == same(cli_checked, b_root, run_ids(b_store))
@@ -95,6 +102,8 @@ def test_migrate_verify_rollback_in_process_as_the_cli_says(twins, cli_env, tmp_
     cli_preview = cli_json(["rollback", "--target", a_store, "--comfyui", a_home, "--dry-run"], cli_env, 0)
     assert (preview.state, preview.exit_code, doc(preview)) == ("dry_run", 0, cli_preview)
     assert len(preview.plan.undos) == len(doc(preview)["steps"]) > 0
+    said = run_cli(["rollback", "--target", a_store, "--comfyui", a_home, "--dry-run"], cli_env).stdout
+    assert stdout(lines(preview, "table")) == said and said.startswith(f"rollback of run {run_ids(a_store)[0]} (")
 
     undone = rollback(RollbackRequest(target=a_store, comfyui=a_home, yes=True), Quiet())
     cli_undone = cli_json(["rollback", "--target", b_store, "--comfyui", b_home, "--yes"], cli_env, 0)

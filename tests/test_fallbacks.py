@@ -18,9 +18,9 @@ import pytest
 
 from conftest import as_model, run_cli, snapshot_tree
 from test_rollback import snapshot
-from migrate import fsops
-from migrate.journal import read_log
-from migrate.model import Method, Policy
+from migrate.disk import fsops
+from migrate.disk.journal import read_log
+from migrate.core.model import Method, Policy
 
 
 def small_pod(tmp_path: Path) -> Path:
@@ -36,7 +36,7 @@ def small_pod(tmp_path: Path) -> Path:
 
 
 def plan_in_process(comfyui: Path, target: Path):
-    from migrate.facts import gather, make_plan
+    from migrate.disk.facts import gather, make_plan
     facts = gather([str(comfyui / "models")], str(target), str(comfyui / "extra_model_paths.yaml"), None)
     return make_plan(facts, Policy())
 
@@ -103,7 +103,7 @@ def _refuse_links_into(monkeypatch, target: Path, code: int, only_from_store: bo
 
 
 def test_an_emlink_on_a_dedupe_falls_back_to_a_symlink_and_rollback_is_exact(tmp_path, cli_env, monkeypatch):
-    from migrate.execute import execute_plan
+    from migrate.app.execute import execute_plan
     comfyui = small_pod(tmp_path)
     target = tmp_path / "store"
     before = snapshot(comfyui, target)
@@ -122,7 +122,7 @@ def test_an_emlink_on_a_dedupe_falls_back_to_a_symlink_and_rollback_is_exact(tmp
 
 def test_an_errno_that_names_no_refusal_fails_the_step_and_tries_nothing_else(tmp_path, cli_env, monkeypatch):
     """EIO is not in FALLS_BACK_ON: the link fails, no copy is made, the source stays where it is."""
-    from migrate.execute import execute_plan
+    from migrate.app.execute import execute_plan
     assert errno.EIO not in fsops.FALLS_BACK_ON[(Method.HARDLINK, Method.COPY)]
     comfyui = small_pod(tmp_path)
     target = tmp_path / "store"
@@ -149,7 +149,7 @@ def test_an_errno_that_names_no_refusal_fails_the_step_and_tries_nothing_else(tm
 def test_a_moves_link_falls_back_only_on_its_named_errnos(tmp_path, monkeypatch, code, fallback):
     """EACCES is named for a dedupe's symlink (FALLBACK_ERRNOS) but not for a move's copy: a copy into
     the same folder would be refused the same way."""
-    from migrate.execute import execute_plan
+    from migrate.app.execute import execute_plan
     comfyui = small_pod(tmp_path)
     target = tmp_path / "store"
     plan = plan_in_process(comfyui, target)
