@@ -116,15 +116,21 @@ def render(cat: Catalogue) -> bytes:
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
+def unchanged(e: Entry, ident: Ident, ctime_ns: Optional[int]) -> bool:
+    """The file walked now (`ident`, `ctime_ns`) is still the one the entry recorded: identity.same with
+    its ctime (no user sets it back; an entry without one is never trusted). The store is shared by
+    pods, each mounting it with its own device number: identity.Dev.IGNORE."""
+    from migrate.disk import identity
+    return e.ctime_ns is not None and ctime_ns is not None and identity.same(
+        identity.Observed(None, *ident, ctime_ns), identity.Observed(None, *e.ident, e.ctime_ns),
+        dev=identity.Dev.IGNORE)
+
+
 def lookup(cat: Catalogue, rel: str, ident: Ident, ctime_ns: int) -> Optional[str]:
     """The recorded digest of `rel` if the file is still the one recorded (ctime too), else None.
     Its SHA-256 and BLAKE3, when recorded, become known with it (hashing.extras)."""
-    from migrate.disk import identity
     e = cat.get(rel)
-    # The store is shared by pods, each mounting it with its own device number: identity.Dev.IGNORE.
-    if e is not None and e.ctime_ns is not None and identity.same(
-            identity.Observed(None, *ident, ctime_ns), identity.Observed(None, *e.ident, e.ctime_ns),
-            dev=identity.Dev.IGNORE):
+    if e is not None and unchanged(e, ident, ctime_ns):
         if e.sha256 and e.blake3:
             from migrate.disk.hashing import remember_extras
             remember_extras(e.digest, e.sha256, e.blake3)
@@ -166,7 +172,7 @@ def reconcile(walked: Iterable[Walked], known_by_rel: Known, known_by_ident: Dic
     by_ident = dict(known_by_ident)
     now = {rel: (ident, ctime_ns) for rel, ident, ctime_ns in walked}
     # An old entry vouches for its inode (and so for hardlinks of it) only while unchanged since.
-    by_ident.update({e.ident: e.digest for e in old.values() if now.get(e.rel) == (e.ident, e.ctime_ns)})
+    by_ident.update({e.ident: e.digest for e in old.values() if e.rel in now and unchanged(e, *now[e.rel])})
     cat: Catalogue = {}
     for _ in range(2):      # a second pass reaches hardlinks of files first known in the first
         for rel, ident, ctime_ns in walked:
@@ -174,7 +180,7 @@ def reconcile(walked: Iterable[Walked], known_by_rel: Known, known_by_ident: Dic
                 continue
             prev = old.get(rel)
             hit = known_by_rel.get((rel, ident[1], ident[2]))
-            if hit is None and prev is not None and prev.ident == ident and prev.ctime_ns == ctime_ns:
+            if hit is None and prev is not None and unchanged(prev, ident, ctime_ns):
                 hit = (prev.digest, prev.run)
             if hit is None:
                 hit = logged.get((rel, ident))

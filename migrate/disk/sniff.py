@@ -49,8 +49,11 @@ class VerdictCache:
                 self._known = {}
 
     def get(self, s: Stamp) -> Optional[audit.Verdict]:
+        now = identity.Observed(*s)
         hit = self._new.get(s[:2]) or self._known.get(s[:2])
-        if hit and hit[:3] == s[2:5] and not racy(s, hit[3]):
+        # the digest cache's trust rule (hashing.DigestCache.get): size, mtime and ctime exactly
+        if hit and hit[2] is not None and identity.same(now, now._replace(size=hit[0], mtime_ns=hit[1], ctime_ns=hit[2])) \
+                and not racy(s, hit[3]):
             try:
                 return audit.Verdict.from_json(hit[4])
             except (ValueError, KeyError, TypeError):
@@ -191,7 +194,7 @@ def sidecar_witnesses(scan: ScanResult, digests: Optional[DigestCache]) -> Tuple
     compared with their bytes: mismatches, and the paths verified upstream. The model's SHA-256 comes
     from the digest cache where it vouches for the file, else from a read of its bytes (computing all
     three hashes, cached); sidecars are read only when present."""
-    from migrate.disk.hashing import Hasher, extras, hash_path, stamp
+    from migrate.disk.hashing import Hasher, extras
     findings: List[Finding] = []
     verified: List[str] = []
     for r in scan.records:
