@@ -163,3 +163,18 @@ def test_a_read_only_bind_mount_is_named_as_such(tmp_path, cli_env, ro_bind):
     p = run_cli(["plan", *args], cli_env, check=3)
     assert "not writable (a read-only filesystem)" in p.stderr, p.stderr
     assert "--mode copy" in p.stderr
+
+
+def test_history_marks_an_attach(tmp_path, cli_env):
+    """An attach is a YAML-only run in the store's history: before, its row read like a migration
+    that moved nothing ("0", "0 B"), with no word of attach in the table or the JSON."""
+    comfyui, store, args = small_pod(tmp_path)
+    run_cli(["run", *args, "--yes"], cli_env)
+    second = tmp_path / "second" / "ComfyUI"
+    second.mkdir(parents=True)
+    (second / "main.py").write_text("")
+    run_cli(["attach", "--comfyui", second, "--target", store, "--yes"], cli_env)
+    rows = json.loads(run_cli(["history", "--target", store, "--format", "json"], cli_env).stdout)
+    assert [r["kind"] for r in rows] == ["run", "attach"], rows
+    lines = run_cli(["history", "--target", store], cli_env).stdout.splitlines()
+    assert [line for line in lines if "attach (YAML only)" in line] == [lines[-1]], lines
