@@ -178,3 +178,28 @@ def test_history_marks_an_attach(tmp_path, cli_env):
     assert [r["kind"] for r in rows] == ["run", "attach"], rows
     lines = run_cli(["history", "--target", store], cli_env).stdout.splitlines()
     assert [line for line in lines if "attach (YAML only)" in line] == [lines[-1]], lines
+
+
+@pytest.mark.parametrize("command", ["rollback", "purge", "attach"])
+def test_a_read_only_store_is_refused_with_exit_3_before_anything_changes(tmp_path, cli_env, ro_bind, command):
+    """rollback, purge and attach on a store mounted read-only: before, exit 1 ("finished, but some
+    files failed") with "file operation .../lock: Permission denied (nothing was lost: `comfy-migrate
+    run` (continues this run) ...": no run had begun, and run was not what to do."""
+    comfyui, store, args = small_pod(tmp_path)
+    (store / "loras").mkdir()      # a copy stored already: the pod's goes to quarantine (for purge)
+    shutil.copy2(comfyui / "models" / "loras" / "l0.safetensors", store / "loras" / "l0.safetensors")
+    run_cli(["run", *args, "--yes"], cli_env)
+    if command == "attach":
+        comfyui = tmp_path / "second" / "ComfyUI"
+        comfyui.mkdir(parents=True)
+        (comfyui / "main.py").write_text("")
+    ro_bind(store)
+    before = snapshot_tree(tmp_path)
+    p = run_cli([command, "--comfyui", comfyui, "--target", store, "--yes"], cli_env, check=3)
+    (line,) = p.stderr.splitlines()
+    assert f"error: the target {store} is not writable (a read-only filesystem at " in line, line
+    assert f"comfy-migrate {command} takes the lock" in line and "comfy-migrate run" not in line, line
+    doc = json.loads(run_cli([command, "--comfyui", comfyui, "--target", store, "--yes", "--format", "json"],
+                             cli_env, check=3).stdout)
+    assert doc["error"]["exit_code"] == 3, doc
+    assert snapshot_tree(tmp_path) == before
