@@ -203,3 +203,39 @@ def test_a_read_only_store_is_refused_with_exit_3_before_anything_changes(tmp_pa
                              cli_env, check=3).stdout)
     assert doc["error"]["exit_code"] == 3, doc
     assert snapshot_tree(tmp_path) == before
+
+
+def test_an_interrupted_attach_is_finished_by_the_next_attach(tmp_path, cli_env):
+    """Ctrl-C during attach: the message names the attach and how to finish or undo it, and the
+    next attach continues its log. Before: a bare "interrupted", then every attach refused (exit 3)
+    with "an interrupted run ... is pending (finish it with `comfy-migrate run` ...)": run migrates."""
+    comfyui, store, args = small_pod(tmp_path)
+    run_cli(["run", *args, "--yes"], cli_env)
+    second = tmp_path / "second" / "ComfyUI"
+    second.mkdir(parents=True)
+    (second / "main.py").write_text("")
+    attach = ["attach", "--comfyui", second, "--target", store, "--yes"]
+    p = run_cli(attach, dict(cli_env, COMFY_MIGRATE_CRASH_AT="int:2"), check=130)
+    line = p.stderr.splitlines()[-1]
+    assert "stopped part-way" in line and f"`comfy-migrate attach --comfyui {second} --target {store} --yes` again" in line, line
+    run_cli(attach, cli_env)
+    rows = json.loads(run_cli(["history", "--target", store, "--format", "json"], cli_env).stdout)
+    assert [(r["kind"], r["state"]) for r in rows] == [("run", "complete"), ("attach", "complete")], rows
+    assert str(store) in (second / "extra_model_paths.yaml").read_text()
+    run_cli(["verify", "--comfyui", second, "--target", store], cli_env)
+
+
+def test_ctrl_c_after_the_run_closed_its_log_does_not_say_nothing_changed(tmp_path, cli_env):
+    """A Ctrl-C landing after the run's last record (its log closed, every file moved): before, the
+    message said "the run stopped before its first step; nothing was changed"."""
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    _, twin_store, twin_args = small_pod(twin)
+    run_cli(["run", *twin_args, "--yes"], cli_env)
+    (log,) = (twin_store / STATE / "runs").glob("*.jsonl")
+    records = len(log.read_text().splitlines())
+    comfyui, store, args = small_pod(tmp_path)
+    p = run_cli(["run", *args, "--yes"], dict(cli_env, COMFY_MIGRATE_CRASH_AT=f"int:{records}"), check=130)
+    line = p.stderr.splitlines()[-1]
+    assert "had finished when interrupted (its log is closed)" in line and "nothing was changed" not in line, line
+    assert not list((comfyui / "models" / "loras").glob("*.safetensors"))

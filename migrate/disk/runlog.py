@@ -236,6 +236,21 @@ def left_folders(target: str, this_run: str) -> List[str]:
     return out
 
 
+def finished_here(target: str) -> Optional[str]:
+    """The id of the run this process wrote or continued (its header or a `resume` record names this
+    pid on this host), if its log is closed: a Ctrl-C that came after its last record found it done.
+    Only the newest logs are looked at: this process's is among them."""
+    for n, path in reversed(run_logs(target)[-8:]):
+        try:
+            records = read_log(path)[0]
+        except BadLog:
+            continue
+        if any(r.get("pid") == os.getpid() and r.get("host") == socket.gethostname()
+               for r in records if r is records[0] or r.get("type") == "resume"):
+            return n[:-len(".jsonl")] if records[-1].get("type") == "close" else None
+    return None
+
+
 def find_interrupted(target: str, sources: Optional[Sequence[str]] = None, yaml: Optional[str] = None) -> Optional[str]:
     """The newest run log with no closing record and no rollback: a run to continue.
 
