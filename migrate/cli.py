@@ -1145,7 +1145,8 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
                 store_catalogue.refresh(target, {}, {})
             except OSError as exc:
                 ui.warn(f"could not update the store's catalogue ({fsops.describe(exc)})")
-        with ui.progress("restoring") as (_, on_bytes), interrupted_rollback(records[0]["run"], target):
+        with ui.progress("restoring") as (_, on_bytes), interrupted_rollback(records[0]["run"], target), \
+                kept_reads():
             rep = execute_rollback(log, records, undos, on_bytes, relied, shared=any(
                 rid != records[0]["run"] for rid, _ in live), handed=handed, before_close=catalogue,
                 left_folders=left_folders(target, records[0]["run"]))
@@ -1169,6 +1170,17 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
                 f"then run `comfy-migrate rollback {rep.run_id} --target {shlex.quote(report.show(target))} --yes` again")
     if rep.skipped or rep.stranded:
         sys.exit(ExitCode.PROBLEMS)
+
+
+@contextlib.contextmanager
+def kept_reads():
+    """The files whose bytes rollback and purge re-read (to compare with the log) go into the user's
+    digest cache with their SHA-256 and BLAKE3, as scan, verify and audit's reads do (issue 24)."""
+    from migrate.hashing import keep_reads
+    try:
+        yield
+    finally:
+        keep_reads(open_cache(False))
 
 
 @contextlib.contextmanager
@@ -1294,7 +1306,7 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait, fmt) -> None:
     confirm(f"{'Delete' if permanent else 'Trash'} {len(items)} quarantined files ({report.human(total)}) of "
             f"{len(per_run)} run(s)?", yes)
     freed, kept, trash = 0, [], set()
-    with take_lock(ui, target, "comfy-migrate purge", wait):
+    with take_lock(ui, target, "comfy-migrate purge", wait), kept_reads():
         for q in items:
             why = purge_check(q)
             if why:

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from migrate import __version__, fsops, identity
 from migrate.report import human
 from migrate.errors import BadInput, BadLog, NoSpace
-from migrate.hashing import confirm_digest, hash_bytes
+from migrate.hashing import confirm_digest, extras, hash_bytes
 from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_begun, read_log, rollback_log_of, run_logs
 from migrate.lock import TargetLock
 from migrate.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal
@@ -264,8 +264,9 @@ class _Runner:
         tmp = temp_name(os.path.dirname(a.dst), os.path.basename(a.dst), self.report.run_id)
         s = self.begin(Op.COPY, tmp=tmp, **facts)
         try:
-            digest, st = fsops.copy_and_hash(src, seen(a), tmp, self.on_bytes,
-                                             chunk=self.chunk)
+            # SHA-256 and BLAKE3 of this content came with the scan's read (or the cache): not again
+            digest, st = fsops.copy_and_hash(src, seen(a), tmp, self.on_bytes, chunk=self.chunk,
+                                             extra=None if extras(a.digest) is None else False)
             if digest != a.digest:
                 os.unlink(tmp)
                 raise OSError(errno.EIO, f"copy digest {digest} differs from the scanned {a.digest}", src)
