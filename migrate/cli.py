@@ -14,9 +14,11 @@ from collections import Counter
 
 import click
 
-from migrate import __version__, fsops, report, shell
-from migrate.errors import BadInput, BadLog, ExitCode, MigrateError, NotConfirmed
-from migrate.model import Mode, OnConflict, Policy
+from migrate import __version__, shell
+from migrate.disk import fsops
+from migrate.views import report
+from migrate.core.errors import BadInput, BadLog, ExitCode, MigrateError, NotConfirmed
+from migrate.core.model import Mode, OnConflict, Policy
 from migrate.shell import Ui, open_cache, open_verdicts, out, resolve_sources, resolve_target, table
 
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
@@ -43,7 +45,7 @@ def cli(ctx: click.Context, quiet: int, verbose: int, hashes: str) -> None:
     """
     ctx.obj = Ui(verbose - quiet)
     if hashes != "all":
-        from migrate.hashing import set_hashes
+        from migrate.disk.hashing import set_hashes
         set_hashes(hashes)
 
 
@@ -176,10 +178,10 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
           comfyui_args=None):
     """Gather facts and make the plan. `again`: a re-plan (under the lock) whose warnings were
     already shown once."""
-    from migrate.facts import gather, make_plan
+    from migrate.disk.facts import gather, make_plan
     home, roots, launch = shell.resolve_pod(comfyui, sources, None if again else ui, source_is_models, comfyui_args)
     if home is not None and not sources:
-        from migrate.comfy import models_of_another_install
+        from migrate.core.comfy import models_of_another_install
         models = launch.models if launch is not None else os.path.join(home, "models")
         owner = models_of_another_install(home, models)
         if owner is not None:
@@ -207,7 +209,7 @@ def build(ui: Ui, comfyui, sources, target, yaml_path, mode, on_conflict, link_b
         ui.debug(f"store: {len(ts.records)} entries, {facts.catalogue_hits} digests from its catalogue, "
                  f"{ts.cached_files} from the cache, {ts.hashed_files} files read ({ts.hashed_bytes} bytes)")
     if not again:
-        from migrate.hashing import extras, hashes_on
+        from migrate.disk.hashing import extras, hashes_on
         known = {r.digest for sc in [*facts.sources, facts.target_scan] if sc is not None for r in sc.records if r.digest}
         lack = sum(1 for d in known if extras(d) is None)
         if lack and hashes_on():
@@ -335,14 +337,15 @@ def write_report(ui: Ui, plan, kw: dict, price: float, path: str, made: str = ""
                  done=None) -> str:
     """The plan's HTML page (html_report), written atomically; returns the path written. done: after
     a run, the numbers its terminal prints (html_report.render)."""
-    from migrate import fsops, html_report
+    from migrate.disk import fsops
+    from migrate.views import html_report
     if not path.lower().endswith((".html", ".htm")):     # never write over a file that is not a report
         raise BadInput(f"the report must be an .html file, not {path}", "name it e.g. plan.html")
     home, _ = resolve_sources(kw.get("comfyui"), kw.get("sources") or (), insist=True)
     doc = report.plan_doc(plan)
     changes = {(c.get("category"), c.get("name")): c.get("reason", "") for c in doc.get("name_changes", ())}
     flows = workflow_report(home, plan.yaml_path, price, changes, plan.launch) if home else None
-    from migrate.hashing import extras
+    from migrate.disk.hashing import extras
     sha256 = {a.digest: extras(a.digest)[0] for a in plan.actions if extras(a.digest)}
     page = html_report.render(plan, flows, made=made, name_changes=doc.get("name_changes"), done=done, sha256=sha256)
     path = os.path.abspath(path)
@@ -442,8 +445,8 @@ def wait_option(f):
 
 def take_lock(ui: Ui, target: str, purpose: str, wait: float, room: bool = False):
     """The target's lock, waiting for another pod's run (and saying whose) up to `wait` seconds."""
-    from migrate.execute import state_dir
-    from migrate.lock import TargetLock
+    from migrate.app.execute import state_dir
+    from migrate.disk.lock import TargetLock
 
     def on_wait(h: dict) -> None:
         if not h.get("host"):       # garbage, or being written: taken over once it stays so a moment
@@ -469,8 +472,8 @@ def take_lock(ui: Ui, target: str, purpose: str, wait: float, room: bool = False
 
 def clear_stale_lock(ui: Ui, target: str) -> None:
     """Nothing to do under the lock: still remove one a killed run or rollback left behind."""
-    from migrate.execute import state_dir
-    from migrate.lock import TargetLock
+    from migrate.app.execute import state_dir
+    from migrate.disk.lock import TargetLock
     if os.path.isdir(state_dir(target)):
         why = TargetLock(state_dir(target), "cleanup").clear_stale()
         if why:
@@ -479,7 +482,7 @@ def clear_stale_lock(ui: Ui, target: str) -> None:
 
 def memo_cache(facts):
     """The digests just gathered, as a cache for the re-plan under the lock (no byte read twice)."""
-    from migrate.hashing import DigestCache
+    from migrate.disk.hashing import DigestCache
     memo = DigestCache(None)
     for scan in facts.sources + ((facts.target_scan,) if facts.target_scan is not None else ()):
         for r in scan.records:
@@ -508,7 +511,7 @@ def show_summary(ui: Ui, plan, fmt: str) -> None:
             for line in findings:
                 ui.warn(line)
         elif findings:
-            from migrate.model import ActionKind
+            from migrate.core.model import ActionKind
             placed = {a.source for a in plan.actions if a.kind not in (ActionKind.SKIP, ActionKind.CONFLICT)}
             held = len({f.path for f in plan.findings if f.blocks and f.path not in placed})
             moved = len({f.path for f in plan.findings if f.path in placed})
@@ -540,17 +543,18 @@ def run(ui: Ui, dry_run: bool, yes: bool, while_running: bool, wait: float, **kw
     Example:
       comfy-migrate run --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models --yes
     """
-    from migrate import catalogue as store_catalogue
-    from migrate.execute import execute_plan, find_interrupted
-    from migrate.comfy import BEGIN_MARK
-    from migrate.facts import confirm_beliefs
-    from migrate.fleet import plan_changes
+    from migrate.disk import catalogue as store_catalogue
+    from migrate.app.execute import execute_plan
+    from migrate.disk.journal import find_interrupted
+    from migrate.core.comfy import BEGIN_MARK
+    from migrate.disk.facts import confirm_beliefs
+    from migrate.core.fleet import plan_changes
     fmt = kw.pop("fmt")
     price = kw.pop("price_per_gb_month")
     if fmt == "json" and not yes and not dry_run:
         raise NotConfirmed("run --format json never asks (no summary would be seen before the question)",
                            "pass --yes, or look first with `comfy-migrate plan --format json`")
-    from migrate.preflight import StoreChanged
+    from migrate.core.preflight import StoreChanged
     try:
         facts, plan = build(ui, **kw)
     except StoreChanged:
@@ -711,8 +715,8 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait, comfyui_
       comfy-migrate attach --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models --yes
       comfy-migrate attach --comfyui /ComfyUI --target /runpod-volume/models --yes     # a worker
     """
-    from migrate.attach import gather_attach, plan_attach
-    from migrate.comfy import find_comfyui
+    from migrate.app.attach import gather_attach, plan_attach
+    from migrate.core.comfy import find_comfyui
     if fmt == "json" and not yes and not dry_run:
         raise NotConfirmed("attach --format json never asks", "pass --yes, or look first with --dry-run")
     home = find_comfyui(comfyui)
@@ -768,7 +772,8 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait, comfyui_
             out(report.dumps(dict(doc, run=None, nothing_to_do=False, yaml_written=False)))
         return
     confirm(f"Point {home} at {target}?", yes)
-    from migrate.execute import execute_plan, find_interrupted      # only with work to do: start-up
+    from migrate.app.execute import execute_plan
+    from migrate.disk.journal import find_interrupted      # only with work to do: start-up
     with take_lock(ui, target, "comfy-migrate attach", wait) as lock:
         facts, got = planned()          # again under the lock: the store as it is now
         plan = got.plan
@@ -780,7 +785,7 @@ def attach(ui: Ui, comfyui, target, base_path, dry_run, yes, fmt, wait, comfyui_
             rep = execute_plan(plan, sys.argv, lock=lock, kind="attach")
     running = []
     try:
-        from migrate.running import find_running
+        from migrate.disk.running import find_running
         running = find_running(home)
     except OSError:
         pass
@@ -823,7 +828,7 @@ def undo_line(u, verbose: bool) -> str:
     """A rollback step in words, each path shortened in the middle so the line fits report.WIDTH
     columns (-v: whole)."""
     import re
-    from migrate.steps import Op
+    from migrate.core.steps import Op
     text = report.show(u.describe())
     op = Op.of({"op": u.op})
     if verbose or len(text) <= report.WIDTH - 2 or op is None:
@@ -838,11 +843,11 @@ def stayed_behind(plan, facts) -> list:
     """(path, why) of each model file the run left where it is: a conflict, a name the store cannot
     hold or one that folds onto another there (storerules.stay_kind), a file the audit held back, an unreadable file or one that changed while scanned, a name that is not UTF-8, a model
     file in no category folder. Exit 1 says so (README: exit codes)."""
-    from migrate.comfy import MODEL_EXTENSIONS
-    from migrate.model import ActionKind, Status
+    from migrate.core.comfy import MODEL_EXTENSIONS
+    from migrate.core.model import ActionKind, Status
     why = {Status.SUSPECT: "held-back", Status.UNREADABLE: "unreadable", Status.CHANGED: "changed",
            Status.BAD_NAME: "bad-name"}
-    from migrate.storerules import stay_kind
+    from migrate.core.storerules import stay_kind
     left = {a.source: stay_kind(a) for a in plan.actions if a.kind is ActionKind.CONFLICT}
     for s in facts.sources:
         for r in s.records:
@@ -866,8 +871,8 @@ def stayed_summary(left: list, lead: int = 0) -> str:
 
 def run_interrupted(plan, kw: dict):
     """Ctrl-C during a run: whether it changed anything, and the two commands that finish or undo it."""
-    from migrate.errors import Interrupted
-    from migrate.execute import find_interrupted
+    from migrate.core.errors import Interrupted
+    from migrate.disk.journal import find_interrupted
     log = find_interrupted(plan.target, plan.sources, plan.yaml_path)
     if log is None:
         return Interrupted("the run stopped before its first step; nothing was changed")
@@ -913,8 +918,8 @@ def running_comfyui(comfyui, yaml_path, allowed: bool, launch=None):
     """The ComfyUI processes running from this pod's ComfyUI folder; refuses (exit 3) while one
     runs unless `allowed`: it would keep serving the old folders until restarted. The refusal says
     which options to pass once it is stopped (then /proc no longer shows them)."""
-    from migrate.facts import find_comfyui
-    from migrate.running import find_running
+    from migrate.disk.facts import find_comfyui
+    from migrate.disk.running import find_running
     try:
         home = find_comfyui(comfyui)
     except MigrateError:
@@ -941,7 +946,7 @@ def comfyui_option(f):
 
 def require_store(target: str, what: str = "no runs in") -> str:
     """Read-only commands on a folder no run ever used say so (exit 6) rather than 'no runs yet'."""
-    from migrate.model import STATE_DIR
+    from migrate.core.model import STATE_DIR
     if not os.path.isdir(os.path.join(target, STATE_DIR)):
         raise BadLog(f"{what} {target} (it has no {STATE_DIR} folder): is --target right?",
                      "pass the store's folder as --target (default: $COMFY_MIGRATE_TARGET, else /workspace/models)")
@@ -952,11 +957,11 @@ def pod_log(ui: Ui, target: str, comfyui, live: bool, all_logs: bool = False, ya
     """The log of this pod's newest run (live: not rolled back; all_logs: the logs of all its runs, oldest
     first). A pod is its ComfyUI folder's YAML on the volume, not its host name (a redeploy gives a
     new one): verify.pod_runs decides."""
-    from migrate.facts import find_comfyui
-    from migrate.journal import RUNS_DIR
-    from migrate.model import STATE_DIR
-    from migrate.rollback import NothingToRollBack, all_runs, run_state
-    from migrate.verify import pod_runs
+    from migrate.disk.facts import find_comfyui
+    from migrate.disk.journal import RUNS_DIR
+    from migrate.core.model import STATE_DIR
+    from migrate.app.rollback import NothingToRollBack, all_runs, run_state
+    from migrate.app.verify import pod_runs
     try:
         home = find_comfyui(comfyui)
     except MigrateError:
@@ -1005,9 +1010,9 @@ def pod_log(ui: Ui, target: str, comfyui, live: bool, all_logs: bool = False, ya
 def newer_pod_runs(records, live, target: str):
     """The live runs of the same pod (its YAML) newer than this run, when this run wrote the YAML:
     their YAML changes were made on top of its section, and their names resolve through it."""
-    from migrate.journal import group_steps
-    from migrate.steps import Op
-    from migrate.verify import pod_runs
+    from migrate.disk.journal import group_steps
+    from migrate.core.steps import Op
+    from migrate.app.verify import pod_runs
     head = records[0]
     steps = group_steps(records)
     if not head.get("yaml") or not any(b["op"] == Op.YAML and b["step"] in steps.done for b in steps.begins):
@@ -1028,7 +1033,7 @@ def sweep_probe_leftovers(target: str, comfyui) -> None:
     """Scratch files and folders of a probe killed mid-way (a plan's or a run's, before any log):
     in the store (or the folder it would be made in) and in this pod's models folder, found by
     their name and removed, the folder's mtime put back (fsops.sweep_probes)."""
-    from migrate.facts import find_comfyui
+    from migrate.disk.facts import find_comfyui
     folders = [fsops.nearest_existing(target)]
     try:
         folders.append(os.path.join(find_comfyui(comfyui), "models"))
@@ -1066,9 +1071,9 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
       comfy-migrate rollback --target /workspace/models --dry-run
       comfy-migrate rollback 20261127T101500Z-3fa9c1 --target /workspace/models --yes
     """
-    from migrate import catalogue as store_catalogue
-    from migrate.fleet import droppable, reliance
-    from migrate.rollback import (NothingToRollBack, execute_rollback, find_log, foresee, kept_records, left_folders,
+    from migrate.disk import catalogue as store_catalogue
+    from migrate.core.fleet import droppable, reliance
+    from migrate.app.rollback import (NothingToRollBack, execute_rollback, find_log, foresee, kept_records, left_folders,
                                   live_runs, load_run, plan_rollback, settle, store_facts, users_of)
     if fmt == "json" and not yes and not dry_run:
         raise NotConfirmed("rollback --format json never asks (no summary would be seen before the question)",
@@ -1176,7 +1181,7 @@ def rollback(ui: Ui, run_ref, target, comfyui, dry_run, yes, wait, fmt, yaml_pat
 def kept_reads():
     """The files whose bytes rollback and purge re-read (to compare with the log) go into the user's
     digest cache with their SHA-256 and BLAKE3, as scan, verify and audit's reads do (issue 24)."""
-    from migrate.hashing import keep_reads
+    from migrate.disk.hashing import keep_reads
     try:
         yield
     finally:
@@ -1186,7 +1191,7 @@ def kept_reads():
 @contextlib.contextmanager
 def interrupted_rollback(rid: str, target: str):
     """Ctrl-C during a rollback: the same command again finishes it."""
-    from migrate.errors import Interrupted
+    from migrate.core.errors import Interrupted
     try:
         yield
     except KeyboardInterrupt:
@@ -1206,7 +1211,7 @@ def history_cmd(target, fmt) -> None:
     Example:
       comfy-migrate history --target /workspace/models
     """
-    from migrate.rollback import history
+    from migrate.app.rollback import history
     rows = history(require_store(resolve_target(target)))
     if fmt == "json":
         out(report.dumps(rows))
@@ -1237,7 +1242,7 @@ def catalogue_cmd(target, fmt) -> None:
       comfy-migrate catalogue --target /workspace/models > models.json
       comfy-migrate catalogue --format csv > models.csv
     """
-    from migrate import catalogue as store_catalogue
+    from migrate.disk import catalogue as store_catalogue
     rows, warning = store_catalogue.export(require_store(resolve_target(target)), open_cache(False))
     if warning:
         click.echo(f"warning: {warning}", err=True)
@@ -1282,7 +1287,7 @@ def purge(ui: Ui, run_ref, target, comfyui, permanent, yes, wait, fmt) -> None:
     Example:
       comfy-migrate purge --target /workspace/models --yes
     """
-    from migrate.rollback import find_log, load_run, purge_check, quarantined
+    from migrate.app.rollback import find_log, load_run, purge_check, quarantined
     target = require_store(resolve_target(target))
     logs = [find_log(target, run_ref)] if run_ref else pod_log(ui, target, comfyui, live=False, all_logs=True)
     per_run = []
@@ -1391,15 +1396,15 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt, comfyui_ar
       comfy-migrate verify --quick                  # sizes and mtimes only: no file is read
       comfy-migrate verify --comfyui-url http://127.0.0.1:8188
     """
-    from migrate import catalogue as store_catalogue
-    from migrate.journal import RUNS_DIR
-    from migrate.model import STATE_DIR
-    from migrate.rollback import check_log, find_log, kept_records, live_runs, load_run
-    from migrate.verify import pod_runs, verify_pod
+    from migrate.disk import catalogue as store_catalogue
+    from migrate.disk.journal import RUNS_DIR
+    from migrate.core.model import STATE_DIR
+    from migrate.app.rollback import check_log, find_log, kept_records, live_runs, load_run
+    from migrate.app.verify import pod_runs, verify_pod
     target = require_store(resolve_target(target))
     home = None
     try:
-        from migrate.facts import find_comfyui
+        from migrate.disk.facts import find_comfyui
         home = find_comfyui(comfyui)
     except MigrateError:
         pass
@@ -1483,8 +1488,8 @@ def verify(ui: Ui, run_ref, comfyui, target, comfyui_url, quick, fmt, comfyui_ar
 def verify_launch(ui: Ui, home, given, runs):
     """How the pod's ComfyUI is started, for verify: --comfyui-args, else the running ComfyUI's
     options, else those the newest run logged (it planned with them), else none."""
-    from migrate.launch import launch_of
-    from migrate.running import find_running
+    from migrate.disk.launch import launch_of
+    from migrate.disk.running import find_running
     if home is None or given is not None or find_running(home):
         return shell.resolve_launch(home, given, ui)
     head = runs[-1][1][0]
@@ -1503,9 +1508,9 @@ def ask_comfyui(url: str, runs, home, target: str, launch=None) -> dict:
     sources, and does it look started before the YAML changed?"""
     from urllib.parse import urlsplit
 
-    from migrate.rollback import kept_records
-    from migrate.running import find_running
-    from migrate.verify import check_listed, claims, read_server, resolution, stale_server, start_note
+    from migrate.app.rollback import kept_records
+    from migrate.disk.running import find_running
+    from migrate.app.verify import check_listed, claims, read_server, resolution, stale_server, start_note
     try:
         view = read_server(url)
     except (OSError, ValueError) as exc:
@@ -1514,7 +1519,7 @@ def ask_comfyui(url: str, runs, home, target: str, launch=None) -> dict:
     names = sorted(claims(runs, kept_records(target)))
     yaml_path = runs[-1][1][0].get("yaml")
     order = resolution(yaml_path, home, launch)[0] if yaml_path and os.path.exists(yaml_path) else {}
-    from migrate.facts import loaded_models
+    from migrate.disk.facts import loaded_models
     disk: dict = {}
     for cat, name in loaded_models(order):      # what the pod's ComfyUI lists: finds its loaders by their choices
         disk.setdefault(cat, []).append(name)
@@ -1539,11 +1544,11 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
     """The workflows document (workflows.workflow_doc) of a ComfyUI folder, as its YAML resolves now
     (launch: how ComfyUI is started; its user folder holds the workflows; loaded: a dict given gets
     (category, name) -> (path, size) of every model ComfyUI loads now)."""
-    from migrate import comfy, workflows
-    from migrate.facts import gather_workflows, model_identities, read_yaml
+    from migrate.core import comfy, workflows
+    from migrate.disk.facts import gather_workflows, model_identities, read_yaml
     text = read_yaml(yaml_path) if yaml_path else None
     if launch is not None:
-        from migrate.launch import search_order
+        from migrate.disk.launch import search_order
         as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path)) \
             if yaml_path else None
         order = search_order(launch, {p: read_yaml(p) for p in launch.yamls if p != as_read}, as_read, text,
@@ -1560,8 +1565,8 @@ def workflow_report(home: str, yaml_path, price: float, changes=None, launch=Non
 
 def workflows_check(home: str, launch, path: str, fmt: str) -> None:
     """`workflows --check FILE`: each model of a manifest made on another pod, as this pod has it."""
-    from migrate import workflows
-    from migrate.facts import DEFAULT_TARGET
+    from migrate.core import workflows
+    from migrate.disk.facts import DEFAULT_TARGET
     try:
         with open(path, "rb") as f:
             text = f.read(64 << 20).decode("utf-8")
@@ -1617,7 +1622,7 @@ def workflows_cmd(comfyui, price_per_gb_month, fmt, comfyui_args, manifest, chec
       comfy-migrate workflows --manifest needs.json       (on pod A)
       comfy-migrate workflows --check needs.json          (on pod B)
     """
-    from migrate.facts import DEFAULT_TARGET, find_comfyui
+    from migrate.disk.facts import DEFAULT_TARGET, find_comfyui
     home = find_comfyui(comfyui)
     launch = shell.resolve_launch(home, comfyui_args)
     if manifest and check:
@@ -1628,7 +1633,7 @@ def workflows_cmd(comfyui, price_per_gb_month, fmt, comfyui_args, manifest, chec
     doc = workflow_report(home, os.path.join(home, "extra_model_paths.yaml"), price_per_gb_month, launch=launch,
                           loaded=loaded)
     if manifest:
-        from migrate import workflows
+        from migrate.core import workflows
         keys = {(m["category"], m["name"]) for w in doc["workflows"] for m in w["models"]}
         sha = shell.model_sha256({k: loaded[k][0] for k in keys if k in loaded}, open_cache(False),
                                  os.path.abspath(os.environ.get("COMFY_MIGRATE_TARGET") or DEFAULT_TARGET))
@@ -1673,9 +1678,9 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
       comfy-migrate audit --comfyui /workspace/runpod-slim/ComfyUI --target /workspace/models
       comfy-migrate audit --target /workspace/models --format json
     """
-    from migrate import comfy
-    from migrate.facts import DEFAULT_TARGET, check_dir, find_comfyui, read_yaml
-    from migrate.sniff import audit_trees
+    from migrate.core import comfy
+    from migrate.disk.facts import DEFAULT_TARGET, check_dir, find_comfyui, read_yaml
+    from migrate.disk.sniff import audit_trees
     home = None
     if comfyui or not target:
         try:
@@ -1696,7 +1701,7 @@ def audit_cmd(ui: Ui, comfyui, target, fmt, no_cache, comfyui_args) -> None:
         text = read_yaml(yaml_path)
         order = comfy.search_folders([(yaml_path, text)] if text is not None else [], os.path.join(home, "models"))
         if launch is not None:
-            from migrate.launch import search_order
+            from migrate.disk.launch import search_order
             order = search_order(launch, {p: read_yaml(p) for p in launch.yamls}, models_real=False)
     res = audit_trees(roots, order, open_verdicts(no_cache), open_cache(no_cache))
     ui.debug(f"{res.files} entries, {res.read} files read, the rest from the cache")

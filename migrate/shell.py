@@ -11,10 +11,10 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 
-from migrate import report
-from migrate.errors import BadInput, ExitCode, MigrateError
-from migrate.hashing import DigestCache, default_cache_path
-from migrate.model import Status
+from migrate.views import report
+from migrate.core.errors import BadInput, ExitCode, MigrateError
+from migrate.disk.hashing import DigestCache, default_cache_path
+from migrate.core.model import Status
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:       # typing is not imported at run time: ~5-8 ms of scan's start-up
@@ -95,7 +95,7 @@ def out(text: str) -> None:
 def adopt_comfyui(home: str | None, ui: Ui | None = None) -> None:
     """Use the categories of the ComfyUI installed at `home` (its folder_paths.py), saying which
     table applies; without one, or unreadable, the built-in table (and say so)."""
-    from migrate import comfy
+    from migrate.core import comfy
     table, note = comfy.installed_categories(home) if home else (None, "")
     comfy.use_categories(table)
     if ui is None or not home:
@@ -114,8 +114,8 @@ def resolve_launch(home: str | None, given: tuple[str, str] | None, ui: Ui | Non
     its variable), else those of the ComfyUI running from `home` (/proc), else none. A folder
     without main.py that a running ComfyUI uses as its --base-directory (or models folder) is refused,
     naming the folder of that ComfyUI's main.py: it reads the YAML next to main.py, not one here."""
-    from migrate import launch as launching
-    from migrate.running import find_running
+    from migrate.disk import launch as launching
+    from migrate.disk.running import find_running
     if home is None:
         if given is not None:
             raise BadInput(f"{given[1]} needs the ComfyUI folder (the folder of main.py)", "pass --comfyui DIR")
@@ -160,7 +160,7 @@ def resolve_pod(comfyui: str | None, sources: tuple[str, ...], ui: Ui | None = N
                 given: tuple[str, str] | None = None):
     """(the ComfyUI folder or None, the models trees, launch.Launch or None): resolve_sources, with
     ComfyUI's launch options (resolve_launch) deciding its models folder."""
-    from migrate.comfy import find_comfyui
+    from migrate.core.comfy import find_comfyui
     home = find_comfyui(comfyui) if (comfyui or not sources) else None
     launch = resolve_launch(home, given, ui)
     home, roots = resolve_sources(comfyui, sources, ui, insist, launch.models if launch else None)
@@ -174,7 +174,7 @@ def resolve_sources(comfyui: str | None, sources: tuple[str, ...],
     A --source must look like a models folder (named models, or holding a ComfyUI category folder)
     unless `insist` (--source-is-models): an unset variable must not migrate the home folder.
     models: ComfyUI's models folder (default <comfyui>/models; launch.Launch.models)."""
-    from migrate.comfy import check_dir, find_comfyui
+    from migrate.core.comfy import check_dir, find_comfyui
     if sources:
         home = find_comfyui(comfyui) if comfyui else None
         adopt_comfyui(home, ui)
@@ -196,7 +196,7 @@ def resolve_sources(comfyui: str | None, sources: tuple[str, ...],
 
 def _looks_like_models(path: str) -> bool:
     """A folder named models, or holding ComfyUI category folders: --comfyui given one level too deep."""
-    from migrate.comfy import FOLDER_CATEGORY
+    from migrate.core.comfy import FOLDER_CATEGORY
     try:
         names = set(os.listdir(path))
     except OSError:
@@ -205,7 +205,7 @@ def _looks_like_models(path: str) -> bool:
 
 
 def resolve_target(target: str | None) -> str:
-    from migrate.facts import DEFAULT_TARGET
+    from migrate.disk.facts import DEFAULT_TARGET
     path = os.path.abspath(target or DEFAULT_TARGET)
     check_reachable(path)
     if os.path.lexists(path) and not os.path.isdir(path):
@@ -243,7 +243,7 @@ def open_cache(no_cache: bool) -> DigestCache | None:
 
 
 def open_verdicts(no_cache: bool):
-    from migrate.sniff import VerdictCache
+    from migrate.disk.sniff import VerdictCache
     return None if no_cache else VerdictCache(default_cache_path())
 
 
@@ -252,7 +252,7 @@ def open_verdicts(no_cache: bool):
 def scan(ui: Ui, comfyui: str | None, sources: tuple[str, ...], fmt: str, no_cache: bool,
          duplicates: bool, source_is_models: bool = False) -> None:
     """`comfy-migrate scan` (its options are documented on the click command in cli.py)."""
-    from migrate.scan import hash_records, scan_tree
+    from migrate.disk.scan import hash_records, scan_tree
     _, roots = resolve_sources(comfyui, sources, ui, source_is_models)
     cache = open_cache(no_cache)
     scans = [scan_tree(r) for r in roots]
@@ -288,7 +288,7 @@ def scan(ui: Ui, comfyui: str | None, sources: tuple[str, ...], fmt: str, no_cac
 
 
 def report_duplicates(ui: Ui, scans, cache, fmt: str) -> None:
-    from migrate.dupes import find_duplicates
+    from migrate.disk.dupes import find_duplicates
     with ui.progress("hashing") as (_, on_bytes):
         found = find_duplicates(scans, cache, on_bytes)
     if fmt == "json":
@@ -318,7 +318,7 @@ def fail(exc: BaseException) -> NoReturn:
         sys.exit(ExitCode.INTERRUPTED)
     if isinstance(exc, OSError):
         # Unexpected at this level (per-file errors are reported as data).
-        from migrate.fsops import describe
+        from migrate.disk.fsops import describe
         code = ExitCode.NO_SPACE if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ExitCode.PROBLEMS
         err(f"comfy-migrate: error: {describe(exc)} (nothing was lost: "
             + ("free space, then " if code == ExitCode.NO_SPACE else "")
@@ -334,7 +334,7 @@ def model_sha256(paths: dict, cache: DigestCache | None, target: str | None = No
     digest cache or the store's catalogue where they still vouch for the file, else read once (xxh3,
     SHA-256 and BLAKE3 in that one read, all cached). A file that cannot be read maps to None."""
     import time
-    from migrate import catalogue, hashing
+    from migrate.disk import catalogue, hashing
     hashing.set_hashes("all")
     cat = catalogue.load(target)[0] if target and os.path.isdir(target) else {}
     out = {}

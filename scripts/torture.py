@@ -8,10 +8,10 @@ copies the pristine pod (cp -a) into a fresh folder under one temp root, injects
 as the README says (`comfy-migrate run` again, or `comfy-migrate rollback`) and checks invariants:
   - no content lost: every digest of the pristine pod is still stored under the ComfyUI folder or
     the target (state folder included: the YAML's previous bytes live there);
-  - after a completed run: every model name resolves in the target first (migrate.comfy.search_folders
+  - after a completed run: every model name resolves in the target first (migrate.core.comfy.search_folders
     with the YAML) to its content, and each content is stored once (one inode per digest);
   - after a rollback: the snapshot (paths, digests, modes, mtimes, symlinks, YAML) is identical;
-  - every audit log reads cleanly (migrate.journal.read_log); no `.cm-tmp-` file anywhere.
+  - every audit log reads cleanly (migrate.disk.journal.read_log); no `.cm-tmp-` file anywhere.
 Two families build their own worlds:
   - fleet: 2-4 pods (own ComfyUI, YAML, HOME, cache and host name in a UTS namespace) with
     overlapping models run at once into one store, one SIGKILLed (at a journal step or a random
@@ -62,11 +62,12 @@ sys.path.insert(0, ROOT)
 
 import xxhash  # noqa: E402
 
-from migrate import comfy, fsops  # noqa: E402
-from migrate.errors import MigrateError  # noqa: E402
-from migrate.journal import read_log  # noqa: E402
-from migrate.model import Method, Policy, Status  # noqa: E402
-from migrate.scan import TEMP_MARK, scan_tree  # noqa: E402
+from migrate.core import comfy  # noqa: E402
+from migrate.disk import fsops  # noqa: E402
+from migrate.core.errors import MigrateError  # noqa: E402
+from migrate.disk.journal import read_log  # noqa: E402
+from migrate.core.model import Method, Policy, Status  # noqa: E402
+from migrate.disk.scan import TEMP_MARK, scan_tree  # noqa: E402
 
 STATE = ".comfy-migrate"
 YAML_NAME = "extra_model_paths.yaml"
@@ -481,13 +482,13 @@ def fork_wait(pid: int, out_path: str, timeout: float):
 # --- in-process helpers -------------------------------------------------------------------------------
 
 def in_process_plan(t: Trial):
-    from migrate.facts import gather, make_plan
+    from migrate.disk.facts import gather, make_plan
     facts = gather([t.models], t.target, t.yaml, None)
     return make_plan(facts, Policy())
 
 
 def in_process_run(t: Trial, plan, on_bytes=None):
-    from migrate.execute import execute_plan
+    from migrate.app.execute import execute_plan
     old = dict(os.environ)
     os.environ.update(HOME=t.home, XDG_CACHE_HOME=t.env["XDG_CACHE_HOME"])
     try:
@@ -719,7 +720,7 @@ def t_lock_race(t: Trial) -> list:
 
 
 def t_lock_stale(t: Trial) -> list:
-    from migrate.lock import boot_id, pid_namespace
+    from migrate.disk.lock import boot_id, pid_namespace
     dead = subprocess.Popen(["true"])
     dead.wait()
     sd = os.path.join(t.target, STATE)
@@ -781,7 +782,7 @@ def t_hostile_yaml(t: Trial, which: str) -> list:
 
 
 def _rewrite(records: list) -> bytes:
-    from migrate.journal import _canonical, _sum
+    from migrate.disk.journal import _canonical, _sum
     prev, out = "", b""
     for i, r in enumerate(records, 1):
         r = {k: v for k, v in r.items() if k != "sum"}
@@ -854,7 +855,7 @@ def fleet_child(host: str) -> None:
     """In a pod's forked CLI child: its host name, and the lock's lease on a short clock (3 s, a
     heartbeat every 0.2 s) so a SIGKILLed pod's lock, which other hosts cannot see die, is taken
     over in seconds rather than the real ten minutes."""
-    from migrate import lock
+    from migrate.disk import lock
     lock.LEASE_SECONDS, lock.HEARTBEAT_SECONDS = 3, 0.2
     if G["uts"]:
         set_host(host)
@@ -965,8 +966,8 @@ class Fleet:
         return [f"pod{pod['i']}: {len(bad)} files neither in place nor found in the store: {'; '.join(bad[:3])}"] if bad else []
 
     def check_store(self, catalogue: bool) -> list:
-        from migrate import catalogue as store_catalogue
-        from migrate.rollback import check_log
+        from migrate.disk import catalogue as store_catalogue
+        from migrate.app.rollback import check_log
         errs = []
         have = set()
         for _, path, st in walk(self.dir, skip_state=False):
@@ -1175,7 +1176,7 @@ def read_only(path: str):
 
 def place_obstacle(t: Trial, plan, how: str, rng: random.Random, stack: contextlib.ExitStack) -> tuple:
     """Put one obstacle in the way of `plan`; returns (a note, extra folders to snapshot, run args)."""
-    from migrate.preflight import needed_folders, source_folders
+    from migrate.core.preflight import needed_folders, source_folders
     moves = [a for a in plan.actions if a.dst and a.method is not Method.NONE]
     if how == "file":           # a file where run needs a folder
         folder = rng.choice([d for d in needed_folders(plan) if d != t.target])
@@ -1363,7 +1364,7 @@ def t_stale(t: Trial, kind: str, rng: random.Random, warm: str, when: str, purge
 
     # The pod was copied just now: past the racy window the warm entries are trusted later, so the
     # stale one is really offered (a racily clean entry would be read again anyway).
-    from migrate.hashing import FINE_SLACK_NS
+    from migrate.disk.hashing import FINE_SLACK_NS
     time.sleep(FINE_SLACK_NS / 1e9 + 0.05)
     code, out = t.cli(warm)
     if code != 0:
@@ -1374,8 +1375,8 @@ def t_stale(t: Trial, kind: str, rng: random.Random, warm: str, when: str, purge
     else:
         def pre():     # in the forked `run`: the change lands while it would wait for the lock, or
             import migrate.cli            # after its plan under the lock, before its first step
-            import migrate.execute
-            module, name = (migrate.cli, "take_lock") if when == "lock-wait" else (migrate.execute, "execute_plan")
+            import migrate.app.execute
+            module, name = (migrate.cli, "take_lock") if when == "lock-wait" else (migrate.app.execute, "execute_plan")
             real = getattr(module, name)
 
             def changed_first(*a, **kw):

@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 MOOSEFS_TOOL = os.path.join(ROOT, "..", "shared", "tools", "moosefs-volume")
 
-from migrate import fsops  # noqa: E402
+from migrate.disk import fsops  # noqa: E402
 
 MODELS = {   # rel -> payload seed; equal seeds are equal content
     "checkpoints/sd15.safetensors": "a",
@@ -430,7 +430,7 @@ FILL_HOOK = """
 import os
 _fill = os.environ.get("CM_VOLUMES_FILL")
 if _fill:
-    from migrate import fsops
+    from migrate.disk import fsops
     _write_all = fsops.write_all
 
     def write_all(fd, data):
@@ -647,7 +647,7 @@ def brim_scenarios(r: "Runner", m: "Mounts", plain: str, only: str, stride: int)
 
 _TRACED_CLI = """
 import os, runpy, sys
-from migrate import lock
+from migrate.disk import lock
 ns, trace = os.readlink('/proc/self/ns/pid'), os.environ['CM_LOCK_TRACE']
 real_acquire, real_release = lock.TargetLock.acquire, lock.TargetLock.release
 def note(line):
@@ -721,7 +721,7 @@ def one_holder_at_a_time(lines: List[str]) -> List[str]:
 
 
 def run_ids(store: str, comfy: str) -> List[str]:
-    from migrate.journal import read_log
+    from migrate.disk.journal import read_log
     runs = os.path.join(store, ".comfy-migrate", "runs")
     out = []
     for n in sorted(os.listdir(runs)):

@@ -64,7 +64,7 @@ def past_racy_window() -> None:
     in the same clock tick as a file's last change is never trusted later, so a test that wants a
     warm cache to be used waits this long between making its files and reading them."""
     import time
-    from migrate.hashing import FINE_SLACK_NS
+    from migrate.disk.hashing import FINE_SLACK_NS
     time.sleep(FINE_SLACK_NS / 1e9 + 0.05)
 
 

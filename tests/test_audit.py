@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import FIXTURES, make_pod, past_racy_window, run_cli, run_leaving_conflicts, snapshot_tree
-from migrate import audit, comfy
-from migrate.hashing import DigestCache, stamp
-from migrate.scan import scan_tree
-from migrate.sniff import VerdictCache, check_scan
+from migrate.core import audit, comfy
+from migrate.disk.hashing import DigestCache, stamp
+from migrate.disk.scan import scan_tree
+from migrate.disk.sniff import VerdictCache, check_scan
 
 
 def _load(name):
@@ -304,7 +304,7 @@ def test_run_never_moves_a_truncated_model_and_rollback_restores_all(pod, cli_en
         snapshot_tree(pod.root)["runpod-slim/ComfyUI/models/loras/cut_short.safetensors"]
     # ComfyUI still finds the name where it was (its own models folder is always searched)
     order = comfy.search_folders([(str(pod.yaml), pod.yaml.read_text())], str(pod.models))
-    from migrate.verify import loaded_path
+    from migrate.app.verify import loaded_path
     assert loaded_path(order, "loras", "cut_short.safetensors") == str(bad)
     run_cli(["rollback", "--target", pod.target, "--yes"], cli_env)
 

@@ -11,7 +11,7 @@ import xxhash
 
 from conftest import make_pod, past_racy_window, run_cli, snapshot_tree
 from migrate import __version__
-from migrate.errors import ExitCode
+from migrate.core.errors import ExitCode
 
 
 def plan_json(pod, env, *extra, check=0):

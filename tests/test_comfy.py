@@ -1,4 +1,4 @@
-"""ComfyUI's rules as migrate.comfy encodes them: categories, legacy names, reading and writing
+"""ComfyUI's rules as migrate.core.comfy encodes them: categories, legacy names, reading and writing
 extra_model_paths.yaml (pure: text in, text out). Expected values come from
 shared/docs/comfyui-model-paths.md."""
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from migrate import comfy
-from migrate.errors import BadInput, ExitCode
+from migrate.core import comfy
+from migrate.core.errors import BadInput, ExitCode
 
 BUILTIN = {
     "checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",

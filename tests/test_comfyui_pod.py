@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli, run_leaving_conflicts
-from migrate import comfy
-from migrate.running import find_running
+from migrate.core import comfy
+from migrate.disk.running import find_running
 from test_rollback import snapshot
 from test_verify_pod import add_model, logs, migrate, on_host
 

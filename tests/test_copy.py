@@ -8,8 +8,8 @@ import os
 import pytest
 import xxhash
 
-from migrate import fsops
-from migrate.hashing import stat_key
+from migrate.disk import fsops
+from migrate.disk.hashing import stat_key
 
 SIZES = [1, fsops.COPY_CHUNK - 1, fsops.COPY_CHUNK, 5 * fsops.COPY_CHUNK + 11]
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import as_model, run_cli
-from migrate import comfy
+from migrate.core import comfy
 from test_rollback import assert_same, snapshot
 
 CUSTOM = {

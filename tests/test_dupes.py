@@ -1,4 +1,4 @@
-"""`scan --duplicates` (migrate.dupes) on real trees: the groups equal those of hashing every file in
+"""`scan --duplicates` (migrate.disk.dupes) on real trees: the groups equal those of hashing every file in
 full, whatever the sizes, shared ends or hardlinks; the digest cache spares every full read the
 second time; the CLI's table and JSON."""
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import past_racy_window, run_cli
-from migrate.dupes import DIRECT, find_duplicates
-from migrate.hashing import PART, DigestCache, hash_path
-from migrate.scan import scan_tree
+from migrate.disk.dupes import DIRECT, find_duplicates
+from migrate.disk.hashing import PART, DigestCache, hash_path
+from migrate.disk.scan import scan_tree
 
 BIG = DIRECT + 3 * PART + 5        # read by its ends first
 

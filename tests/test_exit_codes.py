@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 from conftest import ROOT, run_cli, run_leaving_conflicts, snapshot_tree
-from migrate.errors import ExitCode
-from migrate.model import STATE_DIR
+from migrate.core.errors import ExitCode
+from migrate.core.model import STATE_DIR
 
 
 def documented_codes(doc: str = os.path.join("docs", "reference.md")) -> set:
@@ -27,7 +27,7 @@ def test_the_table_documents_every_code_the_tool_has():
 
 
 def hold_lock(target, pid: int) -> None:
-    from migrate.lock import boot_id, pid_namespace
+    from migrate.disk.lock import boot_id, pid_namespace
     sd = target / STATE_DIR
     sd.mkdir(parents=True, exist_ok=True)
     (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(), "pidns": pid_namespace(), "pid": pid,

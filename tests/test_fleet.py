@@ -23,10 +23,11 @@ import pytest
 import xxhash
 from conftest import as_model, run_cli
 
-from migrate import catalogue as store_catalogue, comfy
-from migrate.journal import read_log
-from migrate.model import STATE_DIR
-from migrate.rollback import check_log
+from migrate.disk import catalogue as store_catalogue
+from migrate.core import comfy
+from migrate.disk.journal import read_log
+from migrate.core.model import STATE_DIR
+from migrate.app.rollback import check_log
 
 Models = Dict[str, bytes]      # rel under models/ -> content
 
@@ -89,7 +90,7 @@ def start_together(cmds: List[Tuple[List[str], Dict[str, str]]], tmp_path: Path,
     and then waits for the lock (not a matter of timing: we wait until each says so); then the
     lock is released and they stampede for it.
     """
-    from migrate.lock import TargetLock
+    from migrate.disk.lock import TargetLock
     target = Path(cmds[0][0][cmds[0][0].index("--target") + 1])
     gate = TargetLock(str(target / STATE_DIR), "the test's gate").acquire()
     barrier = tmp_path / "barrier"
@@ -295,7 +296,7 @@ def test_sigkill_of_one_pod_while_others_run(tmp_path, cli_env):
 
 @pytest.mark.slow
 def test_lock_wait_names_the_holder_then_gives_up_or_proceeds(tmp_path, cli_env):
-    from migrate.lock import boot_id, pid_namespace
+    from migrate.disk.lock import boot_id, pid_namespace
     import socket
     comfyui, env = make_pod(tmp_path / "pod", pod_models(0))
     env = dict(cli_env, **env)
@@ -335,7 +336,7 @@ def test_lock_wait_names_the_holder_then_gives_up_or_proceeds(tmp_path, cli_env)
 
 _PLACED_AFTER_SCAN = """
 import os, shutil, sys
-import migrate.facts as facts
+import migrate.disk.facts as facts
 real = facts.gather
 src, dst = sys.argv[1], sys.argv[2]
 def gather(*a, **kw):
@@ -356,7 +357,7 @@ def test_a_file_another_pod_places_after_the_scan_makes_run_wait_and_plan_again(
     # torture fleet-0040: pod 1 placed checkpoints/common between pod 0's scan of the store and
     # its preflight (before the lock): pod 0 refused (exit 3, "already exists in the store"). Now it
     # waits for the run holding the lock, plans again and finds the file already there.
-    from migrate.lock import boot_id, pid_namespace
+    from migrate.disk.lock import boot_id, pid_namespace
     import socket
     comfyui, env = make_pod(tmp_path / "pod", pod_models(0))
     env = dict(cli_env, **env)
@@ -503,8 +504,8 @@ def test_question_is_asked_again_only_if_another_pod_changed_the_outcome(tmp_pat
 
 
 def test_plan_changes_tells_what_matters():
-    from migrate.fleet import plan_changes
-    from migrate.model import Action, ActionKind, Method, Plan, Policy
+    from migrate.core.fleet import plan_changes
+    from migrate.core.model import Action, ActionKind, Method, Plan, Policy
     def plan(*actions, yaml="y"):
         return Plan("/t", ("/s",), "/c/e.yaml", yaml, None, Policy(), tuple(actions), (), True, ())
     move = Action(ActionKind.MOVE, "/s", "loras/a", "loras", 5, "d1", "/t/loras/a", Method.HARDLINK)
@@ -523,7 +524,7 @@ def test_plan_changes_tells_what_matters():
 def test_lock_excludes_racing_processes_and_one_takes_over_a_stale_lock(tmp_path):
     """Six processes race for a lock left by a dead process, each holding it briefly three times:
     no two ever hold it at once, and the stale lock is taken over exactly once."""
-    from migrate.lock import boot_id, pid_namespace
+    from migrate.disk.lock import boot_id, pid_namespace
     import socket
     sd = tmp_path / "state"
     sd.mkdir()
@@ -533,7 +534,7 @@ def test_lock_excludes_racing_processes_and_one_takes_over_a_stale_lock(tmp_path
                                          "started": "x", "purpose": "dead"}))
     trace = tmp_path / "trace"
     code = ("import os, sys, time\n"
-            "from migrate.lock import TargetLock\n"
+            "from migrate.disk.lock import TargetLock\n"
             f"while not os.path.exists({str(tmp_path / 'go')!r}): time.sleep(0.001)\n"
             "for _ in range(3):\n"
             f"    lock = TargetLock({str(sd)!r}, 'test').acquire(60)\n"
@@ -554,7 +555,7 @@ def test_lock_excludes_racing_processes_and_one_takes_over_a_stale_lock(tmp_path
 
 
 def test_reliance_from_logs():
-    from migrate.fleet import reliance, relied_paths
+    from migrate.core.fleet import reliance, relied_paths
     b = [{"type": "header", "run": "B", "target": "/t"},
          # already there: its source set aside, trusting A's stored copy
          {"type": "begin", "step": 2, "op": "quarantine", "src": "/b/m/loras/x", "dst": "/t/loras/x", "stored": "/t/loras/x"},
@@ -576,7 +577,7 @@ def test_reliance_from_logs():
     assert reliance([("B", b), ("C", c)], "A") == {"loras/x": ["B", "C"], "loras/w": ["B", "C"]}
     assert reliance([("B", b)], "B") == {}
     # A link step logged as failed put nothing there: the run's removal trusting that name is reliance.
-    from migrate.fleet import placed_by
+    from migrate.core.fleet import placed_by
     d = [{"type": "header", "run": "D", "target": "/t"},
          {"type": "begin", "step": 2, "op": "link", "src": "/d/m/vae/v", "dst": "/t/vae/v"},
          {"type": "fail", "step": 2, "error": "File exists"},
@@ -605,7 +606,7 @@ def test_another_hosts_run_is_not_rolled_back_where_its_sources_are_missing(tmp_
 
 
 def test_run_ids_sort_in_start_order_within_a_second():
-    from migrate.execute import new_run_id
+    from migrate.app.execute import new_run_id
     ids = []
     for _ in range(5):
         ids.append(new_run_id())
@@ -644,7 +645,7 @@ def test_verify_and_purge_default_to_this_hosts_newest_run(tmp_path, cli_env):
 
 def test_heartbeat_touches_only_its_own_lock(tmp_path, monkeypatch):
     """After a take-over (our lease expired), our heartbeat must not keep the new holder's lock fresh."""
-    from migrate import lock
+    from migrate.disk import lock
     monkeypatch.setattr(lock, "HEARTBEAT_SECONDS", 0.02)
     held = lock.TargetLock(str(tmp_path / STATE_DIR), "test").acquire()
     path = tmp_path / STATE_DIR / "lock"
@@ -776,8 +777,8 @@ def test_a_lock_taken_after_a_long_wait_is_fresh_not_stale(tmp_path, monkeypatch
     took it for stale and broke it: two runs in the store at once, found by scripts/torture's fleet
     family as 'File exists' and the same content stored twice. In use: --wait 900 > lease 600.)"""
     import threading
-    from migrate import lock
-    from migrate.errors import Locked
+    from migrate.disk import lock
+    from migrate.core.errors import Locked
     monkeypatch.setattr(lock, "LEASE_SECONDS", 1.0)
     monkeypatch.setattr(lock, "HEARTBEAT_SECONDS", 0.1)
     sd = str(tmp_path / STATE_DIR)
@@ -1050,8 +1051,8 @@ def test_placements_know_a_copy_by_the_mtime_the_store_kept():
 
 _NS_HOLDER = """
 import os, sys, time
-from migrate.errors import Locked
-from migrate.lock import TargetLock
+from migrate.core.errors import Locked
+from migrate.disk.lock import TargetLock
 sd, trace, rounds, wait = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 me = f"{os.readlink('/proc/self/ns/pid')}:{os.getpid()}"
 for _ in range(rounds):

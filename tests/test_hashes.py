@@ -17,8 +17,8 @@ import blake3
 import pytest
 import xxhash
 
-from migrate import fsops, hashing
-from migrate.hashing import DigestCache, hash_many, hash_path, stamp, stat_key
+from migrate.disk import fsops, hashing
+from migrate.disk.hashing import DigestCache, hash_many, hash_path, stamp, stat_key
 
 MiB = 1 << 20
 SIZES = {"0B": 0, "1B": 1, "1MiB+1": MiB + 1, "9MiB+7": 9 * MiB + 7, "40MiB+3": 40 * MiB + 3}
@@ -341,7 +341,7 @@ def test_audit_records_sha256_of_a_small_file_the_cache_knew_by_xxh3_only(pod, c
 def test_a_forked_child_hashes_with_a_pool_of_its_own(tmp_path):
     """A pool made before os.fork() has no threads in the child: the child's SHA-256 must not wait on
     it forever (torture's CLI children are forked after in-process runs; its enospc family hung)."""
-    from migrate import hashing
+    from migrate.disk import hashing
     f = tmp_path / "m.safetensors"
     f.write_bytes(os.urandom(3 << 20))
     want = hashlib.sha256(f.read_bytes()).hexdigest()
@@ -379,7 +379,7 @@ def test_purge_records_the_files_it_rereads_with_all_three_hashes(pod, cli_env):
     from conftest import past_racy_window, run_cli
     run_cli(["--hashes", "xxh3", "run", *pod.args("--yes")], cli_env, check=1)
     runs = list((pod.target / ".comfy-migrate" / "runs").glob("*.jsonl"))
-    from migrate.rollback import load_run, quarantined
+    from migrate.app.rollback import load_run, quarantined
     items = [q for r in runs if not r.name.endswith(".rollback.jsonl") for q in quarantined(load_run(str(r)))]
     assert items, "the pod's run quarantines nothing: no purge to test"
     stored = sorted({q.get("stored") or q["dst"] for q in items})

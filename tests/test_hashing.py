@@ -1,4 +1,4 @@
-"""migrate.hashing on real files in tmp_path: digests as `xxhsum -H2` prints them, hash_many's order
+"""migrate.disk.hashing on real files in tmp_path: digests as `xxhsum -H2` prints them, hash_many's order
 and per-file errors (FIFO, symlink to a device, vanished file), the split read of a large file, the
 digest cache's keys. No timing here: speed is measured by scripts/bench."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import List
 import pytest
 import xxhash
 
-from migrate import hashing
-from migrate.hashing import (BUFFER, LARGE, SPLIT, ChangedError, DigestCache, default_cache_path, hash_bytes,
+from migrate.disk import hashing
+from migrate.disk.hashing import (BUFFER, LARGE, SPLIT, ChangedError, DigestCache, default_cache_path, hash_bytes,
                              hash_fd, hash_many, hash_path, open_regular, stat_key)
 
 SIZES = [0, 1, BUFFER - 1, BUFFER, BUFFER + 1, 3 * BUFFER + 17, LARGE + 1, SPLIT + BUFFER // 2 + 3]
@@ -232,8 +232,8 @@ def test_inodes_past_2_to_the_63_round_trip_through_the_cache(tmp_path):
     again = DigestCache(db)
     assert [again.get(s) for s in big] == [f"{n:032x}" for n in range(len(big))]
     assert again.get((2 ** 64 - 1, 2 ** 63 - 2 ** 64, 10, 1, 2)) is None     # not confused with its signed twin
-    from migrate.sniff import VerdictCache
-    from migrate.audit import Verdict
+    from migrate.disk.sniff import VerdictCache
+    from migrate.core.audit import Verdict
     verdicts = VerdictCache(db)
     v = Verdict()
     verdicts.put(big[0], v, 10 ** 10)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from test_plan import SAME_FS, SRC, plan_of, rec
 
-from migrate import fsops, storerules
-from migrate.model import UNPROBED, ActionKind, Mode, Policy
-from migrate.report import warning_lines
+from migrate.disk import fsops
+from migrate.core import storerules
+from migrate.core.model import UNPROBED, ActionKind, Mode, Policy
+from migrate.views.report import warning_lines
 
 MERGERFS = UNPROBED._replace(fstype="fuse.mergerfs", stable_inode=False, link_inode=False)
 PROBE = SAME_FS._replace(fs=MERGERFS)

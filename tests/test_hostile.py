@@ -75,7 +75,7 @@ def test_files_that_all_broke_while_run_waited_leave_exit_1_not_up_to_date(tmp_p
     files = sorted((comfyui / "models" / "loras").iterdir())
     holder = subprocess.Popen([sys.executable, "-c", (          # another pod's run: the CLI's own lock
         "import os, sys, time\n"
-        "from migrate.lock import TargetLock\n"
+        "from migrate.disk.lock import TargetLock\n"
         "l = TargetLock(sys.argv[1], 'a test holder').acquire()\n"
         "print('held', flush=True)\n"
         "while not os.path.exists(sys.argv[2]): time.sleep(0.05)\n"

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import as_model, run_cli, run_leaving_conflicts, snapshot_tree
-from migrate.model import STATE_DIR
+from migrate.core.model import STATE_DIR
 
 
 def judged(comfyui) -> dict:

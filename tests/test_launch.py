@@ -19,7 +19,7 @@ import pytest
 
 from comfyui_oracle import VERSIONS, comfyui_loads, oracle_dir
 from conftest import as_model, run_cli, snapshot_tree
-from migrate.running import find_running, script_index
+from migrate.disk.running import find_running, script_index
 
 STATE = ".comfy-migrate"
 
@@ -382,7 +382,7 @@ ARGVS = [
 @pytest.mark.parametrize("argv", ARGVS)
 def test_options_parse_as_comfyuis_own_parser_parses_them(tmp_path, version, argv):
     """The installed ComfyUI's option list, read with ast, gives what its own cli_args.py gives."""
-    from migrate.launch import launch_of
+    from migrate.disk.launch import launch_of
     pod = LaunchPod(tmp_path, version)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     for name in ("a.yaml", "b.yaml", "c.yaml"):

@@ -42,8 +42,8 @@ def test_peak_memory_per_scanned_file_is_bounded(tmp_path, cli_env):
 
 
 def test_streamed_scan_json_is_the_document_byte_for_byte(tmp_path):
-    from migrate import report
-    from migrate.scan import hash_records, scan_tree
+    from migrate.views import report
+    from migrate.disk.scan import hash_records, scan_tree
     a = tmp_path / "a"
     (a / "loras").mkdir(parents=True)
     (a / "loras" / "odd\nname \u00e9.safetensors").write_bytes(b"x" * 10)
@@ -62,7 +62,7 @@ def test_streamed_scan_json_is_the_document_byte_for_byte(tmp_path):
 
 
 def test_json_with_a_line_per_item_is_the_same_document(tmp_path):
-    from migrate import report
+    from migrate.views import report
     doc = {"version": 1, "groups": [{"digest": "ab", "size": 3, "copies": [["a\nb", "\u00e9\udcff"], ["c"]]}] * 3,
            "problems": [], "totals": {"groups": 3, "files": {"x": [1, None, True, 2.5]}}}
     text = report.dumps_lines(doc, ("groups", "problems"))

@@ -231,7 +231,7 @@ def test_a_symlinked_category_folder_keeps_its_category(tmp_path, cli_env):
     ({"checkpoints": "../outside"}, {}),                                # not beside it: not scanned here
 ])
 def test_linked_categories(tmp_path, links, expect):
-    from migrate.scan import linked_categories
+    from migrate.disk.scan import linked_categories
     root = tmp_path / "models"
     for d in ("real", "diffusion_models"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -366,7 +366,7 @@ def test_the_resolver_lists_what_is_behind_a_symlinked_store_folder():
     # store/loras -> /big/loras, entered (facts.through_links: its files listed under the store's
     # name, an alias): before the plan, as after, its names load from there; a relative link behind
     # it is read from the real folder; the real path (a YAML naming it, a link text) meets it too.
-    from migrate.names import Node, View, loads
+    from migrate.core.names import Node, View, loads
     tree = {"/s/loras": Node("link", 0, None, "/big/loras"),
             "/s/loras/old.safetensors": Node("file", 8, "d", None),
             "/s/loras/rel.safetensors": Node("link", 0, None, "old.safetensors"),
@@ -384,8 +384,8 @@ def test_the_resolver_lists_what_is_behind_a_symlinked_store_folder():
 def test_the_resolver_walks_a_symlinked_folder_inside_the_store():
     # store/loras -> loras_big (not entered: its files are listed under their own name): ComfyUI's
     # walk follows the link; a file run places at store/loras/ lands in loras_big (plan._placed_at).
-    from migrate.names import Node, View, loads
-    from migrate.plan import _placed_at
+    from migrate.core.names import Node, View, loads
+    from migrate.core.plan import _placed_at
     view = View({"/s/loras": Node("link", 0, None, "loras_big"),
                  "/s/loras_big/old.safetensors": Node("file", 8, "d", None)}, ["/s"])
     assert loads({"loras": ["/s/loras"]}, view) == {("loras", "old.safetensors"): "/s/loras_big/old.safetensors"}

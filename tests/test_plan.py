@@ -9,13 +9,13 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from migrate import comfy
-from migrate.errors import BadInput
-from migrate.model import (
+from migrate.core import comfy
+from migrate.core.errors import BadInput
+from migrate.core.model import (
     Action, ActionKind, FileRecord, Method, Mode, OnConflict, PathFacts, Plan, Policy, Probe, Removal, ScanResult,
     Status,
 )
-from migrate.plan import build_plan, check_roots
+from migrate.core.plan import build_plan, check_roots
 
 SRC = "/pod/ComfyUI/models"
 SRC2 = "/other/models"

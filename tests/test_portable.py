@@ -20,8 +20,8 @@ import yaml
 from hypothesis import given, settings, strategies as st
 
 from conftest import as_model, run_cli, snapshot_tree
-from migrate import comfy
-from migrate.model import STATE_DIR
+from migrate.core import comfy
+from migrate.core.model import STATE_DIR
 
 Key = Tuple[str, str]
 
@@ -329,7 +329,7 @@ def test_unset_variable_stays_literal_and_resolves_below_the_yaml_folder():
     ("/a/store", "/b/other", ("/a/store", "/b/other")),
 ])
 def test_remount_finds_the_mount_paths_from_the_target_paths(old, new, prefixes):
-    from migrate.verify import remount
+    from migrate.app.verify import remount
     assert remount(old, new) == prefixes
 
 

@@ -175,9 +175,9 @@ def test_a_missing_target_is_announced_and_only_its_last_folder_made(pod, cli_en
 def _stale_run(pod, place):
     """Plan, then place an obstacle, then execute the plan made before it (what a run meets when the
     world changes under it); returns the run's report."""
-    from migrate.execute import execute_plan
-    from migrate.facts import gather, make_plan
-    from migrate.model import Policy
+    from migrate.app.execute import execute_plan
+    from migrate.disk.facts import gather, make_plan
+    from migrate.core.model import Policy
     facts = gather([str(pod.models)], str(pod.target), str(pod.yaml), None)
     plan = make_plan(facts, Policy())
     place()
@@ -188,7 +188,7 @@ def _stale_run(pod, place):
 def test_an_obstacle_after_the_plan_leaves_what_rollback_undoes(pod, cli_env, tmp_path, monkeypatch, obstacle):
     for k, v in cli_env.items():
         monkeypatch.setenv(k, v)
-    from migrate import comfy
+    from migrate.core import comfy
     from migrate.shell import adopt_comfyui
     adopt_comfyui(str(pod.comfyui))
     big = tmp_path / "big"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import as_model, run_cli
-from migrate.facts import gather, make_plan
-from migrate.model import STATE_DIR, ActionKind, Policy
+from migrate.disk.facts import gather, make_plan
+from migrate.core.model import STATE_DIR, ActionKind, Policy
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -47,7 +47,7 @@ def test_already_there_source_kept_when_the_stored_copy_vanished_before_removal(
     """The store already held the file (another inode): the plan sets the source aside. If the stored
     copy is gone by the time sources are removed (another pod, the user), the source must stay:
     quarantining it leaves ComfyUI without the model."""
-    from migrate.execute import execute_plan
+    from migrate.app.execute import execute_plan
     comfyui, target = _pod(tmp_path)
     data = b"vae " * 500
     src = _write(comfyui / "models" / "vae" / "v.safetensors", data)
@@ -68,7 +68,7 @@ def test_legacy_duplicate_kept_when_the_file_it_relied_on_failed(tmp_path):
     """unet/x and diffusion_models/x hold the same bytes (two inodes): both map to
     diffusion_models/x in the store, the second as "already there". When placing the first fails
     (changed after the plan), the second must not be set aside: the store never got the content."""
-    from migrate.execute import execute_plan
+    from migrate.app.execute import execute_plan
     comfyui, target = _pod(tmp_path)
     data = b"wan " * 800
     first = _write(comfyui / "models" / "unet" / "x.safetensors", data)
@@ -90,7 +90,7 @@ def test_dedupe_never_links_a_name_to_a_stored_copy_changed_since_the_plan(tmp_p
     """The store holds the content under another name: the plan makes this name a link to it. If that
     stored file was replaced by other bytes since the plan, the link would give ComfyUI (which searches
     the store first) other bytes under this name: nothing is linked and the source stays."""
-    from migrate.execute import execute_plan
+    from migrate.app.execute import execute_plan
     comfyui, target = _pod(tmp_path)
     data = b"style " * 400
     src = _write(comfyui / "models" / "loras" / "mine.safetensors", data)
@@ -201,7 +201,7 @@ def test_symlinked_yaml_is_written_through_and_rolled_back(tmp_path, cli_env, ba
     run's atomic write made and renamed its temporary), as it does the ComfyUI folder's. Before:
     that folder kept the run's time."""
     import yaml as pyyaml
-    from migrate import comfy
+    from migrate.core import comfy
     comfyui, target = _pod(tmp_path)
     real = tmp_path / "ws" / "config" / "extra_model_paths.yaml"
     real.parent.mkdir()

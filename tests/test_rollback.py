@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import as_model, make_pod, run_cli, run_leaving_conflicts
-from migrate.journal import _canonical, _sum
+from migrate.disk.journal import _canonical, _sum
 
 STATE = ".comfy-migrate"
 KILLED = -9
@@ -658,7 +658,7 @@ def test_rollback_removes_the_scratch_folder_of_a_probe_killed_mid_way(pod, cli_
     import socket
     import subprocess
     from conftest import snapshot_tree
-    from migrate.fsops import PROBE_PREFIX
+    from migrate.disk.fsops import PROBE_PREFIX
     before = snapshot_tree(pod.root)
     run_leaving_conflicts(pod.args("--yes"), cli_env)
     dead = subprocess.Popen(["true"])
@@ -778,7 +778,7 @@ FILL_HOOK = """
 import os
 _fill = os.environ.get("CM_TEST_FILL")
 if _fill:
-    from migrate import fsops
+    from migrate.disk import fsops
     _write_all = fsops.write_all
 
     def write_all(fd, data):
@@ -810,7 +810,7 @@ def test_a_disk_that_fills_during_the_run(tmp_path, cli_env, then, room):
     filled up again one `rollback` undoes all of it. The rollback takes its room from the reserve
     each run keeps in the store's state folder."""
     import subprocess
-    from migrate import comfy
+    from migrate.core import comfy
     store = tmp_path / "store"
     store.mkdir()
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(store)],
@@ -940,7 +940,7 @@ KILL_HOOK = """
 import os, signal
 _mark = os.environ.get("CM_TEST_KILL_IN_WRITE")
 if _mark:
-    from migrate import fsops
+    from migrate.disk import fsops
     _write_all = fsops.write_all
 
     def write_all(fd, data):
@@ -995,7 +995,7 @@ RO_HOOK = """
 import errno, os
 _store = os.environ.get("CM_TEST_RO_AT_COPY")
 if _store:
-    from migrate import fsops
+    from migrate.disk import fsops
     _write_all, _write, _dev = fsops.write_all, os.write, os.stat(_store).st_dev
 
     def write(fd, data):
@@ -1052,7 +1052,7 @@ def test_a_probe_killed_mid_way_leaves_nothing_the_next_plan_does_not_undo(tmp_p
     """`plan` SIGKILLed inside a filesystem probe (issue 20) leaves its scratch folder and the probed
     folder's mtime changed; the next `plan` removes the folder and gives the folder its mtime back
     (kept in the scratch folder's name). Before: the folder went, its changed mtime stayed."""
-    from migrate.model import PROBE_PREFIX
+    from migrate.core.model import PROBE_PREFIX
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(KILL_HOOK)

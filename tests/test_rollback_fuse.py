@@ -16,8 +16,8 @@ import pytest
 from conftest import run_cli
 from test_rollback import STATE, Small, assert_same, read_records, rollback, run, shm_dir  # noqa: F401,F811
 
-from migrate import fsops
-from migrate.model import PROBE_PREFIX
+from migrate.disk import fsops
+from migrate.core.model import PROBE_PREFIX
 
 SEEN = "fs-seen.json"        # in the store's state folder (SEEN)
 WEAK = {"type": "fuse.rclone", "mtime_step_ns": 1, "stable_inode": False, "stable_mtime": False}

@@ -2,7 +2,7 @@
 
 The CLI runs as a subprocess (conftest's `run_cli`, state confined to tmp_path); fault injection
 that needs a patched write (disk full) or a change between plan and run drives execute_plan
-in-process. "Resolves" always means ComfyUI's own order (migrate.comfy.search_folders) applied to
+in-process. "Resolves" always means ComfyUI's own order (migrate.core.comfy.search_folders) applied to
 the YAML on disk, checked against digests computed here with xxh3-128, independently of the tool.
 """
 from __future__ import annotations
@@ -25,9 +25,10 @@ import xxhash
 import yaml
 
 from conftest import as_model, make_pod, run_cli, run_leaving_conflicts, snapshot_tree
-from migrate import comfy, fsops
-from migrate.journal import read_log
-from migrate.model import STATE_DIR, Policy
+from migrate.core import comfy
+from migrate.disk import fsops
+from migrate.disk.journal import read_log
+from migrate.core.model import STATE_DIR, Policy
 
 TEMP_MARK = ".cm-tmp-"
 NOT_MODELS = (".part", ".tmp", ".crdownload", ".aria2", ".incomplete", ".download")
@@ -413,7 +414,7 @@ def test_sigkill_at_every_record_cross_filesystem(tmp_path, cli_env, other_fs):
 
 
 def test_killed_before_closing_record_next_run_closes_the_log(tmp_path, cli_env):
-    from migrate.execute import find_interrupted
+    from migrate.disk.journal import find_interrupted
     k = _count_records(tmp_path, tmp_path / "targets", cli_env)
     root, target = tmp_path / "pod", tmp_path / "targets" / "pod"
     comfyui = small_pod(root, target)
@@ -426,7 +427,7 @@ def test_killed_before_closing_record_next_run_closes_the_log(tmp_path, cli_env)
 # --- 7. disk full (in-process) ------------------------------------------------------------------------
 
 def _plan(comfyui: Path, target: Path, **policy):
-    from migrate.facts import gather, make_plan
+    from migrate.disk.facts import gather, make_plan
     facts = gather([str(comfyui / "models")], str(target), str(yaml_of(comfyui)), None)
     return make_plan(facts, Policy(**policy))
 
@@ -467,8 +468,8 @@ def test_disk_full_on_one_copy_stops_the_run_and_run_continues_it(pod, other_fs,
     before), no temporary is left. With room again, the next run continues the SAME run (same id,
     one log) and closes it. Before: that file failed, the others went on, the YAML was switched,
     the log closed with exit 1, and the next `run` started a second run."""
-    from migrate.errors import NoSpace
-    from migrate.execute import execute_plan
+    from migrate.core.errors import NoSpace
+    from migrate.app.execute import execute_plan
     target = copy_target(pod, other_fs / "models")
     sizes = {rel: os.path.getsize(p) for rel, p in files_under(str(pod.models)).items()}
     ranked = sorted(sizes.values(), reverse=True)
@@ -515,10 +516,10 @@ def test_disk_full_on_one_copy_stops_the_run_and_run_continues_it(pod, other_fs,
 
 def _run_until_full(pod, target: Path, monkeypatch, limit: int):
     """execute_plan with the target full after `limit` bytes; returns (report or None, exception or None)."""
-    from migrate.execute import execute_plan
+    from migrate.app.execute import execute_plan
     plan = _plan(pod.comfyui, target)
     _fill_target_after(monkeypatch, target, limit, per_file=False)
-    from migrate.errors import NoSpace
+    from migrate.core.errors import NoSpace
     try:
         return execute_plan(plan, ["test"]), None
     except (OSError, NoSpace) as exc:
@@ -548,7 +549,7 @@ def test_disk_full_stays_full_keeps_every_source(pod, other_fs, monkeypatch):
 def test_disk_full_stays_full_stops_with_exit_4_and_leaves_no_temp(pod, other_fs, monkeypatch):
     """A target that fills for good stops the run (exit 4, both ways on named), leaving no temporary
     and its log open for `run` to continue. Before: the failures were reported and the log closed."""
-    from migrate.errors import NoSpace
+    from migrate.core.errors import NoSpace
     target = copy_target(pod, other_fs / "models")
     rep, exc = _run_until_full(pod, target, monkeypatch, 1 << 20)
     assert not temps(pod.root, target), temps(pod.root, target)
@@ -562,7 +563,7 @@ def test_disk_full_stays_full_stops_with_exit_4_and_leaves_no_temp(pod, other_fs
 
 @pytest.mark.parametrize("fs", ["same", "cross"])
 def test_source_changed_after_plan_is_kept(pod, request, fs):
-    from migrate.execute import execute_plan
+    from migrate.app.execute import execute_plan
     if fs == "cross":
         target = copy_target(pod, request.getfixturevalue("other_fs") / "models")
     else:
@@ -592,7 +593,7 @@ def test_source_changed_after_plan_is_kept(pod, request, fs):
 # --- 9. the target lock -------------------------------------------------------------------------------
 
 def _write_lock(target: Path, pid: int) -> None:
-    from migrate.lock import boot_id, pid_namespace
+    from migrate.disk.lock import boot_id, pid_namespace
     sd = target / STATE_DIR
     sd.mkdir(parents=True, exist_ok=True)
     (sd / "lock").write_text(json.dumps({"host": socket.gethostname(), "boot_id": boot_id(), "pidns": pid_namespace(), "pid": pid,
@@ -650,8 +651,8 @@ def test_every_step_acts_only_after_its_log_is_durable(pod, other_fs, monkeypatc
     """"done" records are not fsynced on their own (a round trip each on a network volume): the
     next begin's fsync makes them durable. Every change to a model, folder or source happens with
     the whole log fsynced up to its own begin record (write-ahead)."""
-    from migrate import journal
-    from migrate.execute import execute_plan
+    from migrate.disk import journal
+    from migrate.app.execute import execute_plan
     target = copy_target(pod, other_fs / "models")
     plan = _plan(pod.comfyui, target)
     state = {"dirty": False, "acts": 0, "unsynced": 0}
@@ -677,7 +678,7 @@ def test_every_step_acts_only_after_its_log_is_durable(pod, other_fs, monkeypatc
         guard(name)
     # Publishes and quarantines go through libc's renameat2 (RENAME_NOREPLACE), not os.rename:
     # guard it too, or the copy's publish and every source's quarantine would go unchecked.
-    from migrate import fsops
+    from migrate.disk import fsops
     real_renameat2 = fsops._renameat2()
     assert real_renameat2 is not None, "this test needs renameat2 (Linux, glibc >= 2.28)"
     renames = []

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from migrate import comfy, scan as scanmod
-from migrate.hashing import DigestCache
-from migrate.model import Status
-from migrate.scan import hash_records, scan_tree
+from migrate.core import comfy
+from migrate.disk import scan as scanmod
+from migrate.disk.hashing import DigestCache
+from migrate.core.model import Status
+from migrate.disk.scan import hash_records, scan_tree
 from conftest import past_racy_window
 
 

@@ -462,9 +462,9 @@ def test_property_stale_facts_never_lose_content(tmp_path, cli_env, spec):
         else:
             def pre() -> None:      # in the `run` child: change the files just before that moment
                 import migrate.cli
-                import migrate.execute
+                import migrate.app.execute
                 module, name = ((migrate.cli, "take_lock") if spec["window"] == "lock-wait"
-                                else (migrate.execute, "execute_plan"))
+                                else (migrate.app.execute, "execute_plan"))
                 real = getattr(module, name)
 
                 def changed_first(*a, **kw):
@@ -562,7 +562,7 @@ def test_stale_audit_verdict_lets_no_broken_file_in(tmp_path, cli_env, warm_with
 def test_inode_past_2_to_the_63_round_trips_through_the_digest_cache(tmp_path):
     """FUSE mounts (rclone) report inode numbers >= 2^63, past SQLite's signed INTEGER: put, save,
     and a new instance gets the digest back for that stamp, and only for it (size, mtime, ctime)."""
-    from migrate.hashing import DigestCache
+    from migrate.disk.hashing import DigestCache
     db = str(tmp_path / "cache" / "digests.sqlite")
     read_ns = 1_700_000_000_000_000_000
     stamps = [(64769, 2 ** 63, 4096, OLD_NS, OLD_NS + 5), (64769, 2 ** 63 + 12345, 4096, OLD_NS, OLD_NS + 5),

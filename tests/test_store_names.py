@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from test_plan import OTHER_FS, SRC, TGT, plan_of, rec
 
 from conftest import as_model, run_cli, snapshot_tree
-from migrate import storerules
-from migrate.model import UNPROBED, ActionKind, Method, OnConflict, Policy
-from migrate.storerules import UTF16, allocation, fold, length, refusal, shorten
+from migrate.core import storerules
+from migrate.core.model import UNPROBED, ActionKind, Method, OnConflict, Policy
+from migrate.core.storerules import UTF16, allocation, fold, length, refusal, shorten
 
 # What the probe measured on exfat-fuse with `mkfs.exfat -c 1M` (fsops.probe_fs).
 EXFAT = UNPROBED._replace(fstype="fuseblk", hardlink=False, symlink=False, mtime_step_ns=10 ** 9,
@@ -361,7 +361,7 @@ def test_a_112_character_cjk_name_moves_within_an_exfat_volume(tmp_path, cli_env
 
 
 def test_the_probe_finds_the_rules_of_a_posix_filesystem(tmp_path):
-    from migrate.fsops import probe_fs
+    from migrate.disk.fsops import probe_fs
     fs = probe_fs(str(tmp_path))
     assert (fs.forbidden, fs.trailing, fs.name_unit) == ("", "", "bytes")
     assert fs.name_max == os.statvfs(tmp_path).f_namemax and fs.block >= os.statvfs(tmp_path).f_frsize
@@ -369,7 +369,7 @@ def test_the_probe_finds_the_rules_of_a_posix_filesystem(tmp_path):
 
 
 def test_the_probe_finds_the_rules_of_exfat(exfat):
-    from migrate.fsops import probe_fs
+    from migrate.disk.fsops import probe_fs
     volume = exfat(16)
     fs = probe_fs(str(volume))
     assert not fs.case_sensitive and set(storerules.WINDOWS_CHARS) <= set(fs.forbidden) and "\x01" in fs.forbidden

@@ -17,9 +17,9 @@ from typing import Dict, List
 import pytest
 
 from conftest import as_model, run_cli, run_leaving_conflicts
-from migrate.journal import read_log
-from migrate.model import STATE_DIR
-from migrate.verify import claims, pod_runs
+from migrate.disk.journal import read_log
+from migrate.core.model import STATE_DIR
+from migrate.app.verify import claims, pod_runs
 
 VAE = "vae/wan_2.1_vae.safetensors"                              # the demo store already holds it
 S2V = "diffusion_models/wan2.2_s2v_14B_fp8_scaled.safetensors"    # placed by the first run
@@ -294,7 +294,7 @@ def test_quick_compares_mtimes_at_the_precision_the_run_probed(pod, cli_env):
     right after the publish, whole seconds once the server has it) is healthy: `--quick` compares at
     the step the run's probe logged for it, as rollback does (it compared nanoseconds exactly and
     called every such file changed). A change beyond the step is still one."""
-    from migrate.journal import _canonical, _sum
+    from migrate.disk.journal import _canonical, _sum
     run_id = migrate(pod, cli_env)
     log = pod.target / STATE_DIR / "runs" / f"{run_id}.jsonl"
     records = records_of(pod.target, run_id)

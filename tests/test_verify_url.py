@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from migrate import report
-from migrate.verify import check_listed, input_choices, parse_server
+from migrate.views import report
+from migrate.app.verify import check_listed, input_choices, parse_server
 
 ROOT = Path(__file__).resolve().parent.parent
 REC = ROOT / "fixtures" / "comfyui-0.3.75"
@@ -299,7 +299,7 @@ def test_live_search_folders_outrank_the_clock(real_pod_migrated):
     folders (/internal/folder_paths) hold every store folder the YAML lists, is not stale (it was
     "restart it", exit 8: a start script that attaches then starts ComfyUI met it at every boot)."""
     import time
-    from migrate.running import find_running
+    from migrate.disk.running import find_running
     root, env = real_pod_migrated
     comfyui = Path(env["COMFYUI_DIR"])
     with Served(recording("after", root)) as s:
@@ -322,7 +322,7 @@ def test_live_search_folders_outrank_the_clock(real_pod_migrated):
 def test_a_start_within_the_clocks_step_may_be_stale_not_stale():
     """/proc gives a process start in whole seconds of btime (up to 1 s early): a server started just
     after the YAML changed must not be called stale by the clock alone; it "may be stale"."""
-    from migrate.verify import ServerView, start_note, stale_server
+    from migrate.app.verify import ServerView, start_note, stale_server
     view = ServerView({}, None, None, 0)
     listed = {"checked": 0, "not_listed": []}
     changed = 1_000_000.4

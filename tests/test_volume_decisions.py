@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from test_plan import OTHER_FS, SAME_FS, SRC, TGT, brief, plan_of, rec
 
-from migrate.model import UNPROBED, ActionKind, Method, Removal
-from migrate.plan import LOWER, UNKNOWN
+from migrate.core.model import UNPROBED, ActionKind, Method, Removal
+from migrate.core.plan import LOWER, UNKNOWN
 
 EXFAT = UNPROBED._replace(fstype="fuse.exfat", hardlink=False, symlink=False, mtime_step_ns=10_000_000)
 RCLONE = UNPROBED._replace(fstype="fuse.rclone", hardlink=False, symlink=False, stable_inode=False)
@@ -71,9 +71,9 @@ def test_files_of_an_image_layer_or_of_a_layer_not_known_are_copied_and_stay():
 def test_probe_leaves_nothing_and_a_killed_probes_scratch_is_never_scanned_and_swept(tmp_path):
     import os
 
-    from migrate import fsops
-    from migrate.model import PROBE_PREFIX
-    from migrate.scan import scan_tree
+    from migrate.disk import fsops
+    from migrate.core.model import PROBE_PREFIX
+    from migrate.disk.scan import scan_tree
     (tmp_path / "loras").mkdir()
     (tmp_path / "loras" / "a.pt").write_bytes(b"x")
     before = sorted(os.listdir(tmp_path)), os.stat(tmp_path).st_mtime_ns
@@ -101,8 +101,8 @@ def test_the_lock_needs_no_hardlinks_and_takes_over_an_empty_old_lock_and_a_zomb
 
     import pytest
 
-    from migrate import lock as lockmod
-    from migrate.errors import Locked
+    from migrate.disk import lock as lockmod
+    from migrate.core.errors import Locked
 
     def no_links(*a, **k):
         raise OSError(errno.EPERM, "Operation not permitted")
@@ -146,7 +146,7 @@ def test_an_oserror_on_a_descriptor_names_its_path_and_operation(tmp_path, monke
 
     import pytest
 
-    from migrate import fsops
+    from migrate.disk import fsops
     src = tmp_path / "a.bin"
     src.write_bytes(b"x" * 1000)
     st = os.stat(src)
@@ -164,8 +164,8 @@ def test_an_oserror_on_a_descriptor_names_its_path_and_operation(tmp_path, monke
 def test_a_probe_of_another_container_with_our_host_name_is_not_swept_by_its_pid(tmp_path):
     """Two containers with one host name probe one store: the other's pid means nothing here (its
     PID namespace is not ours), so its live scratch folder is left alone; ours, of a dead pid, goes."""
-    from migrate import fsops
-    from migrate.model import PROBE_PREFIX
+    from migrate.disk import fsops
+    from migrate.core.model import PROBE_PREFIX
     owner = fsops.probe_owner()
     host, ns = owner.rsplit("-", 1)[0], owner.rsplit("n", 1)[1]
     assert ns, "no PID namespace number here"

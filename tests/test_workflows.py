@@ -6,7 +6,7 @@ import os
 
 from conftest import FIXTURES, run_cli, snapshot_tree
 
-from migrate import workflows as wf
+from migrate.core import workflows as wf
 
 I2V = (FIXTURES / "workflows" / "wan22_i2v.json").read_text()
 S2V = (FIXTURES / "workflows" / "wan22_s2v_api.json").read_text()

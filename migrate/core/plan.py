@@ -16,10 +16,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from collections import namedtuple
 
-from migrate import comfy, names, storerules
-from migrate.storerules import CASE_CLASH, HIDDEN_LINK, NAME_REFUSED, stay_kind
-from migrate.errors import BadInput
-from migrate.model import (
+from migrate.core import comfy, names, storerules
+from migrate.core.storerules import CASE_CLASH, HIDDEN_LINK, NAME_REFUSED, stay_kind
+from migrate.core.errors import BadInput
+from migrate.core.model import (
     UNPROBED, Action, ActionKind, CustomFolder, FileRecord, FsFacts, Method, Mode, OnConflict, PathFacts, Plan,
     Policy, Probe, Removal, ScanResult, Status,
 )

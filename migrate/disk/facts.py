@@ -11,12 +11,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from migrate import catalogue as store_catalogue, fsops, plan as planning
-from migrate.comfy import DEFAULT_COMFYUI, check_dir, find_comfyui  # noqa: F401 (they lived here)
-from migrate.errors import BadInput
-from migrate.hashing import DigestCache
-from migrate.model import UNPROBED, Finding, FsFacts, PathFact, PathFacts, Plan, Policy, Probe, ScanResult, Status
-from migrate.scan import hash_records, scan_tree
+from migrate.disk import catalogue as store_catalogue, fsops
+from migrate.core import plan as planning
+from migrate.core.comfy import DEFAULT_COMFYUI, check_dir, find_comfyui  # noqa: F401 (they lived here)
+from migrate.core.errors import BadInput
+from migrate.disk.hashing import DigestCache
+from migrate.core.model import UNPROBED, Finding, FsFacts, PathFact, PathFacts, Plan, Policy, Probe, ScanResult, Status
+from migrate.disk.scan import hash_records, scan_tree
 
 DEFAULT_TARGET = "/workspace/models"
 
@@ -91,8 +92,8 @@ def through_links(scan: ScanResult) -> ScanResult:
     """The store's scan with what its symlinked folders hold (symlinked_folders), under the
     store's names: run writes through such a folder (preflight.py), so the plan must know what is
     already behind it. One level: a symlinked folder behind a symlinked folder is not entered."""
-    from migrate.comfy import category_of as comfy_category
-    from migrate.scan import classify
+    from migrate.core.comfy import category_of as comfy_category
+    from migrate.disk.scan import classify
     extra = []
     problems = list(scan.problems)
     by_path = {r.path: r for r in scan.records}
@@ -144,7 +145,7 @@ def gather(
     """verdicts: a sniff.VerdictCache (None: no cache). Broken or suspect files are held back
     (status SUSPECT: never hashed, never moved) unless include_suspect. launch: how ComfyUI is
     started (launch.Launch: its models folder, the other YAMLs it reads, its output folders)."""
-    from migrate.sniff import check_sources
+    from migrate.disk.sniff import check_sources
     started = time.time_ns()
     planning.check_roots([os.path.realpath(s) for s in sources], os.path.realpath(target))
     check_writable(target)
@@ -220,7 +221,7 @@ def weakest_facts(target: str, target_fs: FsFacts, probes: Sequence[Probe]) -> T
     """The store's probe, and those of sources on the store's own filesystem, no stronger than the
     weakest facts earlier probes of the store found (fsops.seen_facts; kept by each run): rclone's
     inode numbers survive one probe's renames and not the next's, so one lucky probe proves nothing."""
-    from migrate.identity import weakest
+    from migrate.disk.identity import weakest
     seen = fsops.seen_facts(target)
     if seen is None:
         return target_fs, tuple(probes)
@@ -249,8 +250,8 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
     (a stored file of such a name is read: the plan gives its digest)."""
     if yaml_path is None:
         return None, set()
-    from migrate import comfy, names
-    from migrate.hashing import hash_path, stamp
+    from migrate.core import comfy, names
+    from migrate.disk.hashing import hash_path, stamp
     as_read = os.path.join(os.path.realpath(os.path.dirname(yaml_path)), os.path.basename(yaml_path))
     if launch is not None:
         models_dir = launch.models
@@ -326,7 +327,7 @@ def gather_world(scans: Sequence[ScanResult], target_scan: Optional[ScanResult],
 
 
 def canonical(cat: str) -> str:
-    from migrate.comfy import canonical_key
+    from migrate.core.comfy import canonical_key
     return canonical_key(cat)
 
 
@@ -389,7 +390,7 @@ def path_facts(yaml_path: Optional[str], target: str, base_path: str) -> Optiona
 
 def make_plan(facts: Facts, policy: Policy) -> Plan:
     """The plan, checked by the preflight against every path run will touch (see preflight.py)."""
-    from migrate import comfy, preflight
+    from migrate.core import comfy, preflight
     if policy.base_path is None:        # no --base-path: the form the YAML has (a portable one stays so)
         policy = policy._replace(base_path=comfy.kept_base_spec(facts.yaml_before, facts.yaml_path or ""))
     plan = planning.build_plan(facts.sources, facts.target_scan, facts.target, policy, facts.probes,
@@ -407,10 +408,10 @@ def state_bytes(target: str, sources: Sequence[str], yaml_path: Optional[str]) -
     """The space our own files in the store take already, of those the plan's reserve counts
     (storerules.reserve): the state folders, the lock, the rollback reserve, the catalogue, and
     the log of this pod's interrupted run (which `run` continues). Old runs' logs do not count."""
-    from migrate.errors import BadLog
-    from migrate.execute import find_interrupted
-    from migrate.model import STATE_DIR
-    from migrate.storerules import STATE_PATHS
+    from migrate.core.errors import BadLog
+    from migrate.disk.journal import find_interrupted
+    from migrate.core.model import STATE_DIR
+    from migrate.core.storerules import STATE_PATHS
     paths = [os.path.join(target, STATE_DIR, p) for p in STATE_PATHS]
     try:
         log = find_interrupted(target, list(sources), yaml_path)
@@ -430,10 +431,10 @@ def state_bytes(target: str, sources: Sequence[str], yaml_path: Optional[str]) -
 def interrupted_placements(facts: Facts):
     """(run id, store paths it placed) of this pod's interrupted run, which `run` continues: those
     files are in the store because of that run, not deduplication (None without one)."""
-    from migrate.errors import BadLog
-    from migrate.execute import find_interrupted
-    from migrate.journal import group_steps, read_log
-    from migrate.steps import STORES_SOURCE
+    from migrate.core.errors import BadLog
+    from migrate.disk.journal import find_interrupted
+    from migrate.disk.journal import group_steps, read_log
+    from migrate.core.steps import STORES_SOURCE
     try:
         log = find_interrupted(facts.target, [s.root for s in facts.sources], facts.yaml_path)
         if log is None:
@@ -492,8 +493,8 @@ def confirm_beliefs(plan: Plan, caches: Sequence[Optional[DigestCache]] = ()) ->
     or whose stored copy's, differ (or that changed meanwhile). Every digest read here goes into
     `caches` (the re-plan's memo, so planning again sees the truth, and the digest cache, so the
     next plan does)."""
-    from migrate.hashing import digest_now
-    from migrate.model import ActionKind, Removal
+    from migrate.disk.hashing import digest_now
+    from migrate.core.model import ActionKind, Removal
 
     def remember(s, got: str, at: int) -> None:
         for cache in caches:
@@ -530,9 +531,9 @@ def loaded_models(order: dict, gguf: bool = False) -> dict:
     the first folder in search order holding a regular file or a symlink to one). Reads folders only.
     A folder reached again through a symlink loop (`loras/self -> .`) is walked once. gguf: also the
     .gguf files ComfyUI-GGUF lists in diffusion_models and text_encoders."""
-    from migrate import comfy
-    from migrate.names import first_holder
-    from migrate.workflows import GGUF_CATEGORIES
+    from migrate.core import comfy
+    from migrate.core.names import first_holder
+    from migrate.core.workflows import GGUF_CATEGORIES
     out: dict = {}
     for cat, folders in order.items():
         names = set()
@@ -593,7 +594,7 @@ def find_workflows(home: str, user: Optional[str] = None) -> List[str]:
 
 def gather_workflows(home: str, order: dict, user: Optional[str] = None):
     """(workflows with categories, what ComfyUI loads for each name now). Reads, never writes."""
-    from migrate import workflows as wf
+    from migrate.core import workflows as wf
     before = loaded_models(order, gguf=True)
     names: dict = {}
     for cat, name in before:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 import xxhash
 
-from migrate import identity
+from migrate.disk import identity
 
 BUFFER = 1 << 20              # 1 MiB: 128 KiB-4 MiB measure the same once aligned
 LARGE = 8 << 20               # files at least this big are hashed on worker threads, one task each

@@ -19,8 +19,8 @@ import posixpath
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from migrate import comfy, names, plan as planning
-from migrate.model import Action, ActionKind, PathFacts, Plan, Policy, Removal, ScanResult, Status
+from migrate.core import comfy, names, plan as planning
+from migrate.core.model import Action, ActionKind, PathFacts, Plan, Policy, Removal, ScanResult, Status
 
 # A logged source: path -> (size, mtime_ns, digest), from the store's run logs.
 Logged = Dict[str, Tuple[int, int, str]]
@@ -154,8 +154,8 @@ def logged_sources(target: str) -> Logged:
     """Every source file the store's runs logged (placed, or removed as already stored), with its
     size, mtime and digest: a file of the image at that path with that size and mtime is taken to
     hold that digest (a belief, used only to say which names change, never to free a byte)."""
-    from migrate.journal import read_log, run_logs
-    from migrate.errors import BadLog
+    from migrate.disk.journal import read_log, run_logs
+    from migrate.core.errors import BadLog
     out: Logged = {}
     for _, path in run_logs(target):
         try:
@@ -180,10 +180,10 @@ def lost_link_backs(target: str, models_dir: str) -> Tuple[Tuple[str, str], ...]
     open ComfyUI/models/<folder> directly), mapped to this ComfyUI's models folder (a worker's
     own, or the rebuilt container's), that are gone while their stored file is in the store:
     (where the link goes, the stored file). Read from the logs: no model file is read."""
-    from migrate.fleet import store_rel
-    from migrate.journal import group_steps
-    from migrate.rollback import live_runs
-    from migrate.steps import Op
+    from migrate.core.fleet import store_rel
+    from migrate.disk.journal import group_steps
+    from migrate.app.rollback import live_runs
+    from migrate.core.steps import Op
     out: Dict[str, str] = {}
     for _, records in live_runs(target):
         head = records[0]
@@ -222,9 +222,9 @@ def _candidates(models: ScanResult, store: ScanResult) -> Tuple[set, set]:
 def gather_attach(home: str, target: str, base_path: Optional[str], launch=None) -> AttachFacts:
     """Read what attach needs (stat only; a model's digest comes from the store's catalogue or its
     runs' logs, only for a name the image and the store hold at the same size)."""
-    from migrate import catalogue as store_catalogue
-    from migrate.facts import path_facts, read_yaml, top_folders
-    from migrate.scan import scan_tree
+    from migrate.disk import catalogue as store_catalogue
+    from migrate.disk.facts import path_facts, read_yaml, top_folders
+    from migrate.disk.scan import scan_tree
     yaml_path = os.path.join(home, "extra_model_paths.yaml")
     yaml_before = read_yaml(yaml_path)
     spec = base_path or comfy.kept_base_spec(yaml_before, yaml_path)

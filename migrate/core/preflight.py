@@ -16,14 +16,14 @@ from __future__ import annotations
 import posixpath
 from typing import Dict, List, Optional, Sequence
 
-from migrate.errors import BadInput
-from migrate.storerules import UTF16, length
+from migrate.core.errors import BadInput
+from migrate.core.storerules import UTF16, length
 
 
 class StoreChanged(BadInput):
     """A file appeared in the store, since its scan, where the plan places one: another pod's run
     placing it (outside the lock: `run` waits for that run, then plans again), or a user's copy."""
-from migrate.model import STATE_DIR, Method, Mode, Plan, PathFact, Removal
+from migrate.core.model import STATE_DIR, Method, Mode, Plan, PathFact, Removal
 
 
 def needed_folders(plan: Plan) -> List[str]:

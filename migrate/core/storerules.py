@@ -14,7 +14,7 @@ import posixpath
 import unicodedata
 from typing import Iterable, Optional
 
-from migrate.model import Action, FsFacts
+from migrate.core.model import Action, FsFacts
 
 # What Windows-family filesystems refuse in a name (exFAT, NTFS with windows_names, vfat): the
 # probe tries these one by one; a refused control character stands for all of them (1-31).

@@ -13,8 +13,8 @@ from __future__ import annotations
 import posixpath
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from migrate.model import Action, ActionKind, Plan
-from migrate.steps import PLACES_FILE, REMOVES_SOURCE, STORES_SOURCE, Op
+from migrate.core.model import Action, ActionKind, Plan
+from migrate.core.steps import PLACES_FILE, REMOVES_SOURCE, STORES_SOURCE, Op
 
 PLACED = (ActionKind.MOVE, ActionKind.LINK, ActionKind.COPY, ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT)
 
@@ -136,7 +136,7 @@ def reliance(runs: Iterable[Tuple[str, Sequence[dict]]], run_id: str) -> Dict[st
 
 def _placed_names(records: Sequence[dict]) -> Dict[str, Tuple[str, str, str]]:
     """Store-relative path -> (category, name, digest) of each file a run placed in the store."""
-    from migrate.comfy import category_of
+    from migrate.core.comfy import category_of
     target = records[0].get("target") or ""
     done = {r.get("step") for r in records if r.get("type") == "done"}
     out: Dict[str, Tuple[str, str, str]] = {}

@@ -389,3 +389,12 @@ class Plan(namedtuple("Plan", [
 
     def __hash__(self) -> int:
         return tuple.__hash__(self._replace(free_bytes=None, container_free=None))
+
+
+def human(n: float) -> str:
+    """A byte count for a person: 1.5 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

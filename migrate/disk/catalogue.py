@@ -30,10 +30,10 @@ import os
 import posixpath
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from migrate import fsops
-from migrate.fleet import store_rel
-from migrate.model import STATE_DIR, Action, ActionKind, Method, ScanResult, Status
-from migrate.steps import PLACES, STORES_SOURCE, Op
+from migrate.disk import fsops
+from migrate.core.fleet import store_rel
+from migrate.core.model import STATE_DIR, Action, ActionKind, Method, ScanResult, Status
+from migrate.core.steps import PLACES, STORES_SOURCE, Op
 
 CATALOGUE_VERSION = 1
 NAME = "catalogue.jsonl"
@@ -114,7 +114,7 @@ def lookup(cat: Catalogue, rel: str, ident: Ident, ctime_ns: int) -> Optional[st
     e = cat.get(rel)
     if e is not None and e.ident == ident and e.ctime_ns == ctime_ns:
         if e.sha256 and e.blake3:
-            from migrate.hashing import remember_extras
+            from migrate.disk.hashing import remember_extras
             remember_extras(e.digest, e.sha256, e.blake3)
         return e.digest
     return None
@@ -123,7 +123,7 @@ def lookup(cat: Catalogue, rel: str, ident: Ident, ctime_ns: int) -> Optional[st
 def with_hashes(cat: Catalogue, old: Catalogue) -> Catalogue:
     """Each entry with the SHA-256 and BLAKE3 of its content: from a read in this process, else from
     an old entry naming the same xxh3 digest (they describe the content, not the file)."""
-    from migrate.hashing import extras
+    from migrate.disk.hashing import extras
     known = {e.digest: (e.sha256, e.blake3) for e in old.values() if e.sha256 and e.blake3}
     out: Catalogue = {}
     for rel, e in cat.items():
@@ -258,7 +258,7 @@ def save(target: str, cat: Catalogue) -> None:
 
 def walk_store(target: str) -> List[Walked]:
     """(rel, (inode, size, mtime_ns), ctime_ns) of every file in the store a plan would consider (lstat only)."""
-    from migrate.scan import classify, walk
+    from migrate.disk.scan import classify, walk
     out = []
     for rel, st in walk(target, lambda exc: None):
         if classify(rel, st)[0].migrates:
@@ -268,8 +268,8 @@ def walk_store(target: str) -> List[Walked]:
 
 def run_logs(target: str) -> List[List[dict]]:
     """The records of every readable run log in the target (rollback logs and damaged logs left out)."""
-    from migrate.errors import BadLog
-    from migrate.journal import read_log, run_logs as log_paths
+    from migrate.core.errors import BadLog
+    from migrate.disk.journal import read_log, run_logs as log_paths
     out = []
     for _, path in log_paths(target):
         try:
@@ -281,7 +281,7 @@ def run_logs(target: str) -> List[List[dict]]:
 
 def hash_stored(target: str, files: Iterable[Walked]) -> Known:
     """Digests of stored files, read now, each only while it is still the file walked."""
-    from migrate.hashing import hash_path, stat_key
+    from migrate.disk.hashing import hash_path, stat_key
     out: Known = {}
     for rel, ident, _ in files:
         path = os.path.join(target, rel)
@@ -341,7 +341,7 @@ def export_rows(walked: Sequence[Walked], cat: Catalogue, headers: Dict[str, Dic
     the catalogue vouches for them (the file still has the recorded inode, size, mtime and ctime),
     else where this user's digest cache does (`cached`: rel -> (xxh3, sha256, blake3), e.g. from a
     `verify` that read a file stored before SHA-256 was computed)."""
-    from migrate.comfy import category_of
+    from migrate.core.comfy import category_of
     cached = cached or {}
     digests: Dict[str, Optional[str]] = {}
     for rel, ident, ctime_ns in walked:
@@ -406,7 +406,7 @@ def export(target: str, cache=None) -> Tuple[List[dict], str]:
                for rel, _, _ in walked if rel.lower().endswith(".safetensors")}
     cached: Dict[str, Tuple[str, Optional[str], Optional[str]]] = {}
     if cache is not None:
-        from migrate.hashing import stamp
+        from migrate.disk.hashing import stamp
         for rel, ident, ctime_ns in walked:
             e = cat.get(rel)
             if e is not None and e.sha256 and lookup(cat, rel, ident, ctime_ns):

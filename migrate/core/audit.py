@@ -25,8 +25,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from migrate import comfy
-from migrate.model import FileRecord, Finding, ScanResult, Status
+from migrate.core import comfy
+from migrate.core.model import FileRecord, Finding, ScanResult, Status
 
 CHECKS_VERSION = 1               # bump when a check changes: cached verdicts of older checks are redone
 HEAD = 16 << 10                  # bytes read from the start of each model file (more for a long header)

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator, Sequence
 from operator import attrgetter
 from stat import S_IMODE, S_ISDIR, S_ISLNK, S_ISREG
 
-from migrate import comfy
-from migrate.hashing import DigestCache, TimesMove, hash_many, note_read
-from migrate.model import PROBE_PREFIX, STATE_DIR, FileRecord, Problem, ScanResult, Status
+from migrate.core import comfy
+from migrate.disk.hashing import DigestCache, TimesMove, hash_many, note_read
+from migrate.core.model import PROBE_PREFIX, STATE_DIR, FileRecord, Problem, ScanResult, Status
 
 TEMP_MARK = ".cm-tmp-"     # our temporary files: .<name>.cm-tmp-<run id>
 

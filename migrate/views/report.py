@@ -10,15 +10,9 @@ import shlex
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
-from migrate.model import PLAN_FORMAT, Action, ActionKind, Finding, Method, Plan, Removal, ScanResult, Status
+from migrate.core.model import PLAN_FORMAT, Action, ActionKind, Finding, Method, Plan, Removal, ScanResult, Status, human
 
 
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def show(path: str) -> str:
@@ -270,7 +264,7 @@ def totals(plan: Plan) -> dict:
     saved = sum(a.size for a in plan.actions if a.kind in (ActionKind.ALREADY_THERE, ActionKind.SAME_CONTENT)
                 and a.removal is not Removal.UNLINK and a.dst not in resumed)
     quarantined = sum(a.size for a in plan.actions if a.removal is Removal.QUARANTINE)
-    from migrate.storerules import stay_kind
+    from migrate.core.storerules import stay_kind
     return {"by_action": by_kind, "dedup_saves_bytes": saved, "copy_bytes": plan.bytes_to_copy,
             "quarantine_bytes": quarantined, "store_space_needed": plan.space_to_take,
             "store_reserve_bytes": plan.reserve_bytes,
@@ -409,7 +403,7 @@ def launch_line(plan: Plan) -> str:
 
 def warning_lines(plan: Plan) -> list[str]:
     """The plan's warnings, each kind once: conflicts as one line naming the files (short), then the rest."""
-    from migrate.storerules import stay_kind
+    from migrate.core.storerules import stay_kind
     heads = {"conflict": "conflict(s): the store holds other content under the name",
              "case-clash": "case clash(es): the store's filesystem folds case, so these names are one name "
                            "there with another spelling",
@@ -525,7 +519,7 @@ def deploy_doc(plan: Plan) -> dict:
                      f"holds the store on that machine (here {p.env_value}; e.g. /runpod-volume elsewhere)")
     cats = {c for c in plan.target_categories}
     cats.update(a.category for a in plan.actions if a.dst and a.category)
-    from migrate.comfy import LOADERS
+    from migrate.core.comfy import LOADERS
     cat = next((c for c in LOADERS if c in cats and c not in ("vae_approx", "diffusers")), "diffusion_models")
     node, name = LOADERS[cat][0]
     check = [f"curl -s {COMFYUI_URL}/object_info | jq '{choices_jq(node, name)}'",
@@ -616,7 +610,7 @@ def workflow_lines(doc: dict, root: str = "") -> list[str]:
 
 def rollback_summary(undos: Sequence, kept: int) -> str:
     """What a rollback will do, in one line: counts per kind of step (rollback.Undo.op)."""
-    from migrate.steps import PLACES, RETURNS_SOURCE, Op
+    from migrate.core.steps import PLACES, RETURNS_SOURCE, Op
     n: dict[str, int] = {}
     for u in undos:
         n[u.op] = n.get(u.op, 0) + 1

@@ -23,7 +23,7 @@ import shlex
 from collections import namedtuple
 from typing import List, Optional, Sequence, Tuple
 
-from migrate.errors import BadInput, ExitCode, MigrateError
+from migrate.core.errors import BadInput, ExitCode, MigrateError
 
 # The options that place models, in the form they are passed back (a run's log, a printed hint).
 PATH_OPTIONS = ("--base-directory", "--models-directory", "--output-directory", "--user-directory",
@@ -164,7 +164,7 @@ def launch_of(comfyui: str, argv: Sequence[str], origin: str, cwd: Optional[str]
         else:
             ns = parser.parse_known_args(argv)[0]
     except BadLaunch as exc:
-        from migrate.comfy import read_version
+        from migrate.core.comfy import read_version
         version = read_version(comfyui)
         raise BadLaunch(f"{where}ComfyUI {version or ''} in {comfyui} would refuse these options: {exc}".replace("  ", " "),
                         "pass the options ComfyUI is started with, e.g. --comfyui-args '--base-directory /workspace/data'")
@@ -246,7 +246,7 @@ def search_order(launch: Launch, texts: dict, written: Optional[str] = None, tex
                  models_real: bool = True) -> dict:
     """ComfyUI's search order for this launch (comfy.search_folders over yaml_texts, its models
     folder, then the output folders main.py adds)."""
-    from migrate import comfy
+    from migrate.core import comfy
     models = os.path.realpath(launch.models) if models_real else launch.models
     return comfy.search_folders(yaml_texts(launch, texts, written, text), models, output=launch.output_folders())
 

@@ -17,15 +17,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from migrate import __version__, fsops, identity
-from migrate.report import human
-from migrate.errors import BadInput, BadLog, NoSpace
-from migrate.hashing import confirm_digest, extras, hash_bytes
-from migrate.journal import RUNS_DIR, EmptyLog, Journal, read_begun, read_log, rollback_log_of, run_logs
-from migrate.lock import TargetLock
-from migrate.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal
-from migrate.scan import TEMP_MARK, temp_name
-from migrate.steps import RETURNS_SOURCE, STAGES_TEMP, Op
+from migrate import __version__
+from migrate.disk import fsops, identity
+from migrate.core.errors import BadInput, BadLog, NoSpace
+from migrate.disk.hashing import confirm_digest, extras, hash_bytes
+from migrate.disk.journal import RUNS_DIR, EmptyLog, Journal, find_interrupted, read_begun, read_log, rollback_log_of, run_logs
+from migrate.disk.lock import TargetLock
+from migrate.core.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal, human
+from migrate.disk.scan import TEMP_MARK, temp_name
+from migrate.core.steps import RETURNS_SOURCE, STAGES_TEMP, Op
 
 OnBytes = Callable[[int], None]
 
@@ -64,32 +64,6 @@ class RunReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def find_interrupted(target: str, sources: Optional[Sequence[str]] = None, yaml: Optional[str] = None) -> Optional[str]:
-    """The newest run log with no closing record and no rollback: a run to continue.
-
-    With `sources`, only a run of this host sharing a source or the YAML counts: on a shared store
-    another pod's interrupted run is that pod's to continue (or roll back) and does not block
-    this one (pods often have the same paths: /workspace/ComfyUI on each container).
-    """
-    for _, path in reversed(run_logs(target)):
-        try:
-            if read_begun(rollback_log_of(path)) is not None:
-                continue    # rolled back, or being rolled back (a rollback that wrote no record did nothing)
-        except BadLog:
-            continue
-        try:
-            records, _, _ = read_log(path)
-        except EmptyLog:
-            continue        # died writing its header (or another pod is writing it): nothing done
-        if sources is not None and (records[0].get("host") != socket.gethostname() or not (
-                set(records[0].get("sources") or []) & set(sources) or (yaml is not None and records[0].get("yaml") == yaml))):
-            continue
-        if records[-1].get("type") != "close":
-            return path
-        return None
-    return None
 
 
 class _Runner:
@@ -668,7 +642,7 @@ def remember_facts(plan: Plan) -> None:
 def links_on_way(plan: Plan) -> Dict[str, str]:
     """Every symlink to a folder on the way from the target to a destination, with its text, as it
     is before the first step: the store folders this run writes through (see preflight.py)."""
-    from migrate.preflight import needed_folders
+    from migrate.core.preflight import needed_folders
     out: Dict[str, str] = {}
     for folder in needed_folders(plan):
         cur = plan.target

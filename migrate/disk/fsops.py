@@ -18,8 +18,8 @@ from functools import lru_cache
 from typing import Callable, List, Optional, Sequence, Tuple
 
 
-from migrate.hashing import Hasher, Key, TimesMove, aligned_buffer, matches, open_regular
-from migrate.model import PROBE_PREFIX, STATE_DIR, FsFacts, Probe
+from migrate.disk.hashing import Hasher, Key, TimesMove, aligned_buffer, matches, open_regular
+from migrate.core.model import PROBE_PREFIX, STATE_DIR, FsFacts, Probe
 
 COPY_CHUNK = 256 << 10     # 256 KiB writes stay on the page cache's fast path here
 FUSE_CHUNK = 4 << 20       # FUSE (MooseFS): every write is a round trip to the daemon; big ones cost fewer
@@ -112,7 +112,7 @@ def _errname(exc: OSError) -> str:
 
 
 def _pid_namespace_id() -> str:
-    from migrate.lock import pid_namespace
+    from migrate.disk.lock import pid_namespace
     return "".join(c for c in pid_namespace() if c.isdigit())
 
 
@@ -395,7 +395,7 @@ def weaken(fs: FsFacts, doc: Optional[dict]) -> FsFacts:
     probes (rclone's inode numbers across a rename) is judged by the worst ever seen."""
     if not isinstance(doc, dict):
         return fs
-    from migrate.identity import precision_of
+    from migrate.disk.identity import precision_of
     p = precision_of(doc)
     return fs._replace(mtime_step_ns=max(fs.mtime_step_ns, p.mtime_step_ns), stable_inode=fs.stable_inode and p.stable_inode,
                        stable_mtime=fs.stable_mtime and p.stable_mtime)
@@ -406,7 +406,7 @@ def remember_weakest(target: str, doc: dict) -> dict:
     weaker in some fact (than what is kept; no record means every fact is strong) and the state
     folder exists. Returns the merged record."""
     import json
-    from migrate.identity import EXACT, precision_of, weakest
+    from migrate.disk.identity import EXACT, precision_of, weakest
     seen = seen_facts(target)
     merged = weakest(seen, doc) if seen else dict(doc)
     if seen is None and precision_of(merged) == EXACT:
@@ -418,7 +418,7 @@ def remember_weakest(target: str, doc: dict) -> dict:
 def by_type(fs: FsFacts) -> FsFacts:
     """A probe that could not try names: the name rules known for its filesystem type (kernel
     exFAT, vfat, NTFS: storerules.KNOWN), the most cautious reading, and its block size."""
-    from migrate.storerules import known_rules
+    from migrate.core.storerules import known_rules
     try:
         block = os.statvfs(fs.path).f_frsize
     except OSError:
@@ -448,7 +448,7 @@ def _accepts(folder: str, name: str) -> bool:
 def _name_rules(scratch: str, where: str) -> Tuple[str, str, str, int]:
     """(characters refused in names, characters a name must not end with, the unit of the name limit,
     the limit), tried in the probe's scratch folder (storerules.py applies them)."""
-    from migrate.storerules import BYTES, CONTROL, UTF16, WINDOWS_CHARS
+    from migrate.core.storerules import BYTES, CONTROL, UTF16, WINDOWS_CHARS
     forbidden = ""
     if not _accepts(scratch, "a:b"):        # a Windows-family filesystem: try each character
         forbidden = "".join(c for c in WINDOWS_CHARS if not _accepts(scratch, f"a{c}b"))
@@ -784,7 +784,7 @@ def reserve_bytes(steps: int, unit: int) -> int:
     """What a rollback writes in the store before it frees anything: the lock (and a stale lock's
     `lock.break`), its log (a few hundred bytes per undone step) and a little more; in whole
     allocation units, since each small file takes at least one (a 1 MiB exFAT cluster)."""
-    from migrate.storerules import rollback_reserve
+    from migrate.core.storerules import rollback_reserve
     return rollback_reserve(steps, unit)     # within the plan's storerules.reserve (which counts it)
 
 

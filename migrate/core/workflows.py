@@ -17,7 +17,7 @@ import posixpath
 from collections import namedtuple
 from collections.abc import Iterable, Mapping, Sequence
 
-from migrate import comfy
+from migrate.core import comfy
 
 # loader node -> the categories its model widgets choose from, from ComfyUI's loader table (comfy.LOADERS)
 LOADERS: dict[str, tuple[str, ...]] = {}

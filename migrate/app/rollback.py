@@ -18,14 +18,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from migrate import __version__, fsops, identity
-from migrate.errors import BadLog
-from migrate.fleet import store_rel
-from migrate.hashing import hash_bytes, hash_path
-from migrate.journal import EmptyLog, Journal, group_steps, read_begun, read_log, rollback_log_of, run_logs
-from migrate.model import STATE_DIR, Problem
-from migrate.scan import TEMP_MARK, temp_name
-from migrate.steps import PLACES, PLACES_FILE, REMOVES_SOURCE, Op
+from migrate import __version__
+from migrate.disk import fsops, identity
+from migrate.core.errors import BadLog
+from migrate.core.fleet import store_rel
+from migrate.disk.hashing import hash_bytes, hash_path
+from migrate.disk.journal import EmptyLog, Journal, group_steps, read_begun, read_log, rollback_log_of, run_logs
+from migrate.core.model import STATE_DIR, Problem
+from migrate.disk.scan import TEMP_MARK, temp_name
+from migrate.core.steps import PLACES, PLACES_FILE, REMOVES_SOURCE, Op
 
 PATH_FIELDS = ("src", "dst", "tmp", "q", "stored", "path")
 
@@ -395,8 +396,8 @@ def _unmerge_yaml(path: str, cur: bytes, before: Optional[bytes], notes: List[st
     """Undo a run's YAML change in a file the user edited since: only our marked section goes (the
     previous one, if the YAML had one, comes back); every other byte stays. Written atomically, or
     not at all ('' when done, else why not)."""
-    from migrate import comfy
-    from migrate.errors import BadInput
+    from migrate.core import comfy
+    from migrate.core.errors import BadInput
     try:
         text = cur.decode("utf-8")
         new = comfy.remove_section(text, before.decode("utf-8") if before is not None else None, path)
@@ -890,7 +891,7 @@ def _host_of(log: str) -> Optional[str]:
 def load_run(log_path: str) -> List[dict]:
     """A run's log, read and checked once for undoing: its hash chain (read_log), its paths
     (check_log), the fields of its step records (records.check_steps)."""
-    from migrate.records import check_steps
+    from migrate.core.records import check_steps
     records, _, _ = read_log(log_path)
     check_log(records, log_path)
     check_steps(records, log_path)

@@ -150,5 +150,5 @@ def same_file(path: str, size: int, mtime_ns: int, ino: Optional[int], digest: O
         return False
     if (p.stable_inode and p.stable_mtime) or digest is None:     # content is read only when stat cannot decide
         return True
-    from migrate.hashing import hash_path
+    from migrate.disk.hashing import hash_path
     return hash_path(path) == digest

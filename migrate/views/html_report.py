@@ -3,7 +3,7 @@ font or image from outside), readable at desktop width and on a phone, printable
 
 Sections: totals, a chart of bytes per category (on the container disk before and after, and in
 the store after), name changes and conflicts, duplicate groups, audit findings with their fix,
-custom-node folders, the pod's workflows (see migrate/workflows.py), the YAML diff, every step.
+custom-node folders, the pod's workflows (see migrate/core/workflows.py), the YAML diff, every step.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import html
 import posixpath
 from collections.abc import Mapping, Sequence
 
-from migrate import report
-from migrate.model import Action, ActionKind, Plan, Removal
+from migrate.views import report
+from migrate.core.model import Action, ActionKind, Plan, Removal
 
 CSS = """
 :root{--fg:#1d2430;--muted:#5b6474;--bg:#fff;--card:#f5f7fa;--line:#dde2ea;--ok:#1f7a44;--warn:#9a5b00;--bad:#b42318;

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Callable, Dict, Optional, Tuple
 
-from migrate.errors import Locked
+from migrate.core.errors import Locked
 
 LEASE_SECONDS = 120.0      # a holder that has not renewed its lease for this long is dead (or stopped)
 HEARTBEAT_SECONDS = 10.0   # how often the holder renews it: many beats per lease, whole-second mtimes
@@ -115,7 +115,7 @@ def create_excl(path: str, data: bytes) -> bool:
         except OSError:
             pass
         if isinstance(exc, OSError):     # a write has no file name: say which (a full disk: exit 4)
-            from migrate.fsops import named
+            from migrate.disk.fsops import named
             raise named(exc, "write the lock", path) from None
         raise
     os.close(fd)

@@ -9,8 +9,8 @@ rollback (it skips it, saying so); fields not listed are free (later versions ad
 """
 from __future__ import annotations
 
-from migrate.errors import BadLog
-from migrate.steps import Op
+from migrate.core.errors import BadLog
+from migrate.core.steps import Op
 
 NUM = (int,)
 TEXT = (str,)

@@ -15,13 +15,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from migrate import comfy, fsops, identity
-from migrate.fleet import store_rel
-from migrate.hashing import ChangedError, hash_path, stamp
-from migrate.journal import group_steps
-from migrate.model import STATE_DIR
-from migrate.names import NOT_BY_NAME, first_holder
-from migrate.steps import OWN_MTIME, PLACES, REMOVES_SOURCE, RETURNS_SOURCE, Op
+from migrate.core import comfy
+from migrate.disk import fsops, identity
+from migrate.core.fleet import store_rel
+from migrate.disk.hashing import ChangedError, hash_path, stamp
+from migrate.disk.journal import group_steps
+from migrate.core.model import STATE_DIR
+from migrate.core.names import NOT_BY_NAME, first_holder
+from migrate.core.steps import OWN_MTIME, PLACES, REMOVES_SOURCE, RETURNS_SOURCE, Op
 
 
 Run = Tuple[str, List[dict]]             # (run id, records), as rollback.live_runs gives them
@@ -200,7 +201,7 @@ def resolution(yaml_path: Optional[str], comfyui: Optional[str], launch=None) ->
     text = data.decode("utf-8") if data else ""
     # No YAML (a container rebuilt from its image): ComfyUI's own models folders are still searched.
     if launch is not None:
-        from migrate.launch import search_order
+        from migrate.disk.launch import search_order
         texts = {}
         for p in launch.yamls:
             if os.path.realpath(p) == os.path.realpath(as_read):
@@ -458,7 +459,7 @@ def loaded_path(order: Dict[str, List[str]], category: str, name: str) -> Option
 
 def find_orphans(target: str, order: Dict[str, List[str]]) -> List[str]:
     """Files in the target no ComfyUI folder lists (when a YAML is known), and leftover temporaries."""
-    from migrate.scan import TEMP_MARK, walk
+    from migrate.disk.scan import TEMP_MARK, walk
     listed = {os.path.normpath(f) for folders in order.values() for f in folders}
     out = []
     if not os.path.isdir(target):

@@ -14,7 +14,7 @@ import posixpath
 from collections import namedtuple
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
-from migrate import comfy
+from migrate.core import comfy
 
 # Categories whose entries are not files ComfyUI loads by name.
 NOT_BY_NAME = frozenset({"diffusers", "custom_nodes"})
@@ -133,7 +133,7 @@ class View:
 
     def _spelled(self, p: str) -> Optional[str]:
         """The path the trees hold for `p` below a case-insensitive root, in any spelling."""
-        from migrate.storerules import fold
+        from migrate.core.storerules import fold
         root = next((r for r in self.folded if _under(p, r)), None)
         if root is None:
             return None

@@ -17,8 +17,8 @@ import time
 from collections import namedtuple
 from collections.abc import Callable, Sequence
 
-from migrate.hashing import DigestCache, Stamp, hash_many, note_read, partial_digest
-from migrate.model import FileRecord, Problem, ScanResult
+from migrate.disk.hashing import DigestCache, Stamp, hash_many, note_read, partial_digest
+from migrate.core.model import FileRecord, Problem, ScanResult
 
 DIRECT = 256 << 10     # files up to this size are hashed in full at once (a partial read costs as much)
 

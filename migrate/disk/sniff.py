@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from migrate import audit, comfy
-from migrate.hashing import (DIGESTS_TABLE, OPEN_FLAGS, ChangedError, DigestCache, Stamp, from_sql, one_shot,
+from migrate.core import audit, comfy
+from migrate.disk.hashing import (DIGESTS_TABLE, OPEN_FLAGS, ChangedError, DigestCache, Stamp, from_sql, one_shot,
                              load_rows, matches, note_read, racy, save_rows, to_sql)
-from migrate.model import Finding, ScanResult, Status
+from migrate.core.model import Finding, ScanResult, Status
 
 VERDICTS_TABLE = ("CREATE TABLE IF NOT EXISTS verdicts2 (dev INTEGER, ino INTEGER, size INTEGER,"
                   " mtime_ns INTEGER, ctime_ns INTEGER, read_ns INTEGER, checks INTEGER, verdict TEXT,"
@@ -162,7 +162,7 @@ class AuditResult:
 def _same_content(a: str, b: str, digests: Optional[DigestCache]) -> Optional[bool]:
     """Whether two files hold the same bytes: different sizes differ; else their digests decide
     (from the digest cache where the stamp matches, else read). None: one cannot be read."""
-    from migrate.hashing import hash_path, stamp
+    from migrate.disk.hashing import hash_path, stamp
     got = []
     try:
         sts = [os.stat(a), os.stat(b)]
@@ -190,7 +190,7 @@ def sidecar_witnesses(scan: ScanResult, digests: Optional[DigestCache]) -> Tuple
     compared with their bytes: mismatches, and the paths verified upstream. The model's SHA-256 comes
     from the digest cache where it vouches for the file, else from a read of its bytes (computing all
     three hashes, cached); sidecars are read only when present."""
-    from migrate.hashing import Hasher, extras, hash_path, stamp
+    from migrate.disk.hashing import Hasher, extras, hash_path, stamp
     findings: List[Finding] = []
     verified: List[str] = []
     for r in scan.records:
@@ -266,8 +266,8 @@ def same_file(a: str, b: str) -> bool:
 def audit_trees(roots: Sequence[str], order: Mapping[str, List[str]], verdicts: Optional[VerdictCache],
                 digests: Optional[DigestCache]) -> AuditResult:
     """Scan each root and run every check; changes nothing but the caches."""
-    from migrate.scan import scan_tree
-    from migrate.verify import loaded_path
+    from migrate.disk.scan import scan_tree
+    from migrate.core.names import first_holder
     findings: List[Finding] = []
     summaries: Dict[str, Mapping[str, object]] = {}
     files = read = 0
@@ -291,7 +291,7 @@ def audit_trees(roots: Sequence[str], order: Mapping[str, List[str]], verdicts: 
                            if r.folder) else comfy.search_folders([], root)
         dangling = [r.path for r in scan.records if r.status is Status.SYMLINK and not os.path.exists(r.path)]
         findings.extend(audit.tree_findings(scan, own, dangling,
-                                            lambda cat, name, own=own: loaded_path(own, cat, name), same_file,
+                                            lambda cat, name, own=own: first_holder(own.get(cat, []), name, os.path.isfile), same_file,
                                             lambda a, b: _same_content(a, b, digests)))
     if digests is not None:
         digests.save()
