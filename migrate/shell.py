@@ -1,4 +1,5 @@
-"""The click-free half of the shell: messages, output, resolving the user's paths, and `scan`.
+"""The click-free half of the shell: messages, output, and `scan` (resolving the user's paths is
+app/pod.py's, re-exported here for the shell).
 
 cli.py wraps these functions in click commands. tqdm and tabulate are imported only when a
 progress bar or a table is drawn.
@@ -12,8 +13,10 @@ import sys
 from collections.abc import Callable, Iterator
 
 from migrate.views import report
-from migrate.core.errors import BadInput, ExitCode, MigrateError
-from migrate.disk.hashing import DigestCache, default_cache_path
+from migrate.app.pod import (adopt_comfyui, check_reachable, open_cache, open_verdicts, resolve_launch,  # noqa: F401
+                             resolve_pod, resolve_sources, resolve_target)
+from migrate.core.errors import ExitCode, MigrateError
+from migrate.disk.hashing import DigestCache
 from migrate.core.model import Status
 
 TYPE_CHECKING = False
@@ -90,161 +93,6 @@ def out(text: str) -> None:
     """Data to stdout; names with odd bytes are escaped rather than crash the terminal."""
     sys.stdout.write(text.encode("utf-8", "backslashreplace").decode("utf-8", "replace"))
     sys.stdout.flush()
-
-
-def adopt_comfyui(home: str | None, ui: Ui | None = None) -> None:
-    """Use the categories of the ComfyUI installed at `home` (its folder_paths.py), saying which
-    table applies; without one, or unreadable, the built-in table (and say so)."""
-    from migrate.core import comfy
-    table, note = comfy.installed_categories(home) if home else (None, "")
-    comfy.use_categories(table)
-    if ui is None or not home:
-        return
-    if table is not None:
-        ui.debug(note)
-    elif os.path.exists(os.path.join(home, "folder_paths.py")):
-        ui.warn(note)
-    else:       # not a whole ComfyUI install (a models-only copy): said with -v only
-        ui.debug(f"no folder_paths.py in {home}: using comfy-migrate's built-in category table")
-
-
-def resolve_launch(home: str | None, given: tuple[str, str] | None, ui: Ui | None = None):
-    """How the ComfyUI of `home` (the folder of its main.py) is started (launch.Launch), or None
-    without a ComfyUI folder. Its options: `given` ((text, where it came from): --comfyui-args or
-    its variable), else those of the ComfyUI running from `home` (/proc), else none. A folder
-    without main.py that a running ComfyUI uses as its --base-directory (or models folder) is refused,
-    naming the folder of that ComfyUI's main.py: it reads the YAML next to main.py, not one here."""
-    from migrate.disk import launch as launching
-    from migrate.disk.running import find_running
-    if home is None:
-        if given is not None:
-            raise BadInput(f"{given[1]} needs the ComfyUI folder (the folder of main.py)", "pass --comfyui DIR")
-        return None
-    running = find_running(home)
-    if not running and not os.path.isfile(os.path.join(home, "main.py")):
-        for r in find_running(None):
-            try:
-                other = launching.launch_of(r.main, r.args, "", r.cwd, lenient=True)
-            except MigrateError:
-                continue
-            real = os.path.realpath(home)
-            if real in (os.path.realpath(other.base), os.path.realpath(other.models)) \
-                    or os.path.realpath(os.path.join(home, "models")) == os.path.realpath(other.models):
-                raise BadInput(f"{home} is the base or models folder of the ComfyUI running from {r.main} "
-                               f"({r.describe()}: {shlex_join(r.args)}), which reads {r.main}/extra_model_paths.yaml, "
-                               "not one here", f"pass --comfyui {r.main} (its options are read from the process)")
-    if given is not None and given[0].strip():
-        got = launching.launch_of(home, launching.split(given[0], given[1]), given[1])
-        for r in running:
-            try:
-                now = launching.launch_of(home, r.args, "", r.cwd, lenient=True)
-            except MigrateError:
-                continue
-            if now.args != got.args and ui is not None:
-                ui.warn(f"the ComfyUI running from {home} ({r.describe()}) was started with "
-                        f"{now.shell_args() or 'no options that place models'}, not {got.shell_args() or 'none'} "
-                        f"({given[1]}): planned for {given[1]}")
-        return got
-    if running:
-        r = running[0]
-        return launching.launch_of(home, r.args, f"read from the running ComfyUI, pid {r.pid}", r.cwd, lenient=True)
-    return launching.plain(home)
-
-
-def shlex_join(args) -> str:
-    import shlex
-    return shlex.join(args)
-
-
-def resolve_pod(comfyui: str | None, sources: tuple[str, ...], ui: Ui | None = None, insist: bool = False,
-                given: tuple[str, str] | None = None):
-    """(the ComfyUI folder or None, the models trees, launch.Launch or None): resolve_sources, with
-    ComfyUI's launch options (resolve_launch) deciding its models folder."""
-    from migrate.core.comfy import find_comfyui
-    home = find_comfyui(comfyui) if (comfyui or not sources) else None
-    launch = resolve_launch(home, given, ui)
-    home, roots = resolve_sources(comfyui, sources, ui, insist, launch.models if launch else None)
-    return home, roots, launch
-
-
-def resolve_sources(comfyui: str | None, sources: tuple[str, ...],
-                    ui: Ui | None = None, insist: bool = False,
-                    models: str | None = None) -> tuple[str | None, list[str]]:
-    """(the ComfyUI folder or None, the models trees); the ComfyUI's own categories are adopted.
-    A --source must look like a models folder (named models, or holding a ComfyUI category folder)
-    unless `insist` (--source-is-models): an unset variable must not migrate the home folder.
-    models: ComfyUI's models folder (default <comfyui>/models; launch.Launch.models)."""
-    from migrate.core.comfy import check_dir, find_comfyui
-    if sources:
-        home = find_comfyui(comfyui) if comfyui else None
-        adopt_comfyui(home, ui)
-        roots = [check_dir(s, "source") for s in sources]
-        for r in roots:
-            if not insist and not _looks_like_models(r):
-                raise BadInput(f"the source {r} does not look like a ComfyUI models folder (it is not named "
-                               "models and holds no category folder such as checkpoints or loras)",
-                               "check --source, or pass --source-is-models to migrate it anyway")
-        return home, roots
-    home = find_comfyui(comfyui)
-    adopt_comfyui(home, ui)
-    models = models or os.path.join(home, "models")
-    if not os.path.isdir(models) and _looks_like_models(home):
-        raise BadInput(f"{home} is ComfyUI's models folder itself, not the ComfyUI folder",
-                       f"pass --comfyui {os.path.dirname(home)} (or --source {home})")
-    return home, [check_dir(models, "models folder")]
-
-
-def _looks_like_models(path: str) -> bool:
-    """A folder named models, or holding ComfyUI category folders: --comfyui given one level too deep."""
-    from migrate.core.comfy import FOLDER_CATEGORY
-    try:
-        names = set(os.listdir(path))
-    except OSError:
-        return False
-    return os.path.basename(path.rstrip("/")) == "models" or bool(names & set(FOLDER_CATEGORY))
-
-
-def resolve_target(target: str | None) -> str:
-    from migrate.disk.facts import DEFAULT_TARGET
-    path = os.path.abspath(target or DEFAULT_TARGET)
-    check_reachable(path)
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise BadInput(f"the target {path} is not a folder", "pass --target DIR")
-    return path
-
-
-def check_reachable(path: str) -> None:
-    """A FUSE volume whose daemon died (or a network mount that dropped) answers every call with
-    ENOTCONN (or EIO): that looks like a missing folder to os.path.exists. Say which mount point."""
-    import errno
-    cur, dead, why = path, None, ""
-    while True:
-        try:
-            os.lstat(cur)
-            break
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTCONN, errno.EIO, errno.ESTALE, errno.EHOSTDOWN):
-                break
-            dead, why = cur, exc.strerror     # the highest such folder is the mount point
-        parent = os.path.dirname(cur)
-        if parent == cur:
-            break
-        cur = parent
-    if dead is not None:
-        raise BadInput(f"the volume mounted at {dead} does not answer ({why}): its mount dropped (a FUSE "
-                       f"daemon died or the network went away), so {path} cannot be reached",
-                       f"remount it (`umount -l {dead}`, then mount it again), then run the command again")
-
-
-def open_cache(no_cache: bool) -> DigestCache | None:
-    return None if no_cache else DigestCache(default_cache_path())
-
-
-def open_verdicts(no_cache: bool):
-    from migrate.disk.sniff import VerdictCache
-    return None if no_cache else VerdictCache(default_cache_path())
 
 
 # --- scan ----------------------------------------------------------------------------------------
@@ -329,13 +177,15 @@ def fail(exc: BaseException) -> NoReturn:
 
 # --- workflows --manifest / --check --------------------------------------------------------------
 
-def model_sha256(paths: dict, cache: DigestCache | None, target: str | None = None) -> dict:
+def model_sha256(paths: dict, cache: DigestCache | None, target: str | None = None, read: bool = True) -> dict:
     """key -> SHA-256 of the file at each path (symlinks followed, as ComfyUI loads them): from the
     digest cache or the store's catalogue where they still vouch for the file, else read once (xxh3,
-    SHA-256 and BLAKE3 in that one read, all cached). A file that cannot be read maps to None."""
+    SHA-256 and BLAKE3 in that one read, all cached). A file that cannot be read maps to None; so does
+    one neither vouches for when read is False (a listing never starts a silent hashing pass)."""
     import time
     from migrate.disk import catalogue, hashing
-    hashing.set_hashes("all")
+    if read:
+        hashing.set_hashes("all")
     cat = catalogue.load(target)[0] if target and os.path.isdir(target) else {}
     out = {}
     for key, path in paths.items():
@@ -348,6 +198,9 @@ def model_sha256(paths: dict, cache: DigestCache | None, target: str | None = No
                 d = catalogue.lookup(cat, os.path.relpath(real, target), (st.st_ino, st.st_size, st.st_mtime_ns),
                                      st.st_ctime_ns)
                 got = (d,) + (hashing.extras(d) or (None, None)) if d else None
+            if (got is None or got[1] is None) and not read:
+                out[key] = None
+                continue
             if got is None or got[1] is None:
                 at = time.time_ns()
                 digest = hashing.hash_path(real, s)
@@ -357,6 +210,6 @@ def model_sha256(paths: dict, cache: DigestCache | None, target: str | None = No
             out[key] = got[1]
         except OSError:
             out[key] = None
-    if cache is not None:
+    if cache is not None and read:
         cache.save()
     return out

@@ -967,7 +967,7 @@ class Fleet:
 
     def check_store(self, catalogue: bool) -> list:
         from migrate.disk import catalogue as store_catalogue
-        from migrate.app.rollback import check_log
+        from migrate.disk.runlog import check_log
         errs = []
         have = set()
         for _, path, st in walk(self.dir, skip_state=False):
@@ -1374,9 +1374,10 @@ def t_stale(t: Trial, kind: str, rng: random.Random, warm: str, when: str, purge
         change_and_record()
     else:
         def pre():     # in the forked `run`: the change lands while it would wait for the lock, or
-            import migrate.cli            # after its plan under the lock, before its first step
+            import migrate.app.migrate    # after its plan under the lock, before its first step
             import migrate.app.execute
-            module, name = (migrate.cli, "take_lock") if when == "lock-wait" else (migrate.app.execute, "execute_plan")
+            module, name = ((migrate.app.migrate, "take_lock") if when == "lock-wait"
+                            else (migrate.app.execute, "execute_plan"))
             real = getattr(module, name)
 
             def changed_first(*a, **kw):

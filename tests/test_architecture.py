@@ -164,3 +164,113 @@ def test_records_are_immutable_tuples_without_a_dict_that_name_their_fields():
         assert pickle.loads(pickle.dumps(value)) == value and hash(value) == hash(cls(*value)), cls
         with pytest.raises(AttributeError):
             setattr(value, cls._fields[0], 1)
+
+
+# --- fsops is the one module that changes the disk ---------------------------------------------------
+# Calls that change a file or a folder, found by ast: os's, shutil's, sqlite3.connect (creates its file),
+# open/os.open with a mode or flags that write, send2trash, libc's renameat2, pathlib's writing methods.
+OS_CHANGES = {"rename", "replace", "renames", "link", "symlink", "unlink", "remove", "removedirs", "rmdir",
+              "mkdir", "makedirs", "chmod", "fchmod", "lchmod", "chown", "fchown", "lchown", "utime", "truncate",
+              "ftruncate", "write", "writev", "pwrite", "pwritev", "mkfifo", "mknod", "posix_fallocate",
+              "copy_file_range", "sendfile"}
+WRITE_FLAGS = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND"}
+PATH_CHANGES = {"write_text", "write_bytes", "unlink", "mkdir", "rmdir", "touch", "symlink_to", "hardlink_to"}
+# The only changes allowed outside fsops: each module's writes of its own state file, by function.
+OWN_STATE_FILES = {
+    ("journal", "Journal.create"),       # the run's log (runs/<id>.jsonl): created O_EXCL, its folder made
+    ("journal", "Journal.reopen"),       # a continued run's log, its torn last line cut off
+    ("journal", "Journal.append"),       # one record appended (and the test hook's torn half-line)
+    ("lock", "create_excl"),             # the target's lock file (and lock.break), created O_EXCL, written once
+    ("lock", "TargetLock._store_now"),   # a scratch file whose mtime is the store's clock, removed again
+    ("lock", "TargetLock.acquire"),      # ... the state folder made for the lock
+    ("lock", "TargetLock._break"),       # a stale lock taken away
+    ("lock", "TargetLock._beat"),        # the lease's mtime renewed
+    ("lock", "TargetLock.release"),      # the lock removed
+    ("lock", "_drop_dead_break"),        # a killed breaker's lock.break removed
+    ("hashing", "DigestCache._discard"),  # the user's digest cache (~/.cache), set aside when damaged
+    ("hashing", "save_rows"),            # ... written
+    ("hashing", "load_rows"),            # ... read (sqlite3.connect creates a missing file)
+}
+
+
+def _names_in(node) -> set:
+    return {n.attr if isinstance(n, ast.Attribute) else n.id for n in ast.walk(node)
+            if isinstance(n, (ast.Attribute, ast.Name))}
+
+
+def disk_changes(path: str) -> list:
+    """(line, call, enclosing function's qualified name) of each disk-changing call in one module."""
+    tree = ast.parse(open(path).read())
+    consts = {t.id: node.value for node in tree.body if isinstance(node, ast.Assign)
+              for t in node.targets if isinstance(t, ast.Name)}
+    out = []
+
+    def visit(node, where: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                visit(child, f"{where}.{child.name}" if where else child.name)
+                continue
+            if isinstance(child, ast.Call):
+                what = _change(child, consts)
+                if what:
+                    out.append((child.lineno, what, where))
+            visit(child, where)
+    visit(tree, "")
+    return out
+
+
+def _change(call: ast.Call, consts: dict):
+    f = call.func
+    if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
+        mod, name = f.value.id, f.attr
+        if mod == "os" and name in OS_CHANGES:
+            return f"os.{name}"
+        if mod == "os" and name == "open":
+            flags = call.args[1:2] + [k.value for k in call.keywords if k.arg == "flags"]
+            found = set().union(*(_names_in(x) for x in flags)) if flags else set()
+            for n in list(found):
+                if n in consts:
+                    found |= _names_in(consts[n])
+            local = any(isinstance(x, ast.Name) and x.id not in consts and not x.id.isupper() for x in flags)
+            if found & WRITE_FLAGS or local:        # (flags in a local variable count as writing; an
+                return "os.open (writing)"          # imported constant, hashing.OPEN_FLAGS, reads)
+        if mod == "shutil" or (mod == "sqlite3" and name == "connect"):
+            return f"{mod}.{name}"
+        if mod == "tempfile" and name in ("mkstemp", "mkdtemp", "NamedTemporaryFile", "TemporaryDirectory"):
+            return f"tempfile.{name}"
+    if isinstance(f, ast.Name):
+        mode = call.args[1:2] + [k.value for k in call.keywords if k.arg == "mode"]
+        if f.id in ("open", "fdopen") and mode and not (isinstance(mode[0], ast.Constant) and
+                                                       not set(str(mode[0].value)) & set("wax+")):
+            return "open (writing)"
+        if f.id == "send2trash" or (f.id.endswith("renameat2") and f.id != "_renameat2"):
+            return f.id
+    if isinstance(f, ast.Attribute) and f.attr in PATH_CHANGES and not (
+            isinstance(f.value, ast.Name) and f.value.id == "os"):
+        return f".{f.attr}"
+    return None
+
+
+def _modules() -> dict:
+    """Every module of the package by its short name, wherever it lives (migrate/ or a layer folder)."""
+    out = {}
+    for folder, _, files in os.walk(os.path.join(ROOT, "migrate")):
+        for n in files:
+            if n.endswith(".py"):
+                out[n[:-3] if n != "__init__.py" else os.path.relpath(folder, ROOT)] = os.path.join(folder, n)
+    return out
+
+
+def test_only_fsops_changes_the_disk():
+    """Every change to a model file, a folder of the pod or the store, or the YAML goes through a named
+    function of fsops (issue 25: "fsops is true"); the journal, the lock and the digest cache write
+    their own state files (OWN_STATE_FILES, by function). A new os.unlink in rollback fails here."""
+    mods = _modules()
+    assert "fsops" in mods and "rollback" in mods and "execute" in mods
+    assert len(disk_changes(mods["fsops"])) > 20       # the scanner sees what fsops does
+    bad = [f"{name}.py:{line} {what} in {where or 'the module'}" for name, path in sorted(mods.items())
+           if name != "fsops" for line, what, where in disk_changes(path)
+           if (name, where) not in OWN_STATE_FILES]
+    assert not bad, "disk changes outside fsops:\n" + "\n".join(bad)
+    used = {(name, where) for name, path in mods.items() for _, _, where in disk_changes(path)}
+    assert not OWN_STATE_FILES - used, f"exceptions no longer needed: {sorted(OWN_STATE_FILES - used)}"

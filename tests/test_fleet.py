@@ -27,7 +27,7 @@ from migrate.disk import catalogue as store_catalogue
 from migrate.core import comfy
 from migrate.disk.journal import read_log
 from migrate.core.model import STATE_DIR
-from migrate.app.rollback import check_log
+from migrate.disk.runlog import check_log
 
 Models = Dict[str, bytes]      # rel under models/ -> content
 

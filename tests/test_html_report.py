@@ -126,6 +126,40 @@ def test_plan_page_shows_the_autov2_of_each_model_whose_sha256_is_known(pod, cli
     read = [a for a in doc["actions"] if a["digest"] and os.path.isfile(a["source"])]
     assert len(read) >= 5
     want = {hashlib.sha256(open(a["source"], "rb").read()).hexdigest()[:10].upper() for a in read}
-    shown = set(re.findall(r"<code>([0-9A-F]{10})</code>", page))
+    shown = set(re.findall(r"<code class=\"h\">([0-9A-F]{10})</code>", page))
     assert want <= shown and shown <= want          # each read model's AutoV2 beside it, none invented
     assert "<th>AutoV2</th>" in page or ">AutoV2<" in page
+
+
+def _heads(page: str) -> tuple:
+    return re.search(r"<title>([^<]*)</title>", page).group(1), re.search(r"<h1>([^<]*)</h1>", page).group(1)
+
+
+def test_each_page_says_what_it_is_a_dry_run_plan_a_run_result_or_a_rolled_back_run(pod, cli_env, tmp_path):
+    out = tmp_path / "plan.html"
+    run_cli(["plan", *pod.args("--report", out)], cli_env)
+    title, h1 = _heads(out.read_text())
+    assert "dry run" in title and h1 == "Dry run: the plan (nothing has changed yet)"
+    doc = json.loads(run_leaving_conflicts(pod.args("--yes", "--format", "json"), cli_env).stdout)
+    title, h1 = _heads(open(doc["report"]).read())
+    assert title == f"comfy-migrate run {doc['run']}: the result" and h1 == f"Run {doc['run']}: what it did"
+    assert "plan" not in title + h1
+    run_cli(["rollback", doc["run"], "--target", pod.target, "--yes"], cli_env)
+    page = open(doc["report"]).read()
+    title, h1 = _heads(page)
+    assert title == f"comfy-migrate run {doc['run']}: rolled back" and "rolled back" in h1
+    assert re.search(r"<b>Rolled back</b>: \d+ steps undone, 0 skipped, 0 model file\(s\) not back; nothing of it "
+                     r"is left to purge", page)
+    assert "what it did" not in h1 and page.count("Rolled back</b>") == 1
+
+
+def test_tables_read_as_labelled_rows_on_a_phone_and_hashes_never_break(pod, cli_env, tmp_path):
+    out = tmp_path / "plan.html"
+    run_cli(["plan", *pod.args("--report", out)], cli_env)
+    page = out.read_text()
+    narrow = re.search(r"@media \(max-width:600px\)\{(.*?)\}\s*@media print", page, re.S).group(1)
+    assert ".wrap thead{display:none}" in narrow and "content:attr(data-label)" in narrow
+    # every data cell under a named column carries its name, so a stacked row still says what each value is
+    assert re.search(r'<td data-label="model"><span class="path">wan2\.2_i2v_high_noise', page)
+    assert re.search(r'<td data-label="AutoV2"><code class="h">[0-9A-F]{10}</code>', page)
+    assert "code.h{white-space:nowrap}" in page

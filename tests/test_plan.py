@@ -63,7 +63,7 @@ def test_move_by_hardlink_on_one_filesystem_whole_action():
     assert plan.actions == (Action(
         ActionKind.MOVE, root=SRC, rel="loras/a.safetensors", category="loras", size=123, digest="d1",
         dst=f"{TGT}/loras/a.safetensors", method=Method.HARDLINK, removal=Removal.UNLINK, dev=1, ino=r.ino,
-        mode=0o644, mtime_ns=1),)
+        mode=0o644, mtime_ns=1, fallbacks=(Method.COPY,)),)
     assert plan.bytes_to_copy == 0
     assert plan.has_work
     assert plan.target_categories == ("loras",)
@@ -77,6 +77,9 @@ def test_move_by_hardlink_on_one_filesystem_whole_action():
 def test_move_method_follows_what_the_probe_found(probe, method, removal):
     plan = plan_of(rec("vae/v.pt", size=7), probe=probe)
     assert brief(plan) == [("move", "vae/v.pt", "vae/v.pt", method.value, removal.value, None, False)]
+    # A link or rename the filesystem refuses after all falls back to a verified copy (planned, not chosen
+    # while running); a copy has nothing to fall back to.
+    assert plan.actions[0].methods == ((method,) if method is Method.COPY else (method, Method.COPY))
     assert plan.bytes_to_copy == (7 if method is Method.COPY else 0)
 
 

@@ -414,7 +414,7 @@ def test_sigkill_at_every_record_cross_filesystem(tmp_path, cli_env, other_fs):
 
 
 def test_killed_before_closing_record_next_run_closes_the_log(tmp_path, cli_env):
-    from migrate.disk.journal import find_interrupted
+    from migrate.disk.runlog import find_interrupted
     k = _count_records(tmp_path, tmp_path / "targets", cli_env)
     root, target = tmp_path / "pod", tmp_path / "targets" / "pod"
     comfyui = small_pod(root, target)

@@ -94,7 +94,7 @@ def test_workflows_command_on_the_demo_pod_reads_and_never_changes_them(pod, cli
     assert "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors" in unused
     assert "wan_2.1_vae.safetensors" not in unused
     text = run_cli(["workflows", "--comfyui", pod.comfyui, "--price-per-gb-month", "0.1"], cli_env).stdout
-    assert "MISSING loras/wan2.2_s2v_lightx2v_4steps_lora.safetensors" in text and "$0.1/GB-month" in text
+    assert "MISSING -          loras/wan2.2_s2v_lightx2v_4steps_lora.safetensors" in text and "$0.1/GB-month" in text
     assert snapshot_tree(user) == before
     bad = run_cli(["workflows", "--comfyui", pod.comfyui, "--price-per-gb-month", "-1"], cli_env, check=None)
     assert bad.returncode == 2
@@ -186,7 +186,7 @@ def test_official_templates_no_miss_no_false_hit_no_needed_model_unused(tmp_path
             assert len(w["models"]) == len(NEEDS[w["path"].rsplit("/", 1)[1][:-5]]) and not w["error"]
             assert {m["status"] for m in w["models"]} == ({"ok"} if present else {"missing"})
         assert {(u["category"], u["name"]) for u in doc["unused"]} == extras     # placeholders never listed
-        assert doc["unused_bytes"] == 200 and "only when no saved workflow names it" in doc["unused_rule"]
+        assert doc["unused_bytes"] == 200 and "only when nothing names it" in doc["unused_rule"]
 
 
 # --- subgraphs, node packs, hostile files ----------------------------------------------------------------------------
@@ -348,3 +348,183 @@ def test_manifest_on_pod_a_checked_on_pod_b_with_one_model_swapped_and_one_missi
         proc = run_cli(["workflows", "--comfyui", pod_b, "--check", tmp_path / "bad.json"], cli_env, check=3)
         assert "Traceback" not in proc.stderr and "is not a workflows manifest" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) <= 2
+
+
+# --- every place a model can be named: users, custom-node examples, ComfyUI's templates (ComfyUI 0.33's rules) -------
+
+def _lora_flow(*loras):
+    return json.dumps({"nodes": [_node("LoraLoader", name, 1, 1) for name in loras]})
+
+
+def _named_pod(tmp_path, layout: str):
+    """A pod whose models are named by two users' workflows, by custom-node packs' example workflows and by
+    ComfyUI's installed templates (layout "split": the JSON package of comfyui-workflow-templates >= 0.3,
+    "legacy": the templates folder inside the package below 0.3, "none": no package)."""
+    comfyui = tmp_path / "ComfyUI"
+    models = comfyui / "models"
+    for rel in ("loras/mine.safetensors", "loras/alice.safetensors", "loras/pack_demo.safetensors",
+                "loras/other_example.safetensors", "loras/hidden_pack.safetensors", "loras/nested_example.safetensors",
+                "loras/truly_unused.safetensors", "diffusion_models/flux1-dev.safetensors", "vae/ae.safetensors",
+                "loras/my_blueprint.safetensors", "loras/pack_blueprint.safetensors", "loras/core_blueprint.safetensors"):
+        (models / rel).parent.mkdir(parents=True, exist_ok=True)
+        (models / rel).write_bytes(b"m" * 100)
+    for user, name in (("default", "mine"), ("alice", "alice")):
+        (comfyui / "user" / user / "workflows").mkdir(parents=True)
+        (comfyui / "user" / user / "workflows" / f"{name}.json").write_text(_lora_flow(f"{name}.safetensors"))
+    nodes = comfyui / "custom_nodes"
+    for rel, lora in (("ComfyUI-Pack/example_workflows/demo.json", "pack_demo"),
+                      ("OtherPack/examples/ex.json", "other_example"),
+                      (".hidden-pack/example_workflows/h.json", "hidden_pack"),       # glob's * skips it
+                      ("ComfyUI-Pack/example_workflows/deeper/n.json", "nested_example")):  # one level only
+        (nodes / rel).parent.mkdir(parents=True, exist_ok=True)
+        (nodes / rel).write_text(_lora_flow(f"{lora}.safetensors"))
+    # subgraph blueprints (the node library's): a user's published one, a pack's, ComfyUI's own
+    for rel, lora in (("user/alice/subgraphs/mine.json", "my_blueprint"),
+                      ("custom_nodes/ComfyUI-Pack/subgraphs/bp.json", "pack_blueprint"),
+                      ("blueprints/Core Blueprint.json", "core_blueprint")):
+        (comfyui / rel).parent.mkdir(parents=True, exist_ok=True)
+        (comfyui / rel).write_text(_lora_flow(f"{lora}.safetensors"))
+    site = comfyui / ".venv" / "lib" / "python3.12" / "site-packages"
+    site.mkdir(parents=True)
+    (comfyui / ".venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    if layout != "none":
+        version, folder = ("0.1.95", site / "comfyui_workflow_templates" / "templates") if layout == "legacy" \
+            else ("0.11.41", site / "comfyui_workflow_templates_json" / "templates")
+        if layout != "bare":                     # "bare": the JSON package without the meta package's version
+            (site / f"comfyui_workflow_templates-{version}.dist-info").mkdir()
+            (site / f"comfyui_workflow_templates-{version}.dist-info" / "METADATA").write_text(
+                f"Metadata-Version: 2.4\nName: comfyui-workflow-templates\nVersion: {version}\n\n")
+        folder.mkdir(parents=True)
+        (folder / "fuse_options.json").write_text('{"keys": ["title"]}')     # beside them, no workflow
+        (folder / "flux_dev_checkpoint_example.json").write_bytes(
+            (TEMPLATES / "flux_dev_checkpoint_example.json").read_bytes())
+        (folder / "index.json").write_text("[]")                     # the menu's index, not a workflow
+    return comfyui
+
+
+def test_unused_reads_every_user_custom_node_examples_and_comfyuis_templates(tmp_path, cli_env):
+    for layout in ("split", "legacy", "bare", "none"):
+        comfyui = _named_pod(tmp_path / layout, layout)
+        doc = json.loads(run_cli(["workflows", "--comfyui", comfyui, "--format", "json"], cli_env).stdout)
+        assert [w["path"].split("/user/")[1] for w in doc["workflows"]] == ["alice/workflows/alice.json",
+                                                                              "default/workflows/mine.json"]
+        templated = {u["name"]: u["by"].rsplit("/", 1)[1] for u in doc["templated"]}
+        unused = {u["name"] for u in doc["unused"]}
+        from_templates = {"flux1-dev.safetensors": "flux_dev_checkpoint_example.json",
+                          "ae.safetensors": "flux_dev_checkpoint_example.json"} if layout != "none" else {}
+        assert templated == {"pack_demo.safetensors": "demo.json", "other_example.safetensors": "ex.json",
+                             "my_blueprint.safetensors": "mine.json", "pack_blueprint.safetensors": "bp.json",
+                             "core_blueprint.safetensors": "Core Blueprint.json", **from_templates}
+        assert unused == {"truly_unused.safetensors", "hidden_pack.safetensors", "nested_example.safetensors",
+                          *({"flux1-dev.safetensors", "ae.safetensors"} - set(from_templates))}
+        assert doc["unused_bytes"] == 100 * len(unused)
+        counts = {s["kind"]: s["workflows"] for s in doc["sources"]}
+        assert not any(s["unreadable"] for s in doc["sources"])     # an index or options file is no template
+        assert counts == {"user": 2, "custom_nodes": 2, "templates": 0 if layout == "none" else 1, "blueprints": 3}
+        text = run_cli(["workflows", "--comfyui", comfyui], cli_env).stdout
+        assert "how the unused list was made" in text and "saved workflows: 2 (" in text
+        assert "custom-node example workflows: 2 (" in text
+        if layout == "none":
+            assert "ComfyUI's templates: none (not found: no comfyui-workflow-templates in " in text
+        else:
+            version = {"split": "0.11.41", "legacy": "0.1.95", "bare": "(version unknown)"}[layout]
+            assert "ComfyUI's templates: 1 (comfyui-workflow-templates " in text
+            where = next(s["where"] for s in doc["sources"] if s["kind"] == "templates")
+            assert where.startswith(f"comfyui-workflow-templates {version} in {comfyui}/.venv/lib/python3.12/")
+        assert f"{len(templated)} model(s) named only by a template" in text and "subgraph blueprints: 3 (" in text
+        assert all(len(line) <= 120 for line in text.splitlines())
+
+
+def test_workflow_tables_show_the_autov2_known_already_and_never_hash_to_get_it(tmp_path, cli_env):
+    import hashlib
+    files = {"diffusion_models/flux1-dev.safetensors": b"U" * 70_000, "vae/ae.safetensors": b"V" * 3000}
+    comfyui = _manifest_pod(tmp_path, files, with_workflow=True)
+    cache = cli_env["COMFY_MIGRATE_CACHE"]
+    text = run_cli(["workflows", "--comfyui", comfyui], cli_env).stdout
+    assert "  ok      -          vae/ae.safetensors" in text and "AutoV2" in text
+    assert not os.path.exists(cache)                       # no silent hashing pass to fill the column
+    run_cli(["workflows", "--comfyui", comfyui, "--manifest", tmp_path / "m.json"], cli_env)   # reads and caches
+    short = hashlib.sha256(b"V" * 3000).hexdigest()[:10].upper()
+    text = run_cli(["workflows", "--comfyui", comfyui], cli_env).stdout
+    assert f"  ok      {short} vae/ae.safetensors" in text
+    assert "MISSING -          loras/style/ink.safetensors" in text
+    doc = json.loads(run_cli(["workflows", "--comfyui", comfyui, "--format", "json"], cli_env).stdout)
+    got = {m["name"]: m["autov2"] for m in doc["workflows"][0]["models"]}
+    assert got == {"ae.safetensors": short, "style/ink.safetensors": None,
+                   "flux1-dev.safetensors": hashlib.sha256(b"U" * 70_000).hexdigest()[:10].upper()}
+    page = tmp_path / "plan.html"
+    run_cli(["plan", "--comfyui", comfyui, "--target", tmp_path / "target", "--report", page], cli_env)
+    assert f'<code class="h">{short}</code>' in page.read_text().split("<h2>Workflows</h2>", 1)[1]
+
+
+def test_hostile_workflow_files_are_one_line_each_in_workflows_and_the_report(tmp_path, cli_env):
+    comfyui = tmp_path / "ComfyUI"
+    (comfyui / "models" / "loras").mkdir(parents=True)
+    (comfyui / "models" / "loras" / "a.safetensors").write_bytes(b"a" * 10)
+    flows = comfyui / "user" / "default" / "workflows"
+    flows.mkdir(parents=True)
+    (comfyui / "user" / "empty" / "workflows").mkdir(parents=True)              # an empty workflows folder
+    (flows / "folder.json").mkdir()                                              # a workflow that is a folder
+    (flows / "zero.json").write_bytes(b"")
+    (flows / "latin1.json").write_bytes(b'{"nodes": [{"type": "LoraLoader", "widgets_values": ["caf\xe9.safetensors"]}]}')
+    (flows / "bom.json").write_bytes(b"\xef\xbb\xbf" + _lora_flow("a.safetensors").encode())
+    (flows / "passwd.json").write_text(_lora_flow("../../etc/passwd", "../../../etc/passwd.safetensors"))
+    os.mkfifo(flows / "fifo.json")                                               # never opened for a blocking read
+    (flows / "huge.json").write_text(json.dumps({"nodes": [
+        {"type": "LoraLoader", "widgets_values": ["b.safetensors", 1, 1], "properties": {"pad": "x" * 400}}] * 110_000}))
+    assert (flows / "huge.json").stat().st_size > 50 << 20
+    with open(flows / "too_big.json", "wb") as f:
+        f.truncate(65 << 20)
+    before = snapshot_tree(comfyui)
+    proc = run_cli(["workflows", "--comfyui", comfyui], cli_env, timeout=120)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    line = {ln.split(":", 1)[0].rsplit("/", 1)[-1]: ln for ln in proc.stdout.splitlines() if ln.startswith("default/")}
+    assert line["zero.json"].endswith("unreadable (not JSON: Expecting value: line 1 column 1 (char 0))")
+    assert line["latin1.json"].endswith("unreadable (not UTF-8 text (a bad byte at offset 57))")
+    assert line["bom.json"].endswith(": 1 model(s)")
+    assert line["passwd.json"].endswith(": 1 model(s)")               # the name without a model extension is no model
+    assert "MISSING -          loras/../../../etc/passwd.safetensors: no file of this name" in proc.stdout
+    assert line["fifo.json"].endswith("unreadable (cannot read: not a regular file)")
+    assert line["huge.json"].endswith("1 model(s); read in part (more than 100000 nodes: the rest were not read)")
+    assert line["too_big.json"].endswith("unreadable (larger than 64 MiB: not read)")
+    assert "folder.json" not in line and "saved workflows: 7 (" in proc.stdout
+    assert all(len(ln) <= 120 for ln in proc.stdout.splitlines())
+    page = tmp_path / "plan.html"
+    proc = run_cli(["plan", "--comfyui", comfyui, "--target", tmp_path / "target", "--report", page], cli_env,
+                   timeout=120)
+    assert "Traceback" not in proc.stderr
+    text = page.read_text()
+    assert "unreadable: not UTF-8 text" in text and "read in part: more than 100000 nodes" in text
+    assert snapshot_tree(comfyui) == before
+    (flows / "huge.json").unlink()            # 50 MB the kept tmp folders need not hold (a shared machine's disk)
+
+
+def test_templates_found_in_the_python_env_of_the_running_comfyui(tmp_path, cli_env):
+    import subprocess
+    import sys
+    import time
+    comfyui = _named_pod(tmp_path, "none")
+    (comfyui / "main.py").write_text("import time\ntime.sleep(120)\n")
+    env = tmp_path / "elsewhere" / "env"                       # not in or beside the ComfyUI folder
+    (env / "bin").mkdir(parents=True)
+    os.symlink(sys.executable, env / "bin" / "python3")
+    folder = env / "lib" / "python3.12" / "site-packages" / "comfyui_workflow_templates_json" / "templates"
+    folder.mkdir(parents=True)
+    (folder / "flux_dev_checkpoint_example.json").write_bytes((TEMPLATES / "flux_dev_checkpoint_example.json").read_bytes())
+    (folder.parent.parent / "comfyui_workflow_templates-0.11.41.dist-info").mkdir()
+    (folder.parent.parent / "comfyui_workflow_templates-0.11.41.dist-info" / "METADATA").write_text("Version: 0.11.41\n")
+    doc = json.loads(run_cli(["workflows", "--comfyui", comfyui, "--format", "json"], cli_env).stdout)
+    assert {s["kind"]: s["workflows"] for s in doc["sources"]}["templates"] == 0
+    proc = subprocess.Popen([str(env / "bin" / "python3"), str(comfyui / "main.py")], cwd=str(comfyui))
+    try:
+        for _ in range(100):                                   # until /proc shows its command line
+            if (open(f"/proc/{proc.pid}/cmdline", "rb").read().count(b"main.py")):
+                break
+            time.sleep(0.05)
+        doc = json.loads(run_cli(["workflows", "--comfyui", comfyui, "--format", "json"], cli_env).stdout)
+    finally:
+        proc.kill()
+        proc.wait()
+    templates = next(s for s in doc["sources"] if s["kind"] == "templates")
+    assert templates["workflows"] == 1 and str(env) in templates["where"]
+    assert {u["name"] for u in doc["templated"]} >= {"flux1-dev.safetensors", "ae.safetensors"}

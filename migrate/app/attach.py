@@ -182,7 +182,7 @@ def lost_link_backs(target: str, models_dir: str) -> Tuple[Tuple[str, str], ...]
     (where the link goes, the stored file). Read from the logs: no model file is read."""
     from migrate.core.fleet import store_rel
     from migrate.disk.journal import group_steps
-    from migrate.app.rollback import live_runs
+    from migrate.disk.runlog import live_runs
     from migrate.core.steps import Op
     out: Dict[str, str] = {}
     for _, records in live_runs(target):

@@ -21,8 +21,9 @@ from migrate import __version__
 from migrate.disk import fsops, identity
 from migrate.core.errors import BadInput, BadLog, NoSpace
 from migrate.disk.hashing import confirm_digest, extras, hash_bytes
-from migrate.disk.journal import RUNS_DIR, EmptyLog, Journal, find_interrupted, read_begun, read_log, rollback_log_of, run_logs
+from migrate.disk.journal import RUNS_DIR, Journal, read_log
 from migrate.disk.lock import TargetLock
+from migrate.disk.runlog import find_interrupted
 from migrate.core.model import STATE_DIR, Action, ActionKind, Method, Plan, Problem, Removal, human
 from migrate.disk.scan import TEMP_MARK, temp_name
 from migrate.core.steps import RETURNS_SOURCE, STAGES_TEMP, Op
@@ -133,7 +134,7 @@ class _Runner:
         for d in reversed(missing):
             s = self.begin(Op.MKDIR, path=d)
             try:
-                os.mkdir(d)
+                fsops.make_folder(d)
             except FileExistsError:
                 if not os.path.isdir(d):        # a file took the name since the plan
                     self.j.append({"type": "fail", "step": s, "error": "a file is in the way"})
@@ -162,19 +163,56 @@ class _Runner:
             return
         facts = dict(src=a.source, dst=a.dst, size=a.size, digest=a.digest, dev=a.dev, ino=a.ino, mode=a.mode,
                      mtime_ns=a.mtime_ns, kind=a.kind.value)
+        stored = None
         if a.kind is ActionKind.SAME_CONTENT and a.method is not Method.COPY:
-            self._dedupe(a, facts)
-        elif a.method in (Method.HARDLINK, Method.RENAME):
-            refused = self._link_or_rename(a, facts)
+            stored = self._stored_copy(a, facts)
+            if stored is None:
+                return
+        # The plan's methods in order (Action.methods): the next one only where the filesystem refused
+        # this one with an errno named for that pair (fsops.FALLS_BACK_ON). Each try is its own step,
+        # its begin naming its method, the plan's list and the errno that made the one before give up;
+        # the one with a done record placed the file (rollback undoes that one).
+        methods = a.methods
+        refused: Optional[str] = None
+        for i, method in enumerate(methods):
+            later = methods[i + 1] if i + 1 < len(methods) else None
+            named = fsops.FALLS_BACK_ON.get((method, later), ()) if later is not None else ()
+            tried = dict(facts, method=method.value)
+            if len(methods) > 1:
+                tried["methods"] = [m.value for m in methods]
             if refused is not None:
-                # The filesystem refused what the probe allowed (a bind mount, a link limit): a move
-                # still completes as a verified copy, and the source then goes to quarantine.
+                tried["fallback"] = refused
+            if method is Method.COPY and i:
+                # A move still completes as a verified copy; its source then goes to quarantine.
                 self.copied_instead.add(id(a))
-                self._copy(a, dict(facts, fallback=refused))
-        else:
-            self._copy(a, facts)
+            refused = self._place_by(a, method, tried, named, later, stored)
+            if refused is None:
+                return
 
-    def _dedupe(self, a: Action, facts: dict) -> None:
+    def _place_by(self, a: Action, method: Method, facts: dict, named: Sequence[int], later: Optional[Method],
+                  stored: Optional[os.stat_result]) -> Optional[str]:
+        """One method's step. Returns the errno's name when the filesystem refused it with one of
+        `named` (the next method is tried; the refusal is journalled as this step's failure);
+        otherwise None: placed, or failed as a problem of this action (journalled)."""
+        if method is Method.COPY:
+            self._copy(a, facts)
+            return None
+        if a.kind is ActionKind.SAME_CONTENT:
+            assert stored is not None
+            return self._dedupe(a, method, facts, named, later, stored)
+        return self._link_or_rename(a, method, facts, named, later)
+
+    def _refused(self, step: int, exc: OSError, named: Sequence[int], later: Optional[Method]) -> Optional[str]:
+        """The errno's name if `exc` is one on which the plan's next method is tried (journalled)."""
+        if later is None or exc.errno not in named:
+            return None
+        instead = {Method.COPY: "copying instead", Method.SYMLINK: "a symlink instead"}.get(later, f"{later.value} instead")
+        self.j.append({"type": "fail", "step": step, "error": f"{exc.strerror}; {instead}"})
+        return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+    def _stored_copy(self, a: Action, facts: dict) -> Optional[os.stat_result]:
+        """The stat of a dedupe's stored copy, still a regular file of the size the plan saw; None when it
+        changed since (the step fails, journalled, and nothing is linked)."""
         assert a.stored is not None and a.dst is not None
         try:
             st = os.lstat(a.stored)
@@ -182,33 +220,44 @@ class _Runner:
                 raise OSError(errno.ESTALE, "the stored copy changed since the plan; nothing linked", a.stored)
         except OSError as exc:
             s = self.begin(Op.DEDUPE, stored=a.stored, **facts)
-            return self.fail(s, a, a.dst, exc)
-        if a.method is Method.HARDLINK:
+            self.fail(s, a, a.dst, exc)
+            return None
+        return st
+
+    def _dedupe(self, a: Action, method: Method, facts: dict, named: Sequence[int], later: Optional[Method],
+                st: os.stat_result) -> Optional[str]:
+        assert a.stored is not None and a.dst is not None
+        if method is Method.HARDLINK:
             s = self.begin(Op.DEDUPE, stored=a.stored, stored_ino=st.st_ino, stored_dev=st.st_dev, **facts)
             try:
                 fsops.link_noreplace(a.stored, a.dst)
             except OSError as exc:
-                if exc.errno not in fsops.FALLBACK_ERRNOS:
-                    return self.fail(s, a, a.dst, exc)
-                self.j.append({"type": "fail", "step": s, "error": f"{exc.strerror}; a symlink instead"})
-            else:
-                self.done(s)
-                self.report.placed += 1
-                return
+                refused = self._refused(s, exc, named, later)
+                if refused is None:
+                    self.fail(s, a, a.dst, exc)
+                return refused
+            self.done(s)
+            self.report.placed += 1
+            return None
         to = self.link_text(a.stored, os.path.dirname(a.dst), self.plan.target_fs.up_links)
         s = self.begin(Op.SYMLINK, to=to, **facts)
         try:
-            os.symlink(to, a.dst)
+            fsops.make_symlink(to, a.dst)
         except OSError as exc:
-            return self.fail(s, a, a.dst, exc)
+            refused = self._refused(s, exc, named, later)
+            if refused is None:
+                self.fail(s, a, a.dst, exc)
+            return refused
         self.done(s)
         self.report.placed += 1
+        return None
 
-    def _link_or_rename(self, a: Action, facts: dict) -> Optional[str]:
-        """Place by hardlink or rename. Returns the errno name when the filesystem refused and a
-        copy should be made instead (moves only); otherwise handles its own failure."""
+    def _link_or_rename(self, a: Action, method: Method, facts: dict, named: Sequence[int],
+                        later: Optional[Method]) -> Optional[str]:
+        """Place by hardlink or rename. Returns the errno name when the filesystem refused with one of
+        `named` and the plan's next method is to be tried; otherwise handles its own failure."""
         assert a.dst is not None
-        op = Op.LINK if a.method is Method.HARDLINK else Op.RENAME
+        op = Op.LINK if method is Method.HARDLINK else Op.RENAME
         links = self.links.get(a.dst, []) if op is Op.RENAME else []
         s = self.begin(op, **facts, **({"links": links} if links else {}))
         try:
@@ -219,12 +268,10 @@ class _Runner:
             else:
                 fsops.rename_noreplace(a.source, a.dst)
         except OSError as exc:
-            if a.kind is ActionKind.MOVE and exc.errno in fsops.FALLBACK_ERRNOS and exc.errno != errno.EACCES:
-                name = errno.errorcode.get(exc.errno, str(exc.errno))
-                self.j.append({"type": "fail", "step": s, "error": f"{exc.strerror}; copying instead"})
-                return name
-            self.fail(s, a, a.source, exc)
-            return None
+            refused = self._refused(s, exc, named, later)
+            if refused is None:
+                self.fail(s, a, a.source, exc)
+            return refused
         self.done(s, **observed(a.dst))
         self.report.placed += 1
         if op is Op.RENAME:
@@ -242,17 +289,14 @@ class _Runner:
             digest, st = fsops.copy_and_hash(src, seen(a), tmp, self.on_bytes, chunk=self.chunk,
                                              extra=None if extras(a.digest) is None else False)
             if digest != a.digest:
-                os.unlink(tmp)
+                fsops.remove(tmp)
                 raise OSError(errno.EIO, f"copy digest {digest} differs from the scanned {a.digest}", src)
             self.j.append({"type": "staged", "step": s, "tmp_ino": st.st_ino, "tmp_dev": st.st_dev})
             fsops.rename_noreplace(tmp, a.dst)
             fsops.fsync_dir(os.path.dirname(a.dst))
         except BaseException as exc:
             if os.path.lexists(tmp):     # never leave a half-made copy, whatever stopped us
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+                fsops.discard(tmp)
             if not isinstance(exc, OSError):
                 raise
             return self.fail(s, a, src, exc)
@@ -272,7 +316,7 @@ class _Runner:
                            "run `comfy-migrate run` again to plan with the new file")
         pre = os.path.join(state_dir(plan.target), "yaml", f"{self.report.run_id}.{self.j.seq + 1}.before")
         if current is not None:
-            os.makedirs(os.path.dirname(pre), exist_ok=True)
+            fsops.make_folders(os.path.dirname(pre))
             fsops.atomic_write(pre, current)
         after = plan.yaml_after.encode("utf-8")
         s = self.begin(Op.YAML, path=plan.yaml_path, before=pre if current is not None else None,
@@ -299,8 +343,7 @@ class _Runner:
                 st, dst_st = os.lstat(src), os.lstat(a.stored or a.dst)
                 if identity.changes(st, expect) or identity.changes(dst_st, expect._replace(size=None, mtime_ns=None)):
                     raise OSError(errno.ESTALE, "source or target changed; source kept", src)
-                os.unlink(src)
-                fsops.fsync_dir(os.path.dirname(src))
+                fsops.remove_durably(src)
             except OSError as exc:
                 return self.fail(s, a, src, exc)
             self.done(s)
@@ -342,11 +385,10 @@ class _Runner:
             to = a.dst
         s = self.begin(Op.LINKBACK, src=src, to=to)
         try:
-            os.symlink(to, src)
+            fsops.make_symlink(to, src)
         except OSError as exc:
             return self.fail(s, None, src, exc)
         self.done(s)
-
 
 
     def relink(self, a: Action) -> None:
@@ -381,12 +423,8 @@ class _Runner:
         tmp = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}{self.report.run_id}")
         s = self.begin(Op.RELINK, src=src, dst=dst, tmp=tmp, old=old, to=to, mtime_ns=st.st_mtime_ns)
         try:
-            os.symlink(to, tmp)
-            os.replace(tmp, src)
-            fsops.fsync_dir(os.path.dirname(src))
+            fsops.repoint_symlink(src, to, tmp)
         except OSError as exc:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
             return self.fail(s, None, src, exc)
         self.done(s)
 
@@ -427,8 +465,6 @@ def observed(path: str, fallback: Optional[os.stat_result] = None) -> dict:
     return {"dst_ino": st.st_ino, "dst_mtime_ns": st.st_mtime_ns}
 
 
-
-
 def _check_held(a: Action) -> None:
     """Before a source is set aside: the target still holds a file of its size under the name ComfyUI
     will load. An "already there" copy or the stored copy of a dedupe was only seen by the scan (or
@@ -464,7 +500,7 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                       "disk, or migrate with --mode copy (sources stay)")
     sd = state_dir(plan.target)
     times = dir_times(plan)     # before our state folder changes the target's own mtime
-    os.makedirs(sd, exist_ok=True)
+    fsops.make_folders(sd)
     with (contextlib.nullcontext(lock) if lock is not None else TargetLock(sd, "comfy-migrate run")) as lock:
         if plan.space_to_take > fsops.free_space(plan.target):
             raise NoSpace("the target no longer has room for the plan's copies", "free space, then run again")
@@ -711,4 +747,4 @@ def _clean_temps(j: Journal, records: List[dict]) -> None:
         if r.get("type") == "begin" and r.get("op") in STAGES_TEMP and r["step"] not in done:
             if os.path.lexists(r["tmp"]):
                 j.append({"type": "cleanup", "path": r["tmp"], "of_step": r["step"]})
-                os.unlink(r["tmp"])
+                fsops.remove(r["tmp"])

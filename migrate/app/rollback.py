@@ -9,7 +9,6 @@ Applying it again after an interruption is safe: every undo is idempotent.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import posixpath
 import socket
@@ -20,15 +19,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from migrate import __version__
 from migrate.disk import fsops, identity
-from migrate.core.errors import BadLog
 from migrate.core.fleet import store_rel
 from migrate.disk.hashing import hash_bytes, hash_path
-from migrate.disk.journal import EmptyLog, Journal, group_steps, read_begun, read_log, rollback_log_of, run_logs
-from migrate.core.model import STATE_DIR, Problem
+from migrate.disk.journal import Journal, group_steps, read_begun, rollback_log_of
+from migrate.core.model import Problem
+from migrate.disk.runlog import PATH_FIELDS
 from migrate.disk.scan import TEMP_MARK, temp_name
 from migrate.core.steps import PLACES, PLACES_FILE, REMOVES_SOURCE, Op
-
-PATH_FIELDS = ("src", "dst", "tmp", "q", "stored", "path")
 
 
 @dataclass(frozen=True)
@@ -41,46 +38,6 @@ class Undo:
     def describe(self) -> str:
         op = Op.of({"op": self.op})
         return op.describe_undo(self.rec) if op is not None else self.op
-
-
-def check_log(records: Sequence[dict], path: str) -> None:
-    """Refuse a log whose paths fall outside the roots its header names."""
-    head = records[0]
-    roots = [head.get("target")] + list(head.get("sources") or [])
-    if not all(isinstance(r, str) and posixpath.isabs(r) for r in roots):
-        raise BadLog(f"{path}: line 1: the header's roots are not absolute paths", "restore the original log")
-    for i, rec in enumerate(records, 1):
-        for f in PATH_FIELDS:
-            p = rec.get(f)
-            if p is None or rec.get("type") in ("header", "resume"):
-                continue
-            if f == "path" and rec.get("op") == Op.YAML and p == head.get("yaml"):
-                continue
-            if not isinstance(p, str) or posixpath.normpath(p) != p or not any(
-                    p.startswith(r.rstrip("/") + "/") for r in roots):
-                raise BadLog(f"{path}: line {i}: {f} {p!r} is outside the run's source and target folders",
-                             "the log was edited; restore the original")
-        if rec.get("type") == "links":
-            tgt = head["target"].rstrip("/") + "/"
-            for d, to in (rec.get("dirs") or {}).items():
-                if not isinstance(d, str) or posixpath.normpath(d) != d or not d.startswith(tgt) or not isinstance(to, str):
-                    raise BadLog(f"{path}: line {i}: symlinked folder {d!r} is outside the run's target",
-                                 "the log was edited; restore the original")
-        if rec.get("type") == "dirtimes":
-            # The YAML's folder, and the folder of the file behind it when it is a symlink (written
-            # through the link), as the header (or a continued run's resume record) names them.
-            yaml_dirs = {posixpath.dirname(h[k]) for h in records[:i] if h.get("type") in ("header", "resume")
-                         for k in ("yaml", "yaml_real") if isinstance(h.get(k), str) and posixpath.isabs(h[k])}
-            for d, ns in (rec.get("dirs") or {}).items():
-                if posixpath.normpath(d) != d or not isinstance(ns, int) or not (d in yaml_dirs or any(
-                        d == r or d.startswith(r.rstrip("/") + "/") for r in roots)):
-                    raise BadLog(f"{path}: line {i}: folder {d!r} is outside the run's source and target "
-                                 "folders", "the log was edited; restore the original")
-        before = rec.get("before")
-        if before is not None and not (isinstance(before, str) and posixpath.normpath(before) == before and
-                                       before.startswith(posixpath.join(head["target"], STATE_DIR) + "/")):
-            raise BadLog(f"{path}: line {i}: YAML pre-image {before!r} is outside the state folder",
-                         "the log was edited; restore the original")
 
 
 def store_facts(target: str, records: Sequence[dict]) -> Tuple[dict, Dict[str, dict]]:
@@ -331,7 +288,7 @@ def execute_rollback(log_path: str, records: List[dict], undos: List[Undo],
         for d in sorted(set(left_folders), key=lambda p: (-p.count("/"), p)):
             try:
                 _safe(root_of, d + "/x")
-                os.rmdir(d)
+                fsops.remove_folder(d)
                 swept.append(d)
             except OSError:
                 continue
@@ -387,8 +344,7 @@ def _drop_unbegun(path: str) -> Optional[int]:
         size = os.lstat(path).st_size
     except FileNotFoundError:
         return None
-    os.unlink(path)
-    fsops.fsync_dir(os.path.dirname(path))
+    fsops.remove_durably(path)
     return size
 
 
@@ -405,8 +361,7 @@ def _unmerge_yaml(path: str, cur: bytes, before: Optional[bytes], notes: List[st
         return f"extra_model_paths.yaml was edited since the run and cannot be undone in part ({exc}); left as it is"
     if new is None:
         if before is None:
-            os.unlink(path)
-            fsops.fsync_dir(os.path.dirname(path))
+            fsops.remove_durably(path)
             notes.append("edited since the run, but nothing of it but comments was left without the comfy-migrate "
                          "section: removed, as before the run (an empty YAML stops ComfyUI)")
             return ""
@@ -435,7 +390,7 @@ def _undo(u: Undo, on_bytes, twins: Optional[Dict[Tuple[int, int], List[str]]] =
 def _undo_mkdir(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
     """Remove a folder the run made, if nothing was added to it since."""
     try:
-        os.rmdir(r["path"])
+        fsops.remove_folder(r["path"])
     except (FileNotFoundError, NotADirectoryError):
         pass        # gone, or a file of someone else's took its place: not ours to remove
     except OSError as exc:
@@ -463,7 +418,7 @@ def _undo_link(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str
         return ""
     if os.lstat(dst).st_nlink < 2 and not _src_holds(r):
         return f"another file now has the old name {r['src']}: this copy is the original's last; kept"
-    os.unlink(dst)
+    fsops.remove(dst)
     return ""
 
 
@@ -471,7 +426,7 @@ def _undo_symlink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[
     """Remove a symlink the run made to the stored copy, if it still says what the run wrote."""
     dst = r["dst"]
     if os.path.islink(dst) and os.readlink(dst) == r["to"]:
-        os.unlink(dst)
+        fsops.remove(dst)
     return ""
 
 
@@ -487,7 +442,7 @@ def _undo_rename(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[s
         return "the target file was replaced since the run; left in place"
     if not (_as_logged(r["dst"], r, "dst") if stable else _is_logged_file(r["dst"], r, "dst", None)):
         return "the target file was changed since the run; left in place"
-    os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+    fsops.make_folders(os.path.dirname(r["src"]))
     fsops.rename_noreplace(r["dst"], r["src"])
     return ""
 
@@ -496,7 +451,7 @@ def _undo_copy(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str
     """Remove a copy the run made, once its bytes are proven the run's (the source restored first if it is gone)."""
     tmp = r.get("tmp")
     if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
-        os.unlink(tmp)
+        fsops.remove(tmp)
     ino = r.get("dst_ino") or r.get("tmp_ino")
     dst = r["dst"]
     cur = _ino(dst)
@@ -513,7 +468,7 @@ def _undo_copy(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str
             return "could not restore the source from the target copy; both kept"
     elif os.lstat(dst).st_nlink < 2 and not _src_holds(r):
         return f"another file now has the old name {r['src']}: this copy may be the original's last; kept"
-    os.unlink(dst)
+    fsops.remove(dst)
     return ""
 
 
@@ -534,12 +489,11 @@ def _undo_yaml(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str
     if hash_bytes(cur) != r["after_digest"]:
         return _unmerge_yaml(path, cur, before, notes)
     if before is None:
-        os.unlink(path)
-        fsops.fsync_dir(os.path.dirname(path))
+        fsops.remove_durably(path)
     else:
         fsops.atomic_write(path, before, os.stat(path).st_mode & 0o7777)
         if r.get("before_mtime_ns"):
-            os.utime(path, ns=(r["before_mtime_ns"], r["before_mtime_ns"]))
+            fsops.set_mtime(path, r["before_mtime_ns"])
     return ""
 
 
@@ -552,8 +506,8 @@ def _undo_unlink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[s
     names = _holders(r)
     for stored in names:
         if _ino(stored) == (r["dev"], r["ino"]) and _as_logged(stored, r, "dst"):
-            os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-            os.link(stored, r["src"])
+            fsops.make_folders(os.path.dirname(r["src"]))
+            fsops.hardlink(stored, r["src"])
             return ""
     if not _restore_twin(r, twins, on_bytes, names):
         return "the stored copy changed; source not recreated"
@@ -568,7 +522,7 @@ def _undo_quarantine(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], Li
         return f"another file now has the old name; the original stays in quarantine at {r['q']}"
     if _is_logged_file(r["q"], r, "src", (r["dev"], r["ino"])) or (
             _ino(r["q"]) == (r["dev"], r["ino"]) and r.get("_p_src", identity.EXACT).stable_inode):
-        os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+        fsops.make_folders(os.path.dirname(r["src"]))
         fsops.rename_noreplace(r["q"], r["src"])
         twins.setdefault((r["dev"], r["ino"]), []).append(r["src"])
         return ""
@@ -581,7 +535,7 @@ def _undo_quarantine(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], Li
 def _undo_linkback(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[str]], notes: List[str]) -> str:
     """Remove a link-back symlink, if it still says what the run wrote."""
     if os.path.islink(r["src"]) and os.readlink(r["src"]) == r["to"]:
-        os.unlink(r["src"])
+        fsops.remove(r["src"])
     return ""
 
 
@@ -589,19 +543,15 @@ def _undo_relink(u: Undo, r: dict, on_bytes, twins: Dict[Tuple[int, int], List[s
     """Point a re-pointed symlink of the sources where it pointed before the run."""
     tmp = r.get("tmp")
     if tmp and TEMP_MARK in tmp and os.path.lexists(tmp):
-        os.unlink(tmp)
+        fsops.remove(tmp)
     src = r["src"]
     if not os.path.islink(src) or os.readlink(src) != r["to"]:
         return "" if os.path.islink(src) and os.readlink(src) == r["old"] else \
             "the symlink was changed since the run; left as it is"
     back = os.path.join(os.path.dirname(src), f".{os.path.basename(src)}{TEMP_MARK}restore")
     if os.path.lexists(back):
-        os.unlink(back)
-    os.symlink(r["old"], back)
-    os.replace(back, src)
-    if isinstance(r.get("mtime_ns"), int):
-        os.utime(src, ns=(r["mtime_ns"], r["mtime_ns"]), follow_symlinks=False)
-    fsops.fsync_dir(os.path.dirname(src))
+        fsops.remove(back)
+    fsops.repoint_symlink(src, r["old"], back, r["mtime_ns"] if isinstance(r.get("mtime_ns"), int) else None)
     return ""
 
 
@@ -677,6 +627,11 @@ def settle(records: Sequence[dict], target: str) -> List[dict]:
     return out
 
 
+def settled(runs: Sequence[Tuple[str, List[dict]]], target: str) -> List[Tuple[str, List[dict]]]:
+    """runlog.live_runs' runs, each settled (see `settle`): what fleet.reliance and droppable read."""
+    return [(rid, settle(records, target)) for rid, records in runs]
+
+
 def foresee(undos: Sequence[Undo]) -> Dict[int, str]:
     """For the dry run, read-only and without reading a byte: step -> why its source could not be
     recreated (no stored copy of its size is left and no other name of it comes back first), so the
@@ -730,8 +685,7 @@ def _drop_kept(k: dict, records: Sequence[dict]) -> str:
         return ""
     if not k.get("digest") or os.lstat(path).st_size != k.get("size") or hash_path(path) != k["digest"]:
         return "it was changed since it was kept"
-    os.unlink(path)
-    fsops.fsync_dir(os.path.dirname(path))
+    fsops.remove_durably(path)
     return ""
 
 
@@ -741,34 +695,13 @@ def _keep(u: Undo, on_bytes) -> str:
     r = u.rec
     if not Op(u.op).stores_source or _ino(r["src"]) is not None or _ino(r["dst"]) is None:
         return ""
-    os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
+    fsops.make_folders(os.path.dirname(r["src"]))
     if u.op == Op.LINK and _ino(r["dst"]) == (r["dev"], r["ino"]) and _as_logged(r["dst"], r, "dst"):
-        os.link(r["dst"], r["src"])
+        fsops.hardlink(r["dst"], r["src"])
         return ""
     if not _restore_from(r["dst"], r, on_bytes):
         return "other runs rely on the stored file, and it no longer holds this source's content; left in place"
     return ""
-
-
-def left_folders(target: str, this_run: str) -> List[str]:
-    """Folders in the store that runs now rolled back (and this one) made: the candidates for
-    removal once empty (a folder a live run made stays theirs). Paths as this pod mounts the store."""
-    out = []
-    for n, path in run_logs(target):
-        rid = n[:-len(".jsonl")]
-        try:
-            records = read_log(path)[0]
-            if rid != this_run and run_state(path) != "rolled back":
-                continue
-        except BadLog:
-            continue
-        logged = records[0].get("target") or ""
-        for r in records:
-            if r.get("type") == "begin" and r.get("op") == Op.MKDIR and isinstance(r.get("path"), str):
-                rel = store_rel(r["path"], logged)
-                if rel:
-                    out.append(posixpath.join(target, rel))
-    return out
 
 
 def _restore_dir_times(records: Sequence[dict]) -> int:
@@ -791,7 +724,7 @@ def _restore_dir_times(records: Sequence[dict]) -> int:
                 continue
             # Always set, even when stat shows the value already: a FUSE mount (MooseFS) may show its
             # cached attributes while the server holds another time.
-            os.utime(d, ns=(st.st_atime_ns, ns), follow_symlinks=follow)
+            fsops.set_times(d, st.st_atime_ns, ns, follow_symlinks=follow)
             n += st.st_mtime_ns != ns
         except OSError:
             continue
@@ -809,8 +742,8 @@ def _restore_twin(r: dict, twins: Dict[Tuple[int, int], List[str]], on_bytes, st
         except FileNotFoundError:
             continue
         if stat.S_ISREG(st.st_mode) and _as_logged(twin, r):
-            os.makedirs(os.path.dirname(r["src"]), exist_ok=True)
-            os.link(twin, r["src"])
+            fsops.make_folders(os.path.dirname(r["src"]))
+            fsops.hardlink(twin, r["src"])
             fsops.fsync_dir(os.path.dirname(r["src"]))
             return True
     if any(_restore_from(p, r, on_bytes) for p in stored):
@@ -826,171 +759,22 @@ def _restore_from(stored: str, r: dict, on_bytes) -> bool:
     except FileNotFoundError:
         return False
     src = r["src"]
-    os.makedirs(os.path.dirname(src), exist_ok=True)
+    fsops.make_folders(os.path.dirname(src))
     tmp = temp_name(os.path.dirname(src), os.path.basename(src), "restore")
     if os.path.lexists(tmp):
-        os.unlink(tmp)
+        fsops.remove(tmp)
     # The digest read decides (it must be the logged one): the stored copy's mtime may move while it is
     # read (rclone shows "now" until it has uploaded a file we wrote seconds ago).
     digest, _ = fsops.copy_and_hash(stored, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), tmp, on_bytes,
                                     mtime_may_move=True)
     if digest != r["digest"]:
-        os.unlink(tmp)
+        fsops.remove(tmp)
         return False
-    os.chmod(tmp, r["mode"])
-    os.utime(tmp, ns=(r["mtime_ns"], r["mtime_ns"]))
+    fsops.set_mode(tmp, r["mode"])
+    fsops.set_mtime(tmp, r["mtime_ns"])
     fsops.rename_noreplace(tmp, src)
     fsops.fsync_dir(os.path.dirname(src))
     return True
-
-
-class NothingToRollBack(Exception):
-    """Every run in the target is rolled back already (not an error: a re-run after success)."""
-
-
-def find_log(target: str, run: Optional[str], newest: bool = False, host: Optional[str] = None) -> str:
-    """A run id or log path -> the run's log; default: the newest run not rolled back
-    (with newest=True: the newest run whatever its state). With `host`, the default is chosen
-    among that host's runs only: on a store shared by pods, a bare `rollback` must not undo
-    another pod's run."""
-    runs = os.path.join(target, STATE_DIR, "runs")
-    if run and (os.sep in run or run.endswith(".jsonl")):
-        return os.path.abspath(run)
-    if run:
-        path = os.path.join(runs, f"{run}.jsonl")
-        if not os.path.exists(path):
-            raise BadLog(f"no run {run} in {runs}", "see `comfy-migrate history --target DIR`")
-        return path
-    names = [n for n, _ in run_logs(target)]
-    if host is not None and names:
-        mine = [n for n in names if _host_of(os.path.join(runs, n)) == host]
-        if not mine:
-            raise BadLog(f"no run of this host ({host}) in {runs}; the runs there are other pods'",
-                         "name the run to undo (see `comfy-migrate history --target DIR`)")
-        names = mine
-    if newest and names:
-        return os.path.join(runs, names[-1])
-    for n in reversed(names):
-        rb = read_begun(rollback_log_of(os.path.join(runs, n)))
-        if rb is not None and rb[-1].get("type") == "close" and not rb[-1].get("incomplete"):
-            continue
-        return os.path.join(runs, n)
-    if names:
-        raise NothingToRollBack(f"every run in {target} is rolled back already")
-    raise BadLog(f"no run to roll back in {runs}", "check --target (see `comfy-migrate history`)")
-
-
-def _host_of(log: str) -> Optional[str]:
-    try:
-        with open(log, "rb") as f:
-            return json.loads(f.readline()).get("host")
-    except (OSError, ValueError):
-        return None
-
-
-def load_run(log_path: str) -> List[dict]:
-    """A run's log, read and checked once for undoing: its hash chain (read_log), its paths
-    (check_log), the fields of its step records (records.check_steps)."""
-    from migrate.core.records import check_steps
-    records, _, _ = read_log(log_path)
-    check_log(records, log_path)
-    check_steps(records, log_path)
-    return records
-
-
-def run_state(log_path: str) -> str:
-    records, _, _ = read_log(log_path)
-    rbr = read_begun(rollback_log_of(log_path))     # one that never wrote a record did nothing
-    if rbr is not None:
-        if rbr[-1].get("type") != "close":
-            return "rollback interrupted"
-        return "rollback incomplete" if rbr[-1].get("incomplete") else "rolled back"
-    last = records[-1]
-    if last.get("type") == "close":
-        return "complete" if last.get("state") == "complete" else "complete with problems"
-    if last.get("type") == "stopped":
-        return "stopped: disk full (free space, then run or rollback)"
-    return "interrupted"
-
-
-def history(target: str) -> List[dict]:
-    rows = []
-    for n, path in run_logs(target):
-        try:
-            records, _, _ = read_log(path)
-            state = run_state(path)
-        except EmptyLog as exc:      # killed (or refused by a full disk) before its first record: did nothing
-            rows.append({"run": n[:-6], "time": "", "host": "", "files": 0, "bytes": 0, "placed": 0, "relied": 0,
-                         "state": f"nothing done: {exc}"})
-            continue
-        except BadLog as exc:
-            rows.append({"run": n[:-6], "time": "", "host": "", "files": 0, "bytes": 0, "placed": 0, "relied": 0,
-                         "state": f"bad log: {exc}"})
-            continue
-        head = records[0]
-        steps = group_steps(records)
-        placed = [b for b in steps.begins if b["op"] in PLACES and b["step"] in steps.done]
-        # Sources set aside because the store held their content already: the run relies on those
-        # stored files (it placed nothing for them, yet ComfyUI now loads them from the store).
-        moved = {b.get("src") for b in placed}
-        relied = [b for b in steps.begins if b["op"] in REMOVES_SOURCE and b["step"] in steps.done
-                  and b.get("src") not in moved]
-        rows.append({"run": head["run"], "time": head.get("time", ""), "host": head.get("host", ""),
-                     "files": len(placed) + len(relied), "bytes": sum(b.get("size", 0) for b in placed + relied),
-                     "placed": len(placed), "relied": len(relied), "state": state})
-    return rows
-
-
-def live_runs(target: str) -> List[Tuple[str, List[dict]]]:
-    """(run id, records) of every run in the target not rolled back, settled (see `settle`)
-    (unreadable logs are skipped: their runs cannot be undone anyway, and history shows them)."""
-    out = []
-    for n, path in run_logs(target):
-        try:
-            if run_state(path) == "rolled back":
-                continue
-            out.append((n[:-6], settle(read_log(path)[0], target)))
-        except BadLog:
-            continue
-    return out
-
-
-def all_runs(target: str) -> List[Tuple[str, List[dict]]]:
-    """(run id, records) of every run in the target, rolled back or not. A log that does not read
-    cleanly counts by its first line alone (its run is still chosen by its YAML or host, and then
-    refused by load_run with the line named); one without even that is skipped."""
-    out = []
-    for n, path in run_logs(target):
-        try:
-            out.append((n[:-6], read_log(path)[0]))
-        except BadLog:
-            try:
-                with open(path, "rb") as f:
-                    head = json.loads(f.readline())
-            except (OSError, ValueError):
-                continue
-            if isinstance(head, dict):
-                out.append((n[:-6], [head]))
-    return out
-
-
-def kept_records(target: str) -> List[dict]:
-    """Every `keep` record of every rollback log in the target: files kept for other runs."""
-    runs = os.path.join(target, STATE_DIR, "runs")
-    out: List[dict] = []
-    for n in sorted(os.listdir(runs) if os.path.isdir(runs) else []):
-        if n.endswith(".rollback.jsonl"):
-            try:
-                out.extend(r for r in read_log(os.path.join(runs, n))[0] if r.get("type") == "keep")
-            except BadLog:
-                continue
-    return out
-
-
-def quarantined(records: List[dict]) -> List[dict]:
-    """Done quarantine steps of a run: what purge may free."""
-    steps = group_steps(records)
-    return [b for b in steps.begins if b["op"] == Op.QUARANTINE and b["step"] in steps.done]
 
 
 def purge_check(rec: dict) -> str:

@@ -299,7 +299,9 @@ class Action(namedtuple("Action", [
     "ino",                        # int = 0
     "mode",                       # int = 0
     "mtime_ns",                   # int = 0
-], defaults=(0, None, None, Method.NONE, None, Removal.NONE, False, "", 0, 0, 0, 0))):
+    "fallbacks",                  # tuple[Method, ...] = (): tried in order after `method`, each on the
+                                  # errnos that say the filesystem refuses the one before (fsops.FALLS_BACK_ON)
+], defaults=(0, None, None, Method.NONE, None, Removal.NONE, False, "", 0, 0, 0, 0, ()))):
     """One step of a plan for one source entry (or a target-only entry)."""
 
     __slots__ = ()
@@ -307,6 +309,11 @@ class Action(namedtuple("Action", [
     @property
     def source(self) -> str:
         return self.root.rstrip("/") + "/" + self.rel
+
+    @property
+    def methods(self) -> tuple:
+        """Every way the plan allows to place it, in the order they are tried (dvc's _try_links)."""
+        return (self.method,) + tuple(self.fallbacks) if self.method is not Method.NONE else ()
 
 
 class Plan(namedtuple("Plan", [
@@ -398,3 +405,12 @@ def human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def show(path: str) -> str:
+    """A path (or a message naming one) made safe for a terminal: newlines and undecodable bytes escaped.
+
+    isprintable() is False for surrogates too (undecodable bytes), so it alone decides.
+    """
+    return path.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace") \
+        .replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") if not path.isprintable() else path

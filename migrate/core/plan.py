@@ -436,10 +436,13 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
         why = reason or f"same content as {posixpath.relpath(keep, target)}"
         if method is Method.COPY:
             why += " (the store takes neither hardlinks nor symlinks: a second copy)"
+        # A hardlink the store refuses after all (a bind mount, its link limit): a symlink, where it takes them.
+        later = (Method.SYMLINK,) if method is Method.HARDLINK and target_fs.symlink else ()
         return Action(ActionKind.SAME_CONTENT, dst=dst, stored=keep, method=method, removal=rem,
                       link_back=link_back and rem is not Removal.NONE,
-                      reason=why + (f"; {stays}" if lower else ""), **common)
+                      reason=why + (f"; {stays}" if lower else ""), fallbacks=later, **common)
 
+    later: Tuple[Method, ...] = ()
     if policy.mode is Mode.MOVE:
         kind = ActionKind.MOVE
         if probe.hardlink and stable and not lower:
@@ -450,6 +453,11 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
             method, rem = Method.RENAME, Removal.RENAMED
         else:     # (a lower-layer file is copied even within its overlay: link and rename copy it up)
             method, rem = Method.COPY, Removal.NONE if lower else Removal.QUARANTINE
+        if method is not Method.COPY:
+            # The probe allowed a link or a rename; a folder of the store the filesystem refuses it
+            # for after all (a bind mount: EXDEV; a link limit: EMLINK) gets a verified copy, and the
+            # source then goes to quarantine (the run journals which method placed it).
+            later = (Method.COPY,)
     elif policy.mode is Mode.LINK:
         kind, method, rem = ActionKind.LINK, Method.HARDLINK, Removal.NONE
     else:
@@ -459,7 +467,8 @@ def _decide(r: FileRecord, target: str, policy: Policy, probe: Probe, target_har
     stored[r.digest] = dst  # type: ignore[index]
     if lower:
         reason = f"{reason}; {stays}" if reason else stays
-    return Action(kind, dst=dst, method=method, removal=rem, link_back=link_back, reason=reason, **common)
+    return Action(kind, dst=dst, method=method, removal=rem, link_back=link_back, reason=reason, fallbacks=later,
+                  **common)
 
 
 def _tree(sources: Sequence[ScanResult], target_scan: Optional[ScanResult], target: str,

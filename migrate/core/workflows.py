@@ -40,6 +40,7 @@ LOADERS.update({
 GGUF_CATEGORIES = ("diffusion_models", "text_encoders")     # where ComfyUI-GGUF lists .gguf files
 MODEL_EXTS = comfy.MODEL_EXTENSIONS | {".gguf"}           # a value with one of these names a model file
 _EXTS = MODEL_EXTS | {".yaml"}
+NOT_A_WORKFLOW = "neither a UI workflow"   # the start of the error of JSON that is neither format
 MAX_NESTING = 32        # subgraphs inside subgraphs (the frontend nests a few); deeper is reported
 MAX_NODES = 100_000     # nodes read from one workflow (a real one has hundreds)
 
@@ -60,7 +61,24 @@ class Workflow(namedtuple("Workflow", [
     "format",                     # str: "ui" | "api" | "unreadable"
     "refs",                       # tuple[ModelRef, ...]
     "error",                      # str = ""
-], defaults=("",))):
+    "source",                     # str = "user": SOURCES' key of where it was found
+], defaults=("", "user"))):
+    __slots__ = ()
+
+
+# Where a model can be named, in the order they are read: a model none of them names is unused.
+SOURCES = {"user": "saved workflows", "custom_nodes": "custom-node example workflows",
+           "templates": "ComfyUI's templates", "blueprints": "subgraph blueprints"}
+
+
+class Source(namedtuple("Source", [
+    "kind",                       # str: a key of SOURCES
+    "label",                      # str: SOURCES[kind]
+    "where",                      # str: the folders read (a pattern), or why none was found
+    "files",                      # list[str]: the files found there
+])):
+    """One place workflows were read from (facts.gather_workflows), for the report's 'how made'."""
+
     __slots__ = ()
 
 
@@ -170,7 +188,7 @@ def parse_workflow(path: str, text: str) -> Workflow:
                     if _looks_like_model(s):
                         refs.append(ModelRef(kind, _norm(s), INPUTS.get(k) if kind not in LOADERS else None))
     else:
-        return Workflow(path, "unreadable", (), "neither a UI workflow (nodes) nor an API prompt (class_type)")
+        return Workflow(path, "unreadable", (), NOT_A_WORKFLOW + " (nodes) nor an API prompt (class_type)")
     return Workflow(path, fmt, tuple(dict.fromkeys(refs)), error)
 
 
@@ -210,10 +228,13 @@ def assign_categories(wf: Workflow, names: Mapping[str, Iterable[str]]) -> Workf
     return wf._replace(refs=tuple(rows.values()))
 
 
-UNUSED_RULE = ("a model is listed as unused only when no saved workflow names it, in any folder, by its name or its "
-               "file name (loader widgets, subgraphs and their promoted widgets, custom nodes' values, the models "
-               "lists the frontend saves); placeholders (put_*_here) are never listed; each file's bytes are counted "
-               "once (a hardlink or symlink of another model costs nothing)")
+UNUSED_RULE = ("a model is listed as unused only when nothing names it, in any folder, by its name or its file name: "
+               "not a saved workflow of any user, not an example workflow a custom-node pack ships, not one of "
+               "ComfyUI's own templates, not a subgraph blueprint (loader widgets, subgraphs and their promoted "
+               "widgets, custom nodes' values, the models lists the frontend saves); a model only a template, a "
+               "pack's example or a blueprint names is listed apart as named by a template, never as unused; "
+               "placeholders (put_*_here) are never listed; each file's bytes are counted once (a hardlink or "
+               "symlink of another model costs nothing)")
 
 
 def _placeholder(name: str) -> bool:
@@ -223,9 +244,11 @@ def _placeholder(name: str) -> bool:
 
 def workflow_doc(workflows: Sequence[Workflow], before: Mapping[tuple[str, str], tuple[str, int] | None],
                  changes: Mapping[tuple[str, str], str], sizes: Mapping[tuple[str, str], int],
-                 price_per_gb_month: float, identities: Mapping[tuple[str, str], object] | None = None) -> dict:
-    """The report: per workflow, each model it names and whether it loads before and after the
-    migration; the models no workflow names, with their monthly cost on a network volume.
+                 price_per_gb_month: float, identities: Mapping[tuple[str, str], object] | None = None,
+                 sources: Sequence[Source] = ()) -> dict:
+    """The report: per saved workflow, each model it names and whether it loads before and after the
+    migration; the models nothing names, with their monthly cost on a network volume; the models only
+    a template names (workflows whose source is not "user": never listed as unused); the sources read.
 
     before: (category, name) -> (path ComfyUI loads, size), or None/absent where nothing loads.
     changes: (category, name) -> why its bytes change or it stops loading (the plan's name changes).
@@ -236,8 +259,14 @@ def workflow_doc(workflows: Sequence[Workflow], before: Mapping[tuple[str, str],
     identities = identities or {}
     used: set = set()
     named: set = set()
+    by_template: dict = {}           # a name (and its file name) -> the first template naming it
     rows = []
     for wf in workflows:
+        if wf.source != "user":
+            for r in wf.refs:
+                for n in (r.name, posixpath.basename(r.name)):
+                    by_template.setdefault(n, (wf.path, wf.source))
+            continue
         models = []
         for r in wf.refs:
             key = (r.category, r.name)
@@ -255,18 +284,30 @@ def workflow_doc(workflows: Sequence[Workflow], before: Mapping[tuple[str, str],
                            "path": found[0] if found else None, "size": found[1] if found else None,
                            "url": r.url, "note": note})
         rows.append({"path": wf.path, "format": wf.format, "error": wf.error, "models": models})
+
+    def template(k):
+        return by_template.get(k[1]) or by_template.get(posixpath.basename(k[1]))
+
     held = {identities.get(k, k) for k in sizes if k in used or k[1] in named or posixpath.basename(k[1]) in named}
     candidates = sorted(((k, n) for k, n in sizes.items()
                          if k not in used and k[1] not in named and posixpath.basename(k[1]) not in named
                          and not _placeholder(k[1])), key=lambda kv: (-kv[1], kv[0]))
+    templated = [(k, n, template(k)) for k, n in candidates if template(k)]
+    held |= {identities.get(k, k) for k, _, _ in templated}
     unused, counted = [], set(held)
     for k, n in candidates:
+        if template(k):
+            continue
         ident = identities.get(k, k)
         costs = ident is not None and ident not in counted
         if ident is not None:
             counted.add(ident)
         unused.append((k, n, n if costs else 0))
     total = sum(c for _, _, c in unused)
+    errors = {w.path: w.error for w in workflows if w.error}
+    read = [{"kind": s.kind, "label": s.label, "where": s.where, "workflows": len(s.files),
+             "unreadable": [{"path": p, "error": errors[p]} for p in s.files if p in errors] if s.kind != "user" else []}
+            for s in sources]
     return {
         "workflows": rows,
         "missing": [{"category": c, "name": n} for c, n in sorted(
@@ -278,6 +319,8 @@ def workflow_doc(workflows: Sequence[Workflow], before: Mapping[tuple[str, str],
         "unused_cost_per_month": round(total / 1e9 * price_per_gb_month, 2),
         "unused_rule": UNUSED_RULE,
         "price_per_gb_month": price_per_gb_month,
+        "templated": [{"category": k[0], "name": k[1], "size": n, "by": by[0], "source": by[1]} for k, n, by in templated],
+        "sources": read,
     }
 
 

@@ -252,7 +252,7 @@ def load(target: str) -> Tuple[Catalogue, str]:
 
 def save(target: str, cat: Catalogue) -> None:
     """Rewrite the catalogue atomically. Call only while holding the target's lock."""
-    os.makedirs(os.path.join(target, STATE_DIR), exist_ok=True)
+    fsops.make_folders(os.path.join(target, STATE_DIR))
     fsops.atomic_write(path_of(target), render(cat))
 
 

@@ -5,6 +5,7 @@ created and removed in the target's nearest existing folder, whose times are put
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -409,7 +410,7 @@ def state_bytes(target: str, sources: Sequence[str], yaml_path: Optional[str]) -
     (storerules.reserve): the state folders, the lock, the rollback reserve, the catalogue, and
     the log of this pod's interrupted run (which `run` continues). Old runs' logs do not count."""
     from migrate.core.errors import BadLog
-    from migrate.disk.journal import find_interrupted
+    from migrate.disk.runlog import find_interrupted
     from migrate.core.model import STATE_DIR
     from migrate.core.storerules import STATE_PATHS
     paths = [os.path.join(target, STATE_DIR, p) for p in STATE_PATHS]
@@ -432,7 +433,7 @@ def interrupted_placements(facts: Facts):
     """(run id, store paths it placed) of this pod's interrupted run, which `run` continues: those
     files are in the store because of that run, not deduplication (None without one)."""
     from migrate.core.errors import BadLog
-    from migrate.disk.journal import find_interrupted
+    from migrate.disk.runlog import find_interrupted
     from migrate.disk.journal import group_steps, read_log
     from migrate.core.steps import STORES_SOURCE
     try:
@@ -577,14 +578,18 @@ def model_identities(before: dict) -> dict:
 
 
 WORKFLOW_LIMIT = 64 << 20      # bytes read of one workflow file (a huge one is reported, not read)
+# The folders of a custom-node pack ComfyUI 0.33 serves as templates (app/custom_node_manager.py:
+# `<custom_nodes folder>/*/<name>/*.json`, one level, as glob lists them: no hidden pack).
+NODE_EXAMPLE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
+TEMPLATES_DIST = "comfyui_workflow_templates"
 
 
 def find_workflows(home: str, user: Optional[str] = None) -> List[str]:
     """The pod's saved workflows: <ComfyUI>/user/<user>/workflows/**/*.json (`user`: ComfyUI's user
-    folder when it is started with another, launch.Launch.user), sorted."""
+    folder when it is started with another, launch.Launch.user), every user, sorted."""
     user = user or os.path.join(home, "user")
     out = []
-    for u in sorted(os.listdir(user)) if os.path.isdir(user) else ():
+    for u in _listdir(user):
         top = os.path.join(user, u, "workflows")
         for dirpath, dirnames, filenames in os.walk(top):
             dirnames.sort()
@@ -592,23 +597,166 @@ def find_workflows(home: str, user: Optional[str] = None) -> List[str]:
     return sorted(out)
 
 
-def gather_workflows(home: str, order: dict, user: Optional[str] = None):
-    """(workflows with categories, what ComfyUI loads for each name now). Reads, never writes."""
+def _listdir(folder: str) -> List[str]:
+    try:
+        return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    except OSError:
+        return []
+
+
+def _json_files(folder: str) -> List[str]:
+    """The `*.json` names in one folder, as glob lists them (no hidden name; a folder named x.json too:
+    it is then reported unreadable, as ComfyUI would fail to serve it)."""
+    return [os.path.join(folder, f) for f in _listdir(folder) if f.lower().endswith(".json") and not f.startswith(".")]
+
+
+def custom_node_folders(home: str, order: dict, launch=None) -> List[str]:
+    """ComfyUI's custom_nodes folders: <base>/custom_nodes first, then any a YAML adds (`custom_nodes:`)."""
+    base = launch.base if launch is not None else home
+    return list(dict.fromkeys([os.path.join(base, "custom_nodes")] + list(order.get("custom_nodes", ()))))
+
+
+def find_node_examples(folders: Sequence[str]) -> List[str]:
+    """The example workflows custom-node packs ship, as ComfyUI 0.33 lists them for its Templates
+    menu: <custom_nodes>/<pack>/{example_workflows,example,examples,workflow,workflows}/*.json."""
+    out = []
+    for top in folders:
+        for pack in _listdir(top):
+            if pack.startswith("."):
+                continue
+            for sub in NODE_EXAMPLE_FOLDERS:
+                out.extend(_json_files(os.path.join(top, pack, sub)))
+    return out
+
+
+def find_blueprints(home: str, user: str, node_folders: Sequence[str], comfyui: Optional[str] = None) -> List[str]:
+    """Subgraph blueprints, which the node library offers as nodes (ComfyUI 0.33 app/subgraph_manager.py
+    and its frontend): each user's `<user>/<name>/subgraphs/**/*.json` (saved with 'publish subgraph'),
+    `<custom_nodes>/*/subgraphs/*.json` and ComfyUI's own `<ComfyUI>/blueprints/*.json`."""
+    out = []
+    for u in _listdir(user):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(user, u, "subgraphs")):
+            dirnames.sort()
+            out.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(".json"))
+    for top in node_folders:
+        for pack in _listdir(top):
+            if not pack.startswith("."):
+                out.extend(_json_files(os.path.join(top, pack, "subgraphs")))
+    return out + _json_files(os.path.join(os.path.realpath(comfyui or home), "blueprints"))
+
+
+def python_prefixes(home: str, proc: str = "/proc") -> List[str]:
+    """The Python environments ComfyUI may run in: the running ComfyUI's own (the Python its command
+    line names, or its VIRTUAL_ENV), then each venv (a folder with pyvenv.cfg) in the ComfyUI folder
+    or beside it (`.venv`, `venv`, `.venv-cu128`, ...). Reads only."""
+    from migrate.disk.running import find_running
+    out = []
+    for r in find_running(home, proc):
+        try:
+            with open(os.path.join(proc, str(r.pid), "cmdline"), "rb") as f:
+                argv0 = f.read().split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            if "/" in argv0:
+                out.append(os.path.dirname(os.path.dirname(os.path.join(r.cwd or "/", argv0))))
+            with open(os.path.join(proc, str(r.pid), "environ"), "rb") as f:
+                env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
+            if env.get(b"VIRTUAL_ENV"):
+                out.append(env[b"VIRTUAL_ENV"].decode("utf-8", "surrogateescape"))
+        except OSError:
+            continue
+    for parent in (home, os.path.dirname(os.path.abspath(home))):
+        out.extend(os.path.join(parent, d) for d in _listdir(parent)
+                   if os.path.isfile(os.path.join(parent, d, "pyvenv.cfg")))
+    return list(dict.fromkeys(os.path.normpath(p) for p in out))
+
+
+def _dist_version(site: str, dist: str) -> Optional[str]:
+    for d in _listdir(site):
+        if d.lower().startswith(dist + "-") and d.endswith(".dist-info"):
+            try:
+                with open(os.path.join(site, d, "METADATA"), encoding="utf-8", errors="replace") as f:
+                    for line in f:
+                        if line.startswith("Version:"):
+                            return line.split(":", 1)[1].strip()
+                        if not line.strip():
+                            break
+            except OSError:
+                pass
+            return d[len(dist) + 1:-len(".dist-info")]
+    return None
+
+
+def _legacy_templates(version: Optional[str]) -> bool:
+    """ComfyUI 0.33 serves comfyui_workflow_templates/templates/ below 0.3.0 (or an unreadable
+    version), else the JSON package's templates (server.py, frontend_management.py)."""
+    try:
+        return tuple(int(x) for x in version.split(".")[:2]) < (0, 3)
+    except (AttributeError, ValueError):
+        return True
+
+
+def find_templates(prefixes: Sequence[str]) -> Tuple[List[str], str]:
+    """ComfyUI's own templates (PyPI comfyui-workflow-templates) in the first environment that has the
+    package: (the template files, a note naming the package version and folder, or where we looked)."""
+    import glob
+    for prefix in prefixes:
+        for site in sorted(glob.glob(os.path.join(glob.escape(prefix), "lib*", "python3*", "site-packages"))):
+            version = _dist_version(site, TEMPLATES_DIST)
+            legacy = os.path.join(site, TEMPLATES_DIST, "templates")
+            split = os.path.join(site, TEMPLATES_DIST + "_json", "templates")
+            if version is None and not os.path.isdir(legacy) and not os.path.isdir(split):
+                continue
+            if version is None:         # no meta package to say which: the folder that is there
+                folder = split if os.path.isdir(split) else legacy
+            else:
+                folder = legacy if _legacy_templates(version) else split
+            files = _json_files(folder)
+            return files, f"comfyui-workflow-templates {version or '(version unknown)'} in {folder}"
+    return [], "not found: no comfyui-workflow-templates in " + (
+        ", ".join(prefixes) if prefixes else "a venv in or beside the ComfyUI folder, nor a running ComfyUI's Python")
+
+
+def _read_workflow(path: str, names: dict, source: str):
+    from migrate.core import workflows as wf
+    try:
+        data = fsops.read_file(path, WORKFLOW_LIMIT)
+        text = (data or b"").decode("utf-8-sig")     # a browser's JSON reader drops a UTF-8 BOM too
+    except UnicodeDecodeError as exc:
+        return wf.Workflow(path, "unreadable", (), f"not UTF-8 text (a bad byte at offset {exc.start})", source)
+    except OSError as exc:
+        why = f"larger than {WORKFLOW_LIMIT >> 20} MiB: not read" if exc.errno == errno.EFBIG else \
+            f"cannot read: {exc.strerror or exc}"
+        return wf.Workflow(path, "unreadable", (), why, source)
+    try:
+        return wf.assign_categories(wf.parse_workflow(path, text), names)._replace(source=source)
+    except (RecursionError, MemoryError, ValueError, TypeError) as exc:     # one bad file never stops a run
+        return wf.Workflow(path, "unreadable", (), f"cannot read: {type(exc).__name__}", source)
+
+
+def gather_workflows(home: str, order: dict, user: Optional[str] = None, launch=None, proc: str = "/proc"):
+    """(workflows with categories, what ComfyUI loads for each name now, the sources read). Every place a
+    model can be named: the saved workflows of every user, the example workflows custom-node packs
+    ship, ComfyUI's own templates. Reads, never writes."""
     from migrate.core import workflows as wf
     before = loaded_models(order, gguf=True)
     names: dict = {}
     for cat, name in before:
         names.setdefault(cat, set()).add(name)
-    out = []
-    for path in find_workflows(home, user):
-        try:
-            data = fsops.read_file(path, WORKFLOW_LIMIT)
-            text = (data or b"").decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            out.append(wf.Workflow(path, "unreadable", (), f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
-            continue
-        try:
-            out.append(wf.assign_categories(wf.parse_workflow(path, text), names))
-        except (RecursionError, MemoryError, ValueError, TypeError) as exc:     # one bad file never stops a run
-            out.append(wf.Workflow(path, "unreadable", (), f"cannot read: {type(exc).__name__}"))
-    return out, before
+    user = user or os.path.join(home, "user")
+    nodes = custom_node_folders(home, order, launch)
+    templates, note = find_templates(python_prefixes(home, proc))
+    sources = [wf.Source("user", "saved workflows", os.path.join(user, "*", "workflows"), find_workflows(home, user)),
+               wf.Source("custom_nodes", "custom-node example workflows", ", ".join(nodes), find_node_examples(nodes)),
+               wf.Source("templates", "ComfyUI's templates", note, templates),
+               wf.Source("blueprints", "subgraph blueprints",
+                         f"{os.path.join(user, '*', 'subgraphs')}, <custom_nodes>/*/subgraphs, "
+                         f"{os.path.join(os.path.realpath(launch.comfyui if launch else home), 'blueprints')}",
+                         find_blueprints(home, user, nodes, launch.comfyui if launch else None))]
+    out, read = [], []
+    for s in sources:
+        flows = [_read_workflow(path, names, s.kind) for path in s.files]
+        # Beside templates lie JSON files that are no workflow (the menu's index*.json, fuse_options.json):
+        # ComfyUI lists them as no template either. A saved workflow of that shape is reported, not dropped.
+        flows = [w for w in flows if s.kind == "user" or not w.error.startswith(wf.NOT_A_WORKFLOW)]
+        out += flows
+        read.append(s._replace(files=[w.path for w in flows]))
+    return out, before, read

@@ -1,9 +1,9 @@
 """The disk's primitives: probes, no-clobber publish, copy+hash, links, atomic writes.
 
-Not yet the only module that changes the disk (issue 25): execute and rollback still call os.mkdir,
-os.unlink, os.symlink, os.utime and os.replace for their own steps, and journal, lock, hashing and
-the catalogue write their own state files. New code that changes a model file, a folder of the pod
-or the store, or the YAML belongs here.
+The only module that changes a model file, a folder of the pod or the store, or the YAML: execute,
+rollback, the catalogue and the shell call its named functions ("the steps' changes" below). Only
+the journal (its log), the lock (its lock file) and the digest cache (~/.cache) write their own
+state files themselves; tests/test_architecture.py checks both by ast.
 
 Every data write goes through `write_all` so faults can be injected in one place.
 """
@@ -19,7 +19,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 
 from migrate.disk.hashing import Hasher, Key, TimesMove, aligned_buffer, matches, open_regular
-from migrate.core.model import PROBE_PREFIX, STATE_DIR, FsFacts, Probe
+from migrate.core.model import PROBE_PREFIX, STATE_DIR, FsFacts, Method, Probe
 
 COPY_CHUNK = 256 << 10     # 256 KiB writes stay on the page cache's fast path here
 FUSE_CHUNK = 4 << 20       # FUSE (MooseFS): every write is a round trip to the daemon; big ones cost fewer
@@ -31,6 +31,15 @@ def copy_chunk(fstype: str) -> int:
 TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 FALLBACK_ERRNOS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS,
                    errno.EACCES)
+# The errnos on which a step gives up its method for the next one its plan lists (Action.methods,
+# dvc's _try_links): the filesystem refuses that kind of name here (a bind mount: EXDEV; a link
+# limit: EMLINK; no hardlinks at all: EPERM, ENOTSUP, ...). Any other errno fails the step. A move's
+# link or rename does not copy on EACCES: a copy into the same folder would be refused the same way.
+FALLS_BACK_ON = {
+    (Method.HARDLINK, Method.SYMLINK): FALLBACK_ERRNOS,          # a dedupe: a symlink to the stored copy
+    (Method.HARDLINK, Method.COPY): tuple(e for e in FALLBACK_ERRNOS if e != errno.EACCES),
+    (Method.RENAME, Method.COPY): tuple(e for e in FALLBACK_ERRNOS if e != errno.EACCES),
+}
 
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1
@@ -589,6 +598,98 @@ def rename_noreplace(src: str, dst: str) -> None:
 
 def link_noreplace(src: str, dst: str) -> None:
     os.link(src, dst, follow_symlinks=False)
+
+
+# --- the steps' changes ------------------------------------------------------------------------------
+# Every change that run, rollback, attach and purge make to a model file, a folder of the pod or the
+# store, or the YAML is one of the named functions of this module (tests/test_architecture.py checks
+# that no other module calls os.unlink, os.symlink, ... : only the journal, the lock and the digest
+# cache write their own state files themselves). Each does what its os call does, nothing more,
+# unless its docstring says so: the caller journals the step and checks the disk before.
+
+def hardlink(existing: str, new: str) -> None:
+    """A second name of a file (never replacing one: link(2) fails with EEXIST)."""
+    os.link(existing, new)
+
+
+def make_symlink(to: str, path: str) -> None:
+    """A symlink at `path` whose text is `to` (fails with EEXIST where a name is)."""
+    os.symlink(to, path)
+
+
+def repoint_symlink(path: str, to: str, tmp: str, mtime_ns: Optional[int] = None) -> None:
+    """Make the symlink `path` say `to` in one step: a new link at `tmp` (beside it) renamed over it,
+    given `mtime_ns` (a link's own time, as rollback puts it back), the folder fsynced. Whatever is
+    at `tmp` is removed when a step fails (a leftover there fails the symlink: it goes too)."""
+    try:
+        os.symlink(to, tmp)
+        os.replace(tmp, path)
+        if mtime_ns is not None:
+            os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+        fsync_dir(os.path.dirname(path))
+    except OSError:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def remove(path: str) -> None:
+    """Remove one name (a file or a symlink; the bytes go with the last name)."""
+    os.unlink(path)
+
+
+def remove_durably(path: str) -> None:
+    """Remove one name and fsync its folder: the removal survives a power cut."""
+    os.unlink(path)
+    fsync_dir(os.path.dirname(path))
+
+
+def discard(path: str) -> None:
+    """Remove a temporary file of ours if it is there; a failure is ignored (a later sweep finds it)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def make_folder(path: str) -> None:
+    """One folder (its parent exists; FileExistsError where a name is)."""
+    os.mkdir(path)
+
+
+def make_folders(path: str) -> None:
+    """A folder and every missing folder above it (none is an error where they exist)."""
+    os.makedirs(path, exist_ok=True)
+
+
+def remove_folder(path: str) -> None:
+    """Remove an empty folder (ENOTEMPTY where anything is in it: nothing of another is removed)."""
+    os.rmdir(path)
+
+
+def set_mode(path: str, mode: int) -> None:
+    os.chmod(path, mode)
+
+
+def set_mtime(path: str, mtime_ns: int) -> None:
+    """A file's access and modification times both set to `mtime_ns` (as a restored file had them)."""
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def set_times(path: str, atime_ns: int, mtime_ns: int, follow_symlinks: bool = True) -> None:
+    os.utime(path, ns=(atime_ns, mtime_ns), follow_symlinks=follow_symlinks)
+
+
+def trash(path: str) -> None:
+    """Move a file into the user's trash (send2trash's rule on Linux: the home's, or the volume's)."""
+    from send2trash import send2trash
+    send2trash(path)
+
+
+def write_file(path: str, data: bytes) -> None:
+    """Write a file the user named (a manifest), replacing one of that name, as open(path, "wb")."""
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def _copy_plain(sfd: int, dfd: int, h: Hasher, on_bytes: Optional[Callable[[int], None]],

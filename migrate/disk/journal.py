@@ -11,9 +11,8 @@ import errno
 import json
 import os
 import signal
-import socket
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import xxhash
 
@@ -247,29 +246,4 @@ def group_steps(records: List[dict]) -> Steps:
             extra.setdefault(r["step"], []).append(r)
     return Steps(tuple(begins), done, extra)
 
-
-def find_interrupted(target: str, sources: Optional[Sequence[str]] = None, yaml: Optional[str] = None) -> Optional[str]:
-    """The newest run log with no closing record and no rollback: a run to continue.
-
-    With `sources`, only a run of this host sharing a source or the YAML counts: on a shared store
-    another pod's interrupted run is that pod's to continue (or roll back) and does not block
-    this one (pods often have the same paths: /workspace/ComfyUI on each container).
-    """
-    for _, path in reversed(run_logs(target)):
-        try:
-            if read_begun(rollback_log_of(path)) is not None:
-                continue    # rolled back, or being rolled back (a rollback that wrote no record did nothing)
-        except BadLog:
-            continue
-        try:
-            records, _, _ = read_log(path)
-        except EmptyLog:
-            continue        # died writing its header (or another pod is writing it): nothing done
-        if sources is not None and (records[0].get("host") != socket.gethostname() or not (
-                set(records[0].get("sources") or []) & set(sources) or (yaml is not None and records[0].get("yaml") == yaml))):
-            continue
-        if records[-1].get("type") != "close":
-            return path
-        return None
-    return None
 

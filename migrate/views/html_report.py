@@ -39,7 +39,13 @@ details summary{cursor:pointer;color:var(--muted)}
 .chart .bar i{display:block;height:9px;border-radius:2px}.chart small{color:var(--muted);font-size:.75em;white-space:nowrap}
 .b0{background:var(--before)}.b1{background:var(--after)}.b2{background:var(--store)}
 p,li{overflow-wrap:anywhere}
-@media (max-width:600px){body{font-size:14px}th,td{padding:4px 5px}.hide-narrow{display:none}}
+code.h{white-space:nowrap}
+@media (max-width:600px){body{font-size:14px}.hide-narrow{display:none}
+.wrap table,.wrap tbody,.wrap tr,.wrap td{display:block}.wrap thead{display:none}
+.wrap tr{border-bottom:1px solid var(--line);padding:6px 0}.wrap td{border:0;padding:1px 4px;text-align:left}
+.wrap td.num{text-align:left}.wrap td:empty{display:none}
+.wrap td[data-label]::before{content:attr(data-label) ": ";color:var(--muted);font-size:.85em}
+pre{white-space:pre-wrap;overflow-wrap:anywhere}}
 @media print{details{display:block}}
 """
 
@@ -116,9 +122,11 @@ def chart(rows: Sequence[tuple[str, int, int, int]]) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], num: Sequence[int] = (), narrow_hide: Sequence[int] = ()) -> str:
+    """A table that reads as rows of labelled lines on a phone (CSS only: each cell names its column)."""
     def cell(tag: str, i: int, v: str) -> str:
         cls = " ".join(c for c in ("num" if i in num else "", "hide-narrow" if i in narrow_hide else "") if c)
-        return f'<{tag}{f" class={chr(34)}{cls}{chr(34)}" if cls else ""}>{v}</{tag}>'
+        label = f' data-label="{esc(headers[i])}"' if tag == "td" and i < len(headers) and headers[i] else ""
+        return f'<{tag}{f" class={chr(34)}{cls}{chr(34)}" if cls else ""}{label}>{v}</{tag}>'
     head = "".join(cell("th", i, esc(h)) for i, h in enumerate(headers))
     body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
     return f'<div class="wrap"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
@@ -144,7 +152,31 @@ def _diff(text: str) -> str:
 STATUS = {"ok": ("ok", "loads"), "changes": ("warn", "changes"), "missing": ("bad", "missing")}
 
 
-def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-migrate plan",
+def heading(done: Mapping | None) -> tuple[str, str]:
+    """(the page's <title>, its <h1>): what the page is. A plan (done None) is a dry run that changed
+    nothing; a run's page says what the run did (rolled_back marks it once a rollback undid it)."""
+    if done is None:
+        return "comfy-migrate dry run: the plan", "Dry run: the plan (nothing has changed yet)"
+    return f"comfy-migrate run {done['run']}: the result", f"Run {done['run']}: what it did"
+
+
+ROLLED_BACK = '<p class="bad rolled"><b>Rolled back</b>'
+
+
+def rolled_back(page: str, run_id: str, summary: str) -> str:
+    """A run's page once a rollback undid the run: its title and heading say so and a banner names what
+    the rollback did; the rest stays as the run left it (what it had done). Marked once."""
+    if ROLLED_BACK in page:
+        return page
+    old_title, old_h1 = heading({"run": run_id})
+    title = f"comfy-migrate run {run_id}: rolled back"
+    h1 = f"Run {run_id}: rolled back (below: what it had done)"
+    banner = f"{ROLLED_BACK}: {esc(summary)}. The numbers below are what the run did before it was undone.</p>"
+    page = page.replace(f"<title>{esc(old_title)}</title>", f"<title>{esc(title)}</title>", 1)
+    return page.replace(f"<h1>{esc(old_h1)}</h1>", f"<h1>{esc(h1)}</h1>{banner}", 1)
+
+
+def render(plan: Plan, workflows: Mapping | None = None, title: str | None = None,
            made: str = "", name_changes: Sequence[Mapping] | None = (), done: Mapping | None = None,
            sha256: Mapping[str, str] | None = None) -> str:
     """The whole page. workflows: workflows.workflow_doc (None: no ComfyUI folder to read them from).
@@ -153,6 +185,9 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
     name_changes: the plan's name changes as JSON documents (category, name, before, after, reason).
     done: after a run, the numbers its terminal printed (run, placed, copied_bytes, removed, stayed,
     quarantine_bytes); None: the plan's own (report.outcome)."""
+    page_title, h1 = heading(done)
+    if title is not None:
+        page_title = h1 = title
     t = report.totals(plan)
     o = report.outcome(plan)
     target = plan.target
@@ -181,9 +216,9 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
     if plan.free_bytes is not None:
         cards.append((report.human(plan.free_bytes), "free in the store: " + ("fits" if plan.fits else "DOES NOT FIT")))
     s = [f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-         f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(title)}</title>'
+         f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(page_title)}</title>'
          f"<style>{CSS}</style></head><body><main>"]
-    s.append(f"<h1>{esc(title)}</h1>")
+    s.append(f"<h1>{esc(h1)}</h1>")
     s.append(f'<p class="sub">{esc(", ".join(plan.sources))} &rarr; <b>{esc(target)}</b> '
              f"(mode {esc(plan.policy.mode.value)}){' &middot; ' + esc(made) if made else ''}</p>")
     s.append('<div class="cards">' + "".join(f"<div class=card><b>{esc(v)}</b><span>{esc(k)}</span></div>"
@@ -221,7 +256,7 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
             names = "<br>".join(f'<span class="path">{esc(src_name(plan, a))}</span>' for a in acts)
             short = next((autov2(sha256[a.digest]) for a in acts if a.digest in sha256), None)
             rows.append([f'<span class="path">{esc(_rel(stored, target))}</span>'
-                         + (f" <code>AutoV2 {esc(short)}</code>" if short else ""), names,
+                         + (f' <code class="h">AutoV2 {esc(short)}</code>' if short else ""), names,
                          esc(report.human(sum(a.size for a in acts)))])
         s.append(_table(["kept once in the store", "names that share it", "saved"], rows, num=(2,)))
     else:
@@ -250,25 +285,45 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
             s.append("<p>No saved workflows (ComfyUI saves them under <code>user/&lt;user&gt;/workflows/</code>).</p>")
         for w in workflows["workflows"]:
             s.append(f'<h3 class="path">{esc(w["path"].split("/user/", 1)[-1])}</h3>')
-            if w["error"]:
+            if w["format"] == "unreadable":
                 s.append(f'<p class="bad">unreadable: {esc(w["error"])}</p>')
                 continue
-            s.append(_table(["", "category", "model", "note"], [
+            if w["error"]:
+                s.append(f'<p class="warn">read in part: {esc(w["error"])}</p>')
+            s.append(_table(["", "category", "model", "AutoV2", "note"], [
                 [f'<span class="tag {STATUS[m["status"]][0]}">{STATUS[m["status"]][1]}</span>', esc(m["category"] or "?"),
-                 f'<span class="path">{esc(m["name"])}</span>', esc(m["note"])] for m in w["models"]],
+                 f'<span class="path">{esc(m["name"])}</span>',
+                 f'<code class="h">{esc(m["autov2"])}</code>' if m.get("autov2") else "-", esc(m["note"])] for m in w["models"]],
                 narrow_hide=(1,)))
         if workflows["missing"]:
             s.append(f'<p class="bad">{len(workflows["missing"])} model(s) a workflow needs that this pod lacks.</p>')
+        if any(w["models"] for w in workflows["workflows"]):
+            s.append('<p class="sub">AutoV2: the first 10 hex digits of the model\'s SHA-256 (what A1111, Forge and '
+                     'Civitai show), where a read already computed it; - where none has yet.</p>')
         if workflows["unused"]:
-            s.append(f'<p>{len(workflows["unused"])} model(s) no workflow names: '
+            s.append(f'<p>{len(workflows["unused"])} model(s) nothing names: '
                      f'{esc(report.human(workflows["unused_bytes"]))}, about '
                      f'${workflows["unused_cost_per_month"]:.2f} a month at ${workflows["price_per_gb_month"]}/GB-month.</p>')
-            if workflows.get("unused_rule"):
-                s.append(f'<p>How this list was made: {esc(workflows["unused_rule"])}.</p>')
             s.append("<details><summary>list them</summary>" + _table(["size", "$/month", "category", "name"], [
                 [esc(report.human(u["size"])) + ("" if u.get("frees", u["size"]) == u["size"] else " (shared, frees 0)"),
                  f'{u["cost_per_month"]:.2f}', esc(u["category"]),
                  f'<span class="path">{esc(u["name"])}</span>'] for u in workflows["unused"]], num=(0, 1)) + "</details>")
+        if workflows.get("templated"):
+            s.append(f'<p>{len(workflows["templated"])} model(s) named only by a template, a custom-node example '
+                     "workflow or a subgraph blueprint: not unused (they load them).</p>")
+            s.append("<details><summary>list them</summary>" + _table(["size", "category", "name", "named by"], [
+                [esc(report.human(t["size"])), esc(t["category"]), f'<span class="path">{esc(t["name"])}</span>',
+                 f'<span class="path">{esc(report.template_name(t))}</span>'] for t in workflows["templated"]],
+                num=(0,), narrow_hide=(1,)) + "</details>")
+        if workflows.get("sources") or workflows.get("unused_rule"):
+            s.append("<h3>How the unused list was made</h3><ul>")
+            for src in workflows.get("sources", ()):
+                bad = f', {len(src["unreadable"])} unreadable' if src.get("unreadable") else ""
+                s.append(f'<li>{esc(src["label"])}: <b>{src["workflows"]}</b>{esc(bad)} '
+                         f'<span class="path">({esc(src["where"])})</span></li>')
+            s.append("</ul>")
+            if workflows.get("unused_rule"):
+                s.append(f'<p class="sub">{esc(workflows["unused_rule"])}.</p>')
 
     s.append("<h2>extra_model_paths.yaml</h2>")
     diff = report.yaml_diff(plan)
@@ -277,8 +332,8 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str = "comfy-mig
     s.append(f"<h2>Every step ({len(plan.actions)})</h2><details><summary>show the table</summary>")
     s.append(_table(["action", "file", "in the store", "size", "AutoV2", "note"], [
         [esc(a.kind.value), f'<span class="path">{esc(a.rel)}</span>',
-         f'<span class="path">{esc(_rel(a.dst, target))}</span>', esc(report.human(a.size)),
-         f"<code>{esc(autov2(sha256.get(a.digest)))}</code>" if a.digest in sha256 else "", esc(a.reason)]
+         f'<span class="path">{esc(_rel(a.dst, target))}</span>' if a.dst else "", esc(report.human(a.size)),
+         f'<code class="h">{esc(autov2(sha256.get(a.digest)))}</code>' if a.digest in sha256 else "", esc(a.reason)]
         for a in plan.actions], num=(3,), narrow_hide=(2, 4)))
     s.append("</details></main></body></html>\n")
     return "".join(s)

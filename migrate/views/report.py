@@ -10,18 +10,8 @@ import shlex
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
-from migrate.core.model import PLAN_FORMAT, Action, ActionKind, Finding, Method, Plan, Removal, ScanResult, Status, human
-
-
-
-
-def show(path: str) -> str:
-    """A path made safe for a terminal: newlines and undecodable bytes escaped.
-
-    isprintable() is False for surrogates too (undecodable bytes), so it alone decides.
-    """
-    return path.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace") \
-        .replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") if not path.isprintable() else path
+from migrate.core.model import (PLAN_FORMAT, Action, ActionKind, Finding, Method, Plan, Removal, ScanResult, Status,  # noqa: F401
+                                human, show)
 
 
 def dumps(doc) -> str:
@@ -182,7 +172,8 @@ def duplicate_summary(d) -> str:
 def action_doc(a: Action) -> dict:
     return {
         "action": a.kind.value, "source": a.source, "category": a.category, "size": a.size,
-        "digest": a.digest, "destination": a.dst, "method": a.method.value, "stored": a.stored,
+        "digest": a.digest, "destination": a.dst, "method": a.method.value,
+        "methods": [m.value for m in a.methods], "stored": a.stored,
         "source_after": a.removal.value, "link_back": a.link_back, "reason": a.reason,
     }
 
@@ -321,10 +312,18 @@ def wrap(text: str, paths=(), verbose: bool = False, lead: int = 0) -> list[str]
     return [lines[0][lead:]] + lines[1:]
 
 
-def _how(a: Action) -> str:
-    """A few words: how the bytes reach the store (copies are always verified) and what the source becomes."""
-    method = {Method.HARDLINK: "link", Method.RENAME: "rename", Method.COPY: "copy", Method.SYMLINK: "symlink",
-              Method.NONE: ""}[a.method]
+METHOD_WORDS = {Method.HARDLINK: "link", Method.RENAME: "rename", Method.COPY: "copy", Method.SYMLINK: "symlink"}
+
+
+def methods_text(a: Action) -> str:
+    """'link, else copy': the plan's methods in the order they are tried (Action.methods)."""
+    return ", else ".join(METHOD_WORDS[m] for m in a.methods)
+
+
+def _how(a: Action, verbose: bool = False) -> str:
+    """A few words: how the bytes reach the store (copies are always verified) and what the source becomes;
+    the fallbacks too under -v (else counted in a note below the table: fallback_note)."""
+    method = methods_text(a) if verbose else METHOD_WORDS.get(a.method, "")
     after = "quarantine" if a.removal is Removal.QUARANTINE else ""
     return ", ".join(x for x in (method, after, "link back" if a.link_back else "") if x)
 
@@ -367,7 +366,7 @@ def plan_rows(plan: Plan, verbose: bool = False) -> tuple[list[list], list[str]]
         elif dst and dst != a.rel:
             dfolder, _, dname = dst.partition("/")
             there = dfolder + "/" if dname == a.rel.partition("/")[2] else middle(dst, wide or 26)
-        how = {ActionKind.CONFLICT: "stays", ActionKind.RELINK: "symlink re-pointed"}.get(a.kind) or _how(a)
+        how = {ActionKind.CONFLICT: "stays", ActionKind.RELINK: "symlink re-pointed"}.get(a.kind) or _how(a, verbose)
         note = a.reason if a.kind in (ActionKind.SKIP, ActionKind.CONFLICT) else ""
         if verbose and note:
             how += f" ({note})"
@@ -375,7 +374,21 @@ def plan_rows(plan: Plan, verbose: bool = False) -> tuple[list[list], list[str]]
     notes = [f"{n} skipped: {k}" for k, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))]
     if notes and not verbose:
         notes[-1] += " (-v lists every file)"
-    return rows, notes
+    return rows, notes + fallback_note(plan, verbose)
+
+
+def fallback_note(plan: Plan, verbose: bool = False) -> list[str]:
+    """One line counting the planned fallbacks ('12 link, else copy'): the methods tried in order where
+    the filesystem refuses one after all (a bind mount, a link limit); -v shows them on each row."""
+    counts: dict = {}
+    for a in plan.actions:
+        if len(a.methods) > 1:
+            counts[methods_text(a)] = counts.get(methods_text(a), 0) + 1
+    if not counts:
+        return []
+    line = "fallbacks (if the filesystem refuses a method): " + "; ".join(
+        f"{n} {how}" for how, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return [line + ("" if verbose else " (-v: per file)")]
 
 
 PLAN_HEADERS = ["", "file (in its models folder)", "size", "in the store as", "how"]
@@ -573,38 +586,77 @@ def finding_lines(findings: Sequence[Finding], roots: Sequence[str] = ()) -> lis
             for f in findings]
 
 
+def template_name(t: dict) -> str:
+    """Which template names a model, short: ComfyUI's by its file name, a pack's example with its pack."""
+    if t.get("source") == "templates":
+        return "template " + posixpath.basename(t["by"])
+    return "/".join(t["by"].split("/")[-3:])
+
+
 def workflow_lines(doc: dict, root: str = "") -> list[str]:
-    """The workflows report as text: per workflow its models (ok / changes / missing), then the
-    models no workflow names and what they cost a month on a network volume."""
+    """The workflows report as text: per saved workflow its models (ok / changes / missing, with the
+    AutoV2 where the SHA-256 is known already), then the models nothing names and what they cost a
+    month on a network volume, the models only a template names, and how that list was made."""
     mark = {"ok": "ok     ", "changes": "CHANGES", "missing": "MISSING"}
     lines = []
     for w in doc["workflows"]:
         where = posixpath.relpath(w["path"], root) if root else w["path"]
-        if w["error"]:
-            lines.append(f"{show(where)}: unreadable ({w['error']})")
+        if w["format"] == "unreadable":
+            lines.append(fit("", where, f": unreadable ({w['error'][:70]})"))
             continue
-        lines.append(f"{show(where)}: {len(w['models'])} model(s)" + ("" if w["models"] else " (none it names)"))
+        lines.append(fit("", where, f": {len(w['models'])} model(s)" + ("" if w["models"] else " (none it names)")
+                         + (f"; read in part ({w['error'][:70]})" if w["error"] else "")))
         for m in w["models"]:
-            ref = f"{m['category'] or '?'}/{m['name']}"
-            lines.append(f"  {mark[m['status']]} {middle(ref, 100)}"
-                         + ("" if m["status"] == "ok" else f": {show(m['note'])}"))
+            head = f"  {mark[m['status']]} {m.get('autov2') or '-':<10} "
+            ref = show(f"{m['category'] or '?'}/{m['name']}")
+            note = "" if m["status"] == "ok" else show(
+                f"no file of this name; download: {m['url']}" if m["status"] == "missing" and m.get("url")
+                else "no file of this name" if m["status"] == "missing" else m["note"])
+            room = WIDTH - len(head)
+            if note:        # the name first (both ends), then the note in what is left (--format json: whole)
+                ref = middle(ref, max(40, room - len(note) - 2))
+                note = ": " + middle(note, max(20, room - len(ref) - 2))
+            lines.append(head + middle(ref, room) + note)
     if not doc["workflows"]:
         lines.append("no saved workflows (ComfyUI saves them under user/<user>/workflows/)")
+    elif any(w["models"] for w in doc["workflows"]):
+        lines.append("  (the column after the status is the AutoV2, the first 10 hex digits of SHA-256; "
+                     "- where not read yet)")
     unused = doc["unused"]
     if unused:
-        lines.append(f"\n{len(unused)} model(s) no workflow names: {human(doc['unused_bytes'])}, "
+        lines.append(f"\n{len(unused)} model(s) nothing names: {human(doc['unused_bytes'])}, "
                      f"${doc['unused_cost_per_month']:.2f}/month at ${doc['price_per_gb_month']}/GB-month")
-        lines.append("  (listed only when no workflow names it; each file's bytes counted once; see the report)")
+        lines.append("  (listed only when no workflow, template, custom-node example or blueprint names it; each "
+                     "file's bytes counted once)")
         for u in unused[:10]:
             shared = "" if u.get("frees", u["size"]) == u["size"] else " (shares its bytes: frees nothing)"
             lines.append(f"  {human(u['size']):>9}  {middle(u['category'] + '/' + u['name'], 100)}{shared}")
         if len(unused) > 10:
             lines.append(f"  ... and {len(unused) - 10} more (--format json lists them all)")
+    templated = doc.get("templated") or []
+    if templated:
+        lines.append(f"\n{len(templated)} model(s) named only by a template (not unused: a template loads them):")
+        for t in templated[:5]:
+            head = f"  {human(t['size']):>9}  {middle(t['category'] + '/' + t['name'], 60)} by "
+            lines.append(fit(head, template_name(t)))
+        if len(templated) > 5:
+            lines.append(f"  ... and {len(templated) - 5} more (--format json lists them all)")
+    if doc.get("sources"):
+        lines.append("\nhow the unused list was made: every workflow read, by where it was found")
+        for s in doc["sources"]:
+            bad = f", {len(s['unreadable'])} unreadable" if s.get("unreadable") else ""
+            count = f"{s['workflows']}{bad}" if s["workflows"] or s["kind"] != "templates" else "none"
+            lines.append(fit(f"  {s['label']}: {count} (", s["where"], ")"))
     missing = doc["missing"]
     if missing:
-        lines.append(f"\n{len(missing)} model(s) a workflow needs that this pod lacks: "
-                     + ", ".join(f"{m['category'] or '?'}/{show(m['name'])}" for m in missing[:5])
-                     + (" ..." if len(missing) > 5 else ""))
+        line = f"{len(missing)} model(s) a workflow needs that this pod lacks:"
+        for i, m in enumerate(missing):
+            ref = f" {m['category'] or '?'}/{middle(m['name'], 60)}" + ("," if i < len(missing) - 1 else "")
+            if len(line) + len(ref) > WIDTH - 4:
+                line += " ..."
+                break
+            line += ref
+        lines.append("\n" + line)
     return lines
 
 
