@@ -379,7 +379,7 @@ def test_purge_records_the_files_it_rereads_with_all_three_hashes(pod, cli_env):
     from conftest import past_racy_window, run_cli
     run_cli(["--hashes", "xxh3", "run", *pod.args("--yes")], cli_env, check=1)
     runs = list((pod.target / ".comfy-migrate" / "runs").glob("*.jsonl"))
-    from migrate.app.rollback import load_run, quarantined
+    from migrate.disk.runlog import load_run, quarantined
     items = [q for r in runs if not r.name.endswith(".rollback.jsonl") for q in quarantined(load_run(str(r)))]
     assert items, "the pod's run quarantines nothing: no purge to test"
     stored = sorted({q.get("stored") or q["dst"] for q in items})
