@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from migrate import __version__
 from migrate.disk import fsops, identity
 from migrate.core.errors import BadInput, NoSpace
-from migrate.disk.hashing import confirm_digest, hash_bytes
+from migrate.disk.hashing import confirm_digest, extras, hash_bytes
 from migrate.disk.journal import RUNS_DIR, Journal, load_log
 from migrate.core.records import (group_steps, Cleanup, Close, DirTimes, Done, Fail, Header, Links, Names, Record,
                                   Resume, Staged, Stayed, Step, Stopped)
@@ -289,8 +289,9 @@ class _Runner:
         tmp = temp_name(os.path.dirname(a.dst), os.path.basename(a.dst), self.report.run_id)
         s = self.begin(Op.COPY, tmp=tmp, **facts)
         try:
-            digest, st = fsops.copy_and_hash(src, seen(a), tmp, self.on_bytes,
-                                             chunk=self.chunk)
+            # SHA-256 and BLAKE3 of this content came with the scan's read (or the cache): not again
+            digest, st = fsops.copy_and_hash(src, seen(a), tmp, self.on_bytes, chunk=self.chunk,
+                                             extra=None if extras(a.digest) is None else False)
             if digest != a.digest:
                 fsops.remove(tmp)
                 raise OSError(errno.EIO, f"copy digest {digest} differs from the scanned {a.digest}", src)

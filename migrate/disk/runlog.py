@@ -17,7 +17,7 @@ from migrate.core.errors import BadLog
 from migrate.core.fleet import store_rel
 from migrate.core.model import STATE_DIR
 from migrate.core.records import (Close, DirTimes, Header, Keep, Links, Other, RbClose, Record, Resume, Step, Stopped,
-                                  group_steps, load)
+                                  group_steps, heads, load)
 from migrate.core.steps import PLACES, REMOVES_SOURCE, Op
 from migrate.disk.journal import EmptyLog, load_log, read_begun, read_log, rollback_log_of, run_logs
 
@@ -149,6 +149,8 @@ def run_state(log_path: str, records: Optional[Sequence[Record]] = None) -> str:
 
 
 def history(target: str) -> List[dict]:
+    """One row per run log in the target, oldest first; `kind` says what made it: "run" (a migration)
+    or "attach" (moved no model, wrote the YAML), "" where the log holds no readable header."""
     rows = []
     for n, path in run_logs(target):
         try:
@@ -156,11 +158,11 @@ def history(target: str) -> List[dict]:
             state = run_state(path, records)
         except EmptyLog as exc:      # killed (or refused by a full disk) before its first record: did nothing
             rows.append({"run": n[:-6], "time": "", "host": "", "files": 0, "bytes": 0, "placed": 0, "relied": 0,
-                         "state": f"nothing done: {exc}"})
+                         "kind": "", "state": f"nothing done: {exc}"})
             continue
         except BadLog as exc:
             rows.append({"run": n[:-6], "time": "", "host": "", "files": 0, "bytes": 0, "placed": 0, "relied": 0,
-                         "state": f"bad log: {exc}"})
+                         "kind": "", "state": f"bad log: {exc}"})
             continue
         head = records[0]
         assert isinstance(head, Header)
@@ -173,7 +175,8 @@ def history(target: str) -> List[dict]:
                   and b.src not in moved]
         rows.append({"run": head.run, "time": head.time, "host": head.host,
                      "files": len(placed) + len(relied), "bytes": sum(b.size or 0 for b in placed + relied),
-                     "placed": len(placed), "relied": len(relied), "state": state})
+                     "placed": len(placed), "relied": len(relied),
+                     "kind": head.kind or "run", "state": state})
     return rows
 
 
@@ -247,6 +250,20 @@ def left_folders(target: str, this_run: str) -> List[str]:
                 if rel:
                     out.append(posixpath.join(target, rel))
     return out
+
+
+def finished_here(target: str) -> Optional[str]:
+    """The id of the run this process wrote or continued (its header or a `resume` record names this
+    pid on this host), if its log is closed: a Ctrl-C that came after its last record found it done.
+    Only the newest logs are looked at: this process's is among them."""
+    for n, path in reversed(run_logs(target)[-8:]):
+        try:
+            records = load_log(path)
+        except BadLog:
+            continue
+        if any(h.pid == os.getpid() and h.host == socket.gethostname() for h in heads(records)):
+            return n[:-len(".jsonl")] if isinstance(records[-1], Close) else None
+    return None
 
 
 def find_interrupted(target: str, sources: Optional[Sequence[str]] = None, yaml: Optional[str] = None) -> Optional[str]:
