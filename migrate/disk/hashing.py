@@ -486,7 +486,7 @@ def _hash_one(path: str, expect: Key | Stamp | None, view: memoryview, progress:
         after = os.fstat(fd)
         if expect is not None and not matches(after, expect):
             raise ChangedError(errno.ESTALE, "changed while it was read", path)
-        if keep and stamp(after) == stamp(st):
+        if keep and not identity.changes(after, stamp(st)):     # not changed while it was read
             _KEEP[stamp(st)] = (digest, at)
         return digest
     finally:
