@@ -142,3 +142,48 @@ def test_every_step_a_run_logs_has_an_undo():
     """A new step without its inverse would be skipped by every rollback ('unknown step kind')."""
     from migrate.core.records import STEP_FIELDS
     assert set(rollback.UNDO) == set(Op) - {Op.DROP_KEPT} == set(STEP_FIELDS)
+
+
+def _stat_comparisons(tree: ast.AST) -> list:
+    """Equality comparisons of a file's stat identity fields (inode, size, mtime, ctime; the device
+    where it is compared with another stat's), or of identity tuples (`.ident`, `_ino(...)`,
+    `stamp(...)`, a cache hit's slice) in a module: each one a rule of its own for "same file"."""
+    fields = {"st_ino", "st_size", "st_mtime_ns", "st_ctime_ns", "ident"}
+    found = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Compare) and isinstance(n.ops[0], (ast.Eq, ast.NotEq)):
+            sides = [n.left, *n.comparators]
+            attrs = {x.attr for s in sides for x in ast.walk(s) if isinstance(x, ast.Attribute)}
+            calls = {x.func.id for s in sides for x in ast.walk(s) if isinstance(x, ast.Call) and isinstance(x.func, ast.Name)}
+            sliced = any(isinstance(x, ast.Subscript) and isinstance(x.slice, ast.Slice) for s in sides for x in ast.walk(s))
+            if attrs & fields or calls & {"_ino", "stamp", "stat_key"} or (sliced and "hit" in ast.unparse(n)):
+                found.append((n.lineno, ast.unparse(n)[:80]))
+    return found
+
+
+# Stat comparisons that are not "is this still the file": the filesystem probes (fsops measures what a
+# filesystem keeps), the lock's check of its own file, the folder times rollback counts as it sets them,
+# two names' sizes before their bytes are compared (sniff.same_file).
+NOT_IDENTITY = {"disk/fsops.py": 5, "disk/lock.py": 2, "app/rollback.py": 1, "disk/sniff.py": 1}
+
+
+def test_one_place_decides_same_file():
+    """identity.compare is the one rule (issue 25): the digest cache's trust rule, the catalogue's, run's
+    checks, rollback's inode checks, purge, verify, sniff and attach call it; before, 40 comparisons
+    of stat fields or identity tuples in 10 modules each decided for themselves."""
+    from migrate.disk import catalogue, hashing, identity
+    bad = {}
+    for path in sorted((ROOT / "migrate").rglob("*.py")):
+        rel = str(path.relative_to(ROOT / "migrate"))
+        if rel == "disk/identity.py":
+            continue
+        found = _stat_comparisons(ast.parse(path.read_text()))
+        if len(found) > NOT_IDENTITY.get(rel, 0):
+            bad[rel] = found
+    assert not bad, f"stat identity compared outside identity.py: {bad}"
+    st = os.stat(__file__)
+    assert isinstance(hashing.stamp(st), identity.Observed) and isinstance(hashing.stat_key(st), identity.Observed)
+    e = catalogue.Entry("a", st.st_size, st.st_mtime_ns, st.st_ino, "d", ctime_ns=st.st_ctime_ns)
+    ident = catalogue.ident_of(st)
+    assert catalogue.unchanged(e, ident, st.st_ctime_ns) and not catalogue.unchanged(e, ident, st.st_ctime_ns + 1)
+    assert not catalogue.unchanged(e._replace(ctime_ns=None), ident, st.st_ctime_ns)     # never trusted
