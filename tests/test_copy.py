@@ -63,3 +63,38 @@ def test_copy_with_fuse_sized_writes_is_exact(tmp_path, size):
 def test_copy_chunk_is_big_only_for_fuse():
     assert fsops.copy_chunk("fuse.mfs") == fsops.copy_chunk("fuse") == fsops.FUSE_CHUNK
     assert fsops.copy_chunk("ext4") == fsops.copy_chunk("tmpfs") == fsops.copy_chunk("unknown") == fsops.COPY_CHUNK
+
+
+@pytest.mark.parametrize("fail_at", ["write", "interrupt"])
+def test_a_piped_copy_stops_its_writer_before_it_returns(tmp_path, monkeypatch, fail_at):
+    """A copy of many chunks writes on a second thread (fsops._copy_piped): whatever stops it (a failing
+    write, an interrupt in the reading thread), that thread has ended when copy_and_hash returns, so no
+    write reaches the descriptor once it is closed (its number may be reused at once), and no temporary
+    is left."""
+    import threading
+    size = (fsops.PIPE_MIN + 8) * fsops.COPY_CHUNK + 5
+    src, tmp = tmp_path / "src.safetensors", tmp_path / ".dst.cm-tmp-x"
+    make(src, size)
+    real, calls, after = fsops.write_all, [0], []
+    closed = threading.Event()
+
+    def write_all(fd, data):
+        if closed.is_set():
+            after.append(fd)
+        calls[0] += 1
+        if fail_at == "write" and calls[0] == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, data)
+
+    def on_bytes(n):
+        if fail_at == "interrupt" and calls[0] >= 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fsops, "write_all", write_all)
+    with pytest.raises(OSError if fail_at == "write" else KeyboardInterrupt) as exc:
+        fsops.copy_and_hash(str(src), stat_key(os.stat(src)), str(tmp), on_bytes=on_bytes)
+    closed.set()
+    assert not [t for t in threading.enumerate() if t.name == "copy-writer"]
+    assert not after and not tmp.exists()
+    if fail_at == "write":
+        assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(tmp)

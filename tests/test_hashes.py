@@ -360,3 +360,57 @@ def test_a_forked_child_hashes_with_a_pool_of_its_own(tmp_path):
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+def _cache_rows(cli_env) -> tuple:
+    with sqlite3.connect(cli_env["COMFY_MIGRATE_CACHE"]) as con:
+        known = {(d, i): h for d, i, h in con.execute("SELECT dev, ino, digest FROM digests2")}
+        try:
+            more = {d: (a, b) for d, a, b in con.execute("SELECT digest, sha256, blake3 FROM hashes3")}
+        except sqlite3.OperationalError:
+            more = {}
+    return known, more
+
+
+def test_purge_records_the_files_it_rereads_with_all_three_hashes(pod, cli_env):
+    """purge re-reads each quarantined file and its stored copy before freeing one: those reads go into
+    the digest cache with SHA-256 and BLAKE3 (a store made with --hashes xxh3 had neither), as scan's,
+    verify's and audit's do."""
+    from conftest import past_racy_window, run_cli
+    run_cli(["--hashes", "xxh3", "run", *pod.args("--yes")], cli_env, check=1)
+    runs = list((pod.target / ".comfy-migrate" / "runs").glob("*.jsonl"))
+    from migrate.disk.runlog import load_run, quarantined
+    items = [q for r in runs if not r.name.endswith(".rollback.jsonl") for q in quarantined(load_run(str(r)))]
+    assert items, "the pod's run quarantines nothing: no purge to test"
+    stored = sorted({q.get("stored") or q["dst"] for q in items})
+    os.unlink(cli_env["COMFY_MIGRATE_CACHE"])
+    past_racy_window()
+    run_cli(["purge", "--target", str(pod.target), "--comfyui", str(pod.comfyui), "--yes", "--permanent"], cli_env)
+    hashing._EXTRAS.clear()
+    cache = DigestCache(cli_env["COMFY_MIGRATE_CACHE"])
+    for path in stored:
+        assert cache.get_all(stamp(os.lstat(path))) == expected(Path(path)), path
+
+
+def test_rollback_records_the_copies_it_rereads_with_all_three_hashes(pod, other_fs, cli_env):
+    """rollback re-reads a copy the run made before removing it (its bytes must be the run's): that read
+    goes into the digest cache with SHA-256 and BLAKE3, keyed by the content's xxh3."""
+    from conftest import past_racy_window, run_cli
+    target = other_fs / "store"
+    env = {**cli_env, "COMFY_MIGRATE_HASHES": "xxh3"}
+    run_cli(["run", "--comfyui", str(pod.comfyui), "--target", str(target), "--yes"], env, check=None)
+    copied = [json.loads(x) for r in (target / ".comfy-migrate" / "runs").glob("*.jsonl")
+              for x in r.read_text().splitlines()]
+    copied = [r for r in copied if r.get("type") == "begin" and r.get("op") == "copy"]
+    assert copied
+    want = {}
+    for r in copied:
+        x, s, b = expected(Path(r["dst"]))
+        want[x] = (s, b)
+    if os.path.exists(cli_env["COMFY_MIGRATE_CACHE"]):
+        os.unlink(cli_env["COMFY_MIGRATE_CACHE"])
+    past_racy_window()
+    run_cli(["rollback", "--comfyui", str(pod.comfyui), "--target", str(target), "--yes"], cli_env)
+    known, more = _cache_rows(cli_env)
+    assert set(want) <= set(known.values())
+    assert {d: more.get(d) for d in want} == want

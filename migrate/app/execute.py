@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from migrate import __version__
 from migrate.disk import fsops, identity
 from migrate.core.errors import BadInput, BadLog, NoSpace
-from migrate.disk.hashing import confirm_digest, hash_bytes
+from migrate.disk.hashing import confirm_digest, extras, hash_bytes
 from migrate.disk.journal import RUNS_DIR, Journal, read_log
 from migrate.disk.lock import TargetLock
 from migrate.disk.runlog import find_interrupted
@@ -285,8 +285,9 @@ class _Runner:
         tmp = temp_name(os.path.dirname(a.dst), os.path.basename(a.dst), self.report.run_id)
         s = self.begin(Op.COPY, tmp=tmp, **facts)
         try:
-            digest, st = fsops.copy_and_hash(src, seen(a), tmp, self.on_bytes,
-                                             chunk=self.chunk)
+            # SHA-256 and BLAKE3 of this content came with the scan's read (or the cache): not again
+            digest, st = fsops.copy_and_hash(src, seen(a), tmp, self.on_bytes, chunk=self.chunk,
+                                             extra=None if extras(a.digest) is None else False)
             if digest != a.digest:
                 fsops.remove(tmp)
                 raise OSError(errno.EIO, f"copy digest {digest} differs from the scanned {a.digest}", src)

@@ -6,6 +6,7 @@ debug, warn), or nowhere without one.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 from migrate.core.errors import BadInput, MigrateError
@@ -160,6 +161,17 @@ def check_reachable(path: str) -> None:
 
 def open_cache(no_cache: bool) -> DigestCache | None:
     return None if no_cache else DigestCache(default_cache_path())
+
+
+@contextlib.contextmanager
+def kept_reads():
+    """The files whose bytes rollback and purge re-read (to compare with the log) go into the user's
+    digest cache with their SHA-256 and BLAKE3, as scan, verify and audit's reads do (issue 24)."""
+    from migrate.disk.hashing import keep_reads
+    try:
+        yield
+    finally:
+        keep_reads(open_cache(False))
 
 
 def open_verdicts(no_cache: bool):

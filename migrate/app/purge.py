@@ -78,7 +78,8 @@ def purge(req: PurgeRequest, io: Io) -> PurgeOutcome:
         io.confirm(f"{'Delete' if req.permanent else 'Trash'} {len(items)} quarantined files "
                    f"({human(shown.size)}) of {len(per_run)} run(s)?")
     freed, kept, trash = 0, [], set()
-    with take_lock(io, target, "comfy-migrate purge", req.wait):
+    from migrate.app.pod import kept_reads
+    with take_lock(io, target, "comfy-migrate purge", req.wait), kept_reads():
         for q in items:
             why = purge_check(q)
             if why:

@@ -128,7 +128,8 @@ def rollback(req: RollbackRequest, io: Io) -> RollbackOutcome:
                 store_catalogue.refresh(target, {}, {})
             except OSError as exc:
                 io.warn(f"could not update the store's catalogue ({fsops.describe(exc)})")
-        with io.progress("restoring") as (_, on_bytes), interrupted_rollback(rid, target):
+        from migrate.app.pod import kept_reads
+        with io.progress("restoring") as (_, on_bytes), interrupted_rollback(rid, target), kept_reads():
             rep = plan.execute(on_bytes, before_close=catalogue)
     code = ExitCode.PROBLEMS if rep.skipped or rep.stranded else ExitCode.OK
     return RollbackOutcome(code, "done", "", target, plan, report=rep)

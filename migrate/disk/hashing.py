@@ -477,15 +477,36 @@ def _hash_open(fd: int, st: os.stat_result, path: str, view: memoryview, progres
 
 def _hash_one(path: str, expect: Key | Stamp | None, view: memoryview, progress: _Progress,
               split_into: Callable[[_Split], None] | None = None,
-              stop: threading.Event | None = None) -> str:
+              stop: threading.Event | None = None, keep: bool = False) -> str:
+    at = time.time_ns() if keep else 0
     fd, st = _open(path, expect, advise=expect is None or expect[2] >= LARGE)
     try:
         digest = _hash_open(fd, st, path, view, progress, split_into, stop)
-        if expect is not None and not matches(os.fstat(fd), expect):
+        after = os.fstat(fd)
+        if expect is not None and not matches(after, expect):
             raise ChangedError(errno.ESTALE, "changed while it was read", path)
+        if keep and stamp(after) == stamp(st):
+            _KEEP[stamp(st)] = (digest, at)
         return digest
     finally:
         os.close(fd)
+
+
+# Reads by hash_path (rollback's and purge's re-reads, identity.same_file, ...): Stamp -> (digest, when
+# the read began), for `keep_reads` to put in the user's digest cache with their SHA-256 and BLAKE3, as
+# scan, verify and audit do. Only a file whose stat data did not change during the read is kept. Not
+# evidence for this process's own decisions (that is `_READ`, filled by digest_now).
+_KEEP: dict[Stamp, tuple[str, int]] = {}
+
+
+def keep_reads(cache: DigestCache | None) -> None:
+    """Put what hash_path read into `cache` (its trust rule applies when it is read) and save it."""
+    if cache is None or not _KEEP:
+        return
+    for s, (digest, at) in list(_KEEP.items()):
+        cache.put(s, digest, at)
+    _KEEP.clear()
+    cache.save()
 
 
 def hash_path(path: str, expect: Key | Stamp | None = None, buf: Buffer | None = None,
@@ -505,7 +526,7 @@ def hash_path(path: str, expect: Key | Stamp | None = None, buf: Buffer | None =
 
     try:
         return _hash_one(path, expect, view, progress,
-                         split_into if (os.cpu_count() or 1) >= 2 and len(view) == BUFFER else None)
+                         split_into if (os.cpu_count() or 1) >= 2 and len(view) == BUFFER else None, keep=True)
     finally:
         for t in helpers:
             t.join()
