@@ -205,6 +205,9 @@ def _note_probe(folders: Sequence[Tuple[str, os.stat_result]]) -> Optional[str]:
     --target` would have to look at). Returns the note's path (None where none can be written:
     then a killed probe's scratch names are all there is, as before)."""
     import json
+    folders = [(f, st) for f, st in folders if os.access(f, os.W_OK | os.X_OK)]
+    if not folders:
+        return None         # a read-only store: the probe can change nothing (nor may a refused command)
     try:
         doc = {"folders": [[f, st.st_mtime_ns, _listing(f)] for f, st in folders]}
         d = probe_notes_dir()
