@@ -259,3 +259,17 @@ def test_verify_refuses_a_damaged_log_of_this_pod_instead_of_leaving_it_out(tmp_
     (line,) = p.stderr.splitlines()
     assert f"{first}: line {n + 1} was altered" in line and "restore the original" in line, line
     assert json.loads(run_cli(["verify", *args, "--format", "json"], cli_env, check=6).stdout)["error"]["exit_code"] == 6
+
+
+@pytest.mark.parametrize("wrong", ["missing", "file"])
+def test_verify_refuses_a_comfyui_folder_that_is_not_one(tmp_path, cli_env, wrong):
+    """`verify --comfyui` mistyped: before, it fell back to this host's runs and said "all good"
+    (exit 0) about a pod it never looked at; rollback and purge refused the same option (exit 3)."""
+    comfyui, store, args = small_pod(tmp_path)
+    run_cli(["run", *args, "--yes"], cli_env)
+    bad = tmp_path / "ComfyUl"
+    if wrong == "file":
+        bad.write_text("")
+    p = run_cli(["verify", "--comfyui", bad, "--target", store], cli_env, check=3)
+    (line,) = p.stderr.splitlines()
+    assert f"ComfyUI folder {bad} " in line and "all good" not in p.stdout, p.stdout + p.stderr

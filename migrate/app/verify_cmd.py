@@ -68,7 +68,8 @@ def verify(req: VerifyRequest, io: Io) -> VerifyOutcome:
         from migrate.disk.facts import find_comfyui
         home = find_comfyui(req.comfyui)
     except MigrateError:
-        pass
+        if req.comfyui:     # a mistyped --comfyui: not the host's runs checked and "all good" (as rollback)
+            raise
     adopt_comfyui(home, io)
     if req.run_ref:
         records = load_run(find_log(target, req.run_ref))
