@@ -626,6 +626,7 @@ def history_cmd(target, fmt) -> None:
         out(report.dumps(rows))
     elif rows:
         out(table([[r["run"], r["time"], r["host"],
+                    "attach (YAML only)" if r.get("kind") == "attach" else
                     f"{r['files']}" + (f" ({r['relied']} already stored)" if r["relied"] else ""),
                     report.human(r["bytes"]), r["state"]]
                    for r in rows], ["run", "time", "host", "files", "size", "state"], names=(2,)) + "\n")

@@ -163,3 +163,79 @@ def test_a_read_only_bind_mount_is_named_as_such(tmp_path, cli_env, ro_bind):
     p = run_cli(["plan", *args], cli_env, check=3)
     assert "not writable (a read-only filesystem)" in p.stderr, p.stderr
     assert "--mode copy" in p.stderr
+
+
+def test_history_marks_an_attach(tmp_path, cli_env):
+    """An attach is a YAML-only run in the store's history: before, its row read like a migration
+    that moved nothing ("0", "0 B"), with no word of attach in the table or the JSON."""
+    comfyui, store, args = small_pod(tmp_path)
+    run_cli(["run", *args, "--yes"], cli_env)
+    second = tmp_path / "second" / "ComfyUI"
+    second.mkdir(parents=True)
+    (second / "main.py").write_text("")
+    run_cli(["attach", "--comfyui", second, "--target", store, "--yes"], cli_env)
+    rows = json.loads(run_cli(["history", "--target", store, "--format", "json"], cli_env).stdout)
+    assert [r["kind"] for r in rows] == ["run", "attach"], rows
+    lines = run_cli(["history", "--target", store], cli_env).stdout.splitlines()
+    assert [line for line in lines if "attach (YAML only)" in line] == [lines[-1]], lines
+
+
+@pytest.mark.parametrize("command", ["rollback", "purge", "attach"])
+def test_a_read_only_store_is_refused_with_exit_3_before_anything_changes(tmp_path, cli_env, ro_bind, command):
+    """rollback, purge and attach on a store mounted read-only: before, exit 1 ("finished, but some
+    files failed") with "file operation .../lock: Permission denied (nothing was lost: `comfy-migrate
+    run` (continues this run) ...": no run had begun, and run was not what to do."""
+    comfyui, store, args = small_pod(tmp_path)
+    (store / "loras").mkdir()      # a copy stored already: the pod's goes to quarantine (for purge)
+    shutil.copy2(comfyui / "models" / "loras" / "l0.safetensors", store / "loras" / "l0.safetensors")
+    run_cli(["run", *args, "--yes"], cli_env)
+    if command == "attach":
+        comfyui = tmp_path / "second" / "ComfyUI"
+        comfyui.mkdir(parents=True)
+        (comfyui / "main.py").write_text("")
+    ro_bind(store)
+    before = snapshot_tree(tmp_path)
+    p = run_cli([command, "--comfyui", comfyui, "--target", store, "--yes"], cli_env, check=3)
+    (line,) = p.stderr.splitlines()
+    assert f"error: the target {store} is not writable (a read-only filesystem at " in line, line
+    assert f"comfy-migrate {command} takes the lock" in line and "comfy-migrate run" not in line, line
+    doc = json.loads(run_cli([command, "--comfyui", comfyui, "--target", store, "--yes", "--format", "json"],
+                             cli_env, check=3).stdout)
+    assert doc["error"]["exit_code"] == 3, doc
+    assert snapshot_tree(tmp_path) == before
+
+
+def test_an_interrupted_attach_is_finished_by_the_next_attach(tmp_path, cli_env):
+    """Ctrl-C during attach: the message names the attach and how to finish or undo it, and the
+    next attach continues its log. Before: a bare "interrupted", then every attach refused (exit 3)
+    with "an interrupted run ... is pending (finish it with `comfy-migrate run` ...)": run migrates."""
+    comfyui, store, args = small_pod(tmp_path)
+    run_cli(["run", *args, "--yes"], cli_env)
+    second = tmp_path / "second" / "ComfyUI"
+    second.mkdir(parents=True)
+    (second / "main.py").write_text("")
+    attach = ["attach", "--comfyui", second, "--target", store, "--yes"]
+    p = run_cli(attach, dict(cli_env, COMFY_MIGRATE_CRASH_AT="int:2"), check=130)
+    line = p.stderr.splitlines()[-1]
+    assert "stopped part-way" in line and f"`comfy-migrate attach --comfyui {second} --target {store} --yes` again" in line, line
+    run_cli(attach, cli_env)
+    rows = json.loads(run_cli(["history", "--target", store, "--format", "json"], cli_env).stdout)
+    assert [(r["kind"], r["state"]) for r in rows] == [("run", "complete"), ("attach", "complete")], rows
+    assert str(store) in (second / "extra_model_paths.yaml").read_text()
+    run_cli(["verify", "--comfyui", second, "--target", store], cli_env)
+
+
+def test_ctrl_c_after_the_run_closed_its_log_does_not_say_nothing_changed(tmp_path, cli_env):
+    """A Ctrl-C landing after the run's last record (its log closed, every file moved): before, the
+    message said "the run stopped before its first step; nothing was changed"."""
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    _, twin_store, twin_args = small_pod(twin)
+    run_cli(["run", *twin_args, "--yes"], cli_env)
+    (log,) = (twin_store / STATE / "runs").glob("*.jsonl")
+    records = len(log.read_text().splitlines())
+    comfyui, store, args = small_pod(tmp_path)
+    p = run_cli(["run", *args, "--yes"], dict(cli_env, COMFY_MIGRATE_CRASH_AT=f"int:{records}"), check=130)
+    line = p.stderr.splitlines()[-1]
+    assert "had finished when interrupted (its log is closed)" in line and "nothing was changed" not in line, line
+    assert not list((comfyui / "models" / "loras").glob("*.safetensors"))

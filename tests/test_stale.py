@@ -461,9 +461,9 @@ def test_property_stale_facts_never_lose_content(tmp_path, cli_env, spec):
             mutate()
         else:
             def pre() -> None:      # in the `run` child: change the files just before that moment
-                import migrate.cli
                 import migrate.app.execute
-                module, name = ((migrate.cli, "take_lock") if spec["window"] == "lock-wait"
+                import migrate.app.migrate
+                module, name = ((migrate.app.migrate, "take_lock") if spec["window"] == "lock-wait"
                                 else (migrate.app.execute, "execute_plan"))
                 real = getattr(module, name)
 

@@ -71,7 +71,7 @@ def attach(req: AttachRequest, io: Io) -> AttachOutcome:
         io.warn(f"{show(p.path)}: {p.message}")
     first = AttachOutcome(ExitCode.OK, "attached" if not plan.has_work else "dry_run", home, target, plan, plan,
                           tuple(got.not_compared), req.dry_run)
-    if not plan.has_work:
+    if not plan.has_work and pending_attach(target, plan) is None:
         return first
     io.show(first)
     if req.dry_run:
@@ -83,12 +83,16 @@ def attach(req: AttachRequest, io: Io) -> AttachOutcome:
     with take_lock(io, target, "comfy-migrate attach", req.wait) as lock:
         facts, got = planned()          # again under the lock: the store as it is now
         plan = got.plan
-        if find_interrupted(target, plan.sources, plan.yaml_path) is not None:
+        pending = find_interrupted(target, plan.sources, plan.yaml_path)
+        if pending is not None and pending != pending_attach(target, plan):
             raise BadInput(f"an interrupted run of {plan.yaml_path} is pending in {target}",
                            "finish it with `comfy-migrate run` (same options), or roll it back first")
         rep = None
-        if plan.has_work:
-            rep = execute_plan(plan, list(req.argv), lock=lock, kind="attach")
+        if plan.has_work or pending is not None:     # an interrupted attach: this one continues its log
+            try:
+                rep = execute_plan(plan, list(req.argv), lock=lock, kind="attach")
+            except KeyboardInterrupt:
+                raise attach_interrupted(home, target, plan) from None
     running = []
     try:
         from migrate.disk.running import find_running
@@ -97,3 +101,36 @@ def attach(req: AttachRequest, io: Io) -> AttachOutcome:
         pass
     code = ExitCode.PROBLEMS if rep is not None and rep.problems else ExitCode.OK
     return AttachOutcome(code, "done", home, target, first.shown, plan, first.not_compared, req.dry_run, rep, running)
+
+
+def pending_attach(target: str, plan) -> Optional[str]:
+    """The log of an attach of this YAML that was interrupted (Ctrl-C, a kill): the next attach
+    continues it (as a run continues a run), rather than refusing and naming `run`."""
+    from migrate.core.errors import BadLog
+    from migrate.disk.journal import read_log
+    from migrate.disk.runlog import find_interrupted
+    path = find_interrupted(target, plan.sources, plan.yaml_path)
+    try:
+        return path if path is not None and read_log(path)[0][0].get("kind") == "attach" else None
+    except BadLog:
+        return None
+
+
+def attach_interrupted(home: str, target: str, plan):
+    """Ctrl-C during an attach: what it left, and the commands that finish or undo it."""
+    import shlex
+
+    from migrate.core.errors import Interrupted
+    from migrate.disk.runlog import finished_here
+    log = pending_attach(target, plan)
+    if log is None:
+        done = finished_here(target)
+        if done:
+            return Interrupted(f"attach {done} had finished when interrupted (its log is closed)",
+                               f"`comfy-migrate verify --comfyui {shlex.quote(show(home))}` checks it")
+        return Interrupted("the attach stopped before its first step; nothing was changed")
+    rid = os.path.basename(log)[:-len(".jsonl")]
+    t = shlex.quote(show(target))
+    return Interrupted(f"attach {rid} stopped part-way (every step it took is in its log)",
+                       f"`comfy-migrate attach --comfyui {shlex.quote(show(home))} --target {t} --yes` again "
+                       f"finishes it, `comfy-migrate rollback {rid} --target {t}` undoes it")

@@ -9,6 +9,7 @@ errors a user can cause are raised as MigrateError (each with its exit code), as
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shlex
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any, Callable, ContextManager, Iterator, List, Optional, Prot
 
 from migrate.disk import fsops
 
-from migrate.core.errors import BadLog, MigrateError
+from migrate.core.errors import BadInput, BadLog, MigrateError
 from migrate.core.model import show
 
 class Io(Protocol):
@@ -101,6 +102,12 @@ def take_lock(io: Io, target: str, purpose: str, wait: float, room: bool = False
     try:
         lock = TargetLock(state_dir(target), purpose).acquire(wait, on_wait)
     except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            # Refused before anything changed: not "exit 1, `run` continues this run" (no run began).
+            why = "a read-only filesystem" if exc.errno == errno.EROFS else "no write permission"
+            raise BadInput(f"the target {show(target)} is not writable ({why} at {show(exc.filename or target)}): "
+                           f"{purpose} takes the lock in {show(state_dir(target))} first",
+                           "make the store writable (or remount the volume read-write), then run it again") from None
         # A full store: a rollback may use the reserve each run keeps (fsops.keep_reserve) for its lock
         # and log; `run` and `purge` may not (free space first), so that the rollback always can.
         if not (room and exc.errno in fsops.FULL_ERRNOS and fsops.release_reserve(state_dir(target))):

@@ -285,9 +285,13 @@ def stayed_behind(plan, facts) -> list:
 def run_interrupted(plan, req: PlanRequest):
     """Ctrl-C during a run: whether it changed anything, and the two commands that finish or undo it."""
     from migrate.core.errors import Interrupted
-    from migrate.disk.runlog import find_interrupted
+    from migrate.disk.runlog import find_interrupted, finished_here
     log = find_interrupted(plan.target, plan.sources, plan.yaml_path)
     if log is None:
+        done = finished_here(plan.target)
+        if done:
+            return Interrupted(f"run {done} had finished when interrupted (its log is closed)",
+                               f"`comfy-migrate verify{given(req.comfyui, (), None, plan.target)}` checks it")
         return Interrupted("the run stopped before its first step; nothing was changed")
     rid = os.path.basename(log)[:-len(".jsonl")]
     return Interrupted(f"run {rid} stopped part-way (every step it took is in its log, nothing is lost)",

@@ -147,6 +147,8 @@ class Journal:
         if self._crash_at is not None and not self._crash_torn and self.seq >= self._crash_at:
             os.kill(os.getpid(), signal.SIGKILL)
         if self._ctrl_c_at is not None and self.seq == self._ctrl_c_at:
+            # As at a terminal: a process started in the background (`cmd &`, nohup) ignores SIGINT.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             os.kill(os.getpid(), signal.SIGINT)
         return rec
 

@@ -132,6 +132,8 @@ def run_state(log_path: str) -> str:
 
 
 def history(target: str) -> List[dict]:
+    """One row per run log in the target, oldest first; `kind` says what made it: "run" (a migration)
+    or "attach" (moved no model, wrote the YAML), "" where the log holds no readable header."""
     rows = []
     for n, path in run_logs(target):
         try:
@@ -139,11 +141,11 @@ def history(target: str) -> List[dict]:
             state = run_state(path)
         except EmptyLog as exc:      # killed (or refused by a full disk) before its first record: did nothing
             rows.append({"run": n[:-6], "time": "", "host": "", "files": 0, "bytes": 0, "placed": 0, "relied": 0,
-                         "state": f"nothing done: {exc}"})
+                         "kind": "", "state": f"nothing done: {exc}"})
             continue
         except BadLog as exc:
             rows.append({"run": n[:-6], "time": "", "host": "", "files": 0, "bytes": 0, "placed": 0, "relied": 0,
-                         "state": f"bad log: {exc}"})
+                         "kind": "", "state": f"bad log: {exc}"})
             continue
         head = records[0]
         steps = group_steps(records)
@@ -155,7 +157,8 @@ def history(target: str) -> List[dict]:
                   and b.get("src") not in moved]
         rows.append({"run": head["run"], "time": head.get("time", ""), "host": head.get("host", ""),
                      "files": len(placed) + len(relied), "bytes": sum(b.get("size", 0) for b in placed + relied),
-                     "placed": len(placed), "relied": len(relied), "state": state})
+                     "placed": len(placed), "relied": len(relied),
+                     "kind": head.get("kind") or "run", "state": state})
     return rows
 
 
@@ -231,6 +234,21 @@ def left_folders(target: str, this_run: str) -> List[str]:
                 if rel:
                     out.append(posixpath.join(target, rel))
     return out
+
+
+def finished_here(target: str) -> Optional[str]:
+    """The id of the run this process wrote or continued (its header or a `resume` record names this
+    pid on this host), if its log is closed: a Ctrl-C that came after its last record found it done.
+    Only the newest logs are looked at: this process's is among them."""
+    for n, path in reversed(run_logs(target)[-8:]):
+        try:
+            records = read_log(path)[0]
+        except BadLog:
+            continue
+        if any(r.get("pid") == os.getpid() and r.get("host") == socket.gethostname()
+               for r in records if r is records[0] or r.get("type") == "resume"):
+            return n[:-len(".jsonl")] if records[-1].get("type") == "close" else None
+    return None
 
 
 def find_interrupted(target: str, sources: Optional[Sequence[str]] = None, yaml: Optional[str] = None) -> Optional[str]:
