@@ -239,3 +239,23 @@ def test_ctrl_c_after_the_run_closed_its_log_does_not_say_nothing_changed(tmp_pa
     line = p.stderr.splitlines()[-1]
     assert "had finished when interrupted (its log is closed)" in line and "nothing was changed" not in line, line
     assert not list((comfyui / "models" / "loras").glob("*.safetensors"))
+
+
+def test_verify_refuses_a_damaged_log_of_this_pod_instead_of_leaving_it_out(tmp_path, cli_env):
+    """One of the pod's two run logs edited: verify left it out and checked the other run only, exit 0
+    "all good" (with only one run: "no run of this pod to verify"); rollback refused the same log.
+    Now verify refuses it too (exit 6), naming the line."""
+    comfyui, store, args = small_pod(tmp_path)
+    run_cli(["run", *args, "--yes"], cli_env)
+    extra = comfyui / "models" / "loras" / "later.safetensors"
+    extra.write_bytes(as_model(extra.name, b"L" * 30000))
+    run_cli(["run", *args, "--yes"], cli_env)
+    first = sorted((store / STATE / "runs").glob("*.jsonl"))[0]
+    lines = first.read_text().splitlines(keepends=True)
+    n = next(i for i, rec in enumerate(lines) if "l1.safetensors" in rec)
+    lines[n] = lines[n].replace("l1.safetensors", "l7.safetensors")
+    first.write_text("".join(lines))
+    p = run_cli(["verify", *args], cli_env, check=6)
+    (line,) = p.stderr.splitlines()
+    assert f"{first}: line {n + 1} was altered" in line and "restore the original" in line, line
+    assert json.loads(run_cli(["verify", *args, "--format", "json"], cli_env, check=6).stdout)["error"]["exit_code"] == 6
