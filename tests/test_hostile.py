@@ -273,3 +273,17 @@ def test_verify_refuses_a_comfyui_folder_that_is_not_one(tmp_path, cli_env, wron
     p = run_cli(["verify", "--comfyui", bad, "--target", store], cli_env, check=3)
     (line,) = p.stderr.splitlines()
     assert f"ComfyUI folder {bad} " in line and "all good" not in p.stdout, p.stdout + p.stderr
+
+
+def test_attach_with_nothing_to_write_still_says_attached_beside_a_damaged_log(tmp_path, cli_env):
+    """A start script runs attach at every boot: a damaged log in the store does not turn "attached
+    already" into a failure (exit 6) when attach has nothing to write (the check for an interrupted
+    attach to continue reads the logs)."""
+    comfyui, store, args = small_pod(tmp_path)
+    run_cli(["run", *args, "--yes"], cli_env)
+    (log,) = (store / STATE / "runs").glob("*.jsonl")
+    lines = log.read_text().splitlines(keepends=True)
+    lines[3] = "{" + lines[3]
+    log.write_text("".join(lines))
+    p = run_cli(["attach", *args, "--yes"], cli_env)
+    assert "attached already" in p.stderr, p.stderr
