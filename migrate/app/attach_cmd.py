@@ -109,10 +109,10 @@ def pending_attach(target: str, plan) -> Optional[str]:
     from migrate.core.errors import BadLog
     from migrate.disk.journal import read_log
     from migrate.disk.runlog import find_interrupted
-    path = find_interrupted(target, plan.sources, plan.yaml_path)
     try:
+        path = find_interrupted(target, plan.sources, plan.yaml_path)
         return path if path is not None and read_log(path)[0][0].get("kind") == "attach" else None
-    except BadLog:
+    except BadLog:      # a damaged log: an attach with nothing to write still says "attached already"
         return None
 
 

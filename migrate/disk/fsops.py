@@ -921,7 +921,11 @@ def copy_and_hash(src: str, expect: Key, tmp: str, on_bytes: Optional[Callable[[
             on_created(os.fstat(dfd))
         h = Hasher(extra)
         size = os.fstat(sfd).st_size
-        (_copy_piped if size >= PIPE_MIN * chunk else _copy_plain)(sfd, dfd, h, on_bytes, src, tmp, chunk)
+        # The writer thread only where the copy also computes SHA-256 and BLAKE3 (~0.85 CPU-s per GiB,
+        # as long as the writes into a FUSE store): xxh3 alone costs ~0.03 s per GiB, nothing to hide,
+        # and its copies measured no faster with the thread (docs/bench-latest.md).
+        piped = h.s is not None and size >= PIPE_MIN * chunk
+        (_copy_piped if piped else _copy_plain)(sfd, dfd, h, on_bytes, src, tmp, chunk)
         if not matches(os.fstat(sfd), expect):
             raise OSError(errno.ESTALE, "changed while it was copied", src)
         st = os.fstat(sfd)
