@@ -67,7 +67,8 @@ def test_copy_chunk_is_big_only_for_fuse():
 
 @pytest.mark.parametrize("fail_at", ["write", "interrupt"])
 def test_a_piped_copy_stops_its_writer_before_it_returns(tmp_path, monkeypatch, fail_at):
-    """A copy of many chunks writes on a second thread (fsops._copy_piped): whatever stops it (a failing
+    """A copy of many chunks that also computes SHA-256 and BLAKE3 writes on a second thread
+    (fsops._copy_piped): whatever stops it (a failing
     write, an interrupt in the reading thread), that thread has ended when copy_and_hash returns, so no
     write reaches the descriptor once it is closed (its number may be reused at once), and no temporary
     is left."""
@@ -92,7 +93,7 @@ def test_a_piped_copy_stops_its_writer_before_it_returns(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(fsops, "write_all", write_all)
     with pytest.raises(OSError if fail_at == "write" else KeyboardInterrupt) as exc:
-        fsops.copy_and_hash(str(src), stat_key(os.stat(src)), str(tmp), on_bytes=on_bytes)
+        fsops.copy_and_hash(str(src), stat_key(os.stat(src)), str(tmp), on_bytes=on_bytes, extra=True)
     closed.set()
     assert not [t for t in threading.enumerate() if t.name == "copy-writer"]
     assert not after and not tmp.exists()

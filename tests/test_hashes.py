@@ -382,7 +382,7 @@ def test_purge_records_the_files_it_rereads_with_all_three_hashes(pod, cli_env):
     from migrate.disk.runlog import load_run, quarantined
     items = [q for r in runs if not r.name.endswith(".rollback.jsonl") for q in quarantined(load_run(str(r)))]
     assert items, "the pod's run quarantines nothing: no purge to test"
-    stored = sorted({q.get("stored") or q["dst"] for q in items})
+    stored = sorted({q.home for q in items})
     os.unlink(cli_env["COMFY_MIGRATE_CACHE"])
     past_racy_window()
     run_cli(["purge", "--target", str(pod.target), "--comfyui", str(pod.comfyui), "--yes", "--permanent"], cli_env)

@@ -239,3 +239,51 @@ def test_ctrl_c_after_the_run_closed_its_log_does_not_say_nothing_changed(tmp_pa
     line = p.stderr.splitlines()[-1]
     assert "had finished when interrupted (its log is closed)" in line and "nothing was changed" not in line, line
     assert not list((comfyui / "models" / "loras").glob("*.safetensors"))
+
+
+def test_verify_refuses_a_damaged_log_of_this_pod_instead_of_leaving_it_out(tmp_path, cli_env):
+    """One of the pod's two run logs edited: verify left it out and checked the other run only, exit 0
+    "all good" (with only one run: "no run of this pod to verify"); rollback refused the same log.
+    Now verify refuses it too (exit 6), naming the line."""
+    comfyui, store, args = small_pod(tmp_path)
+    run_cli(["run", *args, "--yes"], cli_env)
+    extra = comfyui / "models" / "loras" / "later.safetensors"
+    extra.write_bytes(as_model(extra.name, b"L" * 30000))
+    run_cli(["run", *args, "--yes"], cli_env)
+    first = sorted((store / STATE / "runs").glob("*.jsonl"))[0]
+    lines = first.read_text().splitlines(keepends=True)
+    n = next(i for i, rec in enumerate(lines) if "l1.safetensors" in rec)
+    lines[n] = lines[n].replace("l1.safetensors", "l7.safetensors")
+    first.write_text("".join(lines))
+    p = run_cli(["verify", *args], cli_env, check=6)
+    (line,) = p.stderr.splitlines()
+    assert f"{first}: line {n + 1} was altered" in line and "restore the original" in line, line
+    assert json.loads(run_cli(["verify", *args, "--format", "json"], cli_env, check=6).stdout)["error"]["exit_code"] == 6
+
+
+@pytest.mark.parametrize("wrong", ["missing", "file"])
+def test_verify_refuses_a_comfyui_folder_that_is_not_one(tmp_path, cli_env, wrong):
+    """`verify --comfyui` mistyped: before, it fell back to this host's runs and said "all good"
+    (exit 0) about a pod it never looked at; rollback and purge refused the same option (exit 3)."""
+    comfyui, store, args = small_pod(tmp_path)
+    run_cli(["run", *args, "--yes"], cli_env)
+    bad = tmp_path / "ComfyUl"
+    if wrong == "file":
+        bad.write_text("")
+    p = run_cli(["verify", "--comfyui", bad, "--target", store], cli_env, check=3)
+    (line,) = p.stderr.splitlines()
+    assert f"ComfyUI folder {bad} " in line and "all good" not in p.stdout, p.stdout + p.stderr
+
+
+def test_attach_with_nothing_to_write_still_says_attached_beside_a_damaged_log(tmp_path, cli_env):
+    """A start script runs attach at every boot: a damaged log in the store does not turn "attached
+    already" into a failure (exit 6) when attach has nothing to write (the check for an interrupted
+    attach to continue reads the logs)."""
+    comfyui, store, args = small_pod(tmp_path)
+    run_cli(["run", *args, "--yes"], cli_env)
+    (log,) = (store / STATE / "runs").glob("*.jsonl")
+    lines = log.read_text().splitlines(keepends=True)
+    lines[3] = "{" + lines[3]
+    log.write_text("".join(lines))
+    p = run_cli(["attach", *args, "--yes"], cli_env)
+    assert "attached already" in p.stderr, p.stderr

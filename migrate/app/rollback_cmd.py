@@ -195,7 +195,8 @@ def newer_pod_runs(records, live, target: str):
 def sweep_probe_leftovers(target: str, comfyui) -> None:
     """Scratch files and folders of a probe killed mid-way (a plan's or a run's, before any log):
     in the store (or the folder it would be made in) and in this pod's models folder, found by
-    their name and removed, the folder's mtime put back (fsops.sweep_probes)."""
+    their name and removed, the folder's mtime put back (fsops.sweep_probes), and every folder a
+    probe on this machine noted before it was killed (fsops.sweep_probe_notes)."""
     from migrate.disk.facts import find_comfyui
     folders = [fsops.nearest_existing(target)]
     try:
@@ -204,6 +205,7 @@ def sweep_probe_leftovers(target: str, comfyui) -> None:
         pass
     for f in folders:
         fsops.sweep_probes(f)
+    fsops.sweep_probe_notes()       # a pod's, found without --comfyui; folder times a kill left changed
 
 
 @contextlib.contextmanager

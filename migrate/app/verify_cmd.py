@@ -34,6 +34,26 @@ class VerifyOutcome(Outcome):
     command = "verify"
 
 
+def unread_logs(target: str, yaml_path: Optional[str], host: str, live: set) -> None:
+    """A log of this pod's that does not read (edited, damaged) is refused as rollback refuses it
+    (exit 6, naming the line), rather than left out: verify then said "no run of this pod" or
+    checked the other runs only and said "all good"."""
+    from migrate.disk.journal import RUNS_DIR
+    from migrate.core.model import STATE_DIR
+    from migrate.disk.runlog import all_runs, load_run, run_state
+    from migrate.app.verify import pod_runs
+    for rid, _ in pod_runs(all_runs(target), target, yaml_path, host)[0]:
+        path = os.path.join(target, STATE_DIR, RUNS_DIR, f"{rid}.jsonl")
+        if rid in live:
+            continue
+        try:
+            if run_state(path) == "rolled back":
+                continue
+        except BadLog:
+            pass
+        load_run(path)      # raises the BadLog that names what is wrong with it
+
+
 def verify(req: VerifyRequest, io: Io) -> VerifyOutcome:
     """Check a pod against its runs' logs (`comfy-migrate verify`)."""
     from migrate.disk import catalogue as store_catalogue
@@ -48,7 +68,8 @@ def verify(req: VerifyRequest, io: Io) -> VerifyOutcome:
         from migrate.disk.facts import find_comfyui
         home = find_comfyui(req.comfyui)
     except MigrateError:
-        pass
+        if req.comfyui:     # a mistyped --comfyui: not the host's runs checked and "all good" (as rollback)
+            raise
     adopt_comfyui(home, io)
     if req.run_ref:
         records = load_run(find_log(target, req.run_ref))
@@ -58,6 +79,7 @@ def verify(req: VerifyRequest, io: Io) -> VerifyOutcome:
         yaml_path = os.path.join(home, "extra_model_paths.yaml") if home else None
         runs, how = pod_runs(live_runs(target), target, yaml_path, host)
         logs = os.path.join(target, STATE_DIR, RUNS_DIR)
+        unread_logs(target, yaml_path, host, {rid for rid, _ in runs})
         if not runs:
             raise BadLog(f"no run of this pod to verify in {logs} (none not rolled back wrote "
                          f"{yaml_path or 'a YAML here'}, has its sources here or ran on host {host})",

@@ -138,23 +138,13 @@ def sweep_probes(where: str) -> None:
     process is gone, any host's older than an hour (scans never count them either way), and give
     the folder the mtime the killed probe took from it (kept in the scratch folder's name)."""
     import shutil
-    import socket
     try:
         names = [n for n in os.listdir(where) if n.startswith(PROBE_PREFIX)]
     except OSError:
         return
-    host = socket.gethostname()
     for n in names:
         path = os.path.join(where, n)
-        try:
-            h, pid = n[len(PROBE_PREFIX):].rsplit("-", 2)[:2]
-            pid, marked, ns = pid.partition("n")       # a probe's PID namespace (probe_owner)
-            mine_dead = (h == host and (not marked or ns == _pid_namespace_id())
-                         and not os.path.exists(f"/proc/{int(pid)}"))
-            old = os.lstat(path).st_mtime < time.time() - 3600
-        except (ValueError, OSError):
-            continue
-        if mine_dead or old:
+        if _probe_gone(n[len(PROBE_PREFIX):], path):
             # The folder's mtime from before that probe, in its name: given back when nothing changed
             # the folder since the probe's last step (its mtime not past the scratch entry's m/ctime).
             was = re.search(r"\.m([0-9]+)$", n)
@@ -175,6 +165,100 @@ def sweep_probes(where: str) -> None:
                     os.utime(where, ns=(parent.st_atime_ns, int(was.group(1))))
                 except OSError:
                     pass
+
+
+def _probe_gone(owner: str, path: str) -> bool:
+    """Whether the probe whose entry `path` is named `owner` (probe_owner() + `-...`, after its prefix)
+    is over: this host's, in our PID namespace, whose process is gone; or anyone's, over an hour old."""
+    import socket
+    try:
+        h, pid = owner.rsplit("-", 2)[:2]
+        pid, marked, ns = pid.partition("n")       # a probe's PID namespace (probe_owner)
+        mine_dead = (h == socket.gethostname() and (not marked or ns == _pid_namespace_id())
+                     and not os.path.exists(f"/proc/{int(pid)}"))
+        return mine_dead or os.lstat(path).st_mtime < time.time() - 3600
+    except (ValueError, OSError):
+        return False
+
+
+def _listing(folder: str) -> str:
+    """A digest of the names in `folder` (a probe's own left out)."""
+    import hashlib
+    names = sorted(os.fsencode(n) for n in os.listdir(folder) if not n.startswith(PROBE_PREFIX))
+    return hashlib.sha256(b"\0".join(names)).hexdigest()
+
+
+NOTE_PREFIX = "probe-"
+
+
+def probe_notes_dir() -> str:
+    """Where a probe notes, before its first change, each folder it is about to change and its time:
+    beside the user's digest cache (the next command on this machine reads them, sweep_probe_notes)."""
+    from migrate.disk.hashing import default_cache_path
+    return os.path.join(os.path.dirname(os.path.abspath(default_cache_path())), "probes")
+
+
+def _note_probe(folders: Sequence[Tuple[str, os.stat_result]]) -> Optional[str]:
+    """Note the folders a probe will change, with their times and names, before it changes any:
+    the removal of its last entry in a folder changes that folder's time once more, and a kill
+    before the time is put back leaves no scratch there to tell it (nor which pod a `rollback
+    --target` would have to look at). Returns the note's path (None where none can be written:
+    then a killed probe's scratch names are all there is, as before)."""
+    import json
+    folders = [(f, st) for f, st in folders if os.access(f, os.W_OK | os.X_OK)]
+    if not folders:
+        return None         # a read-only store: the probe can change nothing (nor may a refused command)
+    try:
+        doc = {"folders": [[f, st.st_mtime_ns, _listing(f)] for f, st in folders]}
+        d = probe_notes_dir()
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, f"{NOTE_PREFIX}{probe_owner()}-{os.urandom(3).hex()}.json")
+        fd = os.open(path, TMP_FLAGS, 0o600)
+        try:
+            write_all(fd, json.dumps(doc).encode())
+        finally:
+            os.close(fd)
+        return path
+    except OSError:
+        return None
+
+
+def _drop_note(path: Optional[str]) -> None:
+    if path is not None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def sweep_probe_notes() -> None:
+    """Put back what probes killed mid-way left (their notes, _note_probe): each noted folder's
+    scratch entries are swept (sweep_probes), and the folder gets its noted mtime back when it
+    holds the same names as before that probe (nothing but the probe changed it since)."""
+    import json
+    d = probe_notes_dir()
+    try:
+        names = [n for n in os.listdir(d) if n.startswith(NOTE_PREFIX)]
+    except OSError:
+        return
+    for n in names:
+        path = os.path.join(d, n)
+        if not _probe_gone(n[len(NOTE_PREFIX):], path):
+            continue
+        try:
+            folders = json.loads(read_file(path, 1 << 20) or b"{}").get("folders") or []
+        except (OSError, ValueError, AttributeError):
+            folders = []
+        for entry in folders:
+            try:
+                folder, mtime, names_were = entry
+                sweep_probes(folder)
+                st = os.stat(folder)
+                if st.st_mtime_ns != mtime and _listing(folder) == names_were:
+                    os.utime(folder, ns=(st.st_atime_ns, int(mtime)))
+            except (OSError, TypeError, ValueError):
+                continue
+        _drop_note(path)
 
 
 OVERLAY_TYPES = ("overlay", "fuse.fuse-overlayfs")     # the kernel's, and rootless Podman's (FUSE)
@@ -278,12 +362,21 @@ def probe_fs(folder: str) -> FsFacts:
     (named so that scans skip it and the next probe sweeps it if this one is killed), and give the
     folder its mtime back: hardlink, symlink, rename, RENAME_NOREPLACE, the mtime precision kept,
     whether a file keeps its inode number by two names and across a rename, case sensitivity."""
-    import shutil
     where = nearest_existing(folder)
     point, fstype, opts = mount_entry(where)
     overlay = overlay_upper(point, fstype, opts) if fstype in OVERLAY_TYPES else None
-    sweep_probes(where)      # first: it gives the folder back the time a killed probe took from it
+    sweep_probe_notes()      # first: they give folders back the times killed probes took from them
+    sweep_probes(where)
     before = os.stat(where)
+    note = _note_probe([(where, before)])
+    try:
+        return _probe_in(where, before, fstype, overlay)
+    finally:
+        _drop_note(note)         # last: after the folder has its time back
+
+
+def _probe_in(where: str, before: os.stat_result, fstype: str, overlay: Optional[str]) -> FsFacts:
+    import shutil
     scratch = os.path.join(where, f"{PROBE_PREFIX}{probe_owner()}-{os.urandom(3).hex()}"
                                   f".m{before.st_mtime_ns}")
     refused: list = []
@@ -486,6 +579,7 @@ def probe_between(source_root: str, target: str) -> Probe:
     before_s, before_t = os.stat(source_root), os.stat(where)
     src = os.path.join(source_root, f"{tag}.m{before_s.st_mtime_ns}")      # each folder's time in the name
     dst = os.path.join(where, f"{tag}.m{before_t.st_mtime_ns}")            # (sweep_probes gives it back)
+    note = _note_probe([(source_root, before_s), (where, before_t)])
     try:
         try:
             os.close(os.open(src, TMP_FLAGS, 0o600))
@@ -512,6 +606,7 @@ def probe_between(source_root: str, target: str) -> Probe:
                 pass
         _restore_dir_times(source_root, before_s)
         _restore_dir_times(where, before_t)
+        _drop_note(note)
 
 
 # --- errors that name their path and operation --------------------------------------------------------
@@ -826,7 +921,11 @@ def copy_and_hash(src: str, expect: Key, tmp: str, on_bytes: Optional[Callable[[
             on_created(os.fstat(dfd))
         h = Hasher(extra)
         size = os.fstat(sfd).st_size
-        (_copy_piped if size >= PIPE_MIN * chunk else _copy_plain)(sfd, dfd, h, on_bytes, src, tmp, chunk)
+        # The writer thread only where the copy also computes SHA-256 and BLAKE3 (~0.85 CPU-s per GiB,
+        # as long as the writes into a FUSE store): xxh3 alone costs ~0.03 s per GiB, nothing to hide,
+        # and its copies measured no faster with the thread (docs/bench-latest.md).
+        piped = h.s is not None and size >= PIPE_MIN * chunk
+        (_copy_piped if piped else _copy_plain)(sfd, dfd, h, on_bytes, src, tmp, chunk)
         if not matches(os.fstat(sfd), expect):
             raise OSError(errno.ESTALE, "changed while it was copied", src)
         st = os.fstat(sfd)
