@@ -1074,7 +1074,61 @@ def test_a_probe_killed_mid_way_leaves_nothing_the_next_plan_does_not_undo(tmp_p
     assert_same(before, pod.snap(), "after a plan killed in its probe, then a plan")
 
 
-<<<<<<< HEAD
+KILL_AT_HOOK = """
+import os, signal
+_at = os.environ.get("CM_TEST_KILL_AFTER")
+if _at:
+    _op, _folder, _k = _at.split(":")
+    _seen = [0]
+    _real = getattr(os, _op)
+
+    def _hooked(*a, **kw):
+        # SIGKILL right after the k-th `op` on an entry of `folder` (utime: on the folder itself)
+        done = _real(*a, **kw)
+        paths = [os.path.abspath(os.fsdecode(p)) for p in a[:2] if isinstance(p, (str, bytes))]
+        if _folder in [p if _op == "utime" else os.path.dirname(p) for p in paths]:
+            _seen[0] += 1
+            if _seen[0] == int(_k):
+                os.kill(os.getpid(), signal.SIGKILL)
+        return done
+    setattr(os, _op, _hooked)
+"""
+
+
+@pytest.mark.parametrize("then", ["rollback", "run"])
+@pytest.mark.parametrize("at", ["mkdir:models:1", "rmdir:models:1", "unlink:models:1", "rmdir:models:2",
+                                "link:store:1", "rmdir:store:1"])
+def test_a_probe_killed_at_any_step_is_put_back_by_the_next_command(tmp_path, cli_env, at, then):
+    """A run SIGKILLed in its filesystem probe, right after the probe made or removed its scratch
+    entry in the pod's models folder or the store (`mkdir`/`link`: the entry is left; `rmdir`/
+    `unlink`: it is gone and the folder's mtime not yet put back; the second rmdir: the re-plan's
+    probe, under the lock), then `rollback --target` alone (as after a kill before any log: the
+    rollback knows no pod) or `run` + `rollback`: the pod is back exactly, folder mtimes included,
+    nothing of the probe left anywhere, and the store's folder has its mtime back too. Before
+    (volumes, pod on sshfs, random kill 4): `rollback --target` never looked at the pod's models
+    folder, and a kill after the scratch's removal left the folder's mtime changed with no trace."""
+    from migrate.core.model import PROBE_PREFIX
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_AT_HOOK)
+    pod = Small(tmp_path / "pod")
+    op, where, k = at.split(":")
+    folder = pod.models if where == "models" else pod.target
+    before = pod.snap()
+    times = {d: os.stat(d).st_mtime_ns for d, _, _ in os.walk(pod.comfyui)}
+    store_time = os.stat(pod.target).st_mtime_ns
+    hooked = os.pathsep.join(filter(None, (str(hook), cli_env.get("PYTHONPATH"))))
+    run(dict(cli_env, PYTHONPATH=hooked, CM_TEST_KILL_AFTER=f"{op}:{folder}:{k}"), pod, check=KILLED)
+    if then == "run":
+        run(cli_env, pod)
+    res = rollback(cli_env, pod.target, "--yes", check=None)
+    assert res.returncode in (0, 6), res.stderr
+    assert not [os.path.join(d, n) for d, dirs, files in os.walk(tmp_path / "pod") for n in dirs + files
+                if n.startswith(PROBE_PREFIX)]
+    assert {d: os.stat(d).st_mtime_ns for d, _, _ in os.walk(pod.comfyui)} == times
+    assert_same(before, pod.snap(), f"after a kill in the probe ({at}), then {then}")
+    if then == "rollback" and k == "1":       # (the re-plan's kill leaves the store its state folder: the lock's)
+        assert os.stat(pod.target).st_mtime_ns == store_time
 # --- 5. the log's format across versions ---------------------------------------------------------------
 
 def _as_written_before_typed_records(rec: dict) -> dict:
@@ -1137,60 +1191,3 @@ def test_every_record_reads_back_as_written():
     # a record of a kind, or a step of an op, this version does not know is kept, not refused
     later = R.load(docs + [{"type": "attest", "x": 1}, {"type": "begin", "step": 99, "op": "attach"}], "log")
     assert isinstance(later[-2], R.Other) and later[-1].known is None and later[-1].op == "attach"
-=======
-KILL_AT_HOOK = """
-import os, signal
-_at = os.environ.get("CM_TEST_KILL_AFTER")
-if _at:
-    _op, _folder, _k = _at.split(":")
-    _seen = [0]
-    _real = getattr(os, _op)
-
-    def _hooked(*a, **kw):
-        # SIGKILL right after the k-th `op` on an entry of `folder` (utime: on the folder itself)
-        done = _real(*a, **kw)
-        paths = [os.path.abspath(os.fsdecode(p)) for p in a[:2] if isinstance(p, (str, bytes))]
-        if _folder in [p if _op == "utime" else os.path.dirname(p) for p in paths]:
-            _seen[0] += 1
-            if _seen[0] == int(_k):
-                os.kill(os.getpid(), signal.SIGKILL)
-        return done
-    setattr(os, _op, _hooked)
-"""
-
-
-@pytest.mark.parametrize("then", ["rollback", "run"])
-@pytest.mark.parametrize("at", ["mkdir:models:1", "rmdir:models:1", "unlink:models:1", "rmdir:models:2",
-                                "link:store:1", "rmdir:store:1"])
-def test_a_probe_killed_at_any_step_is_put_back_by_the_next_command(tmp_path, cli_env, at, then):
-    """A run SIGKILLed in its filesystem probe, right after the probe made or removed its scratch
-    entry in the pod's models folder or the store (`mkdir`/`link`: the entry is left; `rmdir`/
-    `unlink`: it is gone and the folder's mtime not yet put back; the second rmdir: the re-plan's
-    probe, under the lock), then `rollback --target` alone (as after a kill before any log: the
-    rollback knows no pod) or `run` + `rollback`: the pod is back exactly, folder mtimes included,
-    nothing of the probe left anywhere, and the store's folder has its mtime back too. Before
-    (volumes, pod on sshfs, random kill 4): `rollback --target` never looked at the pod's models
-    folder, and a kill after the scratch's removal left the folder's mtime changed with no trace."""
-    from migrate.core.model import PROBE_PREFIX
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(KILL_AT_HOOK)
-    pod = Small(tmp_path / "pod")
-    op, where, k = at.split(":")
-    folder = pod.models if where == "models" else pod.target
-    before = pod.snap()
-    times = {d: os.stat(d).st_mtime_ns for d, _, _ in os.walk(pod.comfyui)}
-    store_time = os.stat(pod.target).st_mtime_ns
-    hooked = os.pathsep.join(filter(None, (str(hook), cli_env.get("PYTHONPATH"))))
-    run(dict(cli_env, PYTHONPATH=hooked, CM_TEST_KILL_AFTER=f"{op}:{folder}:{k}"), pod, check=KILLED)
-    if then == "run":
-        run(cli_env, pod)
-    res = rollback(cli_env, pod.target, "--yes", check=None)
-    assert res.returncode in (0, 6), res.stderr
-    assert not [os.path.join(d, n) for d, dirs, files in os.walk(tmp_path / "pod") for n in dirs + files
-                if n.startswith(PROBE_PREFIX)]
-    assert {d: os.stat(d).st_mtime_ns for d, _, _ in os.walk(pod.comfyui)} == times
-    assert_same(before, pod.snap(), f"after a kill in the probe ({at}), then {then}")
-    if then == "rollback" and k == "1":       # (the re-plan's kill leaves the store its state folder: the lock's)
-        assert os.stat(pod.target).st_mtime_ns == store_time
->>>>>>> main

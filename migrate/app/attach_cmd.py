@@ -110,14 +110,9 @@ def pending_attach(target: str, plan) -> Optional[str]:
     from migrate.disk.journal import load_log
     from migrate.disk.runlog import find_interrupted
     try:
-<<<<<<< HEAD
-        return path if path is not None and getattr(load_log(path)[0], "kind", None) == "attach" else None
-    except BadLog:
-=======
         path = find_interrupted(target, plan.sources, plan.yaml_path)
-        return path if path is not None and read_log(path)[0][0].get("kind") == "attach" else None
+        return path if path is not None and getattr(load_log(path)[0], "kind", None) == "attach" else None
     except BadLog:      # a damaged log: an attach with nothing to write still says "attached already"
->>>>>>> main
         return None
 
 
