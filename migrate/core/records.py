@@ -206,7 +206,9 @@ class Step(Record):
         op: its steps.Op (the logged text for an op this version does not know).
         src, dst: the source's path and its name in the store (relink: the symlink, the moved file).
         size, mtime_ns, mode, digest: the source as scanned (relink: the symlink's mtime).
-        src_dev, src_ino: the source's device and inode as scanned (earlier logs: `dev`, `ino`).
+        src_dev, src_ino: the source's device and inode as scanned, written `dev` and `ino`: the log's
+            format every version reads (an older comfy-migrate on another pod of the store reads this
+            log for what its rollback must keep).
         kind: the plan's action kind. tmp: a copy's (or relink's) temporary name.
         stored, stored_dev, stored_ino: the stored copy a dedupe links (or a removal trusted).
         to: a symlink's text. old: a relinked symlink's text before. q: the quarantine name.
@@ -218,10 +220,9 @@ class Step(Record):
     """
 
     TYPE: ClassVar[str] = "begin"
-    OLD: ClassVar[Dict[str, str]] = {"dev": "src_dev", "ino": "src_ino"}
     JSON: ClassVar[dict] = _named(dict(
-        step=_req(NUM), op=_req(TEXT), src=_opt(TEXT), dst=_opt(TEXT), size=_opt(NUM), src_dev=_opt(NUM),
-        src_ino=_opt(NUM), mode=_opt(NUM), mtime_ns=_opt(NUM), digest=_opt(TEXT_OR_NONE), kind=_opt(TEXT),
+        step=_req(NUM), op=_req(TEXT), src=_opt(TEXT), dst=_opt(TEXT), size=_opt(NUM), src_dev=_opt(NUM, "dev"),
+        src_ino=_opt(NUM, "ino"), mode=_opt(NUM), mtime_ns=_opt(NUM), digest=_opt(TEXT_OR_NONE), kind=_opt(TEXT),
         tmp=_opt(TEXT), stored=_opt(TEXT_OR_NONE), stored_dev=_opt(NUM), stored_ino=_opt(NUM), to=_opt(TEXT),
         old=_opt(TEXT), q=_opt(TEXT), path=_opt(TEXT), before=_opt(TEXT_OR_NONE), before_digest=_opt(TEXT_OR_NONE),
         after_digest=_opt(TEXT), before_mtime_ns=_opt(NUM_OR_NONE), links=_opt(LIST), method=_opt(TEXT),
@@ -262,8 +263,9 @@ class Step(Record):
         op = Op.of(rec)
         what = f"{op.value if op else rec.get('op')} step {rec['step']}"
         if op is not None:
-            for key in STEP_FIELDS[op]:
-                if key not in rec and not any(o in rec for o, n in cls.OLD.items() if n == key):
+            for name in STEP_FIELDS[op]:
+                key = cls.JSON[name][0]         # its name in the log
+                if key not in rec:
                     raise ValueError(f"{what} has no {key}")
         out = super().from_json(rec, what)
         return out if op is None else out._with(op=op)       # type: ignore[return-value]
@@ -278,8 +280,8 @@ class Step(Record):
             if not getattr(self, empty):
                 out.pop(empty, None)
         out["op"] = str(self.op)
-        for key in STEP_FIELDS.get(self.op, ()):        # type: ignore[call-overload]
-            out.setdefault(key, None)       # a required field holding null (a file without a digest)
+        for name in STEP_FIELDS.get(self.op, ()):        # type: ignore[call-overload]
+            out.setdefault(self.JSON[name][0], None)       # a required field holding null (a file without a digest)
         return out
 
     @property
