@@ -87,6 +87,23 @@ def past_racy_window() -> None:
     time.sleep(FINE_SLACK_NS / 1e9 + 0.05)
 
 
+# --- no test touches the real home ---------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _home_in_tmp(tmp_path_factory, monkeypatch) -> None:
+    """Every test, in-process code included, sees HOME and XDG_*_HOME in a temp folder, and no
+    COMFY_MIGRATE_* or COMFYUI_DIR of the host: the digest cache, the probe notes beside it, the
+    trash and the configuration never land in the real home (in-process probes wrote
+    ~/.cache/comfy-migrate/probes/ before). A test that needs other values sets its own."""
+    base = tmp_path_factory.mktemp("home")
+    for var in [k for k in os.environ if k.startswith("COMFY_MIGRATE_") or k == "COMFYUI_DIR"]:
+        monkeypatch.delenv(var)
+    for var, sub in (("HOME", "home"), ("XDG_CACHE_HOME", "cache"), ("XDG_DATA_HOME", "data"),
+                     ("XDG_CONFIG_HOME", "config"), ("XDG_STATE_HOME", "xdgstate")):
+        (base / sub).mkdir()
+        monkeypatch.setenv(var, str(base / sub))
+
+
 # --- the CLI -----------------------------------------------------------------------------------------
 
 @pytest.fixture
