@@ -176,22 +176,10 @@ def rolled_back(page: str, run_id: str, summary: str) -> str:
     return page.replace(f"<h1>{esc(old_h1)}</h1>", f"<h1>{esc(h1)}</h1>{banner}", 1)
 
 
-def render(plan: Plan, workflows: Mapping | None = None, title: str | None = None,
-           made: str = "", name_changes: Sequence[Mapping] | None = (), done: Mapping | None = None,
-           sha256: Mapping[str, str] | None = None) -> str:
-    """The whole page. workflows: workflows.workflow_doc (None: no ComfyUI folder to read them from).
-    sha256: xxh3 digest -> SHA-256 of that content, where a read computed it: each model's AutoV2 (the
-    first 10 hex digits, upper case, what A1111/Forge and Civitai show) stands beside it.
-    name_changes: the plan's name changes as JSON documents (category, name, before, after, reason).
-    done: after a run, the numbers its terminal printed (run, placed, copied_bytes, removed, stayed,
-    quarantine_bytes); None: the plan's own (report.outcome)."""
-    page_title, h1 = heading(done)
-    if title is not None:
-        page_title = h1 = title
+def _cards(plan: Plan, done: Mapping | None) -> list:
+    """The page's big numbers: the plan's (what a run would do), or the run's (what its terminal printed)."""
     t = report.totals(plan)
     o = report.outcome(plan)
-    target = plan.target
-    sha256 = sha256 or {}
     if done is None:         # the plan: what a run would do
         cards = [
             (report.human(o["reach_bytes"]), f"reach the store ({o['reach_files']} model files)"),
@@ -215,22 +203,12 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str | None = Non
         ]
     if plan.free_bytes is not None:
         cards.append((report.human(plan.free_bytes), "free in the store: " + ("fits" if plan.fits else "DOES NOT FIT")))
-    s = [f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-         f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(page_title)}</title>'
-         f"<style>{CSS}</style></head><body><main>"]
-    s.append(f"<h1>{esc(h1)}</h1>")
-    s.append(f'<p class="sub">{esc(", ".join(plan.sources))} &rarr; <b>{esc(target)}</b> '
-             f"(mode {esc(plan.policy.mode.value)}){' &middot; ' + esc(made) if made else ''}</p>")
-    s.append('<div class="cards">' + "".join(f"<div class=card><b>{esc(v)}</b><span>{esc(k)}</span></div>"
-                                             for v, k in cards) + "</div>")
-    for w in plan.warnings:
-        s.append(f'<p class="warn">&#9888; {esc(w)}</p>')
+    return cards
 
-    s.append("<h2>Where the bytes go</h2>")
-    s.append('<p class="legend"><span><i class="b0"></i>container disk before</span>'
-             '<span><i class="b1"></i>container disk after (the quarantine until <code>purge</code>)</span><span><i class="b2"></i>newly in the store</span></p>')
-    s.append(chart(category_bytes(plan)))
 
+def _names_section(plan: Plan, name_changes: Sequence[Mapping] | None, target: str) -> list:
+    """Names whose model changes, and the conflicts that stay."""
+    s: list = []
     s.append("<h2>Names whose model changes</h2>")
     conflicts = [a for a in plan.actions if a.kind is ActionKind.CONFLICT]
     if name_changes:
@@ -247,7 +225,12 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str | None = Non
         s.append(_table(["name", "pod's file", "store's file"], [
             [f'<span class="path">{esc(a.rel)}</span>', esc(report.human(a.size)),
              f'<span class="path">{esc(_rel(a.dst, target))}</span>'] for a in conflicts], num=(1,)))
+    return s
 
+
+def _duplicates_section(plan: Plan, sha256: Mapping[str, str], target: str) -> list:
+    """Contents stored once for several names."""
+    s: list = []
     dups = _duplicates(plan)
     s.append(f"<h2>Duplicates ({len(dups)} group(s))</h2>")
     if dups:
@@ -261,7 +244,12 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str | None = Non
         s.append(_table(["kept once in the store", "names that share it", "saved"], rows, num=(2,)))
     else:
         s.append("<p>No file's content is stored twice.</p>")
+    return s
 
+
+def _audit_section(plan: Plan) -> list:
+    """The audit's findings."""
+    s: list = []
     s.append(f"<h2>Audit ({len(plan.findings)} finding(s))</h2>")
     if plan.findings:
         sev = {"broken": "bad", "suspect": "warn", "notice": "ok"}
@@ -271,12 +259,12 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str | None = Non
             for f in sorted(plan.findings, key=lambda f: (report.SEVERITY_ORDER.get(f.severity, 9), f.path))]))
     else:
         s.append('<p class="ok">Every model file looks whole.</p>')
+    return s
 
-    if plan.custom_folders:
-        s.append("<h2>Custom-node folders</h2><ul>")
-        s.extend(f"<li><code>{esc(c.name)}</code>: {esc(c.note)}</li>" for c in plan.custom_folders)
-        s.append("</ul>")
 
+def _workflows_section(workflows: Mapping | None) -> list:
+    """Each saved workflow's models, the unused and template-named lists, and how they were made."""
+    s: list = []
     s.append("<h2>Workflows</h2>")
     if workflows is None:
         s.append("<p>No ComfyUI folder given: its saved workflows were not read.</p>")
@@ -324,16 +312,69 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str | None = Non
             s.append("</ul>")
             if workflows.get("unused_rule"):
                 s.append(f'<p class="sub">{esc(workflows["unused_rule"])}.</p>')
+    return s
 
-    s.append("<h2>extra_model_paths.yaml</h2>")
-    diff = report.yaml_diff(plan)
-    s.append(_diff(diff) if diff else f"<p>{esc(plan.yaml_path or 'no YAML given')}: no change.</p>")
 
+def _steps_section(plan: Plan, sha256: Mapping[str, str], target: str) -> list:
+    """Every step of the plan, folded."""
+    s: list = []
     s.append(f"<h2>Every step ({len(plan.actions)})</h2><details><summary>show the table</summary>")
     s.append(_table(["action", "file", "in the store", "size", "AutoV2", "note"], [
         [esc(a.kind.value), f'<span class="path">{esc(a.rel)}</span>',
          f'<span class="path">{esc(_rel(a.dst, target))}</span>' if a.dst else "", esc(report.human(a.size)),
          f'<code class="h">{esc(autov2(sha256.get(a.digest)))}</code>' if a.digest in sha256 else "", esc(a.reason)]
         for a in plan.actions], num=(3,), narrow_hide=(2, 4)))
+    return s
+
+
+def render(plan: Plan, workflows: Mapping | None = None, title: str | None = None,
+           made: str = "", name_changes: Sequence[Mapping] | None = (), done: Mapping | None = None,
+           sha256: Mapping[str, str] | None = None) -> str:
+    """The whole page. workflows: workflows.workflow_doc (None: no ComfyUI folder to read them from).
+    sha256: xxh3 digest -> SHA-256 of that content, where a read computed it: each model's AutoV2 (the
+    first 10 hex digits, upper case, what A1111/Forge and Civitai show) stands beside it.
+    name_changes: the plan's name changes as JSON documents (category, name, before, after, reason).
+    done: after a run, the numbers its terminal printed (run, placed, copied_bytes, removed, stayed,
+    quarantine_bytes); None: the plan's own (report.outcome)."""
+    page_title, h1 = heading(done)
+    if title is not None:
+        page_title = h1 = title
+    target = plan.target
+    sha256 = sha256 or {}
+    cards = _cards(plan, done)
+    s = [f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+         f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(page_title)}</title>'
+         f"<style>{CSS}</style></head><body><main>"]
+    s.append(f"<h1>{esc(h1)}</h1>")
+    s.append(f'<p class="sub">{esc(", ".join(plan.sources))} &rarr; <b>{esc(target)}</b> '
+             f"(mode {esc(plan.policy.mode.value)}){' &middot; ' + esc(made) if made else ''}</p>")
+    s.append('<div class="cards">' + "".join(f"<div class=card><b>{esc(v)}</b><span>{esc(k)}</span></div>"
+                                             for v, k in cards) + "</div>")
+    for w in plan.warnings:
+        s.append(f'<p class="warn">&#9888; {esc(w)}</p>')
+
+    s.append("<h2>Where the bytes go</h2>")
+    s.append('<p class="legend"><span><i class="b0"></i>container disk before</span>'
+             '<span><i class="b1"></i>container disk after (the quarantine until <code>purge</code>)</span><span><i class="b2"></i>newly in the store</span></p>')
+    s.append(chart(category_bytes(plan)))
+
+    s += _names_section(plan, name_changes, target)
+
+    s += _duplicates_section(plan, sha256, target)
+
+    s += _audit_section(plan)
+
+    if plan.custom_folders:
+        s.append("<h2>Custom-node folders</h2><ul>")
+        s.extend(f"<li><code>{esc(c.name)}</code>: {esc(c.note)}</li>" for c in plan.custom_folders)
+        s.append("</ul>")
+
+    s += _workflows_section(workflows)
+
+    s.append("<h2>extra_model_paths.yaml</h2>")
+    diff = report.yaml_diff(plan)
+    s.append(_diff(diff) if diff else f"<p>{esc(plan.yaml_path or 'no YAML given')}: no change.</p>")
+
+    s += _steps_section(plan, sha256, target)
     s.append("</details></main></body></html>\n")
     return "".join(s)
