@@ -21,6 +21,7 @@ why and exits 0 (skipped). Usage: scripts/volumes [--only NAME] [--stride N] [--
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
@@ -188,7 +189,12 @@ class Scenario:
                     time.sleep(0.2)
             else:       # rclone kept refusing: set it aside, outside the pod and the store
                 aside = os.path.join(os.path.dirname(self.pod_parent), f".aside-{time.monotonic_ns()}")
-                os.rename(p, aside)
+                try:
+                    os.rename(p, aside)
+                except OSError as e:      # the store on rclone, the pod elsewhere: beside it on its mount
+                    if e.errno != errno.EXDEV:
+                        raise
+                    os.rename(p, os.path.join(os.path.dirname(p), os.path.basename(aside)))
         self.build(self.comfy, small)
         # Give every folder of the pod a time through the mount: a FUSE mount (MooseFS) may show
         # attributes cached from before the rebuild for a second, and the snapshot must see the truth.
