@@ -118,7 +118,7 @@ def test_every_readme_option_exists():
     known.update({"--help", "--version", "--link-back/--no-link-back", "--extra-model-paths-config"})
     known.update({"--base-directory", "--models-directory", "--output-directory"})      # ComfyUI's own
     known.update({"--fast", "--durations"})    # scripts/test, pytest
-    known.update({"--trials", "--seed", "--only", "--size", "--files", "--runs", "--quick",
+    known.update({"--trials", "--seed", "--only", "--size", "--files", "--runs", "--quick", "--stride",
                   "--moosefs-mib"})   # scripts/torture, bench
     known.add("--remove-source-files")     # rsync's, in the bench table
     known.update({"--cache", "--python", "--record", "--keep", "--comfyui-version", "--launch"})    # scripts/real-comfyui
