@@ -361,6 +361,38 @@ def test_plan_refuses_overlapping_trees(pod, cli_env, where):
     assert snapshot_tree(pod.root) == before
 
 
+@pytest.mark.parametrize("command, spellings", [
+    ("plan", ["models", "models"]),
+    ("plan", ["models", "./models/", "alias", "models"]),
+    ("run", ["models", "./models/", "alias", "models"]),
+    ("scan", ["models", "./models/", "alias", "models"]),     # it would list the tree once per spelling
+])
+def test_the_same_models_tree_given_twice_is_named_once_with_its_spellings(tmp_path, cli_env, command, spellings):
+    # It once said "sources overlap: X and X", as if two trees met.
+    put(tmp_path / "models/loras/a.safetensors", b"a lora" * 100)
+    os.symlink(tmp_path / "models", tmp_path / "alias")
+    args = [a for s in spellings for a in ("--source", s)]
+    args += [] if command == "scan" else ["--target", tmp_path / "t", *(["--yes"] if command == "run" else [])]
+    before = snapshot_tree(tmp_path / "models")
+    proc = run_cli([command, *args], cli_env, cwd=tmp_path, check=ExitCode.BAD_INPUT)
+    real = os.path.realpath(tmp_path / "models")
+    times = "twice" if len(spellings) == 2 else f"{len(spellings)} times"
+    assert _one_error_line(proc) == (f"comfy-migrate: error: the same folder {real} is given {times} as --source: "
+                                     f"{', '.join(spellings)} (give each models tree once)")
+    assert snapshot_tree(tmp_path / "models") == before and not (tmp_path / "t").exists()
+
+
+def test_plan_names_both_trees_when_one_source_is_inside_another(tmp_path, cli_env):
+    put(tmp_path / "models/loras/a.safetensors", b"a lora" * 100)
+    proc = run_cli(["plan", "--source", "models/loras", "--source", "models", "--source-is-models",
+                    "--target", tmp_path / "t"], cli_env, cwd=tmp_path, check=ExitCode.BAD_INPUT)
+    outer = os.path.realpath(tmp_path / "models")
+    inner = os.path.join(outer, "loras")
+    assert _one_error_line(proc) == (
+        f"comfy-migrate: error: sources overlap: {inner} is inside {outer}, so its files would be migrated twice "
+        f"(give each models tree once: pass --source {outer} alone (it holds {inner}))")
+
+
 def test_plan_refuses_a_target_inside_the_source_through_a_symlink(pod, cli_env, tmp_path):
     os.symlink(pod.models, tmp_path / "alias")
     proc = run_cli(["plan", "--comfyui", pod.comfyui, "--target", tmp_path / "alias" / "store"], cli_env,

@@ -285,7 +285,8 @@ def test_no_yaml_given_is_warned_about():
     ([SRC], SRC + "/store", "inside the source"),
     ([SRC], SRC, "same folder"),
     (["/store/models"], "/store", "inside the target"),
-    (["/a/models", "/a/models/loras"], "/t", "sources overlap"),
+    (["/a/models", "/a/models/loras"], "/t", "sources overlap: /a/models/loras is inside /a/models"),
+    (["/a/models", "/a/models"], "/t", "the same folder /a/models is given twice"),
 ])
 def test_check_roots_refuses_overlaps(sources, target, words):
     with pytest.raises(BadInput, match=words):

@@ -100,6 +100,7 @@ def resolve_sources(comfyui: str | None, sources: tuple[str, ...],
         home = find_comfyui(comfyui) if comfyui else None
         adopt_comfyui(home, ui)
         roots = [check_dir(s, "source") for s in sources]
+        check_given_once(sources, roots)
         for r in roots:
             if not insist and not _looks_like_models(r):
                 raise BadInput(f"the source {r} does not look like a ComfyUI models folder (it is not named "
@@ -113,6 +114,19 @@ def resolve_sources(comfyui: str | None, sources: tuple[str, ...],
         raise BadInput(f"{home} is ComfyUI's models folder itself, not the ComfyUI folder",
                        f"pass --comfyui {os.path.dirname(home)} (or --source {home})")
     return home, [check_dir(models, "models folder")]
+
+
+def check_given_once(sources: tuple[str, ...], roots: list[str]) -> None:
+    """Refuse one models folder given as two --source (the same spelling, a trailing slash, `./`, a
+    symlink to it): it would be scanned twice. Trees inside one another are refused by plan.check_roots."""
+    spelled: dict[str, list[str]] = {}
+    for given, root in zip(sources, roots):
+        spelled.setdefault(os.path.realpath(root), []).append(given)
+    for real, names in spelled.items():
+        if len(names) > 1:
+            times = "twice" if len(names) == 2 else f"{len(names)} times"
+            raise BadInput(f"the same folder {real} is given {times} as --source: {', '.join(names)}",
+                           "give each models tree once")
 
 
 def _looks_like_models(path: str) -> bool:

@@ -52,8 +52,12 @@ def check_roots(sources: Sequence[str], target: str) -> None:
             raise BadInput(f"the source {s} is inside the target {target}", "choose another --target")
     for i, a in enumerate(sources):
         for b in sources[i + 1:]:
+            if a == b:      # the shell names the spellings (pod.check_given_once); a caller of ours may not
+                raise BadInput(f"the same folder {a} is given twice as a source", "give each models tree once")
             if inside(a, b) or inside(b, a):
-                raise BadInput(f"sources overlap: {a} and {b}", "give each models tree once")
+                inner, outer = (a, b) if inside(a, b) else (b, a)
+                raise BadInput(f"sources overlap: {inner} is inside {outer}, so its files would be migrated twice",
+                               f"give each models tree once: pass --source {outer} alone (it holds {inner})")
 
 
 class World(namedtuple("World", [
