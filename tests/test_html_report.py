@@ -19,6 +19,14 @@ def no_external_resources(page: str) -> None:
     assert not re.search(r"url\(|@import", page, re.I)
 
 
+def visible_text(page: str) -> str:
+    """What a reader sees as prose: no style sheet, no tags, entities read; without the YAML diff's <pre>,
+    which shows the file's own lines (its managed-section comment names commands in backticks)."""
+    import html
+    body = re.sub(r"<style>.*?</style>|<pre>.*?</pre>", " ", page, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", "", body))
+
+
 def test_plan_report_is_one_page_naming_every_workflow_and_missing_model(pod, cli_env, tmp_path):
     out = tmp_path / "plan.html"
     before = snapshot_tree(pod.root)
@@ -87,13 +95,14 @@ def test_run_page_shows_the_numbers_the_terminal_printed(pod, cli_env):
     run_id, placed, copied, removed = m.groups()
     stayed = re.search(r"(\d+) model file\(s\) stayed where they are", proc.stderr).group(1)
     page = open(re.search(r"report: (\S+\.html)", proc.stdout).group(1)).read()
-    cards = dict((k, v) for v, k in re.findall(r"<div class=card><b>([^<]*)</b><span>([^<]*)</span>", page))
+    cards = dict((k, v) for v, k in re.findall(r"<div class=card><b>([^<]*)</b><span>(.*?)</span>", page))
     assert cards["files placed in the store"] == placed and cards["copied"] == copied
     assert cards["source names removed"] == removed
     assert cards["model files stayed where they are (conflicts, held back)"] == stayed
     q = re.search(r"quarantine holds (\S+ \S+); free it with: comfy-migrate purge", proc.stdout)
     assert q, proc.stdout                        # the demo pod moves: its source copies go to quarantine
-    assert cards[f"in quarantine: `comfy-migrate purge {run_id}` frees it"] == q.group(1)
+    assert cards[f"in quarantine: <code>comfy-migrate purge {run_id}</code> frees it"] == q.group(1)
+    assert "`" not in visible_text(page)        # the terminal's backticks are <code> on the page
 
 
 def test_plan_page_counts_no_conflict_as_reaching_the_store_and_names_the_quarantine(pod, cli_env, tmp_path):
@@ -106,7 +115,7 @@ def test_plan_page_counts_no_conflict_as_reaching_the_store_and_names_the_quaran
     assert conflicts
     assert f"reach the store ({len(reach)} model files)" in page
     assert f"<b>{len(conflicts)}</b><span>conflicts: stay where they are" in page
-    assert plan["totals"]["quarantine_bytes"] and "until `comfy-migrate purge` frees them" in page
+    assert plan["totals"]["quarantine_bytes"] and "until <code>comfy-migrate purge</code> frees them" in page
     # the name-change table: each row's before and after read differently
     compared = 0
     for row in re.findall(r"<tr>(.*?)</tr>", page.split("Names whose model changes", 1)[1].split("<h2>", 1)[0]):
@@ -115,6 +124,18 @@ def test_plan_page_counts_no_conflict_as_reaching_the_store_and_names_the_quaran
             assert cells[2] != cells[3], row
             compared += 1
     assert compared == len(plan["name_changes"]) > 0
+
+
+def test_commands_in_the_page_prose_are_code_not_backticks(pod, cli_env, tmp_path):
+    # The quarantine card once read "until `comfy-migrate purge` frees them", backticks and all; the
+    # terminal keeps them (they mark a command to paste in plain text).
+    out = tmp_path / "plan.html"
+    proc = run_cli(["plan", *pod.args("--report", out)], cli_env)
+    page = out.read_text()
+    assert "<span>go to quarantine: still on the source disk until <code>comfy-migrate purge</code> frees them" \
+        "</span>" in page
+    assert "`" not in visible_text(page)
+    assert "go to quarantine (freed by `comfy-migrate purge`)" in proc.stdout      # the terminal's text as it was
 
 
 def test_plan_page_shows_the_autov2_of_each_model_whose_sha256_is_known(pod, cli_env, tmp_path):

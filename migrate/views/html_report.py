@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import posixpath
+import re
 from collections.abc import Mapping, Sequence
 
 from migrate.views import report
@@ -57,6 +58,15 @@ def autov2(sha256: str) -> str:
 
 def esc(text: object) -> str:
     return html.escape(report.show(str(text)), quote=True)
+
+
+_TICKED = re.compile(r"`([^`\n]+)`")
+
+
+def prose(text: object) -> str:
+    """A message (a hint, a warning, a reason) for the page: escaped, each `command` span the terminal
+    shows in backticks set as <code> (names and paths go through esc: a backtick there is a character)."""
+    return _TICKED.sub(r"<code>\1</code>", esc(text))
 
 
 def _rel(path: str | None, root: str) -> str:
@@ -171,7 +181,7 @@ def rolled_back(page: str, run_id: str, summary: str) -> str:
     old_title, old_h1 = heading({"run": run_id})
     title = f"comfy-migrate run {run_id}: rolled back"
     h1 = f"Run {run_id}: rolled back (below: what it had done)"
-    banner = f"{ROLLED_BACK}: {esc(summary)}. The numbers below are what the run did before it was undone.</p>"
+    banner = f"{ROLLED_BACK}: {prose(summary)}. The numbers below are what the run did before it was undone.</p>"
     page = page.replace(f"<title>{esc(old_title)}</title>", f"<title>{esc(title)}</title>", 1)
     return page.replace(f"<h1>{esc(old_h1)}</h1>", f"<h1>{esc(h1)}</h1>{banner}", 1)
 
@@ -216,7 +226,7 @@ def _names_section(plan: Plan, name_changes: Sequence[Mapping] | None, target: s
             [esc(c.get("category")), f'<span class="path">{esc(c.get("name"))}</span>',
              f'<span class="path">{esc(_side(plan, c.get("before")))}</span>',
              f'<span class="path">{esc(_side(plan, c.get("after")))}</span>' if c.get("after")
-             else "<i>no longer loads</i>", esc(c.get("reason", ""))] for c in name_changes], narrow_hide=()))
+             else "<i>no longer loads</i>", prose(c.get("reason", ""))] for c in name_changes], narrow_hide=()))
     elif name_changes is not None:
         s.append('<p class="ok">None: after a restart every model name loads the bytes it loads now.</p>')
     if conflicts:
@@ -255,7 +265,7 @@ def _audit_section(plan: Plan) -> list:
         sev = {"broken": "bad", "suspect": "warn", "notice": "ok"}
         s.append(_table(["", "file", "what", "fix"], [
             [f'<span class="tag {sev.get(f.severity, "warn")}">{esc(f.severity)}</span>',
-             f'<span class="path">{esc(src_rel(plan, f.path))}</span>', esc(f"{f.kind}: {f.message}"), esc(f.fix)]
+             f'<span class="path">{esc(src_rel(plan, f.path))}</span>', prose(f"{f.kind}: {f.message}"), prose(f.fix)]
             for f in sorted(plan.findings, key=lambda f: (report.SEVERITY_ORDER.get(f.severity, 9), f.path))]))
     else:
         s.append('<p class="ok">Every model file looks whole.</p>')
@@ -281,7 +291,7 @@ def _workflows_section(workflows: Mapping | None) -> list:
             s.append(_table(["", "category", "model", "AutoV2", "note"], [
                 [f'<span class="tag {STATUS[m["status"]][0]}">{STATUS[m["status"]][1]}</span>', esc(m["category"] or "?"),
                  f'<span class="path">{esc(m["name"])}</span>',
-                 f'<code class="h">{esc(m["autov2"])}</code>' if m.get("autov2") else "-", esc(m["note"])] for m in w["models"]],
+                 f'<code class="h">{esc(m["autov2"])}</code>' if m.get("autov2") else "-", prose(m["note"])] for m in w["models"]],
                 narrow_hide=(1,)))
         if workflows["missing"]:
             s.append(f'<p class="bad">{len(workflows["missing"])} model(s) a workflow needs that this pod lacks.</p>')
@@ -311,7 +321,7 @@ def _workflows_section(workflows: Mapping | None) -> list:
                          f'<span class="path">({esc(src["where"])})</span></li>')
             s.append("</ul>")
             if workflows.get("unused_rule"):
-                s.append(f'<p class="sub">{esc(workflows["unused_rule"])}.</p>')
+                s.append(f'<p class="sub">{prose(workflows["unused_rule"])}.</p>')
     return s
 
 
@@ -322,7 +332,7 @@ def _steps_section(plan: Plan, sha256: Mapping[str, str], target: str) -> list:
     s.append(_table(["action", "file", "in the store", "size", "AutoV2", "note"], [
         [esc(a.kind.value), f'<span class="path">{esc(a.rel)}</span>',
          f'<span class="path">{esc(_rel(a.dst, target))}</span>' if a.dst else "", esc(report.human(a.size)),
-         f'<code class="h">{esc(autov2(sha256.get(a.digest)))}</code>' if a.digest in sha256 else "", esc(a.reason)]
+         f'<code class="h">{esc(autov2(sha256.get(a.digest)))}</code>' if a.digest in sha256 else "", prose(a.reason)]
         for a in plan.actions], num=(3,), narrow_hide=(2, 4)))
     return s
 
@@ -347,11 +357,11 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str | None = Non
          f"<style>{CSS}</style></head><body><main>"]
     s.append(f"<h1>{esc(h1)}</h1>")
     s.append(f'<p class="sub">{esc(", ".join(plan.sources))} &rarr; <b>{esc(target)}</b> '
-             f"(mode {esc(plan.policy.mode.value)}){' &middot; ' + esc(made) if made else ''}</p>")
-    s.append('<div class="cards">' + "".join(f"<div class=card><b>{esc(v)}</b><span>{esc(k)}</span></div>"
+             f"(mode {esc(plan.policy.mode.value)}){' &middot; ' + prose(made) if made else ''}</p>")
+    s.append('<div class="cards">' + "".join(f"<div class=card><b>{esc(v)}</b><span>{prose(k)}</span></div>"
                                              for v, k in cards) + "</div>")
     for w in plan.warnings:
-        s.append(f'<p class="warn">&#9888; {esc(w)}</p>')
+        s.append(f'<p class="warn">&#9888; {prose(w)}</p>')
 
     s.append("<h2>Where the bytes go</h2>")
     s.append('<p class="legend"><span><i class="b0"></i>container disk before</span>'
@@ -366,7 +376,7 @@ def render(plan: Plan, workflows: Mapping | None = None, title: str | None = Non
 
     if plan.custom_folders:
         s.append("<h2>Custom-node folders</h2><ul>")
-        s.extend(f"<li><code>{esc(c.name)}</code>: {esc(c.note)}</li>" for c in plan.custom_folders)
+        s.extend(f"<li><code>{esc(c.name)}</code>: {prose(c.note)}</li>" for c in plan.custom_folders)
         s.append("</ul>")
 
     s += _workflows_section(workflows)
