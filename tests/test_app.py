@@ -146,6 +146,30 @@ def test_purge_and_attach_in_process_as_the_cli_says(twins, cli_env, tmp_path):
     assert (still.state, still.exit_code, doc(still)["nothing_to_do"]) == ("attached", 0, True)
 
 
+def test_purge_and_rollback_find_the_runs_a_request_means_alike(twins, tmp_path):
+    # common.find_run_logs: the one lookup both make (the store, the run named, else this pod's runs).
+    from migrate.app.common import find_run_logs
+    from migrate.core.errors import BadLog
+    from migrate.disk.runlog import NothingToRollBack
+    (a_home, a_store), _ = twins
+    migrate(MigrateRequest(comfyui=a_home, target=a_store, yes=True), Quiet())
+    (rid,) = run_ids(a_store)
+    log = os.path.join(a_store, ".comfy-migrate", "runs", f"{rid}.jsonl")
+    assert find_run_logs(Quiet(), a_store, None, a_home, live=True) == [log]                 # rollback's
+    assert find_run_logs(Quiet(), a_store, None, a_home, live=False, all_logs=True) == [log]  # purge's
+    assert find_run_logs(Quiet(), a_store, rid, None, live=True) == [log]                    # a run named
+    rollback(RollbackRequest(target=a_store, comfyui=a_home, yes=True), Quiet())
+    with pytest.raises(NothingToRollBack):
+        find_run_logs(Quiet(), a_store, None, a_home, live=True)
+    assert find_run_logs(Quiet(), a_store, None, a_home, live=False, all_logs=True) == [log]
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    with pytest.raises(BadLog, match=f"^no run to roll back in {bare} \\(it has no .comfy-migrate folder\\)"):
+        find_run_logs(Quiet(), str(bare), None, a_home, live=True, none_here="no run to roll back in")
+    with pytest.raises(BadLog, match=f"^no runs in {bare} "):
+        find_run_logs(Quiet(), str(bare), None, a_home, live=False, all_logs=True)
+
+
 def test_a_request_without_yes_asks_through_the_io_and_a_no_changes_nothing(twins, tmp_path):
     (a_home, a_store), _ = twins
     before = snapshot_tree(tmp_path / "app")

@@ -274,3 +274,13 @@ def test_only_fsops_changes_the_disk():
     assert not bad, "disk changes outside fsops:\n" + "\n".join(bad)
     used = {(name, where) for name, path in mods.items() for _, _, where in disk_changes(path)}
     assert not OWN_STATE_FILES - used, f"exceptions no longer needed: {sorted(OWN_STATE_FILES - used)}"
+
+
+def test_purge_and_rollback_find_their_runs_through_one_function():
+    """Which store and which run logs a purge or a rollback means is common.find_run_logs, for both: neither
+    opens with its own copy of the lookup (they once did, nearly alike)."""
+    for name in ("app.purge", "app.rollback_cmd"):
+        calls = {n.func.id for n in ast.walk(ast.parse(source(name)))
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        assert "find_run_logs" in calls, name
+        assert not calls & {"find_log", "pod_log", "require_store"}, name

@@ -192,6 +192,20 @@ def pod_log(io: Io, target: str, comfyui: Optional[str], live: bool, all_logs: b
     return os.path.join(logs, f"{pick}.jsonl")
 
 
+def find_run_logs(io: Io, target: str, run_ref: Optional[str], comfyui: Optional[str], live: bool,
+                  all_logs: bool = False, yaml: Optional[str] = None, none_here: str = "no runs in") -> List[str]:
+    """The logs of the runs a request on the store at `target` (resolved) means, for purge and rollback:
+    refused (exit 6) when no run ever used the folder (require_store: `none_here`); the run named
+    (run_ref: a run id or a log path), else this pod's (pod_log: its newest, live: not rolled back;
+    all_logs: every one, oldest first)."""
+    from migrate.disk.runlog import find_log
+    require_store(target, none_here)
+    if run_ref:
+        return [find_log(target, run_ref)]
+    found = pod_log(io, target, comfyui, live=live, all_logs=all_logs, yaml=yaml)
+    return found if all_logs else [found]
+
+
 def given(comfyui: Optional[str], sources, yaml_path: Optional[str], target: Optional[str]) -> str:
     """' --comfyui C --source S --yaml Y --target T' of what this command was given (target: as
     resolved), so a printed command acts on this pod and store, never on the defaults under /workspace."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from migrate.disk import fsops
-from migrate.app.common import Io, Outcome, pod_log, require_store, take_lock
+from migrate.app.common import Io, Outcome, find_run_logs, take_lock
 from migrate.core.errors import ExitCode
 from migrate.core.model import human, show
 
@@ -59,10 +59,9 @@ def purge(req: PurgeRequest, io: Io) -> PurgeOutcome:
     and its stored copy and trash (or delete) those that still match."""
     from migrate.app.pod import resolve_target
     from migrate.app.rollback import purge_check
-    from migrate.disk.runlog import find_log, load_run, quarantined
-    target = require_store(resolve_target(req.target))
-    logs = [find_log(target, req.run_ref)] if req.run_ref else \
-        pod_log(io, target, req.comfyui, live=False, all_logs=True)
+    from migrate.disk.runlog import load_run, quarantined
+    target = resolve_target(req.target)
+    logs = find_run_logs(io, target, req.run_ref, req.comfyui, live=False, all_logs=True)
     per_run = []
     for log in logs:
         records = load_run(log)

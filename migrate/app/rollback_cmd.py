@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from migrate.disk import fsops
 
-from migrate.app.common import Io, Outcome, clear_stale_lock, pod_log, require_store, take_lock
+from migrate.app.common import Io, Outcome, clear_stale_lock, find_run_logs, take_lock
 from migrate.core.errors import BadInput, BadLog, ExitCode, MigrateError
 from migrate.core.model import show
 from migrate.core.records import Record
@@ -89,17 +89,18 @@ def rollback(req: RollbackRequest, io: Io) -> RollbackOutcome:
     from migrate.app.pod import resolve_target
     from migrate.core.fleet import reliance
     from migrate.app.rollback import foresee, plan_rollback, settled, store_facts, users_of
-    from migrate.disk.runlog import NothingToRollBack, find_log, live_runs, load_run
+    from migrate.disk.runlog import NothingToRollBack, live_runs, load_run
     if not req.dry_run:
         sweep_probe_leftovers(resolve_target(req.target), req.comfyui)
-    target = require_store(resolve_target(req.target), "no run to roll back in")
+    target = resolve_target(req.target)
     try:
-        log = find_log(target, req.run_ref) if req.run_ref else \
-            pod_log(io, target, req.comfyui, live=True, yaml=req.yaml_path)
+        (log,) = find_run_logs(io, target, req.run_ref, req.comfyui, live=True, yaml=req.yaml_path,
+                               none_here="no run to roll back in")
     except NothingToRollBack as exc:
         clear_stale_lock(io, target)
         return RollbackOutcome(ExitCode.OK, "nothing", str(exc), target)
     except BadLog:      # no run to undo (e.g. one killed writing its first record): still no stale lock left
+        # (no store at all, require_store's refusal: no state folder, so there is no lock to clear)
         clear_stale_lock(io, target)
         raise
     records = load_run(log)
