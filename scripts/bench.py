@@ -637,7 +637,7 @@ def main() -> int:
             pod_src, pod_dst = os.path.join(top, "mfs-pod", "models"), os.path.join(mfs_vol, "mnt", "models")
             mfs.build_pod(pod_pristine, args.moosefs_mib)
             mfs.wait_free(mfs_vol, 2 * args.moosefs_mib * MiB)
-            pod_prep = lambda: mfs.fresh(pod_pristine, pod_src, pod_dst)
+            pod_prep = lambda: mfs.fresh(pod_pristine, pod_src, pod_dst, mfs_vol)
             pod_check = lambda: mfs.check(pod_pristine, pod_src, pod_dst)
             pod_files = lambda: mfs.files_of(pod_src)
             argv = mfs.commands(cm, pod_src, pod_dst)

@@ -414,3 +414,28 @@ def test_rollback_records_the_copies_it_rereads_with_all_three_hashes(pod, other
     known, more = _cache_rows(cli_env)
     assert set(want) <= set(known.values())
     assert {d: more.get(d) for d in want} == want
+
+
+def test_a_file_a_run_can_only_copy_gets_sha256_and_blake3_in_the_copys_read(pod, other_fs, cli_env):
+    """Onto another filesystem a run copies: a file whose size no other file shares cannot be a
+    duplicate, so the scan reads it for xxh3 alone and the copy (which reads it anyway) computes
+    SHA-256 and BLAKE3, while the store waits for the writes. Files whose sizes meet (dedupe candidates)
+    get all three in the scan. `plan` computes all three for every file (its page shows AutoV2)."""
+    from conftest import run_cli
+    big = 9 * MiB + 5                      # hashing.LARGE and above: a worker's file
+    model = lambda data: _safetensors_with_meta({}, data)     # noqa: E731 (a valid file: not held back)
+    (pod.models / "checkpoints" / "only_one.safetensors").write_bytes(model(payload(big)))
+    (pod.models / "loras" / "twin_a.safetensors").write_bytes(model(payload(big + 1)))
+    (pod.models / "loras" / "twin_b.safetensors").write_bytes(model(payload(big + 1)[::-1]))
+    target = other_fs / "store"
+    args = ["--comfyui", str(pod.comfyui), "--target", str(target)]
+    planned = run_cli(["-v", "plan", "--no-cache", *args], cli_env, check=None)
+    assert "have xxh3 only" not in planned.stderr, planned.stderr
+    done = run_cli(["-v", "run", "--no-cache", *args, "--yes"], cli_env, check=None)
+    assert done.returncode in (0, 1), done.stderr
+    assert "1 of " in done.stderr and "have xxh3 only so far" in done.stderr, done.stderr
+    entries = {e["rel"]: e for e in (json.loads(x) for x in
+               (target / ".comfy-migrate" / "catalogue.jsonl").read_text().splitlines()[1:])}
+    for rel in ("checkpoints/only_one.safetensors", "loras/twin_a.safetensors", "loras/twin_b.safetensors"):
+        e = entries[rel]
+        assert (e["digest"], e["sha256"], e["blake3"]) == expected(target / rel), rel

@@ -100,7 +100,8 @@ def plan_pod(req: PlanRequest, io: Io, cache=None, again: bool = False):
     cache = cache if cache is not None else pod.open_cache(req.no_cache)
     with io.progress("hashing") as (on_total, on_bytes):
         facts = gather(roots, target, yaml_path, cache, on_total, on_bytes, pod.open_verdicts(req.no_cache),
-                       req.include_suspect, launch.models if launch else None, launch)
+                       req.include_suspect, launch.models if launch else None, launch,
+                       copy_reads=isinstance(req, MigrateRequest) and not req.dry_run)
     for s in (() if again else facts.sources):
         for p in s.problems:
             io.warn(f"{show(p.path)}: {p.message}")
@@ -115,8 +116,9 @@ def plan_pod(req: PlanRequest, io: Io, cache=None, again: bool = False):
         known = {r.digest for sc in [*facts.sources, facts.target_scan] if sc is not None for r in sc.records if r.digest}
         lack = sum(1 for d in known if extras(d) is None)
         if lack and hashes_on():
-            io.debug(f"{lack} of {len(known)} distinct contents have xxh3 only (read before SHA-256/BLAKE3 were "
-                     "computed, or with --hashes xxh3): they get them the next time their bytes are read")
+            io.debug(f"{lack} of {len(known)} distinct contents have xxh3 only so far (read before SHA-256/BLAKE3 "
+                     "were computed, with --hashes xxh3, or left to this run's copy, which reads them anyway): "
+                     "each gets them the next time its bytes are read")
     policy = Policy(mode=Mode(req.mode), on_conflict=OnConflict(req.on_conflict), link_back=req.link_back,
                     base_path=req.base_path)
     return facts, make_plan(facts, policy)

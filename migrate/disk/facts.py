@@ -9,6 +9,7 @@ import errno
 import os
 import stat
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -142,10 +143,14 @@ def gather(
     sources: Sequence[str], target: str, yaml_path: Optional[str], cache: Optional[DigestCache],
     on_total: Optional[Callable[[int], None]] = None, on_bytes: Optional[Callable[[int], None]] = None,
     verdicts=None, include_suspect: bool = False, models_dir: Optional[str] = None, launch=None,
+    copy_reads: bool = False,
 ) -> Facts:
     """verdicts: a sniff.VerdictCache (None: no cache). Broken or suspect files are held back
     (status SUSPECT: never hashed, never moved) unless include_suspect. launch: how ComfyUI is
-    started (launch.Launch: its models folder, the other YAMLs it reads, its output folders)."""
+    started (launch.Launch: its models folder, the other YAMLs it reads, its output folders).
+    copy_reads: a run will execute this plan, so a file it can only copy is read twice (here for
+    xxh3, by the copy for xxh3 again): SHA-256 and BLAKE3 are then left to the copy's read, where
+    they run while the store waits for the writes (`copy_bound`)."""
     from migrate.disk.sniff import check_sources
     started = time.time_ns()
     planning.check_roots([os.path.realpath(s) for s in sources], os.path.realpath(target))
@@ -192,7 +197,10 @@ def gather(
     # recognised while it is hashed by device, inode and size (hashing.TimesMove).
     probes = tuple(fsops.probe_between(s.root, target) for s in scans)
     target_fs, probes = weakest_facts(target, fsops.probe_fs(target), probes)
-    scans = [hash_records(s, cache, on_bytes, times_move=not p.fs.stable_mtime) for s, p in zip(scans, probes)]
+    bound = copy_bound(scans, target_scan) if copy_reads else None
+    scans = [hash_records(s, cache, on_bytes, times_move=not p.fs.stable_mtime,
+                          light=bound if bound is not None and not (p.hardlink or p.rename) else None)
+             for s, p in zip(scans, probes)]
     if target_scan is not None:
         target_scan = hash_records(target_scan, cache, on_bytes, only=wanted, times_move=not target_fs.stable_mtime)
     layers: Dict[str, str] = {}
@@ -207,6 +215,17 @@ def gather(
                  started, world=world, target_fs=target_fs, layers=layers,
                  container_free=container_free, state_bytes=used, launch=launch,
                  store_dirs=top_folders(target))
+
+
+def copy_bound(scans, target_scan) -> Callable:
+    """Which source records a run surely copies, if it moves them at all (from a source whose probe
+    found neither a link nor a rename into the store): those whose size no other source file and no
+    stored file has. Such a file cannot be a duplicate of anything, so no plan reads its SHA-256 or
+    BLAKE3 before the copy (a dedupe never removes it); a file whose size meets another's is a
+    candidate and gets all three here, as the plan may drop it for a stored copy instead."""
+    seen = Counter(r.size for s in scans for r in s.records if r.status is Status.MIGRATE)
+    stored = {r.size for r in (target_scan.records if target_scan is not None else ())}
+    return lambda r: seen[r.size] == 1 and r.size not in stored
 
 
 def top_folders(target: str) -> frozenset:

@@ -456,15 +456,17 @@ class _Split:
 
 
 def _hash_open(fd: int, st: os.stat_result, path: str, view: memoryview, progress: _Progress,
-               split_into: Callable[[_Split], None] | None, stop: threading.Event | None) -> str:
-    """Digest of an open file: one-shot if it fits the buffer, else streamed or split."""
-    h = Hasher()
+               split_into: Callable[[_Split], None] | None, stop: threading.Event | None,
+               extra: bool | None = None) -> str:
+    """Digest of an open file: one-shot if it fits the buffer, else streamed or split.
+    `extra`: Hasher's (False: xxh3 only)."""
+    h = Hasher(extra)
     if st.st_size < len(view):
         n = os.readv(fd, [view])
         m = os.readv(fd, [view[n:]]) if 0 < n < len(view) else 0    # 0: EOF, as expected
         if n < len(view) and not m:
             progress.add(n)
-            return one_shot(view[:n])
+            return one_shot(view[:n]) if extra is not False else xxhash.xxh3_128_hexdigest(view[:n])
         h.update(view[:n + m])         # it grew: stream the rest (the caller's check reports it)
         progress.add(n + m)
     elif split_into is not None and st.st_size >= SPLIT and len(view) == BUFFER:
@@ -478,11 +480,11 @@ def _hash_open(fd: int, st: os.stat_result, path: str, view: memoryview, progres
 
 def _hash_one(path: str, expect: Key | Stamp | None, view: memoryview, progress: _Progress,
               split_into: Callable[[_Split], None] | None = None,
-              stop: threading.Event | None = None, keep: bool = False) -> str:
+              stop: threading.Event | None = None, keep: bool = False, extra: bool | None = None) -> str:
     at = time.time_ns() if keep else 0
     fd, st = _open(path, expect, advise=expect is None or expect[2] >= LARGE)
     try:
-        digest = _hash_open(fd, st, path, view, progress, split_into, stop)
+        digest = _hash_open(fd, st, path, view, progress, split_into, stop, extra)
         after = os.fstat(fd)
         if expect is not None and not matches(after, expect):
             raise ChangedError(errno.ESTALE, "changed while it was read", path)
@@ -744,8 +746,12 @@ def hash_many(
     jobs: Sequence[tuple[str, Key | Stamp]],
     on_bytes: OnBytes | None = None,
     workers: int | None = None,
+    light: frozenset[int] = frozenset(),
 ) -> list[Result]:
     """Hash files on worker threads; returns (digest, error) per job, in order.
+
+    `light`: indices of large jobs read for xxh3 alone (their SHA-256 and BLAKE3 are left to the
+    copy that reads them next: scan.hash_records).
 
     The small files are one task (one thread, one buffer); each large file is a task, largest
     first. A worker that finds no task left helps read the large files still being hashed. The
@@ -770,7 +776,8 @@ def hash_many(
     def hash_into(i: int, view: memoryview, progress: _Progress, split_into) -> None:
         path, key = jobs[i]
         try:
-            results[i] = (_hash_one(path, key, view, progress, split_into, stop), None)
+            results[i] = (_hash_one(path, key, view, progress, split_into, stop,
+                                    extra=False if i in light else None), None)
         except OSError as exc:
             results[i] = (None, exc)
 

@@ -213,14 +213,17 @@ def _with(r: FileRecord, status: Status, digest: str | None, detail: str) -> Fil
 def hash_records(
     result: ScanResult, cache: DigestCache | None, on_bytes: Callable[[int], None] | None = None,
     only: Callable[[FileRecord], bool] | None = None, times_move: bool = False,
+    light: Callable[[FileRecord], bool] | None = None,
 ) -> ScanResult:
     """Fill in digests of files to migrate, from the cache where the whole stamp matches (hashing.DigestCache).
 
     `only` limits hashing to the records it accepts (the others keep digest None).
     `times_move`: the filesystem's mtimes move while a file is read (hashing.TimesMove).
+    `light`: records read for xxh3 alone, whose SHA-256 and BLAKE3 the run's copy computes in its
+    own read (hashing.hash_many).
     """
     records = list(result.records)
-    jobs, where = [], []
+    jobs, where, deferred = [], [], set()
     cached = 0
     for i, r in enumerate(records):
         if not r.status.migrates or (only is not None and not only(r)):
@@ -233,12 +236,14 @@ def hash_records(
             if on_bytes:
                 on_bytes(r.size)
         else:
+            if light is not None and light(r):
+                deferred.add(len(jobs))
             jobs.append((r.path, TimesMove(key) if times_move else key))
             where.append(i)
     problems = list(result.problems)
     hashed_bytes = 0
     read_at = time.time_ns()     # before any read: a file written in the same tick counts as racy
-    for i, (digest, err) in zip(where, hash_many(jobs, on_bytes)):
+    for i, (digest, err) in zip(where, hash_many(jobs, on_bytes, light=frozenset(deferred))):
         r = records[i]
         if err is not None:
             gone = isinstance(err, FileNotFoundError) or err.errno in (2, 116)
