@@ -458,12 +458,17 @@ def _undo_link(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> st
     return ""
 
 
+def _remove_own_symlink(path: str, to: Optional[str]) -> str:
+    """Remove the symlink the run made at `path`, if it still says what the run wrote (`to`); else
+    (gone, or changed since) leave it."""
+    if os.path.islink(path) and os.readlink(path) == to:
+        fsops.remove(path)
+    return ""
+
+
 def _undo_symlink(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> str:
     """Remove a symlink the run made to the stored copy, if it still says what the run wrote."""
-    dst = r.dst or ""
-    if os.path.islink(dst) and os.readlink(dst) == r.to:
-        fsops.remove(dst)
-    return ""
+    return _remove_own_symlink(r.dst or "", r.to)
 
 
 def _undo_rename(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> str:
@@ -574,10 +579,7 @@ def _undo_quarantine(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str])
 
 def _undo_linkback(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> str:
     """Remove a link-back symlink, if it still says what the run wrote."""
-    src = r.src or ""
-    if os.path.islink(src) and os.readlink(src) == r.to:
-        fsops.remove(src)
-    return ""
+    return _remove_own_symlink(r.src or "", r.to)
 
 
 def _undo_relink(u: Undo, r: Step, on_bytes, twins: Twins, notes: List[str]) -> str:
