@@ -15,7 +15,7 @@ import stat
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from migrate import __version__
 from migrate.disk import fsops, identity
@@ -233,27 +233,29 @@ class _Runner:
         assert a.stored is not None and a.dst is not None
         if method is Method.HARDLINK:
             s = self.begin(Op.DEDUPE, stored=a.stored, stored_ino=st.st_ino, stored_dev=st.st_dev, **facts)
-            try:
-                fsops.link_noreplace(a.stored, a.dst)
-            except OSError as exc:
-                refused = self._refused(s, exc, named, later)
-                if refused is None:
-                    self.fail(s, a, a.dst, exc)
-                return refused
-            self.done(s)
-            self.report.placed += 1
-            return None
+            return self._attempt(s, a, lambda: fsops.link_noreplace(a.stored, a.dst), a.dst, named, later)
         to = self.link_text(a.stored, os.path.dirname(a.dst), self.plan.target_fs.up_links)
         s = self.begin(Op.SYMLINK, to=to, **facts)
+        return self._attempt(s, a, lambda: fsops.make_symlink(to, a.dst), a.dst, named, later)
+
+    def _attempt(self, s: int, a: Action, act: Callable[[], None], path: str, named: Sequence[int],
+                 later: Optional[Method], stat_of: Optional[str] = None,
+                 then: Optional[Callable[[], None]] = None) -> Optional[str]:
+        """Step `s` (begun) of placing `a`: `act` places the file. Placed: its done record (with the stat
+        of `stat_of` as published, see `observed`), counted, then `then`; returns None. Refused with an
+        errno on which the plan's next method is tried: that errno's name (`_refused` journals it). Any
+        other OSError: the step's failure, journalled against `path`; returns None."""
         try:
-            fsops.make_symlink(to, a.dst)
+            act()
         except OSError as exc:
             refused = self._refused(s, exc, named, later)
             if refused is None:
-                self.fail(s, a, a.dst, exc)
+                self.fail(s, a, path, exc)
             return refused
-        self.done(s)
+        self.done(s, observed(stat_of) if stat_of is not None else None)
         self.report.placed += 1
+        if then is not None:
+            then()
         return None
 
     def _link_or_rename(self, a: Action, method: Method, facts: dict, named: Sequence[int],
@@ -264,24 +266,21 @@ class _Runner:
         op = Op.LINK if method is Method.HARDLINK else Op.RENAME
         links = self.links.get(a.dst, []) if op is Op.RENAME else []
         s = self.begin(op, **facts, links=tuple(links))
-        try:
+
+        def act() -> None:
             if identity.changes(os.lstat(a.source), seen(a)):
                 raise OSError(errno.ESTALE, "changed since it was scanned", a.source)
             if op is Op.LINK:
                 fsops.link_noreplace(a.source, a.dst)
             else:
                 fsops.rename_noreplace(a.source, a.dst)
-        except OSError as exc:
-            refused = self._refused(s, exc, named, later)
-            if refused is None:
-                self.fail(s, a, a.source, exc)
-            return refused
-        self.done(s, observed(a.dst))
-        self.report.placed += 1
-        if op is Op.RENAME:
+
+        def moved() -> None:
             self.renamed = True
             self.relink_all(links, a.dst)
-        return None
+
+        return self._attempt(s, a, act, a.source, named, later, stat_of=a.dst,
+                             then=moved if op is Op.RENAME else None)
 
     def _copy(self, a: Action, facts: dict) -> None:
         assert a.dst is not None
@@ -309,6 +308,24 @@ class _Runner:
         self.report.placed += 1
 
     # -- phase B --
+    def make_store_folders(self) -> None:
+        """Every category folder the YAML lists, made in the store (journalled mkdirs): a folder that
+        cannot be made is said in the report's notes, no failure."""
+        plan, report = self.plan, self.report
+        for folder in plan.store_folders:
+            # Never from the room the run keeps for its log and a rollback (plan.reserve_bytes):
+            # where a folder takes a block (exFAT: 1 MiB), a nearly full store gets fewer.
+            block = plan.target_fs.block
+            if block and not os.path.isdir(folder) and fsops.free_space(plan.target) - plan.reserve_bytes < 2 * block:
+                report.notes.append(f"store folder {folder} not made: the store is nearly full (its free space "
+                                    "is kept for the run's log and a rollback); `comfy-migrate attach` makes it later")
+                continue
+            try:
+                self.mkdirs(folder, plan.target)
+            except OSError as exc:      # ComfyUI skips a missing folder: said, no failure (no model is in it)
+                report.notes.append(f"cannot make the store folder {folder} ({fsops.describe(exc)}): a download "
+                                    "of that category lands elsewhere until `comfy-migrate attach` makes it")
+
     def write_yaml(self) -> None:
         plan = self.plan
         assert plan.yaml_path is not None and plan.yaml_after is not None
@@ -333,6 +350,25 @@ class _Runner:
         self.report.yaml_written = True
 
     # -- phase C: sources --
+    def set_sources_aside(self) -> None:
+        """Once the YAML finds the store: each source the plan removes is unlinked or quarantined (one
+        copied instead of linked or renamed: quarantined), a renamed one linked back where asked, except
+        where its placement failed; then the sources' symlinks re-pointed. A full disk stops it."""
+        for a in self.plan.actions:
+            if self.stopped is not None:
+                break
+            if id(a) in self.failed:
+                continue
+            if id(a) in self.copied_instead:
+                self.remove_source(a._replace(removal=Removal.QUARANTINE))
+            elif a.removal in (Removal.UNLINK, Removal.QUARANTINE):
+                self.remove_source(a)
+            elif a.removal is Removal.RENAMED and a.link_back and a.dst:
+                self.link_back(a)
+        for a in self.plan.actions:
+            if a.kind is ActionKind.RELINK and self.stopped is None:
+                self.relink(a)
+
     def remove_source(self, a: Action) -> None:
         src = a.source
         links = [] if a.link_back else self.links.get(a.dst or "", [])
@@ -530,28 +566,7 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                       # a symlinked YAML: the file written, whose folder's mtime changes
                       yaml_real=yaml_behind(plan))
         remember_facts(plan)
-        if resume:
-            records = load_log(resume)
-            head = records[0]
-            assert isinstance(head, Header)
-            if sorted(head.sources) != sorted(plan.sources) or head.yaml != plan.yaml_path:
-                raise BadInput(f"an interrupted run ({head.run}) of other sources or another YAML is "
-                               "pending in this target",
-                               f"finish it by running with its options, or `comfy-migrate rollback {head.run}`")
-            j, records, torn = Journal.reopen(resume)
-            run_id = head.run
-            report = RunReport(run_id, resume, resumed=True)
-            j.append(Resume(**header, torn_tail_dropped=torn))
-            known = {d for r in records if isinstance(r, DirTimes) for d in r.dirs}
-            if set(times) - known:     # folders this continued run touches first: their times now
-                j.append(DirTimes({d: t for d, t in times.items() if d not in known}))
-            _clean_temps(j, records)
-        else:
-            run_id = new_run_id()
-            path = os.path.join(sd, RUNS_DIR, f"{run_id}.jsonl")
-            j = Journal.create(path, Header(run=run_id, **header))
-            j.append(DirTimes(times))
-            report = RunReport(run_id, path)
+        j, report, records = _open_log(plan, sd, header, times, resume)
         links = links_on_way(plan)
         if links:       # rollback accepts these symlinked store folders, and no other (preflight.py)
             j.append(Links(links))
@@ -573,19 +588,8 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                     break
                 r.place(a)
             yaml_ok = r.stopped is None or r.renamed     # a renamed source is found through the YAML only
-            for folder in (plan.store_folders if yaml_ok else ()):     # every category the YAML lists
-                # Never from the room the run keeps for its log and a rollback (plan.reserve_bytes):
-                # where a folder takes a block (exFAT: 1 MiB), a nearly full store gets fewer.
-                block = plan.target_fs.block
-                if block and not os.path.isdir(folder) and fsops.free_space(plan.target) - plan.reserve_bytes < 2 * block:
-                    report.notes.append(f"store folder {folder} not made: the store is nearly full (its free space "
-                                        "is kept for the run's log and a rollback); `comfy-migrate attach` makes it later")
-                    continue
-                try:
-                    r.mkdirs(folder, plan.target)
-                except OSError as exc:      # ComfyUI skips a missing folder: said, no failure (no model is in it)
-                    report.notes.append(f"cannot make the store folder {folder} ({fsops.describe(exc)}): a download "
-                                        "of that category lands elsewhere until `comfy-migrate attach` makes it")
+            if yaml_ok:
+                r.make_store_folders()
             if plan.yaml_path is not None and plan.yaml_changes and yaml_ok:
                 try:
                     r.write_yaml()
@@ -596,20 +600,8 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                                                    "no source was removed"))
                     j.append(Fail(0, f"yaml: {exc.strerror}"))
                     r.note_full(exc)
-            for a in (plan.actions if yaml_ok else ()):
-                if r.stopped is not None:
-                    break
-                if id(a) in r.failed:
-                    continue
-                if id(a) in r.copied_instead:
-                    r.remove_source(a._replace(removal=Removal.QUARANTINE))
-                elif a.removal in (Removal.UNLINK, Removal.QUARANTINE):
-                    r.remove_source(a)
-                elif a.removal is Removal.RENAMED and a.link_back and a.dst:
-                    r.link_back(a)
-            for a in (plan.actions if yaml_ok else ()):
-                if a.kind is ActionKind.RELINK and r.stopped is None:
-                    r.relink(a)
+            if yaml_ok:
+                r.set_sources_aside()
             if r.stopped is not None:
                 stop(j, report, r.stopped, r.renamed)
             stayed = tuple([a.source, a.size, a.mtime_ns, a.digest] for a in plan.actions
@@ -620,12 +612,43 @@ def execute_plan(plan: Plan, argv: List[str], on_bytes: Optional[OnBytes] = None
                 # What ComfyUI loads for each name it loaded before the run (verify checks it).
                 j.append(Names(tuple(list(n) for n in plan.names_after)))
             if before_close is not None:
-                before_close(run_id)
+                before_close(report.run_id)
             j.append(Close("complete" if report.ok else "problems", report.placed, report.copied_bytes,
                            report.removed, report.quarantine_bytes, len(report.problems)))
         finally:
             j.close()
     return report
+
+
+def _open_log(plan: Plan, sd: str, header: dict, times: Dict[str, int],
+              resume: Optional[str]) -> Tuple[Journal, RunReport, List[Record]]:
+    """The run's log: an interrupted run's (`resume`) reopened and continued (a resume record, the
+    times of the folders it touches first, its half-copied temporaries removed), else a new one
+    (its header, the folders' times). Returns it, the run's report and the records it held before."""
+    records: List[Record] = []
+    if resume:
+        records = load_log(resume)
+        head = records[0]
+        assert isinstance(head, Header)
+        if sorted(head.sources) != sorted(plan.sources) or head.yaml != plan.yaml_path:
+            raise BadInput(f"an interrupted run ({head.run}) of other sources or another YAML is "
+                           "pending in this target",
+                           f"finish it by running with its options, or `comfy-migrate rollback {head.run}`")
+        j, records, torn = Journal.reopen(resume)
+        run_id = head.run
+        report = RunReport(run_id, resume, resumed=True)
+        j.append(Resume(**header, torn_tail_dropped=torn))
+        known = {d for r in records if isinstance(r, DirTimes) for d in r.dirs}
+        if set(times) - known:     # folders this continued run touches first: their times now
+            j.append(DirTimes({d: t for d, t in times.items() if d not in known}))
+        _clean_temps(j, records)
+    else:
+        run_id = new_run_id()
+        path = os.path.join(sd, RUNS_DIR, f"{run_id}.jsonl")
+        j = Journal.create(path, Header(run=run_id, **header))
+        j.append(DirTimes(times))
+        report = RunReport(run_id, path)
+    return j, report, records
 
 
 def stop(j: Journal, report: RunReport, exc: OSError, renamed: bool) -> None:
