@@ -151,6 +151,23 @@ def test_scan_loads_no_library_it_does_not_use(tmp_path, extra):
     assert proc.stderr.rsplit("LOADED:", 1)[1] == ""
 
 
+def test_a_scan_printing_its_table_loads_no_package_metadata(tmp_path):
+    """The table costs tabulate's import and nothing more: tabulate 0.10 imports importlib.metadata
+    (and with it the email package) at import time to learn its own version, ~25 ms of every
+    command that prints a table (setup.cfg keeps it below 0.10)."""
+    (tmp_path / "models" / "loras").mkdir(parents=True)
+    (tmp_path / "models" / "loras" / "a.safetensors").write_bytes(b"x")
+    code = ("import sys\nfrom migrate.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "heavy = ('importlib.metadata', 'email', 'zipfile')\n"
+            "sys.stderr.write('TABLE:' + str('tabulate' in sys.modules) + ' LOADED:' +"
+            " ','.join(m for m in heavy if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code, "scan", "--no-cache", "--source", str(tmp_path / "models")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.rsplit("TABLE:", 1)[1] == "True LOADED:"
+
+
 def test_records_are_immutable_tuples_without_a_dict_that_name_their_fields():
     """Once per file (FileRecord, Action): no per-instance dict. repr names the fields (pytest shows it)."""
     from migrate.disk import dupes
