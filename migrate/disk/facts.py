@@ -149,8 +149,9 @@ def gather(
     (status SUSPECT: never hashed, never moved) unless include_suspect. launch: how ComfyUI is
     started (launch.Launch: its models folder, the other YAMLs it reads, its output folders).
     copy_reads: a run will execute this plan, so a file it can only copy is read twice (here for
-    xxh3, by the copy for xxh3 again): SHA-256 and BLAKE3 are then left to the copy's read, where
-    they run while the store waits for the writes (`copy_bound`)."""
+    xxh3, by the copy for xxh3 again): into a store whose writes wait on a daemon or a network
+    (fsops.writes_wait), SHA-256 and BLAKE3 are then left to the copy's read, where they run while
+    the store waits for the writes (`copy_bound`)."""
     from migrate.disk.sniff import check_sources
     started = time.time_ns()
     planning.check_roots([os.path.realpath(s) for s in sources], os.path.realpath(target))
@@ -197,7 +198,7 @@ def gather(
     # recognised while it is hashed by device, inode and size (hashing.TimesMove).
     probes = tuple(fsops.probe_between(s.root, target) for s in scans)
     target_fs, probes = weakest_facts(target, fsops.probe_fs(target), probes)
-    bound = copy_bound(scans, target_scan) if copy_reads else None
+    bound = copy_bound(scans, target_scan) if copy_reads and fsops.writes_wait(target_fs.fstype) else None
     scans = [hash_records(s, cache, on_bytes, times_move=not p.fs.stable_mtime,
                           light=bound if bound is not None and not (p.hardlink or p.rename) else None)
              for s, p in zip(scans, probes)]
