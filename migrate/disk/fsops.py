@@ -25,9 +25,14 @@ COPY_CHUNK = 256 << 10     # 256 KiB writes stay on the page cache's fast path h
 FUSE_CHUNK = 4 << 20       # FUSE (MooseFS): every write is a round trip to the daemon; big ones cost fewer
 
 
+def is_fuse(fstype: str) -> bool:
+    """A FUSE filesystem (FsFacts.fstype): every write is a round trip to its daemon."""
+    return fstype == "fuse" or fstype.startswith(("fuse.", "fuseblk"))
+
+
 def copy_chunk(fstype: str) -> int:
     """The write size for copies into a filesystem of this type (FsFacts.fstype)."""
-    return FUSE_CHUNK if fstype == "fuse" or fstype.startswith(("fuse.", "fuseblk")) else COPY_CHUNK
+    return FUSE_CHUNK if is_fuse(fstype) else COPY_CHUNK
 
 
 NETWORK_TYPES = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "beegfs")
@@ -38,7 +43,9 @@ def writes_wait(fstype: str) -> bool:
     sshfs; NFS, SMB, ...): time a copy may spend hashing on another core. On a local disk or tmpfs
     the copy is as fast as the CPU, and hashing moved into it only adds to it (onto tmpfs: 1.44 s
     -> 1.63 s for a 1 GiB pod)."""
-    return fstype == "fuse" or fstype.startswith(("fuse.", "fuseblk")) or fstype in NETWORK_TYPES
+    return is_fuse(fstype) or fstype in NETWORK_TYPES
+
+
 TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 FALLBACK_ERRNOS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS,
                    errno.EACCES)

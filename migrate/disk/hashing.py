@@ -157,9 +157,9 @@ class Hasher:
         return (digest,) + (extras(digest) or (None, None)) if self.s is not None else (digest, None, None)
 
 
-def one_shot(data) -> str:
-    """xxh3 hex of a buffer (and its other hashes, when on)."""
-    if not _extras_on:
+def one_shot(data, extra: bool | None = None) -> str:
+    """xxh3 hex of a buffer (and its other hashes, when on; `extra` as Hasher's)."""
+    if not (extra if extra is not None else _extras_on):
         return xxhash.xxh3_128_hexdigest(data)
     h = Hasher(True)
     h.update(data)
@@ -466,7 +466,7 @@ def _hash_open(fd: int, st: os.stat_result, path: str, view: memoryview, progres
         m = os.readv(fd, [view[n:]]) if 0 < n < len(view) else 0    # 0: EOF, as expected
         if n < len(view) and not m:
             progress.add(n)
-            return one_shot(view[:n]) if extra is not False else xxhash.xxh3_128_hexdigest(view[:n])
+            return one_shot(view[:n], extra)
         h.update(view[:n + m])         # it grew: stream the rest (the caller's check reports it)
         progress.add(n + m)
     elif split_into is not None and st.st_size >= SPLIT and len(view) == BUFFER:
